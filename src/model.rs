@@ -1,0 +1,18 @@
+//! The model: typed configuration objects, the immutable [`Snapshot`] with its indexes,
+//! and [`Diagnostic`]s. Nothing here does I/O or knows about gRPC or Kubernetes clients.
+
+pub mod diagnostic;
+pub mod host;
+pub mod istio;
+pub mod mesh;
+pub mod object;
+pub mod proxy;
+pub mod scope;
+pub mod service;
+pub mod snapshot;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, Origin, Severity};
+pub use object::{Kind, Object, ObjectKey, Spec};
+pub use proxy::Proxy;
+pub use snapshot::{Changes, ConfigSet, Snapshot};

@@ -1,0 +1,131 @@
+//! MeshConfig: the mesh-wide settings istiod reads from the `istio` ConfigMap (key `mesh`)
+//! in the root namespace. Only the fields meshd acts on are typed; the rest is kept as
+//! JSON for /debug/configz and parsed leniently, because mesh config carries many
+//! settings that are read by other components (the agent, the gateways).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::istio::{Duration, OutboundTrafficMode};
+
+/// Mesh-wide settings with istiod's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeshConfig {
+    pub trust_domain: String,
+    pub root_namespace: String,
+    pub outbound_traffic_policy: OutboundTrafficMode,
+    pub connect_timeout: Duration,
+    pub enable_auto_mtls: bool,
+    pub default_service_export_to: Vec<String>,
+    pub default_virtual_service_export_to: Vec<String>,
+    pub default_destination_rule_export_to: Vec<String>,
+    /// `accessLogFile`: where Envoy writes access logs ("" = off).
+    pub access_log_file: String,
+    /// `accessLogEncoding`: TEXT or JSON.
+    pub access_log_encoding: String,
+    pub access_log_format: String,
+    pub dns_refresh_rate: Duration,
+    /// Kubernetes DNS suffix (not a MeshConfig field in istio: istiod's --domain flag).
+    pub domain_suffix: String,
+    /// The whole mesh config as given.
+    pub raw: Value,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            outbound_traffic_policy: OutboundTrafficMode::ALLOW_ANY,
+            connect_timeout: Duration(std::time::Duration::from_secs(10)),
+            enable_auto_mtls: true,
+            default_service_export_to: vec!["*".into()],
+            default_virtual_service_export_to: vec!["*".into()],
+            default_destination_rule_export_to: vec!["*".into()],
+            access_log_file: String::new(),
+            access_log_encoding: "TEXT".into(),
+            access_log_format: String::new(),
+            dns_refresh_rate: Duration(std::time::Duration::from_secs(60)),
+            domain_suffix: "cluster.local".into(),
+            raw: Value::Object(Default::default()),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct MeshConfigWire {
+    trust_domain: Option<String>,
+    root_namespace: Option<String>,
+    outbound_traffic_policy: Option<OutboundWire>,
+    connect_timeout: Option<Duration>,
+    enable_auto_mtls: Option<bool>,
+    default_service_export_to: Option<Vec<String>>,
+    default_virtual_service_export_to: Option<Vec<String>>,
+    default_destination_rule_export_to: Option<Vec<String>>,
+    access_log_file: Option<String>,
+    access_log_encoding: Option<String>,
+    access_log_format: Option<String>,
+    dns_refresh_rate: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OutboundWire {
+    mode: Option<OutboundTrafficMode>,
+}
+
+impl MeshConfig {
+    /// Applies a mesh config document (as found in the `mesh` key) over the defaults.
+    pub fn from_value(value: Value, domain_suffix: &str) -> Result<MeshConfig, String> {
+        let wire: MeshConfigWire = serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| format!("mesh config field {}: {}", e.path(), e.inner()))?;
+        let d = MeshConfig::default();
+        Ok(MeshConfig {
+            trust_domain: wire.trust_domain.unwrap_or(d.trust_domain),
+            root_namespace: wire.root_namespace.unwrap_or(d.root_namespace),
+            outbound_traffic_policy: wire
+                .outbound_traffic_policy
+                .and_then(|o| o.mode)
+                .unwrap_or(d.outbound_traffic_policy),
+            connect_timeout: wire.connect_timeout.unwrap_or(d.connect_timeout),
+            enable_auto_mtls: wire.enable_auto_mtls.unwrap_or(d.enable_auto_mtls),
+            default_service_export_to: wire
+                .default_service_export_to
+                .unwrap_or(d.default_service_export_to),
+            default_virtual_service_export_to: wire
+                .default_virtual_service_export_to
+                .unwrap_or(d.default_virtual_service_export_to),
+            default_destination_rule_export_to: wire
+                .default_destination_rule_export_to
+                .unwrap_or(d.default_destination_rule_export_to),
+            access_log_file: wire.access_log_file.unwrap_or(d.access_log_file),
+            access_log_encoding: wire.access_log_encoding.unwrap_or(d.access_log_encoding),
+            access_log_format: wire.access_log_format.unwrap_or(d.access_log_format),
+            dns_refresh_rate: wire.dns_refresh_rate.unwrap_or(d.dns_refresh_rate),
+            domain_suffix: domain_suffix.to_string(),
+            raw: value,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let m = MeshConfig::from_value(
+            json!({"trustDomain": "example.org", "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+                   "accessLogFile": "/dev/stdout", "defaultConfig": {"discoveryAddress": "x:15012"}}),
+            "cluster.local",
+        )
+        .expect("valid");
+        assert_eq!(m.trust_domain, "example.org");
+        assert_eq!(m.outbound_traffic_policy, OutboundTrafficMode::REGISTRY_ONLY);
+        assert_eq!(m.root_namespace, "istio-system");
+        assert_eq!(m.access_log_file, "/dev/stdout");
+        assert!(MeshConfig::from_value(json!({"connectTimeout": 5}), "cluster.local").is_err());
+    }
+}

@@ -1,0 +1,863 @@
+//! Configuration objects as meshd stores them: a kind, a namespace/name, a typed spec
+//! (Istio kinds in full, Kubernetes kinds trimmed to what translation reads), and where
+//! the object came from.
+//!
+//! Every source (files, Kubernetes) produces `Object`s through [`Object::from_value`], so
+//! validation and diagnostics are the same whichever way configuration arrives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::diagnostic::{Diagnostic, Origin, closest};
+use super::istio;
+use crate::sources::yaml::FieldLines;
+
+/// The kinds meshd reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    Namespace,
+    Service,
+    Pod,
+    Endpoints,
+    EndpointSlice,
+    ConfigMap,
+    VirtualService,
+    DestinationRule,
+    Gateway,
+    ServiceEntry,
+    Sidecar,
+    WorkloadEntry,
+}
+
+const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+
+/// Istio kinds meshd recognises but does not translate yet: they are reported, not
+/// silently dropped, so nobody believes a policy is enforced when it is not.
+const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
+    ("networking.istio.io", "EnvoyFilter"),
+    ("networking.istio.io", "WorkloadGroup"),
+    ("networking.istio.io", "ProxyConfig"),
+    ("security.istio.io", "AuthorizationPolicy"),
+    ("security.istio.io", "PeerAuthentication"),
+    ("security.istio.io", "RequestAuthentication"),
+    ("telemetry.istio.io", "Telemetry"),
+    ("extensions.istio.io", "WasmPlugin"),
+    ("extensions.istio.io", "TrafficExtension"),
+];
+
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Namespace,
+        Kind::Service,
+        Kind::Pod,
+        Kind::Endpoints,
+        Kind::EndpointSlice,
+        Kind::ConfigMap,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::Gateway,
+        Kind::ServiceEntry,
+        Kind::Sidecar,
+        Kind::WorkloadEntry,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::Pod => "Pod",
+            Kind::Endpoints => "Endpoints",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Gateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::Sidecar => "Sidecar",
+            Kind::WorkloadEntry => "WorkloadEntry",
+        }
+    }
+
+    /// API group ("" for the core group).
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::Namespace | Kind::Service | Kind::Pod | Kind::Endpoints | Kind::ConfigMap => "",
+            Kind::EndpointSlice => "discovery.k8s.io",
+            _ => "networking.istio.io",
+        }
+    }
+
+    /// Versions of the group this kind is served in.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self.group() {
+            "" | "discovery.k8s.io" => &["v1"],
+            _ => NETWORKING_VERSIONS,
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        self != Kind::Namespace
+    }
+
+    pub fn is_istio(self) -> bool {
+        self.group().ends_with("istio.io")
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What an apiVersion/kind pair is to meshd.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TypeLookup {
+    Known(Kind),
+    /// An Istio kind meshd does not translate yet.
+    NotYetSupported,
+    /// A kind meshd has no use for (Deployment, ServiceAccount, …): ignored quietly.
+    Ignored,
+    /// A kind meshd knows, in a version nobody serves.
+    BadVersion { kind: Kind, served: &'static [&'static str] },
+}
+
+pub fn lookup_type(api_version: &str, kind: &str) -> TypeLookup {
+    let (group, version) = match api_version.rsplit_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    if let Some(k) = Kind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.name() == kind && k.group() == group)
+    {
+        if k.versions().contains(&version) {
+            return TypeLookup::Known(k);
+        }
+        return TypeLookup::BadVersion {
+            kind: k,
+            served: k.versions(),
+        };
+    }
+    if NOT_YET_SUPPORTED.contains(&(group, kind)) {
+        return TypeLookup::NotYetSupported;
+    }
+    TypeLookup::Ignored
+}
+
+/// Identity of an object: two objects with the same key are the same object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A Service port as translation needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub target_port: TargetPort,
+    /// L4 protocol: TCP, UDP or SCTP.
+    pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// The parts of a Kubernetes Service spec that matter to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSpec {
+    pub ports: Vec<ServicePort>,
+    /// None: endpoints are managed by hand (Endpoints/EndpointSlice objects).
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Cluster IPs; empty for headless services.
+    pub cluster_ips: Vec<String>,
+    pub headless: bool,
+    pub service_type: String,
+    pub external_name: Option<String>,
+    pub publish_not_ready: bool,
+}
+
+/// The parts of a Pod that make endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodInfo {
+    pub ips: Vec<String>,
+    pub phase: String,
+    pub ready: bool,
+    pub service_account: String,
+    pub node_name: String,
+    /// (name, containerPort) of every container port.
+    pub container_ports: Vec<(String, u16)>,
+    pub host_network: bool,
+    pub terminating: bool,
+}
+
+/// One address of an Endpoints subset or EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointAddress {
+    pub ip: String,
+    pub ready: bool,
+    /// Name of the Pod behind the address (targetRef), if any.
+    pub pod: Option<String>,
+}
+
+/// A named port of an Endpoints subset or EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointPort {
+    pub name: String,
+    pub port: u16,
+}
+
+/// Endpoints or an EndpointSlice, normalised: addresses × ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointGroup {
+    /// Name of the Service the endpoints belong to.
+    pub service: String,
+    pub subsets: Vec<(Vec<EndpointAddress>, Vec<EndpointPort>)>,
+}
+
+/// A typed spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Spec {
+    Namespace,
+    Service(ServiceSpec),
+    Pod(PodInfo),
+    Endpoints(EndpointGroup),
+    ConfigMap(BTreeMap<String, String>),
+    VirtualService(istio::VirtualService),
+    DestinationRule(istio::DestinationRule),
+    Gateway(istio::Gateway),
+    ServiceEntry(istio::ServiceEntry),
+    Sidecar(istio::Sidecar),
+    WorkloadEntry(istio::WorkloadEntry),
+}
+
+/// One stored configuration object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Object {
+    pub key: ObjectKey,
+    pub api_version: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: Spec,
+    pub origin: Origin,
+    /// Field lines of the source document (file source only; Istio kinds only).
+    #[serde(skip)]
+    pub lines: Option<FieldLines>,
+    /// Hash of the object's content, independent of where it came from.
+    pub hash: u64,
+}
+
+impl Object {
+    /// A diagnostic about `field` (a path inside the object) with its line when known.
+    pub fn diag_error(&self, field: &str, reason: impl Into<String>) -> Diagnostic {
+        Diagnostic::error(self.origin_of(field), reason)
+            .object(self.key.to_string())
+            .field(field)
+    }
+
+    pub fn diag_warning(&self, field: &str, reason: impl Into<String>) -> Diagnostic {
+        Diagnostic::warning(self.origin_of(field), reason)
+            .object(self.key.to_string())
+            .field(field)
+    }
+
+    fn origin_of(&self, field: &str) -> Origin {
+        match self.lines.as_ref().and_then(|l| l.line_of(field)) {
+            Some(line) => self.origin.at_line(line),
+            None => self.origin.clone(),
+        }
+    }
+
+    /// Builds the objects in one parsed document (several for `kind: List`).
+    /// Kinds meshd has no use for yield nothing; bad objects yield a diagnostic.
+    pub fn from_value(
+        value: Value,
+        lines: FieldLines,
+        origin: Origin,
+        default_namespace: &str,
+    ) -> (Vec<Arc<Object>>, Vec<Diagnostic>) {
+        let mut objects = Vec::new();
+        let mut diags = Vec::new();
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+        if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
+            let items = match value {
+                Value::Object(mut m) => m.remove("items"),
+                _ => None,
+            };
+            for (i, item) in items
+                .and_then(|v| match v {
+                    Value::Array(a) => Some(a),
+                    _ => None,
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let item_lines = lines.child(&format!("items[{i}]"));
+                let item_origin = match item_lines.line_of("") {
+                    Some(l) => origin.at_line(l),
+                    None => origin.clone(),
+                };
+                match Object::one_from_value(item, item_lines, item_origin, default_namespace) {
+                    Ok(Some(o)) => objects.push(Arc::new(o)),
+                    Ok(None) => {}
+                    Err(d) => diags.push(d),
+                }
+            }
+        } else {
+            match Object::one_from_value(value, lines, origin, default_namespace) {
+                Ok(Some(o)) => objects.push(Arc::new(o)),
+                Ok(None) => {}
+                Err(d) => diags.push(d),
+            }
+        }
+        (objects, diags)
+    }
+
+    fn one_from_value(
+        value: Value,
+        lines: FieldLines,
+        origin: Origin,
+        default_namespace: &str,
+    ) -> Result<Option<Object>, Diagnostic> {
+        let at = |field: &str| match lines.line_of(field) {
+            Some(l) => origin.at_line(l),
+            None => origin.clone(),
+        };
+        let Value::Object(mut map) = value else {
+            return Err(Diagnostic::error(
+                origin.clone(),
+                "a manifest must be a mapping with apiVersion, kind and metadata",
+            ));
+        };
+        let api_version = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kind_name = map
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if api_version.is_empty() || kind_name.is_empty() {
+            return Err(Diagnostic::error(at(""), "object has no apiVersion or no kind")
+                .hint("every manifest needs `apiVersion:` and `kind:`, as kubectl requires"));
+        }
+        let kind = match lookup_type(&api_version, &kind_name) {
+            TypeLookup::Known(k) => k,
+            TypeLookup::Ignored => return Ok(None),
+            TypeLookup::NotYetSupported => {
+                return Err(Diagnostic::warning(
+                    at("kind"),
+                    format!("{kind_name} is not supported by meshd yet; the object is ignored"),
+                )
+                .object(format!("{kind_name} {}", meta_name(&map)))
+                .hint("see docs/COMPATIBILITY.md for what is translated"));
+            }
+            TypeLookup::BadVersion { kind, served } => {
+                let group = kind.group();
+                let list: Vec<String> = served
+                    .iter()
+                    .map(|v| {
+                        if group.is_empty() {
+                            v.to_string()
+                        } else {
+                            format!("{group}/{v}")
+                        }
+                    })
+                    .collect();
+                return Err(Diagnostic::error(
+                    at("apiVersion"),
+                    format!("apiVersion {api_version} is not served for {kind}"),
+                )
+                .object(format!("{kind} {}", meta_name(&map)))
+                .field("apiVersion")
+                .hint(format!("use one of: {}", list.join(", "))));
+            }
+        };
+        let meta = map.remove("metadata").unwrap_or(Value::Null);
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() {
+            return Err(
+                Diagnostic::error(at("metadata"), format!("{kind} has no metadata.name"))
+                    .field("metadata.name")
+                    .hint("file-based configuration needs explicit names (no generateName)"),
+            );
+        }
+        let namespace = if kind.namespaced() {
+            meta.get("namespace")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(default_namespace)
+                .to_string()
+        } else {
+            String::new()
+        };
+        let key = ObjectKey {
+            kind,
+            namespace,
+            name,
+        };
+        let string_map = |field: &str| -> Result<BTreeMap<String, String>, Diagnostic> {
+            match meta.get(field) {
+                None | Some(Value::Null) => Ok(BTreeMap::new()),
+                Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                    Diagnostic::error(
+                        at(&format!("metadata.{field}")),
+                        format!("metadata.{field} must map strings to strings: {e}"),
+                    )
+                    .object(key.to_string())
+                    .field(format!("metadata.{field}"))
+                    .hint("quote values such as \"true\" or \"1.0\"")
+                }),
+            }
+        };
+        let labels = string_map("labels")?;
+        let annotations = string_map("annotations")?;
+        let resource_version = meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+
+        // Hash the content that defines the object's meaning, not bookkeeping fields.
+        let hash = {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(key.to_string().as_bytes());
+            h.update(&serde_json::to_vec(&(&labels, &annotations)).unwrap_or_default());
+            for (k, v) in &map {
+                if k != "apiVersion" && k != "kind" {
+                    h.update(k.as_bytes());
+                    h.update(&serde_json::to_vec(v).unwrap_or_default());
+                }
+            }
+            h.digest()
+        };
+
+        let spec = parse_spec(kind, &key, &mut map, &meta, &lines, &origin)?;
+        let Some(spec) = spec else { return Ok(None) };
+        let origin = match (&origin.file, resource_version) {
+            (None, Some(rv)) => Origin {
+                resource_version: Some(rv),
+                ..origin
+            },
+            _ => origin,
+        };
+        Ok(Some(Object {
+            key,
+            api_version,
+            labels,
+            annotations,
+            spec,
+            origin,
+            lines: kind.is_istio().then_some(lines),
+            hash,
+        }))
+    }
+}
+
+fn meta_name(map: &serde_json::Map<String, Value>) -> String {
+    let meta = map.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
+    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Deserialises an Istio spec with the path of the first bad field.
+fn istio_spec<T: serde::de::DeserializeOwned + Default>(
+    key: &ObjectKey,
+    spec: Option<Value>,
+    lines: &FieldLines,
+    origin: &Origin,
+) -> Result<T, Diagnostic> {
+    let Some(spec) = spec else {
+        return Ok(T::default());
+    };
+    serde_path_to_error::deserialize::<_, T>(spec).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        let inner = err.into_inner().to_string();
+        let line = lines.line_of(&path);
+        let origin = line.map_or_else(|| origin.clone(), |l| origin.at_line(l));
+        let mut d = Diagnostic::error(origin, inner.clone())
+            .object(key.to_string())
+            .field(&path);
+        if let Some(hint) = unknown_field_hint(&inner) {
+            d = d.hint(hint);
+        } else if inner.contains("invalid type") {
+            d = d.hint("check the field's type against Istio's API reference");
+        } else if inner.contains("unknown variant") {
+            d = d.hint("enum values are upper case, exactly as in Istio's API");
+        }
+        d
+    })
+}
+
+/// "did you mean" for serde's `unknown field `x`, expected one of `a`, `b``.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    match closest(field, expected.iter().copied()) {
+        Some(c) => Some(format!("did you mean `{c}`?")),
+        None if !expected.is_empty() => Some(format!("valid fields: {}", expected.join(", "))),
+        None => Some("this object takes no fields here".into()),
+    }
+}
+
+fn parse_spec(
+    kind: Kind,
+    key: &ObjectKey,
+    map: &mut serde_json::Map<String, Value>,
+    meta: &Value,
+    lines: &FieldLines,
+    origin: &Origin,
+) -> Result<Option<Spec>, Diagnostic> {
+    let spec = map.remove("spec");
+    let kube_err = |what: &str, e: serde_json::Error| {
+        Diagnostic::error(origin.clone(), format!("malformed {what}: {e}")).object(key.to_string())
+    };
+    Ok(Some(match kind {
+        Kind::VirtualService => Spec::VirtualService(istio_spec(key, spec, lines, origin)?),
+        Kind::DestinationRule => Spec::DestinationRule(istio_spec(key, spec, lines, origin)?),
+        Kind::Gateway => Spec::Gateway(istio_spec(key, spec, lines, origin)?),
+        Kind::ServiceEntry => Spec::ServiceEntry(istio_spec(key, spec, lines, origin)?),
+        Kind::Sidecar => Spec::Sidecar(istio_spec(key, spec, lines, origin)?),
+        Kind::WorkloadEntry => Spec::WorkloadEntry(istio_spec(key, spec, lines, origin)?),
+        Kind::Namespace => Spec::Namespace,
+        Kind::ConfigMap => {
+            let data = map.remove("data").unwrap_or(Value::Null);
+            let data: BTreeMap<String, String> = if data.is_null() {
+                BTreeMap::new()
+            } else {
+                serde_json::from_value(data).map_err(|e| kube_err("ConfigMap data", e))?
+            };
+            Spec::ConfigMap(data)
+        }
+        Kind::Service => {
+            let spec: k8s_openapi::api::core::v1::ServiceSpec =
+                serde_json::from_value(spec.unwrap_or(Value::Null))
+                    .map_err(|e| kube_err("Service spec", e))?;
+            Spec::Service(service_spec(spec, key, origin)?)
+        }
+        Kind::Pod => {
+            let pod_spec: k8s_openapi::api::core::v1::PodSpec =
+                serde_json::from_value(spec.unwrap_or(Value::Null))
+                    .map_err(|e| kube_err("Pod spec", e))?;
+            let status: k8s_openapi::api::core::v1::PodStatus =
+                serde_json::from_value(map.remove("status").unwrap_or(Value::Null))
+                    .map_err(|e| kube_err("Pod status", e))?;
+            Spec::Pod(pod_info(pod_spec, status, meta))
+        }
+        Kind::Endpoints => {
+            let subsets: Vec<k8s_openapi::api::core::v1::EndpointSubset> =
+                serde_json::from_value(map.remove("subsets").unwrap_or(Value::Array(vec![])))
+                    .map_err(|e| kube_err("Endpoints subsets", e))?;
+            Spec::Endpoints(EndpointGroup {
+                service: key.name.clone(),
+                subsets: subsets
+                    .into_iter()
+                    .map(|s| {
+                        let ready = s.addresses.unwrap_or_default().into_iter().map(|a| (a, true));
+                        let not_ready = s
+                            .not_ready_addresses
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|a| (a, false));
+                        let addrs = ready
+                            .chain(not_ready)
+                            .map(|(a, ready)| EndpointAddress {
+                                ip: a.ip,
+                                ready,
+                                pod: a
+                                    .target_ref
+                                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                                    .and_then(|r| r.name),
+                            })
+                            .collect();
+                        let ports = s
+                            .ports
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|p| {
+                                Some(EndpointPort {
+                                    name: p.name.unwrap_or_default(),
+                                    port: u16::try_from(p.port).ok()?,
+                                })
+                            })
+                            .collect();
+                        (addrs, ports)
+                    })
+                    .collect(),
+            })
+        }
+        Kind::EndpointSlice => {
+            let endpoints: Vec<k8s_openapi::api::discovery::v1::Endpoint> =
+                serde_json::from_value(map.remove("endpoints").unwrap_or(Value::Array(vec![])))
+                    .map_err(|e| kube_err("EndpointSlice endpoints", e))?;
+            let ports: Vec<k8s_openapi::api::discovery::v1::EndpointPort> =
+                serde_json::from_value(map.remove("ports").unwrap_or(Value::Array(vec![])))
+                    .map_err(|e| kube_err("EndpointSlice ports", e))?;
+            let service = meta
+                .get("labels")
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if service.is_empty() {
+                return Err(Diagnostic::warning(
+                    origin.clone(),
+                    "EndpointSlice has no kubernetes.io/service-name label; ignored",
+                )
+                .object(key.to_string()));
+            }
+            let addrs = endpoints
+                .into_iter()
+                .flat_map(|e| {
+                    let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    let pod = e
+                        .target_ref
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.name);
+                    e.addresses.into_iter().map(move |ip| EndpointAddress {
+                        ip,
+                        ready,
+                        pod: pod.clone(),
+                    })
+                })
+                .collect();
+            let ports = ports
+                .into_iter()
+                .filter_map(|p| {
+                    Some(EndpointPort {
+                        name: p.name.unwrap_or_default(),
+                        port: u16::try_from(p.port?).ok()?,
+                    })
+                })
+                .collect();
+            Spec::Endpoints(EndpointGroup {
+                service,
+                subsets: vec![(addrs, ports)],
+            })
+        }
+    }))
+}
+
+fn service_spec(
+    spec: k8s_openapi::api::core::v1::ServiceSpec,
+    key: &ObjectKey,
+    origin: &Origin,
+) -> Result<ServiceSpec, Diagnostic> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
+        let port = u16::try_from(p.port).ok().filter(|p| *p > 0).ok_or_else(|| {
+            Diagnostic::error(origin.clone(), format!("port {} is out of range", p.port))
+                .object(key.to_string())
+                .field(format!("spec.ports[{i}].port"))
+        })?;
+        let target_port = match p.target_port {
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => {
+                TargetPort::Number(u16::try_from(n).ok().filter(|n| *n > 0).unwrap_or(port))
+            }
+            Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                Ok(n) => TargetPort::Number(n),
+                Err(_) => TargetPort::Name(s),
+            },
+        };
+        ports.push(ServicePort {
+            name: p.name.unwrap_or_default(),
+            port,
+            target_port,
+            protocol: p.protocol.unwrap_or_else(|| "TCP".into()),
+            app_protocol: p.app_protocol,
+        });
+    }
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let mut cluster_ips: Vec<String> = spec.cluster_ips.unwrap_or_default();
+    if cluster_ips.is_empty()
+        && let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None")
+    {
+        cluster_ips.push(ip);
+    }
+    cluster_ips.retain(|ip| ip != "None" && !ip.is_empty());
+    Ok(ServiceSpec {
+        ports,
+        selector: spec.selector.filter(|s| !s.is_empty()),
+        cluster_ips,
+        headless,
+        service_type: spec.type_.unwrap_or_else(|| "ClusterIP".into()),
+        external_name: spec.external_name,
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+    })
+}
+
+fn pod_info(
+    spec: k8s_openapi::api::core::v1::PodSpec,
+    status: k8s_openapi::api::core::v1::PodStatus,
+    meta: &Value,
+) -> PodInfo {
+    let mut ips: Vec<String> = status
+        .pod_ips
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.ip)
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.filter(|ip| !ip.is_empty())
+    {
+        ips.push(ip);
+    }
+    // A Pod without conditions (hand-written in a file) is taken as ready; with
+    // conditions, Kubernetes' Ready condition decides, as the EndpointSlice controller does.
+    let ready = match &status.conditions {
+        None => true,
+        Some(c) if c.is_empty() => true,
+        Some(c) => c.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+    };
+    let container_ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect();
+    PodInfo {
+        ips,
+        phase: status.phase.unwrap_or_else(|| "Running".into()),
+        ready,
+        service_account: spec
+            .service_account_name
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        node_name: spec.node_name.unwrap_or_default(),
+        container_ports,
+        host_network: spec.host_network.unwrap_or(false),
+        terminating: meta.get("deletionTimestamp").is_some_and(|v| !v.is_null()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::yaml::parse_documents;
+
+    fn objects(text: &str) -> (Vec<Arc<Object>>, Vec<Diagnostic>) {
+        let mut all = (Vec::new(), Vec::new());
+        for doc in parse_documents(text) {
+            let doc = doc.expect("yaml parses");
+            let origin = Origin::file(Arc::new("t.yaml".into()), doc.start_line);
+            let (o, d) = Object::from_value(doc.value, doc.lines, origin, "default");
+            all.0.extend(o);
+            all.1.extend(d);
+        }
+        all
+    }
+
+    #[test]
+    fn types_are_looked_up_by_group_and_version() {
+        assert_eq!(
+            lookup_type("networking.istio.io/v1alpha3", "VirtualService"),
+            TypeLookup::Known(Kind::VirtualService)
+        );
+        assert_eq!(lookup_type("v1", "Service"), TypeLookup::Known(Kind::Service));
+        assert_eq!(lookup_type("apps/v1", "Deployment"), TypeLookup::Ignored);
+        assert!(matches!(
+            lookup_type("networking.istio.io/v2", "Gateway"),
+            TypeLookup::BadVersion { .. }
+        ));
+        assert_eq!(
+            lookup_type("security.istio.io/v1", "AuthorizationPolicy"),
+            TypeLookup::NotYetSupported
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_suggests() {
+        let (objs, diags) = objects(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination:\n        host: r\n        subsets: v1\n",
+        );
+        assert!(objs.is_empty());
+        assert_eq!(diags.len(), 1);
+        let d = &diags[0];
+        assert_eq!(d.origin.line, Some(11), "{d}");
+        assert_eq!(
+            d.field.as_deref(),
+            Some("spec.http[0].route[0].destination.subsets")
+        );
+        assert_eq!(d.hint.as_deref(), Some("did you mean `subset`?"));
+    }
+
+    #[test]
+    fn wrong_type_is_a_diagnostic() {
+        let (objs, diags) = objects(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: r\n",
+        );
+        assert!(objs.is_empty());
+        assert_eq!(diags[0].field.as_deref(), Some("spec.hosts"));
+        assert_eq!(diags[0].origin.line, Some(6));
+        assert!(diags[0].reason.contains("invalid type"), "{}", diags[0]);
+    }
+
+    #[test]
+    fn lists_pods_and_services_parse() {
+        let (objs, diags) = objects(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: reviews}\n  spec:\n    selector: {app: reviews}\n    ports:\n    - {name: http, port: 9080}\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: reviews-v1, namespace: bookinfo, labels: {app: reviews, version: v1}}\n  spec:\n    serviceAccountName: bookinfo-reviews\n    containers: [{name: app, image: x}]\n  status: {podIP: 127.0.0.11}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: ignored}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].key.namespace, "default");
+        assert_eq!(objs[0].origin.line, Some(4));
+        let Spec::Pod(pod) = &objs[1].spec else {
+            panic!("a pod")
+        };
+        assert_eq!(pod.ips, vec!["127.0.0.11".to_string()]);
+        assert_eq!(pod.service_account, "bookinfo-reviews");
+        assert_eq!(objs[1].key.namespace, "bookinfo");
+    }
+
+    #[test]
+    fn same_content_same_hash_regardless_of_origin() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: r\n";
+        let (a, _) = objects(text);
+        let (b, _) = objects(&format!("# moved\n\n{text}"));
+        assert_eq!(a[0].hash, b[0].hash);
+        assert_ne!(a[0].origin, b[0].origin);
+    }
+}

@@ -1,0 +1,1244 @@
+//! The `Snapshot`: one immutable, validated view of all configuration with the indexes
+//! translation needs. A new snapshot is built aside from the current one and swapped in
+//! atomically; [`Changes`] says which keys differ so that only affected proxies are pushed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::diagnostic::{Diagnostic, Origin};
+use super::host;
+use super::istio::{self, Labels};
+use super::mesh::MeshConfig;
+use super::object::{Kind, Object, ObjectKey, Spec, TargetPort};
+use super::scope::Scope;
+use super::service::{
+    Instance, Port, Protocol, Resolution, Service, ServiceEndpoints, Visibility, labels_match,
+};
+use super::validate;
+
+/// What the sources hand to the model: every object they could parse, and what they could not.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSet {
+    pub objects: BTreeMap<ObjectKey, Arc<Object>>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A VirtualService with its hosts and gateways resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualServiceConfig {
+    pub key: ObjectKey,
+    pub spec: istio::VirtualService,
+    /// FQDNs (short names resolved in the VirtualService's namespace).
+    pub hosts: Vec<String>,
+    /// `namespace/name` of each gateway, or `mesh` for sidecars.
+    pub gateways: Vec<String>,
+    pub visibility: Visibility,
+    #[serde(skip)]
+    pub object: Arc<Object>,
+}
+
+impl VirtualServiceConfig {
+    pub fn applies_to_mesh(&self) -> bool {
+        self.gateways.iter().any(|g| g == "mesh")
+    }
+}
+
+/// A DestinationRule with its host resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationRuleConfig {
+    pub key: ObjectKey,
+    pub host: String,
+    pub spec: istio::DestinationRule,
+    pub visibility: Visibility,
+    #[serde(skip)]
+    pub object: Arc<Object>,
+}
+
+impl DestinationRuleConfig {
+    pub fn subset(&self, name: &str) -> Option<&istio::Subset> {
+        self.spec.subsets.iter().find(|s| s.name == name)
+    }
+}
+
+/// A Gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayConfig {
+    pub key: ObjectKey,
+    pub spec: istio::Gateway,
+    #[serde(skip)]
+    pub object: Arc<Object>,
+}
+
+/// A Sidecar with its egress hosts parsed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SidecarConfig {
+    pub key: ObjectKey,
+    pub spec: istio::Sidecar,
+    /// Per egress listener, its parsed hosts.
+    pub egress_hosts: Vec<Vec<host::NamespacedHost>>,
+    #[serde(skip)]
+    pub object: Arc<Object>,
+}
+
+impl SidecarConfig {
+    pub fn selects(&self, labels: &Labels) -> bool {
+        match &self.spec.workload_selector {
+            Some(sel) => labels_match(&sel.labels, labels),
+            None => true,
+        }
+    }
+}
+
+/// A workload (Pod or WorkloadEntry) known to the registry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Workload {
+    pub key: ObjectKey,
+    pub addresses: Vec<String>,
+    pub labels: Arc<Labels>,
+    pub service_account: String,
+}
+
+/// Which keys changed from one snapshot to the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    /// Mesh-wide change (mesh config): every proxy is affected.
+    pub full: bool,
+    /// Hosts whose service definition, VirtualServices or DestinationRules changed.
+    pub services: BTreeSet<String>,
+    /// Hosts whose endpoints changed.
+    pub endpoints: BTreeSet<String>,
+    /// Namespaces whose Sidecar selection changed.
+    pub sidecars: BTreeSet<String>,
+    /// Gateways changed (routers only).
+    pub gateways: bool,
+    /// Workloads changed (labels, addresses): proxies of these workloads re-resolve.
+    pub workloads: BTreeSet<ObjectKey>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.full
+            && self.services.is_empty()
+            && self.endpoints.is_empty()
+            && self.sidecars.is_empty()
+            && !self.gateways
+            && self.workloads.is_empty()
+    }
+}
+
+/// One immutable view of the mesh.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one with every published snapshot.
+    pub generation: u64,
+    pub mesh: Arc<MeshConfig>,
+    /// Every accepted object (what /debug/configz lists).
+    pub objects: BTreeMap<ObjectKey, Arc<Object>>,
+    pub services: BTreeMap<String, Arc<Service>>,
+    pub endpoints: BTreeMap<String, Arc<ServiceEndpoints>>,
+    pub virtual_services: Vec<Arc<VirtualServiceConfig>>,
+    pub destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
+    pub gateways: Vec<Arc<GatewayConfig>>,
+    pub sidecars: Vec<Arc<SidecarConfig>>,
+    pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
+    /// Address → workloads with that address.
+    pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Per-host hashes of everything that shapes a service's clusters and routes
+    /// (definition, VirtualServices, DestinationRules), for [`Changes`].
+    config_hashes: BTreeMap<String, u64>,
+    endpoint_hashes: BTreeMap<String, u64>,
+    sidecar_hashes: BTreeMap<String, u64>,
+    gateway_hash: u64,
+    /// Scopes computed for proxies, shared by all proxies with the same Sidecar.
+    scopes: Mutex<HashMap<(String, Option<ObjectKey>), Arc<Scope>>>,
+}
+
+fn hash_of<T: Serialize + ?Sized>(value: &T) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(value).unwrap_or_default())
+}
+
+impl Snapshot {
+    /// Builds a snapshot from the sources' objects. `previous` supplies the last good
+    /// version of objects that are now invalid.
+    pub fn build(
+        input: &ConfigSet,
+        previous: Option<&Snapshot>,
+        domain_suffix: &str,
+        istio_namespace: &str,
+    ) -> Snapshot {
+        let mut b = Builder {
+            diags: input.diagnostics.clone(),
+            domain: domain_suffix.to_string(),
+            ..Default::default()
+        };
+        b.mesh = b.mesh_config(input, domain_suffix, istio_namespace);
+        b.objects = input.objects.clone();
+        b.build_workloads();
+        b.build_services();
+        b.build_destination_rules(previous);
+        b.build_virtual_services(previous);
+        b.build_gateways();
+        b.build_sidecars();
+        b.finish(previous.map_or(1, |p| p.generation + 1))
+    }
+
+    /// What changed between `old` and `self`.
+    pub fn changes_since(&self, old: &Snapshot) -> Changes {
+        fn diff(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeSet<String> {
+            let mut out = BTreeSet::new();
+            for (k, v) in a {
+                if b.get(k) != Some(v) {
+                    out.insert(k.clone());
+                }
+            }
+            for k in b.keys() {
+                if !a.contains_key(k) {
+                    out.insert(k.clone());
+                }
+            }
+            out
+        }
+        let mut workloads = BTreeSet::new();
+        for (k, w) in &self.workloads {
+            if old.workloads.get(k) != Some(w) {
+                workloads.insert(k.clone());
+            }
+        }
+        for k in old.workloads.keys() {
+            if !self.workloads.contains_key(k) {
+                workloads.insert(k.clone());
+            }
+        }
+        Changes {
+            full: self.mesh != old.mesh,
+            services: diff(&self.config_hashes, &old.config_hashes),
+            endpoints: diff(&self.endpoint_hashes, &old.endpoint_hashes),
+            sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
+            gateways: self.gateway_hash != old.gateway_hash,
+            workloads,
+        }
+    }
+
+    /// Errors and warnings, sorted by place.
+    pub fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    /// The Sidecar that applies to a workload in `namespace` with `labels`: one with a
+    /// matching selector in its namespace, else the namespace's selector-less one, else the
+    /// root namespace's selector-less one.
+    pub fn sidecar_for(&self, namespace: &str, labels: &Labels) -> Option<&Arc<SidecarConfig>> {
+        let root = self.mesh.root_namespace.as_str();
+        let find = |ns: &str, with_selector: bool| {
+            self.sidecars.iter().find(|s| {
+                s.key.namespace == ns
+                    && s.spec.workload_selector.is_some() == with_selector
+                    && s.selects(labels)
+            })
+        };
+        find(namespace, true)
+            .or_else(|| find(namespace, false))
+            .or_else(|| find(root, false))
+    }
+
+    /// The scope (visible services, VirtualServices, DestinationRules) for a proxy in
+    /// `namespace` governed by `sidecar`; computed once per snapshot and shared.
+    pub fn scope(&self, namespace: &str, sidecar: Option<&Arc<SidecarConfig>>) -> Arc<Scope> {
+        let key = (namespace.to_string(), sidecar.map(|s| s.key.clone()));
+        if let Ok(cache) = self.scopes.lock()
+            && let Some(s) = cache.get(&key)
+        {
+            return s.clone();
+        }
+        let scope = Arc::new(Scope::new(self, namespace, sidecar));
+        if let Ok(mut cache) = self.scopes.lock() {
+            cache.insert(key, scope.clone());
+        }
+        scope
+    }
+
+    /// The DestinationRule that applies to `host` for a client in `client_ns`, following
+    /// istiod's precedence: the client's namespace, then the service's, then the root
+    /// namespace; an exact host beats a wildcard.
+    pub fn destination_rule(
+        &self,
+        client_ns: &str,
+        client_labels: &Labels,
+        service: &Service,
+    ) -> Option<&Arc<DestinationRuleConfig>> {
+        let candidates: Vec<&Arc<DestinationRuleConfig>> = self
+            .destination_rules
+            .iter()
+            .filter(|(h, _)| host::matches(h, &service.hostname))
+            .flat_map(|(_, v)| v.iter())
+            .filter(|dr| dr.visibility.visible_to(client_ns) || dr.key.namespace == client_ns)
+            .filter(|dr| match &dr.spec.workload_selector {
+                Some(sel) => {
+                    dr.key.namespace == client_ns && labels_match(&sel.match_labels, client_labels)
+                }
+                None => true,
+            })
+            .collect();
+        let rank = |dr: &DestinationRuleConfig| {
+            let ns_rank = if dr.key.namespace == client_ns {
+                if dr.spec.workload_selector.is_some() { 0 } else { 1 }
+            } else if dr.key.namespace == service.namespace {
+                2
+            } else if dr.key.namespace == self.mesh.root_namespace {
+                3
+            } else {
+                4
+            };
+            // Exact host first, then the longest (most specific) wildcard.
+            let host_rank = if dr.host == service.hostname {
+                0
+            } else {
+                usize::MAX - dr.host.len()
+            };
+            (ns_rank, host_rank, dr.key.clone())
+        };
+        candidates
+            .into_iter()
+            .filter(|dr| rank(dr).0 < 4)
+            .min_by_key(|dr| rank(dr))
+    }
+
+    /// Workloads whose address is `ip`.
+    pub fn workloads_at(&self, ip: &str) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads_by_ip
+            .get(ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.workloads.get(k))
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    mesh: MeshConfig,
+    domain: String,
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
+    diags: Vec<Diagnostic>,
+    services: BTreeMap<String, Arc<Service>>,
+    endpoints: BTreeMap<String, Arc<ServiceEndpoints>>,
+    workloads: BTreeMap<ObjectKey, Arc<Workload>>,
+    destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
+    virtual_services: Vec<Arc<VirtualServiceConfig>>,
+    gateways: Vec<Arc<GatewayConfig>>,
+    sidecars: Vec<Arc<SidecarConfig>>,
+}
+
+impl Builder {
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Object>> {
+        let start = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, o)| o)
+    }
+
+    fn mesh_config(&mut self, input: &ConfigSet, domain: &str, istio_ns: &str) -> MeshConfig {
+        let key = ObjectKey {
+            kind: Kind::ConfigMap,
+            namespace: istio_ns.to_string(),
+            name: "istio".into(),
+        };
+        let Some(obj) = input.objects.get(&key) else {
+            return MeshConfig {
+                domain_suffix: domain.to_string(),
+                ..MeshConfig::default()
+            };
+        };
+        let Spec::ConfigMap(data) = &obj.spec else {
+            return MeshConfig::default();
+        };
+        let Some(text) = data.get("mesh") else {
+            return MeshConfig {
+                domain_suffix: domain.to_string(),
+                ..MeshConfig::default()
+            };
+        };
+        let parsed = crate::sources::yaml::parse_documents(text);
+        let value = match parsed.into_iter().next() {
+            None => serde_json::Value::Object(Default::default()),
+            Some(Ok(doc)) => doc.value,
+            Some(Err(e)) => {
+                self.diags.push(
+                    obj.diag_error("data.mesh", format!("mesh config is not YAML: {}", e.message))
+                        .hint("the defaults are used until it is fixed"),
+                );
+                return MeshConfig::default();
+            }
+        };
+        match MeshConfig::from_value(value, domain) {
+            Ok(m) => m,
+            Err(e) => {
+                self.diags.push(
+                    obj.diag_error("data.mesh", e)
+                        .hint("the defaults are used until it is fixed"),
+                );
+                MeshConfig::default()
+            }
+        }
+    }
+
+    fn build_workloads(&mut self) {
+        let mut workloads = BTreeMap::new();
+        for pod in self.of_kind(Kind::Pod) {
+            let Spec::Pod(info) = &pod.spec else { continue };
+            workloads.insert(
+                pod.key.clone(),
+                Arc::new(Workload {
+                    key: pod.key.clone(),
+                    addresses: info.ips.clone(),
+                    labels: Arc::new(pod.labels.clone()),
+                    service_account: info.service_account.clone(),
+                }),
+            );
+        }
+        for we in self.of_kind(Kind::WorkloadEntry) {
+            let Spec::WorkloadEntry(spec) = &we.spec else { continue };
+            let mut labels = we.labels.clone();
+            labels.extend(spec.labels.clone());
+            workloads.insert(
+                we.key.clone(),
+                Arc::new(Workload {
+                    key: we.key.clone(),
+                    addresses: vec![spec.address.clone()],
+                    labels: Arc::new(labels),
+                    service_account: if spec.service_account.is_empty() {
+                        "default".into()
+                    } else {
+                        spec.service_account.clone()
+                    },
+                }),
+            );
+        }
+        self.workloads = workloads;
+    }
+
+    fn add_service(&mut self, svc: Service, endpoints: ServiceEndpoints, obj: &Object) {
+        if let Some(existing) = self.services.get(&svc.hostname) {
+            self.diags.push(
+                obj.diag_warning(
+                    "",
+                    format!(
+                        "host {} is already defined by {}; this definition is ignored",
+                        svc.hostname, existing.source
+                    ),
+                )
+                .hint("give each service one definition (a Service or a ServiceEntry)"),
+            );
+            return;
+        }
+        self.endpoints
+            .insert(svc.hostname.clone(), Arc::new(endpoints));
+        self.services.insert(svc.hostname.clone(), Arc::new(svc));
+    }
+
+    fn build_services(&mut self) {
+        // Kubernetes Services first: they win host conflicts, as in istiod.
+        let services: Vec<Arc<Object>> = self.of_kind(Kind::Service).cloned().collect();
+        let groups: Vec<Arc<Object>> = self.of_kind(Kind::Endpoints).cloned().collect();
+        let slices: Vec<Arc<Object>> = self.of_kind(Kind::EndpointSlice).cloned().collect();
+        for obj in &services {
+            let Spec::Service(spec) = &obj.spec else { continue };
+            if spec.service_type == "ExternalName" {
+                self.diags.push(obj.diag_warning(
+                    "spec.type",
+                    "ExternalName services are not supported yet; ignored",
+                ));
+                continue;
+            }
+            let hostname = format!(
+                "{}.{}.svc.{}",
+                obj.key.name, obj.key.namespace, self.domain
+            );
+            let ports: Vec<Port> = spec
+                .ports
+                .iter()
+                .map(|p| Port {
+                    name: p.name.clone(),
+                    port: p.port,
+                    protocol: Protocol::of_service_port(
+                        &p.name,
+                        &p.protocol,
+                        p.app_protocol.as_deref(),
+                    ),
+                })
+                .collect();
+            let export_to: Vec<String> = obj
+                .annotations
+                .get("networking.istio.io/exportTo")
+                .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+                .unwrap_or_default();
+            let svc = Service {
+                hostname,
+                namespace: obj.key.namespace.clone(),
+                name: obj.key.name.clone(),
+                ports,
+                addresses: spec.cluster_ips.clone(),
+                // Headless services are load balanced over their pods like any other
+                // (istiod would pass them through to the original destination).
+                resolution: Resolution::ClientSideLb,
+                mesh_external: false,
+                visibility: Visibility::from_export_to(
+                    &export_to,
+                    &obj.key.namespace,
+                    &self.mesh.default_service_export_to,
+                ),
+                source: obj.key.clone(),
+                kubernetes: true,
+                subject_alt_names: vec![],
+            };
+            let mut instances = Vec::new();
+            // Hand-made (or controller-made) endpoint objects win over the selector, as
+            // the EndpointSlice controller writes them from the selector anyway.
+            let explicit: Vec<&Arc<Object>> = slices
+                .iter()
+                .chain(groups.iter())
+                .filter(|g| {
+                    g.key.namespace == obj.key.namespace
+                        && matches!(&g.spec, Spec::Endpoints(e) if e.service == obj.key.name)
+                })
+                .collect();
+            if !explicit.is_empty() {
+                let mut seen = BTreeSet::new();
+                for g in explicit {
+                    let Spec::Endpoints(group) = &g.spec else { continue };
+                    for (addrs, eports) in &group.subsets {
+                        for a in addrs {
+                            if !a.ready && !spec.publish_not_ready {
+                                continue;
+                            }
+                            let mut ports = BTreeMap::new();
+                            for sp in &spec.ports {
+                                let ep = eports
+                                    .iter()
+                                    .find(|e| e.name == sp.name)
+                                    .or_else(|| (eports.len() == 1).then(|| &eports[0]));
+                                if let Some(ep) = ep {
+                                    ports.insert(sp.port, ep.port);
+                                }
+                            }
+                            if !seen.insert(a.ip.clone()) || ports.is_empty() {
+                                continue;
+                            }
+                            let pod = a
+                                .pod
+                                .as_ref()
+                                .map(|name| ObjectKey {
+                                    kind: Kind::Pod,
+                                    namespace: obj.key.namespace.clone(),
+                                    name: name.clone(),
+                                })
+                                .and_then(|k| self.workloads.get(&k))
+                                .cloned()
+                                .or_else(|| self.workload_at(&a.ip, &obj.key.namespace));
+                            instances.push(self.instance(&a.ip, ports, pod.as_deref(), true));
+                        }
+                    }
+                }
+            } else if let Some(selector) = &spec.selector {
+                for pod in self.of_kind(Kind::Pod) {
+                    if pod.key.namespace != obj.key.namespace
+                        || !labels_match(selector, &pod.labels)
+                    {
+                        continue;
+                    }
+                    let Spec::Pod(info) = &pod.spec else { continue };
+                    if info.ips.is_empty() || info.phase == "Succeeded" || info.phase == "Failed"
+                    {
+                        continue;
+                    }
+                    let ready = info.ready && !info.terminating;
+                    if !ready && !spec.publish_not_ready {
+                        continue;
+                    }
+                    let mut ports = BTreeMap::new();
+                    for sp in &spec.ports {
+                        let target = match &sp.target_port {
+                            TargetPort::Number(n) => Some(*n),
+                            TargetPort::Name(name) => info
+                                .container_ports
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, p)| *p),
+                        };
+                        if let Some(t) = target {
+                            ports.insert(sp.port, t);
+                        }
+                    }
+                    if ports.is_empty() {
+                        continue;
+                    }
+                    let w = self.workloads.get(&pod.key).cloned();
+                    instances.push(self.instance(&info.ips[0], ports, w.as_deref(), true));
+                }
+                // WorkloadEntries selected by a Kubernetes Service (istio's VM support).
+                instances.extend(self.workload_entry_instances(
+                    &obj.key.namespace,
+                    selector,
+                    &svc.ports,
+                    |p| {
+                        spec.ports.iter().find(|sp| sp.port == p.port).and_then(|sp| {
+                            match &sp.target_port {
+                                TargetPort::Number(n) => Some(*n),
+                                TargetPort::Name(_) => None,
+                            }
+                        })
+                    },
+                ));
+            }
+            instances.sort_by(|a, b| a.address.cmp(&b.address));
+            self.add_service(svc, ServiceEndpoints { instances }, obj);
+        }
+
+        let entries: Vec<Arc<Object>> = self.of_kind(Kind::ServiceEntry).cloned().collect();
+        for obj in &entries {
+            let Spec::ServiceEntry(se) = &obj.spec else { continue };
+            let errors = validate::service_entry(obj, se);
+            let failed = errors.iter().any(Diagnostic::is_error);
+            self.diags.extend(errors);
+            if failed {
+                continue;
+            }
+            let ports: Vec<Port> = se
+                .ports
+                .iter()
+                .map(|p| Port {
+                    name: p.name.clone(),
+                    port: p.number as u16,
+                    protocol: Protocol::parse(&p.protocol),
+                })
+                .collect();
+            let resolution = match se.resolution {
+                istio::Resolution::NONE => Resolution::Passthrough,
+                istio::Resolution::STATIC => Resolution::ClientSideLb,
+                istio::Resolution::DNS | istio::Resolution::DYNAMIC_DNS => Resolution::Dns,
+                istio::Resolution::DNS_ROUND_ROBIN => Resolution::DnsRoundRobin,
+            };
+            let target_of = |p: &Port| {
+                se.ports
+                    .iter()
+                    .find(|sp| sp.number as u16 == p.port)
+                    .and_then(|sp| sp.target_port)
+                    .map(|t| t as u16)
+            };
+            for h in &se.hosts {
+                let svc = Service {
+                    hostname: h.clone(),
+                    namespace: obj.key.namespace.clone(),
+                    name: obj.key.name.clone(),
+                    ports: ports.clone(),
+                    addresses: se.addresses.clone(),
+                    resolution,
+                    mesh_external: se.location == istio::Location::MESH_EXTERNAL,
+                    visibility: Visibility::from_export_to(
+                        &se.export_to,
+                        &obj.key.namespace,
+                        &self.mesh.default_service_export_to,
+                    ),
+                    source: obj.key.clone(),
+                    kubernetes: false,
+                    subject_alt_names: se.subject_alt_names.clone(),
+                };
+                let mut instances = Vec::new();
+                for ep in &se.endpoints {
+                    let mut port_map = BTreeMap::new();
+                    for p in &ports {
+                        let t = ep
+                            .ports
+                            .get(&p.name)
+                            .map(|n| *n as u16)
+                            .or_else(|| target_of(p))
+                            .unwrap_or(p.port);
+                        port_map.insert(p.port, t);
+                    }
+                    let mut inst = self.instance(&ep.address, port_map, None, false);
+                    inst.labels = Arc::new(ep.labels.clone());
+                    inst.service_account = ep.service_account.clone();
+                    inst.locality = ep.locality.clone();
+                    inst.weight = ep.weight.unwrap_or(0);
+                    inst.namespace = obj.key.namespace.clone();
+                    inst.dns = resolution == Resolution::Dns
+                        || resolution == Resolution::DnsRoundRobin;
+                    inst.tls_mode = ep.labels.get("security.istio.io/tlsMode").cloned();
+                    instances.push(inst);
+                }
+                if let Some(sel) = &se.workload_selector {
+                    for pod in self.of_kind(Kind::Pod) {
+                        if pod.key.namespace != obj.key.namespace
+                            || !labels_match(&sel.labels, &pod.labels)
+                        {
+                            continue;
+                        }
+                        let Spec::Pod(info) = &pod.spec else { continue };
+                        if info.ips.is_empty() || !info.ready {
+                            continue;
+                        }
+                        let port_map = ports
+                            .iter()
+                            .map(|p| (p.port, target_of(p).unwrap_or(p.port)))
+                            .collect();
+                        let w = self.workloads.get(&pod.key).cloned();
+                        instances.push(self.instance(&info.ips[0], port_map, w.as_deref(), true));
+                    }
+                    instances.extend(self.workload_entry_instances(
+                        &obj.key.namespace,
+                        &sel.labels,
+                        &ports,
+                        target_of,
+                    ));
+                }
+                if se.endpoints.is_empty()
+                    && se.workload_selector.is_none()
+                    && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+                    && !h.starts_with('*')
+                {
+                    // DNS resolution without endpoints: Envoy resolves the host itself.
+                    let port_map = ports
+                        .iter()
+                        .map(|p| (p.port, target_of(p).unwrap_or(p.port)))
+                        .collect();
+                    let mut inst = self.instance(h, port_map, None, false);
+                    inst.dns = true;
+                    inst.namespace = obj.key.namespace.clone();
+                    instances.push(inst);
+                }
+                self.add_service(svc, ServiceEndpoints { instances }, obj);
+            }
+        }
+    }
+
+    fn workload_at(&self, ip: &str, namespace: &str) -> Option<Arc<Workload>> {
+        self.workloads
+            .values()
+            .find(|w| w.key.namespace == namespace && w.addresses.iter().any(|a| a == ip))
+            .cloned()
+    }
+
+    fn workload_entry_instances(
+        &self,
+        namespace: &str,
+        selector: &Labels,
+        ports: &[Port],
+        target_of: impl Fn(&Port) -> Option<u16>,
+    ) -> Vec<Instance> {
+        let mut out = Vec::new();
+        for we in self.of_kind(Kind::WorkloadEntry) {
+            let Spec::WorkloadEntry(spec) = &we.spec else { continue };
+            let Some(w) = self.workloads.get(&we.key) else { continue };
+            if we.key.namespace != namespace || !labels_match(selector, &w.labels) {
+                continue;
+            }
+            let port_map = ports
+                .iter()
+                .map(|p| {
+                    let t = spec
+                        .ports
+                        .get(&p.name)
+                        .map(|n| *n as u16)
+                        .or_else(|| target_of(p))
+                        .unwrap_or(p.port);
+                    (p.port, t)
+                })
+                .collect();
+            let mut inst = self.instance(&spec.address, port_map, Some(w), false);
+            inst.locality = spec.locality.clone();
+            inst.weight = spec.weight.unwrap_or(0);
+            out.push(inst);
+        }
+        out
+    }
+
+    fn instance(
+        &self,
+        address: &str,
+        ports: BTreeMap<u16, u16>,
+        workload: Option<&Workload>,
+        ready: bool,
+    ) -> Instance {
+        let labels = workload.map(|w| w.labels.clone()).unwrap_or_default();
+        Instance {
+            address: address.to_string(),
+            ports,
+            tls_mode: labels.get("security.istio.io/tlsMode").cloned(),
+            labels,
+            service_account: workload
+                .map(|w| w.service_account.clone())
+                .unwrap_or_default(),
+            namespace: workload.map(|w| w.key.namespace.clone()).unwrap_or_default(),
+            workload: workload.map(|w| w.key.name.clone()).unwrap_or_default(),
+            locality: String::new(),
+            weight: 0,
+            ready: ready || workload.is_none(),
+            dns: false,
+        }
+    }
+
+    fn build_destination_rules(&mut self, previous: Option<&Snapshot>) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::DestinationRule).cloned().collect();
+        let mut rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>> = BTreeMap::new();
+        for obj in objs {
+            let Spec::DestinationRule(spec) = &obj.spec else { continue };
+            let mut diags = validate::destination_rule(&obj, spec);
+            let mut chosen = obj.clone();
+            if diags.iter().any(Diagnostic::is_error) {
+                match last_good(previous, &obj.key, |o| match &o.spec {
+                    Spec::DestinationRule(s) => !validate::destination_rule(o, s)
+                        .iter()
+                        .any(Diagnostic::is_error),
+                    _ => false,
+                }) {
+                    Some(prev) => {
+                        diags.push(keeping_last_good(&obj, &prev));
+                        chosen = prev;
+                    }
+                    None => {
+                        self.diags.extend(diags);
+                        self.objects.remove(&obj.key);
+                        continue;
+                    }
+                }
+                self.objects.insert(obj.key.clone(), chosen.clone());
+            }
+            self.diags.extend(diags);
+            let Spec::DestinationRule(spec) = &chosen.spec else { continue };
+            let host = host::resolve(&spec.host, &chosen.key.namespace, &self.domain);
+            let cfg = DestinationRuleConfig {
+                key: chosen.key.clone(),
+                host: host.clone(),
+                spec: spec.clone(),
+                visibility: Visibility::from_export_to(
+                    &spec.export_to,
+                    &chosen.key.namespace,
+                    &self.mesh.default_destination_rule_export_to,
+                ),
+                object: chosen.clone(),
+            };
+            let list = rules.entry(host.clone()).or_default();
+            if let Some(other) = list.iter().find(|o| {
+                o.key.namespace == cfg.key.namespace
+                    && o.spec.workload_selector == cfg.spec.workload_selector
+            }) {
+                self.diags.push(
+                    chosen
+                        .diag_warning(
+                            "spec.host",
+                            format!(
+                                "DestinationRule {} already applies to host {host} in this namespace; \
+                                 this one is ignored",
+                                other.key
+                            ),
+                        )
+                        .hint("merge the subsets and policies into one DestinationRule"),
+                );
+                continue;
+            }
+            list.push(Arc::new(cfg));
+        }
+        self.destination_rules = rules;
+    }
+
+    fn build_virtual_services(&mut self, previous: Option<&Snapshot>) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::VirtualService).cloned().collect();
+        let mut out = Vec::new();
+        for obj in objs {
+            let mut diags = self.check_virtual_service(&obj);
+            let mut chosen = obj.clone();
+            if diags.iter().any(Diagnostic::is_error) {
+                let prev = last_good(previous, &obj.key, |o| {
+                    !self.check_virtual_service(o).iter().any(Diagnostic::is_error)
+                });
+                match prev {
+                    Some(prev) => {
+                        diags.push(keeping_last_good(&obj, &prev));
+                        chosen = prev;
+                        self.objects.insert(obj.key.clone(), chosen.clone());
+                    }
+                    None => {
+                        self.diags.extend(diags);
+                        self.objects.remove(&obj.key);
+                        continue;
+                    }
+                }
+            }
+            self.diags.extend(diags);
+            let Spec::VirtualService(spec) = &chosen.spec else { continue };
+            let ns = &chosen.key.namespace;
+            let hosts = spec
+                .hosts
+                .iter()
+                .map(|h| host::resolve(h, ns, &self.domain))
+                .collect();
+            let gateways = if spec.gateways.is_empty() {
+                vec!["mesh".to_string()]
+            } else {
+                spec.gateways
+                    .iter()
+                    .map(|g| resolve_gateway(g, ns))
+                    .collect()
+            };
+            out.push(Arc::new(VirtualServiceConfig {
+                key: chosen.key.clone(),
+                spec: spec.clone(),
+                hosts,
+                gateways,
+                visibility: Visibility::from_export_to(
+                    &spec.export_to,
+                    ns,
+                    &self.mesh.default_virtual_service_export_to,
+                ),
+                object: chosen.clone(),
+            }));
+        }
+        self.virtual_services = out;
+    }
+
+    /// Structural validation plus references to other objects (hosts, subsets).
+    fn check_virtual_service(&self, obj: &Object) -> Vec<Diagnostic> {
+        let Spec::VirtualService(spec) = &obj.spec else {
+            return vec![];
+        };
+        let mut diags = validate::virtual_service(obj, spec);
+        let ns = &obj.key.namespace;
+        let check_dest = |diags: &mut Vec<Diagnostic>, d: &istio::Destination, path: String| {
+            if d.host.is_empty() {
+                return;
+            }
+            let host = host::resolve(&d.host, ns, &self.domain);
+            let svc = self.services.get(&host);
+            if svc.is_none() && !host.contains('*') {
+                diags.push(
+                    obj.diag_warning(
+                        &format!("{path}.host"),
+                        format!("host {host} is not a known service or ServiceEntry"),
+                    )
+                    .hint("requests routed here fail with 503 until the service exists; \
+                           for external hosts add a ServiceEntry"),
+                );
+            }
+            if let (Some(svc), Some(port)) = (svc, &d.port)
+                && svc.port(port.number as u16).is_none()
+            {
+                let ports: Vec<String> = svc.ports.iter().map(|p| p.port.to_string()).collect();
+                diags.push(
+                    obj.diag_warning(
+                        &format!("{path}.port.number"),
+                        format!("service {host} has no port {}", port.number),
+                    )
+                    .hint(format!("its ports are: {}", ports.join(", "))),
+                );
+            }
+            if d.subset.is_empty() {
+                return;
+            }
+            let rules: Vec<&Arc<DestinationRuleConfig>> = self
+                .destination_rules
+                .iter()
+                .filter(|(h, _)| host::matches(h, &host))
+                .flat_map(|(_, v)| v.iter())
+                .filter(|r| r.visibility.visible_to(ns) || r.key.namespace == *ns)
+                .collect();
+            if rules.iter().any(|r| r.subset(&d.subset).is_some()) {
+                return;
+            }
+            let defined: Vec<String> = rules
+                .iter()
+                .flat_map(|r| r.spec.subsets.iter().map(|s| s.name.clone()))
+                .collect();
+            let hint = if rules.is_empty() {
+                format!("no DestinationRule defines subsets for {host}; create one with a subset named {:?}", d.subset)
+            } else {
+                let names: Vec<String> = rules.iter().map(|r| r.key.to_string()).collect();
+                format!(
+                    "{} defines subsets [{}]",
+                    names.join(", "),
+                    defined.join(", ")
+                )
+            };
+            diags.push(
+                obj.diag_error(
+                    &format!("{path}.subset"),
+                    format!("subset {:?} of host {host} is not defined", d.subset),
+                )
+                .hint(hint),
+            );
+        };
+        for (i, r) in spec.http.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                check_dest(
+                    &mut diags,
+                    &d.destination,
+                    format!("spec.http[{i}].route[{j}].destination"),
+                );
+            }
+            if let Some(m) = &r.mirror {
+                check_dest(&mut diags, m, format!("spec.http[{i}].mirror"));
+            }
+            for (j, m) in r.mirrors.iter().enumerate() {
+                check_dest(
+                    &mut diags,
+                    &m.destination,
+                    format!("spec.http[{i}].mirrors[{j}].destination"),
+                );
+            }
+        }
+        for (i, r) in spec.tcp.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                check_dest(
+                    &mut diags,
+                    &d.destination,
+                    format!("spec.tcp[{i}].route[{j}].destination"),
+                );
+            }
+        }
+        for (i, r) in spec.tls.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                check_dest(
+                    &mut diags,
+                    &d.destination,
+                    format!("spec.tls[{i}].route[{j}].destination"),
+                );
+            }
+        }
+        for (i, g) in spec.gateways.iter().enumerate() {
+            if g == "mesh" {
+                continue;
+            }
+            let (gns, gname) = resolve_gateway(g, ns)
+                .split_once('/')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .unwrap_or_default();
+            let key = ObjectKey {
+                kind: Kind::Gateway,
+                namespace: gns,
+                name: gname,
+            };
+            if !self.objects.contains_key(&key) {
+                diags.push(
+                    obj.diag_warning(
+                        &format!("spec.gateways[{i}]"),
+                        format!("gateway {g} does not exist"),
+                    )
+                    .hint("routes bound to it take effect once the Gateway exists"),
+                );
+            }
+        }
+        diags
+    }
+
+    fn build_gateways(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::Gateway).cloned().collect();
+        for obj in objs {
+            let Spec::Gateway(spec) = &obj.spec else { continue };
+            let diags = validate::gateway(&obj, spec);
+            let failed = diags.iter().any(Diagnostic::is_error);
+            self.diags.extend(diags);
+            if failed {
+                self.objects.remove(&obj.key);
+                continue;
+            }
+            self.gateways.push(Arc::new(GatewayConfig {
+                key: obj.key.clone(),
+                spec: spec.clone(),
+                object: obj.clone(),
+            }));
+        }
+    }
+
+    fn build_sidecars(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::Sidecar).cloned().collect();
+        for obj in objs {
+            let Spec::Sidecar(spec) = &obj.spec else { continue };
+            let mut diags = Vec::new();
+            let mut egress_hosts = Vec::new();
+            for (i, e) in spec.egress.iter().enumerate() {
+                let mut hosts = Vec::new();
+                if e.hosts.is_empty() {
+                    diags.push(
+                        obj.diag_error(
+                            &format!("spec.egress[{i}].hosts"),
+                            "an egress listener needs at least one host",
+                        )
+                        .hint("use \"*/*\" for every service in the mesh"),
+                    );
+                }
+                for (j, h) in e.hosts.iter().enumerate() {
+                    match host::NamespacedHost::parse(h, &obj.key.namespace) {
+                        Ok(nh) => hosts.push(nh),
+                        Err(msg) => diags.push(
+                            obj.diag_error(&format!("spec.egress[{i}].hosts[{j}]"), msg),
+                        ),
+                    }
+                }
+                if let Some(p) = &e.port
+                    && (p.number == 0 || p.number > 65535)
+                {
+                    diags.push(obj.diag_error(
+                        &format!("spec.egress[{i}].port.number"),
+                        format!("port {} is out of range", p.number),
+                    ));
+                }
+                if !e.bind.is_empty() && e.bind.parse::<std::net::IpAddr>().is_err()
+                    && !e.bind.starts_with("unix://")
+                {
+                    diags.push(obj.diag_error(
+                        &format!("spec.egress[{i}].bind"),
+                        format!("bind {:?} is not an IP address", e.bind),
+                    ));
+                }
+                egress_hosts.push(hosts);
+            }
+            if spec.egress.iter().filter(|e| e.port.is_none()).count() > 1 {
+                diags.push(obj.diag_error(
+                    "spec.egress",
+                    "only one egress listener may omit the port (the catch-all)",
+                ));
+            }
+            for (i, ing) in spec.ingress.iter().enumerate() {
+                if ing.port.number == 0 || ing.port.number > 65535 {
+                    diags.push(obj.diag_error(
+                        &format!("spec.ingress[{i}].port.number"),
+                        "ingress listener needs a port number",
+                    ));
+                }
+            }
+            let same_scope = self.sidecars.iter().find(|s| {
+                s.key.namespace == obj.key.namespace
+                    && s.spec.workload_selector.is_none()
+                    && spec.workload_selector.is_none()
+            });
+            if let Some(other) = same_scope {
+                diags.push(
+                    obj.diag_error(
+                        "",
+                        format!(
+                            "namespace {} already has a Sidecar without workloadSelector ({})",
+                            obj.key.namespace, other.key
+                        ),
+                    )
+                    .hint("a namespace can have one default Sidecar; add a workloadSelector"),
+                );
+            }
+            let failed = diags.iter().any(Diagnostic::is_error);
+            self.diags.extend(diags);
+            if failed {
+                self.objects.remove(&obj.key);
+                continue;
+            }
+            self.sidecars.push(Arc::new(SidecarConfig {
+                key: obj.key.clone(),
+                spec: spec.clone(),
+                egress_hosts,
+                object: obj.clone(),
+            }));
+        }
+    }
+
+    fn finish(self, generation: u64) -> Snapshot {
+        // Per-host hash of everything that shapes the host's clusters and routes.
+        let mut config_hashes: BTreeMap<String, u64> = BTreeMap::new();
+        for (h, s) in &self.services {
+            config_hashes.insert(h.clone(), hash_of(&**s));
+        }
+        let mut mix = |host: &str, v: u64| {
+            let e = config_hashes.entry(host.to_string()).or_insert(0);
+            *e = xxhash_rust::xxh3::xxh3_64(&[e.to_le_bytes(), v.to_le_bytes()].concat());
+        };
+        for vs in &self.virtual_services {
+            let h = hash_of(&**vs);
+            for host in &vs.hosts {
+                mix(host, h);
+            }
+        }
+        for (host, rules) in &self.destination_rules {
+            for r in rules {
+                mix(host, hash_of(&**r));
+            }
+        }
+        let endpoint_hashes = self
+            .endpoints
+            .iter()
+            .map(|(h, e)| (h.clone(), hash_of(&**e)))
+            .collect();
+        let mut sidecar_hashes: BTreeMap<String, u64> = BTreeMap::new();
+        for s in &self.sidecars {
+            let e = sidecar_hashes.entry(s.key.namespace.clone()).or_insert(0);
+            *e ^= hash_of(&**s);
+        }
+        let gateway_hash = hash_of(&self.gateways);
+        let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+        for w in self.workloads.values() {
+            for a in &w.addresses {
+                workloads_by_ip.entry(a.clone()).or_default().push(w.key.clone());
+            }
+        }
+        let mut diagnostics = self.diags;
+        diagnostics.sort_by(|a, b| (&a.origin, &a.object).cmp(&(&b.origin, &b.object)));
+        diagnostics.dedup();
+        Snapshot {
+            generation,
+            mesh: Arc::new(self.mesh),
+            objects: self.objects,
+            services: self.services,
+            endpoints: self.endpoints,
+            virtual_services: self.virtual_services,
+            destination_rules: self.destination_rules,
+            gateways: self.gateways,
+            sidecars: self.sidecars,
+            workloads: self.workloads,
+            workloads_by_ip,
+            diagnostics,
+            config_hashes,
+            endpoint_hashes,
+            sidecar_hashes,
+            gateway_hash,
+            scopes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// `gateway` or `ns/gateway` → `ns/gateway` (istio resolves a bare name in the
+/// VirtualService's namespace).
+pub fn resolve_gateway(g: &str, vs_namespace: &str) -> String {
+    if g == "mesh" || g.contains('/') {
+        g.to_string()
+    } else {
+        format!("{vs_namespace}/{g}")
+    }
+}
+
+/// The previous snapshot's accepted version of `key`, if it is still acceptable.
+fn last_good(
+    previous: Option<&Snapshot>,
+    key: &ObjectKey,
+    still_valid: impl Fn(&Object) -> bool,
+) -> Option<Arc<Object>> {
+    let prev = previous?.objects.get(key)?;
+    still_valid(prev).then(|| prev.clone())
+}
+
+fn keeping_last_good(new: &Object, prev: &Object) -> Diagnostic {
+    Diagnostic::warning(
+        new.origin.clone(),
+        format!(
+            "the new version of {} was refused; the last good version (from {}) stays in force",
+            new.key, prev.origin
+        ),
+    )
+    .object(new.key.to_string())
+}
+
+/// A diagnostic that is not about any object.
+pub fn general_error(reason: impl Into<String>) -> Diagnostic {
+    Diagnostic::error(Origin::default(), reason)
+}

@@ -1,0 +1,377 @@
+//! Structural validation of Istio objects, with Istio's rules and clearer messages.
+//! Used when building snapshots and by the validation webhook. References between
+//! objects (does this subset exist?) are checked in `snapshot`, which sees them all.
+
+use super::diagnostic::Diagnostic;
+use super::istio::{self, StringMatch};
+use super::object::Object;
+
+fn check_string_match(obj: &Object, m: &StringMatch, path: &str, out: &mut Vec<Diagnostic>) {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set != 1 {
+        out.push(
+            obj.diag_error(path, "a string match needs exactly one of exact, prefix or regex")
+                .hint("e.g. `exact: /login` or `prefix: /api`"),
+        );
+    }
+    if let Some(re) = &m.regex {
+        check_regex(obj, re, &format!("{path}.regex"), out);
+    }
+}
+
+fn check_regex(obj: &Object, re: &str, path: &str, out: &mut Vec<Diagnostic>) {
+    // Envoy uses RE2; the regex crate accepts the same syntax (no backreferences or
+    // lookaround), so what compiles here is what Envoy will accept.
+    if let Err(e) = regex::Regex::new(re) {
+        let first = e.to_string().lines().last().unwrap_or_default().to_string();
+        out.push(
+            obj.diag_error(path, format!("invalid regular expression {re:?}: {first}"))
+                .hint("Envoy uses RE2 syntax: no lookaround or backreferences"),
+        );
+    }
+}
+
+fn check_header_name(obj: &Object, name: &str, path: &str, out: &mut Vec<Diagnostic>) {
+    if name.is_empty() || name.chars().any(|c| c.is_ascii_uppercase()) {
+        out.push(
+            obj.diag_error(path, format!("header name {name:?} must be non-empty lower case"))
+                .hint("HTTP/2 header names are lower case; Istio requires them so"),
+        );
+    }
+}
+
+/// VirtualService rules from istio's `ValidateVirtualService`.
+pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if vs.hosts.is_empty() {
+        out.push(
+            obj.diag_error("spec.hosts", "a VirtualService needs at least one host")
+                .hint("name the service it routes, e.g. `hosts: [reviews]`"),
+        );
+    }
+    for (i, h) in vs.hosts.iter().enumerate() {
+        if h.is_empty() || (h.contains('*') && !h.starts_with('*')) || h.contains('/') {
+            out.push(obj.diag_error(
+                &format!("spec.hosts[{i}]"),
+                format!("host {h:?} is not a valid host name"),
+            ));
+        }
+        if h == "*" && vs.gateways.is_empty() {
+            out.push(obj.diag_error(
+                &format!("spec.hosts[{i}]"),
+                "host \"*\" is only allowed on VirtualServices bound to gateways",
+            ));
+        }
+    }
+    if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
+        out.push(obj.diag_error(
+            "spec",
+            "a VirtualService needs at least one of http, tcp or tls routes",
+        ));
+    }
+    for (i, r) in vs.http.iter().enumerate() {
+        let p = format!("spec.http[{i}]");
+        let actions = [
+            !r.route.is_empty(),
+            r.redirect.is_some(),
+            r.direct_response.is_some(),
+            r.delegate.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if actions == 0 {
+            out.push(
+                obj.diag_error(&p, "an HTTP route needs a route, redirect, directResponse or delegate")
+                    .hint("add `route: [{destination: {host: ...}}]`"),
+            );
+        }
+        if !r.route.is_empty() && (r.redirect.is_some() || r.direct_response.is_some()) {
+            out.push(obj.diag_error(
+                &p,
+                "route cannot be combined with redirect or directResponse",
+            ));
+        }
+        if r.delegate.is_some() {
+            out.push(obj.diag_warning(
+                &format!("{p}.delegate"),
+                "delegate is not supported by meshd yet; this HTTP route is skipped",
+            ));
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            let mp = format!("{p}.match[{j}]");
+            for (field, sm) in [
+                ("uri", &m.uri),
+                ("scheme", &m.scheme),
+                ("method", &m.method),
+                ("authority", &m.authority),
+            ] {
+                if let Some(sm) = sm {
+                    check_string_match(obj, sm, &format!("{mp}.{field}"), &mut out);
+                }
+            }
+            for (name, sm) in &m.headers {
+                check_header_name(obj, name, &format!("{mp}.headers.{name}"), &mut out);
+                // An empty match (`{}`) means "header present", as istio allows.
+                if sm.exact.is_some() || sm.prefix.is_some() || sm.regex.is_some() {
+                    check_string_match(obj, sm, &format!("{mp}.headers.{name}"), &mut out);
+                }
+            }
+            for (name, sm) in &m.without_headers {
+                check_header_name(obj, name, &format!("{mp}.withoutHeaders.{name}"), &mut out);
+                if sm.exact.is_some() || sm.prefix.is_some() || sm.regex.is_some() {
+                    check_string_match(obj, sm, &format!("{mp}.withoutHeaders.{name}"), &mut out);
+                }
+            }
+            for (name, sm) in &m.query_params {
+                if sm.exact.is_some() || sm.prefix.is_some() || sm.regex.is_some() {
+                    check_string_match(obj, sm, &format!("{mp}.queryParams.{name}"), &mut out);
+                }
+            }
+            if let Some(port) = m.port
+                && (port == 0 || port > 65535)
+            {
+                out.push(obj.diag_error(&format!("{mp}.port"), format!("port {port} is out of range")));
+            }
+        }
+        let mut total: i64 = 0;
+        for (j, d) in r.route.iter().enumerate() {
+            let dp = format!("{p}.route[{j}]");
+            if d.destination.host.is_empty() {
+                out.push(
+                    obj.diag_error(&format!("{dp}.destination.host"), "destination host is empty")
+                        .hint("every route destination names a host"),
+                );
+            }
+            let w = d.weight.unwrap_or(0);
+            if w < 0 {
+                out.push(obj.diag_error(&format!("{dp}.weight"), "weight must not be negative"));
+            }
+            total += i64::from(w.max(0));
+        }
+        if r.route.len() > 1 && total == 0 {
+            out.push(
+                obj.diag_error(
+                    &format!("{p}.route"),
+                    "several destinations but no weights: traffic would have nowhere to go",
+                )
+                .hint("give each destination a weight, e.g. 50 and 50"),
+            );
+        }
+        if let Some(redirect) = &r.redirect
+            && let Some(code) = redirect.redirect_code
+            && ![301, 302, 303, 307, 308].contains(&code)
+        {
+            out.push(obj.diag_error(
+                &format!("{p}.redirect.redirectCode"),
+                format!("redirect code {code} is not one of 301, 302, 303, 307, 308"),
+            ));
+        }
+        if let Some(dr) = &r.direct_response
+            && !(200..=599).contains(&dr.status)
+        {
+            out.push(obj.diag_error(
+                &format!("{p}.directResponse.status"),
+                format!("status {} is not an HTTP status (200-599)", dr.status),
+            ));
+        }
+        if let Some(rw) = &r.rewrite
+            && let Some(rr) = &rw.uri_regex_rewrite
+        {
+            check_regex(obj, &rr.matches, &format!("{p}.rewrite.uriRegexRewrite.match"), &mut out);
+            if !rw.uri.is_empty() {
+                out.push(obj.diag_error(
+                    &format!("{p}.rewrite"),
+                    "uri and uriRegexRewrite cannot both be set",
+                ));
+            }
+        }
+        if let Some(f) = &r.fault {
+            if let Some(a) = &f.abort
+                && a.http_status.is_none()
+                && a.grpc_status.is_none()
+                && a.http2_error.is_none()
+            {
+                out.push(obj.diag_error(
+                    &format!("{p}.fault.abort"),
+                    "an abort needs httpStatus, grpcStatus or http2Error",
+                ));
+            }
+            if let Some(a) = &f.abort
+                && let Some(s) = a.http_status
+                && !(200..=599).contains(&s)
+            {
+                out.push(obj.diag_error(
+                    &format!("{p}.fault.abort.httpStatus"),
+                    format!("httpStatus {s} is not an HTTP status (200-599)"),
+                ));
+            }
+            if let Some(d) = &f.delay
+                && d.fixed_delay.is_none()
+                && d.exponential_delay.is_none()
+            {
+                out.push(obj.diag_error(&format!("{p}.fault.delay"), "a delay needs fixedDelay"));
+            }
+        }
+        if let Some(retries) = &r.retries
+            && retries.attempts < 0
+        {
+            out.push(obj.diag_error(
+                &format!("{p}.retries.attempts"),
+                "attempts must not be negative",
+            ));
+        }
+        for (field, pct) in [
+            ("mirrorPercentage", r.mirror_percentage.as_ref()),
+            ("fault.delay.percentage", r.fault.as_ref().and_then(|f| f.delay.as_ref()).and_then(|d| d.percentage.as_ref())),
+            ("fault.abort.percentage", r.fault.as_ref().and_then(|f| f.abort.as_ref()).and_then(|d| d.percentage.as_ref())),
+        ] {
+            if let Some(pct) = pct
+                && !(0.0..=100.0).contains(&pct.value)
+            {
+                out.push(obj.diag_error(
+                    &format!("{p}.{field}.value"),
+                    format!("percentage {} is not between 0 and 100", pct.value),
+                ));
+            }
+        }
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        if r.route.is_empty() {
+            out.push(obj.diag_error(&format!("spec.tcp[{i}].route"), "a TCP route needs a destination"));
+        }
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        if r.matches.is_empty() {
+            out.push(obj.diag_error(
+                &format!("spec.tls[{i}].match"),
+                "a TLS route needs a match with sniHosts",
+            ));
+        }
+        if r.route.is_empty() {
+            out.push(obj.diag_error(&format!("spec.tls[{i}].route"), "a TLS route needs a destination"));
+        }
+    }
+    out
+}
+
+/// DestinationRule rules from istio's `ValidateDestinationRule`.
+pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if dr.host.is_empty() {
+        out.push(
+            obj.diag_error("spec.host", "a DestinationRule needs a host")
+                .hint("name the service, e.g. `host: reviews`"),
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        if s.name.is_empty() {
+            out.push(obj.diag_error(&format!("spec.subsets[{i}].name"), "a subset needs a name"));
+        } else if !names.insert(s.name.as_str()) {
+            out.push(obj.diag_error(
+                &format!("spec.subsets[{i}].name"),
+                format!("subset {:?} is defined twice", s.name),
+            ));
+        }
+    }
+    let mut policies = vec![("spec.trafficPolicy".to_string(), dr.traffic_policy.as_ref())];
+    for (i, s) in dr.subsets.iter().enumerate() {
+        policies.push((format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref()));
+    }
+    for (path, tp) in policies {
+        let Some(tp) = tp else { continue };
+        if let Some(lb) = &tp.load_balancer
+            && lb.simple.is_some()
+            && lb.consistent_hash.is_some()
+        {
+            out.push(obj.diag_error(
+                &format!("{path}.loadBalancer"),
+                "simple and consistentHash are mutually exclusive",
+            ));
+        }
+        if let Some(od) = &tp.outlier_detection
+            && let Some(p) = od.max_ejection_percent
+            && !(0..=100).contains(&p)
+        {
+            out.push(obj.diag_error(
+                &format!("{path}.outlierDetection.maxEjectionPercent"),
+                format!("{p} is not a percentage"),
+            ));
+        }
+    }
+    out
+}
+
+/// Gateway rules from istio's `ValidateGateway`.
+pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if gw.servers.is_empty() {
+        out.push(obj.diag_error("spec.servers", "a Gateway needs at least one server"));
+    }
+    for (i, s) in gw.servers.iter().enumerate() {
+        let p = format!("spec.servers[{i}]");
+        if s.port.number == 0 || s.port.number > 65535 {
+            out.push(obj.diag_error(&format!("{p}.port.number"), "server port is missing or out of range"));
+        }
+        if s.port.protocol.is_empty() {
+            out.push(
+                obj.diag_error(&format!("{p}.port.protocol"), "server port needs a protocol")
+                    .hint("HTTP, HTTPS, GRPC, HTTP2, TCP or TLS"),
+            );
+        }
+        if s.hosts.is_empty() {
+            out.push(
+                obj.diag_error(&format!("{p}.hosts"), "a server needs at least one host")
+                    .hint("use \"*\" for any host"),
+            );
+        }
+    }
+    out
+}
+
+/// ServiceEntry rules from istio's `ValidateServiceEntry`.
+pub fn service_entry(obj: &Object, se: &istio::ServiceEntry) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if se.hosts.is_empty() {
+        out.push(obj.diag_error("spec.hosts", "a ServiceEntry needs at least one host"));
+    }
+    for (i, p) in se.ports.iter().enumerate() {
+        if p.number == 0 || p.number > 65535 {
+            out.push(obj.diag_error(&format!("spec.ports[{i}].number"), "port is missing or out of range"));
+        }
+    }
+    let dns = matches!(
+        se.resolution,
+        istio::Resolution::DNS | istio::Resolution::DNS_ROUND_ROBIN
+    );
+    for (i, h) in se.hosts.iter().enumerate() {
+        if dns && h.starts_with('*') && se.endpoints.is_empty() {
+            out.push(
+                obj.diag_error(
+                    &format!("spec.hosts[{i}]"),
+                    format!("wildcard host {h} cannot be resolved with DNS"),
+                )
+                .hint("use resolution: NONE for wildcard hosts"),
+            );
+        }
+    }
+    if se.resolution == istio::Resolution::STATIC
+        && se.endpoints.is_empty()
+        && se.workload_selector.is_none()
+    {
+        out.push(obj.diag_warning(
+            "spec.endpoints",
+            "resolution STATIC without endpoints or workloadSelector: the service has no endpoints",
+        ));
+    }
+    for (i, e) in se.endpoints.iter().enumerate() {
+        if e.address.is_empty() {
+            out.push(obj.diag_error(&format!("spec.endpoints[{i}].address"), "endpoint needs an address"));
+        }
+    }
+    out
+}
