@@ -18,7 +18,13 @@ fn main() {
     // `--filter-platform` keeps cargo from wanting packages of other platforms (which
     // `--offline` could not download); `--offline` keeps the build from touching the network.
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
         .arg(&target)
         .arg("--manifest-path")
         .arg(manifest.join("Cargo.toml"))

@@ -3,5 +3,13 @@
 //! Data flows one way: [`sources`] → [`model`] → [`translate`] → [`xds`] → Envoy.
 //! See docs/ARCHITECTURE.md.
 
+pub mod app;
+pub mod cli;
 pub mod model;
+pub mod server;
 pub mod sources;
+pub mod translate;
+
+/// Envoy's protobuf descriptors (a FileDescriptorSet from envoy-types), for JSON rendering.
+pub static ENVOY_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));

@@ -189,10 +189,13 @@ mod tests {
 
     #[test]
     fn display_has_location_object_field_reason_hint() {
-        let d = Diagnostic::error(Origin::file(Arc::new("a/b.yaml".into()), 7), "no such subset")
-            .object("VirtualService default/reviews")
-            .field("spec.http[0].route[0].destination.subset")
-            .hint("add it to the DestinationRule");
+        let d = Diagnostic::error(
+            Origin::file(Arc::new("a/b.yaml".into()), 7),
+            "no such subset",
+        )
+        .object("VirtualService default/reviews")
+        .field("spec.http[0].route[0].destination.subset")
+        .hint("add it to the DestinationRule");
         assert_eq!(
             d.to_string(),
             "a/b.yaml:7: error: VirtualService default/reviews: \

@@ -47,14 +47,18 @@ pub struct NamespacedHost {
 
 impl NamespacedHost {
     pub fn parse(s: &str, own_namespace: &str) -> Result<NamespacedHost, String> {
-        let (ns, host) = s
-            .split_once('/')
-            .ok_or_else(|| format!("egress host {s:?} must be namespace/host (e.g. \"./*\" or \"istio-system/*\")"))?;
+        let (ns, host) = s.split_once('/').ok_or_else(|| {
+            format!("egress host {s:?} must be namespace/host (e.g. \"./*\" or \"istio-system/*\")")
+        })?;
         if ns.is_empty() || host.is_empty() {
             return Err(format!("egress host {s:?} has an empty namespace or host"));
         }
         Ok(NamespacedHost {
-            namespace: if ns == "." { own_namespace.to_string() } else { ns.to_string() },
+            namespace: if ns == "." {
+                own_namespace.to_string()
+            } else {
+                ns.to_string()
+            },
             host: host.to_string(),
         })
     }
@@ -77,7 +81,11 @@ mod tests {
         let cases = [
             ("reviews", "default", "reviews.default.svc.cluster.local"),
             ("reviews.default", "x", "reviews.default"),
-            ("reviews.default.svc.cluster.local", "x", "reviews.default.svc.cluster.local"),
+            (
+                "reviews.default.svc.cluster.local",
+                "x",
+                "reviews.default.svc.cluster.local",
+            ),
             ("*", "x", "*"),
             ("*.example.com", "x", "*.example.com"),
             ("10.0.0.1", "x", "10.0.0.1"),

@@ -840,7 +840,12 @@ mod tests {
     fn virtual_service_refuses_unknown_fields() {
         let yaml = "hosts: [reviews]\nhttp:\n- route:\n  - destination:\n      host: reviews\n      subsets: v1\n";
         let docs = crate::sources::yaml::parse_documents(yaml);
-        let value = docs.into_iter().next().expect("one doc").expect("yaml").value;
+        let value = docs
+            .into_iter()
+            .next()
+            .expect("one doc")
+            .expect("yaml")
+            .value;
         let err = serde_json::from_value::<VirtualService>(value).unwrap_err();
         assert!(err.to_string().contains("unknown field `subsets`"), "{err}");
     }

@@ -123,7 +123,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(m.trust_domain, "example.org");
-        assert_eq!(m.outbound_traffic_policy, OutboundTrafficMode::REGISTRY_ONLY);
+        assert_eq!(
+            m.outbound_traffic_policy,
+            OutboundTrafficMode::REGISTRY_ONLY
+        );
         assert_eq!(m.root_namespace, "istio-system");
         assert_eq!(m.access_log_file, "/dev/stdout");
         assert!(MeshConfig::from_value(json!({"connectTimeout": 5}), "cluster.local").is_err());

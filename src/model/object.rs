@@ -123,7 +123,10 @@ pub enum TypeLookup {
     /// A kind meshd has no use for (Deployment, ServiceAccount, …): ignored quietly.
     Ignored,
     /// A kind meshd knows, in a version nobody serves.
-    BadVersion { kind: Kind, served: &'static [&'static str] },
+    BadVersion {
+        kind: Kind,
+        served: &'static [&'static str],
+    },
 }
 
 pub fn lookup_type(api_version: &str, kind: &str) -> TypeLookup {
@@ -364,8 +367,10 @@ impl Object {
             .unwrap_or_default()
             .to_string();
         if api_version.is_empty() || kind_name.is_empty() {
-            return Err(Diagnostic::error(at(""), "object has no apiVersion or no kind")
-                .hint("every manifest needs `apiVersion:` and `kind:`, as kubectl requires"));
+            return Err(
+                Diagnostic::error(at(""), "object has no apiVersion or no kind")
+                    .hint("every manifest needs `apiVersion:` and `kind:`, as kubectl requires"),
+            );
         }
         let kind = match lookup_type(&api_version, &kind_name) {
             TypeLookup::Known(k) => k,
@@ -483,13 +488,42 @@ impl Object {
     }
 }
 
+/// The key a document would have, read without validating it (to find the last good
+/// version of an object whose new version is refused).
+pub fn key_of(value: &Value, default_namespace: &str) -> Option<ObjectKey> {
+    let api_version = value.get("apiVersion")?.as_str()?;
+    let kind = match lookup_type(api_version, value.get("kind")?.as_str()?) {
+        TypeLookup::Known(k) | TypeLookup::BadVersion { kind: k, .. } => k,
+        _ => return None,
+    };
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_string();
+    let namespace = if kind.namespaced() {
+        meta.get("namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(default_namespace)
+            .to_string()
+    } else {
+        String::new()
+    };
+    Some(ObjectKey {
+        kind,
+        namespace,
+        name,
+    })
+}
+
 fn meta_name(map: &serde_json::Map<String, Value>) -> String {
     let meta = map.get("metadata");
     let name = meta
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
     }
@@ -594,7 +628,11 @@ fn parse_spec(
                 subsets: subsets
                     .into_iter()
                     .map(|s| {
-                        let ready = s.addresses.unwrap_or_default().into_iter().map(|a| (a, true));
+                        let ready = s
+                            .addresses
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|a| (a, true));
                         let not_ready = s
                             .not_ready_addresses
                             .unwrap_or_default()
@@ -687,11 +725,14 @@ fn service_spec(
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let mut ports = Vec::new();
     for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
-        let port = u16::try_from(p.port).ok().filter(|p| *p > 0).ok_or_else(|| {
-            Diagnostic::error(origin.clone(), format!("port {} is out of range", p.port))
-                .object(key.to_string())
-                .field(format!("spec.ports[{i}].port"))
-        })?;
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Diagnostic::error(origin.clone(), format!("port {} is out of range", p.port))
+                    .object(key.to_string())
+                    .field(format!("spec.ports[{i}].port"))
+            })?;
         let target_port = match p.target_port {
             None => TargetPort::Number(port),
             Some(IntOrString::Int(n)) => {
@@ -796,7 +837,10 @@ mod tests {
             lookup_type("networking.istio.io/v1alpha3", "VirtualService"),
             TypeLookup::Known(Kind::VirtualService)
         );
-        assert_eq!(lookup_type("v1", "Service"), TypeLookup::Known(Kind::Service));
+        assert_eq!(
+            lookup_type("v1", "Service"),
+            TypeLookup::Known(Kind::Service)
+        );
         assert_eq!(lookup_type("apps/v1", "Deployment"), TypeLookup::Ignored);
         assert!(matches!(
             lookup_type("networking.istio.io/v2", "Gateway"),

@@ -78,14 +78,21 @@ impl Proxy {
         };
         let meta_str = |k: &str| metadata.get(k).and_then(Value::as_str).map(str::to_string);
         let mut ips: Vec<String> = meta_str("INSTANCE_IPS")
-            .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         if ips.is_empty() {
             ips.push(parts[1].to_string());
         }
         for ip in &ips {
             if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(NodeIdError(format!("node id {id:?}: {ip:?} is not an IP address")));
+                return Err(NodeIdError(format!(
+                    "node id {id:?}: {ip:?} is not an IP address"
+                )));
             }
         }
         let (pod, ns_from_id) = match parts[2].rsplit_once('.') {
@@ -162,7 +169,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_ids() {
-        for bad in ["x", "sidecar~1.2.3.4~a.b", "gateway~1.2.3.4~a.b~b.svc", "sidecar~nope~a.b~c"] {
+        for bad in [
+            "x",
+            "sidecar~1.2.3.4~a.b",
+            "gateway~1.2.3.4~a.b~b.svc",
+            "sidecar~nope~a.b~c",
+        ] {
             assert!(Proxy::from_node(bad, BTreeMap::new()).is_err(), "{bad}");
         }
     }

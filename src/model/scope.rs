@@ -62,7 +62,11 @@ impl Scope {
         for (listener, egress_hosts) in listeners {
             let services: Vec<Arc<Service>> = visible_services
                 .iter()
-                .filter(|s| egress_hosts.iter().any(|h| h.selects(&s.namespace, &s.hostname)))
+                .filter(|s| {
+                    egress_hosts
+                        .iter()
+                        .any(|h| h.selects(&s.namespace, &s.hostname))
+                })
                 .map(|s| (*s).clone())
                 .collect();
             let virtual_services: Vec<Arc<VirtualServiceConfig>> = mesh_vs
@@ -76,7 +80,11 @@ impl Scope {
                 .map(|v| (*v).clone())
                 .collect();
             hosts.extend(services.iter().map(|s| s.hostname.clone()));
-            hosts.extend(virtual_services.iter().flat_map(|v| v.hosts.iter().cloned()));
+            hosts.extend(
+                virtual_services
+                    .iter()
+                    .flat_map(|v| v.hosts.iter().cloned()),
+            );
             egress.push(EgressScope {
                 listener,
                 services,
@@ -113,6 +121,10 @@ impl Scope {
 
     /// Does a change to `host` concern this scope? Wildcard VirtualService hosts count.
     pub fn sees(&self, h: &str) -> bool {
-        self.hosts.contains(h) || self.hosts.iter().any(|x| x.starts_with('*') && host::matches(x, h))
+        self.hosts.contains(h)
+            || self
+                .hosts
+                .iter()
+                .any(|x| x.starts_with('*') && host::matches(x, h))
     }
 }

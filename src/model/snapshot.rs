@@ -284,7 +284,11 @@ impl Snapshot {
             .collect();
         let rank = |dr: &DestinationRuleConfig| {
             let ns_rank = if dr.key.namespace == client_ns {
-                if dr.spec.workload_selector.is_some() { 0 } else { 1 }
+                if dr.spec.workload_selector.is_some() {
+                    0
+                } else {
+                    1
+                }
             } else if dr.key.namespace == service.namespace {
                 2
             } else if dr.key.namespace == self.mesh.root_namespace {
@@ -371,8 +375,11 @@ impl Builder {
             Some(Ok(doc)) => doc.value,
             Some(Err(e)) => {
                 self.diags.push(
-                    obj.diag_error("data.mesh", format!("mesh config is not YAML: {}", e.message))
-                        .hint("the defaults are used until it is fixed"),
+                    obj.diag_error(
+                        "data.mesh",
+                        format!("mesh config is not YAML: {}", e.message),
+                    )
+                    .hint("the defaults are used until it is fixed"),
                 );
                 return MeshConfig::default();
             }
@@ -404,7 +411,9 @@ impl Builder {
             );
         }
         for we in self.of_kind(Kind::WorkloadEntry) {
-            let Spec::WorkloadEntry(spec) = &we.spec else { continue };
+            let Spec::WorkloadEntry(spec) = &we.spec else {
+                continue;
+            };
             let mut labels = we.labels.clone();
             labels.extend(spec.labels.clone());
             workloads.insert(
@@ -449,7 +458,9 @@ impl Builder {
         let groups: Vec<Arc<Object>> = self.of_kind(Kind::Endpoints).cloned().collect();
         let slices: Vec<Arc<Object>> = self.of_kind(Kind::EndpointSlice).cloned().collect();
         for obj in &services {
-            let Spec::Service(spec) = &obj.spec else { continue };
+            let Spec::Service(spec) = &obj.spec else {
+                continue;
+            };
             if spec.service_type == "ExternalName" {
                 self.diags.push(obj.diag_warning(
                     "spec.type",
@@ -457,10 +468,7 @@ impl Builder {
                 ));
                 continue;
             }
-            let hostname = format!(
-                "{}.{}.svc.{}",
-                obj.key.name, obj.key.namespace, self.domain
-            );
+            let hostname = format!("{}.{}.svc.{}", obj.key.name, obj.key.namespace, self.domain);
             let ports: Vec<Port> = spec
                 .ports
                 .iter()
@@ -512,7 +520,9 @@ impl Builder {
             if !explicit.is_empty() {
                 let mut seen = BTreeSet::new();
                 for g in explicit {
-                    let Spec::Endpoints(group) = &g.spec else { continue };
+                    let Spec::Endpoints(group) = &g.spec else {
+                        continue;
+                    };
                     for (addrs, eports) in &group.subsets {
                         for a in addrs {
                             if !a.ready && !spec.publish_not_ready {
@@ -554,8 +564,7 @@ impl Builder {
                         continue;
                     }
                     let Spec::Pod(info) = &pod.spec else { continue };
-                    if info.ips.is_empty() || info.phase == "Succeeded" || info.phase == "Failed"
-                    {
+                    if info.ips.is_empty() || info.phase == "Succeeded" || info.phase == "Failed" {
                         continue;
                     }
                     let ready = info.ready && !info.terminating;
@@ -588,12 +597,13 @@ impl Builder {
                     selector,
                     &svc.ports,
                     |p| {
-                        spec.ports.iter().find(|sp| sp.port == p.port).and_then(|sp| {
-                            match &sp.target_port {
+                        spec.ports
+                            .iter()
+                            .find(|sp| sp.port == p.port)
+                            .and_then(|sp| match &sp.target_port {
                                 TargetPort::Number(n) => Some(*n),
                                 TargetPort::Name(_) => None,
-                            }
-                        })
+                            })
                     },
                 ));
             }
@@ -603,7 +613,9 @@ impl Builder {
 
         let entries: Vec<Arc<Object>> = self.of_kind(Kind::ServiceEntry).cloned().collect();
         for obj in &entries {
-            let Spec::ServiceEntry(se) = &obj.spec else { continue };
+            let Spec::ServiceEntry(se) = &obj.spec else {
+                continue;
+            };
             let errors = validate::service_entry(obj, se);
             let failed = errors.iter().any(Diagnostic::is_error);
             self.diags.extend(errors);
@@ -668,8 +680,8 @@ impl Builder {
                     inst.locality = ep.locality.clone();
                     inst.weight = ep.weight.unwrap_or(0);
                     inst.namespace = obj.key.namespace.clone();
-                    inst.dns = resolution == Resolution::Dns
-                        || resolution == Resolution::DnsRoundRobin;
+                    inst.dns =
+                        resolution == Resolution::Dns || resolution == Resolution::DnsRoundRobin;
                     inst.tls_mode = ep.labels.get("security.istio.io/tlsMode").cloned();
                     instances.push(inst);
                 }
@@ -734,8 +746,12 @@ impl Builder {
     ) -> Vec<Instance> {
         let mut out = Vec::new();
         for we in self.of_kind(Kind::WorkloadEntry) {
-            let Spec::WorkloadEntry(spec) = &we.spec else { continue };
-            let Some(w) = self.workloads.get(&we.key) else { continue };
+            let Spec::WorkloadEntry(spec) = &we.spec else {
+                continue;
+            };
+            let Some(w) = self.workloads.get(&we.key) else {
+                continue;
+            };
             if we.key.namespace != namespace || !labels_match(selector, &w.labels) {
                 continue;
             }
@@ -775,7 +791,9 @@ impl Builder {
             service_account: workload
                 .map(|w| w.service_account.clone())
                 .unwrap_or_default(),
-            namespace: workload.map(|w| w.key.namespace.clone()).unwrap_or_default(),
+            namespace: workload
+                .map(|w| w.key.namespace.clone())
+                .unwrap_or_default(),
             workload: workload.map(|w| w.key.name.clone()).unwrap_or_default(),
             locality: String::new(),
             weight: 0,
@@ -788,7 +806,9 @@ impl Builder {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::DestinationRule).cloned().collect();
         let mut rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>> = BTreeMap::new();
         for obj in objs {
-            let Spec::DestinationRule(spec) = &obj.spec else { continue };
+            let Spec::DestinationRule(spec) = &obj.spec else {
+                continue;
+            };
             let mut diags = validate::destination_rule(&obj, spec);
             let mut chosen = obj.clone();
             if diags.iter().any(Diagnostic::is_error) {
@@ -811,7 +831,9 @@ impl Builder {
                 self.objects.insert(obj.key.clone(), chosen.clone());
             }
             self.diags.extend(diags);
-            let Spec::DestinationRule(spec) = &chosen.spec else { continue };
+            let Spec::DestinationRule(spec) = &chosen.spec else {
+                continue;
+            };
             let host = host::resolve(&spec.host, &chosen.key.namespace, &self.domain);
             let cfg = DestinationRuleConfig {
                 key: chosen.key.clone(),
@@ -856,7 +878,10 @@ impl Builder {
             let mut chosen = obj.clone();
             if diags.iter().any(Diagnostic::is_error) {
                 let prev = last_good(previous, &obj.key, |o| {
-                    !self.check_virtual_service(o).iter().any(Diagnostic::is_error)
+                    !self
+                        .check_virtual_service(o)
+                        .iter()
+                        .any(Diagnostic::is_error)
                 });
                 match prev {
                     Some(prev) => {
@@ -872,7 +897,9 @@ impl Builder {
                 }
             }
             self.diags.extend(diags);
-            let Spec::VirtualService(spec) = &chosen.spec else { continue };
+            let Spec::VirtualService(spec) = &chosen.spec else {
+                continue;
+            };
             let ns = &chosen.key.namespace;
             let hosts = spec
                 .hosts
@@ -922,8 +949,10 @@ impl Builder {
                         &format!("{path}.host"),
                         format!("host {host} is not a known service or ServiceEntry"),
                     )
-                    .hint("requests routed here fail with 503 until the service exists; \
-                           for external hosts add a ServiceEntry"),
+                    .hint(
+                        "requests routed here fail with 503 until the service exists; \
+                           for external hosts add a ServiceEntry",
+                    ),
                 );
             }
             if let (Some(svc), Some(port)) = (svc, &d.port)
@@ -956,7 +985,10 @@ impl Builder {
                 .flat_map(|r| r.spec.subsets.iter().map(|s| s.name.clone()))
                 .collect();
             let hint = if rules.is_empty() {
-                format!("no DestinationRule defines subsets for {host}; create one with a subset named {:?}", d.subset)
+                format!(
+                    "no DestinationRule defines subsets for {host}; create one with a subset named {:?}",
+                    d.subset
+                )
             } else {
                 let names: Vec<String> = rules.iter().map(|r| r.key.to_string()).collect();
                 format!(
@@ -1039,7 +1071,9 @@ impl Builder {
     fn build_gateways(&mut self) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::Gateway).cloned().collect();
         for obj in objs {
-            let Spec::Gateway(spec) = &obj.spec else { continue };
+            let Spec::Gateway(spec) = &obj.spec else {
+                continue;
+            };
             let diags = validate::gateway(&obj, spec);
             let failed = diags.iter().any(Diagnostic::is_error);
             self.diags.extend(diags);
@@ -1058,7 +1092,9 @@ impl Builder {
     fn build_sidecars(&mut self) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::Sidecar).cloned().collect();
         for obj in objs {
-            let Spec::Sidecar(spec) = &obj.spec else { continue };
+            let Spec::Sidecar(spec) = &obj.spec else {
+                continue;
+            };
             let mut diags = Vec::new();
             let mut egress_hosts = Vec::new();
             for (i, e) in spec.egress.iter().enumerate() {
@@ -1075,9 +1111,9 @@ impl Builder {
                 for (j, h) in e.hosts.iter().enumerate() {
                     match host::NamespacedHost::parse(h, &obj.key.namespace) {
                         Ok(nh) => hosts.push(nh),
-                        Err(msg) => diags.push(
-                            obj.diag_error(&format!("spec.egress[{i}].hosts[{j}]"), msg),
-                        ),
+                        Err(msg) => {
+                            diags.push(obj.diag_error(&format!("spec.egress[{i}].hosts[{j}]"), msg))
+                        }
                     }
                 }
                 if let Some(p) = &e.port
@@ -1088,7 +1124,8 @@ impl Builder {
                         format!("port {} is out of range", p.number),
                     ));
                 }
-                if !e.bind.is_empty() && e.bind.parse::<std::net::IpAddr>().is_err()
+                if !e.bind.is_empty()
+                    && e.bind.parse::<std::net::IpAddr>().is_err()
                     && !e.bind.starts_with("unix://")
                 {
                     diags.push(obj.diag_error(
@@ -1179,7 +1216,10 @@ impl Builder {
         let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
             for a in &w.addresses {
-                workloads_by_ip.entry(a.clone()).or_default().push(w.key.clone());
+                workloads_by_ip
+                    .entry(a.clone())
+                    .or_default()
+                    .push(w.key.clone());
             }
         }
         let mut diagnostics = self.diags;

@@ -13,8 +13,11 @@ fn check_string_match(obj: &Object, m: &StringMatch, path: &str, out: &mut Vec<D
         .count();
     if set != 1 {
         out.push(
-            obj.diag_error(path, "a string match needs exactly one of exact, prefix or regex")
-                .hint("e.g. `exact: /login` or `prefix: /api`"),
+            obj.diag_error(
+                path,
+                "a string match needs exactly one of exact, prefix or regex",
+            )
+            .hint("e.g. `exact: /login` or `prefix: /api`"),
         );
     }
     if let Some(re) = &m.regex {
@@ -37,8 +40,11 @@ fn check_regex(obj: &Object, re: &str, path: &str, out: &mut Vec<Diagnostic>) {
 fn check_header_name(obj: &Object, name: &str, path: &str, out: &mut Vec<Diagnostic>) {
     if name.is_empty() || name.chars().any(|c| c.is_ascii_uppercase()) {
         out.push(
-            obj.diag_error(path, format!("header name {name:?} must be non-empty lower case"))
-                .hint("HTTP/2 header names are lower case; Istio requires them so"),
+            obj.diag_error(
+                path,
+                format!("header name {name:?} must be non-empty lower case"),
+            )
+            .hint("HTTP/2 header names are lower case; Istio requires them so"),
         );
     }
 }
@@ -85,8 +91,11 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
         .count();
         if actions == 0 {
             out.push(
-                obj.diag_error(&p, "an HTTP route needs a route, redirect, directResponse or delegate")
-                    .hint("add `route: [{destination: {host: ...}}]`"),
+                obj.diag_error(
+                    &p,
+                    "an HTTP route needs a route, redirect, directResponse or delegate",
+                )
+                .hint("add `route: [{destination: {host: ...}}]`"),
             );
         }
         if !r.route.is_empty() && (r.redirect.is_some() || r.direct_response.is_some()) {
@@ -134,7 +143,10 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
             if let Some(port) = m.port
                 && (port == 0 || port > 65535)
             {
-                out.push(obj.diag_error(&format!("{mp}.port"), format!("port {port} is out of range")));
+                out.push(obj.diag_error(
+                    &format!("{mp}.port"),
+                    format!("port {port} is out of range"),
+                ));
             }
         }
         let mut total: i64 = 0;
@@ -142,8 +154,11 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
             let dp = format!("{p}.route[{j}]");
             if d.destination.host.is_empty() {
                 out.push(
-                    obj.diag_error(&format!("{dp}.destination.host"), "destination host is empty")
-                        .hint("every route destination names a host"),
+                    obj.diag_error(
+                        &format!("{dp}.destination.host"),
+                        "destination host is empty",
+                    )
+                    .hint("every route destination names a host"),
                 );
             }
             let w = d.weight.unwrap_or(0);
@@ -181,7 +196,12 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
         if let Some(rw) = &r.rewrite
             && let Some(rr) = &rw.uri_regex_rewrite
         {
-            check_regex(obj, &rr.matches, &format!("{p}.rewrite.uriRegexRewrite.match"), &mut out);
+            check_regex(
+                obj,
+                &rr.matches,
+                &format!("{p}.rewrite.uriRegexRewrite.match"),
+                &mut out,
+            );
             if !rw.uri.is_empty() {
                 out.push(obj.diag_error(
                     &format!("{p}.rewrite"),
@@ -226,8 +246,20 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
         }
         for (field, pct) in [
             ("mirrorPercentage", r.mirror_percentage.as_ref()),
-            ("fault.delay.percentage", r.fault.as_ref().and_then(|f| f.delay.as_ref()).and_then(|d| d.percentage.as_ref())),
-            ("fault.abort.percentage", r.fault.as_ref().and_then(|f| f.abort.as_ref()).and_then(|d| d.percentage.as_ref())),
+            (
+                "fault.delay.percentage",
+                r.fault
+                    .as_ref()
+                    .and_then(|f| f.delay.as_ref())
+                    .and_then(|d| d.percentage.as_ref()),
+            ),
+            (
+                "fault.abort.percentage",
+                r.fault
+                    .as_ref()
+                    .and_then(|f| f.abort.as_ref())
+                    .and_then(|d| d.percentage.as_ref()),
+            ),
         ] {
             if let Some(pct) = pct
                 && !(0.0..=100.0).contains(&pct.value)
@@ -241,7 +273,10 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
     }
     for (i, r) in vs.tcp.iter().enumerate() {
         if r.route.is_empty() {
-            out.push(obj.diag_error(&format!("spec.tcp[{i}].route"), "a TCP route needs a destination"));
+            out.push(obj.diag_error(
+                &format!("spec.tcp[{i}].route"),
+                "a TCP route needs a destination",
+            ));
         }
     }
     for (i, r) in vs.tls.iter().enumerate() {
@@ -252,7 +287,10 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
             ));
         }
         if r.route.is_empty() {
-            out.push(obj.diag_error(&format!("spec.tls[{i}].route"), "a TLS route needs a destination"));
+            out.push(obj.diag_error(
+                &format!("spec.tls[{i}].route"),
+                "a TLS route needs a destination",
+            ));
         }
     }
     out
@@ -280,7 +318,10 @@ pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagno
     }
     let mut policies = vec![("spec.trafficPolicy".to_string(), dr.traffic_policy.as_ref())];
     for (i, s) in dr.subsets.iter().enumerate() {
-        policies.push((format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref()));
+        policies.push((
+            format!("spec.subsets[{i}].trafficPolicy"),
+            s.traffic_policy.as_ref(),
+        ));
     }
     for (path, tp) in policies {
         let Some(tp) = tp else { continue };
@@ -315,12 +356,18 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
     for (i, s) in gw.servers.iter().enumerate() {
         let p = format!("spec.servers[{i}]");
         if s.port.number == 0 || s.port.number > 65535 {
-            out.push(obj.diag_error(&format!("{p}.port.number"), "server port is missing or out of range"));
+            out.push(obj.diag_error(
+                &format!("{p}.port.number"),
+                "server port is missing or out of range",
+            ));
         }
         if s.port.protocol.is_empty() {
             out.push(
-                obj.diag_error(&format!("{p}.port.protocol"), "server port needs a protocol")
-                    .hint("HTTP, HTTPS, GRPC, HTTP2, TCP or TLS"),
+                obj.diag_error(
+                    &format!("{p}.port.protocol"),
+                    "server port needs a protocol",
+                )
+                .hint("HTTP, HTTPS, GRPC, HTTP2, TCP or TLS"),
             );
         }
         if s.hosts.is_empty() {
@@ -341,7 +388,10 @@ pub fn service_entry(obj: &Object, se: &istio::ServiceEntry) -> Vec<Diagnostic> 
     }
     for (i, p) in se.ports.iter().enumerate() {
         if p.number == 0 || p.number > 65535 {
-            out.push(obj.diag_error(&format!("spec.ports[{i}].number"), "port is missing or out of range"));
+            out.push(obj.diag_error(
+                &format!("spec.ports[{i}].number"),
+                "port is missing or out of range",
+            ));
         }
     }
     let dns = matches!(
@@ -370,7 +420,10 @@ pub fn service_entry(obj: &Object, se: &istio::ServiceEntry) -> Vec<Diagnostic> 
     }
     for (i, e) in se.endpoints.iter().enumerate() {
         if e.address.is_empty() {
-            out.push(obj.diag_error(&format!("spec.endpoints[{i}].address"), "endpoint needs an address"));
+            out.push(obj.diag_error(
+                &format!("spec.endpoints[{i}].address"),
+                "endpoint needs an address",
+            ));
         }
     }
     out

@@ -101,7 +101,11 @@ fn split_documents(text: &str) -> Vec<(u32, &str)> {
             docs.push((start_line, &text[start_byte..offset]));
             // Content after `--- ` on the same line (`--- # comment`, rarely `--- {}`)
             // stays with the next document.
-            let rest = if trimmed.starts_with("---") { 3 } else { trimmed.len() };
+            let rest = if trimmed.starts_with("---") {
+                3
+            } else {
+                trimmed.len()
+            };
             start_byte = offset + rest;
             start_line = i as u32 + 1;
         }
@@ -362,12 +366,16 @@ mod tests {
         assert_eq!(docs[1].start_line, 9);
         assert_eq!(docs[1].lines.line_of("spec.containers[0].image"), Some(13));
         // Unknown paths fall back to the nearest parent.
-        assert_eq!(docs[1].lines.line_of("spec.containers[0].ports[2]"), Some(12));
+        assert_eq!(
+            docs[1].lines.line_of("spec.containers[0].ports[2]"),
+            Some(12)
+        );
     }
 
     #[test]
     fn scalars_resolve_like_kubernetes() {
-        let docs = parse_documents("a: 9080\nb: \"9080\"\nc: true\nd: ~\ne: 1.5\nf: v1\ng: !!str 10\n");
+        let docs =
+            parse_documents("a: 9080\nb: \"9080\"\nc: true\nd: ~\ne: 1.5\nf: v1\ng: !!str 10\n");
         let v = &docs[0].as_ref().expect("parses").value;
         assert_eq!(
             v,
@@ -399,7 +407,8 @@ mod tests {
 
     #[test]
     fn child_lines_are_relative() {
-        let docs = parse_documents("kind: List\nitems:\n- kind: Service\n  metadata:\n    name: a\n");
+        let docs =
+            parse_documents("kind: List\nitems:\n- kind: Service\n  metadata:\n    name: a\n");
         let d = docs[0].as_ref().expect("parses");
         let item = d.lines.child("items[0]");
         assert_eq!(item.line_of("metadata.name"), Some(5));

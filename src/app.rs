@@ -1,0 +1,142 @@
+//! Wiring: builds the components for each command, spawns tasks, drains on shutdown.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::cli::{Cli, Command, ConfigArgs, Format, InterceptionArg};
+use crate::model::istio::Duration as IstioDuration;
+use crate::model::proxy::Proxy;
+use crate::model::snapshot::Snapshot;
+use crate::sources::file::FileSource;
+use crate::translate;
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(crate::server::serve(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Translate {
+            config,
+            proxy,
+            labels,
+            meta,
+            interception,
+            format,
+            admin_port,
+        } => {
+            let snap = load_snapshot(&config)?;
+            let proxy = cli_proxy(&proxy, &labels, &meta, interception)?;
+            let res = translate::generate(&snap, &proxy);
+            let out = match format {
+                Format::ConfigDump => {
+                    translate::output::config_dump(&res, &format!("{}", snap.generation))
+                }
+                Format::Bootstrap => translate::output::bootstrap(&proxy, &res, admin_port),
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            for d in snap.diagnostics.iter().filter(|d| d.is_error()) {
+                eprintln!("{d}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config, json } => {
+            let snap = load_snapshot(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap.diagnostics)?);
+            } else {
+                for d in &snap.diagnostics {
+                    println!("{d}");
+                }
+                let errors = snap.error_count();
+                let warnings = snap.diagnostics.len() - errors;
+                println!(
+                    "{} objects, {errors} errors, {warnings} warnings",
+                    snap.objects.len()
+                );
+            }
+            Ok(if snap.error_count() > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// Reads the configuration directories once and builds a snapshot.
+pub fn load_snapshot(config: &ConfigArgs) -> Result<Snapshot> {
+    if config.config_dirs.is_empty() {
+        bail!("no --config-dir given (hint: meshd translate --config-dir examples/bookinfo ...)");
+    }
+    let mut source = FileSource::new(config.config_dirs.clone(), &config.default_namespace)?;
+    let set = source.load();
+    Ok(Snapshot::build(
+        &set,
+        None,
+        &config.domain,
+        &config.istio_namespace,
+    ))
+}
+
+fn key_value(s: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("{s:?} is not KEY=VALUE"),
+    }
+}
+
+/// A proxy as the CLI describes it: node id, labels and metadata.
+fn cli_proxy(
+    id: &str,
+    labels: &[String],
+    meta: &[String],
+    interception: InterceptionArg,
+) -> Result<Proxy> {
+    let mut metadata: BTreeMap<String, Value> = BTreeMap::new();
+    if !labels.is_empty() {
+        let mut m = serde_json::Map::new();
+        for l in labels {
+            let (k, v) = key_value(l)?;
+            m.insert(k, Value::String(v));
+        }
+        metadata.insert("LABELS".into(), Value::Object(m));
+    }
+    for m in meta {
+        let (k, v) = key_value(m)?;
+        metadata.insert(k, Value::String(v));
+    }
+    let mode = match interception {
+        InterceptionArg::Redirect => "REDIRECT",
+        InterceptionArg::Tproxy => "TPROXY",
+        InterceptionArg::None => "NONE",
+    };
+    metadata
+        .entry("INTERCEPTION_MODE".into())
+        .or_insert_with(|| Value::String(mode.into()));
+    Ok(Proxy::from_node(id, metadata)?)
+}
+
+/// Parses a `--debounce`-style duration.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    IstioDuration::parse(s)
+        .map(|d| d.as_std())
+        .map_err(|e| anyhow::anyhow!(e))
+}

@@ -1,0 +1,108 @@
+//! Command line, as DESIGN.md fixes it: `serve`, `translate`, `validate`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshd",
+    version,
+    about = "A drop-in replacement for Istio's control plane"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by every command that reads configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Directory of Kubernetes manifests (repeatable; nested folders are read).
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dirs: Vec<PathBuf>,
+    /// Namespace of objects that name none (kubectl's default).
+    #[arg(long, default_value = "default")]
+    pub default_namespace: String,
+    /// Kubernetes DNS domain suffix.
+    #[arg(long, default_value = "cluster.local")]
+    pub domain: String,
+    /// Namespace meshd runs in; the `istio` mesh ConfigMap is read from here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub istio_namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Envoy's /config_dump JSON.
+    ConfigDump,
+    /// A complete static Envoy bootstrap.
+    Bootstrap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InterceptionArg {
+    #[value(name = "REDIRECT")]
+    Redirect,
+    #[value(name = "TPROXY")]
+    Tproxy,
+    #[value(name = "NONE")]
+    None,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve xDS to proxies (ADS on 15010), with debug endpoints (8080) and metrics (15014).
+    Serve(ServeArgs),
+    /// Print what a proxy with NODE_ID would receive.
+    Translate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Envoy node id: TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local
+        #[arg(long = "proxy", value_name = "NODE_ID")]
+        proxy: String,
+        /// Workload label (repeatable), as istio-proxy sends in LABELS.
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Node metadata entry (repeatable), e.g. ISTIO_VERSION=1.31.0.
+        #[arg(long = "meta", value_name = "K=V")]
+        meta: Vec<String>,
+        /// How traffic reaches the proxy (istio's INTERCEPTION_MODE).
+        #[arg(long, value_enum, default_value = "REDIRECT")]
+        interception: InterceptionArg,
+        #[arg(long, value_enum, default_value = "config-dump")]
+        format: Format,
+        /// Admin port of the generated bootstrap.
+        #[arg(long, default_value_t = 15000)]
+        admin_port: u16,
+    },
+    /// Print every diagnostic; exit status 1 if any is an error.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print diagnostics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address every server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_address: String,
+    /// Plaintext gRPC (ADS).
+    #[arg(long, default_value_t = 15010)]
+    pub grpc_port: u16,
+    /// HTTP /ready and /debug/*.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Prometheus /metrics, /version and /debug/*.
+    #[arg(long, default_value_t = 15014)]
+    pub monitoring_port: u16,
+    /// Quiet time before a burst of changes is pushed (e.g. 100ms, 0s).
+    #[arg(long, default_value = "100ms")]
+    pub debounce: String,
+}

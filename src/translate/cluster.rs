@@ -1,0 +1,627 @@
+//! CDS: outbound clusters per service port and DestinationRule subset, inbound clusters for
+//! the proxy's own workload, and istiod's fixed clusters (BlackHole, Passthrough,
+//! InboundPassthrough). DestinationRule traffic policies become cluster settings here.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    self as cl, Cluster, circuit_breakers::Thresholds, cluster::ClusterDiscoveryType,
+    cluster::DiscoveryType, cluster::LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as http_opts;
+use envoy_types::pb::google::protobuf::Any;
+use serde_json::json;
+
+use super::context::ProxyContext;
+use super::naming;
+use super::pb;
+use crate::model::istio::{self, SimpleLb, TrafficPolicy};
+use crate::model::proxy::ProxyKind;
+use crate::model::service::{Port, Protocol, Resolution, Service};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// All clusters for the proxy, sorted by name.
+pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
+    let mut out = Vec::new();
+    let services = match ctx.proxy.kind {
+        ProxyKind::Sidecar => ctx.scope.services(),
+        ProxyKind::Router => {
+            let mut v: Vec<_> = ctx
+                .snap
+                .services
+                .values()
+                .filter(|s| s.visibility.visible_to(&ctx.proxy.namespace))
+                .cloned()
+                .collect();
+            v.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+            v
+        }
+    };
+    for svc in &services {
+        for port in &svc.ports {
+            if port.protocol == Protocol::Udp {
+                continue;
+            }
+            out.extend(service_port_clusters(ctx, svc, port));
+        }
+    }
+    if ctx.proxy.kind == ProxyKind::Sidecar {
+        out.extend(inbound_clusters(ctx));
+    }
+    out.push(blackhole(ctx));
+    out.push(passthrough(ctx));
+    if ctx.proxy.kind == ProxyKind::Sidecar && ctx.intercepted() {
+        out.push(inbound_passthrough(ctx));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+/// The default cluster and one per DestinationRule subset for one service port.
+pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> Vec<Cluster> {
+    let dr = ctx
+        .snap
+        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc);
+    let mut out = Vec::new();
+    let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+    out.push(outbound_cluster(ctx, svc, port, "", top, None));
+    if let Some(dr) = dr {
+        for subset in &dr.spec.subsets {
+            let merged = merge_policy(top, subset.traffic_policy.as_ref());
+            out.push(outbound_cluster(
+                ctx,
+                svc,
+                port,
+                &subset.name,
+                merged.as_ref(),
+                Some(&subset.labels),
+            ));
+        }
+    }
+    out
+}
+
+/// istiod's merge: a subset's policy replaces the DestinationRule's, field by field.
+fn merge_policy(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+) -> Option<TrafficPolicy> {
+    match (top, subset) {
+        (None, None) => None,
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(s)) => Some(s.clone()),
+        (Some(t), Some(s)) => Some(TrafficPolicy {
+            load_balancer: s.load_balancer.clone().or_else(|| t.load_balancer.clone()),
+            connection_pool: s
+                .connection_pool
+                .clone()
+                .or_else(|| t.connection_pool.clone()),
+            outlier_detection: s
+                .outlier_detection
+                .clone()
+                .or_else(|| t.outlier_detection.clone()),
+            tls: s.tls.clone().or_else(|| t.tls.clone()),
+            port_level_settings: if s.port_level_settings.is_empty() {
+                t.port_level_settings.clone()
+            } else {
+                s.port_level_settings.clone()
+            },
+            tunnel: s.tunnel.clone().or_else(|| t.tunnel.clone()),
+            proxy_protocol: s
+                .proxy_protocol
+                .clone()
+                .or_else(|| t.proxy_protocol.clone()),
+            retry_budget: s.retry_budget.clone().or_else(|| t.retry_budget.clone()),
+        }),
+    }
+}
+
+/// The policy for one port: `portLevelSettings` for the port override the top level.
+fn port_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<TrafficPolicy> {
+    let p = policy?;
+    let mut out = p.clone();
+    if let Some(pl) = p.port_level_settings.iter().find(|pl| {
+        pl.port
+            .as_ref()
+            .is_some_and(|x| x.number == u32::from(port))
+    }) {
+        if pl.load_balancer.is_some() {
+            out.load_balancer = pl.load_balancer.clone();
+        }
+        if pl.connection_pool.is_some() {
+            out.connection_pool = pl.connection_pool.clone();
+        }
+        if pl.outlier_detection.is_some() {
+            out.outlier_detection = pl.outlier_detection.clone();
+        }
+        if pl.tls.is_some() {
+            out.tls = pl.tls.clone();
+        }
+    }
+    Some(out)
+}
+
+fn discovery(t: DiscoveryType) -> Option<ClusterDiscoveryType> {
+    Some(ClusterDiscoveryType::Type(t as i32))
+}
+
+fn default_circuit_breakers() -> Thresholds {
+    // istiod's defaults: effectively unlimited, with remaining counts tracked for stats.
+    let max = pb::u32v(u32::MAX);
+    Thresholds {
+        max_connections: max,
+        max_pending_requests: max,
+        max_requests: max,
+        max_retries: max,
+        track_remaining: true,
+        ..Default::default()
+    }
+}
+
+fn outbound_cluster(
+    ctx: &ProxyContext,
+    svc: &Service,
+    port: &Port,
+    subset: &str,
+    policy: Option<&TrafficPolicy>,
+    subset_labels: Option<&istio::Labels>,
+) -> Cluster {
+    let name = naming::outbound_cluster(port.port, subset, &svc.hostname);
+    let policy = port_policy(policy, port.port);
+    let mesh = &ctx.snap.mesh;
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(pb::duration(mesh.connect_timeout.as_std())),
+        lb_policy: LbPolicy::LeastRequest as i32,
+        circuit_breakers: Some(cl::CircuitBreakers {
+            thresholds: vec![default_circuit_breakers()],
+            ..Default::default()
+        }),
+        common_lb_config: Some(Default::default()),
+        ..Default::default()
+    };
+    match svc.resolution {
+        Resolution::ClientSideLb => {
+            c.cluster_discovery_type = discovery(DiscoveryType::Eds);
+            c.eds_cluster_config = Some(cl::cluster::EdsClusterConfig {
+                eds_config: Some(pb::ads_config_source()),
+                service_name: name.clone(),
+            });
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            c.cluster_discovery_type = discovery(if svc.resolution == Resolution::Dns {
+                DiscoveryType::StrictDns
+            } else {
+                DiscoveryType::LogicalDns
+            });
+            c.dns_lookup_family = cl::cluster::DnsLookupFamily::V4Only as i32;
+            // DNS clusters carry their endpoints inline: Envoy resolves them itself.
+            c.load_assignment = Some(super::endpoint::load_assignment(
+                ctx.snap,
+                &name,
+                svc,
+                port.port,
+                subset_labels,
+            ));
+        }
+        Resolution::Passthrough => {
+            c.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+        }
+    }
+    if port.protocol.is_http2() {
+        c.typed_extension_protocol_options = http2_options(None);
+    } else if port.protocol == Protocol::Unsupported {
+        // Sniffed ports may carry HTTP/1.1 or HTTP/2: speak what the client spoke.
+        c.typed_extension_protocol_options = downstream_protocol_options();
+    }
+    c.metadata = Some(istio_metadata(svc, port, subset));
+    if let Some(p) = &policy {
+        apply_policy(&mut c, p, port, svc);
+    }
+    c
+}
+
+/// `filter_metadata.istio`: which service a cluster is for (read by istio-proxy's stats
+/// and by istioctl).
+fn istio_metadata(svc: &Service, port: &Port, subset: &str) -> core::Metadata {
+    let mut m = json!({
+        "services": [{"host": svc.hostname, "name": svc.name, "namespace": svc.namespace}],
+        "default_original_port": port.port,
+    });
+    if !subset.is_empty() {
+        m["subset"] = json!(subset);
+    }
+    core::Metadata {
+        filter_metadata: HashMap::from([("istio".to_string(), pb::to_struct(&m))]),
+        ..Default::default()
+    }
+}
+
+fn http2_options(settings: Option<&istio::HttpSettings>) -> HashMap<String, Any> {
+    let max_streams = settings
+        .and_then(|h| h.max_concurrent_streams)
+        .filter(|n| *n > 0)
+        .map(|n| n as u32)
+        // istiod's default: effectively unlimited streams per connection.
+        .unwrap_or(1_073_741_824);
+    let opts = http_opts::HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_opts::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_opts::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_opts::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            core::Http2ProtocolOptions {
+                                max_concurrent_streams: pb::u32v(max_streams),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                },
+            ),
+        ),
+        common_http_protocol_options: common_http_options(settings),
+        ..Default::default()
+    };
+    HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+}
+
+fn downstream_protocol_options() -> HashMap<String, Any> {
+    let opts = http_opts::HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_opts::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                http_opts::http_protocol_options::UseDownstreamHttpConfig {
+                    http_protocol_options: Some(Default::default()),
+                    http2_protocol_options: Some(core::Http2ProtocolOptions {
+                        max_concurrent_streams: pb::u32v(1_073_741_824),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+}
+
+fn common_http_options(
+    settings: Option<&istio::HttpSettings>,
+) -> Option<core::HttpProtocolOptions> {
+    let s = settings?;
+    let mut o = core::HttpProtocolOptions::default();
+    let mut set = false;
+    if let Some(t) = s.idle_timeout {
+        o.idle_timeout = Some(pb::duration(t.as_std()));
+        set = true;
+    }
+    if let Some(n) = s.max_requests_per_connection.filter(|n| *n > 0) {
+        o.max_requests_per_connection = pb::u32v(n as u32);
+        set = true;
+    }
+    set.then_some(o)
+}
+
+fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port, svc: &Service) {
+    if let Some(lb) = &p.load_balancer {
+        if let Some(simple) = lb.simple {
+            match simple {
+                SimpleLb::ROUND_ROBIN => c.lb_policy = LbPolicy::RoundRobin as i32,
+                SimpleLb::RANDOM => c.lb_policy = LbPolicy::Random as i32,
+                SimpleLb::LEAST_CONN | SimpleLb::LEAST_REQUEST | SimpleLb::UNSPECIFIED => {
+                    c.lb_policy = LbPolicy::LeastRequest as i32
+                }
+                SimpleLb::PASSTHROUGH => {
+                    c.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
+                    c.lb_policy = LbPolicy::ClusterProvided as i32;
+                    c.eds_cluster_config = None;
+                    c.load_assignment = None;
+                }
+            }
+        }
+        if let Some(ch) = &lb.consistent_hash {
+            if let Some(m) = &ch.maglev {
+                c.lb_policy = LbPolicy::Maglev as i32;
+                c.lb_config = Some(cl::cluster::LbConfig::MaglevLbConfig(
+                    cl::cluster::MaglevLbConfig {
+                        table_size: m
+                            .table_size
+                            .map(|t| envoy_types::pb::google::protobuf::UInt64Value { value: t }),
+                    },
+                ));
+            } else {
+                c.lb_policy = LbPolicy::RingHash as i32;
+                let min = ch
+                    .ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(ch.minimum_ring_size)
+                    .unwrap_or(1024);
+                c.lb_config = Some(cl::cluster::LbConfig::RingHashLbConfig(
+                    cl::cluster::RingHashLbConfig {
+                        minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                            value: min,
+                        }),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        if let Some(w) = lb
+            .warmup_duration_secs
+            .or_else(|| lb.warmup.as_ref().and_then(|w| w.duration))
+            && c.lb_policy == LbPolicy::RoundRobin as i32
+        {
+            c.lb_config = Some(cl::cluster::LbConfig::RoundRobinLbConfig(
+                cl::cluster::RoundRobinLbConfig {
+                    slow_start_config: Some(cl::cluster::SlowStartConfig {
+                        slow_start_window: Some(pb::duration(w.as_std())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    if let Some(pool) = &p.connection_pool {
+        let mut t = default_circuit_breakers();
+        if let Some(tcp) = &pool.tcp {
+            if let Some(n) = tcp.max_connections.filter(|n| *n > 0) {
+                t.max_connections = pb::u32v(n as u32);
+            }
+            if let Some(ct) = tcp.connect_timeout {
+                c.connect_timeout = Some(pb::duration(ct.as_std()));
+            }
+            if let Some(ka) = &tcp.tcp_keepalive {
+                c.upstream_connection_options = Some(cl::UpstreamConnectionOptions {
+                    tcp_keepalive: Some(core::TcpKeepalive {
+                        keepalive_probes: ka.probes.and_then(pb::u32v),
+                        keepalive_time: ka.time.and_then(|d| pb::u32v(d.as_std().as_secs() as u32)),
+                        keepalive_interval: ka
+                            .interval
+                            .and_then(|d| pb::u32v(d.as_std().as_secs() as u32)),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        if let Some(http) = &pool.http {
+            if let Some(n) = http.http1_max_pending_requests.filter(|n| *n > 0) {
+                t.max_pending_requests = pb::u32v(n as u32);
+            }
+            if let Some(n) = http.http2_max_requests.filter(|n| *n > 0) {
+                t.max_requests = pb::u32v(n as u32);
+            }
+            if let Some(n) = http.max_retries.filter(|n| *n > 0) {
+                t.max_retries = pb::u32v(n as u32);
+            }
+            let upgrade = http.h2_upgrade_policy == Some(istio::H2UpgradePolicy::UPGRADE)
+                && port.protocol.is_http();
+            if port.protocol.is_http2() || upgrade {
+                c.typed_extension_protocol_options = http2_options(Some(http));
+            } else if let Some(common) = common_http_options(Some(http)) {
+                let opts = http_opts::HttpProtocolOptions {
+                    common_http_protocol_options: Some(common),
+                    upstream_protocol_options: Some(
+                        http_opts::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                            http_opts::http_protocol_options::ExplicitHttpConfig {
+                                protocol_config: Some(
+                                    http_opts::http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                        Default::default(),
+                                    ),
+                                ),
+                            },
+                        ),
+                    ),
+                    ..Default::default()
+                };
+                if port.protocol.is_http() {
+                    c.typed_extension_protocol_options =
+                        HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))]);
+                }
+            }
+        }
+        c.circuit_breakers = Some(cl::CircuitBreakers {
+            thresholds: vec![t],
+            ..Default::default()
+        });
+    }
+    if let Some(od) = &p.outlier_detection {
+        let mut o = cl::OutlierDetection {
+            // istiod turns success-rate ejection off: it surprises users with few hosts.
+            enforcing_success_rate: pb::u32v(0),
+            ..Default::default()
+        };
+        let five_xx = od
+            .consecutive_5xx_errors
+            .or(od.consecutive_errors.map(|n| n.max(0) as u32));
+        match five_xx {
+            Some(n) if n > 0 => {
+                o.consecutive_5xx = pb::u32v(n);
+                o.enforcing_consecutive_5xx = pb::u32v(100);
+            }
+            _ => o.enforcing_consecutive_5xx = pb::u32v(0),
+        }
+        if let Some(n) = od.consecutive_gateway_errors.filter(|n| *n > 0) {
+            o.consecutive_gateway_failure = pb::u32v(n);
+            o.enforcing_consecutive_gateway_failure = pb::u32v(100);
+        }
+        if let Some(split) = od.split_external_local_origin_errors {
+            o.split_external_local_origin_errors = split;
+        }
+        if let Some(n) = od.consecutive_local_origin_failures {
+            o.consecutive_local_origin_failure = pb::u32v(n);
+            o.enforcing_consecutive_local_origin_failure = pb::u32v(100);
+        }
+        if let Some(i) = od.interval {
+            o.interval = Some(pb::duration(i.as_std()));
+        }
+        if let Some(b) = od.base_ejection_time {
+            o.base_ejection_time = Some(pb::duration(b.as_std()));
+        }
+        if let Some(m) = od.max_ejection_percent {
+            o.max_ejection_percent = pb::u32v(m.clamp(0, 100) as u32);
+        }
+        if let Some(h) = od.min_health_percent {
+            c.common_lb_config = Some(cl::cluster::CommonLbConfig {
+                healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                    value: f64::from(h.clamp(0, 100)),
+                }),
+                ..Default::default()
+            });
+        }
+        c.outlier_detection = Some(o);
+    }
+    let _ = svc;
+}
+
+fn fixed_cluster(ctx: &ProxyContext, name: &str, t: DiscoveryType) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: discovery(t),
+        connect_timeout: Some(pb::duration(ctx.snap.mesh.connect_timeout.as_std())),
+        ..Default::default()
+    }
+}
+
+fn blackhole(ctx: &ProxyContext) -> Cluster {
+    fixed_cluster(ctx, naming::BLACKHOLE, DiscoveryType::Static)
+}
+
+fn passthrough(ctx: &ProxyContext) -> Cluster {
+    Cluster {
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        circuit_breakers: Some(cl::CircuitBreakers {
+            thresholds: vec![default_circuit_breakers()],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: downstream_protocol_options(),
+        ..fixed_cluster(ctx, naming::PASSTHROUGH, DiscoveryType::OriginalDst)
+    }
+}
+
+/// The source address istiod's inbound clusters bind to, so iptables lets the proxy's own
+/// traffic to the application through without redirecting it again.
+const INBOUND_SOURCE: &str = "127.0.0.6";
+
+fn inbound_passthrough(ctx: &ProxyContext) -> Cluster {
+    Cluster {
+        upstream_bind_config: Some(core::BindConfig {
+            source_address: Some(core::SocketAddress {
+                address: INBOUND_SOURCE.into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..passthrough(ctx)
+    }
+    .with_name(naming::INBOUND_PASSTHROUGH)
+}
+
+trait WithName {
+    fn with_name(self, name: &str) -> Self;
+}
+
+impl WithName for Cluster {
+    fn with_name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+}
+
+/// Where the inbound cluster for `target_port` delivers: the Sidecar ingress
+/// defaultEndpoint if one is configured for the port, else the application on localhost.
+pub fn inbound_endpoint(ctx: &ProxyContext, port: u16) -> (String, u16) {
+    if let Some(sc) = &ctx.scope.sidecar {
+        for ing in &sc.spec.ingress {
+            if ing.port.number == u32::from(port) && !ing.default_endpoint.is_empty() {
+                if let Some((host, p)) = ing.default_endpoint.rsplit_once(':')
+                    && let Ok(p) = p.parse::<u16>()
+                {
+                    return (host.to_string(), p);
+                }
+            }
+        }
+    }
+    ("127.0.0.1".to_string(), port)
+}
+
+fn inbound_clusters(ctx: &ProxyContext) -> Vec<Cluster> {
+    let mut ports: Vec<(u16, Protocol)> = ctx
+        .targets
+        .iter()
+        .map(|t| (t.target_port, t.port.protocol))
+        .collect();
+    // Sidecar ingress listeners define inbound ports too (captureMode NONE workloads).
+    if let Some(sc) = &ctx.scope.sidecar {
+        for ing in &sc.spec.ingress {
+            ports.push((ing.port.number as u16, Protocol::parse(&ing.port.protocol)));
+        }
+    }
+    ports.sort();
+    ports.dedup_by_key(|p| p.0);
+    let mut out = Vec::new();
+    for (port, protocol) in ports {
+        let name = naming::inbound_cluster(port);
+        let (host, p) = inbound_endpoint(ctx, port);
+        let mut c = Cluster {
+            name: name.clone(),
+            connect_timeout: Some(pb::duration(ctx.snap.mesh.connect_timeout.as_std())),
+            circuit_breakers: Some(cl::CircuitBreakers {
+                thresholds: vec![default_circuit_breakers()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let has_ingress = ctx.scope.sidecar.as_ref().is_some_and(|sc| {
+            sc.spec
+                .ingress
+                .iter()
+                .any(|i| i.port.number == u32::from(port))
+        });
+        if ctx.intercepted() && !has_ingress {
+            // Redirected traffic keeps its original destination (the pod IP and port).
+            c.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+            c.upstream_bind_config = Some(core::BindConfig {
+                source_address: Some(core::SocketAddress {
+                    address: INBOUND_SOURCE.into(),
+                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(0)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        } else {
+            c.cluster_discovery_type = discovery(DiscoveryType::Static);
+            c.load_assignment = Some(ClusterLoadAssignment {
+                cluster_name: name.clone(),
+                endpoints: vec![super::endpoint::locality_endpoints(
+                    "",
+                    vec![super::endpoint::lb_endpoint(&host, p, 0)],
+                )],
+                ..Default::default()
+            });
+        }
+        if protocol.is_http2() {
+            c.typed_extension_protocol_options = http2_options(None);
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Names of the EDS clusters among `clusters` (what a proxy will ask endpoints for).
+pub fn eds_cluster_names(clusters: &[Cluster]) -> Vec<String> {
+    clusters
+        .iter()
+        .filter(|c| {
+            matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32)
+        })
+        .map(|c| c.name.clone())
+        .collect()
+}

@@ -1,0 +1,92 @@
+//! Everything translation needs to know about one proxy, resolved once per push.
+
+use std::sync::Arc;
+
+use crate::model::istio::Labels;
+use crate::model::proxy::{Interception, Proxy, ProxyKind};
+use crate::model::scope::Scope;
+use crate::model::service::{Port, Service};
+use crate::model::snapshot::Snapshot;
+
+/// A service port this proxy's workload serves (its inbound side).
+#[derive(Debug, Clone)]
+pub struct ServiceTarget {
+    pub service: Arc<Service>,
+    pub port: Port,
+    /// The port the workload listens on.
+    pub target_port: u16,
+}
+
+/// The inputs of every generator for one proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyContext<'a> {
+    pub snap: &'a Snapshot,
+    pub proxy: &'a Proxy,
+    /// Labels from node metadata, or of the workload at the proxy's address.
+    pub labels: Labels,
+    pub scope: Arc<Scope>,
+    pub targets: Vec<ServiceTarget>,
+}
+
+impl<'a> ProxyContext<'a> {
+    pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> ProxyContext<'a> {
+        let mut labels = proxy.labels.clone();
+        if labels.is_empty() {
+            // Upstream Envoy rarely sends LABELS: take them from the workload at its IP.
+            if let Some(w) = proxy
+                .ips
+                .iter()
+                .flat_map(|ip| snap.workloads_at(ip))
+                .find(|w| w.key.namespace == proxy.namespace)
+            {
+                labels = (*w.labels).clone();
+            }
+        }
+        let sidecar = match proxy.kind {
+            ProxyKind::Sidecar => snap.sidecar_for(&proxy.namespace, &labels),
+            ProxyKind::Router => None,
+        };
+        let scope = snap.scope(&proxy.namespace, sidecar);
+        let mut targets = Vec::new();
+        if proxy.kind == ProxyKind::Sidecar {
+            for (host, eps) in &snap.endpoints {
+                let Some(svc) = snap.services.get(host) else {
+                    continue;
+                };
+                if svc.namespace != proxy.namespace {
+                    continue;
+                }
+                for inst in &eps.instances {
+                    if !proxy.ips.iter().any(|ip| *ip == inst.address) {
+                        continue;
+                    }
+                    for (sp, tp) in &inst.ports {
+                        if let Some(port) = svc.port(*sp) {
+                            targets.push(ServiceTarget {
+                                service: svc.clone(),
+                                port: port.clone(),
+                                target_port: *tp,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        ProxyContext {
+            snap,
+            proxy,
+            labels,
+            scope,
+            targets,
+        }
+    }
+
+    /// istio-proxy may get istio's own extensions; upstream Envoy only upstream ones.
+    pub fn is_istio_proxy(&self) -> bool {
+        self.proxy.istio_version.is_some()
+    }
+
+    pub fn intercepted(&self) -> bool {
+        self.proxy.interception != Interception::None
+    }
+}

@@ -1,0 +1,376 @@
+//! Small constructors for Envoy protobuf values, canonical encoding, and the descriptor
+//! pool used to render Envoy messages as JSON.
+//!
+//! Canonical encoding: prost encodes `map<>` fields (Struct fields, filter metadata,
+//! typed_per_filter_config) in HashMap order, which differs between two maps with the same
+//! content. Versions are content hashes, so every resource is re-encoded with map entries
+//! sorted by key ([`canonical`]): same inputs, byte-identical output.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::google::protobuf as gpb;
+use prost::Message;
+use prost_reflect::{DescriptorPool, Kind as FieldKind, MessageDescriptor};
+
+/// Envoy's descriptors (from the envoy-types crate), loaded on first use.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        // The descriptor set is generated with the very types we encode, at build time.
+        #[allow(clippy::expect_used)]
+        DescriptorPool::decode(crate::ENVOY_DESCRIPTORS).expect("envoy descriptors decode")
+    })
+}
+
+pub fn any<T: Message + prost::Name>(msg: &T) -> gpb::Any {
+    let type_url = T::type_url();
+    let bytes = msg.encode_to_vec();
+    gpb::Any {
+        value: canonical(&type_url, &bytes),
+        type_url,
+    }
+}
+
+pub fn duration(d: std::time::Duration) -> gpb::Duration {
+    gpb::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub fn secs(s: i64) -> Option<gpb::Duration> {
+    Some(gpb::Duration {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+pub fn u32v(v: u32) -> Option<gpb::UInt32Value> {
+    Some(gpb::UInt32Value { value: v })
+}
+
+pub fn boolv(v: bool) -> Option<gpb::BoolValue> {
+    Some(gpb::BoolValue { value: v })
+}
+
+pub fn socket_address(address: &str, port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// `ads: {}` config source, as istiod uses for EDS and RDS.
+pub fn ads_config_source() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        // istiod sets 0s so that a proxy never waits for a resource that may not exist.
+        initial_fetch_timeout: secs(0),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+pub fn typed_config<T: Message + prost::Name>(name: &str, msg: &T) -> core::TypedExtensionConfig {
+    core::TypedExtensionConfig {
+        name: name.to_string(),
+        typed_config: Some(any(msg)),
+    }
+}
+
+/// A protobuf Struct value from JSON.
+pub fn struct_value(v: &serde_json::Value) -> gpb::Value {
+    use gpb::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(gpb::ListValue {
+            values: a.iter().map(struct_value).collect(),
+        }),
+        serde_json::Value::Object(m) => Kind::StructValue(gpb::Struct {
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), struct_value(v)))
+                .collect(),
+        }),
+    };
+    gpb::Value { kind: Some(kind) }
+}
+
+pub fn to_struct(v: &serde_json::Value) -> gpb::Struct {
+    match struct_value(v).kind {
+        Some(gpb::value::Kind::StructValue(s)) => s,
+        _ => gpb::Struct::default(),
+    }
+}
+
+/// JSON from a protobuf Struct (node metadata).
+pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
+    fn value(v: &gpb::Value) -> serde_json::Value {
+        use gpb::value::Kind;
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(value).collect())
+            }
+            Some(Kind::StructValue(s)) => serde_json::Value::Object(
+                s.fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value(v)))
+                    .collect(),
+            ),
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Canonical encoding
+// ---------------------------------------------------------------------------------------
+
+/// Re-encodes `bytes` (a message of `type_url`) with fields in number order and map
+/// entries sorted by key, recursively, including inside `Any`. Unknown types are returned
+/// unchanged.
+pub fn canonical(type_url: &str, bytes: &[u8]) -> Vec<u8> {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    match pool().get_message_by_name(name) {
+        Some(desc) => canonical_message(&desc, bytes).unwrap_or_else(|| bytes.to_vec()),
+        None => bytes.to_vec(),
+    }
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut out = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        out |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(out);
+        }
+    }
+    None
+}
+
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// One encoded field: its number and its complete bytes (tag included).
+struct Field {
+    number: u32,
+    /// For map entries: the sort key (the entry's encoded key).
+    map_key: Option<Vec<u8>>,
+    bytes: Vec<u8>,
+}
+
+fn canonical_message(desc: &MessageDescriptor, buf: &[u8]) -> Option<Vec<u8>> {
+    let is_any = desc.full_name() == "google.protobuf.Any";
+    let mut fields: Vec<Field> = Vec::new();
+    let mut pos = 0usize;
+    let mut any_type_url = String::new();
+    while pos < buf.len() {
+        let start = pos;
+        let tag = read_varint(buf, &mut pos)?;
+        let number = (tag >> 3) as u32;
+        let wire = (tag & 7) as u8;
+        match wire {
+            0 => {
+                read_varint(buf, &mut pos)?;
+            }
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let len = read_varint(buf, &mut pos)? as usize;
+                let payload = buf.get(pos..pos + len)?;
+                pos += len;
+                let fd = desc.get_field(number);
+                let sub = match fd.as_ref().map(|f| f.kind()) {
+                    Some(FieldKind::Message(m)) => Some(m),
+                    _ => None,
+                };
+                if is_any && number == 1 {
+                    any_type_url = String::from_utf8_lossy(payload).into_owned();
+                }
+                let new_payload = if is_any && number == 2 {
+                    Some(canonical(&any_type_url, payload))
+                } else if let Some(m) = &sub {
+                    Some(canonical_message(m, payload)?)
+                } else {
+                    None
+                };
+                if let Some(p) = new_payload {
+                    let mut bytes = Vec::with_capacity(p.len() + 6);
+                    write_varint(&mut bytes, tag);
+                    write_varint(&mut bytes, p.len() as u64);
+                    let key = if fd.is_some_and(|f| f.is_map()) {
+                        Some(map_entry_key(&p))
+                    } else {
+                        None
+                    };
+                    bytes.extend_from_slice(&p);
+                    fields.push(Field {
+                        number,
+                        map_key: key,
+                        bytes,
+                    });
+                    continue;
+                }
+            }
+            _ => return None,
+        }
+        let end = pos.min(buf.len());
+        fields.push(Field {
+            number,
+            map_key: None,
+            bytes: buf.get(start..end)?.to_vec(),
+        });
+    }
+    if pos != buf.len() {
+        return None;
+    }
+    // Stable: repeated fields keep their order; map entries sort by key.
+    fields.sort_by(|a, b| {
+        a.number
+            .cmp(&b.number)
+            .then_with(|| match (&a.map_key, &b.map_key) {
+                (Some(x), Some(y)) => x.cmp(y),
+                _ => std::cmp::Ordering::Equal,
+            })
+    });
+    let mut out = Vec::with_capacity(buf.len());
+    for f in fields {
+        out.extend_from_slice(&f.bytes);
+    }
+    Some(out)
+}
+
+/// The encoded key field (number 1) of a map entry.
+fn map_entry_key(entry: &[u8]) -> Vec<u8> {
+    let mut pos = 0;
+    while pos < entry.len() {
+        let start = pos;
+        let Some(tag) = read_varint(entry, &mut pos) else {
+            break;
+        };
+        let skip = match tag & 7 {
+            0 => read_varint(entry, &mut pos).map(|_| 0),
+            1 => Some(8),
+            5 => Some(4),
+            2 => read_varint(entry, &mut pos).map(|l| l as usize),
+            _ => None,
+        };
+        let Some(skip) = skip else { break };
+        pos += skip;
+        if tag >> 3 == 1 {
+            return entry
+                .get(start..pos.min(entry.len()))
+                .unwrap_or_default()
+                .to_vec();
+        }
+    }
+    Vec::new()
+}
+
+/// Renders an `Any` as Envoy's JSON (camelCase, `@type`), via the descriptor pool.
+pub fn any_to_json(any: &gpb::Any) -> serde_json::Value {
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let Some(desc) = pool().get_message_by_name(name) else {
+        return serde_json::json!({"@type": any.type_url});
+    };
+    match prost_reflect::DynamicMessage::decode(desc, any.value.as_slice()) {
+        Ok(msg) => {
+            let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
+            let mut v = msg
+                .serialize_with_options(serde_json::value::Serializer, &opts)
+                .unwrap_or_default();
+            if let serde_json::Value::Object(m) = &mut v {
+                let mut with_type = serde_json::Map::new();
+                with_type.insert("@type".into(), any.type_url.clone().into());
+                with_type.extend(std::mem::take(m));
+                *m = with_type;
+            }
+            v
+        }
+        Err(e) => serde_json::json!({"@type": any.type_url, "error": e.to_string()}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_encoding_is_independent_of_map_order() {
+        let meta = json!({"services": [{"host": "a", "name": "b", "namespace": "c"}],
+                          "default_original_port": 9080, "subset": "v1", "x": 1, "y": 2});
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let c = Cluster {
+                name: "c".into(),
+                metadata: Some(core::Metadata {
+                    filter_metadata: [
+                        ("istio".to_string(), to_struct(&meta)),
+                        ("z".to_string(), to_struct(&meta)),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            seen.insert(any(&c).value);
+        }
+        assert_eq!(seen.len(), 1, "one canonical encoding");
+        let bytes = seen.into_iter().next().unwrap_or_default();
+        let back = Cluster::decode(bytes.as_slice()).expect("still valid protobuf");
+        assert_eq!(back.name, "c");
+        let m = back.metadata.expect("metadata");
+        assert_eq!(
+            struct_to_json(&m.filter_metadata["istio"])["subset"],
+            json!("v1")
+        );
+    }
+
+    #[test]
+    fn any_renders_as_envoy_json() {
+        let c = Cluster {
+            name: "outbound|9080||reviews.default.svc.cluster.local".into(),
+            connect_timeout: secs(10),
+            ..Default::default()
+        };
+        let v = any_to_json(&any(&c));
+        assert_eq!(
+            v["@type"],
+            json!("type.googleapis.com/envoy.config.cluster.v3.Cluster")
+        );
+        assert_eq!(v["connectTimeout"], json!("10s"));
+        assert_eq!(
+            v["name"],
+            json!("outbound|9080||reviews.default.svc.cluster.local")
+        );
+    }
+}

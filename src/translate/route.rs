@@ -1,0 +1,943 @@
+//! RDS: route configurations for outbound ports (`9080`), inbound (inline) and gateways.
+//! VirtualService HTTP routes become Envoy routes here, in order, one per match block.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3::{
+    self as rt, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+use envoy_types::pb::google::protobuf::Any;
+
+use super::context::ProxyContext;
+use super::naming;
+use super::pb;
+use crate::model::host;
+use crate::model::istio::{self, OutboundTrafficMode};
+use crate::model::scope::EgressScope;
+use crate::model::service::{Service, labels_match};
+use crate::model::snapshot::VirtualServiceConfig;
+
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// istiod's default retry policy, applied to routes without `retries`.
+const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+fn string_match(m: &istio::StringMatch, ignore_case: bool) -> Option<StringMatcher> {
+    let pattern = if let Some(e) = &m.exact {
+        MatchPattern::Exact(e.clone())
+    } else if let Some(p) = &m.prefix {
+        MatchPattern::Prefix(p.clone())
+    } else if let Some(r) = &m.regex {
+        MatchPattern::SafeRegex(regex(r))
+    } else {
+        return None;
+    };
+    Some(StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case,
+    })
+}
+
+fn regex(r: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: r.to_string(),
+        ..Default::default()
+    }
+}
+
+fn header_matcher(name: &str, m: &istio::StringMatch, invert: bool) -> rt::HeaderMatcher {
+    use rt::header_matcher::HeaderMatchSpecifier;
+    let spec = match string_match(m, false) {
+        Some(sm) => HeaderMatchSpecifier::StringMatch(sm),
+        // `{}`: the header only has to be present.
+        None => HeaderMatchSpecifier::PresentMatch(true),
+    };
+    rt::HeaderMatcher {
+        name: name.to_string(),
+        invert_match: invert,
+        header_match_specifier: Some(spec),
+        ..Default::default()
+    }
+}
+
+fn route_match(m: Option<&istio::HttpMatchRequest>) -> RouteMatch {
+    let mut rm = RouteMatch {
+        path_specifier: Some(PathSpecifier::Prefix("/".into())),
+        ..Default::default()
+    };
+    let Some(m) = m else { return rm };
+    if let Some(uri) = &m.uri {
+        rm.path_specifier = Some(if let Some(e) = &uri.exact {
+            PathSpecifier::Path(e.clone())
+        } else if let Some(p) = &uri.prefix {
+            PathSpecifier::Prefix(p.clone())
+        } else if let Some(r) = &uri.regex {
+            PathSpecifier::SafeRegex(regex(r))
+        } else {
+            PathSpecifier::Prefix("/".into())
+        });
+        if m.ignore_uri_case {
+            rm.case_sensitive = pb::boolv(false);
+        }
+    }
+    for (pseudo, sm) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if let Some(sm) = sm {
+            rm.headers.push(header_matcher(pseudo, sm, false));
+        }
+    }
+    for (name, sm) in &m.headers {
+        rm.headers.push(header_matcher(name, sm, false));
+    }
+    for (name, sm) in &m.without_headers {
+        rm.headers.push(header_matcher(name, sm, true));
+    }
+    for (name, sm) in &m.query_params {
+        use rt::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+        let spec = match string_match(sm, false) {
+            Some(s) => Q::StringMatch(s),
+            None => Q::PresentMatch(true),
+        };
+        rm.query_parameters.push(rt::QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(spec),
+        });
+    }
+    rm
+}
+
+fn header_ops(
+    ops: Option<&istio::HeaderOperations>,
+) -> (Vec<core::HeaderValueOption>, Vec<String>) {
+    use core::header_value_option::HeaderAppendAction;
+    let Some(ops) = ops else {
+        return (vec![], vec![]);
+    };
+    let mut add = Vec::new();
+    for (k, v) in &ops.set {
+        add.push(core::HeaderValueOption {
+            header: Some(core::HeaderValue {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        });
+    }
+    for (k, v) in &ops.add {
+        add.push(core::HeaderValueOption {
+            header: Some(core::HeaderValue {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
+            ..Default::default()
+        });
+    }
+    (add, ops.remove.clone())
+}
+
+fn percent(p: f64) -> FractionalPercent {
+    // Istio's percentages have sub-percent precision: express them per million.
+    FractionalPercent {
+        numerator: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+/// gRPC status names as Istio's API takes them.
+fn grpc_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    name.parse::<u32>()
+        .ok()
+        .or_else(|| CODES.iter().position(|c| *c == name).map(|i| i as u32))
+}
+
+fn fault_config(f: &istio::HttpFaultInjection) -> fault::HttpFault {
+    let mut out = fault::HttpFault::default();
+    if let Some(d) = &f.delay
+        && let Some(fixed) = d.fixed_delay.or(d.exponential_delay)
+    {
+        let pct = d
+            .percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(d.percent.map(f64::from))
+            .unwrap_or(100.0);
+        out.delay = Some(common_fault::FaultDelay {
+            percentage: Some(percent(pct)),
+            fault_delay_secifier: Some(common_fault::fault_delay::FaultDelaySecifier::FixedDelay(
+                pb::duration(fixed.as_std()),
+            )),
+        });
+    }
+    if let Some(a) = &f.abort {
+        let pct = a.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
+        let error = if let Some(s) = a.http_status {
+            Some(fault::fault_abort::ErrorType::HttpStatus(s as u32))
+        } else {
+            a.grpc_status
+                .as_deref()
+                .and_then(grpc_code)
+                .map(fault::fault_abort::ErrorType::GrpcStatus)
+        };
+        if let Some(error) = error {
+            out.abort = Some(fault::FaultAbort {
+                percentage: Some(percent(pct)),
+                error_type: Some(error),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+fn cors_config(c: &istio::CorsPolicy) -> cors::CorsPolicy {
+    let mut origins: Vec<StringMatcher> = c
+        .allow_origins
+        .iter()
+        .filter_map(|o| string_match(o, false))
+        .collect();
+    origins.extend(c.allow_origin.iter().map(|o| StringMatcher {
+        match_pattern: Some(MatchPattern::Exact(o.clone())),
+        ignore_case: false,
+    }));
+    cors::CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_std().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c.allow_credentials.and_then(pb::boolv),
+        forward_not_matching_preflights: match c.unmatched_preflights {
+            Some(istio::UnmatchedPreflights::IGNORE) => pb::boolv(false),
+            Some(istio::UnmatchedPreflights::FORWARD) => pb::boolv(true),
+            _ => None,
+        },
+        ..Default::default()
+    }
+}
+
+fn retry_policy(r: Option<&istio::HttpRetry>) -> Option<rt::RetryPolicy> {
+    let (attempts, per_try, retry_on) = match r {
+        Some(r) if r.attempts <= 0 => return None,
+        Some(r) => (r.attempts as u32, r.per_try_timeout, r.retry_on.as_str()),
+        None => (2, None, ""),
+    };
+    let mut on: Vec<String> = Vec::new();
+    let mut codes = Vec::new();
+    for part in retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part.parse::<u32>() {
+            Ok(code) => codes.push(code),
+            Err(_) => on.push(part.to_string()),
+        }
+    }
+    let retry_on = if on.is_empty() && codes.is_empty() {
+        codes.push(503);
+        DEFAULT_RETRY_ON.to_string()
+    } else {
+        if !codes.is_empty() && !on.iter().any(|s| s == "retriable-status-codes") {
+            on.push("retriable-status-codes".into());
+        }
+        on.join(",")
+    };
+    Some(rt::RetryPolicy {
+        retry_on,
+        num_retries: pb::u32v(attempts),
+        per_try_timeout: per_try.map(|d| pb::duration(d.as_std())),
+        retriable_status_codes: codes,
+        retry_host_predicate: if r.and_then(|r| r.retry_ignore_previous_hosts) == Some(false) {
+            vec![]
+        } else {
+            vec![rt::retry_policy::RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(rt::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                    pb::any(&envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate {}),
+                )),
+            }]
+        },
+        host_selection_retry_max_attempts: 5,
+        retry_back_off: r
+            .and_then(|r| r.backoff)
+            .map(|b| rt::retry_policy::RetryBackOff {
+                base_interval: Some(pb::duration(b.as_std())),
+                ..Default::default()
+            }),
+        ..Default::default()
+    })
+}
+
+/// Chooses the port of a destination: the explicit one, else the route's port if the
+/// service has it, else the service's only port.
+fn destination_port(dest: &istio::Destination, svc: Option<&Service>, route_port: u16) -> u16 {
+    if let Some(p) = &dest.port {
+        return p.number as u16;
+    }
+    match svc {
+        Some(s) if s.port(route_port).is_some() => route_port,
+        Some(s) if s.ports.len() == 1 => s.ports[0].port,
+        _ => route_port,
+    }
+}
+
+/// The cluster name a VirtualService destination points at.
+pub fn destination_cluster(
+    ctx: &ProxyContext,
+    vs_ns: &str,
+    dest: &istio::Destination,
+    route_port: u16,
+) -> String {
+    let host = host::resolve(&dest.host, vs_ns, &ctx.snap.mesh.domain_suffix);
+    let svc = ctx.snap.services.get(&host);
+    let port = destination_port(dest, svc.map(|s| &**s), route_port);
+    naming::outbound_cluster(port, &dest.subset, &host)
+}
+
+fn hash_policies(ctx: &ProxyContext, host: &str) -> Vec<rt::route_action::HashPolicy> {
+    use rt::route_action::hash_policy::{self, PolicySpecifier};
+    let Some(svc) = ctx.snap.services.get(host) else {
+        return vec![];
+    };
+    let Some(dr) = ctx
+        .snap
+        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
+    else {
+        return vec![];
+    };
+    let Some(ch) = dr
+        .spec
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.load_balancer.as_ref())
+        .and_then(|l| l.consistent_hash.as_ref())
+    else {
+        return vec![];
+    };
+    let spec = if let Some(h) = &ch.http_header_name {
+        PolicySpecifier::Header(hash_policy::Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        PolicySpecifier::Cookie(hash_policy::Cookie {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            ttl: c.ttl.map(|d| pb::duration(d.as_std())),
+            ..Default::default()
+        })
+    } else if ch.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(hash_policy::QueryParameter { name: q.clone() })
+    } else {
+        return vec![];
+    };
+    vec![rt::route_action::HashPolicy {
+        policy_specifier: Some(spec),
+        terminal: false,
+    }]
+}
+
+/// Envoy routes for one VirtualService HTTP rule on `port`, one per match block.
+fn http_rule_routes(
+    ctx: &ProxyContext,
+    vs: &VirtualServiceConfig,
+    rule: &istio::HttpRoute,
+    port: u16,
+    gateway: Option<&str>,
+) -> Vec<Route> {
+    if rule.delegate.is_some() {
+        return vec![];
+    }
+    let ns = &vs.key.namespace;
+    let matches: Vec<Option<&istio::HttpMatchRequest>> = if rule.matches.is_empty() {
+        vec![None]
+    } else {
+        rule.matches.iter().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for m in matches {
+        if let Some(m) = m {
+            if m.port.is_some_and(|p| p != u32::from(port)) {
+                continue;
+            }
+            let gws: Vec<String> = m
+                .gateways
+                .iter()
+                .map(|g| crate::model::snapshot::resolve_gateway(g, ns))
+                .collect();
+            let here = gateway.unwrap_or("mesh");
+            if !gws.is_empty() && !gws.iter().any(|g| g == here) {
+                continue;
+            }
+            if gateway.is_none() {
+                if !m.source_labels.is_empty() && !labels_match(&m.source_labels, &ctx.labels) {
+                    continue;
+                }
+                if !m.source_namespace.is_empty() && m.source_namespace != ctx.proxy.namespace {
+                    continue;
+                }
+            }
+        }
+        let name = m
+            .map(|m| m.name.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(rule.name.as_str());
+        let mut route = Route {
+            name: name.to_string(),
+            r#match: Some(route_match(m)),
+            ..Default::default()
+        };
+        let mut filter_configs: HashMap<String, Any> = HashMap::new();
+        if let Some(f) = &rule.fault {
+            filter_configs.insert(FAULT_FILTER.into(), pb::any(&fault_config(f)));
+        }
+        if let Some(c) = &rule.cors_policy {
+            filter_configs.insert(CORS_FILTER.into(), pb::any(&cors_config(c)));
+        }
+        route.typed_per_filter_config = filter_configs;
+        let (req_add, req_remove) =
+            header_ops(rule.headers.as_ref().and_then(|h| h.request.as_ref()));
+        let (resp_add, resp_remove) =
+            header_ops(rule.headers.as_ref().and_then(|h| h.response.as_ref()));
+        route.request_headers_to_add = req_add;
+        route.request_headers_to_remove = req_remove;
+        route.response_headers_to_add = resp_add;
+        route.response_headers_to_remove = resp_remove;
+
+        if let Some(r) = &rule.redirect {
+            route.action = Some(Action::Redirect(redirect(r)));
+        } else if let Some(d) = &rule.direct_response {
+            route.action = Some(Action::DirectResponse(direct_response(d)));
+        } else {
+            route.action = Some(Action::Route(route_action(ctx, vs, rule, port)));
+            if let Some(first) = rule.route.first() {
+                let host = host::resolve(&first.destination.host, ns, &ctx.snap.mesh.domain_suffix);
+                route.decorator = Some(rt::Decorator {
+                    operation: format!(
+                        "{host}:{}/*",
+                        destination_port(
+                            &first.destination,
+                            ctx.snap.services.get(&host).map(|s| &**s),
+                            port
+                        )
+                    ),
+                    ..Default::default()
+                });
+            }
+        }
+        out.push(route);
+    }
+    out
+}
+
+fn redirect(r: &istio::HttpRedirect) -> rt::RedirectAction {
+    use rt::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let code = match r.redirect_code.unwrap_or(301) {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    rt::RedirectAction {
+        host_redirect: r.authority.clone(),
+        port_redirect: r.port.unwrap_or(0),
+        response_code: code as i32,
+        scheme_rewrite_specifier: (!r.scheme.is_empty())
+            .then(|| SchemeRewriteSpecifier::SchemeRedirect(r.scheme.clone())),
+        path_rewrite_specifier: if !r.uri.is_empty() {
+            Some(PathRewriteSpecifier::PathRedirect(r.uri.clone()))
+        } else {
+            r.prefix_rewrite
+                .as_ref()
+                .map(|p| PathRewriteSpecifier::PrefixRewrite(p.clone()))
+        },
+        ..Default::default()
+    }
+}
+
+fn direct_response(d: &istio::HttpDirectResponse) -> rt::DirectResponseAction {
+    use base64::Engine;
+    use core::data_source::Specifier;
+    let body = d.body.as_ref().and_then(|b| {
+        if let Some(s) = &b.string {
+            Some(Specifier::InlineString(s.clone()))
+        } else {
+            b.bytes.as_ref().map(|s| {
+                Specifier::InlineBytes(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .unwrap_or_else(|_| s.as_bytes().to_vec()),
+                )
+            })
+        }
+    });
+    rt::DirectResponseAction {
+        status: d.status,
+        body: body.map(|s| core::DataSource {
+            specifier: Some(s),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn route_action(
+    ctx: &ProxyContext,
+    vs: &VirtualServiceConfig,
+    rule: &istio::HttpRoute,
+    port: u16,
+) -> RouteAction {
+    let ns = &vs.key.namespace;
+    let mut action = RouteAction {
+        timeout: Some(pb::duration(
+            rule.timeout.map(|t| t.as_std()).unwrap_or_default(),
+        )),
+        retry_policy: retry_policy(rule.retries.as_ref()),
+        max_stream_duration: grpc_timeout_unlimited(),
+        ..Default::default()
+    };
+    let dests: Vec<&istio::HttpRouteDestination> = if rule.route.len() > 1 {
+        rule.route
+            .iter()
+            .filter(|d| d.weight.unwrap_or(0) > 0)
+            .collect()
+    } else {
+        rule.route.iter().collect()
+    };
+    if dests.len() == 1 && dests[0].headers.is_none() {
+        action.cluster_specifier = Some(ClusterSpecifier::Cluster(destination_cluster(
+            ctx,
+            ns,
+            &dests[0].destination,
+            port,
+        )));
+    } else {
+        let clusters = dests
+            .iter()
+            .map(|d| {
+                let (req_add, req_remove) =
+                    header_ops(d.headers.as_ref().and_then(|h| h.request.as_ref()));
+                let (resp_add, resp_remove) =
+                    header_ops(d.headers.as_ref().and_then(|h| h.response.as_ref()));
+                rt::weighted_cluster::ClusterWeight {
+                    name: destination_cluster(ctx, ns, &d.destination, port),
+                    weight: pb::u32v(if dests.len() == 1 {
+                        100
+                    } else {
+                        d.weight.unwrap_or(0).max(0) as u32
+                    }),
+                    request_headers_to_add: req_add,
+                    request_headers_to_remove: req_remove,
+                    response_headers_to_add: resp_add,
+                    response_headers_to_remove: resp_remove,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        action.cluster_specifier = Some(ClusterSpecifier::WeightedClusters(rt::WeightedCluster {
+            clusters,
+            ..Default::default()
+        }));
+    }
+    if let Some(rw) = &rule.rewrite {
+        if !rw.uri.is_empty() {
+            action.prefix_rewrite = rw.uri.clone();
+        }
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            action.regex_rewrite = Some(
+                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute {
+                    pattern: Some(regex(&rr.matches)),
+                    substitution: rr.rewrite.clone(),
+                },
+            );
+        }
+        if !rw.authority.is_empty() {
+            action.host_rewrite_specifier = Some(
+                rt::route_action::HostRewriteSpecifier::HostRewriteLiteral(rw.authority.clone()),
+            );
+        }
+    }
+    let mut mirrors: Vec<(&istio::Destination, f64)> = Vec::new();
+    if let Some(m) = &rule.mirror {
+        let pct = rule
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(rule
+                .mirror_percent
+                .or(rule.mirror_percent_snake)
+                .map(f64::from))
+            .unwrap_or(100.0);
+        mirrors.push((m, pct));
+    }
+    for m in &rule.mirrors {
+        mirrors.push((
+            &m.destination,
+            m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0),
+        ));
+    }
+    action.request_mirror_policies = mirrors
+        .into_iter()
+        .map(|(d, pct)| rt::route_action::RequestMirrorPolicy {
+            cluster: destination_cluster(ctx, ns, d, port),
+            runtime_fraction: Some(core::RuntimeFractionalPercent {
+                default_value: Some(percent(pct)),
+                ..Default::default()
+            }),
+            trace_sampled: pb::boolv(false),
+            ..Default::default()
+        })
+        .collect();
+    if let Some(first) = dests.first() {
+        let host = host::resolve(&first.destination.host, ns, &ctx.snap.mesh.domain_suffix);
+        action.hash_policy = hash_policies(ctx, &host);
+    }
+    action
+}
+
+/// istiod's `max_stream_duration`: honour no grpc-timeout header limit.
+fn grpc_timeout_unlimited() -> Option<rt::route_action::MaxStreamDuration> {
+    Some(rt::route_action::MaxStreamDuration {
+        grpc_timeout_header_max: pb::secs(0),
+        ..Default::default()
+    })
+}
+
+/// Default route to a service port, as istiod generates it when no VirtualService applies.
+pub fn default_route(ctx: &ProxyContext, cluster: &str, host: &str, port: u16) -> Route {
+    Route {
+        name: "default".into(),
+        r#match: Some(route_match(None)),
+        decorator: Some(rt::Decorator {
+            operation: format!("{host}:{port}/*"),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+            timeout: pb::secs(0),
+            retry_policy: retry_policy(None),
+            max_stream_duration: grpc_timeout_unlimited(),
+            hash_policy: hash_policies(ctx, host),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Short names a client in `client_ns` may use for a Kubernetes service, as istiod lists
+/// them in virtual host domains.
+fn service_domains(svc: &Service, client_ns: &str, port: u16, domain_suffix: &str) -> Vec<String> {
+    let mut names = vec![svc.hostname.clone()];
+    if svc.kubernetes
+        && let Some(prefix) = svc.hostname.strip_suffix(&format!(".svc.{domain_suffix}"))
+    {
+        if svc.namespace == client_ns {
+            names.push(svc.name.clone());
+        }
+        names.push(format!("{prefix}.svc"));
+        names.push(prefix.to_string());
+    }
+    names.extend(svc.addresses.iter().cloned());
+    let with_port: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+    names.extend(with_port);
+    names
+}
+
+fn vs_domains(host: &str, port: u16) -> Vec<String> {
+    vec![host.to_string(), format!("{host}:{port}")]
+}
+
+/// Virtual hosts for an outbound HTTP port, from one egress scope.
+pub fn outbound_virtual_hosts(
+    ctx: &ProxyContext,
+    egress: &EgressScope,
+    port: u16,
+) -> Vec<VirtualHost> {
+    let domain = &ctx.snap.mesh.domain_suffix;
+    let mut vhosts: Vec<VirtualHost> = Vec::new();
+    let mut claimed_hosts: BTreeSet<String> = BTreeSet::new();
+    // VirtualServices first (in snapshot order, which is stable), each host once.
+    for vs in &egress.virtual_services {
+        for h in &vs.hosts {
+            if !claimed_hosts.insert(h.clone()) {
+                continue;
+            }
+            let svc = ctx.snap.services.get(h);
+            // A VirtualService for a known service only shapes that service's ports.
+            if let Some(svc) = svc
+                && svc.port(port).is_none_or(|p| {
+                    !(p.protocol.is_http()
+                        || p.protocol == crate::model::service::Protocol::Unsupported)
+                })
+            {
+                continue;
+            }
+            let routes: Vec<Route> = vs
+                .spec
+                .http
+                .iter()
+                .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
+                .collect();
+            if routes.is_empty() {
+                continue;
+            }
+            let domains = match svc {
+                Some(svc) => service_domains(svc, &ctx.proxy.namespace, port, domain),
+                None => vs_domains(h, port),
+            };
+            vhosts.push(VirtualHost {
+                name: naming::virtual_host(h, port),
+                domains,
+                routes,
+                include_request_attempt_count: true,
+                ..Default::default()
+            });
+        }
+    }
+    for svc in &egress.services {
+        if claimed_hosts.contains(&svc.hostname) {
+            continue;
+        }
+        let Some(p) = svc.port(port) else { continue };
+        if !(p.protocol.is_http() || p.protocol == crate::model::service::Protocol::Unsupported) {
+            continue;
+        }
+        let cluster = naming::outbound_cluster(port, "", &svc.hostname);
+        vhosts.push(VirtualHost {
+            name: naming::virtual_host(&svc.hostname, port),
+            domains: service_domains(svc, &ctx.proxy.namespace, port, domain),
+            routes: vec![default_route(ctx, &cluster, &svc.hostname, port)],
+            include_request_attempt_count: true,
+            ..Default::default()
+        });
+    }
+    vhosts
+}
+
+/// Removes domains already used by an earlier virtual host: Envoy rejects a route
+/// configuration in which two virtual hosts share a domain.
+pub fn dedup_domains(vhosts: &mut Vec<VirtualHost>) {
+    let mut used = BTreeSet::new();
+    for vh in vhosts.iter_mut() {
+        vh.domains.retain(|d| used.insert(d.to_ascii_lowercase()));
+    }
+    vhosts.retain(|vh| !vh.domains.is_empty());
+}
+
+/// The catch-all virtual host: pass unknown hosts through, or refuse them with 502 under
+/// REGISTRY_ONLY, as istiod does.
+fn catch_all(policy: OutboundTrafficMode) -> VirtualHost {
+    match policy {
+        OutboundTrafficMode::ALLOW_ANY => VirtualHost {
+            name: "allow_any".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "allow_any".into(),
+                r#match: Some(route_match(None)),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(naming::PASSTHROUGH.into())),
+                    timeout: pb::secs(0),
+                    max_stream_duration: grpc_timeout_unlimited(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            include_request_attempt_count: true,
+            ..Default::default()
+        },
+        OutboundTrafficMode::REGISTRY_ONLY => VirtualHost {
+            name: "block_all".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "block_all".into(),
+                r#match: Some(route_match(None)),
+                action: Some(Action::DirectResponse(rt::DirectResponseAction {
+                    status: 502,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            include_request_attempt_count: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// Route configuration `name` for a sidecar: outbound routes by port number.
+pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration> {
+    let port: u16 = name.parse().ok()?;
+    // The egress listener that serves this port: one that names it, else the catch-all.
+    let egress = ctx
+        .scope
+        .egress
+        .iter()
+        .find(|e| {
+            e.listener
+                .as_ref()
+                .and_then(|l| l.port.as_ref())
+                .is_some_and(|p| p.number == u32::from(port))
+        })
+        .or_else(|| {
+            ctx.scope
+                .egress
+                .iter()
+                .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))
+        })?;
+    let mut vhosts = outbound_virtual_hosts(ctx, egress, port);
+    vhosts.push(catch_all(ctx.scope.outbound_policy));
+    dedup_domains(&mut vhosts);
+    Some(RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vhosts,
+        validate_clusters: pb::boolv(false),
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    })
+}
+
+/// Inline route configuration of an inbound HTTP filter chain.
+pub fn inbound_route_config(cluster: &str, port: u16) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "default".into(),
+                r#match: Some(route_match(None)),
+                decorator: Some(rt::Decorator {
+                    operation: format!("{cluster}/*"),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+                    timeout: pb::secs(0),
+                    max_stream_duration: grpc_timeout_unlimited(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: pb::boolv(false),
+        ..Default::default()
+    }
+}
+
+/// Routes of VirtualServices bound to `gateway` (`ns/name`) for `hosts` on `port`.
+pub fn gateway_virtual_hosts(
+    ctx: &ProxyContext,
+    gateway: &str,
+    server_hosts: &[String],
+    port: u16,
+    claimed: &mut BTreeSet<String>,
+) -> Vec<VirtualHost> {
+    let mut out = Vec::new();
+    let gw_ns = gateway.split('/').next().unwrap_or_default();
+    for vs in &ctx.snap.virtual_services {
+        if !vs.gateways.iter().any(|g| g == gateway) {
+            continue;
+        }
+        // Server hosts may be `ns/host`; a VirtualService is selected by namespace and host.
+        let selected: Vec<&String> = vs
+            .hosts
+            .iter()
+            .filter(|h| {
+                server_hosts.iter().any(|sh| {
+                    let (ns, host_pat) = match sh.split_once('/') {
+                        Some((n, h)) => (if n == "." { gw_ns } else { n }, h),
+                        None => ("*", sh.as_str()),
+                    };
+                    (ns == "*" || ns == vs.key.namespace) && host::intersects(host_pat, h)
+                })
+            })
+            .collect();
+        for h in selected {
+            if !claimed.insert(h.clone()) {
+                continue;
+            }
+            let routes: Vec<Route> = vs
+                .spec
+                .http
+                .iter()
+                .flat_map(|r| http_rule_routes(ctx, vs, r, port, Some(gateway)))
+                .collect();
+            if routes.is_empty() {
+                continue;
+            }
+            out.push(VirtualHost {
+                name: naming::virtual_host(h, port),
+                domains: vs_domains(h, port),
+                routes,
+                include_request_attempt_count: true,
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// Keeps route configuration builders honest about what they reference.
+pub fn referenced_clusters(rc: &RouteConfiguration) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for vh in &rc.virtual_hosts {
+        for r in &vh.routes {
+            if let Some(Action::Route(a)) = &r.action {
+                match &a.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => {
+                        out.insert(c.clone());
+                    }
+                    Some(ClusterSpecifier::WeightedClusters(w)) => {
+                        out.extend(w.clusters.iter().map(|c| c.name.clone()));
+                    }
+                    _ => {}
+                }
+                out.extend(a.request_mirror_policies.iter().map(|m| m.cluster.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Shared handle to a VirtualService list (for callers that keep scopes).
+pub type VirtualServices = Vec<Arc<VirtualServiceConfig>>;
