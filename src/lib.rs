@@ -5,10 +5,13 @@
 
 pub mod app;
 pub mod cli;
+pub mod debug;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod sources;
 pub mod translate;
+pub mod xds;
 
 /// Envoy's protobuf descriptors (a FileDescriptorSet from envoy-types), for JSON rendering.
 pub static ENVOY_DESCRIPTORS: &[u8] =

@@ -1,9 +1,211 @@
-//! `meshd serve`.
+//! `meshd serve`: the file source feeds the model, the model feeds the push queue, the
+//! xDS, debug and monitoring servers run until SIGINT/SIGTERM.
 
-use anyhow::Result;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
 
 use crate::cli::ServeArgs;
+use crate::metrics::{Metrics, SeverityLabel};
+use crate::model::diagnostic::Diagnostic;
+use crate::model::snapshot::{ConfigSet, Snapshot};
+use crate::sources::file::FileSource;
+use crate::xds::{AdsService, XdsState, push};
 
-pub async fn serve(_args: ServeArgs) -> Result<()> {
-    anyhow::bail!("serve: being built")
+/// Builds snapshots from configuration sets, keeping the previous one for last-good
+/// fallbacks and logging only diagnostics that are new.
+struct ModelBuilder {
+    previous: Option<Arc<Snapshot>>,
+    domain: String,
+    istio_namespace: String,
+    metrics: Arc<Metrics>,
+}
+
+impl ModelBuilder {
+    fn build(&mut self, set: &ConfigSet) -> Arc<Snapshot> {
+        let start = Instant::now();
+        let snap = Arc::new(Snapshot::build(
+            set,
+            self.previous.as_deref(),
+            &self.domain,
+            &self.istio_namespace,
+        ));
+        self.metrics.snapshot_builds.inc();
+        self.metrics
+            .snapshot_build_time
+            .observe(start.elapsed().as_secs_f64());
+        let old: BTreeSet<String> = self
+            .previous
+            .iter()
+            .flat_map(|p| p.diagnostics.iter().map(Diagnostic::to_string))
+            .collect();
+        for d in &snap.diagnostics {
+            let text = d.to_string();
+            if !old.contains(&text) {
+                warn!("{text}");
+            }
+        }
+        let errors = snap.error_count() as i64;
+        self.metrics
+            .diagnostics
+            .get_or_create(&SeverityLabel {
+                severity: "error".into(),
+            })
+            .set(errors);
+        self.metrics
+            .diagnostics
+            .get_or_create(&SeverityLabel {
+                severity: "warning".into(),
+            })
+            .set(snap.diagnostics.len() as i64 - errors);
+        self.metrics.objects.set(snap.objects.len() as i64);
+        info!(
+            generation = snap.generation,
+            objects = snap.objects.len(),
+            services = snap.services.len(),
+            errors,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "configuration loaded"
+        );
+        self.previous = Some(snap.clone());
+        snap
+    }
+}
+
+async fn bind(addr: &str, port: u16, what: &str) -> Result<TcpListener> {
+    let sa: SocketAddr = format!("{addr}:{port}")
+        .parse()
+        .or_else(|_| format!("[{addr}]:{port}").parse())
+        .with_context(|| format!("--listen-address {addr:?} is not an IP address"))?;
+    TcpListener::bind(sa).await.with_context(|| {
+        format!("cannot listen on {sa} for {what} (is another istiod or meshd running?)")
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    if args.config.config_dirs.is_empty() {
+        bail!(
+            "no --config-dir given; meshd serves a folder of manifests \
+             (hint: meshd serve --config-dir examples/bookinfo). \
+             Watching a Kubernetes cluster is not available yet."
+        );
+    }
+    let debounce = crate::app::parse_duration(&args.debounce).context("--debounce")?;
+    let metrics = Arc::new(Metrics::new());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(XdsState::new(metrics.clone(), shutdown_rx.clone()));
+
+    // Bind everything first so that a port conflict is reported before anything runs.
+    let grpc = bind(&args.listen_address, args.grpc_port, "xDS (plaintext gRPC)").await?;
+    let http = bind(&args.listen_address, args.http_port, "/ready and /debug").await?;
+    let monitoring = bind(&args.listen_address, args.monitoring_port, "/metrics").await?;
+
+    let mut source = FileSource::new(
+        args.config.config_dirs.clone(),
+        &args.config.default_namespace,
+    )?;
+    let mut builder = ModelBuilder {
+        previous: None,
+        domain: args.config.domain.clone(),
+        istio_namespace: args.config.istio_namespace.clone(),
+        metrics: metrics.clone(),
+    };
+    let first = builder.build(&source.load());
+    push::publish(&state, first);
+
+    let (set_tx, mut set_rx) = mpsc::channel::<ConfigSet>(4);
+    let (snap_tx, snap_rx) = mpsc::channel::<Arc<Snapshot>>(4);
+    let watch_task = tokio::spawn(async move {
+        if let Err(e) = source.watch(Duration::from_millis(50), set_tx).await {
+            warn!(error = %e, "file watch stopped; configuration changes are no longer seen");
+        }
+    });
+    let build_task = tokio::spawn(async move {
+        while let Some(set) = set_rx.recv().await {
+            let snap = builder.build(&set);
+            if snap_tx.send(snap).await.is_err() {
+                break;
+            }
+        }
+    });
+    let push_task = tokio::spawn(push::run(state.clone(), snap_rx, debounce));
+
+    let ads = AggregatedDiscoveryServiceServer::new(AdsService::new(state.clone()))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(usize::MAX);
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc_addr = grpc.local_addr()?;
+    let grpc_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = grpc_shutdown.wait_for(|s| *s).await;
+                },
+            )
+            .await
+    });
+    let http_addr = http.local_addr()?;
+    let monitoring_addr = monitoring.local_addr()?;
+    for (listener, name) in [(http, "http"), (monitoring, "monitoring")] {
+        let app = crate::debug::router(state.clone());
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(server = name, error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    info!(%grpc_addr, %http_addr, %monitoring_addr, "meshd serving");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    watch_task.abort();
+    build_task.abort();
+    push_task.abort();
+    // Streams end on the shutdown signal; do not wait forever on a stuck client.
+    match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server error"),
+        Err(_) => warn!("gRPC server did not stop within 5s"),
+        _ => {}
+    }
+    Ok(())
 }

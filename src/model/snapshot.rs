@@ -145,6 +145,9 @@ pub struct Snapshot {
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
+    /// Address → hosts of the services with an instance at that address (a proxy's
+    /// inbound side, found without scanning every service).
+    pub hosts_by_ip: BTreeMap<String, Vec<String>>,
     pub diagnostics: Vec<Diagnostic>,
     /// Per-host hashes of everything that shapes a service's clusters and routes
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
@@ -1222,6 +1225,15 @@ impl Builder {
                     .push(w.key.clone());
             }
         }
+        let mut hosts_by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (h, eps) in &self.endpoints {
+            for inst in &eps.instances {
+                let hosts = hosts_by_ip.entry(inst.address.clone()).or_default();
+                if hosts.last() != Some(h) {
+                    hosts.push(h.clone());
+                }
+            }
+        }
         let mut diagnostics = self.diags;
         diagnostics.sort_by(|a, b| (&a.origin, &a.object).cmp(&(&b.origin, &b.object)));
         diagnostics.dedup();
@@ -1237,6 +1249,7 @@ impl Builder {
             sidecars: self.sidecars,
             workloads: self.workloads,
             workloads_by_ip,
+            hosts_by_ip,
             diagnostics,
             config_hashes,
             endpoint_hashes,

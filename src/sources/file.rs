@@ -262,7 +262,11 @@ impl FileSource {
         use notify::{RecursiveMode, Watcher};
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Reading the files ourselves raises access events: only changes count, or
+            // every reload would trigger the next one.
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
                 let _ = ev_tx.send(());
             }
         })

@@ -1,0 +1,153 @@
+//! Prometheus metrics, with istiod's names where dashboards use them. Labels are bounded
+//! (type, version, severity): never a proxy id.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// cds, eds, lds, rds, sds
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeverityLabel {
+    pub severity: String,
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0,
+    ]
+    .into_iter()
+}
+
+/// meshd's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// pilot_xds: connected proxies by istio version ("upstream" for plain Envoy).
+    pub xds_connections: Family<VersionLabel, Gauge>,
+    /// pilot_xds_pushes: responses sent, by type.
+    pub pushes: Family<TypeLabel, Counter>,
+    /// pilot_total_xds_rejects: NACKs, by type.
+    pub rejects: Family<TypeLabel, Counter>,
+    /// pilot_xds_expired_nonce: requests for stale nonces, by type.
+    pub expired_nonce: Family<TypeLabel, Counter>,
+    /// pilot_xds_push_time: time to generate and send one response, by type.
+    pub push_time: Family<TypeLabel, Histogram>,
+    /// pilot_proxy_convergence_time: from a config change to the push reaching the proxy.
+    pub convergence: Histogram,
+    /// meshd_config_diagnostics: current diagnostics by severity.
+    pub diagnostics: Family<SeverityLabel, Gauge>,
+    /// meshd_config_objects: accepted configuration objects.
+    pub objects: Gauge,
+    /// meshd_snapshot_builds_total and the time each takes.
+    pub snapshot_builds: Counter,
+    pub snapshot_build_time: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let xds_connections = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "pilot_xds",
+            "Number of endpoints connected to this pilot using XDS",
+            xds_connections.clone(),
+        );
+        let pushes = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "pilot_xds_pushes",
+            "Pilot build and send errors for lds, rds, cds and eds",
+            pushes.clone(),
+        );
+        let rejects = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy",
+            rejects.clone(),
+        );
+        let expired_nonce = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "pilot_xds_expired_nonce",
+            "Total number of XDS requests with an expired nonce",
+            expired_nonce.clone(),
+        );
+        let push_time = Family::<TypeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(seconds_buckets())
+        });
+        registry.register(
+            "pilot_xds_push_time",
+            "Total time in seconds Pilot takes to push lds, rds, cds and eds",
+            push_time.clone(),
+        );
+        let convergence = Histogram::new(seconds_buckets());
+        registry.register("pilot_proxy_convergence_time", "Delay in seconds between config change and a proxy receiving all required configuration", convergence.clone());
+        let diagnostics = Family::<SeverityLabel, Gauge>::default();
+        registry.register(
+            "meshd_config_diagnostics",
+            "Current configuration diagnostics by severity",
+            diagnostics.clone(),
+        );
+        let objects = Gauge::default();
+        registry.register(
+            "meshd_config_objects",
+            "Configuration objects in force",
+            objects.clone(),
+        );
+        let snapshot_builds = Counter::default();
+        registry.register(
+            "meshd_snapshot_builds",
+            "Snapshots built",
+            snapshot_builds.clone(),
+        );
+        let snapshot_build_time = Histogram::new(seconds_buckets());
+        registry.register(
+            "meshd_snapshot_build_time",
+            "Seconds to build a snapshot",
+            snapshot_build_time.clone(),
+        );
+        Metrics {
+            registry,
+            xds_connections,
+            pushes,
+            rejects,
+            expired_nonce,
+            push_time,
+            convergence,
+            diagnostics,
+            objects,
+            snapshot_builds,
+            snapshot_build_time,
+        }
+    }
+
+    pub fn type_label(short: &str) -> TypeLabel {
+        TypeLabel {
+            r#type: short.to_ascii_lowercase(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,9 @@
+//! The xDS server: ADS over gRPC (State-of-the-World and Delta), per-connection watch
+//! state, content-hash versions, and scoped, debounced pushes.
+
+pub mod connection;
+pub mod push;
+pub mod server;
+pub mod watch;
+
+pub use server::{AdsService, XdsState};

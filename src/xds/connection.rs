@@ -1,0 +1,575 @@
+//! One ADS stream: reads requests, runs them through the watch state machine, and sends
+//! responses — on request, and when a push says the proxy's configuration changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::{Notify, mpsc};
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::server::{SyncStatus, XdsState};
+use super::watch::{Action, WatchState};
+use crate::metrics::{Metrics, VersionLabel};
+use crate::model::proxy::Proxy;
+use crate::translate::{self, ProxyContext, pb, type_url};
+
+/// A change a connection has to act on. Several merge into one: at most one push is
+/// pending per connection.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    /// Anything but endpoints changed: regenerate every type.
+    pub full: bool,
+    /// Hosts whose endpoints changed.
+    pub endpoints: BTreeSet<String>,
+    /// When the first merged change was published (for convergence time).
+    pub started: Instant,
+}
+
+impl PushRequest {
+    pub fn merge(&mut self, other: PushRequest) {
+        self.full |= other.full;
+        self.endpoints.extend(other.endpoints);
+        self.started = self.started.min(other.started);
+    }
+}
+
+/// The shared view of a stream: who is connected, its sync state, its pending push.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    /// istiod-style connection id: `PROXY_ID-N`.
+    pub conn_id: String,
+    pub proxy: Arc<Proxy>,
+    pub delta: bool,
+    pub peer: String,
+    pub connected_at: SystemTime,
+    status: Mutex<BTreeMap<String, WatchState>>,
+    pending: Mutex<Option<PushRequest>>,
+    notify: Notify,
+}
+
+impl Connection {
+    /// Queues a push, merging with one already pending.
+    pub fn push(&self, req: PushRequest) {
+        if let Ok(mut p) = self.pending.lock() {
+            match p.as_mut() {
+                Some(existing) => existing.merge(req),
+                None => *p = Some(req),
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn take_push(&self) -> Option<PushRequest> {
+        self.pending.lock().ok().and_then(|mut p| p.take())
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        SyncStatus {
+            connection_id: self.conn_id.clone(),
+            proxy: self.proxy.id.clone(),
+            istio_version: self.proxy.istio_version.clone().unwrap_or_default(),
+            delta: self.delta,
+            peer: self.peer.clone(),
+            types: self.status.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The state of one type (tests and debug).
+    pub fn watch_state(&self, type_url: &str) -> Option<WatchState> {
+        self.status.lock().ok()?.get(type_url).cloned()
+    }
+}
+
+/// The two flavours of ADS stream.
+pub enum Mode {
+    Sotw {
+        inbound: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    },
+    Delta {
+        inbound: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    },
+}
+
+/// A generated resource with its content-hash version.
+struct Generated {
+    name: String,
+    version: String,
+    any: Any,
+}
+
+fn version_of(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Resources of one type for the subscription in `w`.
+fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Generated> {
+    fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
+        let any = pb::any(msg);
+        Generated {
+            name,
+            version: version_of(&any.value),
+            any,
+        }
+    }
+    match w.type_url.as_str() {
+        type_url::CLUSTER => translate::cluster::clusters(ctx)
+            .iter()
+            .filter(|c| w.wants(&c.name))
+            .map(|c| wrap(c.name.clone(), c))
+            .collect(),
+        type_url::ENDPOINT => {
+            let names: Vec<String> = w.names.iter().cloned().collect();
+            translate::endpoints(ctx, &names)
+                .iter()
+                .map(|e| wrap(e.cluster_name.clone(), e))
+                .collect()
+        }
+        type_url::LISTENER => translate::listener::listeners(ctx)
+            .iter()
+            .filter(|l| w.wants(&l.name))
+            .map(|l| wrap(l.name.clone(), l))
+            .collect(),
+        type_url::ROUTE => w
+            .names
+            .iter()
+            .filter_map(|n| translate::route_config(ctx, n))
+            .map(|r| wrap(r.name.clone(), &r))
+            .collect(),
+        // Secrets are never served on the plaintext port.
+        _ => Vec::new(),
+    }
+}
+
+fn set_version(res: &[Generated]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for r in res {
+        h.update(r.name.as_bytes());
+        h.update(r.version.as_bytes());
+    }
+    format!("{:016x}", h.digest())
+}
+
+/// Node metadata as JSON.
+fn proxy_from_node(node: Option<&Node>) -> Result<Proxy, Status> {
+    let node = node.ok_or_else(|| {
+        Status::invalid_argument("the first request on a stream must carry the Envoy node")
+    })?;
+    let metadata = node
+        .metadata
+        .as_ref()
+        .map(pb::struct_to_json)
+        .unwrap_or_default();
+    Proxy::from_node(&node.id, metadata).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+struct Stream {
+    state: Arc<XdsState>,
+    conn: Option<Arc<Connection>>,
+    watches: BTreeMap<String, WatchState>,
+    nonces: u64,
+    peer: String,
+    delta: bool,
+}
+
+enum Outbound<'a> {
+    Sotw(&'a mpsc::Sender<Result<DiscoveryResponse, Status>>),
+    Delta(&'a mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
+}
+
+impl Stream {
+    fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        let id = self.conn.as_ref().map_or(0, |c| c.id);
+        format!("{}-{id:x}-{:x}", self.state.nonce_prefix, self.nonces)
+    }
+
+    fn publish_status(&self) {
+        if let Some(c) = &self.conn
+            && let Ok(mut s) = c.status.lock()
+        {
+            *s = self.watches.clone();
+        }
+    }
+
+    fn connect(&mut self, node: Option<&Node>) -> Result<Arc<Connection>, Status> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let proxy = Arc::new(proxy_from_node(node)?);
+        let id = self.state.next_id();
+        let conn = Arc::new(Connection {
+            id,
+            conn_id: format!("{}-{id}", proxy.id),
+            proxy: proxy.clone(),
+            delta: self.delta,
+            peer: self.peer.clone(),
+            connected_at: SystemTime::now(),
+            status: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(None),
+            notify: Notify::new(),
+        });
+        self.state.register(conn.clone());
+        self.metrics()
+            .xds_connections
+            .get_or_create(&version_label(&proxy))
+            .inc();
+        info!(proxy = %proxy.id, conn = id, delta = self.delta, peer = %self.peer, "proxy connected");
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Generates and sends `type_url` if anything changed (or `respond` demands an answer).
+    /// `force` names resources to send even if the client has their version (clusters
+    /// re-sent after a CDS update need their endpoints again).
+    async fn send_type(
+        &mut self,
+        out: &Outbound<'_>,
+        ctx: &ProxyContext<'_>,
+        url: &str,
+        respond: bool,
+        force: Option<&BTreeSet<String>>,
+    ) -> Result<bool, ()> {
+        let Some(mut w) = self.watches.remove(url) else {
+            return Ok(false);
+        };
+        let start = Instant::now();
+        let res = generate(ctx, &w);
+        let version = set_version(&res);
+        let nonce;
+        let sent = match out {
+            Outbound::Sotw(tx) => {
+                let full_set = url == type_url::CLUSTER || url == type_url::LISTENER;
+                let changed: Vec<&Generated> = res
+                    .iter()
+                    .filter(|r| {
+                        force.is_some_and(|f| f.contains(&r.name))
+                            || w.client_versions.get(&r.name) != Some(&r.version)
+                    })
+                    .collect();
+                let unchanged = w.sent_version.as_deref() == Some(version.as_str());
+                if !respond && force.is_none() && (unchanged || (!full_set && changed.is_empty())) {
+                    self.watches.insert(url.to_string(), w);
+                    return Ok(false);
+                }
+                // CDS and LDS responses are the whole state; EDS and RDS may carry only
+                // what changed, unless the client just asked.
+                let send: Vec<&Generated> = if full_set || respond {
+                    res.iter().collect()
+                } else {
+                    changed
+                };
+                nonce = self.next_nonce();
+                let resp = DiscoveryResponse {
+                    version_info: version.clone(),
+                    resources: send.iter().map(|r| r.any.clone()).collect(),
+                    type_url: url.to_string(),
+                    nonce: nonce.clone(),
+                    control_plane: Some(control_plane()),
+                    ..Default::default()
+                };
+                if full_set {
+                    w.client_versions.clear();
+                }
+                for r in &send {
+                    w.client_versions.insert(r.name.clone(), r.version.clone());
+                }
+                let n = resp.resources.len();
+                if tx.send(Ok(resp)).await.is_err() {
+                    return Err(());
+                }
+                n
+            }
+            Outbound::Delta(tx) => {
+                let current: BTreeSet<&str> = res.iter().map(|r| r.name.as_str()).collect();
+                let changed: Vec<&Generated> = res
+                    .iter()
+                    .filter(|r| {
+                        force.is_some_and(|f| f.contains(&r.name))
+                            || w.client_versions.get(&r.name) != Some(&r.version)
+                    })
+                    .collect();
+                let mut removed: Vec<String> = w
+                    .client_versions
+                    .keys()
+                    .filter(|n| !current.contains(n.as_str()))
+                    .cloned()
+                    .collect();
+                if respond {
+                    // Explicitly requested names that do not exist: say so.
+                    for n in &w.names {
+                        if !current.contains(n.as_str()) && !removed.contains(n) {
+                            removed.push(n.clone());
+                        }
+                    }
+                }
+                if changed.is_empty() && removed.is_empty() && !respond {
+                    self.watches.insert(url.to_string(), w);
+                    return Ok(false);
+                }
+                nonce = self.next_nonce();
+                let resp = DeltaDiscoveryResponse {
+                    system_version_info: version.clone(),
+                    resources: changed
+                        .iter()
+                        .map(|r| Resource {
+                            name: r.name.clone(),
+                            version: r.version.clone(),
+                            resource: Some(r.any.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    type_url: url.to_string(),
+                    removed_resources: removed.clone(),
+                    nonce: nonce.clone(),
+                    control_plane: Some(control_plane()),
+                    ..Default::default()
+                };
+                for r in &changed {
+                    w.client_versions.insert(r.name.clone(), r.version.clone());
+                }
+                for r in &removed {
+                    w.client_versions.remove(r);
+                }
+                let n = resp.resources.len();
+                if tx.send(Ok(resp)).await.is_err() {
+                    return Err(());
+                }
+                n
+            }
+        };
+        w.sent(&version, &nonce);
+        let short = type_url::short(url);
+        self.metrics()
+            .pushes
+            .get_or_create(&Metrics::type_label(short))
+            .inc();
+        self.metrics()
+            .push_time
+            .get_or_create(&Metrics::type_label(short))
+            .observe(start.elapsed().as_secs_f64());
+        debug!(proxy = %ctx.proxy.id, type_url = short, resources = sent, version = %version, nonce = %nonce, "push");
+        self.watches.insert(url.to_string(), w);
+        Ok(true)
+    }
+
+    /// After CDS went out, endpoints of the (re)sent clusters follow, so that warming
+    /// clusters never wait.
+    async fn send_types(
+        &mut self,
+        out: &Outbound<'_>,
+        urls: &[&str],
+        respond_to: Option<&str>,
+    ) -> Result<(), ()> {
+        let snap = self.state.snapshot();
+        let Some(conn) = self.conn.clone() else {
+            return Ok(());
+        };
+        let ctx = ProxyContext::new(&snap, &conn.proxy);
+        let mut cds_sent = false;
+        for url in urls {
+            let respond = respond_to == Some(*url);
+            let force = if *url == type_url::ENDPOINT && cds_sent {
+                self.watches
+                    .get(type_url::ENDPOINT)
+                    .map(|w| w.names.clone())
+            } else {
+                None
+            };
+            let sent = self
+                .send_type(out, &ctx, url, respond, force.as_ref())
+                .await?;
+            if *url == type_url::CLUSTER && sent {
+                cds_sent = true;
+            }
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    async fn on_push(&mut self, out: &Outbound<'_>, push: PushRequest) -> Result<(), ()> {
+        if push.full {
+            self.send_types(out, &type_url::ORDER, None).await?;
+        } else if !push.endpoints.is_empty() {
+            self.send_types(out, &[type_url::ENDPOINT], None).await?;
+        }
+        self.metrics()
+            .convergence
+            .observe(push.started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Handles one request; returns the types to answer.
+    fn on_action(&mut self, url: &str, action: &Action) {
+        let short = type_url::short(url);
+        let proxy = self
+            .conn
+            .as_ref()
+            .map(|c| c.proxy.id.clone())
+            .unwrap_or_default();
+        match action {
+            Action::Nack => {
+                let err = self
+                    .watches
+                    .get(url)
+                    .and_then(|w| w.last_nack.as_ref())
+                    .map(|n| n.error.clone())
+                    .unwrap_or_default();
+                warn!(proxy = %proxy, type_url = short, error = %err, "proxy rejected configuration (NACK)");
+                self.metrics()
+                    .rejects
+                    .get_or_create(&Metrics::type_label(short))
+                    .inc();
+            }
+            Action::Ack => debug!(proxy = %proxy, type_url = short, "ACK"),
+            Action::Ignore => {
+                self.metrics()
+                    .expired_nonce
+                    .get_or_create(&Metrics::type_label(short))
+                    .inc();
+            }
+            Action::Respond => {}
+        }
+    }
+}
+
+fn control_plane() -> ControlPlane {
+    ControlPlane {
+        identifier: format!("meshd-{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+fn version_label(proxy: &Proxy) -> VersionLabel {
+    VersionLabel {
+        version: proxy
+            .istio_version
+            .clone()
+            .unwrap_or_else(|| "upstream".into()),
+    }
+}
+
+/// Runs one ADS stream until the client goes away or meshd shuts down.
+pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String) {
+    let mut shutdown = state.shutdown.clone();
+    let delta = matches!(mode, Mode::Delta { .. });
+    let mut s = Stream {
+        state: state.clone(),
+        conn: None,
+        watches: BTreeMap::new(),
+        nonces: 0,
+        peer,
+        delta,
+    };
+    let result = match mode {
+        Mode::Sotw { mut inbound, tx } => {
+            let out = Outbound::Sotw(&tx);
+            loop {
+                let notified = async {
+                    match &s.conn {
+                        Some(c) => c.notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = inbound.message() => {
+                        let req = match msg {
+                            Ok(Some(r)) => r,
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err(e.to_string()),
+                        };
+                        if let Err(status) = s.connect(req.node.as_ref()) {
+                            let _ = tx.send(Err(status.clone())).await;
+                            break Err(status.message().to_string());
+                        }
+                        let url = req.type_url.clone();
+                        let w = s.watches.entry(url.clone()).or_insert_with(|| WatchState::new(&url));
+                        let action = w.on_sotw_request(&req);
+                        s.on_action(&url, &action);
+                        if action == Action::Respond {
+                            if s.send_types(&out, &[url.as_str()], Some(url.as_str())).await.is_err() {
+                                break Ok(());
+                            }
+                        } else {
+                            s.publish_status();
+                        }
+                    }
+                    _ = notified => {
+                        if let Some(push) = s.conn.as_ref().and_then(|c| c.take_push())
+                            && s.on_push(&out, push).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    _ = shutdown.changed() => break Ok(()),
+                }
+            }
+        }
+        Mode::Delta { mut inbound, tx } => {
+            let out = Outbound::Delta(&tx);
+            loop {
+                let notified = async {
+                    match &s.conn {
+                        Some(c) => c.notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = inbound.message() => {
+                        let req = match msg {
+                            Ok(Some(r)) => r,
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err(e.to_string()),
+                        };
+                        if let Err(status) = s.connect(req.node.as_ref()) {
+                            let _ = tx.send(Err(status.clone())).await;
+                            break Err(status.message().to_string());
+                        }
+                        let url = req.type_url.clone();
+                        let w = s.watches.entry(url.clone()).or_insert_with(|| WatchState::new(&url));
+                        let action = w.on_delta_request(&req);
+                        s.on_action(&url, &action);
+                        if action == Action::Respond {
+                            if s.send_types(&out, &[url.as_str()], Some(url.as_str())).await.is_err() {
+                                break Ok(());
+                            }
+                        } else {
+                            s.publish_status();
+                        }
+                    }
+                    _ = notified => {
+                        if let Some(push) = s.conn.as_ref().and_then(|c| c.take_push())
+                            && s.on_push(&out, push).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    _ = shutdown.changed() => break Ok(()),
+                }
+            }
+        }
+    };
+    if let Some(c) = &s.conn {
+        state.unregister(c.id);
+        state
+            .metrics
+            .xds_connections
+            .get_or_create(&version_label(&c.proxy))
+            .dec();
+        match result {
+            Ok(()) => info!(proxy = %c.proxy.id, conn = c.id, "proxy disconnected"),
+            Err(e) => info!(proxy = %c.proxy.id, conn = c.id, error = %e, "proxy stream ended"),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Shared xDS state (the current snapshot and the connected proxies) and the tonic
+//! service that accepts ADS streams.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server::AggregatedDiscoveryService,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::connection::{Connection, Mode, run_stream};
+use crate::metrics::Metrics;
+use crate::model::snapshot::Snapshot;
+
+/// What every stream shares: the current snapshot, the registry of connections (for
+/// pushes and /debug/syncz), metrics.
+#[derive(Debug)]
+pub struct XdsState {
+    snapshot: ArcSwap<Snapshot>,
+    pub(crate) connections: Mutex<BTreeMap<u64, Arc<Connection>>>,
+    next_id: AtomicU64,
+    /// Distinguishes this process's nonces from a previous meshd's.
+    pub(crate) nonce_prefix: String,
+    pub metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// One connected proxy, as /debug/syncz shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStatus {
+    pub connection_id: String,
+    pub proxy: String,
+    pub istio_version: String,
+    pub delta: bool,
+    pub peer: String,
+    /// Per type URL: subscription and ACK state.
+    pub types: BTreeMap<String, super::watch::WatchState>,
+}
+
+impl XdsState {
+    pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        XdsState {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            connections: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            nonce_prefix: format!("{:x}", start & 0xffff_ffff),
+            metrics,
+            ready: AtomicBool::new(false),
+            shutdown,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Swaps in a new snapshot (pushes are decided by [`super::push`]).
+    pub(crate) fn store(&self, snap: Arc<Snapshot>) {
+        self.snapshot.store(snap);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// True once the first full configuration load is in place.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register(&self, conn: Arc<Connection>) {
+        if let Ok(mut m) = self.connections.lock() {
+            m.insert(conn.id, conn);
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        if let Ok(mut m) = self.connections.lock() {
+            m.remove(&id);
+        }
+    }
+
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.connections
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every connection's sync state (/debug/syncz).
+    pub fn sync_status(&self) -> Vec<SyncStatus> {
+        self.connections().iter().map(|c| c.status()).collect()
+    }
+}
+
+/// The ADS gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`).
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    state: Arc<XdsState>,
+}
+
+impl AdsService {
+    pub fn new(state: Arc<XdsState>) -> Self {
+        AdsService { state }
+    }
+}
+
+/// Responses queued per stream before a slow proxy applies back-pressure.
+const STREAM_BUFFER: usize = 16;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let state = self.state.clone();
+        let inbound = request.into_inner();
+        tokio::spawn(run_stream(state, Mode::Sotw { inbound, tx }, peer));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let state = self.state.clone();
+        let inbound = request.into_inner();
+        tokio::spawn(run_stream(state, Mode::Delta { inbound, tx }, peer));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,371 @@
+//! The per-type subscription state of one ADS stream, and the pure function that decides
+//! what a request means: ACK, NACK, a new subscription, or a stale message to ignore.
+//! Kept free of I/O so that it can be table-tested (see the tests below).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use serde::Serialize;
+
+use crate::translate::type_url;
+
+/// A rejected response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub nonce: String,
+    pub error: String,
+}
+
+/// Subscription and ACK state for one resource type on one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WatchState {
+    pub type_url: String,
+    /// Subscribed to everything of this type (CDS/LDS with no names, or `*`).
+    pub wildcard: bool,
+    /// Explicitly subscribed names.
+    pub names: BTreeSet<String>,
+    /// Resource name → version the client has (or was last sent).
+    #[serde(skip)]
+    pub client_versions: BTreeMap<String, String>,
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    pub acked_version: Option<String>,
+    pub acked_nonce: Option<String>,
+    pub last_nack: Option<Nack>,
+    pub requests: u64,
+    pub acks: u64,
+    pub nacks: u64,
+}
+
+/// What the stream should do about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this type's resources (new or changed subscription).
+    Respond,
+    /// The client applied our last response.
+    Ack,
+    /// The client rejected our last response; do not resend the same version.
+    Nack,
+    /// A response to an older nonce: a newer response is on its way.
+    Ignore,
+}
+
+/// CDS and LDS are wildcard types: no names means "everything".
+pub fn is_wildcard_type(url: &str) -> bool {
+    url == type_url::CLUSTER || url == type_url::LISTENER
+}
+
+impl WatchState {
+    pub fn new(type_url: &str) -> Self {
+        WatchState {
+            type_url: type_url.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Does the subscription include `name`?
+    pub fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// Replaces a SotW subscription; true if it changed.
+    fn set_sotw_names(&mut self, names: &[String]) -> bool {
+        let wildcard = (names.is_empty() && is_wildcard_type(&self.type_url))
+            || names.iter().any(|n| n == "*");
+        let set: BTreeSet<String> = names.iter().filter(|n| *n != "*").cloned().collect();
+        let changed = wildcard != self.wildcard || set != self.names;
+        self.wildcard = wildcard;
+        // Forget versions of resources no longer subscribed, so that a re-subscription
+        // gets them again.
+        if !wildcard {
+            self.client_versions.retain(|k, _| set.contains(k));
+        }
+        self.names = set;
+        changed
+    }
+
+    fn record_nack(&mut self, nonce: &str, message: &str) {
+        self.nacks += 1;
+        self.last_nack = Some(Nack {
+            version: self.sent_version.clone().unwrap_or_default(),
+            nonce: nonce.to_string(),
+            error: message.to_string(),
+        });
+    }
+
+    fn record_ack(&mut self, version: &str, nonce: &str) {
+        self.acks += 1;
+        self.acked_version = Some(version.to_string());
+        self.acked_nonce = Some(nonce.to_string());
+    }
+
+    /// State-of-the-World request handling.
+    pub fn on_sotw_request(&mut self, req: &DiscoveryRequest) -> Action {
+        self.requests += 1;
+        let nonce = req.response_nonce.as_str();
+        if nonce.is_empty() || self.sent_nonce.is_none() {
+            // First request on this stream. A non-empty nonce here comes from before a
+            // reconnect (another meshd): answer it like a fresh subscription.
+            self.set_sotw_names(&req.resource_names);
+            return Action::Respond;
+        }
+        if Some(nonce) != self.sent_nonce.as_deref() {
+            return Action::Ignore;
+        }
+        if let Some(err) = &req.error_detail {
+            self.record_nack(nonce, &err.message);
+            // A NACK may carry a new subscription (names still change); answer that, but
+            // never with the same rejected content (the caller compares versions).
+            return if self.set_sotw_names(&req.resource_names) {
+                Action::Respond
+            } else {
+                Action::Nack
+            };
+        }
+        self.record_ack(&req.version_info, nonce);
+        if self.set_sotw_names(&req.resource_names) {
+            Action::Respond
+        } else {
+            Action::Ack
+        }
+    }
+
+    /// Incremental (Delta) request handling.
+    pub fn on_delta_request(&mut self, req: &DeltaDiscoveryRequest) -> Action {
+        self.requests += 1;
+        let nonce = req.response_nonce.as_str();
+        let initial = nonce.is_empty() && self.sent_nonce.is_none() && self.requests == 1;
+        let mut changed = false;
+        if initial {
+            if req.resource_names_subscribe.is_empty() && is_wildcard_type(&self.type_url) {
+                self.wildcard = true;
+            }
+            // What the client kept from an earlier stream: only send what differs.
+            for (name, version) in &req.initial_resource_versions {
+                self.client_versions.insert(name.clone(), version.clone());
+            }
+            changed = true;
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                changed |= !self.wildcard;
+                self.wildcard = true;
+            } else {
+                changed |= self.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                changed |= self.wildcard;
+                self.wildcard = false;
+            } else {
+                changed |= self.names.remove(name);
+                self.client_versions.remove(name);
+            }
+        }
+        if nonce.is_empty() {
+            return if changed || initial {
+                Action::Respond
+            } else {
+                Action::Ignore
+            };
+        }
+        if Some(nonce) != self.sent_nonce.as_deref() {
+            // Subscription changes count even on a stale nonce.
+            return if changed {
+                Action::Respond
+            } else {
+                Action::Ignore
+            };
+        }
+        if let Some(err) = &req.error_detail {
+            self.record_nack(nonce, &err.message);
+            return if changed {
+                Action::Respond
+            } else {
+                Action::Nack
+            };
+        }
+        let version = self.sent_version.clone().unwrap_or_default();
+        self.record_ack(&version, nonce);
+        if changed {
+            Action::Respond
+        } else {
+            Action::Ack
+        }
+    }
+
+    /// Records a response just sent.
+    pub fn sent(&mut self, version: &str, nonce: &str) {
+        self.sent_version = Some(version.to_string());
+        self.sent_nonce = Some(nonce.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::rpc::Status;
+
+    fn sotw(names: &[&str], version: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url::CLUSTER.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            error_detail: error.map(|e| Status {
+                code: 3,
+                message: e.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sotw_table() {
+        // (request, expected action, then: what was sent before the next request)
+        let mut st = WatchState::new(type_url::CLUSTER);
+        assert_eq!(
+            st.on_sotw_request(&sotw(&[], "", "", None)),
+            Action::Respond
+        );
+        assert!(st.wildcard, "CDS without names is a wildcard subscription");
+        st.sent("v1", "n1");
+        // ACK.
+        assert_eq!(
+            st.on_sotw_request(&sotw(&[], "v1", "n1", None)),
+            Action::Ack
+        );
+        assert_eq!(st.acked_version.as_deref(), Some("v1"));
+        st.sent("v2", "n2");
+        // Stale nonce: ignored, ACK state untouched.
+        assert_eq!(
+            st.on_sotw_request(&sotw(&[], "v1", "n1", None)),
+            Action::Ignore
+        );
+        assert_eq!(st.acked_version.as_deref(), Some("v1"));
+        // NACK of v2: recorded with the rejected version, no response.
+        assert_eq!(
+            st.on_sotw_request(&sotw(&[], "v1", "n2", Some("bad cluster"))),
+            Action::Nack
+        );
+        let nack = st.last_nack.clone().expect("nack recorded");
+        assert_eq!(
+            (nack.version.as_str(), nack.error.as_str()),
+            ("v2", "bad cluster")
+        );
+        assert_eq!(
+            st.acked_version.as_deref(),
+            Some("v1"),
+            "a NACK is not an ACK"
+        );
+        assert_eq!(st.nacks, 1);
+    }
+
+    #[test]
+    fn sotw_names_change_in_ack_is_a_new_subscription() {
+        let mut st = WatchState::new(type_url::ENDPOINT);
+        let mut req = sotw(&["a", "b"], "", "", None);
+        req.type_url = type_url::ENDPOINT.into();
+        assert_eq!(st.on_sotw_request(&req), Action::Respond);
+        assert!(!st.wildcard, "EDS is never wildcard");
+        st.sent("v1", "n1");
+        req.version_info = "v1".into();
+        req.response_nonce = "n1".into();
+        assert_eq!(st.on_sotw_request(&req), Action::Ack);
+        req.resource_names = vec!["a".into(), "c".into()];
+        assert_eq!(st.on_sotw_request(&req), Action::Respond);
+        assert_eq!(
+            st.names.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+    }
+
+    #[test]
+    fn sotw_reconnect_with_old_nonce_gets_a_response() {
+        let mut st = WatchState::new(type_url::LISTENER);
+        assert_eq!(
+            st.on_sotw_request(&sotw(&[], "old-version", "nonce-from-another-meshd", None)),
+            Action::Respond
+        );
+    }
+
+    fn delta(
+        sub: &[&str],
+        unsub: &[&str],
+        nonce: &str,
+        error: Option<&str>,
+    ) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url::ROUTE.into(),
+            resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            error_detail: error.map(|e| Status {
+                code: 3,
+                message: e.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delta_table() {
+        let mut st = WatchState::new(type_url::ROUTE);
+        let mut first = delta(&["9080"], &[], "", None);
+        first.initial_resource_versions = [("9080".to_string(), "v0".to_string())].into();
+        assert_eq!(st.on_delta_request(&first), Action::Respond);
+        assert!(!st.wildcard);
+        assert_eq!(
+            st.client_versions.get("9080").map(String::as_str),
+            Some("v0")
+        );
+        st.sent("v1", "n1");
+        assert_eq!(
+            st.on_delta_request(&delta(&[], &[], "n1", None)),
+            Action::Ack
+        );
+        // Subscribe while ACKing: respond for the new name.
+        assert_eq!(
+            st.on_delta_request(&delta(&["8080"], &[], "n1", None)),
+            Action::Respond
+        );
+        st.sent("v2", "n2");
+        // A stale nonce with a subscription change still changes the subscription.
+        assert_eq!(
+            st.on_delta_request(&delta(&[], &["9080"], "n1", None)),
+            Action::Respond
+        );
+        assert!(!st.names.contains("9080"));
+        assert_eq!(
+            st.on_delta_request(&delta(&[], &[], "n1", None)),
+            Action::Ignore
+        );
+        // NACK.
+        assert_eq!(
+            st.on_delta_request(&delta(&[], &[], "n2", Some("route refused"))),
+            Action::Nack
+        );
+        assert_eq!(
+            st.last_nack.as_ref().map(|n| n.version.as_str()),
+            Some("v2")
+        );
+    }
+
+    #[test]
+    fn delta_wildcard_rules() {
+        let mut st = WatchState::new(type_url::CLUSTER);
+        let mut req = delta(&[], &[], "", None);
+        req.type_url = type_url::CLUSTER.into();
+        assert_eq!(st.on_delta_request(&req), Action::Respond);
+        assert!(st.wildcard, "first CDS request without names is wildcard");
+        st.sent("v1", "n1");
+        let mut unsub = delta(&[], &["*"], "n1", None);
+        unsub.type_url = type_url::CLUSTER.into();
+        assert_eq!(st.on_delta_request(&unsub), Action::Respond);
+        assert!(!st.wildcard);
+    }
+}
