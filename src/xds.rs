@@ -1,6 +1,7 @@
 //! The xDS server: ADS over gRPC (State-of-the-World and Delta), per-connection watch
 //! state, content-hash versions, and scoped, debounced pushes.
 
+pub mod cache;
 pub mod connection;
 pub mod push;
 pub mod server;

@@ -105,8 +105,12 @@ pub struct Workload {
 pub struct Changes {
     /// Mesh-wide change (mesh config): every proxy is affected.
     pub full: bool,
-    /// Hosts whose service definition, VirtualServices or DestinationRules changed.
+    /// Hosts whose service definition changed (or appeared, or went away).
     pub services: BTreeSet<String>,
+    /// Hosts whose VirtualServices changed: routes only.
+    pub routes: BTreeSet<String>,
+    /// Hosts whose DestinationRules changed: clusters, endpoints (subsets) and routes.
+    pub policies: BTreeSet<String>,
     /// Hosts whose endpoints changed.
     pub endpoints: BTreeSet<String>,
     /// Namespaces whose Sidecar selection changed.
@@ -121,6 +125,8 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         !self.full
             && self.services.is_empty()
+            && self.routes.is_empty()
+            && self.policies.is_empty()
             && self.endpoints.is_empty()
             && self.sidecars.is_empty()
             && !self.gateways
@@ -152,6 +158,8 @@ pub struct Snapshot {
     /// Per-host hashes of everything that shapes a service's clusters and routes
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
     config_hashes: BTreeMap<String, u64>,
+    route_hashes: BTreeMap<String, u64>,
+    policy_hashes: BTreeMap<String, u64>,
     endpoint_hashes: BTreeMap<String, u64>,
     sidecar_hashes: BTreeMap<String, u64>,
     gateway_hash: u64,
@@ -218,6 +226,8 @@ impl Snapshot {
         Changes {
             full: self.mesh != old.mesh,
             services: diff(&self.config_hashes, &old.config_hashes),
+            routes: diff(&self.route_hashes, &old.route_hashes),
+            policies: diff(&self.policy_hashes, &old.policy_hashes),
             endpoints: diff(&self.endpoint_hashes, &old.endpoint_hashes),
             sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
             gateways: self.gateway_hash != old.gateway_hash,
@@ -272,19 +282,17 @@ impl Snapshot {
         client_labels: &Labels,
         service: &Service,
     ) -> Option<&Arc<DestinationRuleConfig>> {
-        let candidates: Vec<&Arc<DestinationRuleConfig>> = self
-            .destination_rules
-            .iter()
-            .filter(|(h, _)| host::matches(h, &service.hostname))
-            .flat_map(|(_, v)| v.iter())
-            .filter(|dr| dr.visibility.visible_to(client_ns) || dr.key.namespace == client_ns)
-            .filter(|dr| match &dr.spec.workload_selector {
-                Some(sel) => {
-                    dr.key.namespace == client_ns && labels_match(&sel.match_labels, client_labels)
-                }
-                None => true,
-            })
-            .collect();
+        let candidates: Vec<&Arc<DestinationRuleConfig>> =
+            rules_for(&self.destination_rules, &service.hostname)
+                .filter(|dr| dr.visibility.visible_to(client_ns) || dr.key.namespace == client_ns)
+                .filter(|dr| match &dr.spec.workload_selector {
+                    Some(sel) => {
+                        dr.key.namespace == client_ns
+                            && labels_match(&sel.match_labels, client_labels)
+                    }
+                    None => true,
+                })
+                .collect();
         let rank = |dr: &DestinationRuleConfig| {
             let ns_rank = if dr.key.namespace == client_ns {
                 if dr.spec.workload_selector.is_some() {
@@ -973,11 +981,7 @@ impl Builder {
             if d.subset.is_empty() {
                 return;
             }
-            let rules: Vec<&Arc<DestinationRuleConfig>> = self
-                .destination_rules
-                .iter()
-                .filter(|(h, _)| host::matches(h, &host))
-                .flat_map(|(_, v)| v.iter())
+            let rules: Vec<&Arc<DestinationRuleConfig>> = rules_for(&self.destination_rules, &host)
                 .filter(|r| r.visibility.visible_to(ns) || r.key.namespace == *ns)
                 .collect();
             if rules.iter().any(|r| r.subset(&d.subset).is_some()) {
@@ -1185,24 +1189,28 @@ impl Builder {
     }
 
     fn finish(self, generation: u64) -> Snapshot {
-        // Per-host hash of everything that shapes the host's clusters and routes.
-        let mut config_hashes: BTreeMap<String, u64> = BTreeMap::new();
-        for (h, s) in &self.services {
-            config_hashes.insert(h.clone(), hash_of(&**s));
-        }
-        let mut mix = |host: &str, v: u64| {
-            let e = config_hashes.entry(host.to_string()).or_insert(0);
+        // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
+        // and routes (VirtualServices), kept apart so a route change pushes only routes.
+        fn mix(map: &mut BTreeMap<String, u64>, host: &str, v: u64) {
+            let e = map.entry(host.to_string()).or_insert(0);
             *e = xxhash_rust::xxh3::xxh3_64(&[e.to_le_bytes(), v.to_le_bytes()].concat());
-        };
+        }
+        let config_hashes: BTreeMap<String, u64> = self
+            .services
+            .iter()
+            .map(|(h, s)| (h.clone(), hash_of(&**s)))
+            .collect();
+        let mut route_hashes: BTreeMap<String, u64> = BTreeMap::new();
         for vs in &self.virtual_services {
             let h = hash_of(&**vs);
             for host in &vs.hosts {
-                mix(host, h);
+                mix(&mut route_hashes, host, h);
             }
         }
+        let mut policy_hashes: BTreeMap<String, u64> = BTreeMap::new();
         for (host, rules) in &self.destination_rules {
             for r in rules {
-                mix(host, hash_of(&**r));
+                mix(&mut policy_hashes, host, hash_of(&**r));
             }
         }
         let endpoint_hashes = self
@@ -1252,12 +1260,30 @@ impl Builder {
             hosts_by_ip,
             diagnostics,
             config_hashes,
+            route_hashes,
+            policy_hashes,
             endpoint_hashes,
             sidecar_hashes,
             gateway_hash,
             scopes: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// DestinationRules whose host matches `host`: the exact entry by key, plus wildcard
+/// entries (few in practice) — never a scan of every rule.
+fn rules_for<'a: 'h, 'h>(
+    rules: &'a BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
+    host: &'h str,
+) -> impl Iterator<Item = &'a Arc<DestinationRuleConfig>> + 'h {
+    use std::ops::Bound;
+    let exact = rules.get(host).into_iter().flatten();
+    // Wildcard keys are exactly those in ["*", "+"): '+' follows '*' in ASCII.
+    let wild = rules
+        .range::<str, _>((Bound::Included("*"), Bound::Excluded("+")))
+        .filter(move |(k, _)| k.as_str() != host && host::matches(k, host))
+        .flat_map(|(_, v)| v.iter());
+    exact.chain(wild)
 }
 
 /// `gateway` or `ns/gateway` → `ns/gateway` (istio resolves a bare name in the

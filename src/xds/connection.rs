@@ -9,12 +9,12 @@ use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
-use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::cache::{Generated, ResourceCache, class_key};
 use super::server::{SyncStatus, XdsState};
 use super::watch::{Action, WatchState};
 use crate::metrics::{Metrics, VersionLabel};
@@ -25,8 +25,8 @@ use crate::translate::{self, ProxyContext, pb, type_url};
 /// pending per connection.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
-    /// Anything but endpoints changed: regenerate every type.
-    pub full: bool,
+    /// Types to regenerate (type URLs); endpoints are decided by `endpoints`.
+    pub types: BTreeSet<&'static str>,
     /// Hosts whose endpoints changed.
     pub endpoints: BTreeSet<String>,
     /// When the first merged change was published (for convergence time).
@@ -35,7 +35,7 @@ pub struct PushRequest {
 
 impl PushRequest {
     pub fn merge(&mut self, other: PushRequest) {
-        self.full |= other.full;
+        self.types.extend(other.types);
         self.endpoints.extend(other.endpoints);
         self.started = self.started.min(other.started);
     }
@@ -101,57 +101,69 @@ pub enum Mode {
     },
 }
 
-/// A generated resource with its content-hash version.
-struct Generated {
-    name: String,
-    version: String,
-    any: Any,
-}
-
 fn version_of(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-/// Resources of one type for the subscription in `w`.
-fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Generated> {
-    fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
-        let any = pb::any(msg);
-        Generated {
-            name,
-            version: version_of(&any.value),
-            any,
-        }
+fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
+    let any = pb::any(msg);
+    Generated {
+        name,
+        version: version_of(&any.value),
+        any,
     }
+}
+
+/// Load assignments, each computed once per snapshot for all proxies. A load assignment
+/// depends on the client only through the DestinationRule that defines its subset.
+fn endpoints(ctx: &ProxyContext, cache: &ResourceCache, w: &WatchState) -> Vec<Arc<Generated>> {
+    use crate::translate::naming;
+    w.names
+        .iter()
+        .filter_map(|name| {
+            let dr_key = naming::parse_cluster(name)
+                .filter(|(_, _, subset, _)| !subset.is_empty())
+                .and_then(|(_, _, _, host)| ctx.snap.services.get(host))
+                .and_then(|svc| {
+                    ctx.snap
+                        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
+                })
+                .map(|dr| xxhash_rust::xxh3::xxh3_64(dr.key.to_string().as_bytes()))
+                .unwrap_or(0);
+            cache.one(ctx.snap.generation, dr_key, name, || {
+                translate::endpoints(ctx, std::slice::from_ref(name))
+                    .first()
+                    .map(|e| wrap(e.cluster_name.clone(), e))
+            })
+        })
+        .collect()
+}
+
+/// Resources of one type for the subscription in `w`.
+fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
     match w.type_url.as_str() {
         type_url::CLUSTER => translate::cluster::clusters(ctx)
             .iter()
             .filter(|c| w.wants(&c.name))
-            .map(|c| wrap(c.name.clone(), c))
+            .map(|c| Arc::new(wrap(c.name.clone(), c)))
             .collect(),
-        type_url::ENDPOINT => {
-            let names: Vec<String> = w.names.iter().cloned().collect();
-            translate::endpoints(ctx, &names)
-                .iter()
-                .map(|e| wrap(e.cluster_name.clone(), e))
-                .collect()
-        }
         type_url::LISTENER => translate::listener::listeners(ctx)
             .iter()
             .filter(|l| w.wants(&l.name))
-            .map(|l| wrap(l.name.clone(), l))
+            .map(|l| Arc::new(wrap(l.name.clone(), l)))
             .collect(),
         type_url::ROUTE => w
             .names
             .iter()
             .filter_map(|n| translate::route_config(ctx, n))
-            .map(|r| wrap(r.name.clone(), &r))
+            .map(|r| Arc::new(wrap(r.name.clone(), &r)))
             .collect(),
         // Secrets are never served on the plaintext port.
         _ => Vec::new(),
     }
 }
 
-fn set_version(res: &[Generated]) -> String {
+fn set_version(res: &[Arc<Generated>]) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for r in res {
         h.update(r.name.as_bytes());
@@ -248,13 +260,32 @@ impl Stream {
             return Ok(false);
         };
         let start = Instant::now();
-        let res = generate(ctx, &w);
+        // Wildcard subscriptions share by class; named ones by class and names.
+        let key = {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&class_key(ctx, url == type_url::LISTENER).to_le_bytes());
+            h.update(&[u8::from(w.wildcard)]);
+            for n in &w.names {
+                h.update(n.as_bytes());
+                h.update(&[0]);
+            }
+            h.digest()
+        };
+        let res: Vec<Arc<Generated>> = if url == type_url::ENDPOINT {
+            endpoints(ctx, &self.state.cache, &w)
+        } else {
+            let set = self
+                .state
+                .cache
+                .get_or_generate(ctx.snap.generation, url, key, || generate(ctx, &w));
+            set.as_ref().clone()
+        };
         let version = set_version(&res);
         let nonce;
         let sent = match out {
             Outbound::Sotw(tx) => {
                 let full_set = url == type_url::CLUSTER || url == type_url::LISTENER;
-                let changed: Vec<&Generated> = res
+                let changed: Vec<&Arc<Generated>> = res
                     .iter()
                     .filter(|r| {
                         force.is_some_and(|f| f.contains(&r.name))
@@ -268,7 +299,7 @@ impl Stream {
                 }
                 // CDS and LDS responses are the whole state; EDS and RDS may carry only
                 // what changed, unless the client just asked.
-                let send: Vec<&Generated> = if full_set || respond {
+                let send: Vec<&Arc<Generated>> = if full_set || respond {
                     res.iter().collect()
                 } else {
                     changed
@@ -296,7 +327,7 @@ impl Stream {
             }
             Outbound::Delta(tx) => {
                 let current: BTreeSet<&str> = res.iter().map(|r| r.name.as_str()).collect();
-                let changed: Vec<&Generated> = res
+                let changed: Vec<&Arc<Generated>> = res
                     .iter()
                     .filter(|r| {
                         force.is_some_and(|f| f.contains(&r.name))
@@ -402,11 +433,17 @@ impl Stream {
     }
 
     async fn on_push(&mut self, out: &Outbound<'_>, push: PushRequest) -> Result<(), ()> {
-        if push.full {
-            self.send_types(out, &type_url::ORDER, None).await?;
-        } else if !push.endpoints.is_empty() {
-            self.send_types(out, &[type_url::ENDPOINT], None).await?;
+        let mut types = push.types.clone();
+        if !push.endpoints.is_empty() {
+            types.insert(type_url::ENDPOINT);
         }
+        // In push order: a cluster before its endpoints, a listener before its routes.
+        let ordered: Vec<&str> = type_url::ORDER
+            .iter()
+            .copied()
+            .filter(|t| types.contains(t))
+            .collect();
+        self.send_types(out, &ordered, None).await?;
         self.metrics()
             .convergence
             .observe(push.started.elapsed().as_secs_f64());

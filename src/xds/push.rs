@@ -16,46 +16,62 @@ use crate::model::proxy::ProxyKind;
 use crate::model::snapshot::{Changes, Snapshot};
 use crate::translate::ProxyContext;
 
-/// Decides what a change means for one connection.
+/// Decides what a change means for one connection: which types it must regenerate.
 pub fn push_for(
     snap: &Snapshot,
     conn: &Connection,
     changes: &Changes,
     started: Instant,
 ) -> Option<PushRequest> {
+    use crate::translate::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     let proxy = &conn.proxy;
     let ctx = ProxyContext::new(snap, proxy);
+    let router = proxy.kind == ProxyKind::Router;
+    // Gateways route to any service their VirtualServices name.
+    let sees = |h: &String| router || ctx.scope.sees(h);
+    let mut types: BTreeSet<&'static str> = BTreeSet::new();
+    let all = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
     let mut full = changes.full;
-    if proxy.kind == ProxyKind::Router {
-        // Gateways route to any service their VirtualServices name.
-        full |= changes.gateways || !changes.services.is_empty();
+    full |= changes.services.iter().any(sees);
+    if router {
+        full |= changes.gateways;
     } else {
-        full |= changes.services.iter().any(|h| ctx.scope.sees(h));
         full |= changes.sidecars.contains(&proxy.namespace)
             || changes.sidecars.contains(&snap.mesh.root_namespace);
     }
     full |= changes.workloads.iter().any(|k| {
-        snap.workloads
-            .get(k)
-            .is_none_or(|w| w.addresses.iter().any(|a| proxy.ips.contains(a)))
-            && k.namespace == proxy.namespace
+        k.namespace == proxy.namespace
+            && snap
+                .workloads
+                .get(k)
+                .is_none_or(|w| w.addresses.iter().any(|a| proxy.ips.contains(a)))
     });
-    // A change of the services this workload serves reshapes its inbound side.
-    full |= ctx
-        .targets
+    // A change to a service this workload serves reshapes its inbound side.
+    full |= proxy
+        .ips
         .iter()
-        .any(|t| changes.services.contains(&t.service.hostname));
+        .flat_map(|ip| snap.hosts_by_ip.get(ip).into_iter().flatten())
+        .any(|h| changes.services.contains(h));
+    if full {
+        types.extend(all);
+    }
+    if changes.policies.iter().any(sees) {
+        types.extend([CLUSTER, ENDPOINT, ROUTE]);
+    }
+    if changes.routes.iter().any(sees) || changes.routes.iter().any(|h| h.starts_with('*')) {
+        types.insert(ROUTE);
+    }
     let endpoints: BTreeSet<String> = changes
         .endpoints
         .iter()
-        .filter(|h| proxy.kind == ProxyKind::Router || ctx.scope.sees(h))
+        .filter(|h| sees(h))
         .cloned()
         .collect();
-    if !full && endpoints.is_empty() {
+    if types.is_empty() && endpoints.is_empty() {
         return None;
     }
     Some(PushRequest {
-        full,
+        types,
         endpoints,
         started,
     })
@@ -81,6 +97,8 @@ pub fn publish(state: &XdsState, next: Arc<Snapshot>) -> Changes {
     info!(
         generation = next.generation,
         services = changes.services.len(),
+        routes = changes.routes.len(),
+        policies = changes.policies.len(),
         endpoints = changes.endpoints.len(),
         full = changes.full,
         proxies = pushed,

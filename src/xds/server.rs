@@ -31,6 +31,8 @@ pub struct XdsState {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Resources shared by proxies of the same class, per snapshot.
+    pub cache: super::cache::ResourceCache,
 }
 
 /// One connected proxy, as /debug/syncz shows it.
@@ -59,6 +61,7 @@ impl XdsState {
             metrics,
             ready: AtomicBool::new(false),
             shutdown,
+            cache: Default::default(),
         }
     }
 

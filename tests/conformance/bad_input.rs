@@ -32,27 +32,55 @@ fn each_kind_of_bad_input_is_named_precisely() {
         (
             "wrong field type",
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: reviews\n  http:\n  - route:\n    - destination: {host: reviews}\n",
-            &["bad.yaml:6", "VirtualService default/r", "spec.hosts", "invalid type", "hint:"],
+            &[
+                "bad.yaml:6",
+                "VirtualService default/r",
+                "spec.hosts",
+                "invalid type",
+                "hint:",
+            ],
         ),
         (
             "unknown field",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  subset:\n  - name: v1\n    labels: {version: v1}\n",
-            &["bad.yaml:7", "DestinationRule default/r", "spec.subset", "unknown field", "did you mean `subsets`?"],
+            &[
+                "bad.yaml:7",
+                "DestinationRule default/r",
+                "spec.subset",
+                "unknown field",
+                "did you mean `subsets`?",
+            ],
         ),
         (
             "route to a subset that does not exist",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v2}\n",
-            &["bad.yaml:18", "VirtualService default/r", "spec.http[0].route[0].destination.subset", "\"v2\"", "defines subsets [v1]"],
+            &[
+                "bad.yaml:18",
+                "VirtualService default/r",
+                "spec.http[0].route[0].destination.subset",
+                "\"v2\"",
+                "defines subsets [v1]",
+            ],
         ),
         (
             "duplicate object",
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: reviews\nspec:\n  ports:\n  - {name: http, port: 9080}\n",
-            &["bad.yaml:1", "Service default/reviews is defined twice", "a-services.yaml:1", "hint:"],
+            &[
+                "bad.yaml:1",
+                "Service default/reviews is defined twice",
+                "a-services.yaml:1",
+                "hint:",
+            ],
         ),
         (
             "invalid regex",
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - uri: {regex: \"/(api\"}\n    route:\n    - destination: {host: reviews}\n",
-            &["bad.yaml:9", "spec.http[0].match[0].uri.regex", "invalid regular expression", "RE2"],
+            &[
+                "bad.yaml:9",
+                "spec.http[0].match[0].uri.regex",
+                "invalid regular expression",
+                "RE2",
+            ],
         ),
     ];
     for (what, text, expect) in cases {
@@ -66,7 +94,10 @@ fn each_kind_of_bad_input_is_named_precisely() {
             .find(|l| l.contains("error"))
             .unwrap_or_else(|| panic!("{what}: an error line\n{out}"));
         for e in expect {
-            assert!(line.contains(e), "{what}: {e:?} missing from\n{line}\n(all output:\n{out})");
+            assert!(
+                line.contains(e),
+                "{what}: {e:?} missing from\n{line}\n(all output:\n{out})"
+            );
         }
     }
 }
@@ -84,23 +115,32 @@ fn a_bad_object_does_not_take_down_the_rest() {
         .arg("translate")
         .arg("--config-dir")
         .arg(dir.path())
-        .args(["--proxy", "sidecar~10.0.0.1~client.default~default.svc.cluster.local"])
+        .args([
+            "--proxy",
+            "sidecar~10.0.0.1~client.default~default.svc.cluster.local",
+        ])
         .output()
         .expect("translate");
     assert!(out.status.success());
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let text = dump.to_string();
-    assert!(text.contains("\"status\":299"), "the good VirtualService is translated");
+    assert!(
+        text.contains("\"status\":299"),
+        "the good VirtualService is translated"
+    );
     assert!(text.contains("outbound|9080||reviews.default.svc.cluster.local"));
     let (code, diags) = validate(&dir);
     assert_eq!(code, 1);
     // The parser notices the unclosed sequence where the document ends.
     assert!(
-        (diags.contains("b.yaml:13") || diags.contains("b.yaml:14")) && diags.contains("YAML syntax error"),
+        (diags.contains("b.yaml:13") || diags.contains("b.yaml:14"))
+            && diags.contains("YAML syntax error"),
         "{diags}"
     );
     assert!(
-        diags.contains("b.yaml:20") && diags.contains("Gateway default/broken") && diags.contains("spec.servers"),
+        diags.contains("b.yaml:20")
+            && diags.contains("Gateway default/broken")
+            && diags.contains("spec.servers"),
         "{diags}"
     );
 }
@@ -114,7 +154,10 @@ fn clean_config_validates_with_status_zero() {
             .arg(repo().join("examples/bookinfo"))
             .output()
             .expect("validate");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     };
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("0 errors"), "{out}");

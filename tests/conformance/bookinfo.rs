@@ -35,7 +35,9 @@ impl Bookinfo {
     /// Starts everything with Bookinfo's services, pods, DestinationRules and the given
     /// VirtualService file. None if the environment cannot run it (skipped).
     pub fn start(virtual_service: &PathBuf, ads: Ads) -> Option<Bookinfo> {
-        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed (.venv-envoy/bin/envoy or ENVOY_BIN)") {
+        if envoy_bin().is_none()
+            && !skip_or_fail("envoy is not installed (.venv-envoy/bin/envoy or ENVOY_BIN)")
+        {
             return None;
         }
         if !isolate() {
@@ -46,7 +48,10 @@ impl Bookinfo {
         for f in ["services.yaml", "pods.yaml", "sidecar-productpage.yaml"] {
             config.copy_from(&repo().join("examples/bookinfo").join(f), f);
         }
-        config.copy_from(&networking("destination-rule-all.yaml"), "destination-rule-all.yaml");
+        config.copy_from(
+            &networking("destination-rule-all.yaml"),
+            "destination-rule-all.yaml",
+        );
         config.copy_from(virtual_service, "virtual-service.yaml");
         let backends = Backends::start(&PODS, 9080);
         let meshd = Meshd::start(config.path(), dir.path(), &[]);
@@ -84,7 +89,12 @@ impl Bookinfo {
     }
 
     /// Sends `n` requests for `host` and counts the answering pods (or `status NNN`).
-    pub fn distribution(&self, host: &str, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
+    pub fn distribution(
+        &self,
+        host: &str,
+        n: usize,
+        headers: &[(&str, &str)],
+    ) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for _ in 0..n {
             let key = match self.get(host, headers) {
@@ -105,7 +115,10 @@ impl Bookinfo {
             .into_iter()
             .filter(|(_, v)| *v > 0)
             .collect();
-        assert!(rejected.is_empty(), "Envoy rejected configuration: {rejected:?}");
+        assert!(
+            rejected.is_empty(),
+            "Envoy rejected configuration: {rejected:?}"
+        );
         assert!(
             !self.envoy.stats("update_rejected").is_empty(),
             "Envoy's update_rejected counters exist (else this check proves nothing)"
@@ -126,7 +139,11 @@ impl Bookinfo {
             assert_eq!(t["nacks"], 0, "{url} never NACKed: {t}");
         }
         let metrics = http_get("127.0.0.1:15014", "/metrics", &[]).expect("metrics");
-        assert!(metrics.body.contains("pilot_xds_pushes_total"), "{}", metrics.body);
+        assert!(
+            metrics.body.contains("pilot_xds_pushes_total"),
+            "{}",
+            metrics.body
+        );
         assert!(
             !metrics
                 .body
@@ -155,7 +172,11 @@ fn all_v1_routes_every_service_to_v1() {
     };
     let d = b.distribution("reviews", 100, &[]);
     assert_eq!(d.get("reviews-v1"), Some(&100), "{d:?}");
-    for (host, pod) in [("ratings", "ratings-v1"), ("details", "details-v1"), ("productpage", "productpage-v1")] {
+    for (host, pod) in [
+        ("ratings", "ratings-v1"),
+        ("details", "details-v1"),
+        ("productpage", "productpage-v1"),
+    ] {
         let d = b.distribution(host, 10, &[]);
         assert_eq!(d.get(pod), Some(&10), "{host}: {d:?}");
     }
@@ -168,19 +189,27 @@ fn all_v1_routes_every_service_to_v1() {
         "reviews.default.svc.cluster.local:9080",
     ] {
         let r = b.get(host, &[]).expect("request");
-        assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"), "Host: {host}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "reviews-v1"),
+            "Host: {host}"
+        );
     }
     b.assert_healthy();
 }
 
 #[test]
 fn canary_sends_half_to_v3_over_sotw() {
-    let Some(b) = Bookinfo::start(&networking("virtual-service-reviews-50-v3.yaml"), Ads::Sotw) else {
+    let Some(b) = Bookinfo::start(&networking("virtual-service-reviews-50-v3.yaml"), Ads::Sotw)
+    else {
         return;
     };
     let d = b.distribution("reviews", 400, &[]);
     let v3 = share(&d, "reviews-v3");
-    assert!((0.42..=0.58).contains(&v3), "v3 share {v3:.3} not within 50% ± 8: {d:?}");
+    assert!(
+        (0.42..=0.58).contains(&v3),
+        "v3 share {v3:.3} not within 50% ± 8: {d:?}"
+    );
     assert_eq!(
         d.get("reviews-v1").copied().unwrap_or(0) + d.get("reviews-v3").copied().unwrap_or(0),
         400,
@@ -191,16 +220,26 @@ fn canary_sends_half_to_v3_over_sotw() {
 
 #[test]
 fn header_rules_pick_the_version() {
-    let Some(b) = Bookinfo::start(&networking("virtual-service-reviews-jason-v2-v3.yaml"), Ads::Delta)
-    else {
+    let Some(b) = Bookinfo::start(
+        &networking("virtual-service-reviews-jason-v2-v3.yaml"),
+        Ads::Delta,
+    ) else {
         return;
     };
     let jason = b.distribution("reviews", 30, &[("end-user", "jason")]);
     assert_eq!(jason.get("reviews-v2"), Some(&30), "jason → v2: {jason:?}");
     let others = b.distribution("reviews", 30, &[("end-user", "john")]);
-    assert_eq!(others.get("reviews-v3"), Some(&30), "everyone else → v3: {others:?}");
+    assert_eq!(
+        others.get("reviews-v3"),
+        Some(&30),
+        "everyone else → v3: {others:?}"
+    );
     let anonymous = b.distribution("reviews", 30, &[]);
-    assert_eq!(anonymous.get("reviews-v3"), Some(&30), "no header → v3: {anonymous:?}");
+    assert_eq!(
+        anonymous.get("reviews-v3"),
+        Some(&30),
+        "no header → v3: {anonymous:?}"
+    );
 
     // The A/B rule of examples/scenarios: john → v2, everyone else v1.
     b.set_virtual_service(&repo().join("examples/scenarios/reviews-header-john.yaml"));
@@ -208,12 +247,20 @@ fn header_rules_pick_the_version() {
         b.get("reviews", &[("end-user", "john")])
             .ok()
             .filter(|r| r.body == "reviews-v2")
-            .and_then(|_| b.get("reviews", &[]).ok().filter(|r| r.body == "reviews-v1"))
+            .and_then(|_| {
+                b.get("reviews", &[])
+                    .ok()
+                    .filter(|r| r.body == "reviews-v1")
+            })
     });
     let john = b.distribution("reviews", 30, &[("end-user", "john")]);
     assert_eq!(john.get("reviews-v2"), Some(&30), "john → v2: {john:?}");
     let jason = b.distribution("reviews", 30, &[("end-user", "jason")]);
-    assert_eq!(jason.get("reviews-v1"), Some(&30), "jason → v1 now: {jason:?}");
+    assert_eq!(
+        jason.get("reviews-v1"),
+        Some(&30),
+        "jason → v1 now: {jason:?}"
+    );
     b.assert_healthy();
 }
 
@@ -222,16 +269,29 @@ fn editing_the_folder_changes_traffic_within_two_seconds_without_restart() {
     let Some(b) = Bookinfo::start(&networking("virtual-service-all-v1.yaml"), Ads::Delta) else {
         return;
     };
-    assert_eq!(b.distribution("reviews", 20, &[]).get("reviews-v1"), Some(&20));
+    assert_eq!(
+        b.distribution("reviews", 20, &[]).get("reviews-v1"),
+        Some(&20)
+    );
     let pid = b.envoy.proc.child.id();
     let edited = Instant::now();
     b.set_virtual_service(&networking("virtual-service-reviews-v3.yaml"));
-    let took = wait_for("traffic to follow the edit", Duration::from_secs(10), || {
-        let d = b.distribution("reviews", 5, &[]);
-        (d.get("reviews-v3") == Some(&5)).then(|| edited.elapsed())
-    });
-    assert!(took < Duration::from_secs(2), "the edit took {took:?} to reach traffic");
-    assert_eq!(b.distribution("reviews", 50, &[]).get("reviews-v3"), Some(&50));
+    let took = wait_for(
+        "traffic to follow the edit",
+        Duration::from_secs(10),
+        || {
+            let d = b.distribution("reviews", 5, &[]);
+            (d.get("reviews-v3") == Some(&5)).then(|| edited.elapsed())
+        },
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the edit took {took:?} to reach traffic"
+    );
+    assert_eq!(
+        b.distribution("reviews", 50, &[]).get("reviews-v3"),
+        Some(&50)
+    );
     assert_eq!(b.envoy.proc.child.id(), pid);
     let uptime = b.envoy.stats("server.uptime");
     assert!(!uptime.is_empty(), "Envoy still running, never restarted");
@@ -270,20 +330,33 @@ fn bad_edits_keep_the_last_good_config_serving() {
             .cloned()
     });
     // Malformed YAML in another file does not stop anything either.
-    b.config.write("zz-garbage.yaml", "apiVersion: v1\nkind: [unclosed\n");
+    b.config
+        .write("zz-garbage.yaml", "apiVersion: v1\nkind: [unclosed\n");
     wait_for("the syntax diagnostic", Duration::from_secs(5), || {
         let c = b.meshd.get_json("/debug/configz");
         c["diagnostics"]
             .as_array()
             .expect("list")
             .iter()
-            .find(|d| d["reason"].as_str().is_some_and(|r| r.contains("YAML syntax")))
+            .find(|d| {
+                d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("YAML syntax"))
+            })
             .cloned()
     });
     let d = b.distribution("reviews", 40, &[]);
-    assert_eq!(d.get("reviews-v1"), Some(&40), "last good (all v1) still in force: {d:?}");
+    assert_eq!(
+        d.get("reviews-v1"),
+        Some(&40),
+        "last good (all v1) still in force: {d:?}"
+    );
     let d = b.distribution("details", 10, &[]);
-    assert_eq!(d.get("details-v1"), Some(&10), "everything else still served: {d:?}");
+    assert_eq!(
+        d.get("details-v1"),
+        Some(&10),
+        "everything else still served: {d:?}"
+    );
     b.assert_healthy();
 }
 
@@ -317,9 +390,13 @@ fn ingress_gateway_routes_productpage() {
         dir.path(),
     );
     let r = wait_for("gateway route", Duration::from_secs(10), || {
-        http_get("127.0.0.1:8080", "/productpage", &[("Host", "bookinfo.example.com")])
-            .ok()
-            .filter(|r| r.status == 200)
+        http_get(
+            "127.0.0.1:8080",
+            "/productpage",
+            &[("Host", "bookinfo.example.com")],
+        )
+        .ok()
+        .filter(|r| r.status == 200)
     });
     assert_eq!(r.body, "productpage-v1");
     let r = http_get("127.0.0.1:8080", "/not-exposed", &[]).expect("request");

@@ -18,7 +18,11 @@ fn validate(config_dir: &std::path::Path, node: &str, labels: &[&str], dir: &Tem
         cmd.args(["--label", l]);
     }
     let out = cmd.output().expect("run meshd translate");
-    assert!(out.status.success(), "translate failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "translate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let name = node.replace(['~', '.'], "_");
     let path = dir.path().join(format!("{name}.json"));
     std::fs::write(&path, &out.stdout).expect("write");
@@ -32,11 +36,16 @@ fn validate(config_dir: &std::path::Path, node: &str, labels: &[&str], dir: &Tem
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
-    assert!(v.status.success() && text.contains("OK"), "envoy --mode validate refused {node}:\n{text}");
+    assert!(
+        v.status.success() && text.contains("OK"),
+        "envoy --mode validate refused {node}:\n{text}"
+    );
     // The bootstrap is not trivially empty.
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(
-        json["staticResources"]["clusters"].as_array().is_some_and(|c| c.len() > 3),
+        json["staticResources"]["clusters"]
+            .as_array()
+            .is_some_and(|c| c.len() > 3),
         "{node}: clusters in the bootstrap"
     );
 }
@@ -55,7 +64,12 @@ fn every_example_proxy_bootstrap_passes_envoy_validate() {
         ("127.0.0.15", "ratings-v1"),
     ];
     for (ip, pod) in pods {
-        validate(&examples, &format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"), &[], &dir);
+        validate(
+            &examples,
+            &format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"),
+            &[],
+            &dir,
+        );
     }
     validate(
         &examples,

@@ -186,7 +186,9 @@ pub struct HttpResponse {
 
 /// GET over a fresh connection (no pooling: each request is balanced anew).
 pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<HttpResponse> {
-    let sa: SocketAddr = addr.parse().map_err(|e| std::io::Error::other(format!("{e}")))?;
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{e}")))?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -215,7 +217,11 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok(HttpResponse {
         status,
         headers,
@@ -334,7 +340,9 @@ impl Meshd {
             http: format!("127.0.0.1:{http_port}"),
         };
         wait_for("meshd /ready", Duration::from_secs(20), || {
-            http_get(&m.http, "/ready", &[]).ok().filter(|r| r.status == 200)
+            http_get(&m.http, "/ready", &[])
+                .ok()
+                .filter(|r| r.status == 200)
         });
         m
     }
@@ -437,26 +445,40 @@ impl Envoy {
             }]}
         });
         let path = dir.join(format!("envoy-{}.json", node.pod));
-        std::fs::write(&path, serde_json::to_string_pretty(&bootstrap).expect("json")).expect("write bootstrap");
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&bootstrap).expect("json"),
+        )
+        .expect("write bootstrap");
         let mut cmd = Command::new(bin);
-        cmd.arg("-c")
-            .arg(&path)
-            .args(["--base-id", &admin_port.to_string(), "-l", "info", "--concurrency", "1"]);
+        cmd.arg("-c").arg(&path).args([
+            "--base-id",
+            &admin_port.to_string(),
+            "-l",
+            "info",
+            "--concurrency",
+            "1",
+        ]);
         let env = Envoy {
             proc: Proc::spawn(&format!("envoy-{}", node.pod), &mut cmd, dir),
             admin: format!("127.0.0.1:{admin_port}"),
         };
-        wait_for("envoy initialized (/ready LIVE)", Duration::from_secs(30), || {
-            http_get(&env.admin, "/ready", &[])
-                .ok()
-                .filter(|r| r.status == 200 && r.body.contains("LIVE"))
-        });
+        wait_for(
+            "envoy initialized (/ready LIVE)",
+            Duration::from_secs(30),
+            || {
+                http_get(&env.admin, "/ready", &[])
+                    .ok()
+                    .filter(|r| r.status == 200 && r.body.contains("LIVE"))
+            },
+        );
         env
     }
 
     /// A numeric stat from the admin interface (sum over matching names).
     pub fn stats(&self, filter: &str) -> Vec<(String, u64)> {
-        let r = http_get(&self.admin, &format!("/stats?filter={filter}"), &[]).expect("envoy stats");
+        let r =
+            http_get(&self.admin, &format!("/stats?filter={filter}"), &[]).expect("envoy stats");
         r.body
             .lines()
             .filter_map(|l| l.split_once(": "))

@@ -1,0 +1,139 @@
+//! Generated resources shared between proxies. Proxies of one class — same kind,
+//! namespace, labels, Sidecar, interception mode, served services — get byte-identical
+//! resources, so each class is translated once per snapshot, however many proxies it has.
+//! The cache is keyed by the snapshot generation and emptied when a new one is published.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use envoy_types::pb::google::protobuf::Any;
+
+use crate::translate::ProxyContext;
+
+/// A generated resource with its content-hash version.
+#[derive(Debug)]
+pub struct Generated {
+    pub name: String,
+    pub version: String,
+    pub any: Any,
+}
+
+type Cell = Arc<OnceLock<Arc<Vec<Arc<Generated>>>>>;
+
+#[derive(Debug, Default)]
+struct Inner {
+    generation: u64,
+    sets: HashMap<(String, u64), Cell>,
+    /// Single resources shared across subscriptions (load assignments).
+    one: HashMap<(u64, String), Option<Arc<Generated>>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ResourceCache {
+    inner: Mutex<Inner>,
+}
+
+/// Everything about a proxy that translation reads. `with_address` adds the proxy's IPs
+/// (listeners bound to the pod address depend on it; clusters and routes do not).
+pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    ctx.proxy.kind.hash(&mut h);
+    ctx.proxy.namespace.hash(&mut h);
+    ctx.labels.hash(&mut h);
+    ctx.proxy.interception.hash(&mut h);
+    ctx.proxy.istio_version.is_some().hash(&mut h);
+    ctx.scope.sidecar.as_ref().map(|s| &s.key).hash(&mut h);
+    for t in &ctx.targets {
+        t.service.hostname.hash(&mut h);
+        t.port.port.hash(&mut h);
+        t.target_port.hash(&mut h);
+    }
+    if with_address {
+        ctx.proxy.ips.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Inner {
+    /// Moves the cache to `generation`; false for an older one (not cached).
+    fn at(&mut self, generation: u64) -> bool {
+        if generation < self.generation {
+            return false;
+        }
+        if generation > self.generation {
+            // Only ever serve the newest snapshot: older entries are dropped.
+            self.generation = generation;
+            self.sets.clear();
+            self.one.clear();
+        }
+        true
+    }
+}
+
+impl ResourceCache {
+    /// The cached resources for (`type_url`, `key`) in snapshot `generation`, computing
+    /// them with `f` once if needed. Concurrent callers for the same key wait for the
+    /// first computation instead of repeating it.
+    pub fn get_or_generate(
+        &self,
+        generation: u64,
+        type_url: &str,
+        key: u64,
+        f: impl FnOnce() -> Vec<Arc<Generated>>,
+    ) -> Arc<Vec<Arc<Generated>>> {
+        let cell: Cell = {
+            let Ok(mut inner) = self.inner.lock() else {
+                return Arc::new(f());
+            };
+            if !inner.at(generation) {
+                return Arc::new(f());
+            }
+            inner
+                .sets
+                .entry((type_url.to_string(), key))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_init(|| Arc::new(f())).clone()
+    }
+
+    /// One resource (`name` under `key`), computed once per snapshot.
+    pub fn one(
+        &self,
+        generation: u64,
+        key: u64,
+        name: &str,
+        f: impl FnOnce() -> Option<Generated>,
+    ) -> Option<Arc<Generated>> {
+        let k = (key, name.to_string());
+        if let Ok(mut inner) = self.inner.lock() {
+            if !inner.at(generation) {
+                return f().map(Arc::new);
+            }
+            if let Some(v) = inner.one.get(&k) {
+                return v.clone();
+            }
+        }
+        // Computed outside the lock; two racing callers compute the same value.
+        let v = f().map(Arc::new);
+        if let Ok(mut inner) = self.inner.lock()
+            && inner.generation == generation
+        {
+            inner.one.insert(k, v.clone());
+        }
+        v
+    }
+
+    /// Number of entries (for tests and the benchmark).
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .map(|i| i.sets.len() + i.one.len())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
