@@ -3,6 +3,10 @@
 //! Data flows one way: [`sources`] → [`model`] → [`translate`] → [`xds`] → Envoy.
 //! See docs/ARCHITECTURE.md.
 
+// A Diagnostic (location, object, field, reason, hint) is the error of user-facing parsing:
+// it is built on the failure path only, where its size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod app;
 pub mod cli;
 pub mod debug;

@@ -846,7 +846,7 @@ mod tests {
             .expect("one doc")
             .expect("yaml")
             .value;
-        let err = serde_json::from_value::<VirtualService>(value).unwrap_err();
+        let err = serde_json::from_value::<VirtualService>(value).expect_err("refused");
         assert!(err.to_string().contains("unknown field `subsets`"), "{err}");
     }
 }

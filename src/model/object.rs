@@ -241,6 +241,9 @@ pub struct EndpointGroup {
 }
 
 /// A typed spec.
+// Objects live behind an Arc, one allocation each: boxing the larger variants would only
+// add a second one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Spec {

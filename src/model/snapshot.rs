@@ -134,6 +134,9 @@ impl Changes {
     }
 }
 
+/// Scopes by (namespace, Sidecar).
+type ScopeCache = HashMap<(String, Option<ObjectKey>), Arc<Scope>>;
+
 /// One immutable view of the mesh.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -164,7 +167,7 @@ pub struct Snapshot {
     sidecar_hashes: BTreeMap<String, u64>,
     gateway_hash: u64,
     /// Scopes computed for proxies, shared by all proxies with the same Sidecar.
-    scopes: Mutex<HashMap<(String, Option<ObjectKey>), Arc<Scope>>>,
+    scopes: Mutex<ScopeCache>,
 }
 
 fn hash_of<T: Serialize + ?Sized>(value: &T) -> u64 {

@@ -362,7 +362,6 @@ fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port, svc: &Service) 
                         slow_start_window: Some(pb::duration(w.as_std())),
                         ..Default::default()
                     }),
-                    ..Default::default()
                 },
             ));
         }
@@ -539,12 +538,11 @@ impl WithName for Cluster {
 pub fn inbound_endpoint(ctx: &ProxyContext, port: u16) -> (String, u16) {
     if let Some(sc) = &ctx.scope.sidecar {
         for ing in &sc.spec.ingress {
-            if ing.port.number == u32::from(port) && !ing.default_endpoint.is_empty() {
-                if let Some((host, p)) = ing.default_endpoint.rsplit_once(':')
-                    && let Ok(p) = p.parse::<u16>()
-                {
-                    return (host.to_string(), p);
-                }
+            if ing.port.number == u32::from(port)
+                && let Some((host, p)) = ing.default_endpoint.rsplit_once(':')
+                && let Ok(p) = p.parse::<u16>()
+            {
+                return (host.to_string(), p);
             }
         }
     }

@@ -57,7 +57,7 @@ impl<'a> ProxyContext<'a> {
                     continue;
                 }
                 for inst in &eps.instances {
-                    if !proxy.ips.iter().any(|ip| *ip == inst.address) {
+                    if !proxy.ips.contains(&inst.address) {
                         continue;
                     }
                     for (sp, tp) in &inst.ports {

@@ -37,7 +37,7 @@ const RESERVED_PORTS: [u16; 6] = [15000, 15001, 15006, 15021, 15090, 15020];
 /// Where an HCM gets its routes.
 pub enum Routes {
     Rds(String),
-    Inline(envoy_types::pb::envoy::config::route::v3::RouteConfiguration),
+    Inline(Box<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>),
 }
 
 fn access_logs(ctx: &ProxyContext) -> Vec<accesslog::AccessLog> {
@@ -124,7 +124,7 @@ pub fn http_connection_manager(
                 config_source: Some(pb::ads_config_source()),
                 route_config_name: name,
             }),
-            Routes::Inline(rc) => RouteSpecifier::RouteConfig(rc),
+            Routes::Inline(rc) => RouteSpecifier::RouteConfig(*rc),
         }),
         // CORS answers preflights before faults are injected; the router is last.
         http_filters: vec![
@@ -425,7 +425,7 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
         vec![http_connection_manager(
             ctx,
             &format!("inbound_0.0.0.0_{port}"),
-            Routes::Inline(route::inbound_route_config(&cluster, port)),
+            Routes::Inline(Box::new(route::inbound_route_config(&cluster, port))),
             true,
         )]
     } else {

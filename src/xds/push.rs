@@ -1,7 +1,7 @@
 //! The push queue: new snapshots arrive from the model, bursts are debounced, and each
-//! connection whose view changed gets a push — an EDS-only push when only endpoints of
-//! hosts it sees changed, a full push otherwise, nothing when the change is not its
-//! business.
+//! connection whose view changed gets a push of just the types the change touches (EDS
+//! for endpoints, RDS for VirtualServices, everything for a service or Sidecar change),
+//! and nothing when the change is not its business.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,7 +17,10 @@ use crate::model::snapshot::{Changes, Snapshot};
 use crate::translate::ProxyContext;
 
 /// Decides what a change means for one connection: which types it must regenerate.
+/// `prev` matters for what went away: a deleted service is no longer in the new scope,
+/// but the proxies that saw it must drop its clusters.
 pub fn push_for(
+    prev: &Snapshot,
     snap: &Snapshot,
     conn: &Connection,
     changes: &Changes,
@@ -26,9 +29,10 @@ pub fn push_for(
     use crate::translate::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     let proxy = &conn.proxy;
     let ctx = ProxyContext::new(snap, proxy);
+    let before = ProxyContext::new(prev, proxy);
     let router = proxy.kind == ProxyKind::Router;
     // Gateways route to any service their VirtualServices name.
-    let sees = |h: &String| router || ctx.scope.sees(h);
+    let sees = |h: &String| router || ctx.scope.sees(h) || before.scope.sees(h);
     let mut types: BTreeSet<&'static str> = BTreeSet::new();
     let all = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
     let mut full = changes.full;
@@ -89,7 +93,7 @@ pub fn publish(state: &XdsState, next: Arc<Snapshot>) -> Changes {
     let mut pushed = 0usize;
     let conns = state.connections();
     for c in &conns {
-        if let Some(p) = push_for(&next, c, &changes, started) {
+        if let Some(p) = push_for(&prev, &next, c, &changes, started) {
             c.push(p);
             pushed += 1;
         }

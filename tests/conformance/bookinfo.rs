@@ -34,7 +34,7 @@ fn networking(name: &str) -> PathBuf {
 impl Bookinfo {
     /// Starts everything with Bookinfo's services, pods, DestinationRules and the given
     /// VirtualService file. None if the environment cannot run it (skipped).
-    pub fn start(virtual_service: &PathBuf, ads: Ads) -> Option<Bookinfo> {
+    pub fn start(virtual_service: &std::path::Path, ads: Ads) -> Option<Bookinfo> {
         if envoy_bin().is_none()
             && !skip_or_fail("envoy is not installed (.venv-envoy/bin/envoy or ENVOY_BIN)")
         {
@@ -155,7 +155,7 @@ impl Bookinfo {
     }
 
     /// Replaces the VirtualService file in the watched folder.
-    pub fn set_virtual_service(&self, src: &PathBuf) {
+    pub fn set_virtual_service(&self, src: &std::path::Path) {
         self.config.copy_from(src, "virtual-service.yaml");
     }
 }

@@ -1,0 +1,459 @@
+//! The ADS server against an in-process fake proxy: ACK/NACK handling, scoped pushes,
+//! Delta subscriptions, EDS after CDS, no secrets on the plaintext port.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::google::rpc::Status;
+use meshd::model::diagnostic::Origin;
+use meshd::model::object::Object;
+use meshd::model::snapshot::{ConfigSet, Snapshot};
+use meshd::sources::yaml::parse_documents;
+use meshd::translate::{pb, type_url};
+use meshd::xds::{AdsService, XdsState, push};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1}}
+spec: {containers: [{name: a, image: b}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hidden, namespace: other}
+spec:
+  selector: {app: hidden}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*"]
+"#;
+
+fn config(text: &str) -> ConfigSet {
+    let mut set = ConfigSet::default();
+    for doc in parse_documents(text) {
+        let doc = doc.expect("yaml");
+        let (objs, diags) = Object::from_value(doc.value, doc.lines, Origin::default(), "default");
+        assert!(diags.is_empty(), "{diags:?}");
+        for o in objs {
+            set.objects.insert(o.key.clone(), o);
+        }
+    }
+    set
+}
+
+struct FakeServer {
+    state: Arc<XdsState>,
+    addr: String,
+    last: Arc<Snapshot>,
+    _shutdown: watch::Sender<bool>,
+}
+
+impl FakeServer {
+    async fn new(text: &str) -> FakeServer {
+        let (tx, rx) = watch::channel(false);
+        let state = Arc::new(XdsState::new(Arc::new(meshd::metrics::Metrics::new()), rx));
+        let snap = Arc::new(Snapshot::build(
+            &config(text),
+            None,
+            "cluster.local",
+            "istio-system",
+        ));
+        push::publish(&state, snap.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(AdsService::new(
+                    state.clone(),
+                )))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        FakeServer {
+            state,
+            addr,
+            last: snap,
+            _shutdown: tx,
+        }
+    }
+
+    fn update(&mut self, text: &str) {
+        let next = Arc::new(Snapshot::build(
+            &config(text),
+            Some(&self.last),
+            "cluster.local",
+            "istio-system",
+        ));
+        push::publish(&self.state, next.clone());
+        self.last = next;
+    }
+
+    async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        AggregatedDiscoveryServiceClient::connect(self.addr.clone())
+            .await
+            .expect("connect")
+    }
+
+    fn metric(&self, name: &str) -> String {
+        self.state
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn node(id: &str) -> Node {
+    let meta = serde_json::json!({"NAMESPACE": "default", "INTERCEPTION_MODE": "NONE"});
+    Node {
+        id: id.into(),
+        metadata: Some(pb::to_struct(&meta)),
+        ..Default::default()
+    }
+}
+
+const CLIENT: &str = "sidecar~10.0.0.9~client.default~default.svc.cluster.local";
+
+struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+impl Sotw {
+    async fn open(s: &FakeServer) -> Sotw {
+        let (tx, rx) = mpsc::channel(8);
+        let stream = s
+            .client()
+            .await
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        Sotw { tx, rx: stream }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+        error: Option<&str>,
+        with_node: bool,
+    ) {
+        self.tx
+            .send(DiscoveryRequest {
+                node: with_node.then(|| node(CLIENT)),
+                type_url: url.into(),
+                resource_names: names.iter().map(|s| s.to_string()).collect(),
+                version_info: version.into(),
+                response_nonce: nonce.into(),
+                error_detail: error.map(|e| Status {
+                    code: 3,
+                    message: e.into(),
+                    details: vec![],
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+    }
+
+    async fn expect(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response within 5s")
+            .expect("stream ok")
+            .expect("not closed")
+    }
+
+    /// Nothing arrives within a generous bound (pushes here take microseconds).
+    async fn expect_none(&mut self) {
+        if let Ok(Ok(Some(r))) =
+            tokio::time::timeout(Duration::from_millis(400), self.rx.message()).await
+        {
+            panic!(
+                "unexpected response: {} with {} resources",
+                r.type_url,
+                r.resources.len()
+            );
+        }
+    }
+}
+
+fn names(r: &DiscoveryResponse) -> Vec<String> {
+    use prost::Message;
+    r.resources
+        .iter()
+        .map(|a| match a.type_url.as_str() {
+            type_url::CLUSTER => {
+                envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(a.value.as_slice())
+                    .map(|c| c.name)
+                    .unwrap_or_default()
+            }
+            type_url::ENDPOINT => {
+                envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+                    a.value.as_slice(),
+                )
+                .map(|c| c.cluster_name)
+                .unwrap_or_default()
+            }
+            _ => String::new(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ack_nack_and_scoped_pushes() {
+    let mut s = FakeServer::new(BASE).await;
+    let mut c = Sotw::open(&s).await;
+    c.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let r = c.expect().await;
+    let clusters = names(&r);
+    assert!(
+        clusters.contains(&"outbound|9080||reviews.default.svc.cluster.local".to_string()),
+        "{clusters:?}"
+    );
+    assert!(
+        !clusters.iter().any(|n| n.contains("hidden")),
+        "the Sidecar hides other namespaces: {clusters:?}"
+    );
+    // ACK: nothing more.
+    c.send(
+        type_url::CLUSTER,
+        &[],
+        &r.version_info,
+        &r.nonce,
+        None,
+        false,
+    )
+    .await;
+    c.expect_none().await;
+
+    // A change the proxy cannot see: no push.
+    s.update(&BASE.replace("port: 8080", "port: 8081"));
+    c.expect_none().await;
+
+    // A change it sees: CDS is pushed.
+    s.update(
+        &BASE
+            .replace("port: 9080", "port: 9081")
+            .replace("port: 8080", "port: 8081"),
+    );
+    let r2 = c.expect().await;
+    assert_eq!(r2.type_url, type_url::CLUSTER);
+    assert_ne!(r2.version_info, r.version_info);
+    assert!(names(&r2).contains(&"outbound|9081||reviews.default.svc.cluster.local".to_string()));
+
+    // NACK it: recorded, counted, shown, and not resent.
+    c.send(
+        type_url::CLUSTER,
+        &[],
+        &r.version_info,
+        &r2.nonce,
+        Some("cluster rejected: test"),
+        false,
+    )
+    .await;
+    c.expect_none().await;
+    let status = s.state.sync_status();
+    let cds = &status[0].types[type_url::CLUSTER];
+    let nack = cds.last_nack.as_ref().expect("NACK recorded");
+    assert_eq!(nack.error, "cluster rejected: test");
+    assert_eq!(nack.version, r2.version_info);
+    assert_eq!(cds.acked_version.as_deref(), Some(r.version_info.as_str()));
+    assert!(
+        s.metric("pilot_total_xds_rejects_total")
+            .contains("type=\"cds\"} 1"),
+        "{}",
+        s.metric("pilot_total")
+    );
+
+    // Publishing identical configuration again sends nothing (versions are content hashes).
+    s.update(
+        &BASE
+            .replace("port: 9080", "port: 9081")
+            .replace("port: 8080", "port: 8081"),
+    );
+    c.expect_none().await;
+}
+
+#[tokio::test]
+async fn endpoints_follow_clusters_and_change_alone() {
+    let mut s = FakeServer::new(BASE).await;
+    let mut c = Sotw::open(&s).await;
+    c.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let cds = c.expect().await;
+    c.send(
+        type_url::CLUSTER,
+        &[],
+        &cds.version_info,
+        &cds.nonce,
+        None,
+        false,
+    )
+    .await;
+    let name = "outbound|9080||reviews.default.svc.cluster.local";
+    c.send(type_url::ENDPOINT, &[name], "", "", None, false)
+        .await;
+    let eds = c.expect().await;
+    assert_eq!(names(&eds), vec![name.to_string()]);
+    c.send(
+        type_url::ENDPOINT,
+        &[name],
+        &eds.version_info,
+        &eds.nonce,
+        None,
+        false,
+    )
+    .await;
+    c.expect_none().await;
+
+    // A new pod: only EDS is pushed.
+    let more = format!(
+        "{BASE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-v2, namespace: default, labels: {{app: reviews}}}}\nspec: {{containers: [{{name: a, image: b}}]}}\nstatus: {{podIP: 10.0.0.2}}\n"
+    );
+    s.update(&more);
+    let r = c.expect().await;
+    assert_eq!(
+        r.type_url,
+        type_url::ENDPOINT,
+        "an endpoint change pushes EDS only"
+    );
+    use prost::Message;
+    let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+        r.resources[0].value.as_slice(),
+    )
+    .expect("cla");
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
+    c.send(
+        type_url::ENDPOINT,
+        &[name],
+        &r.version_info,
+        &r.nonce,
+        None,
+        false,
+    )
+    .await;
+    c.expect_none().await;
+
+    // A service change re-sends the cluster and then its endpoints.
+    s.update(&more.replace(
+        "ports: [{name: http, port: 9080}]",
+        "ports: [{name: http2, port: 9080}]",
+    ));
+    let first = c.expect().await;
+    assert_eq!(first.type_url, type_url::CLUSTER);
+    let second = c.expect().await;
+    assert_eq!(
+        second.type_url,
+        type_url::ENDPOINT,
+        "a re-sent cluster is followed by its endpoints"
+    );
+    assert_eq!(names(&second), vec![name.to_string()]);
+}
+
+#[tokio::test]
+async fn first_request_without_node_is_refused_and_no_secrets_on_plaintext() {
+    let s = FakeServer::new(BASE).await;
+    let mut c = Sotw::open(&s).await;
+    c.send(type_url::CLUSTER, &[], "", "", None, false).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), c.rx.message())
+        .await
+        .expect("answer")
+        .expect_err("refused");
+    assert!(err.message().contains("node"), "{err}");
+
+    let mut c = Sotw::open(&s).await;
+    c.send(type_url::SECRET, &["default", "ROOTCA"], "", "", None, true)
+        .await;
+    let r = c.expect().await;
+    assert!(
+        r.resources.is_empty(),
+        "no secret is ever served on the plaintext port"
+    );
+}
+
+#[tokio::test]
+async fn delta_subscribe_unsubscribe_and_removal() {
+    let mut s = FakeServer::new(BASE).await;
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
+    let mut stream = s
+        .client()
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    async fn next(stream: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("response")
+            .expect("ok")
+            .expect("open")
+    }
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node(CLIENT)),
+        type_url: type_url::CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let r = next(&mut stream).await;
+    let got: BTreeMap<String, String> = r
+        .resources
+        .iter()
+        .map(|x| (x.name.clone(), x.version.clone()))
+        .collect();
+    assert!(got.contains_key("outbound|9080||reviews.default.svc.cluster.local"));
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url::CLUSTER.into(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("ack");
+    // Remove the service: the cluster is named in removed_resources.
+    s.update(&BASE.replace(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\n",
+        "",
+    ));
+    let r = next(&mut stream).await;
+    assert!(
+        r.removed_resources
+            .contains(&"outbound|9080||reviews.default.svc.cluster.local".to_string()),
+        "{:?}",
+        r.removed_resources
+    );
+    assert!(
+        r.resources.is_empty(),
+        "unchanged clusters are not re-sent: {:?}",
+        r.resources.iter().map(|x| &x.name).collect::<Vec<_>>()
+    );
+}
