@@ -5,4 +5,5 @@
 mod bad_input;
 mod bookinfo;
 mod bootstrap;
+mod demo;
 mod harness;
