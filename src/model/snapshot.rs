@@ -1107,6 +1107,31 @@ impl Builder {
             };
             let mut diags = Vec::new();
             let mut egress_hosts = Vec::new();
+            for (field, set) in [
+                (
+                    "spec.inboundConnectionPool",
+                    spec.inbound_connection_pool.is_some(),
+                ),
+                (
+                    "spec.outboundTrafficPolicy.egressProxy",
+                    spec.outbound_traffic_policy
+                        .as_ref()
+                        .is_some_and(|p| p.egress_proxy.is_some()),
+                ),
+            ] {
+                if set {
+                    diags
+                        .push(obj.diag_warning(field, "not supported by meshd yet; it is ignored"));
+                }
+            }
+            for (i, ing) in spec.ingress.iter().enumerate() {
+                if ing.tls.is_some() || ing.connection_pool.is_some() {
+                    diags.push(obj.diag_warning(
+                        &format!("spec.ingress[{i}]"),
+                        "ingress tls and connectionPool are not supported by meshd yet; they are ignored",
+                    ));
+                }
+            }
             for (i, e) in spec.egress.iter().enumerate() {
                 let mut hosts = Vec::new();
                 if e.hosts.is_empty() {

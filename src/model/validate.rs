@@ -49,9 +49,48 @@ fn check_header_name(obj: &Object, name: &str, path: &str, out: &mut Vec<Diagnos
     }
 }
 
+fn not_yet(obj: &Object, field: &str, what: &str, out: &mut Vec<Diagnostic>) {
+    out.push(
+        obj.diag_warning(
+            field,
+            format!("{what} is not supported by meshd yet; it is ignored"),
+        )
+        .hint("see docs/COMPATIBILITY.md"),
+    );
+}
+
 /// VirtualService rules from istio's `ValidateVirtualService`.
 pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    if !vs.tcp.is_empty() {
+        not_yet(obj, "spec.tcp", "TCP routing (spec.tcp)", &mut out);
+    }
+    if !vs.tls.is_empty() {
+        not_yet(obj, "spec.tls", "TLS routing (spec.tls)", &mut out);
+    }
+    for (i, r) in vs.http.iter().enumerate() {
+        if r.retries
+            .as_ref()
+            .is_some_and(|x| x.retry_remote_localities.is_some())
+        {
+            not_yet(
+                obj,
+                &format!("spec.http[{i}].retries.retryRemoteLocalities"),
+                "retryRemoteLocalities",
+                &mut out,
+            );
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            if !m.stat_prefix.is_empty() {
+                not_yet(
+                    obj,
+                    &format!("spec.http[{i}].match[{j}].statPrefix"),
+                    "statPrefix",
+                    &mut out,
+                );
+            }
+        }
+    }
     if vs.hosts.is_empty() {
         out.push(
             obj.diag_error("spec.hosts", "a VirtualService needs at least one host")
@@ -355,6 +394,15 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
     }
     for (i, s) in gw.servers.iter().enumerate() {
         let p = format!("spec.servers[{i}]");
+        let proto = s.port.protocol.to_ascii_uppercase();
+        if s.tls.is_some() || !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "") {
+            not_yet(
+                obj,
+                &p,
+                &format!("a {proto} gateway server (only plain HTTP servers are)"),
+                &mut out,
+            );
+        }
         if s.port.number == 0 || s.port.number > 65535 {
             out.push(obj.diag_error(
                 &format!("{p}.port.number"),

@@ -26,7 +26,9 @@ fn demo_script_shows_v1_then_canary_then_header_rule() {
         String::from_utf8_lossy(&out.stderr)
     );
     let section = |title: &str| -> String {
-        let start = text.find(title).unwrap_or_else(|| panic!("{title:?} in\n{text}"));
+        let start = text
+            .find(title)
+            .unwrap_or_else(|| panic!("{title:?} in\n{text}"));
         text[start..]
             .lines()
             .skip(1)
@@ -34,11 +36,26 @@ fn demo_script_shows_v1_then_canary_then_header_rule() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    assert_eq!(section("1. all traffic to reviews v1").trim(), "20 reviews-v1", "{text}");
+    assert_eq!(
+        section("1. all traffic to reviews v1").trim(),
+        "20 reviews-v1",
+        "{text}"
+    );
     let canary = section("2. canary: 50% to v3");
-    assert!(canary.contains("reviews-v1") && canary.contains("reviews-v3"), "{canary}");
+    assert!(
+        canary.contains("reviews-v1") && canary.contains("reviews-v3"),
+        "{canary}"
+    );
     assert!(!canary.contains("reviews-v2"), "{canary}");
-    assert_eq!(section("3. A/B test: end-user john").trim(), "20 reviews-v2", "{text}");
-    assert_eq!(section("3. A/B test: everyone else").trim(), "20 reviews-v1", "{text}");
+    assert_eq!(
+        section("3. A/B test: end-user john").trim(),
+        "20 reviews-v2",
+        "{text}"
+    );
+    assert_eq!(
+        section("3. A/B test: everyone else").trim(),
+        "20 reviews-v1",
+        "{text}"
+    );
     assert!(text.contains("Envoy rejected updates: 0"), "{text}");
 }
