@@ -347,9 +347,30 @@ struct Builder {
     virtual_services: Vec<Arc<VirtualServiceConfig>>,
     gateways: Vec<Arc<GatewayConfig>>,
     sidecars: Vec<Arc<SidecarConfig>>,
+    /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
+    /// candidates instead of scanning every Pod for every Service.
+    pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
+    pods_by_namespace: HashMap<String, Vec<Arc<Object>>>,
+    workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
 }
 
 impl Builder {
+    /// Pods in `namespace` whose labels contain `selector`, in key order.
+    fn selected_pods(&self, namespace: &str, selector: &Labels) -> Vec<Arc<Object>> {
+        let candidates = match selector.iter().next() {
+            Some((k, v)) => self
+                .pods_by_label
+                .get(&(namespace.to_string(), k.clone(), v.clone())),
+            None => self.pods_by_namespace.get(namespace),
+        };
+        candidates
+            .into_iter()
+            .flatten()
+            .filter(|p| labels_match(selector, &p.labels))
+            .cloned()
+            .collect()
+    }
+
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Object>> {
         let start = ObjectKey {
             kind,
@@ -445,6 +466,29 @@ impl Builder {
             );
         }
         self.workloads = workloads;
+        let mut by_label: HashMap<(String, String, String), Vec<Arc<Object>>> = HashMap::new();
+        let mut by_ns: HashMap<String, Vec<Arc<Object>>> = HashMap::new();
+        for pod in self.of_kind(Kind::Pod) {
+            by_ns
+                .entry(pod.key.namespace.clone())
+                .or_default()
+                .push(pod.clone());
+            for (k, v) in &pod.labels {
+                by_label
+                    .entry((pod.key.namespace.clone(), k.clone(), v.clone()))
+                    .or_default()
+                    .push(pod.clone());
+            }
+        }
+        self.pods_by_label = by_label;
+        self.pods_by_namespace = by_ns;
+        let mut by_ip: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
+        for w in self.workloads.values() {
+            for a in &w.addresses {
+                by_ip.entry(a.clone()).or_default().push(w.clone());
+            }
+        }
+        self.workloads_by_ip = by_ip;
     }
 
     fn add_service(&mut self, svc: Service, endpoints: ServiceEndpoints, obj: &Object) {
@@ -571,12 +615,7 @@ impl Builder {
                     }
                 }
             } else if let Some(selector) = &spec.selector {
-                for pod in self.of_kind(Kind::Pod) {
-                    if pod.key.namespace != obj.key.namespace
-                        || !labels_match(selector, &pod.labels)
-                    {
-                        continue;
-                    }
+                for pod in self.selected_pods(&obj.key.namespace, selector) {
                     let Spec::Pod(info) = &pod.spec else { continue };
                     if info.ips.is_empty() || info.phase == "Succeeded" || info.phase == "Failed" {
                         continue;
@@ -700,12 +739,7 @@ impl Builder {
                     instances.push(inst);
                 }
                 if let Some(sel) = &se.workload_selector {
-                    for pod in self.of_kind(Kind::Pod) {
-                        if pod.key.namespace != obj.key.namespace
-                            || !labels_match(&sel.labels, &pod.labels)
-                        {
-                            continue;
-                        }
+                    for pod in self.selected_pods(&obj.key.namespace, &sel.labels) {
                         let Spec::Pod(info) = &pod.spec else { continue };
                         if info.ips.is_empty() || !info.ready {
                             continue;
@@ -745,9 +779,10 @@ impl Builder {
     }
 
     fn workload_at(&self, ip: &str, namespace: &str) -> Option<Arc<Workload>> {
-        self.workloads
-            .values()
-            .find(|w| w.key.namespace == namespace && w.addresses.iter().any(|a| a == ip))
+        self.workloads_by_ip
+            .get(ip)?
+            .iter()
+            .find(|w| w.key.namespace == namespace)
             .cloned()
     }
 

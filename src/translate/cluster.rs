@@ -271,6 +271,13 @@ fn http2_options(settings: Option<&istio::HttpSettings>) -> HashMap<String, Any>
 }
 
 fn downstream_protocol_options() -> HashMap<String, Any> {
+    static CACHED: std::sync::OnceLock<HashMap<String, Any>> = std::sync::OnceLock::new();
+    CACHED
+        .get_or_init(downstream_protocol_options_uncached)
+        .clone()
+}
+
+fn downstream_protocol_options_uncached() -> HashMap<String, Any> {
     let opts = http_opts::HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_opts::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(

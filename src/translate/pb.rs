@@ -24,7 +24,17 @@ pub fn pool() -> &'static DescriptorPool {
     })
 }
 
+/// Packs a message as it is nested inside a resource (typed configs). Not canonicalized
+/// here: [`resource`] canonicalizes the whole resource, nested `Any`s included, once.
 pub fn any<T: Message + prost::Name>(msg: &T) -> gpb::Any {
+    gpb::Any {
+        type_url: T::type_url(),
+        value: msg.encode_to_vec(),
+    }
+}
+
+/// Packs a top-level resource (what is versioned and sent) in canonical form.
+pub fn resource<T: Message + prost::Name>(msg: &T) -> gpb::Any {
     let type_url = T::type_url();
     let bytes = msg.encode_to_vec();
     gpb::Any {
@@ -141,6 +151,95 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// A Cluster in deterministic form, fast: everything but `metadata` has no map with more
+/// than one entry (protocol options carry one), so prost's encoding of it is already
+/// deterministic; `metadata` (a Struct, several keys) is canonicalized alone and appended
+/// — protobuf merges a field that comes last. About ten times cheaper than [`resource`]
+/// on large meshes, where clusters dominate.
+pub fn cluster_resource(c: &envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
+    debug_assert!(
+        c.typed_extension_protocol_options.len() <= 1,
+        "more than one protocol option: use pb::resource"
+    );
+    let Some(meta) = &c.metadata else {
+        return resource(c);
+    };
+    let mut bare = c.clone();
+    bare.metadata = None;
+    let mut bytes = bare.encode_to_vec();
+    let meta_bytes = metadata_bytes(meta);
+    // Field 25 (metadata), wire type 2: tag, length, bytes.
+    prost::encoding::encode_key(25, prost::encoding::WireType::LengthDelimited, &mut bytes);
+    prost::encoding::encode_varint(meta_bytes.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&meta_bytes);
+    gpb::Any {
+        type_url: <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Name>::type_url(),
+        value: bytes,
+    }
+}
+
+/// `Metadata` encoded with every map in key order (typed_filter_metadata unsupported:
+/// meshd never generates it on clusters).
+fn metadata_bytes(meta: &core::Metadata) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    fn len_field(out: &mut Vec<u8>, tag: u32, payload: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+    fn value(v: &gpb::Value) -> Vec<u8> {
+        use gpb::value::Kind;
+        let mut out = Vec::new();
+        match &v.kind {
+            None => {}
+            Some(Kind::NullValue(n)) => {
+                encode_key(1, WireType::Varint, &mut out);
+                encode_varint(*n as u64, &mut out);
+            }
+            Some(Kind::NumberValue(n)) => {
+                encode_key(2, WireType::SixtyFourBit, &mut out);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Some(Kind::StringValue(s)) => len_field(&mut out, 3, s.as_bytes()),
+            Some(Kind::BoolValue(b)) => {
+                encode_key(4, WireType::Varint, &mut out);
+                encode_varint(u64::from(*b), &mut out);
+            }
+            Some(Kind::StructValue(st)) => len_field(&mut out, 5, &structure(st)),
+            Some(Kind::ListValue(l)) => {
+                let mut list = Vec::new();
+                for item in &l.values {
+                    len_field(&mut list, 1, &value(item));
+                }
+                len_field(&mut out, 6, &list);
+            }
+        }
+        out
+    }
+    fn structure(st: &gpb::Struct) -> Vec<u8> {
+        let mut keys: Vec<&String> = st.fields.keys().collect();
+        keys.sort();
+        let mut out = Vec::new();
+        for k in keys {
+            let mut entry = Vec::new();
+            len_field(&mut entry, 1, k.as_bytes());
+            len_field(&mut entry, 2, &value(&st.fields[k]));
+            len_field(&mut out, 1, &entry);
+        }
+        out
+    }
+    let mut keys: Vec<&String> = meta.filter_metadata.keys().collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let mut entry = Vec::new();
+        len_field(&mut entry, 1, k.as_bytes());
+        len_field(&mut entry, 2, &structure(&meta.filter_metadata[k]));
+        len_field(&mut out, 1, &entry);
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // Canonical encoding
 // ---------------------------------------------------------------------------------------
@@ -185,7 +284,48 @@ struct Field {
     bytes: Vec<u8>,
 }
 
+/// Whether a message type can contain a map or an `Any` anywhere below it. Types that
+/// cannot are already canonical as prost writes them and are copied as they are.
+fn needs_walk(desc: &MessageDescriptor) -> bool {
+    use std::collections::HashMap;
+    use std::sync::RwLock;
+    static MEMO: OnceLock<RwLock<HashMap<String, bool>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(Default::default);
+    if let Ok(m) = memo.read()
+        && let Some(v) = m.get(desc.full_name())
+    {
+        return *v;
+    }
+    fn walk(desc: &MessageDescriptor, visiting: &mut Vec<String>) -> bool {
+        if desc.full_name() == "google.protobuf.Any" {
+            return true;
+        }
+        if visiting.iter().any(|v| v == desc.full_name()) {
+            // A cycle: whatever makes it need a walk is found on another path.
+            return false;
+        }
+        visiting.push(desc.full_name().to_string());
+        let out = desc.fields().any(|f| {
+            f.is_map()
+                || match f.kind() {
+                    FieldKind::Message(m) => walk(&m, visiting),
+                    _ => false,
+                }
+        });
+        visiting.pop();
+        out
+    }
+    let v = walk(desc, &mut Vec::new());
+    if let Ok(mut m) = memo.write() {
+        m.insert(desc.full_name().to_string(), v);
+    }
+    v
+}
+
 fn canonical_message(desc: &MessageDescriptor, buf: &[u8]) -> Option<Vec<u8>> {
+    if !needs_walk(desc) {
+        return Some(buf.to_vec());
+    }
     let is_any = desc.full_name() == "google.protobuf.Any";
     let mut fields: Vec<Field> = Vec::new();
     let mut pos = 0usize;
@@ -342,7 +482,7 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            seen.insert(any(&c).value);
+            seen.insert(resource(&c).value);
         }
         assert_eq!(seen.len(), 1, "one canonical encoding");
         let bytes = seen.into_iter().next().unwrap_or_default();
@@ -353,6 +493,47 @@ mod tests {
             struct_to_json(&m.filter_metadata["istio"])["subset"],
             json!("v1")
         );
+    }
+
+    #[test]
+    fn fast_cluster_encoding_is_deterministic_and_equivalent() {
+        let meta = json!({"services": [{"host": "a", "name": "b", "namespace": "c"}], "default_original_port": 9080, "subset": "v1"});
+        let make = || Cluster {
+            name: "c".into(),
+            connect_timeout: secs(10),
+            metadata: Some(core::Metadata {
+                filter_metadata: [("istio".to_string(), to_struct(&meta))]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(cluster_resource(&make()).value);
+        }
+        assert_eq!(seen.len(), 1);
+        let bytes = seen.into_iter().next().unwrap_or_default();
+        let back = Cluster::decode(bytes.as_slice()).expect("valid");
+        assert_eq!(back, {
+            let mut c = make();
+            c.metadata = back.metadata.clone();
+            c
+        });
+        let m = back.metadata.expect("metadata kept");
+        assert_eq!(
+            struct_to_json(&m.filter_metadata["istio"])["subset"],
+            json!("v1")
+        );
+        assert_eq!(
+            struct_to_json(&m.filter_metadata["istio"]),
+            struct_to_json(&to_struct(&meta))
+        );
+        // The hand-ordered metadata encoding decodes to the same metadata.
+        let md = make().metadata.expect("metadata");
+        let back = core::Metadata::decode(metadata_bytes(&md).as_slice()).expect("valid metadata");
+        assert_eq!(back, md);
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn version_of(bytes: &[u8]) -> String {
 }
 
 fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
-    let any = pb::any(msg);
+    let any = pb::resource(msg);
     Generated {
         name,
         version: version_of(&any.value),
@@ -145,7 +145,14 @@ fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
         type_url::CLUSTER => translate::cluster::clusters(ctx)
             .iter()
             .filter(|c| w.wants(&c.name))
-            .map(|c| Arc::new(wrap(c.name.clone(), c)))
+            .map(|c| {
+                let any = pb::cluster_resource(c);
+                Arc::new(Generated {
+                    name: c.name.clone(),
+                    version: version_of(&any.value),
+                    any,
+                })
+            })
             .collect(),
         type_url::LISTENER => translate::listener::listeners(ctx)
             .iter()
