@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::cache::{Generated, ResourceCache, class_key};
 use super::server::{SyncStatus, XdsState};
-use super::watch::{Action, WatchState};
+use super::watch::{Action, WatchState, WatchSummary};
 use crate::metrics::{Metrics, VersionLabel};
 use crate::model::proxy::Proxy;
 use crate::translate::{self, ProxyContext, pb, type_url};
@@ -51,7 +51,7 @@ pub struct Connection {
     pub delta: bool,
     pub peer: String,
     pub connected_at: SystemTime,
-    status: Mutex<BTreeMap<String, WatchState>>,
+    status: Mutex<BTreeMap<String, WatchSummary>>,
     pending: Mutex<Option<PushRequest>>,
     notify: Notify,
 }
@@ -84,7 +84,7 @@ impl Connection {
     }
 
     /// The state of one type (tests and debug).
-    pub fn watch_state(&self, type_url: &str) -> Option<WatchState> {
+    pub fn watch_state(&self, type_url: &str) -> Option<WatchSummary> {
         self.status.lock().ok()?.get(type_url).cloned()
     }
 }
@@ -221,7 +221,11 @@ impl Stream {
         if let Some(c) = &self.conn
             && let Ok(mut s) = c.status.lock()
         {
-            *s = self.watches.clone();
+            *s = self
+                .watches
+                .iter()
+                .map(|(k, w)| (k.clone(), w.summary()))
+                .collect();
         }
     }
 

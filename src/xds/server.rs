@@ -44,7 +44,7 @@ pub struct SyncStatus {
     pub delta: bool,
     pub peer: String,
     /// Per type URL: subscription and ACK state.
-    pub types: BTreeMap<String, super::watch::WatchState>,
+    pub types: BTreeMap<String, super::watch::WatchSummary>,
 }
 
 impl XdsState {

@@ -38,6 +38,25 @@ pub struct WatchState {
     pub nacks: u64,
 }
 
+/// What /debug/syncz shows of a watch: its state without the per-resource maps, which
+/// can hold thousands of names per proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WatchSummary {
+    pub wildcard: bool,
+    /// Number of explicitly subscribed names.
+    pub subscribed: usize,
+    /// Number of resources the client holds (as far as meshd knows).
+    pub resources: usize,
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    pub acked_version: Option<String>,
+    pub acked_nonce: Option<String>,
+    pub last_nack: Option<Nack>,
+    pub requests: u64,
+    pub acks: u64,
+    pub nacks: u64,
+}
+
 /// What the stream should do about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -193,6 +212,22 @@ impl WatchState {
             Action::Respond
         } else {
             Action::Ack
+        }
+    }
+
+    pub fn summary(&self) -> WatchSummary {
+        WatchSummary {
+            wildcard: self.wildcard,
+            subscribed: self.names.len(),
+            resources: self.client_versions.len(),
+            sent_version: self.sent_version.clone(),
+            sent_nonce: self.sent_nonce.clone(),
+            acked_version: self.acked_version.clone(),
+            acked_nonce: self.acked_nonce.clone(),
+            last_nack: self.last_nack.clone(),
+            requests: self.requests,
+            acks: self.acks,
+            nacks: self.nacks,
         }
     }
 
