@@ -250,12 +250,6 @@ async fn client(
     mut changed_at: watch::Receiver<Option<Instant>>,
     synced_tx: mpsc::Sender<usize>,
 ) -> ClientResult {
-    let mut c = loop {
-        match AggregatedDiscoveryServiceClient::connect(addr.clone()).await {
-            Ok(c) => break c.max_decoding_message_size(usize::MAX),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
     let p = proxy(i, classes);
     let node = Node {
         id: p.id.clone(),
@@ -264,25 +258,36 @@ async fn client(
         ))),
         ..Default::default()
     };
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let _ = tx
-        .send(DeltaDiscoveryRequest {
-            node: Some(node),
-            type_url: type_url::CLUSTER.into(),
-            ..Default::default()
-        })
-        .await;
-    let _ = tx
-        .send(DeltaDiscoveryRequest {
-            type_url: type_url::LISTENER.into(),
-            ..Default::default()
-        })
-        .await;
-    let mut stream = c
-        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    // Connect like Envoy does: retry with backoff until the stream is up (a burst of a
+    // thousand connects can be refused or reset while the server accepts).
+    let (tx, mut stream) = loop {
+        let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut c = c.max_decoding_message_size(usize::MAX);
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: type_url::CLUSTER.into(),
+                ..Default::default()
+            })
+            .await;
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                type_url: type_url::LISTENER.into(),
+                ..Default::default()
+            })
+            .await;
+        match c
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(s) => break (tx, s.into_inner()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut eds: BTreeSet<String> = BTreeSet::new();
     let mut rds: BTreeSet<String> = BTreeSet::new();
