@@ -105,4 +105,8 @@ pub struct ServeArgs {
     /// Quiet time before a burst of changes is pushed (e.g. 100ms, 0s).
     #[arg(long, default_value = "100ms")]
     pub debounce: String,
+    /// How many proxies may have unanswered responses at once (istiod's
+    /// PILOT_PUSH_THROTTLE): bounds the memory of pushes to slow proxies.
+    #[arg(long, default_value_t = crate::xds::server::DEFAULT_PUSH_SLOTS)]
+    pub push_concurrency: usize,
 }

@@ -46,7 +46,7 @@ async fn metrics(State(state): State<Arc<XdsState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.encode(),
     )

@@ -144,10 +144,64 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (format 0.0.4), with counters named as istiod names
+    /// them: `pilot_xds_pushes`, not OpenMetrics' `pilot_xds_pushes_total`, so that
+    /// Istio's dashboards and alerts keep working.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let mut open_metrics = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);
+        to_prometheus_text(&open_metrics)
+    }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: no `# EOF`, no `_total` on counter samples.
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: Vec<String> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .map(|name| format!("{name}_total"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = counters.iter().find_map(|c| {
+            let rest = line.strip_prefix(c.as_str())?;
+            (rest.starts_with('{') || rest.starts_with(' '))
+                .then(|| format!("{}{rest}", &c[..c.len() - "_total".len()]))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_istiod_names() {
+        let m = Metrics::new();
+        m.pushes.get_or_create(&Metrics::type_label("CDS")).inc();
+        m.xds_connections
+            .get_or_create(&VersionLabel {
+                version: "upstream".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(text.contains("# TYPE pilot_xds_pushes counter"), "{text}");
+        assert!(
+            text.contains("pilot_xds_pushes{type=\"cds\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("pilot_xds_pushes_total"), "{text}");
+        assert!(
+            text.contains("pilot_xds{version=\"upstream\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
     }
 }

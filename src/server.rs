@@ -123,7 +123,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let debounce = crate::app::parse_duration(&args.debounce).context("--debounce")?;
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = Arc::new(XdsState::new(metrics.clone(), shutdown_rx.clone()));
+    let state = Arc::new(
+        XdsState::new(metrics.clone(), shutdown_rx.clone()).with_push_slots(args.push_concurrency),
+    );
 
     // Bind everything first so that a port conflict is reported before anything runs.
     let grpc = bind(&args.listen_address, args.grpc_port, "xDS (plaintext gRPC)").await?;

@@ -289,7 +289,7 @@ async fn ack_nack_and_scoped_pushes() {
     assert_eq!(nack.version, r2.version_info);
     assert_eq!(cds.acked_version.as_deref(), Some(r.version_info.as_str()));
     assert!(
-        s.metric("pilot_total_xds_rejects_total")
+        s.metric("pilot_total_xds_rejects{")
             .contains("type=\"cds\"} 1"),
         "{}",
         s.metric("pilot_total")

@@ -153,11 +153,19 @@ fn ms(d: Duration) -> String {
 }
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -414,7 +422,7 @@ async fn b2(n: usize, m: usize) {
     let mut stdin = child.stdin.take().expect("stdin");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let synced = lines.next_line().await.ok().flatten().unwrap_or_default();
-    let rss_synced = peak_rss_mb();
+    let rss_synced = rss_mb();
     let connected = state.connections().len();
     // Let the ACKs of the initial sync land before changing anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -438,7 +446,7 @@ async fn b2(n: usize, m: usize) {
     let _ = child.wait().await;
     println!(
         "B2 services={n} clients={m} ({classes} proxy classes, {connected} connected): {synced}; {converged}; \
-         meshd peak RSS {:.0} MB (after the initial sync {:.0} MB)",
+         meshd peak RSS {:.0} MB (RSS after the initial sync {:.0} MB)",
         peak_rss_mb(),
         rss_synced,
     );

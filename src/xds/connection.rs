@@ -199,7 +199,15 @@ struct Stream {
     nonces: u64,
     peer: String,
     delta: bool,
+    /// A push slot, held while any response on this stream awaits its ACK or NACK.
+    slot: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>,
+    /// Types with a response the proxy has not answered yet.
+    unanswered: BTreeSet<String>,
 }
+
+/// How long a proxy may keep a push slot without answering (then it is released, so a
+/// stuck proxy cannot hold up the others).
+const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 enum Outbound<'a> {
     Sotw(&'a mpsc::Sender<Result<DiscoveryResponse, Status>>),
@@ -215,6 +223,26 @@ impl Stream {
         self.nonces += 1;
         let id = self.conn.as_ref().map_or(0, |c| c.id);
         format!("{}-{id:x}-{:x}", self.state.nonce_prefix, self.nonces)
+    }
+
+    /// Waits for a push slot (a bounded number of proxies may have unanswered responses
+    /// at once, like istiod's push throttle): this bounds the memory of responses
+    /// buffered for slow proxies, which would otherwise grow with the number of proxies.
+    async fn take_slot(&mut self) {
+        if self.slot.is_some() {
+            return;
+        }
+        if let Ok(p) = self.state.push_slots.clone().acquire_owned().await {
+            self.slot = Some((p, tokio::time::Instant::now() + SLOT_TIMEOUT));
+        }
+    }
+
+    /// The proxy answered `url`: release the slot once nothing is unanswered.
+    fn answered(&mut self, url: &str) {
+        self.unanswered.remove(url);
+        if self.unanswered.is_empty() {
+            self.slot = None;
+        }
     }
 
     fn publish_status(&self) {
@@ -331,6 +359,7 @@ impl Stream {
                     w.client_versions.insert(r.name.clone(), r.version.clone());
                 }
                 let n = resp.resources.len();
+                self.take_slot().await;
                 if tx.send(Ok(resp)).await.is_err() {
                     return Err(());
                 }
@@ -388,12 +417,14 @@ impl Stream {
                     w.client_versions.remove(r);
                 }
                 let n = resp.resources.len();
+                self.take_slot().await;
                 if tx.send(Ok(resp)).await.is_err() {
                     return Err(());
                 }
                 n
             }
         };
+        self.unanswered.insert(url.to_string());
         w.sent(&version, &nonce);
         let short = type_url::short(url);
         self.metrics()
@@ -469,6 +500,9 @@ impl Stream {
             .as_ref()
             .map(|c| c.proxy.id.clone())
             .unwrap_or_default();
+        if matches!(action, Action::Ack | Action::Nack) {
+            self.answered(url);
+        }
         match action {
             Action::Nack => {
                 let err = self
@@ -492,6 +526,13 @@ impl Stream {
             }
             Action::Respond => {}
         }
+    }
+}
+
+async fn slot_deadline(slot: &Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>) {
+    match slot {
+        Some((_, deadline)) => tokio::time::sleep_until(*deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -521,6 +562,8 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String) {
         nonces: 0,
         peer,
         delta,
+        slot: None,
+        unanswered: BTreeSet::new(),
     };
     let result = match mode {
         Mode::Sotw { mut inbound, tx } => {
@@ -560,6 +603,12 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String) {
                             && s.on_push(&out, push).await.is_err() {
                             break Ok(());
                         }
+                    }
+                    _ = slot_deadline(&s.slot) => {
+                        warn!(proxy = %s.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
+                              "proxy did not answer within 30s; releasing its push slot");
+                        s.slot = None;
+                        s.unanswered.clear();
                     }
                     _ = shutdown.changed() => break Ok(()),
                 }
@@ -602,6 +651,12 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String) {
                             && s.on_push(&out, push).await.is_err() {
                             break Ok(());
                         }
+                    }
+                    _ = slot_deadline(&s.slot) => {
+                        warn!(proxy = %s.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
+                              "proxy did not answer within 30s; releasing its push slot");
+                        s.slot = None;
+                        s.unanswered.clear();
                     }
                     _ = shutdown.changed() => break Ok(()),
                 }

@@ -33,6 +33,8 @@ pub struct XdsState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Resources shared by proxies of the same class, per snapshot.
     pub cache: super::cache::ResourceCache,
+    /// Push slots: how many proxies may have unanswered responses at once.
+    pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// One connected proxy, as /debug/syncz shows it.
@@ -47,7 +49,16 @@ pub struct SyncStatus {
     pub types: BTreeMap<String, super::watch::WatchSummary>,
 }
 
+/// istiod's default push throttle (PILOT_PUSH_THROTTLE).
+pub const DEFAULT_PUSH_SLOTS: usize = 100;
+
 impl XdsState {
+    /// Sets how many proxies may have unanswered responses at once.
+    pub fn with_push_slots(mut self, n: usize) -> Self {
+        self.push_slots = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
     pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -62,6 +73,7 @@ impl XdsState {
             ready: AtomicBool::new(false),
             shutdown,
             cache: Default::default(),
+            push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
         }
     }
 
@@ -122,7 +134,7 @@ impl AdsService {
 }
 
 /// Responses queued per stream before a slow proxy applies back-pressure.
-const STREAM_BUFFER: usize = 16;
+const STREAM_BUFFER: usize = 4;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsService {

@@ -140,7 +140,7 @@ impl Bookinfo {
         }
         let metrics = http_get("127.0.0.1:15014", "/metrics", &[]).expect("metrics");
         assert!(
-            metrics.body.contains("pilot_xds_pushes_total"),
+            metrics.body.contains("pilot_xds_pushes{type=\"cds\"}"),
             "{}",
             metrics.body
         );
@@ -148,7 +148,7 @@ impl Bookinfo {
             !metrics
                 .body
                 .lines()
-                .any(|l| l.starts_with("pilot_total_xds_rejects_total{") && !l.ends_with(" 0")),
+                .any(|l| l.starts_with("pilot_total_xds_rejects{") && !l.ends_with(" 0")),
             "no rejects counted: {}",
             metrics.body
         );
