@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod ca;
 pub mod cli;
 pub mod debug;
 pub mod metrics;

@@ -54,6 +54,18 @@ pub struct Metrics {
     /// meshd_snapshot_builds_total and the time each takes.
     pub snapshot_builds: Counter,
     pub snapshot_build_time: Histogram,
+    /// citadel_server_csr_count: CSRs received.
+    pub csr_count: Counter,
+    /// citadel_server_success_cert_issuance_count.
+    pub certs_issued: Counter,
+    /// citadel_server_csr_sign_error_count: CSRs refused or failed.
+    pub csr_errors: Counter,
+    /// citadel_server_authentication_failure_count.
+    pub auth_failures: Counter,
+    /// citadel_server_root_cert_expiry_timestamp (seconds since the epoch).
+    pub root_expiry: Gauge,
+    /// meshd_sds_refusals: SDS requests for secrets the caller does not own.
+    pub sds_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -123,7 +135,49 @@ impl Metrics {
             "Seconds to build a snapshot",
             snapshot_build_time.clone(),
         );
+        let csr_count = Counter::default();
+        registry.register(
+            "citadel_server_csr_count",
+            "The number of CSRs received by Citadel server",
+            csr_count.clone(),
+        );
+        let certs_issued = Counter::default();
+        registry.register(
+            "citadel_server_success_cert_issuance_count",
+            "The number of certificates issuances that have succeeded",
+            certs_issued.clone(),
+        );
+        let csr_errors = Counter::default();
+        registry.register(
+            "citadel_server_csr_sign_error_count",
+            "The number of errors occurred when signing the CSR",
+            csr_errors.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "citadel_server_authentication_failure_count",
+            "The number of authentication failures",
+            auth_failures.clone(),
+        );
+        let root_expiry = Gauge::default();
+        registry.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "The unix timestamp, in seconds, when Citadel root cert will expire",
+            root_expiry.clone(),
+        );
+        let sds_refusals = Counter::default();
+        registry.register(
+            "meshd_sds_refusals",
+            "SDS requests refused because the caller does not own the secret",
+            sds_refusals.clone(),
+        );
         Metrics {
+            csr_count,
+            certs_issued,
+            csr_errors,
+            auth_failures,
+            root_expiry,
+            sds_refusals,
             registry,
             xds_connections,
             pushes,
