@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod identity;
 pub mod jwt;
+pub mod sds;
 pub mod server;
 
 pub use authority::{Authority, CaError};

@@ -102,6 +102,30 @@ pub struct ServeArgs {
     /// Prometheus /metrics, /version and /debug/*.
     #[arg(long, default_value_t = 15014)]
     pub monitoring_port: u16,
+    /// TLS gRPC: the CA (IstioCertificateService) and ADS with SDS for authenticated proxies.
+    #[arg(long, default_value_t = 15012)]
+    pub secure_grpc_port: u16,
+    /// Where the self-signed root is kept (created on first start) and the root
+    /// certificate is published (`root-cert.pem`).
+    #[arg(long, default_value = ".meshd/ca")]
+    pub ca_dir: std::path::PathBuf,
+    /// A plugged-in intermediate CA in istio's `cacerts` layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem), instead of the self-signed root.
+    #[arg(long)]
+    pub cacerts: Option<std::path::PathBuf>,
+    /// JWKS whose keys sign the service-account tokens proxies present (file mode).
+    #[arg(long)]
+    pub ca_jwks: Option<std::path::PathBuf>,
+    /// Lifetime of workload certificates (maximum 90 days).
+    #[arg(long, default_value = "24h")]
+    pub workload_cert_ttl: String,
+    /// DNS names of meshd's own serving certificate on the TLS port.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "istiod.istio-system.svc,istiod.istio-system.svc.cluster.local,istiod-remote.istio-system.svc,meshd.istio-system.svc,localhost"
+    )]
+    pub serving_dns: Vec<String>,
     /// Quiet time before a burst of changes is pushed (e.g. 100ms, 0s).
     #[arg(long, default_value = "100ms")]
     pub debounce: String,

@@ -123,12 +123,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let debounce = crate::app::parse_duration(&args.debounce).context("--debounce")?;
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = Arc::new(
-        XdsState::new(metrics.clone(), shutdown_rx.clone()).with_push_slots(args.push_concurrency),
-    );
-
     // Bind everything first so that a port conflict is reported before anything runs.
     let grpc = bind(&args.listen_address, args.grpc_port, "xDS (plaintext gRPC)").await?;
+    let secure_grpc = bind(
+        &args.listen_address,
+        args.secure_grpc_port,
+        "the CA and secure xDS (TLS gRPC)",
+    )
+    .await?;
     let http = bind(&args.listen_address, args.http_port, "/ready and /debug").await?;
     let monitoring = bind(&args.listen_address, args.monitoring_port, "/metrics").await?;
 
@@ -143,6 +145,54 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         metrics: metrics.clone(),
     };
     let first = builder.build(&source.load());
+    let trust_domain = first.mesh.trust_domain.clone();
+
+    // The certificate authority (the trust domain comes from mesh config).
+    let ca = Arc::new(match &args.cacerts {
+        Some(dir) => crate::ca::Authority::from_cacerts(dir, &trust_domain)?,
+        None => crate::ca::Authority::load_or_create(&args.ca_dir, &trust_domain)?,
+    });
+    std::fs::create_dir_all(&args.ca_dir)
+        .and_then(|_| std::fs::write(args.ca_dir.join("root-cert.pem"), ca.root_pem()))
+        .with_context(|| {
+            format!(
+                "publishing the root certificate in {}",
+                args.ca_dir.display()
+            )
+        })?;
+    let expiry = ca
+        .root_not_after()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    metrics.root_expiry.set(expiry);
+    info!(root = %args.ca_dir.join("root-cert.pem").display(), %trust_domain, plugged_in = args.cacerts.is_some(), "certificate authority ready");
+    let workload_ttl =
+        crate::app::parse_duration(&args.workload_cert_ttl).context("--workload-cert-ttl")?;
+    if workload_ttl > crate::ca::authority::MAX_TTL {
+        bail!(
+            "--workload-cert-ttl {} exceeds the maximum of 90 days",
+            args.workload_cert_ttl
+        );
+    }
+    let jwt = match &args.ca_jwks {
+        Some(p) => Some(
+            crate::ca::jwt::JwtVerifier::from_file(p, &trust_domain).map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let auth = Arc::new(crate::ca::server::Authenticator {
+        trust_domain: trust_domain.clone(),
+        jwt,
+    });
+    let state = Arc::new(
+        XdsState::new(metrics.clone(), shutdown_rx.clone())
+            .with_push_slots(args.push_concurrency)
+            .with_secrets(Arc::new(crate::ca::sds::WorkloadSecrets::new(
+                ca.clone(),
+                workload_ttl,
+            ))),
+    );
     push::publish(&state, first);
 
     let (set_tx, mut set_rx) = mpsc::channel::<ConfigSet>(4);
@@ -179,6 +229,56 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             )
             .await
     });
+    // The TLS port: the CA API and secure ADS (with SDS) share one listener, like istiod.
+    let serving = Arc::new(
+        crate::ca::server::ServingCert::issue(&ca, &args.serving_dns)
+            .map_err(anyhow::Error::msg)?,
+    );
+    let tls = crate::ca::server::server_config(&ca, serving.clone()).map_err(anyhow::Error::msg)?;
+    let secure_addr = secure_grpc.local_addr()?;
+    let incoming = crate::ca::server::incoming(secure_grpc, tls, trust_domain.clone());
+    let ca_service = crate::ca::server::CaService::new(ca.clone(), auth.clone(), metrics.clone());
+    let secure_ads =
+        AggregatedDiscoveryServiceServer::new(AdsService::secure(state.clone(), auth.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(usize::MAX);
+    let mut secure_shutdown = shutdown_rx.clone();
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ca_service)
+            .add_service(secure_ads)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = secure_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "TLS gRPC server stopped");
+        }
+    });
+    // Rotation: meshd's serving certificate, and workload certificates pushed over SDS
+    // (a push of secrets sends only those whose certificate was renewed).
+    {
+        let state = state.clone();
+        let ca = ca.clone();
+        let dns = args.serving_dns.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                serving.rotate_if_due(&ca, &dns);
+                for c in state.connections() {
+                    if c.watch_state(crate::translate::type_url::SECRET).is_some() {
+                        c.push(crate::xds::connection::PushRequest {
+                            types: [crate::translate::type_url::SECRET].into_iter().collect(),
+                            endpoints: Default::default(),
+                            started: Instant::now(),
+                        });
+                    }
+                }
+            }
+        });
+    }
     let http_addr = http.local_addr()?;
     let monitoring_addr = monitoring.local_addr()?;
     for (listener, name) in [(http, "http"), (monitoring, "monitoring")] {
@@ -195,7 +295,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
-    info!(%grpc_addr, %http_addr, %monitoring_addr, "meshd serving");
+    info!(%grpc_addr, %secure_addr, %http_addr, %monitoring_addr, "meshd serving");
 
     shutdown_signal().await;
     info!("shutting down");

@@ -11,6 +11,7 @@ pub mod naming;
 pub mod output;
 pub mod pb;
 pub mod route;
+pub mod secret;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;

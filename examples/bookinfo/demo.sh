@@ -55,7 +55,7 @@ PY
 done
 
 echo "==> meshd serve --config-dir $work/config"
-"$meshd" serve --config-dir "$work/config" --listen-address 127.0.0.1 >"$work/meshd.log" 2>&1 &
+"$meshd" serve --config-dir "$work/config" --ca-dir "$work/ca" --listen-address 127.0.0.1 >"$work/meshd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf 127.0.0.1:8080/ready >/dev/null && break; sleep 0.1; done
 

@@ -192,7 +192,19 @@ fn proxy_from_node(node: Option<&Node>) -> Result<Proxy, Status> {
     Proxy::from_node(&node.id, metadata).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Who is at the other end of a stream.
+#[derive(Debug, Clone)]
+pub enum PeerAuth {
+    /// The plaintext port: no identity, never any secret.
+    Plaintext,
+    /// The TLS port, authenticated by client certificate or token.
+    Authenticated(crate::ca::Identity),
+    /// The TLS port, and authentication failed (why).
+    Refused(String),
+}
+
 struct Stream {
+    auth: PeerAuth,
     state: Arc<XdsState>,
     conn: Option<Arc<Connection>>,
     watches: BTreeMap<String, WatchState>,
@@ -257,11 +269,62 @@ impl Stream {
         }
     }
 
+    /// Secrets for this stream: only on the TLS port, only to an authenticated proxy,
+    /// and only its own (`default` for its identity, `ROOTCA`). Anything else asked for is
+    /// refused, logged and counted.
+    fn secrets(&self, w: &WatchState) -> Vec<Arc<Generated>> {
+        let (Some(store), PeerAuth::Authenticated(id)) = (&self.state.secrets, &self.auth) else {
+            return Vec::new();
+        };
+        let proxy = self
+            .conn
+            .as_ref()
+            .map(|c| c.proxy.id.as_str())
+            .unwrap_or("");
+        let mut out = Vec::new();
+        for name in &w.names {
+            let secret = match name.as_str() {
+                translate::secret::DEFAULT => match store.get(id) {
+                    Ok(cert) => translate::secret::workload(name, &cert.chain, &cert.key_pem),
+                    Err(e) => {
+                        warn!(proxy, identity = %id, error = %e, "cannot issue the workload certificate");
+                        continue;
+                    }
+                },
+                translate::secret::ROOTCA => translate::secret::root(name, store.root_pem()),
+                other => {
+                    self.state.metrics.sds_refusals.inc();
+                    warn!(proxy, identity = %id, secret = other,
+                          "SDS request refused: the secret does not belong to this proxy's identity");
+                    continue;
+                }
+            };
+            out.push(Arc::new(wrap(name.clone(), &secret)));
+        }
+        out
+    }
+
     fn connect(&mut self, node: Option<&Node>) -> Result<Arc<Connection>, Status> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
         let proxy = Arc::new(proxy_from_node(node)?);
+        match &self.auth {
+            PeerAuth::Plaintext => {}
+            PeerAuth::Refused(reason) => {
+                self.state.metrics.auth_failures.inc();
+                return Err(Status::unauthenticated(reason.clone()));
+            }
+            // A proxy gets the configuration of the namespace it proves it belongs to.
+            PeerAuth::Authenticated(id) if id.namespace != proxy.namespace => {
+                self.state.metrics.auth_failures.inc();
+                return Err(Status::permission_denied(format!(
+                    "node {} claims namespace {} but authenticated as {id}",
+                    proxy.id, proxy.namespace
+                )));
+            }
+            PeerAuth::Authenticated(_) => {}
+        }
         let id = self.state.next_id();
         let conn = Arc::new(Connection {
             id,
@@ -312,6 +375,8 @@ impl Stream {
         };
         let res: Vec<Arc<Generated>> = if url == type_url::ENDPOINT {
             endpoints(ctx, &self.state.cache, &w)
+        } else if url == type_url::SECRET {
+            self.secrets(&w)
         } else {
             let set = self
                 .state
@@ -552,10 +617,11 @@ fn version_label(proxy: &Proxy) -> VersionLabel {
 }
 
 /// Runs one ADS stream until the client goes away or meshd shuts down.
-pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String) {
+pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: PeerAuth) {
     let mut shutdown = state.shutdown.clone();
     let delta = matches!(mode, Mode::Delta { .. });
     let mut s = Stream {
+        auth,
         state: state.clone(),
         conn: None,
         watches: BTreeMap::new(),

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::connection::{Connection, Mode, run_stream};
+use super::connection::{Connection, Mode, PeerAuth, run_stream};
+use crate::ca::sds::WorkloadSecrets;
+use crate::ca::server::Authenticator;
 use crate::metrics::Metrics;
 use crate::model::snapshot::Snapshot;
 
@@ -35,6 +37,8 @@ pub struct XdsState {
     pub cache: super::cache::ResourceCache,
     /// Push slots: how many proxies may have unanswered responses at once.
     pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
+    /// Workload secrets for SDS (when the CA runs).
+    pub secrets: Option<Arc<WorkloadSecrets>>,
 }
 
 /// One connected proxy, as /debug/syncz shows it.
@@ -53,6 +57,12 @@ pub struct SyncStatus {
 pub const DEFAULT_PUSH_SLOTS: usize = 100;
 
 impl XdsState {
+    /// Serves SDS from these workload secrets (on the TLS port only).
+    pub fn with_secrets(mut self, secrets: Arc<WorkloadSecrets>) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
     /// Sets how many proxies may have unanswered responses at once.
     pub fn with_push_slots(mut self, n: usize) -> Self {
         self.push_slots = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
@@ -74,6 +84,7 @@ impl XdsState {
             shutdown,
             cache: Default::default(),
             push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
+            secrets: None,
         }
     }
 
@@ -125,11 +136,32 @@ impl XdsState {
 #[derive(Debug, Clone)]
 pub struct AdsService {
     state: Arc<XdsState>,
+    /// Set on the TLS port: streams must authenticate, and may get secrets.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl AdsService {
+    /// The plaintext service (15010): configuration only, never secrets.
     pub fn new(state: Arc<XdsState>) -> Self {
-        AdsService { state }
+        AdsService { state, auth: None }
+    }
+
+    /// The TLS service (15012): callers authenticate; secrets for their own identity.
+    pub fn secure(state: Arc<XdsState>, auth: Arc<Authenticator>) -> Self {
+        AdsService {
+            state,
+            auth: Some(auth),
+        }
+    }
+
+    fn peer_auth<T>(&self, req: &Request<T>) -> PeerAuth {
+        match &self.auth {
+            None => PeerAuth::Plaintext,
+            Some(a) => match a.authenticate(req) {
+                Ok(id) => PeerAuth::Authenticated(id),
+                Err(e) => PeerAuth::Refused(e),
+            },
+        }
     }
 }
 
@@ -149,10 +181,11 @@ impl AggregatedDiscoveryService for AdsService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let auth = self.peer_auth(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
         let inbound = request.into_inner();
-        tokio::spawn(run_stream(state, Mode::Sotw { inbound, tx }, peer));
+        tokio::spawn(run_stream(state, Mode::Sotw { inbound, tx }, peer, auth));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -164,10 +197,11 @@ impl AggregatedDiscoveryService for AdsService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let auth = self.peer_auth(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
         let inbound = request.into_inner();
-        tokio::spawn(run_stream(state, Mode::Delta { inbound, tx }, peer));
+        tokio::spawn(run_stream(state, Mode::Delta { inbound, tx }, peer, auth));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -333,6 +333,8 @@ impl Meshd {
             .arg(config)
             .args(["--listen-address", "127.0.0.1", "--debounce", "50ms"])
             .args(["--http-port", &http_port.to_string()])
+            .arg("--ca-dir")
+            .arg(logs.join("ca"))
             .args(extra)
             .env("MESHD_LOG", "info,meshd=debug");
         let m = Meshd {

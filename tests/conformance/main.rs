@@ -5,5 +5,6 @@
 mod bad_input;
 mod bookinfo;
 mod bootstrap;
+mod ca;
 mod demo;
 mod harness;

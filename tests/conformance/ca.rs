@@ -1,0 +1,308 @@
+//! The certificate authority on 15012: real TLS, real CSRs, `openssl verify` on what it
+//! issues, and every way a caller can be refused.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshd::ca::server::{CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse};
+use rcgen::{CertificateParams, KeyPair, SanType};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::harness::*;
+
+/// A token issuer for tests: an EC key and its JWKS.
+pub struct TokenIssuer {
+    key: KeyPair,
+    pub jwks: String,
+}
+
+impl TokenIssuer {
+    pub fn new(kid: &str) -> TokenIssuer {
+        use base64::Engine;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let raw = key.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        }]})
+        .to_string();
+        TokenIssuer { key, jwks }
+    }
+
+    /// A service-account token for `ns/sa`, valid for `ttl_secs` (negative: expired).
+    pub fn token(&self, ns: &str, sa: &str, audience: &str, ttl_secs: i64, kid: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let claims = serde_json::json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": format!("system:serviceaccount:{ns}:{sa}"),
+            "aud": [audience],
+            "iat": now, "exp": now + ttl_secs,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.key.serialize_der());
+        jsonwebtoken::encode(&header, &claims, &key).expect("token")
+    }
+}
+
+/// A gRPC channel over TLS to meshd's 15012, trusting `root_pem`, optionally presenting
+/// a client certificate.
+pub async fn tls_channel(
+    addr: &str,
+    root_pem: &str,
+    client: Option<(Vec<String>, String)>,
+) -> Channel {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for p in pem::parse_many(root_pem.as_bytes()).expect("pem") {
+        roots
+            .add(CertificateDer::from(p.contents().to_vec()))
+            .expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let certs = chain
+                .iter()
+                .map(|c| CertificateDer::from(pem::parse(c).expect("pem").contents().to_vec()))
+                .collect();
+            let key = PrivateKeyDer::try_from(pem::parse(&key).expect("pem").contents().to_vec())
+                .expect("key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client cert")
+        }
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let addr = addr.to_string();
+    Endpoint::try_from("http://istiod.istio-system.svc:15012")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let addr = addr.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let name = ServerName::try_from("istiod.istio-system.svc").expect("name");
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .expect("TLS channel to 15012")
+}
+
+pub async fn create_certificate(
+    channel: Channel,
+    csr: &str,
+    token: Option<&str>,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: csr.to_string(),
+        validity_duration: 3600,
+        metadata: None,
+    });
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE);
+    let codec: tonic_prost::ProstCodec<IstioCertificateRequest, IstioCertificateResponse> =
+        tonic_prost::ProstCodec::default();
+    grpc.unary(req, path, codec)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+pub fn csr_for(uri: &str) -> (String, KeyPair) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
+    (
+        p.serialize_request(&key).expect("csr").pem().expect("pem"),
+        key,
+    )
+}
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn csr_api_issues_verifiable_certificates_and_refuses_impostors() {
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("ca");
+    let config = TempDir::new("ca-config");
+    config.copy_from(
+        &repo().join("examples/bookinfo/services.yaml"),
+        "services.yaml",
+    );
+    let issuer = TokenIssuer::new("k1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &issuer.jwks).expect("jwks");
+    let meshd = Meshd::start(
+        config.path(),
+        dir.path(),
+        &["--ca-jwks", jwks.to_str().expect("utf8")],
+    );
+    let root = std::fs::read_to_string(dir.path().join("ca/root-cert.pem"))
+        .expect("root published as a file");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let me = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
+        let good = issuer.token("default", "bookinfo-reviews", "istio-ca", 600, "k1");
+
+        // A CSR for the caller's own identity: a chain that openssl verifies.
+        let (csr, key) = csr_for(me);
+        let chain = create_certificate(
+            tls_channel("127.0.0.1:15012", &root, None).await,
+            &csr,
+            Some(&good),
+        )
+        .await
+        .expect("issued");
+        assert_eq!(chain.len(), 2, "leaf, root");
+        assert_eq!(chain[1], root, "the root is last");
+        let leaf = dir.path().join("leaf.pem");
+        std::fs::write(&leaf, &chain[0]).expect("write");
+        let root_file = dir.path().join("ca/root-cert.pem");
+        let (ok, out) = openssl(&[
+            "verify",
+            "-CAfile",
+            root_file.to_str().expect("utf8"),
+            leaf.to_str().expect("utf8"),
+        ]);
+        assert!(ok && out.contains("OK"), "openssl verify: {out}");
+        let (_, text) = openssl(&[
+            "x509",
+            "-in",
+            leaf.to_str().expect("utf8"),
+            "-noout",
+            "-text",
+        ]);
+        assert!(text.contains(&format!("URI:{me}")), "{text}");
+        assert!(
+            text.contains("Digital Signature, Key Encipherment"),
+            "{text}"
+        );
+        assert!(
+            text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+            "{text}"
+        );
+        assert!(text.contains("CA:FALSE"), "{text}");
+        let (_, dates) = openssl(&[
+            "x509",
+            "-in",
+            leaf.to_str().expect("utf8"),
+            "-noout",
+            "-startdate",
+            "-enddate",
+        ]);
+        assert!(dates.contains("notAfter"), "{dates}");
+
+        // The issued certificate authenticates its holder: no token needed any more.
+        let (csr2, _) = csr_for(me);
+        let with_cert = tls_channel(
+            "127.0.0.1:15012",
+            &root,
+            Some((chain.clone(), key.serialize_pem())),
+        )
+        .await;
+        create_certificate(with_cert, &csr2, None)
+            .await
+            .expect("client certificate authenticates");
+
+        // Refusals, each with its reason.
+        let ch = || tls_channel("127.0.0.1:15012", &root, None);
+        let (other, _) = csr_for("spiffe://cluster.local/ns/default/sa/bookinfo-ratings");
+        let e = create_certificate(ch().await, &other, Some(&good))
+            .await
+            .expect_err("another identity");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(
+            e.message().contains("does not match caller identity"),
+            "{e}"
+        );
+        let e = create_certificate(ch().await, &csr, None)
+            .await
+            .expect_err("unauthenticated");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+        let expired = issuer.token("default", "bookinfo-reviews", "istio-ca", -600, "k1");
+        let e = create_certificate(ch().await, &csr, Some(&expired))
+            .await
+            .expect_err("expired");
+        assert!(e.message().contains("expired"), "{e}");
+        let forger = TokenIssuer::new("k1");
+        let forged = forger.token("default", "bookinfo-reviews", "istio-ca", 600, "k1");
+        let e = create_certificate(ch().await, &csr, Some(&forged))
+            .await
+            .expect_err("wrongly signed");
+        assert!(e.message().contains("signature"), "{e}");
+        let wrong_aud = issuer.token("default", "bookinfo-reviews", "kubernetes", 600, "k1");
+        let e = create_certificate(ch().await, &csr, Some(&wrong_aud))
+            .await
+            .expect_err("audience");
+        assert!(e.message().contains("audience"), "{e}");
+
+        // Never on the plaintext port.
+        let plain = Endpoint::try_from("http://127.0.0.1:15010")
+            .expect("e")
+            .connect()
+            .await
+            .expect("connect");
+        let e = create_certificate(plain, &csr, Some(&good))
+            .await
+            .expect_err("not on 15010");
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
+    });
+    // Counted.
+    let m = http_get("127.0.0.1:15014", "/metrics", &[])
+        .expect("metrics")
+        .body;
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{m}"))
+    };
+    assert_eq!(value("citadel_server_csr_count"), 7, "{m}");
+    assert_eq!(value("citadel_server_success_cert_issuance_count"), 2);
+    assert_eq!(value("citadel_server_authentication_failure_count"), 4);
+    assert_eq!(value("citadel_server_csr_sign_error_count"), 1);
+    assert!(value("citadel_server_root_cert_expiry_timestamp") > 0);
+    drop(meshd);
+    let _ = Duration::ZERO;
+}
