@@ -41,9 +41,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             interception,
             format,
             admin_port,
+            mtls,
         } => {
             let snap = load_snapshot(&config)?;
-            let proxy = cli_proxy(&proxy, &labels, &meta, interception)?;
+            let proxy = cli_proxy(&proxy, &labels, &meta, interception, mtls)?;
             let res = translate::generate(&snap, &proxy);
             let out = match format {
                 Format::ConfigDump => {
@@ -109,6 +110,7 @@ fn cli_proxy(
     labels: &[String],
     meta: &[String],
     interception: InterceptionArg,
+    mtls: bool,
 ) -> Result<Proxy> {
     let mut metadata: BTreeMap<String, Value> = BTreeMap::new();
     if !labels.is_empty() {
@@ -131,7 +133,9 @@ fn cli_proxy(
     metadata
         .entry("INTERCEPTION_MODE".into())
         .or_insert_with(|| Value::String(mode.into()));
-    Ok(Proxy::from_node(id, metadata)?)
+    let mut proxy = Proxy::from_node(id, metadata)?;
+    proxy.mtls_ready |= mtls;
+    Ok(proxy)
 }
 
 /// Parses a `--debounce`-style duration.

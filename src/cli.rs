@@ -75,6 +75,10 @@ pub enum Command {
         /// Admin port of the generated bootstrap.
         #[arg(long, default_value_t = 15000)]
         admin_port: u16,
+        /// Translate as for a proxy that gets its certificate (connected on 15012, or
+        /// istio-proxy): mTLS is configured.
+        #[arg(long)]
+        mtls: bool,
     },
     /// Print every diagnostic; exit status 1 if any is an error.
     Validate {

@@ -12,6 +12,7 @@ pub mod output;
 pub mod pb;
 pub mod route;
 pub mod secret;
+pub mod tls;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;

@@ -807,6 +807,29 @@ api! {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// security.istio.io
+// ---------------------------------------------------------------------------------------
+
+api_enum! {
+    pub enum MtlsMode { UNSET, DISABLE, PERMISSIVE, STRICT }
+}
+
+api! {
+    pub struct MutualTls {
+        pub mode: MtlsMode,
+    }
+}
+
+api! {
+    /// security.istio.io PeerAuthentication spec.
+    pub struct PeerAuthentication {
+        pub selector: Option<WorkloadSelector>,
+        pub mtls: Option<MutualTls>,
+        pub port_level_mtls: BTreeMap<u32, MutualTls>,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub enum Kind {
     ServiceEntry,
     Sidecar,
     WorkloadEntry,
+    PeerAuthentication,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -42,7 +43,6 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("networking.istio.io", "WorkloadGroup"),
     ("networking.istio.io", "ProxyConfig"),
     ("security.istio.io", "AuthorizationPolicy"),
-    ("security.istio.io", "PeerAuthentication"),
     ("security.istio.io", "RequestAuthentication"),
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
@@ -50,7 +50,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -63,6 +63,7 @@ impl Kind {
         Kind::ServiceEntry,
         Kind::Sidecar,
         Kind::WorkloadEntry,
+        Kind::PeerAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +80,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::Sidecar => "Sidecar",
             Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -87,6 +89,7 @@ impl Kind {
         match self {
             Kind::Namespace | Kind::Service | Kind::Pod | Kind::Endpoints | Kind::ConfigMap => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::PeerAuthentication => "security.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -95,6 +98,7 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
+            "security.istio.io" => &["v1", "v1beta1"],
             _ => NETWORKING_VERSIONS,
         }
     }
@@ -258,6 +262,7 @@ pub enum Spec {
     ServiceEntry(istio::ServiceEntry),
     Sidecar(istio::Sidecar),
     WorkloadEntry(istio::WorkloadEntry),
+    PeerAuthentication(istio::PeerAuthentication),
 }
 
 /// One stored configuration object.
@@ -597,6 +602,9 @@ fn parse_spec(
         Kind::ServiceEntry => Spec::ServiceEntry(istio_spec(key, spec, lines, origin)?),
         Kind::Sidecar => Spec::Sidecar(istio_spec(key, spec, lines, origin)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(istio_spec(key, spec, lines, origin)?),
+        Kind::PeerAuthentication => {
+            Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?)
+        }
         Kind::Namespace => Spec::Namespace,
         Kind::ConfigMap => {
             let data = map.remove("data").unwrap_or(Value::Null);

@@ -41,6 +41,10 @@ pub struct Proxy {
     /// Envoy extensions.
     pub istio_version: Option<String>,
     pub interception: Interception,
+    /// Whether the proxy can get its workload certificate (istio-proxy from its agent;
+    /// plain Envoy over SDS once authenticated on the TLS port): only then is it given
+    /// mTLS.
+    pub mtls_ready: bool,
     /// The whole node metadata, as JSON.
     pub metadata: BTreeMap<String, Value>,
 }
@@ -125,6 +129,7 @@ impl Proxy {
             labels,
             service_account: meta_str("SERVICE_ACCOUNT").unwrap_or_default(),
             cluster_id: meta_str("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+            mtls_ready: meta_str("ISTIO_VERSION").is_some_and(|v| !v.is_empty()),
             istio_version: meta_str("ISTIO_VERSION").filter(|v| !v.is_empty()),
             interception,
             metadata,

@@ -91,6 +91,13 @@ impl SidecarConfig {
     }
 }
 
+/// A PeerAuthentication.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerAuthenticationConfig {
+    pub key: ObjectKey,
+    pub spec: istio::PeerAuthentication,
+}
+
 /// A workload (Pod or WorkloadEntry) known to the registry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Workload {
@@ -151,6 +158,7 @@ pub struct Snapshot {
     pub destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
     pub gateways: Vec<Arc<GatewayConfig>>,
     pub sidecars: Vec<Arc<SidecarConfig>>,
+    pub peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
@@ -166,6 +174,7 @@ pub struct Snapshot {
     endpoint_hashes: BTreeMap<String, u64>,
     sidecar_hashes: BTreeMap<String, u64>,
     gateway_hash: u64,
+    peer_auth_hash: u64,
     /// Scopes computed for proxies, shared by all proxies with the same Sidecar.
     scopes: Mutex<ScopeCache>,
 }
@@ -196,6 +205,7 @@ impl Snapshot {
         b.build_virtual_services(previous);
         b.build_gateways();
         b.build_sidecars();
+        b.build_peer_authentications();
         b.finish(previous.map_or(1, |p| p.generation + 1))
     }
 
@@ -227,7 +237,7 @@ impl Snapshot {
             }
         }
         Changes {
-            full: self.mesh != old.mesh,
+            full: self.mesh != old.mesh || self.peer_auth_hash != old.peer_auth_hash,
             services: diff(&self.config_hashes, &old.config_hashes),
             routes: diff(&self.route_hashes, &old.route_hashes),
             policies: diff(&self.policy_hashes, &old.policy_hashes),
@@ -324,6 +334,38 @@ impl Snapshot {
             .min_by_key(|dr| rank(dr))
     }
 
+    /// The effective mTLS mode for a workload in `namespace` with `labels` on `port`:
+    /// workload policy (port-level first), else namespace policy, else the mesh policy in
+    /// the root namespace, else PERMISSIVE; UNSET defers to the next level.
+    pub fn mtls_mode(&self, namespace: &str, labels: &Labels, port: u16) -> istio::MtlsMode {
+        use istio::MtlsMode;
+        let set = |m: Option<&istio::MutualTls>| m.map(|m| m.mode).filter(|m| *m != MtlsMode::UNSET);
+        let workload = self.peer_authentications.iter().find(|p| {
+            p.key.namespace == namespace
+                && p.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| !s.match_labels.is_empty() && labels_match(&s.match_labels, labels))
+        });
+        if let Some(w) = workload {
+            if let Some(m) = set(w.spec.port_level_mtls.get(&u32::from(port))) {
+                return m;
+            }
+            if let Some(m) = set(w.spec.mtls.as_ref()) {
+                return m;
+            }
+        }
+        let level = |ns: &str| {
+            self.peer_authentications
+                .iter()
+                .find(|p| p.key.namespace == ns && p.spec.selector.is_none())
+                .and_then(|p| set(p.spec.mtls.as_ref()))
+        };
+        level(namespace)
+            .or_else(|| level(&self.mesh.root_namespace))
+            .unwrap_or(MtlsMode::PERMISSIVE)
+    }
+
     /// Workloads whose address is `ip`.
     pub fn workloads_at(&self, ip: &str) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads_by_ip
@@ -347,6 +389,7 @@ struct Builder {
     virtual_services: Vec<Arc<VirtualServiceConfig>>,
     gateways: Vec<Arc<GatewayConfig>>,
     sidecars: Vec<Arc<SidecarConfig>>,
+    peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
     pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
@@ -1251,6 +1294,39 @@ impl Builder {
         }
     }
 
+    fn build_peer_authentications(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::PeerAuthentication).cloned().collect();
+        for obj in objs {
+            let Spec::PeerAuthentication(spec) = &obj.spec else { continue };
+            if spec.selector.is_none() && !spec.port_level_mtls.is_empty() {
+                self.diags.push(
+                    obj.diag_warning(
+                        "spec.portLevelMtls",
+                        "portLevelMtls only applies to PeerAuthentications with a selector; ignored",
+                    )
+                    .hint("add `selector.matchLabels` for the workload whose ports it sets"),
+                );
+            }
+            let same_level = self.peer_authentications.iter().find(|p| {
+                p.key.namespace == obj.key.namespace && p.spec.selector.is_none() && spec.selector.is_none()
+            });
+            if let Some(first) = same_level {
+                self.diags.push(obj.diag_warning(
+                    "",
+                    format!(
+                        "namespace {} already has a PeerAuthentication without selector ({}); this one is ignored",
+                        obj.key.namespace, first.key
+                    ),
+                ));
+                continue;
+            }
+            self.peer_authentications.push(Arc::new(PeerAuthenticationConfig {
+                key: obj.key.clone(),
+                spec: spec.clone(),
+            }));
+        }
+    }
+
     fn finish(self, generation: u64) -> Snapshot {
         // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
         // and routes (VirtualServices), kept apart so a route change pushes only routes.
@@ -1287,6 +1363,9 @@ impl Builder {
             *e ^= hash_of(&**s);
         }
         let gateway_hash = hash_of(&self.gateways);
+        // PeerAuthentication shapes inbound chains and (through auto mTLS) every client's
+        // clusters: a change is mesh-wide.
+        let peer_auth_hash = hash_of(&self.peer_authentications);
         let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
             for a in &w.addresses {
@@ -1318,6 +1397,7 @@ impl Builder {
             destination_rules: self.destination_rules,
             gateways: self.gateways,
             sidecars: self.sidecars,
+            peer_authentications: self.peer_authentications,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,
@@ -1328,6 +1408,7 @@ impl Builder {
             endpoint_hashes,
             sidecar_hashes,
             gateway_hash,
+            peer_auth_hash,
             scopes: Mutex::new(HashMap::new()),
         }
     }

@@ -223,7 +223,79 @@ fn outbound_cluster(
     if let Some(p) = &policy {
         apply_policy(&mut c, p, port, svc);
     }
+    apply_tls(ctx, &mut c, svc, port.port, subset, policy.as_ref().and_then(|p| p.tls.as_ref()));
     c
+}
+
+/// The identities a service's endpoints run as, for verifying them over mTLS.
+fn peer_identities(ctx: &ProxyContext, svc: &Service) -> Vec<String> {
+    let mut ids: Vec<String> = svc.subject_alt_names.clone();
+    if let Some(eps) = ctx.snap.endpoints.get(&svc.hostname) {
+        for inst in &eps.instances {
+            if !inst.service_account.is_empty() && !inst.namespace.is_empty() {
+                ids.push(format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    ctx.snap.mesh.trust_domain, inst.namespace, inst.service_account
+                ));
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// DestinationRule `tls` (ISTIO_MUTUAL, DISABLE) or, when it says nothing, auto mTLS:
+/// mTLS to endpoints whose workloads have a sidecar (`tlsMode: istio`), plaintext to the
+/// rest, as istiod decides it.
+fn apply_tls(
+    ctx: &ProxyContext,
+    c: &mut Cluster,
+    svc: &Service,
+    port: u16,
+    subset: &str,
+    tls: Option<&istio::ClientTlsSettings>,
+) {
+    use super::tls;
+    let sni = || {
+        tls.map(|t| t.sni.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| tls::mesh_sni(port, subset, &svc.hostname))
+    };
+    match tls.map(|t| t.mode) {
+        Some(istio::ClientTlsMode::ISTIO_MUTUAL) => {
+            // Demanded by the user: configured even for a proxy without a certificate,
+            // whose connections then fail closed.
+            let mut ids = tls.map(|t| t.subject_alt_names.clone()).unwrap_or_default();
+            if ids.is_empty() {
+                ids = peer_identities(ctx, svc);
+            }
+            c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids));
+        }
+        // DISABLE; SIMPLE and MUTUAL origination are not supported yet (warned).
+        Some(_) => {}
+        None => {
+            let auto = ctx.snap.mesh.enable_auto_mtls
+                && ctx.proxy.mtls_ready
+                && !svc.mesh_external
+                && svc.resolution == Resolution::ClientSideLb;
+            if auto {
+                let ids = peer_identities(ctx, svc);
+                c.transport_socket_matches = vec![
+                    cl::cluster::TransportSocketMatch {
+                        name: "tlsMode-istio".into(),
+                        r#match: Some(pb::to_struct(&json!({"tlsMode": "istio"}))),
+                        transport_socket: Some(tls::upstream_mtls(ctx, &sni(), &ids)),
+                    },
+                    cl::cluster::TransportSocketMatch {
+                        name: "tlsMode-disabled".into(),
+                        r#match: Some(Default::default()),
+                        transport_socket: Some(tls::raw_buffer()),
+                    },
+                ];
+            }
+        }
+    }
 }
 
 /// `filter_metadata.istio`: which service a cluster is for (read by istio-proxy's stats

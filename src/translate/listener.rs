@@ -433,6 +433,47 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
     }
 }
 
+fn tls_inspector() -> ListenerFilter {
+    listener_filter(
+        "envoy.filters.listener.tls_inspector",
+        &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+    )
+}
+
+/// Inbound filter chains for `port` under the workload's PeerAuthentication: STRICT
+/// accepts only mTLS, PERMISSIVE mTLS and plaintext (told apart by the TLS inspector),
+/// DISABLE only plaintext. Returns the chains and whether they need the TLS inspector.
+fn inbound_chains(ctx: &ProxyContext, port: u16, protocol: Protocol, base: FilterChainMatch) -> (Vec<FilterChain>, bool) {
+    use crate::model::istio::MtlsMode;
+    let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
+    let name = naming::inbound_cluster(port);
+    let tls = || FilterChain {
+        name: format!("{name}-mtls"),
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: "tls".into(),
+            ..base.clone()
+        }),
+        transport_socket: Some(super::tls::downstream_mtls(ctx)),
+        filters: inbound_chain(ctx, port, protocol),
+        ..Default::default()
+    };
+    let plain = |transport: &str| FilterChain {
+        name: format!("{name}-plaintext"),
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: transport.into(),
+            ..base.clone()
+        }),
+        filters: inbound_chain(ctx, port, protocol),
+        ..Default::default()
+    };
+    match mode {
+        // Without its certificate a STRICT workload accepts nothing: it fails closed.
+        MtlsMode::STRICT => (vec![tls()], true),
+        MtlsMode::PERMISSIVE if ctx.proxy.mtls_ready => (vec![tls(), plain("raw_buffer")], true),
+        _ => (vec![plain("")], false),
+    }
+}
+
 fn virtual_inbound(ctx: &ProxyContext) -> Listener {
     let mut l = listener(
         naming::VIRTUAL_INBOUND.into(),
@@ -446,19 +487,21 @@ fn virtual_inbound(ctx: &ProxyContext) -> Listener {
         &original_dst::OriginalDst::default(),
     ));
     let bound: BTreeSet<u16> = bound_ingress_ports(ctx);
+    let mut inspect = false;
     for (port, protocol) in inbound_ports(ctx) {
         if bound.contains(&port) {
             continue;
         }
-        l.filter_chains.push(FilterChain {
-            name: naming::inbound_cluster(port),
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: pb::u32v(u32::from(port)),
-                ..Default::default()
-            }),
-            filters: inbound_chain(ctx, port, protocol),
+        let base = FilterChainMatch {
+            destination_port: pb::u32v(u32::from(port)),
             ..Default::default()
-        });
+        };
+        let (chains, tls) = inbound_chains(ctx, port, protocol, base);
+        inspect |= tls;
+        l.filter_chains.extend(chains);
+    }
+    if inspect {
+        l.listener_filters.push(tls_inspector());
     }
     // Ports no service declares pass straight through to the application.
     l.filter_chains.push(FilterChain {
@@ -504,10 +547,12 @@ fn bound_inbound_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             true,
             core::TrafficDirection::Inbound,
         );
-        l.filter_chains = vec![FilterChain {
-            filters: inbound_chain(ctx, port, Protocol::parse(&ing.port.protocol)),
-            ..Default::default()
-        }];
+        let (chains, tls) =
+            inbound_chains(ctx, port, Protocol::parse(&ing.port.protocol), FilterChainMatch::default());
+        l.filter_chains = chains;
+        if tls {
+            l.listener_filters.push(tls_inspector());
+        }
         out.push(l);
     }
     out

@@ -43,6 +43,7 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
     ctx.labels.hash(&mut h);
     ctx.proxy.interception.hash(&mut h);
     ctx.proxy.istio_version.is_some().hash(&mut h);
+    ctx.proxy.mtls_ready.hash(&mut h);
     ctx.scope.sidecar.as_ref().map(|s| &s.key).hash(&mut h);
     for t in &ctx.targets {
         t.service.hostname.hash(&mut h);

@@ -308,7 +308,12 @@ impl Stream {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let proxy = Arc::new(proxy_from_node(node)?);
+        let mut proxy = proxy_from_node(node)?;
+        if let PeerAuth::Authenticated(_) = &self.auth {
+            // It can fetch its certificate from us over SDS.
+            proxy.mtls_ready = true;
+        }
+        let proxy = Arc::new(proxy);
         match &self.auth {
             PeerAuth::Plaintext => {}
             PeerAuth::Refused(reason) => {

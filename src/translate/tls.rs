@@ -1,0 +1,153 @@
+//! mTLS: transport sockets for sidecars, with the workload certificate (`default`) and
+//! trust bundle (`ROOTCA`) from SDS — over ADS for plain Envoy, from the istio-agent's SDS
+//! server for istio-proxy, as each gets them.
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+
+use super::context::ProxyContext;
+use super::pb;
+use super::secret;
+
+/// ALPN istio-proxy and meshd-configured Envoys offer over mTLS: HTTP/2 first.
+const MTLS_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// Where a proxy fetches its secrets.
+pub fn sds_config(ctx: &ProxyContext) -> core::ConfigSource {
+    if ctx.is_istio_proxy() {
+        // istio-proxy's bootstrap defines `sds-grpc`: the agent's SDS socket.
+        core::ConfigSource {
+            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                core::ApiConfigSource {
+                    api_type: core::api_config_source::ApiType::Grpc as i32,
+                    transport_api_version: core::ApiVersion::V3 as i32,
+                    grpc_services: vec![core::GrpcService {
+                        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                            core::grpc_service::EnvoyGrpc {
+                                cluster_name: "sds-grpc".into(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    set_node_on_first_message_only: true,
+                    ..Default::default()
+                },
+            )),
+            initial_fetch_timeout: pb::secs(0),
+            resource_api_version: core::ApiVersion::V3 as i32,
+            ..Default::default()
+        }
+    } else {
+        core::ConfigSource {
+            // Not forever: a proxy that cannot get secrets must still finish starting
+            // (its TLS then fails closed) instead of waiting on one listener or cluster.
+            initial_fetch_timeout: pb::secs(10),
+            ..pb::ads_config_source()
+        }
+    }
+}
+
+fn sds(ctx: &ProxyContext, name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: Some(sds_config(ctx)),
+    }
+}
+
+fn uri_matcher(pattern: MatchPattern) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::Uri as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(pattern),
+            ignore_case: false,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Peers must present a certificate from our roots with a SAN matching `sans`.
+fn common(ctx: &ProxyContext, sans: Vec<SubjectAltNameMatcher>) -> CommonTlsContext {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, common_tls_context::CombinedCertificateValidationContext,
+    };
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds(ctx, secret::DEFAULT)],
+        validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(ctx, secret::ROOTCA)),
+                ..Default::default()
+            },
+        )),
+        alpn_protocols: MTLS_ALPN.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn transport_socket<T: prost::Message + prost::Name>(name: &str, msg: &T) -> core::TransportSocket {
+    core::TransportSocket {
+        name: name.to_string(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(pb::any(msg))),
+    }
+}
+
+/// Client side of mesh mTLS to a service: our identity out, the destination's service
+/// accounts (or any identity of our trust domain when none is known) verified.
+pub fn upstream_mtls(ctx: &ProxyContext, sni: &str, peer_identities: &[String]) -> core::TransportSocket {
+    let sans = if peer_identities.is_empty() {
+        vec![uri_matcher(MatchPattern::Prefix(format!(
+            "spiffe://{}/",
+            ctx.snap.mesh.trust_domain
+        )))]
+    } else {
+        peer_identities
+            .iter()
+            .map(|id| uri_matcher(MatchPattern::Exact(id.clone())))
+            .collect()
+    };
+    transport_socket(
+        "envoy.transport_sockets.tls",
+        &UpstreamTlsContext {
+            common_tls_context: Some(common(ctx, sans)),
+            sni: sni.to_string(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Server side of mesh mTLS: clients must present a certificate of our trust domain.
+pub fn downstream_mtls(ctx: &ProxyContext) -> core::TransportSocket {
+    let sans = vec![uri_matcher(MatchPattern::Prefix(format!(
+        "spiffe://{}/",
+        ctx.snap.mesh.trust_domain
+    )))];
+    transport_socket(
+        "envoy.transport_sockets.tls",
+        &DownstreamTlsContext {
+            common_tls_context: Some(common(ctx, sans)),
+            require_client_certificate: pb::boolv(true),
+            ..Default::default()
+        },
+    )
+}
+
+pub fn raw_buffer() -> core::TransportSocket {
+    transport_socket("envoy.transport_sockets.raw_buffer", &RawBuffer::default())
+}
+
+/// istiod's SNI for mesh traffic: `outbound_.PORT_.SUBSET_.HOST`.
+pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
+}
+
+/// The endpoint metadata key auto mTLS matches on.
+pub const TLS_MODE_KEY: &str = "envoy.transport_socket_match";
