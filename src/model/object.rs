@@ -602,9 +602,7 @@ fn parse_spec(
         Kind::ServiceEntry => Spec::ServiceEntry(istio_spec(key, spec, lines, origin)?),
         Kind::Sidecar => Spec::Sidecar(istio_spec(key, spec, lines, origin)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(istio_spec(key, spec, lines, origin)?),
-        Kind::PeerAuthentication => {
-            Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?)
-        }
+        Kind::PeerAuthentication => Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::ConfigMap => {
             let data = map.remove("data").unwrap_or(Value::Null);

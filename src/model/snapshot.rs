@@ -339,13 +339,13 @@ impl Snapshot {
     /// the root namespace, else PERMISSIVE; UNSET defers to the next level.
     pub fn mtls_mode(&self, namespace: &str, labels: &Labels, port: u16) -> istio::MtlsMode {
         use istio::MtlsMode;
-        let set = |m: Option<&istio::MutualTls>| m.map(|m| m.mode).filter(|m| *m != MtlsMode::UNSET);
+        let set =
+            |m: Option<&istio::MutualTls>| m.map(|m| m.mode).filter(|m| *m != MtlsMode::UNSET);
         let workload = self.peer_authentications.iter().find(|p| {
             p.key.namespace == namespace
-                && p.spec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| !s.match_labels.is_empty() && labels_match(&s.match_labels, labels))
+                && p.spec.selector.as_ref().is_some_and(|s| {
+                    !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
+                })
         });
         if let Some(w) = workload {
             if let Some(m) = set(w.spec.port_level_mtls.get(&u32::from(port))) {
@@ -1297,7 +1297,9 @@ impl Builder {
     fn build_peer_authentications(&mut self) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::PeerAuthentication).cloned().collect();
         for obj in objs {
-            let Spec::PeerAuthentication(spec) = &obj.spec else { continue };
+            let Spec::PeerAuthentication(spec) = &obj.spec else {
+                continue;
+            };
             if spec.selector.is_none() && !spec.port_level_mtls.is_empty() {
                 self.diags.push(
                     obj.diag_warning(
@@ -1308,7 +1310,9 @@ impl Builder {
                 );
             }
             let same_level = self.peer_authentications.iter().find(|p| {
-                p.key.namespace == obj.key.namespace && p.spec.selector.is_none() && spec.selector.is_none()
+                p.key.namespace == obj.key.namespace
+                    && p.spec.selector.is_none()
+                    && spec.selector.is_none()
             });
             if let Some(first) = same_level {
                 self.diags.push(obj.diag_warning(
@@ -1320,10 +1324,11 @@ impl Builder {
                 ));
                 continue;
             }
-            self.peer_authentications.push(Arc::new(PeerAuthenticationConfig {
-                key: obj.key.clone(),
-                spec: spec.clone(),
-            }));
+            self.peer_authentications
+                .push(Arc::new(PeerAuthenticationConfig {
+                    key: obj.key.clone(),
+                    spec: spec.clone(),
+                }));
         }
     }
 

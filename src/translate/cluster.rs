@@ -223,7 +223,14 @@ fn outbound_cluster(
     if let Some(p) = &policy {
         apply_policy(&mut c, p, port, svc);
     }
-    apply_tls(ctx, &mut c, svc, port.port, subset, policy.as_ref().and_then(|p| p.tls.as_ref()));
+    apply_tls(
+        ctx,
+        &mut c,
+        svc,
+        port,
+        subset,
+        policy.as_ref().and_then(|p| p.tls.as_ref()),
+    );
     c
 }
 
@@ -252,11 +259,21 @@ fn apply_tls(
     ctx: &ProxyContext,
     c: &mut Cluster,
     svc: &Service,
-    port: u16,
+    port: &Port,
     subset: &str,
     tls: Option<&istio::ClientTlsSettings>,
 ) {
     use super::tls;
+    // Offer exactly the protocol this cluster speaks: the server's HTTP connection
+    // manager chooses its codec from the negotiated ALPN.
+    let alpn: &[&str] = if port.protocol.is_http2() {
+        &["h2"]
+    } else if port.protocol.is_http() {
+        &["http/1.1"]
+    } else {
+        &[]
+    };
+    let port = port.port;
     let sni = || {
         tls.map(|t| t.sni.clone())
             .filter(|s| !s.is_empty())
@@ -270,7 +287,7 @@ fn apply_tls(
             if ids.is_empty() {
                 ids = peer_identities(ctx, svc);
             }
-            c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids));
+            c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn));
         }
         // DISABLE; SIMPLE and MUTUAL origination are not supported yet (warned).
         Some(_) => {}
@@ -285,7 +302,7 @@ fn apply_tls(
                     cl::cluster::TransportSocketMatch {
                         name: "tlsMode-istio".into(),
                         r#match: Some(pb::to_struct(&json!({"tlsMode": "istio"}))),
-                        transport_socket: Some(tls::upstream_mtls(ctx, &sni(), &ids)),
+                        transport_socket: Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn)),
                     },
                     cl::cluster::TransportSocketMatch {
                         name: "tlsMode-disabled".into(),

@@ -68,10 +68,27 @@ pub fn load_assignment(
             let Some(target) = inst.ports.get(&port) else {
                 continue;
             };
+            let mut ep = lb_endpoint(&inst.address, *target, inst.weight);
+            // Auto mTLS: mark endpoints whose workload has a sidecar that accepts mTLS on
+            // this port (its PeerAuthentication is not DISABLE).
+            if inst.tls_mode.as_deref() == Some("istio")
+                && snap.mtls_mode(&inst.namespace, &inst.labels, *target)
+                    != crate::model::istio::MtlsMode::DISABLE
+            {
+                ep.metadata = Some(core::Metadata {
+                    filter_metadata: [(
+                        super::tls::TLS_MODE_KEY.to_string(),
+                        pb::to_struct(&serde_json::json!({"tlsMode": "istio"})),
+                    )]
+                    .into_iter()
+                    .collect(),
+                    ..Default::default()
+                });
+            }
             by_locality
                 .entry(inst.locality.as_str())
                 .or_default()
-                .push(lb_endpoint(&inst.address, *target, inst.weight));
+                .push(ep);
         }
     }
     ClusterLoadAssignment {

@@ -443,7 +443,12 @@ fn tls_inspector() -> ListenerFilter {
 /// Inbound filter chains for `port` under the workload's PeerAuthentication: STRICT
 /// accepts only mTLS, PERMISSIVE mTLS and plaintext (told apart by the TLS inspector),
 /// DISABLE only plaintext. Returns the chains and whether they need the TLS inspector.
-fn inbound_chains(ctx: &ProxyContext, port: u16, protocol: Protocol, base: FilterChainMatch) -> (Vec<FilterChain>, bool) {
+fn inbound_chains(
+    ctx: &ProxyContext,
+    port: u16,
+    protocol: Protocol,
+    base: FilterChainMatch,
+) -> (Vec<FilterChain>, bool) {
     use crate::model::istio::MtlsMode;
     let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
     let name = naming::inbound_cluster(port);
@@ -547,8 +552,12 @@ fn bound_inbound_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             true,
             core::TrafficDirection::Inbound,
         );
-        let (chains, tls) =
-            inbound_chains(ctx, port, Protocol::parse(&ing.port.protocol), FilterChainMatch::default());
+        let (chains, tls) = inbound_chains(
+            ctx,
+            port,
+            Protocol::parse(&ing.port.protocol),
+            FilterChainMatch::default(),
+        );
         l.filter_chains = chains;
         if tls {
             l.listener_filters.push(tls_inspector());

@@ -14,31 +14,34 @@ use super::context::ProxyContext;
 use super::pb;
 use super::secret;
 
-/// ALPN istio-proxy and meshd-configured Envoys offer over mTLS: HTTP/2 first.
-const MTLS_ALPN: [&str; 2] = ["h2", "http/1.1"];
+/// ALPN a server sidecar accepts over mTLS. The HTTP connection manager picks its codec
+/// from the negotiated protocol, so a client offers exactly what it will speak.
+const SERVER_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
 /// Where a proxy fetches its secrets.
 pub fn sds_config(ctx: &ProxyContext) -> core::ConfigSource {
     if ctx.is_istio_proxy() {
         // istio-proxy's bootstrap defines `sds-grpc`: the agent's SDS socket.
         core::ConfigSource {
-            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::ApiConfigSource(
-                core::ApiConfigSource {
-                    api_type: core::api_config_source::ApiType::Grpc as i32,
-                    transport_api_version: core::ApiVersion::V3 as i32,
-                    grpc_services: vec![core::GrpcService {
-                        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
-                            core::grpc_service::EnvoyGrpc {
-                                cluster_name: "sds-grpc".into(),
-                                ..Default::default()
-                            },
-                        )),
+            config_source_specifier: Some(
+                core::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                    core::ApiConfigSource {
+                        api_type: core::api_config_source::ApiType::Grpc as i32,
+                        transport_api_version: core::ApiVersion::V3 as i32,
+                        grpc_services: vec![core::GrpcService {
+                            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                                core::grpc_service::EnvoyGrpc {
+                                    cluster_name: "sds-grpc".into(),
+                                    ..Default::default()
+                                },
+                            )),
+                            ..Default::default()
+                        }],
+                        set_node_on_first_message_only: true,
                         ..Default::default()
-                    }],
-                    set_node_on_first_message_only: true,
-                    ..Default::default()
-                },
-            )),
+                    },
+                ),
+            ),
             initial_fetch_timeout: pb::secs(0),
             resource_api_version: core::ApiVersion::V3 as i32,
             ..Default::default()
@@ -72,37 +75,49 @@ fn uri_matcher(pattern: MatchPattern) -> SubjectAltNameMatcher {
 }
 
 /// Peers must present a certificate from our roots with a SAN matching `sans`.
-fn common(ctx: &ProxyContext, sans: Vec<SubjectAltNameMatcher>) -> CommonTlsContext {
+fn common(ctx: &ProxyContext, sans: Vec<SubjectAltNameMatcher>, alpn: &[&str]) -> CommonTlsContext {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, common_tls_context::CombinedCertificateValidationContext,
     };
     CommonTlsContext {
         tls_certificate_sds_secret_configs: vec![sds(ctx, secret::DEFAULT)],
-        validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
-            CombinedCertificateValidationContext {
-                default_validation_context: Some(CertificateValidationContext {
-                    match_typed_subject_alt_names: sans,
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ctx, secret::ROOTCA)),
                     ..Default::default()
-                }),
-                validation_context_sds_secret_config: Some(sds(ctx, secret::ROOTCA)),
-                ..Default::default()
-            },
-        )),
-        alpn_protocols: MTLS_ALPN.iter().map(|s| s.to_string()).collect(),
+                },
+            ),
+        ),
+        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }
 
-pub fn transport_socket<T: prost::Message + prost::Name>(name: &str, msg: &T) -> core::TransportSocket {
+pub fn transport_socket<T: prost::Message + prost::Name>(
+    name: &str,
+    msg: &T,
+) -> core::TransportSocket {
     core::TransportSocket {
         name: name.to_string(),
-        config_type: Some(core::transport_socket::ConfigType::TypedConfig(pb::any(msg))),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(pb::any(
+            msg,
+        ))),
     }
 }
 
 /// Client side of mesh mTLS to a service: our identity out, the destination's service
 /// accounts (or any identity of our trust domain when none is known) verified.
-pub fn upstream_mtls(ctx: &ProxyContext, sni: &str, peer_identities: &[String]) -> core::TransportSocket {
+pub fn upstream_mtls(
+    ctx: &ProxyContext,
+    sni: &str,
+    peer_identities: &[String],
+    alpn: &[&str],
+) -> core::TransportSocket {
     let sans = if peer_identities.is_empty() {
         vec![uri_matcher(MatchPattern::Prefix(format!(
             "spiffe://{}/",
@@ -117,7 +132,7 @@ pub fn upstream_mtls(ctx: &ProxyContext, sni: &str, peer_identities: &[String]) 
     transport_socket(
         "envoy.transport_sockets.tls",
         &UpstreamTlsContext {
-            common_tls_context: Some(common(ctx, sans)),
+            common_tls_context: Some(common(ctx, sans, alpn)),
             sni: sni.to_string(),
             ..Default::default()
         },
@@ -133,7 +148,7 @@ pub fn downstream_mtls(ctx: &ProxyContext) -> core::TransportSocket {
     transport_socket(
         "envoy.transport_sockets.tls",
         &DownstreamTlsContext {
-            common_tls_context: Some(common(ctx, sans)),
+            common_tls_context: Some(common(ctx, sans, &SERVER_ALPN)),
             require_client_certificate: pb::boolv(true),
             ..Default::default()
         },

@@ -18,13 +18,14 @@ const PODS: [(&str, &str); 6] = [
 /// The address productpage's Envoy binds for outbound calls (Sidecar egress, captureMode NONE).
 const EGRESS: &str = "127.0.0.1:9080";
 
+// Fields drop in order: processes first, then the folders holding their logs.
 pub struct Bookinfo {
-    /// Logs and bootstraps (kept alive for the test).
-    pub _dir: TempDir,
-    pub config: TempDir,
     pub meshd: Meshd,
     pub envoy: Envoy,
     _backends: Backends,
+    pub config: TempDir,
+    /// Logs and bootstraps (kept alive for the test).
+    pub _dir: TempDir,
 }
 
 fn networking(name: &str) -> PathBuf {

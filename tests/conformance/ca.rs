@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::harness::*;
 
 /// A token issuer for tests: an EC key and its JWKS.
+#[derive(Debug)]
 pub struct TokenIssuer {
     key: KeyPair,
     pub jwks: String,

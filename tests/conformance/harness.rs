@@ -388,8 +388,50 @@ impl NodeSpec<'_> {
     }
 }
 
+/// How an Envoy reaches meshd.
+#[derive(Debug, Clone)]
+pub enum Xds {
+    /// 15010, plaintext.
+    Plain,
+    /// 15012, TLS trusting `root` (a file), authenticated with a bearer `token`.
+    Tls { root: PathBuf, token: String },
+}
+
+/// Everything about a test Envoy besides its node.
+#[derive(Debug, Clone)]
+pub struct EnvoyOpts {
+    pub ads: Ads,
+    pub admin_port: u16,
+    pub xds: Xds,
+    pub interception: &'static str,
+}
+
+impl Default for EnvoyOpts {
+    fn default() -> Self {
+        EnvoyOpts {
+            ads: Ads::Delta,
+            admin_port: 15000,
+            xds: Xds::Plain,
+            interception: "REDIRECT",
+        }
+    }
+}
+
 impl Envoy {
     pub fn start(node: &NodeSpec, ads: Ads, admin_port: u16, dir: &Path) -> Envoy {
+        Envoy::start_with(
+            node,
+            &EnvoyOpts {
+                ads,
+                admin_port,
+                ..Default::default()
+            },
+            dir,
+        )
+    }
+
+    pub fn start_with(node: &NodeSpec, opts: &EnvoyOpts, dir: &Path) -> Envoy {
+        let (ads, admin_port) = (opts.ads, opts.admin_port);
         let Some(bin) = envoy_bin() else {
             panic!("envoy binary not found (set ENVOY_BIN or run the README's test command)");
         };
@@ -413,7 +455,7 @@ impl Envoy {
                     "LABELS": labels,
                     "SERVICE_ACCOUNT": node.service_account,
                     "CLUSTER_ID": "Kubernetes",
-                    "INTERCEPTION_MODE": "REDIRECT",
+                    "INTERCEPTION_MODE": opts.interception,
                     "INSTANCE_IPS": node.ip,
                     "WORKLOAD_NAME": node.pod,
                     "NAME": node.pod,
@@ -425,7 +467,13 @@ impl Envoy {
                 "ads_config": {
                     "api_type": if ads == Ads::Delta { "DELTA_GRPC" } else { "GRPC" },
                     "transport_api_version": "V3",
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                    "grpc_services": [match &opts.xds {
+                        Xds::Plain => serde_json::json!({"envoy_grpc": {"cluster_name": "xds-grpc"}}),
+                        Xds::Tls { token, .. } => serde_json::json!({
+                            "envoy_grpc": {"cluster_name": "xds-grpc"},
+                            "initial_metadata": [{"key": "authorization", "value": format!("Bearer {token}")}],
+                        }),
+                    }],
                     "set_node_on_first_message_only": true,
                 },
                 "cds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -442,10 +490,31 @@ impl Envoy {
                     }
                 },
                 "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}}}
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": match opts.xds {
+                        Xds::Plain => 15010,
+                        Xds::Tls { .. } => 15012,
+                    }}}}}
                 ]}]}
             }]}
         });
+        let mut bootstrap = bootstrap;
+        if let Xds::Tls { root, .. } = &opts.xds {
+            // The control plane is istiod's name, verified against the mesh root.
+            bootstrap["static_resources"]["clusters"][0]["transport_socket"] = serde_json::json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "istiod.istio-system.svc",
+                    "common_tls_context": {
+                        "alpn_protocols": ["h2"],
+                        "validation_context": {
+                            "trusted_ca": {"filename": root.to_string_lossy()},
+                            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "istiod.istio-system.svc"}}]
+                        }
+                    }
+                }
+            });
+        }
         let path = dir.join(format!("envoy-{}.json", node.pod));
         std::fs::write(
             &path,

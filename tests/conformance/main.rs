@@ -8,3 +8,4 @@ mod bootstrap;
 mod ca;
 mod demo;
 mod harness;
+mod mtls;

@@ -1,0 +1,292 @@
+//! Mesh mTLS with two real Envoys: both authenticate to meshd on 15012 with service-account
+//! tokens, get their certificates over SDS, and talk mTLS; PeerAuthentication decides what
+//! the server accepts.
+
+use std::time::Duration;
+
+use crate::ca::TokenIssuer;
+use crate::harness::*;
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: productpage-v1, labels: {app: productpage, version: v1, security.istio.io/tlsMode: istio}}
+  spec: {serviceAccountName: bookinfo-productpage, containers: [{name: app, image: x}]}
+  status: {podIP: 127.0.0.10}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: reviews-v1, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}}
+  spec: {serviceAccountName: bookinfo-reviews, containers: [{name: app, image: x}]}
+  status: {podIP: 127.0.0.12}
+"#;
+
+/// reviews-v1's sidecar runs without iptables: it owns the pod address on 9080 and hands
+/// requests to the application on another loopback address.
+const REVIEWS_SIDECAR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews-v1}
+spec:
+  workloadSelector: {labels: {app: reviews, version: v1}}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    captureMode: NONE
+    defaultEndpoint: 127.0.1.12:9080
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.1.99
+    captureMode: NONE
+    hosts: ["./*"]
+"#;
+
+fn peer_authentication(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: reviews}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n  mtls: {{mode: {mode}}}\n"
+    )
+}
+
+// Fields drop in order: processes first, then the folders holding their logs.
+struct Mesh {
+    meshd: Meshd,
+    client: Envoy,
+    server: Envoy,
+    _backends: Backends,
+    _config: TempDir,
+    _dir: TempDir,
+}
+
+impl Mesh {
+    fn start(mode: &str) -> Option<Mesh> {
+        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+            return None;
+        }
+        if !isolate() {
+            return None;
+        }
+        let dir = TempDir::new("mtls");
+        let config = TempDir::new("mtls-config");
+        config.copy_from(
+            &repo().join("examples/bookinfo/services.yaml"),
+            "services.yaml",
+        );
+        config.copy_from(
+            &repo().join("examples/bookinfo/sidecar-productpage.yaml"),
+            "sidecar-productpage.yaml",
+        );
+        config.write("pods.yaml", PODS);
+        config.write("sidecar-reviews.yaml", REVIEWS_SIDECAR);
+        config.write("peer-authentication.yaml", &peer_authentication(mode));
+        let issuer = TokenIssuer::new("k1");
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, &issuer.jwks).expect("jwks");
+        let backends = Backends::start(&[("reviews-v1", "127.0.1.12")], 9080);
+        let meshd = Meshd::start(
+            config.path(),
+            dir.path(),
+            &["--ca-jwks", jwks.to_str().expect("utf8")],
+        );
+        let root = dir.path().join("ca/root-cert.pem");
+        let client = Envoy::start_with(
+            &NodeSpec {
+                kind: "sidecar",
+                ip: "127.0.0.10",
+                pod: "productpage-v1",
+                namespace: "default",
+                labels: &[("app", "productpage"), ("version", "v1")],
+                service_account: "bookinfo-productpage",
+            },
+            &EnvoyOpts {
+                xds: Xds::Tls {
+                    root: root.clone(),
+                    token: issuer.token("default", "bookinfo-productpage", "istio-ca", 3600, "k1"),
+                },
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        let server = Envoy::start_with(
+            &NodeSpec {
+                kind: "sidecar",
+                ip: "127.0.0.12",
+                pod: "reviews-v1",
+                namespace: "default",
+                labels: &[("app", "reviews"), ("version", "v1")],
+                service_account: "bookinfo-reviews",
+            },
+            &EnvoyOpts {
+                admin_port: 15100,
+                interception: "NONE",
+                xds: Xds::Tls {
+                    root,
+                    token: issuer.token("default", "bookinfo-reviews", "istio-ca", 3600, "k1"),
+                },
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        Some(Mesh {
+            _dir: dir,
+            _config: config,
+            meshd,
+            client,
+            server,
+            _backends: backends,
+        })
+    }
+
+    /// Through the client sidecar: (status, the client identity the server saw).
+    fn via_mesh(&self) -> Option<(u16, String)> {
+        let r = http_get("127.0.0.1:9080", "/", &[("Host", "reviews")]).ok()?;
+        let xfcc = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-seen-x-forwarded-client-cert")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Some((r.status, xfcc))
+    }
+
+    /// Straight to the server sidecar in plaintext, as a workload without a sidecar would.
+    fn plaintext_direct(&self) -> std::io::Result<HttpResponse> {
+        http_get("127.0.0.12:9080", "/", &[("Host", "reviews")])
+    }
+
+    fn handshakes(&self) -> u64 {
+        self.server
+            .stats("ssl.handshake")
+            .iter()
+            .filter(|(k, _)| k.starts_with("listener.127.0.0.12_9080"))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    fn assert_no_rejections(&self) {
+        for e in [&self.client, &self.server] {
+            let bad: Vec<_> = e
+                .stats("update_rejected")
+                .into_iter()
+                .filter(|(_, v)| *v > 0)
+                .collect();
+            assert!(bad.is_empty(), "{bad:?}");
+        }
+        let syncz = self.meshd.get_json("/debug/syncz");
+        for conn in syncz.as_array().expect("list") {
+            let sds = &conn["types"]["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"];
+            assert_eq!(
+                sds["sent_nonce"], sds["acked_nonce"],
+                "secrets ACKed: {conn}"
+            );
+            assert!(!sds["sent_nonce"].is_null(), "secrets were sent: {conn}");
+        }
+    }
+}
+
+const CLIENT_ID: &str = "URI=spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+
+fn wait_mesh(m: &Mesh) -> (u16, String) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(ok) = m.via_mesh().filter(|(s, _)| *s == 200) {
+            return ok;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            // Say why: TLS and connection counters of both sides.
+            let pick = |e: &Envoy| -> Vec<(String, u64)> {
+                e.stats("")
+                    .into_iter()
+                    .filter(|(k, v)| {
+                        *v > 0
+                            && (k.contains("ssl")
+                                || k.contains("cx_connect_fail")
+                                || k.contains("upstream_rq_")
+                                || k.contains("no_filter_chain")
+                                || k.contains("sds")
+                                || k.contains("init_fetch_timeout"))
+                    })
+                    .collect()
+            };
+            panic!(
+                "no request made it through both sidecars: last answer {:?}\nclient: {:?}\nserver: {:?}",
+                m.via_mesh(),
+                pick(&m.client),
+                pick(&m.server)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn permissive_mtls_between_sidecars_carries_the_client_identity() {
+    let Some(m) = Mesh::start("PERMISSIVE") else {
+        return;
+    };
+    let (_, xfcc) = wait_mesh(&m);
+    assert!(
+        xfcc.contains(CLIENT_ID),
+        "server saw the client's SPIFFE identity: {xfcc:?}"
+    );
+    assert!(m.handshakes() > 0, "the request crossed mTLS");
+    // PERMISSIVE: a plaintext client is served too, with no identity.
+    let r = m.plaintext_direct().expect("plaintext accepted");
+    assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"));
+    assert!(
+        !r.headers
+            .iter()
+            .any(|(k, _)| k == "x-seen-x-forwarded-client-cert")
+    );
+    // Each proxy got its own certificate over SDS.
+    let certs = http_get(&m.client.admin, "/certs", &[])
+        .expect("certs")
+        .body;
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+        "{certs}"
+    );
+    assert!(!certs.contains("bookinfo-reviews"), "only its own: {certs}");
+    let certs = http_get(&m.server.admin, "/certs", &[])
+        .expect("certs")
+        .body;
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/default/sa/bookinfo-reviews"),
+        "{certs}"
+    );
+    m.assert_no_rejections();
+}
+
+#[test]
+fn strict_refuses_plaintext() {
+    let Some(m) = Mesh::start("STRICT") else {
+        return;
+    };
+    let (_, xfcc) = wait_mesh(&m);
+    assert!(xfcc.contains(CLIENT_ID), "{xfcc:?}");
+    // Closed without an HTTP answer.
+    if let Ok(r) = m.plaintext_direct() {
+        panic!("STRICT served a plaintext client: {} {}", r.status, r.body);
+    }
+    m.assert_no_rejections();
+}
+
+#[test]
+fn disable_means_plaintext_only() {
+    let Some(m) = Mesh::start("DISABLE") else {
+        return;
+    };
+    let (_, xfcc) = wait_mesh(&m);
+    assert!(
+        xfcc.is_empty(),
+        "no mTLS, so no client certificate: {xfcc:?}"
+    );
+    assert_eq!(
+        m.handshakes(),
+        0,
+        "auto mTLS saw DISABLE and sent plaintext"
+    );
+    let r = m.plaintext_direct().expect("plaintext accepted");
+    assert_eq!(r.status, 200);
+    m.assert_no_rejections();
+}
