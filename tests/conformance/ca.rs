@@ -307,3 +307,128 @@ fn csr_api_issues_verifiable_certificates_and_refuses_impostors() {
     drop(meshd);
     let _ = Duration::ZERO;
 }
+
+/// SDS on 15012 gives a proxy its own secrets and nothing else.
+#[test]
+fn sds_serves_only_the_callers_own_secrets() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    };
+    use prost::Message;
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("sds");
+    let config = TempDir::new("sds-config");
+    config.copy_from(
+        &repo().join("examples/bookinfo/services.yaml"),
+        "services.yaml",
+    );
+    let issuer = TokenIssuer::new("k1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &issuer.jwks).expect("jwks");
+    let _meshd = Meshd::start(
+        config.path(),
+        dir.path(),
+        &["--ca-jwks", jwks.to_str().expect("utf8")],
+    );
+    let root = std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).expect("root");
+    let token = issuer.token("default", "bookinfo-reviews", "istio-ca", 600, "k1");
+    let node = |ns: &str| Node {
+        id: format!("sidecar~127.0.0.12~reviews-v1.{ns}~{ns}.svc.cluster.local"),
+        metadata: Some(meshd::translate::pb::to_struct(
+            &serde_json::json!({"NAMESPACE": ns}),
+        )),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let open = |node: Node, token: Option<String>| {
+            let root = root.clone();
+            async move {
+                let ch = tls_channel("127.0.0.1:15012", &root, None).await;
+                let mut client = AggregatedDiscoveryServiceClient::new(ch);
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tx.send(DiscoveryRequest {
+                    node: Some(node),
+                    type_url: meshd::translate::type_url::SECRET.into(),
+                    resource_names: vec![
+                        "default".into(),
+                        "ROOTCA".into(),
+                        "kubernetes://ratings-credential".into(),
+                        "spiffe://cluster.local/ns/default/sa/bookinfo-ratings".into(),
+                    ],
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+                let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                if let Some(t) = token {
+                    req.metadata_mut()
+                        .insert("authorization", format!("Bearer {t}").parse().expect("h"));
+                }
+                let mut stream = client
+                    .stream_aggregated_resources(req)
+                    .await
+                    .expect("stream")
+                    .into_inner();
+                let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                    .await
+                    .expect("answer");
+                (first, tx)
+            }
+        };
+        // Authenticated as default/bookinfo-reviews: its own certificate and the root only.
+        let (first, _tx) = open(node("default"), Some(token.clone())).await;
+        let resp = first.expect("ok").expect("a response");
+        let secrets: Vec<Secret> = resp
+            .resources
+            .iter()
+            .map(|a| Secret::decode(a.value.as_slice()).expect("secret"))
+            .collect();
+        let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ROOTCA", "default"], "only its own secrets");
+        let Some(secret::Type::TlsCertificate(tls)) = &secrets[1].r#type else {
+            panic!("default is a certificate")
+        };
+        let Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(
+            chain,
+        )) = tls
+            .certificate_chain
+            .as_ref()
+            .and_then(|d| d.specifier.clone())
+        else {
+            panic!("inline chain")
+        };
+        let leaf = pem::parse(&chain).expect("pem");
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).expect("x509");
+        let san = cert.subject_alternative_name().expect("ok").expect("san");
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            "[URI(\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\")]"
+        );
+
+        // A node claiming another namespace than its credentials: refused.
+        let (first, _tx) = open(node("other"), Some(token.clone())).await;
+        let e = first.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(e.message().contains("claims namespace other"), "{e}");
+
+        // No credentials at all: refused.
+        let (first, _tx) = open(node("default"), None).await;
+        let e = first.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    });
+    let m = http_get("127.0.0.1:15014", "/metrics", &[])
+        .expect("metrics")
+        .body;
+    assert!(
+        m.contains("meshd_sds_refusals 2\n"),
+        "both foreign secrets counted:\n{m}"
+    );
+}
