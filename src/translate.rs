@@ -2,6 +2,7 @@
 //! I/O, no clocks, no HashMap iteration into output: the same inputs give byte-identical
 //! protobuf (see [`pb::canonical`]).
 
+pub mod authz;
 pub mod cluster;
 pub mod context;
 pub mod endpoint;

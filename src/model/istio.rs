@@ -830,6 +830,98 @@ api! {
     }
 }
 
+api_enum! {
+    pub enum AuthorizationAction { ALLOW, DENY, AUDIT, CUSTOM }
+}
+
+api! {
+    /// A Gateway API style reference to the object a policy attaches to.
+    pub struct PolicyTargetReference {
+        pub group: String,
+        pub kind: String,
+        pub name: String,
+        pub namespace: String,
+    }
+}
+
+api! {
+    /// security.istio.io AuthorizationPolicy spec.
+    pub struct AuthorizationPolicy {
+        pub selector: Option<WorkloadSelector>,
+        pub target_ref: Option<PolicyTargetReference>,
+        pub target_refs: Vec<PolicyTargetReference>,
+        pub rules: Option<Vec<AuthzRule>>,
+        pub action: AuthorizationAction,
+        pub provider: Option<ExtensionProviderRef>,
+    }
+}
+
+api! {
+    pub struct ExtensionProviderRef {
+        pub name: String,
+    }
+}
+
+api! {
+    pub struct AuthzRule {
+        pub from: Vec<RuleFrom>,
+        pub to: Vec<RuleTo>,
+        pub when: Vec<Condition>,
+    }
+}
+
+api! {
+    pub struct RuleFrom {
+        pub source: Option<Source>,
+    }
+}
+
+api! {
+    pub struct RuleTo {
+        pub operation: Option<Operation>,
+    }
+}
+
+api! {
+    pub struct Source {
+        pub principals: Vec<String>,
+        pub not_principals: Vec<String>,
+        pub request_principals: Vec<String>,
+        pub not_request_principals: Vec<String>,
+        pub namespaces: Vec<String>,
+        pub not_namespaces: Vec<String>,
+        pub ip_blocks: Vec<String>,
+        pub not_ip_blocks: Vec<String>,
+        pub remote_ip_blocks: Vec<String>,
+        pub not_remote_ip_blocks: Vec<String>,
+        pub service_accounts: Vec<String>,
+        pub not_service_accounts: Vec<String>,
+        pub trust_domains: Vec<String>,
+        pub not_trust_domains: Vec<String>,
+    }
+}
+
+api! {
+    pub struct Operation {
+        pub hosts: Vec<String>,
+        pub not_hosts: Vec<String>,
+        pub ports: Vec<String>,
+        pub not_ports: Vec<String>,
+        pub methods: Vec<String>,
+        pub not_methods: Vec<String>,
+        pub paths: Vec<String>,
+        pub not_paths: Vec<String>,
+    }
+}
+
+api! {
+    pub struct Condition {
+        pub key: String,
+        pub values: Vec<String>,
+        pub not_values: Vec<String>,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

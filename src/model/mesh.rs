@@ -25,6 +25,10 @@ pub struct MeshConfig {
     pub access_log_encoding: String,
     pub access_log_format: String,
     pub dns_refresh_rate: Duration,
+    /// Other trust domains whose identities count as ours (`trustDomainAliases`).
+    pub trust_domain_aliases: Vec<String>,
+    /// `extensionProviders` meshd acts on (external authorization).
+    pub extension_providers: Vec<ExtensionProvider>,
     /// Kubernetes DNS suffix (not a MeshConfig field in istio: istiod's --domain flag).
     pub domain_suffix: String,
     /// The whole mesh config as given.
@@ -46,6 +50,8 @@ impl Default for MeshConfig {
             access_log_encoding: "TEXT".into(),
             access_log_format: String::new(),
             dns_refresh_rate: Duration(std::time::Duration::from_secs(60)),
+            trust_domain_aliases: vec![],
+            extension_providers: vec![],
             domain_suffix: "cluster.local".into(),
             raw: Value::Object(Default::default()),
         }
@@ -67,6 +73,55 @@ struct MeshConfigWire {
     access_log_encoding: Option<String>,
     access_log_format: Option<String>,
     dns_refresh_rate: Option<Duration>,
+    trust_domain_aliases: Option<Vec<String>>,
+    extension_providers: Option<Vec<ExtensionProvider>>,
+}
+
+/// A `meshConfig.extensionProviders` entry (only the external authorization kinds are
+/// typed; tracing and logging providers are kept in `raw`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtensionProvider {
+    pub name: String,
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
+    pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzBody {
+    pub max_request_bytes: u32,
+    pub allow_partial_message: bool,
+    pub pack_as_bytes: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzGrpc {
+    pub service: String,
+    pub port: u32,
+    pub timeout: Option<Duration>,
+    pub fail_open: bool,
+    pub status_on_error: String,
+    pub include_request_body_in_check: Option<ExtAuthzBody>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzHttp {
+    pub service: String,
+    pub port: u32,
+    pub timeout: Option<Duration>,
+    pub path_prefix: String,
+    pub fail_open: bool,
+    pub status_on_error: String,
+    pub include_request_headers_in_check: Vec<String>,
+    pub include_headers_in_check: Vec<String>,
+    pub include_additional_headers_in_check: std::collections::BTreeMap<String, String>,
+    pub include_request_body_in_check: Option<ExtAuthzBody>,
+    pub headers_to_upstream_on_allow: Vec<String>,
+    pub headers_to_downstream_on_deny: Vec<String>,
+    pub headers_to_downstream_on_allow: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -103,6 +158,8 @@ impl MeshConfig {
             access_log_encoding: wire.access_log_encoding.unwrap_or(d.access_log_encoding),
             access_log_format: wire.access_log_format.unwrap_or(d.access_log_format),
             dns_refresh_rate: wire.dns_refresh_rate.unwrap_or(d.dns_refresh_rate),
+            trust_domain_aliases: wire.trust_domain_aliases.unwrap_or_default(),
+            extension_providers: wire.extension_providers.unwrap_or_default(),
             domain_suffix: domain_suffix.to_string(),
             raw: value,
         })

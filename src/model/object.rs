@@ -32,6 +32,7 @@ pub enum Kind {
     Sidecar,
     WorkloadEntry,
     PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -42,7 +43,6 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("networking.istio.io", "EnvoyFilter"),
     ("networking.istio.io", "WorkloadGroup"),
     ("networking.istio.io", "ProxyConfig"),
-    ("security.istio.io", "AuthorizationPolicy"),
     ("security.istio.io", "RequestAuthentication"),
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
@@ -50,7 +50,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -64,6 +64,7 @@ impl Kind {
         Kind::Sidecar,
         Kind::WorkloadEntry,
         Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +82,7 @@ impl Kind {
             Kind::Sidecar => "Sidecar",
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -89,7 +91,7 @@ impl Kind {
         match self {
             Kind::Namespace | Kind::Service | Kind::Pod | Kind::Endpoints | Kind::ConfigMap => "",
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::PeerAuthentication => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -263,6 +265,7 @@ pub enum Spec {
     Sidecar(istio::Sidecar),
     WorkloadEntry(istio::WorkloadEntry),
     PeerAuthentication(istio::PeerAuthentication),
+    AuthorizationPolicy(istio::AuthorizationPolicy),
 }
 
 /// One stored configuration object.
@@ -603,6 +606,9 @@ fn parse_spec(
         Kind::Sidecar => Spec::Sidecar(istio_spec(key, spec, lines, origin)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(istio_spec(key, spec, lines, origin)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?),
+        Kind::AuthorizationPolicy => {
+            Spec::AuthorizationPolicy(istio_spec(key, spec, lines, origin)?)
+        }
         Kind::Namespace => Spec::Namespace,
         Kind::ConfigMap => {
             let data = map.remove("data").unwrap_or(Value::Null);

@@ -433,6 +433,28 @@ fn map_entry_key(entry: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
+/// Envoy JSON → protobuf bytes of message `type_name` (for configuration built as JSON).
+pub fn json_to_bytes(type_name: &str, v: &serde_json::Value) -> Result<Vec<u8>, String> {
+    let desc = pool()
+        .get_message_by_name(type_name)
+        .ok_or_else(|| format!("unknown message {type_name}"))?;
+    let msg =
+        prost_reflect::DynamicMessage::deserialize(desc, v.clone()).map_err(|e| e.to_string())?;
+    Ok(msg.encode_to_vec())
+}
+
+/// Envoy JSON in one normal form (defaults dropped, camelCase), for comparing configs.
+pub fn normalize_json(type_name: &str, v: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let desc = pool()
+        .get_message_by_name(type_name)
+        .ok_or_else(|| format!("unknown message {type_name}"))?;
+    let msg =
+        prost_reflect::DynamicMessage::deserialize(desc, v.clone()).map_err(|e| e.to_string())?;
+    let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts)
+        .map_err(|e| e.to_string())
+}
+
 /// Renders an `Any` as Envoy's JSON (camelCase, `@type`), via the descriptor pool.
 pub fn any_to_json(any: &gpb::Any) -> serde_json::Value {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
