@@ -863,6 +863,10 @@ mod tests {
         ));
         assert_eq!(
             lookup_type("security.istio.io/v1", "AuthorizationPolicy"),
+            TypeLookup::Known(Kind::AuthorizationPolicy)
+        );
+        assert_eq!(
+            lookup_type("telemetry.istio.io/v1", "Telemetry"),
             TypeLookup::NotYetSupported
         );
     }

@@ -159,6 +159,8 @@ pub struct Snapshot {
     pub gateways: Vec<Arc<GatewayConfig>>,
     pub sidecars: Vec<Arc<SidecarConfig>>,
     pub peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
+    /// AuthorizationPolicies in key order (root namespace ones apply mesh-wide).
+    pub authorization_policies: Vec<Arc<Object>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
@@ -206,6 +208,7 @@ impl Snapshot {
         b.build_gateways();
         b.build_sidecars();
         b.build_peer_authentications();
+        b.build_authorization_policies();
         b.finish(previous.map_or(1, |p| p.generation + 1))
     }
 
@@ -366,6 +369,33 @@ impl Snapshot {
             .unwrap_or(MtlsMode::PERMISSIVE)
     }
 
+    /// The AuthorizationPolicies that apply to a workload: the root namespace's (all
+    /// workloads, or those its selector matches) and its own namespace's.
+    pub fn authorization_policies_for(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+    ) -> Vec<&Arc<Object>> {
+        let mut out: Vec<&Arc<Object>> = self
+            .authorization_policies
+            .iter()
+            .filter(|o| o.key.namespace == self.mesh.root_namespace || o.key.namespace == namespace)
+            .filter(|o| match &o.spec {
+                Spec::AuthorizationPolicy(p) => {
+                    p.target_ref.is_none()
+                        && p.target_refs.is_empty()
+                        && p.selector
+                            .as_ref()
+                            .is_none_or(|s| labels_match(&s.match_labels, labels))
+                }
+                _ => false,
+            })
+            .collect();
+        // Root namespace first, as istiod orders them.
+        out.sort_by_key(|o| (o.key.namespace != self.mesh.root_namespace, o.key.clone()));
+        out
+    }
+
     /// Workloads whose address is `ip`.
     pub fn workloads_at(&self, ip: &str) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads_by_ip
@@ -390,6 +420,7 @@ struct Builder {
     gateways: Vec<Arc<GatewayConfig>>,
     sidecars: Vec<Arc<SidecarConfig>>,
     peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
+    authorization_policies: Vec<Arc<Object>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
     pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
@@ -1332,6 +1363,23 @@ impl Builder {
         }
     }
 
+    fn build_authorization_policies(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::AuthorizationPolicy).cloned().collect();
+        for obj in objs {
+            let Spec::AuthorizationPolicy(spec) = &obj.spec else {
+                continue;
+            };
+            let diags = validate::authorization_policy(&obj, spec, &self.mesh);
+            let failed = diags.iter().any(Diagnostic::is_error);
+            self.diags.extend(diags);
+            if failed {
+                self.objects.remove(&obj.key);
+                continue;
+            }
+            self.authorization_policies.push(obj);
+        }
+    }
+
     fn finish(self, generation: u64) -> Snapshot {
         // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
         // and routes (VirtualServices), kept apart so a route change pushes only routes.
@@ -1370,7 +1418,14 @@ impl Builder {
         let gateway_hash = hash_of(&self.gateways);
         // PeerAuthentication shapes inbound chains and (through auto mTLS) every client's
         // clusters: a change is mesh-wide.
-        let peer_auth_hash = hash_of(&self.peer_authentications);
+        let peer_auth_hash = xxhash_rust::xxh3::xxh3_64(
+            &[
+                hash_of(&self.peer_authentications).to_le_bytes(),
+                // Authorization shapes inbound chains of the workloads it selects.
+                hash_of(&self.authorization_policies).to_le_bytes(),
+            ]
+            .concat(),
+        );
         let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
             for a in &w.addresses {
@@ -1403,6 +1458,7 @@ impl Builder {
             gateways: self.gateways,
             sidecars: self.sidecars,
             peer_authentications: self.peer_authentications,
+            authorization_policies: self.authorization_policies,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

@@ -476,3 +476,96 @@ pub fn service_entry(obj: &Object, se: &istio::ServiceEntry) -> Vec<Diagnostic> 
     }
     out
 }
+
+/// AuthorizationPolicy rules from istio's `ValidateAuthorizationPolicy`.
+pub fn authorization_policy(
+    obj: &Object,
+    p: &istio::AuthorizationPolicy,
+    mesh: &super::mesh::MeshConfig,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if p.target_ref.is_some() || !p.target_refs.is_empty() {
+        not_yet(
+            obj,
+            "spec.targetRef",
+            "targetRef (Gateway API attachment)",
+            &mut out,
+        );
+    }
+    match (&p.action, &p.provider) {
+        (istio::AuthorizationAction::CUSTOM, None) => out.push(
+            obj.diag_error("spec.provider", "a CUSTOM policy needs a provider")
+                .hint("name one of meshConfig.extensionProviders"),
+        ),
+        (istio::AuthorizationAction::CUSTOM, Some(pr))
+            if !mesh.extension_providers.iter().any(|e| e.name == pr.name) =>
+        {
+            out.push(
+                obj.diag_warning(
+                    "spec.provider.name",
+                    format!(
+                        "extension provider {:?} is not in meshConfig.extensionProviders",
+                        pr.name
+                    ),
+                )
+                .hint("requests this policy selects are denied until the provider exists"),
+            )
+        }
+        (a, Some(_)) if *a != istio::AuthorizationAction::CUSTOM => out.push(obj.diag_error(
+            "spec.provider",
+            "provider is only allowed with action CUSTOM",
+        )),
+        _ => {}
+    }
+    const KEYS: [&str; 10] = [
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+    ];
+    for (i, r) in p.rules.iter().flatten().enumerate() {
+        for (j, c) in r.when.iter().enumerate() {
+            let k = c.key.as_str();
+            let known = KEYS.contains(&k)
+                || k.starts_with("request.headers[")
+                || k.starts_with("request.auth.claims[")
+                || k.starts_with("experimental.envoy.filters.");
+            if !known {
+                out.push(
+                    obj.diag_error(
+                        &format!("spec.rules[{i}].when[{j}].key"),
+                        format!("unknown condition key {k:?}"),
+                    )
+                    .hint(
+                        "see Istio's authorization conditions: source.ip, request.headers[NAME], …",
+                    ),
+                );
+            }
+            if c.values.is_empty() && c.not_values.is_empty() {
+                out.push(obj.diag_error(
+                    &format!("spec.rules[{i}].when[{j}]"),
+                    "a condition needs values or notValues",
+                ));
+            }
+        }
+        for (j, t) in r.to.iter().enumerate() {
+            if let Some(o) = &t.operation {
+                for port in o.ports.iter().chain(o.not_ports.iter()) {
+                    if port.parse::<u16>().is_err() {
+                        out.push(obj.diag_error(
+                            &format!("spec.rules[{i}].to[{j}].operation.ports"),
+                            format!("{port:?} is not a port number"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}

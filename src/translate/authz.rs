@@ -952,3 +952,45 @@ pub fn build(policies: &[PolicyInput], opts: &AuthzOptions, tcp: bool) -> Vec<Va
     }
     out
 }
+
+/// The authorization filters of a sidecar's inbound chains (HTTP or TCP), from the
+/// snapshot's AuthorizationPolicies for this workload.
+pub fn for_workload(ctx: &super::ProxyContext, tcp: bool) -> Vec<Value> {
+    let snap = ctx.snap;
+    let objs = snap.authorization_policies_for(&ctx.proxy.namespace, &ctx.labels);
+    if objs.is_empty() {
+        return vec![];
+    }
+    let inputs: Vec<PolicyInput> = objs
+        .iter()
+        .filter_map(|o| match &o.spec {
+            crate::model::Spec::AuthorizationPolicy(spec) => Some(PolicyInput {
+                namespace: &o.key.namespace,
+                name: &o.key.name,
+                spec,
+                dry_run: o
+                    .annotations
+                    .get("istio.io/dry-run")
+                    .is_some_and(|v| v == "true"),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut trust_domains = vec![snap.mesh.trust_domain.clone()];
+    trust_domains.extend(snap.mesh.trust_domain_aliases.iter().cloned());
+    if trust_domains.len() < 2 {
+        trust_domains.clear();
+    }
+    let exists = |ns: Option<&str>, host: &str| {
+        snap.services
+            .get(host)
+            .is_some_and(|s| ns.is_none_or(|n| n == s.namespace))
+    };
+    let opts = AuthzOptions {
+        namespace: &ctx.proxy.namespace,
+        trust_domains,
+        providers: &snap.mesh.extension_providers,
+        service_exists: &exists,
+    };
+    build(&inputs, &opts, tcp)
+}

@@ -127,11 +127,20 @@ pub fn http_connection_manager(
             Routes::Inline(rc) => RouteSpecifier::RouteConfig(*rc),
         }),
         // CORS answers preflights before faults are injected; the router is last.
-        http_filters: vec![
-            http_filter(route::CORS_FILTER, &cors::Cors::default()),
-            http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
-            http_filter("envoy.filters.http.router", &router::Router::default()),
-        ],
+        http_filters: {
+            // Authentication and authorization decide before anything else runs.
+            let mut f = if inbound {
+                inbound_security_filters(ctx)
+            } else {
+                Vec::new()
+            };
+            f.extend([
+                http_filter(route::CORS_FILTER, &cors::Cors::default()),
+                http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
+                http_filter("envoy.filters.http.router", &router::Router::default()),
+            ]);
+            f
+        },
         access_log: access_logs(ctx),
         // Sidecars trust the connection's peer; gateways are the edge and use the
         // client address.
@@ -429,8 +438,44 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
             true,
         )]
     } else {
-        vec![tcp_proxy(ctx, &cluster)]
+        let mut filters: Vec<Filter> = super::authz::for_workload(ctx, true)
+            .iter()
+            .filter_map(|v| decode_json::<Filter>("envoy.config.listener.v3.Filter", v))
+            .collect();
+        filters.push(tcp_proxy(ctx, &cluster));
+        filters
     }
+}
+
+/// Envoy JSON (as the authorization builder writes it) → a protobuf message.
+fn decode_json<T: prost::Message + Default>(type_name: &str, v: &serde_json::Value) -> Option<T> {
+    match pb::json_to_bytes(type_name, v)
+        .and_then(|b| T::decode(b.as_slice()).map_err(|e| e.to_string()))
+    {
+        Ok(m) => Some(m),
+        Err(e) => {
+            // The builder's output is checked against istiod's goldens; this is a bug.
+            tracing::error!(error = %e, "generated authorization filter does not parse");
+            None
+        }
+    }
+}
+
+/// jwt_authn (RequestAuthentication) and the RBAC / ext_authz filters of the
+/// workload's AuthorizationPolicies.
+fn inbound_security_filters(ctx: &ProxyContext) -> Vec<HttpFilter> {
+    let mut out: Vec<HttpFilter> = Vec::new();
+    out.extend(
+        super::authz::for_workload(ctx, false)
+            .iter()
+            .filter_map(|v| {
+                decode_json::<HttpFilter>(
+                    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+                    v,
+                )
+            }),
+    );
+    out
 }
 
 fn tls_inspector() -> ListenerFilter {

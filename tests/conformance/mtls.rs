@@ -60,6 +60,11 @@ struct Mesh {
 
 impl Mesh {
     fn start(mode: &str) -> Option<Mesh> {
+        Mesh::start_with(mode, &[])
+    }
+
+    /// With extra configuration files (name, text) in the watched folder.
+    fn start_with(mode: &str, extra: &[(&str, &str)]) -> Option<Mesh> {
         if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
             return None;
         }
@@ -79,6 +84,9 @@ impl Mesh {
         config.write("pods.yaml", PODS);
         config.write("sidecar-reviews.yaml", REVIEWS_SIDECAR);
         config.write("peer-authentication.yaml", &peer_authentication(mode));
+        for (name, text) in extra {
+            config.write(name, text);
+        }
         let issuer = TokenIssuer::new("k1");
         let jwks = dir.path().join("jwks.json");
         std::fs::write(&jwks, &issuer.jwks).expect("jwks");
@@ -139,19 +147,28 @@ impl Mesh {
 
     /// Through the client sidecar: (status, the client identity the server saw).
     fn via_mesh(&self) -> Option<(u16, String)> {
-        let r = http_get("127.0.0.1:9080", "/", &[("Host", "reviews")]).ok()?;
+        self.get_via_mesh("/").map(|(s, x, _)| (s, x))
+    }
+
+    /// Through the client sidecar: (status, client identity the server saw, body).
+    fn get_via_mesh(&self, path: &str) -> Option<(u16, String, String)> {
+        let r = http_get("127.0.0.1:9080", path, &[("Host", "reviews")]).ok()?;
         let xfcc = r
             .headers
             .iter()
             .find(|(k, _)| k == "x-seen-x-forwarded-client-cert")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        Some((r.status, xfcc))
+        Some((r.status, xfcc, r.body))
     }
 
     /// Straight to the server sidecar in plaintext, as a workload without a sidecar would.
     fn plaintext_direct(&self) -> std::io::Result<HttpResponse> {
-        http_get("127.0.0.12:9080", "/", &[("Host", "reviews")])
+        self.plaintext_direct_path("/")
+    }
+
+    fn plaintext_direct_path(&self, path: &str) -> std::io::Result<HttpResponse> {
+        http_get("127.0.0.12:9080", path, &[("Host", "reviews")])
     }
 
     fn handshakes(&self) -> u64 {
@@ -288,5 +305,72 @@ fn disable_means_plaintext_only() {
     );
     let r = m.plaintext_direct().expect("plaintext accepted");
     assert_eq!(r.status, 200);
+    m.assert_no_rejections();
+}
+
+const AUTHZ: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-allow}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]}
+    to:
+    - operation: {paths: ["/public*", "/admin*"], methods: ["GET"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-deny-admin}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin*"]}
+"#;
+
+#[test]
+fn authorization_policy_allows_the_right_principal_and_path_only() {
+    let Some(m) = Mesh::start_with("PERMISSIVE", &[("authz.yaml", AUTHZ)]) else {
+        return;
+    };
+    let (status, xfcc, body) = wait_for("the allowed request", Duration::from_secs(20), || {
+        m.get_via_mesh("/public/page").filter(|(s, _, _)| *s == 200)
+    });
+    assert_eq!((status, body.as_str()), (200, "reviews-v1"));
+    assert!(xfcc.contains(CLIENT_ID), "{xfcc}");
+    let (status, _, body) = m.get_via_mesh("/private").expect("answer");
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "RBAC: access denied"),
+        "a path no rule allows"
+    );
+    let (status, _, body) = m.get_via_mesh("/admin/users").expect("answer");
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "RBAC: access denied"),
+        "DENY wins over ALLOW"
+    );
+    // Without mTLS there is no principal: the ALLOW rule cannot match.
+    let r = m.plaintext_direct_path("/public/page").expect("answer");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "no identity, no access"
+    );
+    let denied: u64 = m
+        .server
+        .stats("rbac")
+        .iter()
+        .filter(|(k, _)| k.ends_with("rbac.denied"))
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(
+        denied, 3,
+        "Envoy's RBAC filter denied exactly the three refused requests"
+    );
     m.assert_no_rejections();
 }
