@@ -922,6 +922,54 @@ api! {
     }
 }
 
+api_enum! {
+    pub enum JwtPresence { OPTIONAL, REQUIRED }
+}
+
+api! {
+    /// security.istio.io RequestAuthentication spec.
+    pub struct RequestAuthentication {
+        pub selector: Option<WorkloadSelector>,
+        pub target_ref: Option<PolicyTargetReference>,
+        pub target_refs: Vec<PolicyTargetReference>,
+        pub jwt_rules: Vec<JwtRule>,
+    }
+}
+
+api! {
+    pub struct JwtRule {
+        pub issuer: String,
+        pub audiences: Vec<String>,
+        pub jwks_uri: String,
+        #[serde(rename = "jwks_uri")]
+        pub jwks_uri_snake: String,
+        pub jwks: String,
+        pub from_headers: Vec<JwtHeader>,
+        pub from_params: Vec<String>,
+        pub from_cookies: Vec<String>,
+        pub output_payload_to_header: String,
+        pub output_claim_to_headers: Vec<ClaimToHeader>,
+        pub forward_original_token: bool,
+        pub space_delimited_claims: Vec<String>,
+        pub timeout: Option<Duration>,
+        pub presence: Option<JwtPresence>,
+    }
+}
+
+api! {
+    pub struct JwtHeader {
+        pub name: String,
+        pub prefix: String,
+    }
+}
+
+api! {
+    pub struct ClaimToHeader {
+        pub header: String,
+        pub claim: String,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,7 @@ pub enum Kind {
     WorkloadEntry,
     PeerAuthentication,
     AuthorizationPolicy,
+    RequestAuthentication,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -43,14 +44,13 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("networking.istio.io", "EnvoyFilter"),
     ("networking.istio.io", "WorkloadGroup"),
     ("networking.istio.io", "ProxyConfig"),
-    ("security.istio.io", "RequestAuthentication"),
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -65,6 +65,7 @@ impl Kind {
         Kind::WorkloadEntry,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +84,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -91,7 +93,9 @@ impl Kind {
         match self {
             Kind::Namespace | Kind::Service | Kind::Pod | Kind::Endpoints | Kind::ConfigMap => "",
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
             _ => "networking.istio.io",
         }
     }
@@ -266,6 +270,7 @@ pub enum Spec {
     WorkloadEntry(istio::WorkloadEntry),
     PeerAuthentication(istio::PeerAuthentication),
     AuthorizationPolicy(istio::AuthorizationPolicy),
+    RequestAuthentication(istio::RequestAuthentication),
 }
 
 /// One stored configuration object.
@@ -608,6 +613,9 @@ fn parse_spec(
         Kind::PeerAuthentication => Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?),
         Kind::AuthorizationPolicy => {
             Spec::AuthorizationPolicy(istio_spec(key, spec, lines, origin)?)
+        }
+        Kind::RequestAuthentication => {
+            Spec::RequestAuthentication(istio_spec(key, spec, lines, origin)?)
         }
         Kind::Namespace => Spec::Namespace,
         Kind::ConfigMap => {

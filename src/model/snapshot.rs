@@ -161,6 +161,8 @@ pub struct Snapshot {
     pub peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
     /// AuthorizationPolicies in key order (root namespace ones apply mesh-wide).
     pub authorization_policies: Vec<Arc<Object>>,
+    /// RequestAuthentications in key order.
+    pub request_authentications: Vec<Arc<Object>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
@@ -209,6 +211,7 @@ impl Snapshot {
         b.build_sidecars();
         b.build_peer_authentications();
         b.build_authorization_policies();
+        b.build_request_authentications();
         b.finish(previous.map_or(1, |p| p.generation + 1))
     }
 
@@ -396,6 +399,28 @@ impl Snapshot {
         out
     }
 
+    /// The RequestAuthentications that apply to a workload (root namespace and its own).
+    pub fn request_authentications_for(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+    ) -> Vec<&Arc<Object>> {
+        self.request_authentications
+            .iter()
+            .filter(|o| o.key.namespace == self.mesh.root_namespace || o.key.namespace == namespace)
+            .filter(|o| match &o.spec {
+                Spec::RequestAuthentication(r) => {
+                    r.target_ref.is_none()
+                        && r.target_refs.is_empty()
+                        && r.selector
+                            .as_ref()
+                            .is_none_or(|s| labels_match(&s.match_labels, labels))
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
     /// Workloads whose address is `ip`.
     pub fn workloads_at(&self, ip: &str) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads_by_ip
@@ -421,6 +446,7 @@ struct Builder {
     sidecars: Vec<Arc<SidecarConfig>>,
     peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
     authorization_policies: Vec<Arc<Object>>,
+    request_authentications: Vec<Arc<Object>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
     pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
@@ -1380,6 +1406,23 @@ impl Builder {
         }
     }
 
+    fn build_request_authentications(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::RequestAuthentication).cloned().collect();
+        for obj in objs {
+            let Spec::RequestAuthentication(spec) = &obj.spec else {
+                continue;
+            };
+            let diags = validate::request_authentication(&obj, spec);
+            let failed = diags.iter().any(Diagnostic::is_error);
+            self.diags.extend(diags);
+            if failed {
+                self.objects.remove(&obj.key);
+                continue;
+            }
+            self.request_authentications.push(obj);
+        }
+    }
+
     fn finish(self, generation: u64) -> Snapshot {
         // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
         // and routes (VirtualServices), kept apart so a route change pushes only routes.
@@ -1423,6 +1466,7 @@ impl Builder {
                 hash_of(&self.peer_authentications).to_le_bytes(),
                 // Authorization shapes inbound chains of the workloads it selects.
                 hash_of(&self.authorization_policies).to_le_bytes(),
+                hash_of(&self.request_authentications).to_le_bytes(),
             ]
             .concat(),
         );
@@ -1459,6 +1503,7 @@ impl Builder {
             sidecars: self.sidecars,
             peer_authentications: self.peer_authentications,
             authorization_policies: self.authorization_policies,
+            request_authentications: self.request_authentications,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

@@ -569,3 +569,54 @@ pub fn authorization_policy(
     }
     out
 }
+
+/// RequestAuthentication rules from istio's `ValidateRequestAuthentication`.
+pub fn request_authentication(obj: &Object, r: &istio::RequestAuthentication) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if r.target_ref.is_some() || !r.target_refs.is_empty() {
+        not_yet(
+            obj,
+            "spec.targetRef",
+            "targetRef (Gateway API attachment)",
+            &mut out,
+        );
+    }
+    for (i, j) in r.jwt_rules.iter().enumerate() {
+        let p = format!("spec.jwtRules[{i}]");
+        if j.issuer.is_empty() {
+            out.push(obj.diag_error(&format!("{p}.issuer"), "a JWT rule needs an issuer"));
+        }
+        let uri = if j.jwks_uri.is_empty() {
+            &j.jwks_uri_snake
+        } else {
+            &j.jwks_uri
+        };
+        if !j.jwks.is_empty() && !uri.is_empty() {
+            out.push(obj.diag_error(&p, "set jwks or jwksUri, not both"));
+        }
+        if j.jwks.is_empty() && uri.is_empty() {
+            out.push(
+                obj.diag_error(&p, "a JWT rule needs jwks or jwksUri")
+                    .hint("istiod would discover the JWKS from the issuer; meshd needs it named"),
+            );
+        }
+        if !(uri.is_empty() || uri.starts_with("http://") || uri.starts_with("https://")) {
+            out.push(obj.diag_error(
+                &format!("{p}.jwksUri"),
+                format!("{uri:?} is not an http(s) URL"),
+            ));
+        }
+        if !j.jwks.is_empty() && serde_json::from_str::<serde_json::Value>(&j.jwks).is_err() {
+            out.push(obj.diag_error(&format!("{p}.jwks"), "jwks is not JSON"));
+        }
+        for (k, h) in j.from_headers.iter().enumerate() {
+            if h.name.is_empty() {
+                out.push(obj.diag_error(
+                    &format!("{p}.fromHeaders[{k}].name"),
+                    "header name is empty",
+                ));
+            }
+        }
+    }
+    out
+}

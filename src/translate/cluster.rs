@@ -50,6 +50,7 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     }
     if ctx.proxy.kind == ProxyKind::Sidecar {
         out.extend(inbound_clusters(ctx));
+        out.extend(super::jwt::clusters(ctx));
     }
     out.push(blackhole(ctx));
     out.push(passthrough(ctx));

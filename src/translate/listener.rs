@@ -465,6 +465,12 @@ fn decode_json<T: prost::Message + Default>(type_name: &str, v: &serde_json::Val
 /// workload's AuthorizationPolicies.
 fn inbound_security_filters(ctx: &ProxyContext) -> Vec<HttpFilter> {
     let mut out: Vec<HttpFilter> = Vec::new();
+    if let Some(jwt) = super::jwt::filter(ctx) {
+        out.extend(decode_json::<HttpFilter>(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+            &jwt,
+        ));
+    }
     out.extend(
         super::authz::for_workload(ctx, false)
             .iter()

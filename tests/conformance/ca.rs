@@ -32,6 +32,14 @@ impl TokenIssuer {
         TokenIssuer { key, jwks }
     }
 
+    /// A token with arbitrary claims.
+    pub fn sign(&self, claims: &serde_json::Value, kid: &str) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.key.serialize_der());
+        jsonwebtoken::encode(&header, claims, &key).expect("token")
+    }
+
     /// A service-account token for `ns/sa`, valid for `ttl_secs` (negative: expired).
     pub fn token(&self, ns: &str, sa: &str, audience: &str, ttl_secs: i64, kid: &str) -> String {
         let now = std::time::SystemTime::now()

@@ -251,6 +251,11 @@ pub struct Backends {
 }
 
 impl Backends {
+    /// Like [`Backends::start`], the `name` being the whole response body.
+    pub fn start_with_body(pods: &[(&str, &str)], port: u16) -> Backends {
+        Backends::start(pods, port)
+    }
+
     pub fn start(pods: &[(&str, &str)], port: u16) -> Backends {
         use std::net::TcpListener;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -534,15 +539,25 @@ impl Envoy {
             proc: Proc::spawn(&format!("envoy-{}", node.pod), &mut cmd, dir),
             admin: format!("127.0.0.1:{admin_port}"),
         };
-        wait_for(
-            "envoy initialized (/ready LIVE)",
-            Duration::from_secs(30),
-            || {
-                http_get(&env.admin, "/ready", &[])
-                    .ok()
-                    .filter(|r| r.status == 200 && r.body.contains("LIVE"))
-            },
-        );
+        let start = Instant::now();
+        loop {
+            match http_get(&env.admin, "/ready", &[]) {
+                Ok(r) if r.status == 200 && r.body.contains("LIVE") => break,
+                last => {
+                    if start.elapsed() > Duration::from_secs(30) {
+                        // Say what Envoy is still waiting for.
+                        let init = http_get(&env.admin, "/init_dump", &[])
+                            .map(|r| r.body)
+                            .unwrap_or_default();
+                        panic!(
+                            "envoy {} not LIVE after 30s: {last:?}\ninit targets: {init}",
+                            node.pod
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            }
+        }
         env
     }
 
@@ -555,5 +570,18 @@ impl Envoy {
             .filter_map(|l| l.split_once(": "))
             .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
             .collect()
+    }
+}
+
+/// An HTTP server answering every request with one fixed body (a JWKS, say).
+pub struct StaticServer {
+    _backends: Backends,
+}
+
+impl StaticServer {
+    pub fn start(ip: &str, port: u16, body: &str) -> StaticServer {
+        StaticServer {
+            _backends: Backends::start_with_body(&[(body, ip)], port),
+        }
     }
 }
