@@ -81,6 +81,14 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
 
+/// PEM with `\n` line endings, like every other certificate meshd hands out.
+fn pem_lf(p: &pem::Pem) -> String {
+    pem::encode_config(
+        p,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 fn not_after_of(pem: &str) -> Option<SystemTime> {
     let der = pem::parse(pem).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.contents()).ok()?;
@@ -158,10 +166,10 @@ impl Authority {
         let mut chain: Vec<String> = pem::parse_many(chain_text.as_bytes())
             .map_err(|e| files_err(dir, format!("cert-chain.pem: {e}")))?
             .iter()
-            .map(pem::encode)
+            .map(pem_lf)
             .collect();
         let root_norm = pem::parse(root.as_bytes())
-            .map(|p| pem::encode(&p))
+            .map(|p| pem_lf(&p))
             .map_err(|e| files_err(dir, format!("root-cert.pem: {e}")))?;
         if chain.last() != Some(&root_norm) {
             chain.push(root_norm.clone());
@@ -427,6 +435,56 @@ mod tests {
             ),
             Err(CaError::BadCsr(_))
         ));
+    }
+
+    #[test]
+    fn plugged_in_intermediate_signs_with_the_full_chain() {
+        // An operator's root, and an intermediate for meshd, in istio's cacerts layout.
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut rp = CertificateParams::default();
+        rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        rp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = rp.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(rp, root_key);
+        let int_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut ip = CertificateParams::default();
+        ip.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ip.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let int = ip.signed_by(&int_key, &root_issuer).expect("intermediate");
+        let dir = std::env::temp_dir().join(format!("meshd-cacerts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("ca-cert.pem"), int.pem()).expect("w");
+        std::fs::write(dir.join("ca-key.pem"), int_key.serialize_pem()).expect("w");
+        std::fs::write(dir.join("root-cert.pem"), root.pem()).expect("w");
+        std::fs::write(
+            dir.join("cert-chain.pem"),
+            format!("{}{}", int.pem(), root.pem()),
+        )
+        .expect("w");
+
+        let ca = Authority::from_cacerts(&dir, "cluster.local").expect("plugged in");
+        assert_eq!(ca.root_pem(), root.pem());
+        let chain = ca
+            .sign_csr(
+                &csr(&id().to_string(), &rcgen::PKCS_ECDSA_P256_SHA256),
+                &id(),
+                None,
+            )
+            .expect("signed");
+        assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+        assert_eq!(chain[1], int.pem());
+        assert_eq!(chain[2], root.pem());
+        // The leaf is signed by the intermediate.
+        let leaf = pem::parse(&chain[0]).expect("pem");
+        let (_, leaf) = x509_parser::parse_x509_certificate(leaf.contents()).expect("x509");
+        let inter = pem::parse(&chain[1]).expect("pem");
+        let (_, inter) = x509_parser::parse_x509_certificate(inter.contents()).expect("x509");
+        assert!(leaf.verify_signature(Some(inter.public_key())).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let err = Authority::from_cacerts(std::path::Path::new("/nonexistent"), "x")
+            .expect_err("no files");
+        assert!(err.to_string().contains("cannot read ca-cert.pem"), "{err}");
     }
 
     #[test]

@@ -46,7 +46,11 @@ impl WorkloadSecrets {
 
     /// The current certificate for `id`, issuing (or renewing) it when needed.
     pub fn get(&self, id: &Identity) -> Result<Arc<WorkloadCert>, String> {
-        let now = SystemTime::now();
+        self.get_at(id, SystemTime::now())
+    }
+
+    /// [`WorkloadSecrets::get`] as of `now` (tests move the clock).
+    pub fn get_at(&self, id: &Identity, now: SystemTime) -> Result<Arc<WorkloadCert>, String> {
         if let Ok(c) = self.cache.lock()
             && let Some(cert) = c.get(id)
             && !cert.due(now)
@@ -71,5 +75,38 @@ impl WorkloadSecrets {
 
     pub fn root_pem(&self) -> &str {
         self.ca.root_pem()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_cached_then_renewed_at_eighty_percent() {
+        let ca = Arc::new(Authority::self_signed("cluster.local").expect("ca"));
+        let store = WorkloadSecrets::new(ca, Duration::from_secs(100));
+        let id = Identity::new("cluster.local", "default", "reviews");
+        let t0 = SystemTime::now();
+        let first = store.get_at(&id, t0).expect("issued");
+        let again = store
+            .get_at(&id, t0 + Duration::from_secs(79))
+            .expect("cached");
+        assert!(Arc::ptr_eq(&first, &again), "reused before 80% of its life");
+        let renewed = store
+            .get_at(&id, t0 + Duration::from_secs(81))
+            .expect("renewed");
+        assert_ne!(
+            first.chain[0], renewed.chain[0],
+            "a new certificate after 80%"
+        );
+        assert_ne!(first.key_pem, renewed.key_pem, "with a new key");
+        let other = store
+            .get_at(&Identity::new("cluster.local", "default", "ratings"), t0)
+            .expect("issued");
+        assert_ne!(
+            other.chain[0], first.chain[0],
+            "one certificate per identity"
+        );
     }
 }

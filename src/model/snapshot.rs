@@ -1571,3 +1571,51 @@ fn keeping_last_good(new: &Object, prev: &Object) -> Diagnostic {
 pub fn general_error(reason: impl Into<String>) -> Diagnostic {
     Diagnostic::error(Origin::default(), reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::yaml::parse_documents;
+
+    fn snapshot(text: &str) -> Snapshot {
+        let mut set = ConfigSet::default();
+        for doc in parse_documents(text) {
+            let doc = doc.expect("yaml");
+            let (objs, diags) =
+                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
+            assert!(diags.is_empty(), "{diags:?}");
+            for o in objs {
+                set.objects.insert(o.key.clone(), o);
+            }
+        }
+        Snapshot::build(&set, None, "cluster.local", "istio-system")
+    }
+
+    #[test]
+    fn peer_authentication_inheritance() {
+        use istio::MtlsMode::*;
+        let s = snapshot(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: a}\nspec: {mtls: {mode: PERMISSIVE}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w, namespace: a}\nspec: {selector: {matchLabels: {app: w}}, mtls: {mode: DISABLE}, portLevelMtls: {8080: {mode: STRICT}}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: u, namespace: a}\nspec: {selector: {matchLabels: {app: u}}, mtls: {mode: UNSET}}\n",
+        );
+        let labels = |app: &str| -> Labels { [("app".to_string(), app.to_string())].into() };
+        let cases = [
+            ("b", "x", 80, STRICT, "mesh-wide policy"),
+            ("a", "x", 80, PERMISSIVE, "namespace beats mesh"),
+            ("a", "w", 80, DISABLE, "workload beats namespace"),
+            ("a", "w", 8080, STRICT, "port level beats workload"),
+            ("a", "u", 80, PERMISSIVE, "UNSET inherits the namespace's"),
+        ];
+        for (ns, app, port, want, why) in cases {
+            assert_eq!(s.mtls_mode(ns, &labels(app), port), want, "{why}");
+        }
+        let empty = snapshot("");
+        assert_eq!(
+            empty.mtls_mode("a", &labels("x"), 80),
+            PERMISSIVE,
+            "istio's default"
+        );
+    }
+}

@@ -420,6 +420,19 @@ fn sds_serves_only_the_callers_own_secrets() {
             format!("{:?}", san.value.general_names),
             "[URI(\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\")]"
         );
+        let leaf_file = dir.path().join("sds-leaf.pem");
+        std::fs::write(&leaf_file, &chain).expect("write");
+        let root_file = dir.path().join("ca/root-cert.pem");
+        let (ok, out) = openssl(&[
+            "verify",
+            "-CAfile",
+            root_file.to_str().expect("utf8"),
+            leaf_file.to_str().expect("utf8"),
+        ]);
+        assert!(
+            ok && out.contains("OK"),
+            "openssl verify of the SDS certificate: {out}"
+        );
 
         // A node claiming another namespace than its credentials: refused.
         let (first, _tx) = open(node("other"), Some(token.clone())).await;
