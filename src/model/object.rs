@@ -34,6 +34,7 @@ pub enum Kind {
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication,
+    Secret,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -50,7 +51,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -66,6 +67,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::Secret,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,13 +87,19 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Secret => "Secret",
         }
     }
 
     /// API group ("" for the core group).
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Service | Kind::Pod | Kind::Endpoints | Kind::ConfigMap => "",
+            Kind::Namespace
+            | Kind::Service
+            | Kind::Pod
+            | Kind::Endpoints
+            | Kind::ConfigMap
+            | Kind::Secret => "",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
@@ -250,6 +258,36 @@ pub struct EndpointGroup {
     pub subsets: Vec<(Vec<EndpointAddress>, Vec<EndpointPort>)>,
 }
 
+/// The TLS material of a Secret (`tls.crt`, `tls.key`, `ca.crt`, or istio's generic
+/// `cert`, `key`, `cacert`). Never serialized: /debug/configz shows only which keys exist.
+#[derive(Clone, PartialEq)]
+pub struct TlsSecret {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub ca: Option<String>,
+}
+
+impl std::fmt::Debug for TlsSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSecret")
+            .field("cert", &self.cert.is_some())
+            .field("key", &self.key.is_some())
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+impl Serialize for TlsSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("TlsSecret", 3)?;
+        st.serialize_field("cert", &self.cert.as_ref().map(|_| "<redacted>"))?;
+        st.serialize_field("key", &self.key.as_ref().map(|_| "<redacted>"))?;
+        st.serialize_field("ca", &self.ca.as_ref().map(|_| "<redacted>"))?;
+        st.end()
+    }
+}
+
 /// A typed spec.
 // Objects live behind an Arc, one allocation each: boxing the larger variants would only
 // add a second one.
@@ -271,6 +309,7 @@ pub enum Spec {
     PeerAuthentication(istio::PeerAuthentication),
     AuthorizationPolicy(istio::AuthorizationPolicy),
     RequestAuthentication(istio::RequestAuthentication),
+    Secret(TlsSecret),
 }
 
 /// One stored configuration object.
@@ -618,6 +657,42 @@ fn parse_spec(
             Spec::RequestAuthentication(istio_spec(key, spec, lines, origin)?)
         }
         Kind::Namespace => Spec::Namespace,
+        Kind::Secret => {
+            use base64::Engine;
+            let mut entries: BTreeMap<String, String> = BTreeMap::new();
+            if let Some(Value::Object(data)) = map.remove("data") {
+                for (k, v) in data {
+                    let b64 = v.as_str().unwrap_or_default();
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|e| {
+                            Diagnostic::error(
+                                origin.clone(),
+                                format!("Secret data {k:?} is not base64: {e}"),
+                            )
+                            .object(key.to_string())
+                            .field(format!("data.{k}"))
+                        })?;
+                    entries.insert(k, String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+            if let Some(Value::Object(data)) = map.remove("stringData") {
+                for (k, v) in data {
+                    entries.insert(k, v.as_str().unwrap_or_default().to_string());
+                }
+            }
+            let pick = |a: &str, b: &str| entries.get(a).or_else(|| entries.get(b)).cloned();
+            let secret = TlsSecret {
+                cert: pick("tls.crt", "cert"),
+                key: pick("tls.key", "key"),
+                ca: pick("ca.crt", "cacert"),
+            };
+            if secret.cert.is_none() && secret.key.is_none() && secret.ca.is_none() {
+                // Not TLS material: meshd has no use for it and does not keep it.
+                return Ok(None);
+            }
+            Spec::Secret(secret)
+        }
         Kind::ConfigMap => {
             let data = map.remove("data").unwrap_or(Value::Null);
             let data: BTreeMap<String, String> = if data.is_null() {

@@ -126,6 +126,8 @@ pub struct Changes {
     pub gateways: bool,
     /// Workloads changed (labels, addresses): proxies of these workloads re-resolve.
     pub workloads: BTreeSet<ObjectKey>,
+    /// Namespaces whose TLS Secrets changed (SDS `kubernetes://` credentials).
+    pub secrets: BTreeSet<String>,
 }
 
 impl Changes {
@@ -138,6 +140,7 @@ impl Changes {
             && self.sidecars.is_empty()
             && !self.gateways
             && self.workloads.is_empty()
+            && self.secrets.is_empty()
     }
 }
 
@@ -251,6 +254,19 @@ impl Snapshot {
             sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
             gateways: self.gateway_hash != old.gateway_hash,
             workloads,
+            secrets: {
+                let of = |s: &Snapshot| -> BTreeMap<String, u64> {
+                    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+                    for (k, o) in &s.objects {
+                        if k.kind == Kind::Secret {
+                            let e = m.entry(k.namespace.clone()).or_insert(0);
+                            *e ^= o.hash;
+                        }
+                    }
+                    m
+                };
+                diff(&of(self), &of(old))
+            },
         }
     }
 
@@ -419,6 +435,19 @@ impl Snapshot {
                 _ => false,
             })
             .collect()
+    }
+
+    /// The TLS material of Secret `namespace/name`, if it has any.
+    pub fn tls_secret(&self, namespace: &str, name: &str) -> Option<&super::object::TlsSecret> {
+        let key = ObjectKey {
+            kind: Kind::Secret,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match &self.objects.get(&key)?.spec {
+            Spec::Secret(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Workloads whose address is `ip`.

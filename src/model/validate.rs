@@ -364,6 +364,44 @@ pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagno
     }
     for (path, tp) in policies {
         let Some(tp) = tp else { continue };
+        for (field, set) in [
+            ("tunnel", tp.tunnel.is_some()),
+            ("proxyProtocol", tp.proxy_protocol.is_some()),
+            ("retryBudget", tp.retry_budget.is_some()),
+        ] {
+            if set {
+                not_yet(obj, &format!("{path}.{field}"), field, &mut out);
+            }
+        }
+        if let Some(lb) = &tp.load_balancer {
+            for (field, set) in [
+                ("localityLbSetting", lb.locality_lb_setting.is_some()),
+                ("zoneAwareLbSetting", lb.zone_aware_lb_setting.is_some()),
+                ("backendUtilization", lb.backend_utilization.is_some()),
+            ] {
+                if set {
+                    not_yet(
+                        obj,
+                        &format!("{path}.loadBalancer.{field}"),
+                        field,
+                        &mut out,
+                    );
+                }
+            }
+        }
+        if let Some(t) = &tp.tls
+            && t.mode == istio::ClientTlsMode::MUTUAL
+            && t.credential_name.is_empty()
+            && (t.client_certificate.is_empty() || t.private_key.is_empty())
+        {
+            out.push(
+                obj.diag_error(
+                    &format!("{path}.tls"),
+                    "MUTUAL needs clientCertificate and privateKey, or credentialName",
+                )
+                .hint("credentialName names a Secret with tls.crt, tls.key and ca.crt in the client's namespace"),
+            );
+        }
         if let Some(lb) = &tp.load_balancer
             && lb.simple.is_some()
             && lb.consistent_hash.is_some()

@@ -290,7 +290,18 @@ fn apply_tls(
             }
             c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn));
         }
-        // DISABLE; SIMPLE and MUTUAL origination are not supported yet (warned).
+        Some(istio::ClientTlsMode::SIMPLE | istio::ClientTlsMode::MUTUAL) => {
+            if let Some(t) = tls {
+                // An explicit SNI, else the service's host name (not the mesh SNI: this
+                // talks to a server outside the mesh's identity scheme).
+                let sni = if t.sni.is_empty() {
+                    svc.hostname.clone()
+                } else {
+                    t.sni.clone()
+                };
+                c.transport_socket = Some(tls::originate(ctx, t, &sni, alpn));
+            }
+        }
         Some(_) => {}
         None => {
             let auto = ctx.snap.mesh.enable_auto_mtls

@@ -49,8 +49,16 @@ impl<'a> ProxyContext<'a> {
         let scope = snap.scope(&proxy.namespace, sidecar);
         let mut targets = Vec::new();
         if proxy.kind == ProxyKind::Sidecar {
-            for (host, eps) in &snap.endpoints {
-                let Some(svc) = snap.services.get(host) else {
+            // Only the services with an instance at the proxy's addresses (an index),
+            // never a scan of every service.
+            let hosts: std::collections::BTreeSet<&String> = proxy
+                .ips
+                .iter()
+                .flat_map(|ip| snap.hosts_by_ip.get(ip).into_iter().flatten())
+                .collect();
+            for host in hosts {
+                let (Some(svc), Some(eps)) = (snap.services.get(host), snap.endpoints.get(host))
+                else {
                     continue;
                 };
                 if svc.namespace != proxy.namespace {

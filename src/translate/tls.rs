@@ -166,3 +166,105 @@ pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
 
 /// The endpoint metadata key auto mTLS matches on.
 pub const TLS_MODE_KEY: &str = "envoy.transport_socket_match";
+
+/// `kubernetes://NAME`: a Secret's certificate and key, served over SDS.
+pub fn credential_name(name: &str) -> String {
+    format!("kubernetes://{name}")
+}
+
+/// `kubernetes://NAME-cacert`: a Secret's CA certificate, served over SDS.
+pub fn credential_ca_name(name: &str) -> String {
+    format!("kubernetes://{name}-cacert")
+}
+
+fn file(path: &str) -> Option<core::DataSource> {
+    Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path.to_string())),
+        ..Default::default()
+    })
+}
+
+/// DestinationRule `tls` SIMPLE (verify the server) or MUTUAL (and present a client
+/// certificate): from files on the proxy, or from a Secret (`credentialName`) over SDS.
+pub fn originate(
+    ctx: &ProxyContext,
+    t: &crate::model::istio::ClientTlsSettings,
+    sni: &str,
+    alpn: &[&str],
+) -> core::TransportSocket {
+    use crate::model::istio::ClientTlsMode;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, TlsCertificate,
+        common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    };
+    let skip_verify = t.insecure_skip_verify == Some(true);
+    let sans: Vec<SubjectAltNameMatcher> = t
+        .subject_alt_names
+        .iter()
+        .flat_map(|n| {
+            [
+                subject_alt_name_matcher::SanType::Dns,
+                subject_alt_name_matcher::SanType::Uri,
+            ]
+            .map(|ty| SubjectAltNameMatcher {
+                san_type: ty as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(n.clone())),
+                    ignore_case: false,
+                }),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let mut common = CommonTlsContext {
+        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    if !t.credential_name.is_empty() {
+        if t.mode == ClientTlsMode::MUTUAL {
+            common.tls_certificate_sds_secret_configs =
+                vec![sds(ctx, &credential_name(&t.credential_name))];
+        }
+        if !skip_verify {
+            common.validation_context_type =
+                Some(ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: sans,
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(
+                            ctx,
+                            &credential_ca_name(&t.credential_name),
+                        )),
+                        ..Default::default()
+                    },
+                ));
+        }
+    } else {
+        if t.mode == ClientTlsMode::MUTUAL {
+            common.tls_certificates = vec![TlsCertificate {
+                certificate_chain: file(&t.client_certificate),
+                private_key: file(&t.private_key),
+                ..Default::default()
+            }];
+        }
+        if !skip_verify && !t.ca_certificates.is_empty() {
+            common.validation_context_type = Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: file(&t.ca_certificates),
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    transport_socket(
+        "envoy.transport_sockets.tls",
+        &UpstreamTlsContext {
+            common_tls_context: Some(common),
+            sni: sni.to_string(),
+            ..Default::default()
+        },
+    )
+}

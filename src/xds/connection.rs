@@ -292,6 +292,34 @@ impl Stream {
                     }
                 },
                 translate::secret::ROOTCA => translate::secret::root(name, store.root_pem()),
+                // DestinationRule credentialName: a Secret of the proxy's own namespace
+                // (the one it authenticated for), never another's.
+                other if other.starts_with("kubernetes://") => {
+                    let rest = &other["kubernetes://".len()..];
+                    let snap = self.state.snapshot();
+                    let (secret_name, ca) = match rest.strip_suffix("-cacert") {
+                        Some(n) if snap.tls_secret(&id.namespace, rest).is_none() => (n, true),
+                        _ => (rest, false),
+                    };
+                    match snap.tls_secret(&id.namespace, secret_name) {
+                        Some(sec) if ca => match &sec.ca {
+                            Some(ca_pem) => translate::secret::root(name, ca_pem),
+                            None => continue,
+                        },
+                        Some(sec) => match (&sec.cert, &sec.key) {
+                            (Some(c), Some(k)) => {
+                                translate::secret::workload(name, std::slice::from_ref(c), k)
+                            }
+                            _ => continue,
+                        },
+                        None => {
+                            self.state.metrics.sds_refusals.inc();
+                            warn!(proxy, identity = %id, secret = other,
+                                  "SDS request refused: no such Secret in the proxy's namespace");
+                            continue;
+                        }
+                    }
+                }
                 other => {
                     self.state.metrics.sds_refusals.inc();
                     warn!(proxy, identity = %id, secret = other,

@@ -62,6 +62,9 @@ pub fn push_for(
     if changes.policies.iter().any(sees) {
         types.extend([CLUSTER, ENDPOINT, ROUTE]);
     }
+    if changes.secrets.contains(&proxy.namespace) {
+        types.insert(SECRET);
+    }
     if changes.routes.iter().any(sees) || changes.routes.iter().any(|h| h.starts_with('*')) {
         types.insert(ROUTE);
     }
