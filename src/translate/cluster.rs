@@ -300,6 +300,15 @@ fn apply_tls(
                     t.sni.clone()
                 };
                 c.transport_socket = Some(tls::originate(ctx, t, &sni, alpn));
+                // Over HTTP, as istiod does: without an explicit SNI, each request's
+                // Host names the server; without explicit SANs, Envoy checks the
+                // server's certificate against that name.
+                if !alpn.is_empty() {
+                    let auto_san = t.sni.is_empty()
+                        && t.subject_alt_names.is_empty()
+                        && t.insecure_skip_verify != Some(true);
+                    set_auto_sni(c, t.sni.is_empty(), auto_san, alpn == ["h2"]);
+                }
             }
         }
         Some(_) => {}
@@ -369,6 +378,43 @@ fn http2_options(settings: Option<&istio::HttpSettings>) -> HashMap<String, Any>
         ..Default::default()
     };
     HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+}
+
+/// Sets `auto_sni` / `auto_san_validation` in the cluster's HTTP protocol options,
+/// creating them (HTTP/1.1 or HTTP/2, as the cluster speaks) when absent.
+fn set_auto_sni(c: &mut Cluster, auto_sni: bool, auto_san: bool, h2: bool) {
+    use prost::Message;
+    if !auto_sni && !auto_san {
+        return;
+    }
+    let mut opts = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+        .and_then(|a| http_opts::HttpProtocolOptions::decode(a.value.as_slice()).ok())
+        .unwrap_or_else(|| {
+            use http_opts::http_protocol_options::explicit_http_config::ProtocolConfig;
+            http_opts::HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    http_opts::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                        http_opts::http_protocol_options::ExplicitHttpConfig {
+                            protocol_config: Some(if h2 {
+                                ProtocolConfig::Http2ProtocolOptions(Default::default())
+                            } else {
+                                ProtocolConfig::HttpProtocolOptions(Default::default())
+                            }),
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }
+        });
+    let up = opts
+        .upstream_http_protocol_options
+        .get_or_insert_with(Default::default);
+    up.auto_sni |= auto_sni;
+    up.auto_san_validation |= auto_san;
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts));
 }
 
 fn downstream_protocol_options() -> HashMap<String, Any> {

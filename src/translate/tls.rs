@@ -177,6 +177,9 @@ pub fn credential_ca_name(name: &str) -> String {
     format!("kubernetes://{name}-cacert")
 }
 
+/// The system trust bundle inside istio-proxy (Ubuntu) and most Debian-based images.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 fn file(path: &str) -> Option<core::DataSource> {
     Some(core::DataSource {
         specifier: Some(core::data_source::Specifier::Filename(path.to_string())),
@@ -249,10 +252,17 @@ pub fn originate(
                 ..Default::default()
             }];
         }
-        if !skip_verify && !t.ca_certificates.is_empty() {
+        if !skip_verify {
+            // No caCertificates: the proxy's system trust store, as istiod does since
+            // VERIFY_CERTIFICATE_AT_CLIENT became the default. Never "trust anything".
+            let ca = if t.ca_certificates.is_empty() {
+                SYSTEM_ROOTS
+            } else {
+                t.ca_certificates.as_str()
+            };
             common.validation_context_type = Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
-                    trusted_ca: file(&t.ca_certificates),
+                    trusted_ca: file(ca),
                     match_typed_subject_alt_names: sans,
                     ..Default::default()
                 },

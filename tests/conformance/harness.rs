@@ -585,3 +585,119 @@ impl StaticServer {
         }
     }
 }
+
+/// An HTTPS server outside the mesh: it answers every request with
+/// `sni=NAME client=CN` (the SNI the caller sent, the common name of its client
+/// certificate or `none`). With `require_client_cert` it refuses callers without a
+/// certificate signed by `client_ca`.
+pub struct TlsBackend {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsBackend {
+    pub fn start(
+        addr: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+        require_client_cert: bool,
+    ) -> TlsBackend {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use std::net::TcpListener;
+        use std::sync::Arc;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("server certificate");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("server key");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+            roots.add(c.expect("client CA")).expect("client CA");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        );
+        let verifier = if require_client_cert {
+            verifier.build()
+        } else {
+            verifier.allow_unauthenticated().build()
+        }
+        .expect("client verifier");
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .expect("server config"),
+        );
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("TLS backend on {addr}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                            continue;
+                        };
+                        let mut tls = rustls::StreamOwned::new(conn, s);
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut chunk) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        if buf.is_empty() {
+                            continue; // the handshake failed
+                        }
+                        let sni = tls.conn.server_name().unwrap_or("none").to_string();
+                        let client = tls
+                            .conn
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| {
+                                let (_, x) = x509_parser::parse_x509_certificate(c).ok()?;
+                                let cn = x.subject().iter_common_name().next()?;
+                                Some(cn.as_str().ok()?.to_string())
+                            })
+                            .unwrap_or_else(|| "none".into());
+                        let body = format!("sni={sni} client={client}");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = tls.write_all(resp.as_bytes());
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        TlsBackend {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

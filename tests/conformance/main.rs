@@ -9,3 +9,4 @@ mod ca;
 mod demo;
 mod harness;
 mod mtls;
+mod origination;

@@ -1,0 +1,461 @@
+//! DestinationRule `tls` SIMPLE and MUTUAL: a sidecar originating TLS to a real HTTPS
+//! server outside the mesh, with certificates from files on the proxy or from a Secret
+//! served over SDS (`credentialName`).
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+};
+
+use crate::ca::TokenIssuer;
+use crate::harness::*;
+
+/// A test certificate authority outside the mesh.
+struct TestCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(cn: &str) -> TestCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = p.self_signed(&key).expect("CA").pem();
+        TestCa {
+            pem,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// (certificate, key) for `cn` with DNS names `sans`.
+    fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &self.issuer).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// `secure.example.com` (optional client certificates) and `strict.example.com`
+/// (client certificate required), both outside the mesh, plain HTTP on port 9080 to
+/// the application and HTTPS on 8443 on the wire.
+const SERVICE_ENTRIES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 8443}]
+  endpoints: [{address: 127.0.1.60}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: strict}
+spec:
+  hosts: [strict.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 8443}]
+  endpoints: [{address: 127.0.1.61}]
+"#;
+
+fn destination_rule(host: &str, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {host}\n  trafficPolicy:\n    tls: {tls}\n",
+        name = host.split('.').next().unwrap_or("dr"),
+    )
+}
+
+fn tls_secret(name: &str, cert: &str, key: &str, ca: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        b64(cert),
+        b64(key),
+        b64(ca)
+    )
+}
+
+// Fields drop in order: processes first, then the folders.
+struct Setup {
+    meshd: Meshd,
+    client: Envoy,
+    _servers: Vec<TlsBackend>,
+    config: TempDir,
+    dir: TempDir,
+    ca: TestCa,
+    issuer: TokenIssuer,
+}
+
+impl Setup {
+    fn start() -> Option<Setup> {
+        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+            return None;
+        }
+        if !isolate() {
+            return None;
+        }
+        let dir = TempDir::new("origination");
+        let config = TempDir::new("origination-config");
+        config.copy_from(
+            &repo().join("examples/bookinfo/sidecar-productpage.yaml"),
+            "sidecar-productpage.yaml",
+        );
+        config.write("service-entries.yaml", SERVICE_ENTRIES);
+        let ca = TestCa::new("outside-ca");
+        dir.write("ca.pem", &ca.pem);
+        let (cert, key) = ca.leaf(
+            "secure.example.com",
+            &["secure.example.com", "alt.example.com"],
+        );
+        let (strict_cert, strict_key) = ca.leaf("strict.example.com", &["strict.example.com"]);
+        let servers = vec![
+            TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false),
+            TlsBackend::start("127.0.1.61:8443", &strict_cert, &strict_key, &ca.pem, true),
+        ];
+        let issuer = TokenIssuer::new("k1");
+        let jwks = dir.write("jwks.json", &issuer.jwks);
+        let meshd = Meshd::start(
+            config.path(),
+            dir.path(),
+            &["--ca-jwks", jwks.to_str().expect("utf8")],
+        );
+        let client = Envoy::start_with(
+            &NodeSpec {
+                kind: "sidecar",
+                ip: "127.0.0.10",
+                pod: "productpage-v1",
+                namespace: "default",
+                labels: &[("app", "productpage"), ("version", "v1")],
+                service_account: "bookinfo-productpage",
+            },
+            &EnvoyOpts {
+                xds: Xds::Tls {
+                    root: dir.path().join("ca/root-cert.pem"),
+                    token: issuer.token("default", "bookinfo-productpage", "istio-ca", 3600, "k1"),
+                },
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        Some(Setup {
+            meshd,
+            client,
+            _servers: servers,
+            config,
+            dir,
+            ca,
+            issuer,
+        })
+    }
+
+    /// A service-account token meshd accepts for `namespace/sa`.
+    fn token(&self, namespace: &str, sa: &str) -> String {
+        self.issuer.token(namespace, sa, "istio-ca", 3600, "k1")
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// Through the sidecar to `host`: (status, body).
+    fn get(&self, host: &str) -> Option<(u16, String)> {
+        let r = http_get("127.0.0.1:9080", "/", &[("Host", host)]).ok()?;
+        Some((r.status, r.body))
+    }
+
+    /// Waits until a request to `host` gets `status` and a body containing `body`.
+    fn expect(&self, host: &str, status: u16, body: &str, why: &str) -> String {
+        let mut last = None;
+        wait_for(why, Duration::from_secs(20), || {
+            let got = self.get(host);
+            let ok = matches!(&got, Some((s, b)) if *s == status && b.contains(body));
+            last = got.clone();
+            ok.then(|| got.map(|(_, b)| b).unwrap_or_default())
+        })
+    }
+
+    fn assert_no_rejections(&self) {
+        let bad: Vec<_> = self
+            .client
+            .stats("update_rejected")
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        assert!(bad.is_empty(), "{bad:?}\n{}", self.client.proc.log_text());
+        let nacks = self.meshd.get_json("/debug/syncz");
+        for conn in nacks.as_array().expect("list") {
+            for (ty, st) in conn["types"].as_object().expect("types") {
+                assert_eq!(st["nacks"], 0, "{ty} NACKed: {st}");
+            }
+        }
+    }
+
+    /// A TLS statistic of `host`'s cluster in the sidecar.
+    fn ssl_stat(&self, host: &str, stat: &str) -> u64 {
+        let name = format!("cluster.outbound|9080||{host}.ssl.{stat}");
+        self.client
+            .stats("ssl.")
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+#[test]
+fn simple_tls_verifies_the_server_against_the_given_ca_and_names() {
+    let Some(s) = Setup::start() else { return };
+    // Plaintext to an HTTPS port: no 200 while no DestinationRule says TLS.
+    wait_for(
+        "the route to secure.example.com",
+        Duration::from_secs(20),
+        || {
+            s.get("secure.example.com")
+                .filter(|(st, _)| *st != 404 && *st != 0)
+        },
+    );
+    assert_ne!(s.get("secure.example.com").map(|r| r.0), Some(200));
+
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            &format!("{{mode: SIMPLE, caCertificates: {}}}", s.path("ca.pem")),
+        ),
+    );
+    let body = s.expect(
+        "secure.example.com",
+        200,
+        "sni=",
+        "SIMPLE TLS to the server",
+    );
+    assert_eq!(body, "sni=secure.example.com client=none");
+
+    // The right CA, but the server's names do not include the one required.
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: {}, subjectAltNames: [other.example.com]}}",
+                s.path("ca.pem")
+            ),
+        ),
+    );
+    s.expect("secure.example.com", 503, "", "wrong SAN refused");
+    assert!(s.ssl_stat("secure.example.com", "fail_verify_san") > 0);
+
+    // A CA that did not sign the server's certificate: refused by the sidecar.
+    let other = TestCa::new("someone-else");
+    s.dir.write("other-ca.pem", &other.pem);
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: {}}}",
+                s.path("other-ca.pem")
+            ),
+        ),
+    );
+    wait_for("untrusted server refused", Duration::from_secs(20), || {
+        let refused = s.get("secure.example.com").is_some_and(|r| r.0 == 503);
+        (refused && s.ssl_stat("secure.example.com", "fail_verify_error") > 0).then_some(())
+    });
+
+    // An explicit SNI reaches the server; a SAN it does have is accepted.
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: {}, sni: alt.example.com, subjectAltNames: [alt.example.com]}}",
+                s.path("ca.pem")
+            ),
+        ),
+    );
+    let body = s.expect("secure.example.com", 200, "sni=alt", "explicit SNI");
+    assert_eq!(body, "sni=alt.example.com client=none");
+
+    // No caCertificates: the system trust store, which does not know the test CA.
+    let before = s.ssl_stat("secure.example.com", "fail_verify_error");
+    s.config.write(
+        "dr.yaml",
+        &destination_rule("secure.example.com", "{mode: SIMPLE}"),
+    );
+    wait_for(
+        "server checked against system roots",
+        Duration::from_secs(20),
+        || {
+            let refused = s.get("secure.example.com").is_some_and(|r| r.0 == 503);
+            (refused && s.ssl_stat("secure.example.com", "fail_verify_error") > before)
+                .then_some(())
+        },
+    );
+    // insecureSkipVerify: the user's explicit choice to trust any server.
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            "{mode: SIMPLE, insecureSkipVerify: true}",
+        ),
+    );
+    s.expect(
+        "secure.example.com",
+        200,
+        "sni=secure.example.com",
+        "verification skipped",
+    );
+
+    // A server demanding a client certificate refuses SIMPLE...
+    s.config.write(
+        "dr-strict.yaml",
+        &destination_rule(
+            "strict.example.com",
+            &format!("{{mode: SIMPLE, caCertificates: {}}}", s.path("ca.pem")),
+        ),
+    );
+    s.expect(
+        "strict.example.com",
+        503,
+        "",
+        "no client certificate, refused",
+    );
+    // ...and accepts MUTUAL with the client certificate from files.
+    let (cert, key) = s.ca.leaf("client-from-file", &[]);
+    s.dir.write("client.pem", &cert);
+    s.dir.write("client-key.pem", &key);
+    s.config.write(
+        "dr-strict.yaml",
+        &destination_rule(
+            "strict.example.com",
+            &format!(
+                "{{mode: MUTUAL, caCertificates: {}, clientCertificate: {}, privateKey: {}}}",
+                s.path("ca.pem"),
+                s.path("client.pem"),
+                s.path("client-key.pem")
+            ),
+        ),
+    );
+    let body = s.expect("strict.example.com", 200, "", "MUTUAL from files");
+    assert_eq!(body, "sni=strict.example.com client=client-from-file");
+    s.assert_no_rejections();
+}
+
+#[test]
+fn mutual_tls_with_credential_name_is_served_over_sds_and_rotates() {
+    let Some(s) = Setup::start() else { return };
+    let (cert, key) = s.ca.leaf("client-one", &[]);
+    s.config.write(
+        "secret.yaml",
+        &tls_secret("client-credential", &cert, &key, &s.ca.pem),
+    );
+    s.config.write(
+        "dr-strict.yaml",
+        &destination_rule(
+            "strict.example.com",
+            "{mode: MUTUAL, credentialName: client-credential}",
+        ),
+    );
+    let body = s.expect("strict.example.com", 200, "", "MUTUAL from the Secret");
+    assert_eq!(body, "sni=strict.example.com client=client-one");
+
+    // A new certificate in the Secret reaches the sidecar without a restart.
+    let (cert, key) = s.ca.leaf("client-two", &[]);
+    s.config.write(
+        "secret.yaml",
+        &tls_secret("client-credential", &cert, &key, &s.ca.pem),
+    );
+    s.expect(
+        "strict.example.com",
+        200,
+        "client=client-two",
+        "rotated client certificate",
+    );
+
+    // A proxy of another namespace naming the same Secret gets nothing: the Secret is
+    // not its namespace's. Its connections fail closed and meshd counts the refusal.
+    s.config.write(
+        "other.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: sleep, namespace: other}
+spec:
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.0.2
+    captureMode: NONE
+    hosts: ["*/*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: strict, namespace: other}
+spec:
+  host: strict.example.com
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: client-credential}
+"#,
+    );
+    let other = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.20",
+            pod: "sleep-1",
+            namespace: "other",
+            labels: &[("app", "sleep")],
+            service_account: "sleep",
+        },
+        &EnvoyOpts {
+            admin_port: 15100,
+            xds: Xds::Tls {
+                root: s.dir.path().join("ca/root-cert.pem"),
+                token: s.token("other", "sleep"),
+            },
+            ..Default::default()
+        },
+        s.dir.path(),
+    );
+    wait_for("the refusal counted", Duration::from_secs(20), || {
+        let m = http_get(&s.meshd.http, "/metrics", &[]).ok()?;
+        let n: u64 = m
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("meshd_sds_refusals "))?
+            .trim()
+            .parse()
+            .ok()?;
+        (n > 0).then_some(())
+    });
+    let r = http_get("127.0.0.2:9080", "/", &[("Host", "strict.example.com")]).expect("request");
+    assert_eq!(r.status, 503, "{}", r.body);
+    // The rightful owner is unaffected.
+    s.expect(
+        "strict.example.com",
+        200,
+        "client=client-two",
+        "owner still served",
+    );
+    drop(other);
+
+    // The Secret's CA is the trust anchor too: a CA that did not sign the server fails.
+    let other = TestCa::new("someone-else");
+    let (cert, key) = other.leaf("client-three", &[]);
+    s.config.write(
+        "secret.yaml",
+        &tls_secret("client-credential", &cert, &key, &other.pem),
+    );
+    s.expect("strict.example.com", 503, "", "untrusted server refused");
+    s.assert_no_rejections();
+}
