@@ -130,6 +130,17 @@ pub struct ServeArgs {
         default_value = "istiod.istio-system.svc,istiod.istio-system.svc.cluster.local,istiod-remote.istio-system.svc,meshd.istio-system.svc,localhost"
     )]
     pub serving_dns: Vec<String>,
+    /// Watch the cluster this kubeconfig points at (in a pod, the in-cluster
+    /// configuration is used without this flag).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Control-plane revision (istio.io/rev): Istio objects labelled for another
+    /// revision are skipped.
+    #[arg(long, env = "REVISION", default_value = "")]
+    pub revision: String,
+    /// This replica's name in leader election (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Quiet time before a burst of changes is pushed (e.g. 100ms, 0s).
     #[arg(long, default_value = "100ms")]
     pub debounce: String,

@@ -11,6 +11,7 @@ pub mod app;
 pub mod ca;
 pub mod cli;
 pub mod debug;
+pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod server;

@@ -112,14 +112,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Where configuration comes from.
+enum Mode {
+    Files,
+    Kubernetes(kube::Client),
+}
+
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    if args.config.config_dirs.is_empty() {
+    let mode = if !args.config.config_dirs.is_empty() {
+        Mode::Files
+    } else if args.kubeconfig.is_some() || crate::kube::in_cluster() {
+        Mode::Kubernetes(crate::kube::client(args.kubeconfig.as_deref()).await?)
+    } else {
         bail!(
-            "no --config-dir given; meshd serves a folder of manifests \
-             (hint: meshd serve --config-dir examples/bookinfo). \
-             Watching a Kubernetes cluster is not available yet."
+            "no --config-dir given and not in a Kubernetes pod \
+             (hint: meshd serve --config-dir examples/bookinfo, or --kubeconfig FILE)"
         );
-    }
+    };
     let debounce = crate::app::parse_duration(&args.debounce).context("--debounce")?;
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -134,23 +143,64 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let http = bind(&args.listen_address, args.http_port, "/ready and /debug").await?;
     let monitoring = bind(&args.listen_address, args.monitoring_port, "/metrics").await?;
 
-    let mut source = FileSource::new(
-        args.config.config_dirs.clone(),
-        &args.config.default_namespace,
-    )?;
+    let (set_tx, mut set_rx) = mpsc::channel::<ConfigSet>(4);
+    let (filter_tx, filter_rx) = watch::channel(crate::kube::writer::NamespaceFilter::default());
+    let watch_task = match &mode {
+        Mode::Files => {
+            let mut source = FileSource::new(
+                args.config.config_dirs.clone(),
+                &args.config.default_namespace,
+            )?;
+            let first = source.load();
+            tokio::spawn(async move {
+                if set_tx.send(first).await.is_err() {
+                    return;
+                }
+                if let Err(e) = source.watch(Duration::from_millis(50), set_tx).await {
+                    warn!(error = %e, "file watch stopped; configuration changes are no longer seen");
+                }
+            })
+        }
+        Mode::Kubernetes(client) => {
+            info!("watching the Kubernetes cluster");
+            tokio::spawn(crate::sources::kube::run(
+                client.clone(),
+                crate::sources::kube::KubeOptions {
+                    istio_namespace: args.config.istio_namespace.clone(),
+                    revision: args.revision.clone(),
+                    quiet: Duration::from_millis(50),
+                },
+                set_tx,
+                filter_tx,
+            ))
+        }
+    };
     let mut builder = ModelBuilder {
         previous: None,
         domain: args.config.domain.clone(),
         istio_namespace: args.config.istio_namespace.clone(),
         metrics: metrics.clone(),
     };
-    let first = builder.build(&source.load());
+    // In Kubernetes mode this waits for the initial sync of every watched kind.
+    let Some(first_set) = set_rx.recv().await else {
+        bail!("the configuration source stopped before its first load");
+    };
+    let first = builder.build(&first_set);
+    drop(first_set);
     let trust_domain = first.mesh.trust_domain.clone();
 
     // The certificate authority (the trust domain comes from mesh config).
-    let ca = Arc::new(match &args.cacerts {
-        Some(dir) => crate::ca::Authority::from_cacerts(dir, &trust_domain)?,
-        None => crate::ca::Authority::load_or_create(&args.ca_dir, &trust_domain)?,
+    let ca = Arc::new(match (&args.cacerts, &mode) {
+        (Some(dir), _) => crate::ca::Authority::from_cacerts(dir, &trust_domain)?,
+        (None, Mode::Files) => crate::ca::Authority::load_or_create(&args.ca_dir, &trust_domain)?,
+        (None, Mode::Kubernetes(client)) => {
+            crate::kube::writer::load_or_create_ca(
+                client,
+                &args.config.istio_namespace,
+                &trust_domain,
+            )
+            .await?
+        }
     });
     std::fs::create_dir_all(&args.ca_dir)
         .and_then(|_| std::fs::write(args.ca_dir.join("root-cert.pem"), ca.root_pem()))
@@ -184,7 +234,45 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let auth = Arc::new(crate::ca::server::Authenticator {
         trust_domain: trust_domain.clone(),
         jwt,
+        token_review: match &mode {
+            Mode::Kubernetes(client) => Some(crate::kube::TokenReviewer::new(
+                client.clone(),
+                &trust_domain,
+            )),
+            Mode::Files => None,
+        },
     });
+    if let Mode::Kubernetes(client) = &mode {
+        let identity = args
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("meshd-{}", std::process::id()));
+        let leader = crate::kube::leader::run(
+            client.clone(),
+            crate::kube::leader::LeaderConfig::new(&args.config.istio_namespace, &identity),
+        );
+        crate::kube::writer::publish_root(
+            client.clone(),
+            ca.root_pem().to_string(),
+            leader.clone(),
+            filter_rx,
+        );
+        let suffix = if args.revision.is_empty() || args.revision == "default" {
+            String::new()
+        } else {
+            format!("-{}", args.revision)
+        };
+        crate::kube::writer::patch_webhooks(
+            client.clone(),
+            ca.root_pem().to_string(),
+            format!("istio-sidecar-injector{suffix}"),
+            format!("istio-validator{suffix}-{}", args.config.istio_namespace),
+            leader,
+        );
+    } else {
+        drop(filter_rx);
+    }
     let state = Arc::new(
         XdsState::new(metrics.clone(), shutdown_rx.clone())
             .with_push_slots(args.push_concurrency)
@@ -195,13 +283,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     push::publish(&state, first);
 
-    let (set_tx, mut set_rx) = mpsc::channel::<ConfigSet>(4);
     let (snap_tx, snap_rx) = mpsc::channel::<Arc<Snapshot>>(4);
-    let watch_task = tokio::spawn(async move {
-        if let Err(e) = source.watch(Duration::from_millis(50), set_tx).await {
-            warn!(error = %e, "file watch stopped; configuration changes are no longer seen");
-        }
-    });
     let build_task = tokio::spawn(async move {
         while let Some(set) = set_rx.recv().await {
             let snap = builder.build(&set);

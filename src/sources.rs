@@ -3,4 +3,5 @@
 //! to the model.
 
 pub mod file;
+pub mod kube;
 pub mod yaml;

@@ -205,6 +205,28 @@ impl Authority {
         Ok(ca)
     }
 
+    /// A self-signed root from its certificate and key (Kubernetes mode keeps them in
+    /// Secret `istio-ca-secret`).
+    pub fn from_pem(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Authority> {
+        let here = Path::new("istio-ca-secret");
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| files_err(here, format!("ca-key.pem: {e}")))?;
+        let not_after = not_after_of(cert_pem)
+            .ok_or_else(|| files_err(here, "ca-cert.pem is not a certificate"))?;
+        Authority::from_parts(
+            trust_domain,
+            cert_pem,
+            key,
+            vec![cert_pem.to_string()],
+            not_after,
+        )
+    }
+
+    /// The signing key, PEM (only for persisting a self-signed root).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }

@@ -58,15 +58,40 @@ pub struct TlsConnectInfo {
 pub struct Authenticator {
     pub trust_domain: String,
     pub jwt: Option<JwtVerifier>,
+    /// Kubernetes mode: tokens are checked by the API server.
+    pub token_review: Option<crate::kube::TokenReviewer>,
 }
 
 impl Authenticator {
     /// The caller's identity, or why it has none.
-    pub fn authenticate<T>(&self, req: &Request<T>) -> Result<Identity, String> {
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Identity, String> {
+        let token = self.bearer(req)?;
+        match token {
+            Bearer::Identity(id) => Ok(id),
+            Bearer::Token(token) => self.verify_token(&token).await,
+        }
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<Identity, String> {
+        match (&self.jwt, &self.token_review) {
+            (Some(v), None) => v.verify(token),
+            (None, Some(r)) => r.review(token).await,
+            // Both: a token the JWKS does not know goes to the API server.
+            (Some(v), Some(r)) => match v.verify(token) {
+                Ok(id) => Ok(id),
+                Err(_) => r.review(token).await,
+            },
+            (None, None) => Err(
+                "bearer tokens are not accepted: meshd has no JWKS (hint: --ca-jwks FILE)".into(),
+            ),
+        }
+    }
+
+    fn bearer<T>(&self, req: &Request<T>) -> Result<Bearer, String> {
         if let Some(info) = req.extensions().get::<TlsConnectInfo>()
             && let Some(id) = &info.peer_identity
         {
-            return Ok(id.clone());
+            return Ok(Bearer::Identity(id.clone()));
         }
         let Some(auth) = req.metadata().get("authorization") else {
             return Err(
@@ -81,13 +106,13 @@ impl Authenticator {
         let token = auth
             .strip_prefix("Bearer ")
             .ok_or_else(|| "authorization header is not `Bearer <token>`".to_string())?;
-        match &self.jwt {
-            Some(v) => v.verify(token),
-            None => Err(
-                "bearer tokens are not accepted: meshd has no JWKS (hint: --ca-jwks FILE)".into(),
-            ),
-        }
+        Ok(Bearer::Token(token.to_string()))
     }
+}
+
+enum Bearer {
+    Identity(Identity),
+    Token(String),
 }
 
 /// The CA gRPC service.
@@ -103,12 +128,12 @@ impl CaService {
         CaService { ca, auth, metrics }
     }
 
-    fn create(
+    async fn create(
         &self,
         req: Request<IstioCertificateRequest>,
     ) -> Result<IstioCertificateResponse, Status> {
         self.metrics.csr_count.inc();
-        let caller = self.auth.authenticate(&req).map_err(|e| {
+        let caller = self.auth.authenticate(&req).await.map_err(|e| {
             self.metrics.auth_failures.inc();
             warn!(error = %e, "CSR refused: unauthenticated");
             Status::unauthenticated(e)
@@ -149,7 +174,7 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for Unary {
 
     fn call(&mut self, request: Request<IstioCertificateRequest>) -> Self::Future {
         let svc = self.0.clone();
-        Box::pin(async move { svc.create(request).map(Response::new) })
+        Box::pin(async move { svc.create(request).await.map(Response::new) })
     }
 }
 

@@ -59,7 +59,7 @@ impl fmt::Display for Origin {
         match (&self.file, self.line, &self.resource_version) {
             (Some(file), Some(line), _) => write!(f, "{}:{}", file.display(), line),
             (Some(file), None, _) => write!(f, "{}", file.display()),
-            (None, _, Some(rv)) => write!(f, "resourceVersion {rv}"),
+            (None, _, Some(rv)) => write!(f, "cluster, resourceVersion {rv}"),
             _ => write!(f, "<unknown>"),
         }
     }

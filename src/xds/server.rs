@@ -154,10 +154,10 @@ impl AdsService {
         }
     }
 
-    fn peer_auth<T>(&self, req: &Request<T>) -> PeerAuth {
+    async fn peer_auth<T>(&self, req: &Request<T>) -> PeerAuth {
         match &self.auth {
             None => PeerAuth::Plaintext,
-            Some(a) => match a.authenticate(req) {
+            Some(a) => match a.authenticate(req).await {
                 Ok(id) => PeerAuth::Authenticated(id),
                 Err(e) => PeerAuth::Refused(e),
             },
@@ -181,7 +181,7 @@ impl AggregatedDiscoveryService for AdsService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let auth = self.peer_auth(&request);
+        let auth = self.peer_auth(&request).await;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
         let inbound = request.into_inner();
@@ -197,7 +197,7 @@ impl AggregatedDiscoveryService for AdsService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let auth = self.peer_auth(&request);
+        let auth = self.peer_auth(&request).await;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
         let inbound = request.into_inner();

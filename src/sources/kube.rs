@@ -1,0 +1,523 @@
+//! The Kubernetes source: watches what istiod watches and hands the model whole
+//! [`ConfigSet`]s, like the file source.
+//!
+//! One watcher per kind (kube-runtime: list, then watch from the list's resourceVersion,
+//! relist after `410 Gone` or a dropped stream, with backoff). A relist replaces the
+//! kind's objects atomically. Each object is parsed as it arrives (managedFields and
+//! everything meshd does not use are dropped right there); an object that does not parse
+//! is a diagnostic, and a modified object that does not parse keeps its last good version.
+//! Nothing is handed on before every kind has been listed once: that is what `/ready`
+//! waits for.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::kube::writer::{LabelSelector, NamespaceFilter};
+use crate::model::diagnostic::{Diagnostic, Origin};
+use crate::model::object::{Kind, Object, Spec};
+use crate::model::snapshot::ConfigSet;
+use crate::sources::yaml::FieldLines;
+
+/// One kind meshd watches.
+#[derive(Debug, Clone)]
+pub struct WatchedKind {
+    pub group: &'static str,
+    /// Versions to try, preferred first: the first the server serves is watched (a watch
+    /// in one version sees the objects of every version).
+    pub versions: &'static [&'static str],
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Only this namespace (ConfigMaps: the istio namespace).
+    pub namespace: Option<String>,
+    pub field_selector: Option<String>,
+}
+
+const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const SECURITY: &[&str] = &["v1", "v1beta1"];
+
+fn w(
+    group: &'static str,
+    versions: &'static [&'static str],
+    kind: &'static str,
+    plural: &'static str,
+) -> WatchedKind {
+    WatchedKind {
+        group,
+        versions,
+        kind,
+        plural,
+        namespace: None,
+        field_selector: None,
+    }
+}
+
+/// What istiod watches, minus what meshd has no use for.
+pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
+    vec![
+        w("", &["v1"], "Namespace", "namespaces"),
+        w("", &["v1"], "Service", "services"),
+        w("", &["v1"], "Pod", "pods"),
+        w(
+            "discovery.k8s.io",
+            &["v1"],
+            "EndpointSlice",
+            "endpointslices",
+        ),
+        WatchedKind {
+            namespace: Some(istio_namespace.to_string()),
+            ..w("", &["v1"], "ConfigMap", "configmaps")
+        },
+        // Credentials for gateways and DestinationRules; never Helm releases or tokens.
+        WatchedKind {
+            field_selector: Some(
+                "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token".into(),
+            ),
+            ..w("", &["v1"], "Secret", "secrets")
+        },
+        w(
+            "networking.istio.io",
+            NETWORKING,
+            "VirtualService",
+            "virtualservices",
+        ),
+        w(
+            "networking.istio.io",
+            NETWORKING,
+            "DestinationRule",
+            "destinationrules",
+        ),
+        w("networking.istio.io", NETWORKING, "Gateway", "gateways"),
+        w(
+            "networking.istio.io",
+            NETWORKING,
+            "ServiceEntry",
+            "serviceentries",
+        ),
+        w("networking.istio.io", NETWORKING, "Sidecar", "sidecars"),
+        w(
+            "networking.istio.io",
+            NETWORKING,
+            "WorkloadEntry",
+            "workloadentries",
+        ),
+        w(
+            "networking.istio.io",
+            NETWORKING,
+            "WorkloadGroup",
+            "workloadgroups",
+        ),
+        w(
+            "networking.istio.io",
+            NETWORKING,
+            "EnvoyFilter",
+            "envoyfilters",
+        ),
+        w(
+            "security.istio.io",
+            SECURITY,
+            "PeerAuthentication",
+            "peerauthentications",
+        ),
+        w(
+            "security.istio.io",
+            SECURITY,
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+        ),
+        w(
+            "security.istio.io",
+            SECURITY,
+            "RequestAuthentication",
+            "requestauthentications",
+        ),
+        w(
+            "telemetry.istio.io",
+            &["v1", "v1alpha1"],
+            "Telemetry",
+            "telemetries",
+        ),
+        w(
+            "extensions.istio.io",
+            &["v1alpha1"],
+            "WasmPlugin",
+            "wasmplugins",
+        ),
+    ]
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    pub istio_namespace: String,
+    /// `--revision`: objects labelled `istio.io/rev` for another revision are skipped.
+    pub revision: String,
+    /// Quiet time after the last event before a ConfigSet is built.
+    pub quiet: Duration,
+}
+
+enum Msg {
+    Replace(usize, Vec<DynamicObject>),
+    Apply(usize, DynamicObject),
+    Delete(usize, DynamicObject),
+    /// The kind is not served (its CRD is not installed): empty, but synced.
+    Absent(usize),
+}
+
+/// The parsed form of one Kubernetes object.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    objects: Vec<Arc<Object>>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Runs the watches; sends a ConfigSet once every kind is listed, then after each burst
+/// of changes. `filter` receives the namespace filter (from mesh config) as it changes.
+pub async fn run(
+    client: Client,
+    opts: KubeOptions,
+    tx: mpsc::Sender<ConfigSet>,
+    filter: watch::Sender<NamespaceFilter>,
+) {
+    let kinds = watched_kinds(&opts.istio_namespace);
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
+    for (i, k) in kinds.iter().enumerate() {
+        tokio::spawn(watch_kind(client.clone(), k.clone(), i, msg_tx.clone()));
+    }
+    drop(msg_tx);
+    let mut state: Vec<BTreeMap<(String, String), Entry>> = vec![BTreeMap::new(); kinds.len()];
+    let mut synced = vec![false; kinds.len()];
+    let mut announced = false;
+    loop {
+        let Some(first) = msg_rx.recv().await else {
+            return;
+        };
+        let mut pending = vec![first];
+        // Debounce: take everything that arrives within the quiet time.
+        loop {
+            match tokio::time::timeout(opts.quiet, msg_rx.recv()).await {
+                Ok(Some(m)) => pending.push(m),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        for m in pending {
+            apply(&kinds, &mut state, &mut synced, m);
+        }
+        if !synced.iter().all(|s| *s) {
+            continue;
+        }
+        if !announced {
+            info!(kinds = kinds.len(), "initial sync of the cluster complete");
+            announced = true;
+        }
+        let (set, nf) = assemble(&state, &opts);
+        filter.send_if_modified(|old| {
+            if *old != nf {
+                *old = nf;
+                true
+            } else {
+                false
+            }
+        });
+        if tx.send(set).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn origin(o: &DynamicObject) -> Origin {
+    Origin {
+        resource_version: Some(o.metadata.resource_version.clone().unwrap_or_default()),
+        ..Default::default()
+    }
+}
+
+/// Parses one object, keeping `previous`'s objects if the new version is refused.
+fn parse(k: &WatchedKind, o: DynamicObject, previous: Option<&Entry>) -> Entry {
+    let origin = origin(&o);
+    let mut value = match serde_json::to_value(&o) {
+        Ok(v) => v,
+        Err(e) => {
+            return Entry {
+                objects: previous.map(|p| p.objects.clone()).unwrap_or_default(),
+                diagnostics: vec![Diagnostic::error(origin, format!("unreadable object: {e}"))],
+            };
+        }
+    };
+    drop(o);
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    // List items carry no apiVersion and kind: the watch knows them.
+    let version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(String::from);
+    if version.is_none() || value.get("kind").is_none() {
+        value["apiVersion"] = Value::String(if k.group.is_empty() {
+            k.versions[0].to_string()
+        } else {
+            format!("{}/{}", k.group, k.versions[0])
+        });
+        value["kind"] = Value::String(k.kind.to_string());
+    }
+    let (objects, diagnostics) =
+        Object::from_value(value, FieldLines::default(), origin, "default");
+    let refused = diagnostics.iter().any(Diagnostic::is_error) && objects.is_empty();
+    match previous {
+        Some(p) if refused && !p.objects.is_empty() => {
+            let mut diagnostics = diagnostics;
+            for old in &p.objects {
+                diagnostics.push(
+                    Diagnostic::warning(
+                        old.origin.clone(),
+                        format!("{} keeps its last good version until it is fixed", old.key),
+                    )
+                    .object(old.key.to_string()),
+                );
+            }
+            Entry {
+                objects: p.objects.clone(),
+                diagnostics,
+            }
+        }
+        _ => Entry {
+            objects,
+            diagnostics,
+        },
+    }
+}
+
+fn name_of(o: &DynamicObject) -> (String, String) {
+    (
+        o.metadata.namespace.clone().unwrap_or_default(),
+        o.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn apply(
+    kinds: &[WatchedKind],
+    state: &mut [BTreeMap<(String, String), Entry>],
+    synced: &mut [bool],
+    m: Msg,
+) {
+    match m {
+        Msg::Replace(i, list) => {
+            let old = std::mem::take(&mut state[i]);
+            for o in list {
+                let key = name_of(&o);
+                let e = parse(&kinds[i], o, old.get(&key));
+                state[i].insert(key, e);
+            }
+            if !synced[i] {
+                debug!(kind = kinds[i].kind, objects = state[i].len(), "listed");
+            }
+            synced[i] = true;
+        }
+        Msg::Apply(i, o) => {
+            let key = name_of(&o);
+            let e = parse(&kinds[i], o, state[i].get(&key));
+            state[i].insert(key, e);
+        }
+        Msg::Delete(i, o) => {
+            state[i].remove(&name_of(&o));
+        }
+        Msg::Absent(i) => {
+            state[i].clear();
+            synced[i] = true;
+        }
+    }
+}
+
+/// Mesh config `discoverySelectors` from the `istio` ConfigMap.
+fn namespace_filter(
+    state: &[BTreeMap<(String, String), Entry>],
+    opts: &KubeOptions,
+) -> NamespaceFilter {
+    let mut nf = NamespaceFilter {
+        istio_namespace: opts.istio_namespace.clone(),
+        selectors: Vec::new(),
+    };
+    let mesh_name = if opts.revision.is_empty() || opts.revision == "default" {
+        "istio".to_string()
+    } else {
+        format!("istio-{}", opts.revision)
+    };
+    let mesh = state
+        .iter()
+        .flat_map(|m| m.values())
+        .flat_map(|e| e.objects.iter())
+        .find(|o| {
+            o.key.kind == Kind::ConfigMap
+                && o.key.namespace == opts.istio_namespace
+                && o.key.name == mesh_name
+        });
+    if let Some(Spec::ConfigMap(data)) = mesh.map(|o| &o.spec)
+        && let Some(text) = data.get("mesh")
+        && let Some(Ok(doc)) = crate::sources::yaml::parse_documents(text)
+            .into_iter()
+            .next()
+        && let Some(sel) = doc.value.get("discoverySelectors")
+    {
+        match serde_json::from_value::<Vec<LabelSelector>>(sel.clone()) {
+            Ok(s) => nf.selectors = s,
+            Err(e) => warn!(error = %e, "mesh config discoverySelectors ignored"),
+        }
+    }
+    nf
+}
+
+/// The ConfigSet: every parsed object in scope (revision, discovery selectors).
+fn assemble(
+    state: &[BTreeMap<(String, String), Entry>],
+    opts: &KubeOptions,
+) -> (ConfigSet, NamespaceFilter) {
+    let nf = namespace_filter(state, opts);
+    let ns_labels: BTreeMap<&str, &BTreeMap<String, String>> = state
+        .iter()
+        .flat_map(|m| m.values())
+        .flat_map(|e| e.objects.iter())
+        .filter(|o| o.key.kind == Kind::Namespace)
+        .map(|o| (o.key.name.as_str(), &o.labels))
+        .collect();
+    let empty = BTreeMap::new();
+    let mut set = ConfigSet::default();
+    for entry in state.iter().flat_map(|m| m.values()) {
+        set.diagnostics.extend(entry.diagnostics.iter().cloned());
+        for o in &entry.objects {
+            if o.key.kind != Kind::Namespace {
+                let labels = ns_labels
+                    .get(o.key.namespace.as_str())
+                    .copied()
+                    .unwrap_or(&empty);
+                if !nf.selects(&o.key.namespace, labels) {
+                    continue;
+                }
+            }
+            if o.key.kind.is_istio()
+                && !opts.revision.is_empty()
+                && o.labels
+                    .get("istio.io/rev")
+                    .is_some_and(|r| *r != opts.revision)
+            {
+                continue;
+            }
+            set.objects.insert(o.key.clone(), o.clone());
+        }
+    }
+    (set, nf)
+}
+
+fn api_resource(k: &WatchedKind, version: &str) -> ApiResource {
+    ApiResource {
+        group: k.group.to_string(),
+        version: version.to_string(),
+        api_version: if k.group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{}/{}", k.group, version)
+        },
+        kind: k.kind.to_string(),
+        plural: k.plural.to_string(),
+    }
+}
+
+fn api(client: &Client, k: &WatchedKind, ar: &ApiResource) -> Api<DynamicObject> {
+    match &k.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    }
+}
+
+/// The first of the kind's versions the server serves; None if it serves none (404).
+async fn served_version(
+    client: &Client,
+    k: &WatchedKind,
+) -> Result<Option<&'static str>, kube::Error> {
+    for v in k.versions {
+        let ar = api_resource(k, v);
+        match api(client, k, &ar)
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => return Ok(Some(v)),
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+async fn watch_kind(client: Client, k: WatchedKind, i: usize, tx: mpsc::UnboundedSender<Msg>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let version = match served_version(&client, &k).await {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                // Not installed (an optional CRD): nothing to serve; look again later.
+                info!(
+                    kind = k.kind,
+                    group = k.group,
+                    "not served by the API server; checking again in 60s"
+                );
+                if tx.send(Msg::Absent(i)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(kind = k.kind, error = %e, "cannot reach the API server; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        let ar = api_resource(&k, version);
+        let mut cfg = watcher::Config::default();
+        if let Some(f) = &k.field_selector {
+            cfg = cfg.fields(f);
+        }
+        let mut stream = watcher(api(&client, &k, &ar), cfg)
+            .default_backoff()
+            .boxed();
+        let mut buffer: Vec<DynamicObject> = Vec::new();
+        while let Some(ev) = stream.next().await {
+            let msg = match ev {
+                Ok(watcher::Event::Init) => {
+                    buffer.clear();
+                    None
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    buffer.push(o);
+                    None
+                }
+                Ok(watcher::Event::InitDone) => Some(Msg::Replace(i, std::mem::take(&mut buffer))),
+                Ok(watcher::Event::Apply(o)) => Some(Msg::Apply(i, o)),
+                Ok(watcher::Event::Delete(o)) => Some(Msg::Delete(i, o)),
+                Err(e) => {
+                    // The watcher retries (relisting after 410 Gone) with backoff.
+                    warn!(kind = k.kind, error = %e, "watch error; retrying");
+                    None
+                }
+            };
+            if let Some(m) = msg
+                && tx.send(m).is_err()
+            {
+                return;
+            }
+        }
+    }
+}
