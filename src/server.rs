@@ -202,14 +202,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .await?
         }
     });
-    std::fs::create_dir_all(&args.ca_dir)
+    let published = std::fs::create_dir_all(&args.ca_dir)
         .and_then(|_| std::fs::write(args.ca_dir.join("root-cert.pem"), ca.root_pem()))
         .with_context(|| {
             format!(
                 "publishing the root certificate in {}",
                 args.ca_dir.display()
             )
-        })?;
+        });
+    match (published, &mode) {
+        (Ok(()), _) => {}
+        (Err(e), Mode::Files) => return Err(e),
+        // In a cluster the ConfigMaps publish the root; a read-only file system is fine.
+        (Err(e), Mode::Kubernetes(_)) => {
+            warn!(error = %format!("{e:#}"), "root certificate file not written")
+        }
+    }
     let expiry = ca
         .root_not_after()
         .duration_since(std::time::UNIX_EPOCH)

@@ -332,10 +332,33 @@ impl Meshd {
 
     /// With the debug port moved (a gateway in the same namespace wants 8080).
     pub fn start_on(config: &Path, logs: &Path, http_port: u16, extra: &[&str]) -> Meshd {
+        Meshd::start_source(
+            &["--config-dir".as_ref(), config.as_os_str()],
+            logs,
+            http_port,
+            extra,
+        )
+    }
+
+    /// Watching a Kubernetes API server (the stand-in) through a kubeconfig.
+    pub fn start_kube(kubeconfig: &Path, logs: &Path, extra: &[&str]) -> Meshd {
+        Meshd::start_source(
+            &["--kubeconfig".as_ref(), kubeconfig.as_os_str()],
+            logs,
+            8080,
+            extra,
+        )
+    }
+
+    fn start_source(
+        source: &[&std::ffi::OsStr],
+        logs: &Path,
+        http_port: u16,
+        extra: &[&str],
+    ) -> Meshd {
         let mut cmd = Command::new(meshd_bin());
         cmd.arg("serve")
-            .arg("--config-dir")
-            .arg(config)
+            .args(source)
             .args(["--listen-address", "127.0.0.1", "--debounce", "50ms"])
             .args(["--http-port", &http_port.to_string()])
             .arg("--ca-dir")

