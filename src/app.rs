@@ -58,6 +58,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Crds => {
+            print!("{}", crate::crds::yaml());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { config, json } => {
             let snap = load_snapshot(&config)?;
             if json {

@@ -80,6 +80,8 @@ pub enum Command {
         #[arg(long)]
         mtls: bool,
     },
+    /// Print Istio's CustomResourceDefinitions (what crds/ holds).
+    Crds,
     /// Print every diagnostic; exit status 1 if any is an error.
     Validate {
         #[command(flatten)]

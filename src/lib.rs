@@ -10,6 +10,7 @@
 pub mod app;
 pub mod ca;
 pub mod cli;
+pub mod crds;
 pub mod debug;
 pub mod kube;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod sources;
 pub mod translate;
 pub mod xds;
+pub mod yaml_out;
 
 /// Envoy's protobuf descriptors (a FileDescriptorSet from envoy-types), for JSON rendering.
 pub static ENVOY_DESCRIPTORS: &[u8] =
