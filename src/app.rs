@@ -58,6 +58,38 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::KubeInject {
+            file,
+            inject_config_file,
+            mesh_config_file,
+            values_file,
+            output,
+            no_native_sidecars,
+        } => {
+            let mut settings = crate::inject::settings_from_files(
+                inject_config_file.as_deref(),
+                mesh_config_file.as_deref(),
+                values_file.as_deref(),
+            )?;
+            settings.native_sidecars = !no_native_sidecars;
+            let input = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let out = crate::inject::kubeinject::kube_inject(&settings, &input)
+                .map_err(anyhow::Error::msg)?;
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, out).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => print!("{out}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crds => {
             print!("{}", crate::crds::yaml());
             Ok(ExitCode::SUCCESS)

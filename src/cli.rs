@@ -82,6 +82,29 @@ pub enum Command {
     },
     /// Print Istio's CustomResourceDefinitions (what crds/ holds).
     Crds,
+    /// Inject the sidecar into workloads in a file, offline (like `istioctl kube-inject`).
+    #[command(name = "kube-inject")]
+    KubeInject {
+        /// Manifests to inject (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The `istio-sidecar-injector` ConfigMap (or its bare `config`).
+        #[arg(long = "injectConfigFile")]
+        inject_config_file: Option<PathBuf>,
+        /// The `istio` ConfigMap (or bare mesh config).
+        #[arg(long = "meshConfigFile")]
+        mesh_config_file: Option<PathBuf>,
+        /// Helm values (the ConfigMap's `values`), JSON or YAML.
+        #[arg(long = "valuesFile")]
+        values_file: Option<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Inject istio-proxy as a regular container, not a native sidecar (clusters
+        /// older than Kubernetes 1.29).
+        #[arg(long)]
+        no_native_sidecars: bool,
+    },
     /// Print every diagnostic; exit status 1 if any is an error.
     Validate {
         #[command(flatten)]

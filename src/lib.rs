@@ -12,12 +12,14 @@ pub mod ca;
 pub mod cli;
 pub mod crds;
 pub mod debug;
+pub mod inject;
 pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod sources;
 pub mod translate;
+pub mod webhook;
 pub mod xds;
 pub mod yaml_out;
 

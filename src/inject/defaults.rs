@@ -1,0 +1,8 @@
+//! Built-in injection settings: the same as deploy/'s ConfigMaps.
+
+/// The `config` key of ConfigMap `istio-sidecar-injector`.
+pub const CONFIG: &str = include_str!("../../deploy/injection/config.yaml");
+/// The `values` key.
+pub const VALUES: &str = include_str!("../../deploy/injection/values.json");
+/// The `mesh` key of ConfigMap `istio`.
+pub const MESH: &str = include_str!("../../deploy/injection/mesh.yaml");

@@ -1,0 +1,231 @@
+//! Istio's sidecar-injection golden cases (../shared/istio/injection/cases), through both
+//! paths: `meshd kube-inject` (whole output text) and the `/inject` webhook (AdmissionReview
+//! in, JSON patch out, applied and compared as Istio's own test compares).
+
+use std::path::PathBuf;
+
+use meshd::inject::pipeline::Settings;
+use serde_json::{Value, json};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/istio/injection")
+}
+
+fn settings() -> Settings {
+    let cm = std::fs::read_to_string(shared().join("istio-sidecar-injector.inject-tests.yaml"))
+        .expect("injector ConfigMap");
+    let cm = meshd::inject::pipeline::yaml_value(&cm).expect("yaml");
+    let mesh = std::fs::read_to_string(shared().join("mesh.inject-tests.yaml")).expect("mesh");
+    Settings::new(
+        cm["data"]["config"].as_str().expect("config"),
+        cm["data"]["values"].as_str().expect("values"),
+        &mesh,
+    )
+    .expect("settings")
+}
+
+struct Case {
+    input: String,
+    golden: String,
+    skip_webhook: bool,
+    skip_kube_inject: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let tsv = std::fs::read_to_string(shared().join("cases/CASES.tsv")).expect("CASES.tsv");
+    tsv.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Case {
+                input: f[0].to_string(),
+                golden: f[1].to_string(),
+                skip_webhook: f.get(2) == Some(&"True"),
+                skip_kube_inject: f.get(3) == Some(&"True"),
+            }
+        })
+        .collect()
+}
+
+fn first_difference(want: &str, got: &str) -> String {
+    for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
+        if w != g {
+            return format!("line {}:\n  want: {w}\n  got:  {g}", i + 1);
+        }
+    }
+    format!(
+        "lengths differ: want {} lines, got {}",
+        want.lines().count(),
+        got.lines().count()
+    )
+}
+
+#[test]
+fn kube_inject_matches_every_golden() {
+    let s = settings();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for c in cases().iter().filter(|c| !c.skip_kube_inject) {
+        ran += 1;
+        let input = std::fs::read_to_string(shared().join("cases").join(&c.input)).expect("input");
+        let golden =
+            std::fs::read_to_string(shared().join("cases").join(&c.golden)).expect("golden");
+        match meshd::inject::kubeinject::kube_inject(&s, &input) {
+            Ok(out) if out.trim() == golden.trim() => {}
+            Ok(out) => failures.push(format!(
+                "{} → {}: {}",
+                c.input,
+                c.golden,
+                first_difference(golden.trim(), out.trim())
+            )),
+            Err(e) => failures.push(format!("{}: error: {e}", c.input)),
+        }
+    }
+    assert!(ran >= 47, "only {ran} cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} kube-inject cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The pods Istio's webhook test derives from a manifest (see ../shared/istio/README.md).
+fn pods_of(doc: &Value) -> Vec<(Value, String)> {
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ns = doc["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let template = |p: &str| doc.pointer(p).cloned().unwrap_or(json!({}));
+    let owner = |api: &str, kind: &str, name: &str| json!([{"apiVersion": api, "kind": kind, "name": name, "controller": true, "uid": ""}]);
+    let mut pod = match kind {
+        "List" => {
+            return doc["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(pods_of)
+                .collect();
+        }
+        "Pod" => json!({"metadata": doc["metadata"], "spec": doc["spec"]}),
+        "CronJob" => template("/spec/jobTemplate/spec/template"),
+        "Deployment"
+        | "DaemonSet"
+        | "StatefulSet"
+        | "Job"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "DeploymentConfig" => template("/spec/template"),
+        _ => return Vec::new(),
+    };
+    if kind != "Pod" {
+        let meta = &mut pod["metadata"];
+        if !meta.is_object() {
+            *meta = json!({});
+        }
+        if kind == "Deployment" {
+            meta["ownerReferences"] = owner("apps/v1", "ReplicaSet", &format!("{name}-fake"));
+            meta["generateName"] = json!(format!("{name}-fake-"));
+            meta["labels"]["pod-template-hash"] = json!("fake");
+        } else {
+            let api = doc["apiVersion"].as_str().unwrap_or_default();
+            meta["ownerReferences"] = owner(api, kind, &name);
+            meta["generateName"] = json!(name);
+        }
+    }
+    vec![(pod, ns)]
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    meshd::inject::kubeinject::split_documents(text)
+        .expect("documents")
+        .iter()
+        .map(|d| meshd::inject::pipeline::yaml_value(d).expect("yaml"))
+        .collect()
+}
+
+/// Istio's comparison: typed JSON, without the status annotation and with
+/// fieldRef.apiVersion blanked.
+fn comparable(pod: &Value) -> Value {
+    let mut p = meshd::inject::merge::normalize_pod(pod);
+    if let Some(a) = p["metadata"]["annotations"].as_object_mut() {
+        a.remove("sidecar.istio.io/status");
+        if a.is_empty() {
+            p["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("annotations"));
+        }
+    }
+    for list in ["containers", "initContainers"] {
+        for c in p["spec"][list].as_array_mut().into_iter().flatten() {
+            for e in c["env"].as_array_mut().into_iter().flatten() {
+                if let Some(f) = e
+                    .pointer_mut("/valueFrom/fieldRef")
+                    .and_then(Value::as_object_mut)
+                {
+                    f.remove("apiVersion");
+                }
+            }
+        }
+    }
+    p
+}
+
+#[test]
+fn webhook_matches_every_golden() {
+    let s = settings();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for c in cases().iter().filter(|c| !c.skip_webhook) {
+        let input = std::fs::read_to_string(shared().join("cases").join(&c.input)).expect("input");
+        let golden =
+            std::fs::read_to_string(shared().join("cases").join(&c.golden)).expect("golden");
+        let inputs: Vec<(Value, String)> = docs(&input).iter().flat_map(pods_of).collect();
+        let wants: Vec<(Value, String)> = docs(&golden).iter().flat_map(pods_of).collect();
+        assert_eq!(inputs.len(), wants.len(), "{}", c.input);
+        for (i, ((pod, ns), (want, _))) in inputs.iter().zip(&wants).enumerate() {
+            ran += 1;
+            let review = json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": format!("uid-{i}"), "namespace": if ns.is_empty() { "default" } else { ns },
+                            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "operation": "CREATE", "object": pod},
+            });
+            let resp = meshd::webhook::inject_review(&s, &review, "default");
+            let r = &resp["response"];
+            assert_eq!(r["uid"], json!(format!("uid-{i}")));
+            let mut got = pod.clone();
+            if let Some(patch) = r["patch"].as_str() {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(patch)
+                    .expect("base64 patch");
+                let ops: Value = serde_json::from_slice(&bytes).expect("JSON patch");
+                got = meshd::webhook::apply_patch(&meshd::inject::merge::normalize_pod(pod), &ops)
+                    .expect("patch applies");
+            } else if r["allowed"] != true {
+                failures.push(format!("{}[{i}]: refused: {}", c.input, r["status"]));
+                continue;
+            }
+            let (g, w) = (comparable(&got), comparable(want));
+            if g != w {
+                let gy = meshd::yaml_out::to_string(&g);
+                let wy = meshd::yaml_out::to_string(&w);
+                failures.push(format!("{}[{i}]: {}", c.input, first_difference(&wy, &gy)));
+            }
+        }
+    }
+    assert!(ran >= 47, "only {ran} pods");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} webhook pods differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
