@@ -30,7 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(crate::server::serve(args))?;
+            rt.block_on(crate::server::serve(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Translate {

@@ -53,7 +53,7 @@ pub enum InterceptionArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve xDS to proxies (ADS on 15010), with debug endpoints (8080) and metrics (15014).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what a proxy with NODE_ID would receive.
     Translate {
         #[command(flatten)]
@@ -134,6 +134,13 @@ pub struct ServeArgs {
     /// TLS gRPC: the CA (IstioCertificateService) and ADS with SDS for authenticated proxies.
     #[arg(long, default_value_t = 15012)]
     pub secure_grpc_port: u16,
+    /// HTTPS admission webhooks: /inject (sidecar injection) and /validate.
+    #[arg(long, default_value_t = 15017)]
+    pub webhook_port: u16,
+    /// Inject istio-proxy as a native sidecar (init container with restartPolicy Always):
+    /// true, false, or auto (Kubernetes 1.33 or newer; always in file mode).
+    #[arg(long, env = "ENABLE_NATIVE_SIDECARS", default_value = "auto")]
+    pub native_sidecars: String,
     /// Where the self-signed root is kept (created on first start) and the root
     /// certificate is published (`root-cert.pem`).
     #[arg(long, default_value = ".meshd/ca")]

@@ -66,6 +66,14 @@ pub struct Metrics {
     pub root_expiry: Gauge,
     /// meshd_sds_refusals: SDS requests for secrets the caller does not own.
     pub sds_refusals: Counter,
+    /// sidecar_injection_{requests,success,skip,failure}_total, as istiod names them.
+    pub injection_requests: Counter,
+    pub injection_success: Counter,
+    pub injection_skip: Counter,
+    pub injection_failure: Counter,
+    /// galley_validation_{passed,failed}: validation webhook verdicts.
+    pub validation_passed: Counter,
+    pub validation_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -171,7 +179,46 @@ impl Metrics {
             "SDS requests refused because the caller does not own the secret",
             sds_refusals.clone(),
         );
+        // istiod's names for these end in `_total` (see KEEP_TOTAL).
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let injection_requests = counter(
+            &mut registry,
+            "sidecar_injection_requests",
+            "Injection requests",
+        );
+        let injection_success =
+            counter(&mut registry, "sidecar_injection_success", "Pods injected");
+        let injection_skip = counter(
+            &mut registry,
+            "sidecar_injection_skip",
+            "Pods not injected by policy",
+        );
+        let injection_failure = counter(
+            &mut registry,
+            "sidecar_injection_failure",
+            "Injections that failed",
+        );
+        let validation_passed = counter(
+            &mut registry,
+            "galley_validation_passed",
+            "Objects the validation webhook accepted",
+        );
+        let validation_failed = counter(
+            &mut registry,
+            "galley_validation_failed",
+            "Objects the validation webhook refused",
+        );
         Metrics {
+            injection_requests,
+            injection_success,
+            injection_skip,
+            injection_failure,
+            validation_passed,
+            validation_failed,
             csr_count,
             certs_issued,
             csr_errors,
@@ -208,12 +255,22 @@ impl Metrics {
     }
 }
 
-/// OpenMetrics text → Prometheus text 0.0.4: no `# EOF`, no `_total` on counter samples.
+/// Counters istiod exports with `_total` in their names (its injection metrics).
+const KEEP_TOTAL: &[&str] = &[
+    "sidecar_injection_requests",
+    "sidecar_injection_success",
+    "sidecar_injection_skip",
+    "sidecar_injection_failure",
+];
+
+/// OpenMetrics text → Prometheus text 0.0.4: no `# EOF`, no `_total` on counter samples
+/// (except for the counters istiod itself names `…_total`).
 pub fn to_prometheus_text(open_metrics: &str) -> String {
     let counters: Vec<String> = open_metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.strip_suffix(" counter"))
+        .filter(|name| !KEEP_TOTAL.contains(name))
         .map(|name| format!("{name}_total"))
         .collect();
     let mut out = String::with_capacity(open_metrics.len());

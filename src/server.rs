@@ -141,6 +141,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )
     .await?;
     let http = bind(&args.listen_address, args.http_port, "/ready and /debug").await?;
+    let webhook = bind(
+        &args.listen_address,
+        args.webhook_port,
+        "the admission webhooks (HTTPS)",
+    )
+    .await?;
     let monitoring = bind(&args.listen_address, args.monitoring_port, "/metrics").await?;
 
     let (set_tx, mut set_rx) = mpsc::channel::<ConfigSet>(4);
@@ -352,6 +358,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let state = state.clone();
         let ca = ca.clone();
         let dns = args.serving_dns.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
@@ -366,6 +373,45 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                         });
                     }
                 }
+            }
+        });
+    }
+    // Admission webhooks on 15017, with the same serving certificate.
+    let native = match (args.native_sidecars.as_str(), &mode) {
+        ("true", _) => true,
+        ("false", _) => false,
+        (_, Mode::Files) => true,
+        (_, Mode::Kubernetes(client)) => match client.apiserver_version().await {
+            Ok(v) => {
+                let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
+                v.major == "1" && minor >= 33
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the Kubernetes version; injecting classic sidecars");
+                false
+            }
+        },
+    };
+    let webhook_state = Arc::new(crate::webhook::WebhookState::new(
+        state.clone(),
+        &args.revision,
+        &args.config.istio_namespace,
+        native,
+    ));
+    let webhook_addr = webhook.local_addr()?;
+    {
+        let tls = crate::webhook::tls_config(serving.clone()).map_err(anyhow::Error::msg)?;
+        let listener = crate::webhook::TlsListener::new(webhook, tls)?;
+        let app = crate::webhook::router(webhook_state);
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                warn!(error = %e, "webhook server stopped");
             }
         });
     }
@@ -385,7 +431,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
-    info!(%grpc_addr, %secure_addr, %http_addr, %monitoring_addr, "meshd serving");
+    info!(%grpc_addr, %secure_addr, %webhook_addr, %http_addr, %monitoring_addr, native_sidecars = native, "meshd serving");
 
     shutdown_signal().await;
     info!("shutting down");

@@ -246,3 +246,387 @@ fn take(doc: &mut Value, path: &str) -> Result<Value, String> {
         _ => Err(format!("no parent for {path}")),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+/// Answers a validation AdmissionReview for an Istio object.
+pub fn validate_review(review: &Value, mesh: &crate::model::mesh::MeshConfig) -> Value {
+    use crate::model::diagnostic::Origin;
+    use crate::model::object::{Object, TypeLookup, lookup_type};
+    let req = &review["request"];
+    if req["operation"] == "DELETE" {
+        return reply(review, json!({"allowed": true}));
+    }
+    let obj = req["object"].clone();
+    let api = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    match lookup_type(api, kind) {
+        TypeLookup::Known(k) if k.is_istio() => {}
+        TypeLookup::BadVersion { served, .. } => {
+            return deny(
+                review,
+                format!(
+                    "{kind} is not served in {api} (served: {})",
+                    served.join(", ")
+                ),
+                Vec::new(),
+            );
+        }
+        // Kinds meshd does not validate (yet): admitted, as istiod admits kinds it does
+        // not know.
+        _ => return reply(review, json!({"allowed": true})),
+    }
+    let namespace = req["namespace"].as_str().unwrap_or("default");
+    let (objects, mut diags) = Object::from_value(
+        obj,
+        crate::sources::yaml::FieldLines::default(),
+        Origin::default(),
+        namespace,
+    );
+    for o in &objects {
+        diags.extend(crate::model::validate::object(o, mesh));
+    }
+    let describe = |d: &crate::model::diagnostic::Diagnostic| {
+        let mut s = String::new();
+        if let Some(f) = &d.field {
+            s.push_str(f);
+            s.push_str(": ");
+        }
+        s.push_str(&d.reason);
+        if let Some(h) = &d.hint {
+            s.push_str(&format!(" (hint: {h})"));
+        }
+        s
+    };
+    let errors: Vec<String> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(describe)
+        .collect();
+    let warnings: Vec<String> = diags
+        .iter()
+        .filter(|d| !d.is_error())
+        .map(describe)
+        .collect();
+    if errors.is_empty() {
+        let mut r = json!({"allowed": true});
+        if !warnings.is_empty() {
+            r["warnings"] = json!(warnings);
+        }
+        reply(review, r)
+    } else {
+        deny(
+            review,
+            format!("configuration is invalid: {}", errors.join("; ")),
+            warnings,
+        )
+    }
+}
+
+fn deny(review: &Value, message: String, warnings: Vec<String>) -> Value {
+    let mut r = json!({
+        "allowed": false,
+        "status": {"status": "Failure", "message": message, "reason": "Invalid", "code": 400},
+    });
+    if !warnings.is_empty() {
+        r["warnings"] = json!(warnings);
+    }
+    reply(review, r)
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTPS server
+// ---------------------------------------------------------------------------------------
+
+use std::sync::{Arc, Mutex};
+
+/// Where the webhook gets its settings from.
+pub struct WebhookState {
+    pub xds: Arc<crate::xds::XdsState>,
+    pub revision: String,
+    pub istio_namespace: String,
+    /// Whether the cluster runs native sidecars.
+    pub native_sidecars: bool,
+    /// Settings built from the snapshot's ConfigMaps, and what they were built from.
+    cache: Mutex<Option<(u64, Arc<Settings>)>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl WebhookState {
+    pub fn new(
+        xds: Arc<crate::xds::XdsState>,
+        revision: &str,
+        istio_namespace: &str,
+        native_sidecars: bool,
+    ) -> Self {
+        let metrics = xds.metrics.clone();
+        WebhookState {
+            xds,
+            revision: revision.to_string(),
+            istio_namespace: istio_namespace.to_string(),
+            native_sidecars,
+            cache: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// The injector settings: ConfigMap `istio-sidecar-injector` (and the `istio` mesh
+    /// config) when present, else meshd's built-in defaults. A ConfigMap that does not
+    /// parse leaves the last good settings in force.
+    pub fn settings(&self) -> Result<Arc<Settings>, String> {
+        use crate::model::object::{Kind, ObjectKey, Spec};
+        let snap = self.xds.snapshot();
+        let suffix = if self.revision.is_empty() || self.revision == "default" {
+            String::new()
+        } else {
+            format!("-{}", self.revision)
+        };
+        let cm = |name: String| {
+            snap.objects.get(&ObjectKey {
+                kind: Kind::ConfigMap,
+                namespace: self.istio_namespace.clone(),
+                name,
+            })
+        };
+        let injector = cm(format!("istio-sidecar-injector{suffix}"));
+        let mesh = cm(format!("istio{suffix}")).or_else(|| cm("istio".into()));
+        let key = injector.map(|o| o.hash).unwrap_or(0)
+            ^ mesh.map(|o| o.hash.rotate_left(1)).unwrap_or(0);
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| "settings lock poisoned".to_string())?;
+        if let Some((k, s)) = cache.as_ref()
+            && *k == key
+        {
+            return Ok(s.clone());
+        }
+        let data = |o: Option<&Arc<crate::model::object::Object>>, k: &str| -> Option<String> {
+            match o.map(|o| &o.spec) {
+                Some(Spec::ConfigMap(d)) => d.get(k).cloned(),
+                _ => None,
+            }
+        };
+        let config =
+            data(injector, "config").unwrap_or_else(|| crate::inject::defaults::CONFIG.to_string());
+        let values =
+            data(injector, "values").unwrap_or_else(|| crate::inject::defaults::VALUES.to_string());
+        let mesh_text =
+            data(mesh, "mesh").unwrap_or_else(|| crate::inject::defaults::MESH.to_string());
+        match Settings::new(&config, &values, &mesh_text) {
+            Ok(mut s) => {
+                s.native_sidecars = self.native_sidecars;
+                let s = Arc::new(s);
+                *cache = Some((key, s.clone()));
+                Ok(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "injection settings refused; the last good ones stay in force");
+                match cache.as_ref() {
+                    Some((_, s)) => Ok(s.clone()),
+                    None => Err(format!("injection settings: {e}")),
+                }
+            }
+        }
+    }
+}
+
+async fn read_review(req: axum::extract::Request) -> Result<Value, axum::response::Response> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let json_body = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_body {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json\n",
+        )
+            .into_response());
+    }
+    let body = axum::body::to_bytes(req.into_body(), 16 << 20)
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}\n"),
+            )
+                .into_response()
+        })?;
+    if body.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "empty body\n").into_response());
+    }
+    let review: Value = serde_json::from_slice(&body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("not an AdmissionReview: {e}\n"),
+        )
+            .into_response()
+    })?;
+    if !review["request"].is_object() {
+        return Err((StatusCode::BAD_REQUEST, "AdmissionReview without request\n").into_response());
+    }
+    Ok(review)
+}
+
+async fn inject_handler(
+    axum::extract::State(state): axum::extract::State<Arc<WebhookState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let params = path_params(req.uri().path());
+    let review = match read_review(req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let answer = match state.settings() {
+        Ok(s) => {
+            // Rendering is CPU work: keep it off the I/O threads.
+            let revision = state.revision.clone();
+            let review2 = review.clone();
+            match tokio::task::spawn_blocking(move || {
+                inject_review_with(&s, &review2, &revision, params)
+            })
+            .await
+            {
+                Ok(a) => a,
+                Err(e) => reply(
+                    &review,
+                    json!({"allowed": false, "status": {"message": format!("injection failed: {e}")}}),
+                ),
+            }
+        }
+        Err(e) => reply(&review, json!({"allowed": false, "status": {"message": e}})),
+    };
+    let m = &state.metrics;
+    m.injection_requests.inc();
+    if answer["response"]["patch"].is_string() {
+        m.injection_success.inc();
+    } else if answer["response"]["allowed"] == true {
+        m.injection_skip.inc();
+    } else {
+        m.injection_failure.inc();
+    }
+    axum::Json(answer).into_response()
+}
+
+async fn validate_handler(
+    axum::extract::State(state): axum::extract::State<Arc<WebhookState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let review = match read_review(req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let snap = state.xds.snapshot();
+    let answer = validate_review(&review, &snap.mesh);
+    if answer["response"]["allowed"] == true {
+        state.metrics.validation_passed.inc();
+    } else {
+        state.metrics.validation_failed.inc();
+    }
+    axum::Json(answer).into_response()
+}
+
+pub fn router(state: Arc<WebhookState>) -> axum::Router {
+    use axum::routing::post;
+    axum::Router::new()
+        .route("/inject", post(inject_handler))
+        .route("/inject/{*params}", post(inject_handler))
+        .route("/validate", post(validate_handler))
+        .route("/validate/{*rest}", post(validate_handler))
+        .with_state(state)
+}
+
+/// TLS connections for axum: handshakes run on their own tasks so a slow client cannot
+/// hold up the others.
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TlsListener> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "webhook TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "webhook TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { rx, addr })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Some(c) = self.rx.recv().await {
+                return c;
+            }
+            // The accept loop ended: nothing more will come.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// rustls settings for 15017: meshd's serving certificate, HTTP/1.1.
+pub fn tls_config(
+    cert: Arc<crate::ca::server::ServingCert>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -214,6 +214,15 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
                 )
                 .hint("give each destination a weight, e.g. 50 and 50"),
             );
+        } else if r.route.len() > 1 && total != 100 {
+            // istiod refuses these at admission; meshd does the same everywhere.
+            out.push(
+                obj.diag_error(
+                    &format!("{p}.route"),
+                    format!("total destination weight {total} != 100"),
+                )
+                .hint("make the weights of the destinations add up to 100"),
+            );
         }
         if let Some(redirect) = &r.redirect
             && let Some(code) = redirect.redirect_code
@@ -310,6 +319,18 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
             }
         }
     }
+    let weights = |route: &[istio::RouteDestination], path: String, out: &mut Vec<Diagnostic>| {
+        let total: i64 = route
+            .iter()
+            .map(|d| i64::from(d.weight.unwrap_or(0).max(0)))
+            .sum();
+        if route.len() > 1 && total != 100 {
+            out.push(
+                obj.diag_error(&path, format!("total destination weight {total} != 100"))
+                    .hint("make the weights of the destinations add up to 100"),
+            );
+        }
+    };
     for (i, r) in vs.tcp.iter().enumerate() {
         if r.route.is_empty() {
             out.push(obj.diag_error(
@@ -317,6 +338,7 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
                 "a TCP route needs a destination",
             ));
         }
+        weights(&r.route, format!("spec.tcp[{i}].route"), &mut out);
     }
     for (i, r) in vs.tls.iter().enumerate() {
         if r.matches.is_empty() {
@@ -331,8 +353,23 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
                 "a TLS route needs a destination",
             ));
         }
+        weights(&r.route, format!("spec.tls[{i}].route"), &mut out);
     }
     out
+}
+
+/// Every per-object check for one object (what the validation webhook runs).
+pub fn object(obj: &Object, mesh: &super::mesh::MeshConfig) -> Vec<Diagnostic> {
+    use super::object::Spec;
+    match &obj.spec {
+        Spec::VirtualService(s) => virtual_service(obj, s),
+        Spec::DestinationRule(s) => destination_rule(obj, s),
+        Spec::Gateway(s) => gateway(obj, s),
+        Spec::ServiceEntry(s) => service_entry(obj, s),
+        Spec::AuthorizationPolicy(s) => authorization_policy(obj, s, mesh),
+        Spec::RequestAuthentication(s) => request_authentication(obj, s),
+        _ => Vec::new(),
+    }
 }
 
 /// DestinationRule rules from istio's `ValidateDestinationRule`.

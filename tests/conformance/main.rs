@@ -13,3 +13,4 @@ mod harness;
 mod kubernetes;
 mod mtls;
 mod origination;
+mod webhook;
