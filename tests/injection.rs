@@ -229,3 +229,104 @@ fn webhook_matches_every_golden() {
         failures.join("\n")
     );
 }
+
+/// What must match between meshd's own templates and Istio's for a pod: containers,
+/// volumes, the proxy's arguments and environment, labels and annotations.
+fn shape(pod: &Value) -> Value {
+    let names = |list: &str| -> Vec<String> {
+        pod["spec"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(String::from))
+            .collect()
+    };
+    let proxy = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| pod["spec"][*l].as_array().cloned().unwrap_or_default())
+        .find(|c| c["name"] == "istio-proxy")
+        .unwrap_or(Value::Null);
+    let env: Vec<Value> = proxy["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| json!([e["name"], e["value"], e["valueFrom"]]))
+        .collect();
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut annotations = pod["metadata"]["annotations"].clone();
+    if let Some(a) = annotations.as_object_mut() {
+        a.remove("sidecar.istio.io/status");
+    }
+    json!({
+        "initContainers": names("initContainers"),
+        "containers": names("containers"),
+        "volumes": names("volumes"),
+        "proxyArgs": proxy["args"],
+        "proxyEnv": env,
+        "proxyProbes": [proxy["readinessProbe"], proxy["startupProbe"], proxy["lifecycle"]],
+        "proxySecurity": proxy["securityContext"],
+        "proxyResources": proxy["resources"],
+        "labels": pod["metadata"]["labels"],
+        "annotations": keys(&annotations),
+    })
+}
+
+#[test]
+fn built_in_templates_inject_what_istios_do() {
+    // meshd's own `sidecar` template with its default values, against Istio's template
+    // with the golden tests' values: same pods but for the image.
+    let ours = meshd::inject::settings_from_files(None, None, None).expect("built-in settings");
+    let theirs = settings();
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for c in cases()
+        .iter()
+        .filter(|c| !c.skip_kube_inject && !c.skip_webhook)
+    {
+        let input = std::fs::read_to_string(shared().join("cases").join(&c.input)).expect("input");
+        // Only the `sidecar` template is built in with Istio's full behaviour.
+        if input.contains("inject.istio.io/templates") {
+            continue;
+        }
+        let a = meshd::inject::kubeinject::kube_inject(&ours, &input);
+        let b = meshd::inject::kubeinject::kube_inject(&theirs, &input).expect("istio's template");
+        let a = match a {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(format!("{}: {e}", c.input));
+                continue;
+            }
+        };
+        let pa: Vec<Value> = docs(&a)
+            .iter()
+            .flat_map(pods_of)
+            .map(|(p, _)| shape(&p))
+            .collect();
+        let pb: Vec<Value> = docs(&b)
+            .iter()
+            .flat_map(pods_of)
+            .map(|(p, _)| shape(&p))
+            .collect();
+        compared += 1;
+        if pa != pb {
+            let ya = meshd::yaml_out::to_string(&json!(pa))
+                .replace("docker.io/istio/proxyv2:1.28.0", "IMAGE");
+            let yb = meshd::yaml_out::to_string(&json!(pb))
+                .replace("registry.istio.io/testing/proxyv2:latest", "IMAGE");
+            if ya != yb {
+                failures.push(format!("{}: {}", c.input, first_difference(&yb, &ya)));
+            }
+        }
+    }
+    assert!(compared > 30, "compared {compared}");
+    assert!(
+        failures.is_empty(),
+        "{} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -729,8 +729,26 @@ pub fn inject(settings: &Settings, req: &Request) -> Result<Value, String> {
         let text = t
             .render(&data, &settings.funcs)
             .map_err(|e| format!("failed to run injection template: {name}: {e}"))?;
-        let patch =
-            yaml_value(&text).map_err(|e| format!("template {name} rendered invalid YAML: {e}"))?;
+        let patch = yaml_value(&text).map_err(|e| {
+            // Show the rendered lines around the fault: custom templates fail here.
+            let line: usize = e
+                .trim_start_matches("line ")
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let context: Vec<String> = text
+                .lines()
+                .enumerate()
+                .skip(line.saturating_sub(4))
+                .take(6)
+                .map(|(i, l)| format!("{:>4} | {l}", i + 1))
+                .collect();
+            format!(
+                "template {name} rendered invalid YAML: {e}\n{}",
+                context.join("\n")
+            )
+        })?;
         template_pod = normalize_pod(&strategic_merge(&template_pod, &patch));
         let in_init = has_container(&template_pod["spec"]["initContainers"], PROXY);
         if native_for(settings, &pod)
