@@ -196,7 +196,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let trust_domain = first.mesh.trust_domain.clone();
 
     // The certificate authority (the trust domain comes from mesh config).
-    let ca = Arc::new(match (&args.cacerts, &mode) {
+    // In a cluster the `cacerts` Secret is mounted optionally, as for istiod: an empty
+    // folder means "no plugged-in CA".
+    let plugged = args.cacerts.as_ref().filter(|d| match &mode {
+        Mode::Files => true,
+        Mode::Kubernetes(_) => d.join("ca-cert.pem").exists(),
+    });
+    let ca = Arc::new(match (plugged, &mode) {
         (Some(dir), _) => crate::ca::Authority::from_cacerts(dir, &trust_domain)?,
         (None, Mode::Files) => crate::ca::Authority::load_or_create(&args.ca_dir, &trust_domain)?,
         (None, Mode::Kubernetes(client)) => {
@@ -230,7 +236,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     metrics.root_expiry.set(expiry);
-    info!(root = %args.ca_dir.join("root-cert.pem").display(), %trust_domain, plugged_in = args.cacerts.is_some(), "certificate authority ready");
+    info!(root = %args.ca_dir.join("root-cert.pem").display(), %trust_domain, plugged_in = plugged.is_some(), "certificate authority ready");
     let workload_ttl =
         crate::app::parse_duration(&args.workload_cert_ttl).context("--workload-cert-ttl")?;
     if workload_ttl > crate::ca::authority::MAX_TTL {
