@@ -44,10 +44,17 @@ fn configmaps_are_the_built_in_defaults() {
     let mesh = find(&objs, "ConfigMap", "istio");
     assert_eq!(mesh["metadata"]["namespace"], "istio-system");
     // Regenerate with scripts/gen-configmaps.py.
-    assert_eq!(mesh["data"]["mesh"].as_str(), Some(meshd::inject::defaults::MESH));
+    assert_eq!(
+        mesh["data"]["mesh"].as_str(),
+        Some(meshd::inject::defaults::MESH)
+    );
     let inj = find(&objs, "ConfigMap", "istio-sidecar-injector");
-    assert_eq!(inj["data"]["config"].as_str(), Some(meshd::inject::defaults::CONFIG));
-    let values: Value = serde_json::from_str(inj["data"]["values"].as_str().expect("values")).expect("JSON");
+    assert_eq!(
+        inj["data"]["config"].as_str(),
+        Some(meshd::inject::defaults::CONFIG)
+    );
+    let values: Value =
+        serde_json::from_str(inj["data"]["values"].as_str().expect("values")).expect("JSON");
     let defaults: Value = serde_json::from_str(meshd::inject::defaults::VALUES).expect("JSON");
     assert_eq!(values, defaults);
 }
@@ -60,18 +67,31 @@ fn names_and_ports_are_istiods() {
         .as_array()
         .expect("ports")
         .iter()
-        .map(|p| (p["port"].as_i64().unwrap_or(0), p["targetPort"].as_i64().unwrap_or(0)))
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or(0),
+                p["targetPort"].as_i64().unwrap_or(0),
+            )
+        })
         .collect();
     for want in [(15010, 15010), (15012, 15012), (443, 15017), (15014, 15014)] {
         assert!(ports.contains(&want), "{want:?} in {ports:?}");
     }
-    let mutating = find(&objs, "MutatingWebhookConfiguration", "istio-sidecar-injector");
+    let mutating = find(
+        &objs,
+        "MutatingWebhookConfiguration",
+        "istio-sidecar-injector",
+    );
     for h in mutating["webhooks"].as_array().expect("webhooks") {
         assert_eq!(h["clientConfig"]["service"]["name"], "istiod");
         assert_eq!(h["clientConfig"]["service"]["path"], "/inject");
         assert_eq!(h["clientConfig"]["service"]["port"], 443);
     }
-    let validating = find(&objs, "ValidatingWebhookConfiguration", "istio-validator-istio-system");
+    let validating = find(
+        &objs,
+        "ValidatingWebhookConfiguration",
+        "istio-validator-istio-system",
+    );
     for h in validating["webhooks"].as_array().expect("webhooks") {
         assert_eq!(h["clientConfig"]["service"]["path"], "/validate");
     }
@@ -84,22 +104,36 @@ fn names_and_ports_are_istiods() {
         .flat_map(|r| r["resourceNames"].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(names, ["istio-sidecar-injector", "istio-validator-istio-system"]);
+    assert_eq!(
+        names,
+        ["istio-sidecar-injector", "istio-validator-istio-system"]
+    );
     let verbs_for = |res: &str| -> Vec<String> {
         role["rules"]
             .as_array()
             .expect("rules")
             .iter()
-            .filter(|r| r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == res)))
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == res))
+            })
             .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
             .filter_map(|v| v.as_str().map(String::from))
             .collect()
     };
     assert_eq!(verbs_for("tokenreviews"), ["create"]);
-    assert!(!verbs_for("secrets").iter().any(|v| v != "get" && v != "list" && v != "watch"),
-        "cluster-wide secrets are read-only");
+    assert!(
+        !verbs_for("secrets")
+            .iter()
+            .any(|v| v != "get" && v != "list" && v != "watch"),
+        "cluster-wide secrets are read-only"
+    );
     let deploy = find(&objs, "Deployment", "istiod");
-    assert_eq!(deploy["spec"]["template"]["spec"]["serviceAccountName"], "istiod");
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["serviceAccountName"],
+        "istiod"
+    );
 }
 
 fn validator() -> Option<PathBuf> {
@@ -129,7 +163,10 @@ fn validate(paths: &[PathBuf]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(!text.contains("ERROR") && !text.contains("failed"), "{text}");
+    assert!(
+        !text.contains("ERROR") && !text.contains("failed"),
+        "{text}"
+    );
     assert!(text.contains("passed"), "{text}");
 }
 
@@ -137,7 +174,12 @@ fn validate(paths: &[PathBuf]) {
 fn deploy_and_crds_pass_kubernetes_schemas() {
     let mut paths: Vec<PathBuf> = ["deploy", "crds"]
         .iter()
-        .flat_map(|d| std::fs::read_dir(repo().join(d)).expect(d).flatten().map(|e| e.path()))
+        .flat_map(|d| {
+            std::fs::read_dir(repo().join(d))
+                .expect(d)
+                .flatten()
+                .map(|e| e.path())
+        })
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     paths.sort();
@@ -152,7 +194,15 @@ fn kube_inject_output_passes_kubernetes_schemas() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     let cases = repo().join("../shared/istio/injection/cases");
     let mut paths = Vec::new();
-    for name in ["hello.yaml", "statefulset.yaml", "daemonset.yaml", "pod.yaml", "hello-probes.yaml", "list-frontend.yaml", "replicaset.yaml"] {
+    for name in [
+        "hello.yaml",
+        "statefulset.yaml",
+        "daemonset.yaml",
+        "pod.yaml",
+        "hello-probes.yaml",
+        "list-frontend.yaml",
+        "replicaset.yaml",
+    ] {
         let input = std::fs::read_to_string(cases.join(name)).expect("case");
         let out = meshd::inject::kubeinject::kube_inject(&settings, &input).expect("injects");
         let p = dir.join(name);
