@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// revision are skipped.
     #[arg(long, env = "REVISION", default_value = "")]
     pub revision: String,
+    /// Write a `Reconciled` condition into the status of Istio objects (Kubernetes mode;
+    /// istiod's PILOT_ENABLE_STATUS, off by default as there).
+    #[arg(long, env = "PILOT_ENABLE_STATUS")]
+    pub write_status: bool,
     /// This replica's name in leader election (default: the pod name, else the host name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,

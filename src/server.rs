@@ -193,6 +193,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let first = builder.build(&first_set);
     drop(first_set);
+    // Every snapshot, for the status writer (Kubernetes mode, --write-status).
+    let (status_tx, status_rx) = watch::channel(first.clone());
     let trust_domain = first.mesh.trust_domain.clone();
 
     // The certificate authority (the trust domain comes from mesh config).
@@ -278,6 +280,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             leader.clone(),
             filter_rx,
         );
+        if args.write_status {
+            crate::kube::writer::write_status(client.clone(), leader.clone(), status_rx.clone());
+        }
         let suffix = if args.revision.is_empty() || args.revision == "default" {
             String::new()
         } else {
@@ -307,6 +312,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let build_task = tokio::spawn(async move {
         while let Some(set) = set_rx.recv().await {
             let snap = builder.build(&set);
+            status_tx.send_replace(snap.clone());
             if snap_tx.send(snap).await.is_err() {
                 break;
             }

@@ -330,3 +330,66 @@ fn built_in_templates_inject_what_istios_do() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn kube_inject_command_takes_configmaps_or_bare_files() {
+    let bin = env!("CARGO_BIN_EXE_meshd");
+    let case = shared().join("cases/hello.yaml");
+    let golden =
+        std::fs::read_to_string(shared().join("cases/hello.yaml.injected")).expect("golden");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(bin)
+            .arg("kube-inject")
+            .arg("-f")
+            .arg(&case)
+            .args(args)
+            .output()
+            .expect("meshd kube-inject");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    // The injector ConfigMap as a whole, and the bare mesh config.
+    let cm = shared().join("istio-sidecar-injector.inject-tests.yaml");
+    let mesh = shared().join("mesh.inject-tests.yaml");
+    let out = run(&[
+        "--injectConfigFile".as_ref(),
+        cm.as_os_str(),
+        "--meshConfigFile".as_ref(),
+        mesh.as_os_str(),
+    ]);
+    assert_eq!(out.trim(), golden.trim());
+    // The bare config plus a values file, and the mesh config as an `istio` ConfigMap.
+    let dir = std::env::temp_dir().join(format!("meshd-ki-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let v = meshd::inject::pipeline::yaml_value(&std::fs::read_to_string(&cm).expect("cm"))
+        .expect("yaml");
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, v["data"]["config"].as_str().expect("config")).expect("write");
+    let values = dir.join("values.json");
+    std::fs::write(&values, v["data"]["values"].as_str().expect("values")).expect("write");
+    let mesh_cm = dir.join("mesh-cm.yaml");
+    let mesh_text = std::fs::read_to_string(&mesh).expect("mesh");
+    std::fs::write(
+        &mesh_cm,
+        meshd::yaml_out::to_string(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio"}, "data": {"mesh": mesh_text}})),
+    )
+    .expect("write");
+    let out = run(&[
+        "--injectConfigFile".as_ref(),
+        config.as_os_str(),
+        "--valuesFile".as_ref(),
+        values.as_os_str(),
+        "--meshConfigFile".as_ref(),
+        mesh_cm.as_os_str(),
+    ]);
+    assert_eq!(out.trim(), golden.trim());
+    // No settings at all: meshd's built-in ones.
+    let out = run(&[]);
+    assert!(out.contains("docker.io/istio/proxyv2"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -622,3 +622,78 @@ async fn token_review_and_the_ca_secret() {
         .expect("loaded");
     assert_eq!(ca1.root_pem(), ca2.root_pem());
 }
+
+#[tokio::test]
+async fn status_conditions_follow_diagnostics() {
+    use std::sync::Arc;
+    let server = ApiServer::start("127.0.0.1:0", Duration::from_secs(60));
+    server.apply_all(yaml(BASE));
+    let bad = |total: (i32, i32)| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "split", "namespace": "default"},
+            "spec": {"hosts": ["reviews"], "http": [{"route": [
+                {"destination": {"host": "reviews"}, "weight": total.0},
+                {"destination": {"host": "reviews"}, "weight": total.1}]}]}})
+    };
+    server.apply(bad((60, 60)));
+    let mut src = start(&server, "");
+    let set = src.until("the initial sync", |_| true).await;
+    let build = |set: &ConfigSet| {
+        Arc::new(meshd::model::snapshot::Snapshot::build(
+            set,
+            None,
+            "cluster.local",
+            "istio-system",
+        ))
+    };
+    let (snap_tx, snap_rx) = watch::channel(build(&set));
+    let (leader_tx, leader_rx) = watch::channel(false);
+    meshd::kube::writer::write_status(client(&server), leader_rx, snap_rx);
+    leader_tx.send(true).expect("lead");
+    let condition = |name: &str| {
+        server
+            .get("VirtualService", "default", name)
+            .map(|o| o["status"]["conditions"][0].clone())
+            .unwrap_or(Value::Null)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while condition("split")["status"] != "False" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status not written: {:?}",
+            server
+                .requests()
+                .iter()
+                .filter(|r| r.contains("status") || r.starts_with("PATCH"))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let c = condition("split");
+    assert_eq!(c["type"], "Reconciled");
+    assert_eq!(c["reason"], "Invalid");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("total destination weight 120 != 100"),
+        "{c}"
+    );
+    assert_eq!(condition("reviews")["status"], "True");
+
+    // Fixed: the next snapshot turns the condition True; the spec is untouched.
+    server.apply(bad((50, 50)));
+    let set = src
+        .until("the fixed VirtualService", |s| {
+            s.objects
+                .get(&key(Kind::VirtualService, "default", "split"))
+                .is_some_and(|o| matches!(&o.spec, meshd::model::object::Spec::VirtualService(vs) if vs.http[0].route[0].weight == Some(50)))
+        })
+        .await;
+    snap_tx.send(build(&set)).expect("snapshot");
+    wait_until("status updated", || condition("split")["status"] == "True").await;
+    let obj = server
+        .get("VirtualService", "default", "split")
+        .expect("vs");
+    assert_eq!(obj["spec"]["http"][0]["route"][0]["weight"], 50);
+}

@@ -390,3 +390,133 @@ async fn patch_validating(client: &Client, name: &str, bundle: &str) -> Result<(
     }
     Ok(())
 }
+
+/// The status meshd writes on Istio objects when `--write-status` is on (istiod's
+/// PILOT_ENABLE_STATUS): a `Reconciled` condition saying whether the object is in force,
+/// with meshd's diagnostics as the message.
+pub fn status_for(diags: &[&crate::model::diagnostic::Diagnostic]) -> serde_json::Value {
+    let errors: Vec<&&crate::model::diagnostic::Diagnostic> =
+        diags.iter().filter(|d| d.is_error()).collect();
+    let describe = |d: &crate::model::diagnostic::Diagnostic| match &d.field {
+        Some(f) => format!(
+            "{}: {f}: {}",
+            if d.is_error() { "error" } else { "warning" },
+            d.reason
+        ),
+        None => format!(
+            "{}: {}",
+            if d.is_error() { "error" } else { "warning" },
+            d.reason
+        ),
+    };
+    let message = if diags.is_empty() {
+        "in force".to_string()
+    } else {
+        diags
+            .iter()
+            .map(|d| describe(d))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    serde_json::json!({
+        "conditions": [{
+            "type": "Reconciled",
+            "status": if errors.is_empty() { "True" } else { "False" },
+            "reason": if errors.is_empty() { "Accepted" } else { "Invalid" },
+            "message": message,
+        }],
+    })
+}
+
+/// Writes the status of Istio objects whose diagnostics changed, while leading.
+pub fn write_status(
+    client: Client,
+    leader: watch::Receiver<bool>,
+    snapshots: watch::Receiver<std::sync::Arc<crate::model::snapshot::Snapshot>>,
+) {
+    use kube::api::{ApiResource, DynamicObject};
+    tokio::spawn(async move {
+        let mut leader = leader;
+        let mut snapshots = snapshots;
+        // What each object's status was last written as (by content hash).
+        let mut written: BTreeMap<crate::model::object::ObjectKey, u64> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                r = snapshots.changed() => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+            }
+            if !*leader.borrow() {
+                written.clear();
+                continue;
+            }
+            let snap = snapshots.borrow().clone();
+            let mut by_object: BTreeMap<String, Vec<&crate::model::diagnostic::Diagnostic>> =
+                BTreeMap::new();
+            for d in &snap.diagnostics {
+                if let Some(o) = &d.object {
+                    by_object.entry(o.clone()).or_default().push(d);
+                }
+            }
+            // Objects in force, and refused ones (which the snapshot no longer holds).
+            let mut keys: BTreeMap<crate::model::object::ObjectKey, u64> = snap
+                .objects
+                .iter()
+                .filter(|(k, _)| k.kind.is_istio())
+                .map(|(k, o)| (k.clone(), o.hash))
+                .collect();
+            for name in by_object.keys() {
+                if let Some(k) = parse_key(name)
+                    && k.kind.is_istio()
+                {
+                    keys.entry(k).or_insert(0);
+                }
+            }
+            for (key, obj_hash) in &keys {
+                let diags = by_object.get(&key.to_string()).cloned().unwrap_or_default();
+                let status = status_for(&diags);
+                let hash = xxhash_rust::xxh3::xxh3_64(status.to_string().as_bytes()) ^ obj_hash;
+                if written.get(key) == Some(&hash) {
+                    continue;
+                }
+                let version = key.kind.versions()[0];
+                let ar = ApiResource {
+                    group: key.kind.group().to_string(),
+                    version: version.to_string(),
+                    api_version: format!("{}/{version}", key.kind.group()),
+                    kind: key.kind.name().to_string(),
+                    plural: format!("{}s", key.kind.name().to_ascii_lowercase())
+                        .replace("policys", "policies")
+                        .replace("entrys", "entries"),
+                };
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &key.namespace, &ar);
+                let patch = serde_json::json!({"status": status});
+                match api
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {
+                        written.insert(key.clone(), hash);
+                    }
+                    // Deleted meanwhile: the next snapshot drops it.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => warn!(object = %key, error = %e, "cannot write status"),
+                }
+            }
+            written.retain(|k, _| keys.contains_key(k));
+        }
+    });
+}
+
+/// `Kind namespace/name` (as diagnostics name objects) back into a key.
+fn parse_key(s: &str) -> Option<crate::model::object::ObjectKey> {
+    use crate::model::object::{Kind, ObjectKey};
+    let (kind, rest) = s.split_once(' ')?;
+    let kind = Kind::ALL.iter().copied().find(|k| k.name() == kind)?;
+    let (namespace, name) = rest.split_once('/')?;
+    Some(ObjectKey {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
