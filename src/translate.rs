@@ -14,6 +14,7 @@ pub mod output;
 pub mod pb;
 pub mod route;
 pub mod secret;
+pub mod tcp;
 pub mod tls;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

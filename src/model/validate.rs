@@ -62,11 +62,38 @@ fn not_yet(obj: &Object, field: &str, what: &str, out: &mut Vec<Diagnostic>) {
 /// VirtualService rules from istio's `ValidateVirtualService`.
 pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    if !vs.tcp.is_empty() {
-        not_yet(obj, "spec.tcp", "TCP routing (spec.tcp)", &mut out);
+    for (i, r) in vs.tcp.iter().enumerate() {
+        for (j, m) in r.matches.iter().enumerate() {
+            if !m.destination_subnets.is_empty() || !m.source_subnet.is_empty() {
+                not_yet(
+                    obj,
+                    &format!("spec.tcp[{i}].match[{j}]"),
+                    "matching TCP routes by destinationSubnets or sourceSubnet",
+                    &mut out,
+                );
+            }
+        }
     }
-    if !vs.tls.is_empty() {
-        not_yet(obj, "spec.tls", "TLS routing (spec.tls)", &mut out);
+    for (i, r) in vs.tls.iter().enumerate() {
+        for (j, m) in r.matches.iter().enumerate() {
+            let p = format!("spec.tls[{i}].match[{j}]");
+            if m.sni_hosts.is_empty() {
+                out.push(
+                    obj.diag_error(&format!("{p}.sniHosts"), "a TLS match needs sniHosts")
+                        .hint(
+                            "list the server names (SNI) this route takes, e.g. [api.example.com]",
+                        ),
+                );
+            }
+            if !m.destination_subnets.is_empty() {
+                not_yet(
+                    obj,
+                    &format!("{p}.destinationSubnets"),
+                    "matching TLS routes by destinationSubnets",
+                    &mut out,
+                );
+            }
+        }
     }
     for (i, r) in vs.http.iter().enumerate() {
         if r.retries
@@ -470,13 +497,33 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
     for (i, s) in gw.servers.iter().enumerate() {
         let p = format!("spec.servers[{i}]");
         let proto = s.port.protocol.to_ascii_uppercase();
-        if s.tls.is_some() || !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "") {
-            not_yet(
-                obj,
-                &p,
-                &format!("a {proto} gateway server (only plain HTTP servers are)"),
-                &mut out,
-            );
+        let tls_proto = matches!(proto.as_str(), "HTTPS" | "TLS");
+        if !matches!(
+            proto.as_str(),
+            "HTTP"
+                | "HTTP2"
+                | "GRPC"
+                | "GRPC-WEB"
+                | "HTTPS"
+                | "TLS"
+                | "TCP"
+                | "MONGO"
+                | "REDIS"
+                | "MYSQL"
+                | ""
+        ) {
+            not_yet(obj, &p, &format!("a {proto} gateway server"), &mut out);
+        }
+        match &s.tls {
+            None if tls_proto => out.push(
+                obj.diag_error(
+                    &format!("{p}.tls"),
+                    format!("a {proto} server needs TLS settings"),
+                )
+                .hint("add `tls: {mode: SIMPLE, credentialName: NAME}` (or PASSTHROUGH)"),
+            ),
+            None => {}
+            Some(t) => gateway_tls(obj, &format!("{p}.tls"), t, tls_proto, &mut out),
         }
         if s.port.number == 0 || s.port.number > 65535 {
             out.push(obj.diag_error(
@@ -501,6 +548,87 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// A Gateway server's `tls`, with istiod's rules for each mode.
+fn gateway_tls(
+    obj: &Object,
+    p: &str,
+    t: &istio::ServerTlsSettings,
+    tls_proto: bool,
+    out: &mut Vec<Diagnostic>,
+) {
+    use istio::ServerTlsMode as M;
+    if !tls_proto {
+        // Only httpsRedirect means anything on a plain-text server.
+        let only_redirect = t.mode == M::PASSTHROUGH
+            && t.credential_name.is_empty()
+            && t.server_certificate.is_empty();
+        if !only_redirect {
+            out.push(
+                obj.diag_error(p, "a plain-text server cannot have TLS settings")
+                    .hint("use protocol HTTPS (or TLS) for a server that terminates TLS"),
+            );
+        }
+        return;
+    }
+    let has_creds = !t.credential_name.is_empty() || !t.credential_names.is_empty();
+    if !t.credential_name.is_empty() && !t.credential_names.is_empty() {
+        out.push(obj.diag_error(
+            &format!("{p}.credentialNames"),
+            "set credentialName or credentialNames, not both",
+        ));
+    }
+    if t.credential_names.len() > 2 {
+        out.push(obj.diag_error(
+            &format!("{p}.credentialNames"),
+            "at most two credentials (one RSA, one ECDSA)",
+        ));
+    }
+    let files = !t.server_certificate.is_empty() || !t.tls_certificates.is_empty();
+    match t.mode {
+        M::SIMPLE | M::MUTUAL | M::OPTIONAL_MUTUAL => {
+            if !has_creds && t.tls_certificates.is_empty() {
+                if t.server_certificate.is_empty() {
+                    out.push(
+                        obj.diag_error(
+                            &format!("{p}.serverCertificate"),
+                            format!("{:?} TLS needs a server certificate", t.mode),
+                        )
+                        .hint("set credentialName to a Secret with tls.crt and tls.key in the gateway's namespace"),
+                    );
+                }
+                if t.private_key.is_empty() {
+                    out.push(obj.diag_error(
+                        &format!("{p}.privateKey"),
+                        format!("{:?} TLS needs a private key", t.mode),
+                    ));
+                }
+                if t.mode != M::SIMPLE && t.ca_certificates.is_empty() {
+                    out.push(obj.diag_error(
+                        &format!("{p}.caCertificates"),
+                        format!("{:?} TLS needs caCertificates to verify clients", t.mode),
+                    ));
+                }
+            }
+        }
+        M::ISTIO_MUTUAL => {
+            if has_creds || files || !t.ca_certificates.is_empty() {
+                out.push(
+                    obj.diag_error(
+                        p,
+                        "ISTIO_MUTUAL uses the gateway's mesh certificate; it cannot have credentials",
+                    )
+                    .hint("remove credentialName, serverCertificate, privateKey and caCertificates"),
+                );
+            }
+        }
+        M::PASSTHROUGH => {}
+        M::AUTO_PASSTHROUGH => not_yet(obj, &format!("{p}.mode"), "AUTO_PASSTHROUGH", out),
+    }
+    if !t.ca_crl.is_empty() {
+        not_yet(obj, &format!("{p}.caCrl"), "caCrl", out);
+    }
 }
 
 /// ServiceEntry rules from istio's `ValidateServiceEntry`.

@@ -299,7 +299,7 @@ fn apply_tls(
                 } else {
                     t.sni.clone()
                 };
-                c.transport_socket = Some(tls::originate(ctx, t, &sni, alpn));
+                c.transport_socket = Some(tls::originate(t, &sni, alpn));
                 // Over HTTP, as istiod does: without an explicit SNI, each request's
                 // Host names the server; without explicit SANs, Envoy checks the
                 // server's certificate against that name.

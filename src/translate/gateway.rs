@@ -1,17 +1,28 @@
-//! Gateways (router proxies): one listener per Gateway server port, HTTP routes from the
-//! VirtualServices bound to the Gateway (`http.PORT` route configurations).
+//! Gateways (router proxies): one listener per port the Gateway servers bind, with
+//! - plain HTTP servers sharing one chain and the route configuration `http.PORT`
+//!   (`httpsRedirect` turning their virtual hosts into redirects to HTTPS);
+//! - HTTPS servers terminating TLS, a chain each chosen by SNI, with their own route
+//!   configuration `https.PORT.PORTNAME.GATEWAY.NAMESPACE` (istiod's names);
+//! - TLS servers in PASSTHROUGH mode: a chain per `tls` route of the bound
+//!   VirtualServices, chosen by SNI, proxying the encrypted stream untouched;
+//! - TCP servers (and TLS servers terminating to TCP): the bound `tcp` route.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, virtual_host::TlsRequirementType,
+};
+use tracing::warn;
 
 use super::context::ProxyContext;
 use super::listener::{Routes, http_connection_manager};
 use super::naming;
 use super::pb;
 use super::route;
+use super::tcp;
+use crate::model::istio::{Server, ServerTlsMode};
 use crate::model::service::labels_match;
 use crate::model::snapshot::GatewayConfig;
 
@@ -39,61 +50,299 @@ fn listen_port(ctx: &ProxyContext, number: u16) -> u16 {
         .unwrap_or(number)
 }
 
-/// (listen port → [(gateway key, server hosts)]) for HTTP servers.
-fn http_servers(ctx: &ProxyContext) -> BTreeMap<u16, Vec<(String, Vec<String>)>> {
-    let mut by_port: BTreeMap<u16, Vec<(String, Vec<String>)>> = BTreeMap::new();
+/// What a server does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Plain HTTP (also with only `httpsRedirect`).
+    Http,
+    /// TLS terminated here, then HTTP.
+    Https,
+    /// TLS proxied untouched, chosen by SNI (`tls` routes).
+    Passthrough,
+    /// TLS terminated here, then TCP (`tcp` routes).
+    TlsTcp,
+    /// Plain TCP (`tcp` routes).
+    Tcp,
+}
+
+fn kind(s: &Server) -> Option<Kind> {
+    let proto = s.port.protocol.to_ascii_uppercase();
+    let mode = s.tls.as_ref().map(|t| t.mode);
+    let passthrough = matches!(mode, Some(ServerTlsMode::PASSTHROUGH));
+    match proto.as_str() {
+        "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Some(Kind::Http),
+        // An HTTPS server without TLS settings is refused by validation.
+        "HTTPS" if s.tls.is_none() => None,
+        "HTTPS" if passthrough => Some(Kind::Passthrough),
+        "TLS" if passthrough => Some(Kind::Passthrough),
+        // AUTO_PASSTHROUGH routes by istiod's SNI encoding of cluster names for
+        // multi-network east-west gateways, which meshd does not build.
+        "HTTPS" | "TLS" if matches!(mode, Some(ServerTlsMode::AUTO_PASSTHROUGH)) => None,
+        "HTTPS" => Some(Kind::Https),
+        "TLS" => Some(Kind::TlsTcp),
+        "TCP" | "MONGO" | "REDIS" | "MYSQL" => Some(Kind::Tcp),
+        _ => None,
+    }
+}
+
+/// One server of a selected Gateway.
+struct GwServer<'a> {
+    /// `namespace/name` of the Gateway.
+    gateway: String,
+    gw: &'a GatewayConfig,
+    server: &'a Server,
+    kind: Kind,
+    /// The Gateway's port number (route names and `match.port` use it).
+    number: u16,
+}
+
+impl GwServer<'_> {
+    /// istiod's route configuration name for a TLS-terminating HTTP server.
+    fn https_route(&self) -> String {
+        format!(
+            "https.{}.{}.{}.{}",
+            self.number, self.server.port.name, self.gw.key.name, self.gw.key.namespace
+        )
+    }
+
+    /// SNI names the server answers: its hosts without namespaces; none (any name) if
+    /// one of them is `*`.
+    fn sni(&self) -> Vec<String> {
+        let names: Vec<String> = self
+            .server
+            .hosts
+            .iter()
+            .map(|h| h.split_once('/').map(|(_, h)| h).unwrap_or(h).to_string())
+            .collect();
+        if names.iter().any(|n| n == "*") {
+            Vec::new()
+        } else {
+            names
+        }
+    }
+}
+
+/// The servers of the router's Gateways by listen port, in Gateway and server order.
+fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<u16, Vec<GwServer<'a>>> {
+    let mut by_port: BTreeMap<u16, Vec<GwServer<'a>>> = BTreeMap::new();
     for gw in selected(ctx) {
         for s in &gw.spec.servers {
-            let proto = s.port.protocol.to_ascii_uppercase();
-            if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC") || s.tls.is_some() {
+            let Some(kind) = kind(s) else { continue };
+            let Ok(number) = u16::try_from(s.port.number) else {
                 continue;
-            }
-            let port = listen_port(ctx, s.port.number as u16);
-            by_port.entry(port).or_default().push((
-                format!("{}/{}", gw.key.namespace, gw.key.name),
-                s.hosts.clone(),
-            ));
+            };
+            by_port
+                .entry(listen_port(ctx, number))
+                .or_default()
+                .push(GwServer {
+                    gateway: format!("{}/{}", gw.key.namespace, gw.key.name),
+                    gw,
+                    server: s,
+                    kind,
+                    number,
+                });
         }
     }
     by_port
 }
 
-pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
-    http_servers(ctx)
-        .into_keys()
-        .map(|port| Listener {
-            name: naming::listener("0.0.0.0", port),
-            address: Some(pb::socket_address("0.0.0.0", u32::from(port))),
-            traffic_direction: core::TrafficDirection::Outbound as i32,
-            filter_chains: vec![FilterChain {
+fn tls_chain(names: Vec<String>) -> FilterChainMatch {
+    FilterChainMatch {
+        server_names: names,
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    }
+}
+
+const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<Listener> {
+    let mut chains: Vec<FilterChain> = Vec::new();
+    // Envoy refuses a listener with two chains matching the same connections: the first
+    // server for a name wins, as in istiod.
+    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+    let mut push = |chains: &mut Vec<FilterChain>, chain: FilterChain, what: &str| {
+        let mut key = chain
+            .filter_chain_match
+            .as_ref()
+            .map(|m| {
+                let mut k = m.server_names.clone();
+                k.sort();
+                k.insert(0, m.transport_protocol.clone());
+                k
+            })
+            .unwrap_or_default();
+        key.dedup();
+        if seen.insert(key) {
+            chains.push(chain);
+        } else {
+            warn!(proxy = %ctx.proxy.id, port, server = what,
+                  "gateway server ignored: an earlier server on this port takes the same names");
+        }
+    };
+    if let Some(first) = servers.iter().find(|s| s.kind == Kind::Http) {
+        push(
+            &mut chains,
+            FilterChain {
                 filters: vec![http_connection_manager(
                     ctx,
                     &format!("outbound_0.0.0.0_{port}"),
-                    Routes::Rds(naming::gateway_route(port)),
+                    Routes::Rds(naming::gateway_route(first.number)),
                     false,
                 )],
                 ..Default::default()
-            }],
-            ..Default::default()
-        })
+            },
+            &first.gateway,
+        );
+    }
+    for s in servers {
+        match s.kind {
+            Kind::Http => {}
+            Kind::Https => {
+                let Some(tls) = s.server.tls.as_ref() else {
+                    continue;
+                };
+                let route = s.https_route();
+                push(
+                    &mut chains,
+                    FilterChain {
+                        name: route.clone(),
+                        filter_chain_match: Some(tls_chain(s.sni())),
+                        transport_socket: super::tls::gateway_server(ctx, tls, &HTTP_ALPN),
+                        filters: vec![http_connection_manager(
+                            ctx,
+                            &format!("outbound_0.0.0.0_{port}"),
+                            Routes::Rds(route),
+                            false,
+                        )],
+                        ..Default::default()
+                    },
+                    &s.gateway,
+                );
+            }
+            Kind::TlsTcp => {
+                let (Some(tls), Some(targets)) = (
+                    s.server.tls.as_ref(),
+                    tcp::gateway_tcp_targets(ctx, &s.gateway, &s.server.hosts, s.number),
+                ) else {
+                    continue;
+                };
+                push(
+                    &mut chains,
+                    FilterChain {
+                        filter_chain_match: Some(tls_chain(s.sni())),
+                        transport_socket: super::tls::gateway_server(ctx, tls, &[]),
+                        filters: vec![tcp::proxy(
+                            ctx,
+                            &format!("outbound_0.0.0.0_{port}"),
+                            &targets,
+                        )],
+                        ..Default::default()
+                    },
+                    &s.gateway,
+                );
+            }
+            Kind::Passthrough => {
+                for (names, targets) in
+                    tcp::gateway_passthrough(ctx, &s.gateway, &s.server.hosts, s.number)
+                {
+                    push(
+                        &mut chains,
+                        FilterChain {
+                            filter_chain_match: Some(tls_chain(names)),
+                            filters: vec![tcp::proxy(
+                                ctx,
+                                &format!("outbound_0.0.0.0_{port}"),
+                                &targets,
+                            )],
+                            ..Default::default()
+                        },
+                        &s.gateway,
+                    );
+                }
+            }
+            Kind::Tcp => {
+                let Some(targets) =
+                    tcp::gateway_tcp_targets(ctx, &s.gateway, &s.server.hosts, s.number)
+                else {
+                    continue;
+                };
+                push(
+                    &mut chains,
+                    FilterChain {
+                        filters: vec![tcp::proxy(
+                            ctx,
+                            &format!("outbound_0.0.0.0_{port}"),
+                            &targets,
+                        )],
+                        ..Default::default()
+                    },
+                    &s.gateway,
+                );
+            }
+        }
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    let mut l = Listener {
+        name: naming::listener("0.0.0.0", port),
+        address: Some(pb::socket_address("0.0.0.0", u32::from(port))),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: chains,
+        ..Default::default()
+    };
+    if l.filter_chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| m.transport_protocol == "tls")
+    }) {
+        l.listener_filters.push(super::listener::tls_inspector());
+    }
+    Some(l)
+}
+
+pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
+    servers(ctx)
+        .iter()
+        .filter_map(|(port, list)| port_listener(ctx, *port, list))
         .collect()
 }
 
-/// Route configuration `http.PORT` for a router.
+/// Route configurations `http.PORT` (every plain HTTP server with that port number) and
+/// `https.PORT.PORTNAME.GATEWAY.NAMESPACE` (one HTTPS server).
 pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration> {
-    let port: u16 = name.strip_prefix("http.")?.parse().ok()?;
-    let servers = http_servers(ctx);
-    let list = servers.get(&port)?;
+    let all = servers(ctx);
+    let list: Vec<&GwServer> = if let Some(n) = name.strip_prefix("http.") {
+        let number: u16 = n.parse().ok()?;
+        all.values()
+            .flatten()
+            .filter(|s| s.kind == Kind::Http && s.number == number)
+            .collect()
+    } else if name.starts_with("https.") {
+        all.values()
+            .flatten()
+            .filter(|s| s.kind == Kind::Https && s.https_route() == name)
+            .take(1)
+            .collect()
+    } else {
+        return None;
+    };
+    if list.is_empty() {
+        return None;
+    }
     let mut claimed = BTreeSet::new();
     let mut vhosts = Vec::new();
-    for (gw, hosts) in list {
-        vhosts.extend(route::gateway_virtual_hosts(
-            ctx,
-            gw,
-            hosts,
-            port,
-            &mut claimed,
-        ));
+    for s in list {
+        let mut v =
+            route::gateway_virtual_hosts(ctx, &s.gateway, &s.server.hosts, s.number, &mut claimed);
+        if s.kind == Kind::Http && s.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+            // Plain HTTP requests are answered with a redirect to https://.
+            for vh in &mut v {
+                vh.require_tls = TlsRequirementType::All as i32;
+            }
+        }
+        vhosts.extend(v);
     }
     route::dedup_domains(&mut vhosts);
     Some(RouteConfiguration {

@@ -40,7 +40,7 @@ pub enum Routes {
     Inline(Box<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>),
 }
 
-fn access_logs(ctx: &ProxyContext) -> Vec<accesslog::AccessLog> {
+pub(crate) fn access_logs(ctx: &ProxyContext) -> Vec<accesslog::AccessLog> {
     let mesh = &ctx.snap.mesh;
     if mesh.access_log_file.is_empty() {
         return vec![];
@@ -190,6 +190,14 @@ pub fn tcp_proxy(ctx: &ProxyContext, cluster: &str) -> Filter {
     }
 }
 
+/// tcp_proxy to one cluster (its name the stat prefix, as istiod) or weighted clusters.
+fn tcp_to(ctx: &ProxyContext, stat: &str, t: &super::tcp::Targets) -> Filter {
+    match t.as_slice() {
+        [(one, _)] => tcp_proxy(ctx, one),
+        _ => super::tcp::proxy(ctx, stat, t),
+    }
+}
+
 fn listener_filter<T: prost::Message + prost::Name>(name: &str, msg: &T) -> ListenerFilter {
     ListenerFilter {
         name: name.to_string(),
@@ -211,7 +219,7 @@ fn outbound_chains(
     ctx: &ProxyContext,
     protocol: Protocol,
     port: u16,
-    tcp_cluster: &str,
+    tcp_targets: &super::tcp::Targets,
     stat: &str,
 ) -> (Vec<FilterChain>, bool) {
     let http = || FilterChain {
@@ -224,7 +232,7 @@ fn outbound_chains(
         ..Default::default()
     };
     let tcp = || FilterChain {
-        filters: vec![tcp_proxy(ctx, tcp_cluster)],
+        filters: vec![tcp_to(ctx, stat, tcp_targets)],
         ..Default::default()
     };
     if protocol.is_http() {
@@ -288,14 +296,20 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
         };
         let protocol = Protocol::parse(&port.protocol);
         let name = naming::listener(&address, number);
-        // A TCP egress listener forwards to the single service it imports on that port.
-        let tcp_cluster = e
+        // A TCP egress listener forwards to the single service it imports on that port,
+        // as its VirtualService's `tcp` routes say.
+        let tcp_targets = e
             .services
             .iter()
             .find(|s| s.port(number).is_some())
-            .map(|s| naming::outbound_cluster(number, "", &s.hostname))
-            .unwrap_or_else(|| naming::PASSTHROUGH.to_string());
-        let (chains, sniff) = outbound_chains(ctx, protocol, number, &tcp_cluster, &name);
+            .map(|s| {
+                super::tcp::sidecar_tcp_targets(ctx, &e.virtual_services, &s.hostname, number)
+                    .unwrap_or_else(|| {
+                        vec![(naming::outbound_cluster(number, "", &s.hostname), 100)]
+                    })
+            })
+            .unwrap_or_else(|| vec![(naming::PASSTHROUGH.to_string(), 100)]);
+        let (chains, sniff) = outbound_chains(ctx, protocol, number, &tcp_targets, &name);
         let mut lst = listener(
             name,
             &address,
@@ -326,7 +340,8 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
         let wildcard = if bind_to_port { "127.0.0.1" } else { "0.0.0.0" };
         // port → protocol of the shared listener; TCP services with a VIP get their own.
         let mut shared: BTreeMap<u16, Protocol> = BTreeMap::new();
-        let mut vip_listeners: BTreeMap<String, (String, u16, String)> = BTreeMap::new();
+        let mut vip_listeners: BTreeMap<String, (String, u16, super::tcp::Targets)> =
+            BTreeMap::new();
         for svc in &catch_all.services {
             for p in &svc.ports {
                 if explicit_ports.contains(&p.port)
@@ -340,7 +355,14 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                     shared.insert(p.port, Protocol::Http);
                 } else if let Some(vip) = svc.addresses.first().filter(|_| !bind_to_port) {
                     let name = naming::listener(vip, p.port);
-                    vip_listeners.insert(name, (vip.clone(), p.port, cluster));
+                    let targets = super::tcp::sidecar_tcp_targets(
+                        ctx,
+                        &catch_all.virtual_services,
+                        &svc.hostname,
+                        p.port,
+                    )
+                    .unwrap_or_else(|| vec![(cluster, 100)]);
+                    vip_listeners.insert(name, (vip.clone(), p.port, targets));
                 } else {
                     shared.entry(p.port).or_insert(p.protocol);
                 }
@@ -349,7 +371,13 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
         for (port, protocol) in shared {
             let name = naming::listener(wildcard, port);
             // A shared TCP port has no single destination: pass through.
-            let (chains, sniff) = outbound_chains(ctx, protocol, port, naming::PASSTHROUGH, &name);
+            let (chains, sniff) = outbound_chains(
+                ctx,
+                protocol,
+                port,
+                &vec![(naming::PASSTHROUGH.to_string(), 100)],
+                &name,
+            );
             let mut lst = listener(
                 name,
                 wildcard,
@@ -365,10 +393,16 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             }
             out.push(lst);
         }
-        for (name, (vip, port, cluster)) in vip_listeners {
-            let mut lst = listener(name, &vip, port, false, core::TrafficDirection::Outbound);
+        for (name, (vip, port, targets)) in vip_listeners {
+            let mut lst = listener(
+                name.clone(),
+                &vip,
+                port,
+                false,
+                core::TrafficDirection::Outbound,
+            );
             lst.filter_chains = vec![FilterChain {
-                filters: vec![tcp_proxy(ctx, &cluster)],
+                filters: vec![tcp_to(ctx, &name, &targets)],
                 ..Default::default()
             }];
             out.push(lst);
@@ -484,7 +518,7 @@ fn inbound_security_filters(ctx: &ProxyContext) -> Vec<HttpFilter> {
     out
 }
 
-fn tls_inspector() -> ListenerFilter {
+pub(crate) fn tls_inspector() -> ListenerFilter {
     listener_filter(
         "envoy.filters.listener.tls_inspector",
         &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),

@@ -63,6 +63,19 @@ fn sds(ctx: &ProxyContext, name: &str) -> SdsSecretConfig {
     }
 }
 
+/// A `kubernetes://` credential: always fetched from meshd over ADS, for istio-proxy too
+/// (its agent serves only the workload's own certificate and roots, as istiod's does).
+fn sds_credential(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: Some(core::ConfigSource {
+            // A missing Secret must not keep the whole listener or cluster warming forever.
+            initial_fetch_timeout: pb::secs(10),
+            ..pb::ads_config_source()
+        }),
+    }
+}
+
 fn uri_matcher(pattern: MatchPattern) -> SubjectAltNameMatcher {
     SubjectAltNameMatcher {
         san_type: subject_alt_name_matcher::SanType::Uri as i32,
@@ -190,7 +203,6 @@ fn file(path: &str) -> Option<core::DataSource> {
 /// DestinationRule `tls` SIMPLE (verify the server) or MUTUAL (and present a client
 /// certificate): from files on the proxy, or from a Secret (`credentialName`) over SDS.
 pub fn originate(
-    ctx: &ProxyContext,
     t: &crate::model::istio::ClientTlsSettings,
     sni: &str,
     alpn: &[&str],
@@ -226,7 +238,7 @@ pub fn originate(
     if !t.credential_name.is_empty() {
         if t.mode == ClientTlsMode::MUTUAL {
             common.tls_certificate_sds_secret_configs =
-                vec![sds(ctx, &credential_name(&t.credential_name))];
+                vec![sds_credential(&credential_name(&t.credential_name))];
         }
         if !skip_verify {
             common.validation_context_type =
@@ -236,8 +248,7 @@ pub fn originate(
                             match_typed_subject_alt_names: sans,
                             ..Default::default()
                         }),
-                        validation_context_sds_secret_config: Some(sds(
-                            ctx,
+                        validation_context_sds_secret_config: Some(sds_credential(
                             &credential_ca_name(&t.credential_name),
                         )),
                         ..Default::default()
@@ -277,4 +288,151 @@ pub fn originate(
             ..Default::default()
         },
     )
+}
+
+fn tls_version(v: crate::model::istio::TlsProtocol) -> i32 {
+    use crate::model::istio::TlsProtocol as P;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol as E;
+    (match v {
+        P::TLS_AUTO => E::TlsAuto,
+        P::TLSV1_0 => E::TlSv10,
+        P::TLSV1_1 => E::TlSv11,
+        P::TLSV1_2 => E::TlSv12,
+        P::TLSV1_3 => E::TlSv13,
+    }) as i32
+}
+
+/// A Gateway server's TLS termination (SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL), as
+/// istiod builds it: the certificate from a Secret of the gateway's namespace over SDS
+/// (`credentialName`, `credentialNames`), from files on the proxy, or the workload's own
+/// mesh certificate; client certificates verified against the Secret's `ca.crt` (or
+/// `caCertCredentialName`), a file, or the mesh roots. `None` for modes that do not
+/// terminate (PASSTHROUGH, AUTO_PASSTHROUGH).
+pub fn gateway_server(
+    ctx: &ProxyContext,
+    t: &crate::model::istio::ServerTlsSettings,
+    alpn: &[&str],
+) -> Option<core::TransportSocket> {
+    use crate::model::istio::{ServerTlsMode as M, TlsProtocol};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, TlsCertificate, TlsParameters,
+        common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    };
+    let mutual = match t.mode {
+        M::SIMPLE => false,
+        M::MUTUAL | M::OPTIONAL_MUTUAL | M::ISTIO_MUTUAL => true,
+        M::PASSTHROUGH | M::AUTO_PASSTHROUGH => return None,
+    };
+    let sans: Vec<SubjectAltNameMatcher> = t
+        .subject_alt_names
+        .iter()
+        .map(|n| SubjectAltNameMatcher {
+            // A client certificate's identity is usually a URI (SPIFFE) or a DNS name;
+            // Istio matches the value against either.
+            san_type: if n.contains("://") {
+                subject_alt_name_matcher::SanType::Uri
+            } else {
+                subject_alt_name_matcher::SanType::Dns
+            } as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(n.clone())),
+                ignore_case: false,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let default_validation = CertificateValidationContext {
+        match_typed_subject_alt_names: sans,
+        verify_certificate_spki: t.verify_certificate_spki.clone(),
+        verify_certificate_hash: t.verify_certificate_hash.clone(),
+        ..Default::default()
+    };
+    let mut common = CommonTlsContext {
+        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let credentials: Vec<&String> = if !t.credential_names.is_empty() {
+        t.credential_names.iter().collect()
+    } else if !t.credential_name.is_empty() {
+        vec![&t.credential_name]
+    } else {
+        Vec::new()
+    };
+    if t.mode == M::ISTIO_MUTUAL {
+        // The gateway's own mesh identity; callers must be mesh workloads.
+        common = self::common(
+            ctx,
+            vec![uri_matcher(MatchPattern::Prefix(format!(
+                "spiffe://{}/",
+                ctx.snap.mesh.trust_domain
+            )))],
+            alpn,
+        );
+    } else if !credentials.is_empty() {
+        common.tls_certificate_sds_secret_configs = credentials
+            .iter()
+            .map(|c| sds_credential(&credential_name(c)))
+            .collect();
+        if mutual {
+            let ca = if t.ca_cert_credential_name.is_empty() {
+                credential_ca_name(credentials[0])
+            } else {
+                credential_name(&t.ca_cert_credential_name)
+            };
+            common.validation_context_type =
+                Some(ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        default_validation_context: Some(default_validation),
+                        validation_context_sds_secret_config: Some(sds_credential(&ca)),
+                        ..Default::default()
+                    },
+                ));
+        }
+    } else {
+        let mut pairs: Vec<(&str, &str)> = t
+            .tls_certificates
+            .iter()
+            .map(|c| (c.server_certificate.as_str(), c.private_key.as_str()))
+            .collect();
+        if pairs.is_empty() {
+            pairs.push((&t.server_certificate, &t.private_key));
+        }
+        common.tls_certificates = pairs
+            .into_iter()
+            .map(|(c, k)| TlsCertificate {
+                certificate_chain: file(c),
+                private_key: file(k),
+                ..Default::default()
+            })
+            .collect();
+        if mutual {
+            common.validation_context_type = Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: file(&t.ca_certificates),
+                    ..default_validation
+                },
+            ));
+        }
+    }
+    // Istio's gateways refuse anything older than TLS 1.2 unless told otherwise.
+    let min = if t.min_protocol_version == TlsProtocol::TLS_AUTO {
+        TlsProtocol::TLSV1_2
+    } else {
+        t.min_protocol_version
+    };
+    common.tls_params = Some(TlsParameters {
+        tls_minimum_protocol_version: tls_version(min),
+        tls_maximum_protocol_version: tls_version(t.max_protocol_version),
+        cipher_suites: t.cipher_suites.clone(),
+        ecdh_curves: t.ecdh_curves.clone(),
+        ..Default::default()
+    });
+    Some(transport_socket(
+        "envoy.transport_sockets.tls",
+        &DownstreamTlsContext {
+            common_tls_context: Some(common),
+            require_client_certificate: pb::boolv(matches!(t.mode, M::MUTUAL | M::ISTIO_MUTUAL)),
+            ..Default::default()
+        },
+    ))
 }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -780,4 +781,148 @@ pub fn https_post(
         None => String::new(),
     };
     Ok((status, body))
+}
+
+/// A test certificate authority outside the mesh.
+pub struct TestCa {
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(cn: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = p.self_signed(&key).expect("CA").pem();
+        TestCa {
+            pem,
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    /// (certificate, key) for `cn` with DNS names `sans`.
+    pub fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &self.issuer).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// What an HTTPS request saw: the response and the server certificate's common name.
+#[derive(Debug, Clone)]
+pub struct HttpsResponse {
+    pub status: u16,
+    pub body: String,
+    pub location: Option<String>,
+    pub server_cn: String,
+}
+
+/// An HTTPS GET to `addr` with server name `sni`, trusting `root_pem`, optionally
+/// presenting a client certificate (certificate PEM, key PEM).
+pub fn https_get(
+    addr: &str,
+    sni: &str,
+    path: &str,
+    root_pem: &str,
+    client: Option<(&str, &str)>,
+) -> std::io::Result<HttpsResponse> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use std::sync::Arc;
+    fn err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.map_err(err)?).map_err(err)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(err)?
+        .with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(err)?;
+            builder.with_client_auth_cert(certs, key).map_err(err)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(sni.to_string()).map_err(err)?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
+    let sa: SocketAddr = addr.parse().map_err(err)?;
+    let tcp = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nconnection: close\r\n\r\n");
+    tls.write_all(head.as_bytes())?;
+    tls.flush()?;
+    let mut raw = Vec::new();
+    let read = tls.read_to_end(&mut raw);
+    let server_cn = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| {
+            let (_, x) = x509_parser::parse_x509_certificate(c).ok()?;
+            let cn = x.subject().iter_common_name().next()?;
+            Some(cn.as_str().ok()?.to_string())
+        })
+        .unwrap_or_default();
+    if raw.is_empty() {
+        read?;
+        return Err(err("the connection closed without a response"));
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| err(format!("no HTTP status in {text:?}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .map(str::to_string);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(HttpsResponse {
+        status,
+        body,
+        location,
+        server_cn,
+    })
+}
+
+/// Opens TCP connections to `addr`, sends an HTTP request on each and counts the
+/// response bodies: the backends behind a TCP proxy answer with their names.
+pub fn tcp_distribution(addr: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let body = http_get(addr, "/", &[])
+            .map(|r| r.body)
+            .unwrap_or_else(|e| format!("error: {e}"));
+        *out.entry(body).or_insert(0) += 1;
+    }
+    out
 }

@@ -9,6 +9,7 @@ mod bookinfo;
 mod bootstrap;
 mod ca;
 mod demo;
+mod gateway_tls;
 mod harness;
 mod kubernetes;
 mod mtls;

@@ -4,44 +4,8 @@
 
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-};
-
 use crate::ca::TokenIssuer;
 use crate::harness::*;
-
-/// A test certificate authority outside the mesh.
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(cn: &str) -> TestCa {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut p = CertificateParams::default();
-        p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let pem = p.self_signed(&key).expect("CA").pem();
-        TestCa {
-            pem,
-            issuer: Issuer::new(p, key),
-        }
-    }
-
-    /// (certificate, key) for `cn` with DNS names `sans`.
-    fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
-        p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &self.issuer).expect("leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// `secure.example.com` (optional client certificates) and `strict.example.com`
 /// (client certificate required), both outside the mesh, plain HTTP on port 9080 to

@@ -1,0 +1,307 @@
+//! Gateway servers beyond plain HTTP, through a real Envoy router: HTTPS terminated with
+//! a certificate from a Secret over SDS (`credentialName`, rotated live), MUTUAL client
+//! verification, `httpsRedirect`, TLS PASSTHROUGH chosen by SNI (`tls` routes), and TCP
+//! servers with weighted `tcp` routes.
+
+use std::time::Duration;
+
+use crate::ca::TokenIssuer;
+use crate::harness::*;
+
+const PODS: [(&str, &str); 3] = [
+    ("productpage-v1", "127.0.0.10"),
+    ("reviews-v1", "127.0.0.12"),
+    ("reviews-v2", "127.0.0.13"),
+];
+
+const GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*/bookinfo.example.com"]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["bookinfo.example.com"]
+    tls: {mode: SIMPLE, credentialName: bookinfo-cert}
+  - port: {number: 443, name: https-mtls, protocol: HTTPS}
+    hosts: ["mtls.example.com"]
+    tls: {mode: MUTUAL, credentialName: mtls-cert}
+  - port: {number: 9443, name: tls, protocol: TLS}
+    hosts: ["secure.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 9000, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: [bookinfo.example.com, mtls.example.com]
+  gateways: [istio-system/edge]
+  http:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  endpoints: [{address: 127.0.1.60}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure.example.com]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: [secure.example.com], port: 9443}]
+    route:
+    - destination: {host: secure.example.com, port: {number: 8443}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-tcp, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - destination: {host: reviews, subset: v1, port: {number: 9080}}
+      weight: 75
+    - destination: {host: reviews, subset: v2, port: {number: 9080}}
+      weight: 25
+"#;
+
+fn secret(name: &str, cert: &str, key: &str, ca: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        b64(cert),
+        b64(key),
+        b64(ca)
+    )
+}
+
+// Fields drop in order: processes first, then the folders.
+struct Setup {
+    meshd: Meshd,
+    gateway: Envoy,
+    _backends: Backends,
+    _tls_backend: TlsBackend,
+    config: TempDir,
+    _dir: TempDir,
+    ca: TestCa,
+}
+
+impl Setup {
+    fn start() -> Option<Setup> {
+        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+            return None;
+        }
+        if !isolate() {
+            return None;
+        }
+        let dir = TempDir::new("gwtls");
+        let config = TempDir::new("gwtls-config");
+        for f in ["services.yaml", "pods.yaml", "destination-rules.yaml"] {
+            config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+        }
+        config.write("gateway.yaml", GATEWAY);
+        let ca = TestCa::new("edge-ca");
+        let (cert, key) = ca.leaf("bookinfo-1", &["bookinfo.example.com"]);
+        config.write(
+            "bookinfo-cert.yaml",
+            &secret("bookinfo-cert", &cert, &key, &ca.pem),
+        );
+        let (cert, key) = ca.leaf("mtls-1", &["mtls.example.com"]);
+        config.write("mtls-cert.yaml", &secret("mtls-cert", &cert, &key, &ca.pem));
+        let (cert, key) = ca.leaf("secure-backend", &["secure.example.com"]);
+        let tls_backend = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);
+        let backends = Backends::start(&PODS, 9080);
+        let issuer = TokenIssuer::new("k1");
+        let jwks = dir.write("jwks.json", &issuer.jwks);
+        // The gateway wants 8080: meshd's debug port moves.
+        let meshd = Meshd::start_on(
+            config.path(),
+            dir.path(),
+            18080,
+            &["--ca-jwks", jwks.to_str().expect("utf8")],
+        );
+        let gateway = Envoy::start_with(
+            &NodeSpec {
+                kind: "router",
+                ip: "127.0.0.20",
+                pod: "istio-ingressgateway-1",
+                namespace: "istio-system",
+                labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
+                service_account: "istio-ingressgateway-service-account",
+            },
+            &EnvoyOpts {
+                // Credentials come over SDS, only to an authenticated gateway.
+                xds: Xds::Tls {
+                    root: dir.path().join("ca/root-cert.pem"),
+                    token: issuer.token(
+                        "istio-system",
+                        "istio-ingressgateway-service-account",
+                        "istio-ca",
+                        3600,
+                        "k1",
+                    ),
+                },
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        Some(Setup {
+            meshd,
+            gateway,
+            _backends: backends,
+            _tls_backend: tls_backend,
+            config,
+            _dir: dir,
+            ca,
+        })
+    }
+
+    fn https(
+        &self,
+        port: u16,
+        sni: &str,
+        client: Option<(&str, &str)>,
+    ) -> std::io::Result<HttpsResponse> {
+        https_get(
+            &format!("127.0.0.1:{port}"),
+            sni,
+            "/productpage",
+            &self.ca.pem,
+            client,
+        )
+    }
+
+    fn assert_no_rejections(&self) {
+        let bad: Vec<_> = self
+            .gateway
+            .stats("update_rejected")
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        assert!(bad.is_empty(), "{bad:?}\n{}", self.gateway.proc.log_text());
+        let sync = self.meshd.get_json("/debug/syncz");
+        for conn in sync.as_array().expect("list") {
+            for (ty, st) in conn["types"].as_object().expect("types") {
+                assert_eq!(st["nacks"], 0, "{ty} NACKed: {st}");
+            }
+        }
+    }
+}
+
+#[test]
+fn https_simple_and_mutual_with_credentials_from_secrets() {
+    let Some(s) = Setup::start() else { return };
+    let r = wait_for("HTTPS through the gateway", Duration::from_secs(20), || {
+        s.https(443, "bookinfo.example.com", None).ok()
+    });
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "productpage-v1");
+    assert_eq!(
+        r.server_cn, "bookinfo-1",
+        "the certificate of Secret bookinfo-cert"
+    );
+
+    // MUTUAL: no client certificate, no response; one from the Secret's CA, 200.
+    let (cert, key) = s.ca.leaf("client-1", &["client.example.com"]);
+    let r = wait_for("mTLS through the gateway", Duration::from_secs(20), || {
+        s.https(443, "mtls.example.com", Some((&cert, &key))).ok()
+    });
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage-v1"));
+    assert_eq!(r.server_cn, "mtls-1");
+    let refused = s.https(443, "mtls.example.com", None);
+    assert!(
+        refused.is_err(),
+        "MUTUAL without a client certificate: {refused:?}"
+    );
+    let other_ca = TestCa::new("someone-else");
+    let (cert2, key2) = other_ca.leaf("client-2", &["client.example.com"]);
+    let refused = s.https(443, "mtls.example.com", Some((&cert2, &key2)));
+    assert!(
+        refused.is_err(),
+        "a client certificate from another CA: {refused:?}"
+    );
+    // SIMPLE does not ask for one.
+    assert_eq!(
+        s.https(443, "bookinfo.example.com", None)
+            .expect("simple")
+            .status,
+        200
+    );
+
+    // Rotation: a new certificate in the Secret is served without a restart.
+    let (cert, key) = s.ca.leaf("bookinfo-2", &["bookinfo.example.com"]);
+    s.config.write(
+        "bookinfo-cert.yaml",
+        &secret("bookinfo-cert", &cert, &key, &s.ca.pem),
+    );
+    let r = wait_for("the rotated certificate", Duration::from_secs(20), || {
+        s.https(443, "bookinfo.example.com", None)
+            .ok()
+            .filter(|r| r.server_cn == "bookinfo-2")
+    });
+    assert_eq!(r.status, 200);
+    s.assert_no_rejections();
+}
+
+#[test]
+fn https_redirect_passthrough_and_weighted_tcp() {
+    let Some(s) = Setup::start() else { return };
+    // httpsRedirect: plain HTTP gets a 301 to https://.
+    let r = wait_for("the HTTPS redirect", Duration::from_secs(20), || {
+        http_get(
+            "127.0.0.1:8080",
+            "/productpage",
+            &[("Host", "bookinfo.example.com")],
+        )
+        .ok()
+        .filter(|r| r.status == 301)
+    });
+    let location = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert_eq!(location, "https://bookinfo.example.com/productpage");
+
+    // PASSTHROUGH: the TLS session reaches the backend untouched (its certificate, the
+    // SNI the client sent); an SNI no route takes is not proxied.
+    let r = wait_for("TLS passthrough", Duration::from_secs(20), || {
+        s.https(9443, "secure.example.com", None).ok()
+    });
+    assert_eq!(r.status, 200);
+    assert_eq!(r.server_cn, "secure-backend");
+    assert_eq!(r.body, "sni=secure.example.com client=none");
+    assert!(s.https(9443, "bookinfo.example.com", None).is_err());
+
+    // TCP: 75/25 between reviews v1 and v2 over 400 connections.
+    wait_for("TCP through the gateway", Duration::from_secs(20), || {
+        http_get("127.0.0.1:9000", "/", &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let d = tcp_distribution("127.0.0.1:9000", 400);
+    let v1 = d.get("reviews-v1").copied().unwrap_or(0);
+    let v2 = d.get("reviews-v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, 400, "every connection reached reviews: {d:?}");
+    assert!((300 - 40..=300 + 40).contains(&v1), "75% ±10 to v1: {d:?}");
+    s.assert_no_rejections();
+}
