@@ -116,6 +116,9 @@ pub struct Changes {
     pub services: BTreeSet<String>,
     /// Hosts whose VirtualServices changed: routes only.
     pub routes: BTreeSet<String>,
+    /// Hosts whose VirtualService `tcp` or `tls` routes changed: these shape listeners
+    /// (filter chains), not route configurations.
+    pub l4_routes: BTreeSet<String>,
     /// Hosts whose DestinationRules changed: clusters, endpoints (subsets) and routes.
     pub policies: BTreeSet<String>,
     /// Hosts whose endpoints changed.
@@ -135,6 +138,7 @@ impl Changes {
         !self.full
             && self.services.is_empty()
             && self.routes.is_empty()
+            && self.l4_routes.is_empty()
             && self.policies.is_empty()
             && self.endpoints.is_empty()
             && self.sidecars.is_empty()
@@ -177,6 +181,7 @@ pub struct Snapshot {
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
     config_hashes: BTreeMap<String, u64>,
     route_hashes: BTreeMap<String, u64>,
+    l4_route_hashes: BTreeMap<String, u64>,
     policy_hashes: BTreeMap<String, u64>,
     endpoint_hashes: BTreeMap<String, u64>,
     sidecar_hashes: BTreeMap<String, u64>,
@@ -249,6 +254,7 @@ impl Snapshot {
             full: self.mesh != old.mesh || self.peer_auth_hash != old.peer_auth_hash,
             services: diff(&self.config_hashes, &old.config_hashes),
             routes: diff(&self.route_hashes, &old.route_hashes),
+            l4_routes: diff(&self.l4_route_hashes, &old.l4_route_hashes),
             policies: diff(&self.policy_hashes, &old.policy_hashes),
             endpoints: diff(&self.endpoint_hashes, &old.endpoint_hashes),
             sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
@@ -1465,10 +1471,16 @@ impl Builder {
             .map(|(h, s)| (h.clone(), hash_of(&**s)))
             .collect();
         let mut route_hashes: BTreeMap<String, u64> = BTreeMap::new();
+        let mut l4_route_hashes: BTreeMap<String, u64> = BTreeMap::new();
         for vs in &self.virtual_services {
             let h = hash_of(&**vs);
+            let l4 = (!vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty())
+                .then(|| hash_of(&(&vs.spec.tcp, &vs.spec.tls, &vs.gateways, &vs.key)));
             for host in &vs.hosts {
                 mix(&mut route_hashes, host, h);
+                if let Some(l4) = l4 {
+                    mix(&mut l4_route_hashes, host, l4);
+                }
             }
         }
         let mut policy_hashes: BTreeMap<String, u64> = BTreeMap::new();
@@ -1539,6 +1551,7 @@ impl Builder {
             diagnostics,
             config_hashes,
             route_hashes,
+            l4_route_hashes,
             policy_hashes,
             endpoint_hashes,
             sidecar_hashes,
@@ -1618,6 +1631,24 @@ mod tests {
             }
         }
         Snapshot::build(&set, None, "cluster.local", "istio-system")
+    }
+
+    #[test]
+    fn tcp_and_tls_route_changes_are_listener_changes() {
+        let vs = |http: u32, tcp: u32| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\nspec:\n  hosts: [a]\n  http: [{{timeout: {http}s, route: [{{destination: {{host: a}}}}]}}]\n  tcp: [{{match: [{{port: {tcp}}}], route: [{{destination: {{host: a}}}}]}}]\n"
+            )
+        };
+        let host = "a.default.svc.cluster.local".to_string();
+        let base = snapshot(&vs(1, 9000));
+        let http_only = snapshot(&vs(2, 9000)).changes_since(&base);
+        assert!(http_only.routes.contains(&host));
+        assert!(http_only.l4_routes.is_empty(), "{http_only:?}");
+        let tcp = snapshot(&vs(1, 9001)).changes_since(&base);
+        assert!(tcp.l4_routes.contains(&host), "{tcp:?}");
+        let gone = snapshot("").changes_since(&base);
+        assert!(gone.l4_routes.contains(&host), "{gone:?}");
     }
 
     #[test]

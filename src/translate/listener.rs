@@ -190,6 +190,69 @@ pub fn tcp_proxy(ctx: &ProxyContext, cluster: &str) -> Filter {
     }
 }
 
+/// Chains of a TLS port (TLS or HTTPS services), chosen by SNI as istiod builds them:
+/// the `tls` routes of the VirtualServices in scope first, then each service's own host
+/// name to its cluster; anything else goes to `fallback`. Names already taken by an
+/// earlier chain are left out (Envoy refuses two chains matching one name).
+fn sni_chains(
+    ctx: &ProxyContext,
+    services: &[std::sync::Arc<crate::model::service::Service>],
+    vss: &[std::sync::Arc<crate::model::snapshot::VirtualServiceConfig>],
+    port: u16,
+    stat: &str,
+    fallback: &super::tcp::Targets,
+) -> Vec<FilterChain> {
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut chains = Vec::new();
+    let mut add =
+        |names: Vec<String>, targets: &super::tcp::Targets, chains: &mut Vec<FilterChain>| {
+            let names: Vec<String> = names
+                .into_iter()
+                .filter(|n| taken.insert(n.clone()))
+                .collect();
+            if names.is_empty() {
+                return;
+            }
+            chains.push(FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: names,
+                    ..Default::default()
+                }),
+                filters: vec![tcp_to(ctx, stat, targets)],
+                ..Default::default()
+            });
+        };
+    for (names, targets) in super::tcp::sidecar_tls_routes(ctx, vss, port) {
+        add(names, &targets, &mut chains);
+    }
+    for svc in services {
+        if svc.port(port).is_none() {
+            continue;
+        }
+        let targets = super::tcp::sidecar_tcp_targets(ctx, vss, &svc.hostname, port)
+            .unwrap_or_else(|| vec![(naming::outbound_cluster(port, "", &svc.hostname), 100)]);
+        add(vec![svc.hostname.clone()], &targets, &mut chains);
+    }
+    chains.push(FilterChain {
+        filters: vec![tcp_to(ctx, stat, fallback)],
+        ..Default::default()
+    });
+    chains
+}
+
+fn is_tls(p: Protocol) -> bool {
+    matches!(p, Protocol::Tls | Protocol::Https)
+}
+
+/// Where a TLS connection for no known name goes: out of the mesh only if it may.
+fn unknown_destination(ctx: &ProxyContext) -> super::tcp::Targets {
+    let c = match ctx.scope.outbound_policy {
+        OutboundTrafficMode::ALLOW_ANY => naming::PASSTHROUGH,
+        OutboundTrafficMode::REGISTRY_ONLY => naming::BLACKHOLE,
+    };
+    vec![(c.to_string(), 100)]
+}
+
 /// tcp_proxy to one cluster (its name the stat prefix, as istiod) or weighted clusters.
 fn tcp_to(ctx: &ProxyContext, stat: &str, t: &super::tcp::Targets) -> Filter {
     match t.as_slice() {
@@ -309,7 +372,32 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                     })
             })
             .unwrap_or_else(|| vec![(naming::PASSTHROUGH.to_string(), 100)]);
-        let (chains, sniff) = outbound_chains(ctx, protocol, number, &tcp_targets, &name);
+        let (chains, sniff) = if is_tls(protocol) {
+            let fallback = if e
+                .services
+                .iter()
+                .filter(|s| s.port(number).is_some())
+                .count()
+                == 1
+            {
+                tcp_targets.clone()
+            } else {
+                unknown_destination(ctx)
+            };
+            (
+                sni_chains(
+                    ctx,
+                    &e.services,
+                    &e.virtual_services,
+                    number,
+                    &name,
+                    &fallback,
+                ),
+                false,
+            )
+        } else {
+            outbound_chains(ctx, protocol, number, &tcp_targets, &name)
+        };
         let mut lst = listener(
             name,
             &address,
@@ -317,6 +405,9 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             bind_to_port,
             core::TrafficDirection::Outbound,
         );
+        if is_tls(protocol) {
+            lst.listener_filters.push(tls_inspector());
+        }
         lst.filter_chains = chains;
         if sniff {
             lst.listener_filters.push(http_inspector());
@@ -370,14 +461,38 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
         }
         for (port, protocol) in shared {
             let name = naming::listener(wildcard, port);
-            // A shared TCP port has no single destination: pass through.
-            let (chains, sniff) = outbound_chains(
-                ctx,
-                protocol,
-                port,
-                &vec![(naming::PASSTHROUGH.to_string(), 100)],
-                &name,
-            );
+            // A shared TCP port has no single destination: pass through. A TLS port
+            // tells its destinations apart by SNI.
+            let (chains, sniff) = if is_tls(protocol) {
+                let on_port: Vec<_> = catch_all
+                    .services
+                    .iter()
+                    .filter(|s| {
+                        s.port(port).is_some_and(|p| is_tls(p.protocol))
+                            && (bind_to_port || s.addresses.is_empty())
+                    })
+                    .cloned()
+                    .collect();
+                (
+                    sni_chains(
+                        ctx,
+                        &on_port,
+                        &catch_all.virtual_services,
+                        port,
+                        &name,
+                        &unknown_destination(ctx),
+                    ),
+                    false,
+                )
+            } else {
+                outbound_chains(
+                    ctx,
+                    protocol,
+                    port,
+                    &vec![(naming::PASSTHROUGH.to_string(), 100)],
+                    &name,
+                )
+            };
             let mut lst = listener(
                 name,
                 wildcard,
@@ -385,6 +500,9 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                 bind_to_port,
                 core::TrafficDirection::Outbound,
             );
+            if is_tls(protocol) {
+                lst.listener_filters.push(tls_inspector());
+            }
             lst.filter_chains = chains;
             if sniff {
                 lst.listener_filters.push(http_inspector());

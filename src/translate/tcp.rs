@@ -242,3 +242,27 @@ pub fn proxy(ctx: &ProxyContext, stat_prefix: &str, t: &Targets) -> Filter {
         config_type: Some(ls::filter::ConfigType::TypedConfig(pb::any(&m))),
     }
 }
+
+/// A sidecar's `tls` routes on `port`: (SNI names, targets) for each match of the
+/// VirtualServices in scope that applies to this proxy, in scope order.
+pub fn sidecar_tls_routes(
+    ctx: &ProxyContext,
+    vss: &[std::sync::Arc<VirtualServiceConfig>],
+    port: u16,
+) -> Vec<(Vec<String>, Targets)> {
+    let mut out = Vec::new();
+    for vs in vss.iter().filter(|vs| vs.applies_to_mesh()) {
+        for r in &vs.spec.tls {
+            for m in &r.matches {
+                if !applies(ctx, vs, m.into(), port, None) || m.sni_hosts.is_empty() {
+                    continue;
+                }
+                let t = targets(ctx, vs, &r.route, port);
+                if !t.is_empty() {
+                    out.push((m.sni_hosts.clone(), t));
+                }
+            }
+        }
+    }
+    out
+}

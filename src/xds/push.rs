@@ -68,6 +68,10 @@ pub fn push_for(
     if changes.routes.iter().any(sees) || changes.routes.iter().any(|h| h.starts_with('*')) {
         types.insert(ROUTE);
     }
+    // tcp and tls routes are filter chains.
+    if changes.l4_routes.iter().any(sees) || changes.l4_routes.iter().any(|h| h.starts_with('*')) {
+        types.insert(LISTENER);
+    }
     let endpoints: BTreeSet<String> = changes
         .endpoints
         .iter()

@@ -14,4 +14,5 @@ mod harness;
 mod kubernetes;
 mod mtls;
 mod origination;
+mod tcp;
 mod webhook;
