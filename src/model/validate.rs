@@ -518,7 +518,7 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
             None if tls_proto => out.push(
                 obj.diag_error(
                     &format!("{p}.tls"),
-                    format!("a {proto} server needs TLS settings"),
+                    format!("a server with protocol {proto} needs TLS settings"),
                 )
                 .hint("add `tls: {mode: SIMPLE, credentialName: NAME}` (or PASSTHROUGH)"),
             ),

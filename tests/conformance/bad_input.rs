@@ -23,7 +23,7 @@ fn validate(dir: &TempDir) -> (i32, String) {
 /// Each case: a file with one fault, and what the diagnostic must say.
 #[test]
 fn each_kind_of_bad_input_is_named_precisely() {
-    let cases: [(&str, &str, &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str]); 9] = [
         (
             "malformed YAML",
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [reviews\n",
@@ -80,6 +80,36 @@ fn each_kind_of_bad_input_is_named_precisely() {
                 "spec.http[0].match[0].uri.regex",
                 "invalid regular expression",
                 "RE2",
+            ],
+        ),
+        (
+            "HTTPS gateway server without TLS settings",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n",
+            &[
+                "bad.yaml:",
+                "Gateway default/gw",
+                "spec.servers[0].tls",
+                "a server with protocol HTTPS needs TLS settings",
+                "credentialName",
+            ],
+        ),
+        (
+            "SIMPLE TLS with no certificate",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE}\n",
+            &[
+                "bad.yaml:10",
+                "spec.servers[0].tls.serverCertificate",
+                "SIMPLE TLS needs a server certificate",
+                "Secret with tls.crt and tls.key",
+            ],
+        ),
+        (
+            "ISTIO_MUTUAL with a credential",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: ISTIO_MUTUAL, credentialName: x}\n",
+            &[
+                "bad.yaml:10",
+                "spec.servers[0].tls",
+                "ISTIO_MUTUAL uses the gateway's mesh certificate",
             ],
         ),
     ];
