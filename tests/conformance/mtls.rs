@@ -510,3 +510,158 @@ fn request_authentication_with_jwks_uri_through_a_generated_cluster() {
     );
     m.assert_no_rejections();
 }
+
+const EXT_AUTHZ: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp:
+        service: ext-authz.local
+        port: 8000
+        includeRequestHeadersInCheck: [x-ext-authz]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext-authz}
+spec:
+  hosts: [ext-authz.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.1.70}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-ext-authz}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: CUSTOM
+  provider: {name: sample-ext-authz-http}
+  rules:
+  - to:
+    - operation: {paths: ["/guarded/*"]}
+"#;
+
+/// A real external authorizer (Istio's sample ext-authz contract): it allows a request
+/// whose `x-ext-authz` header is `allow` and denies anything else with 403 and a body of
+/// its own. It counts the checks it answered.
+struct ExtAuthz {
+    checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExtAuthz {
+    fn start(addr: &str) -> ExtAuthz {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind(addr).expect("ext-authz listener");
+        l.set_nonblocking(true).expect("nonblocking");
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c2, s2) = (checks.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        // Envoy keeps the connection open: answer each request on it.
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        loop {
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match s.read(&mut chunk) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                                break;
+                            };
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            buf.drain(..end + 4);
+                            c2.fetch_add(1, Ordering::Relaxed);
+                            let allowed = head.lines().any(|l| l.trim() == "x-ext-authz: allow");
+                            let resp = if allowed {
+                                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string()
+                            } else {
+                                let body = "denied by ext-authz";
+                                format!(
+                                    "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+                                    body.len()
+                                )
+                            };
+                            if s.write_all(resp.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        ExtAuthz {
+            checks,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for ExtAuthz {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CUSTOM: requests the policy selects are decided by the external authorizer named in
+/// mesh config; the others never reach it.
+#[test]
+fn custom_action_asks_the_external_authorizer() {
+    let Some(m) = Mesh::start_with("PERMISSIVE", &[("ext-authz.yaml", EXT_AUTHZ)]) else {
+        return;
+    };
+    let authz = ExtAuthz::start("127.0.1.70:8000");
+    let get = |path: &str, allow: bool| -> Option<HttpResponse> {
+        let mut h = vec![("Host", "reviews")];
+        if allow {
+            h.push(("x-ext-authz", "allow"));
+        }
+        http_get("127.0.0.1:9080", path, &h).ok()
+    };
+    let r = wait_for("the authorizer's verdict", Duration::from_secs(20), || {
+        get("/guarded/a", false).filter(|r| r.status == 403)
+    });
+    assert_eq!(r.body, "denied by ext-authz", "the authorizer's own answer");
+    let before = authz.checks();
+    assert!(before >= 1);
+    let r = get("/guarded/a", true).expect("answer");
+    assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"));
+    let r = get("/open", false).expect("answer");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "reviews-v1"),
+        "not selected by the policy"
+    );
+    assert_eq!(
+        authz.checks(),
+        before + 1,
+        "only the selected request was checked"
+    );
+    m.assert_no_rejections();
+}
