@@ -265,6 +265,8 @@ pub struct TlsSecret {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub ca: Option<String>,
+    /// Revoked client or server certificates (`ca.crl`), checked with `ca`.
+    pub crl: Option<String>,
 }
 
 impl std::fmt::Debug for TlsSecret {
@@ -273,6 +275,7 @@ impl std::fmt::Debug for TlsSecret {
             .field("cert", &self.cert.is_some())
             .field("key", &self.key.is_some())
             .field("ca", &self.ca.is_some())
+            .field("crl", &self.crl.is_some())
             .finish()
     }
 }
@@ -280,10 +283,11 @@ impl std::fmt::Debug for TlsSecret {
 impl Serialize for TlsSecret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("TlsSecret", 3)?;
+        let mut st = s.serialize_struct("TlsSecret", 4)?;
         st.serialize_field("cert", &self.cert.as_ref().map(|_| "<redacted>"))?;
         st.serialize_field("key", &self.key.as_ref().map(|_| "<redacted>"))?;
         st.serialize_field("ca", &self.ca.as_ref().map(|_| "<redacted>"))?;
+        st.serialize_field("crl", &self.crl.as_ref().map(|_| "<redacted>"))?;
         st.end()
     }
 }
@@ -686,6 +690,7 @@ fn parse_spec(
                 cert: pick("tls.crt", "cert"),
                 key: pick("tls.key", "key"),
                 ca: pick("ca.crt", "cacert"),
+                crl: pick("ca.crl", "crl"),
             };
             if secret.cert.is_none() && secret.key.is_none() && secret.ca.is_none() {
                 // Not TLS material: meshd has no use for it and does not keep it.

@@ -626,9 +626,6 @@ fn gateway_tls(
         M::PASSTHROUGH => {}
         M::AUTO_PASSTHROUGH => not_yet(obj, &format!("{p}.mode"), "AUTO_PASSTHROUGH", out),
     }
-    if !t.ca_crl.is_empty() {
-        not_yet(obj, &format!("{p}.caCrl"), "caCrl", out);
-    }
 }
 
 /// ServiceEntry rules from istio's `ValidateServiceEntry`.

@@ -37,11 +37,18 @@ pub fn workload(name: &str, chain: &[String], key_pem: &str) -> Secret {
 
 /// `ROOTCA`: the roots peers' certificates must chain to.
 pub fn root(name: &str, root_pem: &str) -> Secret {
+    trust(name, root_pem, None)
+}
+
+/// A validation context: trusted roots and, if given, the revocation list checked with
+/// them (a Secret's `ca.crt` and `ca.crl`).
+pub fn trust(name: &str, ca_pem: &str, crl_pem: Option<&str>) -> Secret {
     Secret {
         name: name.to_string(),
         r#type: Some(secret::Type::ValidationContext(
             CertificateValidationContext {
-                trusted_ca: inline(root_pem),
+                trusted_ca: inline(ca_pem),
+                crl: crl_pem.and_then(inline),
                 ..Default::default()
             },
         )),

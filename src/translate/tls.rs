@@ -274,6 +274,7 @@ pub fn originate(
             common.validation_context_type = Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: file(ca),
+                    crl: (!t.ca_crl.is_empty()).then(|| file(&t.ca_crl)).flatten(),
                     match_typed_subject_alt_names: sans,
                     ..Default::default()
                 },
@@ -409,6 +410,7 @@ pub fn gateway_server(
             common.validation_context_type = Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: file(&t.ca_certificates),
+                    crl: (!t.ca_crl.is_empty()).then(|| file(&t.ca_crl)).flatten(),
                     ..default_validation
                 },
             ));

@@ -303,7 +303,9 @@ impl Stream {
                     };
                     match snap.tls_secret(&id.namespace, secret_name) {
                         Some(sec) if ca => match &sec.ca {
-                            Some(ca_pem) => translate::secret::root(name, ca_pem),
+                            Some(ca_pem) => {
+                                translate::secret::trust(name, ca_pem, sec.crl.as_deref())
+                            }
                             None => continue,
                         },
                         Some(sec) => match (&sec.cert, &sec.key) {

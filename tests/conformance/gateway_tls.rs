@@ -83,15 +83,27 @@ spec:
 "#;
 
 fn secret(name: &str, cert: &str, key: &str, ca: &str) -> String {
+    secret_with_crl(name, cert, key, ca, None)
+}
+
+/// A TLS Secret of istio-system; `crl` goes in `ca.crl`.
+fn secret_with_crl(name: &str, cert: &str, key: &str, ca: &str, crl: Option<&str>) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
+    let mut s = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
         b64(cert),
         b64(key),
         b64(ca)
-    )
+    );
+    if let Some(crl) = crl {
+        s.push_str(&format!("  ca.crl: {}\n", b64(crl)));
+    }
+    s
 }
+
+/// The serial number of the client certificate the mTLS server's CRL revokes.
+const REVOKED: u64 = 0x5eed;
 
 // Fields drop in order: processes first, then the folders.
 struct Setup {
@@ -125,7 +137,11 @@ impl Setup {
             &secret("bookinfo-cert", &cert, &key, &ca.pem),
         );
         let (cert, key) = ca.leaf("mtls-1", &["mtls.example.com"]);
-        config.write("mtls-cert.yaml", &secret("mtls-cert", &cert, &key, &ca.pem));
+        let crl = ca.crl(&[REVOKED]);
+        config.write(
+            "mtls-cert.yaml",
+            &secret_with_crl("mtls-cert", &cert, &key, &ca.pem, Some(&crl)),
+        );
         let (cert, key) = ca.leaf("secure-backend", &["secure.example.com"]);
         let tls_backend = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);
         let backends = Backends::start(&PODS, 9080);
@@ -238,6 +254,16 @@ fn https_simple_and_mutual_with_credentials_from_secrets() {
         refused.is_err(),
         "a client certificate from another CA: {refused:?}"
     );
+    // A client certificate the Secret's ca.crl revokes is refused.
+    let (cert3, key3) =
+        s.ca.leaf_with_serial("client-3", &["client.example.com"], Some(REVOKED));
+    let refused = s.https(443, "mtls.example.com", Some((&cert3, &key3)));
+    assert!(
+        refused.is_err(),
+        "a revoked client certificate: {refused:?}"
+    );
+    let ok = s.https(443, "mtls.example.com", Some((&cert, &key)));
+    assert_eq!(ok.map(|r| r.status).ok(), Some(200), "not revoked");
     // SIMPLE does not ask for one.
     assert_eq!(
         s.https(443, "bookinfo.example.com", None)

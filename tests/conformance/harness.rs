@@ -805,10 +805,46 @@ impl TestCa {
 
     /// (certificate, key) for `cn` with DNS names `sans`.
     pub fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        self.leaf_with_serial(cn, sans, None)
+    }
+
+    /// A revocation list signed by this CA naming the `serials`, PEM.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("CRL")
+        .pem()
+        .expect("CRL PEM")
+    }
+
+    /// Like [`TestCa::leaf`], with a chosen serial number.
+    pub fn leaf_with_serial(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        serial: Option<u64>,
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let mut p =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        p.serial_number = serial.map(rcgen::SerialNumber::from);
         p.distinguished_name = rcgen::DistinguishedName::new();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let cert = p.signed_by(&key, &self.issuer).expect("leaf");

@@ -78,9 +78,10 @@ impl Setup {
         config.write("service-entries.yaml", SERVICE_ENTRIES);
         let ca = TestCa::new("outside-ca");
         dir.write("ca.pem", &ca.pem);
-        let (cert, key) = ca.leaf(
+        let (cert, key) = ca.leaf_with_serial(
             "secure.example.com",
             &["secure.example.com", "alt.example.com"],
+            Some(SECURE_SERIAL),
         );
         let (strict_cert, strict_key) = ca.leaf("strict.example.com", &["strict.example.com"]);
         let servers = vec![
@@ -177,6 +178,9 @@ impl Setup {
     }
 }
 
+/// The serial number of secure.example.com's certificate (revocation tests name it).
+const SECURE_SERIAL: u64 = 0x5ec;
+
 #[test]
 fn simple_tls_verifies_the_server_against_the_given_ca_and_names() {
     let Some(s) = Setup::start() else { return };
@@ -251,6 +255,44 @@ fn simple_tls_verifies_the_server_against_the_given_ca_and_names() {
     );
     let body = s.expect("secure.example.com", 200, "sni=alt", "explicit SNI");
     assert_eq!(body, "sni=alt.example.com client=none");
+
+    // caCrl: a revocation list naming the server's certificate refuses it; one naming
+    // another certificate does not.
+    s.dir.write("revoked.crl", &s.ca.crl(&[SECURE_SERIAL]));
+    s.dir.write("other.crl", &s.ca.crl(&[SECURE_SERIAL + 1]));
+    let before = s.ssl_stat("secure.example.com", "fail_verify_error");
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: {}, caCrl: {}}}",
+                s.path("ca.pem"),
+                s.path("revoked.crl")
+            ),
+        ),
+    );
+    wait_for("revoked server refused", Duration::from_secs(20), || {
+        let refused = s.get("secure.example.com").is_some_and(|r| r.0 == 503);
+        (refused && s.ssl_stat("secure.example.com", "fail_verify_error") > before).then_some(())
+    });
+    s.config.write(
+        "dr.yaml",
+        &destination_rule(
+            "secure.example.com",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: {}, caCrl: {}}}",
+                s.path("ca.pem"),
+                s.path("other.crl")
+            ),
+        ),
+    );
+    s.expect(
+        "secure.example.com",
+        200,
+        "sni=secure",
+        "a CRL not naming the server",
+    );
 
     // No caCertificates: the system trust store, which does not know the test CA.
     let before = s.ssl_stat("secure.example.com", "fail_verify_error");
