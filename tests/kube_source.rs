@@ -680,6 +680,20 @@ async fn status_conditions_follow_diagnostics() {
         "{c}"
     );
     assert_eq!(condition("reviews")["status"], "True");
+    // Istio's analysis codes: a schema error for the weights.
+    let messages = server
+        .get("VirtualService", "default", "split")
+        .map(|o| o["status"]["validationMessages"].clone())
+        .unwrap_or(Value::Null);
+    assert_eq!(messages[0]["type"]["code"], "IST0106", "{messages}");
+    assert_eq!(messages[0]["level"], "ERROR");
+    assert_eq!(
+        server
+            .get("VirtualService", "default", "reviews")
+            .map(|o| o["status"]["validationMessages"].clone()),
+        Some(serde_json::json!([])),
+        "nothing to say about a good object"
+    );
 
     // Fixed: the next snapshot turns the condition True; the spec is untouched.
     server.apply(bad((50, 50)));

@@ -418,6 +418,27 @@ pub fn status_for(diags: &[&crate::model::diagnostic::Diagnostic]) -> serde_json
             .collect::<Vec<_>>()
             .join("; ")
     };
+    // Analysis messages as istiod's status controller writes them: code, name, level
+    // and the documentation page; once per code.
+    let mut codes: Vec<&'static str> = diags.iter().map(|d| d.analysis_code()).collect();
+    codes.sort();
+    codes.dedup();
+    let messages: Vec<serde_json::Value> = codes
+        .iter()
+        .filter_map(|code| {
+            let (code, name, level) = crate::model::diagnostic::ANALYSIS_MESSAGES
+                .iter()
+                .find(|(c, _, _)| c == code)?;
+            Some(serde_json::json!({
+                "type": {"code": code, "name": name},
+                "level": level,
+                "documentationUrl": format!(
+                    "https://istio.io/latest/docs/reference/config/analysis/{}/?ref=status-controller",
+                    code.to_ascii_lowercase()
+                ),
+            }))
+        })
+        .collect();
     serde_json::json!({
         "conditions": [{
             "type": "Reconciled",
@@ -425,6 +446,7 @@ pub fn status_for(diags: &[&crate::model::diagnostic::Diagnostic]) -> serde_json
             "reason": if errors.is_empty() { "Accepted" } else { "Invalid" },
             "message": message,
         }],
+        "validationMessages": messages,
     })
 }
 

@@ -81,7 +81,29 @@ pub struct Diagnostic {
     /// What to do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The Istio analysis message this finding is (`IST0101`, …), for tools that read
+    /// `status.validationMessages` as istiod writes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
 }
+
+/// Istio analysis messages meshd reports: (code, name, level), as in Istio's
+/// `pkg/config/analysis/msg` catalogue.
+pub const ANALYSIS_MESSAGES: [(&str, &str, &str); 4] = [
+    ("IST0101", "ReferencedResourceNotFound", "ERROR"),
+    ("IST0106", "SchemaValidationError", "ERROR"),
+    (
+        "IST0111",
+        "MultipleSidecarsWithoutWorkloadSelectors",
+        "ERROR",
+    ),
+    ("IST0133", "SchemaWarning", "WARNING"),
+];
+
+/// ReferencedResourceNotFound: a host, subset or gateway that does not exist.
+pub const REFERENCED_RESOURCE_NOT_FOUND: &str = "IST0101";
+/// MultipleSidecarsWithoutWorkloadSelectors.
+pub const MULTIPLE_SIDECARS_WITHOUT_SELECTORS: &str = "IST0111";
 
 impl Diagnostic {
     pub fn error(origin: Origin, reason: impl Into<String>) -> Self {
@@ -92,6 +114,7 @@ impl Diagnostic {
             field: None,
             reason: reason.into(),
             hint: None,
+            code: None,
         }
     }
 
@@ -118,6 +141,19 @@ impl Diagnostic {
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// The analysis code status shows: the specific one, else a schema error or warning.
+    pub fn analysis_code(&self) -> &'static str {
+        self.code.unwrap_or(match self.severity {
+            Severity::Error => "IST0106",
+            Severity::Warning => "IST0133",
+        })
     }
 
     pub fn is_error(&self) -> bool {

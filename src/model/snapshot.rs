@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::diagnostic::{Diagnostic, Origin};
+use super::diagnostic::{
+    Diagnostic, MULTIPLE_SIDECARS_WITHOUT_SELECTORS, Origin, REFERENCED_RESOURCE_NOT_FOUND,
+};
 use super::host;
 use super::istio::{self, Labels};
 use super::mesh::MeshConfig;
@@ -1133,6 +1135,7 @@ impl Builder {
                         &format!("{path}.host"),
                         format!("host {host} is not a known service or ServiceEntry"),
                     )
+                    .code(REFERENCED_RESOURCE_NOT_FOUND)
                     .hint(
                         "requests routed here fail with 503 until the service exists; \
                            for external hosts add a ServiceEntry",
@@ -1182,6 +1185,7 @@ impl Builder {
                     &format!("{path}.subset"),
                     format!("subset {:?} of host {host} is not defined", d.subset),
                 )
+                .code(REFERENCED_RESOURCE_NOT_FOUND)
                 .hint(hint),
             );
         };
@@ -1241,6 +1245,7 @@ impl Builder {
                         &format!("spec.gateways[{i}]"),
                         format!("gateway {g} does not exist"),
                     )
+                    .code(REFERENCED_RESOURCE_NOT_FOUND)
                     .hint("routes bound to it take effect once the Gateway exists"),
                 );
             }
@@ -1368,6 +1373,7 @@ impl Builder {
                             obj.key.namespace, other.key
                         ),
                     )
+                    .code(MULTIPLE_SIDECARS_WITHOUT_SELECTORS)
                     .hint("a namespace can have one default Sidecar; add a workloadSelector"),
                 );
             }
@@ -1649,6 +1655,29 @@ mod tests {
         assert!(tcp.l4_routes.contains(&host), "{tcp:?}");
         let gone = snapshot("").changes_since(&base);
         assert!(gone.l4_routes.contains(&host), "{gone:?}");
+    }
+
+    #[test]
+    fn missing_references_carry_istios_analysis_code() {
+        let s = snapshot(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{name: http, port: 80}]}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  gateways: [nowhere]\n  http: [{route: [{destination: {host: a, subset: v9}}, {destination: {host: b}, weight: 0}]}]\n",
+        );
+        let codes: Vec<(Option<&str>, &str)> = s
+            .diagnostics
+            .iter()
+            .map(|d| (d.code, d.field.as_deref().unwrap_or("")))
+            .collect();
+        for field in [
+            "spec.http[0].route[0].destination.subset",
+            "spec.http[0].route[1].destination.host",
+            "spec.gateways[0]",
+        ] {
+            assert!(
+                codes.contains(&(Some("IST0101"), field)),
+                "{field}: {codes:?}"
+            );
+        }
     }
 
     #[test]
