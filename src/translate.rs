@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod context;
 pub mod endpoint;
 pub mod gateway;
+pub mod grpc;
 pub mod jwt;
 pub mod listener;
 pub mod naming;

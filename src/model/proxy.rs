@@ -45,6 +45,10 @@ pub struct Proxy {
     /// plain Envoy over SDS once authenticated on the TLS port): only then is it given
     /// mTLS.
     pub mtls_ready: bool,
+    /// A proxyless gRPC client (node metadata `GENERATOR: grpc`, as istiod reads it): it
+    /// asks for listeners, routes and clusters by name and understands only what gRPC's
+    /// xDS client implements.
+    pub proxyless: bool,
     /// The whole node metadata, as JSON.
     pub metadata: BTreeMap<String, Value>,
 }
@@ -132,6 +136,7 @@ impl Proxy {
             mtls_ready: meta_str("ISTIO_VERSION").is_some_and(|v| !v.is_empty()),
             istio_version: meta_str("ISTIO_VERSION").filter(|v| !v.is_empty()),
             interception,
+            proxyless: meta_str("GENERATOR").as_deref() == Some("grpc"),
             metadata,
         })
     }

@@ -38,7 +38,8 @@ pub fn locality_endpoints(locality: &str, lb_endpoints: Vec<LbEndpoint>) -> Loca
         .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
         .sum();
     LocalityLbEndpoints {
-        locality: (!locality.is_empty()).then_some(loc),
+        // Always present, if empty: gRPC's xDS client refuses localities without it.
+        locality: Some(loc),
         lb_endpoints,
         // istiod sets the locality weight to the sum of its endpoints' weights.
         load_balancing_weight: pb::u32v(weight.max(1)),

@@ -377,7 +377,7 @@ fn hash_policies(ctx: &ProxyContext, host: &str) -> Vec<rt::route_action::HashPo
 }
 
 /// Envoy routes for one VirtualService HTTP rule on `port`, one per match block.
-fn http_rule_routes(
+pub(crate) fn http_rule_routes(
     ctx: &ProxyContext,
     vs: &VirtualServiceConfig,
     rule: &istio::HttpRoute,

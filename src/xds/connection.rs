@@ -139,8 +139,31 @@ fn endpoints(ctx: &ProxyContext, cache: &ResourceCache, w: &WatchState) -> Vec<A
         .collect()
 }
 
+/// Resources for a proxyless gRPC client: only the names it asked for.
+fn generate_grpc(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
+    let names = w.names.iter();
+    match w.type_url.as_str() {
+        type_url::LISTENER => names
+            .filter_map(|n| translate::grpc::listener(ctx, n))
+            .map(|l| Arc::new(wrap(l.name.clone(), &l)))
+            .collect(),
+        type_url::ROUTE => names
+            .filter_map(|n| translate::grpc::route_config(ctx, n))
+            .map(|r| Arc::new(wrap(r.name.clone(), &r)))
+            .collect(),
+        type_url::CLUSTER => names
+            .filter_map(|n| translate::grpc::cluster(ctx, n))
+            .map(|c| Arc::new(wrap(c.name.clone(), &c)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Resources of one type for the subscription in `w`.
 fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
+    if ctx.proxy.proxyless {
+        return generate_grpc(ctx, w);
+    }
     match w.type_url.as_str() {
         type_url::CLUSTER => translate::cluster::clusters(ctx)
             .iter()

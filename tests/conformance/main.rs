@@ -10,6 +10,7 @@ mod bootstrap;
 mod ca;
 mod demo;
 mod gateway_tls;
+mod grpc;
 mod harness;
 mod kubernetes;
 mod mtls;

@@ -1,0 +1,199 @@
+//! Proxyless gRPC: a Python grpcio client (gRPC C-core's xDS client, no Envoy) resolves
+//! `xds:///echo.default.svc.cluster.local:7070` through meshd and follows the
+//! VirtualService: weighted subsets, then a header match, edited live.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-v1, namespace: default, labels: {app: echo, version: v1}}
+spec: {containers: [{name: echo, image: echo}]}
+status: {phase: Running, podIP: 127.0.0.50}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-v2, namespace: default, labels: {app: echo, version: v2}}
+spec: {containers: [{name: echo, image: echo}]}
+status: {phase: Running, podIP: 127.0.0.51}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+const WEIGHTED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - destination: {host: echo, subset: v1}
+      weight: 80
+    - destination: {host: echo, subset: v2}
+      weight: 20
+"#;
+
+const BY_HEADER: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route:
+    - destination: {host: echo, subset: v2}
+  - route:
+    - destination: {host: echo, subset: v1}
+"#;
+
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("MESHD_GRPC_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-tools/bin/python"));
+    let ok = Command::new(&p)
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(p)
+}
+
+fn script() -> PathBuf {
+    repo().join("tests/support/grpc_echo.py")
+}
+
+/// Calls the target `n` times; the answers counted by server name (errors by code).
+fn calls(
+    py: &PathBuf,
+    bootstrap: &std::path::Path,
+    n: usize,
+    metadata: &[&str],
+) -> serde_json::Value {
+    let out = Command::new(py)
+        .arg(script())
+        .args([
+            "call",
+            "xds:///echo.default.svc.cluster.local:7070",
+            &n.to_string(),
+        ])
+        .args(metadata)
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .output()
+        .expect("run the gRPC client");
+    assert!(
+        out.status.success(),
+        "gRPC client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output {e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn count(v: &serde_json::Value, name: &str) -> u64 {
+    v[name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn proxyless_grpc_client_follows_virtual_services() {
+    let Some(py) = python() else {
+        skip_or_fail("python with grpcio is not installed (.venv-tools)");
+        return;
+    };
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("grpc");
+    let config = TempDir::new("grpc-config");
+    config.write("workloads.yaml", WORKLOADS);
+    config.write("vs.yaml", WEIGHTED);
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let servers: Vec<Proc> = [("echo-v1", "127.0.0.50"), ("echo-v2", "127.0.0.51")]
+        .iter()
+        .map(|(name, ip)| {
+            Proc::spawn(
+                name,
+                Command::new(&py)
+                    .arg(script())
+                    .args(["serve", &format!("{ip}:7070"), name]),
+                dir.path(),
+            )
+        })
+        .collect();
+    for s in &servers {
+        wait_for("the gRPC server", Duration::from_secs(20), || {
+            s.log_text().contains("ready").then_some(())
+        });
+    }
+    // What istio-agent writes for a proxyless client, pointing at meshd's plaintext port.
+    let bootstrap = dir.write(
+        "grpc-bootstrap.json",
+        &serde_json::json!({
+            "xds_servers": [{
+                "server_uri": "127.0.0.1:15010",
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {
+                "id": "sidecar~127.0.0.60~client.default~default.svc.cluster.local",
+                "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"},
+            },
+        })
+        .to_string(),
+    );
+
+    let d = calls(&py, &bootstrap, 400, &[]);
+    let (v1, v2) = (count(&d, "echo-v1"), count(&d, "echo-v2"));
+    assert_eq!(
+        v1 + v2,
+        400,
+        "every call answered: {d}\n{}",
+        meshd.proc.log_text()
+    );
+    assert!((320 - 40..=320 + 40).contains(&v1), "80% ±10 to v1: {d}");
+
+    // A header rule: jason goes to v2, everyone else to v1.
+    config.write("vs.yaml", BY_HEADER);
+    wait_for("the header rule", Duration::from_secs(20), || {
+        let d = calls(&py, &bootstrap, 10, &["end-user=jason"]);
+        (count(&d, "echo-v2") == 10).then_some(())
+    });
+    let d = calls(&py, &bootstrap, 50, &["end-user=jason"]);
+    assert_eq!(count(&d, "echo-v2"), 50, "{d}");
+    let d = calls(&py, &bootstrap, 50, &[]);
+    assert_eq!(count(&d, "echo-v1"), 50, "{d}");
+
+    // meshd saw a proxyless client and no NACK from it.
+    let sync = meshd.get_json("/debug/syncz");
+    let nacks: u64 = sync
+        .as_array()
+        .expect("list")
+        .iter()
+        .flat_map(|c| c["types"].as_object().into_iter().flatten())
+        .map(|(_, st)| st["nacks"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(nacks, 0, "{sync}");
+}
