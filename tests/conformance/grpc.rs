@@ -1,6 +1,7 @@
-//! Proxyless gRPC: a Python grpcio client (gRPC C-core's xDS client, no Envoy) resolves
-//! `xds:///echo.default.svc.cluster.local:7070` through meshd and follows the
-//! VirtualService: weighted subsets, then a header match, edited live.
+//! Proxyless gRPC: a Python grpcio client (gRPC C-core's xDS client) and a Node
+//! @grpc/grpc-js-xds client, no Envoy, resolve `xds:///echo.default.svc.cluster.local:7070`
+//! through meshd and follow the VirtualService: weighted subsets, then a header match,
+//! edited live.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -81,6 +82,43 @@ fn script() -> PathBuf {
     repo().join("tests/support/grpc_echo.py")
 }
 
+/// The node_modules holding @grpc/grpc-js-xds (installed by scripts/test).
+fn node_modules() -> Option<PathBuf> {
+    let p = std::env::var_os("MESHD_GRPC_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".node-grpc/node_modules"));
+    p.join("@grpc/grpc-js-xds").exists().then_some(p)
+}
+
+/// The same as [`calls`], with the Node client.
+fn node_calls(
+    modules: &std::path::Path,
+    bootstrap: &std::path::Path,
+    n: usize,
+    metadata: &[&str],
+) -> serde_json::Value {
+    let out = Command::new("node")
+        .arg(repo().join("tests/support/grpc_xds_client.js"))
+        .args(["xds:///echo.default.svc.cluster.local:7070", &n.to_string()])
+        .args(metadata)
+        .env("NODE_PATH", modules)
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "Node gRPC client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "node client output {e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Calls the target `n` times; the answers counted by server name (errors by code).
 fn calls(
     py: &PathBuf,
@@ -123,6 +161,10 @@ fn proxyless_grpc_client_follows_virtual_services() {
         skip_or_fail("python with grpcio is not installed (.venv-tools)");
         return;
     };
+    let Some(modules) = node_modules() else {
+        skip_or_fail("@grpc/grpc-js-xds is not installed (.node-grpc)");
+        return;
+    };
     if !isolate() {
         return;
     }
@@ -160,6 +202,7 @@ fn proxyless_grpc_client_follows_virtual_services() {
             "node": {
                 "id": "sidecar~127.0.0.60~client.default~default.svc.cluster.local",
                 "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"},
+                "locality": {},
             },
         })
         .to_string(),
@@ -174,6 +217,13 @@ fn proxyless_grpc_client_follows_virtual_services() {
         meshd.proc.log_text()
     );
     assert!((320 - 40..=320 + 40).contains(&v1), "80% ±10 to v1: {d}");
+    let d = node_calls(&modules, &bootstrap, 200, &[]);
+    let (v1, v2) = (count(&d, "echo-v1"), count(&d, "echo-v2"));
+    assert_eq!(v1 + v2, 200, "every Node call answered: {d}");
+    assert!(
+        (160 - 30..=160 + 30).contains(&v1),
+        "Node: 80% ±15 to v1: {d}"
+    );
 
     // A header rule: jason goes to v2, everyone else to v1.
     config.write("vs.yaml", BY_HEADER);
@@ -185,6 +235,10 @@ fn proxyless_grpc_client_follows_virtual_services() {
     assert_eq!(count(&d, "echo-v2"), 50, "{d}");
     let d = calls(&py, &bootstrap, 50, &[]);
     assert_eq!(count(&d, "echo-v1"), 50, "{d}");
+    let d = node_calls(&modules, &bootstrap, 50, &["end-user=jason"]);
+    assert_eq!(count(&d, "echo-v2"), 50, "Node: {d}");
+    let d = node_calls(&modules, &bootstrap, 50, &[]);
+    assert_eq!(count(&d, "echo-v1"), 50, "Node: {d}");
 
     // meshd saw a proxyless client and no NACK from it.
     let sync = meshd.get_json("/debug/syncz");
