@@ -393,3 +393,125 @@ fn kube_inject_command_takes_configmaps_or_bare_files() {
     assert!(out.contains("docker.io/istio/proxyv2"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The pods of `input` injected with `settings`, the proxy images made equal.
+fn injected_pods(settings: &Settings, input: &str) -> Vec<Value> {
+    let out = meshd::inject::kubeinject::kube_inject(settings, input).expect("inject");
+    let text = serde_json::to_string(
+        &docs(&out)
+            .iter()
+            .flat_map(pods_of)
+            .map(|(p, _)| p)
+            .collect::<Vec<_>>(),
+    )
+    .expect("json")
+    .replace("docker.io/istio/proxyv2:1.28.0", "IMAGE")
+    .replace("registry.istio.io/testing/proxyv2:latest", "IMAGE");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// meshd's built-in `grpc-agent` and `grpc-simple` templates inject what Istio's do,
+/// whole pods compared; grpc-simple's bootstrap script is meshd's own and is run to check
+/// the bootstrap it writes.
+#[test]
+fn built_in_grpc_templates_inject_what_istios_do() {
+    let ours = meshd::inject::settings_from_files(None, None, None).expect("built-in settings");
+    let theirs = settings();
+    let input = std::fs::read_to_string(shared().join("cases/grpc-agent.yaml")).expect("input");
+    let (a, b) = (injected_pods(&ours, &input), injected_pods(&theirs, &input));
+    let (ya, yb) = (
+        meshd::yaml_out::to_string(&json!(a)),
+        meshd::yaml_out::to_string(&json!(b)),
+    );
+    assert!(ya == yb, "grpc-agent: {}", first_difference(&yb, &ya));
+    assert!(
+        ya.contains("DISABLE_ENVOY") && ya.contains("grpc-bootstrap.json"),
+        "the agent was injected: {ya}"
+    );
+
+    let input = std::fs::read_to_string(shared().join("cases/grpc-simple.yaml")).expect("input");
+    let (mut a, mut b) = (injected_pods(&ours, &input), injected_pods(&theirs, &input));
+    // Istio's script (and its ISTIO_NAMESPACE with a stray newline) differ on purpose.
+    let script = a[0]["spec"]["initContainers"][0]["command"][2]
+        .as_str()
+        .expect("script")
+        .to_string();
+    for p in [&mut a, &mut b] {
+        let init = &mut p[0]["spec"]["initContainers"][0];
+        init["command"][2] = json!("SCRIPT");
+        init["env"][3]["value"] = json!("NAMESPACE");
+    }
+    let (ya, yb) = (
+        meshd::yaml_out::to_string(&json!(a)),
+        meshd::yaml_out::to_string(&json!(b)),
+    );
+    assert!(ya == yb, "grpc-simple: {}", first_difference(&yb, &ya));
+    // The bootstrap meshd's init container writes: valid JSON with the pod's node id.
+    let dir = std::env::temp_dir().join(format!("meshd-grpc-simple-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("bootstrap.json");
+    let script = script.replace("/var/lib/grpc/data/bootstrap.json", &path.to_string_lossy());
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("INSTANCE_IP", "10.1.2.3")
+        .env("POD_NAME", "grpc-abc")
+        .env("POD_NAMESPACE", "apps")
+        .env("ISTIO_NAMESPACE", "istio-system")
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let bootstrap: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("bootstrap")).expect("JSON");
+    assert_eq!(
+        bootstrap["xds_servers"][0]["server_uri"],
+        "dns:///istiod.istio-system.svc:15010"
+    );
+    assert_eq!(
+        bootstrap["node"]["id"],
+        "sidecar~10.1.2.3~grpc-abc.apps~cluster.local"
+    );
+    assert_eq!(bootstrap["node"]["metadata"]["GENERATOR"], "grpc");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sidecar.istio.io/userVolume` and `userVolumeMount` with the built-in templates, as
+/// with Istio's.
+#[test]
+fn built_in_templates_take_user_volumes() {
+    let ours = meshd::inject::settings_from_files(None, None, None).expect("built-in settings");
+    let theirs = settings();
+    for template in ["sidecar", "grpc-agent"] {
+        let input = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    inject.istio.io/templates: {template}\n    sidecar.istio.io/userVolume: '{{\"extra\":{{\"emptyDir\":{{}}}}}}'\n    sidecar.istio.io/userVolumeMount: '{{\"extra\":{{\"mountPath\":\"/extra\",\"readOnly\":true}}}}'\nspec:\n  containers:\n  - {{name: app, image: app}}\n"
+        );
+        let pick = |pods: &[Value]| -> (Value, Value) {
+            let spec = &pods[0]["spec"];
+            let volume = spec["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == "extra")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let mount = spec["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(spec["initContainers"].as_array().into_iter().flatten())
+                .filter(|c| c["name"] == "istio-proxy")
+                .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+                .find(|m| m["name"] == "extra")
+                .unwrap_or(Value::Null);
+            (volume, mount)
+        };
+        let (va, ma) = pick(&injected_pods(&ours, &input));
+        let (vb, mb) = pick(&injected_pods(&theirs, &input));
+        assert_eq!(va, json!({"name": "extra", "emptyDir": {}}), "{template}");
+        assert_eq!(
+            ma,
+            json!({"name": "extra", "mountPath": "/extra", "readOnly": true}),
+            "{template}"
+        );
+        assert_eq!((va, ma), (vb, mb), "{template}: as Istio's");
+    }
+}
