@@ -6,6 +6,7 @@ pub mod authz;
 pub mod cluster;
 pub mod context;
 pub mod endpoint;
+pub mod envoyfilter;
 pub mod gateway;
 pub mod grpc;
 pub mod jwt;
@@ -63,10 +64,11 @@ pub struct Resources {
 
 /// The route configuration `name` for this proxy.
 pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration> {
-    match ctx.proxy.kind {
+    let rc = match ctx.proxy.kind {
         ProxyKind::Sidecar => route::sidecar_route_config(ctx, name),
         ProxyKind::Router => gateway::route_config(ctx, name),
-    }
+    }?;
+    Some(envoyfilter::route_config(ctx, rc))
 }
 
 /// Load assignments for the named clusters (unknown names are left out).

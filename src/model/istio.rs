@@ -1013,3 +1013,144 @@ mod tests {
         assert!(err.to_string().contains("unknown field `subsets`"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// EnvoyFilter
+// ---------------------------------------------------------------------------------------
+
+api! {
+    /// networking.istio.io/v1alpha3 EnvoyFilter spec.
+    pub struct EnvoyFilter {
+        pub workload_selector: Option<SeWorkloadSelector>,
+        pub target_refs: Vec<serde_json::Value>,
+        pub config_patches: Vec<EnvoyConfigObjectPatch>,
+        pub priority: i32,
+    }
+}
+
+api_enum! {
+    pub enum ApplyTo {
+        INVALID, LISTENER, FILTER_CHAIN, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION,
+        VIRTUAL_HOST, HTTP_ROUTE, CLUSTER, EXTENSION_CONFIG, BOOTSTRAP, LISTENER_FILTER,
+    }
+}
+
+api_enum! {
+    pub enum PatchContext { ANY, SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY }
+}
+
+api_enum! {
+    pub enum PatchOperation {
+        INVALID, MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST, REPLACE,
+    }
+}
+
+api! {
+    pub struct EnvoyConfigObjectPatch {
+        pub apply_to: ApplyTo,
+        #[serde(rename = "match")]
+        pub matches: Option<EnvoyConfigObjectMatch>,
+        pub patch: Option<EnvoyPatch>,
+    }
+}
+
+api! {
+    pub struct EnvoyConfigObjectMatch {
+        pub context: PatchContext,
+        pub proxy: Option<ProxyMatch>,
+        pub listener: Option<ListenerMatch>,
+        pub route_configuration: Option<RouteConfigurationMatch>,
+        pub cluster: Option<ClusterMatch>,
+    }
+}
+
+api! {
+    pub struct ProxyMatch {
+        pub proxy_version: String,
+        pub metadata: BTreeMap<String, String>,
+    }
+}
+
+api! {
+    pub struct ListenerMatch {
+        pub port_number: u32,
+        pub port_name: String,
+        pub filter_chain: Option<FilterChainMatch>,
+        pub listener_filter: String,
+        pub name: String,
+    }
+}
+
+api! {
+    pub struct FilterChainMatch {
+        pub name: String,
+        pub sni: String,
+        pub transport_protocol: String,
+        pub application_protocols: String,
+        pub filter: Option<FilterMatch>,
+        pub destination_port: u32,
+    }
+}
+
+api! {
+    pub struct FilterMatch {
+        pub name: String,
+        pub sub_filter: Option<SubFilterMatch>,
+    }
+}
+
+api! {
+    pub struct SubFilterMatch {
+        pub name: String,
+    }
+}
+
+api! {
+    pub struct RouteConfigurationMatch {
+        pub port_number: u32,
+        pub port_name: String,
+        pub gateway: String,
+        pub vhost: Option<VirtualHostMatch>,
+        pub name: String,
+    }
+}
+
+api! {
+    pub struct VirtualHostMatch {
+        pub name: String,
+        pub domain_name: String,
+        pub route: Option<RouteMatchSpec>,
+    }
+}
+
+api_enum! {
+    pub enum RouteAction { ANY, ROUTE, REDIRECT, DIRECT_RESPONSE }
+}
+
+api! {
+    pub struct RouteMatchSpec {
+        pub name: String,
+        pub action: RouteAction,
+    }
+}
+
+api! {
+    pub struct ClusterMatch {
+        pub port_number: u32,
+        pub service: String,
+        pub subset: String,
+        pub name: String,
+    }
+}
+
+api_enum! {
+    pub enum FilterClass { UNSPECIFIED, AUTHN, AUTHZ, STATS }
+}
+
+api! {
+    pub struct EnvoyPatch {
+        pub operation: PatchOperation,
+        pub value: Option<serde_json::Value>,
+        pub filter_class: FilterClass,
+    }
+}

@@ -35,6 +35,7 @@ pub enum Kind {
     AuthorizationPolicy,
     RequestAuthentication,
     Secret,
+    EnvoyFilter,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -42,7 +43,6 @@ const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 /// Istio kinds meshd recognises but does not translate yet: they are reported, not
 /// silently dropped, so nobody believes a policy is enforced when it is not.
 const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
-    ("networking.istio.io", "EnvoyFilter"),
     ("networking.istio.io", "WorkloadGroup"),
     ("networking.istio.io", "ProxyConfig"),
     ("telemetry.istio.io", "Telemetry"),
@@ -51,7 +51,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -68,6 +68,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::Secret,
+        Kind::EnvoyFilter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +89,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Secret => "Secret",
+            Kind::EnvoyFilter => "EnvoyFilter",
         }
     }
 
@@ -110,6 +112,9 @@ impl Kind {
 
     /// Versions of the group this kind is served in.
     pub fn versions(self) -> &'static [&'static str] {
+        if self == Kind::EnvoyFilter {
+            return &["v1alpha3"];
+        }
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
             "security.istio.io" => &["v1", "v1beta1"],
@@ -309,6 +314,7 @@ pub enum Spec {
     Gateway(istio::Gateway),
     ServiceEntry(istio::ServiceEntry),
     Sidecar(istio::Sidecar),
+    EnvoyFilter(istio::EnvoyFilter),
     WorkloadEntry(istio::WorkloadEntry),
     PeerAuthentication(istio::PeerAuthentication),
     AuthorizationPolicy(istio::AuthorizationPolicy),
@@ -652,6 +658,7 @@ fn parse_spec(
         Kind::Gateway => Spec::Gateway(istio_spec(key, spec, lines, origin)?),
         Kind::ServiceEntry => Spec::ServiceEntry(istio_spec(key, spec, lines, origin)?),
         Kind::Sidecar => Spec::Sidecar(istio_spec(key, spec, lines, origin)?),
+        Kind::EnvoyFilter => Spec::EnvoyFilter(istio_spec(key, spec, lines, origin)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(istio_spec(key, spec, lines, origin)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?),
         Kind::AuthorizationPolicy => {

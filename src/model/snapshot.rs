@@ -172,6 +172,9 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Arc<Object>>,
     /// RequestAuthentications in key order.
     pub request_authentications: Vec<Arc<Object>>,
+    /// EnvoyFilters in the order their patches apply: root namespace first, then by
+    /// priority, then by namespace/name.
+    pub envoy_filters: Vec<Arc<Object>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
@@ -222,6 +225,7 @@ impl Snapshot {
         b.build_peer_authentications();
         b.build_authorization_policies();
         b.build_request_authentications();
+        b.build_envoy_filters();
         b.finish(previous.map_or(1, |p| p.generation + 1))
     }
 
@@ -484,6 +488,7 @@ struct Builder {
     peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
     authorization_policies: Vec<Arc<Object>>,
     request_authentications: Vec<Arc<Object>>,
+    envoy_filters: Vec<Arc<Object>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
     pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
@@ -1274,6 +1279,33 @@ impl Builder {
         }
     }
 
+    fn build_envoy_filters(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::EnvoyFilter).cloned().collect();
+        for obj in objs {
+            let Spec::EnvoyFilter(spec) = &obj.spec else {
+                continue;
+            };
+            let diags = validate::envoy_filter(&obj, spec);
+            let failed = diags.iter().any(Diagnostic::is_error);
+            self.diags.extend(diags);
+            if failed {
+                // A patch meshd cannot apply is not applied at all: half an EnvoyFilter
+                // is worse than none.
+                self.objects.remove(&obj.key);
+                continue;
+            }
+            self.envoy_filters.push(obj);
+        }
+        let root = self.mesh.root_namespace.clone();
+        self.envoy_filters.sort_by_key(|o| {
+            let priority = match &o.spec {
+                Spec::EnvoyFilter(s) => s.priority,
+                _ => 0,
+            };
+            (o.key.namespace != root, priority, o.key.clone())
+        });
+    }
+
     fn build_sidecars(&mut self) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::Sidecar).cloned().collect();
         for obj in objs {
@@ -1514,6 +1546,8 @@ impl Builder {
                 // Authorization shapes inbound chains of the workloads it selects.
                 hash_of(&self.authorization_policies).to_le_bytes(),
                 hash_of(&self.request_authentications).to_le_bytes(),
+                // EnvoyFilters patch anything, anywhere.
+                hash_of(&self.envoy_filters).to_le_bytes(),
             ]
             .concat(),
         );
@@ -1551,6 +1585,7 @@ impl Builder {
             peer_authentications: self.peer_authentications,
             authorization_policies: self.authorization_policies,
             request_authentications: self.request_authentications,
+            envoy_filters: self.envoy_filters,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

@@ -385,6 +385,96 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
     out
 }
 
+/// EnvoyFilter rules: istiod's per-target operations, a value where the operation needs
+/// one, and values that are Envoy configuration of the right type.
+pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
+    use crate::translate::envoyfilter;
+    use istio::{ApplyTo, PatchOperation as Op};
+    let mut out = Vec::new();
+    if !ef.target_refs.is_empty() {
+        not_yet(obj, "spec.targetRefs", "targetRefs", &mut out);
+    }
+    for (i, p) in ef.config_patches.iter().enumerate() {
+        let path = format!("spec.configPatches[{i}]");
+        match p.apply_to {
+            ApplyTo::INVALID => {
+                out.push(
+                    obj.diag_error(&format!("{path}.applyTo"), "applyTo is required")
+                        .hint("LISTENER, FILTER_CHAIN, NETWORK_FILTER, HTTP_FILTER, ROUTE_CONFIGURATION, VIRTUAL_HOST, HTTP_ROUTE or CLUSTER"),
+                );
+                continue;
+            }
+            ApplyTo::EXTENSION_CONFIG | ApplyTo::BOOTSTRAP | ApplyTo::LISTENER_FILTER => {
+                not_yet(
+                    obj,
+                    &format!("{path}.applyTo"),
+                    &format!("applyTo {:?}", p.apply_to),
+                    &mut out,
+                );
+                continue;
+            }
+            _ => {}
+        }
+        let Some(patch) = &p.patch else {
+            out.push(obj.diag_error(&format!("{path}.patch"), "a patch is required"));
+            continue;
+        };
+        if patch.operation == Op::INVALID {
+            out.push(
+                obj.diag_error(&format!("{path}.patch.operation"), "operation is required")
+                    .hint(
+                        "MERGE, ADD, REMOVE, INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST or REPLACE",
+                    ),
+            );
+            continue;
+        }
+        if !envoyfilter::allowed(p.apply_to, patch.operation) {
+            out.push(obj.diag_error(
+                &format!("{path}.patch.operation"),
+                format!(
+                    "operation {:?} is not supported for applyTo {:?}",
+                    patch.operation, p.apply_to
+                ),
+            ));
+            continue;
+        }
+        match &patch.value {
+            None if patch.operation != Op::REMOVE => out.push(obj.diag_error(
+                &format!("{path}.patch.value"),
+                format!("operation {:?} needs a value", patch.operation),
+            )),
+            Some(v) => {
+                if let Err(e) = envoyfilter::normalized_value(p.apply_to, v) {
+                    out.push(
+                        obj.diag_error(
+                            &format!("{path}.patch.value"),
+                            format!("not valid Envoy configuration for {:?}: {e}", p.apply_to),
+                        )
+                        .hint(
+                            "check field names and the @type of typed_config against Envoy's API",
+                        ),
+                    );
+                }
+            }
+            None => {}
+        }
+        if let Some(pv) = p
+            .matches
+            .as_ref()
+            .and_then(|m| m.proxy.as_ref())
+            .map(|pm| &pm.proxy_version)
+            .filter(|v| !v.is_empty())
+            && regex::Regex::new(pv).is_err()
+        {
+            out.push(obj.diag_error(
+                &format!("{path}.match.proxy.proxyVersion"),
+                format!("proxyVersion {pv:?} is not a valid regular expression"),
+            ));
+        }
+    }
+    out
+}
+
 /// Every per-object check for one object (what the validation webhook runs).
 pub fn object(obj: &Object, mesh: &super::mesh::MeshConfig) -> Vec<Diagnostic> {
     use super::object::Spec;
@@ -395,6 +485,7 @@ pub fn object(obj: &Object, mesh: &super::mesh::MeshConfig) -> Vec<Diagnostic> {
         Spec::ServiceEntry(s) => service_entry(obj, s),
         Spec::AuthorizationPolicy(s) => authorization_policy(obj, s, mesh),
         Spec::RequestAuthentication(s) => request_authentication(obj, s),
+        Spec::EnvoyFilter(s) => envoy_filter(obj, s),
         _ => Vec::new(),
     }
 }

@@ -59,6 +59,7 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
+    super::envoyfilter::clusters(ctx, &mut out);
     out
 }
 

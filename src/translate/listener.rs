@@ -336,6 +336,7 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
     };
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
+    super::envoyfilter::listeners(ctx, &mut out);
     out
 }
 

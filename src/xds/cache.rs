@@ -46,6 +46,8 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
     ctx.proxy.mtls_ready.hash(&mut h);
     // Proxyless gRPC clients get other resources under the same names.
     ctx.proxy.proxyless.hash(&mut h);
+    // Proxies the same EnvoyFilter patches select share; others do not.
+    crate::translate::envoyfilter::selection_key(ctx).hash(&mut h);
     ctx.scope.sidecar.as_ref().map(|s| &s.key).hash(&mut h);
     for t in &ctx.targets {
         t.service.hostname.hash(&mut h);

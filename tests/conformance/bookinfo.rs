@@ -28,7 +28,7 @@ pub struct Bookinfo {
     pub _dir: TempDir,
 }
 
-fn networking(name: &str) -> PathBuf {
+pub fn networking(name: &str) -> PathBuf {
     shared().join("bookinfo/networking").join(name)
 }
 

@@ -9,6 +9,7 @@ mod bookinfo;
 mod bootstrap;
 mod ca;
 mod demo;
+mod envoyfilter;
 mod gateway_tls;
 mod grpc;
 mod harness;

@@ -1,0 +1,848 @@
+//! EnvoyFilter: patches applied to the generated clusters, listeners (filter chains,
+//! network and HTTP filters) and route configurations (virtual hosts, routes) of the
+//! proxies an EnvoyFilter selects, in istiod's order (root namespace first, then
+//! priority, then name).
+//!
+//! Patches work on Envoy's JSON form (through the descriptor pool, so field names and
+//! `@type`s are Envoy's): MERGE has protobuf merge semantics (messages merged field by
+//! field, repeated fields appended, an `Any` of another type replaced), values are
+//! normalised first (snake_case or camelCase, `TypedStruct` unwrapped), and a patch whose
+//! result Envoy's schema refuses is dropped for that resource and logged, never sent.
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use serde_json::{Map, Value};
+use tracing::warn;
+
+use super::context::ProxyContext;
+use super::naming;
+use super::pb;
+use crate::model::istio::{
+    ApplyTo, EnvoyConfigObjectMatch, EnvoyConfigObjectPatch, PatchContext, PatchOperation,
+};
+use crate::model::object::Spec;
+use crate::model::proxy::ProxyKind;
+use crate::model::service::labels_match;
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+
+/// The message a patch value of `apply_to` is.
+fn value_type(apply_to: ApplyTo) -> Option<&'static str> {
+    Some(match apply_to {
+        ApplyTo::LISTENER => "envoy.config.listener.v3.Listener",
+        ApplyTo::FILTER_CHAIN => "envoy.config.listener.v3.FilterChain",
+        ApplyTo::NETWORK_FILTER => "envoy.config.listener.v3.Filter",
+        ApplyTo::HTTP_FILTER => {
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter"
+        }
+        ApplyTo::ROUTE_CONFIGURATION => "envoy.config.route.v3.RouteConfiguration",
+        ApplyTo::VIRTUAL_HOST => "envoy.config.route.v3.VirtualHost",
+        ApplyTo::HTTP_ROUTE => "envoy.config.route.v3.Route",
+        ApplyTo::CLUSTER => "envoy.config.cluster.v3.Cluster",
+        _ => return None,
+    })
+}
+
+/// Operations istiod accepts for each target.
+pub fn allowed(apply_to: ApplyTo, op: PatchOperation) -> bool {
+    use PatchOperation::*;
+    match apply_to {
+        ApplyTo::LISTENER | ApplyTo::CLUSTER | ApplyTo::VIRTUAL_HOST => {
+            matches!(op, MERGE | ADD | REMOVE)
+        }
+        ApplyTo::FILTER_CHAIN => matches!(op, MERGE | ADD | REMOVE | INSERT_FIRST),
+        ApplyTo::NETWORK_FILTER | ApplyTo::HTTP_FILTER => op != INVALID,
+        ApplyTo::ROUTE_CONFIGURATION => op == MERGE,
+        ApplyTo::HTTP_ROUTE => matches!(
+            op,
+            MERGE | REMOVE | INSERT_BEFORE | INSERT_AFTER | INSERT_FIRST
+        ),
+        _ => false,
+    }
+}
+
+/// `TypedStruct` (udpa or xds) wrappers replaced by the message they describe, at any
+/// depth: Envoy accepts both, and a typed value can be merged and checked.
+fn unwrap_typed_struct(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let is_typed_struct = m.get("@type").and_then(Value::as_str).is_some_and(|t| {
+                t.ends_with("/udpa.type.v1.TypedStruct") || t.ends_with("/xds.type.v3.TypedStruct")
+            });
+            if is_typed_struct {
+                let url = m
+                    .get("type_url")
+                    .or_else(|| m.get("typeUrl"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let mut out = Map::new();
+                out.insert("@type".into(), url);
+                if let Some(Value::Object(inner)) = m.get("value") {
+                    for (k, v) in inner {
+                        out.insert(k.clone(), unwrap_typed_struct(v));
+                    }
+                }
+                return Value::Object(out);
+            }
+            Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), unwrap_typed_struct(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(unwrap_typed_struct).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A patch value in Envoy's normal JSON form, or why it is not a valid `apply_to`.
+pub fn normalized_value(apply_to: ApplyTo, value: &Value) -> Result<Value, String> {
+    let ty = value_type(apply_to).ok_or("this applyTo has no value type")?;
+    pb::normalize_json(ty, &unwrap_typed_struct(value))
+}
+
+/// Protobuf merge on JSON: messages field by field, lists appended, an `Any` of another
+/// type (or any scalar) replaced.
+fn merge(dst: &mut Value, src: &Value) {
+    match (dst, src) {
+        (Value::Object(d), Value::Object(s)) => {
+            if let (Some(a), Some(b)) = (d.get("@type"), s.get("@type"))
+                && a != b
+            {
+                *d = s.clone();
+                return;
+            }
+            for (k, v) in s {
+                match d.get_mut(k) {
+                    Some(dv) => merge(dv, v),
+                    None => {
+                        d.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(d), Value::Array(s)) => d.extend(s.iter().cloned()),
+        (d, s) => *d = s.clone(),
+    }
+}
+
+/// One patch ready to apply: its match, operation and normalised value.
+struct Patch<'a> {
+    apply_to: ApplyTo,
+    m: Option<&'a EnvoyConfigObjectMatch>,
+    op: PatchOperation,
+    value: Value,
+    from: String,
+}
+
+fn context_of(m: Option<&EnvoyConfigObjectMatch>) -> PatchContext {
+    m.map(|m| m.context).unwrap_or(PatchContext::ANY)
+}
+
+/// The patches of the EnvoyFilters that select this proxy, in order, with where they
+/// come from (`Kind ns/name`, index).
+fn selected<'a>(ctx: &'a ProxyContext) -> Vec<(String, usize, &'a EnvoyConfigObjectPatch)> {
+    let root = &ctx.snap.mesh.root_namespace;
+    let mut out = Vec::new();
+    for obj in &ctx.snap.envoy_filters {
+        let Spec::EnvoyFilter(ef) = &obj.spec else {
+            continue;
+        };
+        if obj.key.namespace != *root && obj.key.namespace != ctx.proxy.namespace {
+            continue;
+        }
+        if let Some(sel) = &ef.workload_selector
+            && !labels_match(&sel.labels, &ctx.labels)
+        {
+            continue;
+        }
+        for (i, p) in ef.config_patches.iter().enumerate() {
+            if p.patch.is_some() && proxy_matches(ctx, p) {
+                out.push((obj.key.to_string(), i, p));
+            }
+        }
+    }
+    out
+}
+
+/// The selected patches of the given kinds, values normalised.
+fn patches<'a>(ctx: &'a ProxyContext, kinds: &[ApplyTo]) -> Vec<Patch<'a>> {
+    if ctx.snap.envoy_filters.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (from, _, p) in selected(ctx) {
+        if !kinds.contains(&p.apply_to) {
+            continue;
+        }
+        let Some(patch) = &p.patch else { continue };
+        let value = match &patch.value {
+            Some(v) => match normalized_value(p.apply_to, v) {
+                Ok(v) => v,
+                // Validation refuses such objects; never apply half a value.
+                Err(_) => continue,
+            },
+            None => Value::Null,
+        };
+        out.push(Patch {
+            apply_to: p.apply_to,
+            m: p.matches.as_ref(),
+            op: patch.operation,
+            value,
+            from,
+        });
+    }
+    out
+}
+
+fn proxy_matches(ctx: &ProxyContext, p: &EnvoyConfigObjectPatch) -> bool {
+    let Some(pm) = p.matches.as_ref().and_then(|m| m.proxy.as_ref()) else {
+        return true;
+    };
+    if !pm.proxy_version.is_empty() {
+        let Some(v) = &ctx.proxy.istio_version else {
+            return false;
+        };
+        match regex::Regex::new(&format!("^(?:{})$", pm.proxy_version)) {
+            Ok(re) if re.is_match(v) => {}
+            _ => return false,
+        }
+    }
+    pm.metadata.iter().all(|(k, want)| {
+        ctx.proxy
+            .metadata
+            .get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|got| got == want)
+    })
+}
+
+/// A key for the set of patches that apply to this proxy (resource caches must not
+/// share results between proxies that get different patches).
+pub fn selection_key(ctx: &ProxyContext) -> u64 {
+    if ctx.snap.envoy_filters.is_empty() {
+        return 0;
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (from, i, _) in selected(ctx) {
+        h.update(from.as_bytes());
+        h.update(&i.to_le_bytes());
+    }
+    h.digest()
+}
+
+fn to_json<T: prost::Message + prost::Name>(m: &T) -> Value {
+    let mut v = pb::any_to_json(&pb::any(m));
+    if let Value::Object(o) = &mut v {
+        o.remove("@type");
+    }
+    v
+}
+
+fn from_json<T: prost::Message + prost::Name + Default>(v: &Value) -> Result<T, String> {
+    let bytes = pb::json_to_bytes(&T::full_name(), v)?;
+    T::decode(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// Back to the typed resource; on a value Envoy's schema refuses, the unpatched one.
+fn typed_or<T: prost::Message + prost::Name + Default>(
+    v: &Value,
+    original: T,
+    what: &str,
+    ps: &[Patch],
+) -> T {
+    match from_json(v) {
+        Ok(t) => t,
+        Err(e) => {
+            let from: Vec<&str> = ps.iter().map(|p| p.from.as_str()).collect();
+            warn!(resource = what, error = %e, envoy_filters = ?from,
+                  "EnvoyFilter result is not valid Envoy configuration; not applied");
+            original
+        }
+    }
+}
+
+fn context_ok(ctx: &ProxyContext, want: PatchContext, inbound: bool) -> bool {
+    match want {
+        PatchContext::ANY => true,
+        PatchContext::GATEWAY => ctx.proxy.kind == ProxyKind::Router,
+        PatchContext::SIDECAR_INBOUND => ctx.proxy.kind == ProxyKind::Sidecar && inbound,
+        PatchContext::SIDECAR_OUTBOUND => ctx.proxy.kind == ProxyKind::Sidecar && !inbound,
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Clusters
+// ------------------------------------------------------------------------------------
+
+fn cluster_matches(ctx: &ProxyContext, p: &Patch, c: &Value) -> bool {
+    let name = c["name"].as_str().unwrap_or_default();
+    let parsed = naming::parse_cluster(name);
+    let inbound = matches!(parsed, Some((naming::Direction::Inbound, ..)));
+    if !context_ok(ctx, context_of(p.m), inbound) {
+        return false;
+    }
+    let Some(cm) = p.m.and_then(|m| m.cluster.as_ref()) else {
+        return true;
+    };
+    if !cm.name.is_empty() && cm.name != name {
+        return false;
+    }
+    if cm.port_number != 0 || !cm.service.is_empty() || !cm.subset.is_empty() {
+        let Some((_, port, subset, host)) = parsed else {
+            return false;
+        };
+        if cm.port_number != 0 && u32::from(port) != cm.port_number {
+            return false;
+        }
+        if !cm.service.is_empty() && !crate::model::host::matches(&cm.service, host) {
+            return false;
+        }
+        if !cm.subset.is_empty() && cm.subset != subset {
+            return false;
+        }
+    }
+    true
+}
+
+pub fn clusters(ctx: &ProxyContext, clusters: &mut Vec<Cluster>) {
+    let ps = patches(ctx, &[ApplyTo::CLUSTER]);
+    if ps.is_empty() {
+        return;
+    }
+    let originals = std::mem::take(clusters);
+    let mut json: Vec<(Value, Option<Cluster>)> = originals
+        .into_iter()
+        .map(|c| (to_json(&c), Some(c)))
+        .collect();
+    for p in &ps {
+        match p.op {
+            // A new cluster is for the kind of proxy the context names.
+            PatchOperation::ADD
+                if context_ok(
+                    ctx,
+                    context_of(p.m),
+                    context_of(p.m) == PatchContext::SIDECAR_INBOUND,
+                ) =>
+            {
+                json.push((p.value.clone(), None));
+            }
+            PatchOperation::REMOVE => json.retain(|(c, _)| !cluster_matches(ctx, p, c)),
+            PatchOperation::MERGE => {
+                for (c, _) in json.iter_mut() {
+                    if cluster_matches(ctx, p, c) {
+                        merge(c, &p.value);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (v, original) in json {
+        match original {
+            Some(o) => clusters.push(typed_or(&v, o, "cluster", &ps)),
+            None => match from_json::<Cluster>(&v) {
+                Ok(c) => clusters.push(c),
+                Err(e) => warn!(error = %e, "EnvoyFilter cluster is not valid; not added"),
+            },
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Listeners
+// ------------------------------------------------------------------------------------
+
+fn listener_port(l: &Value) -> u32 {
+    l["address"]["socketAddress"]["portValue"]
+        .as_u64()
+        .unwrap_or(0) as u32
+}
+
+fn is_inbound(l: &Value) -> bool {
+    l["trafficDirection"].as_str() == Some("INBOUND")
+}
+
+fn listener_matches(ctx: &ProxyContext, p: &Patch, l: &Value) -> bool {
+    if !context_ok(ctx, context_of(p.m), is_inbound(l)) {
+        return false;
+    }
+    let Some(lm) = p.m.and_then(|m| m.listener.as_ref()) else {
+        return true;
+    };
+    if !lm.name.is_empty() && l["name"].as_str() != Some(lm.name.as_str()) {
+        return false;
+    }
+    if lm.port_number != 0 && listener_port(l) != lm.port_number {
+        // virtualInbound: the port is the chains' destination port.
+        let by_chain = l["filterChains"].as_array().into_iter().flatten().any(|c| {
+            c["filterChainMatch"]["destinationPort"].as_u64() == Some(u64::from(lm.port_number))
+        });
+        if !by_chain {
+            return false;
+        }
+    }
+    true
+}
+
+fn hcm_filters(chain: &Value) -> Option<&Vec<Value>> {
+    chain["filters"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == HCM)?["typedConfig"]["httpFilters"]
+        .as_array()
+}
+
+fn chain_matches(p: &Patch, listener_port_value: u32, chain: &Value) -> bool {
+    let Some(lm) = p.m.and_then(|m| m.listener.as_ref()) else {
+        return true;
+    };
+    let cm = &chain["filterChainMatch"];
+    if lm.port_number != 0 && listener_port_value != lm.port_number {
+        // Inside a listener on another port only the chains for that port match.
+        if cm["destinationPort"].as_u64() != Some(u64::from(lm.port_number)) {
+            return false;
+        }
+    }
+    let Some(fc) = &lm.filter_chain else {
+        return true;
+    };
+    if !fc.name.is_empty() && chain["name"].as_str() != Some(fc.name.as_str()) {
+        return false;
+    }
+    if !fc.sni.is_empty()
+        && !cm["serverNames"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n == fc.sni.as_str()))
+    {
+        return false;
+    }
+    if !fc.transport_protocol.is_empty()
+        && cm["transportProtocol"].as_str().unwrap_or("") != fc.transport_protocol
+    {
+        return false;
+    }
+    if !fc.application_protocols.is_empty() {
+        let have: Vec<&str> = cm["applicationProtocols"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !fc
+            .application_protocols
+            .split(',')
+            .any(|a| have.contains(&a.trim()))
+        {
+            return false;
+        }
+    }
+    if fc.destination_port != 0
+        && cm["destinationPort"].as_u64() != Some(u64::from(fc.destination_port))
+    {
+        return false;
+    }
+    if let Some(f) = &fc.filter {
+        let filters = chain["filters"].as_array();
+        if !f.name.is_empty()
+            && !filters.is_some_and(|fs| fs.iter().any(|x| x["name"] == f.name.as_str()))
+        {
+            return false;
+        }
+        if let Some(sub) = &f.sub_filter
+            && !sub.name.is_empty()
+            && !hcm_filters(chain)
+                .is_some_and(|hs| hs.iter().any(|h| h["name"] == sub.name.as_str()))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Applies a list operation relative to the element named `anchor`.
+fn list_op(list: &mut Vec<Value>, op: PatchOperation, anchor: &str, value: &Value) {
+    let pos = (!anchor.is_empty())
+        .then(|| list.iter().position(|x| x["name"] == anchor))
+        .flatten();
+    match op {
+        PatchOperation::ADD => list.push(value.clone()),
+        PatchOperation::INSERT_FIRST => list.insert(0, value.clone()),
+        PatchOperation::INSERT_BEFORE => match (anchor.is_empty(), pos) {
+            (true, _) => list.insert(0, value.clone()),
+            (false, Some(i)) => list.insert(i, value.clone()),
+            (false, None) => {}
+        },
+        PatchOperation::INSERT_AFTER => match (anchor.is_empty(), pos) {
+            (true, _) => list.push(value.clone()),
+            (false, Some(i)) => list.insert(i + 1, value.clone()),
+            (false, None) => {}
+        },
+        PatchOperation::REMOVE => {
+            if let Some(i) = pos {
+                list.remove(i);
+            }
+        }
+        PatchOperation::REPLACE => {
+            if let Some(i) = pos {
+                list[i] = value.clone();
+            }
+        }
+        PatchOperation::MERGE => {
+            if let Some(i) = pos {
+                merge(&mut list[i], value);
+            }
+        }
+        PatchOperation::INVALID => {}
+    }
+}
+
+fn patch_listener_json(ctx: &ProxyContext, p: &Patch, l: &mut Value) {
+    if !listener_matches(ctx, p, l) {
+        return;
+    }
+    let port = listener_port(l);
+    match p.apply_to {
+        ApplyTo::LISTENER if p.op == PatchOperation::MERGE => merge(l, &p.value),
+        ApplyTo::FILTER_CHAIN => {
+            let chains = l.as_object_mut().map(|o| {
+                o.entry("filterChains")
+                    .or_insert_with(|| Value::Array(vec![]))
+            });
+            let Some(Value::Array(chains)) = chains else {
+                return;
+            };
+            match p.op {
+                PatchOperation::ADD => chains.push(p.value.clone()),
+                PatchOperation::INSERT_FIRST => chains.insert(0, p.value.clone()),
+                PatchOperation::REMOVE => chains.retain(|c| !chain_matches(p, port, c)),
+                PatchOperation::MERGE => {
+                    for c in chains.iter_mut() {
+                        if chain_matches(p, port, c) {
+                            merge(c, &p.value);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        ApplyTo::NETWORK_FILTER | ApplyTo::HTTP_FILTER => {
+            let Some(chains) = l["filterChains"].as_array_mut() else {
+                return;
+            };
+            let fm =
+                p.m.and_then(|m| m.listener.as_ref())
+                    .and_then(|l| l.filter_chain.as_ref())
+                    .and_then(|c| c.filter.as_ref());
+            for c in chains.iter_mut() {
+                if !chain_matches(p, port, c) {
+                    continue;
+                }
+                if p.apply_to == ApplyTo::NETWORK_FILTER {
+                    let anchor = fm.map(|f| f.name.as_str()).unwrap_or("");
+                    if let Some(fs) = c["filters"].as_array_mut() {
+                        list_op(fs, p.op, anchor, &p.value);
+                    }
+                } else {
+                    let anchor = fm
+                        .and_then(|f| f.sub_filter.as_ref())
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("");
+                    let Some(fs) = c["filters"].as_array_mut() else {
+                        continue;
+                    };
+                    for f in fs.iter_mut().filter(|f| f["name"] == HCM) {
+                        if let Some(hs) = f["typedConfig"]["httpFilters"].as_array_mut() {
+                            list_op(hs, p.op, anchor, &p.value);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+pub fn listeners(ctx: &ProxyContext, listeners: &mut Vec<Listener>) {
+    let ps = patches(
+        ctx,
+        &[
+            ApplyTo::LISTENER,
+            ApplyTo::FILTER_CHAIN,
+            ApplyTo::NETWORK_FILTER,
+            ApplyTo::HTTP_FILTER,
+        ],
+    );
+    if ps.is_empty() {
+        return;
+    }
+    let originals = std::mem::take(listeners);
+    let mut json: Vec<(Value, Option<Listener>)> = originals
+        .into_iter()
+        .map(|l| (to_json(&l), Some(l)))
+        .collect();
+    for p in &ps {
+        match (p.apply_to, p.op) {
+            (ApplyTo::LISTENER, PatchOperation::ADD) => {
+                let want = context_of(p.m);
+                if context_ok(ctx, want, want == PatchContext::SIDECAR_INBOUND) {
+                    json.push((p.value.clone(), None));
+                }
+            }
+            (ApplyTo::LISTENER, PatchOperation::REMOVE) => {
+                json.retain(|(l, _)| !listener_matches(ctx, p, l));
+            }
+            _ => {
+                for (l, _) in json.iter_mut() {
+                    patch_listener_json(ctx, p, l);
+                }
+            }
+        }
+    }
+    for (v, original) in json {
+        match original {
+            Some(o) => listeners.push(typed_or(&v, o, "listener", &ps)),
+            None => match from_json::<Listener>(&v) {
+                Ok(l) => listeners.push(l),
+                Err(e) => warn!(error = %e, "EnvoyFilter listener is not valid; not added"),
+            },
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Route configurations
+// ------------------------------------------------------------------------------------
+
+fn route_config_matches(ctx: &ProxyContext, p: &Patch, rc: &Value) -> bool {
+    // Route configurations served over RDS are outbound (sidecars) or the gateway's.
+    if !context_ok(ctx, context_of(p.m), false) {
+        return false;
+    }
+    let Some(rm) = p.m.and_then(|m| m.route_configuration.as_ref()) else {
+        return true;
+    };
+    let name = rc["name"].as_str().unwrap_or_default();
+    if !rm.name.is_empty() && rm.name != name {
+        return false;
+    }
+    if rm.port_number != 0 {
+        // `9080`, `http.8080`, `https.443.NAME.GW.NS`.
+        let port = name
+            .split('.')
+            .find_map(|part| part.parse::<u32>().ok())
+            .unwrap_or(0);
+        if port != rm.port_number {
+            return false;
+        }
+    }
+    if !rm.port_name.is_empty() && !name.split('.').any(|x| x == rm.port_name) {
+        return false;
+    }
+    if !rm.gateway.is_empty() {
+        // `https.443.NAME.GW.NS` names its gateway; `ns/name` in the match.
+        let (ns, gw) = rm
+            .gateway
+            .split_once('/')
+            .unwrap_or(("", rm.gateway.as_str()));
+        let parts: Vec<&str> = name.split('.').collect();
+        if !(parts.len() == 5 && parts[3] == gw && (ns.is_empty() || parts[4] == ns)) {
+            return false;
+        }
+    }
+    true
+}
+
+fn vhost_matches(p: &Patch, vh: &Value) -> bool {
+    let Some(vm) =
+        p.m.and_then(|m| m.route_configuration.as_ref())
+            .and_then(|r| r.vhost.as_ref())
+    else {
+        return true;
+    };
+    if !vm.name.is_empty() && vh["name"].as_str() != Some(vm.name.as_str()) {
+        return false;
+    }
+    if !vm.domain_name.is_empty()
+        && !vh["domains"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x == vm.domain_name.as_str()))
+    {
+        return false;
+    }
+    true
+}
+
+fn route_matches(p: &Patch, r: &Value) -> bool {
+    use crate::model::istio::RouteAction as A;
+    let Some(rm) =
+        p.m.and_then(|m| m.route_configuration.as_ref())
+            .and_then(|r| r.vhost.as_ref())
+            .and_then(|v| v.route.as_ref())
+    else {
+        return true;
+    };
+    if !rm.name.is_empty() && r["name"].as_str() != Some(rm.name.as_str()) {
+        return false;
+    }
+    match rm.action {
+        A::ANY => true,
+        A::ROUTE => r.get("route").is_some(),
+        A::REDIRECT => r.get("redirect").is_some(),
+        A::DIRECT_RESPONSE => r.get("directResponse").is_some(),
+    }
+}
+
+pub fn route_config(ctx: &ProxyContext, rc: RouteConfiguration) -> RouteConfiguration {
+    let ps = patches(
+        ctx,
+        &[
+            ApplyTo::ROUTE_CONFIGURATION,
+            ApplyTo::VIRTUAL_HOST,
+            ApplyTo::HTTP_ROUTE,
+        ],
+    );
+    if ps.is_empty() {
+        return rc;
+    }
+    let mut v = to_json(&rc);
+    for p in &ps {
+        if !route_config_matches(ctx, p, &v) {
+            continue;
+        }
+        match p.apply_to {
+            ApplyTo::ROUTE_CONFIGURATION => merge(&mut v, &p.value),
+            ApplyTo::VIRTUAL_HOST => {
+                let vhs = v.as_object_mut().map(|o| {
+                    o.entry("virtualHosts")
+                        .or_insert_with(|| Value::Array(vec![]))
+                });
+                let Some(Value::Array(vhs)) = vhs else {
+                    continue;
+                };
+                match p.op {
+                    PatchOperation::ADD => vhs.push(p.value.clone()),
+                    PatchOperation::REMOVE => vhs.retain(|vh| !vhost_matches(p, vh)),
+                    PatchOperation::MERGE => {
+                        for vh in vhs.iter_mut().filter(|vh| vhost_matches(p, vh)) {
+                            merge(vh, &p.value);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            ApplyTo::HTTP_ROUTE => {
+                let Some(vhs) = v["virtualHosts"].as_array_mut() else {
+                    continue;
+                };
+                let anchor =
+                    p.m.and_then(|m| m.route_configuration.as_ref())
+                        .and_then(|r| r.vhost.as_ref())
+                        .and_then(|v| v.route.as_ref())
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default();
+                for vh in vhs.iter_mut().filter(|vh| vhost_matches(p, vh)) {
+                    let Some(routes) = vh["routes"].as_array_mut() else {
+                        continue;
+                    };
+                    match p.op {
+                        PatchOperation::MERGE => {
+                            for r in routes.iter_mut().filter(|r| route_matches(p, r)) {
+                                merge(r, &p.value);
+                            }
+                        }
+                        PatchOperation::REMOVE => routes.retain(|r| !route_matches(p, r)),
+                        op => list_op(routes, op, &anchor, &p.value),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    typed_or(&v, rc, "route configuration", &ps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_is_protobuf_merge() {
+        let mut a = json!({"name": "x", "list": [1], "m": {"a": 1, "b": 2},
+                           "typedConfig": {"@type": "t1", "k": 1}});
+        merge(
+            &mut a,
+            &json!({"list": [2], "m": {"b": 3}, "typedConfig": {"@type": "t2", "z": 1}}),
+        );
+        assert_eq!(
+            a,
+            json!({"name": "x", "list": [1, 2], "m": {"a": 1, "b": 3},
+                   "typedConfig": {"@type": "t2", "z": 1}})
+        );
+    }
+
+    #[test]
+    fn list_operations_are_relative_to_the_named_element() {
+        let base = || vec![json!({"name": "a"}), json!({"name": "router"})];
+        let v = json!({"name": "new"});
+        let names = |l: &[Value]| -> Vec<String> {
+            l.iter()
+                .map(|x| x["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        for (op, anchor, want) in [
+            (
+                PatchOperation::INSERT_BEFORE,
+                "router",
+                vec!["a", "new", "router"],
+            ),
+            (
+                PatchOperation::INSERT_AFTER,
+                "a",
+                vec!["a", "new", "router"],
+            ),
+            (PatchOperation::INSERT_FIRST, "", vec!["new", "a", "router"]),
+            (
+                PatchOperation::INSERT_BEFORE,
+                "",
+                vec!["new", "a", "router"],
+            ),
+            (PatchOperation::INSERT_AFTER, "", vec!["a", "router", "new"]),
+            (
+                PatchOperation::INSERT_BEFORE,
+                "missing",
+                vec!["a", "router"],
+            ),
+            (PatchOperation::REMOVE, "a", vec!["router"]),
+            (PatchOperation::REPLACE, "a", vec!["new", "router"]),
+            (PatchOperation::ADD, "", vec!["a", "router", "new"]),
+        ] {
+            let mut l = base();
+            list_op(&mut l, op, anchor, &v);
+            assert_eq!(names(&l), want, "{op:?} {anchor}");
+        }
+    }
+
+    #[test]
+    fn typed_structs_become_typed_values() {
+        let v = normalized_value(
+            ApplyTo::HTTP_FILTER,
+            &json!({"name": "rl", "typed_config": {
+                "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                "type_url": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "value": {"stat_prefix": "p"}}}),
+        )
+        .expect("valid");
+        assert_eq!(
+            v["typedConfig"]["@type"],
+            "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+        );
+        assert_eq!(v["typedConfig"]["statPrefix"], "p");
+        assert!(
+            normalized_value(ApplyTo::CLUSTER, &json!({"no_such_field": 1})).is_err(),
+            "unknown fields are refused"
+        );
+    }
+}
