@@ -661,14 +661,11 @@ impl Builder {
             let Spec::Service(spec) = &obj.spec else {
                 continue;
             };
+            let hostname = format!("{}.{}.svc.{}", obj.key.name, obj.key.namespace, self.domain);
             if spec.service_type == "ExternalName" {
-                self.diags.push(obj.diag_warning(
-                    "spec.type",
-                    "ExternalName services are not supported yet; ignored",
-                ));
+                self.external_name_service(obj, spec, hostname);
                 continue;
             }
-            let hostname = format!("{}.{}.svc.{}", obj.key.name, obj.key.namespace, self.domain);
             let ports: Vec<Port> = spec
                 .ports
                 .iter()
@@ -918,6 +915,80 @@ impl Builder {
                 self.add_service(svc, ServiceEndpoints { instances }, obj);
             }
         }
+    }
+
+    /// A Service of type ExternalName, as istiod models it: the Kubernetes name with one
+    /// DNS endpoint, the external name, on each service port.
+    fn external_name_service(
+        &mut self,
+        obj: &Arc<Object>,
+        spec: &super::object::ServiceSpec,
+        hostname: String,
+    ) {
+        let Some(target) = spec.external_name.as_deref().filter(|n| !n.is_empty()) else {
+            self.diags.push(
+                obj.diag_error(
+                    "spec.externalName",
+                    "an ExternalName Service needs externalName",
+                )
+                .hint("externalName: api.example.com"),
+            );
+            return;
+        };
+        let ports: Vec<Port> = spec
+            .ports
+            .iter()
+            .map(|p| Port {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: Protocol::of_service_port(
+                    &p.name,
+                    &p.protocol,
+                    p.app_protocol.as_deref(),
+                ),
+            })
+            .collect();
+        if ports.is_empty() {
+            // Without ports nothing can be routed; Kubernetes allows it, istiod ignores it.
+            self.diags.push(obj.diag_warning(
+                "spec.ports",
+                "an ExternalName Service without ports cannot be routed to; ignored",
+            ));
+            return;
+        }
+        let export_to: Vec<String> = obj
+            .annotations
+            .get("networking.istio.io/exportTo")
+            .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+            .unwrap_or_default();
+        let svc = Service {
+            hostname,
+            namespace: obj.key.namespace.clone(),
+            name: obj.key.name.clone(),
+            ports: ports.clone(),
+            addresses: Vec::new(),
+            resolution: Resolution::Dns,
+            mesh_external: true,
+            visibility: Visibility::from_export_to(
+                &export_to,
+                &obj.key.namespace,
+                &self.mesh.default_service_export_to,
+            ),
+            source: obj.key.clone(),
+            kubernetes: true,
+            subject_alt_names: vec![],
+        };
+        let port_map = ports.iter().map(|p| (p.port, p.port)).collect();
+        let mut inst = self.instance(target, port_map, None, false);
+        inst.dns = true;
+        inst.namespace = obj.key.namespace.clone();
+        self.add_service(
+            svc,
+            ServiceEndpoints {
+                instances: vec![inst],
+            },
+            obj,
+        );
     }
 
     fn workload_at(&self, ip: &str, namespace: &str) -> Option<Arc<Workload>> {

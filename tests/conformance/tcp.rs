@@ -230,3 +230,79 @@ fn tls_routes_by_sni_through_a_sidecar() {
     );
     drop(meshd);
 }
+
+const EXTERNAL_NAME: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports: [{name: http, port: 9500}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: default, labels: {app: sleep}}
+spec: {containers: [{name: sleep, image: curl}]}
+status: {phase: Running, podIP: 127.0.0.40}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: sleep, namespace: default}
+spec:
+  workloadSelector: {labels: {app: sleep}}
+  egress:
+  - port: {number: 9500, protocol: HTTP, name: http}
+    bind: 127.0.0.2
+    captureMode: NONE
+    hosts: ["./*"]
+"#;
+
+/// A Kubernetes ExternalName Service: the sidecar resolves the external name itself
+/// (STRICT_DNS) and routes `ext` there.
+#[test]
+fn external_name_service_is_resolved_by_the_proxy() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("extname");
+    let config = TempDir::new("extname-config");
+    config.write("ext.yaml", EXTERNAL_NAME);
+    let _backend = Backends::start(&[("external-backend", "127.0.0.1")], 9500);
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let envoy = Envoy::start(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.40",
+            pod: "sleep",
+            namespace: "default",
+            labels: &[("app", "sleep")],
+            service_account: "sleep",
+        },
+        Ads::Delta,
+        15000,
+        dir.path(),
+    );
+    let r = wait_for("the external name", Duration::from_secs(20), || {
+        http_get("127.0.0.2:9500", "/", &[("Host", "ext")])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body, "external-backend");
+    let r = http_get(
+        "127.0.0.2:9500",
+        "/",
+        &[("Host", "ext.default.svc.cluster.local:9500")],
+    )
+    .expect("answer");
+    assert_eq!((r.status, r.body.as_str()), (200, "external-backend"));
+    assert!(
+        envoy.stats("update_rejected").iter().all(|(_, v)| *v == 0),
+        "{}",
+        envoy.proc.log_text()
+    );
+    drop(meshd);
+}
