@@ -1162,6 +1162,11 @@ impl Builder {
             let Spec::VirtualService(spec) = &chosen.spec else {
                 continue;
             };
+            if spec.hosts.is_empty() {
+                // A delegate: used through the root VirtualServices that name it.
+                continue;
+            }
+            let spec = &self.expand_delegates(&chosen, spec);
             let ns = &chosen.key.namespace;
             let hosts = spec
                 .hosts
@@ -1190,6 +1195,104 @@ impl Builder {
             }));
         }
         self.virtual_services = out;
+    }
+
+    /// A root VirtualService with its `delegate` routes replaced by the delegates' routes,
+    /// merged as istiod merges them. A missing, unexported or hosted delegate, and a
+    /// delegate route whose matches conflict with the root's, are diagnostics; the other
+    /// routes stay.
+    fn expand_delegates(
+        &mut self,
+        obj: &Object,
+        spec: &istio::VirtualService,
+    ) -> istio::VirtualService {
+        if spec.http.iter().all(|r| r.delegate.is_none()) {
+            return spec.clone();
+        }
+        let mut out = spec.clone();
+        out.http = Vec::new();
+        for (i, r) in spec.http.iter().enumerate() {
+            let Some(d) = &r.delegate else {
+                out.http.push(r.clone());
+                continue;
+            };
+            let ns = if d.namespace.is_empty() {
+                obj.key.namespace.clone()
+            } else {
+                d.namespace.clone()
+            };
+            let key = ObjectKey {
+                kind: Kind::VirtualService,
+                namespace: ns.clone(),
+                name: d.name.clone(),
+            };
+            let path = format!("spec.http[{i}].delegate");
+            let delegate = match self.objects.get(&key).map(|o| (o.clone(), &o.spec)) {
+                Some((o, Spec::VirtualService(dv))) if dv.hosts.is_empty() => {
+                    let visible = Visibility::from_export_to(
+                        &dv.export_to,
+                        &ns,
+                        &self.mesh.default_virtual_service_export_to,
+                    )
+                    .visible_to(&obj.key.namespace);
+                    if !visible {
+                        self.diags.push(
+                            obj.diag_warning(
+                                &path,
+                                format!(
+                                    "delegate {key} is not exported to namespace {}",
+                                    obj.key.namespace
+                                ),
+                            )
+                            .code(REFERENCED_RESOURCE_NOT_FOUND)
+                            .hint("add the root's namespace to the delegate's exportTo"),
+                        );
+                        continue;
+                    }
+                    (o, dv.clone())
+                }
+                Some(_) => {
+                    self.diags.push(
+                        obj.diag_warning(
+                            &path,
+                            format!(
+                                "{key} has hosts, so it is not a delegate; this route is skipped"
+                            ),
+                        )
+                        .hint("a delegate VirtualService has no hosts and no gateways"),
+                    );
+                    continue;
+                }
+                None => {
+                    self.diags.push(
+                        obj.diag_warning(
+                            &path,
+                            format!("delegate {key} does not exist; this route is skipped"),
+                        )
+                        .code(REFERENCED_RESOURCE_NOT_FOUND)
+                        .hint("the route takes effect once the delegate exists"),
+                    );
+                    continue;
+                }
+            };
+            let (dobj, dspec) = delegate;
+            for (j, leaf) in dspec.http.iter().enumerate() {
+                match super::delegate::merge_route(r, leaf, &ns, &self.domain) {
+                    Some(m) => out.http.push(m),
+                    None => self.diags.push(
+                        dobj.diag_warning(
+                            &format!("spec.http[{j}].match"),
+                            format!(
+                                "these matches conflict with the matches of {} (spec.http[{i}]) that delegates here; this route is skipped",
+                                obj.key
+                            ),
+                        )
+                        .hint("a delegate's matches must narrow the root's (e.g. a longer prefix)"),
+                    ),
+                }
+            }
+        }
+        out
     }
 
     /// Structural validation plus references to other objects (hosts, subsets).

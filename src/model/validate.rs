@@ -119,10 +119,27 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
         }
     }
     if vs.hosts.is_empty() {
-        out.push(
-            obj.diag_error("spec.hosts", "a VirtualService needs at least one host")
-                .hint("name the service it routes, e.g. `hosts: [reviews]`"),
-        );
+        // Without hosts it is a delegate: only HTTP routes, no gateways, no delegation.
+        if !vs.gateways.is_empty() {
+            out.push(
+                obj.diag_error("spec.gateways", "a delegate VirtualService (no hosts) cannot name gateways")
+                    .hint("bind the root VirtualService to the gateways; give this one no hosts and no gateways, or hosts if it is not a delegate"),
+            );
+        }
+        if !vs.tcp.is_empty() || !vs.tls.is_empty() {
+            out.push(obj.diag_error(
+                "spec",
+                "a delegate VirtualService (no hosts) has only http routes",
+            ));
+        }
+        for (i, r) in vs.http.iter().enumerate() {
+            if r.delegate.is_some() {
+                out.push(obj.diag_error(
+                    &format!("spec.http[{i}].delegate"),
+                    "a delegate VirtualService cannot delegate again (one level only)",
+                ));
+            }
+        }
     }
     for (i, h) in vs.hosts.iter().enumerate() {
         if h.is_empty() || (h.contains('*') && !h.starts_with('*')) || h.contains('/') {
@@ -170,11 +187,16 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
                 "route cannot be combined with redirect or directResponse",
             ));
         }
-        if r.delegate.is_some() {
-            out.push(obj.diag_warning(
-                &format!("{p}.delegate"),
-                "delegate is not supported by meshd yet; this HTTP route is skipped",
-            ));
+        if let Some(d) = &r.delegate {
+            if d.name.is_empty() {
+                out.push(obj.diag_error(&format!("{p}.delegate.name"), "a delegate needs a name"));
+            }
+            if !r.route.is_empty() || r.redirect.is_some() || r.direct_response.is_some() {
+                out.push(obj.diag_error(
+                    &format!("{p}.delegate"),
+                    "a route that delegates cannot also route, redirect or respond",
+                ));
+            }
         }
         for (j, m) in r.matches.iter().enumerate() {
             let mp = format!("{p}.match[{j}]");

@@ -8,6 +8,7 @@ mod bad_input;
 mod bookinfo;
 mod bootstrap;
 mod ca;
+mod delegate;
 mod demo;
 mod envoyfilter;
 mod gateway_tls;
