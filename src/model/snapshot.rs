@@ -1506,11 +1506,37 @@ impl Builder {
                 }
             }
             for (i, ing) in spec.ingress.iter().enumerate() {
-                if ing.tls.is_some() || ing.connection_pool.is_some() {
+                if ing.connection_pool.is_some() {
                     diags.push(obj.diag_warning(
-                        &format!("spec.ingress[{i}]"),
-                        "ingress tls and connectionPool are not supported by meshd yet; they are ignored",
+                        &format!("spec.ingress[{i}].connectionPool"),
+                        "ingress connectionPool is not supported by meshd yet; it is ignored",
                     ));
+                }
+                if let Some(t) = &ing.tls {
+                    use istio::ServerTlsMode as M;
+                    if matches!(
+                        t.mode,
+                        M::PASSTHROUGH | M::AUTO_PASSTHROUGH | M::ISTIO_MUTUAL
+                    ) {
+                        diags.push(
+                            obj.diag_error(
+                                &format!("spec.ingress[{i}].tls.mode"),
+                                format!("ingress tls mode {:?} is not allowed", t.mode),
+                            )
+                            .hint("SIMPLE or MUTUAL (OPTIONAL_MUTUAL), as Istio allows"),
+                        );
+                    } else if t.credential_name.is_empty()
+                        && t.credential_names.is_empty()
+                        && (t.server_certificate.is_empty() || t.private_key.is_empty())
+                    {
+                        diags.push(
+                            obj.diag_error(
+                                &format!("spec.ingress[{i}].tls"),
+                                "ingress tls needs serverCertificate and privateKey (or credentialName)",
+                            )
+                            .hint("files mounted in the proxy, or a TLS Secret of the workload's namespace"),
+                        );
+                    }
                 }
             }
             for (i, e) in spec.egress.iter().enumerate() {

@@ -675,6 +675,33 @@ fn inbound_chains(
         filters: inbound_chain(ctx, port, protocol),
         ..Default::default()
     };
+    // Sidecar ingress `tls`: the port terminates TLS with the given certificate for
+    // clients outside the mesh, instead of mesh mTLS.
+    let ingress_tls = ctx.scope.sidecar.as_ref().and_then(|sc| {
+        sc.spec
+            .ingress
+            .iter()
+            .find(|i| i.port.number == u32::from(port))
+            .and_then(|i| i.tls.as_ref())
+    });
+    if let Some(t) = ingress_tls {
+        let alpn: &[&str] = if protocol.is_http() || protocol == Protocol::Unsupported {
+            &["h2", "http/1.1"]
+        } else {
+            &[]
+        };
+        let chain = FilterChain {
+            name: format!("{name}-tls"),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..base.clone()
+            }),
+            transport_socket: super::tls::gateway_server(ctx, t, alpn),
+            filters: inbound_chain(ctx, port, protocol),
+            ..Default::default()
+        };
+        return (vec![chain], true);
+    }
     match mode {
         // Without its certificate a STRICT workload accepts nothing: it fails closed.
         MtlsMode::STRICT => (vec![tls()], true),

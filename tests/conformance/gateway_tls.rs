@@ -331,3 +331,78 @@ fn https_redirect_passthrough_and_weighted_tcp() {
     assert!((300 - 40..=300 + 40).contains(&v1), "75% ±10 to v1: {d:?}");
     s.assert_no_rejections();
 }
+
+/// Sidecar `ingress[].tls`: the workload's sidecar terminates TLS for clients outside the
+/// mesh with a certificate from files, instead of mesh mTLS; plaintext is refused.
+#[test]
+fn sidecar_ingress_terminates_tls() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("ingress-tls");
+    let config = TempDir::new("ingress-tls-config");
+    let ca = TestCa::new("ingress-ca");
+    let (cert, key) = ca.leaf("reviews-ingress", &["reviews.default.svc"]);
+    let cert_path = dir.write("cert.pem", &cert);
+    let key_path = dir.write("key.pem", &key);
+    config.copy_from(
+        &repo().join("examples/bookinfo/services.yaml"),
+        "services.yaml",
+    );
+    config.write(
+        "reviews.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-v1, namespace: default, labels: {{app: reviews, version: v1}}}}
+spec: {{serviceAccountName: bookinfo-reviews, containers: [{{name: app, image: x}}]}}
+status: {{podIP: 127.0.0.12}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  ingress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    captureMode: NONE
+    defaultEndpoint: 127.0.1.12:9080
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+"#,
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let _backend = Backends::start(&[("reviews-v1", "127.0.1.12")], 9080);
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let _envoy = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.12",
+            pod: "reviews-v1",
+            namespace: "default",
+            labels: &[("app", "reviews"), ("version", "v1")],
+            service_account: "bookinfo-reviews",
+        },
+        &EnvoyOpts {
+            interception: "NONE",
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let r = wait_for("TLS at the sidecar", Duration::from_secs(20), || {
+        https_get("127.0.0.12:9080", "reviews.default.svc", "/", &ca.pem, None).ok()
+    });
+    assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"));
+    assert_eq!(r.server_cn, "reviews-ingress");
+    let plain = http_get("127.0.0.12:9080", "/", &[("Host", "reviews")]);
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status != 200),
+        "plaintext is not served: {plain:?}"
+    );
+    drop(meshd);
+}
