@@ -17,6 +17,7 @@ pub mod pb;
 pub mod route;
 pub mod secret;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

@@ -35,6 +35,7 @@ fn grpc(
 ) -> Vec<ExtensionProvider> {
     vec![ExtensionProvider {
         name: "default".into(),
+        envoy_file_access_log: None,
         envoy_ext_authz_grpc: Some(ExtAuthzGrpc {
             service: service.into(),
             port: 9000,
@@ -64,6 +65,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
         ),
         "http" => vec![ExtensionProvider {
             name: "default".into(),
+            envoy_file_access_log: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz.foo.svc.cluster.local".into(),
@@ -104,6 +106,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
         }],
         "invalid" => vec![ExtensionProvider {
             name: "default".into(),
+            envoy_file_access_log: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz".into(),

@@ -1154,3 +1154,51 @@ api! {
         pub filter_class: FilterClass,
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Telemetry
+// ---------------------------------------------------------------------------------------
+
+api! {
+    /// telemetry.istio.io Telemetry spec.
+    pub struct Telemetry {
+        pub selector: Option<WorkloadSelector>,
+        pub target_ref: Option<serde_json::Value>,
+        pub target_refs: Vec<serde_json::Value>,
+        pub tracing: Vec<serde_json::Value>,
+        pub metrics: Vec<serde_json::Value>,
+        pub access_logging: Vec<AccessLogging>,
+    }
+}
+
+api! {
+    pub struct AccessLogging {
+        #[serde(rename = "match")]
+        pub matches: Option<WorkloadModeSelector>,
+        pub providers: Vec<ProviderRef>,
+        pub disabled: Option<bool>,
+        pub filter: Option<AccessLogFilter>,
+    }
+}
+
+api_enum! {
+    pub enum WorkloadMode { CLIENT_AND_SERVER, CLIENT, SERVER }
+}
+
+api! {
+    pub struct WorkloadModeSelector {
+        pub mode: WorkloadMode,
+    }
+}
+
+api! {
+    pub struct ProviderRef {
+        pub name: String,
+    }
+}
+
+api! {
+    pub struct AccessLogFilter {
+        pub expression: String,
+    }
+}

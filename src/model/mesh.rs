@@ -85,6 +85,46 @@ pub struct ExtensionProvider {
     pub name: String,
     pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
     pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
+    pub envoy_file_access_log: Option<FileAccessLogProvider>,
+}
+
+/// `envoyFileAccessLog`: a file (or /dev/stdout) and a text or JSON (`labels`) format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileAccessLogProvider {
+    pub path: String,
+    pub log_format: Option<AccessLogFormat>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AccessLogFormat {
+    pub text: Option<String>,
+    pub labels: Option<serde_json::Map<String, Value>>,
+}
+
+impl MeshConfig {
+    /// An access log provider by name: one of `extensionProviders`, or `envoy`, Istio's
+    /// built-in provider (Envoy's default text format on /dev/stdout).
+    pub fn access_log_provider(&self, name: &str) -> Option<FileAccessLogProvider> {
+        if let Some(p) = self.extension_providers.iter().find(|p| p.name == name) {
+            return p.envoy_file_access_log.clone();
+        }
+        (name == "envoy").then(|| FileAccessLogProvider {
+            path: "/dev/stdout".into(),
+            log_format: None,
+        })
+    }
+
+    /// `defaultProviders.accessLogging`.
+    pub fn default_access_log_providers(&self) -> Vec<String> {
+        self.raw["defaultProviders"]["accessLogging"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ pub enum Kind {
     RequestAuthentication,
     Secret,
     EnvoyFilter,
+    Telemetry,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -45,13 +46,12 @@ const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("networking.istio.io", "WorkloadGroup"),
     ("networking.istio.io", "ProxyConfig"),
-    ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -69,6 +69,7 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::Secret,
         Kind::EnvoyFilter,
+        Kind::Telemetry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +91,7 @@ impl Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Secret => "Secret",
             Kind::EnvoyFilter => "EnvoyFilter",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -103,6 +105,7 @@ impl Kind {
             | Kind::ConfigMap
             | Kind::Secret => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::Telemetry => "telemetry.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
@@ -114,6 +117,9 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         if self == Kind::EnvoyFilter {
             return &["v1alpha3"];
+        }
+        if self == Kind::Telemetry {
+            return &["v1", "v1alpha1"];
         }
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
@@ -315,6 +321,7 @@ pub enum Spec {
     ServiceEntry(istio::ServiceEntry),
     Sidecar(istio::Sidecar),
     EnvoyFilter(istio::EnvoyFilter),
+    Telemetry(istio::Telemetry),
     WorkloadEntry(istio::WorkloadEntry),
     PeerAuthentication(istio::PeerAuthentication),
     AuthorizationPolicy(istio::AuthorizationPolicy),
@@ -659,6 +666,7 @@ fn parse_spec(
         Kind::ServiceEntry => Spec::ServiceEntry(istio_spec(key, spec, lines, origin)?),
         Kind::Sidecar => Spec::Sidecar(istio_spec(key, spec, lines, origin)?),
         Kind::EnvoyFilter => Spec::EnvoyFilter(istio_spec(key, spec, lines, origin)?),
+        Kind::Telemetry => Spec::Telemetry(istio_spec(key, spec, lines, origin)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(istio_spec(key, spec, lines, origin)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(istio_spec(key, spec, lines, origin)?),
         Kind::AuthorizationPolicy => {
@@ -962,6 +970,10 @@ mod tests {
         );
         assert_eq!(
             lookup_type("telemetry.istio.io/v1", "Telemetry"),
+            TypeLookup::Known(Kind::Telemetry)
+        );
+        assert_eq!(
+            lookup_type("extensions.istio.io/v1alpha1", "WasmPlugin"),
             TypeLookup::NotYetSupported
         );
     }

@@ -175,6 +175,8 @@ pub struct Snapshot {
     /// EnvoyFilters in the order their patches apply: root namespace first, then by
     /// priority, then by namespace/name.
     pub envoy_filters: Vec<Arc<Object>>,
+    /// Telemetry objects in key order.
+    pub telemetries: Vec<Arc<Object>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: BTreeMap<String, Vec<ObjectKey>>,
@@ -226,6 +228,7 @@ impl Snapshot {
         b.build_authorization_policies();
         b.build_request_authentications();
         b.build_envoy_filters();
+        b.build_telemetries();
         b.finish(previous.map_or(1, |p| p.generation + 1))
     }
 
@@ -489,6 +492,7 @@ struct Builder {
     authorization_policies: Vec<Arc<Object>>,
     request_authentications: Vec<Arc<Object>>,
     envoy_filters: Vec<Arc<Object>>,
+    telemetries: Vec<Arc<Object>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
     pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
@@ -1453,6 +1457,23 @@ impl Builder {
         }
     }
 
+    fn build_telemetries(&mut self) {
+        let objs: Vec<Arc<Object>> = self.of_kind(Kind::Telemetry).cloned().collect();
+        for obj in objs {
+            let Spec::Telemetry(spec) = &obj.spec else {
+                continue;
+            };
+            let diags = validate::telemetry(&obj, spec, &self.mesh);
+            let failed = diags.iter().any(Diagnostic::is_error);
+            self.diags.extend(diags);
+            if failed {
+                self.objects.remove(&obj.key);
+                continue;
+            }
+            self.telemetries.push(obj);
+        }
+    }
+
     fn build_envoy_filters(&mut self) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::EnvoyFilter).cloned().collect();
         for obj in objs {
@@ -1748,6 +1769,7 @@ impl Builder {
                 hash_of(&self.request_authentications).to_le_bytes(),
                 // EnvoyFilters patch anything, anywhere.
                 hash_of(&self.envoy_filters).to_le_bytes(),
+                hash_of(&self.telemetries).to_le_bytes(),
             ]
             .concat(),
         );
@@ -1786,6 +1808,7 @@ impl Builder {
             authorization_policies: self.authorization_policies,
             request_authentications: self.request_authentications,
             envoy_filters: self.envoy_filters,
+            telemetries: self.telemetries,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

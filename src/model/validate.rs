@@ -497,6 +497,41 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
     out
 }
 
+/// Telemetry: access logging is translated; tracing, metrics and targetRefs are not yet.
+pub fn telemetry(
+    obj: &Object,
+    t: &istio::Telemetry,
+    mesh: &super::mesh::MeshConfig,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (field, set) in [
+        ("spec.tracing", !t.tracing.is_empty()),
+        ("spec.metrics", !t.metrics.is_empty()),
+        (
+            "spec.targetRefs",
+            !t.target_refs.is_empty() || t.target_ref.is_some(),
+        ),
+    ] {
+        if set {
+            not_yet(obj, field, field.trim_start_matches("spec."), &mut out);
+        }
+    }
+    for (i, a) in t.access_logging.iter().enumerate() {
+        for (j, p) in a.providers.iter().enumerate() {
+            if mesh.access_log_provider(&p.name).is_none() {
+                out.push(
+                    obj.diag_warning(
+                        &format!("spec.accessLogging[{i}].providers[{j}].name"),
+                        format!("no access log provider {:?} in mesh config; it is ignored", p.name),
+                    )
+                    .hint("define it under meshConfig.extensionProviders (envoyFileAccessLog), or use the built-in `envoy`"),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Every per-object check for one object (what the validation webhook runs).
 pub fn object(obj: &Object, mesh: &super::mesh::MeshConfig) -> Vec<Diagnostic> {
     use super::object::Spec;
@@ -508,6 +543,7 @@ pub fn object(obj: &Object, mesh: &super::mesh::MeshConfig) -> Vec<Diagnostic> {
         Spec::AuthorizationPolicy(s) => authorization_policy(obj, s, mesh),
         Spec::RequestAuthentication(s) => request_authentication(obj, s),
         Spec::EnvoyFilter(s) => envoy_filter(obj, s),
+        Spec::Telemetry(s) => telemetry(obj, s, mesh),
         _ => Vec::new(),
     }
 }

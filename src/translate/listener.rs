@@ -40,13 +40,82 @@ pub enum Routes {
     Inline(Box<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>),
 }
 
-pub(crate) fn access_logs(ctx: &ProxyContext) -> Vec<accesslog::AccessLog> {
+fn text_format(text: &str) -> file_log::file_access_log::AccessLogFormat {
+    file_log::file_access_log::AccessLogFormat::LogFormat(core::SubstitutionFormatString {
+        format: Some(core::substitution_format_string::Format::TextFormatSource(
+            core::DataSource {
+                specifier: Some(core::data_source::Specifier::InlineString(text.to_string())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    })
+}
+
+fn json_format(fields: &serde_json::Value) -> file_log::file_access_log::AccessLogFormat {
+    file_log::file_access_log::AccessLogFormat::LogFormat(core::SubstitutionFormatString {
+        format: Some(core::substitution_format_string::Format::JsonFormat(
+            pb::to_struct(fields),
+        )),
+        ..Default::default()
+    })
+}
+
+fn file_log(
+    path: &str,
+    format: Option<file_log::file_access_log::AccessLogFormat>,
+    filter: Option<accesslog::AccessLogFilter>,
+) -> accesslog::AccessLog {
+    accesslog::AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        filter,
+        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(pb::any(
+            &file_log::FileAccessLog {
+                path: path.to_string(),
+                access_log_format: format,
+            },
+        ))),
+    }
+}
+
+/// Access logs of a listener: from the Telemetry objects that apply to the workload
+/// (`accessLogging`), else from mesh config (`accessLogFile`). `inbound` is the server
+/// side (Telemetry mode SERVER), outbound the client side (CLIENT).
+pub(crate) fn access_logs(ctx: &ProxyContext, inbound: bool) -> Vec<accesslog::AccessLog> {
+    if let Some(logs) = super::telemetry::access_logs(ctx, inbound) {
+        return logs
+            .into_iter()
+            .map(|(provider, expression)| {
+                let format = provider.log_format.as_ref().and_then(|f| {
+                    if let Some(labels) = &f.labels {
+                        Some(json_format(&serde_json::Value::Object(labels.clone())))
+                    } else {
+                        f.text.as_deref().map(text_format)
+                    }
+                });
+                let filter = expression.map(|e| accesslog::AccessLogFilter {
+                    filter_specifier: Some(accesslog::access_log_filter::FilterSpecifier::ExtensionFilter(
+                        accesslog::ExtensionFilter {
+                            name: "envoy.access_loggers.extension_filters.cel".into(),
+                            config_type: Some(accesslog::extension_filter::ConfigType::TypedConfig(pb::any(
+                                &envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter {
+                                    expression: e,
+                                    ..Default::default()
+                                },
+                            ))),
+                        },
+                    )),
+                });
+                file_log(&provider.path, format, filter)
+            })
+            .collect();
+    }
     let mesh = &ctx.snap.mesh;
     if mesh.access_log_file.is_empty() {
         return vec![];
     }
     let format = if mesh.access_log_encoding.eq_ignore_ascii_case("JSON") {
-        let fields = serde_json::json!({
+        Some(json_format(&serde_json::json!({
             "start_time": "%START_TIME%",
             "method": "%REQ(:METHOD)%",
             "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
@@ -61,43 +130,14 @@ pub(crate) fn access_logs(ctx: &ProxyContext) -> Vec<accesslog::AccessLog> {
             "route_name": "%ROUTE_NAME%",
             "authority": "%REQ(:AUTHORITY)%",
             "request_id": "%REQ(X-REQUEST-ID)%",
-        });
-        Some(file_log::file_access_log::AccessLogFormat::LogFormat(
-            core::SubstitutionFormatString {
-                format: Some(core::substitution_format_string::Format::JsonFormat(
-                    pb::to_struct(&fields),
-                )),
-                ..Default::default()
-            },
-        ))
+        })))
     } else if !mesh.access_log_format.is_empty() {
-        Some(file_log::file_access_log::AccessLogFormat::LogFormat(
-            core::SubstitutionFormatString {
-                format: Some(core::substitution_format_string::Format::TextFormatSource(
-                    core::DataSource {
-                        specifier: Some(core::data_source::Specifier::InlineString(
-                            mesh.access_log_format.clone(),
-                        )),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            },
-        ))
+        Some(text_format(&mesh.access_log_format))
     } else {
         // Envoy's default text format.
         None
     };
-    vec![accesslog::AccessLog {
-        name: "envoy.access_loggers.file".into(),
-        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(pb::any(
-            &file_log::FileAccessLog {
-                path: mesh.access_log_file.clone(),
-                access_log_format: format,
-            },
-        ))),
-        ..Default::default()
-    }]
+    vec![file_log(&mesh.access_log_file, format, None)]
 }
 
 fn http_filter<T: prost::Message + prost::Name>(name: &str, msg: &T) -> HttpFilter {
@@ -141,7 +181,7 @@ pub fn http_connection_manager(
             ]);
             f
         },
-        access_log: access_logs(ctx),
+        access_log: access_logs(ctx, inbound),
         // Sidecars trust the connection's peer; gateways are the edge and use the
         // client address.
         use_remote_address: pb::boolv(gateway),
@@ -181,7 +221,11 @@ pub fn tcp_proxy(ctx: &ProxyContext, cluster: &str) -> Filter {
         cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
             cluster.to_string(),
         )),
-        access_log: access_logs(ctx),
+        // Inbound clusters are the server side.
+        access_log: access_logs(
+            ctx,
+            cluster.starts_with("inbound|") || cluster == naming::INBOUND_PASSTHROUGH,
+        ),
         ..Default::default()
     };
     Filter {

@@ -234,7 +234,7 @@ pub fn proxy(ctx: &ProxyContext, stat_prefix: &str, t: &Targets) -> Filter {
     let m = tcp::TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(spec),
-        access_log: super::listener::access_logs(ctx),
+        access_log: super::listener::access_logs(ctx, false),
         ..Default::default()
     };
     Filter {

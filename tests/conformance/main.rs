@@ -18,4 +18,5 @@ mod kubernetes;
 mod mtls;
 mod origination;
 mod tcp;
+mod telemetry;
 mod webhook;
