@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod jwt;
 pub mod listener;
+pub mod locality;
 pub mod naming;
 pub mod output;
 pub mod pb;
@@ -77,6 +78,10 @@ pub fn endpoints(ctx: &ProxyContext, names: &[String]) -> Vec<ClusterLoadAssignm
     names
         .iter()
         .filter_map(|n| endpoint::for_cluster(ctx.snap, &ctx.proxy.namespace, &ctx.labels, n))
+        .map(|mut cla| {
+            locality::apply(ctx, &mut cla);
+            cla
+        })
         .collect()
 }
 

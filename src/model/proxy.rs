@@ -49,6 +49,8 @@ pub struct Proxy {
     /// asks for listeners, routes and clusters by name and understands only what gRPC's
     /// xDS client implements.
     pub proxyless: bool,
+    /// `region/zone/subzone` from the Envoy node's locality ("" when not sent).
+    pub locality: String,
     /// The whole node metadata, as JSON.
     pub metadata: BTreeMap<String, Value>,
 }
@@ -137,6 +139,7 @@ impl Proxy {
             istio_version: meta_str("ISTIO_VERSION").filter(|v| !v.is_empty()),
             interception,
             proxyless: meta_str("GENERATOR").as_deref() == Some("grpc"),
+            locality: String::new(),
             metadata,
         })
     }

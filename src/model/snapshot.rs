@@ -198,6 +198,15 @@ pub struct Snapshot {
     scopes: Mutex<ScopeCache>,
 }
 
+/// A workload's locality from its `istio-locality` label (`region.zone.subzone`, as
+/// Istio reads it), as `region/zone/subzone`.
+pub fn locality_label(labels: &Labels) -> String {
+    labels
+        .get("istio-locality")
+        .map(|l| l.replace('.', "/"))
+        .unwrap_or_default()
+}
+
 fn hash_of<T: Serialize + ?Sized>(value: &T) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(value).unwrap_or_default())
 }
@@ -1049,6 +1058,7 @@ impl Builder {
         ready: bool,
     ) -> Instance {
         let labels = workload.map(|w| w.labels.clone()).unwrap_or_default();
+        let locality = locality_label(&labels);
         Instance {
             address: address.to_string(),
             ports,
@@ -1061,7 +1071,7 @@ impl Builder {
                 .map(|w| w.key.namespace.clone())
                 .unwrap_or_default(),
             workload: workload.map(|w| w.key.name.clone()).unwrap_or_default(),
-            locality: String::new(),
+            locality,
             weight: 0,
             ready: ready || workload.is_none(),
             dns: false,

@@ -588,7 +588,12 @@ pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagno
         }
         if let Some(lb) = &tp.load_balancer {
             for (field, set) in [
-                ("localityLbSetting", lb.locality_lb_setting.is_some()),
+                (
+                    "localityLbSetting.failoverPriority",
+                    lb.locality_lb_setting
+                        .as_ref()
+                        .is_some_and(|l| !l.failover_priority.is_empty()),
+                ),
                 ("zoneAwareLbSetting", lb.zone_aware_lb_setting.is_some()),
                 ("backendUtilization", lb.backend_utilization.is_some()),
             ] {

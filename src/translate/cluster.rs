@@ -88,7 +88,7 @@ pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> 
 }
 
 /// istiod's merge: a subset's policy replaces the DestinationRule's, field by field.
-fn merge_policy(
+pub(crate) fn merge_policy(
     top: Option<&TrafficPolicy>,
     subset: Option<&TrafficPolicy>,
 ) -> Option<TrafficPolicy> {
@@ -123,7 +123,7 @@ fn merge_policy(
 }
 
 /// The policy for one port: `portLevelSettings` for the port override the top level.
-fn port_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<TrafficPolicy> {
+pub(crate) fn port_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<TrafficPolicy> {
     let p = policy?;
     let mut out = p.clone();
     if let Some(pl) = p.port_level_settings.iter().find(|pl| {
@@ -224,6 +224,18 @@ fn outbound_cluster(
     c.metadata = Some(istio_metadata(svc, port, subset));
     if let Some(p) = &policy {
         apply_policy(&mut c, p, port, svc);
+    }
+    if matches!(
+        super::locality::plan(ctx, svc, port.port, subset),
+        Some(super::locality::Plan::Distribute(_))
+    ) {
+        // Locality weights in EDS count only with locality-weighted load balancing.
+        let common = c.common_lb_config.get_or_insert_with(Default::default);
+        common.locality_config_specifier = Some(
+            cl::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                Default::default(),
+            ),
+        );
     }
     apply_tls(
         ctx,

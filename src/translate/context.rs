@@ -26,6 +26,8 @@ pub struct ProxyContext<'a> {
     pub labels: Labels,
     pub scope: Arc<Scope>,
     pub targets: Vec<ServiceTarget>,
+    /// `region/zone/subzone`: the node's, else the workload's `istio-locality` label.
+    pub locality: String,
 }
 
 impl<'a> ProxyContext<'a> {
@@ -80,12 +82,18 @@ impl<'a> ProxyContext<'a> {
                 }
             }
         }
+        let locality = if proxy.locality.is_empty() {
+            crate::model::snapshot::locality_label(&labels)
+        } else {
+            proxy.locality.clone()
+        };
         ProxyContext {
             snap,
             proxy,
             labels,
             scope,
             targets,
+            locality,
         }
     }
 

@@ -121,15 +121,20 @@ fn endpoints(ctx: &ProxyContext, cache: &ResourceCache, w: &WatchState) -> Vec<A
     w.names
         .iter()
         .filter_map(|name| {
+            // The rule matters for subsets, and (through locality load balancing) for
+            // any cluster of a client that has a locality.
             let dr_key = naming::parse_cluster(name)
-                .filter(|(_, _, subset, _)| !subset.is_empty())
+                .filter(|(_, _, subset, _)| !subset.is_empty() || !ctx.locality.is_empty())
                 .and_then(|(_, _, _, host)| ctx.snap.services.get(host))
                 .and_then(|svc| {
                     ctx.snap
                         .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
                 })
                 .map(|dr| xxhash_rust::xxh3::xxh3_64(dr.key.to_string().as_bytes()))
-                .unwrap_or(0);
+                .unwrap_or(0)
+                // Locality load balancing makes the assignment depend on where the
+                // client is.
+                ^ xxhash_rust::xxh3::xxh3_64(ctx.locality.as_bytes());
             cache.one(ctx.snap.generation, dr_key, name, || {
                 translate::endpoints(ctx, std::slice::from_ref(name))
                     .first()
@@ -212,7 +217,15 @@ fn proxy_from_node(node: Option<&Node>) -> Result<Proxy, Status> {
         .as_ref()
         .map(pb::struct_to_json)
         .unwrap_or_default();
-    Proxy::from_node(&node.id, metadata).map_err(|e| Status::invalid_argument(e.to_string()))
+    let mut proxy = Proxy::from_node(&node.id, metadata)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if let Some(l) = &node.locality {
+        proxy.locality = [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()]
+            .join("/")
+            .trim_end_matches('/')
+            .to_string();
+    }
+    Ok(proxy)
 }
 
 /// Who is at the other end of a stream.

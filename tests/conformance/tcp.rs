@@ -306,3 +306,153 @@ fn external_name_service_is_resolved_by_the_proxy() {
     );
     drop(meshd);
 }
+
+const ZONES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-z1, namespace: default, labels: {app: echo, istio-locality: region1.zone1}}
+spec: {containers: [{name: echo, image: echo}]}
+status: {phase: Running, podIP: 127.0.0.50}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-z2, namespace: default, labels: {app: echo, istio-locality: region1.zone2}}
+spec: {containers: [{name: echo, image: echo}]}
+status: {phase: Running, podIP: 127.0.0.51}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: default, labels: {app: sleep, istio-locality: region1.zone1}}
+spec: {containers: [{name: sleep, image: curl}]}
+status: {phase: Running, podIP: 127.0.0.40}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: sleep, namespace: default}
+spec:
+  workloadSelector: {labels: {app: sleep}}
+  egress:
+  - port: {number: 9000, protocol: HTTP, name: http}
+    bind: 127.0.0.2
+    captureMode: NONE
+    hosts: ["./*"]
+"#;
+
+const DISTRIBUTE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        distribute:
+        - from: region1/zone1/*
+          to: {"region1/zone1/*": 25, "region1/zone2/*": 75}
+"#;
+
+const FAILOVER: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}
+"#;
+
+/// Locality load balancing through a real sidecar in zone1: `distribute` weights, then
+/// (with outlier detection) everything local, and failover to zone2 when zone1 dies.
+#[test]
+fn locality_distribute_and_failover() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("locality");
+    let config = TempDir::new("locality-config");
+    config.write("zones.yaml", ZONES);
+    config.write("dr.yaml", DISTRIBUTE);
+    let z1 = Backends::start(&[("echo-z1", "127.0.0.50")], 9000);
+    let _z2 = Backends::start(&[("echo-z2", "127.0.0.51")], 9000);
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let envoy = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.40",
+            pod: "sleep",
+            namespace: "default",
+            labels: &[("app", "sleep"), ("istio-locality", "region1.zone1")],
+            service_account: "sleep",
+        },
+        &EnvoyOpts::default(),
+        dir.path(),
+    );
+    let get = || {
+        http_get("127.0.0.2:9000", "/", &[("Host", "echo")])
+            .map(|r| {
+                if r.status == 200 {
+                    r.body
+                } else {
+                    format!("status {}", r.status)
+                }
+            })
+            .unwrap_or_else(|e| format!("error {e}"))
+    };
+    let count = |n: usize| {
+        let mut m = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            *m.entry(get()).or_insert(0) += 1;
+        }
+        m
+    };
+    wait_for("the echo route", Duration::from_secs(20), || {
+        get().starts_with("echo-").then_some(())
+    });
+    let d = count(400);
+    let local = d.get("echo-z1").copied().unwrap_or(0);
+    assert_eq!(local + d.get("echo-z2").copied().unwrap_or(0), 400, "{d:?}");
+    assert!(
+        (100 - 40..=100 + 40).contains(&local),
+        "25% ±10 stays in zone1: {d:?}"
+    );
+
+    config.write("dr.yaml", FAILOVER);
+    wait_for("priorities by locality", Duration::from_secs(20), || {
+        (count(20).get("echo-z1") == Some(&20)).then_some(())
+    });
+    let d = count(40);
+    assert_eq!(
+        d.get("echo-z1"),
+        Some(&40),
+        "all local while zone1 is healthy: {d:?}"
+    );
+
+    drop(z1);
+    wait_for("failover to zone2", Duration::from_secs(20), || {
+        (get() == "echo-z2").then_some(())
+    });
+    let d = count(40);
+    assert_eq!(
+        d.get("echo-z2"),
+        Some(&40),
+        "zone1 ejected, zone2 serves: {d:?}"
+    );
+    assert!(
+        envoy.stats("update_rejected").iter().all(|(_, v)| *v == 0),
+        "{}",
+        envoy.proc.log_text()
+    );
+    drop(meshd);
+}
