@@ -711,3 +711,54 @@ async fn status_conditions_follow_diagnostics() {
         .expect("vs");
     assert_eq!(obj["spec"]["http"][0]["route"][0]["weight"], 50);
 }
+
+/// Nodes are watched for their topology labels: a pod's locality is its Node's, and a
+/// relabelled Node moves its pods.
+#[tokio::test]
+async fn pods_take_the_locality_of_their_node() {
+    let server = ApiServer::start("127.0.0.1:0", Duration::from_secs(60));
+    server.apply_all(yaml(BASE));
+    let node = |zone: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-1", "labels": {
+                "topology.kubernetes.io/region": "eu-west",
+                "topology.kubernetes.io/zone": zone,
+                "kubernetes.io/hostname": "node-1",
+            }},
+        })
+    };
+    server.apply(node("eu-west-1a"));
+    let mut pod = yaml(BASE)
+        .into_iter()
+        .find(|o| o["kind"] == "Pod")
+        .expect("a pod in BASE");
+    pod["spec"]["nodeName"] = json!("node-1");
+    server.apply(pod);
+    let mut src = start(&server, "");
+    let locality_of = |set: &ConfigSet| -> Option<String> {
+        let snap =
+            meshd::model::snapshot::Snapshot::build(set, None, "cluster.local", "istio-system");
+        let w = snap
+            .workloads
+            .get(&key(Kind::Pod, "default", "reviews-v1"))?;
+        Some(w.locality.clone())
+    };
+    let set = src
+        .until("the node and the pod", |s| {
+            s.objects.contains_key(&key(Kind::Node, "", "node-1"))
+                && locality_of(s).is_some_and(|l| !l.is_empty())
+        })
+        .await;
+    assert_eq!(locality_of(&set).as_deref(), Some("eu-west/eu-west-1a"));
+    // Only the locality of a Node is kept.
+    match &set.objects[&key(Kind::Node, "", "node-1")].spec {
+        meshd::model::object::Spec::Node(l) => assert_eq!(l, "eu-west/eu-west-1a"),
+        other => panic!("{other:?}"),
+    }
+    server.apply(node("eu-west-1b"));
+    src.until("the relabelled node", |s| {
+        locality_of(s).as_deref() == Some("eu-west/eu-west-1b")
+    })
+    .await;
+}

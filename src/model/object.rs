@@ -37,6 +37,7 @@ pub enum Kind {
     Secret,
     EnvoyFilter,
     Telemetry,
+    Node,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -51,7 +52,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -70,6 +71,7 @@ impl Kind {
         Kind::Secret,
         Kind::EnvoyFilter,
         Kind::Telemetry,
+        Kind::Node,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +94,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::EnvoyFilter => "EnvoyFilter",
             Kind::Telemetry => "Telemetry",
+            Kind::Node => "Node",
         }
     }
 
@@ -103,7 +106,8 @@ impl Kind {
             | Kind::Pod
             | Kind::Endpoints
             | Kind::ConfigMap
-            | Kind::Secret => "",
+            | Kind::Secret
+            | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::Telemetry => "telemetry.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
@@ -129,7 +133,7 @@ impl Kind {
     }
 
     pub fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(self, Kind::Namespace | Kind::Node)
     }
 
     pub fn is_istio(self) -> bool {
@@ -322,6 +326,9 @@ pub enum Spec {
     Sidecar(istio::Sidecar),
     EnvoyFilter(istio::EnvoyFilter),
     Telemetry(istio::Telemetry),
+    /// A Kubernetes Node: only its locality (`region/zone/subzone` from the topology
+    /// labels) is kept.
+    Node(String),
     WorkloadEntry(istio::WorkloadEntry),
     PeerAuthentication(istio::PeerAuthentication),
     AuthorizationPolicy(istio::AuthorizationPolicy),
@@ -676,6 +683,30 @@ fn parse_spec(
             Spec::RequestAuthentication(istio_spec(key, spec, lines, origin)?)
         }
         Kind::Namespace => Spec::Namespace,
+        Kind::Node => {
+            let labels = meta.get("labels").cloned().unwrap_or(Value::Null);
+            let get = |keys: &[&str]| {
+                keys.iter()
+                    .find_map(|k| labels.get(*k).and_then(Value::as_str))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let region = get(&[
+                "topology.kubernetes.io/region",
+                "failure-domain.beta.kubernetes.io/region",
+            ]);
+            let zone = get(&[
+                "topology.kubernetes.io/zone",
+                "failure-domain.beta.kubernetes.io/zone",
+            ]);
+            let subzone = get(&["topology.istio.io/subzone"]);
+            Spec::Node(
+                [region, zone, subzone]
+                    .join("/")
+                    .trim_end_matches('/')
+                    .to_string(),
+            )
+        }
         Kind::Secret => {
             use base64::Engine;
             let mut entries: BTreeMap<String, String> = BTreeMap::new();

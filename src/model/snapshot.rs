@@ -107,6 +107,9 @@ pub struct Workload {
     pub addresses: Vec<String>,
     pub labels: Arc<Labels>,
     pub service_account: String,
+    /// `region/zone/subzone`: the `istio-locality` label, else the pod's Node's topology
+    /// labels, else a WorkloadEntry's `locality`.
+    pub locality: String,
 }
 
 /// Which keys changed from one snapshot to the next.
@@ -590,6 +593,17 @@ impl Builder {
         let mut workloads = BTreeMap::new();
         for pod in self.of_kind(Kind::Pod) {
             let Spec::Pod(info) = &pod.spec else { continue };
+            let mut locality = locality_label(&pod.labels);
+            if locality.is_empty() && !info.node_name.is_empty() {
+                let node = ObjectKey {
+                    kind: Kind::Node,
+                    namespace: String::new(),
+                    name: info.node_name.clone(),
+                };
+                if let Some(Spec::Node(l)) = self.objects.get(&node).map(|o| &o.spec) {
+                    locality = l.clone();
+                }
+            }
             workloads.insert(
                 pod.key.clone(),
                 Arc::new(Workload {
@@ -597,6 +611,7 @@ impl Builder {
                     addresses: info.ips.clone(),
                     labels: Arc::new(pod.labels.clone()),
                     service_account: info.service_account.clone(),
+                    locality,
                 }),
             );
         }
@@ -617,6 +632,7 @@ impl Builder {
                     } else {
                         spec.service_account.clone()
                     },
+                    locality: spec.locality.clone(),
                 }),
             );
         }
@@ -1058,7 +1074,7 @@ impl Builder {
         ready: bool,
     ) -> Instance {
         let labels = workload.map(|w| w.labels.clone()).unwrap_or_default();
-        let locality = locality_label(&labels);
+        let locality = workload.map(|w| w.locality.clone()).unwrap_or_default();
         Instance {
             address: address.to_string(),
             ports,

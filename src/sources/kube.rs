@@ -64,6 +64,8 @@ fn w(
 pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
     vec![
         w("", &["v1"], "Namespace", "namespaces"),
+        // Topology labels: the locality of the pods on each node.
+        w("", &["v1"], "Node", "nodes"),
         w("", &["v1"], "Service", "services"),
         w("", &["v1"], "Pod", "pods"),
         w(
@@ -396,7 +398,7 @@ fn assemble(
     for entry in state.iter().flat_map(|m| m.values()) {
         set.diagnostics.extend(entry.diagnostics.iter().cloned());
         for o in &entry.objects {
-            if o.key.kind != Kind::Namespace {
+            if o.key.kind.namespaced() {
                 let labels = ns_labels
                     .get(o.key.namespace.as_str())
                     .copied()

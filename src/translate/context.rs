@@ -82,10 +82,18 @@ impl<'a> ProxyContext<'a> {
                 }
             }
         }
-        let locality = if proxy.locality.is_empty() {
-            crate::model::snapshot::locality_label(&labels)
-        } else {
+        let locality = if !proxy.locality.is_empty() {
             proxy.locality.clone()
+        } else {
+            // The workload's: its label, its Node's topology, its WorkloadEntry's.
+            proxy
+                .ips
+                .iter()
+                .flat_map(|ip| snap.workloads_at(ip))
+                .find(|w| w.key.namespace == proxy.namespace)
+                .map(|w| w.locality.clone())
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| crate::model::snapshot::locality_label(&labels))
         };
         ProxyContext {
             snap,

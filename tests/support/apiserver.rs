@@ -47,6 +47,7 @@ const SECURITY: &[&str] = &["v1", "v1beta1"];
 /// Everything meshd reads or writes.
 pub const RESOURCES: &[Resource] = &[
     r("", &["v1"], "namespaces", "Namespace", false),
+    r("", &["v1"], "nodes", "Node", false),
     r("", &["v1"], "services", "Service", true),
     r("", &["v1"], "pods", "Pod", true),
     r("", &["v1"], "endpoints", "Endpoints", true),
