@@ -1484,39 +1484,13 @@ impl Builder {
     }
 
     fn build_telemetries(&mut self) {
-        let objs: Vec<Arc<Object>> = self.of_kind(Kind::Telemetry).cloned().collect();
-        for obj in objs {
-            let Spec::Telemetry(spec) = &obj.spec else {
-                continue;
-            };
-            let diags = validate::telemetry(&obj, spec, &self.mesh);
-            let failed = diags.iter().any(Diagnostic::is_error);
-            self.diags.extend(diags);
-            if failed {
-                self.objects.remove(&obj.key);
-                continue;
-            }
-            self.telemetries.push(obj);
-        }
+        self.telemetries = self.accepted(Kind::Telemetry);
     }
 
     fn build_envoy_filters(&mut self) {
-        let objs: Vec<Arc<Object>> = self.of_kind(Kind::EnvoyFilter).cloned().collect();
-        for obj in objs {
-            let Spec::EnvoyFilter(spec) = &obj.spec else {
-                continue;
-            };
-            let diags = validate::envoy_filter(&obj, spec);
-            let failed = diags.iter().any(Diagnostic::is_error);
-            self.diags.extend(diags);
-            if failed {
-                // A patch meshd cannot apply is not applied at all: half an EnvoyFilter
-                // is worse than none.
-                self.objects.remove(&obj.key);
-                continue;
-            }
-            self.envoy_filters.push(obj);
-        }
+        // A patch meshd cannot apply refuses the whole EnvoyFilter: half an EnvoyFilter
+        // is worse than none.
+        self.envoy_filters = self.accepted(Kind::EnvoyFilter);
         let root = self.mesh.root_namespace.clone();
         self.envoy_filters.sort_by_key(|o| {
             let priority = match &o.spec {
@@ -1710,37 +1684,29 @@ impl Builder {
     }
 
     fn build_authorization_policies(&mut self) {
-        let objs: Vec<Arc<Object>> = self.of_kind(Kind::AuthorizationPolicy).cloned().collect();
-        for obj in objs {
-            let Spec::AuthorizationPolicy(spec) = &obj.spec else {
-                continue;
-            };
-            let diags = validate::authorization_policy(&obj, spec, &self.mesh);
-            let failed = diags.iter().any(Diagnostic::is_error);
-            self.diags.extend(diags);
-            if failed {
-                self.objects.remove(&obj.key);
-                continue;
-            }
-            self.authorization_policies.push(obj);
-        }
+        self.authorization_policies = self.accepted(Kind::AuthorizationPolicy);
     }
 
     fn build_request_authentications(&mut self) {
-        let objs: Vec<Arc<Object>> = self.of_kind(Kind::RequestAuthentication).cloned().collect();
+        self.request_authentications = self.accepted(Kind::RequestAuthentication);
+    }
+
+    /// Objects of `kind` that pass their per-object checks (what the validation webhook
+    /// runs); the others are diagnostics and leave the snapshot.
+    fn accepted(&mut self, kind: Kind) -> Vec<Arc<Object>> {
+        let objs: Vec<Arc<Object>> = self.of_kind(kind).cloned().collect();
+        let mut out = Vec::new();
         for obj in objs {
-            let Spec::RequestAuthentication(spec) = &obj.spec else {
-                continue;
-            };
-            let diags = validate::request_authentication(&obj, spec);
+            let diags = validate::object(&obj, &self.mesh);
             let failed = diags.iter().any(Diagnostic::is_error);
             self.diags.extend(diags);
             if failed {
                 self.objects.remove(&obj.key);
                 continue;
             }
-            self.request_authentications.push(obj);
+            out.push(obj);
         }
+        out
     }
 
     fn finish(self, generation: u64) -> Snapshot {

@@ -180,6 +180,15 @@ fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<
                   "gateway server ignored: an earlier server on this port takes the same names");
         }
     };
+    // A chain proxying TCP to the targets (the caller adds its match and TLS).
+    let tcp_chain = |targets: &tcp::Targets| FilterChain {
+        filters: vec![tcp::proxy(
+            ctx,
+            &format!("outbound_0.0.0.0_{port}"),
+            targets,
+        )],
+        ..Default::default()
+    };
     if let Some(first) = servers.iter().find(|s| s.kind == Kind::Http) {
         push(
             &mut chains,
@@ -227,38 +236,18 @@ fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<
                 ) else {
                     continue;
                 };
-                push(
-                    &mut chains,
-                    FilterChain {
-                        filter_chain_match: Some(tls_chain(s.sni())),
-                        transport_socket: super::tls::gateway_server(ctx, tls, &[]),
-                        filters: vec![tcp::proxy(
-                            ctx,
-                            &format!("outbound_0.0.0.0_{port}"),
-                            &targets,
-                        )],
-                        ..Default::default()
-                    },
-                    &s.gateway,
-                );
+                let mut chain = tcp_chain(&targets);
+                chain.filter_chain_match = Some(tls_chain(s.sni()));
+                chain.transport_socket = super::tls::gateway_server(ctx, tls, &[]);
+                push(&mut chains, chain, &s.gateway);
             }
             Kind::Passthrough => {
                 for (names, targets) in
                     tcp::gateway_passthrough(ctx, &s.gateway, &s.server.hosts, s.number)
                 {
-                    push(
-                        &mut chains,
-                        FilterChain {
-                            filter_chain_match: Some(tls_chain(names)),
-                            filters: vec![tcp::proxy(
-                                ctx,
-                                &format!("outbound_0.0.0.0_{port}"),
-                                &targets,
-                            )],
-                            ..Default::default()
-                        },
-                        &s.gateway,
-                    );
+                    let mut chain = tcp_chain(&targets);
+                    chain.filter_chain_match = Some(tls_chain(names));
+                    push(&mut chains, chain, &s.gateway);
                 }
             }
             Kind::Tcp => {
@@ -267,18 +256,7 @@ fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<
                 else {
                     continue;
                 };
-                push(
-                    &mut chains,
-                    FilterChain {
-                        filters: vec![tcp::proxy(
-                            ctx,
-                            &format!("outbound_0.0.0.0_{port}"),
-                            &targets,
-                        )],
-                        ..Default::default()
-                    },
-                    &s.gateway,
-                );
+                push(&mut chains, tcp_chain(&targets), &s.gateway);
             }
         }
     }

@@ -83,23 +83,7 @@ spec:
 "#;
 
 fn secret(name: &str, cert: &str, key: &str, ca: &str) -> String {
-    secret_with_crl(name, cert, key, ca, None)
-}
-
-/// A TLS Secret of istio-system; `crl` goes in `ca.crl`.
-fn secret_with_crl(name: &str, cert: &str, key: &str, ca: &str, crl: Option<&str>) -> String {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let mut s = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
-        b64(cert),
-        b64(key),
-        b64(ca)
-    );
-    if let Some(crl) = crl {
-        s.push_str(&format!("  ca.crl: {}\n", b64(crl)));
-    }
-    s
+    tls_secret_yaml(name, "istio-system", cert, key, ca, None)
 }
 
 /// The serial number of the client certificate the mTLS server's CRL revokes.
@@ -140,7 +124,14 @@ impl Setup {
         let crl = ca.crl(&[REVOKED]);
         config.write(
             "mtls-cert.yaml",
-            &secret_with_crl("mtls-cert", &cert, &key, &ca.pem, Some(&crl)),
+            &tls_secret_yaml(
+                "mtls-cert",
+                "istio-system",
+                &cert,
+                &key,
+                &ca.pem,
+                Some(&crl),
+            ),
         );
         let (cert, key) = ca.leaf("secure-backend", &["secure.example.com"]);
         let tls_backend = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);

@@ -97,43 +97,20 @@ fn node_calls(
     n: usize,
     metadata: &[&str],
 ) -> serde_json::Value {
-    let out = Command::new("node")
-        .arg(repo().join("tests/support/grpc_xds_client.js"))
-        .args(["xds:///echo.default.svc.cluster.local:7070", &n.to_string()])
-        .args(metadata)
-        .env("NODE_PATH", modules)
-        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
-        .output()
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "Node gRPC client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "node client output {e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    run_client(
+        Command::new("node")
+            .arg(repo().join("tests/support/grpc_xds_client.js"))
+            .args([TARGET, &n.to_string()])
+            .args(metadata)
+            .env("NODE_PATH", modules),
+        bootstrap,
+    )
 }
 
-/// Calls the target `n` times; the answers counted by server name (errors by code).
-fn calls(
-    py: &PathBuf,
-    bootstrap: &std::path::Path,
-    n: usize,
-    metadata: &[&str],
-) -> serde_json::Value {
-    let out = Command::new(py)
-        .arg(script())
-        .args([
-            "call",
-            "xds:///echo.default.svc.cluster.local:7070",
-            &n.to_string(),
-        ])
-        .args(metadata)
+/// Runs a gRPC client command and reads the answers it counted (by server name, errors
+/// by code).
+fn run_client(cmd: &mut Command, bootstrap: &std::path::Path) -> serde_json::Value {
+    let out = cmd
         .env("GRPC_XDS_BOOTSTRAP", bootstrap)
         .output()
         .expect("run the gRPC client");
@@ -149,6 +126,24 @@ fn calls(
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+const TARGET: &str = "xds:///echo.default.svc.cluster.local:7070";
+
+/// Calls the target `n` times with the Python client.
+fn calls(
+    py: &PathBuf,
+    bootstrap: &std::path::Path,
+    n: usize,
+    metadata: &[&str],
+) -> serde_json::Value {
+    run_client(
+        Command::new(py)
+            .arg(script())
+            .args(["call", TARGET, &n.to_string()])
+            .args(metadata),
+        bootstrap,
+    )
 }
 
 fn count(v: &serde_json::Value, name: &str) -> u64 {

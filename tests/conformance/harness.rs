@@ -551,7 +551,10 @@ impl Envoy {
         )
         .expect("write bootstrap");
         let mut cmd = Command::new(bin);
+        // No hot restart: its shared memory is not per network namespace, and tests
+        // running side by side would collide on it.
         cmd.arg("-c").arg(&path).args([
+            "--disable-hot-restart",
             "--base-id",
             &admin_port.to_string(),
             "-l",
@@ -961,4 +964,27 @@ pub fn tcp_distribution(addr: &str, n: usize) -> BTreeMap<String, usize> {
         *out.entry(body).or_insert(0) += 1;
     }
     out
+}
+
+/// A `kubernetes.io/tls` Secret manifest: tls.crt, tls.key, ca.crt and, if given, ca.crl.
+pub fn tls_secret_yaml(
+    name: &str,
+    namespace: &str,
+    cert: &str,
+    key: &str,
+    ca: &str,
+    crl: Option<&str>,
+) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut s = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        b64(cert),
+        b64(key),
+        b64(ca)
+    );
+    if let Some(crl) = crl {
+        s.push_str(&format!("  ca.crl: {}\n", b64(crl)));
+    }
+    s
 }

@@ -40,14 +40,7 @@ fn destination_rule(host: &str, tls: &str) -> String {
 }
 
 fn tls_secret(name: &str, cert: &str, key: &str, ca: &str) -> String {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
-        b64(cert),
-        b64(key),
-        b64(ca)
-    )
+    tls_secret_yaml(name, "default", cert, key, ca, None)
 }
 
 // Fields drop in order: processes first, then the folders.

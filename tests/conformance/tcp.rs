@@ -5,6 +5,32 @@ use std::time::Duration;
 
 use crate::harness::*;
 
+/// The `sleep` client: its pod at 127.0.0.40 (extra `labels`, YAML flow entries) and a
+/// Sidecar with one egress listener bound for real on `bind` (no iptables here);
+/// `policy` adds Sidecar spec lines.
+fn sleep(labels: &str, port: u16, protocol: &str, bind: &str, hosts: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: sleep, namespace: default, labels: {{app: sleep{labels}}}}}\nspec: {{containers: [{{name: sleep, image: curl}}]}}\nstatus: {{phase: Running, podIP: 127.0.0.40}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: sleep, namespace: default}}\nspec:\n  workloadSelector: {{labels: {{app: sleep}}}}\n{policy}  egress:\n  - port: {{number: {port}, protocol: {protocol}, name: {}}}\n    bind: {bind}\n    captureMode: NONE\n    hosts: [\"{hosts}\"]\n",
+        protocol.to_ascii_lowercase()
+    )
+}
+
+/// The sleep client's Envoy (its node labels as given).
+fn start_sleep(dir: &TempDir, labels: &[(&str, &str)]) -> Envoy {
+    Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.40",
+            pod: "sleep",
+            namespace: "default",
+            labels,
+            service_account: "sleep",
+        },
+        &EnvoyOpts::default(),
+        dir.path(),
+    )
+}
+
 const WORKLOADS: &str = r#"
 apiVersion: v1
 kind: Service
@@ -24,23 +50,6 @@ kind: Pod
 metadata: {name: tcp-echo-v2, namespace: default, labels: {app: tcp-echo, version: v2}}
 spec: {containers: [{name: tcp-echo, image: tcp-echo}]}
 status: {phase: Running, podIP: 127.0.0.31}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: default, labels: {app: sleep}}
-spec: {containers: [{name: sleep, image: curl}]}
-status: {phase: Running, podIP: 127.0.0.40}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: sleep, namespace: default}
-spec:
-  workloadSelector: {labels: {app: sleep}}
-  egress:
-  - port: {number: 9000, protocol: TCP, name: tcp}
-    bind: 127.0.0.1
-    captureMode: NONE
-    hosts: ["./tcp-echo.default.svc.cluster.local"]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -69,25 +78,24 @@ fn tcp_traffic_shifting() {
     let dir = TempDir::new("tcp");
     let config = TempDir::new("tcp-config");
     config.write("workloads.yaml", WORKLOADS);
+    config.write(
+        "sleep.yaml",
+        &sleep(
+            "",
+            9000,
+            "TCP",
+            "127.0.0.1",
+            "./tcp-echo.default.svc.cluster.local",
+            "",
+        ),
+    );
     config.write("vs.yaml", &virtual_service(100, 0));
     let _backends = Backends::start(
         &[("tcp-echo-v1", "127.0.0.30"), ("tcp-echo-v2", "127.0.0.31")],
         9000,
     );
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let envoy = Envoy::start(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.40",
-            pod: "sleep",
-            namespace: "default",
-            labels: &[("app", "sleep")],
-            service_account: "sleep",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    let envoy = start_sleep(&dir, &[("app", "sleep")]);
     wait_for("TCP through the sidecar", Duration::from_secs(20), || {
         http_get("127.0.0.1:9000", "/", &[])
             .ok()
@@ -145,24 +153,6 @@ spec:
   - match: [{sniHosts: [legacy.example.com], port: 8443}]
     route:
     - destination: {host: b.example.com, port: {number: 8443}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: default, labels: {app: sleep}}
-spec: {containers: [{name: sleep, image: curl}]}
-status: {phase: Running, podIP: 127.0.0.40}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: sleep, namespace: default}
-spec:
-  workloadSelector: {labels: {app: sleep}}
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-  egress:
-  - port: {number: 8443, protocol: TLS, name: tls}
-    bind: 127.0.0.1
-    captureMode: NONE
-    hosts: ["./*"]
 "#;
 
 /// Egress TLS chosen by SNI on one port: each ServiceEntry host reaches its own server
@@ -179,6 +169,17 @@ fn tls_routes_by_sni_through_a_sidecar() {
     let dir = TempDir::new("sni");
     let config = TempDir::new("sni-config");
     config.write("egress.yaml", TLS_EGRESS);
+    config.write(
+        "sleep.yaml",
+        &sleep(
+            "",
+            8443,
+            "TLS",
+            "127.0.0.1",
+            "./*",
+            "  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        ),
+    );
     let ca = TestCa::new("outside-ca");
     let (a_cert, a_key) = ca.leaf("server-a", &["a.example.com", "unknown.example.com"]);
     let (b_cert, b_key) = ca.leaf("server-b", &["b.example.com", "legacy.example.com"]);
@@ -187,19 +188,7 @@ fn tls_routes_by_sni_through_a_sidecar() {
         TlsBackend::start("127.0.1.61:8443", &b_cert, &b_key, &ca.pem, false),
     ];
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let envoy = Envoy::start(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.40",
-            pod: "sleep",
-            namespace: "default",
-            labels: &[("app", "sleep")],
-            service_account: "sleep",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    let envoy = start_sleep(&dir, &[("app", "sleep")]);
     let get = |sni: &str| https_get("127.0.0.1:8443", sni, "/", &ca.pem, None);
     let r = wait_for("TLS through the sidecar", Duration::from_secs(20), || {
         get("a.example.com").ok()
@@ -239,23 +228,6 @@ spec:
   type: ExternalName
   externalName: localhost
   ports: [{name: http, port: 9500}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: default, labels: {app: sleep}}
-spec: {containers: [{name: sleep, image: curl}]}
-status: {phase: Running, podIP: 127.0.0.40}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: sleep, namespace: default}
-spec:
-  workloadSelector: {labels: {app: sleep}}
-  egress:
-  - port: {number: 9500, protocol: HTTP, name: http}
-    bind: 127.0.0.2
-    captureMode: NONE
-    hosts: ["./*"]
 "#;
 
 /// A Kubernetes ExternalName Service: the sidecar resolves the external name itself
@@ -271,21 +243,13 @@ fn external_name_service_is_resolved_by_the_proxy() {
     let dir = TempDir::new("extname");
     let config = TempDir::new("extname-config");
     config.write("ext.yaml", EXTERNAL_NAME);
+    config.write(
+        "sleep.yaml",
+        &sleep("", 9500, "HTTP", "127.0.0.2", "./*", ""),
+    );
     let _backend = Backends::start(&[("external-backend", "127.0.0.1")], 9500);
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let envoy = Envoy::start(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.40",
-            pod: "sleep",
-            namespace: "default",
-            labels: &[("app", "sleep")],
-            service_account: "sleep",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    let envoy = start_sleep(&dir, &[("app", "sleep")]);
     let r = wait_for("the external name", Duration::from_secs(20), || {
         http_get("127.0.0.2:9500", "/", &[("Host", "ext")])
             .ok()
@@ -326,23 +290,6 @@ kind: Pod
 metadata: {name: echo-z2, namespace: default, labels: {app: echo, istio-locality: region1.zone2}}
 spec: {containers: [{name: echo, image: echo}]}
 status: {phase: Running, podIP: 127.0.0.51}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: default, labels: {app: sleep, istio-locality: region1.zone1}}
-spec: {containers: [{name: sleep, image: curl}]}
-status: {phase: Running, podIP: 127.0.0.40}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: sleep, namespace: default}
-spec:
-  workloadSelector: {labels: {app: sleep}}
-  egress:
-  - port: {number: 9000, protocol: HTTP, name: http}
-    bind: 127.0.0.2
-    captureMode: NONE
-    hosts: ["./*"]
 "#;
 
 const DISTRIBUTE: &str = r#"
@@ -383,21 +330,24 @@ fn locality_distribute_and_failover() {
     let dir = TempDir::new("locality");
     let config = TempDir::new("locality-config");
     config.write("zones.yaml", ZONES);
+    config.write(
+        "sleep.yaml",
+        &sleep(
+            ", istio-locality: region1.zone1",
+            9000,
+            "HTTP",
+            "127.0.0.2",
+            "./*",
+            "",
+        ),
+    );
     config.write("dr.yaml", DISTRIBUTE);
     let z1 = Backends::start(&[("echo-z1", "127.0.0.50")], 9000);
     let _z2 = Backends::start(&[("echo-z2", "127.0.0.51")], 9000);
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let envoy = Envoy::start_with(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.40",
-            pod: "sleep",
-            namespace: "default",
-            labels: &[("app", "sleep"), ("istio-locality", "region1.zone1")],
-            service_account: "sleep",
-        },
-        &EnvoyOpts::default(),
-        dir.path(),
+    let envoy = start_sleep(
+        &dir,
+        &[("app", "sleep"), ("istio-locality", "region1.zone1")],
     );
     let get = || {
         http_get("127.0.0.2:9000", "/", &[("Host", "echo")])
