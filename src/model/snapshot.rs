@@ -201,6 +201,27 @@ pub struct Snapshot {
     scopes: Mutex<ScopeCache>,
 }
 
+/// A Kubernetes Service's ports, protocols as Istio reads them (name prefix,
+/// appProtocol).
+fn service_ports(spec: &super::object::ServiceSpec) -> Vec<Port> {
+    spec.ports
+        .iter()
+        .map(|p| Port {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: Protocol::of_service_port(&p.name, &p.protocol, p.app_protocol.as_deref()),
+        })
+        .collect()
+}
+
+/// A Service's `networking.istio.io/exportTo` annotation.
+fn export_to_annotation(obj: &Object) -> Vec<String> {
+    obj.annotations
+        .get("networking.istio.io/exportTo")
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
 /// A workload's locality from its `istio-locality` label (`region.zone.subzone`, as
 /// Istio reads it), as `region/zone/subzone`.
 pub fn locality_label(labels: &Labels) -> String {
@@ -695,24 +716,8 @@ impl Builder {
                 self.external_name_service(obj, spec, hostname);
                 continue;
             }
-            let ports: Vec<Port> = spec
-                .ports
-                .iter()
-                .map(|p| Port {
-                    name: p.name.clone(),
-                    port: p.port,
-                    protocol: Protocol::of_service_port(
-                        &p.name,
-                        &p.protocol,
-                        p.app_protocol.as_deref(),
-                    ),
-                })
-                .collect();
-            let export_to: Vec<String> = obj
-                .annotations
-                .get("networking.istio.io/exportTo")
-                .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
-                .unwrap_or_default();
+            let ports = service_ports(spec);
+            let export_to = export_to_annotation(obj);
             let svc = Service {
                 hostname,
                 namespace: obj.key.namespace.clone(),
@@ -964,19 +969,7 @@ impl Builder {
             );
             return;
         };
-        let ports: Vec<Port> = spec
-            .ports
-            .iter()
-            .map(|p| Port {
-                name: p.name.clone(),
-                port: p.port,
-                protocol: Protocol::of_service_port(
-                    &p.name,
-                    &p.protocol,
-                    p.app_protocol.as_deref(),
-                ),
-            })
-            .collect();
+        let ports = service_ports(spec);
         if ports.is_empty() {
             // Without ports nothing can be routed; Kubernetes allows it, istiod ignores it.
             self.diags.push(obj.diag_warning(
@@ -985,11 +978,7 @@ impl Builder {
             ));
             return;
         }
-        let export_to: Vec<String> = obj
-            .annotations
-            .get("networking.istio.io/exportTo")
-            .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
-            .unwrap_or_default();
+        let export_to = export_to_annotation(obj);
         let svc = Service {
             hostname,
             namespace: obj.key.namespace.clone(),
