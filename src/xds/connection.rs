@@ -370,6 +370,41 @@ impl Stream {
         out
     }
 
+    /// An answer to an `istio.io/debug/...` request, as istiod gives it: only to a caller
+    /// authenticated on the TLS port; one outside the root namespace sees only the
+    /// proxies of its own namespace.
+    fn debug_response(&mut self, url: &str) -> Result<DiscoveryResponse, Status> {
+        let PeerAuth::Authenticated(id) = &self.auth else {
+            return Err(Status::unauthenticated(
+                "debug requests need the TLS port (15012) and a token or certificate",
+            ));
+        };
+        if url != DEBUG_SYNCZ {
+            return Err(Status::unimplemented(format!(
+                "debug type {url} is not served (only {DEBUG_SYNCZ})"
+            )));
+        }
+        let snap = self.state.snapshot();
+        let all = id.namespace == snap.mesh.root_namespace;
+        let resources = self
+            .state
+            .connections()
+            .iter()
+            // Debug clients (istioctl) are not proxies.
+            .filter(|c| c.proxy.metadata.get("GENERATOR").and_then(|v| v.as_str()) != Some("event"))
+            .filter(|c| !c.status().types.is_empty())
+            .filter(|c| all || c.proxy.namespace == id.namespace)
+            .map(|c| pb::any(&client_config(c)))
+            .collect();
+        Ok(DiscoveryResponse {
+            type_url: url.to_string(),
+            resources,
+            nonce: self.next_nonce(),
+            control_plane: Some(control_plane()),
+            ..Default::default()
+        })
+    }
+
     fn connect(&mut self, node: Option<&Node>) -> Result<Arc<Connection>, Status> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
@@ -687,6 +722,57 @@ fn version_label(proxy: &Proxy) -> VersionLabel {
     }
 }
 
+/// istiod's debug type over ADS (`istioctl proxy-status`, `istioctl version`).
+pub const DEBUG_SYNCZ: &str = "istio.io/debug/syncz";
+
+/// A connection's state as an Envoy CSDS `ClientConfig`, as istiod's `syncz` answers.
+fn client_config(c: &Connection) -> envoy_types::pb::envoy::service::status::v3::ClientConfig {
+    use envoy_types::pb::envoy::service::status::v3::{
+        ClientConfig, ConfigStatus, client_config::GenericXdsConfig,
+    };
+    let mut configs: Vec<GenericXdsConfig> = c
+        .status()
+        .types
+        .into_iter()
+        .map(|(type_url, w)| GenericXdsConfig {
+            config_status: match (&w.sent_nonce, &w.acked_nonce) {
+                (None, _) => ConfigStatus::NotSent,
+                (Some(s), Some(a)) if s == a => ConfigStatus::Synced,
+                _ => ConfigStatus::Stale,
+            } as i32,
+            version_info: w
+                .acked_version
+                .clone()
+                .or(w.sent_version.clone())
+                .unwrap_or_default(),
+            error_state: w.last_nack.as_ref().map(|n| {
+                envoy_types::pb::envoy::admin::v3::UpdateFailureState {
+                    details: n.error.clone(),
+                    version_info: n.version.clone(),
+                    ..Default::default()
+                }
+            }),
+            type_url,
+            ..Default::default()
+        })
+        .collect();
+    configs.sort_by(|a, b| a.type_url.cmp(&b.type_url));
+    let p = &c.proxy;
+    ClientConfig {
+        node: Some(Node {
+            id: p.id.clone(),
+            metadata: Some(pb::to_struct(&serde_json::json!({
+                "CLUSTER_ID": p.cluster_id,
+                "NAMESPACE": p.namespace,
+                "ISTIO_VERSION": p.istio_version.clone().unwrap_or_default(),
+            }))),
+            ..Default::default()
+        }),
+        generic_xds_configs: configs,
+        ..Default::default()
+    }
+}
+
 /// Runs one ADS stream until the client goes away or meshd shuts down.
 pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: PeerAuth) {
     let mut shutdown = state.shutdown.clone();
@@ -724,6 +810,23 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             break Err(status.message().to_string());
                         }
                         let url = req.type_url.clone();
+                        if url.starts_with("istio.io/debug/") {
+                            // Debug requests are answered once; their ACKs are not.
+                            if req.response_nonce.is_empty() {
+                                match s.debug_response(&url) {
+                                    Ok(resp) => {
+                                        if tx.send(Ok(resp)).await.is_err() {
+                                            break Ok(());
+                                        }
+                                    }
+                                    Err(status) => {
+                                        let _ = tx.send(Err(status.clone())).await;
+                                        break Err(status.message().to_string());
+                                    }
+                                }
+                            }
+                            continue;
+                        }
                         let w = s.watches.entry(url.clone()).or_insert_with(|| WatchState::new(&url));
                         let action = w.on_sotw_request(&req);
                         s.on_action(&url, &action);
