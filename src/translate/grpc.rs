@@ -130,11 +130,83 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     })
 }
 
+/// Whether a proxyless client talks mTLS to this cluster: only a client with certificates
+/// (its istio-agent writes them and names them in the gRPC bootstrap as provider
+/// `default`), and then as istiod decides it: DestinationRule ISTIO_MUTUAL, or auto mTLS
+/// when every endpoint runs a sidecar (gRPC has no per-endpoint transport sockets).
+fn mtls(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> bool {
+    use crate::model::istio::ClientTlsMode;
+    if !ctx.proxy.mtls_ready {
+        return false;
+    }
+    let dr = ctx
+        .snap
+        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc);
+    let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+    let sub = dr
+        .and_then(|d| d.subset(subset))
+        .and_then(|s| s.traffic_policy.as_ref());
+    let policy = super::cluster::port_policy(super::cluster::merge_policy(top, sub).as_ref(), port);
+    match policy.as_ref().and_then(|p| p.tls.as_ref()).map(|t| t.mode) {
+        Some(ClientTlsMode::ISTIO_MUTUAL) => true,
+        Some(_) => false,
+        None => {
+            ctx.snap.mesh.enable_auto_mtls
+                && ctx.snap.endpoints.get(&svc.hostname).is_some_and(|eps| {
+                    !eps.instances.is_empty()
+                        && eps
+                            .instances
+                            .iter()
+                            .all(|i| i.tls_mode.as_deref() == Some("istio"))
+                })
+        }
+    }
+}
+
+/// mTLS from gRPC's certificate provider `default` (the workload certificate and the
+/// mesh roots the agent writes), peers verified as identities of our trust domain.
+fn grpc_mtls(ctx: &ProxyContext) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
+        UpstreamTlsContext, common_tls_context::ValidationContextType,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        StringMatcher, string_matcher::MatchPattern,
+    };
+    let provider = |name: &str| CertificateProviderPluginInstance {
+        instance_name: "default".into(),
+        certificate_name: name.into(),
+    };
+    #[allow(deprecated)]
+    let validation = CertificateValidationContext {
+        ca_certificate_provider_instance: Some(provider("ROOTCA")),
+        match_subject_alt_names: vec![StringMatcher {
+            match_pattern: Some(MatchPattern::Prefix(format!(
+                "spiffe://{}/",
+                ctx.snap.mesh.trust_domain
+            ))),
+            ignore_case: false,
+        }],
+        ..Default::default()
+    };
+    super::tls::transport_socket(
+        "envoy.transport_sockets.tls",
+        &UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_provider_instance: Some(provider("default")),
+                validation_context_type: Some(ValidationContextType::ValidationContext(validation)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
 /// A cluster as gRPC understands it, from the cluster a sidecar would get: endpoints
 /// over EDS (or the DNS name), ROUND_ROBIN unless consistent hashing is asked for,
 /// circuit breakers and outlier detection; plaintext.
 pub fn cluster(ctx: &ProxyContext, name: &str) -> Option<Cluster> {
-    let (_, port, _, host) = naming::parse_cluster(name)?;
+    let (_, port, subset, host) = naming::parse_cluster(name)?;
     let svc = ctx.snap.services.get(host)?;
     if !ctx.scope.sees(host) {
         return None;
@@ -155,7 +227,9 @@ pub fn cluster(ctx: &ProxyContext, name: &str) -> Option<Cluster> {
         }
         other => other,
     };
+    let transport_socket = mtls(ctx, svc, port, subset).then(|| grpc_mtls(ctx));
     Some(Cluster {
+        transport_socket,
         name: full.name,
         cluster_discovery_type: discovery,
         eds_cluster_config: full.eds_cluster_config,

@@ -246,3 +246,166 @@ fn proxyless_grpc_client_follows_virtual_services() {
         .sum();
     assert_eq!(nacks, 0, "{sync}");
 }
+
+const STRICT_ECHO: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-v1, namespace: default, labels: {app: echo, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: echo, containers: [{name: echo, image: echo}]}
+status: {phase: Running, podIP: 127.0.0.50}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: echo, namespace: default}
+spec:
+  workloadSelector: {labels: {app: echo}}
+  ingress:
+  - port: {number: 7070, protocol: GRPC, name: grpc}
+    captureMode: NONE
+    defaultEndpoint: 127.0.1.50:7070
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  mtls: {mode: STRICT}
+"#;
+
+/// A proxyless client with certificates (what istio-agent gives it: files named as
+/// certificate provider `default` in the gRPC bootstrap) talks mTLS, by auto mTLS, to a
+/// STRICT server sidecar; one without certificates is given plaintext and refused.
+#[test]
+fn proxyless_grpc_client_speaks_mtls_to_a_strict_sidecar() {
+    let Some(py) = python() else {
+        skip_or_fail("python with grpcio is not installed (.venv-tools)");
+        return;
+    };
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("grpc-mtls");
+    let config = TempDir::new("grpc-mtls-config");
+    config.write("echo.yaml", STRICT_ECHO);
+    let issuer = crate::ca::TokenIssuer::new("k1");
+    let jwks = dir.write("jwks.json", &issuer.jwks);
+    let meshd = Meshd::start(
+        config.path(),
+        dir.path(),
+        &["--ca-jwks", jwks.to_str().expect("utf8")],
+    );
+    let _server = Proc::spawn(
+        "echo-v1",
+        Command::new(&py)
+            .arg(script())
+            .args(["serve", "127.0.1.50:7070", "echo-v1"]),
+        dir.path(),
+    );
+    let sidecar = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.50",
+            pod: "echo-v1",
+            namespace: "default",
+            labels: &[("app", "echo")],
+            service_account: "echo",
+        },
+        &EnvoyOpts {
+            interception: "NONE",
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token("default", "echo", "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    // The client's certificate from the mesh CA, as istio-agent would write it.
+    let root_pem = std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).expect("root");
+    let ca_key = std::fs::read_to_string(dir.path().join("ca/ca-key.pem")).expect("CA key");
+    let issuer_ca = rcgen::Issuer::from_ca_cert_pem(
+        &root_pem,
+        rcgen::KeyPair::from_pem(&ca_key).expect("CA key"),
+    )
+    .expect("CA");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from("spiffe://cluster.local/ns/default/sa/client")
+            .expect("uri"),
+    )];
+    let cert = params.signed_by(&key, &issuer_ca).expect("leaf");
+    let cert_file = dir.write("client-cert.pem", &cert.pem());
+    let key_file = dir.write("client-key.pem", &key.serialize_pem());
+    let root_file = dir.path().join("ca/root-cert.pem");
+    let bootstrap = |with_certs: bool| {
+        let mut b = serde_json::json!({
+            "xds_servers": [{
+                "server_uri": "127.0.0.1:15010",
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {
+                "id": "sidecar~127.0.0.60~client.default~default.svc.cluster.local",
+                "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"},
+                "locality": {},
+            },
+        });
+        if with_certs {
+            b["node"]["metadata"]["ISTIO_VERSION"] = "1.28.0".into();
+            b["certificate_providers"] = serde_json::json!({"default": {
+                "plugin_name": "file_watcher",
+                "config": {
+                    "certificate_file": cert_file,
+                    "private_key_file": key_file,
+                    "ca_certificate_file": root_file,
+                    "refresh_interval": "900s",
+                },
+            }});
+        }
+        dir.write(
+            if with_certs {
+                "bootstrap-mtls.json"
+            } else {
+                "bootstrap-plain.json"
+            },
+            &b.to_string(),
+        )
+    };
+    let with_certs = bootstrap(true);
+    let call = |b: &std::path::Path, n: usize| {
+        run_client(
+            Command::new(&py)
+                .arg(script())
+                .args(["call", TARGET, &n.to_string()])
+                .env("MESHD_XDS_CREDS", "1"),
+            b,
+        )
+    };
+    wait_for("mTLS calls", Duration::from_secs(20), || {
+        (count(&call(&with_certs, 1), "echo-v1") == 1).then_some(())
+    });
+    let d = call(&with_certs, 20);
+    assert_eq!(count(&d, "echo-v1"), 20, "{d}");
+    let handshakes: u64 = sidecar
+        .stats("ssl.handshake")
+        .iter()
+        .filter(|(k, _)| k.starts_with("listener.127.0.0.50_7070"))
+        .map(|(_, v)| *v)
+        .sum();
+    assert!(handshakes >= 1, "the server sidecar terminated mTLS");
+    // Without certificates the client is given plaintext, which STRICT refuses.
+    let d = call(&bootstrap(false), 5);
+    assert_eq!(count(&d, "echo-v1"), 0, "plaintext refused: {d}");
+    drop(meshd);
+}

@@ -5,17 +5,20 @@
   grpc_echo.py call TARGET COUNT [KEY=VALUE ...]
       Makes COUNT calls to TARGET (e.g. xds:///echo.default.svc.cluster.local:7070) on one
       channel with the given request metadata, and prints a JSON object counting the
-      answers (and errors by status code). GRPC_XDS_BOOTSTRAP points gRPC at meshd.
+      answers (and errors by status code). GRPC_XDS_BOOTSTRAP points gRPC at meshd;
+      MESHD_XDS_CREDS=1 uses xDS channel credentials (mTLS when meshd says so).
 
 No generated stubs: requests and answers are raw bytes.
 """
 
 import json
+import os
 import sys
 import time
 from concurrent import futures
 
 import grpc
+import grpc.experimental
 
 METHOD = "/meshd.test.Echo/Call"
 
@@ -39,7 +42,14 @@ def serve(address, name):
 
 def call(target, count, metadata):
     counts = {}
-    with grpc.insecure_channel(target) as channel:
+    # MESHD_XDS_CREDS=1: xDS credentials, so the control plane's TLS settings (and the
+    # bootstrap's certificate providers) decide; otherwise plaintext.
+    if os.environ.get("MESHD_XDS_CREDS") == "1":
+        creds = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         rpc = channel.unary_unary(METHOD)
         for _ in range(count):
             try:
