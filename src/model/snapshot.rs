@@ -1498,30 +1498,18 @@ impl Builder {
             };
             let mut diags = Vec::new();
             let mut egress_hosts = Vec::new();
-            for (field, set) in [
-                (
-                    "spec.inboundConnectionPool",
-                    spec.inbound_connection_pool.is_some(),
-                ),
-                (
-                    "spec.outboundTrafficPolicy.egressProxy",
-                    spec.outbound_traffic_policy
-                        .as_ref()
-                        .is_some_and(|p| p.egress_proxy.is_some()),
-                ),
-            ] {
+            for (field, set) in [(
+                "spec.outboundTrafficPolicy.egressProxy",
+                spec.outbound_traffic_policy
+                    .as_ref()
+                    .is_some_and(|p| p.egress_proxy.is_some()),
+            )] {
                 if set {
                     diags
                         .push(obj.diag_warning(field, "not supported by meshd yet; it is ignored"));
                 }
             }
             for (i, ing) in spec.ingress.iter().enumerate() {
-                if ing.connection_pool.is_some() {
-                    diags.push(obj.diag_warning(
-                        &format!("spec.ingress[{i}].connectionPool"),
-                        "ingress connectionPool is not supported by meshd yet; it is ignored",
-                    ));
-                }
                 if let Some(t) = &ing.tls {
                     use istio::ServerTlsMode as M;
                     if matches!(

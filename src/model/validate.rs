@@ -95,29 +95,6 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
             }
         }
     }
-    for (i, r) in vs.http.iter().enumerate() {
-        if r.retries
-            .as_ref()
-            .is_some_and(|x| x.retry_remote_localities.is_some())
-        {
-            not_yet(
-                obj,
-                &format!("spec.http[{i}].retries.retryRemoteLocalities"),
-                "retryRemoteLocalities",
-                &mut out,
-            );
-        }
-        for (j, m) in r.matches.iter().enumerate() {
-            if !m.stat_prefix.is_empty() {
-                not_yet(
-                    obj,
-                    &format!("spec.http[{i}].match[{j}].statPrefix"),
-                    "statPrefix",
-                    &mut out,
-                );
-            }
-        }
-    }
     if vs.hosts.is_empty() {
         // Without hosts it is a delegate: only HTTP routes, no gateways, no delegation.
         if !vs.gateways.is_empty() {

@@ -223,7 +223,7 @@ fn outbound_cluster(
     }
     c.metadata = Some(istio_metadata(svc, port, subset));
     if let Some(p) = &policy {
-        apply_policy(&mut c, p, port, svc);
+        apply_policy(&mut c, p, port);
     }
     if matches!(
         super::locality::plan(ctx, svc, port.port, subset),
@@ -380,6 +380,13 @@ fn http2_options(settings: Option<&istio::HttpSettings>) -> HashMap<String, Any>
                         http_opts::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
                             core::Http2ProtocolOptions {
                                 max_concurrent_streams: pb::u32v(max_streams),
+                                connection_keepalive: settings
+                                    .and_then(|h| h.http2_keep_alive.as_ref())
+                                    .map(|k| core::KeepaliveSettings {
+                                        interval: k.interval.map(|d| pb::duration(d.as_std())),
+                                        timeout: k.timeout.map(|d| pb::duration(d.as_std())),
+                                        ..Default::default()
+                                    }),
                                 ..Default::default()
                             },
                         ),
@@ -396,14 +403,15 @@ fn http2_options(settings: Option<&istio::HttpSettings>) -> HashMap<String, Any>
 /// Sets `auto_sni` / `auto_san_validation` in the cluster's HTTP protocol options,
 /// creating them (HTTP/1.1 or HTTP/2, as the cluster speaks) when absent.
 fn set_auto_sni(c: &mut Cluster, auto_sni: bool, auto_san: bool, h2: bool) {
-    use prost::Message;
     if !auto_sni && !auto_san {
         return;
     }
     let mut opts = c
         .typed_extension_protocol_options
         .get(HTTP_PROTOCOL_OPTIONS)
-        .and_then(|a| http_opts::HttpProtocolOptions::decode(a.value.as_slice()).ok())
+        .and_then(|a| {
+            <http_opts::HttpProtocolOptions as prost::Message>::decode(a.value.as_slice()).ok()
+        })
         .unwrap_or_else(|| {
             use http_opts::http_protocol_options::explicit_http_config::ProtocolConfig;
             http_opts::HttpProtocolOptions {
@@ -473,7 +481,48 @@ fn common_http_options(
     set.then_some(o)
 }
 
-fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port, svc: &Service) {
+/// DestinationRule `retryBudget` → Envoy's retry budget (retries as a share of active
+/// requests, with a floor).
+fn retry_budget(b: &istio::RetryBudget) -> cl::circuit_breakers::thresholds::RetryBudget {
+    cl::circuit_breakers::thresholds::RetryBudget {
+        budget_percent: b
+            .percent
+            .map(|v| envoy_types::pb::envoy::r#type::v3::Percent { value: v }),
+        min_retry_concurrency: b.min_retry_concurrency.and_then(pb::u32v),
+        budget_interval: b.budget_interval.map(|d| pb::duration(d.as_std())),
+    }
+}
+
+/// Edits the common HTTP protocol options of the cluster's HTTP protocol options,
+/// creating them (HTTP/1.1 explicit) when absent.
+fn set_common_http(c: &mut Cluster, f: impl FnOnce(&mut core::HttpProtocolOptions)) {
+    let mut opts = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+        .and_then(|a| <http_opts::HttpProtocolOptions as prost::Message>::decode(a.value.as_slice()).ok())
+        .unwrap_or_else(|| http_opts::HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_opts::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_opts::http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_opts::http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                Default::default(),
+                            ),
+                        ),
+                    },
+                ),
+            ),
+            ..Default::default()
+        });
+    let common = opts
+        .common_http_protocol_options
+        .get_or_insert_with(Default::default);
+    f(common);
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts));
+}
+
+fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port) {
     if let Some(lb) = &p.load_balancer {
         if let Some(simple) = lb.simple {
             match simple {
@@ -591,6 +640,38 @@ fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port, svc: &Service) 
                 }
             }
         }
+        if pool.http.as_ref().and_then(|h| h.use_client_protocol) == Some(true)
+            && port.protocol.is_http()
+        {
+            // Speak upstream what the client spoke downstream.
+            let common = common_http_options(pool.http.as_ref());
+            let mut opts = downstream_protocol_options_uncached();
+            if let Some(any) = opts.get_mut(HTTP_PROTOCOL_OPTIONS)
+                && let Ok(mut o) =
+                    <http_opts::HttpProtocolOptions as prost::Message>::decode(any.value.as_slice())
+            {
+                o.common_http_protocol_options = common;
+                *any = pb::any(&o);
+            }
+            c.typed_extension_protocol_options = opts;
+        }
+        if let Some(tcp) = &pool.tcp
+            && let Some(d) = tcp.max_connection_duration
+            && port.protocol.is_http()
+        {
+            // Envoy limits connection age in the HTTP protocol options.
+            set_common_http(c, |o| {
+                o.max_connection_duration = Some(pb::duration(d.as_std()))
+            });
+        }
+        t.retry_budget = p.retry_budget.as_ref().map(retry_budget);
+        c.circuit_breakers = Some(cl::CircuitBreakers {
+            thresholds: vec![t],
+            ..Default::default()
+        });
+    } else if let Some(b) = &p.retry_budget {
+        let mut t = default_circuit_breakers();
+        t.retry_budget = Some(retry_budget(b));
         c.circuit_breakers = Some(cl::CircuitBreakers {
             thresholds: vec![t],
             ..Default::default()
@@ -642,7 +723,6 @@ fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port, svc: &Service) 
         }
         c.outlier_detection = Some(o);
     }
-    let _ = svc;
 }
 
 fn fixed_cluster(ctx: &ProxyContext, name: &str, t: DiscoveryType) -> Cluster {
@@ -774,6 +854,28 @@ fn inbound_clusters(ctx: &ProxyContext) -> Vec<Cluster> {
         }
         if protocol.is_http2() {
             c.typed_extension_protocol_options = http2_options(None);
+        }
+        // Sidecar `ingress[].connectionPool`, else `inboundConnectionPool`: limits towards
+        // the application.
+        let pool = ctx.scope.sidecar.as_ref().and_then(|sc| {
+            sc.spec
+                .ingress
+                .iter()
+                .find(|i| i.port.number == u32::from(port))
+                .and_then(|i| i.connection_pool.clone())
+                .or_else(|| sc.spec.inbound_connection_pool.clone())
+        });
+        if let Some(pool) = pool {
+            let policy = TrafficPolicy {
+                connection_pool: Some(pool),
+                ..Default::default()
+            };
+            let p = Port {
+                name: String::new(),
+                port,
+                protocol,
+            };
+            apply_policy(&mut c, &policy, &p);
         }
         out.push(c);
     }

@@ -295,6 +295,17 @@ fn retry_policy(r: Option<&istio::HttpRetry>) -> Option<rt::RetryPolicy> {
             }]
         },
         host_selection_retry_max_attempts: 5,
+        // retryRemoteLocalities: retries move on to the next locality priority.
+        retry_priority: (r.and_then(|r| r.retry_remote_localities) == Some(true)).then(|| {
+            rt::retry_policy::RetryPriority {
+                name: "envoy.retry_priorities.previous_priorities".into(),
+                config_type: Some(rt::retry_policy::retry_priority::ConfigType::TypedConfig(
+                    pb::any(&envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig {
+                        update_frequency: 2,
+                    }),
+                )),
+            }
+        }),
         retry_back_off: r
             .and_then(|r| r.backoff)
             .map(|b| rt::retry_policy::RetryBackOff {
@@ -424,6 +435,8 @@ pub(crate) fn http_rule_routes(
         let mut route = Route {
             name: name.to_string(),
             r#match: Some(route_match(m)),
+            // match.statPrefix: Envoy's per-route stats under this prefix.
+            stat_prefix: m.map(|m| m.stat_prefix.clone()).unwrap_or_default(),
             ..Default::default()
         };
         let mut filter_configs: HashMap<String, Any> = HashMap::new();

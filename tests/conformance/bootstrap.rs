@@ -104,3 +104,116 @@ fn istio_bookinfo_samples_bootstrap_passes_envoy_validate() {
         &dir,
     );
 }
+
+/// Traffic policy, route and sidecar fields that have no traffic test of their own: Envoy
+/// accepts what meshd makes of them.
+#[test]
+fn every_policy_field_passes_envoy_validate() {
+    let dir = TempDir::new("policy-fields");
+    let config = TempDir::new("policy-fields-config");
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    config.write(
+        "policy.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
+    connectionPool:
+      tcp:
+        maxConnections: 100
+        connectTimeout: 2s
+        maxConnectionDuration: 600s
+        tcpKeepalive: {probes: 3, time: 60s, interval: 10s}
+      http:
+        http1MaxPendingRequests: 10
+        http2MaxRequests: 100
+        maxRequestsPerConnection: 5
+        maxRetries: 3
+        idleTimeout: 30s
+        useClientProtocol: true
+    outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 30s}
+    retryBudget: {percent: 25, minRetryConcurrency: 2}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool:
+        http:
+          h2UpgradePolicy: UPGRADE
+          maxConcurrentStreams: 50
+          http2KeepAlive: {interval: 30s, timeout: 5s}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /v2}, statPrefix: reviews-v2}]
+    retries: {attempts: 3, retryRemoteLocalities: true, retryOn: "5xx,connect-failure"}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  inboundConnectionPool:
+    http: {http1MaxPendingRequests: 20, idleTimeout: 10s}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    captureMode: NONE
+    defaultEndpoint: 127.0.1.12:9080
+    connectionPool:
+      tcp: {maxConnections: 7}
+"#,
+    );
+    for (ip, pod, app) in [
+        ("127.0.0.10", "productpage-v1", "productpage"),
+        ("127.0.0.12", "reviews-v1", "reviews"),
+    ] {
+        validate(
+            config.path(),
+            &format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"),
+            &[&format!("app={app}")],
+            &dir,
+        );
+    }
+    // And the fields are there, not dropped on the way.
+    let client = std::fs::read_to_string(
+        dir.path()
+            .join("sidecar_127_0_0_10_productpage-v1_default_default_svc_cluster_local.json"),
+    )
+    .expect("productpage bootstrap");
+    for want in [
+        "retryBudget",
+        "maxConnectionDuration",
+        "useDownstreamProtocolConfig",
+        "connectionKeepalive",
+        "\"statPrefix\": \"reviews-v2\"",
+        "envoy.retry_priorities.previous_priorities",
+    ] {
+        assert!(
+            client.contains(want),
+            "{want} missing from the client's config"
+        );
+    }
+    let server = std::fs::read_to_string(
+        dir.path()
+            .join("sidecar_127_0_0_12_reviews-v1_default_default_svc_cluster_local.json"),
+    )
+    .expect("reviews bootstrap");
+    assert!(
+        server.contains("\"maxConnections\": 7"),
+        "ingress connectionPool on inbound|9080"
+    );
+}
