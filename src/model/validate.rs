@@ -557,7 +557,6 @@ pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagno
         for (field, set) in [
             ("tunnel", tp.tunnel.is_some()),
             ("proxyProtocol", tp.proxy_protocol.is_some()),
-            ("retryBudget", tp.retry_budget.is_some()),
         ] {
             if set {
                 not_yet(obj, &format!("{path}.{field}"), field, &mut out);
