@@ -166,7 +166,7 @@ pub fn apply(ctx: &ProxyContext, cla: &mut ClusterLoadAssignment) {
                 }
                 let share = (*w / matched.len() as u32).max(1);
                 for i in matched {
-                    weights[i] += share;
+                    weights[i] = weights[i].saturating_add(share);
                 }
             }
             let mut kept = Vec::new();
