@@ -556,7 +556,6 @@ pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagno
         let Some(tp) = tp else { continue };
         for (field, set) in [
             ("tunnel", tp.tunnel.is_some()),
-            ("proxyProtocol", tp.proxy_protocol.is_some()),
         ] {
             if set {
                 not_yet(obj, &format!("{path}.{field}"), field, &mut out);

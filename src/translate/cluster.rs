@@ -245,7 +245,38 @@ fn outbound_cluster(
         subset,
         policy.as_ref().and_then(|p| p.tls.as_ref()),
     );
+    if let Some(pp) = policy.as_ref().and_then(|p| p.proxy_protocol.as_ref()) {
+        wrap_proxy_protocol(&mut c, pp);
+    }
     c
+}
+
+/// DestinationRule `proxyProtocol`: every upstream connection starts with a PROXY
+/// protocol header (v1 or v2) carrying the client's addresses, then the transport the
+/// cluster would use anyway (plaintext or TLS, for each auto-mTLS match too).
+fn wrap_proxy_protocol(c: &mut Cluster, pp: &istio::ProxyProtocol) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    let version = match pp.version {
+        istio::ProxyProtocolVersion::V1 => core::proxy_protocol_config::Version::V1,
+        istio::ProxyProtocolVersion::V2 => core::proxy_protocol_config::Version::V2,
+    };
+    let wrap = |inner: Option<core::TransportSocket>| {
+        super::tls::transport_socket(
+            "envoy.transport_sockets.upstream_proxy_protocol",
+            &ProxyProtocolUpstreamTransport {
+                config: Some(core::ProxyProtocolConfig {
+                    version: version as i32,
+                    ..Default::default()
+                }),
+                transport_socket: Some(inner.unwrap_or_else(super::tls::raw_buffer)),
+                ..Default::default()
+            },
+        )
+    };
+    for m in &mut c.transport_socket_matches {
+        m.transport_socket = Some(wrap(m.transport_socket.take()));
+    }
+    c.transport_socket = Some(wrap(c.transport_socket.take()));
 }
 
 /// The identities a service's endpoints run as, for verifying them over mTLS.

@@ -406,3 +406,93 @@ fn locality_distribute_and_failover() {
     );
     drop(meshd);
 }
+
+const PROXY_PROTOCOL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: pp, namespace: default}
+spec:
+  selector: {app: pp}
+  ports: [{name: http, port: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pp-1, namespace: default, labels: {app: pp}}
+spec: {containers: [{name: pp, image: pp}]}
+status: {phase: Running, podIP: 127.0.0.52}
+"#;
+
+/// A server that answers each connection with its first line: the PROXY protocol header
+/// when the sidecar sends one, else the HTTP request line.
+fn first_line_server(addr: &str) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind(addr).expect("bind");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = std::io::BufReader::new(s);
+            let mut first = String::new();
+            if r.read_line(&mut first).is_err() {
+                continue;
+            }
+            // Read the rest of the request head.
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = first.trim_end().to_string();
+            let mut s = r.into_inner();
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })
+}
+
+/// DestinationRule `proxyProtocol`: the sidecar opens upstream connections with a PROXY
+/// protocol v1 header, seen by the server.
+#[test]
+fn proxy_protocol_to_the_upstream() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("proxyproto");
+    let config = TempDir::new("proxyproto-config");
+    config.write("pp.yaml", PROXY_PROTOCOL);
+    config.write(
+        "sleep.yaml",
+        &sleep("", 9000, "HTTP", "127.0.0.2", "./*", ""),
+    );
+    let _server = first_line_server("127.0.0.52:9000");
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let _envoy = start_sleep(&dir, &[("app", "sleep")]);
+    let get = || {
+        http_get("127.0.0.2:9000", "/x", &[("Host", "pp")])
+            .map(|r| r.body)
+            .unwrap_or_default()
+    };
+    let plain = wait_for("plain HTTP to pp", Duration::from_secs(20), || {
+        Some(get()).filter(|b| b.starts_with("GET "))
+    });
+    assert_eq!(plain, "GET /x HTTP/1.1");
+    config.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: pp, namespace: default}\nspec:\n  host: pp\n  trafficPolicy:\n    proxyProtocol: {version: V1}\n",
+    );
+    let header = wait_for("the PROXY header", Duration::from_secs(20), || {
+        Some(get()).filter(|b| b.starts_with("PROXY "))
+    });
+    assert!(
+        header.starts_with("PROXY TCP4 127.0.0.1 127.0.0.2 "),
+        "{header}"
+    );
+    assert!(
+        header.ends_with(" 9000"),
+        "the downstream destination port: {header}"
+    );
+    drop(meshd);
+}
