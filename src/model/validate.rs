@@ -554,9 +554,7 @@ pub fn destination_rule(obj: &Object, dr: &istio::DestinationRule) -> Vec<Diagno
     }
     for (path, tp) in policies {
         let Some(tp) = tp else { continue };
-        for (field, set) in [
-            ("tunnel", tp.tunnel.is_some()),
-        ] {
+        for (field, set) in [("tunnel", tp.tunnel.is_some())] {
             if set {
                 not_yet(obj, &format!("{path}.{field}"), field, &mut out);
             }

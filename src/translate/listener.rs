@@ -226,6 +226,7 @@ pub fn tcp_proxy(ctx: &ProxyContext, cluster: &str) -> Filter {
             ctx,
             cluster.starts_with("inbound|") || cluster == naming::INBOUND_PASSTHROUGH,
         ),
+        idle_timeout: super::tcp::idle_timeout(ctx, cluster).map(pb::duration),
         ..Default::default()
     };
     Filter {

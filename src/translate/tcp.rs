@@ -212,6 +212,29 @@ pub fn gateway_passthrough(
     out
 }
 
+/// DestinationRule `connectionPool.tcp.idleTimeout` for an outbound cluster (the
+/// subset's and port's settings included), as istiod applies it to TCP proxies.
+pub fn idle_timeout(ctx: &ProxyContext, cluster: &str) -> Option<std::time::Duration> {
+    let (dir, port, subset, host) = super::naming::parse_cluster(cluster)?;
+    if dir != super::naming::Direction::Outbound {
+        return None;
+    }
+    let svc = ctx.snap.services.get(host)?;
+    let dr = ctx
+        .snap
+        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
+    let sub = dr.subset(subset).and_then(|s| s.traffic_policy.as_ref());
+    let policy = super::cluster::port_policy(
+        super::cluster::merge_policy(dr.spec.traffic_policy.as_ref(), sub).as_ref(),
+        port,
+    )?;
+    policy
+        .connection_pool?
+        .tcp?
+        .idle_timeout
+        .map(|d| d.as_std())
+}
+
 /// A tcp_proxy to one cluster or to weighted clusters.
 pub fn proxy(ctx: &ProxyContext, stat_prefix: &str, t: &Targets) -> Filter {
     let spec = match t.as_slice() {
@@ -235,6 +258,10 @@ pub fn proxy(ctx: &ProxyContext, stat_prefix: &str, t: &Targets) -> Filter {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(spec),
         access_log: super::listener::access_logs(ctx, false),
+        idle_timeout: t
+            .first()
+            .and_then(|(c, _)| idle_timeout(ctx, c))
+            .map(pb::duration),
         ..Default::default()
     };
     Filter {

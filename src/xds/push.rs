@@ -60,7 +60,8 @@ pub fn push_for(
         types.extend(all);
     }
     if changes.policies.iter().any(sees) {
-        types.extend([CLUSTER, ENDPOINT, ROUTE]);
+        // Listeners too: TCP proxies carry a DestinationRule's idle timeout.
+        types.extend([CLUSTER, ENDPOINT, LISTENER, ROUTE]);
     }
     if changes.secrets.contains(&proxy.namespace) {
         types.insert(SECRET);

@@ -50,16 +50,19 @@ kind: Pod
 metadata: {name: tcp-echo-v2, namespace: default, labels: {app: tcp-echo, version: v2}}
 spec: {containers: [{name: tcp-echo, image: tcp-echo}]}
 status: {phase: Running, podIP: 127.0.0.31}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: tcp-echo, namespace: default}
-spec:
-  host: tcp-echo
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
 "#;
+
+/// tcp-echo's subsets, and a connection idle timeout when given.
+fn tcp_echo_rule(idle: &str) -> String {
+    let policy = if idle.is_empty() {
+        String::new()
+    } else {
+        format!("  trafficPolicy:\n    connectionPool:\n      tcp: {{idleTimeout: {idle}}}\n")
+    };
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: tcp-echo, namespace: default}}\nspec:\n  host: tcp-echo\n{policy}  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
+    )
+}
 
 fn virtual_service(v1: u32, v2: u32) -> String {
     format!(
@@ -78,6 +81,7 @@ fn tcp_traffic_shifting() {
     let dir = TempDir::new("tcp");
     let config = TempDir::new("tcp-config");
     config.write("workloads.yaml", WORKLOADS);
+    config.write("dr.yaml", &tcp_echo_rule(""));
     config.write(
         "sleep.yaml",
         &sleep(
@@ -115,6 +119,27 @@ fn tcp_traffic_shifting() {
     let v2 = d.get("tcp-echo-v2").copied().unwrap_or(0);
     assert_eq!(v1 + v2, 400, "every connection answered: {d:?}");
     assert!((320 - 40..=320 + 40).contains(&v1), "80% ±10 to v1: {d:?}");
+
+    // connectionPool.tcp.idleTimeout: an idle connection is closed by the sidecar.
+    let idle_closed = || {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9000").ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        // EOF (0 bytes) means Envoy closed it; a timeout means it stayed open.
+        matches!(c.read(&mut buf), Ok(0)).then(|| started.elapsed())
+    };
+    assert!(
+        idle_closed().is_none(),
+        "no idle timeout yet: the connection stays open"
+    );
+    config.write("dr.yaml", &tcp_echo_rule("1s"));
+    let after = wait_for("the idle timeout", Duration::from_secs(30), idle_closed);
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after about 1s idle: {after:?}"
+    );
     assert!(
         envoy.stats("update_rejected").iter().all(|(_, v)| *v == 0),
         "{}",
