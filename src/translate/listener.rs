@@ -477,8 +477,14 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
         let wildcard = if bind_to_port { "127.0.0.1" } else { "0.0.0.0" };
         // port → protocol of the shared listener; TCP services with a VIP get their own.
         let mut shared: BTreeMap<u16, Protocol> = BTreeMap::new();
-        let mut vip_listeners: BTreeMap<String, (String, u16, super::tcp::Targets)> =
-            BTreeMap::new();
+        // name → (VIP, port, targets, the service when its port speaks TLS).
+        type VipListener = (
+            String,
+            u16,
+            super::tcp::Targets,
+            Option<std::sync::Arc<crate::model::service::Service>>,
+        );
+        let mut vip_listeners: BTreeMap<String, VipListener> = BTreeMap::new();
         for svc in &catch_all.services {
             for p in &svc.ports {
                 if explicit_ports.contains(&p.port)
@@ -499,7 +505,8 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                         p.port,
                     )
                     .unwrap_or_else(|| vec![(cluster, 100)]);
-                    vip_listeners.insert(name, (vip.clone(), p.port, targets));
+                    let tls = is_tls(p.protocol).then(|| svc.clone());
+                    vip_listeners.insert(name, (vip.clone(), p.port, targets, tls));
                 } else {
                     shared.entry(p.port).or_insert(p.protocol);
                 }
@@ -557,7 +564,7 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             }
             out.push(lst);
         }
-        for (name, (vip, port, targets)) in vip_listeners {
+        for (name, (vip, port, targets, tls)) in vip_listeners {
             let mut lst = listener(
                 name.clone(),
                 &vip,
@@ -565,10 +572,33 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                 false,
                 core::TrafficDirection::Outbound,
             );
-            lst.filter_chains = vec![FilterChain {
-                filters: vec![tcp_to(ctx, &name, &targets)],
-                ..Default::default()
-            }];
+            match tls {
+                // A TLS service's own listener still honours `tls` routes by SNI; what
+                // no route names goes to the service.
+                Some(svc) => {
+                    let own: Vec<_> = catch_all
+                        .virtual_services
+                        .iter()
+                        .filter(|vs| vs.hosts.iter().any(|h| *h == svc.hostname))
+                        .cloned()
+                        .collect();
+                    lst.filter_chains = sni_chains(
+                        ctx,
+                        std::slice::from_ref(&svc),
+                        &own,
+                        port,
+                        &name,
+                        &targets,
+                    );
+                    lst.listener_filters.push(tls_inspector());
+                }
+                None => {
+                    lst.filter_chains = vec![FilterChain {
+                        filters: vec![tcp_to(ctx, &name, &targets)],
+                        ..Default::default()
+                    }];
+                }
+            }
             out.push(lst);
         }
     }

@@ -163,6 +163,27 @@ spec:
     - destination: {host: reviews}
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  addresses: [240.0.0.10]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 5443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  tls:
+  - match: [{sniHosts: [replica.db.example.com]}]
+    route:
+    - destination: {host: db.example.com, port: {number: 5443}}
+      weight: 100
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: reviews}
 spec:
@@ -201,6 +222,8 @@ spec:
         "connectionKeepalive",
         "\"statPrefix\": \"reviews-v2\"",
         "envoy.retry_priorities.previous_priorities",
+        // The TLS service's own VIP listener chooses by SNI.
+        "replica.db.example.com",
     ] {
         assert!(
             client.contains(want),
