@@ -658,6 +658,14 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
                 "server port is missing or out of range",
             ));
         }
+        if !s.bind.is_empty() && s.bind.parse::<std::net::IpAddr>().is_err() {
+            not_yet(
+                obj,
+                &format!("{p}.bind"),
+                "binding a gateway server to a Unix domain socket",
+                &mut out,
+            );
+        }
         if s.port.protocol.is_empty() {
             out.push(
                 obj.diag_error(

@@ -123,16 +123,23 @@ impl GwServer<'_> {
 }
 
 /// The servers of the router's Gateways by listen port, in Gateway and server order.
-fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<u16, Vec<GwServer<'a>>> {
-    let mut by_port: BTreeMap<u16, Vec<GwServer<'a>>> = BTreeMap::new();
+/// (bind address, listen port) → servers. `bind` (an IP) gives a server a listener of its
+/// own address; the others share 0.0.0.0.
+fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a>>> {
+    let mut by_port: BTreeMap<(String, u16), Vec<GwServer<'a>>> = BTreeMap::new();
     for gw in selected(ctx) {
         for s in &gw.spec.servers {
             let Some(kind) = kind(s) else { continue };
             let Ok(number) = u16::try_from(s.port.number) else {
                 continue;
             };
+            let bind = if s.bind.parse::<std::net::IpAddr>().is_ok() {
+                s.bind.clone()
+            } else {
+                "0.0.0.0".to_string()
+            };
             by_port
-                .entry(listen_port(ctx, number))
+                .entry((bind, listen_port(ctx, number)))
                 .or_default()
                 .push(GwServer {
                     gateway: format!("{}/{}", gw.key.namespace, gw.key.name),
@@ -156,7 +163,12 @@ fn tls_chain(names: Vec<String>) -> FilterChainMatch {
 
 const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
-fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<Listener> {
+fn port_listener(
+    ctx: &ProxyContext,
+    bind: &str,
+    port: u16,
+    servers: &[GwServer],
+) -> Option<Listener> {
     let mut chains: Vec<FilterChain> = Vec::new();
     // Envoy refuses a listener with two chains matching the same connections: the first
     // server for a name wins, as in istiod.
@@ -264,8 +276,8 @@ fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<
         return None;
     }
     let mut l = Listener {
-        name: naming::listener("0.0.0.0", port),
-        address: Some(pb::socket_address("0.0.0.0", u32::from(port))),
+        name: naming::listener(bind, port),
+        address: Some(pb::socket_address(bind, u32::from(port))),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         filter_chains: chains,
         ..Default::default()
@@ -283,7 +295,7 @@ fn port_listener(ctx: &ProxyContext, port: u16, servers: &[GwServer]) -> Option<
 pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
     servers(ctx)
         .iter()
-        .filter_map(|(port, list)| port_listener(ctx, *port, list))
+        .filter_map(|((bind, port), list)| port_listener(ctx, bind, *port, list))
         .collect()
 }
 

@@ -582,14 +582,8 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                         .filter(|vs| vs.hosts.iter().any(|h| *h == svc.hostname))
                         .cloned()
                         .collect();
-                    lst.filter_chains = sni_chains(
-                        ctx,
-                        std::slice::from_ref(&svc),
-                        &own,
-                        port,
-                        &name,
-                        &targets,
-                    );
+                    lst.filter_chains =
+                        sni_chains(ctx, std::slice::from_ref(&svc), &own, port, &name, &targets);
                     lst.listener_filters.push(tls_inspector());
                 }
                 None => {

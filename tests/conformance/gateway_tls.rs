@@ -35,6 +35,9 @@ spec:
     tls: {mode: PASSTHROUGH}
   - port: {number: 9000, name: tcp, protocol: TCP}
     hosts: ["*"]
+  - port: {number: 8081, name: http-bound, protocol: HTTP}
+    bind: 127.0.0.20
+    hosts: ["bookinfo.example.com"]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -298,6 +301,27 @@ fn https_redirect_passthrough_and_weighted_tcp() {
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     assert_eq!(location, "https://bookinfo.example.com/productpage");
+
+    // bind: that server listens on its own address only.
+    let r = wait_for("the bound server", Duration::from_secs(20), || {
+        http_get(
+            "127.0.0.20:8081",
+            "/productpage",
+            &[("Host", "bookinfo.example.com")],
+        )
+        .ok()
+        .filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body, "productpage-v1");
+    assert!(
+        http_get(
+            "127.0.0.1:8081",
+            "/productpage",
+            &[("Host", "bookinfo.example.com")]
+        )
+        .is_err(),
+        "not on other addresses"
+    );
 
     // PASSTHROUGH: the TLS session reaches the backend untouched (its certificate, the
     // SNI the client sent); an SNI no route takes is not proxied.
