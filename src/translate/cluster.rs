@@ -50,8 +50,10 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     }
     if ctx.proxy.kind == ProxyKind::Sidecar {
         out.extend(inbound_clusters(ctx));
-        out.extend(super::jwt::clusters(ctx));
     }
+    // JWKS fetched by jwt_authn: on sidecars and on gateways that RequestAuthentication
+    // selects.
+    out.extend(super::jwt::clusters(ctx));
     out.push(blackhole(ctx));
     out.push(passthrough(ctx));
     if ctx.proxy.kind == ProxyKind::Sidecar && ctx.intercepted() {

@@ -168,8 +168,10 @@ pub fn http_connection_manager(
         }),
         // CORS answers preflights before faults are injected; the router is last.
         http_filters: {
-            // Authentication and authorization decide before anything else runs.
-            let mut f = if inbound {
+            // Authentication and authorization decide before anything else runs: on a
+            // workload's inbound side, and at a gateway (the mesh's edge) for the
+            // policies that select the gateway's workload.
+            let mut f = if inbound || gateway {
                 inbound_security_filters(ctx)
             } else {
                 Vec::new()

@@ -101,6 +101,7 @@ struct Setup {
     config: TempDir,
     _dir: TempDir,
     ca: TestCa,
+    issuer: TokenIssuer,
 }
 
 impl Setup {
@@ -181,6 +182,7 @@ impl Setup {
             config,
             _dir: dir,
             ca,
+            issuer,
         })
     }
 
@@ -420,4 +422,81 @@ spec:
         "plaintext is not served: {plain:?}"
     );
     drop(meshd);
+}
+
+/// AuthorizationPolicy and RequestAuthentication selecting the ingress gateway apply at
+/// the edge: a denied path gets `RBAC: access denied`, a JWT is required and checked.
+#[test]
+fn authorization_and_jwt_at_the_ingress_gateway() {
+    let Some(s) = Setup::start() else { return };
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut h = vec![("Host", "bookinfo.example.com")];
+        if let Some(a) = &auth {
+            h.push(("authorization", a.as_str()));
+        }
+        http_get("127.0.0.20:8081", path, &h).ok()
+    };
+    wait_for("the gateway", Duration::from_secs(20), || {
+        get("/productpage", None).filter(|r| r.status == 200)
+    });
+    let jwks = s.issuer.jwks.replace('"', "\\\"");
+    s.config.write(
+        "ingress-security.yaml",
+        &format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-deny-admin, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin*"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: "{jwks}"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-require-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["https://issuer.example/*"]}}}}]
+"#
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let good = s.issuer.sign(
+        &serde_json::json!({"iss": "https://issuer.example", "sub": "alice", "exp": now + 600}),
+        "k1",
+    );
+    let r = wait_for(
+        "the policies at the gateway",
+        Duration::from_secs(20),
+        || get("/productpage", None).filter(|r| r.status == 403),
+    );
+    assert_eq!(r.body, "RBAC: access denied", "no token, no principal");
+    let r = get("/productpage", Some(&good)).expect("answer");
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage-v1"));
+    let r = get("/productpage", Some("not.a.jwt")).expect("answer");
+    assert_eq!(r.status, 401, "a bad token is refused by jwt_authn");
+    let r = get("/admin/x", Some(&good)).expect("answer");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "DENY wins"
+    );
+    s.assert_no_rejections();
 }
