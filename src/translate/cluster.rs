@@ -89,6 +89,24 @@ pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> 
     out
 }
 
+/// The traffic policy in force for one cluster of this client: the DestinationRule's,
+/// overridden field by field by the subset's, then by the port's settings.
+pub(crate) fn effective_policy(
+    ctx: &ProxyContext,
+    svc: &Service,
+    port: u16,
+    subset: &str,
+) -> Option<TrafficPolicy> {
+    let dr = ctx
+        .snap
+        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
+    let sub = dr.subset(subset).and_then(|s| s.traffic_policy.as_ref());
+    port_policy(
+        merge_policy(dr.spec.traffic_policy.as_ref(), sub).as_ref(),
+        port,
+    )
+}
+
 /// istiod's merge: a subset's policy replaces the DestinationRule's, field by field.
 pub(crate) fn merge_policy(
     top: Option<&TrafficPolicy>,

@@ -139,14 +139,7 @@ fn mtls(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> bool {
     if !ctx.proxy.mtls_ready {
         return false;
     }
-    let dr = ctx
-        .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc);
-    let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-    let sub = dr
-        .and_then(|d| d.subset(subset))
-        .and_then(|s| s.traffic_policy.as_ref());
-    let policy = super::cluster::port_policy(super::cluster::merge_policy(top, sub).as_ref(), port);
+    let policy = super::cluster::effective_policy(ctx, svc, port, subset);
     match policy.as_ref().and_then(|p| p.tls.as_ref()).map(|t| t.mode) {
         Some(ClientTlsMode::ISTIO_MUTUAL) => true,
         Some(_) => false,

@@ -46,14 +46,7 @@ pub fn plan(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> Optio
     if ctx.locality.is_empty() {
         return None;
     }
-    let dr = ctx
-        .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc);
-    let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-    let sub = dr
-        .and_then(|d| d.subset(subset))
-        .and_then(|s| s.traffic_policy.as_ref());
-    let policy = super::cluster::port_policy(super::cluster::merge_policy(top, sub).as_ref(), port);
+    let policy = super::cluster::effective_policy(ctx, svc, port, subset);
     let setting = policy
         .as_ref()
         .and_then(|p| p.load_balancer.as_ref())

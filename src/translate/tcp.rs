@@ -220,14 +220,7 @@ pub fn idle_timeout(ctx: &ProxyContext, cluster: &str) -> Option<std::time::Dura
         return None;
     }
     let svc = ctx.snap.services.get(host)?;
-    let dr = ctx
-        .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
-    let sub = dr.subset(subset).and_then(|s| s.traffic_policy.as_ref());
-    let policy = super::cluster::port_policy(
-        super::cluster::merge_policy(dr.spec.traffic_policy.as_ref(), sub).as_ref(),
-        port,
-    )?;
+    let policy = super::cluster::effective_policy(ctx, svc, port, subset)?;
     policy
         .connection_pool?
         .tcp?
