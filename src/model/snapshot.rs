@@ -1185,7 +1185,14 @@ impl Builder {
                 // A delegate: used through the root VirtualServices that name it.
                 continue;
             }
-            let spec = &self.expand_delegates(&chosen, spec);
+            // Only a VirtualService that delegates is rewritten (and copied for it).
+            let expanded;
+            let spec = if spec.http.iter().any(|r| r.delegate.is_some()) {
+                expanded = self.expand_delegates(&chosen, spec);
+                &expanded
+            } else {
+                spec
+            };
             let ns = &chosen.key.namespace;
             let hosts = spec
                 .hosts
