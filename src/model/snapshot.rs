@@ -1505,16 +1505,17 @@ impl Builder {
             };
             let mut diags = Vec::new();
             let mut egress_hosts = Vec::new();
-            for (field, set) in [(
-                "spec.outboundTrafficPolicy.egressProxy",
-                spec.outbound_traffic_policy
-                    .as_ref()
-                    .is_some_and(|p| p.egress_proxy.is_some()),
-            )] {
-                if set {
-                    diags
-                        .push(obj.diag_warning(field, "not supported by meshd yet; it is ignored"));
-                }
+            if let Some(p) = &spec.outbound_traffic_policy
+                && p.egress_proxy.is_some()
+                && p.mode == istio::OutboundTrafficMode::REGISTRY_ONLY
+            {
+                diags.push(
+                    obj.diag_warning(
+                        "spec.outboundTrafficPolicy.egressProxy",
+                        "egressProxy applies only with mode ALLOW_ANY; it is ignored",
+                    )
+                    .hint("REGISTRY_ONLY blocks unknown destinations instead of sending them to the egress proxy"),
+                );
             }
             for (i, ing) in spec.ingress.iter().enumerate() {
                 if let Some(t) = &ing.tls {

@@ -607,9 +607,11 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
 }
 
 fn virtual_outbound(ctx: &ProxyContext) -> Listener {
-    let fallback = match ctx.scope.outbound_policy {
-        OutboundTrafficMode::ALLOW_ANY => naming::PASSTHROUGH,
-        OutboundTrafficMode::REGISTRY_ONLY => naming::BLACKHOLE,
+    let egress = route::egress_proxy_cluster(ctx);
+    let fallback = match (ctx.scope.outbound_policy, &egress) {
+        (OutboundTrafficMode::ALLOW_ANY, Some(c)) => c.as_str(),
+        (OutboundTrafficMode::ALLOW_ANY, None) => naming::PASSTHROUGH,
+        (OutboundTrafficMode::REGISTRY_ONLY, _) => naming::BLACKHOLE,
     };
     let mut l = listener(
         naming::VIRTUAL_OUTBOUND.into(),

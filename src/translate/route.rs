@@ -779,7 +779,32 @@ pub fn dedup_domains(vhosts: &mut Vec<VirtualHost>) {
 
 /// The catch-all virtual host: pass unknown hosts through, or refuse them with 502 under
 /// REGISTRY_ONLY, as istiod does.
-fn catch_all(policy: OutboundTrafficMode) -> VirtualHost {
+/// Sidecar `outboundTrafficPolicy.egressProxy` (with ALLOW_ANY): the cluster traffic to
+/// unknown destinations goes to instead of straight out.
+pub fn egress_proxy_cluster(ctx: &ProxyContext) -> Option<String> {
+    if ctx.scope.outbound_policy != OutboundTrafficMode::ALLOW_ANY {
+        return None;
+    }
+    let d = ctx
+        .scope
+        .sidecar
+        .as_ref()?
+        .spec
+        .outbound_traffic_policy
+        .as_ref()?
+        .egress_proxy
+        .as_ref()?;
+    let host = host::resolve(&d.host, &ctx.proxy.namespace, &ctx.snap.mesh.domain_suffix);
+    let svc = ctx.snap.services.get(&host);
+    let port = match (&d.port, svc) {
+        (Some(p), _) => p.number as u16,
+        (None, Some(s)) if s.ports.len() == 1 => s.ports[0].port,
+        _ => return None,
+    };
+    Some(naming::outbound_cluster(port, &d.subset, &host))
+}
+
+fn catch_all(policy: OutboundTrafficMode, egress_proxy: Option<String>) -> VirtualHost {
     match policy {
         OutboundTrafficMode::ALLOW_ANY => VirtualHost {
             name: "allow_any".into(),
@@ -788,7 +813,9 @@ fn catch_all(policy: OutboundTrafficMode) -> VirtualHost {
                 name: "allow_any".into(),
                 r#match: Some(route_match(None)),
                 action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(naming::PASSTHROUGH.into())),
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(
+                        egress_proxy.unwrap_or_else(|| naming::PASSTHROUGH.into()),
+                    )),
                     timeout: pb::secs(0),
                     max_stream_duration: grpc_timeout_unlimited(),
                     ..Default::default()
@@ -837,7 +864,10 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
                 .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))
         })?;
     let mut vhosts = outbound_virtual_hosts(ctx, egress, port);
-    vhosts.push(catch_all(ctx.scope.outbound_policy));
+    vhosts.push(catch_all(
+        ctx.scope.outbound_policy,
+        egress_proxy_cluster(ctx),
+    ));
     dedup_domains(&mut vhosts);
     Some(RouteConfiguration {
         name: name.to_string(),

@@ -521,3 +521,52 @@ fn proxy_protocol_to_the_upstream() {
     );
     drop(meshd);
 }
+
+/// Sidecar `outboundTrafficPolicy.egressProxy`: requests for hosts outside the registry go
+/// to the egress proxy service instead of straight out.
+#[test]
+fn unknown_hosts_go_to_the_egress_proxy() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("egressproxy");
+    let config = TempDir::new("egressproxy-config");
+    config.write(
+        "egress.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: egress, namespace: default}\nspec:\n  selector: {app: egress}\n  ports: [{name: http, port: 9500}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: egress-1, namespace: default, labels: {app: egress}}\nspec: {containers: [{name: egress, image: egress}]}\nstatus: {phase: Running, podIP: 127.0.0.53}\n",
+    );
+    config.write(
+        "sleep.yaml",
+        &sleep(
+            "",
+            9500,
+            "HTTP",
+            "127.0.0.2",
+            "./*",
+            "  outboundTrafficPolicy: {mode: ALLOW_ANY, egressProxy: {host: egress, port: {number: 9500}}}\n",
+        ),
+    );
+    let _egress = Backends::start(&[("egress-proxy", "127.0.0.53")], 9500);
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let _envoy = start_sleep(&dir, &[("app", "sleep")]);
+    let r = wait_for("the egress proxy", Duration::from_secs(20), || {
+        http_get("127.0.0.2:9500", "/", &[("Host", "unknown.example.com")])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body, "egress-proxy");
+    let seen = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-seen-host")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        seen,
+        Some("unknown.example.com"),
+        "the original host travels along"
+    );
+    drop(meshd);
+}
