@@ -627,7 +627,19 @@ fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port) {
                 cl::cluster::RoundRobinLbConfig {
                     slow_start_config: Some(cl::cluster::SlowStartConfig {
                         slow_start_window: Some(pb::duration(w.as_std())),
-                        ..Default::default()
+                        // warmup.aggression: how fast weight grows (1 = linearly).
+                        aggression: lb.warmup.as_ref().and_then(|w| w.aggression).map(|a| {
+                            core::RuntimeDouble {
+                                default_value: a,
+                                runtime_key: "upstream.slow_start.aggression".into(),
+                            }
+                        }),
+                        // warmup.minimumPercent: the weight a new endpoint starts from.
+                        min_weight_percent: lb
+                            .warmup
+                            .as_ref()
+                            .and_then(|w| w.minimum_percent)
+                            .map(|v| envoy_types::pb::envoy::r#type::v3::Percent { value: v }),
                     }),
                 },
             ));

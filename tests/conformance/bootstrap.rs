@@ -123,7 +123,7 @@ metadata: {name: reviews}
 spec:
   host: reviews
   trafficPolicy:
-    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
+    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 30s, aggression: 2, minimumPercent: 10}}
     connectionPool:
       tcp:
         maxConnections: 100
@@ -217,6 +217,8 @@ spec:
     .expect("productpage bootstrap");
     for want in [
         "retryBudget",
+        "minWeightPercent",
+        "upstream.slow_start.aggression",
         "maxConnectionDuration",
         "useDownstreamProtocolConfig",
         "connectionKeepalive",
