@@ -178,6 +178,9 @@ pub struct Snapshot {
     /// EnvoyFilters in the order their patches apply: root namespace first, then by
     /// priority, then by namespace/name.
     pub envoy_filters: Vec<Arc<Object>>,
+    /// Each EnvoyFilter patch value in Envoy's normal JSON form, by (`Kind ns/name`, patch
+    /// index): normalised once per snapshot, not once per proxy and push.
+    pub envoy_filter_values: BTreeMap<(String, usize), serde_json::Value>,
     /// Telemetry objects in key order.
     pub telemetries: Vec<Arc<Object>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
@@ -525,6 +528,7 @@ struct Builder {
     authorization_policies: Vec<Arc<Object>>,
     request_authentications: Vec<Arc<Object>>,
     envoy_filters: Vec<Arc<Object>>,
+    envoy_filter_values: BTreeMap<(String, usize), serde_json::Value>,
     telemetries: Vec<Arc<Object>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
@@ -1487,6 +1491,18 @@ impl Builder {
         // A patch meshd cannot apply refuses the whole EnvoyFilter: half an EnvoyFilter
         // is worse than none.
         self.envoy_filters = self.accepted(Kind::EnvoyFilter);
+        for obj in &self.envoy_filters {
+            let Spec::EnvoyFilter(ef) = &obj.spec else {
+                continue;
+            };
+            for (i, p) in ef.config_patches.iter().enumerate() {
+                if let Some(v) = p.patch.as_ref().and_then(|x| x.value.as_ref())
+                    && let Ok(n) = crate::translate::envoyfilter::normalized_value(p.apply_to, v)
+                {
+                    self.envoy_filter_values.insert((obj.key.to_string(), i), n);
+                }
+            }
+        }
         let root = self.mesh.root_namespace.clone();
         self.envoy_filters.sort_by_key(|o| {
             let priority = match &o.spec {
@@ -1785,6 +1801,7 @@ impl Builder {
             authorization_policies: self.authorization_policies,
             request_authentications: self.request_authentications,
             envoy_filters: self.envoy_filters,
+            envoy_filter_values: self.envoy_filter_values,
             telemetries: self.telemetries,
             workloads: self.workloads,
             workloads_by_ip,

@@ -172,16 +172,17 @@ fn patches<'a>(ctx: &'a ProxyContext, kinds: &[ApplyTo]) -> Vec<Patch<'a>> {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for (from, _, p) in selected(ctx) {
+    for (from, i, p) in selected(ctx) {
         if !kinds.contains(&p.apply_to) {
             continue;
         }
         let Some(patch) = &p.patch else { continue };
         let value = match &patch.value {
-            Some(v) => match normalized_value(p.apply_to, v) {
-                Ok(v) => v,
-                // Validation refuses such objects; never apply half a value.
-                Err(_) => continue,
+            // Normalised when the snapshot was built; validation refuses values that
+            // are not, so a missing one is never applied half-way.
+            Some(_) => match ctx.snap.envoy_filter_values.get(&(from.clone(), i)) {
+                Some(v) => v.clone(),
+                None => continue,
             },
             None => Value::Null,
         };
