@@ -457,7 +457,7 @@ pub(crate) fn http_rule_routes(
         route.response_headers_to_remove = resp_remove;
 
         if let Some(r) = &rule.redirect {
-            route.action = Some(Action::Redirect(redirect(r)));
+            route.action = Some(Action::Redirect(redirect(r, port)));
         } else if let Some(d) = &rule.direct_response {
             route.action = Some(Action::DirectResponse(direct_response(d)));
         } else {
@@ -482,7 +482,9 @@ pub(crate) fn http_rule_routes(
     out
 }
 
-fn redirect(r: &istio::HttpRedirect) -> rt::RedirectAction {
+/// An HTTP redirect; `route_port` is the port the route serves (`derivePort:
+/// FROM_REQUEST_PORT` keeps it, as istiod does, since routes are per port).
+fn redirect(r: &istio::HttpRedirect, route_port: u16) -> rt::RedirectAction {
     use rt::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
     let code = match r.redirect_code.unwrap_or(301) {
         302 => RedirectResponseCode::Found,
@@ -491,9 +493,19 @@ fn redirect(r: &istio::HttpRedirect) -> rt::RedirectAction {
         308 => RedirectResponseCode::PermanentRedirect,
         _ => RedirectResponseCode::MovedPermanently,
     };
+    let mut port = match (r.port, r.derive_port) {
+        (Some(p), _) => p,
+        (None, Some(istio::RedirectPortSelection::FROM_REQUEST_PORT)) => u32::from(route_port),
+        // FROM_PROTOCOL_DEFAULT is Envoy's own behaviour: no port.
+        _ => 0,
+    };
+    // No explicit :80 for http or :443 for https (when the scheme is known here).
+    if (port == 80 && r.scheme == "http") || (port == 443 && r.scheme == "https") {
+        port = 0;
+    }
     rt::RedirectAction {
         host_redirect: r.authority.clone(),
-        port_redirect: r.port.unwrap_or(0),
+        port_redirect: port,
         response_code: code as i32,
         scheme_rewrite_specifier: (!r.scheme.is_empty())
             .then(|| SchemeRewriteSpecifier::SchemeRedirect(r.scheme.clone())),

@@ -155,6 +155,8 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   http:
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /v2/moved, derivePort: FROM_REQUEST_PORT}
   - match: [{uri: {prefix: /v2}, statPrefix: reviews-v2}]
     retries: {attempts: 3, retryRemoteLocalities: true, retryOn: "5xx,connect-failure"}
     route:
@@ -218,6 +220,7 @@ spec:
     for want in [
         "retryBudget",
         "minWeightPercent",
+        "\"portRedirect\": 9080",
         "upstream.slow_start.aggression",
         "maxConnectionDuration",
         "useDownstreamProtocolConfig",

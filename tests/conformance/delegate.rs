@@ -65,3 +65,25 @@ fn delegated_routes_apply_and_follow_the_delegate() {
     assert_eq!(d.get("reviews-v3"), Some(&20), "{d:?}");
     b.assert_healthy();
 }
+
+/// `redirect.derivePort: FROM_REQUEST_PORT` keeps the port the request came to.
+#[test]
+fn redirect_keeps_the_request_port() {
+    let dir = TempDir::new("redirect-vs");
+    let vs = dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {prefix: /moved}}]\n    redirect: {uri: /new, derivePort: FROM_REQUEST_PORT}\n  - route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    let Some(b) = Bookinfo::start(&vs, Ads::Delta) else {
+        return;
+    };
+    let r = http_get("127.0.0.1:9080", "/moved/x", &[("Host", "reviews")]).expect("answer");
+    assert_eq!(r.status, 301, "{r:?}");
+    let location = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.as_str());
+    assert_eq!(location, Some("http://reviews:9080/new"));
+    b.assert_healthy();
+}
