@@ -181,6 +181,8 @@ pub struct Snapshot {
     /// Each EnvoyFilter patch value in Envoy's normal JSON form, by (`Kind ns/name`, patch
     /// index): normalised once per snapshot, not once per proxy and push.
     pub envoy_filter_values: BTreeMap<(String, usize), serde_json::Value>,
+    /// Each patch's `match.proxy.proxyVersion`, compiled once (anchored, as istiod).
+    pub envoy_filter_versions: BTreeMap<(String, usize), regex::Regex>,
     /// Telemetry objects in key order.
     pub telemetries: Vec<Arc<Object>>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
@@ -529,6 +531,7 @@ struct Builder {
     request_authentications: Vec<Arc<Object>>,
     envoy_filters: Vec<Arc<Object>>,
     envoy_filter_values: BTreeMap<(String, usize), serde_json::Value>,
+    envoy_filter_versions: BTreeMap<(String, usize), regex::Regex>,
     telemetries: Vec<Arc<Object>>,
     /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
     /// candidates instead of scanning every Pod for every Service.
@@ -1501,6 +1504,17 @@ impl Builder {
                 {
                     self.envoy_filter_values.insert((obj.key.to_string(), i), n);
                 }
+                if let Some(pv) = p
+                    .matches
+                    .as_ref()
+                    .and_then(|m| m.proxy.as_ref())
+                    .map(|m| &m.proxy_version)
+                    .filter(|v| !v.is_empty())
+                    && let Ok(re) = regex::Regex::new(&format!("^(?:{pv})$"))
+                {
+                    self.envoy_filter_versions
+                        .insert((obj.key.to_string(), i), re);
+                }
             }
         }
         let root = self.mesh.root_namespace.clone();
@@ -1802,6 +1816,7 @@ impl Builder {
             request_authentications: self.request_authentications,
             envoy_filters: self.envoy_filters,
             envoy_filter_values: self.envoy_filter_values,
+            envoy_filter_versions: self.envoy_filter_versions,
             telemetries: self.telemetries,
             workloads: self.workloads,
             workloads_by_ip,

@@ -157,9 +157,10 @@ fn selected<'a>(ctx: &'a ProxyContext) -> Vec<(String, usize, &'a EnvoyConfigObj
         {
             continue;
         }
+        let from = obj.key.to_string();
         for (i, p) in ef.config_patches.iter().enumerate() {
-            if p.patch.is_some() && proxy_matches(ctx, p) {
-                out.push((obj.key.to_string(), i, p));
+            if p.patch.is_some() && proxy_matches(ctx, &from, i, p) {
+                out.push((from.clone(), i, p));
             }
         }
     }
@@ -197,17 +198,21 @@ fn patches<'a>(ctx: &'a ProxyContext, kinds: &[ApplyTo]) -> Vec<Patch<'a>> {
     out
 }
 
-fn proxy_matches(ctx: &ProxyContext, p: &EnvoyConfigObjectPatch) -> bool {
+/// `match.proxy` of patch `i` of EnvoyFilter `from` against this proxy; the version
+/// regex was compiled with the snapshot (this runs for every push).
+fn proxy_matches(ctx: &ProxyContext, from: &str, i: usize, p: &EnvoyConfigObjectPatch) -> bool {
     let Some(pm) = p.matches.as_ref().and_then(|m| m.proxy.as_ref()) else {
         return true;
     };
     if !pm.proxy_version.is_empty() {
-        let Some(v) = &ctx.proxy.istio_version else {
+        let (Some(v), Some(re)) = (
+            &ctx.proxy.istio_version,
+            ctx.snap.envoy_filter_versions.get(&(from.to_string(), i)),
+        ) else {
             return false;
         };
-        match regex::Regex::new(&format!("^(?:{})$", pm.proxy_version)) {
-            Ok(re) if re.is_match(v) => {}
-            _ => return false,
+        if !re.is_match(v) {
+            return false;
         }
     }
     pm.metadata.iter().all(|(k, want)| {
@@ -768,6 +773,45 @@ pub fn route_config(ctx: &ProxyContext, rc: RouteConfiguration) -> RouteConfigur
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn proxy_version_selects_proxies() {
+        use crate::model::{ConfigSet, Object, Origin, Snapshot};
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{name: http, port: 80}]}\n---\n\
+             apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: istio-system}\nspec:\n  configPatches:\n  - applyTo: CLUSTER\n    match: {proxy: {proxyVersion: '1\\.2.*'}, cluster: {service: a.default.svc.cluster.local}}\n    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 4242}}\n";
+        let mut set = ConfigSet::default();
+        for doc in crate::sources::yaml::parse_documents(text) {
+            let doc = doc.expect("yaml");
+            let (objs, diags) =
+                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
+            assert!(diags.is_empty(), "{diags:?}");
+            for o in objs {
+                set.objects.insert(o.key.clone(), o);
+            }
+        }
+        let snap = Snapshot::build(&set, None, "cluster.local", "istio-system");
+        assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
+        let patched = |version: Option<&str>| {
+            let mut meta = std::collections::BTreeMap::new();
+            if let Some(v) = version {
+                meta.insert("ISTIO_VERSION".to_string(), json!(v));
+            }
+            let proxy = crate::model::Proxy::from_node(
+                "sidecar~10.0.0.1~p.default~default.svc.cluster.local",
+                meta,
+            )
+            .expect("node");
+            let ctx = ProxyContext::new(&snap, &proxy);
+            super::super::cluster::clusters(&ctx)
+                .iter()
+                .find(|c| c.name == "outbound|80||a.default.svc.cluster.local")
+                .and_then(|c| c.per_connection_buffer_limit_bytes)
+                .map(|v| v.value)
+        };
+        assert_eq!(patched(Some("1.28.0")), Some(4242), "1.28 matches 1\\.2.*");
+        assert_eq!(patched(Some("1.30.0")), None, "1.30 does not");
+        assert_eq!(patched(None), None, "plain Envoy has no version to match");
+    }
 
     #[test]
     fn merge_is_protobuf_merge() {
