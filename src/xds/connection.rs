@@ -392,9 +392,9 @@ impl Stream {
             .iter()
             // Debug clients (istioctl) are not proxies.
             .filter(|c| c.proxy.metadata.get("GENERATOR").and_then(|v| v.as_str()) != Some("event"))
-            .filter(|c| !c.status().types.is_empty())
             .filter(|c| all || c.proxy.namespace == id.namespace)
-            .map(|c| pb::any(&client_config(c)))
+            .filter_map(|c| client_config(c))
+            .map(|cc| pb::any(&cc))
             .collect();
         Ok(DiscoveryResponse {
             type_url: url.to_string(),
@@ -726,13 +726,18 @@ fn version_label(proxy: &Proxy) -> VersionLabel {
 pub const DEBUG_SYNCZ: &str = "istio.io/debug/syncz";
 
 /// A connection's state as an Envoy CSDS `ClientConfig`, as istiod's `syncz` answers.
-fn client_config(c: &Connection) -> envoy_types::pb::envoy::service::status::v3::ClientConfig {
+/// None for a connection that subscribed to nothing (not a proxy to report).
+fn client_config(
+    c: &Connection,
+) -> Option<envoy_types::pb::envoy::service::status::v3::ClientConfig> {
     use envoy_types::pb::envoy::service::status::v3::{
         ClientConfig, ConfigStatus, client_config::GenericXdsConfig,
     };
-    let mut configs: Vec<GenericXdsConfig> = c
-        .status()
-        .types
+    let types = c.status().types;
+    if types.is_empty() {
+        return None;
+    }
+    let mut configs: Vec<GenericXdsConfig> = types
         .into_iter()
         .map(|(type_url, w)| GenericXdsConfig {
             config_status: match (&w.sent_nonce, &w.acked_nonce) {
@@ -758,7 +763,7 @@ fn client_config(c: &Connection) -> envoy_types::pb::envoy::service::status::v3:
         .collect();
     configs.sort_by(|a, b| a.type_url.cmp(&b.type_url));
     let p = &c.proxy;
-    ClientConfig {
+    Some(ClientConfig {
         node: Some(Node {
             id: p.id.clone(),
             metadata: Some(pb::to_struct(&serde_json::json!({
@@ -770,7 +775,7 @@ fn client_config(c: &Connection) -> envoy_types::pb::envoy::service::status::v3:
         }),
         generic_xds_configs: configs,
         ..Default::default()
-    }
+    })
 }
 
 /// Runs one ADS stream until the client goes away or meshd shuts down.
