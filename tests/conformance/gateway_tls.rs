@@ -140,15 +140,8 @@ impl Setup {
         let (cert, key) = ca.leaf("secure-backend", &["secure.example.com"]);
         let tls_backend = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);
         let backends = Backends::start(&PODS, 9080);
-        let issuer = TokenIssuer::new("k1");
-        let jwks = dir.write("jwks.json", &issuer.jwks);
         // The gateway wants 8080: meshd's debug port moves.
-        let meshd = Meshd::start_on(
-            config.path(),
-            dir.path(),
-            18080,
-            &["--ca-jwks", jwks.to_str().expect("utf8")],
-        );
+        let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
         let gateway = Envoy::start_with(
             &NodeSpec {
                 kind: "router",

@@ -297,13 +297,7 @@ fn proxyless_grpc_client_speaks_mtls_to_a_strict_sidecar() {
     let dir = TempDir::new("grpc-mtls");
     let config = TempDir::new("grpc-mtls-config");
     config.write("echo.yaml", STRICT_ECHO);
-    let issuer = crate::ca::TokenIssuer::new("k1");
-    let jwks = dir.write("jwks.json", &issuer.jwks);
-    let meshd = Meshd::start(
-        config.path(),
-        dir.path(),
-        &["--ca-jwks", jwks.to_str().expect("utf8")],
-    );
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 8080);
     let _server = Proc::spawn(
         "echo-v1",
         Command::new(&py)

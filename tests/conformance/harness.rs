@@ -988,3 +988,21 @@ pub fn tls_secret_yaml(
     }
     s
 }
+
+/// meshd serving `config` (HTTP on `http_port`) that accepts service-account tokens
+/// signed by the returned issuer (key id `k1`) on 15012, as TokenReview would.
+pub fn meshd_with_tokens(
+    config: &Path,
+    dir: &TempDir,
+    http_port: u16,
+) -> (Meshd, crate::ca::TokenIssuer) {
+    let issuer = crate::ca::TokenIssuer::new("k1");
+    let jwks = dir.write("jwks.json", &issuer.jwks);
+    let meshd = Meshd::start_on(
+        config,
+        dir.path(),
+        http_port,
+        &["--ca-jwks", jwks.to_str().expect("utf8")],
+    );
+    (meshd, issuer)
+}

@@ -81,13 +81,7 @@ impl Setup {
             TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false),
             TlsBackend::start("127.0.1.61:8443", &strict_cert, &strict_key, &ca.pem, true),
         ];
-        let issuer = TokenIssuer::new("k1");
-        let jwks = dir.write("jwks.json", &issuer.jwks);
-        let meshd = Meshd::start(
-            config.path(),
-            dir.path(),
-            &["--ca-jwks", jwks.to_str().expect("utf8")],
-        );
+        let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 8080);
         let client = Envoy::start_with(
             &NodeSpec {
                 kind: "sidecar",
