@@ -143,10 +143,15 @@ const CLIENT: &str = "sidecar~10.0.0.9~client.default~default.svc.cluster.local"
 struct Sotw {
     tx: mpsc::Sender<DiscoveryRequest>,
     rx: Streaming<DiscoveryResponse>,
+    node: Node,
 }
 
 impl Sotw {
     async fn open(s: &FakeServer) -> Sotw {
+        Sotw::open_as(s, node(CLIENT)).await
+    }
+
+    async fn open_as(s: &FakeServer, node: Node) -> Sotw {
         let (tx, rx) = mpsc::channel(8);
         let stream = s
             .client()
@@ -155,7 +160,11 @@ impl Sotw {
             .await
             .expect("stream")
             .into_inner();
-        Sotw { tx, rx: stream }
+        Sotw {
+            tx,
+            rx: stream,
+            node,
+        }
     }
 
     async fn send(
@@ -169,7 +178,7 @@ impl Sotw {
     ) {
         self.tx
             .send(DiscoveryRequest {
-                node: with_node.then(|| node(CLIENT)),
+                node: with_node.then(|| self.node.clone()),
                 type_url: url.into(),
                 resource_names: names.iter().map(|s| s.to_string()).collect(),
                 version_info: version.into(),
@@ -455,5 +464,65 @@ async fn delta_subscribe_unsubscribe_and_removal() {
         r.resources.is_empty(),
         "unchanged clusters are not re-sent: {:?}",
         r.resources.iter().map(|x| &x.name).collect::<Vec<_>>()
+    );
+}
+
+/// Two proxies alike in everything but their zone must each get the clusters their
+/// rules call for: with `localityLbSetting.distribute`, the cluster balances by locality
+/// weight (for every client, as istiod: where the client runs shapes only its endpoints),
+/// whichever zone's proxy asked first.
+#[tokio::test]
+async fn clusters_are_not_shared_across_localities() {
+    use envoy_types::pb::envoy::config::core::v3::Locality;
+    let rule = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: region1/zone1/*
+          to: {"region1/zone1/*": 80, "region1/zone2/*": 20}
+"#;
+    let s = FakeServer::new(&format!("{BASE}{rule}")).await;
+    let cluster_in = |zone: &str| {
+        let mut n = node(CLIENT);
+        n.locality = Some(Locality {
+            region: "region1".into(),
+            zone: zone.into(),
+            sub_zone: String::new(),
+        });
+        n
+    };
+    let weighted = |r: &DiscoveryResponse| {
+        use prost::Message;
+        r.resources
+            .iter()
+            .filter_map(|a| {
+                envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(a.value.as_slice())
+                    .ok()
+            })
+            .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+            .and_then(|c| c.common_lb_config)
+            .is_some_and(|l| l.locality_config_specifier.is_some())
+    };
+    // zone2 first, so a shared cache entry would be zone2's for both.
+    let mut two = Sotw::open_as(&s, cluster_in("zone2")).await;
+    two.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let cds_two = two.expect().await;
+    let mut one = Sotw::open_as(&s, cluster_in("zone1")).await;
+    one.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let cds_one = one.expect().await;
+    assert!(
+        weighted(&cds_one),
+        "zone1's client gets locality-weighted load balancing"
+    );
+    assert!(
+        weighted(&cds_two),
+        "so does zone2's: the weights in its endpoints are its own"
     );
 }

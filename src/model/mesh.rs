@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::istio::{Duration, OutboundTrafficMode};
+use super::istio::{Duration, H2UpgradePolicy, HttpRetry, OutboundTrafficMode};
 
 /// Mesh-wide settings with istiod's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,6 +25,13 @@ pub struct MeshConfig {
     pub access_log_encoding: String,
     pub access_log_format: String,
     pub dns_refresh_rate: Duration,
+    /// `h2UpgradePolicy`: whether HTTP/1.1 connections to mesh services are upgraded to
+    /// HTTP/2 unless a DestinationRule says otherwise.
+    pub h2_upgrade_policy: H2UpgradePolicy,
+    /// `defaultHttpRetryPolicy`: outbound routes without `retries`.
+    pub default_http_retry_policy: Option<HttpRetry>,
+    /// `defaultInboundHttpRetryPolicy`: inbound routes.
+    pub default_inbound_http_retry_policy: Option<HttpRetry>,
     /// Other trust domains whose identities count as ours (`trustDomainAliases`).
     pub trust_domain_aliases: Vec<String>,
     /// `extensionProviders` meshd acts on (external authorization).
@@ -50,6 +57,9 @@ impl Default for MeshConfig {
             access_log_encoding: "TEXT".into(),
             access_log_format: String::new(),
             dns_refresh_rate: Duration(std::time::Duration::from_secs(60)),
+            h2_upgrade_policy: H2UpgradePolicy::DO_NOT_UPGRADE,
+            default_http_retry_policy: None,
+            default_inbound_http_retry_policy: None,
             trust_domain_aliases: vec![],
             extension_providers: vec![],
             domain_suffix: "cluster.local".into(),
@@ -73,6 +83,9 @@ struct MeshConfigWire {
     access_log_encoding: Option<String>,
     access_log_format: Option<String>,
     dns_refresh_rate: Option<Duration>,
+    h2_upgrade_policy: Option<H2UpgradePolicy>,
+    default_http_retry_policy: Option<HttpRetry>,
+    default_inbound_http_retry_policy: Option<HttpRetry>,
     trust_domain_aliases: Option<Vec<String>>,
     extension_providers: Option<Vec<ExtensionProvider>>,
 }
@@ -198,6 +211,9 @@ impl MeshConfig {
             access_log_encoding: wire.access_log_encoding.unwrap_or(d.access_log_encoding),
             access_log_format: wire.access_log_format.unwrap_or(d.access_log_format),
             dns_refresh_rate: wire.dns_refresh_rate.unwrap_or(d.dns_refresh_rate),
+            h2_upgrade_policy: wire.h2_upgrade_policy.unwrap_or(d.h2_upgrade_policy),
+            default_http_retry_policy: wire.default_http_retry_policy,
+            default_inbound_http_retry_policy: wire.default_inbound_http_retry_policy,
             trust_domain_aliases: wire.trust_domain_aliases.unwrap_or_default(),
             extension_providers: wire.extension_providers.unwrap_or_default(),
             domain_suffix: domain_suffix.to_string(),

@@ -343,6 +343,9 @@ pub struct Object {
     pub api_version: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp` (RFC 3339, so it sorts as text), when the source
+    /// gives one: istiod orders some kinds by it (oldest first wins).
+    pub created: Option<String>,
     pub spec: Spec,
     pub origin: Origin,
     /// Field lines of the source document (file source only; Istio kinds only).
@@ -526,6 +529,10 @@ impl Object {
         };
         let labels = string_map("labels")?;
         let annotations = string_map("annotations")?;
+        let created = meta
+            .get("creationTimestamp")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let resource_version = meta
             .get("resourceVersion")
             .and_then(Value::as_str)
@@ -559,6 +566,7 @@ impl Object {
             api_version,
             labels,
             annotations,
+            created,
             spec,
             origin,
             lines: kind.is_istio().then_some(lines),

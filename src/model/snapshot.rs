@@ -54,6 +54,9 @@ pub struct DestinationRuleConfig {
     pub host: String,
     pub spec: istio::DestinationRule,
     pub visibility: Visibility,
+    /// Later DestinationRules for the same host merged into this one, as istiod merges
+    /// them: their subsets added, their traffic policy used only if this had none.
+    pub merged: Vec<ObjectKey>,
     #[serde(skip)]
     pub object: Arc<Object>,
 }
@@ -1092,7 +1095,7 @@ impl Builder {
 
     fn build_destination_rules(&mut self, previous: Option<&Snapshot>) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::DestinationRule).cloned().collect();
-        let mut rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>> = BTreeMap::new();
+        let mut accepted: Vec<Arc<Object>> = Vec::new();
         for obj in objs {
             let Spec::DestinationRule(spec) = &obj.spec else {
                 continue;
@@ -1119,6 +1122,30 @@ impl Builder {
                 self.objects.insert(obj.key.clone(), chosen.clone());
             }
             self.diags.extend(diags);
+            accepted.push(chosen);
+        }
+        // istiod's order: rules with a workload selector first, then the oldest, then by
+        // name and namespace. The first rule for a host is the one others merge into.
+        accepted.sort_by(|a, b| {
+            let selector = |o: &Object| match &o.spec {
+                Spec::DestinationRule(s) => s.workload_selector.is_none(),
+                _ => true,
+            };
+            (
+                selector(a),
+                a.created.as_deref().unwrap_or(""),
+                &a.key.name,
+                &a.key.namespace,
+            )
+                .cmp(&(
+                    selector(b),
+                    b.created.as_deref().unwrap_or(""),
+                    &b.key.name,
+                    &b.key.namespace,
+                ))
+        });
+        let mut rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>> = BTreeMap::new();
+        for chosen in accepted {
             let Spec::DestinationRule(spec) = &chosen.spec else {
                 continue;
             };
@@ -1132,28 +1159,13 @@ impl Builder {
                     &chosen.key.namespace,
                     &self.mesh.default_destination_rule_export_to,
                 ),
+                merged: Vec::new(),
                 object: chosen.clone(),
             };
-            let list = rules.entry(host.clone()).or_default();
-            if let Some(other) = list.iter().find(|o| {
-                o.key.namespace == cfg.key.namespace
-                    && o.spec.workload_selector == cfg.spec.workload_selector
-            }) {
-                self.diags.push(
-                    chosen
-                        .diag_warning(
-                            "spec.host",
-                            format!(
-                                "DestinationRule {} already applies to host {host} in this namespace; \
-                                 this one is ignored",
-                                other.key
-                            ),
-                        )
-                        .hint("merge the subsets and policies into one DestinationRule"),
-                );
-                continue;
+            let list = rules.entry(host).or_default();
+            if merge_destination_rule(list, &cfg, &mut self.diags) {
+                list.push(Arc::new(cfg));
             }
-            list.push(Arc::new(cfg));
         }
         self.destination_rules = rules;
     }
@@ -1869,6 +1881,75 @@ fn last_good(
 ) -> Option<Arc<Object>> {
     let prev = previous?.objects.get(key)?;
     still_valid(prev).then(|| prev.clone())
+}
+
+/// Merges `new` into the rules already listed for its host, as istiod does for rules
+/// of one namespace: a rule with the same workload selector (or none) and a compatible
+/// `exportTo` (the same, or a superset of a non-empty one) gains `new`'s subsets — a
+/// subset name already defined stays the first rule's — and `new`'s traffic policy if
+/// it had none. A rule without a selector also feeds the selector rules of its
+/// namespace (they then stand alone for their workloads). Returns whether `new` must be
+/// listed separately (it merged into no rule that it can replace).
+fn merge_destination_rule(
+    list: &mut [Arc<DestinationRuleConfig>],
+    new: &DestinationRuleConfig,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let export: BTreeSet<&str> = new.spec.export_to.iter().map(String::as_str).collect();
+    let mut separate = true;
+    for existing in list.iter_mut() {
+        if existing.key.namespace != new.key.namespace {
+            continue;
+        }
+        let theirs: BTreeSet<&str> = existing.spec.export_to.iter().map(String::as_str).collect();
+        if !(theirs == export || (!theirs.is_empty() && export.is_superset(&theirs))) {
+            continue;
+        }
+        let same_selector = existing.spec.workload_selector == new.spec.workload_selector;
+        if !same_selector && (new.spec.workload_selector.is_some()) {
+            continue;
+        }
+        let e = Arc::make_mut(existing);
+        for subset in &new.spec.subsets {
+            if e.spec.subsets.iter().any(|s| s.name == subset.name) {
+                diags.push(
+                    new.object
+                        .diag_warning(
+                            "spec.subsets",
+                            format!(
+                                "subset {:?} for host {} is already defined by DestinationRule {}; \
+                                 this one is ignored (rules for one host merge, the first subset wins)",
+                                subset.name, new.host, e.key
+                            ),
+                        )
+                        .hint("give the subset another name, or define it in one DestinationRule"),
+                );
+            } else {
+                e.spec.subsets.push(subset.clone());
+            }
+        }
+        match (&e.spec.traffic_policy, &new.spec.traffic_policy) {
+            (None, Some(p)) => e.spec.traffic_policy = Some(p.clone()),
+            (Some(_), Some(_)) => diags.push(
+                new.object
+                    .diag_warning(
+                        "spec.trafficPolicy",
+                        format!(
+                            "DestinationRule {} already sets the traffic policy for host {}; \
+                             this rule's trafficPolicy is ignored (its subsets still apply)",
+                            e.key, new.host
+                        ),
+                    )
+                    .hint("set the traffic policy in one DestinationRule per host"),
+            ),
+            _ => {}
+        }
+        e.merged.push(new.key.clone());
+        if same_selector {
+            separate = false;
+        }
+    }
+    separate
 }
 
 fn keeping_last_good(new: &Object, prev: &Object) -> Diagnostic {

@@ -173,7 +173,10 @@ enum Frame {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values with their size in nodes.
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes that aliases have added to the document so far.
+    alias_nodes: usize,
     lines: BTreeMap<String, u32>,
     root: Option<Value>,
     first_line: Option<u32>,
@@ -272,7 +275,7 @@ impl MarkedEventReceiver for Builder {
                     plain_scalar(text)
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    self.anchors.insert(anchor, (value.clone(), 1));
                 }
                 if key_position {
                     // Record the key's own line for the value path too: for `key:` followed
@@ -314,12 +317,31 @@ impl MarkedEventReceiver for Builder {
                     None => return,
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    let size = node_count(&value);
+                    self.anchors.insert(anchor, (value.clone(), size));
                 }
                 self.attach(value, mark);
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(v) => self.attach(v, mark),
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some((v, size)) => {
+                    // Every alias copies its anchor's value: nested aliases grow a small
+                    // document exponentially ("billion laughs"). Count what they add
+                    // before copying, and refuse the document past the limit.
+                    self.alias_nodes = self.alias_nodes.saturating_add(*size);
+                    if self.alias_nodes > MAX_ALIAS_NODES {
+                        self.fail(
+                            mark,
+                            format!(
+                                "aliases expand this document by more than {MAX_ALIAS_NODES} values; \
+                                 refused (a document that expands exponentially would exhaust memory); \
+                                 write the repeated values out or use fewer nested aliases"
+                            ),
+                        );
+                        return;
+                    }
+                    let v = v.clone();
+                    self.attach(v, mark);
+                }
                 None => self.fail(mark, "alias refers to an unknown anchor"),
             },
             Event::Nothing
@@ -328,6 +350,20 @@ impl MarkedEventReceiver for Builder {
             | Event::DocumentStart
             | Event::DocumentEnd => {}
         }
+    }
+}
+
+/// The most values aliases may add to one document. Real manifests use a handful of
+/// aliases (shared labels, ports); this allows thousands of them while a document that
+/// expands exponentially stops long before it costs real memory.
+const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Values in a tree (each scalar, sequence and mapping counts one).
+fn node_count(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => items.iter().map(node_count).fold(1, usize::saturating_add),
+        Value::Object(map) => map.values().map(node_count).fold(1, usize::saturating_add),
+        _ => 1,
     }
 }
 
@@ -351,6 +387,40 @@ fn plain_scalar(text: String) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn exponential_aliases_are_refused_and_the_next_document_survives() {
+        // Nine levels of nine aliases each: 9^9 (387 million) strings once expanded.
+        let mut text = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a: &a [\"lol\"]\n",
+        );
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        for w in names.windows(2) {
+            let refs = vec![format!("*{}", w[0]); 9].join(",");
+            text.push_str(&format!("  {}: &{} [{refs}]\n", w[1], w[1]));
+        }
+        text.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: fine}\n");
+        let docs = parse_documents(&text);
+        let err = docs[0].as_ref().expect_err("refused");
+        assert!(err.message.contains("aliases expand"), "{}", err.message);
+        assert!(
+            err.line >= 5 && err.line <= 14,
+            "line of the alias: {}",
+            err.line
+        );
+        assert_eq!(
+            docs[1].as_ref().expect("the next document parses").value["metadata"]["name"],
+            json!("fine")
+        );
+    }
+
+    #[test]
+    fn ordinary_aliases_still_work() {
+        let docs = parse_documents("a: &l {app: x, version: v1}\nb: *l\nc: [*l, *l]\n");
+        let v = &docs[0].as_ref().expect("parses").value;
+        assert_eq!(v["c"][1]["version"], json!("v1"));
+        assert_eq!(v["b"], v["a"]);
+    }
 
     #[test]
     fn splits_documents_and_keeps_lines() {

@@ -203,7 +203,14 @@ fn outbound_cluster(
             thresholds: vec![default_circuit_breakers()],
             ..Default::default()
         }),
-        common_lb_config: Some(Default::default()),
+        // istiod sets no panic threshold (0): ejected or unhealthy hosts never get
+        // traffic back because too few healthy ones are left.
+        common_lb_config: Some(cl::cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                value: 0.0,
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     match svc.resolution {
@@ -221,6 +228,16 @@ fn outbound_cluster(
                 DiscoveryType::LogicalDns
             });
             c.dns_lookup_family = cl::cluster::DnsLookupFamily::V4Only as i32;
+            // The mesh's refresh rate applies when a lookup fails; otherwise the record's
+            // own TTL decides, as istiod configures every DNS cluster. (Envoy deprecates
+            // these fields for the DNS cluster extension, but still honours them, and
+            // older proxies know only them.)
+            #[allow(deprecated)]
+            {
+                c.dns_refresh_rate = Some(pb::duration(mesh.dns_refresh_rate.as_std()));
+                c.respect_dns_ttl = true;
+                c.dns_jitter = Some(pb::duration(std::time::Duration::from_millis(100)));
+            }
             // DNS clusters carry their endpoints inline: Envoy resolves them itself.
             c.load_assignment = Some(super::endpoint::load_assignment(
                 ctx.snap,
@@ -245,10 +262,14 @@ fn outbound_cluster(
     if let Some(p) = &policy {
         apply_policy(&mut c, p, port);
     }
-    if matches!(
-        super::locality::plan(ctx, svc, port.port, subset),
-        Some(super::locality::Plan::Distribute(_))
-    ) {
+    if mesh_h2_upgrade(mesh, policy.as_ref(), port) {
+        let http = policy
+            .as_ref()
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.http.as_ref());
+        c.typed_extension_protocol_options = http2_options(http);
+    }
+    if super::locality::weighted(ctx, svc, port.port, subset) {
         // Locality weights in EDS count only with locality-weighted load balancing.
         let common = c.common_lb_config.get_or_insert_with(Default::default);
         common.locality_config_specifier = Some(
@@ -573,6 +594,30 @@ fn set_common_http(c: &mut Cluster, f: impl FnOnce(&mut core::HttpProtocolOption
         .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts));
 }
 
+/// Mesh config `h2UpgradePolicy: UPGRADE`: an HTTP/1.1 port goes to the upstream over
+/// HTTP/2, unless the DestinationRule decides (`h2UpgradePolicy` other than DEFAULT, or
+/// `useClientProtocol`). Ports that already speak HTTP/2, and sniffed ports, keep
+/// their protocol (as in istiod, the upgrade never replaces a protocol choice).
+fn mesh_h2_upgrade(
+    mesh: &crate::model::mesh::MeshConfig,
+    p: Option<&TrafficPolicy>,
+    port: &Port,
+) -> bool {
+    if mesh.h2_upgrade_policy != istio::H2UpgradePolicy::UPGRADE
+        || !port.protocol.is_http()
+        || port.protocol.is_http2()
+    {
+        return false;
+    }
+    let http = p
+        .and_then(|p| p.connection_pool.as_ref())
+        .and_then(|c| c.http.as_ref());
+    let dr_says = http
+        .and_then(|h| h.h2_upgrade_policy)
+        .is_some_and(|h| h != istio::H2UpgradePolicy::DEFAULT);
+    !dr_says && http.and_then(|h| h.use_client_protocol) != Some(true)
+}
+
 fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port) {
     if let Some(lb) = &p.load_balancer {
         if let Some(simple) = lb.simple {
@@ -746,26 +791,39 @@ fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port) {
             enforcing_success_rate: pb::u32v(0),
             ..Default::default()
         };
-        let five_xx = od
-            .consecutive_5xx_errors
-            .or(od.consecutive_errors.map(|n| n.max(0) as u32));
-        match five_xx {
-            Some(n) if n > 0 => {
+        // istiod's mapping: a count left unset keeps Envoy's default (5 consecutive
+        // 5xx, enforced), 0 turns that kind of ejection off, N enforces N.
+        match od.consecutive_5xx_errors {
+            Some(0) => {
+                o.consecutive_5xx = pb::u32v(0);
+                o.enforcing_consecutive_5xx = pb::u32v(0);
+            }
+            Some(n) => {
                 o.consecutive_5xx = pb::u32v(n);
                 o.enforcing_consecutive_5xx = pb::u32v(100);
             }
-            _ => o.enforcing_consecutive_5xx = pb::u32v(0),
+            None => {}
         }
-        if let Some(n) = od.consecutive_gateway_errors.filter(|n| *n > 0) {
-            o.consecutive_gateway_failure = pb::u32v(n);
-            o.enforcing_consecutive_gateway_failure = pb::u32v(100);
+        match od.consecutive_gateway_errors {
+            Some(0) => {
+                o.consecutive_gateway_failure = pb::u32v(0);
+                o.enforcing_consecutive_gateway_failure = pb::u32v(0);
+            }
+            Some(n) => {
+                o.consecutive_gateway_failure = pb::u32v(n);
+                o.enforcing_consecutive_gateway_failure = pb::u32v(100);
+            }
+            None => {}
         }
-        if let Some(split) = od.split_external_local_origin_errors {
-            o.split_external_local_origin_errors = split;
-        }
-        if let Some(n) = od.consecutive_local_origin_failures {
-            o.consecutive_local_origin_failure = pb::u32v(n);
-            o.enforcing_consecutive_local_origin_failure = pb::u32v(100);
+        // Local-origin failures count apart only when they are split from the
+        // upstream's own errors.
+        if od.split_external_local_origin_errors == Some(true) {
+            o.split_external_local_origin_errors = true;
+            o.enforcing_local_origin_success_rate = pb::u32v(0);
+            if let Some(n) = od.consecutive_local_origin_failures.filter(|n| *n > 0) {
+                o.consecutive_local_origin_failure = pb::u32v(n);
+                o.enforcing_consecutive_local_origin_failure = pb::u32v(100);
+            }
         }
         if let Some(i) = od.interval {
             o.interval = Some(pb::duration(i.as_std()));
@@ -773,17 +831,17 @@ fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port) {
         if let Some(b) = od.base_ejection_time {
             o.base_ejection_time = Some(pb::duration(b.as_std()));
         }
-        if let Some(m) = od.max_ejection_percent {
-            o.max_ejection_percent = pb::u32v(m.clamp(0, 100) as u32);
+        if let Some(m) = od.max_ejection_percent.filter(|m| *m > 0) {
+            o.max_ejection_percent = pb::u32v(m.min(100) as u32);
         }
-        if let Some(h) = od.min_health_percent {
-            c.common_lb_config = Some(cl::cluster::CommonLbConfig {
-                healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
-                    value: f64::from(h.clamp(0, 100)),
-                }),
-                ..Default::default()
-            });
-        }
+        // minHealthPercent (0 when unset): below it Envoy would spread traffic over
+        // ejected hosts too ("panic"); istiod disables that by default.
+        let min_health = od.min_health_percent.unwrap_or(0).clamp(0, 100);
+        c.common_lb_config
+            .get_or_insert_with(Default::default)
+            .healthy_panic_threshold = Some(envoy_types::pb::envoy::r#type::v3::Percent {
+            value: f64::from(min_health),
+        });
         c.outlier_detection = Some(o);
     }
 }

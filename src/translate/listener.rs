@@ -660,7 +660,12 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
         vec![http_connection_manager(
             ctx,
             &format!("inbound_0.0.0.0_{port}"),
-            Routes::Inline(Box::new(route::inbound_route_config(&cluster, port))),
+            Routes::Inline(Box::new(route::inbound_route_config(
+                ctx,
+                &cluster,
+                port,
+                protocol == Protocol::Grpc,
+            ))),
             true,
         )]
     } else {

@@ -41,6 +41,30 @@ fn mesh_setting(ctx: &ProxyContext) -> Option<LocalityLbSetting> {
     serde_json::from_value(raw.clone()).ok()
 }
 
+/// Whether the cluster balances by locality weight: with a `distribute` setting, or
+/// with `failover` under outlier detection. As in istiod, this depends on the rules
+/// alone, never on where the client runs — the client's locality shapes only its
+/// endpoints (priorities and weights in EDS).
+pub fn weighted(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> bool {
+    let policy = super::cluster::effective_policy(ctx, svc, port, subset);
+    let Some(setting) = policy
+        .as_ref()
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|lb| lb.locality_lb_setting.clone())
+        .or_else(|| mesh_setting(ctx))
+    else {
+        return false;
+    };
+    if setting.enabled == Some(false) {
+        return false;
+    }
+    !setting.distribute.is_empty()
+        || (!setting.failover.is_empty()
+            && policy
+                .as_ref()
+                .is_some_and(|p| p.outlier_detection.is_some()))
+}
+
 /// The plan for cluster (`svc`, `port`, `subset`) of this client, if any.
 pub fn plan(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> Option<Plan> {
     if ctx.locality.is_empty() {

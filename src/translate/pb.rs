@@ -151,19 +151,20 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
-/// A Cluster in deterministic form, fast: everything but `metadata` has no map with more
-/// than one entry (protocol options carry one), so prost's encoding of it is already
-/// deterministic; `metadata` (a Struct, several keys) is canonicalized alone and appended
-/// — protobuf merges a field that comes last. About ten times cheaper than [`resource`]
-/// on large meshes, where clusters dominate.
+/// A Cluster in deterministic form, fast when it can be: a cluster meshd generates has
+/// no map with more than one entry besides `metadata` (protocol options carry one), so
+/// prost's encoding of it is already deterministic, and `metadata` (a Struct, several
+/// keys) is canonicalized alone and appended — protobuf merges a field that comes last.
+/// About ten times cheaper than [`resource`] on large meshes, where clusters dominate.
+/// A cluster with more (an EnvoyFilter may add protocol options or typed metadata) takes
+/// the canonical path, so its bytes, and so its version, never depend on HashMap order.
 pub fn cluster_resource(c: &envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
-    debug_assert!(
-        c.typed_extension_protocol_options.len() <= 1,
-        "more than one protocol option: use pb::resource"
-    );
     let Some(meta) = &c.metadata else {
         return resource(c);
     };
+    if c.typed_extension_protocol_options.len() > 1 || !meta.typed_filter_metadata.is_empty() {
+        return resource(c);
+    }
     let mut bare = c.clone();
     bare.metadata = None;
     let mut bytes = bare.encode_to_vec();
@@ -556,6 +557,40 @@ mod tests {
         let md = make().metadata.expect("metadata");
         let back = core::Metadata::decode(metadata_bytes(&md).as_slice()).expect("valid metadata");
         assert_eq!(back, md);
+    }
+
+    #[test]
+    fn clusters_with_several_protocol_options_encode_deterministically() {
+        // HashMaps with the same entries, inserted in different orders: the encoding
+        // must not follow either order.
+        let opt = |name: &str| {
+            (
+                format!("envoy.extensions.upstreams.{name}"),
+                gpb::Any {
+                    type_url: format!("type.googleapis.com/{name}"),
+                    value: name.as_bytes().to_vec(),
+                },
+            )
+        };
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let mut seen = std::collections::BTreeSet::new();
+        for rot in 0..names.len() {
+            let mut order = names.to_vec();
+            order.rotate_left(rot);
+            let c = Cluster {
+                name: "c".into(),
+                typed_extension_protocol_options: order.iter().map(|n| opt(n)).collect(),
+                metadata: Some(core::Metadata {
+                    filter_metadata: [("istio".to_string(), to_struct(&json!({"a": 1})))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            seen.insert(cluster_resource(&c).value);
+        }
+        assert_eq!(seen.len(), 1, "one encoding whatever the insertion order");
     }
 
     #[test]

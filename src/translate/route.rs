@@ -33,6 +33,8 @@ pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 /// istiod's default retry policy, applied to routes without `retries`.
 const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+/// istiod's default retry condition on inbound routes.
+const INBOUND_RETRY_ON: &str = "reset-before-request";
 
 fn string_match(m: &istio::StringMatch, ignore_case: bool) -> Option<StringMatcher> {
     let pattern = if let Some(e) = &m.exact {
@@ -256,43 +258,38 @@ fn cors_config(c: &istio::CorsPolicy) -> cors::CorsPolicy {
     }
 }
 
-fn retry_policy(r: Option<&istio::HttpRetry>) -> Option<rt::RetryPolicy> {
+/// The retry policy of an outbound route, as istiod's: attempts 2 on connection-level
+/// failures by default; `retryOn` parts that are numbers become retriable status codes.
+/// No status code is retried unless named: a 503 from the application may come from a
+/// request that already changed something (a POST), so retrying it is not safe by
+/// default (istiod's `EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY`, on by default).
+/// `hashed`: the route has a consistent-hash policy, and a retry must stay on the same
+/// host, so the default `previous_hosts` predicate is left out.
+fn retry_policy(r: Option<&istio::HttpRetry>, hashed: bool) -> Option<rt::RetryPolicy> {
     let (attempts, per_try, retry_on) = match r {
         Some(r) if r.attempts <= 0 => return None,
         Some(r) => (r.attempts as u32, r.per_try_timeout, r.retry_on.as_str()),
         None => (2, None, ""),
     };
-    let mut on: Vec<String> = Vec::new();
-    let mut codes = Vec::new();
-    for part in retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match part.parse::<u32>() {
-            Ok(code) => codes.push(code),
-            Err(_) => on.push(part.to_string()),
-        }
-    }
-    let retry_on = if on.is_empty() && codes.is_empty() {
-        codes.push(503);
-        DEFAULT_RETRY_ON.to_string()
-    } else {
-        if !codes.is_empty() && !on.iter().any(|s| s == "retriable-status-codes") {
-            on.push("retriable-status-codes".into());
-        }
-        on.join(",")
+    let (retry_on, codes) = parse_retry_on(retry_on, DEFAULT_RETRY_ON);
+    let previous_hosts = match r.and_then(|r| r.retry_ignore_previous_hosts) {
+        Some(explicit) => explicit,
+        None => !hashed,
     };
     Some(rt::RetryPolicy {
         retry_on,
         num_retries: pb::u32v(attempts),
         per_try_timeout: per_try.map(|d| pb::duration(d.as_std())),
         retriable_status_codes: codes,
-        retry_host_predicate: if r.and_then(|r| r.retry_ignore_previous_hosts) == Some(false) {
-            vec![]
-        } else {
+        retry_host_predicate: if previous_hosts {
             vec![rt::retry_policy::RetryHostPredicate {
                 name: "envoy.retry_host_predicates.previous_hosts".into(),
                 config_type: Some(rt::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
                     pb::any(&envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate {}),
                 )),
             }]
+        } else {
+            vec![]
         },
         host_selection_retry_max_attempts: 5,
         // retryRemoteLocalities: retries move on to the next locality priority.
@@ -306,12 +303,54 @@ fn retry_policy(r: Option<&istio::HttpRetry>) -> Option<rt::RetryPolicy> {
                 )),
             }
         }),
-        retry_back_off: r
-            .and_then(|r| r.backoff)
-            .map(|b| rt::retry_policy::RetryBackOff {
-                base_interval: Some(pb::duration(b.as_std())),
-                ..Default::default()
-            }),
+        retry_back_off: backoff(r),
+        ..Default::default()
+    })
+}
+
+fn backoff(r: Option<&istio::HttpRetry>) -> Option<rt::retry_policy::RetryBackOff> {
+    r.and_then(|r| r.backoff)
+        .map(|b| rt::retry_policy::RetryBackOff {
+            base_interval: Some(pb::duration(b.as_std())),
+            ..Default::default()
+        })
+}
+
+/// `retryOn` → (Envoy's retry_on, retriable status codes); `default` when empty.
+fn parse_retry_on(retry_on: &str, default: &str) -> (String, Vec<u32>) {
+    let mut on: Vec<String> = Vec::new();
+    let mut codes = Vec::new();
+    for part in retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part.parse::<u32>() {
+            Ok(code) if (100..600).contains(&code) => codes.push(code),
+            _ => on.push(part.to_string()),
+        }
+    }
+    if on.is_empty() && codes.is_empty() {
+        return (default.to_string(), codes);
+    }
+    if !codes.is_empty() && !on.iter().any(|s| s == "retriable-status-codes") {
+        on.push("retriable-status-codes".into());
+    }
+    (on.join(","), codes)
+}
+
+/// The retry policy of an inbound route: a request reset before it reached the
+/// application was never processed, so retrying it is safe for any method (istiod's
+/// default, which shields clients from an application closing an idle connection while
+/// a request is on its way). gRPC ports get none: streams cannot be replayed.
+pub(crate) fn inbound_retry_policy(r: Option<&istio::HttpRetry>) -> Option<rt::RetryPolicy> {
+    let (attempts, retry_on) = match r {
+        Some(r) if r.attempts <= 0 => return None,
+        Some(r) => (r.attempts as u32, r.retry_on.as_str()),
+        None => (2, ""),
+    };
+    let (retry_on, codes) = parse_retry_on(retry_on, INBOUND_RETRY_ON);
+    Some(rt::RetryPolicy {
+        retry_on,
+        num_retries: pb::u32v(attempts),
+        retriable_status_codes: codes,
+        retry_back_off: backoff(r),
         ..Default::default()
     })
 }
@@ -342,24 +381,26 @@ pub fn destination_cluster(
     naming::outbound_cluster(port, &dest.subset, &host)
 }
 
-fn hash_policies(ctx: &ProxyContext, host: &str) -> Vec<rt::route_action::HashPolicy> {
-    use rt::route_action::hash_policy::{self, PolicySpecifier};
-    let Some(svc) = ctx.snap.services.get(host) else {
-        return vec![];
-    };
-    let Some(dr) = ctx
+/// Whether the client's DestinationRule for `host` balances by consistent hash.
+fn consistent_hash(ctx: &ProxyContext, host: &str) -> bool {
+    consistent_hash_of(ctx, host).is_some()
+}
+
+fn consistent_hash_of(ctx: &ProxyContext, host: &str) -> Option<istio::ConsistentHashLb> {
+    let svc = ctx.snap.services.get(host)?;
+    let dr = ctx
         .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
-    else {
-        return vec![];
-    };
-    let Some(ch) = dr
-        .spec
+        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
+    dr.spec
         .traffic_policy
         .as_ref()
         .and_then(|t| t.load_balancer.as_ref())
-        .and_then(|l| l.consistent_hash.as_ref())
-    else {
+        .and_then(|l| l.consistent_hash.clone())
+}
+
+fn hash_policies(ctx: &ProxyContext, host: &str) -> Vec<rt::route_action::HashPolicy> {
+    use rt::route_action::hash_policy::{self, PolicySpecifier};
+    let Some(ch) = consistent_hash_of(ctx, host) else {
         return vec![];
     };
     let spec = if let Some(h) = &ch.http_header_name {
@@ -553,14 +594,12 @@ fn route_action(
     port: u16,
 ) -> RouteAction {
     let ns = &vs.key.namespace;
-    let mut action = RouteAction {
-        timeout: Some(pb::duration(
-            rule.timeout.map(|t| t.as_std()).unwrap_or_default(),
-        )),
-        retry_policy: retry_policy(rule.retries.as_ref()),
-        max_stream_duration: grpc_timeout_unlimited(),
-        ..Default::default()
-    };
+    let mut action = RouteAction::default();
+    set_timeout(
+        &mut action,
+        rule.timeout.map(|t| t.as_std()),
+        ctx.proxy.proxyless,
+    );
     let dests: Vec<&istio::HttpRouteDestination> = if rule.route.len() > 1 {
         rule.route
             .iter()
@@ -657,12 +696,46 @@ fn route_action(
         let host = host::resolve(&first.destination.host, ns, &ctx.snap.mesh.domain_suffix);
         action.hash_policy = hash_policies(ctx, &host);
     }
+    let retries = rule
+        .retries
+        .as_ref()
+        .or(ctx.snap.mesh.default_http_retry_policy.as_ref());
+    // A retry of a request to one consistently hashed destination stays on its host.
+    let hashed = dests.len() == 1
+        && consistent_hash(
+            ctx,
+            &host::resolve(&dests[0].destination.host, ns, &ctx.snap.mesh.domain_suffix),
+        );
+    action.retry_policy = retry_policy(retries, hashed);
     action
 }
 
-/// istiod's `max_stream_duration`: honour no grpc-timeout header limit.
-fn grpc_timeout_unlimited() -> Option<rt::route_action::MaxStreamDuration> {
+/// A route's timeout as istiod sets it (0: none). Envoy applies `timeout` only while
+/// the route has no `max_stream_duration`: that field switches it to stream-duration
+/// limits instead, so sidecars and gateways get `timeout` plus the (deprecated but
+/// honoured) `max_grpc_timeout` capping a gRPC client's `grpc-timeout` at the same value.
+/// gRPC's own xDS client reads only `max_stream_duration`.
+fn set_timeout(action: &mut RouteAction, timeout: Option<std::time::Duration>, proxyless: bool) {
+    let t = pb::duration(timeout.unwrap_or_default());
+    if proxyless {
+        action.max_stream_duration = Some(rt::route_action::MaxStreamDuration {
+            max_stream_duration: Some(t),
+            ..Default::default()
+        });
+    } else {
+        #[allow(deprecated)]
+        {
+            action.max_grpc_timeout = Some(t);
+        }
+    }
+    action.timeout = Some(t);
+}
+
+/// An inbound route's limits: none (the client's sidecar enforces the route's timeout),
+/// and no `grpc-timeout` header limit either, as istiod's inbound routes.
+fn inbound_unlimited() -> Option<rt::route_action::MaxStreamDuration> {
     Some(rt::route_action::MaxStreamDuration {
+        max_stream_duration: pb::secs(0),
         grpc_timeout_header_max: pb::secs(0),
         ..Default::default()
     })
@@ -677,13 +750,16 @@ pub fn default_route(ctx: &ProxyContext, cluster: &str, host: &str, port: u16) -
             operation: format!("{host}:{port}/*"),
             ..Default::default()
         }),
-        action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
-            timeout: pb::secs(0),
-            retry_policy: retry_policy(None),
-            max_stream_duration: grpc_timeout_unlimited(),
-            hash_policy: hash_policies(ctx, host),
-            ..Default::default()
+        action: Some(Action::Route({
+            let mut a = RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+                hash_policy: hash_policies(ctx, host),
+                ..Default::default()
+            };
+            set_timeout(&mut a, None, ctx.proxy.proxyless);
+            // istiod keeps `previous_hosts` on default routes, hashed or not.
+            a.retry_policy = retry_policy(ctx.snap.mesh.default_http_retry_policy.as_ref(), false);
+            a
         })),
         ..Default::default()
     }
@@ -829,7 +905,8 @@ fn catch_all(policy: OutboundTrafficMode, egress_proxy: Option<String>) -> Virtu
                         egress_proxy.unwrap_or_else(|| naming::PASSTHROUGH.into()),
                     )),
                     timeout: pb::secs(0),
-                    max_stream_duration: grpc_timeout_unlimited(),
+                    #[allow(deprecated)]
+                    max_grpc_timeout: pb::secs(0),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -891,7 +968,12 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
 }
 
 /// Inline route configuration of an inbound HTTP filter chain.
-pub fn inbound_route_config(cluster: &str, port: u16) -> RouteConfiguration {
+pub fn inbound_route_config(
+    ctx: &ProxyContext,
+    cluster: &str,
+    port: u16,
+    grpc: bool,
+) -> RouteConfiguration {
     RouteConfiguration {
         name: cluster.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -907,7 +989,14 @@ pub fn inbound_route_config(cluster: &str, port: u16) -> RouteConfiguration {
                 action: Some(Action::Route(RouteAction {
                     cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
                     timeout: pb::secs(0),
-                    max_stream_duration: grpc_timeout_unlimited(),
+                    max_stream_duration: inbound_unlimited(),
+                    retry_policy: if grpc {
+                        None
+                    } else {
+                        inbound_retry_policy(
+                            ctx.snap.mesh.default_inbound_http_retry_policy.as_ref(),
+                        )
+                    },
                     ..Default::default()
                 })),
                 ..Default::default()

@@ -1,5 +1,5 @@
 //! Generated resources shared between proxies. Proxies of one class — same kind,
-//! namespace, labels, Sidecar, interception mode, served services — get byte-identical
+//! namespace, labels, locality, Sidecar, interception mode, served services — get byte-identical
 //! resources, so each class is translated once per snapshot, however many proxies it has.
 //! The cache is keyed by the snapshot generation and emptied when a new one is published.
 
@@ -44,6 +44,10 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
     ctx.proxy.interception.hash(&mut h);
     ctx.proxy.istio_version.is_some().hash(&mut h);
     ctx.proxy.mtls_ready.hash(&mut h);
+    // Locality load balancing shapes clusters (locality-weighted or not) by where the
+    // client runs; the locality may come from the node or the workload's Node, neither
+    // of which the labels show.
+    ctx.locality.hash(&mut h);
     // Proxyless gRPC clients get other resources under the same names.
     ctx.proxy.proxyless.hash(&mut h);
     // Proxies the same EnvoyFilter patches select share; others do not.

@@ -1,0 +1,193 @@
+//! An HTTP backend whose answer the request path chooses, and which counts what it got:
+//! `/delay/MS[/…]` answers 200 after MS milliseconds, `/status/CODE[/…]` answers CODE, anything
+//! else 200. Every connection has its own thread, so a slow answer never holds up the
+//! next request. The body is the backend's name.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Scripted {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeMap<String, usize>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scripted {
+    pub fn start(name: &str, addr: &str) -> Scripted {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("backend {name} on {addr}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let (stop2, seen2, name) = (stop.clone(), seen.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let (seen, name) = (seen2.clone(), name.clone());
+                        std::thread::spawn(move || serve(s, &name, &seen));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Scripted {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many requests for `path` arrived.
+    pub fn count(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .map(|m| m.get(path).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// Answers requests on one connection until the client closes it.
+fn serve(mut s: std::net::TcpStream, name: &str, seen: &Mutex<BTreeMap<String, usize>>) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        buf.drain(..end + 4);
+        let path = head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("/")
+            .to_string();
+        if let Ok(mut m) = seen.lock() {
+            *m.entry(path.clone()).or_insert(0) += 1;
+        }
+        let mut status = 200u16;
+        // The number ends at the next `/`, so tests can tell paths apart: /status/503/a.
+        let arg = |prefix: &str| -> Option<u64> {
+            path.strip_prefix(prefix)?.split('/').next()?.parse().ok()
+        };
+        if let Some(ms) = arg("/delay/") {
+            std::thread::sleep(Duration::from_millis(ms));
+        } else if let Some(code) = arg("/status/") {
+            status = u16::try_from(code).unwrap_or(500);
+        }
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{name}",
+            name.len()
+        );
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One Kubernetes service `NAME` (port 9080, named `http`) with one pod at `ip` answered
+/// by a [`Scripted`] backend, the `sleep` client's sidecar with an HTTP egress listener
+/// bound on 127.0.0.1:9080, meshd serving it all, plus `extra` manifests.
+/// Fields drop in order: processes first, then their folders.
+pub struct OneService {
+    pub envoy: crate::harness::Envoy,
+    _meshd: crate::harness::Meshd,
+    pub backend: Scripted,
+    _config: crate::harness::TempDir,
+    _dir: crate::harness::TempDir,
+    host: String,
+}
+
+impl OneService {
+    /// None when this machine cannot run Envoy tests (skipped).
+    pub fn start(name: &str, ip: &str, extra: &str) -> Option<OneService> {
+        use crate::harness::*;
+        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+            return None;
+        }
+        if !isolate() {
+            return None;
+        }
+        let dir = TempDir::new(name);
+        let config = TempDir::new(&format!("{name}-config"));
+        config.write(
+            "service.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 9080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-v1, namespace: default, labels: {{app: {name}}}}}\nspec: {{containers: [{{name: app, image: app}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n"
+            ),
+        );
+        config.write("extra.yaml", extra);
+        config.write(
+            "sleep.yaml",
+            &crate::tcp::sleep(
+                "",
+                9080,
+                "HTTP",
+                "127.0.0.1",
+                &format!("./{name}.default.svc.cluster.local"),
+                "",
+            ),
+        );
+        let backend = Scripted::start(&format!("{name}-v1"), &format!("{ip}:9080"));
+        let meshd = Meshd::start(config.path(), dir.path(), &[]);
+        let envoy = crate::tcp::start_sleep(&dir, &[("app", "sleep")]);
+        let s = OneService {
+            envoy,
+            _meshd: meshd,
+            backend,
+            _config: config,
+            _dir: dir,
+            host: format!("{name}.default.svc.cluster.local"),
+        };
+        wait_for(
+            "routes through the sidecar",
+            Duration::from_secs(20),
+            || s.get("/", &[]).ok().filter(|r| r.status == 200),
+        );
+        Some(s)
+    }
+
+    /// A request through the sidecar's egress listener to the service.
+    pub fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<crate::harness::HttpResponse> {
+        let mut h = vec![("Host", self.host.as_str())];
+        h.extend_from_slice(headers);
+        crate::harness::http_get("127.0.0.1:9080", path, &h)
+    }
+
+    /// Envoy accepted every update meshd sent.
+    pub fn assert_accepted(&self) {
+        let rejected: Vec<_> = self
+            .envoy
+            .stats("update_rejected")
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
+    }
+}
