@@ -36,13 +36,21 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 pub struct Metrics {
     pub registry: Registry,
     /// pilot_xds: connected proxies by istio version ("upstream" for plain Envoy).
+    /// Change it through [`Metrics::proxy_connected`] / [`Metrics::proxy_disconnected`],
+    /// which drop a version's series when its last proxy leaves.
     pub xds_connections: Family<VersionLabel, Gauge>,
+    /// Serializes connection counting, so a series is never removed while another
+    /// proxy of that version connects.
+    connections_lock: std::sync::Mutex<()>,
     /// pilot_xds_pushes: responses sent, by type.
     pub pushes: Family<TypeLabel, Counter>,
     /// pilot_total_xds_rejects: NACKs, by type.
     pub rejects: Family<TypeLabel, Counter>,
     /// pilot_xds_expired_nonce: requests for stale nonces, by type.
     pub expired_nonce: Family<TypeLabel, Counter>,
+    /// pilot_xds_write_timeout: responses a proxy did not take within the send
+    /// deadline (its stream is then closed).
+    pub write_timeouts: Counter,
     /// pilot_xds_push_time: time to generate and send one response, by type.
     pub push_time: Family<TypeLabel, Histogram>,
     /// pilot_proxy_convergence_time: from a config change to the push reaching the proxy.
@@ -173,6 +181,12 @@ impl Metrics {
             "The unix timestamp, in seconds, when Citadel root cert will expire",
             root_expiry.clone(),
         );
+        let write_timeouts = Counter::default();
+        registry.register(
+            "pilot_xds_write_timeout",
+            "Pilot XDS response write timeouts",
+            write_timeouts.clone(),
+        );
         let sds_refusals = Counter::default();
         registry.register(
             "meshd_sds_refusals",
@@ -225,8 +239,10 @@ impl Metrics {
             auth_failures,
             root_expiry,
             sds_refusals,
+            write_timeouts,
             registry,
             xds_connections,
+            connections_lock: std::sync::Mutex::new(()),
             pushes,
             rejects,
             expired_nonce,
@@ -287,6 +303,23 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+impl Metrics {
+    /// Counts a connected proxy under its version label.
+    pub fn proxy_connected(&self, label: &VersionLabel) {
+        let _g = self.connections_lock.lock();
+        self.xds_connections.get_or_create(label).inc();
+    }
+
+    /// Uncounts a proxy; the label's series goes when no proxy of that version is left
+    /// (clients choose the version they report, so series must not outlive them).
+    pub fn proxy_disconnected(&self, label: &VersionLabel) {
+        let _g = self.connections_lock.lock();
+        if self.xds_connections.get_or_create(label).dec() <= 1 {
+            self.xds_connections.remove(label);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -321,7 +321,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let push_task = tokio::spawn(push::run(state.clone(), snap_rx, debounce));
 
     let ads = AggregatedDiscoveryServiceServer::new(AdsService::new(state.clone()))
-        .max_decoding_message_size(64 << 20)
+        .max_decoding_message_size(crate::xds::MAX_REQUEST_BYTES)
         .max_encoding_message_size(usize::MAX);
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc_addr = grpc.local_addr()?;
@@ -348,7 +348,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let ca_service = crate::ca::server::CaService::new(ca.clone(), auth.clone(), metrics.clone());
     let secure_ads =
         AggregatedDiscoveryServiceServer::new(AdsService::secure(state.clone(), auth.clone()))
-            .max_decoding_message_size(64 << 20)
+            .max_decoding_message_size(crate::xds::MAX_REQUEST_BYTES)
             .max_encoding_message_size(usize::MAX);
     let mut secure_shutdown = shutdown_rx.clone();
     tokio::spawn(async move {

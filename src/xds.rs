@@ -7,4 +7,4 @@ pub mod push;
 pub mod server;
 pub mod watch;
 
-pub use server::{AdsService, XdsState};
+pub use server::{AdsService, MAX_REQUEST_BYTES, XdsState};

@@ -73,8 +73,16 @@ struct FakeServer {
 
 impl FakeServer {
     async fn new(text: &str) -> FakeServer {
+        FakeServer::with(text, |s| s).await
+    }
+
+    /// With the server's state tuned (push slots, send deadline).
+    async fn with(text: &str, tune: impl FnOnce(XdsState) -> XdsState) -> FakeServer {
         let (tx, rx) = watch::channel(false);
-        let state = Arc::new(XdsState::new(Arc::new(meshd::metrics::Metrics::new()), rx));
+        let state = Arc::new(tune(XdsState::new(
+            Arc::new(meshd::metrics::Metrics::new()),
+            rx,
+        )));
         let snap = Arc::new(Snapshot::build(
             &config(text),
             None,
@@ -525,4 +533,144 @@ spec:
         weighted(&cds_two),
         "so does zone2's: the weights in its endpoints are its own"
     );
+}
+
+/// Proxies that never ACK hold no push slot: a slot is released once the response is
+/// handed to the transport, so two silent proxies with two slots do not stop a third.
+#[tokio::test]
+async fn proxies_that_never_answer_hold_no_push_slot() {
+    let s = FakeServer::with(BASE, |st| st.with_push_slots(2)).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut c = Sotw::open(&s).await;
+        c.send(type_url::CLUSTER, &[], "", "", None, true).await;
+        c.expect().await;
+        silent.push(c); // never ACKs
+    }
+    let mut third = Sotw::open(&s).await;
+    third.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let r = third.expect().await;
+    assert_eq!(r.type_url, type_url::CLUSTER, "the third proxy is served");
+}
+
+/// A proxy that stops reading is cut off after the send deadline, and the others keep
+/// getting pushes meanwhile.
+#[tokio::test]
+async fn a_proxy_that_stops_reading_cannot_stall_pushes() {
+    // Large clusters responses (1,500 services) fill the stuck client's HTTP/2 window
+    // after a few pushes.
+    let services = |variant: usize| -> String {
+        let mut t = String::from(BASE);
+        for i in 0..1500 {
+            t.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\nspec:\n  selector: {{app: svc-{i}}}\n  ports: [{{name: {}, port: {}}}]\n",
+                // Alternating protocols change every cluster.
+                if variant.is_multiple_of(2) { "http" } else { "http2" },
+                10000 + (i % 50)
+            ));
+        }
+        t
+    };
+    let mut s = FakeServer::with(&services(0), |st| {
+        st.with_push_slots(1)
+            .with_send_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let stuck = Sotw::open(&s).await;
+    stuck.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let mut good = Sotw::open(&s).await;
+    good.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let mut last = good.expect().await;
+    for variant in 1..=20 {
+        good.send(
+            type_url::CLUSTER,
+            &[],
+            &last.version_info,
+            &last.nonce,
+            None,
+            false,
+        )
+        .await;
+        s.update(&services(variant));
+        last = good.expect().await;
+        assert_eq!(last.type_url, type_url::CLUSTER, "push {variant} arrives");
+    }
+    // The stuck stream was closed by its deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s
+        .metric("pilot_xds_write_timeout")
+        .contains("pilot_xds_write_timeout_total 1")
+        && !s
+            .metric("pilot_xds_write_timeout")
+            .contains("pilot_xds_write_timeout 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck proxy's stream is closed: {}",
+            s.metric("pilot_xds_write_timeout")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stuck);
+}
+
+/// Connect/disconnect churn with junk versions and names leaves nothing behind: no
+/// metric series per junk version, no cached resource per junk name.
+#[tokio::test]
+async fn churn_with_junk_names_leaves_no_state() {
+    let s = FakeServer::new(BASE).await;
+    let sets_before = s.state.cache.len();
+    for i in 0..1000 {
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(4);
+        let mut stream = s
+            .client()
+            .await
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut n = node(&format!(
+            "sidecar~10.1.{}.{}~junk-{i}.default~default.svc.cluster.local",
+            i / 250,
+            i % 250
+        ));
+        if let Some(m) = n.metadata.as_mut() {
+            m.fields.insert(
+                "ISTIO_VERSION".into(),
+                pb::struct_value(&serde_json::json!(format!("junk-version-{i}"))),
+            );
+        }
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(n),
+            type_url: type_url::ENDPOINT.into(),
+            resource_names_subscribe: (0..20)
+                .map(|j| format!("outbound|80||junk-{i}-{j}.example"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+        let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a response")
+            .expect("ok")
+            .expect("open");
+        assert_eq!(r.resources.len(), 0, "junk names have no resources");
+        drop(tx);
+        drop(stream);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = s.metric("pilot_xds");
+        let gone = !text.contains("junk-version");
+        let cached = s.state.cache.len();
+        if gone && cached <= sets_before + 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "churn left state behind: {cached} cache entries (before: {sets_before}); metrics: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

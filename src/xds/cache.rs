@@ -34,6 +34,15 @@ pub struct ResourceCache {
     inner: Mutex<Inner>,
 }
 
+/// At most this many shared sets per snapshot. Named subscriptions key sets by the
+/// names asked for, and a client can ask for any names: past the bound, sets are
+/// computed for the asker alone instead of kept.
+const MAX_SETS: usize = 20_000;
+
+/// At most this many single resources per snapshot (load assignments: one per cluster
+/// and client rule, so large meshes need many).
+const MAX_ONE: usize = 200_000;
+
 /// Everything about a proxy that translation reads. `with_address` adds the proxy's IPs
 /// (listeners bound to the pod address depend on it; clusters and routes do not).
 pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
@@ -98,11 +107,15 @@ impl ResourceCache {
             if !inner.at(generation) {
                 return Arc::new(f());
             }
-            inner
-                .sets
-                .entry((type_url.to_string(), key))
-                .or_default()
-                .clone()
+            let k = (type_url.to_string(), key);
+            match inner.sets.get(&k) {
+                Some(cell) => cell.clone(),
+                None if inner.sets.len() >= MAX_SETS => {
+                    drop(inner);
+                    return Arc::new(f());
+                }
+                None => inner.sets.entry(k).or_default().clone(),
+            }
         };
         cell.get_or_init(|| Arc::new(f())).clone()
     }
@@ -124,10 +137,13 @@ impl ResourceCache {
                 return v.clone();
             }
         }
-        // Computed outside the lock; two racing callers compute the same value.
+        // Computed outside the lock; two racing callers compute the same value. Names
+        // that exist nowhere are not remembered: any client can ask for any name.
         let v = f().map(Arc::new);
         if let Ok(mut inner) = self.inner.lock()
             && inner.generation == generation
+            && v.is_some()
+            && inner.one.len() < MAX_ONE
         {
             inner.one.insert(k, v.clone());
         }

@@ -247,15 +247,11 @@ struct Stream {
     nonces: u64,
     peer: String,
     delta: bool,
-    /// A push slot, held while any response on this stream awaits its ACK or NACK.
-    slot: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>,
-    /// Types with a response the proxy has not answered yet.
-    unanswered: BTreeSet<String>,
 }
 
-/// How long a proxy may keep a push slot without answering (then it is released, so a
-/// stuck proxy cannot hold up the others).
-const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The most resource names one Delta stream may subscribe to per type: several times
+/// what a proxy of a 10,000-service mesh asks for.
+const MAX_SUBSCRIBED_NAMES: usize = 100_000;
 
 enum Outbound<'a> {
     Sotw(&'a mpsc::Sender<Result<DiscoveryResponse, Status>>),
@@ -273,23 +269,29 @@ impl Stream {
         format!("{}-{id:x}-{:x}", self.state.nonce_prefix, self.nonces)
     }
 
-    /// Waits for a push slot (a bounded number of proxies may have unanswered responses
-    /// at once, like istiod's push throttle): this bounds the memory of responses
-    /// buffered for slow proxies, which would otherwise grow with the number of proxies.
-    async fn take_slot(&mut self) {
-        if self.slot.is_some() {
-            return;
-        }
-        if let Ok(p) = self.state.push_slots.clone().acquire_owned().await {
-            self.slot = Some((p, tokio::time::Instant::now() + SLOT_TIMEOUT));
-        }
-    }
-
-    /// The proxy answered `url`: release the slot once nothing is unanswered.
-    fn answered(&mut self, url: &str) {
-        self.unanswered.remove(url);
-        if self.unanswered.is_empty() {
-            self.slot = None;
+    /// Hands a response to the stream's transport. A push slot (a bounded number of
+    /// streams may be sending at once, like istiod's push throttle) is held only until
+    /// the response is queued, never until the proxy answers; and a proxy that stops
+    /// reading gets `send_timeout` to take it, then its stream is closed — so a stuck
+    /// client can hold neither a slot nor its stream's task for long.
+    async fn deliver<T>(&self, tx: &mpsc::Sender<Result<T, Status>>, resp: T) -> Result<(), ()> {
+        let limit = self.state.send_timeout;
+        let sent = tokio::time::timeout(limit, async {
+            let _slot = self.state.push_slots.acquire().await;
+            tx.send(Ok(resp)).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            // The client went away.
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                self.metrics().write_timeouts.inc();
+                warn!(proxy = %self.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
+                      timeout = ?limit,
+                      "proxy did not take its response in time; closing its stream");
+                Err(())
+            }
         }
     }
 
@@ -444,10 +446,7 @@ impl Stream {
             notify: Notify::new(),
         });
         self.state.register(conn.clone());
-        self.metrics()
-            .xds_connections
-            .get_or_create(&version_label(&proxy))
-            .inc();
+        self.metrics().proxy_connected(&version_label(&proxy));
         info!(proxy = %proxy.id, conn = id, delta = self.delta, peer = %self.peer, "proxy connected");
         self.conn = Some(conn.clone());
         Ok(conn)
@@ -530,10 +529,7 @@ impl Stream {
                     w.client_versions.insert(r.name.clone(), r.version.clone());
                 }
                 let n = resp.resources.len();
-                self.take_slot().await;
-                if tx.send(Ok(resp)).await.is_err() {
-                    return Err(());
-                }
+                self.deliver(tx, resp).await?;
                 n
             }
             Outbound::Delta(tx) => {
@@ -588,14 +584,10 @@ impl Stream {
                     w.client_versions.remove(r);
                 }
                 let n = resp.resources.len();
-                self.take_slot().await;
-                if tx.send(Ok(resp)).await.is_err() {
-                    return Err(());
-                }
+                self.deliver(tx, resp).await?;
                 n
             }
         };
-        self.unanswered.insert(url.to_string());
         w.sent(&version, &nonce);
         let short = type_url::short(url);
         self.metrics()
@@ -671,9 +663,6 @@ impl Stream {
             .as_ref()
             .map(|c| c.proxy.id.clone())
             .unwrap_or_default();
-        if matches!(action, Action::Ack | Action::Nack) {
-            self.answered(url);
-        }
         match action {
             Action::Nack => {
                 let err = self
@@ -700,13 +689,6 @@ impl Stream {
     }
 }
 
-async fn slot_deadline(slot: &Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>) {
-    match slot {
-        Some((_, deadline)) => tokio::time::sleep_until(*deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn control_plane() -> ControlPlane {
     ControlPlane {
         identifier: format!("meshd-{}", env!("CARGO_PKG_VERSION")),
@@ -714,12 +696,19 @@ fn control_plane() -> ControlPlane {
 }
 
 fn version_label(proxy: &Proxy) -> VersionLabel {
-    VersionLabel {
-        version: proxy
-            .istio_version
-            .clone()
-            .unwrap_or_else(|| "upstream".into()),
-    }
+    // The version is whatever the client says: keep it only if it looks like one.
+    let version = match &proxy.istio_version {
+        None => "upstream".to_string(),
+        Some(v)
+            if v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)) =>
+        {
+            v.clone()
+        }
+        Some(_) => "unknown".to_string(),
+    };
+    VersionLabel { version }
 }
 
 /// istiod's debug type over ADS (`istioctl proxy-status`, `istioctl version`).
@@ -790,8 +779,6 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
         nonces: 0,
         peer,
         delta,
-        slot: None,
-        unanswered: BTreeSet::new(),
     };
     let result = match mode {
         Mode::Sotw { mut inbound, tx } => {
@@ -849,12 +836,6 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             break Ok(());
                         }
                     }
-                    _ = slot_deadline(&s.slot) => {
-                        warn!(proxy = %s.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
-                              "proxy did not answer within 30s; releasing its push slot");
-                        s.slot = None;
-                        s.unanswered.clear();
-                    }
                     _ = shutdown.changed() => break Ok(()),
                 }
             }
@@ -882,6 +863,16 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                         let url = req.type_url.clone();
                         let w = s.watches.entry(url.clone()).or_insert_with(|| WatchState::new(&url));
                         let action = w.on_delta_request(&req);
+                        if w.names.len() > MAX_SUBSCRIBED_NAMES {
+                            // Subscriptions only grow by request: bound what one stream holds.
+                            let status = Status::resource_exhausted(format!(
+                                "more than {MAX_SUBSCRIBED_NAMES} {} names subscribed on one stream",
+                                type_url::short(&url)
+                            ));
+                            warn!(peer = %s.peer, type_url = %url, "subscription limit reached; closing the stream");
+                            let _ = tx.send(Err(status.clone())).await;
+                            break Err(status.message().to_string());
+                        }
                         s.on_action(&url, &action);
                         if action == Action::Respond {
                             if s.send_types(&out, &[url.as_str()], Some(url.as_str())).await.is_err() {
@@ -897,12 +888,6 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             break Ok(());
                         }
                     }
-                    _ = slot_deadline(&s.slot) => {
-                        warn!(proxy = %s.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
-                              "proxy did not answer within 30s; releasing its push slot");
-                        s.slot = None;
-                        s.unanswered.clear();
-                    }
                     _ = shutdown.changed() => break Ok(()),
                 }
             }
@@ -910,11 +895,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
     };
     if let Some(c) = &s.conn {
         state.unregister(c.id);
-        state
-            .metrics
-            .xds_connections
-            .get_or_create(&version_label(&c.proxy))
-            .dec();
+        state.metrics.proxy_disconnected(&version_label(&c.proxy));
         match result {
             Ok(()) => info!(proxy = %c.proxy.id, conn = c.id, "proxy disconnected"),
             Err(e) => info!(proxy = %c.proxy.id, conn = c.id, error = %e, "proxy stream ended"),

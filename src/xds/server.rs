@@ -35,8 +35,10 @@ pub struct XdsState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Resources shared by proxies of the same class, per snapshot.
     pub cache: super::cache::ResourceCache,
-    /// Push slots: how many proxies may have unanswered responses at once.
+    /// Push slots: how many streams may be handing responses to their transport at once.
     pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
+    /// How long a proxy has to take a response before its stream is closed.
+    pub(crate) send_timeout: std::time::Duration,
     /// Workload secrets for SDS (when the CA runs).
     pub secrets: Option<Arc<WorkloadSecrets>>,
 }
@@ -53,8 +55,15 @@ pub struct SyncStatus {
     pub types: BTreeMap<String, super::watch::WatchSummary>,
 }
 
+/// The largest request a proxy may send (istiod's default gRPC receive limit). A Delta
+/// request with every name of a 10,000-service mesh fits with room to spare.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
 /// istiod's default push throttle (PILOT_PUSH_THROTTLE).
 pub const DEFAULT_PUSH_SLOTS: usize = 100;
+
+/// How long a proxy has to take one response (HTTP/2 flow control lets it refuse).
+pub const DEFAULT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl XdsState {
     /// Serves SDS from these workload secrets (on the TLS port only).
@@ -63,9 +72,15 @@ impl XdsState {
         self
     }
 
-    /// Sets how many proxies may have unanswered responses at once.
+    /// Sets how many streams may be sending at once.
     pub fn with_push_slots(mut self, n: usize) -> Self {
         self.push_slots = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// Sets how long a proxy has to take a response before its stream is closed.
+    pub fn with_send_timeout(mut self, t: std::time::Duration) -> Self {
+        self.send_timeout = t;
         self
     }
 
@@ -84,6 +99,7 @@ impl XdsState {
             shutdown,
             cache: Default::default(),
             push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             secrets: None,
         }
     }

@@ -44,8 +44,12 @@ pub fn envoy_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The meshd under test: this build's, or `MESHD_BIN` (to show that a test fails on an
+/// older build).
 pub fn meshd_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_meshd"))
+    std::env::var_os("MESHD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_meshd")))
 }
 
 /// Moves this test into a fresh network namespace with loopback up. Returns false

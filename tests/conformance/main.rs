@@ -10,6 +10,7 @@ mod bootstrap;
 mod ca;
 mod delegate;
 mod demo;
+mod destination_rules;
 mod envoyfilter;
 mod gateway_tls;
 mod grpc;

@@ -33,22 +33,30 @@ fn default_retries_leave_application_503s_alone() {
     // No `retries`: the 503 reaches the client after one try.
     assert_eq!(status("/status/503/default", "default"), 503);
     assert_eq!(
-        mesh.backend.count("/status/503/default"),
+        mesh.backends[0].count("/status/503/default"),
         1,
         "an application 503 is not retried by default"
     );
     // retryOn "503" (a number: a retriable status code), attempts 2: three tries.
     assert_eq!(status("/status/503/on-503", "on-503"), 503);
     assert_eq!(
-        mesh.backend.count("/status/503/on-503"),
+        mesh.backends[0].count("/status/503/on-503"),
         3,
         "503 retried twice"
     );
     // gateway-error covers 502, 503 and 504.
     assert_eq!(status("/status/502/gw", "gateway-error"), 502);
-    assert_eq!(mesh.backend.count("/status/502/gw"), 2, "502 retried once");
+    assert_eq!(
+        mesh.backends[0].count("/status/502/gw"),
+        2,
+        "502 retried once"
+    );
     // Codes retryOn does not name are never retried.
     assert_eq!(status("/status/500/gw", "gateway-error"), 500);
-    assert_eq!(mesh.backend.count("/status/500/gw"), 1, "500 not retried");
+    assert_eq!(
+        mesh.backends[0].count("/status/500/gw"),
+        1,
+        "500 not retried"
+    );
     mesh.assert_accepted();
 }

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Scripted {
+    /// Set: every answer has this status, whatever the path (a failing pod).
+    pub fixed_status: Arc<std::sync::atomic::AtomicU16>,
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<BTreeMap<String, usize>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -22,13 +24,15 @@ impl Scripted {
         l.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let fixed_status = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let (stop2, seen2, name) = (stop.clone(), seen.clone(), name.to_string());
+        let fixed2 = fixed_status.clone();
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (seen, name) = (seen2.clone(), name.clone());
-                        std::thread::spawn(move || serve(s, &name, &seen));
+                        let (seen, name, fixed) = (seen2.clone(), name.clone(), fixed2.clone());
+                        std::thread::spawn(move || serve(s, &name, &seen, &fixed));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(2));
@@ -38,6 +42,7 @@ impl Scripted {
             }
         });
         Scripted {
+            fixed_status,
             stop,
             seen,
             thread: Some(thread),
@@ -54,7 +59,12 @@ impl Scripted {
 }
 
 /// Answers requests on one connection until the client closes it.
-fn serve(mut s: std::net::TcpStream, name: &str, seen: &Mutex<BTreeMap<String, usize>>) {
+fn serve(
+    mut s: std::net::TcpStream,
+    name: &str,
+    seen: &Mutex<BTreeMap<String, usize>>,
+    fixed: &std::sync::atomic::AtomicU16,
+) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
@@ -78,7 +88,10 @@ fn serve(mut s: std::net::TcpStream, name: &str, seen: &Mutex<BTreeMap<String, u
         if let Ok(mut m) = seen.lock() {
             *m.entry(path.clone()).or_insert(0) += 1;
         }
-        let mut status = 200u16;
+        let mut status = match fixed.load(Ordering::Relaxed) {
+            0 => 200u16,
+            s => s,
+        };
         // The number ends at the next `/`, so tests can tell paths apart: /status/503/a.
         let arg = |prefix: &str| -> Option<u64> {
             path.strip_prefix(prefix)?.split('/').next()?.parse().ok()
@@ -107,22 +120,28 @@ impl Drop for Scripted {
     }
 }
 
-/// One Kubernetes service `NAME` (port 9080, named `http`) with one pod at `ip` answered
-/// by a [`Scripted`] backend, the `sleep` client's sidecar with an HTTP egress listener
+/// One Kubernetes service `NAME` (port 9080, named `http`) with pods answered by
+/// [`Scripted`] backends, the `sleep` client's sidecar with an HTTP egress listener
 /// bound on 127.0.0.1:9080, meshd serving it all, plus `extra` manifests.
 /// Fields drop in order: processes first, then their folders.
 pub struct OneService {
     pub envoy: crate::harness::Envoy,
     _meshd: crate::harness::Meshd,
-    pub backend: Scripted,
-    _config: crate::harness::TempDir,
+    /// One per pod, in the order given.
+    pub backends: Vec<Scripted>,
+    pub config: crate::harness::TempDir,
     _dir: crate::harness::TempDir,
     host: String,
 }
 
 impl OneService {
-    /// None when this machine cannot run Envoy tests (skipped).
+    /// One pod, `NAME-v1` at `ip`. None when this machine cannot run Envoy tests.
     pub fn start(name: &str, ip: &str, extra: &str) -> Option<OneService> {
+        OneService::start_pods(name, &[("v1", ip)], extra)
+    }
+
+    /// Pods `NAME-VERSION` (label `version: VERSION`) at their addresses.
+    pub fn start_pods(name: &str, pods: &[(&str, &str)], extra: &str) -> Option<OneService> {
         use crate::harness::*;
         if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
             return None;
@@ -135,7 +154,10 @@ impl OneService {
         config.write(
             "service.yaml",
             &format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 9080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-v1, namespace: default, labels: {{app: {name}}}}}\nspec: {{containers: [{{name: app, image: app}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n"
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 9080}}]\n{}",
+                pods.iter()
+                    .map(|(v, ip)| format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-{v}, namespace: default, labels: {{app: {name}, version: {v}}}}}\nspec: {{containers: [{{name: app, image: app}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n"))
+                    .collect::<String>()
             ),
         );
         config.write("extra.yaml", extra);
@@ -150,14 +172,17 @@ impl OneService {
                 "",
             ),
         );
-        let backend = Scripted::start(&format!("{name}-v1"), &format!("{ip}:9080"));
+        let backends = pods
+            .iter()
+            .map(|(v, ip)| Scripted::start(&format!("{name}-{v}"), &format!("{ip}:9080")))
+            .collect();
         let meshd = Meshd::start(config.path(), dir.path(), &[]);
         let envoy = crate::tcp::start_sleep(&dir, &[("app", "sleep")]);
         let s = OneService {
             envoy,
             _meshd: meshd,
-            backend,
-            _config: config,
+            backends,
+            config,
             _dir: dir,
             host: format!("{name}.default.svc.cluster.local"),
         };

@@ -42,7 +42,7 @@ fn virtual_service_timeouts_fire_in_envoy() {
     let Some(mesh) = OneService::start("slow", "127.0.0.30", RULES) else {
         return;
     };
-    let backend = &mesh.backend;
+    let backend = &mesh.backends[0];
     // timeout: 0.5s in front of an answer that takes 2 s: 504 after about 0.5 s.
     let (status, took) = timed_get(&mesh, "/delay/2000", "timed");
     assert_eq!(status, 504, "the route's timeout fires (after {took:?})");
