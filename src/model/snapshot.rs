@@ -734,9 +734,13 @@ impl Builder {
                 name: obj.key.name.clone(),
                 ports,
                 addresses: spec.cluster_ips.clone(),
-                // Headless services are load balanced over their pods like any other
-                // (istiod would pass them through to the original destination).
-                resolution: Resolution::ClientSideLb,
+                // A headless service's clients dial its pods themselves: connections
+                // keep their original destination, as in istiod.
+                resolution: if spec.headless {
+                    Resolution::Passthrough
+                } else {
+                    Resolution::ClientSideLb
+                },
                 mesh_external: false,
                 visibility: Visibility::from_export_to(
                     &export_to,

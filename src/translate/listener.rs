@@ -419,7 +419,7 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                         vec![(naming::outbound_cluster(number, "", &s.hostname), 100)]
                     })
             })
-            .unwrap_or_else(|| vec![(naming::PASSTHROUGH.to_string(), 100)]);
+            .unwrap_or_else(|| unknown_destination(ctx));
         let (chains, sniff) = if is_tls(protocol) {
             let fallback = if e
                 .services
@@ -476,126 +476,16 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
                 .listener
                 .as_ref()
                 .is_some_and(|l| l.capture_mode == CaptureMode::NONE);
-        let wildcard = if bind_to_port { "127.0.0.1" } else { "0.0.0.0" };
-        // port → protocol of the shared listener; TCP services with a VIP get their own.
-        let mut shared: BTreeMap<u16, Protocol> = BTreeMap::new();
-        // name → (VIP, port, targets, the service when its port speaks TLS).
-        type VipListener = (
-            String,
-            u16,
-            super::tcp::Targets,
-            Option<std::sync::Arc<crate::model::service::Service>>,
-        );
-        let mut vip_listeners: BTreeMap<String, VipListener> = BTreeMap::new();
-        for svc in &catch_all.services {
-            for p in &svc.ports {
-                if explicit_ports.contains(&p.port)
-                    || RESERVED_PORTS.contains(&p.port)
-                    || p.protocol == Protocol::Udp
-                {
-                    continue;
-                }
-                let cluster = naming::outbound_cluster(p.port, "", &svc.hostname);
-                if p.protocol.is_http() {
-                    shared.insert(p.port, Protocol::Http);
-                } else if let Some(vip) = svc.addresses.first().filter(|_| !bind_to_port) {
-                    let name = naming::listener(vip, p.port);
-                    let targets = super::tcp::sidecar_tcp_targets(
-                        ctx,
-                        &catch_all.virtual_services,
-                        &svc.hostname,
-                        p.port,
-                    )
-                    .unwrap_or_else(|| vec![(cluster, 100)]);
-                    let tls = is_tls(p.protocol).then(|| svc.clone());
-                    vip_listeners.insert(name, (vip.clone(), p.port, targets, tls));
-                } else {
-                    shared.entry(p.port).or_insert(p.protocol);
-                }
-            }
-        }
-        for (port, protocol) in shared {
-            let name = naming::listener(wildcard, port);
-            // A shared TCP port has no single destination: pass through. A TLS port
-            // tells its destinations apart by SNI.
-            let (chains, sniff) = if is_tls(protocol) {
-                let on_port: Vec<_> = catch_all
-                    .services
-                    .iter()
-                    .filter(|s| {
-                        s.port(port).is_some_and(|p| is_tls(p.protocol))
-                            && (bind_to_port || s.addresses.is_empty())
-                    })
-                    .cloned()
-                    .collect();
-                (
-                    sni_chains(
-                        ctx,
-                        &on_port,
-                        &catch_all.virtual_services,
-                        port,
-                        &name,
-                        &unknown_destination(ctx),
-                    ),
-                    false,
-                )
-            } else {
-                outbound_chains(
-                    ctx,
-                    protocol,
-                    port,
-                    &vec![(naming::PASSTHROUGH.to_string(), 100)],
-                    &name,
-                )
-            };
-            let mut lst = listener(
-                name,
-                wildcard,
+        let plan = plan_outbound(ctx, catch_all, &explicit_ports, bind_to_port);
+        for ((address, port), entries) in plan {
+            out.push(outbound_listener(
+                ctx,
+                catch_all,
+                &address,
                 port,
-                bind_to_port,
-                core::TrafficDirection::Outbound,
-            );
-            if is_tls(protocol) {
-                lst.listener_filters.push(tls_inspector());
-            }
-            lst.filter_chains = chains;
-            if sniff {
-                lst.listener_filters.push(http_inspector());
-                lst.continue_on_listener_filters_timeout = true;
-                lst.listener_filters_timeout = pb::secs(0);
-            }
-            out.push(lst);
-        }
-        for (name, (vip, port, targets, tls)) in vip_listeners {
-            let mut lst = listener(
-                name.clone(),
-                &vip,
-                port,
-                false,
-                core::TrafficDirection::Outbound,
-            );
-            match tls {
-                // A TLS service's own listener still honours `tls` routes by SNI; what
-                // no route names goes to the service.
-                Some(svc) => {
-                    let own: Vec<_> = catch_all
-                        .virtual_services
-                        .iter()
-                        .filter(|vs| vs.hosts.iter().any(|h| *h == svc.hostname))
-                        .cloned()
-                        .collect();
-                    lst.filter_chains =
-                        sni_chains(ctx, std::slice::from_ref(&svc), &own, port, &name, &targets);
-                    lst.listener_filters.push(tls_inspector());
-                }
-                None => {
-                    lst.filter_chains = vec![FilterChain {
-                        filters: vec![tcp_to(ctx, &name, &targets)],
-                        ..Default::default()
-                    }];
-                }
-            }
-            out.push(lst);
+                bind_to_port && is_wildcard(&address),
+                &entries,
+            ));
         }
     }
     if ctx.intercepted() {
@@ -604,6 +494,266 @@ fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
     }
     out.extend(bound_inbound_listeners(ctx));
     out
+}
+
+/// One service port on an outbound listener.
+struct PortEntry {
+    svc: std::sync::Arc<crate::model::service::Service>,
+    protocol: Protocol,
+    /// CIDR addresses (ServiceEntry `addresses`): matched by destination prefix on the
+    /// shared listener.
+    cidrs: Vec<(String, u32)>,
+}
+
+fn is_wildcard(address: &str) -> bool {
+    address == "0.0.0.0" || address == "127.0.0.1"
+}
+
+/// `a.b.c.d/n` → (address, prefix length); a /32 is a plain address (None).
+fn cidr(address: &str) -> Option<(String, u32)> {
+    let (ip, len) = address.split_once('/')?;
+    let len: u32 = len.parse().ok()?;
+    (len < 32).then(|| (ip.to_string(), len))
+}
+
+/// Which listener (address, port) each service port of the catch-all egress scope goes
+/// on, as istiod places them: a TCP, TLS or undeclared-protocol port of a service with
+/// a VIP gets its own `VIP_PORT` listener; a headless service's such port gets one per
+/// endpoint address (its pods); HTTP ports, services without an address and CIDR
+/// addresses share `0.0.0.0_PORT` (or the bound `127.0.0.1_PORT` without iptables).
+fn plan_outbound(
+    ctx: &ProxyContext,
+    scope: &crate::model::scope::EgressScope,
+    explicit_ports: &BTreeSet<u16>,
+    bind_to_port: bool,
+) -> BTreeMap<(String, u16), Vec<PortEntry>> {
+    use crate::model::service::Resolution;
+    let wildcard = if bind_to_port { "127.0.0.1" } else { "0.0.0.0" };
+    let mut plan: BTreeMap<(String, u16), Vec<PortEntry>> = BTreeMap::new();
+    for svc in &scope.services {
+        for p in &svc.ports {
+            if explicit_ports.contains(&p.port)
+                || RESERVED_PORTS.contains(&p.port)
+                || p.protocol == Protocol::Udp
+            {
+                continue;
+            }
+            let entry = |cidrs: Vec<(String, u32)>| PortEntry {
+                svc: svc.clone(),
+                protocol: p.protocol,
+                cidrs,
+            };
+            if bind_to_port || p.protocol.is_http() {
+                plan.entry((wildcard.to_string(), p.port))
+                    .or_default()
+                    .push(entry(vec![]));
+                continue;
+            }
+            if svc.kubernetes && svc.resolution == Resolution::Passthrough {
+                // Headless: the client dials a pod; each pod address is a listener.
+                let own: BTreeSet<&str> = ctx.proxy.ips.iter().map(String::as_str).collect();
+                let addrs: BTreeSet<String> = ctx
+                    .snap
+                    .endpoints
+                    .get(&svc.hostname)
+                    .map(|e| {
+                        e.instances
+                            .iter()
+                            .filter(|i| i.ready && i.ports.contains_key(&p.port))
+                            .map(|i| i.address.clone())
+                            .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                            .filter(|a| !own.contains(a.as_str()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for a in addrs {
+                    plan.entry((a, p.port)).or_default().push(entry(vec![]));
+                }
+                continue;
+            }
+            let cidrs: Vec<(String, u32)> = svc.addresses.iter().filter_map(|a| cidr(a)).collect();
+            if !cidrs.is_empty() {
+                plan.entry((wildcard.to_string(), p.port))
+                    .or_default()
+                    .push(entry(cidrs));
+                continue;
+            }
+            match svc.addresses.first() {
+                Some(vip) => {
+                    let vip = vip.split('/').next().unwrap_or(vip).to_string();
+                    plan.entry((vip, p.port)).or_default().push(entry(vec![]));
+                }
+                None => plan
+                    .entry((wildcard.to_string(), p.port))
+                    .or_default()
+                    .push(entry(vec![])),
+            }
+        }
+    }
+    plan
+}
+
+/// Where TCP for `svc` on `port` goes: its VirtualService `tcp` routes, else its cluster.
+fn service_targets(
+    ctx: &ProxyContext,
+    scope: &crate::model::scope::EgressScope,
+    svc: &crate::model::service::Service,
+    port: u16,
+) -> super::tcp::Targets {
+    super::tcp::sidecar_tcp_targets(ctx, &scope.virtual_services, &svc.hostname, port)
+        .unwrap_or_else(|| vec![(naming::outbound_cluster(port, "", &svc.hostname), 100)])
+}
+
+/// The HTTP chain of an outbound listener; `sniffed` restricts it to connections the
+/// HTTP inspector recognised.
+fn outbound_http_chain(ctx: &ProxyContext, stat: &str, rds: String, sniffed: bool) -> FilterChain {
+    FilterChain {
+        filter_chain_match: sniffed.then(|| FilterChainMatch {
+            transport_protocol: "raw_buffer".into(),
+            application_protocols: vec!["http/1.1".into(), "h2c".into()],
+            ..Default::default()
+        }),
+        filters: vec![http_connection_manager(
+            ctx,
+            &format!("outbound_{stat}"),
+            Routes::Rds(rds),
+            false,
+        )],
+        ..Default::default()
+    }
+}
+
+/// One outbound listener from its planned entries.
+fn outbound_listener(
+    ctx: &ProxyContext,
+    scope: &crate::model::scope::EgressScope,
+    address: &str,
+    port: u16,
+    bind: bool,
+    entries: &[PortEntry],
+) -> Listener {
+    let name = naming::listener(address, port);
+    let mut lst = listener(
+        name.clone(),
+        address,
+        port,
+        bind,
+        core::TrafficDirection::Outbound,
+    );
+    let tls = entries.iter().all(|e| is_tls(e.protocol));
+    let shared = is_wildcard(address);
+    if tls {
+        // TLS tells its destinations apart by SNI.
+        let services: Vec<_> = entries
+            .iter()
+            .filter(|e| e.cidrs.is_empty())
+            .map(|e| e.svc.clone())
+            .collect();
+        let fallback = match (shared, services.first()) {
+            (false, Some(svc)) => service_targets(ctx, scope, svc, port),
+            _ => unknown_destination(ctx),
+        };
+        let vss: Vec<_> = if shared {
+            scope.virtual_services.clone()
+        } else {
+            scope
+                .virtual_services
+                .iter()
+                .filter(|vs| services.iter().any(|s| vs.hosts.iter().any(|h| *h == s.hostname)))
+                .cloned()
+                .collect()
+        };
+        let mut chains = cidr_chains(ctx, scope, entries, port, &name);
+        chains.extend(sni_chains(ctx, &services, &vss, port, &name, &fallback));
+        lst.filter_chains = chains;
+        lst.listener_filters.push(tls_inspector());
+        return lst;
+    }
+    let has_http = entries.iter().any(|e| e.protocol.is_http());
+    let sniffed_entry = entries
+        .iter()
+        .find(|e| e.protocol == Protocol::Unsupported && e.cidrs.is_empty());
+    // Where non-HTTP traffic goes: the first TCP (or undeclared-protocol) service of
+    // the port without a CIDR, else out of the mesh only if the mesh allows it.
+    let tcp_entry = entries
+        .iter()
+        .find(|e| !e.protocol.is_http() && e.cidrs.is_empty());
+    let tcp_targets = match tcp_entry {
+        Some(e) => service_targets(ctx, scope, &e.svc, port),
+        None => unknown_destination(ctx),
+    };
+    let mut chains = cidr_chains(ctx, scope, entries, port, &name);
+    if !shared {
+        // A service's own listener: sniffed (HTTP rules for HTTP, the rest as TCP), or
+        // TCP only.
+        if let Some(e) = sniffed_entry {
+            chains.push(outbound_http_chain(
+                ctx,
+                &name,
+                format!("{}:{port}", e.svc.hostname),
+                true,
+            ));
+        }
+    } else if has_http || sniffed_entry.is_some() {
+        // Without iptables an HTTP-only port needs no sniffing: it is HTTP.
+        let only_http = bind && tcp_entry.is_none() && chains.is_empty();
+        chains.push(outbound_http_chain(ctx, &name, port.to_string(), !only_http));
+        if only_http {
+            lst.filter_chains = chains;
+            return lst;
+        }
+    }
+    let sniff = chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.application_protocols.is_empty())
+    });
+    chains.push(FilterChain {
+        filters: vec![tcp_to(ctx, &name, &tcp_targets)],
+        ..Default::default()
+    });
+    lst.filter_chains = chains;
+    if sniff {
+        lst.listener_filters.push(http_inspector());
+        lst.continue_on_listener_filters_timeout = true;
+        lst.listener_filters_timeout = pb::secs(0);
+    }
+    lst
+}
+
+/// Chains for services with CIDR addresses on a shared port, matched by destination
+/// prefix (and by SNI on TLS ports).
+fn cidr_chains(
+    ctx: &ProxyContext,
+    scope: &crate::model::scope::EgressScope,
+    entries: &[PortEntry],
+    port: u16,
+    stat: &str,
+) -> Vec<FilterChain> {
+    entries
+        .iter()
+        .filter(|e| !e.cidrs.is_empty())
+        .map(|e| FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                prefix_ranges: e
+                    .cidrs
+                    .iter()
+                    .map(|(a, len)| core::CidrRange {
+                        address_prefix: a.clone(),
+                        prefix_len: pb::u32v(*len),
+                    })
+                    .collect(),
+                server_names: if is_tls(e.protocol) {
+                    vec![e.svc.hostname.clone()]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            }),
+            filters: vec![tcp_to(ctx, stat, &service_targets(ctx, scope, &e.svc, port))],
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn virtual_outbound(ctx: &ProxyContext) -> Listener {
@@ -669,12 +819,7 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
             true,
         )]
     } else {
-        let mut filters: Vec<Filter> = super::authz::for_workload(ctx, true)
-            .iter()
-            .filter_map(|v| decode_json::<Filter>("envoy.config.listener.v3.Filter", v))
-            .collect();
-        filters.push(tcp_proxy(ctx, &cluster));
-        filters
+        tcp_filters(ctx, &cluster)
     }
 }
 
@@ -814,16 +959,65 @@ fn virtual_inbound(ctx: &ProxyContext) -> Listener {
         inspect |= tls;
         l.filter_chains.extend(chains);
     }
+    // Connections to 15006 itself would loop: blackhole them.
+    l.filter_chains.insert(
+        0,
+        FilterChain {
+            name: "virtualInbound-blackhole".into(),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: pb::u32v(naming::VIRTUAL_INBOUND_PORT),
+                ..Default::default()
+            }),
+            filters: vec![tcp_proxy(ctx, naming::BLACKHOLE)],
+            ..Default::default()
+        },
+    );
+    let (passthrough, tls) = passthrough_chains(ctx);
+    inspect |= tls;
+    l.filter_chains.extend(passthrough);
     if inspect {
         l.listener_filters.push(tls_inspector());
     }
-    // Ports no service declares pass straight through to the application.
-    l.filter_chains.push(FilterChain {
-        name: "virtualInbound-catchall-tcp".into(),
-        filters: vec![tcp_proxy(ctx, naming::INBOUND_PASSTHROUGH)],
-        ..Default::default()
-    });
     l
+}
+
+/// Chains for ports no service declares: the application gets the connection as it
+/// came, but under the workload's PeerAuthentication and AuthorizationPolicies like any
+/// declared port — STRICT accepts only mTLS (plaintext matches no chain and is closed),
+/// PERMISSIVE both, DISABLE plaintext; the workload's policies apply to every chain.
+/// Returns the chains and whether they need the TLS inspector.
+fn passthrough_chains(ctx: &ProxyContext) -> (Vec<FilterChain>, bool) {
+    use crate::model::istio::MtlsMode;
+    let filters = || tcp_filters(ctx, naming::INBOUND_PASSTHROUGH);
+    let chain = |transport: &str, mtls: bool| FilterChain {
+        name: "virtualInbound".into(),
+        filter_chain_match: (!transport.is_empty()).then(|| FilterChainMatch {
+            transport_protocol: transport.into(),
+            ..Default::default()
+        }),
+        transport_socket: mtls.then(|| super::tls::downstream_mtls(ctx)),
+        filters: filters(),
+        ..Default::default()
+    };
+    // Port 0: the workload-wide mode (port-level settings name declared ports).
+    match ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, 0) {
+        MtlsMode::STRICT => (vec![chain("tls", true)], true),
+        MtlsMode::PERMISSIVE if ctx.proxy.mtls_ready => {
+            (vec![chain("tls", true), chain("raw_buffer", false)], true)
+        }
+        _ => (vec![chain("", false)], false),
+    }
+}
+
+/// The network filters of a TCP chain to `cluster` on the inbound side: the workload's
+/// authorization (RBAC, external authorization), then the TCP proxy.
+fn tcp_filters(ctx: &ProxyContext, cluster: &str) -> Vec<Filter> {
+    let mut filters: Vec<Filter> = super::authz::for_workload(ctx, true)
+        .iter()
+        .filter_map(|v| decode_json::<Filter>("envoy.config.listener.v3.Filter", v))
+        .collect();
+    filters.push(tcp_proxy(ctx, cluster));
+    filters
 }
 
 fn bound_ingress_ports(ctx: &ProxyContext) -> BTreeSet<u16> {

@@ -765,10 +765,14 @@ pub fn default_route(ctx: &ProxyContext, cluster: &str, host: &str, port: u16) -
     }
 }
 
-/// Short names a client in `client_ns` may use for a Kubernetes service, as istiod lists
-/// them in virtual host domains.
-fn service_domains(svc: &Service, client_ns: &str, port: u16, domain_suffix: &str) -> Vec<String> {
-    let mut names = vec![svc.hostname.clone()];
+/// Names a client in `client_ns` may use for a service, as istiod lists them in virtual
+/// host domains: the FQDN (also with the trailing dot of an absolute name), for a
+/// Kubernetes service its short names, and its addresses. No `:port` forms: sidecar
+/// route configurations ignore the port in the Host header. A headless service's
+/// names also come as `*.NAME`, so that pods addressed by their own names
+/// (`web-0.web.ns.svc.cluster.local`, as StatefulSets do) reach it.
+fn service_domains(svc: &Service, client_ns: &str, domain_suffix: &str) -> Vec<String> {
+    let mut names = vec![svc.hostname.clone(), format!("{}.", svc.hostname)];
     if svc.kubernetes
         && let Some(prefix) = svc.hostname.strip_suffix(&format!(".svc.{domain_suffix}"))
     {
@@ -778,9 +782,11 @@ fn service_domains(svc: &Service, client_ns: &str, port: u16, domain_suffix: &st
         names.push(format!("{prefix}.svc"));
         names.push(prefix.to_string());
     }
+    if svc.kubernetes && svc.resolution == crate::model::service::Resolution::Passthrough {
+        let wild: Vec<String> = names.iter().map(|n| format!("*.{n}")).collect();
+        names.extend(wild);
+    }
     names.extend(svc.addresses.iter().cloned());
-    let with_port: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
-    names.extend(with_port);
     names
 }
 
@@ -788,28 +794,122 @@ fn vs_domains(host: &str, port: u16) -> Vec<String> {
     vec![host.to_string(), format!("{host}:{port}")]
 }
 
-/// Virtual hosts for an outbound HTTP port, from one egress scope.
+/// Whether a service's `port` carries HTTP routes (HTTP, or a protocol to sniff).
+fn routes_http(svc: &Service, port: u16) -> bool {
+    svc.port(port).is_some_and(|p| {
+        p.protocol.is_http() || p.protocol == crate::model::service::Protocol::Unsupported
+    })
+}
+
+/// The VirtualService of `egress` for a service: one naming its host exactly (the first
+/// in order), else the one with the most specific wildcard host that matches it.
+fn virtual_service_for<'a>(
+    egress: &'a EgressScope,
+    hostname: &str,
+) -> Option<&'a Arc<VirtualServiceConfig>> {
+    if let Some(vs) = egress
+        .virtual_services
+        .iter()
+        .find(|vs| vs.hosts.iter().any(|h| h == hostname))
+    {
+        return Some(vs);
+    }
+    egress
+        .virtual_services
+        .iter()
+        .filter_map(|vs| {
+            vs.hosts
+                .iter()
+                .filter(|h| h.starts_with('*') && host::matches(h, hostname))
+                .map(|h| h.len())
+                .max()
+                .map(|len| (len, vs))
+        })
+        // The longest pattern; among equals, the first VirtualService.
+        .fold(None, |best: Option<(usize, &Arc<VirtualServiceConfig>)>, (len, vs)| {
+            match best {
+                Some((b, _)) if b >= len => best,
+                _ => Some((len, vs)),
+            }
+        })
+        .map(|(_, vs)| vs)
+}
+
+/// Virtual hosts for an outbound HTTP port, from one egress scope: every service with
+/// an HTTP (or sniffed) port gets the routes of its VirtualService (exact host first,
+/// else the most specific wildcard host, as istiod picks) or a default route; hosts of
+/// VirtualServices that name no service in scope get virtual hosts of their own.
 pub fn outbound_virtual_hosts(
     ctx: &ProxyContext,
     egress: &EgressScope,
     port: u16,
 ) -> Vec<VirtualHost> {
     let domain = &ctx.snap.mesh.domain_suffix;
-    let mut vhosts: Vec<VirtualHost> = Vec::new();
-    let mut claimed_hosts: BTreeSet<String> = BTreeSet::new();
-    // VirtualServices first (in snapshot order, which is stable), each host once.
-    for vs in &egress.virtual_services {
+    let mut with_vs: Vec<(usize, VirtualHost)> = Vec::new();
+    let mut defaults: Vec<VirtualHost> = Vec::new();
+    // VirtualService hosts whose routes some service took.
+    let mut used: BTreeSet<(usize, String)> = BTreeSet::new();
+    let index = |vs: &Arc<VirtualServiceConfig>| {
+        egress
+            .virtual_services
+            .iter()
+            .position(|v| Arc::ptr_eq(v, vs))
+            .unwrap_or(usize::MAX)
+    };
+    for svc in &egress.services {
+        if !routes_http(svc, port) {
+            continue;
+        }
+        let name = naming::virtual_host(&svc.hostname, port);
+        let domains = service_domains(svc, &ctx.proxy.namespace, domain);
+        if let Some(vs) = virtual_service_for(egress, &svc.hostname) {
+            let i = index(vs);
+            for h in &vs.hosts {
+                if host::matches(h, &svc.hostname) {
+                    used.insert((i, h.clone()));
+                }
+            }
+            let routes: Vec<Route> = vs
+                .spec
+                .http
+                .iter()
+                .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
+                .collect();
+            if !routes.is_empty() {
+                with_vs.push((
+                    i,
+                    VirtualHost {
+                        name,
+                        domains,
+                        routes,
+                        include_request_attempt_count: true,
+                        ..Default::default()
+                    },
+                ));
+                continue;
+            }
+        }
+        let cluster = naming::outbound_cluster(port, "", &svc.hostname);
+        defaults.push(VirtualHost {
+            name,
+            domains,
+            routes: vec![default_route(ctx, &cluster, &svc.hostname, port)],
+            include_request_attempt_count: true,
+            ..Default::default()
+        });
+    }
+    // VirtualService hosts no service in scope took: hosts outside the registry (or
+    // services this proxy cannot see), each once.
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    for (i, vs) in egress.virtual_services.iter().enumerate() {
         for h in &vs.hosts {
-            if !claimed_hosts.insert(h.clone()) {
+            if used.iter().any(|(_, u)| u == h) || !claimed.insert(h.clone()) {
                 continue;
             }
             let svc = ctx.snap.services.get(h);
             // A VirtualService for a known service only shapes that service's ports.
             if let Some(svc) = svc
-                && svc.port(port).is_none_or(|p| {
-                    !(p.protocol.is_http()
-                        || p.protocol == crate::model::service::Protocol::Unsupported)
-                })
+                && !routes_http(svc, port)
             {
                 continue;
             }
@@ -823,35 +923,25 @@ pub fn outbound_virtual_hosts(
                 continue;
             }
             let domains = match svc {
-                Some(svc) => service_domains(svc, &ctx.proxy.namespace, port, domain),
-                None => vs_domains(h, port),
+                Some(svc) => service_domains(svc, &ctx.proxy.namespace, domain),
+                None => vec![h.clone()],
             };
-            vhosts.push(VirtualHost {
-                name: naming::virtual_host(h, port),
-                domains,
-                routes,
-                include_request_attempt_count: true,
-                ..Default::default()
-            });
+            with_vs.push((
+                i,
+                VirtualHost {
+                    name: naming::virtual_host(h, port),
+                    domains,
+                    routes,
+                    include_request_attempt_count: true,
+                    ..Default::default()
+                },
+            ));
         }
     }
-    for svc in &egress.services {
-        if claimed_hosts.contains(&svc.hostname) {
-            continue;
-        }
-        let Some(p) = svc.port(port) else { continue };
-        if !(p.protocol.is_http() || p.protocol == crate::model::service::Protocol::Unsupported) {
-            continue;
-        }
-        let cluster = naming::outbound_cluster(port, "", &svc.hostname);
-        vhosts.push(VirtualHost {
-            name: naming::virtual_host(&svc.hostname, port),
-            domains: service_domains(svc, &ctx.proxy.namespace, port, domain),
-            routes: vec![default_route(ctx, &cluster, &svc.hostname, port)],
-            include_request_attempt_count: true,
-            ..Default::default()
-        });
-    }
+    // VirtualService order first (stable, and earlier rules keep contested domains).
+    with_vs.sort_by_key(|(i, _)| *i);
+    let mut vhosts: Vec<VirtualHost> = with_vs.into_iter().map(|(_, v)| v).collect();
+    vhosts.extend(defaults);
     vhosts
 }
 
@@ -932,8 +1022,32 @@ fn catch_all(policy: OutboundTrafficMode, egress_proxy: Option<String>) -> Virtu
     }
 }
 
-/// Route configuration `name` for a sidecar: outbound routes by port number.
+/// Route configuration `name` for a sidecar: outbound routes by port number, or
+/// `HOST:PORT` for the listener of one service whose protocol is sniffed (that
+/// service's routes for any authority, as istiod: the listener's address already chose
+/// the service).
 pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration> {
+    if let Some((host, port)) = name.rsplit_once(':') {
+        let port: u16 = port.parse().ok()?;
+        let egress = ctx
+            .scope
+            .egress
+            .iter()
+            .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))?;
+        let vhost = outbound_virtual_hosts(ctx, egress, port)
+            .into_iter()
+            .find(|vh| vh.name == naming::virtual_host(host, port))?;
+        return Some(RouteConfiguration {
+            name: name.to_string(),
+            virtual_hosts: vec![VirtualHost {
+                domains: vec!["*".into()],
+                ..vhost
+            }],
+            validate_clusters: pb::boolv(false),
+            ignore_port_in_host_matching: true,
+            ..Default::default()
+        });
+    }
     let port: u16 = name.parse().ok()?;
     // The egress listener that serves this port: one that names it, else the catch-all.
     let egress = ctx

@@ -437,6 +437,9 @@ pub struct EnvoyOpts {
     pub admin_port: u16,
     pub xds: Xds,
     pub interception: &'static str,
+    /// Run Envoy under this group, as istio-proxy runs under 1337: interception rules
+    /// ([`intercept_outbound`]) leave that group's own connections alone.
+    pub gid: Option<u32>,
 }
 
 impl Default for EnvoyOpts {
@@ -446,8 +449,56 @@ impl Default for EnvoyOpts {
             admin_port: 15000,
             xds: Xds::Plain,
             interception: "REDIRECT",
+            gid: None,
         }
     }
+}
+
+/// The group istio-proxy runs as; [`intercept_outbound`] exempts it.
+pub const PROXY_GID: u32 = 1337;
+
+/// Runs `nft` with `args` in this test's network namespace.
+fn nft(args: &str) {
+    let out = Command::new("nft")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("nft {args}: {e}"));
+    assert!(
+        out.status.success(),
+        "nft {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether nftables can intercept here (skips, or fails under MESHD_REQUIRE_ENVOY=1).
+pub fn can_intercept() -> bool {
+    Command::new("nft").arg("--version").output().is_ok()
+        || skip_or_fail("nft (Debian package nftables) is not installed; interception tests need it")
+}
+
+fn nat_table() {
+    nft("add table ip meshd");
+    nft("add chain ip meshd out { type nat hook output priority -100 ; }");
+}
+
+/// Captures inbound connections to `pod_ip` for its sidecar as istio-iptables does:
+/// every TCP connection to the pod, except to the proxy's own ports and except the
+/// sidecar's own deliveries to the application (from 127.0.0.6), goes to 15006. All
+/// "pods" share this namespace's loopback, so the rule sits on the output hook.
+pub fn intercept_inbound(pod_ip: &str) {
+    nat_table();
+    nft(&format!(
+        "add rule ip meshd out ip saddr != 127.0.0.6 ip daddr {pod_ip} tcp dport != {{ 15000-15090 }} redirect to :15006"
+    ));
+}
+
+/// Captures outbound connections to `cidr` (service addresses) as istio-iptables does:
+/// everything but the sidecar's own traffic (group [`PROXY_GID`]) goes to 15001.
+pub fn intercept_outbound(cidr: &str) {
+    nat_table();
+    nft(&format!(
+        "add rule ip meshd out meta skgid != {PROXY_GID} ip daddr {cidr} tcp dport != {{ 15000-15090 }} redirect to :15001"
+    ));
 }
 
 impl Envoy {
@@ -555,6 +606,10 @@ impl Envoy {
         )
         .expect("write bootstrap");
         let mut cmd = Command::new(bin);
+        if let Some(gid) = opts.gid {
+            use std::os::unix::process::CommandExt;
+            cmd.gid(gid);
+        }
         // No hot restart: its shared memory is not per network namespace, and tests
         // running side by side would collide on it.
         cmd.arg("-c").arg(&path).args([

@@ -18,6 +18,7 @@ mod harness;
 mod kubernetes;
 mod mtls;
 mod origination;
+mod passthrough;
 mod retries;
 mod scripted;
 mod tcp;
