@@ -659,7 +659,11 @@ fn outbound_listener(
             scope
                 .virtual_services
                 .iter()
-                .filter(|vs| services.iter().any(|s| vs.hosts.iter().any(|h| *h == s.hostname)))
+                .filter(|vs| {
+                    services
+                        .iter()
+                        .any(|s| vs.hosts.iter().any(|h| *h == s.hostname))
+                })
                 .cloned()
                 .collect()
         };
@@ -697,7 +701,12 @@ fn outbound_listener(
     } else if has_http || sniffed_entry.is_some() {
         // Without iptables an HTTP-only port needs no sniffing: it is HTTP.
         let only_http = bind && tcp_entry.is_none() && chains.is_empty();
-        chains.push(outbound_http_chain(ctx, &name, port.to_string(), !only_http));
+        chains.push(outbound_http_chain(
+            ctx,
+            &name,
+            port.to_string(),
+            !only_http,
+        ));
         if only_http {
             lst.filter_chains = chains;
             return lst;
@@ -708,11 +717,19 @@ fn outbound_listener(
             .as_ref()
             .is_some_and(|m| !m.application_protocols.is_empty())
     });
-    chains.push(FilterChain {
+    let tcp = FilterChain {
         filters: vec![tcp_to(ctx, &name, &tcp_targets)],
         ..Default::default()
-    });
-    lst.filter_chains = chains;
+    };
+    if chains.is_empty() {
+        lst.filter_chains = vec![tcp];
+    } else {
+        // Envoy narrows chains criterion by criterion and never backs up: a catch-all
+        // among chains that match on transport, ALPN or prefix would not be reached
+        // by what they miss. The default chain takes everything that matched nothing.
+        lst.filter_chains = chains;
+        lst.default_filter_chain = Some(tcp);
+    }
     if sniff {
         lst.listener_filters.push(http_inspector());
         lst.continue_on_listener_filters_timeout = true;
@@ -750,7 +767,11 @@ fn cidr_chains(
                 },
                 ..Default::default()
             }),
-            filters: vec![tcp_to(ctx, stat, &service_targets(ctx, scope, &e.svc, port))],
+            filters: vec![tcp_to(
+                ctx,
+                stat,
+                &service_targets(ctx, scope, &e.svc, port),
+            )],
             ..Default::default()
         })
         .collect()
@@ -889,14 +910,27 @@ fn inbound_chains(
         filters: inbound_chain(ctx, port, protocol),
         ..Default::default()
     };
-    let plain = |transport: &str| FilterChain {
-        name: format!("{name}-plaintext"),
-        filter_chain_match: Some(FilterChainMatch {
-            transport_protocol: transport.into(),
-            ..base.clone()
-        }),
-        filters: inbound_chain(ctx, port, protocol),
-        ..Default::default()
+    // Plaintext chains. A port whose protocol is not declared is sniffed: what the HTTP
+    // inspector recognises gets HTTP handling, the rest stays TCP.
+    let plain = |transport: &str| -> Vec<FilterChain> {
+        let chain = |alpn: Vec<String>, p: Protocol| FilterChain {
+            name: format!("{name}-plaintext"),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: transport.into(),
+                application_protocols: alpn,
+                ..base.clone()
+            }),
+            filters: inbound_chain(ctx, port, p),
+            ..Default::default()
+        };
+        if protocol == Protocol::Unsupported {
+            vec![
+                chain(vec!["http/1.1".into(), "h2c".into()], Protocol::Http),
+                chain(vec![], Protocol::Tcp),
+            ]
+        } else {
+            vec![chain(vec![], protocol)]
+        }
     };
     // Sidecar ingress `tls`: the port terminates TLS with the given certificate for
     // clients outside the mesh, instead of mesh mTLS.
@@ -928,8 +962,12 @@ fn inbound_chains(
     match mode {
         // Without its certificate a STRICT workload accepts nothing: it fails closed.
         MtlsMode::STRICT => (vec![tls()], true),
-        MtlsMode::PERMISSIVE if ctx.proxy.mtls_ready => (vec![tls(), plain("raw_buffer")], true),
-        _ => (vec![plain("")], false),
+        MtlsMode::PERMISSIVE if ctx.proxy.mtls_ready => {
+            let mut chains = vec![tls()];
+            chains.extend(plain("raw_buffer"));
+            (chains, true)
+        }
+        _ => (plain(""), false),
     }
 }
 
@@ -978,7 +1016,45 @@ fn virtual_inbound(ctx: &ProxyContext) -> Listener {
     if inspect {
         l.listener_filters.push(tls_inspector());
     }
+    let sniffed: Vec<u16> = inbound_ports(ctx)
+        .into_iter()
+        .filter(|(p, proto)| *proto == Protocol::Unsupported && !bound.contains(p))
+        .map(|(p, _)| p)
+        .collect();
+    if !sniffed.is_empty() {
+        // The HTTP inspector waits for the client's first bytes: only on the ports that
+        // need it, so protocols where the server speaks first keep working elsewhere.
+        let mut f = http_inspector();
+        f.filter_disabled = Some(not_these_ports(&sniffed));
+        l.listener_filters.push(f);
+        l.continue_on_listener_filters_timeout = true;
+        l.listener_filters_timeout = pb::secs(0);
+    }
     l
+}
+
+/// A listener filter predicate that holds for every destination port but `ports`.
+fn not_these_ports(ports: &[u16]) -> ls::ListenerFilterChainMatchPredicate {
+    use ls::listener_filter_chain_match_predicate::{MatchSet, Rule};
+    let one = |p: u16| ls::ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(
+            envoy_types::pb::envoy::r#type::v3::Int32Range {
+                start: i32::from(p),
+                end: i32::from(p) + 1,
+            },
+        )),
+    };
+    let any = match ports {
+        [p] => one(*p),
+        _ => ls::ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::OrMatch(MatchSet {
+                rules: ports.iter().map(|p| one(*p)).collect(),
+            })),
+        },
+    };
+    ls::ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::NotMatch(Box::new(any))),
+    }
 }
 
 /// Chains for ports no service declares: the application gets the connection as it
@@ -1055,15 +1131,16 @@ fn bound_inbound_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             true,
             core::TrafficDirection::Inbound,
         );
-        let (chains, tls) = inbound_chains(
-            ctx,
-            port,
-            Protocol::parse(&ing.port.protocol),
-            FilterChainMatch::default(),
-        );
+        let protocol = Protocol::parse(&ing.port.protocol);
+        let (chains, tls) = inbound_chains(ctx, port, protocol, FilterChainMatch::default());
         l.filter_chains = chains;
         if tls {
             l.listener_filters.push(tls_inspector());
+        }
+        if protocol == Protocol::Unsupported {
+            l.listener_filters.push(http_inspector());
+            l.continue_on_listener_filters_timeout = true;
+            l.listener_filters_timeout = pb::secs(0);
         }
         out.push(l);
     }

@@ -826,12 +826,13 @@ fn virtual_service_for<'a>(
                 .map(|len| (len, vs))
         })
         // The longest pattern; among equals, the first VirtualService.
-        .fold(None, |best: Option<(usize, &Arc<VirtualServiceConfig>)>, (len, vs)| {
-            match best {
+        .fold(
+            None,
+            |best: Option<(usize, &Arc<VirtualServiceConfig>)>, (len, vs)| match best {
                 Some((b, _)) if b >= len => best,
                 _ => Some((len, vs)),
-            }
-        })
+            },
+        )
         .map(|(_, vs)| vs)
 }
 

@@ -473,7 +473,9 @@ fn nft(args: &str) {
 /// Whether nftables can intercept here (skips, or fails under MESHD_REQUIRE_ENVOY=1).
 pub fn can_intercept() -> bool {
     Command::new("nft").arg("--version").output().is_ok()
-        || skip_or_fail("nft (Debian package nftables) is not installed; interception tests need it")
+        || skip_or_fail(
+            "nft (Debian package nftables) is not installed; interception tests need it",
+        )
 }
 
 fn nat_table() {
@@ -1064,4 +1066,34 @@ pub fn meshd_with_tokens(
         &["--ca-jwks", jwks.to_str().expect("utf8")],
     );
     (meshd, issuer)
+}
+
+/// A sidecar Envoy run as istio-proxy runs under iptables: REDIRECT interception, group
+/// [`PROXY_GID`], plain ADS; pair it with [`intercept_outbound`] / [`intercept_inbound`].
+pub fn intercepted_sidecar(dir: &TempDir, ip: &str, pod: &str, labels: &[(&str, &str)]) -> Envoy {
+    Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip,
+            pod,
+            namespace: "default",
+            labels,
+            service_account: pod,
+        },
+        &EnvoyOpts {
+            gid: Some(PROXY_GID),
+            ..Default::default()
+        },
+        dir.path(),
+    )
+}
+
+/// Fails the test if the Envoy rejected any configuration.
+pub fn assert_envoy_accepted(envoy: &Envoy) {
+    let rejected: Vec<_> = envoy
+        .stats("update_rejected")
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
 }

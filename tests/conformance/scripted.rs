@@ -216,3 +216,100 @@ impl OneService {
         assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
     }
 }
+
+/// A backend for both kinds of traffic on one port: an HTTP request gets `200` with the
+/// backend's name as the body; anything else is raw TCP, and each line comes back as
+/// `NAME: LINE`.
+pub struct Dual {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Dual {
+    pub fn start(name: &str, addr: &str) -> Dual {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("backend {name} on {addr}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, name) = (stop.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || dual(s, &name));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Dual {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn dual(mut s: std::net::TcpStream, name: &str) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.contains(&b'\n') {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let http = ["GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS "]
+        .iter()
+        .any(|m| text.starts_with(m));
+    if http {
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n{name}",
+            name.len()
+        );
+        let _ = s.write_all(resp.as_bytes());
+        return;
+    }
+    let line = text.lines().next().unwrap_or("");
+    let _ = s.write_all(format!("{name}: {line}\n").as_bytes());
+}
+
+impl Drop for Dual {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends one line of raw (non-HTTP) bytes to `addr` and returns the answer line, or why
+/// there was none.
+pub fn raw_line(addr: &str, line: &str) -> Result<String, String> {
+    use std::net::{SocketAddr, TcpStream};
+    let sa: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !out.contains(&b'\n') {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if out.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(String::from_utf8_lossy(&out).trim_end().to_string())
+}
