@@ -650,20 +650,23 @@ impl Builder {
             let Spec::WorkloadEntry(spec) = &we.spec else {
                 continue;
             };
-            let mut labels = we.labels.clone();
-            labels.extend(spec.labels.clone());
+            // istiod: the object's own labels win over `spec.labels`.
+            let mut labels = spec.labels.clone();
+            labels.extend(we.labels.clone());
+            // A WorkloadEntry has an identity only if it names one.
+            let locality = if spec.locality.is_empty() {
+                locality_label(&labels)
+            } else {
+                spec.locality.clone()
+            };
             workloads.insert(
                 we.key.clone(),
                 Arc::new(Workload {
                     key: we.key.clone(),
                     addresses: vec![spec.address.clone()],
                     labels: Arc::new(labels),
-                    service_account: if spec.service_account.is_empty() {
-                        "default".into()
-                    } else {
-                        spec.service_account.clone()
-                    },
-                    locality: spec.locality.clone(),
+                    service_account: spec.service_account.clone(),
+                    locality,
                 }),
             );
         }
@@ -831,19 +834,30 @@ impl Builder {
                     let w = self.workloads.get(&pod.key).cloned();
                     instances.push(self.instance(&info.ips[0], ports, w.as_deref(), true));
                 }
-                // WorkloadEntries selected by a Kubernetes Service (istio's VM support).
+            }
+            // WorkloadEntries a Kubernetes Service selects (istio's VM support) add to its
+            // endpoints, however the Pods' endpoints are known. Headless services pass
+            // traffic to the address dialled and take none.
+            if let Some(selector) = &spec.selector
+                && !spec.headless
+            {
                 instances.extend(self.workload_entry_instances(
                     &obj.key.namespace,
                     selector,
                     &svc.ports,
-                    |p| {
-                        spec.ports
-                            .iter()
-                            .find(|sp| sp.port == p.port)
-                            .and_then(|sp| match &sp.target_port {
-                                TargetPort::Number(n) => Some(*n),
-                                TargetPort::Name(_) => None,
-                            })
+                    |p, we_ports| {
+                        let sp = spec.ports.iter().find(|sp| sp.port == p.port)?;
+                        match &sp.target_port {
+                            // A named target port must be one the entry names.
+                            TargetPort::Name(name) => we_ports.get(name).map(|n| *n as u16),
+                            TargetPort::Number(n) => Some(
+                                we_ports
+                                    .get(&p.name)
+                                    .map(|n| *n as u16)
+                                    .filter(|n| *n > 0)
+                                    .unwrap_or(*n),
+                            ),
+                        }
                     },
                 ));
             }
@@ -942,7 +956,16 @@ impl Builder {
                         &obj.key.namespace,
                         &sel.labels,
                         &ports,
-                        target_of,
+                        |p, we_ports| {
+                            Some(
+                                we_ports
+                                    .get(&p.name)
+                                    .map(|n| *n as u16)
+                                    .filter(|n| *n > 0)
+                                    .or_else(|| target_of(p))
+                                    .unwrap_or(p.port),
+                            )
+                        },
                     ));
                 }
                 if se.endpoints.is_empty()
@@ -1031,12 +1054,15 @@ impl Builder {
             .cloned()
     }
 
+    /// Endpoints of the WorkloadEntries in `namespace` that `selector` selects, each
+    /// service port mapped by `target_of(port, the entry's named ports)` (None: the
+    /// entry does not serve that port).
     fn workload_entry_instances(
         &self,
         namespace: &str,
         selector: &Labels,
         ports: &[Port],
-        target_of: impl Fn(&Port) -> Option<u16>,
+        target_of: impl Fn(&Port, &BTreeMap<String, u32>) -> Option<u16>,
     ) -> Vec<Instance> {
         let mut out = Vec::new();
         for we in self.of_kind(Kind::WorkloadEntry) {
@@ -1049,21 +1075,21 @@ impl Builder {
             if we.key.namespace != namespace || !labels_match(selector, &w.labels) {
                 continue;
             }
-            let port_map = ports
+            let port_map: BTreeMap<u16, u16> = ports
                 .iter()
-                .map(|p| {
-                    let t = spec
-                        .ports
-                        .get(&p.name)
-                        .map(|n| *n as u16)
-                        .or_else(|| target_of(p))
-                        .unwrap_or(p.port);
-                    (p.port, t)
-                })
+                .filter_map(|p| Some((p.port, target_of(p, &spec.ports)?)))
                 .collect();
-            let mut inst = self.instance(&spec.address, port_map, Some(w), false);
-            inst.locality = spec.locality.clone();
+            if port_map.is_empty() {
+                continue;
+            }
+            // A WorkloadEntry is an endpoint as soon as it exists (istiod's health-checked
+            // entries, with their conditions, are not modelled).
+            let mut inst = self.instance(&spec.address, port_map, Some(w), true);
             inst.weight = spec.weight.unwrap_or(0);
+            // An entry with an identity runs a sidecar: mTLS, unless its label says not.
+            if inst.tls_mode.is_none() && !spec.service_account.is_empty() {
+                inst.tls_mode = Some("istio".into());
+            }
             out.push(inst);
         }
         out

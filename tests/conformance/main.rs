@@ -29,3 +29,4 @@ mod telemetry;
 mod timeouts;
 mod webhook;
 mod wildcard_hosts;
+mod workload_entries;
