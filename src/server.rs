@@ -310,8 +310,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let (snap_tx, snap_rx) = mpsc::channel::<Arc<Snapshot>>(4);
     let build_task = tokio::spawn(async move {
+        let mut builder = builder;
         while let Some(set) = set_rx.recv().await {
-            let snap = builder.build(&set);
+            // Building a snapshot is CPU work: it runs off the async threads, so ACKs,
+            // keepalives and debug requests are answered meanwhile.
+            let built = tokio::task::spawn_blocking(move || {
+                let snap = builder.build(&set);
+                (builder, snap)
+            })
+            .await;
+            let snap = match built {
+                Ok((b, snap)) => {
+                    builder = b;
+                    snap
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "building a snapshot failed; configuration changes stop here");
+                    break;
+                }
+            };
             status_tx.send_replace(snap.clone());
             if snap_tx.send(snap).await.is_err() {
                 break;

@@ -124,6 +124,7 @@ impl FakeServer {
         AggregatedDiscoveryServiceClient::connect(self.addr.clone())
             .await
             .expect("connect")
+            .max_decoding_message_size(usize::MAX)
     }
 
     fn metric(&self, name: &str) -> String {
@@ -673,4 +674,49 @@ async fn churn_with_junk_names_leaves_no_state() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// While one proxy's large translation runs, another proxy is still answered: the
+/// translation gives up its async worker (one worker here), so other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_long_translation_does_not_hold_up_other_proxies() {
+    let mut text = String::from(BASE);
+    for i in 0..6000 {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: big}}\nspec:\n  selector: {{app: svc-{i}}}\n  ports: [{{name: http, port: 80}}, {{name: grpc, port: 90}}]\n"
+        ));
+    }
+    let s = FakeServer::new(&text).await;
+    // A proxy in namespace `big` sees all 6,000 services; the default namespace's
+    // Sidecar keeps the other proxy's view to one service.
+    let mut heavy_node = node("sidecar~10.0.0.8~heavy.big~big.svc.cluster.local");
+    if let Some(m) = heavy_node.metadata.as_mut() {
+        m.fields.insert(
+            "NAMESPACE".into(),
+            pb::struct_value(&serde_json::json!("big")),
+        );
+    }
+    let mut heavy = Sotw::open_as(&s, heavy_node).await;
+    heavy.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    // Its stream is registered right before its clusters are translated.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.state.connections().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the heavy proxy connects"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut light = Sotw::open(&s).await;
+    light.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let r = light.expect().await;
+    assert_eq!(r.type_url, type_url::CLUSTER, "the light proxy is answered");
+    assert!(
+        tokio::time::timeout(Duration::ZERO, heavy.rx.message())
+            .await
+            .is_err(),
+        "…while the heavy proxy's translation is still running"
+    );
+    let big = heavy.expect().await;
+    assert!(big.resources.len() > 12_000, "{}", big.resources.len());
 }

@@ -249,6 +249,17 @@ struct Stream {
     delta: bool,
 }
 
+/// Runs CPU-bound work (translation, signing, or waiting for another stream's
+/// translation of the same resources) without holding up the async worker: on the
+/// multi-threaded runtime the worker first hands its other tasks — other proxies' ACKs,
+/// keepalives, pushes — to the rest of the pool.
+fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The most resource names one Delta stream may subscribe to per type: several times
 /// what a proxy of a 10,000-service mesh asks for.
 const MAX_SUBSCRIBED_NAMES: usize = 100_000;
@@ -478,17 +489,19 @@ impl Stream {
             }
             h.digest()
         };
-        let res: Vec<Arc<Generated>> = if url == type_url::ENDPOINT {
-            endpoints(ctx, &self.state.cache, &w)
-        } else if url == type_url::SECRET {
-            self.secrets(&w)
-        } else {
-            let set = self
-                .state
-                .cache
-                .get_or_generate(ctx.snap.generation, url, key, || generate(ctx, &w));
-            set.as_ref().clone()
-        };
+        let res: Vec<Arc<Generated>> = cpu(|| {
+            if url == type_url::ENDPOINT {
+                endpoints(ctx, &self.state.cache, &w)
+            } else if url == type_url::SECRET {
+                self.secrets(&w)
+            } else {
+                let set = self
+                    .state
+                    .cache
+                    .get_or_generate(ctx.snap.generation, url, key, || generate(ctx, &w));
+                set.as_ref().clone()
+            }
+        });
         let version = set_version(&res);
         let nonce;
         let sent = match out {

@@ -141,6 +141,11 @@ pub async fn run(state: Arc<XdsState>, mut rx: mpsc::Receiver<Arc<Snapshot>>, de
                 }
             }
         }
-        publish(&state, snap);
+        // Comparing snapshots and choosing proxies is CPU work: off the async threads
+        // that answer proxies.
+        let st = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || publish(&st, snap)).await {
+            tracing::error!(error = %e, "publishing a snapshot failed");
+        }
     }
 }
