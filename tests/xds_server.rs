@@ -720,3 +720,52 @@ async fn a_long_translation_does_not_hold_up_other_proxies() {
     let big = heavy.expect().await;
     assert!(big.resources.len() > 12_000, "{}", big.resources.len());
 }
+
+/// Subscriptions grow only by request, so one stream's are bounded: past the limit the
+/// stream is closed with RESOURCE_EXHAUSTED instead of holding the names.
+#[tokio::test]
+async fn delta_subscriptions_are_bounded() {
+    let s = FakeServer::new(BASE).await;
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(4);
+    let mut stream = s
+        .client()
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let names = |from: usize, n: usize| -> Vec<String> {
+        (from..from + n).map(|i| format!("outbound|80||n{i}.x")).collect()
+    };
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node(CLIENT)),
+        type_url: type_url::ENDPOINT.into(),
+        resource_names_subscribe: names(0, 60_000),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("answered");
+    assert!(first.is_ok(), "60,000 names are fine: {first:?}");
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url::ENDPOINT.into(),
+        resource_names_subscribe: names(60_000, 60_000),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = closed.expect_err("closed with an error");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+}
