@@ -735,7 +735,9 @@ async fn delta_subscriptions_are_bounded() {
         .expect("stream")
         .into_inner();
     let names = |from: usize, n: usize| -> Vec<String> {
-        (from..from + n).map(|i| format!("outbound|80||n{i}.x")).collect()
+        (from..from + n)
+            .map(|i| format!("outbound|80||n{i}.x"))
+            .collect()
     };
     tx.send(DeltaDiscoveryRequest {
         node: Some(node(CLIENT)),

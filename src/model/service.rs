@@ -49,6 +49,16 @@ impl Protocol {
         }
     }
 
+    /// istiod's rule for ports that name no protocol: SMTP (25), DNS (53), MySQL (3306)
+    /// and MongoDB (27017) are TCP, because their servers speak first and sniffing
+    /// (which waits for the client's bytes) would hang them.
+    pub fn or_well_known(self, port: u16) -> Protocol {
+        match (self, port) {
+            (Protocol::Unsupported, 25 | 53 | 3306 | 27017) => Protocol::Tcp,
+            (p, _) => p,
+        }
+    }
+
     /// The protocol of a Kubernetes Service port: `appProtocol` first, then the name
     /// prefix before the first `-` (istio's `kube.ConvertProtocol`).
     pub fn of_service_port(name: &str, l4: &str, app_protocol: Option<&str>) -> Protocol {
@@ -279,6 +289,13 @@ mod tests {
             Protocol::of_service_port("http", "UDP", None),
             Protocol::Udp
         );
+        // Server-first protocols on their usual ports are never sniffed.
+        assert_eq!(Protocol::Unsupported.or_well_known(3306), Protocol::Tcp);
+        assert_eq!(
+            Protocol::Unsupported.or_well_known(3307),
+            Protocol::Unsupported
+        );
+        assert_eq!(Protocol::Http.or_well_known(3306), Protocol::Http);
     }
 
     #[test]

@@ -217,7 +217,8 @@ fn service_ports(spec: &super::object::ServiceSpec) -> Vec<Port> {
         .map(|p| Port {
             name: p.name.clone(),
             port: p.port,
-            protocol: Protocol::of_service_port(&p.name, &p.protocol, p.app_protocol.as_deref()),
+            protocol: Protocol::of_service_port(&p.name, &p.protocol, p.app_protocol.as_deref())
+                .or_well_known(p.port),
         })
         .collect()
 }
@@ -442,6 +443,26 @@ impl Snapshot {
         level(namespace)
             .or_else(|| level(&self.mesh.root_namespace))
             .unwrap_or(MtlsMode::PERMISSIVE)
+    }
+
+    /// Ports the workload's own PeerAuthentication sets a mode for (`portLevelMtls`).
+    pub fn port_level_mtls_ports(&self, namespace: &str, labels: &Labels) -> Vec<u16> {
+        self.peer_authentications
+            .iter()
+            .find(|p| {
+                p.key.namespace == namespace
+                    && p.spec.selector.as_ref().is_some_and(|s| {
+                        !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
+                    })
+            })
+            .map(|p| {
+                p.spec
+                    .port_level_mtls
+                    .keys()
+                    .filter_map(|k| u16::try_from(*k).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The AuthorizationPolicies that apply to a workload: the root namespace's (all
@@ -1925,13 +1946,22 @@ fn merge_destination_rule(
     new: &DestinationRuleConfig,
     diags: &mut Vec<Diagnostic>,
 ) -> bool {
-    let export: BTreeSet<&str> = new.spec.export_to.iter().map(String::as_str).collect();
+    // A rule with a workload selector applies in its own namespace only: its export set
+    // is `.` whatever it says (istiod's view when merging).
+    let export_of = |dr: &DestinationRuleConfig| -> BTreeSet<String> {
+        if dr.spec.workload_selector.is_some() {
+            BTreeSet::from([".".to_string()])
+        } else {
+            dr.spec.export_to.iter().cloned().collect()
+        }
+    };
+    let export = export_of(new);
     let mut separate = true;
     for existing in list.iter_mut() {
         if existing.key.namespace != new.key.namespace {
             continue;
         }
-        let theirs: BTreeSet<&str> = existing.spec.export_to.iter().map(String::as_str).collect();
+        let theirs = export_of(existing);
         if !(theirs == export || (!theirs.is_empty() && export.is_superset(&theirs))) {
             continue;
         }

@@ -777,6 +777,36 @@ pub fn service_entry(obj: &Object, se: &istio::ServiceEntry) -> Vec<Diagnostic> 
             ));
         }
     }
+    for (i, a) in se.addresses.iter().enumerate() {
+        let (ip, len) = match a.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (a.as_str(), None),
+        };
+        let max = match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => 32,
+            Ok(std::net::IpAddr::V6(_)) => 128,
+            Err(_) => {
+                out.push(
+                    obj.diag_error(
+                        &format!("spec.addresses[{i}]"),
+                        format!("{a:?} is not an IP address or CIDR range"),
+                    )
+                    .hint(
+                        "addresses are IPs (10.0.0.5) or ranges (10.0.0.0/16); names go in hosts",
+                    ),
+                );
+                continue;
+            }
+        };
+        if let Some(len) = len
+            && len.parse::<u32>().map_or(true, |l| l > max)
+        {
+            out.push(obj.diag_error(
+                &format!("spec.addresses[{i}]"),
+                format!("{a:?} has an invalid prefix length (0 to {max})"),
+            ));
+        }
+    }
     let dns = matches!(
         se.resolution,
         istio::Resolution::DNS | istio::Resolution::DNS_ROUND_ROBIN

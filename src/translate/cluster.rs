@@ -213,7 +213,7 @@ fn outbound_cluster(
         }),
         ..Default::default()
     };
-    match svc.resolution {
+    match effective_resolution(ctx, svc) {
         Resolution::ClientSideLb => {
             c.cluster_discovery_type = discovery(DiscoveryType::Eds);
             c.eds_cluster_config = Some(cl::cluster::EdsClusterConfig {
@@ -267,7 +267,27 @@ fn outbound_cluster(
             .as_ref()
             .and_then(|p| p.connection_pool.as_ref())
             .and_then(|c| c.http.as_ref());
-        c.typed_extension_protocol_options = http2_options(http);
+        // HTTP/2 upstream, keeping the connection settings the rule already set (idle
+        // timeout, connection age).
+        let existing = c
+            .typed_extension_protocol_options
+            .get(HTTP_PROTOCOL_OPTIONS)
+            .and_then(|a| {
+                <http_opts::HttpProtocolOptions as prost::Message>::decode(a.value.as_slice()).ok()
+            });
+        let mut h2 = http2_options(http);
+        if let Some(existing) = existing
+            && let Some(any) = h2.get_mut(HTTP_PROTOCOL_OPTIONS)
+            && let Ok(mut o) =
+                <http_opts::HttpProtocolOptions as prost::Message>::decode(any.value.as_slice())
+        {
+            if existing.common_http_protocol_options.is_some() {
+                o.common_http_protocol_options = existing.common_http_protocol_options;
+            }
+            o.upstream_http_protocol_options = existing.upstream_http_protocol_options;
+            *any = pb::any(&o);
+        }
+        c.typed_extension_protocol_options = h2;
     }
     if super::locality::weighted(ctx, svc, port.port, subset) {
         // Locality weights in EDS count only with locality-weighted load balancing.
@@ -341,6 +361,21 @@ fn peer_identities(ctx: &ProxyContext, svc: &Service) -> Vec<String> {
 /// DestinationRule `tls` (ISTIO_MUTUAL, DISABLE) or, when it says nothing, auto mTLS:
 /// mTLS to endpoints whose workloads have a sidecar (`tlsMode: istio`), plaintext to the
 /// rest, as istiod decides it.
+/// How this proxy resolves `svc`'s endpoints. A headless Kubernetes service passes
+/// connections to the pod address the client dialled — which only an intercepted
+/// sidecar knows (its listeners restore the original destination). Gateways, proxyless
+/// gRPC clients and sidecars without iptables balance over its pods through EDS, as
+/// istiod serves gateways.
+pub(crate) fn effective_resolution(ctx: &ProxyContext, svc: &Service) -> Resolution {
+    let original_destination = ctx.proxy.kind == crate::model::proxy::ProxyKind::Sidecar
+        && ctx.intercepted()
+        && !ctx.proxy.proxyless;
+    if svc.kubernetes && svc.resolution == Resolution::Passthrough && !original_destination {
+        return Resolution::ClientSideLb;
+    }
+    svc.resolution
+}
+
 fn apply_tls(
     ctx: &ProxyContext,
     c: &mut Cluster,
@@ -398,11 +433,17 @@ fn apply_tls(
         }
         Some(_) => {}
         None => {
-            let auto = ctx.snap.mesh.enable_auto_mtls
-                && ctx.proxy.mtls_ready
-                && !svc.mesh_external
-                && svc.resolution == Resolution::ClientSideLb;
-            if auto {
+            let auto = ctx.snap.mesh.enable_auto_mtls && ctx.proxy.mtls_ready && !svc.mesh_external;
+            let resolution = effective_resolution(ctx, svc);
+            if auto && resolution == Resolution::Passthrough && svc.kubernetes {
+                // A headless service's connections go to whichever pod was dialled, with
+                // no endpoint metadata to choose by: mTLS when every pod takes it (as
+                // istiod decides for such clusters by the service's mTLS mode).
+                if headless_takes_mtls(ctx, svc, port) {
+                    let ids = peer_identities(ctx, svc);
+                    c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn));
+                }
+            } else if auto && resolution == Resolution::ClientSideLb {
                 let ids = peer_identities(ctx, svc);
                 c.transport_socket_matches = vec![
                     cl::cluster::TransportSocketMatch {
@@ -419,6 +460,21 @@ fn apply_tls(
             }
         }
     }
+}
+
+/// Whether every ready pod of a headless service runs a sidecar that accepts mTLS on
+/// `port` (none: plaintext, as to a service outside the mesh).
+fn headless_takes_mtls(ctx: &ProxyContext, svc: &Service, port: u16) -> bool {
+    let Some(eps) = ctx.snap.endpoints.get(&svc.hostname) else {
+        return false;
+    };
+    let pods: Vec<_> = eps.instances.iter().filter(|i| i.ready).collect();
+    !pods.is_empty()
+        && pods.iter().all(|i| {
+            let target = i.ports.get(&port).copied().unwrap_or(port);
+            i.tls_mode.as_deref() == Some("istio")
+                && ctx.snap.mtls_mode(&i.namespace, &i.labels, target) != istio::MtlsMode::DISABLE
+        })
 }
 
 /// `filter_metadata.istio`: which service a cluster is for (read by istio-proxy's stats
@@ -619,7 +675,10 @@ fn mesh_h2_upgrade(
 }
 
 fn apply_policy(c: &mut Cluster, p: &TrafficPolicy, port: &Port) {
-    if let Some(lb) = &p.load_balancer {
+    // An original-destination cluster picks no host itself: Envoy refuses any other
+    // load balancer there (istiod leaves it alone too).
+    let original_dst = c.lb_policy == LbPolicy::ClusterProvided as i32;
+    if let Some(lb) = p.load_balancer.as_ref().filter(|_| !original_dst) {
         if let Some(simple) = lb.simple {
             match simple {
                 SimpleLb::ROUND_ROBIN => c.lb_policy = LbPolicy::RoundRobin as i32,

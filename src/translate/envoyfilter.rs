@@ -534,39 +534,57 @@ fn patch_listener_json(ctx: &ProxyContext, p: &Patch, l: &mut Value) {
             }
         }
         ApplyTo::NETWORK_FILTER | ApplyTo::HTTP_FILTER => {
-            let Some(chains) = l["filterChains"].as_array_mut() else {
-                return;
-            };
-            let fm =
-                p.m.and_then(|m| m.listener.as_ref())
-                    .and_then(|l| l.filter_chain.as_ref())
-                    .and_then(|c| c.filter.as_ref());
-            for c in chains.iter_mut() {
-                if !chain_matches(p, port, c) {
-                    continue;
-                }
-                if p.apply_to == ApplyTo::NETWORK_FILTER {
-                    let anchor = fm.map(|f| f.name.as_str()).unwrap_or("");
-                    if let Some(fs) = c["filters"].as_array_mut() {
-                        list_op(fs, p.op, anchor, &p.value);
-                    }
-                } else {
-                    let anchor = fm
-                        .and_then(|f| f.sub_filter.as_ref())
-                        .map(|s| s.name.as_str())
-                        .unwrap_or("");
-                    let Some(fs) = c["filters"].as_array_mut() else {
-                        continue;
-                    };
-                    for f in fs.iter_mut().filter(|f| f["name"] == HCM) {
-                        if let Some(hs) = f["typedConfig"]["httpFilters"].as_array_mut() {
-                            list_op(hs, p.op, anchor, &p.value);
-                        }
-                    }
-                }
+            // The default filter chain (a sniffed or shared listener's TCP fallback) is
+            // patched like the others, as istiod does.
+            let default = l
+                .as_object_mut()
+                .and_then(|o| o.remove("defaultFilterChain"));
+            let mut all: Vec<Value> = l["filterChains"].as_array().cloned().unwrap_or_default();
+            let listed = all.len();
+            all.extend(default);
+            patch_chain_filters(p, port, &mut all);
+            if all.len() > listed
+                && let Some(d) = all.pop()
+            {
+                l["defaultFilterChain"] = d;
+            }
+            if listed > 0 {
+                l["filterChains"] = Value::Array(all);
             }
         }
         _ => {}
+    }
+}
+
+/// NETWORK_FILTER and HTTP_FILTER patches on the chains they match.
+fn patch_chain_filters(p: &Patch, port: u32, chains: &mut [Value]) {
+    let fm =
+        p.m.and_then(|m| m.listener.as_ref())
+            .and_then(|l| l.filter_chain.as_ref())
+            .and_then(|c| c.filter.as_ref());
+    for c in chains.iter_mut() {
+        if !chain_matches(p, port, c) {
+            continue;
+        }
+        if p.apply_to == ApplyTo::NETWORK_FILTER {
+            let anchor = fm.map(|f| f.name.as_str()).unwrap_or("");
+            if let Some(fs) = c["filters"].as_array_mut() {
+                list_op(fs, p.op, anchor, &p.value);
+            }
+        } else {
+            let anchor = fm
+                .and_then(|f| f.sub_filter.as_ref())
+                .map(|s| s.name.as_str())
+                .unwrap_or("");
+            let Some(fs) = c["filters"].as_array_mut() else {
+                continue;
+            };
+            for f in fs.iter_mut().filter(|f| f["name"] == HCM) {
+                if let Some(hs) = f["typedConfig"]["httpFilters"].as_array_mut() {
+                    list_op(hs, p.op, anchor, &p.value);
+                }
+            }
+        }
     }
 }
 

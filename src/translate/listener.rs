@@ -291,13 +291,16 @@ fn is_tls(p: Protocol) -> bool {
     matches!(p, Protocol::Tls | Protocol::Https)
 }
 
-/// Where a TLS connection for no known name goes: out of the mesh only if it may.
+/// Where a connection for no known destination goes: out of the mesh only if it may
+/// (through the Sidecar's `egressProxy` when it names one).
 fn unknown_destination(ctx: &ProxyContext) -> super::tcp::Targets {
     let c = match ctx.scope.outbound_policy {
-        OutboundTrafficMode::ALLOW_ANY => naming::PASSTHROUGH,
-        OutboundTrafficMode::REGISTRY_ONLY => naming::BLACKHOLE,
+        OutboundTrafficMode::ALLOW_ANY => {
+            route::egress_proxy_cluster(ctx).unwrap_or_else(|| naming::PASSTHROUGH.to_string())
+        }
+        OutboundTrafficMode::REGISTRY_ONLY => naming::BLACKHOLE.to_string(),
     };
-    vec![(c.to_string(), 100)]
+    vec![(c, 100)]
 }
 
 /// tcp_proxy to one cluster (its name the stat prefix, as istiod) or weighted clusters.
@@ -509,11 +512,24 @@ fn is_wildcard(address: &str) -> bool {
     address == "0.0.0.0" || address == "127.0.0.1"
 }
 
-/// `a.b.c.d/n` → (address, prefix length); a /32 is a plain address (None).
+/// `a.b.c.d/n` (or IPv6) → (address, prefix length); a full-length prefix is a plain
+/// address (None).
 fn cidr(address: &str) -> Option<(String, u32)> {
     let (ip, len) = address.split_once('/')?;
     let len: u32 = len.parse().ok()?;
-    (len < 32).then(|| (ip.to_string(), len))
+    let full = match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => 32,
+        std::net::IpAddr::V6(_) => 128,
+    };
+    (len < full).then(|| (ip.to_string(), len))
+}
+
+/// A service address usable as a listener address: an IP, or an IP with a full-length
+/// prefix (anything else — a host name, a malformed range — is left out, never sent).
+fn plain_address(address: &str) -> Option<String> {
+    let ip = address.split('/').next()?;
+    ip.parse::<std::net::IpAddr>().ok()?;
+    cidr(address).is_none().then(|| ip.to_string())
 }
 
 /// Which listener (address, port) each service port of the catch-all egress scope goes
@@ -549,7 +565,9 @@ fn plan_outbound(
                     .push(entry(vec![]));
                 continue;
             }
-            if svc.kubernetes && svc.resolution == Resolution::Passthrough {
+            if svc.kubernetes
+                && super::cluster::effective_resolution(ctx, svc) == Resolution::Passthrough
+            {
                 // Headless: the client dials a pod; each pod address is a listener.
                 let own: BTreeSet<&str> = ctx.proxy.ips.iter().map(String::as_str).collect();
                 let addrs: BTreeSet<String> = ctx
@@ -573,14 +591,16 @@ fn plan_outbound(
             }
             let cidrs: Vec<(String, u32)> = svc.addresses.iter().filter_map(|a| cidr(a)).collect();
             if !cidrs.is_empty() {
-                plan.entry((wildcard.to_string(), p.port))
-                    .or_default()
-                    .push(entry(cidrs));
+                let list = plan.entry((wildcard.to_string(), p.port)).or_default();
+                // The same ranges twice would be two chains Envoy cannot tell apart: the
+                // first service keeps them, as in istiod.
+                if !list.iter().any(|e| e.cidrs == cidrs) {
+                    list.push(entry(cidrs));
+                }
                 continue;
             }
-            match svc.addresses.first() {
+            match svc.addresses.iter().find_map(|a| plain_address(a)) {
                 Some(vip) => {
-                    let vip = vip.split('/').next().unwrap_or(vip).to_string();
                     plan.entry((vip, p.port)).or_default().push(entry(vec![]));
                 }
                 None => plan
@@ -668,7 +688,13 @@ fn outbound_listener(
                 .collect()
         };
         let mut chains = cidr_chains(ctx, scope, entries, port, &name);
+        let with_cidrs = !chains.is_empty();
         chains.extend(sni_chains(ctx, &services, &vss, port, &name, &fallback));
+        if with_cidrs {
+            // Envoy narrows by destination address first: the catch-all must be the
+            // default chain to be reached from inside a range with another name.
+            lst.default_filter_chain = chains.pop();
+        }
         lst.filter_chains = chains;
         lst.listener_filters.push(tls_inspector());
         return lst;
@@ -679,14 +705,40 @@ fn outbound_listener(
         .find(|e| e.protocol == Protocol::Unsupported && e.cidrs.is_empty());
     // Where non-HTTP traffic goes: the first TCP (or undeclared-protocol) service of
     // the port without a CIDR, else out of the mesh only if the mesh allows it.
+    // (TLS services are told apart by SNI instead.)
     let tcp_entry = entries
         .iter()
-        .find(|e| !e.protocol.is_http() && e.cidrs.is_empty());
+        .find(|e| !e.protocol.is_http() && !is_tls(e.protocol) && e.cidrs.is_empty());
     let tcp_targets = match tcp_entry {
         Some(e) => service_targets(ctx, scope, &e.svc, port),
         None => unknown_destination(ctx),
     };
     let mut chains = cidr_chains(ctx, scope, entries, port, &name);
+    // TLS services sharing the port with others: chains by SNI for their names.
+    let tls_services: Vec<_> = entries
+        .iter()
+        .filter(|e| is_tls(e.protocol) && e.cidrs.is_empty())
+        .map(|e| e.svc.clone())
+        .collect();
+    if !tls_services.is_empty() {
+        let mut sni = sni_chains(
+            ctx,
+            &tls_services,
+            &scope.virtual_services,
+            port,
+            &name,
+            &tcp_targets,
+        );
+        sni.pop(); // its catch-all: the default chain below serves that
+        chains.extend(sni);
+    }
+    if chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.server_names.is_empty())
+    }) {
+        lst.listener_filters.push(tls_inspector());
+    }
     if !shared {
         // A service's own listener: sniffed (HTTP rules for HTTP, the rest as TCP), or
         // TCP only.
@@ -835,7 +887,7 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
                 ctx,
                 &cluster,
                 port,
-                protocol == Protocol::Grpc,
+                matches!(protocol, Protocol::Grpc | Protocol::GrpcWeb),
             ))),
             true,
         )]
@@ -1075,14 +1127,38 @@ fn passthrough_chains(ctx: &ProxyContext) -> (Vec<FilterChain>, bool) {
         filters: filters(),
         ..Default::default()
     };
-    // Port 0: the workload-wide mode (port-level settings name declared ports).
-    match ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, 0) {
-        MtlsMode::STRICT => (vec![chain("tls", true)], true),
-        MtlsMode::PERMISSIVE if ctx.proxy.mtls_ready => {
-            (vec![chain("tls", true), chain("raw_buffer", false)], true)
+    // Mesh clients reach undeclared ports through their PassthroughCluster, in
+    // plaintext: TLS arriving here is the application's own, so only STRICT terminates
+    // (and so refuses whatever is not mesh mTLS).
+    let for_mode = |mode: MtlsMode, port: Option<u16>| -> Vec<FilterChain> {
+        let mut c = match mode {
+            MtlsMode::STRICT => chain("tls", true),
+            _ => chain("", false),
+        };
+        if let Some(p) = port {
+            let m = c.filter_chain_match.get_or_insert_with(Default::default);
+            m.destination_port = pb::u32v(u32::from(p));
         }
-        _ => (vec![chain("", false)], false),
+        vec![c]
+    };
+    let workload = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, 0);
+    let mut chains = Vec::new();
+    let mut tls = workload == MtlsMode::STRICT;
+    // `portLevelMtls` for ports no Service declares: chains of their own.
+    let declared: BTreeSet<u16> = inbound_ports(ctx).into_iter().map(|(p, _)| p).collect();
+    for port in ctx
+        .snap
+        .port_level_mtls_ports(&ctx.proxy.namespace, &ctx.labels)
+    {
+        if declared.contains(&port) {
+            continue;
+        }
+        let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
+        tls |= mode == MtlsMode::STRICT;
+        chains.extend(for_mode(mode, Some(port)));
     }
+    chains.extend(for_mode(workload, None));
+    (chains, tls)
 }
 
 /// The network filters of a TCP chain to `cluster` on the inbound side: the workload's

@@ -836,6 +836,53 @@ fn virtual_service_for<'a>(
         .map(|(_, vs)| vs)
 }
 
+/// A service's virtual host on `port`: the routes of its VirtualService, or the default
+/// route when it has none (or no rule yields a route here). Also returns the
+/// VirtualService chosen for the service and whether its routes were used.
+fn service_virtual_host<'a>(
+    ctx: &ProxyContext,
+    egress: &'a EgressScope,
+    svc: &Service,
+    port: u16,
+) -> (Option<&'a Arc<VirtualServiceConfig>>, bool, VirtualHost) {
+    let name = naming::virtual_host(&svc.hostname, port);
+    let domains = service_domains(svc, &ctx.proxy.namespace, &ctx.snap.mesh.domain_suffix);
+    let vs = virtual_service_for(egress, &svc.hostname);
+    if let Some(vs) = vs {
+        let routes: Vec<Route> = vs
+            .spec
+            .http
+            .iter()
+            .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
+            .collect();
+        if !routes.is_empty() {
+            return (
+                Some(vs),
+                true,
+                VirtualHost {
+                    name,
+                    domains,
+                    routes,
+                    include_request_attempt_count: true,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    let cluster = naming::outbound_cluster(port, "", &svc.hostname);
+    (
+        vs,
+        false,
+        VirtualHost {
+            name,
+            domains,
+            routes: vec![default_route(ctx, &cluster, &svc.hostname, port)],
+            include_request_attempt_count: true,
+            ..Default::default()
+        },
+    )
+}
+
 /// Virtual hosts for an outbound HTTP port, from one egress scope: every service with
 /// an HTTP (or sniffed) port gets the routes of its VirtualService (exact host first,
 /// else the most specific wildcard host, as istiod picks) or a default route; hosts of
@@ -861,50 +908,34 @@ pub fn outbound_virtual_hosts(
         if !routes_http(svc, port) {
             continue;
         }
-        let name = naming::virtual_host(&svc.hostname, port);
-        let domains = service_domains(svc, &ctx.proxy.namespace, domain);
-        if let Some(vs) = virtual_service_for(egress, &svc.hostname) {
+        let (vs, routed, vh) = service_virtual_host(ctx, egress, svc, port);
+        if let Some(vs) = vs {
             let i = index(vs);
             for h in &vs.hosts {
                 if host::matches(h, &svc.hostname) {
                     used.insert((i, h.clone()));
                 }
             }
-            let routes: Vec<Route> = vs
-                .spec
-                .http
-                .iter()
-                .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
-                .collect();
-            if !routes.is_empty() {
-                with_vs.push((
-                    i,
-                    VirtualHost {
-                        name,
-                        domains,
-                        routes,
-                        include_request_attempt_count: true,
-                        ..Default::default()
-                    },
-                ));
+            if routed {
+                with_vs.push((i, vh));
                 continue;
             }
         }
-        let cluster = naming::outbound_cluster(port, "", &svc.hostname);
-        defaults.push(VirtualHost {
-            name,
-            domains,
-            routes: vec![default_route(ctx, &cluster, &svc.hostname, port)],
-            include_request_attempt_count: true,
-            ..Default::default()
-        });
+        defaults.push(vh);
     }
     // VirtualService hosts no service in scope took: hosts outside the registry (or
     // services this proxy cannot see), each once.
     let mut claimed: BTreeSet<String> = BTreeSet::new();
     for (i, vs) in egress.virtual_services.iter().enumerate() {
         for h in &vs.hosts {
-            if used.iter().any(|(_, u)| u == h) || !claimed.insert(h.clone()) {
+            // A wildcard host that covers a service here shapes services only (istiod
+            // drops it as a host of its own, even where a more specific one won).
+            let covers_a_service = h.starts_with('*')
+                && egress
+                    .services
+                    .iter()
+                    .any(|s| routes_http(s, port) && host::matches(h, &s.hostname));
+            if covers_a_service || used.iter().any(|(_, u)| u == h) || !claimed.insert(h.clone()) {
                 continue;
             }
             let svc = ctx.snap.services.get(h);
@@ -1035,9 +1066,8 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
             .egress
             .iter()
             .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))?;
-        let vhost = outbound_virtual_hosts(ctx, egress, port)
-            .into_iter()
-            .find(|vh| vh.name == naming::virtual_host(host, port))?;
+        let svc = egress.services.iter().find(|s| s.hostname == host)?;
+        let (_, _, vhost) = service_virtual_host(ctx, egress, svc, port);
         return Some(RouteConfiguration {
             name: name.to_string(),
             virtual_hosts: vec![VirtualHost {

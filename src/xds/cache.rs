@@ -105,6 +105,8 @@ impl ResourceCache {
                 return Arc::new(f());
             };
             if !inner.at(generation) {
+                // An older snapshot: computed for the asker alone, outside the lock.
+                drop(inner);
                 return Arc::new(f());
             }
             let k = (type_url.to_string(), key);
@@ -131,6 +133,7 @@ impl ResourceCache {
         let k = (key, name.to_string());
         if let Ok(mut inner) = self.inner.lock() {
             if !inner.at(generation) {
+                drop(inner);
                 return f().map(Arc::new);
             }
             if let Some(v) = inner.one.get(&k) {

@@ -287,13 +287,14 @@ impl Stream {
     /// client can hold neither a slot nor its stream's task for long.
     async fn deliver<T>(&self, tx: &mpsc::Sender<Result<T, Status>>, resp: T) -> Result<(), ()> {
         let limit = self.state.send_timeout;
-        let sent = tokio::time::timeout(limit, async {
-            let _slot = self.state.push_slots.acquire().await;
-            tx.send(Ok(resp)).await
-        })
-        .await;
-        match sent {
-            Ok(Ok(())) => Ok(()),
+        // The deadline covers only this proxy's own back-pressure (room on its stream),
+        // never the wait for a slot that other proxies hold.
+        match tokio::time::timeout(limit, tx.reserve()).await {
+            Ok(Ok(room)) => {
+                let _slot = self.state.push_slots.acquire().await;
+                room.send(Ok(resp));
+                Ok(())
+            }
             // The client went away.
             Ok(Err(_)) => Err(()),
             Err(_) => {
@@ -811,7 +812,9 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             Err(e) => break Err(e.to_string()),
                         };
                         if let Err(status) = s.connect(req.node.as_ref()) {
-                            let _ = tx.send(Err(status.clone())).await;
+                            // Never wait on a stream that may be full: the error is
+                            // best effort, closing the stream is not.
+                            let _ = tx.try_send(Err(status.clone()));
                             break Err(status.message().to_string());
                         }
                         let url = req.type_url.clone();
@@ -870,7 +873,9 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             Err(e) => break Err(e.to_string()),
                         };
                         if let Err(status) = s.connect(req.node.as_ref()) {
-                            let _ = tx.send(Err(status.clone())).await;
+                            // Never wait on a stream that may be full: the error is
+                            // best effort, closing the stream is not.
+                            let _ = tx.try_send(Err(status.clone()));
                             break Err(status.message().to_string());
                         }
                         let url = req.type_url.clone();
@@ -883,7 +888,9 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                                 type_url::short(&url)
                             ));
                             warn!(peer = %s.peer, type_url = %url, "subscription limit reached; closing the stream");
-                            let _ = tx.send(Err(status.clone())).await;
+                            // Never wait on a stream that may be full: the error is
+                            // best effort, closing the stream is not.
+                            let _ = tx.try_send(Err(status.clone()));
                             break Err(status.message().to_string());
                         }
                         s.on_action(&url, &action);
