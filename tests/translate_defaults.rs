@@ -8,24 +8,11 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route::Action};
-use meshd::model::diagnostic::Origin;
-use meshd::model::object::Object;
 use meshd::model::proxy::Proxy;
-use meshd::model::snapshot::{ConfigSet, Snapshot};
-use meshd::sources::yaml::parse_documents;
 
-fn snapshot(text: &str) -> Snapshot {
-    let mut set = ConfigSet::default();
-    for doc in parse_documents(text) {
-        let doc = doc.expect("yaml");
-        let (objs, diags) = Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-        assert!(diags.is_empty(), "{diags:?}");
-        for o in objs {
-            set.objects.insert(o.key.clone(), o);
-        }
-    }
-    Snapshot::build(&set, None, "cluster.local", "istio-system")
-}
+#[path = "support/config.rs"]
+mod support_config;
+use support_config::snapshot;
 
 fn proxy() -> Proxy {
     let meta: BTreeMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({

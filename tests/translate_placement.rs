@@ -6,24 +6,13 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use meshd::model::diagnostic::Origin;
-use meshd::model::object::Object;
 use meshd::model::proxy::Proxy;
-use meshd::model::snapshot::{ConfigSet, Snapshot};
-use meshd::sources::yaml::parse_documents;
+use meshd::model::snapshot::Snapshot;
 use meshd::translate::Resources;
 
-fn snapshot(text: &str) -> Snapshot {
-    let mut set = ConfigSet::default();
-    for doc in parse_documents(text) {
-        let doc = doc.expect("yaml");
-        let (objs, _) = Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-        for o in objs {
-            set.objects.insert(o.key.clone(), o);
-        }
-    }
-    Snapshot::build(&set, None, "cluster.local", "istio-system")
-}
+#[path = "support/config.rs"]
+mod support_config;
+use support_config::snapshot;
 
 fn generate(snap: &Snapshot, id: &str, meta: serde_json::Value) -> Resources {
     let meta: BTreeMap<String, serde_json::Value> = serde_json::from_value(meta).expect("meta");

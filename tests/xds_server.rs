@@ -12,10 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::google::rpc::Status;
-use meshd::model::diagnostic::Origin;
-use meshd::model::object::Object;
-use meshd::model::snapshot::{ConfigSet, Snapshot};
-use meshd::sources::yaml::parse_documents;
+use meshd::model::snapshot::Snapshot;
 use meshd::translate::{pb, type_url};
 use meshd::xds::{AdsService, XdsState, push};
 use tokio::sync::{mpsc, watch};
@@ -51,18 +48,9 @@ spec:
   - hosts: ["./*"]
 "#;
 
-fn config(text: &str) -> ConfigSet {
-    let mut set = ConfigSet::default();
-    for doc in parse_documents(text) {
-        let doc = doc.expect("yaml");
-        let (objs, diags) = Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-        assert!(diags.is_empty(), "{diags:?}");
-        for o in objs {
-            set.objects.insert(o.key.clone(), o);
-        }
-    }
-    set
-}
+#[path = "support/config.rs"]
+mod support_config;
+use support_config::config_set as config;
 
 struct FakeServer {
     state: Arc<XdsState>,
@@ -118,6 +106,24 @@ impl FakeServer {
         ));
         push::publish(&self.state, next.clone());
         self.last = next;
+    }
+
+    /// A Delta stream: the request sender and the response stream.
+    async fn delta(
+        &self,
+    ) -> (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        Streaming<DeltaDiscoveryResponse>,
+    ) {
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
+        let stream = self
+            .client()
+            .await
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        (tx, stream)
     }
 
     async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
@@ -421,14 +427,7 @@ async fn first_request_without_node_is_refused_and_no_secrets_on_plaintext() {
 #[tokio::test]
 async fn delta_subscribe_unsubscribe_and_removal() {
     let mut s = FakeServer::new(BASE).await;
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
-    let mut stream = s
-        .client()
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = s.delta().await;
     async fn next(stream: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
         tokio::time::timeout(Duration::from_secs(5), stream.message())
             .await
@@ -622,14 +621,7 @@ async fn churn_with_junk_names_leaves_no_state() {
     let s = FakeServer::new(BASE).await;
     let sets_before = s.state.cache.len();
     for i in 0..1000 {
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(4);
-        let mut stream = s
-            .client()
-            .await
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
+        let (tx, mut stream) = s.delta().await;
         let mut n = node(&format!(
             "sidecar~10.1.{}.{}~junk-{i}.default~default.svc.cluster.local",
             i / 250,
@@ -726,14 +718,7 @@ async fn a_long_translation_does_not_hold_up_other_proxies() {
 #[tokio::test]
 async fn delta_subscriptions_are_bounded() {
     let s = FakeServer::new(BASE).await;
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(4);
-    let mut stream = s
-        .client()
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = s.delta().await;
     let names = |from: usize, n: usize| -> Vec<String> {
         (from..from + n)
             .map(|i| format!("outbound|80||n{i}.x"))

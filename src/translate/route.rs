@@ -836,6 +836,15 @@ fn virtual_service_for<'a>(
         .map(|(_, vs)| vs)
 }
 
+/// A VirtualService's HTTP rules as a sidecar's routes on `port`.
+fn sidecar_routes(ctx: &ProxyContext, vs: &VirtualServiceConfig, port: u16) -> Vec<Route> {
+    vs.spec
+        .http
+        .iter()
+        .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
+        .collect()
+}
+
 /// A service's virtual host on `port`: the routes of its VirtualService, or the default
 /// route when it has none (or no rule yields a route here). Also returns the
 /// VirtualService chosen for the service and whether its routes were used.
@@ -849,12 +858,7 @@ fn service_virtual_host<'a>(
     let domains = service_domains(svc, &ctx.proxy.namespace, &ctx.snap.mesh.domain_suffix);
     let vs = virtual_service_for(egress, &svc.hostname);
     if let Some(vs) = vs {
-        let routes: Vec<Route> = vs
-            .spec
-            .http
-            .iter()
-            .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
-            .collect();
+        let routes = sidecar_routes(ctx, vs, port);
         if !routes.is_empty() {
             return (
                 Some(vs),
@@ -945,12 +949,7 @@ pub fn outbound_virtual_hosts(
             {
                 continue;
             }
-            let routes: Vec<Route> = vs
-                .spec
-                .http
-                .iter()
-                .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
-                .collect();
+            let routes = sidecar_routes(ctx, vs, port);
             if routes.is_empty() {
                 continue;
             }

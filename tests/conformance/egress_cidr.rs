@@ -21,14 +21,9 @@ spec:
 
 #[test]
 fn cidr_service_entries_route_by_destination_prefix() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = intercepting_test("cidr") else {
         return;
-    }
-    if !isolate() || !can_intercept() {
-        return;
-    }
-    let dir = TempDir::new("cidr");
-    let config = TempDir::new("cidr-config");
+    };
     config.write("se.yaml", RANGE);
     let _hosts = [
         Dual::start("legacy-a", "127.2.0.5:9100"),

@@ -1097,3 +1097,15 @@ pub fn assert_envoy_accepted(envoy: &Envoy) {
         .collect();
     assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
 }
+
+/// Starts a test whose Envoys run with interception: (logs folder, config folder), or
+/// None when this machine cannot run it (skipped, or failed under MESHD_REQUIRE_ENVOY).
+pub fn intercepting_test(tag: &str) -> Option<(TempDir, TempDir)> {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return None;
+    }
+    if !isolate() || !can_intercept() {
+        return None;
+    }
+    Some((TempDir::new(tag), TempDir::new(&format!("{tag}-config"))))
+}

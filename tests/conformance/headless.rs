@@ -8,14 +8,16 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::scripted::{Dual, raw_line};
 
-const WEB: &str = r#"
+const REGISTRY_ONLY: &str = r#"
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: istio, namespace: istio-system}
 data:
   mesh: |
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}
----
+"#;
+
+const WEB: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
@@ -39,14 +41,10 @@ status: {phase: Running, podIP: 127.0.0.31}
 
 #[test]
 fn headless_pods_by_name_and_registry_only_on_their_ports() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = intercepting_test("headless") else {
         return;
-    }
-    if !isolate() || !can_intercept() {
-        return;
-    }
-    let dir = TempDir::new("headless");
-    let config = TempDir::new("headless-config");
+    };
+    config.write("mesh.yaml", REGISTRY_ONLY);
     config.write("web.yaml", WEB);
     let _apps = [
         Dual::start("web-0", "127.0.0.30:8080"),
@@ -90,13 +88,6 @@ fn headless_pods_by_name_and_registry_only_on_their_ports() {
 
 const SHARED: &str = r#"
 apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |
-    outboundTrafficPolicy: {mode: REGISTRY_ONLY}
----
-apiVersion: v1
 kind: Service
 metadata: {name: db, namespace: default}
 spec:
@@ -115,14 +106,10 @@ status: {phase: Running, podIP: 127.0.0.30}
 /// istiod routes it, never out to the unknown address.
 #[test]
 fn registry_only_keeps_unknown_destinations_off_shared_ports() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = intercepting_test("shared-port") else {
         return;
-    }
-    if !isolate() || !can_intercept() {
-        return;
-    }
-    let dir = TempDir::new("shared-port");
-    let config = TempDir::new("shared-port-config");
+    };
+    config.write("mesh.yaml", REGISTRY_ONLY);
     config.write("db.yaml", SHARED);
     let _apps = [
         Dual::start("db", "127.0.0.30:9000"),

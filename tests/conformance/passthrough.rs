@@ -44,14 +44,7 @@ struct Pod {
 
 impl Pod {
     fn start() -> Option<Pod> {
-        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
-            return None;
-        }
-        if !isolate() || !can_intercept() {
-            return None;
-        }
-        let dir = TempDir::new("passthrough");
-        let config = TempDir::new("passthrough-config");
+        let (dir, config) = intercepting_test("passthrough")?;
         config.write("workload.yaml", WORKLOAD);
         // The application on a port its Service does not declare.
         let apps = Backends::start(&[("web-app", POD)], 7070);

@@ -31,14 +31,9 @@ spec:
 
 #[test]
 fn outbound_http_rules_apply_on_unnamed_ports_and_tcp_still_flows() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = intercepting_test("sniff-out") else {
         return;
-    }
-    if !isolate() || !can_intercept() {
-        return;
-    }
-    let dir = TempDir::new("sniff-out");
-    let config = TempDir::new("sniff-out-config");
+    };
     config.write("echo.yaml", &echo_service("127.0.0.30"));
     config.write("vs.yaml", FAULT);
     let _app = Dual::start("echo", "127.0.0.30:7000");
@@ -77,14 +72,9 @@ fn outbound_http_rules_apply_on_unnamed_ports_and_tcp_still_flows() {
 
 #[test]
 fn inbound_raw_tcp_reaches_the_application_on_unnamed_ports() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = intercepting_test("sniff-in") else {
         return;
-    }
-    if !isolate() || !can_intercept() {
-        return;
-    }
-    let dir = TempDir::new("sniff-in");
-    let config = TempDir::new("sniff-in-config");
+    };
     config.write("echo.yaml", &echo_service("127.0.0.20"));
     let _app = Dual::start("echo", "127.0.0.20:7000");
     let _meshd = Meshd::start(config.path(), dir.path(), &[]);
