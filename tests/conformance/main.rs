@@ -17,11 +17,14 @@ mod gateway_tls;
 mod grpc;
 mod harness;
 mod headless;
+#[path = "../support/kube_api.rs"]
+mod kube_api;
 mod kubernetes;
 mod mtls;
 mod origination;
 mod passthrough;
 mod protocol_sniffing;
+mod real_kubernetes;
 mod retries;
 mod scripted;
 mod tcp;

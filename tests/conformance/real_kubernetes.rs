@@ -1,0 +1,209 @@
+//! Kubernetes mode against a real kube-apiserver (etcd in-process; built from Go
+//! modules by the test command): the API server's own schema checks accept meshd's CRDs
+//! and deployment, a service account token it issues is reviewed by it for meshd's CA,
+//! and a real Envoy follows Bookinfo's rules applied and edited through the API.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+use crate::kube_api::KubeApi;
+
+const PODS: [(&str, &str); 6] = [
+    ("productpage-v1", "127.0.0.10"),
+    ("details-v1", "127.0.0.11"),
+    ("reviews-v1", "127.0.0.12"),
+    ("reviews-v2", "127.0.0.13"),
+    ("reviews-v3", "127.0.0.14"),
+    ("ratings-v1", "127.0.0.15"),
+];
+
+/// A real API server, or None (skipped, or failed under MESHD_REQUIRE_ENVOY) when the
+/// test command has not built it.
+fn real_api(dir: &TempDir) -> Option<KubeApi> {
+    let api = KubeApi::start(dir.path());
+    if api.is_none() {
+        skip_or_fail(
+            "the test API server is not built (tests/kube-apiserver; ./scripts/test builds it)",
+        );
+    }
+    api
+}
+
+fn apply_file(api: &KubeApi, path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let refused = api.apply_text(&text);
+    assert!(
+        refused.is_empty(),
+        "{} refused by the API server: {refused:?}",
+        path.display()
+    );
+}
+
+#[test]
+fn crds_and_deployment_pass_the_api_servers_checks() {
+    let dir = TempDir::new("real-crds");
+    let Some(api) = real_api(&dir) else { return };
+    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
+    // In name order, as `kubectl apply -f deploy/` takes them (the namespace first).
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy"))
+        .expect("deploy/")
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        apply_file(&api, &f);
+    }
+    // The CRDs are served: Istio's own Bookinfo rules go in as they are.
+    wait_for(
+        "networking.istio.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/networking.istio.io/v1").ok(),
+    );
+    let networking = shared().join("bookinfo/networking");
+    if networking.exists() {
+        for f in [
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "bookinfo-gateway.yaml",
+        ] {
+            apply_file(&api, &networking.join(f));
+        }
+    }
+    // The structural schema refuses a wrongly typed field, with the field named.
+    let bad = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"timeout": 5, "route": [{"destination": {"host": "reviews"}}]}]},
+    });
+    let (status, body) = api
+        .request(
+            "POST",
+            "/apis/networking.istio.io/v1/namespaces/default/virtualservices",
+            "application/json",
+            &serde_json::to_vec(&bad).unwrap_or_default(),
+        )
+        .expect("request");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("spec.http[0].timeout"), "{body}");
+}
+
+#[test]
+fn meshd_serves_envoy_from_a_real_api_server() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("real-kube");
+    let Some(api) = real_api(&dir) else { return };
+    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
+    apply_file(&api, &repo().join("deploy/00-namespace.yaml"));
+    wait_for(
+        "networking.istio.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/networking.istio.io/v1").ok(),
+    );
+    for sa in ["productpage", "details", "reviews", "ratings"] {
+        api.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": format!("bookinfo-{sa}"), "namespace": "default"}}))
+            .expect("service account");
+    }
+    let bookinfo = repo().join("examples/bookinfo");
+    for f in [
+        "services.yaml",
+        "pods.yaml",
+        "sidecar-productpage.yaml",
+        "destination-rules.yaml",
+        "virtual-services.yaml",
+        "reviews.yaml",
+    ] {
+        apply_file(&api, &bookinfo.join(f));
+    }
+    // No kubelet: the test reports the Pods running and ready.
+    for (pod, ip) in PODS {
+        api.set_pod_ready("default", pod, ip).expect("pod status");
+    }
+    // A token the API server issued; only its TokenReview can vouch for it.
+    let token = api
+        .token("default", "bookinfo-productpage", "istio-ca")
+        .expect("token");
+    let backends = Backends::start(&PODS, 9080);
+    let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &["--pod-name", "meshd-0"]);
+    let envoy = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.10",
+            pod: "productpage-v1",
+            namespace: "default",
+            labels: &[("app", "productpage"), ("version", "v1")],
+            service_account: "bookinfo-productpage",
+        },
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token,
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let get = |host: &str| http_get("127.0.0.1:9080", "/", &[("Host", host)]).ok();
+    wait_for(
+        "reviews through the sidecar",
+        Duration::from_secs(30),
+        || get("reviews").filter(|r| r.status == 200),
+    );
+    for _ in 0..20 {
+        let r = get("reviews").expect("request");
+        assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"));
+    }
+    let certs = http_get(&envoy.admin, "/certs", &[]).expect("admin /certs");
+    assert!(
+        certs
+            .body
+            .contains("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+        "the proxy's certificate is its identity's: {}",
+        certs.body
+    );
+
+    // An edit through the API reaches the proxy.
+    api.apply(&json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}]},
+    }))
+    .expect("edit");
+    wait_for("reviews-v3 after the edit", Duration::from_secs(20), || {
+        get("reviews").filter(|r| r.body == "reviews-v3")
+    });
+    for _ in 0..20 {
+        assert_eq!(
+            get("reviews").map(|r| r.body).as_deref(),
+            Some("reviews-v3")
+        );
+    }
+    // A deleted Pod takes its endpoint with it.
+    assert!(api.delete(&json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reviews-v3", "namespace": "default"}})));
+    wait_for("no healthy upstream", Duration::from_secs(20), || {
+        get("reviews").filter(|r| r.status == 503)
+    });
+    // The root is published in every namespace, by meshd, in the real API.
+    let root = std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).expect("root");
+    wait_for(
+        "istio-ca-root-cert in default",
+        Duration::from_secs(20),
+        || {
+            api.get("/api/v1/namespaces/default/configmaps/istio-ca-root-cert")
+                .ok()
+                .filter(|c| c["data"]["root-cert.pem"] == json!(root))
+        },
+    );
+    assert_envoy_accepted(&envoy);
+    drop(envoy);
+    drop(meshd);
+    drop(backends);
+}
