@@ -1109,3 +1109,22 @@ pub fn intercepting_test(tag: &str) -> Option<(TempDir, TempDir)> {
     }
     Some((TempDir::new(tag), TempDir::new(&format!("{tag}-config"))))
 }
+
+/// Gives this test's network namespace the extra address `ip` (on loopback) and sends
+/// its TCP `port` to 127.0.0.1:`port`: for peers that refuse loopback addresses (the
+/// Kubernetes API takes no loopback endpoint) but must reach a loopback listener.
+pub fn loopback_alias(ip: &str, port: u16) {
+    let out = Command::new("ip")
+        .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+        .output()
+        .expect("ip addr add");
+    assert!(
+        out.status.success(),
+        "ip addr add {ip}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nat_table();
+    nft(&format!(
+        "add rule ip meshd out ip daddr {ip} tcp dport {port} redirect to :{port}"
+    ));
+}

@@ -207,3 +207,155 @@ fn meshd_serves_envoy_from_a_real_api_server() {
     drop(meshd);
     drop(backends);
 }
+
+/// Where the API server finds meshd's webhooks (see [`loopback_alias`]).
+const MESHD_ENDPOINT: &str = "192.0.2.15";
+
+/// The API server calls meshd's webhooks, through the `istiod` Service of deploy/ and the
+/// caBundle meshd wrote: a Pod in a labelled namespace comes back injected, an invalid
+/// VirtualService is refused with meshd's message.
+#[test]
+fn the_api_server_calls_meshds_webhooks() {
+    if !isolate() || !can_intercept() {
+        return;
+    }
+    // An address for meshd the API accepts as an endpoint (a documentation address,
+    // only inside this test's own network namespace), redirected to meshd's loopback
+    // webhook port.
+    loopback_alias(MESHD_ENDPOINT, 15017);
+    let dir = TempDir::new("real-webhooks");
+    // Webhooks reach a Service through its endpoints (here: meshd on loopback), not its
+    // cluster IP (nothing routes those here).
+    let api = KubeApi::start_with(dir.path(), &["--enable-aggregator-routing=true"]);
+    let Some(api) = api.or_else(|| {
+        skip_or_fail("the test API server is not built (./scripts/test builds it)");
+        None
+    }) else {
+        return;
+    };
+    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy"))
+        .expect("deploy/")
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        apply_file(&api, &f);
+    }
+    // meshd runs outside the cluster: the istiod Service's endpoint is meshd's address.
+    api.apply(&json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "istiod", "namespace": "istio-system"},
+        "subsets": [{"addresses": [{"ip": MESHD_ENDPOINT}],
+                     "ports": [{"name": "https-webhook", "port": 15017}]}],
+    }))
+    .expect("endpoints");
+    // (The API server's resolver reads EndpointSlices; no controller mirrors them here.)
+    api.apply(&json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "istiod-meshd", "namespace": "istio-system",
+                     "labels": {"kubernetes.io/service-name": "istiod"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [MESHD_ENDPOINT], "conditions": {"ready": true}}],
+        "ports": [{"name": "https-webhook", "port": 15017, "protocol": "TCP"}],
+    }))
+    .expect("endpoint slice");
+    wait_for(
+        "networking.istio.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/networking.istio.io/v1").ok(),
+    );
+    let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &["--pod-name", "meshd-0"]);
+    let root = std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).expect("root");
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&root);
+    // meshd (leading) wrote its root as the webhooks' caBundle.
+    wait_for("caBundle written", Duration::from_secs(30), || {
+        let m = api
+            .get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/istio-sidecar-injector")
+            .ok()?;
+        let v = api
+            .get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/istio-validator-istio-system")
+            .ok()?;
+        let all = |c: &serde_json::Value| {
+            c["webhooks"].as_array().is_some_and(|w| {
+                w.iter()
+                    .all(|h| h["clientConfig"]["caBundle"] == json!(bundle))
+            })
+        };
+        (all(&m) && all(&v)).then_some(())
+    });
+
+    // Injection: a Pod created in a labelled namespace comes back with the proxy.
+    api.apply(&json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}}))
+        .expect("namespace");
+    api.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "shop"}}))
+        .expect("service account");
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "cart", "namespace": "shop", "labels": {"app": "cart"}},
+        "spec": {"containers": [{"name": "cart", "image": "cart:1"}]},
+    });
+    let last = std::cell::RefCell::new(String::new());
+    let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the Pod is admitted", Duration::from_secs(30), || {
+            let (status, body) = api
+                .request(
+                    "POST",
+                    "/api/v1/namespaces/shop/pods",
+                    "application/json",
+                    &serde_json::to_vec(&pod).unwrap_or_default(),
+                )
+                .ok()?;
+            *last.borrow_mut() = format!("{status} {body}");
+            (status == 201).then(|| serde_json::from_str::<serde_json::Value>(&body).ok())?
+        })
+    }))
+    .unwrap_or_else(|_| panic!("the Pod was not admitted; last answer: {}", last.borrow()));
+    let names: Vec<&str> = created["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            created["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"istio-proxy"),
+        "the API server applied meshd's injection patch: {names:?}"
+    );
+    assert!(
+        created["metadata"]["annotations"]["sidecar.istio.io/status"].is_string(),
+        "{}",
+        created["metadata"]
+    );
+
+    // Validation: an object meshd refuses is refused by the API server, with meshd's words.
+    let bad = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "bad-weights", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [
+            {"destination": {"host": "reviews"}, "weight": 30},
+            {"destination": {"host": "ratings"}, "weight": 30}]}]},
+    });
+    let (status, body) = api
+        .request(
+            "POST",
+            "/apis/networking.istio.io/v1/namespaces/default/virtualservices",
+            "application/json",
+            &serde_json::to_vec(&bad).unwrap_or_default(),
+        )
+        .expect("request");
+    assert!(
+        status == 400 || status == 403 || status == 422,
+        "refused: {status} {body}"
+    );
+    assert!(body.contains("weight"), "meshd's reason: {body}");
+    drop(meshd);
+}

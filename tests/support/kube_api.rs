@@ -50,6 +50,11 @@ pub struct ApiError {
 impl KubeApi {
     /// Starts an API server with its files in `dir`; None when the binary is missing.
     pub fn start(dir: &Path) -> Option<KubeApi> {
+        KubeApi::start_with(dir, &[])
+    }
+
+    /// With extra kube-apiserver flags.
+    pub fn start_with(dir: &Path, flags: &[&str]) -> Option<KubeApi> {
         let bin = binary()?;
         let kubeconfig = dir.join("kubeconfig.yaml");
         let mut child = Command::new(bin)
@@ -57,6 +62,8 @@ impl KubeApi {
             .arg("0")
             .arg("--kubeconfig-out")
             .arg(&kubeconfig)
+            .arg("--")
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
