@@ -355,7 +355,7 @@ impl Meshd {
         )
     }
 
-    fn start_source(
+    pub fn start_source(
         source: &[&std::ffi::OsStr],
         logs: &Path,
         http_port: u16,

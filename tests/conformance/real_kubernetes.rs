@@ -359,3 +359,96 @@ fn the_api_server_calls_meshds_webhooks() {
     assert!(body.contains("weight"), "meshd's reason: {body}");
     drop(meshd);
 }
+
+/// Two meshd processes against the real API server: one leads (Lease `meshd-leader`) and
+/// writes status; when it dies, the other takes the Lease over and writes from then on.
+#[test]
+fn leader_election_and_status_writes_fail_over() {
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("real-leader");
+    let Some(api) = real_api(&dir) else { return };
+    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
+    apply_file(&api, &repo().join("deploy/00-namespace.yaml"));
+    wait_for(
+        "networking.istio.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/networking.istio.io/v1").ok(),
+    );
+    let vs = |name: &str| {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]},
+        })
+    };
+    api.apply(&vs("first")).expect("first");
+    let reconciled_by = |name: &str| {
+        api.get(&format!(
+            "/apis/networking.istio.io/v1/namespaces/default/virtualservices/{name}"
+        ))
+        .ok()
+        .filter(|v| {
+            v["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Reconciled" && c["status"] == "True")
+            })
+        })
+    };
+    let holder = || {
+        api.get("/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/meshd-leader")
+            .ok()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    let dir0 = TempDir::new("real-leader-0");
+    let dir1 = TempDir::new("real-leader-1");
+    let first = Meshd::start_kube(
+        &api.kubeconfig,
+        dir0.path(),
+        &["--pod-name", "meshd-0", "--write-status"],
+    );
+    wait_for("meshd-0 leads", Duration::from_secs(30), || {
+        (holder().as_deref() == Some("meshd-0")).then_some(())
+    });
+    // The second one on other ports, same cluster: it follows.
+    let second = Meshd::start_source(
+        &["--kubeconfig".as_ref(), api.kubeconfig.as_os_str()],
+        dir1.path(),
+        28080,
+        &[
+            "--pod-name",
+            "meshd-1",
+            "--write-status",
+            "--grpc-port",
+            "25010",
+            "--secure-grpc-port",
+            "25012",
+            "--webhook-port",
+            "25017",
+            "--monitoring-port",
+            "25014",
+        ],
+    );
+    wait_for("status by the leader", Duration::from_secs(30), || {
+        reconciled_by("first")
+    });
+    assert_eq!(holder().as_deref(), Some("meshd-0"), "one leader");
+    // Both share the mesh's CA through the API: the follower loaded the leader's root.
+    assert_eq!(
+        std::fs::read_to_string(dir0.path().join("ca/root-cert.pem")).ok(),
+        std::fs::read_to_string(dir1.path().join("ca/root-cert.pem")).ok(),
+        "one root for the mesh"
+    );
+    drop(first);
+    wait_for(
+        "meshd-1 takes the lease over",
+        Duration::from_secs(40),
+        || (holder().as_deref() == Some("meshd-1")).then_some(()),
+    );
+    api.apply(&vs("second")).expect("second");
+    wait_for("status by the new leader", Duration::from_secs(30), || {
+        reconciled_by("second")
+    });
+    drop(second);
+}
