@@ -48,28 +48,35 @@ func main() {
 	issuer := flag.String("service-account-issuer", "https://kubernetes.default.svc.cluster.local", "service account token issuer")
 	audiences := flag.String("api-audiences", "https://kubernetes.default.svc.cluster.local,istio-ca", "comma-separated --api-audiences")
 	token := flag.String("token", "", "admin bearer token (default: random)")
+	dataDir := flag.String("data-dir", "", "keep etcd's data and the credentials here, so that a restart (same --port) is the same cluster (default: a temporary directory removed on exit)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: %s [flags] [-- kube-apiserver flags]\n", os.Args[0])
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 
-	if err := run(*port, *kubeconfigOut, *issuer, *audiences, *token, flag.Args()); err != nil {
+	if err := run(*port, *kubeconfigOut, *issuer, *audiences, *token, *dataDir, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "kapi:", err)
 		os.Exit(1)
 	}
 }
 
-func run(port int, kubeconfigOut, issuer, audiences, token string, extraArgs []string) error {
+func run(port int, kubeconfigOut, issuer, audiences, token, dataDir string, extraArgs []string) error {
 	// First SIGINT/SIGTERM cancels ctx, which stops the apiserver; a second one kills us.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	dir, err := os.MkdirTemp("", "kapi-")
-	if err != nil {
+	dir := dataDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "kapi-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	file := func(name string) string { return filepath.Join(dir, name) }
 
 	// --- etcd, in-process, plain HTTP on loopback free ports ---
@@ -80,20 +87,28 @@ func run(port int, kubeconfigOut, issuer, audiences, token string, extraArgs []s
 	defer etcd.Close()
 
 	// --- credentials: serving cert, service account key, admin token ---
-	// Self-signed CA + serving cert for 127.0.0.1/localhost; certPEM is "leaf, CA".
-	certPEM, keyPEM, err := cert.GenerateSelfSignedCertKey("127.0.0.1", []net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost"})
-	if err != nil {
-		return err
+	// Kept from an earlier run in the same --data-dir: clients (and the tokens the API
+	// issued) stay valid across a restart.
+	certPEM, keyPEM, saKeyPEM, saved := loadCredentials(file)
+	if saved != "" && token == "" {
+		token = saved
+	}
+	if certPEM == nil {
+		// Self-signed CA + serving cert for 127.0.0.1/localhost; certPEM is "leaf, CA".
+		certPEM, keyPEM, err = cert.GenerateSelfSignedCertKey("127.0.0.1", []net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost"})
+		if err != nil {
+			return err
+		}
+		saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			return err
+		}
+		saKeyPEM, err = keyutil.MarshalPrivateKeyToPEM(saKey)
+		if err != nil {
+			return err
+		}
 	}
 	caPEM, err := caOnly(certPEM)
-	if err != nil {
-		return err
-	}
-	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return err
-	}
-	saKeyPEM, err := keyutil.MarshalPrivateKeyToPEM(saKey)
 	if err != nil {
 		return err
 	}
@@ -196,6 +211,26 @@ func run(port int, kubeconfigOut, issuer, audiences, token string, extraArgs []s
 		fmt.Fprintln(os.Stderr, "kapi: kube-apiserver did not stop in 30s")
 	}
 	return nil // deferred: etcd.Close(), os.RemoveAll(dir)
+}
+
+// loadCredentials reads the serving certificate, its key, the service account key and
+// the admin token a previous run left (all nil and "" when there are none).
+func loadCredentials(file func(string) string) (certPEM, keyPEM, saKeyPEM []byte, token string) {
+	read := func(name string) []byte {
+		b, err := os.ReadFile(file(name))
+		if err != nil {
+			return nil
+		}
+		return b
+	}
+	certPEM, keyPEM, saKeyPEM = read("serving.crt"), read("serving.key"), read("sa.key")
+	if certPEM == nil || keyPEM == nil || saKeyPEM == nil {
+		return nil, nil, nil, ""
+	}
+	if csv := read("tokens.csv"); csv != nil {
+		token, _, _ = strings.Cut(string(csv), ",")
+	}
+	return certPEM, keyPEM, saKeyPEM, token
 }
 
 // startEtcd starts a single-member etcd with its data in dir and returns the client URL.

@@ -55,11 +55,33 @@ impl KubeApi {
 
     /// With extra kube-apiserver flags.
     pub fn start_with(dir: &Path, flags: &[&str]) -> Option<KubeApi> {
+        KubeApi::launch(dir, 0, None, flags)
+    }
+
+    /// Keeping its state (etcd and credentials) in `dir`, so that [`KubeApi::restart`]
+    /// brings back the same cluster on the same address.
+    pub fn start_persistent(dir: &Path, flags: &[&str]) -> Option<KubeApi> {
+        KubeApi::launch(dir, 0, Some(dir.join("apiserver-data")), flags)
+    }
+
+    /// Stops this server and starts it again on its address with its state.
+    pub fn restart(self, dir: &Path, flags: &[&str]) -> KubeApi {
+        let port = self.addr.port();
+        drop(self);
+        KubeApi::launch(dir, port, Some(dir.join("apiserver-data")), flags)
+            .expect("the API server binary")
+    }
+
+    fn launch(dir: &Path, port: u16, data: Option<PathBuf>, flags: &[&str]) -> Option<KubeApi> {
         let bin = binary()?;
         let kubeconfig = dir.join("kubeconfig.yaml");
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(d) = &data {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let mut child = cmd
             .arg("--port")
-            .arg("0")
+            .arg(port.to_string())
             .arg("--kubeconfig-out")
             .arg(&kubeconfig)
             .arg("--")
