@@ -301,6 +301,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(
         XdsState::new(metrics.clone(), shutdown_rx.clone())
             .with_push_slots(args.push_concurrency)
+            .with_instance(args.pod_name.as_deref().unwrap_or("meshd"))
             .with_secrets(Arc::new(crate::ca::sds::WorkloadSecrets::new(
                 ca.clone(),
                 workload_ttl,

@@ -95,7 +95,9 @@ impl Proxy {
                     .collect()
             })
             .unwrap_or_default();
-        if ips.is_empty() {
+        // An empty address is a client with no workload of its own — istioctl's debug
+        // connection (`sidecar~~test-1.default~…`), as istiod accepts it.
+        if ips.is_empty() && !parts[1].is_empty() {
             ips.push(parts[1].to_string());
         }
         for ip in &ips {

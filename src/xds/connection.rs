@@ -247,6 +247,9 @@ struct Stream {
     nonces: u64,
     peer: String,
     delta: bool,
+    /// Nonces of the debug responses this stream sent (the last few): requests that
+    /// carry one of them are ACKs.
+    debug_nonces: BTreeSet<String>,
 }
 
 /// Runs CPU-bound work (translation, signing, or waiting for another stream's
@@ -388,10 +391,18 @@ impl Stream {
     /// authenticated on the TLS port; one outside the root namespace sees only the
     /// proxies of its own namespace.
     fn debug_response(&mut self, url: &str) -> Result<DiscoveryResponse, Status> {
-        let PeerAuth::Authenticated(id) = &self.auth else {
-            return Err(Status::unauthenticated(
-                "debug requests need the TLS port (15012) and a token or certificate",
-            ));
+        // On the TLS port a caller sees its own namespace's proxies (all of them from the
+        // root namespace). The plaintext port carries no secrets and is as open as the
+        // HTTP debug port, which shows the same status: there, as at istiod (what
+        // `istioctl proxy-status --plaintext` reads), everything.
+        let namespace = match &self.auth {
+            PeerAuth::Authenticated(id) => Some(id.namespace.clone()),
+            PeerAuth::Plaintext => None,
+            PeerAuth::Refused(_) => {
+                return Err(Status::unauthenticated(
+                    "debug requests need a valid token or certificate on the TLS port",
+                ));
+            }
         };
         if url != DEBUG_SYNCZ {
             return Err(Status::unimplemented(format!(
@@ -399,14 +410,17 @@ impl Stream {
             )));
         }
         let snap = self.state.snapshot();
-        let all = id.namespace == snap.mesh.root_namespace;
+        let all = namespace
+            .as_deref()
+            .is_none_or(|ns| ns == snap.mesh.root_namespace);
+        let own = namespace.unwrap_or_default();
         let resources = self
             .state
             .connections()
             .iter()
             // Debug clients (istioctl) are not proxies.
             .filter(|c| c.proxy.metadata.get("GENERATOR").and_then(|v| v.as_str()) != Some("event"))
-            .filter(|c| all || c.proxy.namespace == id.namespace)
+            .filter(|c| all || c.proxy.namespace == own)
             .filter_map(|c| client_config(c))
             .map(|cc| pb::any(&cc))
             .collect();
@@ -414,7 +428,7 @@ impl Stream {
             type_url: url.to_string(),
             resources,
             nonce: self.next_nonce(),
-            control_plane: Some(control_plane()),
+            control_plane: Some(debug_control_plane(&self.state.instance)),
             ..Default::default()
         })
     }
@@ -703,6 +717,24 @@ impl Stream {
     }
 }
 
+/// The control plane as istiod names itself in debug responses, which istioctl reads as
+/// JSON (component, instance, build info): the instance is the pod's name.
+fn debug_control_plane(id: &str) -> ControlPlane {
+    ControlPlane {
+        identifier: serde_json::json!({
+            "Component": "istiod",
+            "ID": id,
+            "Info": {
+                "version": format!("meshd-{}", env!("CARGO_PKG_VERSION")),
+                "revision": "meshd",
+                "status": "Clean",
+                "tag": format!("meshd-{}", env!("CARGO_PKG_VERSION")),
+            },
+        })
+        .to_string(),
+    }
+}
+
 fn control_plane() -> ControlPlane {
     ControlPlane {
         identifier: format!("meshd-{}", env!("CARGO_PKG_VERSION")),
@@ -793,6 +825,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
         nonces: 0,
         peer,
         delta,
+        debug_nonces: BTreeSet::new(),
     };
     let result = match mode {
         Mode::Sotw { mut inbound, tx } => {
@@ -819,10 +852,19 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                         }
                         let url = req.type_url.clone();
                         if url.starts_with("istio.io/debug/") {
-                            // Debug requests are answered once; their ACKs are not.
-                            if req.response_nonce.is_empty() {
+                            // Debug requests are answered; their ACKs are not. A client
+                            // may send any nonce with its first request (istioctl's
+                            // carries a timestamp), so what counts is whether the nonce
+                            // is one this stream sent.
+                            let ack = !req.response_nonce.is_empty()
+                                && s.debug_nonces.contains(&req.response_nonce);
+                            if !ack {
                                 match s.debug_response(&url) {
                                     Ok(resp) => {
+                                        if s.debug_nonces.len() >= 16 {
+                                            s.debug_nonces.pop_first();
+                                        }
+                                        s.debug_nonces.insert(resp.nonce.clone());
                                         if tx.send(Ok(resp)).await.is_err() {
                                             break Ok(());
                                         }

@@ -39,6 +39,8 @@ pub struct XdsState {
     pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
     /// How long a proxy has to take a response before its stream is closed.
     pub(crate) send_timeout: std::time::Duration,
+    /// This instance's name (its pod), as debug responses give it.
+    pub(crate) instance: String,
     /// Workload secrets for SDS (when the CA runs).
     pub secrets: Option<Arc<WorkloadSecrets>>,
 }
@@ -78,6 +80,12 @@ impl XdsState {
         self
     }
 
+    /// Names this instance (its pod) in debug responses.
+    pub fn with_instance(mut self, name: &str) -> Self {
+        self.instance = name.to_string();
+        self
+    }
+
     /// Sets how long a proxy has to take a response before its stream is closed.
     pub fn with_send_timeout(mut self, t: std::time::Duration) -> Self {
         self.send_timeout = t;
@@ -100,6 +108,7 @@ impl XdsState {
             cache: Default::default(),
             push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            instance: "meshd".into(),
             secrets: None,
         }
     }

@@ -31,6 +31,39 @@ fn real_api(dir: &TempDir) -> Option<KubeApi> {
     api
 }
 
+/// Runs the real istioctl (built by the test command from Istio's Go module) against
+/// meshd's plaintext xDS port and the API server: its output, or None (skipped, or a
+/// failure under MESHD_REQUIRE_ENVOY) when it is not built.
+fn istioctl(api: &KubeApi, args: &[&str]) -> Option<String> {
+    let bin = std::env::var_os("MESHD_ISTIOCTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/go/istioctl"));
+    if !bin.exists() {
+        skip_or_fail("istioctl is not built (./scripts/test builds it)");
+        return None;
+    }
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args([
+            "--xds-address",
+            "127.0.0.1:15010",
+            "--plaintext",
+            "--istioNamespace",
+            "istio-system",
+        ])
+        .output()
+        .expect("run istioctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "istioctl {args:?} failed: {text}");
+    Some(text)
+}
+
 fn apply_file(api: &KubeApi, path: &std::path::Path) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let refused = api.apply_text(&text);
@@ -159,6 +192,16 @@ fn meshd_serves_envoy_from_a_real_api_server() {
     for _ in 0..20 {
         let r = get("reviews").expect("request");
         assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"));
+    }
+    // The real istioctl reads meshd as it reads istiod.
+    if let Some(out) = istioctl(&api, &["proxy-status"]) {
+        // meshd names itself as istiod does (pod name from --pod-name / POD_NAME).
+        assert!(
+            out.contains("productpage-v1.default")
+                && out.contains("meshd-0")
+                && out.contains("CDS,LDS,EDS,RDS,SDS"),
+            "istioctl proxy-status: {out}"
+        );
     }
     let certs = http_get(&envoy.admin, "/certs", &[]).expect("admin /certs");
     assert!(

@@ -29,6 +29,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/storage/wal"
 
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
@@ -65,6 +66,17 @@ func run(port int, kubeconfigOut, issuer, audiences, token, dataDir string, extr
 	// First SIGINT/SIGTERM cancels ctx, which stops the apiserver; a second one kills us.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// So does the end of the process that started us (a test killed mid-way): no API
+	// server, and no temporary directory, outlives its test.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func(parent int) {
+		for os.Getppid() == parent {
+			time.Sleep(time.Second)
+		}
+		fmt.Fprintln(os.Stderr, "kapi: parent process exited")
+		cancel()
+	}(os.Getppid())
 
 	dir := dataDir
 	if dir == "" {
@@ -238,7 +250,9 @@ func startEtcd(dir string) (*embed.Etcd, string, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = dir
 	cfg.LogLevel = "error"
-	cfg.UnsafeNoFsync = true // throwaway data: trade durability for speed
+	cfg.UnsafeNoFsync = true // test data: trade durability for speed
+	// Preallocate 8 MB WAL segments instead of 64 MB: many servers run side by side.
+	wal.SegmentSizeBytes = 8 << 20
 	var urls [2]url.URL
 	for i := range urls {
 		p, err := freePort()
