@@ -42,19 +42,13 @@ fn istioctl(api: &KubeApi, args: &[&str]) -> Option<String> {
         skip_or_fail("istioctl is not built (./scripts/test builds it)");
         return None;
     }
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .args([
-            "--xds-address",
-            "127.0.0.1:15010",
-            "--plaintext",
-            "--istioNamespace",
-            "istio-system",
-        ])
-        .output()
-        .expect("run istioctl");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args).arg("--kubeconfig").arg(&api.kubeconfig);
+    if args.first() == Some(&"proxy-status") {
+        // To the control plane over xDS (no pod to port-forward to).
+        cmd.args(["--xds-address", "127.0.0.1:15010", "--plaintext"]);
+    }
+    let out = cmd.output().expect("run istioctl");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -204,6 +198,29 @@ fn meshd_serves_envoy_from_a_real_api_server() {
                 && out.contains("CDS,LDS,EDS,RDS,SDS"),
             "istioctl proxy-status: {out}"
         );
+    }
+    // istioctl proxy-config reads what meshd gave the proxy (its config dump; there is
+    // no kubelet to port-forward to, so the dump goes in as a file).
+    let dump = http_get(&envoy.admin, "/config_dump?include_eds", &[]).expect("config dump");
+    let dump_file = dir.write("productpage-config-dump.json", &dump.body);
+    let file = dump_file.to_str().expect("utf8");
+    // (endpoints come from Envoy's /clusters, as istioctl reads them from a pod)
+    let hosts = http_get(&envoy.admin, "/clusters?format=json", &[]).expect("clusters");
+    let hosts_file = dir.write("productpage-clusters.json", &hosts.body);
+    let hosts_file = hosts_file.to_str().expect("utf8");
+    for (what, file, expect) in [
+        ("clusters", file, "reviews.default.svc.cluster.local"),
+        ("listeners", file, "0.0.0.0"),
+        ("routes", file, "9080"),
+        ("endpoints", hosts_file, "127.0.0.12:9080"),
+    ] {
+        if let Some(out) = istioctl(&api, &["proxy-config", what, "-f", file]) {
+            assert!(out.contains(expect), "istioctl proxy-config {what}: {out}");
+        }
+    }
+    // istioctl analyze reads the same cluster meshd serves.
+    if let Some(out) = istioctl(&api, &["analyze", "-n", "default"]) {
+        assert!(!out.contains("Error ["), "istioctl analyze: {out}");
     }
     let certs = http_get(&envoy.admin, "/certs", &[]).expect("admin /certs");
     assert!(
