@@ -1,0 +1,340 @@
+//! Differential fidelity: the same Kubernetes objects and Istio configuration through
+//! istiod (tests/istiod-oracle: Istio's own discovery server in-process, built by the test
+//! command from Istio's Go module) and through meshd (`meshd translate`), compared
+//! resource name by resource name for every proxy: clusters, listeners, route
+//! configurations, virtual hosts (with their domains). The counts of equal resources per
+//! kind are printed; a difference fails unless it is listed in [`KNOWN`] with its reason
+//! (each also recorded in docs/COMPATIBILITY.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn oracle() -> Option<PathBuf> {
+    let p = std::env::var_os("MESHD_ISTIOD_ORACLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/go/istiod-oracle"));
+    p.exists().then_some(p)
+}
+
+/// Differences meshd makes on purpose: (kind, name, why).
+const KNOWN: &[(&str, &str, &str)] = &[];
+
+/// The documents of `files`, split into Kubernetes objects and Istio configuration, with
+/// what a cluster adds: cluster IPs, defaulted target ports, and EndpointSlices for the
+/// Services' Pods (there is no controller in either).
+fn inputs(files: &[PathBuf]) -> (Vec<Value>, Vec<Value>) {
+    let mut kube = Vec::new();
+    let mut istio = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for doc in meshd::sources::yaml::parse_documents(&text) {
+            let v = doc.expect("yaml").value;
+            let items = match v.get("items").and_then(Value::as_array) {
+                Some(items) if v["kind"] == "List" => items.clone(),
+                _ => vec![v],
+            };
+            for mut item in items {
+                if item["metadata"]["namespace"].is_null() {
+                    item["metadata"]["namespace"] = json!("default");
+                }
+                let api = item["apiVersion"].as_str().unwrap_or_default();
+                if api.contains("istio.io") {
+                    istio.push(item);
+                } else {
+                    kube.push(item);
+                }
+            }
+        }
+    }
+    let pods: Vec<Value> = kube
+        .iter()
+        .filter(|o| o["kind"] == "Pod")
+        .cloned()
+        .collect();
+    let mut slices = Vec::new();
+    let mut vip = 0;
+    for svc in kube.iter_mut().filter(|o| o["kind"] == "Service") {
+        vip += 1;
+        if svc["spec"]["clusterIP"].is_null() {
+            svc["spec"]["clusterIP"] = json!(format!("10.96.100.{vip}"));
+        }
+        let ports: Vec<Value> = svc["spec"]["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut p| {
+                if p["targetPort"].is_null() {
+                    p["targetPort"] = p["port"].clone();
+                }
+                if p["protocol"].is_null() {
+                    p["protocol"] = json!("TCP");
+                }
+                p
+            })
+            .collect();
+        svc["spec"]["ports"] = json!(ports);
+        let selector = svc["spec"]["selector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let ns = svc["metadata"]["namespace"].clone();
+        let endpoints: Vec<Value> = pods
+            .iter()
+            .filter(|p| p["metadata"]["namespace"] == ns)
+            .filter(|p| selector.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
+            .map(|p| {
+                json!({"addresses": [p["status"]["podIP"]],
+                       "conditions": {"ready": true, "serving": true, "terminating": false},
+                       "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"]}})
+            })
+            .collect();
+        let name = svc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        slices.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports.iter().map(|p| json!({"name": p["name"].as_str().unwrap_or(""),
+                "port": p["targetPort"], "protocol": "TCP"})).collect::<Vec<_>>(),
+        }));
+    }
+    kube.extend(slices);
+    (kube, istio)
+}
+
+fn yaml_docs(docs: &[Value]) -> String {
+    // JSON is YAML: one document each.
+    docs.iter()
+        .map(|d| serde_json::to_string(d).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// The names of each kind in a config dump (istiod's camelCase or meshd's).
+fn names(dump: &Value) -> BTreeMap<&'static str, BTreeSet<String>> {
+    let mut out: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let get = |v: &Value, a: &str, b: &str| -> Vec<Value> {
+        v.get(a)
+            .or_else(|| v.get(b))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for x in get(c, "dynamicActiveClusters", "dynamic_active_clusters") {
+            if let Some(n) = x["cluster"]["name"].as_str() {
+                out.entry("clusters").or_default().insert(n.to_string());
+            }
+        }
+        for x in get(c, "dynamicListeners", "dynamic_listeners") {
+            if let Some(n) = x["name"].as_str() {
+                out.entry("listeners").or_default().insert(n.to_string());
+            }
+        }
+        for x in get(c, "dynamicRouteConfigs", "dynamic_route_configs") {
+            let rc = x
+                .get("routeConfig")
+                .or_else(|| x.get("route_config"))
+                .cloned()
+                .unwrap_or_default();
+            let rname = rc["name"].as_str().unwrap_or_default().to_string();
+            out.entry("routes").or_default().insert(rname.clone());
+            for vh in get(&rc, "virtualHosts", "virtual_hosts") {
+                let vname = vh["name"].as_str().unwrap_or_default();
+                out.entry("virtual hosts")
+                    .or_default()
+                    .insert(format!("{rname} {vname}"));
+                for d in vh["domains"].as_array().into_iter().flatten() {
+                    out.entry("domains").or_default().insert(format!(
+                        "{rname} {vname} {}",
+                        d.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Proxy {
+    id: String,
+    labels: Vec<(String, String)>,
+    service_account: String,
+}
+
+/// istiod's dump for `proxy`.
+fn istiod_dump(oracle: &Path, dir: &Path, proxy: &Proxy) -> Value {
+    let labels: serde_json::Map<String, Value> = proxy
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let ns = proxy
+        .id
+        .split('~')
+        .nth(2)
+        .and_then(|p| p.rsplit_once('.'))
+        .map(|(_, n)| n)
+        .unwrap_or("default");
+    let bootstrap = json!({"node": {"id": proxy.id, "cluster": "x", "metadata": {
+        "NAMESPACE": ns, "LABELS": labels, "SERVICE_ACCOUNT": proxy.service_account,
+        "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.31.0", "INTERCEPTION_MODE": "REDIRECT",
+    }}});
+    let b = dir.join("bootstrap.json");
+    std::fs::write(&b, bootstrap.to_string()).expect("write");
+    let out = Command::new(oracle)
+        .arg("-bootstrap")
+        .arg(&b)
+        .arg("-kube")
+        .arg(dir.join("kube.yaml"))
+        .arg("-config")
+        .arg(dir.join("istio.yaml"))
+        .output()
+        .expect("run the istiod oracle");
+    assert!(
+        out.status.success(),
+        "istiod oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "istiod's dump: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// meshd's dump for `proxy`.
+fn meshd_dump(dir: &Path, proxy: &Proxy) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshd"));
+    cmd.arg("translate")
+        .arg("--config-dir")
+        .arg(dir.join("config"))
+        .args(["--proxy", &proxy.id, "--format", "config-dump"])
+        .args(["--meta", "ISTIO_VERSION=1.31.0"])
+        .args([
+            "--meta",
+            &format!("SERVICE_ACCOUNT={}", proxy.service_account),
+        ]);
+    for (k, v) in &proxy.labels {
+        cmd.args(["--label", &format!("{k}={v}")]);
+    }
+    let out = cmd.output().expect("run meshd translate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("meshd's dump")
+}
+
+#[test]
+fn bookinfo_matches_istiod_name_for_name() {
+    let Some(oracle) = oracle() else {
+        if std::env::var("MESHD_REQUIRE_ENVOY").is_ok_and(|v| v == "1") {
+            panic!(
+                "the istiod oracle is not built (tests/istiod-oracle; ./scripts/test builds it)"
+            );
+        }
+        eprintln!("SKIPPED: the istiod oracle is not built (./scripts/test builds it)");
+        return;
+    };
+    let bookinfo = repo().join("examples/bookinfo");
+    let files: Vec<PathBuf> = [
+        "services.yaml",
+        "pods.yaml",
+        "destination-rules.yaml",
+        "virtual-services.yaml",
+        "reviews.yaml",
+    ]
+    .iter()
+    .map(|f| bookinfo.join(f))
+    .collect();
+    let (kube, istio) = inputs(&files);
+    let dir = std::env::temp_dir().join(format!("meshd-fidelity-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("config")).expect("dir");
+    std::fs::write(dir.join("kube.yaml"), yaml_docs(&kube)).expect("write");
+    std::fs::write(dir.join("istio.yaml"), yaml_docs(&istio)).expect("write");
+    std::fs::write(
+        dir.join("config/all.yaml"),
+        yaml_docs(&[kube.clone(), istio.clone()].concat()),
+    )
+    .expect("write");
+    let mut proxies = Vec::new();
+    for pod in kube.iter().filter(|o| o["kind"] == "Pod") {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        proxies.push(Proxy {
+            id: format!("sidecar~{ip}~{name}.default~default.svc.cluster.local"),
+            labels: pod["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            service_account: pod["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+        });
+    }
+    let mut equal: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut differences = Vec::new();
+    for proxy in &proxies {
+        let theirs = names(&istiod_dump(&oracle, &dir, proxy));
+        let ours = names(&meshd_dump(&dir, proxy));
+        let kinds: BTreeSet<&str> = theirs.keys().chain(ours.keys()).copied().collect();
+        for kind in kinds {
+            let a = theirs.get(kind).cloned().unwrap_or_default();
+            let b = ours.get(kind).cloned().unwrap_or_default();
+            let e = equal.entry(kind).or_default();
+            e.0 += a.intersection(&b).count();
+            e.1 += a.union(&b).count();
+            for n in a.symmetric_difference(&b) {
+                let side = if a.contains(n) {
+                    "istiod only"
+                } else {
+                    "meshd only"
+                };
+                if !KNOWN.iter().any(|(k, name, _)| *k == kind && name == n) {
+                    differences.push(format!("{} {kind} {side}: {n}", proxy.id));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // The counts CI prints.
+    for (kind, (same, all)) in &equal {
+        println!("fidelity: bookinfo {kind}: {same} of {all} equal to istiod's");
+    }
+    for kind in [
+        "clusters",
+        "listeners",
+        "routes",
+        "virtual hosts",
+        "domains",
+    ] {
+        assert!(
+            equal.get(kind).is_some_and(|(same, _)| *same > 0),
+            "no {kind} compared: is the oracle working? {equal:?}"
+        );
+    }
+    assert!(
+        differences.is_empty(),
+        "{} differences from istiod:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
