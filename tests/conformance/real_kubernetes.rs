@@ -58,6 +58,26 @@ fn istioctl(api: &KubeApi, args: &[&str]) -> Option<String> {
     Some(text)
 }
 
+/// Istio's CRDs and meshd's namespace, then waits until the API serves the kinds.
+fn istio_crds(api: &KubeApi) {
+    apply_file(api, &repo().join("crds/crd-all.gen.yaml"));
+    apply_file(api, &repo().join("deploy/00-namespace.yaml"));
+    wait_for(
+        "networking.istio.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/networking.istio.io/v1").ok(),
+    );
+}
+
+/// A VirtualService `name` in `default` routing its host to itself.
+fn vs(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]},
+    })
+}
+
 fn apply_file(api: &KubeApi, path: &std::path::Path) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let refused = api.apply_text(&text);
@@ -128,13 +148,7 @@ fn meshd_serves_envoy_from_a_real_api_server() {
     }
     let dir = TempDir::new("real-kube");
     let Some(api) = real_api(&dir) else { return };
-    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
-    apply_file(&api, &repo().join("deploy/00-namespace.yaml"));
-    wait_for(
-        "networking.istio.io served",
-        Duration::from_secs(30),
-        || api.get("/apis/networking.istio.io/v1").ok(),
-    );
+    istio_crds(&api);
     for sa in ["productpage", "details", "reviews", "ratings"] {
         api.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": format!("bookinfo-{sa}"), "namespace": "default"}}))
@@ -431,20 +445,7 @@ fn leader_election_and_status_writes_fail_over() {
     }
     let dir = TempDir::new("real-leader");
     let Some(api) = real_api(&dir) else { return };
-    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
-    apply_file(&api, &repo().join("deploy/00-namespace.yaml"));
-    wait_for(
-        "networking.istio.io served",
-        Duration::from_secs(30),
-        || api.get("/apis/networking.istio.io/v1").ok(),
-    );
-    let vs = |name: &str| {
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]},
-        })
-    };
+    istio_crds(&api);
     api.apply(&vs("first")).expect("first");
     let reconciled_by = |name: &str| {
         api.get(&format!(
@@ -531,20 +532,7 @@ fn meshd_converges_across_api_server_restarts() {
     }) else {
         return;
     };
-    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
-    apply_file(&api, &repo().join("deploy/00-namespace.yaml"));
-    wait_for(
-        "networking.istio.io served",
-        Duration::from_secs(30),
-        || api.get("/apis/networking.istio.io/v1").ok(),
-    );
-    let vs = |name: &str| {
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"hosts": [name], "http": [{"route": [{"destination": {"host": name}}]}]},
-        })
-    };
+    istio_crds(&api);
     api.apply(&vs("before")).expect("before");
     let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &[]);
     let names = || -> Vec<String> {

@@ -223,6 +223,26 @@ impl KubeApi {
         Ok((status, body))
     }
 
+    /// A request whose answer must be a success (2xx): its body.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<String, ApiError> {
+        let (status, text) = self
+            .request(method, path, content_type, body)
+            .map_err(|e| ApiError {
+                status: 0,
+                body: e.to_string(),
+            })?;
+        if !(200..300).contains(&status) {
+            return Err(ApiError { status, body: text });
+        }
+        Ok(text)
+    }
+
     /// GET a path as JSON.
     pub fn get(&self, path: &str) -> Result<Value, ApiError> {
         let (status, body) = self
@@ -302,22 +322,14 @@ impl KubeApi {
     pub fn apply(&self, obj: &Value) -> Result<Value, ApiError> {
         let path = self.path_of(obj)?;
         let body = serde_json::to_vec(obj).unwrap_or_default();
-        let (status, text) = self
-            .request(
-                "PATCH",
-                &format!("{path}?fieldManager=meshd-tests&force=true"),
-                "application/apply-patch+yaml",
-                &body,
-            )
-            .map_err(|e| ApiError {
-                status: 0,
-                body: e.to_string(),
-            })?;
-        if !(200..300).contains(&status) {
-            return Err(ApiError { status, body: text });
-        }
+        let text = self.call(
+            "PATCH",
+            &format!("{path}?fieldManager=meshd-tests&force=true"),
+            "application/apply-patch+yaml",
+            &body,
+        )?;
         serde_json::from_str(&text).map_err(|e| ApiError {
-            status,
+            status: 200,
             body: format!("{e}: {text}"),
         })
     }
@@ -357,21 +369,13 @@ impl KubeApi {
             "podIPs": [{"ip": ip}],
             "conditions": [{"type": "Ready", "status": "True"}],
         }});
-        let (status, body) = self
-            .request(
-                "PATCH",
-                &format!("/api/v1/namespaces/{namespace}/pods/{name}/status"),
-                "application/merge-patch+json",
-                &serde_json::to_vec(&patch).unwrap_or_default(),
-            )
-            .map_err(|e| ApiError {
-                status: 0,
-                body: e.to_string(),
-            })?;
-        if status != 200 {
-            return Err(ApiError { status, body });
-        }
-        Ok(())
+        self.call(
+            "PATCH",
+            &format!("/api/v1/namespaces/{namespace}/pods/{name}/status"),
+            "application/merge-patch+json",
+            &serde_json::to_vec(&patch).unwrap_or_default(),
+        )
+        .map(|_| ())
     }
 
     /// A service account token for `audience` from the TokenRequest API (the account
@@ -390,28 +394,17 @@ impl KubeApi {
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"audiences": [audience], "expirationSeconds": 3600},
         });
-        let (status, body) = self
-            .request(
-                "POST",
-                &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"),
-                "application/json",
-                &serde_json::to_vec(&req).unwrap_or_default(),
-            )
-            .map_err(|e| ApiError {
-                status: 0,
-                body: e.to_string(),
-            })?;
-        if status != 201 && status != 200 {
-            return Err(ApiError { status, body });
-        }
-        let v: Value = serde_json::from_str(&body).map_err(|e| ApiError {
-            status,
-            body: format!("{e}: {body}"),
-        })?;
+        let body = self.call(
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"),
+            "application/json",
+            &serde_json::to_vec(&req).unwrap_or_default(),
+        )?;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
         v["status"]["token"]
             .as_str()
             .map(str::to_string)
-            .ok_or(ApiError { status, body })
+            .ok_or(ApiError { status: 200, body })
     }
 
     /// Deletes an object; true if it existed.
