@@ -316,8 +316,14 @@ fn compare(scenario: &str, files: &[PathBuf]) {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        // A gateway's pod runs a router; every other pod a sidecar.
+        let kind = if pod["metadata"]["labels"]["istio"] == "ingressgateway" {
+            "router"
+        } else {
+            "sidecar"
+        };
         proxies.push(Proxy {
-            id: format!("sidecar~{ip}~{name}.{ns}~{ns}.svc.cluster.local"),
+            id: format!("{kind}~{ip}~{name}.{ns}~{ns}.svc.cluster.local"),
             labels: pod["metadata"]["labels"]
                 .as_object()
                 .into_iter()
@@ -425,4 +431,21 @@ fn istio_bookinfo_rules_match_istiod() {
 #[test]
 fn service_shapes_match_istiod() {
     compare("shapes", &[repo().join("tests/data/fidelity/shapes.yaml")]);
+}
+
+/// An ingress gateway with Bookinfo's Gateway and its VirtualService.
+#[test]
+fn bookinfo_gateway_matches_istiod() {
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<PathBuf> = [
+        "services.yaml",
+        "pods.yaml",
+        "destination-rules.yaml",
+        "gateway.yaml",
+    ]
+    .iter()
+    .map(|f| bookinfo.join(f))
+    .collect();
+    files.push(repo().join("tests/data/fidelity/ingressgateway.yaml"));
+    compare("bookinfo-gateway", &files);
 }

@@ -55,7 +55,10 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     // selects.
     out.extend(super::jwt::clusters(ctx));
     out.push(blackhole(ctx));
-    out.push(passthrough(ctx));
+    // A gateway forwards only to what its routes name: no way out of the mesh (as istiod).
+    if ctx.proxy.kind == ProxyKind::Sidecar {
+        out.push(passthrough(ctx));
+    }
     if ctx.proxy.kind == ProxyKind::Sidecar && ctx.intercepted() {
         out.push(inbound_passthrough(ctx));
     }

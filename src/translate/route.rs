@@ -790,8 +790,13 @@ fn service_domains(svc: &Service, client_ns: &str, domain_suffix: &str) -> Vec<S
     names
 }
 
-fn vs_domains(host: &str, port: u16) -> Vec<String> {
-    vec![host.to_string(), format!("{host}:{port}")]
+/// A gateway virtual host's domains, as istiod lists them: the host, and the host with
+/// any port (a client may send `Host: name:port`); `*` alone covers everything.
+fn gateway_domains(host: &str) -> Vec<String> {
+    if host == "*" {
+        return vec!["*".into()];
+    }
+    vec![host.to_string(), format!("{host}:*")]
 }
 
 /// Whether a service's `port` carries HTTP routes (HTTP, or a protocol to sniff).
@@ -1195,7 +1200,7 @@ pub fn gateway_virtual_hosts(
             }
             out.push(VirtualHost {
                 name: naming::virtual_host(h, port),
-                domains: vs_domains(h, port),
+                domains: gateway_domains(h),
                 routes,
                 include_request_attempt_count: true,
                 ..Default::default()
