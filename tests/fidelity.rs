@@ -250,6 +250,8 @@ fn istiod_dump(oracle: &Path, dir: &Path, proxy: &Proxy) -> Value {
         .arg(dir.join("kube.yaml"))
         .arg("-config")
         .arg(dir.join("istio.yaml"))
+        .arg("-mesh")
+        .arg(dir.join("mesh.yaml"))
         .output()
         .expect("run the istiod oracle");
     assert!(
@@ -306,6 +308,17 @@ fn compare(scenario: &str, files: &[PathBuf]) {
     std::fs::create_dir_all(dir.join("config")).expect("dir");
     std::fs::write(dir.join("kube.yaml"), yaml_docs(&kube)).expect("write");
     std::fs::write(dir.join("istio.yaml"), yaml_docs(&istio)).expect("write");
+    // Mesh config: meshd reads the `istio` ConfigMap, the oracle a file.
+    let mesh = kube
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"] == "istio"
+                && o["metadata"]["namespace"] == "istio-system"
+        })
+        .and_then(|c| c["data"]["mesh"].as_str())
+        .unwrap_or("");
+    std::fs::write(dir.join("mesh.yaml"), mesh).expect("write");
     std::fs::write(
         dir.join("config/all.yaml"),
         yaml_docs(&[kube.clone(), istio.clone()].concat()),
@@ -448,4 +461,12 @@ fn bookinfo_gateway_matches_istiod() {
     .collect();
     files.push(repo().join("tests/data/fidelity/ingressgateway.yaml"));
     compare("bookinfo-gateway", &files);
+}
+
+/// Egress: external ServiceEntries (DNS; TLS and HTTP ports), a VirtualService with a
+/// timeout and retries for one of them, a Sidecar limiting another namespace's view,
+/// REGISTRY_ONLY.
+#[test]
+fn egress_matches_istiod() {
+    compare("egress", &[repo().join("tests/data/fidelity/egress.yaml")]);
 }
