@@ -943,17 +943,20 @@ pub(crate) fn tls_inspector() -> ListenerFilter {
 /// Inbound filter chains for `port` under the workload's PeerAuthentication: STRICT
 /// accepts only mTLS, PERMISSIVE mTLS and plaintext (told apart by the TLS inspector),
 /// DISABLE only plaintext. Returns the chains and whether they need the TLS inspector.
+/// `bind` names the chains as istiod does (`0.0.0.0_9080` on virtualInbound, the bound
+/// address otherwise), which EnvoyFilter matches and istioctl show.
 fn inbound_chains(
     ctx: &ProxyContext,
+    bind: &str,
     port: u16,
     protocol: Protocol,
     base: FilterChainMatch,
 ) -> (Vec<FilterChain>, bool) {
     use crate::model::istio::MtlsMode;
     let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
-    let name = naming::inbound_cluster(port);
+    let name = naming::listener(bind, port);
     let tls = || FilterChain {
-        name: format!("{name}-mtls"),
+        name: name.clone(),
         filter_chain_match: Some(FilterChainMatch {
             transport_protocol: "tls".into(),
             ..base.clone()
@@ -966,7 +969,7 @@ fn inbound_chains(
     // inspector recognises gets HTTP handling, the rest stays TCP.
     let plain = |transport: &str| -> Vec<FilterChain> {
         let chain = |alpn: Vec<String>, p: Protocol| FilterChain {
-            name: format!("{name}-plaintext"),
+            name: name.clone(),
             filter_chain_match: Some(FilterChainMatch {
                 transport_protocol: transport.into(),
                 application_protocols: alpn,
@@ -1000,7 +1003,7 @@ fn inbound_chains(
             &[]
         };
         let chain = FilterChain {
-            name: format!("{name}-tls"),
+            name: name.clone(),
             filter_chain_match: Some(FilterChainMatch {
                 transport_protocol: "tls".into(),
                 ..base.clone()
@@ -1045,7 +1048,7 @@ fn virtual_inbound(ctx: &ProxyContext) -> Listener {
             destination_port: pb::u32v(u32::from(port)),
             ..Default::default()
         };
-        let (chains, tls) = inbound_chains(ctx, port, protocol, base);
+        let (chains, tls) = inbound_chains(ctx, "0.0.0.0", port, protocol, base);
         inspect |= tls;
         l.filter_chains.extend(chains);
     }
@@ -1208,7 +1211,8 @@ fn bound_inbound_listeners(ctx: &ProxyContext) -> Vec<Listener> {
             core::TrafficDirection::Inbound,
         );
         let protocol = Protocol::parse(&ing.port.protocol);
-        let (chains, tls) = inbound_chains(ctx, port, protocol, FilterChainMatch::default());
+        let (chains, tls) =
+            inbound_chains(ctx, &address, port, protocol, FilterChainMatch::default());
         l.filter_chains = chains;
         if tls {
             l.listener_filters.push(tls_inspector());
