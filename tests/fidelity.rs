@@ -491,3 +491,16 @@ fn bookinfo_gateway_matches_istiod() {
 fn egress_matches_istiod() {
     compare("egress", &[repo().join("tests/data/fidelity/egress.yaml")]);
 }
+
+/// Bookinfo under STRICT mTLS, with a workload's port-level exception and an
+/// AuthorizationPolicy.
+#[test]
+fn security_matches_istiod() {
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml", "destination-rules.yaml"]
+        .iter()
+        .map(|f| bookinfo.join(f))
+        .collect();
+    files.push(repo().join("tests/data/fidelity/security.yaml"));
+    compare("security", &files);
+}
