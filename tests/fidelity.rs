@@ -153,6 +153,33 @@ fn names(dump: &Value) -> BTreeMap<&'static str, BTreeSet<String>> {
                 out.entry("clusters").or_default().insert(n.to_string());
             }
         }
+        for x in get(c, "dynamicEndpointConfigs", "dynamic_endpoint_configs") {
+            let cla = x
+                .get("endpointConfig")
+                .or_else(|| x.get("endpoint_config"))
+                .cloned()
+                .unwrap_or_default();
+            let cname = cla
+                .get("clusterName")
+                .or_else(|| cla.get("cluster_name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            for loc in cla["endpoints"].as_array().into_iter().flatten() {
+                for ep in get(loc, "lbEndpoints", "lb_endpoints") {
+                    let sa = &ep["endpoint"]["address"];
+                    let sa = sa.get("socketAddress").or_else(|| sa.get("socket_address"));
+                    if let Some(sa) = sa {
+                        let port = sa.get("portValue").or_else(|| sa.get("port_value"));
+                        out.entry("endpoints").or_default().insert(format!(
+                            "{cname} {}:{}",
+                            sa["address"].as_str().unwrap_or_default(),
+                            port.cloned().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
         for x in get(c, "dynamicListeners", "dynamic_listeners") {
             if let Some(n) = x["name"].as_str() {
                 out.entry("listeners").or_default().insert(n.to_string());
