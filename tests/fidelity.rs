@@ -151,6 +151,17 @@ fn names(dump: &Value) -> BTreeMap<&'static str, BTreeSet<String>> {
         for x in get(c, "dynamicActiveClusters", "dynamic_active_clusters") {
             if let Some(n) = x["cluster"]["name"].as_str() {
                 out.entry("clusters").or_default().insert(n.to_string());
+                // How it finds and picks endpoints (enum defaults may be left out).
+                let cl = &x["cluster"];
+                let kind = cl["type"].as_str().unwrap_or("STATIC");
+                let lb = cl
+                    .get("lbPolicy")
+                    .or_else(|| cl.get("lb_policy"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("ROUND_ROBIN");
+                out.entry("cluster types")
+                    .or_default()
+                    .insert(format!("{n} {kind} {lb}"));
             }
         }
         for x in get(c, "dynamicEndpointConfigs", "dynamic_endpoint_configs") {
