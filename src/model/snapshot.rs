@@ -131,6 +131,9 @@ pub struct Changes {
     pub policies: BTreeSet<String>,
     /// Hosts whose endpoints changed.
     pub endpoints: BTreeSet<String>,
+    /// Of those, hosts whose endpoints are configuration as well: a headless service has
+    /// a listener per pod and decides mTLS by its pods (clusters, listeners, routes).
+    pub pod_shaped: BTreeSet<String>,
     /// Namespaces whose Sidecar selection changed.
     pub sidecars: BTreeSet<String>,
     /// Gateways changed (routers only).
@@ -301,13 +304,25 @@ impl Snapshot {
                 workloads.insert(k.clone());
             }
         }
+        let endpoints = diff(&self.endpoint_hashes, &old.endpoint_hashes);
+        let pod_shaped = endpoints
+            .iter()
+            .filter(|h| {
+                self.services
+                    .get(*h)
+                    .or_else(|| old.services.get(*h))
+                    .is_some_and(|s| s.kubernetes && s.resolution == Resolution::Passthrough)
+            })
+            .cloned()
+            .collect();
         Changes {
             full: self.mesh != old.mesh || self.peer_auth_hash != old.peer_auth_hash,
             services: diff(&self.config_hashes, &old.config_hashes),
             routes: diff(&self.route_hashes, &old.route_hashes),
             l4_routes: diff(&self.l4_route_hashes, &old.l4_route_hashes),
             policies: diff(&self.policy_hashes, &old.policy_hashes),
-            endpoints: diff(&self.endpoint_hashes, &old.endpoint_hashes),
+            endpoints,
+            pod_shaped,
             sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
             gateways: self.gateway_hash != old.gateway_hash,
             workloads,
@@ -420,13 +435,7 @@ impl Snapshot {
         use istio::MtlsMode;
         let set =
             |m: Option<&istio::MutualTls>| m.map(|m| m.mode).filter(|m| *m != MtlsMode::UNSET);
-        let workload = self.peer_authentications.iter().find(|p| {
-            p.key.namespace == namespace
-                && p.spec.selector.as_ref().is_some_and(|s| {
-                    !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
-                })
-        });
-        if let Some(w) = workload {
+        if let Some(w) = self.workload_peer_authentication(namespace, labels) {
             if let Some(m) = set(w.spec.port_level_mtls.get(&u32::from(port))) {
                 return m;
             }
@@ -445,16 +454,23 @@ impl Snapshot {
             .unwrap_or(MtlsMode::PERMISSIVE)
     }
 
+    /// The PeerAuthentication whose selector picks this workload, if any.
+    fn workload_peer_authentication(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+    ) -> Option<&Arc<PeerAuthenticationConfig>> {
+        self.peer_authentications.iter().find(|p| {
+            p.key.namespace == namespace
+                && p.spec.selector.as_ref().is_some_and(|s| {
+                    !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
+                })
+        })
+    }
+
     /// Ports the workload's own PeerAuthentication sets a mode for (`portLevelMtls`).
     pub fn port_level_mtls_ports(&self, namespace: &str, labels: &Labels) -> Vec<u16> {
-        self.peer_authentications
-            .iter()
-            .find(|p| {
-                p.key.namespace == namespace
-                    && p.spec.selector.as_ref().is_some_and(|s| {
-                        !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
-                    })
-            })
+        self.workload_peer_authentication(namespace, labels)
             .map(|p| {
                 p.spec
                     .port_level_mtls

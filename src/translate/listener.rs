@@ -569,7 +569,6 @@ fn plan_outbound(
                 && super::cluster::effective_resolution(ctx, svc) == Resolution::Passthrough
             {
                 // Headless: the client dials a pod; each pod address is a listener.
-                let own: BTreeSet<&str> = ctx.proxy.ips.iter().map(String::as_str).collect();
                 let addrs: BTreeSet<String> = ctx
                     .snap
                     .endpoints
@@ -580,7 +579,7 @@ fn plan_outbound(
                             .filter(|i| i.ready && i.ports.contains_key(&p.port))
                             .map(|i| i.address.clone())
                             .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
-                            .filter(|a| !own.contains(a.as_str()))
+                            .filter(|a| !ctx.proxy.ips.contains(a))
                             .collect()
                     })
                     .unwrap_or_default();

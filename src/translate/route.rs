@@ -808,37 +808,30 @@ fn routes_http(svc: &Service, port: u16) -> bool {
 
 /// The VirtualService of `egress` for a service: one naming its host exactly (the first
 /// in order), else the one with the most specific wildcard host that matches it.
+/// Also returns its position in the scope's order.
 fn virtual_service_for<'a>(
     egress: &'a EgressScope,
     hostname: &str,
-) -> Option<&'a Arc<VirtualServiceConfig>> {
-    if let Some(vs) = egress
-        .virtual_services
-        .iter()
-        .find(|vs| vs.hosts.iter().any(|h| h == hostname))
-    {
-        return Some(vs);
+) -> Option<(usize, &'a Arc<VirtualServiceConfig>)> {
+    let all = || egress.virtual_services.iter().enumerate();
+    if let Some(found) = all().find(|(_, vs)| vs.hosts.iter().any(|h| h == hostname)) {
+        return Some(found);
     }
-    egress
-        .virtual_services
-        .iter()
-        .filter_map(|vs| {
+    all()
+        .filter_map(|(i, vs)| {
             vs.hosts
                 .iter()
                 .filter(|h| h.starts_with('*') && host::matches(h, hostname))
                 .map(|h| h.len())
                 .max()
-                .map(|len| (len, vs))
+                .map(|len| (len, (i, vs)))
         })
         // The longest pattern; among equals, the first VirtualService.
-        .fold(
-            None,
-            |best: Option<(usize, &Arc<VirtualServiceConfig>)>, (len, vs)| match best {
-                Some((b, _)) if b >= len => best,
-                _ => Some((len, vs)),
-            },
-        )
-        .map(|(_, vs)| vs)
+        .fold(None, |best: Option<(usize, _)>, (len, found)| match best {
+            Some((b, _)) if b >= len => best,
+            _ => Some((len, found)),
+        })
+        .map(|(_, found)| found)
 }
 
 /// A VirtualService's HTTP rules as a sidecar's routes on `port`.
@@ -858,15 +851,19 @@ fn service_virtual_host<'a>(
     egress: &'a EgressScope,
     svc: &Service,
     port: u16,
-) -> (Option<&'a Arc<VirtualServiceConfig>>, bool, VirtualHost) {
+) -> (
+    Option<(usize, &'a Arc<VirtualServiceConfig>)>,
+    bool,
+    VirtualHost,
+) {
     let name = naming::virtual_host(&svc.hostname, port);
     let domains = service_domains(svc, &ctx.proxy.namespace, &ctx.snap.mesh.domain_suffix);
     let vs = virtual_service_for(egress, &svc.hostname);
-    if let Some(vs) = vs {
-        let routes = sidecar_routes(ctx, vs, port);
+    if let Some((_, v)) = vs {
+        let routes = sidecar_routes(ctx, v, port);
         if !routes.is_empty() {
             return (
-                Some(vs),
+                vs,
                 true,
                 VirtualHost {
                     name,
@@ -905,24 +902,16 @@ pub fn outbound_virtual_hosts(
     let mut with_vs: Vec<(usize, VirtualHost)> = Vec::new();
     let mut defaults: Vec<VirtualHost> = Vec::new();
     // VirtualService hosts whose routes some service took.
-    let mut used: BTreeSet<(usize, String)> = BTreeSet::new();
-    let index = |vs: &Arc<VirtualServiceConfig>| {
-        egress
-            .virtual_services
-            .iter()
-            .position(|v| Arc::ptr_eq(v, vs))
-            .unwrap_or(usize::MAX)
-    };
+    let mut used: BTreeSet<String> = BTreeSet::new();
     for svc in &egress.services {
         if !routes_http(svc, port) {
             continue;
         }
         let (vs, routed, vh) = service_virtual_host(ctx, egress, svc, port);
-        if let Some(vs) = vs {
-            let i = index(vs);
+        if let Some((i, vs)) = vs {
             for h in &vs.hosts {
                 if host::matches(h, &svc.hostname) {
-                    used.insert((i, h.clone()));
+                    used.insert(h.clone());
                 }
             }
             if routed {
@@ -944,7 +933,7 @@ pub fn outbound_virtual_hosts(
                     .services
                     .iter()
                     .any(|s| routes_http(s, port) && host::matches(h, &s.hostname));
-            if covers_a_service || used.iter().any(|(_, u)| u == h) || !claimed.insert(h.clone()) {
+            if covers_a_service || used.contains(h) || !claimed.insert(h.clone()) {
                 continue;
             }
             let svc = ctx.snap.services.get(h);

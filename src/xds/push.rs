@@ -79,16 +79,7 @@ pub fn push_for(
         .filter(|h| sees(h))
         .cloned()
         .collect();
-    // A headless service's pods are listeners of their own (a listener per pod address)
-    // and its clusters may switch mTLS on or off with them: its endpoints are config.
-    if endpoints.iter().any(|h| {
-        snap.services
-            .get(h)
-            .or_else(|| prev.services.get(h))
-            .is_some_and(|svc| {
-                svc.kubernetes && svc.resolution == crate::model::service::Resolution::Passthrough
-            })
-    }) {
+    if changes.pod_shaped.iter().any(sees) {
         types.extend([CLUSTER, LISTENER, ROUTE]);
     }
     if types.is_empty() && endpoints.is_empty() {
