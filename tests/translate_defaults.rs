@@ -4,26 +4,20 @@
 //! pilot/pkg/networking/core. The behaviour these settings cause is proven with real
 //! Envoy in tests/conformance (timeouts, retries, outlier detection, sniffing).
 
-use std::collections::BTreeMap;
-
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route::Action};
-use meshd::model::proxy::Proxy;
 
 #[path = "support/config.rs"]
 mod support_config;
-use support_config::snapshot;
+use support_config::{cluster, generate, snapshot};
 
-fn proxy() -> Proxy {
-    let meta: BTreeMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-        "NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "LABELS": {"app": "sleep"}
-    }))
-    .expect("metadata");
-    Proxy::from_node(
+/// The `sleep` client's sidecar (istio-proxy 1.28).
+fn sleep(snap: &meshd::model::snapshot::Snapshot) -> meshd::translate::Resources {
+    generate(
+        snap,
         "sidecar~10.0.0.9~sleep.default~default.svc.cluster.local",
-        meta,
+        serde_json::json!({"NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "LABELS": {"app": "sleep"}}),
     )
-    .expect("proxy")
 }
 
 const SERVICES: &str = r#"
@@ -51,13 +45,6 @@ spec:
   ports: [{number: 443, name: tls, protocol: TLS}]
 "#;
 
-fn cluster<'a>(clusters: &'a [Cluster], name: &str) -> &'a Cluster {
-    clusters
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no cluster {name}"))
-}
-
 fn route(rcs: &[RouteConfiguration], name: &str) -> RouteConfiguration {
     rcs.iter()
         .find(|r| r.name == name)
@@ -71,8 +58,8 @@ fn dns_clusters_follow_mesh_config_and_record_ttls() {
     let snap = snapshot(&format!(
         "{SERVICES}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    dnsRefreshRate: 7s\n"
     ));
-    let r = meshd::translate::generate(&snap, &proxy());
-    let c = cluster(&r.clusters, "outbound|443||api.example.com");
+    let r = sleep(&snap);
+    let c = cluster(&r, "outbound|443||api.example.com");
     assert_eq!(c.dns_refresh_rate.as_ref().map(|d| d.seconds), Some(7));
     assert!(c.respect_dns_ttl, "DNS answers' TTLs are honoured");
 }
@@ -82,8 +69,8 @@ fn outlier_detection_and_panic_threshold_as_istiod() {
     let snap = snapshot(&format!(
         "{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: default}}\nspec:\n  host: web\n  trafficPolicy:\n    outlierDetection: {{consecutiveGatewayErrors: 0, interval: 1s}}\n"
     ));
-    let r = meshd::translate::generate(&snap, &proxy());
-    let c = cluster(&r.clusters, "outbound|8080||web.default.svc.cluster.local");
+    let r = sleep(&snap);
+    let c = cluster(&r, "outbound|8080||web.default.svc.cluster.local");
     let o = c.outlier_detection.as_ref().expect("outlier detection");
     // consecutive5xxErrors unset: Envoy's default (5, enforced) stays.
     assert_eq!(o.consecutive_5xx, None);
@@ -108,8 +95,8 @@ fn outlier_detection_and_panic_threshold_as_istiod() {
     assert_eq!(panic(c), Some(0.0), "no panic routing (minHealthPercent 0)");
     // Without a DestinationRule too.
     let snap = snapshot(SERVICES);
-    let r = meshd::translate::generate(&snap, &proxy());
-    let c = cluster(&r.clusters, "outbound|8080||web.default.svc.cluster.local");
+    let r = sleep(&snap);
+    let c = cluster(&r, "outbound|8080||web.default.svc.cluster.local");
     assert_eq!(panic(c), Some(0.0));
 }
 
@@ -132,7 +119,7 @@ fn retry_of(
 fn retry_defaults_and_consistent_hashing() {
     // The default route: connection-level retries only, previous_hosts on.
     let snap = snapshot(SERVICES);
-    let r = meshd::translate::generate(&snap, &proxy());
+    let r = sleep(&snap);
     let rc = route(&r.routes, "8080");
     let p = retry_of(&rc, "web.default.svc.cluster.local:8080").expect("default retries");
     assert_eq!(
@@ -157,7 +144,7 @@ fn retry_defaults_and_consistent_hashing() {
     let snap = snapshot(&format!(
         "{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: default}}\nspec:\n  host: web\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {{httpHeaderName: x-user}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: default}}\nspec:\n  hosts: [web]\n  http:\n  - retries: {{attempts: 3, retryOn: \"5xx,429\"}}\n    route: [{{destination: {{host: web}}}}]\n"
     ));
-    let r = meshd::translate::generate(&snap, &proxy());
+    let r = sleep(&snap);
     let p = retry_of(
         &route(&r.routes, "8080"),
         "web.default.svc.cluster.local:8080",
@@ -175,16 +162,11 @@ fn retry_defaults_and_consistent_hashing() {
 #[test]
 fn inbound_routes_retry_resets_before_the_request() {
     let snap = snapshot(SERVICES);
-    let meta: BTreeMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-        "NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "LABELS": {"app": "web"}
-    }))
-    .expect("metadata");
-    let web = Proxy::from_node(
+    let r = generate(
+        &snap,
         "sidecar~10.0.0.1~web.default~default.svc.cluster.local",
-        meta,
-    )
-    .expect("proxy");
-    let r = meshd::translate::generate(&snap, &web);
+        serde_json::json!({"NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "LABELS": {"app": "web"}}),
+    );
     let json =
         serde_json::to_string(&meshd::translate::output::config_dump(&r, "1")).expect("json");
     assert!(

@@ -2,23 +2,14 @@
 //! cheaply (gateways, other proxy kinds, application TLS), each checked against what
 //! istiod generates for the same input. Behaviour is proven in tests/conformance.
 
-use std::collections::BTreeMap;
-
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use meshd::model::proxy::Proxy;
 use meshd::model::snapshot::Snapshot;
 use meshd::translate::Resources;
 
 #[path = "support/config.rs"]
 mod support_config;
-use support_config::snapshot;
-
-fn generate(snap: &Snapshot, id: &str, meta: serde_json::Value) -> Resources {
-    let meta: BTreeMap<String, serde_json::Value> = serde_json::from_value(meta).expect("meta");
-    let proxy = Proxy::from_node(id, meta).expect("proxy");
-    meshd::translate::generate(snap, &proxy)
-}
+use support_config::{cluster, generate, snapshot};
 
 fn sidecar(snap: &Snapshot, interception: &str) -> Resources {
     generate(
@@ -27,13 +18,6 @@ fn sidecar(snap: &Snapshot, interception: &str) -> Resources {
         serde_json::json!({"NAMESPACE": "default", "ISTIO_VERSION": "1.28.0",
                            "LABELS": {"app": "sleep"}, "INTERCEPTION_MODE": interception}),
     )
-}
-
-fn cluster<'a>(r: &'a Resources, name: &str) -> &'a Cluster {
-    r.clusters
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no cluster {name}"))
 }
 
 fn listener<'a>(r: &'a Resources, name: &str) -> &'a Listener {

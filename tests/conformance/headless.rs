@@ -127,6 +127,8 @@ fn registry_only_keeps_unknown_destinations_off_shared_ports() {
             !matches!(&r, Ok(a) if a.starts_with("stranger")),
             "REGISTRY_ONLY: nothing reaches an address outside the registry: {r:?}"
         );
+        // It goes where istiod sends it: the port's TCP service.
+        assert_eq!(r.as_deref(), Ok("db: hello"), "the shared port's service");
     }
     assert_envoy_accepted(&client);
 }

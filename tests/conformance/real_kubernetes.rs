@@ -22,13 +22,31 @@ const PODS: [(&str, &str); 6] = [
 /// A real API server, or None (skipped, or failed under MESHD_REQUIRE_ENVOY) when the
 /// test command has not built it.
 fn real_api(dir: &TempDir) -> Option<KubeApi> {
-    let api = KubeApi::start(dir.path());
-    if api.is_none() {
+    built(KubeApi::start(dir.path()))
+}
+
+/// `started`, or None after saying the binary is missing.
+fn built(started: Option<KubeApi>) -> Option<KubeApi> {
+    if started.is_none() {
         skip_or_fail(
             "the test API server is not built (tests/kube-apiserver; ./scripts/test builds it)",
         );
     }
-    api
+    started
+}
+
+/// Istio's CRDs and deploy/, in name order as `kubectl apply -f deploy/` takes them (the
+/// namespace first).
+fn apply_crds_and_deploy(api: &KubeApi) {
+    apply_file(api, &repo().join("crds/crd-all.gen.yaml"));
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy"))
+        .expect("deploy/")
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        apply_file(api, &f);
+    }
 }
 
 /// Runs the real istioctl (built by the test command from Istio's Go module) against
@@ -92,16 +110,7 @@ fn apply_file(api: &KubeApi, path: &std::path::Path) {
 fn crds_and_deployment_pass_the_api_servers_checks() {
     let dir = TempDir::new("real-crds");
     let Some(api) = real_api(&dir) else { return };
-    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
-    // In name order, as `kubectl apply -f deploy/` takes them (the namespace first).
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy"))
-        .expect("deploy/")
-        .filter_map(|f| f.ok().map(|f| f.path()))
-        .collect();
-    files.sort();
-    for f in files {
-        apply_file(&api, &f);
-    }
+    apply_crds_and_deploy(&api);
     // The CRDs are served: Istio's own Bookinfo rules go in as they are.
     wait_for(
         "networking.istio.io served",
@@ -302,22 +311,13 @@ fn the_api_server_calls_meshds_webhooks() {
     let dir = TempDir::new("real-webhooks");
     // Webhooks reach a Service through its endpoints (here: meshd on loopback), not its
     // cluster IP (nothing routes those here).
-    let api = KubeApi::start_with(dir.path(), &["--enable-aggregator-routing=true"]);
-    let Some(api) = api.or_else(|| {
-        skip_or_fail("the test API server is not built (./scripts/test builds it)");
-        None
-    }) else {
+    let Some(api) = built(KubeApi::start_with(
+        dir.path(),
+        &["--enable-aggregator-routing=true"],
+    )) else {
         return;
     };
-    apply_file(&api, &repo().join("crds/crd-all.gen.yaml"));
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy"))
-        .expect("deploy/")
-        .filter_map(|f| f.ok().map(|f| f.path()))
-        .collect();
-    files.sort();
-    for f in files {
-        apply_file(&api, &f);
-    }
+    apply_crds_and_deploy(&api);
     // meshd runs outside the cluster: the istiod Service's endpoint is meshd's address.
     api.apply(&json!({
         "apiVersion": "v1", "kind": "Endpoints",
@@ -526,10 +526,7 @@ fn meshd_converges_across_api_server_restarts() {
     }
     let dir = TempDir::new("real-restart");
     let flags = ["--etcd-compaction-interval=2s"];
-    let Some(api) = KubeApi::start_persistent(dir.path(), &flags).or_else(|| {
-        skip_or_fail("the test API server is not built (./scripts/test builds it)");
-        None
-    }) else {
+    let Some(api) = built(KubeApi::start_persistent(dir.path(), &flags)) else {
         return;
     };
     istio_crds(&api);
