@@ -223,7 +223,7 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked {
-        dechunk(body)
+        crate::https::dechunk(body)
     } else {
         body.to_string()
     };
@@ -232,20 +232,6 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
         headers,
         body,
     })
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// HTTP backends, one per pod address: each answers with `NAME` (the pod name) and
@@ -799,26 +785,14 @@ pub fn https_post(
     content_type: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    use std::sync::Arc;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots
-            .add(c.map_err(std::io::Error::other)?)
-            .map_err(std::io::Error::other)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("istiod.istio-system.svc").map_err(std::io::Error::other)?;
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(std::io::Error::other)?;
     let sa: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-    let tcp = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = crate::https::connect(
+        sa,
+        "istiod.istio-system.svc",
+        root_pem,
+        None,
+        Duration::from_secs(10),
+    )?;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: istiod.istio-system.svc\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -839,7 +813,7 @@ pub fn https_post(
             if h.to_ascii_lowercase()
                 .contains("transfer-encoding: chunked") =>
         {
-            dechunk(b)
+            crate::https::dechunk(b)
         }
         Some((_, b)) => b.to_string(),
         None => String::new(),
@@ -934,37 +908,11 @@ pub fn https_get(
     root_pem: &str,
     client: Option<(&str, &str)>,
 ) -> std::io::Result<HttpsResponse> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-    use std::sync::Arc;
     fn err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> std::io::Error {
         std::io::Error::other(e)
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(c.map_err(err)?).map_err(err)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(err)?
-        .with_root_certificates(roots);
-    let cfg = match client {
-        Some((cert, key)) => {
-            let certs: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .map_err(err)?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(err)?;
-            builder.with_client_auth_cert(certs, key).map_err(err)?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let name = ServerName::try_from(sni.to_string()).map_err(err)?;
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
     let sa: SocketAddr = addr.parse().map_err(err)?;
-    let tcp = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = crate::https::connect(sa, sni, root_pem, client, Duration::from_secs(10))?;
     let head = format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nconnection: close\r\n\r\n");
     tls.write_all(head.as_bytes())?;
     tls.flush()?;
@@ -1002,7 +950,7 @@ pub fn https_get(
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        dechunk(body)
+        crate::https::dechunk(body)
     } else {
         body.to_string()
     };

@@ -15,6 +15,8 @@ mod gateway_tls;
 mod grpc;
 mod harness;
 mod headless;
+#[path = "../support/https.rs"]
+mod https;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
 mod mtls;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -176,25 +176,13 @@ impl KubeApi {
         content_type: &str,
         body: &[u8],
     ) -> std::io::Result<(u16, String)> {
-        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-        fn err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> std::io::Error {
-            std::io::Error::other(e)
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(c.map_err(err)?).map_err(err)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(err)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from("127.0.0.1").map_err(err)?;
-        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
-        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut tls = crate::https::connect(
+            self.addr,
+            "127.0.0.1",
+            &self.ca_pem,
+            None,
+            Duration::from_secs(30),
+        )?;
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             self.addr,
@@ -210,13 +198,13 @@ impl KubeApi {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| err(format!("no HTTP status in {text:?}")))?;
+            .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
         let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let body = if head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked")
         {
-            dechunk(rest)
+            crate::https::dechunk(rest)
         } else {
             rest.to_string()
         };
@@ -417,20 +405,6 @@ impl KubeApi {
             Ok((200 | 202, _))
         )
     }
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 impl Drop for KubeApi {

@@ -1,0 +1,65 @@
+//! The client side of HTTPS in tests: a TLS stream to an address, trusting given roots,
+//! optionally presenting a client certificate; and HTTP/1.1 chunked bodies.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+fn err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+/// A TLS connection to `addr` for `server_name`, trusting `root_pem`, with an optional
+/// client certificate (certificate PEM, key PEM); reads time out after `read_timeout`.
+pub fn connect(
+    addr: SocketAddr,
+    server_name: &str,
+    root_pem: &str,
+    client: Option<(&str, &str)>,
+    read_timeout: Duration,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.map_err(err)?).map_err(err)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(err)?
+        .with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(err)?;
+            builder.with_client_auth_cert(certs, key).map_err(err)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(server_name.to_string()).map_err(err)?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(read_timeout))?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// The body of an HTTP/1.1 chunked response.
+pub fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
