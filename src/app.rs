@@ -94,6 +94,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", crate::crds::yaml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explain(args) => explain(*args),
         Command::Validate { config, json } => {
             let snap = load_snapshot(&config)?;
             if json {
@@ -179,4 +180,73 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     IstioDuration::parse(s)
         .map(|d| d.as_std())
         .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `meshd explain`: one call from the flags, or every call of `--calls FILE`.
+fn explain(a: crate::cli::ExplainArgs) -> Result<ExitCode> {
+    use crate::cli::{ModeArg, ProtocolArg, TlsArg};
+    use crate::explain::call::{CallSpec, Mode, Protocol, Tls};
+    let calls: Vec<(Option<String>, CallSpec)> = match &a.calls {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            crate::explain::calls_from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => {
+            let Some(port) = a.port else {
+                bail!("explain needs --port (or --calls FILE)");
+            };
+            vec![(
+                None,
+                CallSpec {
+                    mode: a.mode.map(|m| match m {
+                        ModeArg::Outbound => Mode::Outbound,
+                        ModeArg::Inbound => Mode::Inbound,
+                        ModeArg::Gateway => Mode::Gateway,
+                    }),
+                    address: a.address.clone(),
+                    port,
+                    protocol: match a.protocol {
+                        ProtocolArg::Http => Protocol::Http,
+                        ProtocolArg::Http2 => Protocol::Http2,
+                        ProtocolArg::Tcp => Protocol::Tcp,
+                    },
+                    tls: match a.tls {
+                        TlsArg::Plaintext => Tls::Plaintext,
+                        TlsArg::Tls => Tls::Tls,
+                        TlsArg::Mtls => Tls::Mtls,
+                    },
+                    alpn: a.alpn.clone(),
+                    sni: a.sni.clone(),
+                    host: a.host.clone(),
+                    path: a.path.clone(),
+                    method: a.method.clone(),
+                    headers: Default::default(),
+                    header_lines: a.headers.clone(),
+                },
+            )]
+        }
+    };
+    let snap = load_snapshot(&a.config)?;
+    // An istio-proxy in the mesh has its workload certificate: translate as `serve` does
+    // for it.
+    let proxy = cli_proxy(
+        &a.proxy,
+        &a.labels,
+        &a.meta,
+        InterceptionArg::Redirect,
+        true,
+    )?;
+    let res = translate::generate(&snap, &proxy);
+    let json = a.json || a.calls.is_some();
+    for (name, spec) in &calls {
+        let out = crate::explain::explain(&snap, &proxy, &res, name.clone(), spec);
+        if json {
+            println!("{}", serde_json::to_string(&out.to_json())?);
+        } else {
+            print!("{}", out.to_text());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -80,6 +80,9 @@ pub enum Command {
         #[arg(long)]
         mtls: bool,
     },
+    /// Which listener, filter chain, route and cluster a request reaches through a proxy,
+    /// which Istio objects made each step, and the nearest miss when nothing matched.
+    Explain(Box<ExplainArgs>),
     /// Print Istio's CustomResourceDefinitions (what crds/ holds).
     Crds,
     /// Inject the sidecar into workloads in a file, offline (like `istioctl kube-inject`).
@@ -184,4 +187,77 @@ pub struct ServeArgs {
     /// PILOT_PUSH_THROTTLE): bounds the memory of pushes to slow proxies.
     #[arg(long, default_value_t = crate::xds::server::DEFAULT_PUSH_SLOTS)]
     pub push_concurrency: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Envoy node id: TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local
+    #[arg(long = "proxy", value_name = "NODE_ID")]
+    pub proxy: String,
+    /// Workload label (repeatable), as istio-proxy sends in LABELS.
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Node metadata entry (repeatable), e.g. ISTIO_VERSION=1.31.0.
+    #[arg(long = "meta", value_name = "K=V")]
+    pub meta: Vec<String>,
+    /// How the request reaches the proxy: outbound (captured to 15001; sidecars' default),
+    /// inbound (captured to 15006) or gateway (no capture; routers' default).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Destination address (default 1.3.3.7, as istiod's simulator).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: ProtocolArg,
+    #[arg(long, value_enum, default_value = "plaintext")]
+    pub tls: TlsArg,
+    /// ALPN offered in the TLS handshake (default by protocol under tls/mtls).
+    #[arg(long)]
+    pub alpn: Option<String>,
+    /// SNI (default: the host, under tls).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Host header.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub path: Option<String>,
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Request header `Name: value` (repeatable).
+    #[arg(short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// One JSON object per call.
+    #[arg(long)]
+    pub json: bool,
+    /// A YAML list of calls (the flag names as keys, plus `name`), answered as JSON lines
+    /// from one translation.
+    #[arg(long, value_name = "FILE")]
+    pub calls: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Outbound,
+    Inbound,
+    Gateway,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Http,
+    Http2,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    Plaintext,
+    Tls,
+    Mtls,
 }

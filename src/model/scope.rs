@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::host;
 use super::istio::{self, OutboundTrafficMode};
-use super::service::Service;
+use super::service::{Service, Visibility};
 use super::snapshot::{SidecarConfig, Snapshot, VirtualServiceConfig};
 
 /// One egress listener of the scope: its Sidecar settings and what it sees.
@@ -37,11 +37,14 @@ impl Scope {
             .values()
             .filter(|s| s.visibility.visible_to(namespace))
             .collect();
-        let mesh_vs: Vec<&Arc<VirtualServiceConfig>> = snap
+        // As istiod lists them for a namespace: those exported to it by name (its own
+        // private ones included) before the public ones, each group oldest first.
+        let mut mesh_vs: Vec<&Arc<VirtualServiceConfig>> = snap
             .virtual_services
             .iter()
             .filter(|v| v.applies_to_mesh() && v.visibility.visible_to(namespace))
             .collect();
+        mesh_vs.sort_by_key(|v| matches!(v.visibility, Visibility::Public));
         let all_hosts = [host::NamespacedHost {
             namespace: "*".into(),
             host: "*".into(),

@@ -432,26 +432,37 @@ impl Snapshot {
     /// workload policy (port-level first), else namespace policy, else the mesh policy in
     /// the root namespace, else PERMISSIVE; UNSET defers to the next level.
     pub fn mtls_mode(&self, namespace: &str, labels: &Labels, port: u16) -> istio::MtlsMode {
+        self.mtls_mode_source(namespace, labels, port).0
+    }
+
+    /// [`Snapshot::mtls_mode`] with the PeerAuthentication that decided it (none: the
+    /// PERMISSIVE default).
+    pub fn mtls_mode_source(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+        port: u16,
+    ) -> (istio::MtlsMode, Option<&ObjectKey>) {
         use istio::MtlsMode;
         let set =
             |m: Option<&istio::MutualTls>| m.map(|m| m.mode).filter(|m| *m != MtlsMode::UNSET);
         if let Some(w) = self.workload_peer_authentication(namespace, labels) {
             if let Some(m) = set(w.spec.port_level_mtls.get(&u32::from(port))) {
-                return m;
+                return (m, Some(&w.key));
             }
             if let Some(m) = set(w.spec.mtls.as_ref()) {
-                return m;
+                return (m, Some(&w.key));
             }
         }
         let level = |ns: &str| {
             self.peer_authentications
                 .iter()
                 .find(|p| p.key.namespace == ns && p.spec.selector.is_none())
-                .and_then(|p| set(p.spec.mtls.as_ref()))
+                .and_then(|p| set(p.spec.mtls.as_ref()).map(|m| (m, Some(&p.key))))
         };
         level(namespace)
             .or_else(|| level(&self.mesh.root_namespace))
-            .unwrap_or(MtlsMode::PERMISSIVE)
+            .unwrap_or((MtlsMode::PERMISSIVE, None))
     }
 
     /// The PeerAuthentication whose selector picks this workload, if any.
@@ -1306,6 +1317,18 @@ impl Builder {
                 object: chosen.clone(),
             }));
         }
+        // istiod's order (the config store's): oldest first, then by name and namespace.
+        // The first VirtualService for a host is the one that routes it.
+        out.sort_by(|a, b| {
+            let key = |v: &VirtualServiceConfig| {
+                (
+                    v.object.created.clone().unwrap_or_default(),
+                    v.key.name.clone(),
+                    v.key.namespace.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
         self.virtual_services = out;
     }
 

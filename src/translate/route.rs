@@ -429,6 +429,23 @@ fn hash_policies(ctx: &ProxyContext, host: &str) -> Vec<rt::route_action::HashPo
 }
 
 /// Envoy routes for one VirtualService HTTP rule on `port`, one per match block.
+/// `istio.config`: the object path istiod puts on routes it builds from a VirtualService.
+pub fn config_metadata(
+    vs: &VirtualServiceConfig,
+) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    let path = format!(
+        "/apis/networking.istio.io/v1/namespaces/{}/virtual-service/{}",
+        vs.key.namespace, vs.key.name
+    );
+    envoy_types::pb::envoy::config::core::v3::Metadata {
+        filter_metadata: HashMap::from([(
+            "istio".to_string(),
+            pb::to_struct(&serde_json::json!({ "config": path })),
+        )]),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn http_rule_routes(
     ctx: &ProxyContext,
     vs: &VirtualServiceConfig,
@@ -478,6 +495,9 @@ pub(crate) fn http_rule_routes(
             r#match: Some(route_match(m)),
             // match.statPrefix: Envoy's per-route stats under this prefix.
             stat_prefix: m.map(|m| m.stat_prefix.clone()).unwrap_or_default(),
+            // Which VirtualService made the route, as istiod records it (istioctl and
+            // `meshd explain` read it back).
+            metadata: Some(config_metadata(vs)),
             ..Default::default()
         };
         let mut filter_configs: HashMap<String, Any> = HashMap::new();
@@ -942,6 +962,23 @@ pub fn outbound_virtual_hosts(
                 && !routes_http(svc, port)
             {
                 continue;
+            }
+            // A host outside the registry is routed on the HTTP ports of the services
+            // the same VirtualService names, or on port 80 when it names none (istiod).
+            if svc.is_none() {
+                let names = |want: &dyn Fn(&Service) -> bool| {
+                    vs.hosts.iter().any(|vh| {
+                        egress
+                            .services
+                            .iter()
+                            .any(|s| want(s) && host::matches(vh, &s.hostname))
+                    })
+                };
+                let on_port = names(&|s| routes_http(s, port));
+                let any = names(&|s| s.ports.iter().any(|p| routes_http(s, p.port)));
+                if !on_port && (any || port != 80) {
+                    continue;
+                }
             }
             let routes = sidecar_routes(ctx, vs, port);
             if routes.is_empty() {
