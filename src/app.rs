@@ -224,6 +224,7 @@ fn explain(a: crate::cli::ExplainArgs) -> Result<ExitCode> {
                     method: a.method.clone(),
                     headers: Default::default(),
                     header_lines: a.headers.clone(),
+                    mtls_secret: None,
                 },
             )]
         }

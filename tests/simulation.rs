@@ -218,8 +218,12 @@ fn run_case(path: &Path, tally: &mut Tally) {
 
     for c in case["calls"].as_array().into_iter().flatten() {
         let name = str_of(c, "name").unwrap_or_default();
-        let spec: CallSpec = serde_json::from_value(c.get("call").cloned().unwrap_or(json!({})))
-            .unwrap_or_else(|e| panic!("{rel} {name}: call: {e}"));
+        let mut call = c.get("call").cloned().unwrap_or(json!({}));
+        if let Some(secret) = c.get("mtlsSecretConfigName") {
+            call["mtlsSecretConfigName"] = secret.clone();
+        }
+        let spec: CallSpec =
+            serde_json::from_value(call).unwrap_or_else(|e| panic!("{rel} {name}: call: {e}"));
         let out = explain::explain(&snap, &proxy, &res, Some(name.clone()), &spec);
         let got = out.to_json();
         let strict = c.get("strict").and_then(Value::as_bool).unwrap_or(false);

@@ -55,6 +55,11 @@ pub struct CallSpec {
     /// `Name: value` lines, as `-H` takes them.
     #[serde(rename = "H")]
     pub header_lines: Vec<String>,
+    /// The certificate (SDS name, or `file-cert:CERT~KEY`) whose chains the client's
+    /// mTLS is made for; default `default`, the workload certificate (istiod's
+    /// simulator's notion of "mTLS").
+    #[serde(rename = "mtlsSecretConfigName")]
+    pub mtls_secret: Option<String>,
 }
 
 /// A call with every default filled in.
@@ -73,6 +78,7 @@ pub struct Call {
     pub method: String,
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
+    pub mtls_secret: String,
 }
 
 impl CallSpec {
@@ -144,6 +150,7 @@ impl CallSpec {
                 .unwrap_or_else(|| "/".into()),
             method: self.method.clone().unwrap_or_else(|| "GET".into()),
             headers,
+            mtls_secret: self.mtls_secret.clone().unwrap_or_else(|| "default".into()),
         })
     }
 }

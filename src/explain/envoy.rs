@@ -339,18 +339,36 @@ pub fn match_filter_chains<'r>(l: &'r ls::Listener, call: &Call) -> Vec<&'r ls::
     chains
 }
 
-/// Whether a TLS context asks for the client's workload certificate (istiod's simulator:
-/// the `default` SDS certificate and a required client certificate).
-fn requires_mtls(ctx: &tls::DownstreamTlsContext) -> bool {
-    let first = ctx
-        .common_tls_context
-        .as_ref()
-        .and_then(|c| c.tls_certificate_sds_secret_configs.first());
-    first.is_some_and(|s| s.name == "default")
+/// Whether a TLS context is the mTLS the client speaks (istiod's simulator: the chain's
+/// first certificate is the one the call's mTLS is made for — the workload certificate
+/// `default` unless the call names another — and it requires a client certificate).
+fn requires_mtls(ctx: &tls::DownstreamTlsContext, secret: &str) -> bool {
+    let Some(common) = ctx.common_tls_context.as_ref() else {
+        return false;
+    };
+    let name = match common.tls_certificate_sds_secret_configs.first() {
+        Some(s) => s.name.clone(),
+        None => match common.tls_certificates.first() {
+            Some(c) => format!(
+                "file-cert:{}~{}",
+                data_source_name(c.certificate_chain.as_ref()),
+                data_source_name(c.private_key.as_ref())
+            ),
+            None => return false,
+        },
+    };
+    name == secret
         && ctx
             .require_client_certificate
             .as_ref()
             .is_some_and(|b| b.value)
+}
+
+fn data_source_name(d: Option<&core::DataSource>) -> String {
+    match d.and_then(|d| d.specifier.as_ref()) {
+        Some(core::data_source::Specifier::Filename(f)) => f.clone(),
+        _ => String::new(),
+    }
 }
 
 fn downstream_tls(fc: &ls::FilterChain) -> Option<tls::DownstreamTlsContext> {
@@ -586,7 +604,7 @@ pub fn walk<'r>(res: &'r Resources, call: &Call) -> Walk<'r> {
             w.failure = Some(Failure::TlsError);
             return w;
         }
-        if requires_mtls(ctx) != (call.tls == Tls::Mtls) {
+        if requires_mtls(ctx, &call.mtls_secret) != (call.tls == Tls::Mtls) {
             w.failure = Some(Failure::MtlsError);
             return w;
         }

@@ -219,6 +219,9 @@ pub struct Service {
     /// Whether it is a Kubernetes Service (else a ServiceEntry).
     pub kubernetes: bool,
     pub subject_alt_names: Vec<String>,
+    /// Port-less ExternalName Services naming this host: other names clients use for it
+    /// (istiod's service aliases), as (name, namespace).
+    pub aliases: Vec<(String, String)>,
 }
 
 impl Service {

@@ -265,6 +265,7 @@ impl Snapshot {
         b.objects = input.objects.clone();
         b.build_workloads();
         b.build_services();
+        b.resolve_aliases();
         b.build_destination_rules(previous);
         b.build_virtual_services(previous);
         b.build_gateways();
@@ -589,6 +590,8 @@ struct Builder {
     pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
     pods_by_namespace: HashMap<String, Vec<Arc<Object>>>,
     workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
+    /// Port-less ExternalName Services: (target host, the Service).
+    aliases: Vec<(String, Arc<Object>)>,
 }
 
 impl Builder {
@@ -801,6 +804,7 @@ impl Builder {
                 source: obj.key.clone(),
                 kubernetes: true,
                 subject_alt_names: vec![],
+                aliases: vec![],
             };
             let mut instances = Vec::new();
             // Hand-made (or controller-made) endpoint objects win over the selector, as
@@ -963,6 +967,7 @@ impl Builder {
                     source: obj.key.clone(),
                     kubernetes: false,
                     subject_alt_names: se.subject_alt_names.clone(),
+                    aliases: vec![],
                 };
                 let mut instances = Vec::new();
                 for ep in &se.endpoints {
@@ -1056,11 +1061,9 @@ impl Builder {
         };
         let ports = service_ports(spec);
         if ports.is_empty() {
-            // Without ports nothing can be routed; Kubernetes allows it, istiod ignores it.
-            self.diags.push(obj.diag_warning(
-                "spec.ports",
-                "an ExternalName Service without ports cannot be routed to; ignored",
-            ));
+            // Without ports it is another name for its target (istiod's alias), resolved
+            // once every service is known; nothing of its own is routed.
+            self.aliases.push((target.to_string(), obj.clone()));
             return;
         }
         let export_to = export_to_annotation(obj);
@@ -1080,6 +1083,7 @@ impl Builder {
             source: obj.key.clone(),
             kubernetes: true,
             subject_alt_names: vec![],
+            aliases: vec![],
         };
         let port_map = ports.iter().map(|p| (p.port, p.port)).collect();
         let mut inst = self.instance(target, port_map, None, false);
@@ -1092,6 +1096,25 @@ impl Builder {
             },
             obj,
         );
+    }
+
+    /// Attaches each port-less ExternalName Service to the service it names; one naming
+    /// no known service routes nothing, and says so.
+    fn resolve_aliases(&mut self) {
+        for (target, obj) in std::mem::take(&mut self.aliases) {
+            match self.services.get_mut(&target) {
+                Some(svc) => Arc::make_mut(svc)
+                    .aliases
+                    .push((obj.key.name.clone(), obj.key.namespace.clone())),
+                None => self.diags.push(
+                    obj.diag_warning(
+                        "spec.ports",
+                        &format!("an ExternalName Service without ports is only an alias of a service in the mesh, and none is named {target}: ignored"),
+                    )
+                    .hint("declare ports to route to an external name, or point it at a mesh service"),
+                ),
+            }
+        }
     }
 
     fn workload_at(&self, ip: &str, namespace: &str) -> Option<Arc<Workload>> {

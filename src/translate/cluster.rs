@@ -397,6 +397,20 @@ fn apply_tls(
     } else {
         &[]
     };
+    // Over mesh mTLS the client announces itself with istio's ALPNs (istio-proxy's ALPN
+    // filter does this per request): the server's chains tell mesh mTLS from the
+    // application's own TLS by them. The plain protocol follows, for the server's TLS
+    // context to negotiate the HTTP codec. A sniffed port is announced as HTTP: the
+    // server's sniffed chains then read it with the HTTP connection manager.
+    let mesh_alpn: &[&str] = if port.protocol.is_http2() {
+        &["istio-h2", "h2"]
+    } else if port.protocol.is_http() {
+        &["istio-http/1.1", "http/1.1"]
+    } else if port.protocol == Protocol::Unsupported {
+        &["istio-http/1.1"]
+    } else {
+        &["istio-peer-exchange", "istio"]
+    };
     let port = port.port;
     let sni = || {
         tls.map(|t| t.sni.clone())
@@ -411,7 +425,7 @@ fn apply_tls(
             if ids.is_empty() {
                 ids = peer_identities(ctx, svc);
             }
-            c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn));
+            c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, mesh_alpn));
         }
         Some(istio::ClientTlsMode::SIMPLE | istio::ClientTlsMode::MUTUAL) => {
             if let Some(t) = tls {
@@ -444,7 +458,7 @@ fn apply_tls(
                 // istiod decides for such clusters by the service's mTLS mode).
                 if headless_takes_mtls(ctx, svc, port) {
                     let ids = peer_identities(ctx, svc);
-                    c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn));
+                    c.transport_socket = Some(tls::upstream_mtls(ctx, &sni(), &ids, mesh_alpn));
                 }
             } else if auto && resolution == Resolution::ClientSideLb {
                 let ids = peer_identities(ctx, svc);
@@ -452,7 +466,7 @@ fn apply_tls(
                     cl::cluster::TransportSocketMatch {
                         name: "tlsMode-istio".into(),
                         r#match: Some(pb::to_struct(&json!({"tlsMode": "istio"}))),
-                        transport_socket: Some(tls::upstream_mtls(ctx, &sni(), &ids, alpn)),
+                        transport_socket: Some(tls::upstream_mtls(ctx, &sni(), &ids, mesh_alpn)),
                     },
                     cl::cluster::TransportSocketMatch {
                         name: "tlsMode-disabled".into(),

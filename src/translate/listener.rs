@@ -798,24 +798,35 @@ fn cidr_chains(
     port: u16,
     stat: &str,
 ) -> Vec<FilterChain> {
-    entries
-        .iter()
-        .filter(|e| !e.cidrs.is_empty())
-        .map(|e| FilterChain {
+    // A range an earlier entry already claims (equal once the host bits are masked) is
+    // left out: Envoy refuses two chains with the same match, and istiod keeps the first.
+    let mut seen: BTreeSet<(std::net::IpAddr, u32, String)> = BTreeSet::new();
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| !e.cidrs.is_empty()) {
+        let sni = if is_tls(e.protocol) {
+            vec![e.svc.hostname.clone()]
+        } else {
+            vec![]
+        };
+        let ranges: Vec<core::CidrRange> = e
+            .cidrs
+            .iter()
+            .filter(|(a, len)| match masked(a, *len) {
+                Some(net) => seen.insert((net, *len, sni.join(","))),
+                None => true,
+            })
+            .map(|(a, len)| core::CidrRange {
+                address_prefix: a.clone(),
+                prefix_len: pb::u32v(*len),
+            })
+            .collect();
+        if ranges.is_empty() {
+            continue;
+        }
+        out.push(FilterChain {
             filter_chain_match: Some(FilterChainMatch {
-                prefix_ranges: e
-                    .cidrs
-                    .iter()
-                    .map(|(a, len)| core::CidrRange {
-                        address_prefix: a.clone(),
-                        prefix_len: pb::u32v(*len),
-                    })
-                    .collect(),
-                server_names: if is_tls(e.protocol) {
-                    vec![e.svc.hostname.clone()]
-                } else {
-                    vec![]
-                },
+                prefix_ranges: ranges,
+                server_names: sni,
                 ..Default::default()
             }),
             filters: vec![tcp_to(
@@ -824,8 +835,32 @@ fn cidr_chains(
                 &service_targets(ctx, scope, &e.svc, port),
             )],
             ..Default::default()
-        })
-        .collect()
+        });
+    }
+    out
+}
+
+/// The network address of `address/len` (host bits cleared).
+fn masked(address: &str, len: u32) -> Option<std::net::IpAddr> {
+    use std::net::IpAddr;
+    Some(match address.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len.min(128))
+            };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    })
 }
 
 fn virtual_outbound(ctx: &ProxyContext) -> Listener {
@@ -864,13 +899,29 @@ fn virtual_outbound(ctx: &ProxyContext) -> Listener {
     l
 }
 
-/// Inbound ports: (target port, protocol) of the services this workload serves.
+/// Inbound ports: those of the workload's Sidecar ingress listeners when it has any
+/// (they replace the services' ports, as in istiod), else (target port, protocol) of the
+/// services this workload serves.
 fn inbound_ports(ctx: &ProxyContext) -> Vec<(u16, Protocol)> {
-    let mut ports: Vec<(u16, Protocol)> = ctx
-        .targets
+    let ingress: Vec<(u16, Protocol)> = ctx
+        .scope
+        .sidecar
         .iter()
-        .map(|t| (t.target_port, t.port.protocol))
+        .flat_map(|sc| sc.spec.ingress.iter())
+        .filter_map(|i| {
+            u16::try_from(i.port.number)
+                .ok()
+                .map(|p| (p, Protocol::parse(&i.port.protocol)))
+        })
         .collect();
+    let mut ports: Vec<(u16, Protocol)> = if ingress.is_empty() {
+        ctx.targets
+            .iter()
+            .map(|t| (t.target_port, t.port.protocol))
+            .collect()
+    } else {
+        ingress
+    };
     ports.sort();
     ports.dedup_by_key(|p| p.0);
     ports
@@ -954,38 +1005,6 @@ fn inbound_chains(
     use crate::model::istio::MtlsMode;
     let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
     let name = naming::listener(bind, port);
-    let tls = || FilterChain {
-        name: name.clone(),
-        filter_chain_match: Some(FilterChainMatch {
-            transport_protocol: "tls".into(),
-            ..base.clone()
-        }),
-        transport_socket: Some(super::tls::downstream_mtls(ctx)),
-        filters: inbound_chain(ctx, port, protocol),
-        ..Default::default()
-    };
-    // Plaintext chains. A port whose protocol is not declared is sniffed: what the HTTP
-    // inspector recognises gets HTTP handling, the rest stays TCP.
-    let plain = |transport: &str| -> Vec<FilterChain> {
-        let chain = |alpn: Vec<String>, p: Protocol| FilterChain {
-            name: name.clone(),
-            filter_chain_match: Some(FilterChainMatch {
-                transport_protocol: transport.into(),
-                application_protocols: alpn,
-                ..base.clone()
-            }),
-            filters: inbound_chain(ctx, port, p),
-            ..Default::default()
-        };
-        if protocol == Protocol::Unsupported {
-            vec![
-                chain(vec!["http/1.1".into(), "h2c".into()], Protocol::Http),
-                chain(vec![], Protocol::Tcp),
-            ]
-        } else {
-            vec![chain(vec![], protocol)]
-        }
-    };
     // Sidecar ingress `tls`: the port terminates TLS with the given certificate for
     // clients outside the mesh, instead of mesh mTLS.
     let ingress_tls = ctx.scope.sidecar.as_ref().and_then(|sc| {
@@ -995,7 +1014,16 @@ fn inbound_chains(
             .find(|i| i.port.number == u32::from(port))
             .and_then(|i| i.tls.as_ref())
     });
-    if let Some(t) = ingress_tls {
+    // Declared HTTPS/TLS with its own TLS settings is HTTP/TCP once terminated, whoever
+    // terminates it.
+    let protocol = match (ingress_tls.is_some(), protocol) {
+        (true, Protocol::Https) => Protocol::Http,
+        (true, Protocol::Tls) => Protocol::Tcp,
+        (_, p) => p,
+    };
+    // The user's TLS applies only where mesh mTLS is off on the port (istiod: the two
+    // would conflict); otherwise the port takes mesh mTLS as any other.
+    if let Some(t) = ingress_tls.filter(|_| mode == MtlsMode::DISABLE) {
         let alpn: &[&str] = if protocol.is_http() || protocol == Protocol::Unsupported {
             &["h2", "http/1.1"]
         } else {
@@ -1013,15 +1041,117 @@ fn inbound_chains(
         };
         return (vec![chain], true);
     }
-    match mode {
-        // Without its certificate a STRICT workload accepts nothing: it fails closed.
-        MtlsMode::STRICT => (vec![tls()], true),
-        MtlsMode::PERMISSIVE if ctx.proxy.mtls_ready => {
-            let mut chains = vec![tls()];
-            chains.extend(plain("raw_buffer"));
-            (chains, true)
-        }
-        _ => (plain(""), false),
+    let class = if protocol == Protocol::Unsupported {
+        PortClass::Sniffed
+    } else if protocol.is_http() {
+        PortClass::Http
+    } else {
+        PortClass::Tcp
+    };
+    let mode = match mode {
+        // PERMISSIVE needs the workload certificate to offer mTLS at all.
+        MtlsMode::PERMISSIVE if !ctx.proxy.mtls_ready => MtlsMode::DISABLE,
+        m => m,
+    };
+    let options = chain_options(mode, class);
+    let chains = options
+        .iter()
+        .map(|o| FilterChain {
+            name: name.clone(),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: o.transport.into(),
+                application_protocols: o.alpn.iter().map(|a| a.to_string()).collect(),
+                ..base.clone()
+            }),
+            transport_socket: o.terminate.then(|| super::tls::downstream_mtls(ctx)),
+            filters: inbound_chain(
+                ctx,
+                port,
+                match (o.http, class) {
+                    (true, PortClass::Sniffed) => Protocol::Http,
+                    (true, _) => protocol,
+                    (false, _) => Protocol::Tcp,
+                },
+            ),
+            ..Default::default()
+        })
+        .collect();
+    (chains, options.iter().any(|o| o.transport == "tls"))
+}
+
+/// How an inbound port is handled: by its declared protocol, or sniffed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortClass {
+    Http,
+    Sniffed,
+    Tcp,
+}
+
+/// One inbound filter chain of a port: what it matches and how it handles it.
+struct ChainOption {
+    transport: &'static str,
+    alpn: &'static [&'static str],
+    /// HTTP connection manager (else TCP proxy).
+    http: bool,
+    /// Terminates mesh mTLS.
+    terminate: bool,
+}
+
+const MTLS_HTTP_ALPN: &[&str] = &["istio-http/1.0", "istio-http/1.1", "istio-h2"];
+const ALL_MTLS_ALPN: &[&str] = &[
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+const MTLS_TCP_ALPN: &[&str] = &["istio-peer-exchange", "istio"];
+const PLAIN_HTTP_ALPN: &[&str] = &["http/1.1", "h2c"];
+
+/// istiod's inbound chains per mTLS mode and port class. Mesh clients announce mTLS
+/// with `istio*` ALPNs, so PERMISSIVE terminates only those: other TLS is the
+/// application's own and passes through untouched on TCP ports (on HTTP ports it
+/// matches nothing). STRICT terminates every TLS connection (and so refuses what is not
+/// mesh mTLS); on sniffed ports the ALPN tells HTTP from TCP after termination.
+fn chain_options(mode: crate::model::istio::MtlsMode, class: PortClass) -> Vec<ChainOption> {
+    use crate::model::istio::MtlsMode;
+    let o = |transport, alpn, http, terminate| ChainOption {
+        transport,
+        alpn,
+        http,
+        terminate,
+    };
+    match (mode, class) {
+        (MtlsMode::STRICT, PortClass::Http) => vec![o("tls", &[], true, true)],
+        (MtlsMode::STRICT, PortClass::Tcp) => vec![o("tls", &[], false, true)],
+        (MtlsMode::STRICT, PortClass::Sniffed) => vec![
+            o("tls", MTLS_HTTP_ALPN, true, true),
+            o("tls", &[], false, true),
+        ],
+        (MtlsMode::PERMISSIVE, PortClass::Http) => vec![
+            o("tls", ALL_MTLS_ALPN, true, true),
+            o("raw_buffer", &[], true, false),
+        ],
+        (MtlsMode::PERMISSIVE, PortClass::Tcp) => vec![
+            o("tls", ALL_MTLS_ALPN, false, true),
+            o("tls", &[], false, false),
+            o("raw_buffer", &[], false, false),
+        ],
+        (MtlsMode::PERMISSIVE, PortClass::Sniffed) => vec![
+            o("tls", MTLS_HTTP_ALPN, true, true),
+            o("raw_buffer", PLAIN_HTTP_ALPN, true, false),
+            o("tls", MTLS_TCP_ALPN, false, true),
+            o("raw_buffer", &[], false, false),
+            o("tls", &[], false, false),
+        ],
+        // DISABLE: plaintext only. The transport is left open: TLS the application
+        // terminates itself reaches it on TCP ports (and fails as HTTP on HTTP ports).
+        (_, PortClass::Http) => vec![o("", &[], true, false)],
+        (_, PortClass::Tcp) => vec![o("", &[], false, false)],
+        (_, PortClass::Sniffed) => vec![
+            o("", PLAIN_HTTP_ALPN, true, false),
+            o("", &[], false, false),
+        ],
     }
 }
 
@@ -1047,7 +1177,8 @@ fn virtual_inbound(ctx: &ProxyContext) -> Listener {
             destination_port: pb::u32v(u32::from(port)),
             ..Default::default()
         };
-        let (chains, tls) = inbound_chains(ctx, "0.0.0.0", port, protocol, base);
+        let bind = ingress_chain_bind(ctx, port);
+        let (chains, tls) = inbound_chains(ctx, &bind, port, protocol, base);
         inspect |= tls;
         l.filter_chains.extend(chains);
     }
@@ -1085,6 +1216,27 @@ fn virtual_inbound(ctx: &ProxyContext) -> Listener {
         l.listener_filters_timeout = pb::secs(0);
     }
     l
+}
+
+/// The address a Sidecar ingress port's chain is named after, as istiod names it: its
+/// `bind`, else the workload's own (unicast) address; `0.0.0.0` for service ports.
+fn ingress_chain_bind(ctx: &ProxyContext, port: u16) -> String {
+    let ingress = ctx
+        .scope
+        .sidecar
+        .iter()
+        .flat_map(|sc| sc.spec.ingress.iter())
+        .find(|i| i.port.number == u32::from(port));
+    let Some(ing) = ingress else {
+        return "0.0.0.0".into();
+    };
+    if !ing.bind.is_empty() {
+        return ing.bind.clone();
+    }
+    match ctx.proxy.ip().parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast() => ip.to_string(),
+        _ => "0.0.0.0".into(),
+    }
 }
 
 /// A listener filter predicate that holds for every destination port but `ports`.

@@ -807,6 +807,17 @@ fn service_domains(svc: &Service, client_ns: &str, domain_suffix: &str) -> Vec<S
         names.extend(wild);
     }
     names.extend(svc.addresses.iter().cloned());
+    // An alias is reached by the same name forms as a Service of its own.
+    for (name, ns) in &svc.aliases {
+        let fqdn = format!("{name}.{ns}.svc.{domain_suffix}");
+        if ns == client_ns {
+            names.push(name.clone());
+        }
+        names.push(format!("{name}.{ns}.svc"));
+        names.push(format!("{name}.{ns}"));
+        names.push(format!("{fqdn}."));
+        names.push(fqdn);
+    }
     names
 }
 

@@ -16,9 +16,11 @@
 // Gateway API objects (gateway.networking.k8s.io/*) through both, as TestSidecarRoutes does.
 // The proxy is built as Istio's tests build it and completed by SetupProxy.
 //
-// istiod's feature flags are environment variables read once at start, so a case that needs
-// one (e.g. ENABLE_TLS_ON_SIDECAR_INGRESS=true, PILOT_ENABLE_IP_AUTOALLOCATE=false) is run
-// with it set: `ENABLE_TLS_ON_SIDECAR_INGRESS=true target/go/istiod-simulate FILE`.
+// istiod's feature flags are environment variables read once at start into the variables of
+// istio.io/istio/pilot/pkg/features. A case's `istiodEnv` sets those variables for that file
+// only (as the Go tests' test.SetForTest does) and restores them afterwards; a name not in
+// istiodFlags, or a value that is not a boolean, fails the file (naming the supported ones).
+// A call's `mtlsSecretConfigName` is traffic.go's Call.MtlsSecretConfigName.
 //
 // Output (stdout): one line per call, `PASS <file> <call name>` or
 // `FAIL <file> <call name>: want {...} got {...}` (got: all seven fields and the error);
@@ -43,6 +45,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,11 +56,13 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"istio.io/istio/pilot/pkg/config/kube/crd"
+	"istio.io/istio/pilot/pkg/features"
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/pkg/simulation"
 	"istio.io/istio/pilot/test/xds"
 	"istio.io/istio/pkg/config/mesh"
 	istiolog "istio.io/istio/pkg/log"
+	"istio.io/istio/pkg/test"
 )
 
 type simCase struct {
@@ -78,8 +83,52 @@ type simCase struct {
 	Clusters        []simCheck `json:"clusters"`
 	// route configuration name -> domain -> the sorted clusters of the routes of the virtual
 	// host holding that domain (null: no such virtual host, or its routes name no cluster);
-	// TestSidecarRoutes' check (xdstest.ExtractVirtualHosts). Not in the README yet.
+	// TestSidecarRoutes' check (xdstest.ExtractVirtualHosts).
 	Routes map[string]map[string][]string `json:"routes"`
+	// istiod feature flag (environment variable name) -> value, for this file only.
+	IstiodEnv map[string]string `json:"istiodEnv"`
+}
+
+// istiodFlags are the feature flags a case may set in `istiodEnv`: the environment variable
+// istiod reads and the variable of pilot/pkg/features it reads it into. (Our istio module
+// predates PILOT_ENABLE_HEADLESS_FILTER_CHAIN_LISTENER, so it cannot be offered.)
+var istiodFlags = map[string]*bool{
+	"ENABLE_TLS_ON_SIDECAR_INGRESS": &features.EnableTLSOnSidecarIngress,
+	"PILOT_ENABLE_IP_AUTOALLOCATE":  &features.EnableIPAutoallocate,
+}
+
+// flagSetting is one istiodEnv entry, checked.
+type flagSetting struct {
+	ptr *bool
+	val bool
+}
+
+// istiodEnv checks a case's istiodEnv against istiodFlags.
+func (c *simCase) istiodEnv() ([]flagSetting, error) {
+	var supported []string
+	for n := range istiodFlags {
+		supported = append(supported, n)
+	}
+	sort.Strings(supported)
+	var names []string
+	for n := range c.IstiodEnv {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []flagSetting
+	for _, n := range names {
+		ptr, ok := istiodFlags[n]
+		if !ok {
+			return nil, fmt.Errorf("istiodEnv: %s is not a flag this oracle can set (supported: %s)",
+				n, strings.Join(supported, ", "))
+		}
+		v, err := strconv.ParseBool(c.IstiodEnv[n])
+		if err != nil {
+			return nil, fmt.Errorf("istiodEnv: %s=%q is not a boolean", n, c.IstiodEnv[n])
+		}
+		out = append(out, flagSetting{ptr, v})
+	}
+	return out, nil
 }
 
 // configChecks is how many checks without calls a case makes.
@@ -118,6 +167,9 @@ type simCall struct {
 	Strict       bool   `json:"strict"`
 	IstiodSkip   string `json:"istiodSkip"`
 	KnownFailing string `json:"knownFailing"`
+	// traffic.go's Call.MtlsSecretConfigName: the SDS secret a chain must serve (with a
+	// required client certificate) to count as mTLS; istiod's default is "default".
+	MtlsSecretConfigName string `json:"mtlsSecretConfigName"`
 }
 
 type simCheck struct {
@@ -206,6 +258,12 @@ func runCaseFile(t *testing.T, file string) {
 		t.Fail()
 		return
 	}
+	flags, err := c.istiodEnv()
+	if err != nil {
+		failFile(file, c, err.Error())
+		t.Fail()
+		return
+	}
 	var s *xds.FakeDiscoveryServer
 	var proxy *model.Proxy
 	rf := &recFailer{}
@@ -215,6 +273,10 @@ func runCaseFile(t *testing.T, file string) {
 	}
 	ran := false
 	t.Run(file, func(t *testing.T) {
+		// Set before the server starts, so restored (cleanups run last-in first-out) after it stops.
+		for _, f := range flags {
+			test.SetForTest(t, f.ptr, f.val)
+		}
 		setup(t)
 		if err != nil || s == nil {
 			return
@@ -405,6 +467,8 @@ func runCall(t *testing.T, s *xds.FakeDiscoveryServer, proxy *model.Proxy, file 
 		Sni:        in.SNI,
 		HostHeader: in.Host,
 		CallMode:   simulation.CallMode(in.Mode),
+
+		MtlsSecretConfigName: c.MtlsSecretConfigName,
 	}
 	if call.Protocol == "" {
 		call.Protocol = simulation.HTTP // README: http is the default
