@@ -242,13 +242,10 @@ fn outbound_cluster(
                 c.dns_jitter = Some(pb::duration(std::time::Duration::from_millis(100)));
             }
             // DNS clusters carry their endpoints inline: Envoy resolves them itself.
-            c.load_assignment = Some(super::endpoint::load_assignment(
-                ctx.snap,
-                &name,
-                svc,
-                port.port,
-                subset_labels,
-            ));
+            let mut cla =
+                super::endpoint::load_assignment(ctx.snap, &name, svc, port.port, subset_labels);
+            super::locality::apply(ctx, &mut cla);
+            c.load_assignment = Some(cla);
         }
         Resolution::Passthrough => {
             c.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);

@@ -20,6 +20,9 @@ pub enum Plan {
     Failover(Vec<(String, String)>),
     /// (to pattern, weight) of the rule for the client's locality.
     Distribute(Vec<(String, u32)>),
+    /// `failoverPriority`: endpoints matching the client on more of these labels (in
+    /// order; `label=value` compares with the value instead) come first.
+    Labels(Vec<String>),
 }
 
 /// Does `pattern` (`region/zone/subzone` with `*` for the rest) match `locality`?
@@ -67,9 +70,6 @@ pub fn weighted(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> b
 
 /// The plan for cluster (`svc`, `port`, `subset`) of this client, if any.
 pub fn plan(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> Option<Plan> {
-    if ctx.locality.is_empty() {
-        return None;
-    }
     let policy = super::cluster::effective_policy(ctx, svc, port, subset);
     let setting = policy
         .as_ref()
@@ -80,6 +80,15 @@ pub fn plan(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> Optio
         return None;
     }
     let setting = setting.unwrap_or_default();
+    if !setting.failover_priority.is_empty() {
+        // Like failover, only under outlier detection; the client's labels decide, not
+        // its locality.
+        policy.as_ref().and_then(|p| p.outlier_detection.as_ref())?;
+        return Some(Plan::Labels(setting.failover_priority.clone()));
+    }
+    if ctx.locality.is_empty() {
+        return None;
+    }
     if !setting.distribute.is_empty() {
         let rule = setting.distribute.iter().find(|d| {
             d["from"]
@@ -168,6 +177,51 @@ pub fn apply(ctx: &ProxyContext, cla: &mut ClusterLoadAssignment) {
                 l.priority = p;
             }
         }
+        Plan::Labels(keys) => {
+            let Some(eps) = ctx.snap.endpoints.get(host) else {
+                return;
+            };
+            let rank = |addr: &str| -> u32 {
+                let Some(inst) = eps.instances.iter().find(|i| i.address == addr) else {
+                    return keys.len() as u32;
+                };
+                for (i, key) in keys.iter().enumerate() {
+                    let (k, want) = match key.split_once('=') {
+                        Some((k, v)) => (k, Some(v.to_string())),
+                        None => (key.as_str(), ctx.labels.get(key).cloned()),
+                    };
+                    if want.is_none() || inst.labels.get(k) != want.as_ref() {
+                        return (keys.len() - i) as u32;
+                    }
+                }
+                0
+            };
+            // Split each locality's endpoints by rank: one group per (locality, rank).
+            let mut groups = Vec::new();
+            for l in std::mem::take(&mut cla.endpoints) {
+                let mut by_rank: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+                for e in &l.lb_endpoints {
+                    by_rank
+                        .entry(rank(&endpoint_address(e)))
+                        .or_default()
+                        .push(e.clone());
+                }
+                for (r, eps) in by_rank {
+                    let mut g = l.clone();
+                    g.lb_endpoints = eps;
+                    g.priority = r;
+                    groups.push(g);
+                }
+            }
+            // Envoy wants priorities without gaps.
+            let mut levels: Vec<u32> = groups.iter().map(|g| g.priority).collect();
+            levels.sort_unstable();
+            levels.dedup();
+            for g in &mut groups {
+                g.priority = levels.iter().position(|x| *x == g.priority).unwrap_or(0) as u32;
+            }
+            cla.endpoints = groups;
+        }
         Plan::Distribute(to) => {
             let localities: Vec<String> = cla.endpoints.iter().map(locality_of).collect();
             let mut weights = vec![0u32; localities.len()];
@@ -196,6 +250,20 @@ pub fn apply(ctx: &ProxyContext, cla: &mut ClusterLoadAssignment) {
             }
             cla.endpoints = kept;
         }
+    }
+}
+
+fn endpoint_address(e: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> String {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    match &e.host_identifier {
+        Some(HostIdentifier::Endpoint(ep)) => {
+            match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(Address::SocketAddress(s)) => s.address.clone(),
+                _ => String::new(),
+            }
+        }
+        _ => String::new(),
     }
 }
 
