@@ -415,3 +415,47 @@ fn istiods_simulation_cases() {
         "known-failing checks now pass: remove their marks"
     );
 }
+
+/// The same files through istiod's own simulator (tests/istiod-oracle/simulate_test.go,
+/// built by the test command into target/go/istiod-simulate): every transcribed
+/// expectation must be what istiod answers, so a transcription error cannot pass for a
+/// meshd difference.
+#[test]
+fn transcriptions_are_what_istiod_answers() {
+    let bin = std::env::var_os("MESHD_ISTIOD_SIMULATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/go/istiod-simulate")
+        });
+    if !bin.exists() {
+        let msg = format!(
+            "istiod-simulate not built at {} (scripts/test builds it)",
+            bin.display()
+        );
+        if std::env::var("MESHD_REQUIRE_ENVOY").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        println!("SKIPPED: {msg}");
+        return;
+    }
+    let mut files = Vec::new();
+    case_files(&cases_dir(), &mut files);
+    let out = std::process::Command::new(&bin)
+        .args(&files)
+        .output()
+        .expect("run istiod-simulate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines().filter(|l| !l.starts_with("PASS")) {
+        println!("{line}");
+    }
+    assert!(
+        out.status.success(),
+        "istiod answers differently from the transcribed expectations:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -87,6 +87,9 @@ type simCase struct {
 	Routes map[string]map[string][]string `json:"routes"`
 	// istiod feature flag (environment variable name) -> value, for this file only.
 	IstiodEnv map[string]string `json:"istiodEnv"`
+	// Marks about meshd, not istiod: read and ignored here.
+	KnownFailing     string `json:"knownFailing"`
+	DiffersOnPurpose string `json:"differsOnPurpose"`
 }
 
 // istiodFlags are the feature flags a case may set in `istiodEnv`: the environment variable
@@ -164,9 +167,10 @@ type simCall struct {
 		Route       string  `json:"route"`
 		Cluster     string  `json:"cluster"`
 	} `json:"expect"`
-	Strict       bool   `json:"strict"`
-	IstiodSkip   string `json:"istiodSkip"`
-	KnownFailing string `json:"knownFailing"`
+	Strict           bool   `json:"strict"`
+	IstiodSkip       string `json:"istiodSkip"`
+	KnownFailing     string `json:"knownFailing"`
+	DiffersOnPurpose string `json:"differsOnPurpose"`
 	// traffic.go's Call.MtlsSecretConfigName: the SDS secret a chain must serve (with a
 	// required client certificate) to count as mTLS; istiod's default is "default".
 	MtlsSecretConfigName string `json:"mtlsSecretConfigName"`
