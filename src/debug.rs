@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::translate;
 use crate::xds::XdsState;
+use crate::xds::connection::Connection;
 
 pub fn router(state: Arc<XdsState>) -> Router {
     Router::new()
@@ -25,6 +26,7 @@ pub fn router(state: Arc<XdsState>) -> Router {
         .route("/debug", get(index))
         .route("/debug/syncz", get(syncz))
         .route("/debug/config_dump", get(config_dump))
+        .route("/debug/explain", get(explain))
         .route("/debug/configz", get(configz))
         .route("/debug/connections", get(connections))
         .with_state(state)
@@ -61,6 +63,7 @@ async fn index() -> Json<serde_json::Value> {
     Json(json!({
         "/debug/syncz": "per proxy and type: subscription, versions and nonces sent and acknowledged, last NACK",
         "/debug/config_dump?proxyID=ID": "what a connected proxy is given, in Envoy's config_dump shape",
+        "/debug/explain?proxyID=ID&port=N&host=H&path=P": "which listener, chain, route and cluster a request reaches through a connected proxy, and why (meshd explain's flags as parameters)",
         "/debug/configz": "configuration objects in force and every diagnostic",
         "/debug/connections": "connected proxies",
     }))
@@ -100,43 +103,137 @@ struct ProxyQuery {
     proxy_id: Option<String>,
 }
 
-async fn config_dump(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQuery>) -> Response {
-    let Some(id) = q.proxy_id.filter(|s| !s.is_empty()) else {
-        return (
+/// The connected proxy `id` names: the full node id, istioctl's `POD.NAMESPACE`, or a
+/// connection id; else the answer to send.
+fn connected(
+    state: &XdsState,
+    id: Option<&str>,
+    example: &str,
+) -> Result<Arc<Connection>, Response> {
+    let Some(id) = id.filter(|s| !s.is_empty()) else {
+        return Err((
             StatusCode::BAD_REQUEST,
-            "missing proxyID (hint: /debug/config_dump?proxyID=ID; /debug/connections lists ids)\n",
+            format!("missing proxyID (hint: {example}; /debug/connections lists ids)\n"),
         )
-            .into_response();
+            .into_response());
     };
     let conns = state.connections();
-    // istioctl passes `POD.NAMESPACE`; accept that, the full node id, or a connection id.
     let conn = conns.iter().find(|c| {
         c.proxy.id == id
             || c.conn_id == id
             || format!("{}.{}", c.proxy.pod, c.proxy.namespace) == id
     });
-    let Some(conn) = conn else {
-        let known: Vec<String> = conns.iter().map(|c| c.proxy.id.clone()).collect();
-        return (
-            StatusCode::NOT_FOUND,
-            format!(
-                "proxy {id} is not connected (connected: {})\n",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        )
-            .into_response();
+    match conn {
+        Some(c) => Ok(c.clone()),
+        None => {
+            let known: Vec<String> = conns.iter().map(|c| c.proxy.id.clone()).collect();
+            Err((
+                StatusCode::NOT_FOUND,
+                format!(
+                    "proxy {id} is not connected (connected: {})\n",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// `meshd explain` for a connected proxy: its own node (labels, metadata, certificate
+/// state) against the snapshot it is served from. Parameters are the CLI's flag names;
+/// `header=Name: value` may repeat.
+async fn explain(
+    State(state): State<Arc<XdsState>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let conn = match connected(
+        &state,
+        get("proxyID").as_deref(),
+        "/debug/explain?proxyID=ID&port=9080&host=reviews",
+    ) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut spec = serde_json::Map::new();
+    for (k, v) in &params {
+        match k.as_str() {
+            "proxyID" | "header" => {}
+            "port" => {
+                let Ok(p) = v.parse::<u16>() else {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("port {v:?} is not a port number\n"),
+                    )
+                        .into_response();
+                };
+                spec.insert("port".into(), json!(p));
+            }
+            _ => {
+                spec.insert(k.clone(), json!(v));
+            }
+        }
+    }
+    spec.insert(
+        "H".into(),
+        params
+            .iter()
+            .filter(|(k, _)| k == "header")
+            .map(|(_, v)| json!(v))
+            .collect(),
+    );
+    let spec: crate::explain::CallSpec = match serde_json::from_value(serde_json::Value::Object(
+        spec,
+    )) {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("{e} (hint: the parameters are meshd explain's flags: mode, address, port, protocol, tls, alpn, sni, host, path, method, header)\n"),
+            )
+                .into_response();
+        }
     };
     let snap = state.snapshot();
-    let res = translate::generate(&snap, &conn.proxy);
-    Json(translate::output::config_dump(
-        &res,
-        &snap.generation.to_string(),
-    ))
-    .into_response()
+    // Translation is CPU work: off the async threads.
+    let out = tokio::task::spawn_blocking(move || {
+        let res = translate::generate(&snap, &conn.proxy);
+        let mut v = crate::explain::explain(&snap, &conn.proxy, &res, None, &spec).to_json();
+        v["proxy"] = json!(conn.proxy.id);
+        v["generation"] = json!(snap.generation);
+        v
+    })
+    .await;
+    match out {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn config_dump(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQuery>) -> Response {
+    let conn = match connected(
+        &state,
+        q.proxy_id.as_deref(),
+        "/debug/config_dump?proxyID=ID",
+    ) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let snap = state.snapshot();
+    // Translation is CPU work: off the async threads.
+    let dump = tokio::task::spawn_blocking(move || {
+        let res = translate::generate(&snap, &conn.proxy);
+        translate::output::config_dump(&res, &snap.generation.to_string())
+    })
+    .await;
+    match dump {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn configz(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {

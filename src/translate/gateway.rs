@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, virtual_host::TlsRequirementType,
+    RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
 };
 use tracing::warn;
 
@@ -226,8 +226,8 @@ fn port_listener(
                 let route = s.https_route();
                 push(
                     &mut chains,
+                    // Unnamed, as istiod leaves them (EnvoyFilters match them by SNI).
                     FilterChain {
-                        name: route.clone(),
                         filter_chain_match: Some(tls_chain(s.sni())),
                         transport_socket: super::tls::gateway_server(ctx, tls, &HTTP_ALPN),
                         filters: vec![http_connection_manager(
@@ -301,6 +301,14 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
 
 /// Route configurations `http.PORT` (every plain HTTP server with that port number) and
 /// `https.PORT.PORTNAME.GATEWAY.NAMESPACE` (one HTTPS server).
+/// The port a gateway route configuration serves (`http.80`, `https.443.…`).
+fn port_of(name: &str) -> u16 {
+    name.split('.')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration> {
     let all = servers(ctx);
     let list: Vec<&GwServer> = if let Some(n) = name.strip_prefix("http.") {
@@ -327,14 +335,35 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
         let mut v =
             route::gateway_virtual_hosts(ctx, &s.gateway, &s.server.hosts, s.number, &mut claimed);
         if s.kind == Kind::Http && s.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
-            // Plain HTTP requests are answered with a redirect to https://.
+            // Plain HTTP requests are answered with a redirect to https://, for every
+            // host of the server, routed or not.
             for vh in &mut v {
                 vh.require_tls = TlsRequirementType::All as i32;
+            }
+            for h in &s.server.hosts {
+                let h = h.split_once('/').map_or(h.as_str(), |(_, h)| h);
+                if !claimed.insert(h.to_string()) {
+                    continue;
+                }
+                v.push(VirtualHost {
+                    name: naming::virtual_host(h, s.number),
+                    domains: route::gateway_domains(h),
+                    require_tls: TlsRequirementType::All as i32,
+                    ..Default::default()
+                });
             }
         }
         vhosts.extend(v);
     }
     route::dedup_domains(&mut vhosts);
+    if vhosts.is_empty() {
+        // Nothing routed here: one catch-all host without routes (404), as istiod.
+        vhosts.push(VirtualHost {
+            name: naming::virtual_host("blackhole", port_of(name)),
+            domains: vec!["*".into()],
+            ..Default::default()
+        });
+    }
     Some(RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vhosts,

@@ -823,7 +823,7 @@ fn service_domains(svc: &Service, client_ns: &str, domain_suffix: &str) -> Vec<S
 
 /// A gateway virtual host's domains, as istiod lists them: the host, and the host with
 /// any port (a client may send `Host: name:port`); `*` alone covers everything.
-fn gateway_domains(host: &str) -> Vec<String> {
+pub fn gateway_domains(host: &str) -> Vec<String> {
     if host == "*" {
         return vec!["*".into()];
     }
@@ -1208,21 +1208,31 @@ pub fn gateway_virtual_hosts(
         if !vs.gateways.iter().any(|g| g == gateway) {
             continue;
         }
-        // Server hosts may be `ns/host`; a VirtualService is selected by namespace and host.
-        let selected: Vec<&String> = vs
-            .hosts
-            .iter()
-            .filter(|h| {
-                server_hosts.iter().any(|sh| {
-                    let (ns, host_pat) = match sh.split_once('/') {
-                        Some((n, h)) => (if n == "." { gw_ns } else { n }, h),
-                        None => ("*", sh.as_str()),
-                    };
-                    (ns == "*" || ns == vs.key.namespace) && host::intersects(host_pat, h)
-                })
-            })
-            .collect();
-        for h in selected {
+        // Server hosts may be `ns/host`; a VirtualService is selected by namespace and
+        // host. Each (VirtualService host, server host) pair that intersects serves the
+        // narrower of the two: a `*` VirtualService behind a `foo.bar` server serves
+        // foo.bar only, never every Host.
+        let mut selected: Vec<String> = Vec::new();
+        for h in &vs.hosts {
+            for sh in server_hosts {
+                let (ns, host_pat) = match sh.split_once('/') {
+                    Some((n, h)) => (if n == "." { gw_ns } else { n }, h),
+                    None => ("*", sh.as_str()),
+                };
+                if !((ns == "*" || ns == vs.key.namespace) && host::intersects(host_pat, h)) {
+                    continue;
+                }
+                let narrower = if host::matches(h, host_pat) {
+                    host_pat.to_string()
+                } else {
+                    h.clone()
+                };
+                if !selected.contains(&narrower) {
+                    selected.push(narrower);
+                }
+            }
+        }
+        for h in &selected {
             if !claimed.insert(h.clone()) {
                 continue;
             }

@@ -12,7 +12,7 @@
 // simulation tests use) with the configuration read the way a real cluster names things:
 // Istio objects through crd.ParseInputs with domain cluster.local and namespace "default"
 // when absent (not FakeOptions.ConfigString, which leaves the domain empty), Kubernetes
-// objects (apiVersion v1, apps/*, discovery.k8s.io/*) through FakeOptions.KubernetesObjectString,
+// objects (apiVersion v1, apps/*, discovery.k8s.io/*, networking.k8s.io/*) through FakeOptions.KubernetesObjectString,
 // Gateway API objects (gateway.networking.k8s.io/*) through both, as TestSidecarRoutes does.
 // The proxy is built as Istio's tests build it and completed by SetupProxy.
 //
@@ -337,7 +337,7 @@ func setupCase(t *recFailer, c *simCase) (*xds.FakeDiscoveryServer, *model.Proxy
 			return nil, nil, fmt.Errorf("config: %v", err)
 		}
 		switch {
-		case h.APIVersion == "v1" || strings.HasPrefix(h.APIVersion, "apps/") || strings.HasPrefix(h.APIVersion, "discovery.k8s.io/"):
+		case h.APIVersion == "v1" || strings.HasPrefix(h.APIVersion, "apps/") || strings.HasPrefix(h.APIVersion, "discovery.k8s.io/") || strings.HasPrefix(h.APIVersion, "networking.k8s.io/"):
 			kube = append(kube, doc)
 		case strings.HasPrefix(h.APIVersion, "gateway.networking.k8s.io/"):
 			// Gateway API objects reach istiod through its gateway controller, which reads the
