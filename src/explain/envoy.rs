@@ -258,11 +258,11 @@ fn server_name_rank(sni: &str, name: &str) -> usize {
 
 /// One step of Envoy's sieve: among chains that set the criterion, keep the best-ranked
 /// matches; when none matches, keep the chains that do not set it.
-fn sieve<'r>(
-    chains: Vec<&'r ls::FilterChain>,
+fn sieve(
+    chains: Vec<&ls::FilterChain>,
     set: impl Fn(&ls::FilterChainMatch) -> bool,
     rank: impl Fn(&ls::FilterChainMatch) -> usize,
-) -> Vec<&'r ls::FilterChain> {
+) -> Vec<&ls::FilterChain> {
     let default = ls::FilterChainMatch::default();
     let m = |c: &ls::FilterChain| c.filter_chain_match.clone().unwrap_or(default.clone());
     if !chains.iter().any(|c| set(&m(c))) {
@@ -324,7 +324,7 @@ pub fn match_filter_chains<'r>(l: &'r ls::Listener, call: &Call) -> Vec<&'r ls::
     chains = sieve(
         chains,
         |m| !m.application_protocols.is_empty(),
-        |m| usize::from(m.application_protocols.iter().any(|p| *p == alpn)),
+        |m| usize::from(m.application_protocols.contains(&alpn)),
     );
     // Source criteria: the simulated client is remote (not the proxy itself).
     chains = sieve(
@@ -379,7 +379,7 @@ fn downstream_tls(fc: &ls::FilterChain) -> Option<tls::DownstreamTlsContext> {
     }
 }
 
-fn filter_config<'f>(f: &'f ls::Filter) -> Option<&'f Any> {
+fn filter_config(f: &ls::Filter) -> Option<&Any> {
     match &f.config_type {
         Some(ls::filter::ConfigType::TypedConfig(a)) => Some(a),
         _ => None,

@@ -425,8 +425,8 @@ impl Describer<'_> {
             };
             notes.push(format!("{key} {why}"));
         }
-        if notes.is_empty() {
-            if !self.snap.services.contains_key(&fqdn) {
+        if notes.is_empty() && !self.snap.services.contains_key(&fqdn) {
+            {
                 self.step(format!(
                     "no service or VirtualService is named {fqdn} (hint: check the host and namespace)"
                 ));

@@ -1109,7 +1109,7 @@ impl Builder {
                 None => self.diags.push(
                     obj.diag_warning(
                         "spec.ports",
-                        &format!("an ExternalName Service without ports is only an alias of a service in the mesh, and none is named {target}: ignored"),
+                        format!("an ExternalName Service without ports is only an alias of a service in the mesh, and none is named {target}: ignored"),
                     )
                     .hint("declare ports to route to an external name, or point it at a mesh service"),
                 ),

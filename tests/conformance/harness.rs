@@ -599,8 +599,14 @@ impl Envoy {
             cmd.gid(gid);
         }
         // No hot restart: its shared memory is not per network namespace, and tests
-        // running side by side would collide on it.
+        // running side by side would collide on it. Draining as istio-proxy drains
+        // (pilot-agent's flags): when a listener changes, clients of the old one are told
+        // to reconnect at once, so a new policy applies to pooled connections too.
         cmd.arg("-c").arg(&path).args([
+            "--drain-time-s",
+            "45",
+            "--drain-strategy",
+            "immediate",
             "--disable-hot-restart",
             "--base-id",
             &admin_port.to_string(),
@@ -824,6 +830,7 @@ pub fn https_post(
 /// A test certificate authority outside the mesh.
 pub struct TestCa {
     pub pem: String,
+    pub key_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -837,8 +844,36 @@ impl TestCa {
         let pem = p.self_signed(&key).expect("CA").pem();
         TestCa {
             pem,
+            key_pem: key.serialize_pem(),
             issuer: rcgen::Issuer::new(p, key),
         }
+    }
+
+    /// Writes this CA in istio's `cacerts` layout into `dir` (for `meshd serve --cacerts`):
+    /// meshd then signs workload certificates with it, and the test can make its own.
+    pub fn write_cacerts(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("cacerts dir");
+        for (name, text) in [
+            ("ca-cert.pem", &self.pem),
+            ("ca-key.pem", &self.key_pem),
+            ("root-cert.pem", &self.pem),
+            ("cert-chain.pem", &self.pem),
+        ] {
+            std::fs::write(dir.join(name), text).expect("write cacerts");
+        }
+    }
+
+    /// (certificate, key) of a workload identity: URI SAN `spiffe`.
+    pub fn workload(&self, spiffe: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(spiffe.to_string()).expect("URI"),
+        )];
+        let cert = p
+            .signed_by(&key, &self.issuer)
+            .expect("workload certificate");
+        (cert.pem(), key.serialize_pem())
     }
 
     /// (certificate, key) for `cn` with DNS names `sans`.

@@ -11,6 +11,7 @@ mod demo;
 mod destination_rules;
 mod egress_cidr;
 mod envoyfilter;
+mod explain_agreement;
 mod gateway_tls;
 mod grpc;
 mod harness;
