@@ -183,7 +183,11 @@ impl Describer<'_> {
             }
             return;
         };
-        let mut s = format!("filter chain {:?}", fc.name);
+        let mut s = if fc.name.is_empty() {
+            "filter chain (unnamed)".to_string()
+        } else {
+            format!("filter chain {}", fc.name)
+        };
         if walk.default_chain {
             s.push_str(" (the listener's default chain: no other chain matched)");
         }
@@ -299,6 +303,18 @@ impl Describer<'_> {
             return;
         };
         self.step(format!("route config {rc_name}, virtual host {}", vh.name));
+        if matches!(vh.name.as_str(), "allow_any" | "block_all") {
+            self.step(format!(
+                "host `{}` is no service's: the catch-all of outboundTrafficPolicy {}",
+                self.call.host,
+                if vh.name == "allow_any" {
+                    "ALLOW_ANY"
+                } else {
+                    "REGISTRY_ONLY"
+                }
+            ));
+            self.virtual_service_misses();
+        }
         if let Some((h, _)) = vh.name.rsplit_once(':')
             && let Some(svc) = self.snap.services.get(h)
         {
@@ -396,17 +412,20 @@ impl Describer<'_> {
                     self.call.host.as_str()
                 }
             });
-        let fqdn = if h.contains('.') {
-            h.to_string()
-        } else {
-            host::resolve(h, &self.proxy.namespace, &self.snap.mesh.domain_suffix)
+        let domain = &self.snap.mesh.domain_suffix;
+        let fqdn = match h.matches('.').count() {
+            0 => host::resolve(h, &self.proxy.namespace, domain),
+            // `name.namespace`, as Kubernetes DNS completes it.
+            1 => format!("{h}.svc.{domain}"),
+            _ => h.to_string(),
         };
         let mut notes = Vec::new();
         for vs in &self.snap.virtual_services {
             if !vs
                 .hosts
                 .iter()
-                .any(|p| host::matches(p, &fqdn) || host::matches(p, h))
+                // A `*` VirtualService (a gateway's catch-all) says nothing here.
+                .any(|p| p != "*" && (host::matches(p, &fqdn) || host::matches(p, h)))
             {
                 continue;
             }
@@ -426,11 +445,14 @@ impl Describer<'_> {
             notes.push(format!("{key} {why}"));
         }
         if notes.is_empty() && !self.snap.services.contains_key(&fqdn) {
-            {
-                self.step(format!(
-                    "no service or VirtualService is named {fqdn} (hint: check the host and namespace)"
-                ));
-            }
+            let hint = match fqdn.strip_suffix(&format!(".svc.{domain}")) {
+                Some(name_ns) => match name_ns.split_once('.') {
+                    Some((name, ns)) => format!("no Service {name} in namespace {ns}"),
+                    None => format!("no service is named {fqdn}"),
+                },
+                None => format!("no service or VirtualService is named {fqdn}"),
+            };
+            self.step(format!("{hint} (hint: check the host and its namespace)"));
         }
         for n in notes {
             self.step(n);
@@ -508,13 +530,35 @@ fn describe_match(m: Option<&rt::RouteMatch>) -> String {
     }];
     for h in &m.headers {
         parts.push(format!(
-            "header {}{}",
-            if h.invert_match { "!" } else { "" },
-            h.name
+            "header {}{}{}",
+            if h.invert_match { "not " } else { "" },
+            h.name,
+            header_value(h)
         ));
     }
     for q in &m.query_parameters {
         parts.push(format!("query {}", q.name));
     }
     parts.join(", ")
+}
+
+/// ` = value`, ` ~ prefix*`, … of a header matcher, for the explanation.
+#[allow(deprecated)]
+fn header_value(h: &rt::HeaderMatcher) -> String {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as P;
+    use rt::header_matcher::HeaderMatchSpecifier as S;
+    match &h.header_match_specifier {
+        Some(S::StringMatch(m)) => match &m.match_pattern {
+            Some(P::Exact(v)) => format!(" = {v}"),
+            Some(P::Prefix(v)) => format!(" starts with {v}"),
+            Some(P::Suffix(v)) => format!(" ends with {v}"),
+            Some(P::Contains(v)) => format!(" contains {v}"),
+            Some(P::SafeRegex(r)) => format!(" matches /{}/", r.regex),
+            _ => String::new(),
+        },
+        Some(S::ExactMatch(v)) => format!(" = {v}"),
+        Some(S::PresentMatch(true)) => " present".into(),
+        Some(S::PresentMatch(false)) => " absent".into(),
+        _ => String::new(),
+    }
 }
