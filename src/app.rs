@@ -225,6 +225,7 @@ fn explain(a: crate::cli::ExplainArgs) -> Result<ExitCode> {
                     headers: Default::default(),
                     header_lines: a.headers.clone(),
                     mtls_secret: None,
+                    principal: a.principal.clone(),
                 },
             )]
         }

@@ -232,6 +232,10 @@ pub struct ExplainArgs {
     /// Request header `Name: value` (repeatable).
     #[arg(short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// The caller's identity under mTLS (`spiffe://cluster.local/ns/NS/sa/SA`), for
+    /// AuthorizationPolicies; unknown when not given.
+    #[arg(long)]
+    pub principal: Option<String>,
     /// One JSON object per call.
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,7 @@
 pub mod call;
 pub mod envoy;
 pub mod provenance;
+pub mod rbac;
 
 use serde_json::{Value, json};
 
@@ -67,6 +68,8 @@ pub struct Outcome {
     pub objects: Vec<String>,
     /// The human explanation, one step per line.
     pub steps: Vec<String>,
+    /// What the chain's authorization decides: `allowed`, `denied` or `depends`, and why.
+    pub authorization: Option<(String, String)>,
 }
 
 /// Answers `spec` for `proxy`, whose generated resources are `res`.
@@ -134,6 +137,9 @@ impl Outcome {
         if let Some(a) = &self.action {
             v["action"] = json!(a);
         }
+        if let Some((verdict, why)) = &self.authorization {
+            v["authorization"] = json!({"verdict": verdict, "reason": why});
+        }
         v["explanation"] = json!(self.steps);
         v
     }
@@ -150,6 +156,16 @@ impl Outcome {
         }
         for step in &self.steps {
             s.push_str(&format!("  {step}\n"));
+        }
+        if let Some((verdict, _)) = &self.authorization
+            && verdict == "denied"
+        {
+            s.push_str("  => denied by authorization (403)");
+            if let Some(c) = &self.cluster {
+                s.push_str(&format!("; the route's cluster is {c}"));
+            }
+            s.push('\n');
+            return s;
         }
         match (&self.error, &self.cluster) {
             (Some(e), _) => s.push_str(&format!("  => {e}\n")),

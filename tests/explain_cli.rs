@@ -206,3 +206,89 @@ fn usage_and_unreadable_configuration_exit_2() {
         "{v}"
     );
 }
+
+/// An AuthorizationPolicy on reviews: only productpage's identity may GET /reviews*.
+#[test]
+fn authorization_verdicts_name_the_policy() {
+    let dir = ab_config("authz");
+    std::fs::write(
+        dir.join("authz.yaml"),
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/reviews*"]}}]
+"#,
+    )
+    .expect("write policy");
+    let verdict = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "--mode",
+            "inbound",
+            "--address",
+            "127.0.0.12",
+            "--port",
+            "9080",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .arg("explain")
+            .arg("--config-dir")
+            .arg(&dir)
+            .args([
+                "--proxy",
+                "sidecar~127.0.0.12~reviews-v1.default~default.svc.cluster.local",
+            ])
+            .args(["--label", "app=reviews", "--label", "version=v1"])
+            .args(&args)
+            .output()
+            .expect("explain");
+        let v: Value = serde_json::from_str(text(&out).trim()).expect("JSON");
+        assert_eq!(v["cluster"], "inbound|9080||", "{v}");
+        v["authorization"].clone()
+    };
+    let productpage = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+    let ok = verdict(&[
+        "--tls",
+        "mtls",
+        "--principal",
+        productpage,
+        "--path",
+        "/reviews/1",
+    ]);
+    assert_eq!(ok["verdict"], "allowed", "{ok}");
+    assert!(
+        ok["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("default/reviews-viewer rule 0"))
+    );
+    let other = verdict(&[
+        "--tls",
+        "mtls",
+        "--principal",
+        "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
+        "--path",
+        "/reviews/1",
+    ]);
+    assert_eq!(other["verdict"], "denied", "{other}");
+    let wrong_path = verdict(&[
+        "--tls",
+        "mtls",
+        "--principal",
+        productpage,
+        "--path",
+        "/admin",
+    ]);
+    assert_eq!(wrong_path["verdict"], "denied", "{wrong_path}");
+    // Plaintext has no peer identity at all.
+    let plain = verdict(&["--path", "/reviews/1"]);
+    assert_eq!(plain["verdict"], "denied", "{plain}");
+    // mTLS from an identity explain was not told: it depends on who calls.
+    let unknown = verdict(&["--tls", "mtls", "--path", "/reviews/1"]);
+    assert_eq!(unknown["verdict"], "depends", "{unknown}");
+}

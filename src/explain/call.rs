@@ -60,6 +60,8 @@ pub struct CallSpec {
     /// simulator's notion of "mTLS").
     #[serde(rename = "mtlsSecretConfigName")]
     pub mtls_secret: Option<String>,
+    /// The caller's identity under mTLS (`spiffe://…`), for AuthorizationPolicies.
+    pub principal: Option<String>,
 }
 
 /// A call with every default filled in.
@@ -79,6 +81,7 @@ pub struct Call {
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
     pub mtls_secret: String,
+    pub principal: Option<String>,
 }
 
 impl CallSpec {
@@ -151,6 +154,7 @@ impl CallSpec {
             method: self.method.clone().unwrap_or_else(|| "GET".into()),
             headers,
             mtls_secret: self.mtls_secret.clone().unwrap_or_else(|| "default".into()),
+            principal: self.principal.clone(),
         })
     }
 }

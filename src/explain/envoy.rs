@@ -240,6 +240,11 @@ fn cidr_bits(range: &core::CidrRange, addr: IpAddr) -> Option<u32> {
     contains.then_some(len)
 }
 
+/// Whether `addr` lies in the range.
+pub(crate) fn cidr_contains(range: &core::CidrRange, addr: IpAddr) -> bool {
+    cidr_bits(range, addr).is_some()
+}
+
 /// SNI `sni` against a chain's server name (`*.example.com` covers subdomains).
 fn server_name_rank(sni: &str, name: &str) -> usize {
     if sni.eq_ignore_ascii_case(name) {
@@ -460,7 +465,7 @@ fn regex_full_match(re: &str, value: &str) -> bool {
     regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(value))
 }
 
-fn string_matches(m: &matcher::StringMatcher, value: &str) -> bool {
+pub(crate) fn string_matches(m: &matcher::StringMatcher, value: &str) -> bool {
     use matcher::string_matcher::MatchPattern as P;
     let (v, fold) = if m.ignore_case {
         (value.to_ascii_lowercase(), true)
@@ -486,7 +491,7 @@ fn string_matches(m: &matcher::StringMatcher, value: &str) -> bool {
 
 // Envoy still honours the deprecated specifiers, and EnvoyFilter patches may use them.
 #[allow(deprecated)]
-fn header_matches(h: &rt::HeaderMatcher, call: &Call) -> bool {
+pub(crate) fn header_matches(h: &rt::HeaderMatcher, call: &Call) -> bool {
     use rt::header_matcher::HeaderMatchSpecifier as S;
     let value = call.header(&h.name);
     let value = match value {

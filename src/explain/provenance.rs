@@ -42,6 +42,7 @@ pub fn describe(
     }
     d.inbound_policy_step(walk);
     d.http_steps(walk);
+    d.authorization_step(walk);
     d.cluster_step(walk);
 }
 
@@ -269,6 +270,39 @@ impl Describer<'_> {
             ));
             self.object(k);
         }
+    }
+
+    /// What the chain's RBAC filters decide for the call.
+    fn authorization_step(&mut self, walk: &Walk) {
+        use super::rbac::Verdict;
+        let Some(fc) = walk.filter_chain else {
+            return;
+        };
+        if walk.failure.is_some() {
+            return;
+        }
+        let http = walk.route_config.is_some();
+        let (verdict, why) = match super::rbac::evaluate(fc, self.call, http) {
+            Verdict::Unchecked => return,
+            Verdict::Allowed(by) if by.is_empty() => {
+                ("allowed", "no DENY rule matches".to_string())
+            }
+            Verdict::Allowed(by) => ("allowed", format!("allowed by {}", by.join(", "))),
+            Verdict::Denied(why) => ("denied", why),
+            Verdict::Depends(why) => ("depends", why),
+        };
+        self.step(match verdict {
+            "denied" => format!(
+                "authorization: DENIED ({why}): Envoy {}",
+                if http {
+                    "answers 403"
+                } else {
+                    "closes the connection"
+                }
+            ),
+            _ => format!("authorization: {why}"),
+        });
+        self.out.authorization = Some((verdict.to_string(), why));
     }
 
     fn http_steps(&mut self, walk: &Walk) {
