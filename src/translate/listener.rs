@@ -196,6 +196,14 @@ pub fn http_connection_manager(
             ..Default::default()
         }],
         stream_idle_timeout: pb::secs(0),
+        // istiod's proxy headers default: inbound and gateway responses say
+        // `server: istio-envoy`; sidecar outbound keeps Envoy's own "envoy"
+        // (pilot/pkg/networking/util/proxy_headers.go).
+        server_name: if inbound || gateway {
+            "istio-envoy".into()
+        } else {
+            String::new()
+        },
         forward_client_cert_details: if inbound {
             hcm::http_connection_manager::ForwardClientCertDetails::AppendForward as i32
         } else {
@@ -1021,6 +1029,11 @@ fn inbound_chains(
         (true, Protocol::Tls) => Protocol::Tcp,
         (_, p) => p,
     };
+    let mode = match mode {
+        // PERMISSIVE needs the workload certificate to offer mTLS at all.
+        MtlsMode::PERMISSIVE if !ctx.proxy.mtls_ready => MtlsMode::DISABLE,
+        m => m,
+    };
     // The user's TLS applies only where mesh mTLS is off on the port (istiod: the two
     // would conflict); otherwise the port takes mesh mTLS as any other.
     if let Some(t) = ingress_tls.filter(|_| mode == MtlsMode::DISABLE) {
@@ -1047,11 +1060,6 @@ fn inbound_chains(
         PortClass::Http
     } else {
         PortClass::Tcp
-    };
-    let mode = match mode {
-        // PERMISSIVE needs the workload certificate to offer mTLS at all.
-        MtlsMode::PERMISSIVE if !ctx.proxy.mtls_ready => MtlsMode::DISABLE,
-        m => m,
     };
     let options = chain_options(mode, class);
     let chains = options
