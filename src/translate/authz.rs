@@ -147,15 +147,25 @@ fn jwt_metadata(path: &[&str], value: Value) -> Value {
     json!({"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": path, "value": value}})
 }
 
-/// A claim value may be a string or a list of strings: match either.
-fn list_or_string(values: &[String]) -> Value {
-    let matchers: Vec<Value> = values
+/// Any of `values`, as istiod's `StringOrMatcher`: one value is its matcher alone (Envoy
+/// wants at least two matchers in an `orMatch`).
+fn string_or(values: &[String]) -> Value {
+    let mut matchers: Vec<Value> = values
         .iter()
         .map(|v| json!({"stringMatch": string_match(v)}))
         .collect();
+    if matchers.len() == 1 {
+        return matchers.remove(0);
+    }
+    json!({"orMatch": {"valueMatchers": matchers}})
+}
+
+/// A claim value may be a string or a list of strings: match either.
+fn list_or_string(values: &[String]) -> Value {
+    let any = string_or(values);
     json!({"orMatch": {"valueMatchers": [
-        {"listMatch": {"oneOf": {"orMatch": {"valueMatchers": matchers.clone()}}}},
-        {"orMatch": {"valueMatchers": matchers}},
+        {"listMatch": {"oneOf": any.clone()}},
+        any,
     ]}})
 }
 
@@ -268,12 +278,8 @@ impl Attr {
             }
             AttrKind::EnvoyFilter(filter, path) => {
                 let path: Vec<Value> = path.iter().map(|k| json!({"key": k})).collect();
-                let matchers: Vec<Value> = values
-                    .iter()
-                    .map(|v| json!({"stringMatch": string_match(v)}))
-                    .collect();
                 Some(json!({"metadata": {"filter": filter, "path": path,
-                    "value": {"orMatch": {"valueMatchers": matchers}}}}))
+                    "value": string_or(values)}}))
             }
             _ => None,
         };

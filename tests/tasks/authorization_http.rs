@@ -191,13 +191,10 @@ fn wait_page(what: &str, ok: impl Fn(&HttpResponse) -> bool) -> HttpResponse {
 /// under the old listener (then closes, the listener draining). 20 in a row leave a
 /// connection to one of two pods unused with odds of 1 in a million.
 fn wait_denied(what: &str, f: impl Fn() -> std::io::Result<HttpResponse>) {
-    let mut streak = 0;
     wait_for(what, Duration::from_secs(20), || {
-        streak = match f() {
-            Ok(r) if r.status == 403 => streak + 1,
-            _ => 0,
-        };
-        (streak == 20).then_some(())
+        (0..20)
+            .all(|_| f().is_ok_and(|r| r.status == 403))
+            .then_some(())
     });
     assert_denied(f(), what);
 }
@@ -256,16 +253,23 @@ fn authorization_for_http_traffic() {
     mesh.config.write("allow-nothing.yaml", ALLOW_NOTHING);
     let page = wait_page("RBAC: access denied", |r| r.status == 403);
     assert_eq!(page.body, "RBAC: access denied");
-    // Every pod's sidecar takes the policy on its own time: wait for each to refuse.
+    // Every pod's sidecar refuses a client without a sidecar too.
     for w in [&PRODUCTPAGE, &DETAILS, &REVIEWS_V2, &REVIEWS_V3, &RATINGS] {
-        wait_denied(&format!("{} to refuse everyone", w.pod), || {
+        let plaintext = || {
             request(
                 &format!("{}:9080", w.ip),
                 "GET",
                 "/",
                 &[("Host", &format!("{}:9080", w.labels[0].1))],
             )
+        };
+        wait_for(w.pod, Duration::from_secs(20), || {
+            plaintext().ok().filter(|r| r.status == 403)
         });
+        assert_denied(
+            plaintext(),
+            &format!("{} to a client without identity", w.pod),
+        );
     }
     // Sidecar to sidecar, each pod of each destination.
     wait_denied("productpage to details", || {
