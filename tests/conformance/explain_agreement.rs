@@ -190,7 +190,7 @@ fn agree(tag: &str, file: &str, picks: &[usize]) -> usize {
         dir.write("client.pem", &cert),
         dir.write("client-key.pem", &key),
     );
-    let issuer = crate::ca::TokenIssuer::new("k1");
+    let issuer = crate::tokens::TokenIssuer::new("k1");
     let jwks = dir.write("jwks.json", &issuer.jwks);
     let meshd = Meshd::start(
         config.path(),

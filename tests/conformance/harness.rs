@@ -1039,8 +1039,8 @@ pub fn meshd_with_tokens(
     config: &Path,
     dir: &TempDir,
     http_port: u16,
-) -> (Meshd, crate::ca::TokenIssuer) {
-    let issuer = crate::ca::TokenIssuer::new("k1");
+) -> (Meshd, crate::tokens::TokenIssuer) {
+    let issuer = crate::tokens::TokenIssuer::new("k1");
     let jwks = dir.write("jwks.json", &issuer.jwks);
     let meshd = Meshd::start_on(
         config,

@@ -30,6 +30,8 @@ mod scripted;
 mod tcp;
 mod telemetry;
 mod timeouts;
+#[path = "../support/tokens.rs"]
+mod tokens;
 mod webhook;
 mod wildcard_hosts;
 mod workload_entries;

@@ -163,7 +163,7 @@ impl OneService {
         config.write("extra.yaml", extra);
         config.write(
             "sleep.yaml",
-            &crate::tcp::sleep(
+            &sleep(
                 "",
                 9080,
                 "HTTP",
@@ -177,7 +177,7 @@ impl OneService {
             .map(|(v, ip)| Scripted::start(&format!("{name}-{v}"), &format!("{ip}:9080")))
             .collect();
         let meshd = Meshd::start(config.path(), dir.path(), &[]);
-        let envoy = crate::tcp::start_sleep(&dir, &[("app", "sleep")]);
+        let envoy = start_sleep(&dir, &[("app", "sleep")]);
         let s = OneService {
             envoy,
             _meshd: meshd,
@@ -312,4 +312,38 @@ pub fn raw_line(addr: &str, line: &str) -> Result<String, String> {
         return Err("closed without an answer".into());
     }
     Ok(String::from_utf8_lossy(&out).trim_end().to_string())
+}
+
+/// The `sleep` client: its pod at 127.0.0.40 (extra `labels`, YAML flow entries) and a
+/// Sidecar with one egress listener bound for real on `bind` (no iptables here);
+/// `policy` adds Sidecar spec lines.
+pub(crate) fn sleep(
+    labels: &str,
+    port: u16,
+    protocol: &str,
+    bind: &str,
+    hosts: &str,
+    policy: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: sleep, namespace: default, labels: {{app: sleep{labels}}}}}\nspec: {{containers: [{{name: sleep, image: curl}}]}}\nstatus: {{phase: Running, podIP: 127.0.0.40}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: sleep, namespace: default}}\nspec:\n  workloadSelector: {{labels: {{app: sleep}}}}\n{policy}  egress:\n  - port: {{number: {port}, protocol: {protocol}, name: {}}}\n    bind: {bind}\n    captureMode: NONE\n    hosts: [\"{hosts}\"]\n",
+        protocol.to_ascii_lowercase()
+    )
+}
+
+/// The sleep client's Envoy (its node labels as given).
+pub(crate) fn start_sleep(dir: &crate::harness::TempDir, labels: &[(&str, &str)]) -> crate::harness::Envoy {
+    use crate::harness::{Envoy, EnvoyOpts, NodeSpec};
+    Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.40",
+            pod: "sleep",
+            namespace: "default",
+            labels,
+            service_account: "sleep",
+        },
+        &EnvoyOpts::default(),
+        dir.path(),
+    )
 }

@@ -5,38 +5,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// The `sleep` client: its pod at 127.0.0.40 (extra `labels`, YAML flow entries) and a
-/// Sidecar with one egress listener bound for real on `bind` (no iptables here);
-/// `policy` adds Sidecar spec lines.
-pub(crate) fn sleep(
-    labels: &str,
-    port: u16,
-    protocol: &str,
-    bind: &str,
-    hosts: &str,
-    policy: &str,
-) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: sleep, namespace: default, labels: {{app: sleep{labels}}}}}\nspec: {{containers: [{{name: sleep, image: curl}}]}}\nstatus: {{phase: Running, podIP: 127.0.0.40}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: sleep, namespace: default}}\nspec:\n  workloadSelector: {{labels: {{app: sleep}}}}\n{policy}  egress:\n  - port: {{number: {port}, protocol: {protocol}, name: {}}}\n    bind: {bind}\n    captureMode: NONE\n    hosts: [\"{hosts}\"]\n",
-        protocol.to_ascii_lowercase()
-    )
-}
-
-/// The sleep client's Envoy (its node labels as given).
-pub(crate) fn start_sleep(dir: &TempDir, labels: &[(&str, &str)]) -> Envoy {
-    Envoy::start_with(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.40",
-            pod: "sleep",
-            namespace: "default",
-            labels,
-            service_account: "sleep",
-        },
-        &EnvoyOpts::default(),
-        dir.path(),
-    )
-}
+use crate::scripted::{sleep, start_sleep};
 
 const WORKLOADS: &str = r#"
 apiVersion: v1

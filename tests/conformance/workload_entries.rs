@@ -81,7 +81,7 @@ fn workload_entries_are_endpoints_of_services_and_service_entries() {
     config.write("config.yaml", CONFIG);
     config.write(
         "sleep.yaml",
-        &crate::tcp::sleep("", 9080, "HTTP", "127.0.0.1", "*/*", ""),
+        &crate::scripted::sleep("", 9080, "HTTP", "127.0.0.1", "*/*", ""),
     );
     let _pods = Backends::start(
         &[("reviews-v1", "127.0.0.51"), ("reviews-vm", "127.0.0.52")],
@@ -89,7 +89,7 @@ fn workload_entries_are_endpoints_of_services_and_service_entries() {
     );
     let _vm = Backends::start(&[("legacy-1", "127.0.0.53")], 9081);
     let _meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let client = crate::tcp::start_sleep(&dir, &[("app", "sleep")]);
+    let client = crate::scripted::start_sleep(&dir, &[("app", "sleep")]);
     wait_for(
         "the VM behind the ServiceEntry",
         Duration::from_secs(20),

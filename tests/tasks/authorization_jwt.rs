@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use crate::ca::TokenIssuer;
 use crate::harness::*;
 use crate::secure_mesh::*;
+use crate::tokens::TokenIssuer;
 
 const HTTPBIN: Workload = Workload {
     pod: "httpbin",

@@ -7,9 +7,6 @@ mod authorization_http;
 mod authorization_jwt;
 mod authorization_tcp;
 // Support shared with the conformance suite: each task uses only part of it.
-#[path = "../conformance/ca.rs"]
-#[allow(dead_code)]
-mod ca;
 mod circuit_breaking;
 mod egress;
 mod fault_injection;
@@ -28,9 +25,8 @@ mod request_timeouts;
 #[allow(dead_code)]
 mod scripted;
 mod secure_mesh;
-#[path = "../conformance/tcp.rs"]
-#[allow(dead_code)]
-mod tcp;
 mod tcp_traffic_shifting;
+#[path = "../support/tokens.rs"]
+mod tokens;
 mod traffic_apps;
 mod traffic_shifting;

@@ -12,7 +12,7 @@ use crate::traffic_apps::{Answer, HttpApp, Request, httpbin, kubectl_apply, pods
 
 /// The task's "Before you begin": httpbin-v1 and httpbin-v2 (gunicorn on port 80) and the
 /// httpbin Service (port 8000 → 80). The sleep client's Deployment is replaced by its pod
-/// and a Sidecar in [`crate::tcp::sleep`].
+/// and a Sidecar in [`crate::scripted::sleep`].
 const HTTPBIN: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -162,7 +162,7 @@ fn mirroring_copies_every_request_to_v2() {
     );
     config.write(
         "sleep.yaml",
-        &crate::tcp::sleep("", 8000, "HTTP", "127.0.0.1", "./*", ""),
+        &crate::scripted::sleep("", 8000, "HTTP", "127.0.0.1", "./*", ""),
     );
     kubectl_apply(&config, ALL_V1);
     let v1 = HttpApp::start("127.0.0.21:80", httpbin);
@@ -180,7 +180,7 @@ fn mirroring_copies_every_request_to_v2() {
         }
     });
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let sleep = crate::tcp::start_sleep(&dir, &[("app", "sleep")]);
+    let sleep = crate::scripted::start_sleep(&dir, &[("app", "sleep")]);
     wait_for(
         "httpbin through the sidecar",
         Duration::from_secs(20),

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::ca::TokenIssuer;
 use crate::harness::*;
+use crate::tokens::TokenIssuer;
 
 /// One pod of a task.
 pub struct Workload {
