@@ -81,7 +81,8 @@ fn reviews_timeout_cuts_the_ratings_delay_short() {
     });
     let page = b.page(None);
     assert_eq!(page.get("stars"), "black", "{page:?}");
-    assert!(page.took < Duration::from_secs(1), "{page:?}");
+    // Well under the 2 s delay of the next step (the bound leaves room for a loaded CI).
+    assert!(page.took < Duration::from_millis(1900), "{page:?}");
 
     // Step 2: a 2 s delay on ratings. "You should see the Bookinfo application working
     // normally (with ratings stars displayed), but there is a 2 second delay".
@@ -98,7 +99,7 @@ fn reviews_timeout_cuts_the_ratings_delay_short() {
         "{page:?}"
     );
     assert!(
-        page.took >= Duration::from_millis(2000) && page.took < Duration::from_millis(2900),
+        page.took >= Duration::from_millis(2000) && page.took < Duration::from_millis(3000),
         "the page comes after the 2 s delay: {:?}",
         page.took
     );
@@ -115,7 +116,7 @@ fn reviews_timeout_cuts_the_ratings_delay_short() {
         let (status, took) = reviews(&b);
         assert_eq!(status, 504, "reviews times out ({took:?})");
         assert!(
-            took >= Duration::from_millis(480) && took < Duration::from_millis(1000),
+            took >= Duration::from_millis(480) && took < Duration::from_millis(1900),
             "504 after about 0.5 s, not 2 s: {took:?}"
         );
     }
@@ -124,7 +125,7 @@ fn reviews_timeout_cuts_the_ratings_delay_short() {
     let page = b.page(None);
     assert_eq!(page.get("reviews"), REVIEWS_UNAVAILABLE, "{page:?}");
     assert!(
-        page.took >= Duration::from_millis(960) && page.took < Duration::from_millis(1800),
+        page.took >= Duration::from_millis(960) && page.took < Duration::from_millis(1950),
         "two tries of 0.5 s: {:?}",
         page.took
     );
