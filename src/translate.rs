@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod cluster;
 pub mod context;
+pub mod dfp;
 pub mod endpoint;
 pub mod envoyfilter;
 pub mod gateway;

@@ -6,7 +6,21 @@
 //!     server; one VirtualService change; time until each has the new routes and ACKed
 //!     them (p50/p99); peak RSS of the process.
 //!
+//! Side by side (`--vs-istiod`, src/bin/bench/vs_istiod.rs): the same mesh in a real API
+//!     server, served by istiod and by meshd in turn to the same simulated proxies (and
+//!     `--envoys E` real Envoys): memory per proxy, convergence of one change, CPU seconds.
+//!
 //! `meshd-bench --services 1000 --services 10000 --clients 1000` (use a release build).
+//! `meshd-bench --vs-istiod --services 1000 --clients 300 --envoys 20`.
+
+#[path = "bench/ads_client.rs"]
+mod ads_client;
+#[path = "bench/envoys.rs"]
+mod envoys;
+#[path = "bench/http.rs"]
+mod http;
+#[path = "bench/vs_istiod.rs"]
+mod vs_istiod;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +54,13 @@ struct Args {
     services: Vec<usize>,
     clients: usize,
     b2_services: usize,
+    vs_istiod: bool,
+    envoys: usize,
+    classes: usize,
+    order: Vec<vs_istiod::Kind>,
+    timeout: u64,
+    keep: bool,
+    clients_given: bool,
 }
 
 fn parse_args() -> Args {
@@ -48,6 +69,13 @@ fn parse_args() -> Args {
         services: vec![],
         clients: 1000,
         b2_services: 1000,
+        vs_istiod: false,
+        envoys: 0,
+        classes: 50,
+        order: vec![vs_istiod::Kind::Istiod, vs_istiod::Kind::Meshd],
+        timeout: 120,
+        keep: false,
+        clients_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -58,14 +86,36 @@ fn parse_args() -> Args {
         };
         match arg.as_str() {
             "--services" => a.services.push(num("--services")),
-            "--clients" => a.clients = num("--clients"),
+            "--clients" => {
+                a.clients = num("--clients");
+                a.clients_given = true;
+            }
+            "--vs-istiod" => a.vs_istiod = true,
+            "--envoys" => a.envoys = num("--envoys"),
+            "--classes" => a.classes = num("--classes"),
+            "--timeout" => a.timeout = num("--timeout") as u64,
+            "--keep" => a.keep = true,
+            "--order" => {
+                let v = it.next().unwrap_or_default();
+                a.order = v
+                    .split(',')
+                    .map(|k| {
+                        vs_istiod::Kind::parse(k)
+                            .unwrap_or_else(|| panic!("--order takes istiod,meshd (or one)"))
+                    })
+                    .collect();
+            }
             "--b2-services" => a.b2_services = num("--b2-services"),
             "--runs" => a.runs = num("--runs"),
             other => panic!("unknown argument {other}; see the source for usage"),
         }
     }
     if a.services.is_empty() {
-        a.services = vec![1000, 10000];
+        a.services = if a.vs_istiod {
+            vec![1000]
+        } else {
+            vec![1000, 10000]
+        };
     }
     if a.b2_services > *a.services.iter().max().unwrap_or(&1000) {
         a.b2_services = *a.services.iter().max().unwrap_or(&1000);
@@ -518,6 +568,28 @@ async fn b2_clients(addr: String, m: usize, classes: usize) {
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--vs-client") {
+        let get = |flag: &str, default: usize| {
+            argv.iter()
+                .position(|a| a == flag)
+                .and_then(|i| argv.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(ads_client::run(
+            argv.get(2).cloned().unwrap_or_default(),
+            get("--clients", 100),
+            get("--classes", 50),
+            get("--weight", 85) as u32,
+            Duration::from_secs(get("--sync-timeout", 900) as u64),
+            Duration::from_secs(get("--timeout", 120) as u64),
+        ));
+        return;
+    }
     if argv.get(1).map(String::as_str) == Some("--b2-client") {
         let addr = argv.get(2).cloned().unwrap_or_default();
         let get = |flag: &str, default: usize| {
@@ -539,6 +611,27 @@ fn main() {
         return;
     }
     let args = parse_args();
+    if args.vs_istiod {
+        let opts = vs_istiod::Opts {
+            services: args.services.last().copied().unwrap_or(1000),
+            clients: if args.clients_given {
+                args.clients
+            } else {
+                200
+            },
+            envoys: args.envoys,
+            classes: args.classes,
+            order: args.order,
+            timeout: Duration::from_secs(args.timeout),
+            sync_timeout: Duration::from_secs(900),
+            keep: args.keep,
+        };
+        if let Err(e) = vs_istiod::main(opts) {
+            eprintln!("meshd-bench --vs-istiod: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     println!(
         "meshd-bench ({} build), {} CPUs",
         if cfg!(debug_assertions) {

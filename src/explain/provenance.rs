@@ -240,10 +240,7 @@ impl Describer<'_> {
         match src {
             Some(k) => {
                 let k = k.to_string();
-                self.step(format!(
-                    "PeerAuthentication {k}: mode {mode:?} on port {}",
-                    self.call.port
-                ));
+                self.step(format!("{k}: mode {mode:?} on port {}", self.call.port));
                 self.object(k);
             }
             None => self.step(format!(

@@ -766,7 +766,7 @@ api_enum! {
 }
 
 api_enum! {
-    pub enum OutboundTrafficMode { REGISTRY_ONLY, ALLOW_ANY }
+    pub enum OutboundTrafficMode { REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS }
 }
 
 api! {

@@ -58,6 +58,9 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     // A gateway forwards only to what its routes name: no way out of the mesh (as istiod).
     if ctx.proxy.kind == ProxyKind::Sidecar {
         out.push(passthrough(ctx));
+        if super::dfp::enabled(ctx) {
+            out.push(super::dfp::cluster(ctx));
+        }
     }
     if ctx.proxy.kind == ProxyKind::Sidecar && ctx.intercepted() {
         out.push(inbound_passthrough(ctx));

@@ -176,6 +176,11 @@ pub fn http_connection_manager(
             } else {
                 Vec::new()
             };
+            // ALLOW_ANY_DYNAMIC_DNS: every outbound manager may route an unknown host to
+            // the dynamic forward proxy cluster, which needs this filter's lookup first.
+            if !inbound && !gateway && super::dfp::enabled(ctx) {
+                f.push(super::dfp::http_filter(ctx));
+            }
             f.extend([
                 http_filter(route::CORS_FILTER, &cors::Cors::default()),
                 http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
@@ -303,7 +308,7 @@ fn is_tls(p: Protocol) -> bool {
 /// (through the Sidecar's `egressProxy` when it names one).
 fn unknown_destination(ctx: &ProxyContext) -> super::tcp::Targets {
     let c = match ctx.scope.outbound_policy {
-        OutboundTrafficMode::ALLOW_ANY => {
+        OutboundTrafficMode::ALLOW_ANY | OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS => {
             route::egress_proxy_cluster(ctx).unwrap_or_else(|| naming::PASSTHROUGH.to_string())
         }
         OutboundTrafficMode::REGISTRY_ONLY => naming::BLACKHOLE.to_string(),
@@ -875,7 +880,10 @@ fn virtual_outbound(ctx: &ProxyContext) -> Listener {
     let egress = route::egress_proxy_cluster(ctx);
     let fallback = match (ctx.scope.outbound_policy, &egress) {
         (OutboundTrafficMode::ALLOW_ANY, Some(c)) => c.as_str(),
-        (OutboundTrafficMode::ALLOW_ANY, None) => naming::PASSTHROUGH,
+        (OutboundTrafficMode::ALLOW_ANY | OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS, None) => {
+            naming::PASSTHROUGH
+        }
+        (OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS, Some(c)) => c.as_str(),
         (OutboundTrafficMode::REGISTRY_ONLY, _) => naming::BLACKHOLE,
     };
     let mut l = listener(
@@ -902,6 +910,13 @@ fn virtual_outbound(ctx: &ProxyContext) -> Listener {
             ..Default::default()
         },
     ];
+    if super::dfp::enabled(ctx) {
+        // Plaintext HTTP to an address no listener claims: by its Host header, through
+        // the dynamic forward proxy (the HTTP inspector tells HTTP from the rest).
+        l.filter_chains
+            .insert(1, super::dfp::virtual_outbound_chain(ctx));
+        l.listener_filters.push(http_inspector());
+    }
     // Hand connections to the listener for their original destination port.
     l.use_original_dst = pb::boolv(true);
     l

@@ -6,15 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const PODS: [(&str, &str); 6] = [
-    ("productpage-v1", "127.0.0.10"),
-    ("details-v1", "127.0.0.11"),
-    ("reviews-v1", "127.0.0.12"),
-    ("reviews-v2", "127.0.0.13"),
-    ("reviews-v3", "127.0.0.14"),
-    ("ratings-v1", "127.0.0.15"),
-];
-
 /// The address productpage's Envoy binds for outbound calls (Sidecar egress, captureMode NONE).
 const EGRESS: &str = "127.0.0.1:9080";
 
@@ -54,7 +45,7 @@ impl Bookinfo {
             "destination-rule-all.yaml",
         );
         config.copy_from(virtual_service, "virtual-service.yaml");
-        let backends = Backends::start(&PODS, 9080);
+        let backends = Backends::start(&BOOKINFO_PODS, 9080);
         let meshd = Meshd::start(config.path(), dir.path(), &[]);
         let envoy = Envoy::start(
             &NodeSpec {
@@ -375,21 +366,9 @@ fn ingress_gateway_routes_productpage() {
         config.copy_from(&repo().join("examples/bookinfo").join(f), f);
     }
     config.copy_from(&networking("bookinfo-gateway.yaml"), "gateway.yaml");
-    let _backends = Backends::start(&PODS, 9080);
+    let _backends = Backends::start(&BOOKINFO_PODS, 9080);
     let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
-    let envoy = Envoy::start(
-        &NodeSpec {
-            kind: "router",
-            ip: "127.0.0.20",
-            pod: "istio-ingressgateway-1",
-            namespace: "istio-system",
-            labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
-            service_account: "istio-ingressgateway-service-account",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    let envoy = Envoy::start(&INGRESS_GATEWAY, Ads::Delta, 15000, dir.path());
     let r = wait_for("gateway route", Duration::from_secs(10), || {
         http_get(
             "127.0.0.1:8080",

@@ -106,14 +106,7 @@ struct Setup {
 
 impl Setup {
     fn start() -> Option<Setup> {
-        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
-            return None;
-        }
-        if !isolate() {
-            return None;
-        }
-        let dir = TempDir::new("gwtls");
-        let config = TempDir::new("gwtls-config");
+        let (dir, config) = envoy_test("gwtls")?;
         for f in ["services.yaml", "pods.yaml", "destination-rules.yaml"] {
             config.copy_from(&repo().join("examples/bookinfo").join(f), f);
         }
@@ -142,31 +135,8 @@ impl Setup {
         let backends = Backends::start(&PODS, 9080);
         // The gateway wants 8080: meshd's debug port moves.
         let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
-        let gateway = Envoy::start_with(
-            &NodeSpec {
-                kind: "router",
-                ip: "127.0.0.20",
-                pod: "istio-ingressgateway-1",
-                namespace: "istio-system",
-                labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
-                service_account: "istio-ingressgateway-service-account",
-            },
-            &EnvoyOpts {
-                // Credentials come over SDS, only to an authenticated gateway.
-                xds: Xds::Tls {
-                    root: dir.path().join("ca/root-cert.pem"),
-                    token: issuer.token(
-                        "istio-system",
-                        "istio-ingressgateway-service-account",
-                        "istio-ca",
-                        3600,
-                        "k1",
-                    ),
-                },
-                ..Default::default()
-            },
-            dir.path(),
-        );
+        // Credentials come over SDS, only to an authenticated gateway.
+        let gateway = start_ingress_gateway(&dir, &issuer);
         Some(Setup {
             meshd,
             gateway,
@@ -202,12 +172,7 @@ impl Setup {
             .filter(|(_, v)| *v > 0)
             .collect();
         assert!(bad.is_empty(), "{bad:?}\n{}", self.gateway.proc.log_text());
-        let sync = self.meshd.get_json("/debug/syncz");
-        for conn in sync.as_array().expect("list") {
-            for (ty, st) in conn["types"].as_object().expect("types") {
-                assert_eq!(st["nacks"], 0, "{ty} NACKed: {st}");
-            }
-        }
+        self.meshd.assert_no_nacks();
     }
 }
 

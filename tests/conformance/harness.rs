@@ -10,9 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
@@ -185,8 +187,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
+    /// Lower-case names.
     pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// GET over a fresh connection (no pooling: each request is balanced anew).
@@ -234,11 +246,193 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
     })
 }
 
+/// A TCP server on `addr` (`what` names it when the address is taken): every connection
+/// it accepts, in blocking mode, goes to `conn` on the accepting thread until the server
+/// is dropped. (A `conn` that spawns a thread serves connections side by side.)
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(what: &str, addr: &str, mut conn: impl FnMut(TcpStream) + Send + 'static) -> Server {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("{what} on {addr}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        conn(s);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request an [`HttpApp`] got (its access log line).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer: status, extra headers, body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn ok(body: impl Into<String>) -> Answer {
+        Answer {
+            status: 200,
+            headers: vec![],
+            body: body.into(),
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&Request) -> Answer + Send + Sync>;
+
+/// An HTTP/1.1 application (keep-alive, a thread per connection so a slow answer never
+/// holds up another request) that answers with `handler` and logs every request it got.
+pub struct HttpApp {
+    log: Arc<Mutex<Vec<Request>>>,
+    _server: Server,
+}
+
+impl HttpApp {
+    pub fn start(
+        addr: &str,
+        handler: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> HttpApp {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let log2 = log.clone();
+        let server = Server::start("app", addr, move |s| {
+            let (log, handler) = (log2.clone(), handler.clone());
+            std::thread::spawn(move || serve_http(s, &log, &handler));
+        });
+        HttpApp {
+            log,
+            _server: server,
+        }
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.log.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+fn serve_http(mut s: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        buf.drain(..end + 4);
+        let mut lines = head.lines();
+        let first = lines.next().unwrap_or("");
+        let mut words = first.split_whitespace();
+        let method = words.next().unwrap_or("GET").to_string();
+        let path = words.next().unwrap_or("/").to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let req = Request {
+            method,
+            path,
+            headers,
+        };
+        // A body, if any, is read and ignored.
+        let len: usize = req
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..len);
+        if let Ok(mut l) = log.lock() {
+            l.push(req.clone());
+        }
+        let answer = handler(&req);
+        let mut resp = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n",
+            answer.status,
+            answer.body.len()
+        );
+        for (k, v) in &answer.headers {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        resp.push_str(&answer.body);
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+        if req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            return;
+        }
+    }
+}
+
 /// HTTP backends, one per pod address: each answers with `NAME` (the pod name) and
 /// echoes the request headers it got as `x-seen-*` response headers.
 pub struct Backends {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    _servers: Vec<Server>,
 }
 
 impl Backends {
@@ -248,64 +442,44 @@ impl Backends {
     }
 
     pub fn start(pods: &[(&str, &str)], port: u16) -> Backends {
-        use std::net::TcpListener;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (name, ip) in pods {
-            let l = TcpListener::bind((*ip, port))
-                .unwrap_or_else(|e| panic!("backend {name} on {ip}:{port}: {e}"));
-            l.set_nonblocking(true).expect("nonblocking");
-            let name = name.to_string();
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                            let mut buf = Vec::new();
-                            let mut chunk = [0u8; 4096];
-                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                                match s.read(&mut chunk) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                                }
+        let servers = pods
+            .iter()
+            .map(|(name, ip)| {
+                let name = name.to_string();
+                Server::start(
+                    &format!("backend {name}"),
+                    &format!("{ip}:{port}"),
+                    move |mut s| {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
-                            let req = String::from_utf8_lossy(&buf);
-                            let mut extra = String::new();
-                            for line in req.lines().skip(1) {
-                                if let Some((k, v)) = line.split_once(':') {
-                                    extra.push_str(&format!(
-                                        "x-seen-{}: {}\r\n",
-                                        k.trim().to_ascii_lowercase(),
-                                        v.trim()
-                                    ));
-                                }
+                        }
+                        let req = String::from_utf8_lossy(&buf);
+                        let mut extra = String::new();
+                        for line in req.lines().skip(1) {
+                            if let Some((k, v)) = line.split_once(':') {
+                                extra.push_str(&format!(
+                                    "x-seen-{}: {}\r\n",
+                                    k.trim().to_ascii_lowercase(),
+                                    v.trim()
+                                ));
                             }
-                            let resp = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{extra}connection: close\r\n\r\n{name}",
-                                name.len()
-                            );
-                            let _ = s.write_all(resp.as_bytes());
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(2));
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        Backends { stop, threads }
-    }
-}
-
-impl Drop for Backends {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{extra}connection: close\r\n\r\n{name}",
+                            name.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes());
+                    },
+                )
+            })
+            .collect();
+        Backends { _servers: servers }
     }
 }
 
@@ -373,6 +547,16 @@ impl Meshd {
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
     }
+
+    /// No proxy NACKed anything meshd sent it.
+    pub fn assert_no_nacks(&self) {
+        let sync = self.get_json("/debug/syncz");
+        for conn in sync.as_array().expect("list") {
+            for (ty, st) in conn["types"].as_object().expect("types") {
+                assert_eq!(st["nacks"], 0, "{ty} NACKed: {st}");
+            }
+        }
+    }
 }
 
 /// How the Envoy talks to meshd.
@@ -406,6 +590,26 @@ impl NodeSpec<'_> {
         )
     }
 }
+
+/// Istio's ingress gateway as `istioctl install` deploys it, its pod at 127.0.0.20.
+pub const INGRESS_GATEWAY: NodeSpec<'static> = NodeSpec {
+    kind: "router",
+    ip: "127.0.0.20",
+    pod: "istio-ingressgateway-1",
+    namespace: "istio-system",
+    labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
+    service_account: "istio-ingressgateway-service-account",
+};
+
+/// The pod addresses of examples/bookinfo (and of the Bookinfo stand-ins of the tasks).
+pub const BOOKINFO_PODS: [(&str, &str); 6] = [
+    ("productpage-v1", "127.0.0.10"),
+    ("details-v1", "127.0.0.11"),
+    ("reviews-v1", "127.0.0.12"),
+    ("reviews-v2", "127.0.0.13"),
+    ("reviews-v3", "127.0.0.14"),
+    ("ratings-v1", "127.0.0.15"),
+];
 
 /// How an Envoy reaches meshd.
 #[derive(Debug, Clone)]
@@ -671,8 +875,7 @@ impl StaticServer {
 /// certificate or `none`). With `require_client_cert` it refuses callers without a
 /// certificate signed by `client_ca`.
 pub struct TlsBackend {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Server,
 }
 
 impl TlsBackend {
@@ -684,8 +887,6 @@ impl TlsBackend {
         require_client_cert: bool,
     ) -> TlsBackend {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-        use std::net::TcpListener;
-        use std::sync::Arc;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -714,71 +915,44 @@ impl TlsBackend {
                 .with_single_cert(certs, key)
                 .expect("server config"),
         );
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("TLS backend on {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
-                            continue;
-                        };
-                        let mut tls = rustls::StreamOwned::new(conn, s);
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 4096];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match tls.read(&mut chunk) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        if buf.is_empty() {
-                            continue; // the handshake failed
-                        }
-                        let sni = tls.conn.server_name().unwrap_or("none").to_string();
-                        let client = tls
-                            .conn
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| {
-                                let (_, x) = x509_parser::parse_x509_certificate(c).ok()?;
-                                let cn = x.subject().iter_common_name().next()?;
-                                Some(cn.as_str().ok()?.to_string())
-                            })
-                            .unwrap_or_else(|| "none".into());
-                        let body = format!("sni={sni} client={client}");
-                        let resp = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = tls.write_all(resp.as_bytes());
-                        tls.conn.send_close_notify();
-                        let _ = tls.flush();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
+        let server = Server::start("TLS backend", addr, move |s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                return;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
+            if buf.is_empty() {
+                return; // the handshake failed
+            }
+            let sni = tls.conn.server_name().unwrap_or("none").to_string();
+            let client = tls
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| {
+                    let (_, x) = x509_parser::parse_x509_certificate(c).ok()?;
+                    let cn = x.subject().iter_common_name().next()?;
+                    Some(cn.as_str().ok()?.to_string())
+                })
+                .unwrap_or_else(|| "none".into());
+            let body = format!("sni={sni} client={client}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(resp.as_bytes());
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
         });
-        TlsBackend {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        TlsBackend { _server: server }
     }
 }
 
@@ -1054,17 +1228,46 @@ pub fn meshd_with_tokens(
 /// A sidecar Envoy run as istio-proxy runs under iptables: REDIRECT interception, group
 /// [`PROXY_GID`], plain ADS; pair it with [`intercept_outbound`] / [`intercept_inbound`].
 pub fn intercepted_sidecar(dir: &TempDir, ip: &str, pod: &str, labels: &[(&str, &str)]) -> Envoy {
+    intercepted_sidecar_in(dir, "default", ip, pod, labels)
+}
+
+/// [`intercepted_sidecar`] of a pod in `namespace` (its service account named as the pod).
+pub fn intercepted_sidecar_in(
+    dir: &TempDir,
+    namespace: &str,
+    ip: &str,
+    pod: &str,
+    labels: &[(&str, &str)],
+) -> Envoy {
     Envoy::start_with(
         &NodeSpec {
             kind: "sidecar",
             ip,
             pod,
-            namespace: "default",
+            namespace,
             labels,
             service_account: pod,
         },
         &EnvoyOpts {
             gid: Some(PROXY_GID),
+            ..Default::default()
+        },
+        dir.path(),
+    )
+}
+
+/// The [`INGRESS_GATEWAY`] of a meshd from [`meshd_with_tokens`] (logs in `dir`): it gets
+/// credentials over SDS, so it talks to meshd on 15012 with its service-account token
+/// from `issuer`, as istio-proxy does.
+pub fn start_ingress_gateway(dir: &TempDir, issuer: &crate::tokens::TokenIssuer) -> Envoy {
+    let gw = &INGRESS_GATEWAY;
+    Envoy::start_with(
+        gw,
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token(gw.namespace, gw.service_account, "istio-ca", 3600, "k1"),
+            },
             ..Default::default()
         },
         dir.path(),
@@ -1081,22 +1284,37 @@ pub fn assert_envoy_accepted(envoy: &Envoy) {
     assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
 }
 
-/// Starts a test whose Envoys run with interception: (logs folder, config folder), or
-/// None when this machine cannot run it (skipped, or failed under MESHD_REQUIRE_ENVOY).
-pub fn intercepting_test(tag: &str) -> Option<(TempDir, TempDir)> {
+/// Starts a test that runs Envoy: (logs folder, config folder `TAG-config`), or None when
+/// this machine cannot run it (skipped, or failed under MESHD_REQUIRE_ENVOY).
+pub fn envoy_test(tag: &str) -> Option<(TempDir, TempDir)> {
     if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
         return None;
     }
-    if !isolate() || !can_intercept() {
+    if !isolate() {
         return None;
     }
     Some((TempDir::new(tag), TempDir::new(&format!("{tag}-config"))))
+}
+
+/// [`envoy_test`] for a test whose Envoys run with interception.
+pub fn intercepting_test(tag: &str) -> Option<(TempDir, TempDir)> {
+    let folders = envoy_test(tag)?;
+    can_intercept().then_some(folders)
 }
 
 /// Gives this test's network namespace the extra address `ip` (on loopback) and sends
 /// its TCP `port` to 127.0.0.1:`port`: for peers that refuse loopback addresses (the
 /// Kubernetes API takes no loopback endpoint) but must reach a loopback listener.
 pub fn loopback_alias(ip: &str, port: u16) {
+    add_loopback_address(ip);
+    nat_table();
+    nft(&format!(
+        "add rule ip meshd out ip daddr {ip} tcp dport {port} redirect to :{port}"
+    ));
+}
+
+/// Gives this test's network namespace the extra address `ip` (on loopback).
+pub fn add_loopback_address(ip: &str) {
     let out = Command::new("ip")
         .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
         .output()
@@ -1106,8 +1324,4 @@ pub fn loopback_alias(ip: &str, port: u16) {
         "ip addr add {ip}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    nat_table();
-    nft(&format!(
-        "add rule ip meshd out ip daddr {ip} tcp dport {port} redirect to :{port}"
-    ));
 }

@@ -9,6 +9,7 @@ mod ca;
 mod delegate;
 mod demo;
 mod destination_rules;
+mod dynamic_dns;
 mod egress_cidr;
 mod envoyfilter;
 mod explain_agreement;

@@ -145,12 +145,7 @@ impl Setup {
             .filter(|(_, v)| *v > 0)
             .collect();
         assert!(bad.is_empty(), "{bad:?}\n{}", self.client.proc.log_text());
-        let nacks = self.meshd.get_json("/debug/syncz");
-        for conn in nacks.as_array().expect("list") {
-            for (ty, st) in conn["types"].as_object().expect("types") {
-                assert_eq!(st["nacks"], 0, "{ty} NACKed: {st}");
-            }
-        }
+        self.meshd.assert_no_nacks();
     }
 
     /// A TLS statistic of `host`'s cluster in the sidecar.

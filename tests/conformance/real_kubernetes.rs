@@ -10,15 +10,6 @@ use serde_json::json;
 use crate::harness::*;
 use crate::kube_api::KubeApi;
 
-const PODS: [(&str, &str); 6] = [
-    ("productpage-v1", "127.0.0.10"),
-    ("details-v1", "127.0.0.11"),
-    ("reviews-v1", "127.0.0.12"),
-    ("reviews-v2", "127.0.0.13"),
-    ("reviews-v3", "127.0.0.14"),
-    ("ratings-v1", "127.0.0.15"),
-];
-
 /// A real API server, or None (skipped, or failed under MESHD_REQUIRE_ENVOY) when the
 /// test command has not built it.
 fn real_api(dir: &TempDir) -> Option<KubeApi> {
@@ -175,14 +166,14 @@ fn meshd_serves_envoy_from_a_real_api_server() {
         apply_file(&api, &bookinfo.join(f));
     }
     // No kubelet: the test reports the Pods running and ready.
-    for (pod, ip) in PODS {
+    for (pod, ip) in BOOKINFO_PODS {
         api.set_pod_ready("default", pod, ip).expect("pod status");
     }
     // A token the API server issued; only its TokenReview can vouch for it.
     let token = api
         .token("default", "bookinfo-productpage", "istio-ca")
         .expect("token");
-    let backends = Backends::start(&PODS, 9080);
+    let backends = Backends::start(&BOOKINFO_PODS, 9080);
     let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &["--pod-name", "meshd-0"]);
     let envoy = Envoy::start_with(
         &NodeSpec {

@@ -3,120 +3,49 @@
 //! else 200. Every connection has its own thread, so a slow answer never holds up the
 //! next request. The body is the backend's name.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
+
+use crate::harness::{Answer, HttpApp, Request, Server};
 
 pub struct Scripted {
     /// Set: every answer has this status, whatever the path (a failing pod).
-    pub fixed_status: Arc<std::sync::atomic::AtomicU16>,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<BTreeMap<String, usize>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    pub fixed_status: Arc<AtomicU16>,
+    app: HttpApp,
 }
 
 impl Scripted {
     pub fn start(name: &str, addr: &str) -> Scripted {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("backend {name} on {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(BTreeMap::new()));
-        let fixed_status = Arc::new(std::sync::atomic::AtomicU16::new(0));
-        let (stop2, seen2, name) = (stop.clone(), seen.clone(), name.to_string());
-        let fixed2 = fixed_status.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let (seen, name, fixed) = (seen2.clone(), name.clone(), fixed2.clone());
-                        std::thread::spawn(move || serve(s, &name, &seen, &fixed));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
+        let fixed_status = Arc::new(AtomicU16::new(0));
+        let (fixed, name) = (fixed_status.clone(), name.to_string());
+        let app = HttpApp::start(addr, move |req: &Request| {
+            let mut status = match fixed.load(Ordering::Relaxed) {
+                0 => 200u16,
+                s => s,
+            };
+            // The number ends at the next `/`, so tests can tell paths apart: /status/503/a.
+            let arg = |prefix: &str| -> Option<u64> {
+                req.path.strip_prefix(prefix)?.split('/').next()?.parse().ok()
+            };
+            if let Some(ms) = arg("/delay/") {
+                std::thread::sleep(Duration::from_millis(ms));
+            } else if let Some(code) = arg("/status/") {
+                status = u16::try_from(code).unwrap_or(500);
+            }
+            Answer {
+                status,
+                headers: vec![],
+                body: name.clone(),
             }
         });
-        Scripted {
-            fixed_status,
-            stop,
-            seen,
-            thread: Some(thread),
-        }
+        Scripted { fixed_status, app }
     }
 
     /// How many requests for `path` arrived.
     pub fn count(&self, path: &str) -> usize {
-        self.seen
-            .lock()
-            .map(|m| m.get(path).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-}
-
-/// Answers requests on one connection until the client closes it.
-fn serve(
-    mut s: std::net::TcpStream,
-    name: &str,
-    seen: &Mutex<BTreeMap<String, usize>>,
-    fixed: &std::sync::atomic::AtomicU16,
-) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end + 4);
-        let path = head
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("/")
-            .to_string();
-        if let Ok(mut m) = seen.lock() {
-            *m.entry(path.clone()).or_insert(0) += 1;
-        }
-        let mut status = match fixed.load(Ordering::Relaxed) {
-            0 => 200u16,
-            s => s,
-        };
-        // The number ends at the next `/`, so tests can tell paths apart: /status/503/a.
-        let arg = |prefix: &str| -> Option<u64> {
-            path.strip_prefix(prefix)?.split('/').next()?.parse().ok()
-        };
-        if let Some(ms) = arg("/delay/") {
-            std::thread::sleep(Duration::from_millis(ms));
-        } else if let Some(code) = arg("/status/") {
-            status = u16::try_from(code).unwrap_or(500);
-        }
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{name}",
-            name.len()
-        );
-        if s.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.app.requests().iter().filter(|r| r.path == path).count()
     }
 }
 
@@ -143,14 +72,7 @@ impl OneService {
     /// Pods `NAME-VERSION` (label `version: VERSION`) at their addresses.
     pub fn start_pods(name: &str, pods: &[(&str, &str)], extra: &str) -> Option<OneService> {
         use crate::harness::*;
-        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
-            return None;
-        }
-        if !isolate() {
-            return None;
-        }
-        let dir = TempDir::new(name);
-        let config = TempDir::new(&format!("{name}-config"));
+        let (dir, config) = envoy_test(name)?;
         config.write(
             "service.yaml",
             &format!(
@@ -207,13 +129,7 @@ impl OneService {
 
     /// Envoy accepted every update meshd sent.
     pub fn assert_accepted(&self) {
-        let rejected: Vec<_> = self
-            .envoy
-            .stats("update_rejected")
-            .into_iter()
-            .filter(|(_, v)| *v > 0)
-            .collect();
-        assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
+        crate::harness::assert_envoy_accepted(&self.envoy);
     }
 }
 
@@ -221,39 +137,21 @@ impl OneService {
 /// backend's name as the body; anything else is raw TCP, and each line comes back as
 /// `NAME: LINE`.
 pub struct Dual {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Server,
 }
 
 impl Dual {
     pub fn start(name: &str, addr: &str) -> Dual {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("backend {name} on {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, name) = (stop.clone(), name.to_string());
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let name = name.clone();
-                        std::thread::spawn(move || dual(s, &name));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
+        let name = name.to_string();
+        let server = Server::start(&format!("backend {name}"), addr, move |s| {
+            let name = name.clone();
+            std::thread::spawn(move || dual(s, &name));
         });
-        Dual {
-            stop,
-            thread: Some(thread),
-        }
+        Dual { _server: server }
     }
 }
 
 fn dual(mut s: std::net::TcpStream, name: &str) {
-    let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -277,15 +175,6 @@ fn dual(mut s: std::net::TcpStream, name: &str) {
     }
     let line = text.lines().next().unwrap_or("");
     let _ = s.write_all(format!("{name}: {line}\n").as_bytes());
-}
-
-impl Drop for Dual {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Sends one line of raw (non-HTTP) bytes to `addr` and returns the answer line, or why
@@ -332,7 +221,10 @@ pub(crate) fn sleep(
 }
 
 /// The sleep client's Envoy (its node labels as given).
-pub(crate) fn start_sleep(dir: &crate::harness::TempDir, labels: &[(&str, &str)]) -> crate::harness::Envoy {
+pub(crate) fn start_sleep(
+    dir: &crate::harness::TempDir,
+    labels: &[(&str, &str)],
+) -> crate::harness::Envoy {
     use crate::harness::{Envoy, EnvoyOpts, NodeSpec};
     Envoy::start_with(
         &NodeSpec {
