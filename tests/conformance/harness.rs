@@ -201,6 +201,21 @@ impl HttpResponse {
     }
 }
 
+/// A response head's status and headers (names in lower case).
+pub fn parse_head(head: &str) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response head {head:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers))
+}
+
 /// GET over a fresh connection (no pooling: each request is balanced anew).
 pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<HttpResponse> {
     let sa: SocketAddr = addr
@@ -221,16 +236,7 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Re
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, headers) = parse_head(head)?;
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
@@ -255,7 +261,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(what: &str, addr: &str, mut conn: impl FnMut(TcpStream) + Send + 'static) -> Server {
+    pub fn start(
+        what: &str,
+        addr: &str,
+        mut conn: impl FnMut(TcpStream) + Send + 'static,
+    ) -> Server {
         let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("{what} on {addr}: {e}"));
         l.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
@@ -1281,7 +1291,11 @@ pub fn assert_envoy_accepted(envoy: &Envoy) {
         .into_iter()
         .filter(|(_, v)| *v > 0)
         .collect();
-    assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
+    assert!(
+        rejected.is_empty(),
+        "Envoy ({}) rejected config: {rejected:?}",
+        envoy.proc.name
+    );
 }
 
 /// Starts a test that runs Envoy: (logs folder, config folder `TAG-config`), or None when

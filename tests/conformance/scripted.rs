@@ -27,7 +27,12 @@ impl Scripted {
             };
             // The number ends at the next `/`, so tests can tell paths apart: /status/503/a.
             let arg = |prefix: &str| -> Option<u64> {
-                req.path.strip_prefix(prefix)?.split('/').next()?.parse().ok()
+                req.path
+                    .strip_prefix(prefix)?
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
             };
             if let Some(ms) = arg("/delay/") {
                 std::thread::sleep(Duration::from_millis(ms));
@@ -45,7 +50,11 @@ impl Scripted {
 
     /// How many requests for `path` arrived.
     pub fn count(&self, path: &str) -> usize {
-        self.app.requests().iter().filter(|r| r.path == path).count()
+        self.app
+            .requests()
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
     }
 }
 

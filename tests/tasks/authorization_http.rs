@@ -125,10 +125,10 @@ fn call(from: &Workload, method: &str, host: &str, path: &str) -> std::io::Resul
 /// details!" / "Error fetching product reviews!" when a call fails; reviews v2 and v3 call
 /// ratings and show their stars, or "Ratings service is currently unavailable" when that
 /// call fails; details and ratings answer with their data.
-fn start_apps() -> Vec<App> {
-    let productpage = App::start(&app_addr(PRODUCTPAGE.ip, 9080), |req| {
+fn start_apps() -> Vec<HttpApp> {
+    let productpage = HttpApp::start(&app_addr(PRODUCTPAGE.ip, 9080), |req| {
         if !req.path.starts_with("/productpage") {
-            return (200, "productpage".into());
+            return Answer::ok("productpage");
         }
         let mut page = String::from("Bookinfo Sample\n");
         match call(&PRODUCTPAGE, "GET", "details", "/details/0") {
@@ -139,26 +139,21 @@ fn start_apps() -> Vec<App> {
             Ok(r) if r.status == 200 => page.push_str(&format!("Book Reviews: {}\n", r.body)),
             _ => page.push_str("Error fetching product reviews!\n"),
         }
-        (200, page)
+        Answer::ok(page)
     });
-    let details = App::start(&app_addr(DETAILS.ip, 9080), |_| {
-        (
-            200,
-            "type: paperback, pages: 200, publisher: PublisherA".into(),
-        )
+    let details = HttpApp::start(&app_addr(DETAILS.ip, 9080), |_| {
+        Answer::ok("type: paperback, pages: 200, publisher: PublisherA")
     });
     let reviews = |w: &'static Workload, color: &'static str| {
-        App::start(&app_addr(w.ip, 9080), move |_| {
+        HttpApp::start(&app_addr(w.ip, 9080), move |_| {
             let body = match call(w, "GET", "ratings", "/ratings/0") {
                 Ok(r) if r.status == 200 => format!("{} ({}): {color} stars", w.pod, r.body),
                 _ => format!("{}: Ratings service is currently unavailable", w.pod),
             };
-            (200, body)
+            Answer::ok(body)
         })
     };
-    let ratings = App::start(&app_addr(RATINGS.ip, 9080), |_| {
-        (200, "ratings: 5, 4".into())
-    });
+    let ratings = HttpApp::start(&app_addr(RATINGS.ip, 9080), |_| Answer::ok("ratings: 5, 4"));
     vec![
         productpage,
         details,

@@ -17,46 +17,6 @@ use crate::harness::*;
 use crate::secure_mesh::*;
 use crate::tokens::TokenIssuer;
 
-const HTTPBIN: Workload = Workload {
-    pod: "httpbin",
-    namespace: "foo",
-    ip: "127.0.0.21",
-    labels: &[("app", "httpbin"), ("version", "v1")],
-    service_account: "httpbin",
-    sidecar: true,
-    inbound: &[(8080, "HTTP")],
-    egress: &[],
-    intercepted: false,
-};
-
-const SLEEP: Workload = Workload {
-    pod: "sleep",
-    namespace: "foo",
-    ip: "127.0.0.41",
-    labels: &[("app", "sleep")],
-    service_account: "sleep",
-    sidecar: true,
-    inbound: &[],
-    egress: &[(8000, "HTTP")],
-    intercepted: false,
-};
-
-/// samples/httpbin/httpbin.yaml's Service (port 8000 to the container's 8080).
-const HTTPBIN_SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: httpbin
-  namespace: foo
-  labels: {app: httpbin, service: httpbin}
-spec:
-  ports:
-  - name: http
-    port: 8000
-    targetPort: 8080
-  selector: {app: httpbin}
-"#;
-
 /// The key id of the task's sample JWKS (security/tools/jwt/samples/jwks.json).
 const KID: &str = "DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ";
 
@@ -125,7 +85,7 @@ fn curl(token: Option<&str>) -> u16 {
         headers.push(("Authorization", a.as_str()));
     }
     status(request(
-        &egress_addr(SLEEP.ip, 8000),
+        &egress_addr(SLEEP_FOO.ip, 8000),
         "GET",
         "/headers",
         &headers,
@@ -150,13 +110,13 @@ fn authorization_with_jwt() {
     );
     let Some(mesh) = Mesh::start(
         "authz-jwt",
-        &[&HTTPBIN, &SLEEP],
-        &[("httpbin.yaml", HTTPBIN_SERVICE)],
+        &[&HTTPBIN_FOO, &SLEEP_FOO],
+        &[("httpbin.yaml", &httpbin_service("foo"))],
         false,
     ) else {
         return;
     };
-    let _httpbin = Backends::start(&[("httpbin", &app_ip(HTTPBIN.ip))], 8080);
+    let _httpbin = Backends::start(&[("httpbin", &app_ip(HTTPBIN_FOO.ip))], 8080);
 
     // Before you begin: sleep reaches httpbin.
     wait_for("sleep to reach httpbin", Duration::from_secs(20), || {
@@ -195,7 +155,7 @@ fn authorization_with_jwt() {
     assert_eq!(curl(Some(&token_group)), 200, "the other valid token");
     assert_eq!(curl(Some("invalidToken")), 401, "still unauthenticated");
     let r = request(
-        &egress_addr(SLEEP.ip, 8000),
+        &egress_addr(SLEEP_FOO.ip, 8000),
         "GET",
         "/headers",
         &[("Host", "httpbin.foo:8000")],

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::scripted::raw_line;
 use crate::secure_mesh::*;
+use crate::traffic_apps::TcpEcho;
 
 /// tcp-echo's pod: its sidecar captures inbound connections as istio-iptables would
 /// (nftables to 15006), so the undeclared port 9002 reaches the pass-through chain.
@@ -61,61 +62,6 @@ fn tcp_policy(action: &str, operation: &str) -> String {
     format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: tcp-policy\n  namespace: foo\nspec:\n  selector:\n    matchLabels:\n      app: tcp-echo\n  action: {action}\n  rules:\n  - to:\n    - operation:\n{operation}"
     )
-}
-
-/// The tcp-echo server (docker.io/istio/tcp-echo-server with `9000,9001,9002 hello`):
-/// on each port, every line it reads comes back prefixed with `hello `.
-struct TcpEcho {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl TcpEcho {
-    fn start(ip: &str, ports: &[u16]) -> TcpEcho {
-        use std::io::{BufRead, BufReader, Write};
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for port in ports {
-            let l = std::net::TcpListener::bind((ip, *port))
-                .unwrap_or_else(|e| panic!("tcp-echo on {ip}:{port}: {e}"));
-            l.set_nonblocking(true).expect("nonblocking");
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((s, _)) => {
-                            std::thread::spawn(move || {
-                                let _ = s.set_nonblocking(false);
-                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                                let Ok(mut w) = s.try_clone() else { return };
-                                for line in BufReader::new(s).lines() {
-                                    let Ok(line) = line else { return };
-                                    if w.write_all(format!("hello {line}\n").as_bytes()).is_err() {
-                                        return;
-                                    }
-                                }
-                            });
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(2));
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        TcpEcho { stop, threads }
-    }
-}
-
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// `echo "port N" | nc tcp-echo N` from sleep (for 9002 `nc $TCP_ECHO_IP 9002`): what came
@@ -189,7 +135,12 @@ fn authorization_for_tcp_traffic() {
     ) else {
         return;
     };
-    let _echo = TcpEcho::start(TCP_ECHO.ip, &[9000, 9001, 9002]);
+    // The tcp-echo server (docker.io/istio/tcp-echo-server with `9000,9001,9002 hello`):
+    // on each port, every line it reads comes back prefixed with `hello `.
+    let _echo: Vec<TcpEcho> = [9000, 9001, 9002]
+        .iter()
+        .map(|port| TcpEcho::start(&format!("{}:{port}", TCP_ECHO.ip), "hello"))
+        .collect();
     const OK: &str = "connection succeeded";
     const NO: &str = "connection rejected";
 

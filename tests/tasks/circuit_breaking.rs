@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::traffic_apps::{HttpApp, KeepAlive, httpbin, kubectl_apply, pods_of_deployments};
+use crate::traffic_apps::{KeepAlive, deploy, httpbin, kubectl_apply};
 
 /// samples/httpbin/httpbin.yaml (not in ../shared).
 const HTTPBIN: &str = r#"
@@ -153,19 +153,10 @@ fn count(d: &BTreeMap<String, usize>, key: &str) -> usize {
 
 #[test]
 fn circuit_breaker_trips_on_concurrent_connections() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = envoy_test("circuit") else {
         return;
-    }
-    if !isolate() {
-        return;
-    }
-    let dir = TempDir::new("circuit");
-    let config = TempDir::new("circuit-config");
-    kubectl_apply(&config, HTTPBIN);
-    config.write(
-        "pods.yaml",
-        &pods_of_deployments(HTTPBIN, &[("httpbin", "127.0.0.21")]),
-    );
+    };
+    deploy(&config, HTTPBIN, &[("httpbin", "127.0.0.21")]);
     config.write("fortio.yaml", FORTIO);
     kubectl_apply(&config, CIRCUIT_BREAKER);
     let app = HttpApp::start("127.0.0.21:8080", httpbin);

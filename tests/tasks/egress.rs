@@ -13,13 +13,13 @@
 //! request for request.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::traffic_apps::call;
 
 /// The external sites: name, address.
 const HTTPBIN_ORG: (&str, &str) = ("httpbin.org", "127.0.1.80");
@@ -45,15 +45,7 @@ impl Dns {
             .unwrap_or("127.0.0.1")
             .to_string();
         if !server.starts_with("127.") {
-            let out = std::process::Command::new("ip")
-                .args(["addr", "add", &format!("{server}/32"), "dev", "lo"])
-                .output()
-                .expect("ip addr add");
-            assert!(
-                out.status.success(),
-                "ip addr add {server}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            add_loopback_address(&server);
         }
         let sock = UdpSocket::bind((server.as_str(), 53))
             .unwrap_or_else(|e| panic!("DNS server on {server}:53: {e}"));
@@ -131,133 +123,45 @@ fn dns_answer(q: &[u8], records: &BTreeMap<String, std::net::Ipv4Addr>) -> Optio
     Some(r)
 }
 
-/// What an external HTTP site answers: (status, extra headers, body).
-type Answer = (u16, Vec<(String, String)>, String);
-
-/// How a site answers a request: (path, headers) → answer.
-type Handler = dyn Fn(&str, &[(String, String)]) -> Answer + Send + Sync;
-
-/// A plain HTTP site on port 80 of its address, one thread per connection.
-struct Site {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Site {
-    fn start(
-        ip: &str,
-        answer: impl Fn(&str, &[(String, String)]) -> Answer + Send + Sync + 'static,
-    ) -> Site {
-        let l = TcpListener::bind((ip, 80)).unwrap_or_else(|e| panic!("site on {ip}:80: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let answer = Arc::new(answer);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let answer = answer.clone();
-                        std::thread::spawn(move || serve(s, &*answer));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        Site {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(mut s: TcpStream, answer: &Handler) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end + 4);
-        let mut lines = head.lines();
-        let path = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("/")
-            .to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let (status, extra, body) = answer(&path, &headers);
-        let mut resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n",
-            body.len()
-        );
-        for (k, v) in extra {
-            resp.push_str(&format!("{k}: {v}\r\n"));
-        }
-        resp.push_str("\r\n");
-        resp.push_str(&body);
-        if s.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 /// httpbin.org as the task uses it: `/headers` (the request's headers, as JSON),
 /// `/delay/N` (answers after N seconds), `/status/CODE`.
-fn httpbin(path: &str, headers: &[(String, String)]) -> Answer {
+fn httpbin(req: &Request) -> Answer {
     let arg = |prefix: &str| {
-        path.strip_prefix(prefix)
+        req.path
+            .strip_prefix(prefix)
             .and_then(|n| n.parse::<u64>().ok())
     };
-    if path == "/headers" {
-        let map: serde_json::Map<String, serde_json::Value> = headers
+    if req.path == "/headers" {
+        let map: serde_json::Map<String, serde_json::Value> = req
+            .headers
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        (
-            200,
-            vec![],
-            serde_json::json!({ "headers": map }).to_string(),
-        )
+        Answer::ok(serde_json::json!({ "headers": map }).to_string())
     } else if let Some(s) = arg("/delay/") {
         std::thread::sleep(Duration::from_secs(s));
-        (200, vec![], "{}".into())
+        Answer::ok("{}")
     } else if let Some(code) = arg("/status/") {
-        (u16::try_from(code).unwrap_or(500), vec![], String::new())
+        Answer {
+            status: u16::try_from(code).unwrap_or(500),
+            headers: vec![],
+            body: String::new(),
+        }
     } else {
-        (200, vec![], "httpbin.org".into())
+        Answer::ok("httpbin.org")
     }
 }
 
 /// edition.cnn.com over plain HTTP: everything moves to HTTPS (`301`, `location`).
-fn cnn_http(path: &str, _: &[(String, String)]) -> Answer {
-    (
-        301,
-        vec![("location".into(), format!("https://edition.cnn.com{path}"))],
-        String::new(),
-    )
+fn cnn_http(req: &Request) -> Answer {
+    Answer {
+        status: 301,
+        headers: vec![(
+            "location".into(),
+            format!("https://edition.cnn.com{}", req.path),
+        )],
+        body: String::new(),
+    }
 }
 
 /// `sleep` (samples/sleep/sleep.yaml: its Service has an HTTP port 80), captured by its
@@ -281,7 +185,8 @@ status: {phase: Running, podIP: 127.0.0.40}
 struct World {
     sleep: Envoy,
     _meshd: Meshd,
-    _sites: Vec<Site>,
+    /// The plain HTTP sites, on port 80.
+    _sites: Vec<HttpApp>,
     _tls_sites: Vec<TlsBackend>,
     _dns: Dns,
     config: TempDir,
@@ -309,8 +214,8 @@ impl World {
             })
             .collect();
         let sites = vec![
-            Site::start(HTTPBIN_ORG.1, httpbin),
-            Site::start(CNN.1, cnn_http),
+            HttpApp::start(&format!("{}:80", HTTPBIN_ORG.1), httpbin),
+            HttpApp::start(&format!("{}:80", CNN.1), cnn_http),
         ];
         let meshd = Meshd::start_on(config.path(), dir.path(), http_port, &[]);
         let sleep = intercepted_sidecar(&dir, "127.0.0.40", "sleep", &[("app", "sleep")]);
@@ -336,59 +241,15 @@ impl World {
 
     /// `curl http://NAME/PATH` (to `ip`, which curl would have resolved NAME to).
     fn http(&self, name: &str, ip: &str, path: &str) -> Result<HttpResponse, String> {
-        curl(&format!("{ip}:80"), name, path).map_err(|e| e.to_string())
+        call(
+            &format!("{ip}:80"),
+            name,
+            path,
+            &[],
+            Duration::from_secs(10),
+        )
+        .map_err(|e| e.to_string())
     }
-}
-
-/// A GET like curl's: done once `content-length` bytes of body are in (harness's
-/// `http_get` reads to the end of the connection, and Envoy closes a connection after its
-/// own 502 only when the client does, or a second later).
-pub(crate) fn curl(addr: &str, host: &str, path: &str) -> std::io::Result<HttpResponse> {
-    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        match s.read(&mut chunk)? {
-            0 => return Err(std::io::Error::other("closed before the response head")),
-            n => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[end + 4..].to_vec();
-    while body.len() < length {
-        match s.read(&mut chunk)? {
-            0 => break,
-            n => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).to_string(),
-    })
 }
 
 /// The sum of an Envoy's counter `name` (exact), 0 when absent.
@@ -780,10 +641,8 @@ impl World {
     fn cnn_politics(&self) -> Result<(u16, String, u16), String> {
         let r = self.http(CNN.0, CNN.1, "/politics")?;
         let location = r
-            .headers
-            .iter()
-            .find(|(k, _)| k == "location")
-            .map(|(_, v)| v.clone())
+            .header("location")
+            .map(str::to_string)
             .ok_or_else(|| format!("no location: {r:?}"))?;
         let https = https_get(
             &format!("{}:443", CNN.1),

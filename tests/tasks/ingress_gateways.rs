@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use crate::scripted::Scripted;
+use crate::traffic_apps::call;
 
 /// The gateway's address and the target ports of its Service's ports 80 and 443
 /// (`$INGRESS_HOST:$INGRESS_PORT`, `$SECURE_INGRESS_PORT`).
@@ -147,14 +148,7 @@ impl Setup {
     /// credentials over SDS, so it talks to meshd on 15012 with its service-account
     /// token, as istio-proxy does.
     fn start(extra: &[(&str, &str)]) -> Option<Setup> {
-        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
-            return None;
-        }
-        if !isolate() {
-            return None;
-        }
-        let dir = TempDir::new("ingress");
-        let config = TempDir::new("ingress-config");
+        let (dir, config) = envoy_test("ingress")?;
         config.write("install.yaml", INSTALL);
         for (name, text) in extra {
             config.write(name, text);
@@ -169,30 +163,7 @@ impl Setup {
         ];
         // The gateway listens on 8080: meshd's debug port moves.
         let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
-        let gateway = Envoy::start_with(
-            &NodeSpec {
-                kind: "router",
-                ip: "127.0.0.20",
-                pod: "istio-ingressgateway-1",
-                namespace: "istio-system",
-                labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
-                service_account: "istio-ingressgateway-service-account",
-            },
-            &EnvoyOpts {
-                xds: Xds::Tls {
-                    root: dir.path().join("ca/root-cert.pem"),
-                    token: issuer.token(
-                        "istio-system",
-                        "istio-ingressgateway-service-account",
-                        "istio-ca",
-                        3600,
-                        "k1",
-                    ),
-                },
-                ..Default::default()
-            },
-            dir.path(),
-        );
+        let gateway = start_ingress_gateway(&dir, &issuer);
         Some(Setup {
             gateway,
             meshd,
@@ -204,29 +175,22 @@ impl Setup {
 
     fn assert_no_rejections(&self) {
         assert_envoy_accepted(&self.gateway);
-        let sync = self.meshd.get_json("/debug/syncz");
-        for conn in sync.as_array().expect("list") {
-            for (ty, st) in conn["types"].as_object().expect("types") {
-                assert_eq!(st["nacks"], 0, "{ty} NACKed: {st}");
-            }
-        }
+        self.meshd.assert_no_nacks();
     }
 }
 
 /// `curl -s -I -HHost:HOST "http://$INGRESS_HOST:$INGRESS_PORT/PATH"`: (status, server).
 /// Without a host, curl's own: the address.
 fn curl(host: Option<&str>, path: &str) -> Result<(u16, String), String> {
-    crate::egress::curl(INGRESS, host.unwrap_or(INGRESS), path)
-        .map(|r| {
-            let server = r
-                .headers
-                .iter()
-                .find(|(k, _)| k == "server")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            (r.status, server)
-        })
-        .map_err(|e| e.to_string())
+    call(
+        INGRESS,
+        host.unwrap_or(INGRESS),
+        path,
+        &[],
+        Duration::from_secs(10),
+    )
+    .map(|r| (r.status, r.header("server").unwrap_or_default().to_string()))
+    .map_err(|e| e.to_string())
 }
 
 /// The status of [`curl`], failing the test if there was no answer.

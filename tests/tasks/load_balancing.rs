@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -56,80 +56,21 @@ fn rule(load_balancer: &str) -> String {
     )
 }
 
-/// A backend pod: answers every request with its name, after `delay` (a slow pod), one
-/// thread per connection so slow answers overlap.
-struct Pod {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Pod {
-    fn start(name: &str, ip: &str, delay: Duration) -> Pod {
-        let l = TcpListener::bind((ip, 8000)).unwrap_or_else(|e| panic!("{name} on {ip}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, name) = (stop.clone(), name.to_string());
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let name = name.clone();
-                        std::thread::spawn(move || answer(s, &name, delay));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        Pod {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-/// Answers the requests of one connection (Envoy reuses upstream connections).
-fn answer(mut s: TcpStream, name: &str, delay: Duration) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        buf.drain(..end + 4);
+/// A backend pod: answers every request with its name, after `delay` (a slow pod); each
+/// connection has its own thread, so slow answers overlap.
+fn pod(name: &str, ip: &str, delay: Duration) -> HttpApp {
+    let name = name.to_string();
+    HttpApp::start(&format!("{ip}:8000"), move |_| {
         std::thread::sleep(delay);
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{name}",
-            name.len()
-        );
-        if s.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        Answer::ok(name.clone())
+    })
 }
 
 // Fields drop in order: processes first, then their folders.
 struct Mesh {
     client: Envoy,
     _meshd: Meshd,
-    _pods: Vec<Pod>,
+    _pods: Vec<HttpApp>,
     config: TempDir,
     _dir: TempDir,
 }
@@ -144,7 +85,7 @@ impl Mesh {
         let pods = delays
             .iter()
             .enumerate()
-            .map(|(i, d)| Pod::start(&format!("backend-{i}"), &format!("127.0.0.{}", 61 + i), *d))
+            .map(|(i, d)| pod(&format!("backend-{i}"), &format!("127.0.0.{}", 61 + i), *d))
             .collect();
         let meshd = Meshd::start(config.path(), dir.path(), &[]);
         let client = intercepted_sidecar(&dir, "127.0.0.40", "sleep", &[("app", "sleep")]);

@@ -158,21 +158,8 @@ impl Task {
             })
             .collect();
         let meshd = Meshd::start(config.path(), dir.path(), &[]);
-        let client = Envoy::start_with(
-            &NodeSpec {
-                kind: "sidecar",
-                ip: "127.0.0.40",
-                pod: "sleep",
-                namespace: "sample",
-                labels: &[("app", "sleep")],
-                service_account: "sleep",
-            },
-            &EnvoyOpts {
-                gid: Some(PROXY_GID),
-                ..Default::default()
-            },
-            dir.path(),
-        );
+        let client =
+            intercepted_sidecar_in(&dir, "sample", "127.0.0.40", "sleep", &[("app", "sleep")]);
         intercept_outbound("127.0.3.0/24");
         let t = Task {
             client,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::traffic_apps::{Answer, HttpApp, Request, httpbin, kubectl_apply, pods_of_deployments};
+use crate::traffic_apps::{deploy, httpbin, kubectl_apply};
 
 /// The task's "Before you begin": httpbin-v1 and httpbin-v2 (gunicorn on port 80) and the
 /// httpbin Service (port 8000 → 80). The sleep client's Deployment is replaced by its pod
@@ -144,21 +144,13 @@ fn hosts(reqs: &[Request]) -> Vec<String> {
 
 #[test]
 fn mirroring_copies_every_request_to_v2() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = envoy_test("mirroring") else {
         return;
-    }
-    if !isolate() {
-        return;
-    }
-    let dir = TempDir::new("mirroring");
-    let config = TempDir::new("mirroring-config");
-    kubectl_apply(&config, HTTPBIN);
-    config.write(
-        "pods.yaml",
-        &pods_of_deployments(
-            HTTPBIN,
-            &[("httpbin-v1", "127.0.0.21"), ("httpbin-v2", "127.0.0.22")],
-        ),
+    };
+    deploy(
+        &config,
+        HTTPBIN,
+        &[("httpbin-v1", "127.0.0.21"), ("httpbin-v2", "127.0.0.22")],
     );
     config.write(
         "sleep.yaml",

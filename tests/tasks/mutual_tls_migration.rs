@@ -11,43 +11,11 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::secure_mesh::*;
 
-/// samples/httpbin/httpbin.yaml's Service, in both namespaces (port 8000 to the
-/// container's 8080).
-fn httpbin_service(ns: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: httpbin\n  namespace: {ns}\n  labels: {{app: httpbin, service: httpbin}}\nspec:\n  ports:\n  - name: http\n    port: 8000\n    targetPort: 8080\n  selector: {{app: httpbin}}\n"
-    )
-}
-
-const HTTPBIN_FOO: Workload = Workload {
-    pod: "httpbin-foo",
-    namespace: "foo",
-    ip: "127.0.0.21",
-    labels: &[("app", "httpbin"), ("version", "v1")],
-    service_account: "httpbin",
-    sidecar: true,
-    inbound: &[(8080, "HTTP")],
-    egress: &[],
-    intercepted: false,
-};
-
 const HTTPBIN_BAR: Workload = Workload {
     pod: "httpbin-bar",
     namespace: "bar",
     ip: "127.0.0.22",
     ..HTTPBIN_FOO
-};
-
-const SLEEP_FOO: Workload = Workload {
-    pod: "sleep-foo",
-    namespace: "foo",
-    ip: "127.0.0.41",
-    labels: &[("app", "sleep")],
-    service_account: "sleep",
-    sidecar: true,
-    inbound: &[],
-    egress: &[(8000, "HTTP")],
-    intercepted: false,
 };
 
 const SLEEP_BAR: Workload = Workload {

@@ -1,7 +1,7 @@
 //! Support for the security tasks (authorization_*.rs, mutual_tls_migration.rs): pods whose
 //! real Envoy sidecars authenticate to meshd on 15012 with service-account tokens and get
 //! their workload certificates from meshd's CA over SDS, so that sidecars talk mTLS and
-//! policies see SPIFFE principals; small applications whose answers a handler chooses.
+//! policies see SPIFFE principals; the applications' HTTP client.
 //!
 //! There are no iptables per pod here (all pods share the test's network namespace), so a
 //! sidecar binds for real: its inbound port on the pod address (Sidecar `ingress`,
@@ -12,10 +12,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -140,6 +136,41 @@ impl Workload {
     }
 }
 
+/// samples/httpbin in namespace `foo`, as the security tasks deploy it: its application on
+/// 8080 behind the sidecar.
+pub const HTTPBIN_FOO: Workload = Workload {
+    pod: "httpbin-foo",
+    namespace: "foo",
+    ip: "127.0.0.21",
+    labels: &[("app", "httpbin"), ("version", "v1")],
+    service_account: "httpbin",
+    sidecar: true,
+    inbound: &[(8080, "HTTP")],
+    egress: &[],
+    intercepted: false,
+};
+
+/// samples/sleep in namespace `foo`, calling httpbin's port 8000 through its sidecar.
+pub const SLEEP_FOO: Workload = Workload {
+    pod: "sleep-foo",
+    namespace: "foo",
+    ip: "127.0.0.41",
+    labels: &[("app", "sleep")],
+    service_account: "sleep",
+    sidecar: true,
+    inbound: &[],
+    egress: &[(8000, "HTTP")],
+    intercepted: false,
+};
+
+/// samples/httpbin/httpbin.yaml's Service in namespace `ns` (port 8000 to the container's
+/// 8080).
+pub fn httpbin_service(ns: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: httpbin\n  namespace: {ns}\n  labels: {{app: httpbin, service: httpbin}}\nspec:\n  ports:\n  - name: http\n    port: 8000\n    targetPort: 8080\n  selector: {{app: httpbin}}\n"
+    )
+}
+
 /// meshd serving a task's folder, with a sidecar per pod (and optionally Istio's ingress
 /// gateway). Fields drop in order: proxies, meshd, then the folders.
 pub struct Mesh {
@@ -167,13 +198,7 @@ impl Mesh {
         let intercepted: Vec<&&Workload> = pods.iter().filter(|w| w.intercepted).collect();
         assert!(intercepted.len() <= 1, "15006 can be bound only once");
         let (dir, config) = if intercepted.is_empty() {
-            if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
-                return None;
-            }
-            if !isolate() {
-                return None;
-            }
-            (TempDir::new(tag), TempDir::new(&format!("{tag}-config")))
+            envoy_test(tag)?
         } else {
             intercepting_test(tag)?
         };
@@ -295,13 +320,8 @@ impl Mesh {
 
     /// Every proxy accepted everything meshd sent it, and got its certificates.
     pub fn assert_accepted(&self) {
-        for (pod, e) in &self.envoys {
-            let bad: Vec<_> = e
-                .stats("update_rejected")
-                .into_iter()
-                .filter(|(_, v)| *v > 0)
-                .collect();
-            assert!(bad.is_empty(), "{pod} rejected config: {bad:?}");
+        for (_, e) in &self.envoys {
+            assert_envoy_accepted(e);
         }
         let syncz = self.meshd.get_json("/debug/syncz");
         for conn in syncz.as_array().expect("list") {
@@ -315,196 +335,15 @@ impl Mesh {
     }
 }
 
-/// A request as an application saw it.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    /// Lower-case names.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// An HTTP/1.1 application whose answer (status, body) `handler` chooses per request; each
-/// connection has its own thread and may carry many requests (Envoy pools them).
-pub struct App {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl App {
-    pub fn start(
-        addr: &str,
-        handler: impl Fn(&Request) -> (u16, String) + Send + Sync + 'static,
-    ) -> App {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("application on {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let handler = Arc::new(handler);
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let h = handler.clone();
-                        std::thread::spawn(move || serve(s, &*h));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        App {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-fn serve(mut s: TcpStream, handler: &dyn Fn(&Request) -> (u16, String)) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end + 4);
-        let mut lines = head.lines();
-        let first: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let req = Request {
-            method: first.first().unwrap_or(&"GET").to_string(),
-            path: first.get(1).unwrap_or(&"/").to_string(),
-            headers,
-        };
-        // A body, if any, is read and ignored.
-        let len: usize = req
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < len {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..len);
-        let (status, body) = handler(&req);
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One HTTP/1.1 request with any method over a fresh connection (an empty body).
+/// One HTTP/1.1 request with any method over a fresh connection (an empty body), given up
+/// after 5 s.
 pub fn request(
     addr: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
-    let sa: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
-    if method != "GET" && method != "HEAD" {
-        req.push_str("content-length: 0\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let raw = read_response(&mut s)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        crate::https::dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// One response's bytes: to the end of the body its head announces, without waiting for
-/// the server to close (Envoy waits up to a second for the client to close first after a
-/// local reply: its delayed close).
-fn read_response(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let length = head.lines().find_map(|l| {
-                l.strip_prefix("content-length:")
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-            });
-            let complete = match length {
-                Some(n) => raw.len() >= end + 4 + n,
-                None if head.contains("transfer-encoding: chunked") => {
-                    raw[end..].windows(5).any(|w| w == b"0\r\n\r\n")
-                }
-                None => false,
-            };
-            if complete {
-                return Ok(raw);
-            }
-        }
-        match s.read(&mut chunk)? {
-            0 => return Ok(raw),
-            n => raw.extend_from_slice(&chunk[..n]),
-        }
-    }
+    crate::traffic_apps::request(addr, method, path, headers, Duration::from_secs(5))
 }
 
 /// The status of a request, or 0 when no HTTP answer came back (curl's `000`).

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::traffic_apps::{TcpEcho, kubectl_apply, nc, pods_of_deployments};
+use crate::scripted::raw_line;
+use crate::traffic_apps::{TcpEcho, deploy, kubectl_apply};
 
 /// samples/tcp-echo/tcp-echo-services.yaml (not in ../shared): the Service and the two
 /// Deployments (prefixes `one` and `two`); the test makes their pods.
@@ -174,7 +175,7 @@ fn prefixes(n: usize) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for i in 0..n {
         let line = format!("hello {i}");
-        let key = match nc(INGRESS, &line) {
+        let key = match raw_line(INGRESS, &line) {
             Ok(answer) => match answer.strip_suffix(&format!(" {line}")) {
                 Some(prefix) => prefix.to_string(),
                 None => format!("unexpected {answer:?}"),
@@ -188,21 +189,13 @@ fn prefixes(n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn tcp_echo_all_v1_then_20_percent_to_v2() {
-    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+    let Some((dir, config)) = envoy_test("tcp-shift") else {
         return;
-    }
-    if !isolate() {
-        return;
-    }
-    let dir = TempDir::new("tcp-shift");
-    let config = TempDir::new("tcp-shift-config");
-    kubectl_apply(&config, TCP_ECHO_SERVICES);
-    config.write(
-        "pods.yaml",
-        &pods_of_deployments(
-            TCP_ECHO_SERVICES,
-            &[("tcp-echo-v1", "127.0.0.30"), ("tcp-echo-v2", "127.0.0.31")],
-        ),
+    };
+    deploy(
+        &config,
+        TCP_ECHO_SERVICES,
+        &[("tcp-echo-v1", "127.0.0.30"), ("tcp-echo-v2", "127.0.0.31")],
     );
     kubectl_apply(&config, ALL_V1);
     let _echo = [
@@ -212,20 +205,9 @@ fn tcp_echo_all_v1_then_20_percent_to_v2() {
         TcpEcho::start("127.0.0.31:9001", "two"),
     ];
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let gateway = Envoy::start_with(
-        &NodeSpec {
-            kind: "router",
-            ip: "127.0.0.20",
-            pod: "istio-ingressgateway-1",
-            namespace: "istio-system",
-            labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
-            service_account: "istio-ingressgateway-service-account",
-        },
-        &EnvoyOpts::default(),
-        dir.path(),
-    );
+    let gateway = Envoy::start_with(&INGRESS_GATEWAY, &EnvoyOpts::default(), dir.path());
     wait_for("TCP through the gateway", Duration::from_secs(20), || {
-        nc(INGRESS, "ping").ok()
+        raw_line(INGRESS, "ping").ok()
     });
     // "for i in {1..20}; do ... nc $INGRESS_HOST $TCP_INGRESS_PORT; done": all `one`.
     let d = prefixes(20);

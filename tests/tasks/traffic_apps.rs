@@ -1,200 +1,18 @@
-//! Small stand-ins for the sample applications istio.io's traffic-management tasks run
-//! (Bookinfo, httpbin, tcp-echo), and clients with their own timeouts, as the tasks' apps
-//! and tools (productpage's Python `requests`, fortio, `nc`) have. Each stand-in behaves
-//! like the real application in the ways the tasks depend on; what that is is said where
-//! each is defined.
+//! Small stand-ins for the sample applications istio.io's tasks run (Bookinfo, httpbin,
+//! tcp-echo; the HTTP ones on the harness's [`HttpApp`]), and HTTP clients with their own
+//! timeouts, as the tasks' apps and tools (productpage's Python `requests`, fortio, curl)
+//! have. Each stand-in behaves like the real application in the ways the tasks depend on;
+//! what that is is said where each is defined.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-
-/// One request an [`HttpApp`] got (its access log line).
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    /// Lower-case names.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// An answer: status, extra headers, body.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn ok(body: impl Into<String>) -> Answer {
-        Answer {
-            status: 200,
-            headers: vec![],
-            body: body.into(),
-        }
-    }
-}
-
-type Handler = Arc<dyn Fn(&Request) -> Answer + Send + Sync>;
-
-/// An HTTP/1.1 server (keep-alive, a thread per connection so a slow answer never holds
-/// up another request) that answers with `handler` and logs every request it got.
-pub struct HttpApp {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<Request>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HttpApp {
-    pub fn start(
-        addr: &str,
-        handler: impl Fn(&Request) -> Answer + Send + Sync + 'static,
-    ) -> HttpApp {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("app on {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let handler: Handler = Arc::new(handler);
-        let (stop2, log2) = (stop.clone(), log.clone());
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let (log, handler) = (log2.clone(), handler.clone());
-                        std::thread::spawn(move || serve_http(s, &log, &handler));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        HttpApp {
-            stop,
-            log,
-            thread: Some(thread),
-        }
-    }
-
-    /// Every request so far, in arrival order.
-    pub fn requests(&self) -> Vec<Request> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    pub fn count(&self) -> usize {
-        self.log.lock().map(|l| l.len()).unwrap_or(0)
-    }
-}
-
-impl Drop for HttpApp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve_http(mut s: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end + 4);
-        let mut lines = head.lines();
-        let first = lines.next().unwrap_or("");
-        let mut words = first.split_whitespace();
-        let method = words.next().unwrap_or("GET").to_string();
-        let path = words.next().unwrap_or("/").to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let req = Request {
-            method,
-            path,
-            headers,
-        };
-        // A body, if any, is read and ignored.
-        let len: usize = req
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < len {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..len);
-        if let Ok(mut l) = log.lock() {
-            l.push(req.clone());
-        }
-        let answer = handler(&req);
-        let mut resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n",
-            answer.status,
-            answer.body.len()
-        );
-        for (k, v) in &answer.headers {
-            resp.push_str(&format!("{k}: {v}\r\n"));
-        }
-        resp.push_str("\r\n");
-        resp.push_str(&answer.body);
-        if s.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-        if req
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-        {
-            return;
-        }
-    }
-}
-
-/// A response a client got.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 fn timed_out(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string())
@@ -205,7 +23,7 @@ fn read_response(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
-) -> std::io::Result<Reply> {
+) -> std::io::Result<HttpResponse> {
     let mut chunk = [0u8; 4096];
     let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>| -> std::io::Result<bool> {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -241,16 +59,7 @@ fn read_response(
     };
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
     buf.drain(..end + 4);
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response head {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, headers) = parse_head(&head)?;
     let get = |name: &str| {
         headers
             .iter()
@@ -287,17 +96,21 @@ fn read_response(
         buf.clear();
         body
     };
-    Ok(Reply {
+    Ok(HttpResponse {
         status,
         headers,
         body,
     })
 }
 
-fn request_text(host: &str, path: &str, headers: &[(&str, &str)], close: bool) -> String {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
+/// A request's head; a method other than GET and HEAD sends an empty body.
+fn request_text(method: &str, path: &str, headers: &[(&str, &str)], close: bool) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
     if close {
         req.push_str("Connection: close\r\n");
+    }
+    if method != "GET" && method != "HEAD" {
+        req.push_str("content-length: 0\r\n");
     }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -306,20 +119,36 @@ fn request_text(host: &str, path: &str, headers: &[(&str, &str)], close: bool) -
     req
 }
 
-/// One GET to `addr` (a fresh connection) with `Host: host`, given up after `timeout` as
-/// an application's HTTP client gives up (error kind `TimedOut`).
+/// One request with `method` to `addr` over a fresh connection (`headers` name the Host),
+/// given up after `timeout` as an application's HTTP client gives up (error kind
+/// `TimedOut`). It is over once the body its head announces is in, without waiting for
+/// the server to close (Envoy waits up to a second for the client to close first after a
+/// local reply: its delayed close).
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<HttpResponse> {
+    let deadline = Instant::now() + timeout;
+    let sa: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+    s.write_all(request_text(method, path, headers, true).as_bytes())?;
+    read_response(&mut s, &mut Vec::new(), deadline)
+}
+
+/// One GET to `addr` (a fresh connection) with `Host: host`, as [`request`].
 pub fn call(
     addr: &str,
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
-) -> std::io::Result<Reply> {
-    let deadline = Instant::now() + timeout;
-    let sa: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-    let mut s = TcpStream::connect_timeout(&sa, timeout)?;
-    s.write_all(request_text(host, path, headers, true).as_bytes())?;
-    read_response(&mut s, &mut Vec::new(), deadline)
+) -> std::io::Result<HttpResponse> {
+    let mut h = vec![("Host", host)];
+    h.extend_from_slice(headers);
+    request(addr, "GET", path, &h, timeout)
 }
 
 /// A keep-alive HTTP/1.1 client connection, as a load generator (fortio) holds one per
@@ -337,14 +166,14 @@ impl KeepAlive {
         }
     }
 
-    pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<Reply> {
+    pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<HttpResponse> {
         if self.conn.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_nodelay(true)?;
             self.conn = Some((s, Vec::new()));
         }
         let (s, buf) = self.conn.as_mut().expect("connected");
-        let sent = s.write_all(request_text(host, path, &[], false).as_bytes());
+        let sent = s.write_all(request_text("GET", path, &[("Host", host)], false).as_bytes());
         let reply =
             sent.and_then(|_| read_response(s, buf, Instant::now() + Duration::from_secs(10)));
         match &reply {
@@ -358,16 +187,6 @@ impl KeepAlive {
 // ---------------------------------------------------------------------------------------
 // Bookinfo
 // ---------------------------------------------------------------------------------------
-
-/// Pod addresses of Bookinfo's Deployments (platform/kube/bookinfo.yaml).
-pub const BOOKINFO_PODS: [(&str, &str); 6] = [
-    ("productpage-v1", "127.0.0.10"),
-    ("details-v1", "127.0.0.11"),
-    ("reviews-v1", "127.0.0.12"),
-    ("reviews-v2", "127.0.0.13"),
-    ("reviews-v3", "127.0.0.14"),
-    ("ratings-v1", "127.0.0.15"),
-];
 
 /// Where productpage's sidecar listens for the application's outbound calls.
 pub const PRODUCTPAGE_EGRESS: &str = "127.0.0.1:9080";
@@ -436,6 +255,13 @@ fn bookinfo_sidecars() -> String {
         ));
     }
     s
+}
+
+/// `kubectl apply` of a sample's `manifest`, and the pods of its Deployments at `ips`
+/// ([`pods_of_deployments`], in `pods.yaml`).
+pub fn deploy(config: &TempDir, manifest: &str, ips: &[(&str, &str)]) {
+    kubectl_apply(config, manifest);
+    config.write("pods.yaml", &pods_of_deployments(manifest, ips));
 }
 
 /// Pods for the Deployments of a manifest (what the Deployment controller and kubelet
@@ -560,14 +386,7 @@ impl Bookinfo {
             );
             return None;
         }
-        if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
-            return None;
-        }
-        if !isolate() {
-            return None;
-        }
-        let dir = TempDir::new("bookinfo-task");
-        let config = TempDir::new("bookinfo-task-config");
+        let (dir, config) = envoy_test("bookinfo-task")?;
         let manifest = std::fs::read_to_string(bookinfo.join("platform/kube/bookinfo.yaml"))
             .expect("bookinfo.yaml");
         config.write("bookinfo.yaml", &manifest);
@@ -703,7 +522,8 @@ impl Bookinfo {
             "Bookinfo's sidecars to route",
             Duration::from_secs(20),
             || {
-                let ok = |r: std::io::Result<Reply>| r.ok().filter(|r| r.status == 200).is_some();
+                let ok =
+                    |r: std::io::Result<HttpResponse>| r.ok().filter(|r| r.status == 200).is_some();
                 let through_productpage = ["details:9080", "reviews:9080", "ratings:9080"]
                     .iter()
                     .all(|h| ok(b.via_productpage(h, "/", &[], Duration::from_secs(2))));
@@ -778,7 +598,7 @@ impl Bookinfo {
         path: &str,
         headers: &[(&str, &str)],
         timeout: Duration,
-    ) -> std::io::Result<Reply> {
+    ) -> std::io::Result<HttpResponse> {
         call(PRODUCTPAGE_EGRESS, host, path, headers, timeout)
     }
 
@@ -789,7 +609,7 @@ impl Bookinfo {
         version: &str,
         user: Option<&str>,
         timeout: Duration,
-    ) -> std::io::Result<Reply> {
+    ) -> std::io::Result<HttpResponse> {
         let r = RATING_REVIEWS
             .iter()
             .find(|r| r.version == version)
@@ -883,39 +703,21 @@ fn productpage(req: &Request) -> Answer {
 /// samples/tcp-echo's server (src/main.go): every line a connection sends comes back as
 /// `PREFIX LINE`.
 pub struct TcpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Server,
 }
 
 impl TcpEcho {
     pub fn start(addr: &str, prefix: &str) -> TcpEcho {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("tcp-echo on {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, prefix) = (stop.clone(), prefix.to_string());
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let prefix = prefix.clone();
-                        std::thread::spawn(move || echo_lines(s, &prefix));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => break,
-                }
-            }
+        let prefix = prefix.to_string();
+        let server = Server::start("tcp-echo", addr, move |s| {
+            let prefix = prefix.clone();
+            std::thread::spawn(move || echo_lines(s, &prefix));
         });
-        TcpEcho {
-            stop,
-            thread: Some(thread),
-        }
+        TcpEcho { _server: server }
     }
 }
 
 fn echo_lines(mut s: TcpStream, prefix: &str) {
-    let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -933,39 +735,6 @@ fn echo_lines(mut s: TcpStream, prefix: &str) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-}
-
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// What `echo LINE | nc ADDR` prints: one connection, one line out, one line back.
-pub fn nc(addr: &str, line: &str) -> Result<String, String> {
-    let sa: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
-    let mut s =
-        TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !out.contains(&b'\n') {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    if out.is_empty() {
-        return Err("closed without an answer".into());
-    }
-    Ok(String::from_utf8_lossy(&out).trim_end().to_string())
 }
 
 // ---------------------------------------------------------------------------------------
