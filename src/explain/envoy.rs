@@ -718,3 +718,112 @@ pub fn walk<'r>(res: &'r Resources, call: &Call) -> Walk<'r> {
 pub fn route_name(r: &rt::Route) -> &str {
     &r.name
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vh(name: &str, domains: &[&str]) -> rt::VirtualHost {
+        rt::VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn virtual_hosts_follow_envoys_domain_order() {
+        let rc = rt::RouteConfiguration {
+            virtual_hosts: vec![
+                vh("any", &["*"]),
+                vh("prefix", &["api.*"]),
+                vh("suffix", &["*.example.com"]),
+                vh("longer-suffix", &["*.api.example.com"]),
+                vh("exact", &["api.example.com"]),
+            ],
+            ..Default::default()
+        };
+        let pick = |h: &str| match_virtual_host(&rc, h).map(|v| v.name.clone());
+        assert_eq!(pick("api.example.com").as_deref(), Some("exact"));
+        assert_eq!(pick("v1.api.example.com").as_deref(), Some("longer-suffix"));
+        assert_eq!(pick("www.example.com").as_deref(), Some("suffix"));
+        assert_eq!(pick("api.other").as_deref(), Some("prefix"));
+        assert_eq!(pick("other").as_deref(), Some("any"));
+        // `*.example.com` needs something in place of `*`.
+        let only_suffix = rt::RouteConfiguration {
+            virtual_hosts: vec![vh("suffix", &["*.example.com"])],
+            ..Default::default()
+        };
+        assert!(match_virtual_host(&only_suffix, ".example.com").is_none());
+    }
+
+    #[test]
+    fn an_absent_header_matches_only_absence() {
+        let call = super::super::CallSpec {
+            port: 80,
+            ..Default::default()
+        }
+        .resolve(false)
+        .expect("call");
+        let m = |spec, invert| rt::HeaderMatcher {
+            name: "x-user".into(),
+            header_match_specifier: Some(spec),
+            invert_match: invert,
+            ..Default::default()
+        };
+        use rt::header_matcher::HeaderMatchSpecifier as S;
+        let exact = S::StringMatch(matcher::StringMatcher {
+            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact("a".into())),
+            ..Default::default()
+        });
+        assert!(!header_matches(&m(exact.clone(), false), &call));
+        assert!(!header_matches(&m(exact, true), &call));
+        assert!(header_matches(&m(S::PresentMatch(true), true), &call));
+        assert!(!header_matches(&m(S::PresentMatch(true), false), &call));
+    }
+
+    #[test]
+    fn the_sieve_keeps_the_most_specific_chain() {
+        let chain = |name: &str, port: Option<u32>, prefix: Option<(&str, u32)>| ls::FilterChain {
+            name: name.into(),
+            filter_chain_match: Some(ls::FilterChainMatch {
+                destination_port: port.and_then(crate::translate::pb::u32v),
+                prefix_ranges: prefix
+                    .map(|(a, l)| core::CidrRange {
+                        address_prefix: a.into(),
+                        prefix_len: crate::translate::pb::u32v(l),
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let l = ls::Listener {
+            filter_chains: vec![
+                chain("any", None, None),
+                chain("port", Some(80), None),
+                chain("wide", Some(80), Some(("10.0.0.0", 8))),
+                chain("narrow", Some(80), Some(("10.1.0.0", 16))),
+            ],
+            ..Default::default()
+        };
+        let names = |address: &str, port: u16| {
+            let call = super::super::CallSpec {
+                port,
+                address: Some(address.into()),
+                ..Default::default()
+            }
+            .resolve(false)
+            .expect("call");
+            match_filter_chains(&l, &call)
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("10.1.2.3", 80), ["narrow"]);
+        assert_eq!(names("10.9.2.3", 80), ["wide"]);
+        assert_eq!(names("192.168.0.1", 80), ["port"]);
+        assert_eq!(names("10.1.2.3", 81), ["any"]);
+    }
+}
