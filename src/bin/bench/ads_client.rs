@@ -156,11 +156,20 @@ async fn one_client(
         synced: None,
         converged_at: None,
     };
-    // Reconnect (as Envoy does, with a short backoff) until the initial sync is complete:
-    // a burst of connects can be refused, and istiod rate-limits new streams.
+    // Reconnect until the initial sync is complete, as Envoy does: a burst of connects can
+    // be refused, and istiod turns away new streams beyond its rate limit. Backoff as
+    // Envoy's (exponential from 500 ms, jittered), capped at 4 s.
+    let mut attempt = 0u32;
+    let backoff = |attempt: &mut u32| {
+        *attempt += 1;
+        let base = 500u64 << (*attempt - 1).min(3);
+        // Jitter without a random number generator: spread by client and attempt.
+        let jitter = (i as u64 * 7919 + *attempt as u64 * 104_729) % 1000;
+        Duration::from_millis(base / 2 + base * jitter / 2000)
+    };
     'connect: loop {
         let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.clone()).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(backoff(&mut attempt)).await;
             continue;
         };
         let mut c = c.max_decoding_message_size(usize::MAX);
@@ -183,7 +192,7 @@ async fn one_client(
         {
             Ok(s) => s.into_inner(),
             Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(backoff(&mut attempt)).await;
                 continue;
             }
         };
@@ -195,7 +204,7 @@ async fn one_client(
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,
                 _ if outcome.synced.is_none() => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(backoff(&mut attempt)).await;
                     continue 'connect;
                 }
                 _ => break 'connect,

@@ -6,10 +6,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GET `path` from `addr` (host:port): (status, body).
 pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request("GET", addr, path).await
+}
+
+/// A request without a body: (status, body).
+pub async fn request(method: &str, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     tokio::time::timeout(Duration::from_secs(20), async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await?;
         let mut raw = Vec::new();
@@ -33,7 +41,7 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     })
     .await
-    .map_err(|_| std::io::Error::other(format!("GET {addr}{path} timed out")))?
+    .map_err(|_| std::io::Error::other(format!("{method} {addr}{path} timed out")))?
 }
 
 fn dechunk(mut s: &[u8]) -> Vec<u8> {

@@ -11,13 +11,16 @@
 //!
 //! 1. start it (every port on loopback, moved off the defaults), wait for /ready and 3 s;
 //!    its RSS and CPU time then are the baseline;
-//! 2. connect the real Envoys (if any) and wait until they are LIVE, then the simulated
-//!    clients (a child process) and wait until every one has every resource;
+//! 2. connect the real Envoys (if any; four at a time, each batch LIVE before the next),
+//!    then the simulated clients (a child process) and wait until every one has every
+//!    resource it subscribed to;
 //! 3. 2 s later, RSS again: (RSS − baseline) / connected proxies is the memory per proxy;
+//!    then once more 5 s after a forced garbage collection (istiod's ControlZ; meshd
+//!    just waits), as Go's RSS right after a burst holds garbage;
 //! 4. write one VirtualService change (svc-0's weights 90/10 → 85/15) to the API server;
 //!    each client records when a route configuration with the new weight arrives, each
-//!    Envoy when it accepted a new route configuration (checked afterwards in its
-//!    config_dump): latency from just before the write;
+//!    Envoy when it logs that it loaded a new route configuration (checked afterwards in
+//!    its config_dump): latency from just before the write;
 //! 5. stop everything, and put the VirtualService back for the next server.
 //!
 //! CPU seconds are the server process's own (utime + stime in /proc/PID/stat), by phase.
@@ -38,10 +41,12 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use super::ads_client::{summary, unix_nanos};
 use super::envoys;
-use super::http::get;
+use super::http::{get, request};
 
 const OLD_WEIGHT: u32 = 90;
 const NEW_WEIGHT: u32 = 85;
+/// Real Envoys started together.
+const ENVOY_BATCH: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -398,6 +403,8 @@ struct Server {
     grpc: String,
     /// Where /metrics is (istiod: Go's memory statistics).
     monitoring: String,
+    /// istiod's ControlZ (it can force a garbage collection).
+    ctrlz: Option<String>,
     log: PathBuf,
 }
 
@@ -411,6 +418,7 @@ async fn start_server(kind: Kind, kubeconfig: &Path, dir: &Path) -> Result<Serve
     );
     let log = dir.join(format!("{}.log", kind.name()));
     let a = |p: u16| format!("127.0.0.1:{p}");
+    let ctrlz = free_port()?;
     let mut cmd = match kind {
         Kind::Istiod => {
             let bin = tool("MESHD_PILOT_DISCOVERY", "target/go/pilot-discovery");
@@ -449,7 +457,7 @@ async fn start_server(kind: Kind, kubeconfig: &Path, dir: &Path) -> Result<Serve
                 &format!("--httpsAddr={}", a(webhook)),
                 &format!("--monitoringAddr={}", a(monitoring)),
                 "--ctrlz_address=127.0.0.1",
-                &format!("--ctrlz_port={}", free_port()?),
+                &format!("--ctrlz_port={ctrlz}"),
                 "--shutdownDuration=1s",
             ]);
             c
@@ -515,6 +523,7 @@ async fn start_server(kind: Kind, kubeconfig: &Path, dir: &Path) -> Result<Serve
         pid,
         grpc: a(grpc),
         monitoring: a(monitoring),
+        ctrlz: (kind == Kind::Istiod).then(|| a(ctrlz)),
         log,
     })
 }
@@ -539,6 +548,9 @@ struct Measured {
     hwm: u64,
     heap_base: Option<f64>,
     heap_synced: Option<f64>,
+    /// 5 s after a forced garbage collection (istiod), or 5 s later (meshd).
+    rss_settled: u64,
+    heap_settled: Option<f64>,
     proxies: usize,
     envoy_live_s: f64,
     sync: Value,
@@ -551,6 +563,8 @@ struct Measured {
     envoy_rejected: u64,
     envoy_warming: u64,
     envoy_rss: u64,
+    /// OS threads of the server with every proxy synced.
+    threads: u64,
     /// The fewest active clusters and listeners of any Envoy.
     envoy_active: (u64, u64),
 }
@@ -591,10 +605,15 @@ async fn measure(
         std::fs::create_dir_all(&edir)?;
         let xds: std::net::SocketAddr = server.grpc.parse()?;
         let t = Instant::now();
+        // A few at a time, as a rollout would: twenty Envoys taking thousands of clusters at
+        // once starve each other on 2 CPUs until the server's keepalive gives up on them.
         for k in 0..opts.envoys {
             envs.push(envoys::start(&bin, k, xds, sds, free_port()?, &edir)?);
+            if envs.len() % ENVOY_BATCH == 0 || k + 1 == opts.envoys {
+                let from = envs.len() - (envs.len() - 1) % ENVOY_BATCH - 1;
+                envoys::wait_live(&mut envs[from..], opts.sync_timeout).await?;
+            }
         }
-        envoys::wait_live(&mut envs, opts.sync_timeout).await?;
         m.envoy_live_s = t.elapsed().as_secs_f64();
         println!(
             "{}: {} Envoys LIVE in {:.1} s",
@@ -641,9 +660,22 @@ async fn measure(
     // Let the last ACKs land.
     tokio::time::sleep(Duration::from_secs(2)).await;
     m.rss_synced = rss_kib(pid);
+    m.threads = status_kib(pid, "Threads:");
     m.heap_synced = go_heap_mib(&server.monitoring).await;
     m.proxies = opts.clients + envs.len();
     m.cpu_sync = cpu_secs(pid, tck) - cpu0;
+    // What stays: Go's RSS right after the sync holds garbage until a collection (Go
+    // collects when the heap doubles, or every 2 minutes when idle). A forced collection
+    // (ControlZ) and 5 s for the scavenger; meshd just waits the 5 s.
+    if let Some(ctrlz) = &server.ctrlz {
+        let r = request("PUT", ctrlz, "/memj/forcecollection").await;
+        if !matches!(r, Ok((200..=299, _))) {
+            println!("{}: forcing a collection failed: {r:?}", kind.name());
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    m.rss_settled = rss_kib(pid);
+    m.heap_settled = go_heap_mib(&server.monitoring).await;
 
     // The change.
     stdin.write_all(b"arm\n").await?;
@@ -750,140 +782,123 @@ fn ratio(meshd: f64, istiod: f64) -> String {
     }
 }
 
+/// One row: a number per server (and their ratio when both ran) or text.
+enum Cell {
+    Num(Box<dyn Fn(&Measured) -> f64>, &'static str, usize),
+    Text(Box<dyn Fn(&Measured) -> String>),
+}
+
+fn num(f: impl Fn(&Measured) -> f64 + 'static, unit: &'static str, prec: usize) -> Cell {
+    Cell::Num(Box::new(f), unit, prec)
+}
+
+fn text(f: impl Fn(&Measured) -> String + 'static) -> Cell {
+    Cell::Text(Box::new(f))
+}
+
 fn report(opts: &Opts, results: &[(Kind, Measured)]) {
-    let get = |k: Kind| results.iter().find(|(x, _)| *x == k).map(|(_, m)| m);
-    let (Some(i), Some(s)) = (get(Kind::Istiod), get(Kind::Meshd)) else {
-        return;
+    let kib_per_proxy = |a: u64, b: u64, n: usize| (a as f64 - b as f64) / n.max(1) as f64;
+    let lat = |p: &'static str| {
+        move |m: &Measured| m.converged["latency_ms"][p].as_f64().unwrap_or(f64::NAN)
     };
-    let per_proxy = |m: &Measured| {
-        (m.rss_synced as f64 - m.rss_base as f64) / m.proxies.max(1) as f64 / 1024.0 // MiB
-    };
-    let lat = |v: &Value, p: &str| v["latency_ms"][p].as_f64().unwrap_or(f64::NAN);
-    let elat = |v: &Value, p: &str| v[p].as_f64().unwrap_or(f64::NAN);
-    println!();
-    println!(
-        "Side by side: {} services, {} simulated clients, {} real Envoys ({} proxies), one VirtualService change",
-        opts.services,
-        opts.clients,
-        opts.envoys,
-        opts.clients + opts.envoys
-    );
-    println!();
-    println!("| | istiod | meshd | meshd/istiod |");
-    println!("| --- | ---: | ---: | ---: |");
-    let row = |name: &str, a: f64, b: f64, unit: &str, prec: usize| {
-        println!(
-            "| {name} | {a:.prec$}{unit} | {b:.prec$}{unit} | {} |",
-            ratio(b, a)
-        );
-    };
-    row(
-        "memory per connected proxy (RSS delta / proxies)",
-        per_proxy(i) * 1024.0,
-        per_proxy(s) * 1024.0,
-        " KiB",
-        0,
-    );
-    row(
-        "RSS before proxies (mesh loaded)",
-        mib(i.rss_base),
-        mib(s.rss_base),
-        " MiB",
-        0,
-    );
-    row(
-        "RSS with every proxy synced",
-        mib(i.rss_synced),
-        mib(s.rss_synced),
-        " MiB",
-        0,
-    );
-    row("peak RSS", mib(i.hwm), mib(s.hwm), " MiB", 0);
-    for p in ["p50", "p99", "max"] {
-        row(
-            &format!("convergence {p} (write to API server → client has it)"),
-            lat(&i.converged, p),
-            lat(&s.converged, p),
-            " ms",
-            0,
-        );
-    }
-    println!(
-        "| clients converged | {}/{} | {}/{} | |",
-        i.converged["latency_ms"]["n"], opts.clients, s.converged["latency_ms"]["n"], opts.clients
-    );
-    if opts.envoys > 0 {
-        for p in ["p50", "p99"] {
-            row(
-                &format!("real Envoys: convergence {p}"),
-                elat(&i.envoy_converged, p),
-                elat(&s.envoy_converged, p),
-                " ms",
+    let elat =
+        |p: &'static str| move |m: &Measured| m.envoy_converged[p].as_f64().unwrap_or(f64::NAN);
+    let clients = opts.clients;
+    let n_envoys = opts.envoys;
+    let mut rows: Vec<(String, Cell)> = vec![
+        (
+            "memory per connected proxy (RSS delta / proxies)".into(),
+            num(
+                move |m| kib_per_proxy(m.rss_synced, m.rss_base, m.proxies),
+                " KiB",
                 0,
-            );
-        }
-        println!(
-            "| real Envoys converged / updates rejected / still warming | {}/{} / {} / {} | {}/{} / {} / {} | |",
-            i.envoy_converged["n"],
-            opts.envoys,
-            i.envoy_rejected,
-            i.envoy_warming,
-            s.envoy_converged["n"],
-            opts.envoys,
-            s.envoy_rejected,
-            s.envoy_warming
-        );
-        println!(
-            "| real Envoys: active clusters, listeners (fewest of any) | {}, {} | {}, {} | |",
-            i.envoy_active.0, i.envoy_active.1, s.envoy_active.0, s.envoy_active.1
-        );
-        row(
-            "real Envoys: time until all LIVE",
-            i.envoy_live_s,
-            s.envoy_live_s,
-            " s",
-            1,
-        );
-        row(
-            "real Envoys: RSS of one Envoy (mean)",
-            mib(i.envoy_rss) / opts.envoys as f64,
-            mib(s.envoy_rss) / opts.envoys as f64,
-            " MiB",
-            0,
-        );
+            ),
+        ),
+        (
+            "… 5 s after a forced GC (istiod) / 5 s later (meshd)".into(),
+            num(
+                move |m| kib_per_proxy(m.rss_settled, m.rss_base, m.proxies),
+                " KiB",
+                0,
+            ),
+        ),
+        (
+            "RSS before proxies (mesh loaded)".into(),
+            num(|m| mib(m.rss_base), " MiB", 0),
+        ),
+        (
+            "RSS with every proxy synced".into(),
+            num(|m| mib(m.rss_synced), " MiB", 0),
+        ),
+        ("peak RSS".into(), num(|m| mib(m.hwm), " MiB", 0)),
+    ];
+    for p in ["p50", "p99", "max"] {
+        rows.push((
+            format!("convergence {p} (write to API server → client has it)"),
+            num(lat(p), " ms", 0),
+        ));
     }
-    row(
-        "CPU: start until ready + 3 s",
-        i.cpu_startup,
-        s.cpu_startup,
-        " s",
-        2,
-    );
-    row(
-        "CPU: initial sync of the simulated clients",
-        i.cpu_sync,
-        s.cpu_sync,
-        " s",
-        2,
-    );
-    row(
-        "CPU: the change, until every proxy has it",
-        i.cpu_change,
-        s.cpu_change,
-        " s",
-        2,
-    );
-    row("CPU: whole run", i.cpu_total, s.cpu_total, " s", 2);
-    row("time to /ready", i.ready_s, s.ready_s, " s", 1);
-    let ms = |m: &Measured| m.sync["ms"].as_f64().unwrap_or(f64::NAN) / 1000.0;
-    row(
-        "initial sync of every simulated client",
-        ms(i),
-        ms(s),
-        " s",
-        1,
-    );
-    let kb = |m: &Measured, k: &str| m.sync[k].as_f64().unwrap_or(f64::NAN) / 1024.0;
+    rows.push((
+        "clients converged".into(),
+        text(move |m| format!("{}/{clients}", m.converged["latency_ms"]["n"])),
+    ));
+    if n_envoys > 0 {
+        for p in ["p50", "p99"] {
+            rows.push((
+                format!("real Envoys: convergence {p}"),
+                num(elat(p), " ms", 0),
+            ));
+        }
+        rows.push((
+            "real Envoys converged / updates rejected / still warming".into(),
+            text(move |m| {
+                format!(
+                    "{}/{n_envoys} / {} / {}",
+                    m.envoy_converged["n"], m.envoy_rejected, m.envoy_warming
+                )
+            }),
+        ));
+        rows.push((
+            "real Envoys: active clusters, listeners (fewest of any)".into(),
+            text(|m| format!("{}, {}", m.envoy_active.0, m.envoy_active.1)),
+        ));
+        rows.push((
+            "real Envoys: time until all LIVE".into(),
+            num(|m| m.envoy_live_s, " s", 1),
+        ));
+        rows.push((
+            "real Envoys: RSS of one Envoy (mean)".into(),
+            num(move |m| mib(m.envoy_rss) / n_envoys as f64, " MiB", 0),
+        ));
+    }
+    rows.extend([
+        (
+            "CPU: start until ready + 3 s".to_string(),
+            num(|m| m.cpu_startup, " s", 2),
+        ),
+        (
+            "CPU: initial sync of the simulated clients".into(),
+            num(|m| m.cpu_sync, " s", 2),
+        ),
+        (
+            "CPU: the change, until every proxy has it".into(),
+            num(|m| m.cpu_change, " s", 2),
+        ),
+        ("CPU: whole run".into(), num(|m| m.cpu_total, " s", 2)),
+        ("time to /ready".into(), num(|m| m.ready_s, " s", 1)),
+        (
+            "OS threads with every proxy synced".into(),
+            num(|m| m.threads as f64, "", 0),
+        ),
+        (
+            "initial sync of every simulated client".into(),
+            num(
+                |m| m.sync["ms"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+                " s",
+                1,
+            ),
+        ),
+    ]);
     for (what, count, bytes) in [
         ("clusters", "clusters", "cluster_bytes"),
         ("load assignments: endpoints", "endpoints", "endpoint_bytes"),
@@ -894,19 +909,64 @@ fn report(opts: &Opts, results: &[(Kind, Measured)]) {
             "route_bytes",
         ),
     ] {
-        println!(
-            "| one proxy's {what} (count, KiB) | {}, {:.0} | {}, {:.0} | {} |",
-            i.sync[count],
-            kb(i, bytes),
-            s.sync[count],
-            kb(s, bytes),
-            ratio(kb(s, bytes), kb(i, bytes))
-        );
+        rows.push((
+            format!("one proxy's {what} (count, KiB)"),
+            text(move |m| {
+                format!(
+                    "{}, {:.0}",
+                    m.sync[count],
+                    m.sync[bytes].as_f64().unwrap_or(f64::NAN) / 1024.0
+                )
+            }),
+        ));
     }
-    if let (Some(a), Some(b)) = (i.heap_base, i.heap_synced) {
+
+    println!();
+    println!(
+        "Side by side: {} services, {} simulated clients, {} real Envoys ({} proxies), one VirtualService change",
+        opts.services,
+        opts.clients,
+        opts.envoys,
+        opts.clients + opts.envoys
+    );
+    println!();
+    let both = results.len() == 2;
+    let names: Vec<&str> = results.iter().map(|(k, _)| k.name()).collect();
+    println!(
+        "| | {} |{}",
+        names.join(" | "),
+        if both { " meshd/istiod |" } else { "" }
+    );
+    println!(
+        "| --- |{}{}",
+        " ---: |".repeat(results.len()),
+        if both { " ---: |" } else { "" }
+    );
+    let get = |k: Kind| results.iter().find(|(x, _)| *x == k).map(|(_, m)| m);
+    for (label, cell) in &rows {
+        let cells: Vec<String> = results
+            .iter()
+            .map(|(_, m)| match cell {
+                Cell::Num(f, unit, prec) => format!("{:.prec$}{unit}", f(m), prec = *prec),
+                Cell::Text(f) => f(m),
+            })
+            .collect();
+        let r = match (cell, get(Kind::Istiod), get(Kind::Meshd)) {
+            (Cell::Num(f, ..), Some(i), Some(s)) => format!(" {} |", ratio(f(s), f(i))),
+            _ if both => " |".into(),
+            _ => String::new(),
+        };
+        println!("| {label} | {} |{r}", cells.join(" | "));
+    }
+    if let Some(i) = get(Kind::Istiod)
+        && let (Some(a), Some(b), Some(c)) = (i.heap_base, i.heap_synced, i.heap_settled)
+    {
+        let per = |x: f64| (x - a) * 1024.0 / i.proxies.max(1) as f64;
         println!(
-            "\nistiod's Go heap in use (go_memstats_heap_inuse_bytes): {a:.0} MiB before proxies, {b:.0} MiB synced ({:.0} KiB per proxy)",
-            (b - a) * 1024.0 / i.proxies.max(1) as f64
+            "\nistiod's Go heap in use (go_memstats_heap_inuse_bytes): {a:.0} MiB before proxies, \
+             {b:.0} MiB synced ({:.0} KiB per proxy), {c:.0} MiB after a forced GC ({:.0} KiB per proxy)",
+            per(b),
+            per(c)
         );
     }
 }
