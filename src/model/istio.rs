@@ -769,6 +769,21 @@ api_enum! {
     pub enum OutboundTrafficMode { REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS }
 }
 
+// A Sidecar's outboundTrafficPolicy.mode: Istio's Sidecar API has no dynamic DNS mode
+// (mesh config alone does). A plain comment: doc comments become CRD descriptions.
+api_enum! {
+    pub enum SidecarOutboundMode { REGISTRY_ONLY, ALLOW_ANY }
+}
+
+impl From<SidecarOutboundMode> for OutboundTrafficMode {
+    fn from(m: SidecarOutboundMode) -> Self {
+        match m {
+            SidecarOutboundMode::REGISTRY_ONLY => OutboundTrafficMode::REGISTRY_ONLY,
+            SidecarOutboundMode::ALLOW_ANY => OutboundTrafficMode::ALLOW_ANY,
+        }
+    }
+}
+
 api! {
     /// networking.istio.io Sidecar spec.
     pub struct Sidecar {
@@ -802,7 +817,7 @@ api! {
 
 api! {
     pub struct OutboundTrafficPolicy {
-        pub mode: OutboundTrafficMode,
+        pub mode: SidecarOutboundMode,
         pub egress_proxy: Option<Destination>,
     }
 }

@@ -96,7 +96,7 @@ impl Scope {
         }
         let outbound_policy = sidecar
             .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
-            .map(|p| p.mode)
+            .map(|p| OutboundTrafficMode::from(p.mode))
             .unwrap_or(snap.mesh.outbound_traffic_policy);
         Scope {
             namespace: namespace.to_string(),

@@ -1662,7 +1662,7 @@ impl Builder {
             let mut egress_hosts = Vec::new();
             if let Some(p) = &spec.outbound_traffic_policy
                 && p.egress_proxy.is_some()
-                && p.mode == istio::OutboundTrafficMode::REGISTRY_ONLY
+                && p.mode == istio::SidecarOutboundMode::REGISTRY_ONLY
             {
                 diags.push(
                     obj.diag_warning(
