@@ -292,3 +292,49 @@ spec:
     let unknown = verdict(&["--tls", "mtls", "--path", "/reviews/1"]);
     assert_eq!(unknown["verdict"], "depends", "{unknown}");
 }
+
+/// Through Bookinfo's ingress gateway: the Gateway server is named with the route.
+#[test]
+fn gateway_calls_name_the_gateway_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .arg("explain")
+        .arg("--config-dir")
+        .arg(repo().join("examples/bookinfo"))
+        .args([
+            "--proxy",
+            "router~127.0.0.50~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
+            "--label",
+            "istio=ingressgateway",
+            "--port",
+            "8080",
+            "--path",
+            "/productpage",
+            "--json",
+        ])
+        .output()
+        .expect("explain");
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_str(text(&out).trim()).expect("JSON");
+    assert_eq!(v["listener"], "0.0.0.0_8080", "{v}");
+    assert_eq!(v["routeConfig"], "http.8080");
+    assert_eq!(
+        v["cluster"],
+        "outbound|9080||productpage.default.svc.cluster.local"
+    );
+    let objects: Vec<&str> = v["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        objects.contains(&"Gateway default/bookinfo-gateway"),
+        "{objects:?}"
+    );
+    assert!(
+        objects.contains(&"VirtualService default/bookinfo"),
+        "{objects:?}"
+    );
+    let steps = v["explanation"].to_string();
+    assert!(steps.contains("server[0] (HTTP 8080, hosts *)"), "{steps}");
+}

@@ -36,6 +36,7 @@ pub fn describe(
     if walk.listener.is_none() {
         return;
     }
+    d.gateway_step(walk);
     d.chain_step(walk);
     if walk.filter_chain.is_none() {
         return;
@@ -142,6 +143,65 @@ impl Describer<'_> {
             Mode::Gateway => "bound to the port".into(),
         };
         self.step(format!("listener {} ({how})", l.name));
+    }
+
+    /// For a gateway: the Gateway servers on the listener's port that select this proxy
+    /// (an HTTPS route configuration names its one server).
+    fn gateway_step(&mut self, walk: &Walk) {
+        if self.proxy.kind != ProxyKind::Router {
+            return;
+        }
+        let Some(port) = walk
+            .listener
+            .and_then(|l| l.name.rsplit_once('_'))
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            return;
+        };
+        let named = walk
+            .route_config_name
+            .as_deref()
+            .filter(|n| n.starts_with("https."));
+        let mut found = Vec::new();
+        for gw in &self.snap.gateways {
+            if !crate::model::service::labels_match(&gw.spec.selector, &self.ctx.labels) {
+                continue;
+            }
+            for (i, srv) in gw.spec.servers.iter().enumerate() {
+                if srv.port.number != port && srv.port.target_port != Some(port) {
+                    continue;
+                }
+                if let Some(n) = named
+                    && !n.ends_with(&format!(".{}.{}", gw.key.name, gw.key.namespace))
+                {
+                    continue;
+                }
+                let tls = srv
+                    .tls
+                    .as_ref()
+                    .map(|t| format!(", tls {:?}", t.mode))
+                    .unwrap_or_default();
+                found.push((
+                    gw.key.to_string(),
+                    format!(
+                        "{} server[{i}] ({} {}, hosts {}{tls})",
+                        gw.key,
+                        srv.port.protocol,
+                        srv.port.number,
+                        srv.hosts.join(", ")
+                    ),
+                ));
+            }
+        }
+        if found.is_empty() {
+            self.step(format!(
+                "no Gateway selecting this proxy has a server on port {port}"
+            ));
+        }
+        for (key, text) in found {
+            self.step(text);
+            self.object(key);
+        }
     }
 
     fn chain_step(&mut self, walk: &Walk) {
