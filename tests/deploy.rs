@@ -188,11 +188,17 @@ fn deploy_and_crds_pass_kubernetes_schemas() {
 
 #[test]
 fn kube_inject_output_passes_kubernetes_schemas() {
+    let cases = repo().join("../shared/istio/injection/cases");
+    if !cases.exists() {
+        eprintln!(
+            "SKIPPED: kube-inject output of Istio's injection cases against Kubernetes schemas (../shared/istio is not there)"
+        );
+        return;
+    }
     // Injected with the built-in defaults: what `meshd kube-inject -f` prints by default.
     let settings = meshd::inject::settings_from_files(None, None, None).expect("defaults");
     let dir = std::env::temp_dir().join(format!("meshd-kubeinject-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let cases = repo().join("../shared/istio/injection/cases");
     let mut paths = Vec::new();
     for name in [
         "hello.yaml",

@@ -27,6 +27,7 @@ impl Bookinfo {
     /// Starts everything with Bookinfo's services, pods, DestinationRules and the given
     /// VirtualService file. None if the environment cannot run it (skipped).
     pub fn start(virtual_service: &std::path::Path, ads: Ads) -> Option<Bookinfo> {
+        shared_or_skip("Bookinfo with Istio's DestinationRules")?;
         if envoy_bin().is_none()
             && !skip_or_fail("envoy is not installed (.venv-envoy/bin/envoy or ENVOY_BIN)")
         {
@@ -354,6 +355,9 @@ fn bad_edits_keep_the_last_good_config_serving() {
 
 #[test]
 fn ingress_gateway_routes_productpage() {
+    let Some(_) = shared_or_skip("Istio's Bookinfo gateway") else {
+        return;
+    };
     if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
         return;
     }

@@ -25,6 +25,19 @@ pub fn shared() -> PathBuf {
     repo().join("../shared/istio")
 }
 
+/// ../shared/istio, or None (after a SKIPPED line naming `what`) when this clone has no
+/// ../shared. Always a skip, even under MESHD_REQUIRE_ENVOY=1: the Istio reference data
+/// is not a tool the test command installs.
+pub fn shared_or_skip(what: &str) -> Option<PathBuf> {
+    let dir = shared();
+    if dir.exists() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: {what} (../shared/istio is not there)");
+        None
+    }
+}
+
 /// Whether a missing tool must fail the test (CI) rather than skip it (a laptop).
 fn required() -> bool {
     std::env::var("MESHD_REQUIRE_ENVOY").is_ok_and(|v| v == "1")

@@ -20,6 +20,7 @@ struct Hooks {
 
 impl Hooks {
     fn start() -> Option<Hooks> {
+        shared_or_skip("the webhooks with Istio's injector ConfigMap")?;
         if !isolate() {
             return None;
         }
