@@ -240,10 +240,11 @@ fn explain(a: crate::cli::ExplainArgs) -> Result<ExitCode> {
         InterceptionArg::Redirect,
         true,
     )?;
-    let res = translate::generate(&snap, &proxy);
+    let ctx = translate::ProxyContext::new(&snap, &proxy);
+    let res = translate::generate_for(&ctx);
     let json = a.json || a.calls.is_some();
     for (name, spec) in &calls {
-        let out = crate::explain::explain(&snap, &proxy, &res, name.clone(), spec);
+        let out = crate::explain::explain(&ctx, &res, name.clone(), spec);
         if json {
             println!("{}", serde_json::to_string(&out.to_json())?);
         } else {

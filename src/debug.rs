@@ -201,8 +201,9 @@ async fn explain(
     let snap = state.snapshot();
     // Translation is CPU work: off the async threads.
     let out = tokio::task::spawn_blocking(move || {
-        let res = translate::generate(&snap, &conn.proxy);
-        let mut v = crate::explain::explain(&snap, &conn.proxy, &res, None, &spec).to_json();
+        let ctx = translate::ProxyContext::new(&snap, &conn.proxy);
+        let res = translate::generate_for(&ctx);
+        let mut v = crate::explain::explain(&ctx, &res, None, &spec).to_json();
         v["proxy"] = json!(conn.proxy.id);
         v["generation"] = json!(snap.generation);
         v

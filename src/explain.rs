@@ -13,9 +13,8 @@ pub mod rbac;
 
 use serde_json::{Value, json};
 
-use crate::model::proxy::{Proxy, ProxyKind};
-use crate::model::snapshot::Snapshot;
-use crate::translate::Resources;
+use crate::model::proxy::ProxyKind;
+use crate::translate::{ProxyContext, Resources};
 
 pub use call::{Call, CallSpec};
 pub use envoy::Failure;
@@ -73,14 +72,15 @@ pub struct Outcome {
 }
 
 /// Answers `spec` for `proxy`, whose generated resources are `res`.
+/// Answers `spec` for the proxy of `ctx`, whose generated resources are `res`
+/// (`translate::generate_for(ctx)`: one context and one translation serve many calls).
 pub fn explain(
-    snap: &Snapshot,
-    proxy: &Proxy,
+    ctx: &ProxyContext,
     res: &Resources,
     name: Option<String>,
     spec: &CallSpec,
 ) -> Outcome {
-    let call = match spec.resolve(proxy.kind == ProxyKind::Router) {
+    let call = match spec.resolve(ctx.proxy.kind == ProxyKind::Router) {
         Ok(c) => c,
         Err(e) => {
             return Outcome {
@@ -107,7 +107,7 @@ pub fn explain(
         action: walk.action.clone(),
         ..Default::default()
     };
-    provenance::describe(snap, proxy, res, &call, &walk, &mut out);
+    provenance::describe(ctx, res, &call, &walk, &mut out);
     out
 }
 

@@ -89,14 +89,18 @@ pub fn endpoints(ctx: &ProxyContext, names: &[String]) -> Vec<ClusterLoadAssignm
 /// Everything for a proxy: clusters and the endpoints of its EDS clusters, listeners and
 /// the route configurations they name.
 pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Resources {
-    let ctx = ProxyContext::new(snap, proxy);
-    let clusters = cluster::clusters(&ctx);
+    generate_for(&ProxyContext::new(snap, proxy))
+}
+
+/// [`generate`] for a context the caller already built (and uses again, as explain does).
+pub fn generate_for(ctx: &ProxyContext) -> Resources {
+    let clusters = cluster::clusters(ctx);
     let eds = cluster::eds_cluster_names(&clusters);
-    let endpoints = endpoints(&ctx, &eds);
-    let listeners = listener::listeners(&ctx);
+    let endpoints = endpoints(ctx, &eds);
+    let listeners = listener::listeners(ctx);
     let routes = listener::route_names(&listeners)
         .iter()
-        .filter_map(|n| route_config(&ctx, n))
+        .filter_map(|n| route_config(ctx, n))
         .collect();
     Resources {
         clusters,

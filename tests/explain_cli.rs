@@ -32,15 +32,22 @@ fn ab_config(tag: &str) -> PathBuf {
     dir
 }
 
-fn explain(config: &Path, args: &[&str]) -> Output {
+/// `meshd explain --config-dir CONFIG ARGS…` (ARGS naming the proxy).
+fn explain_as(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshd"))
         .arg("explain")
         .arg("--config-dir")
         .arg(config)
-        .args(["--proxy", PRODUCTPAGE, "--label", "app=productpage"])
         .args(args)
         .output()
         .expect("run meshd explain")
+}
+
+/// `meshd explain` for Bookinfo's productpage sidecar.
+fn explain(config: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--proxy", PRODUCTPAGE, "--label", "app=productpage"];
+    all.extend_from_slice(args);
+    explain_as(config, &all)
 }
 
 fn text(o: &Output) -> String {
@@ -236,18 +243,16 @@ spec:
             "--json",
         ];
         args.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .arg("explain")
-            .arg("--config-dir")
-            .arg(&dir)
-            .args([
-                "--proxy",
-                "sidecar~127.0.0.12~reviews-v1.default~default.svc.cluster.local",
-            ])
-            .args(["--label", "app=reviews", "--label", "version=v1"])
-            .args(&args)
-            .output()
-            .expect("explain");
+        let mut all = vec![
+            "--proxy",
+            "sidecar~127.0.0.12~reviews-v1.default~default.svc.cluster.local",
+            "--label",
+            "app=reviews",
+            "--label",
+            "version=v1",
+        ];
+        all.extend_from_slice(&args);
+        let out = explain_as(&dir, &all);
         let v: Value = serde_json::from_str(text(&out).trim()).expect("JSON");
         assert_eq!(v["cluster"], "inbound|9080||", "{v}");
         v["authorization"].clone()
@@ -296,11 +301,9 @@ spec:
 /// Through Bookinfo's ingress gateway: the Gateway server is named with the route.
 #[test]
 fn gateway_calls_name_the_gateway_server() {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .arg("explain")
-        .arg("--config-dir")
-        .arg(repo().join("examples/bookinfo"))
-        .args([
+    let out = explain_as(
+        &repo().join("examples/bookinfo"),
+        &[
             "--proxy",
             "router~127.0.0.50~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
             "--label",
@@ -310,9 +313,8 @@ fn gateway_calls_name_the_gateway_server() {
             "--path",
             "/productpage",
             "--json",
-        ])
-        .output()
-        .expect("explain");
+        ],
+    );
     assert_eq!(out.status.code(), Some(0));
     let v: Value = serde_json::from_str(text(&out).trim()).expect("JSON");
     assert_eq!(v["listener"], "0.0.0.0_8080", "{v}");

@@ -246,7 +246,8 @@ fn run_case(path: &Path, tally: &mut Tally) {
     let (set, notes) = config_set(&case);
     let snap = Snapshot::build(&set, None, "cluster.local", "istio-system");
     let proxy = proxy(&case);
-    let res = translate::generate(&snap, &proxy);
+    let ctx = translate::ProxyContext::new(&snap, &proxy);
+    let res = translate::generate_for(&ctx);
 
     for (index, c) in case["calls"].as_array().into_iter().flatten().enumerate() {
         let name = str_of(c, "name").unwrap_or_default();
@@ -256,7 +257,7 @@ fn run_case(path: &Path, tally: &mut Tally) {
         }
         let spec: CallSpec =
             serde_json::from_value(call).unwrap_or_else(|e| panic!("{rel} {name}: call: {e}"));
-        let out = explain::explain(&snap, &proxy, &res, Some(name.clone()), &spec);
+        let out = explain::explain(&ctx, &res, Some(name.clone()), &spec);
         let got = out.to_json();
         let strict = c.get("strict").and_then(Value::as_bool).unwrap_or(false);
         let mut diffs = compare(&c["expect"], strict, &got);

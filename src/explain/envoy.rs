@@ -268,15 +268,19 @@ fn sieve(
     set: impl Fn(&ls::FilterChainMatch) -> bool,
     rank: impl Fn(&ls::FilterChainMatch) -> usize,
 ) -> Vec<&ls::FilterChain> {
-    let default = ls::FilterChainMatch::default();
-    let m = |c: &ls::FilterChain| c.filter_chain_match.clone().unwrap_or(default.clone());
-    if !chains.iter().any(|c| set(&m(c))) {
+    // A chain without a match is an empty one (borrowed, never cloned per criterion).
+    static EMPTY: std::sync::LazyLock<ls::FilterChainMatch> =
+        std::sync::LazyLock::new(ls::FilterChainMatch::default);
+    fn m(c: &ls::FilterChain) -> &ls::FilterChainMatch {
+        c.filter_chain_match.as_ref().unwrap_or(&EMPTY)
+    }
+    if !chains.iter().any(|c| set(m(c))) {
         return chains;
     }
     let ranked: Vec<(usize, &ls::FilterChain)> = chains
         .iter()
-        .filter(|c| set(&m(c)))
-        .map(|c| (rank(&m(c)), *c))
+        .filter(|c| set(m(c)))
+        .map(|c| (rank(m(c)), *c))
         .filter(|(r, _)| *r > 0)
         .collect();
     if let Some(best) = ranked.iter().map(|(r, _)| *r).max() {
@@ -286,7 +290,7 @@ fn sieve(
             .map(|(_, c)| c)
             .collect();
     }
-    chains.into_iter().filter(|c| !set(&m(c))).collect()
+    chains.into_iter().filter(|c| !set(m(c))).collect()
 }
 
 /// The chains of `l` a connection matches (one, or several when the listener is

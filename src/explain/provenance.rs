@@ -15,19 +15,11 @@ use crate::model::snapshot::{Snapshot, VirtualServiceConfig};
 use crate::translate::{ProxyContext, Resources, naming, pb};
 
 /// Fills `out.steps` and `out.objects` from the walk.
-pub fn describe(
-    snap: &Snapshot,
-    proxy: &Proxy,
-    res: &Resources,
-    call: &Call,
-    walk: &Walk,
-    out: &mut Outcome,
-) {
-    let ctx = ProxyContext::new(snap, proxy);
+pub fn describe(ctx: &ProxyContext, res: &Resources, call: &Call, walk: &Walk, out: &mut Outcome) {
     let mut d = Describer {
-        snap,
-        proxy,
-        ctx: &ctx,
+        snap: ctx.snap,
+        proxy: ctx.proxy,
+        ctx,
         call,
         out,
     };

@@ -35,21 +35,18 @@ pub fn enabled(ctx: &ProxyContext) -> bool {
 }
 
 fn cache(ctx: &ProxyContext) -> DnsCacheConfig {
-    let v6 = !ctx.proxy.ips.is_empty()
+    // The proxy's own address families decide, as istiod's SelectDNSLookupFamily: IPv6
+    // only when every address is IPv6.
+    let v6_only = !ctx.proxy.ips.is_empty()
         && ctx
             .proxy
             .ips
             .iter()
             .all(|ip| ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv6()));
-    let v4 = ctx
-        .proxy
-        .ips
-        .iter()
-        .any(|ip| ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv4()));
-    // The proxy's own address families decide, as istiod's SelectDNSLookupFamily.
-    let family = match (v4, v6) {
-        (_, true) => cl::cluster::DnsLookupFamily::V6Only,
-        _ => cl::cluster::DnsLookupFamily::V4Only,
+    let family = if v6_only {
+        cl::cluster::DnsLookupFamily::V6Only
+    } else {
+        cl::cluster::DnsLookupFamily::V4Only
     };
     DnsCacheConfig {
         name: CACHE.into(),

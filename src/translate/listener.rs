@@ -879,13 +879,14 @@ fn masked(address: &str, len: u32) -> Option<std::net::IpAddr> {
 fn virtual_outbound(ctx: &ProxyContext) -> Listener {
     let egress = route::egress_proxy_cluster(ctx);
     let fallback = match (ctx.scope.outbound_policy, &egress) {
-        (OutboundTrafficMode::ALLOW_ANY, Some(c)) => c.as_str(),
+        // egressProxy is set under ALLOW_ANY only (`route::egress_proxy_cluster`).
+        (_, Some(c)) => c.as_str(),
         (OutboundTrafficMode::ALLOW_ANY | OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS, None) => {
             naming::PASSTHROUGH
         }
-        (OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS, Some(c)) => c.as_str(),
-        (OutboundTrafficMode::REGISTRY_ONLY, _) => naming::BLACKHOLE,
+        (OutboundTrafficMode::REGISTRY_ONLY, None) => naming::BLACKHOLE,
     };
+
     let mut l = listener(
         naming::VIRTUAL_OUTBOUND.into(),
         "0.0.0.0",

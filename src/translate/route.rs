@@ -1057,31 +1057,28 @@ pub fn egress_proxy_cluster(ctx: &ProxyContext) -> Option<String> {
 
 fn catch_all(policy: OutboundTrafficMode, egress_proxy: Option<String>) -> VirtualHost {
     match policy {
-        OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS if egress_proxy.is_none() => {
-            super::dfp::catch_all_virtual_host()
-        }
-        OutboundTrafficMode::ALLOW_ANY | OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS => {
-            VirtualHost {
+        // egressProxy applies under ALLOW_ANY only (`egress_proxy_cluster`).
+        OutboundTrafficMode::ALLOW_ANY_DYNAMIC_DNS => super::dfp::catch_all_virtual_host(),
+        OutboundTrafficMode::ALLOW_ANY => VirtualHost {
+            name: "allow_any".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
                 name: "allow_any".into(),
-                domains: vec!["*".into()],
-                routes: vec![Route {
-                    name: "allow_any".into(),
-                    r#match: Some(route_match(None)),
-                    action: Some(Action::Route(RouteAction {
-                        cluster_specifier: Some(ClusterSpecifier::Cluster(
-                            egress_proxy.unwrap_or_else(|| naming::PASSTHROUGH.into()),
-                        )),
-                        timeout: pb::secs(0),
-                        #[allow(deprecated)]
-                        max_grpc_timeout: pb::secs(0),
-                        ..Default::default()
-                    })),
+                r#match: Some(route_match(None)),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(
+                        egress_proxy.unwrap_or_else(|| naming::PASSTHROUGH.into()),
+                    )),
+                    timeout: pb::secs(0),
+                    #[allow(deprecated)]
+                    max_grpc_timeout: pb::secs(0),
                     ..Default::default()
-                }],
-                include_request_attempt_count: true,
+                })),
                 ..Default::default()
-            }
-        }
+            }],
+            include_request_attempt_count: true,
+            ..Default::default()
+        },
         OutboundTrafficMode::REGISTRY_ONLY => VirtualHost {
             name: "block_all".into(),
             domains: vec!["*".into()],
