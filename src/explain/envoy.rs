@@ -84,8 +84,6 @@ pub struct Walk<'r> {
     pub action: Option<String>,
     /// The TLS context the chain terminates with, if any.
     pub downstream_tls: Option<tls::DownstreamTlsContext>,
-    /// Network filters of the chain, in order (names).
-    pub network_filters: Vec<String>,
     /// The route configuration was named over RDS but not generated.
     pub missing_route_config: bool,
 }
@@ -606,7 +604,6 @@ pub fn walk<'r>(res: &'r Resources, call: &Call) -> Walk<'r> {
         }
     };
     w.filter_chain = Some(fc);
-    w.network_filters = fc.filters.iter().map(|f| f.name.clone()).collect();
     w.downstream_tls = downstream_tls(fc);
     if let Some(ctx) = &w.downstream_tls {
         if call.tls == Tls::Plaintext {

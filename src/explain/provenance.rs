@@ -33,7 +33,7 @@ pub fn describe(ctx: &ProxyContext, res: &Resources, call: &Call, walk: &Walk, o
     if walk.filter_chain.is_none() {
         return;
     }
-    d.inbound_policy_step(walk);
+    d.inbound_policy_step();
     d.http_steps(walk);
     d.authorization_step(walk);
     d.cluster_step(walk);
@@ -282,7 +282,7 @@ impl Describer<'_> {
         }
     }
 
-    fn inbound_policy_step(&mut self, walk: &Walk) {
+    fn inbound_policy_step(&mut self) {
         if self.call.mode != Mode::Inbound || self.proxy.kind != ProxyKind::Sidecar {
             return;
         }
@@ -303,20 +303,14 @@ impl Describer<'_> {
         let policies = self
             .snap
             .authorization_policies_for(&self.proxy.namespace, &self.ctx.labels);
-        let enforced = walk
-            .network_filters
-            .iter()
-            .any(|f| f.contains("rbac") || f == super::envoy::HCM);
         for p in policies {
             let action = match &p.spec {
                 Spec::AuthorizationPolicy(a) => format!("{:?}", a.action),
                 _ => continue,
             };
             let k = p.key.to_string();
-            self.step(format!(
-                "{k} ({action}) applies to this workload{}",
-                if enforced { "" } else { " (not on this chain)" }
-            ));
+            // Whether it lets this call through is the authorization step's answer.
+            self.step(format!("{k} ({action}) applies to this workload"));
             self.object(k);
         }
     }
