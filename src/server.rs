@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -338,9 +337,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     });
     let push_task = tokio::spawn(push::run(state.clone(), snap_rx, debounce));
 
-    let ads = AggregatedDiscoveryServiceServer::new(AdsService::new(state.clone()))
-        .max_decoding_message_size(crate::xds::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(usize::MAX);
+    let ads = AdsService::new(state.clone());
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc_addr = grpc.local_addr()?;
     let grpc_task = tokio::spawn(async move {
@@ -364,10 +361,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let secure_addr = secure_grpc.local_addr()?;
     let incoming = crate::ca::server::incoming(secure_grpc, tls, trust_domain.clone());
     let ca_service = crate::ca::server::CaService::new(ca.clone(), auth.clone(), metrics.clone());
-    let secure_ads =
-        AggregatedDiscoveryServiceServer::new(AdsService::secure(state.clone(), auth.clone()))
-            .max_decoding_message_size(crate::xds::MAX_REQUEST_BYTES)
-            .max_encoding_message_size(usize::MAX);
+    let secure_ads = AdsService::secure(state.clone(), auth.clone());
     let mut secure_shutdown = shutdown_rx.clone();
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()

@@ -3,8 +3,10 @@
 
 pub mod cache;
 pub mod connection;
+pub mod names;
 pub mod push;
 pub mod server;
 pub mod watch;
+pub mod wire;
 
 pub use server::{AdsService, MAX_REQUEST_BYTES, XdsState};

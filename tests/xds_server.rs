@@ -9,7 +9,6 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-    aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::google::rpc::Status;
 use meshd::model::snapshot::Snapshot;
@@ -84,9 +83,7 @@ impl FakeServer {
         let addr = format!("http://{}", l.local_addr().expect("addr"));
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(AdsService::new(
-                    state.clone(),
-                )))
+                .add_service(AdsService::new(state.clone()))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
         FakeServer {

@@ -27,7 +27,45 @@ use std::collections::{BTreeMap, BTreeSet};
 // Translation allocates many small objects; mimalloc handles that far better than
 // glibc's allocator (measured in docs/PERFORMANCE.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting(mimalloc::MiMalloc);
+
+/// mimalloc, counting the bytes allocated and not yet freed: B2 reports the live heap
+/// beside RSS, which tells data meshd holds from memory the allocator keeps.
+struct Counting(mimalloc::MiMalloc);
+
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to mimalloc unchanged; only a counter is added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { self.0.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { self.0.dealloc(p, l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { self.0.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new as isize - l.size() as isize,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { self.0.realloc(p, l, new) }
+    }
+}
+
+/// Bytes allocated and not freed, in MB.
+fn live_mb() -> f64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +74,6 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-    aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use meshd::model::diagnostic::Origin;
 use meshd::model::object::Object;
@@ -61,6 +98,8 @@ struct Args {
     timeout: u64,
     keep: bool,
     clients_given: bool,
+    /// Skip B1 (`--no-b1`): B2's memory is then not mixed with B1's allocations.
+    no_b1: bool,
 }
 
 fn parse_args() -> Args {
@@ -76,6 +115,7 @@ fn parse_args() -> Args {
         timeout: 120,
         keep: false,
         clients_given: false,
+        no_b1: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -95,6 +135,7 @@ fn parse_args() -> Args {
             "--classes" => a.classes = num("--classes"),
             "--timeout" => a.timeout = num("--timeout") as u64,
             "--keep" => a.keep = true,
+            "--no-b1" => a.no_b1 = true,
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -431,7 +472,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// B2's proxies run in a child process, so that the server's peak RSS is its own.
-async fn b2(n: usize, m: usize) {
+async fn b2(n: usize, m: usize, classes: usize) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let metrics = Arc::new(meshd::metrics::Metrics::new());
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -447,15 +488,15 @@ async fn b2(n: usize, m: usize) {
         .await
         .expect("bind");
     let addr = format!("http://{}", listener.local_addr().expect("addr"));
-    let svc = AggregatedDiscoveryServiceServer::new(AdsService::new(state.clone()))
-        .max_encoding_message_size(usize::MAX)
-        .max_decoding_message_size(64 << 20);
+    let svc = AdsService::new(state.clone()).max_request_bytes(64 << 20);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let classes = 50;
+    // The mesh is loaded; what the proxies add is measured from here.
+    let rss_base = rss_mb();
+    let live_base = live_mb();
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
         .args([
             "--b2-client",
@@ -474,6 +515,9 @@ async fn b2(n: usize, m: usize) {
     let synced = lines.next_line().await.ok().flatten().unwrap_or_default();
     let rss_synced = rss_mb();
     let connected = state.connections().len();
+    let per_proxy_kib = (rss_synced - rss_base) * 1024.0 / m.max(1) as f64;
+    let live_synced = live_mb();
+    let live_per_proxy_kib = (live_synced - live_base) * 1024.0 / m.max(1) as f64;
     // Let the ACKs of the initial sync land before changing anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let next = Arc::new(Snapshot::build(
@@ -496,9 +540,19 @@ async fn b2(n: usize, m: usize) {
     let _ = child.wait().await;
     println!(
         "B2 services={n} clients={m} ({classes} proxy classes, {connected} connected): {synced}; {converged}; \
-         meshd peak RSS {:.0} MB (RSS after the initial sync {:.0} MB)",
+         meshd peak RSS {:.0} MB (RSS before proxies {:.0} MB, after the initial sync {:.0} MB: \
+         {:.0} KiB per proxy; live heap {:.0} MB before, {:.0} MB after: {:.0} KiB per proxy); \
+         {} OS threads",
         peak_rss_mb(),
+        rss_base,
         rss_synced,
+        per_proxy_kib,
+        live_base,
+        live_synced,
+        live_per_proxy_kib,
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(0),
     );
 }
 
@@ -642,13 +696,15 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for n in &args.services {
-        b1(*n, args.runs);
+        if !args.no_b1 {
+            b1(*n, args.runs);
+        }
     }
     if args.clients > 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(b2(args.b2_services, args.clients));
+        rt.block_on(b2(args.b2_services, args.clients, args.classes));
     }
 }

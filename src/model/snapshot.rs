@@ -210,6 +210,51 @@ pub struct Snapshot {
     peer_auth_hash: u64,
     /// Scopes computed for proxies, shared by all proxies with the same Sidecar.
     scopes: Mutex<ScopeCache>,
+    /// Label keys some configuration selects workloads by (computed on first use).
+    selector_keys: std::sync::OnceLock<BTreeSet<String>>,
+}
+
+/// Label keys under the selector-like fields of a configuration object's JSON (see
+/// [`Snapshot::selector_keys`]). Both spellings are looked for: serde may name fields in
+/// camelCase (Istio's) or snake_case.
+fn collect_selector_keys(v: &serde_json::Value, keys: &mut BTreeSet<String>) {
+    use serde_json::Value;
+    let label_keys = |m: &serde_json::Map<String, Value>, keys: &mut BTreeSet<String>| {
+        keys.extend(m.keys().cloned());
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                match (k.as_str(), child) {
+                    ("selector" | "workloadSelector" | "workload_selector", Value::Object(sel)) => {
+                        let inner = ["matchLabels", "match_labels", "labels"]
+                            .iter()
+                            .filter_map(|f| sel.get(*f).and_then(Value::as_object))
+                            .collect::<Vec<_>>();
+                        if inner.is_empty() {
+                            // A Gateway's selector is the label map itself.
+                            label_keys(sel, keys);
+                        } else {
+                            for m in inner {
+                                label_keys(m, keys);
+                            }
+                        }
+                    }
+                    ("sourceLabels" | "source_labels", Value::Object(m)) => label_keys(m, keys),
+                    ("failoverPriority" | "failover_priority", Value::Array(a)) => {
+                        keys.extend(
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(|s| s.split_once('=').map_or(s, |(k, _)| k).to_string()),
+                        );
+                    }
+                    _ => collect_selector_keys(child, keys),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| collect_selector_keys(c, keys)),
+        _ => {}
+    }
 }
 
 /// A Kubernetes Service's ports, protocols as Istio reads them (name prefix,
@@ -363,6 +408,37 @@ impl Snapshot {
         find(namespace, true)
             .or_else(|| find(namespace, false))
             .or_else(|| find(root, false))
+    }
+
+    /// Every label key that some configuration object selects workloads by: the keys
+    /// of `selector`/`matchLabels` and `workloadSelector.labels`, VirtualService
+    /// `sourceLabels`, and the labels named in `failoverPriority`. Only these labels of
+    /// a proxy can change what it is sent, so proxies that differ in nothing else (a
+    /// `pod-template-hash`, a StatefulSet pod name) share their resources. Read from
+    /// the objects' JSON so that a field added to any kind is covered without a list
+    /// to keep in step.
+    pub fn selector_keys(&self) -> &BTreeSet<String> {
+        self.selector_keys.get_or_init(|| {
+            let mut keys = BTreeSet::new();
+            for o in self.objects.values() {
+                if matches!(
+                    o.spec,
+                    Spec::VirtualService(_)
+                        | Spec::DestinationRule(_)
+                        | Spec::Gateway(_)
+                        | Spec::Sidecar(_)
+                        | Spec::EnvoyFilter(_)
+                        | Spec::Telemetry(_)
+                        | Spec::PeerAuthentication(_)
+                        | Spec::AuthorizationPolicy(_)
+                        | Spec::RequestAuthentication(_)
+                ) && let Ok(v) = serde_json::to_value(&o.spec)
+                {
+                    collect_selector_keys(&v, &mut keys);
+                }
+            }
+            keys
+        })
     }
 
     /// The scope (visible services, VirtualServices, DestinationRules) for a proxy in
@@ -1956,6 +2032,7 @@ impl Builder {
             gateway_hash,
             peer_auth_hash,
             scopes: Mutex::new(HashMap::new()),
+            selector_keys: Default::default(),
         }
     }
 }
@@ -2094,6 +2171,56 @@ pub fn general_error(reason: impl Into<String>) -> Diagnostic {
 mod tests {
     use super::*;
     use crate::sources::yaml::parse_documents;
+
+    #[test]
+    fn selector_keys_are_the_labels_configuration_selects_by() {
+        let snap = snapshot(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: default}
+spec:
+  host: r
+  workloadSelector: {matchLabels: {app: client}}
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting: {enabled: true, failoverPriority: ["topology.kubernetes.io/zone", "tier=gold"]}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: default}
+spec: {selector: {matchLabels: {role: db}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: v, namespace: default}
+spec:
+  hosts: [r]
+  http: [{match: [{sourceLabels: {env: prod}}], route: [{destination: {host: r}}]}]
+"#,
+        );
+        let keys: Vec<&str> = snap.selector_keys().iter().map(String::as_str).collect();
+        // Subset labels select endpoints, not clients: `version` is not among them.
+        assert_eq!(
+            keys,
+            [
+                "app",
+                "env",
+                "istio",
+                "role",
+                "tier",
+                "topology.kubernetes.io/zone"
+            ]
+        );
+    }
 
     fn snapshot(text: &str) -> Snapshot {
         let mut set = ConfigSet::default();

@@ -4,22 +4,27 @@
 //! The cache is keyed by the snapshot generation and emptied when a new one is published.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::OnceCell;
 
 use crate::translate::ProxyContext;
 
-/// A generated resource with its content-hash version.
+/// A generated resource with its content-hash version, encoded once and shared by
+/// every proxy that gets it.
 #[derive(Debug)]
 pub struct Generated {
     pub name: String,
     pub version: String,
-    pub any: Any,
+    /// The resource as an encoded `google.protobuf.Any`.
+    pub any: bytes::Bytes,
 }
 
-type Cell = Arc<OnceLock<Arc<Vec<Arc<Generated>>>>>;
+/// An async cell: streams waiting for another stream's computation of the same set
+/// wait without holding a thread.
+type Cell = Arc<OnceCell<Arc<Vec<Arc<Generated>>>>>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -43,13 +48,19 @@ const MAX_SETS: usize = 20_000;
 /// and client rule, so large meshes need many).
 const MAX_ONE: usize = 200_000;
 
-/// Everything about a proxy that translation reads. `with_address` adds the proxy's IPs
+/// Everything about a proxy that translation reads (the proxy's class). `with_address` adds the proxy's IPs
 /// (listeners bound to the pod address depend on it; clusters and routes do not).
 pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     ctx.proxy.kind.hash(&mut h);
     ctx.proxy.namespace.hash(&mut h);
-    ctx.labels.hash(&mut h);
+    // Only the labels some configuration selects by: the others (pod-template-hash,
+    // a StatefulSet's pod name) would make a class per pod.
+    let keys = ctx.snap.selector_keys();
+    for (k, v) in ctx.labels.iter().filter(|(k, _)| keys.contains(*k)) {
+        k.hash(&mut h);
+        v.hash(&mut h);
+    }
     ctx.proxy.interception.hash(&mut h);
     ctx.proxy.istio_version.is_some().hash(&mut h);
     ctx.proxy.mtls_ready.hash(&mut h);
@@ -92,34 +103,53 @@ impl Inner {
 impl ResourceCache {
     /// The cached resources for (`type_url`, `key`) in snapshot `generation`, computing
     /// them with `f` once if needed. Concurrent callers for the same key wait for the
-    /// first computation instead of repeating it.
-    pub fn get_or_generate(
+    /// first computation instead of repeating it (if the first caller goes away, the
+    /// next one computes).
+    pub async fn get_or_generate<F, Fut>(
         &self,
         generation: u64,
         type_url: &str,
         key: u64,
-        f: impl FnOnce() -> Vec<Arc<Generated>>,
-    ) -> Arc<Vec<Arc<Generated>>> {
-        let cell: Cell = {
-            let Ok(mut inner) = self.inner.lock() else {
-                return Arc::new(f());
-            };
-            if !inner.at(generation) {
-                // An older snapshot: computed for the asker alone, outside the lock.
-                drop(inner);
-                return Arc::new(f());
-            }
-            let k = (type_url.to_string(), key);
-            match inner.sets.get(&k) {
-                Some(cell) => cell.clone(),
-                None if inner.sets.len() >= MAX_SETS => {
-                    drop(inner);
-                    return Arc::new(f());
+        f: F,
+    ) -> Arc<Vec<Arc<Generated>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Vec<Arc<Generated>>>,
+    {
+        let cell: Option<Cell> = match self.inner.lock() {
+            Err(_) => None,
+            Ok(mut inner) => {
+                let k = (type_url.to_string(), key);
+                if !inner.at(generation) {
+                    // An older snapshot: computed for the asker alone.
+                    None
+                } else {
+                    match inner.sets.get(&k) {
+                        Some(cell) => Some(cell.clone()),
+                        None if inner.sets.len() >= MAX_SETS => None,
+                        None => Some(inner.sets.entry(k).or_default().clone()),
+                    }
                 }
-                None => inner.sets.entry(k).or_default().clone(),
             }
         };
-        cell.get_or_init(|| Arc::new(f())).clone()
+        match cell {
+            Some(cell) => cell
+                .get_or_init(|| async { Arc::new(f().await) })
+                .await
+                .clone(),
+            None => Arc::new(f().await),
+        }
+    }
+
+    /// Drops the set under (`type_url`, `key`): for a named subscription whose names do
+    /// not all exist, which only a confused or hostile client sends — its set is not
+    /// worth keeping, and a client must not be able to fill the cache with names.
+    pub fn forget(&self, generation: u64, type_url: &str, key: u64) {
+        if let Ok(mut inner) = self.inner.lock()
+            && inner.generation == generation
+        {
+            inner.sets.remove(&(type_url.to_string(), key));
+        }
     }
 
     /// One resource (`name` under `key`), computed once per snapshot.

@@ -7,16 +7,17 @@ use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use prost::Message;
-use tokio::sync::{Notify, mpsc};
-use tonic::{Status, Streaming};
+use tokio::sync::Notify;
+use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::cache::{Generated, ResourceCache, class_key};
 use super::server::{SyncStatus, XdsState};
 use super::watch::{Action, WatchState, WatchSummary};
+use super::wire::{self, FieldValue, Outgoing, Wrap};
 use crate::metrics::{Metrics, VersionLabel};
 use crate::model::proxy::Proxy;
 use crate::translate::{self, ProxyContext, pb, type_url};
@@ -92,12 +93,12 @@ impl Connection {
 /// The two flavours of ADS stream.
 pub enum Mode {
     Sotw {
-        inbound: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        inbound: wire::Requests<DiscoveryRequest>,
+        tx: wire::Sender,
     },
     Delta {
-        inbound: Streaming<DeltaDiscoveryRequest>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        inbound: wire::Requests<DeltaDiscoveryRequest>,
+        tx: wire::Sender,
     },
 }
 
@@ -105,13 +106,18 @@ fn version_of(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
-    let any = pb::resource(msg);
+/// A resource packed once for every proxy that gets it: its `Any`, encoded.
+fn packed(name: String, any: &envoy_types::pb::google::protobuf::Any) -> Generated {
+    let bytes = bytes::Bytes::from(any.encode_to_vec());
     Generated {
         name,
-        version: version_of(&any.value),
-        any,
+        version: version_of(&bytes),
+        any: bytes,
     }
+}
+
+fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
+    packed(name, &pb::resource(msg))
 }
 
 /// Load assignments, each computed once per snapshot for all proxies. A load assignment
@@ -164,29 +170,33 @@ fn generate_grpc(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
     }
 }
 
+/// Sets are kept sorted by name: a stream remembers what its client holds as the set
+/// last sent and looks names up in it.
+fn sorted(mut v: Vec<Arc<Generated>>) -> Vec<Arc<Generated>> {
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
 /// Resources of one type for the subscription in `w`.
 fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
     if ctx.proxy.proxyless {
         return generate_grpc(ctx, w);
     }
     match w.type_url.as_str() {
-        type_url::CLUSTER => translate::cluster::clusters(ctx)
-            .iter()
-            .filter(|c| w.wants(&c.name))
-            .map(|c| {
-                let any = pb::cluster_resource(c);
-                Arc::new(Generated {
-                    name: c.name.clone(),
-                    version: version_of(&any.value),
-                    any,
-                })
-            })
-            .collect(),
-        type_url::LISTENER => translate::listener::listeners(ctx)
-            .iter()
-            .filter(|l| w.wants(&l.name))
-            .map(|l| Arc::new(wrap(l.name.clone(), l)))
-            .collect(),
+        type_url::CLUSTER => sorted(
+            translate::cluster::clusters(ctx)
+                .iter()
+                .filter(|c| w.wants(&c.name))
+                .map(|c| Arc::new(packed(c.name.clone(), &pb::cluster_resource(c))))
+                .collect(),
+        ),
+        type_url::LISTENER => sorted(
+            translate::listener::listeners(ctx)
+                .iter()
+                .filter(|l| w.wants(&l.name))
+                .map(|l| Arc::new(wrap(l.name.clone(), l)))
+                .collect(),
+        ),
         type_url::ROUTE => w
             .names
             .iter()
@@ -268,13 +278,22 @@ fn cpu<T>(f: impl FnOnce() -> T) -> T {
 const MAX_SUBSCRIBED_NAMES: usize = 100_000;
 
 enum Outbound<'a> {
-    Sotw(&'a mpsc::Sender<Result<DiscoveryResponse, Status>>),
-    Delta(&'a mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
+    Sotw(&'a wire::Sender),
+    Delta(&'a wire::Sender),
 }
 
 impl Stream {
     fn metrics(&self) -> &Metrics {
         &self.state.metrics
+    }
+
+    /// Runs CPU work once one of the CPU slots (one per core) is free. Streams waiting
+    /// for a slot wait as tasks, not threads: however many proxies sync at once, only
+    /// as many threads as cores translate, and the process keeps a handful of threads
+    /// (each thread costs memory in the allocator's per-thread heaps).
+    async fn on_cpu<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _slot = self.state.cpu_slots.acquire().await;
+        cpu(f)
     }
 
     fn next_nonce(&mut self) -> String {
@@ -288,7 +307,7 @@ impl Stream {
     /// the response is queued, never until the proxy answers; and a proxy that stops
     /// reading gets `send_timeout` to take it, then its stream is closed — so a stuck
     /// client can hold neither a slot nor its stream's task for long.
-    async fn deliver<T>(&self, tx: &mpsc::Sender<Result<T, Status>>, resp: T) -> Result<(), ()> {
+    async fn deliver(&self, tx: &wire::Sender, resp: Outgoing) -> Result<(), ()> {
         let limit = self.state.send_timeout;
         // The deadline covers only this proxy's own back-pressure (room on its stream),
         // never the wait for a slot that other proxies hold.
@@ -335,7 +354,7 @@ impl Stream {
             .map(|c| c.proxy.id.as_str())
             .unwrap_or("");
         let mut out = Vec::new();
-        for name in &w.names {
+        for name in w.names.iter() {
             let secret = match name.as_str() {
                 translate::secret::DEFAULT => match store.get(id) {
                     Ok(cert) => translate::secret::workload(name, &cert.chain, &cert.key_pem),
@@ -498,37 +517,57 @@ impl Stream {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             h.update(&class_key(ctx, url == type_url::LISTENER).to_le_bytes());
             h.update(&[u8::from(w.wildcard)]);
-            for n in &w.names {
+            for n in w.names.iter() {
                 h.update(n.as_bytes());
                 h.update(&[0]);
             }
             h.digest()
         };
-        let res: Vec<Arc<Generated>> = cpu(|| {
-            if url == type_url::ENDPOINT {
-                endpoints(ctx, &self.state.cache, &w)
-            } else if url == type_url::SECRET {
-                self.secrets(&w)
-            } else {
-                let set = self
-                    .state
-                    .cache
-                    .get_or_generate(ctx.snap.generation, url, key, || generate(ctx, &w));
-                set.as_ref().clone()
+        let res: Arc<Vec<Arc<Generated>>> = if url == type_url::SECRET {
+            // Secrets are per identity, never shared.
+            Arc::new(self.on_cpu(|| self.secrets(&w)).await)
+        } else {
+            let cache = &self.state.cache;
+            let set = cache
+                .get_or_generate(ctx.snap.generation, url, key, || {
+                    self.on_cpu(|| {
+                        if url == type_url::ENDPOINT {
+                            // Each load assignment is shared across classes too.
+                            endpoints(ctx, cache, &w)
+                        } else {
+                            generate(ctx, &w)
+                        }
+                    })
+                })
+                .await;
+            if !w.wildcard && set.len() < w.names.len() {
+                cache.forget(ctx.snap.generation, url, key);
             }
-        });
+            set
+        };
+        // What the client holds is kept as a reference to the set last sent, looked up
+        // by name: the set must be sorted (generation keeps it so; this is the guard).
+        let res = if res.is_sorted_by(|a, b| a.name <= b.name) {
+            res
+        } else {
+            let mut v = res.as_ref().clone();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            Arc::new(v)
+        };
+        let has = |name: &str| res.binary_search_by(|r| r.name.as_str().cmp(name)).is_ok();
+        let changed: Vec<Arc<Generated>> = res
+            .iter()
+            .filter(|r| {
+                force.is_some_and(|f| f.contains(&r.name))
+                    || w.held.version(&r.name) != Some(r.version.as_str())
+            })
+            .cloned()
+            .collect();
         let version = set_version(&res);
         let nonce;
         let sent = match out {
             Outbound::Sotw(tx) => {
                 let full_set = url == type_url::CLUSTER || url == type_url::LISTENER;
-                let changed: Vec<&Arc<Generated>> = res
-                    .iter()
-                    .filter(|r| {
-                        force.is_some_and(|f| f.contains(&r.name))
-                            || w.client_versions.get(&r.name) != Some(&r.version)
-                    })
-                    .collect();
                 let unchanged = w.sent_version.as_deref() == Some(version.as_str());
                 if !respond && force.is_none() && (unchanged || (!full_set && changed.is_empty())) {
                     self.watches.insert(url.to_string(), w);
@@ -536,49 +575,41 @@ impl Stream {
                 }
                 // CDS and LDS responses are the whole state; EDS and RDS may carry only
                 // what changed, unless the client just asked.
-                let send: Vec<&Arc<Generated>> = if full_set || respond {
-                    res.iter().collect()
+                let send: Vec<Arc<Generated>> = if full_set || respond {
+                    res.as_ref().clone()
                 } else {
                     changed
                 };
                 nonce = self.next_nonce();
-                let resp = DiscoveryResponse {
-                    version_info: version.clone(),
-                    resources: send.iter().map(|r| r.any.clone()).collect(),
-                    type_url: url.to_string(),
-                    nonce: nonce.clone(),
-                    control_plane: Some(control_plane()),
-                    ..Default::default()
-                };
-                if full_set {
-                    w.client_versions.clear();
-                }
-                for r in &send {
-                    w.client_versions.insert(r.name.clone(), r.version.clone());
-                }
-                let n = resp.resources.len();
+                let cp = control_plane_bytes();
+                let resp = Outgoing::new(
+                    &[
+                        (1, FieldValue::Str(&version)),
+                        (4, FieldValue::Str(url)),
+                        (5, FieldValue::Str(&nonce)),
+                        (6, FieldValue::Msg(cp)),
+                    ],
+                    send,
+                    Wrap::Any,
+                );
+                // The client now has every resource of the set: those sent, and the
+                // others at the versions it already had.
+                w.held.replace(res.clone());
+                let n = resp.len();
                 self.deliver(tx, resp).await?;
                 n
             }
             Outbound::Delta(tx) => {
-                let current: BTreeSet<&str> = res.iter().map(|r| r.name.as_str()).collect();
-                let changed: Vec<&Arc<Generated>> = res
-                    .iter()
-                    .filter(|r| {
-                        force.is_some_and(|f| f.contains(&r.name))
-                            || w.client_versions.get(&r.name) != Some(&r.version)
-                    })
-                    .collect();
                 let mut removed: Vec<String> = w
-                    .client_versions
-                    .keys()
-                    .filter(|n| !current.contains(n.as_str()))
-                    .cloned()
+                    .held
+                    .names()
+                    .filter(|n| !has(n))
+                    .map(str::to_string)
                     .collect();
                 if respond {
                     // Explicitly requested names that do not exist: say so.
-                    for n in &w.names {
-                        if !current.contains(n.as_str()) && !removed.contains(n) {
+                    for n in w.names.iter() {
+                        if !has(n) && !removed.contains(n) {
                             removed.push(n.clone());
                         }
                     }
@@ -588,30 +619,16 @@ impl Stream {
                     return Ok(false);
                 }
                 nonce = self.next_nonce();
-                let resp = DeltaDiscoveryResponse {
-                    system_version_info: version.clone(),
-                    resources: changed
-                        .iter()
-                        .map(|r| Resource {
-                            name: r.name.clone(),
-                            version: r.version.clone(),
-                            resource: Some(r.any.clone()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    type_url: url.to_string(),
-                    removed_resources: removed.clone(),
-                    nonce: nonce.clone(),
-                    control_plane: Some(control_plane()),
-                    ..Default::default()
-                };
-                for r in &changed {
-                    w.client_versions.insert(r.name.clone(), r.version.clone());
-                }
-                for r in &removed {
-                    w.client_versions.remove(r);
-                }
-                let n = resp.resources.len();
+                let mut fields = vec![
+                    (1, FieldValue::Str(&version)),
+                    (4, FieldValue::Str(url)),
+                    (5, FieldValue::Str(&nonce)),
+                ];
+                fields.extend(removed.iter().map(|n| (6, FieldValue::Str(n))));
+                fields.push((7, FieldValue::Msg(control_plane_bytes())));
+                let resp = Outgoing::new(&fields, changed, Wrap::Resource);
+                w.held.replace(res.clone());
+                let n = resp.len();
                 self.deliver(tx, resp).await?;
                 n
             }
@@ -655,7 +672,7 @@ impl Stream {
                 None
             };
             let sent = self
-                .send_type(out, &ctx, url, respond, force.as_ref())
+                .send_type(out, &ctx, url, respond, force.as_deref())
                 .await?;
             if *url == type_url::CLUSTER && sent {
                 cds_sent = true;
@@ -735,10 +752,15 @@ fn debug_control_plane(id: &str) -> ControlPlane {
     }
 }
 
-fn control_plane() -> ControlPlane {
-    ControlPlane {
-        identifier: format!("meshd-{}", env!("CARGO_PKG_VERSION")),
-    }
+/// meshd's `ControlPlane` in every response, encoded once.
+fn control_plane_bytes() -> &'static [u8] {
+    static CP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    CP.get_or_init(|| {
+        ControlPlane {
+            identifier: format!("meshd-{}", env!("CARGO_PKG_VERSION")),
+        }
+        .encode_to_vec()
+    })
 }
 
 fn version_label(proxy: &Proxy) -> VersionLabel {
@@ -865,7 +887,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                                             s.debug_nonces.pop_first();
                                         }
                                         s.debug_nonces.insert(resp.nonce.clone());
-                                        if tx.send(Ok(resp)).await.is_err() {
+                                        if tx.send(Ok(Outgoing::encoded(&resp))).await.is_err() {
                                             break Ok(());
                                         }
                                     }

@@ -3,10 +3,13 @@
 //! Kept free of I/O so that it can be table-tested (see the tests below).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use serde::Serialize;
 
+use super::cache::Generated;
+use super::names::{self, Names};
 use crate::translate::type_url;
 
 /// A rejected response.
@@ -23,11 +26,12 @@ pub struct WatchState {
     pub type_url: String,
     /// Subscribed to everything of this type (CDS/LDS with no names, or `*`).
     pub wildcard: bool,
-    /// Explicitly subscribed names.
-    pub names: BTreeSet<String>,
-    /// Resource name → version the client has (or was last sent).
+    /// Explicitly subscribed names (shared with other streams that subscribed to the
+    /// same; see [`super::names`]).
+    pub names: Names,
+    /// What the client has (or was last sent).
     #[serde(skip)]
-    pub client_versions: BTreeMap<String, String>,
+    pub held: Held,
     pub sent_version: Option<String>,
     pub sent_nonce: Option<String>,
     pub acked_version: Option<String>,
@@ -37,6 +41,80 @@ pub struct WatchState {
     pub acks: u64,
     pub nacks: u64,
 }
+
+/// What the client holds of one type, as far as meshd knows: the set last sent to it —
+/// the very `Arc` the resource cache shares between the proxies of a class, so a stream
+/// holds one pointer, not a name → version map per resource — and, until the first
+/// response, what a reconnecting Delta client said it kept.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Sorted by name.
+    set: Arc<Vec<Arc<Generated>>>,
+    declared: BTreeMap<String, String>,
+}
+
+impl Held {
+    /// The version the client has of `name`.
+    pub fn version(&self, name: &str) -> Option<&str> {
+        match self.set.binary_search_by(|r| r.name.as_str().cmp(name)) {
+            Ok(i) => Some(self.set[i].version.as_str()),
+            Err(_) => self.declared.get(name).map(String::as_str),
+        }
+    }
+
+    /// A version a Delta client declared (`initial_resource_versions`).
+    pub fn declare(&mut self, name: String, version: String) {
+        self.declared.insert(name, version);
+    }
+
+    /// Forgets what the client no longer has (unsubscribed names), so that a
+    /// re-subscription sends them again.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.declared.retain(|k, _| keep(k));
+        if !self.set.iter().all(|r| keep(&r.name)) {
+            self.set = Arc::new(self.set.iter().filter(|r| keep(&r.name)).cloned().collect());
+        }
+    }
+
+    /// The client now has exactly `set` (sorted by name).
+    pub fn replace(&mut self, set: Arc<Vec<Arc<Generated>>>) {
+        self.set = set;
+        self.declared.clear();
+    }
+
+    /// Names the client has.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.set.iter().map(|r| r.name.as_str()).chain(
+            self.declared.keys().map(String::as_str).filter(|n| {
+                self.set
+                    .binary_search_by(|r| r.name.as_str().cmp(n))
+                    .is_err()
+            }),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.names().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.declared.is_empty()
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.declared == other.declared
+            && self.set.len() == other.set.len()
+            && self
+                .set
+                .iter()
+                .zip(other.set.iter())
+                .all(|(a, b)| a.name == b.name && a.version == b.version)
+    }
+}
+
+impl Eq for Held {}
 
 /// What /debug/syncz shows of a watch: its state without the per-resource maps, which
 /// can hold thousands of names per proxy.
@@ -93,14 +171,16 @@ impl WatchState {
         let wildcard = (names.is_empty() && is_wildcard_type(&self.type_url))
             || names.iter().any(|n| n == "*");
         let set: BTreeSet<String> = names.iter().filter(|n| *n != "*").cloned().collect();
-        let changed = wildcard != self.wildcard || set != self.names;
+        let changed = wildcard != self.wildcard || set != *self.names;
         self.wildcard = wildcard;
         // Forget versions of resources no longer subscribed, so that a re-subscription
         // gets them again.
         if !wildcard {
-            self.client_versions.retain(|k, _| set.contains(k));
+            self.held.retain(|k| set.contains(k));
         }
-        self.names = set;
+        if changed {
+            self.names = names::intern(Arc::new(set));
+        }
         changed
     }
 
@@ -162,7 +242,7 @@ impl WatchState {
             }
             // What the client kept from an earlier stream: only send what differs.
             for (name, version) in &req.initial_resource_versions {
-                self.client_versions.insert(name.clone(), version.clone());
+                self.held.declare(name.clone(), version.clone());
             }
             changed = true;
         }
@@ -171,17 +251,30 @@ impl WatchState {
                 changed |= !self.wildcard;
                 self.wildcard = true;
             } else {
-                changed |= self.names.insert(name.clone());
+                if !self.names.contains(name) {
+                    Arc::make_mut(&mut self.names).insert(name.clone());
+                    changed = true;
+                }
             }
         }
+        let mut dropped: BTreeSet<&str> = BTreeSet::new();
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 changed |= self.wildcard;
                 self.wildcard = false;
             } else {
-                changed |= self.names.remove(name);
-                self.client_versions.remove(name);
+                if self.names.contains(name) {
+                    Arc::make_mut(&mut self.names).remove(name);
+                    changed = true;
+                }
+                dropped.insert(name);
             }
+        }
+        if !dropped.is_empty() {
+            self.held.retain(|k| !dropped.contains(k));
+        }
+        if changed {
+            self.names = names::intern(std::mem::take(&mut self.names));
         }
         if nonce.is_empty() {
             return if changed || initial {
@@ -219,7 +312,7 @@ impl WatchState {
         WatchSummary {
             wildcard: self.wildcard,
             subscribed: self.names.len(),
-            resources: self.client_versions.len(),
+            resources: self.held.len(),
             sent_version: self.sent_version.clone(),
             sent_nonce: self.sent_nonce.clone(),
             acked_version: self.acked_version.clone(),
@@ -354,10 +447,7 @@ mod tests {
         first.initial_resource_versions = [("9080".to_string(), "v0".to_string())].into();
         assert_eq!(st.on_delta_request(&first), Action::Respond);
         assert!(!st.wildcard);
-        assert_eq!(
-            st.client_versions.get("9080").map(String::as_str),
-            Some("v0")
-        );
+        assert_eq!(st.held.version("9080"), Some("v0"));
         st.sent("v1", "n1");
         assert_eq!(
             st.on_delta_request(&delta(&[], &[], "n1", None)),
