@@ -15,6 +15,8 @@
 
 #[path = "bench/ads_client.rs"]
 mod ads_client;
+#[path = "bench/b6.rs"]
+mod b6;
 #[path = "bench/envoys.rs"]
 mod envoys;
 #[path = "bench/http.rs"]
@@ -100,6 +102,10 @@ struct Args {
     clients_given: bool,
     /// Skip B1 (`--no-b1`): B2's memory is then not mixed with B1's allocations.
     no_b1: bool,
+    /// B6's number of pods injected and CSRs signed (`--b6 N`; 0 skips it).
+    b6: usize,
+    /// B2's clients see only this many services through a Sidecar (`--sidecar K`).
+    sidecar: usize,
 }
 
 fn parse_args() -> Args {
@@ -116,6 +122,8 @@ fn parse_args() -> Args {
         keep: false,
         clients_given: false,
         no_b1: false,
+        b6: 2000,
+        sidecar: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -136,6 +144,8 @@ fn parse_args() -> Args {
             "--timeout" => a.timeout = num("--timeout") as u64,
             "--keep" => a.keep = true,
             "--no-b1" => a.no_b1 = true,
+            "--b6" => a.b6 = num("--b6"),
+            "--sidecar" => a.sidecar = num("--sidecar"),
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -176,7 +186,22 @@ fn add(set: &mut ConfigSet, v: Value) {
 /// subsets and a realistic traffic policy per service, a VirtualService splitting
 /// traffic for every tenth. `variant` changes one VirtualService.
 fn mesh(n: usize, variant: u32) -> ConfigSet {
+    mesh_scoped(n, variant, 0)
+}
+
+/// The synthetic mesh; with `sidecar` > 0, a Sidecar in the clients' namespace limits
+/// what they see to the first `sidecar` services (B2's Sidecar-scoped proxies).
+fn mesh_scoped(n: usize, variant: u32, sidecar: usize) -> ConfigSet {
     let mut set = ConfigSet::default();
+    if sidecar > 0 {
+        let hosts: Vec<String> = (0..sidecar.min(n)).map(|i| format!("./svc-{i}")).collect();
+        add(
+            &mut set,
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": "default", "namespace": "bench"},
+            "spec": {"egress": [{"hosts": hosts}]}}),
+        );
+    }
     for i in 0..n {
         let name = format!("svc-{i}");
         add(
@@ -472,13 +497,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// B2's proxies run in a child process, so that the server's peak RSS is its own.
-async fn b2(n: usize, m: usize, classes: usize) {
+async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let metrics = Arc::new(meshd::metrics::Metrics::new());
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(XdsState::new(metrics, shutdown_rx));
     let base = Arc::new(Snapshot::build(
-        &mesh(n, 0),
+        &mesh_scoped(n, 0, sidecar),
         None,
         "cluster.local",
         "istio-system",
@@ -521,7 +546,7 @@ async fn b2(n: usize, m: usize, classes: usize) {
     // Let the ACKs of the initial sync land before changing anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let next = Arc::new(Snapshot::build(
-        &mesh(n, 5),
+        &mesh_scoped(n, 5, sidecar),
         Some(&base),
         "cluster.local",
         "istio-system",
@@ -538,8 +563,13 @@ async fn b2(n: usize, m: usize, classes: usize) {
     push::publish(&state, next);
     let converged = lines.next_line().await.ok().flatten().unwrap_or_default();
     let _ = child.wait().await;
+    let scope = if sidecar > 0 {
+        format!(", Sidecar-scoped to {sidecar} services")
+    } else {
+        String::new()
+    };
     println!(
-        "B2 services={n} clients={m} ({classes} proxy classes, {connected} connected): {synced}; {converged}; \
+        "B2 services={n} clients={m}{scope} ({classes} label sets, {connected} connected): {synced}; {converged}; \
          meshd peak RSS {:.0} MB (RSS before proxies {:.0} MB, after the initial sync {:.0} MB: \
          {:.0} KiB per proxy; live heap {:.0} MB before, {:.0} MB after: {:.0} KiB per proxy); \
          {} OS threads",
@@ -700,11 +730,14 @@ fn main() {
             b1(*n, args.runs);
         }
     }
+    if args.b6 > 0 {
+        println!("{}", b6::run(args.b6));
+    }
     if args.clients > 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(b2(args.b2_services, args.clients, args.classes));
+        rt.block_on(b2(args.b2_services, args.clients, args.classes, args.sidecar));
     }
 }
