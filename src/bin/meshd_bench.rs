@@ -738,6 +738,11 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(b2(args.b2_services, args.clients, args.classes, args.sidecar));
+        rt.block_on(b2(
+            args.b2_services,
+            args.clients,
+            args.classes,
+            args.sidecar,
+        ));
     }
 }
