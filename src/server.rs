@@ -311,7 +311,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let (snap_tx, snap_rx) = mpsc::channel::<Arc<Snapshot>>(4);
     let build_task = tokio::spawn(async move {
         let mut builder = builder;
-        while let Some(set) = set_rx.recv().await {
+        while let Some(mut set) = set_rx.recv().await {
+            // Each set is the whole configuration: when newer ones queued up while the
+            // last build ran, only the newest is worth building.
+            while let Ok(newer) = set_rx.try_recv() {
+                set = newer;
+            }
             // Building a snapshot is CPU work: it runs off the async threads, so ACKs,
             // keepalives and debug requests are answered meanwhile.
             let built = tokio::task::spawn_blocking(move || {

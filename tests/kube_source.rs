@@ -762,3 +762,37 @@ async fn pods_take_the_locality_of_their_node() {
     })
     .await;
 }
+
+/// Under steady churn — an event every few milliseconds, so the quiet time never comes —
+/// changes still go out: a burst is held for a few quiet times at most.
+#[tokio::test]
+async fn steady_churn_still_produces_configuration() {
+    let server = std::sync::Arc::new(ApiServer::start("127.0.0.1:0", Duration::from_secs(60)));
+    server.apply_all(yaml(BASE));
+    let mut src = start(&server, "");
+    src.until("the initial sync", |_| true).await;
+    let churn = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            // 5 ms apart (quiet is 20 ms) for 3 s.
+            for i in 0..600 {
+                server.apply(json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "churn", "namespace": "default", "labels": {"i": i.to_string()}},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]},
+                }));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let mut sets = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), src.rx.recv()).await {
+            sets += 1;
+        }
+    }
+    churn.abort();
+    // A quiet-only debounce sends nothing until the churn stops (after 3 s).
+    assert!(sets >= 2, "{sets} configuration sets in 2 s of churn");
+}

@@ -284,9 +284,15 @@ impl FileSource {
         }
         while ev_rx.recv().await.is_some() {
             // Debounce: editors write a file in several steps (truncate, write, rename).
+            // A folder written to without pause (a log file beside the YAML) still gets
+            // loaded every few quiet times.
+            let deadline = tokio::time::Instant::now() + quiet * 4;
             loop {
-                match tokio::time::timeout(quiet, ev_rx.recv()).await {
-                    Ok(Some(())) => continue,
+                let wait =
+                    quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, ev_rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(Some(())) => break,
                     Ok(None) => return Ok(()),
                     Err(_) => break,
                 }

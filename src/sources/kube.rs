@@ -165,6 +165,9 @@ pub struct KubeOptions {
     pub quiet: Duration,
 }
 
+/// The longest a burst of events is held, in quiet times (4 × 50 ms by default).
+const BURST_QUIETS: u32 = 4;
+
 enum Msg {
     Replace(usize, Vec<DynamicObject>),
     Apply(usize, DynamicObject),
@@ -202,12 +205,22 @@ pub async fn run(
             return;
         };
         let mut pending = vec![first];
-        // Debounce: take everything that arrives within the quiet time.
+        // Debounce: take everything that arrives within the quiet time — but never for
+        // longer than a few quiet times in all: under steady churn (pods coming and
+        // going every few milliseconds) the quiet never comes, and the changes must go
+        // out anyway.
+        let deadline = tokio::time::Instant::now() + opts.quiet * BURST_QUIETS;
         loop {
-            match tokio::time::timeout(opts.quiet, msg_rx.recv()).await {
+            let wait = opts
+                .quiet
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, msg_rx.recv()).await {
                 Ok(Some(m)) => pending.push(m),
                 Ok(None) => return,
                 Err(_) => break,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
             }
         }
         for m in pending {
