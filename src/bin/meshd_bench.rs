@@ -15,6 +15,8 @@
 
 #[path = "bench/ads_client.rs"]
 mod ads_client;
+#[path = "bench/b3.rs"]
+mod b3;
 #[path = "bench/b6.rs"]
 mod b6;
 #[path = "bench/envoys.rs"]
@@ -106,6 +108,11 @@ struct Args {
     b6: usize,
     /// B2's clients see only this many services through a Sidecar (`--sidecar K`).
     sidecar: usize,
+    /// B3: pod events per second (`--b3 RATE`; 0 skips it), for `--b3-secs` seconds,
+    /// to `--b3-clients` proxies.
+    b3: usize,
+    b3_secs: usize,
+    b3_clients: usize,
 }
 
 fn parse_args() -> Args {
@@ -124,6 +131,9 @@ fn parse_args() -> Args {
         no_b1: false,
         b6: 2000,
         sidecar: 0,
+        b3: 1000,
+        b3_secs: 5,
+        b3_clients: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -146,6 +156,9 @@ fn parse_args() -> Args {
             "--no-b1" => a.no_b1 = true,
             "--b6" => a.b6 = num("--b6"),
             "--sidecar" => a.sidecar = num("--sidecar"),
+            "--b3" => a.b3 = num("--b3"),
+            "--b3-secs" => a.b3_secs = num("--b3-secs"),
+            "--b3-clients" => a.b3_clients = num("--b3-clients"),
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -194,7 +207,9 @@ fn mesh(n: usize, variant: u32) -> ConfigSet {
 fn mesh_scoped(n: usize, variant: u32, sidecar: usize) -> ConfigSet {
     let mut set = ConfigSet::default();
     if sidecar > 0 {
-        let hosts: Vec<String> = (0..sidecar.min(n)).map(|i| format!("./svc-{i}")).collect();
+        let hosts: Vec<String> = (0..sidecar.min(n))
+            .map(|i| format!("./svc-{i}.bench.svc.cluster.local"))
+            .collect();
         add(
             &mut set,
             json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
@@ -674,6 +689,20 @@ fn main() {
         ));
         return;
     }
+    if argv.get(1).map(String::as_str) == Some("--b3-client") {
+        let m = argv
+            .iter()
+            .position(|a| a == "--clients")
+            .and_then(|i| argv.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(b3::clients(argv.get(2).cloned().unwrap_or_default(), m));
+        return;
+    }
     if argv.get(1).map(String::as_str) == Some("--b2-client") {
         let addr = argv.get(2).cloned().unwrap_or_default();
         let get = |flag: &str, default: usize| {
@@ -732,6 +761,21 @@ fn main() {
     }
     if args.b6 > 0 {
         println!("{}", b6::run(args.b6));
+    }
+    if args.b3 > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        println!(
+            "{}",
+            rt.block_on(b3::run(
+                args.b2_services,
+                args.b3_clients,
+                args.b3,
+                args.b3_secs
+            ))
+        );
     }
     if args.clients > 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -145,6 +145,21 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Only endpoints moved (pods came, went, changed address or readiness): nothing
+    /// that shapes clusters, listeners or routes, except for the proxies of the moved
+    /// workloads themselves.
+    pub fn is_endpoint_churn(&self) -> bool {
+        !self.full
+            && self.services.is_empty()
+            && self.routes.is_empty()
+            && self.l4_routes.is_empty()
+            && self.policies.is_empty()
+            && self.pod_shaped.is_empty()
+            && self.sidecars.is_empty()
+            && !self.gateways
+            && self.secrets.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.full
             && self.services.is_empty()

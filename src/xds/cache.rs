@@ -141,6 +141,29 @@ impl ResourceCache {
         }
     }
 
+    /// Moves the cache to a newly published snapshot. Sets are per snapshot and go;
+    /// load assignments stay when the snapshot differs from the last only by endpoint
+    /// churn (`churned`: the hosts whose endpoints moved), except those of the churned
+    /// hosts — so a pod event costs the assignments of its service, not every cluster's
+    /// again. Any other change (`None`) empties the cache.
+    pub fn advance(&self, generation: u64, churned: Option<&std::collections::BTreeSet<String>>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if generation <= inner.generation {
+            return;
+        }
+        inner.generation = generation;
+        inner.sets.clear();
+        match churned {
+            Some(hosts) => inner.one.retain(|(_, name), _| {
+                crate::translate::naming::parse_cluster(name)
+                    .is_some_and(|(_, _, _, host)| !hosts.contains(host))
+            }),
+            None => inner.one.clear(),
+        }
+    }
+
     /// Drops the set under (`type_url`, `key`): for a named subscription whose names do
     /// not all exist, which only a confused or hostile client sends — its set is not
     /// worth keeping, and a client must not be able to fill the cache with names.

@@ -555,14 +555,7 @@ impl Stream {
             Arc::new(v)
         };
         let has = |name: &str| res.binary_search_by(|r| r.name.as_str().cmp(name)).is_ok();
-        let changed: Vec<Arc<Generated>> = res
-            .iter()
-            .filter(|r| {
-                force.is_some_and(|f| f.contains(&r.name))
-                    || w.held.version(&r.name) != Some(r.version.as_str())
-            })
-            .cloned()
-            .collect();
+        let (changed, gone) = w.held.diff(&res, force);
         let version = set_version(&res);
         let nonce;
         let sent = match out {
@@ -600,12 +593,7 @@ impl Stream {
                 n
             }
             Outbound::Delta(tx) => {
-                let mut removed: Vec<String> = w
-                    .held
-                    .names()
-                    .filter(|n| !has(n))
-                    .map(str::to_string)
-                    .collect();
+                let mut removed = gone;
                 if respond {
                     // Explicitly requested names that do not exist: say so.
                     for n in w.names.iter() {

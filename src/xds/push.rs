@@ -96,7 +96,22 @@ pub fn push_for(
 pub fn publish(state: &XdsState, next: Arc<Snapshot>) -> Changes {
     let prev = state.snapshot();
     let changes = next.changes_since(&prev);
+    publish_changes(state, prev, next, changes)
+}
+
+/// [`publish`] with the changes from `prev` (the published snapshot) already known.
+fn publish_changes(
+    state: &XdsState,
+    prev: Arc<Snapshot>,
+    next: Arc<Snapshot>,
+    changes: Changes,
+) -> Changes {
     let started = Instant::now();
+    // Before any stream can read the new snapshot: what stays valid of the cache.
+    state.cache.advance(
+        next.generation,
+        changes.is_endpoint_churn().then_some(&changes.endpoints),
+    );
     state.store(next.clone());
     if changes.is_empty() {
         return changes;
@@ -130,6 +145,26 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(10);
 /// [`DEBOUNCE_MAX`] in all), publishes the latest.
 pub async fn run(state: Arc<XdsState>, mut rx: mpsc::Receiver<Arc<Snapshot>>, debounce: Duration) {
     while let Some(mut snap) = rx.recv().await {
+        // Endpoint churn skips the debounce: the source already gathered its burst, and
+        // an EDS push is small and reaches only the proxies that see the hosts. Waiting
+        // for quiet would only add its length to every pod's convergence.
+        let st = state.clone();
+        let s = snap.clone();
+        let churn = tokio::task::spawn_blocking(move || {
+            let prev = st.snapshot();
+            let changes = s.changes_since(&prev);
+            if changes.is_endpoint_churn() && !changes.is_empty() {
+                publish_changes(&st, prev, s, changes);
+                true
+            } else {
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if churn {
+            continue;
+        }
         if !debounce.is_zero() {
             let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
             loop {

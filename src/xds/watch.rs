@@ -62,6 +62,63 @@ impl Held {
         }
     }
 
+    /// What differs between what the client holds and `res` (sorted by name): the
+    /// resources to send (new, changed, or named in `force`) and the names the client
+    /// holds that `res` no longer has. One pass over both sorted sets; a resource shared
+    /// with the set last sent is recognised by its pointer, without comparing versions.
+    pub fn diff(
+        &self,
+        res: &[Arc<Generated>],
+        force: Option<&BTreeSet<String>>,
+    ) -> (Vec<Arc<Generated>>, Vec<String>) {
+        let forced = |r: &Generated| force.is_some_and(|f| f.contains(&r.name));
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        if !self.declared.is_empty() {
+            // A reconnecting Delta client's own list: looked up by name.
+            for r in res {
+                if forced(r) || self.version(&r.name) != Some(r.version.as_str()) {
+                    changed.push(r.clone());
+                }
+            }
+            let has = |n: &str| res.binary_search_by(|r| r.name.as_str().cmp(n)).is_ok();
+            removed.extend(self.names().filter(|n| !has(n)).map(str::to_string));
+            return (changed, removed);
+        }
+        let (held, mut i, mut j) = (&self.set[..], 0, 0);
+        loop {
+            match (held.get(i), res.get(j)) {
+                (None, None) => break,
+                (Some(h), None) => {
+                    removed.push(h.name.clone());
+                    i += 1;
+                }
+                (None, Some(r)) => {
+                    changed.push(r.clone());
+                    j += 1;
+                }
+                (Some(h), Some(r)) => match h.name.cmp(&r.name) {
+                    std::cmp::Ordering::Less => {
+                        removed.push(h.name.clone());
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changed.push(r.clone());
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if (!Arc::ptr_eq(h, r) && h.version != r.version) || forced(r) {
+                            changed.push(r.clone());
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                },
+            }
+        }
+        (changed, removed)
+    }
+
     /// A version a Delta client declared (`initial_resource_versions`).
     pub fn declare(&mut self, name: String, version: String) {
         self.declared.insert(name, version);
@@ -478,6 +535,44 @@ mod tests {
             st.last_nack.as_ref().map(|n| n.version.as_str()),
             Some("v2")
         );
+    }
+
+    fn res_of(name: &str, version: &str) -> Arc<Generated> {
+        Arc::new(Generated {
+            name: name.into(),
+            version: version.into(),
+            any: Default::default(),
+        })
+    }
+
+    #[test]
+    fn held_diff_finds_new_changed_forced_and_removed() {
+        let c = res_of("c", "v1");
+        let mut held = Held::default();
+        held.replace(Arc::new(vec![
+            res_of("a", "v1"),
+            res_of("b", "v1"),
+            c.clone(),
+        ]));
+        // b's content changed; c is the same resource; d is new; a went away.
+        let res = vec![res_of("b", "v2"), c.clone(), res_of("d", "v1")];
+        let names = |v: &[Arc<Generated>]| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let (changed, removed) = held.diff(&res, None);
+        assert_eq!(names(&changed), ["b", "d"]);
+        assert_eq!(removed, ["a"]);
+        // An equal version in another allocation is unchanged too.
+        let (changed, _) = held.diff(&[res_of("c", "v1")], None);
+        assert!(changed.is_empty());
+        let force: BTreeSet<String> = ["c".to_string()].into();
+        let (changed, _) = held.diff(&res, Some(&force));
+        assert_eq!(names(&changed), ["b", "c", "d"]);
+        // What a reconnecting client declared counts until the first response.
+        let mut declared = Held::default();
+        declared.declare("b".into(), "v2".into());
+        declared.declare("x".into(), "v9".into());
+        let (changed, removed) = declared.diff(&res, None);
+        assert_eq!(names(&changed), ["c", "d"]);
+        assert_eq!(removed, ["x"]);
     }
 
     #[test]
