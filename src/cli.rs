@@ -180,7 +180,8 @@ pub struct ServeArgs {
     /// This replica's name in leader election (default: the pod name, else the host name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
-    /// Quiet time before a burst of changes is pushed (e.g. 100ms, 0s).
+    /// Quiet time before a burst of changes is pushed (e.g. 100ms, 0s). Endpoint-only
+    /// changes (pods coming and going) are pushed without it.
     #[arg(long, default_value = "100ms")]
     pub debounce: String,
     /// How many proxies may have unanswered responses at once (istiod's

@@ -227,12 +227,18 @@ pub struct Snapshot {
     scopes: Mutex<ScopeCache>,
     /// Label keys some configuration selects workloads by (computed on first use).
     selector_keys: std::sync::OnceLock<BTreeSet<String>>,
+    /// Of those, the keys `failoverPriority` names (computed with them).
+    failover_keys: std::sync::OnceLock<BTreeSet<String>>,
 }
 
 /// Label keys under the selector-like fields of a configuration object's JSON (see
 /// [`Snapshot::selector_keys`]). Both spellings are looked for: serde may name fields in
 /// camelCase (Istio's) or snake_case.
-fn collect_selector_keys(v: &serde_json::Value, keys: &mut BTreeSet<String>) {
+fn collect_selector_keys(
+    v: &serde_json::Value,
+    keys: &mut BTreeSet<String>,
+    failover: &mut BTreeSet<String>,
+) {
     use serde_json::Value;
     let label_keys = |m: &serde_json::Map<String, Value>, keys: &mut BTreeSet<String>| {
         keys.extend(m.keys().cloned());
@@ -257,17 +263,19 @@ fn collect_selector_keys(v: &serde_json::Value, keys: &mut BTreeSet<String>) {
                     }
                     ("sourceLabels" | "source_labels", Value::Object(m)) => label_keys(m, keys),
                     ("failoverPriority" | "failover_priority", Value::Array(a)) => {
-                        keys.extend(
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(|s| s.split_once('=').map_or(s, |(k, _)| k).to_string()),
-                        );
+                        for s in a.iter().filter_map(Value::as_str) {
+                            let k = s.split_once('=').map_or(s, |(k, _)| k).to_string();
+                            keys.insert(k.clone());
+                            failover.insert(k);
+                        }
                     }
-                    _ => collect_selector_keys(child, keys),
+                    _ => collect_selector_keys(child, keys, failover),
                 }
             }
         }
-        Value::Array(a) => a.iter().for_each(|c| collect_selector_keys(c, keys)),
+        Value::Array(a) => a
+            .iter()
+            .for_each(|c| collect_selector_keys(c, keys, failover)),
         _ => {}
     }
 }
@@ -435,6 +443,11 @@ impl Snapshot {
     pub fn selector_keys(&self) -> &BTreeSet<String> {
         self.selector_keys.get_or_init(|| {
             let mut keys = BTreeSet::new();
+            let mut failover = BTreeSet::new();
+            // Mesh-wide locality load balancing can name labels too.
+            if let Ok(v) = serde_json::to_value(&*self.mesh) {
+                collect_selector_keys(&v, &mut keys, &mut failover);
+            }
             for o in self.objects.values() {
                 if matches!(
                     o.spec,
@@ -449,11 +462,19 @@ impl Snapshot {
                         | Spec::RequestAuthentication(_)
                 ) && let Ok(v) = serde_json::to_value(&o.spec)
                 {
-                    collect_selector_keys(&v, &mut keys);
+                    collect_selector_keys(&v, &mut keys, &mut failover);
                 }
             }
+            let _ = self.failover_keys.set(failover);
             keys
         })
+    }
+
+    /// The label keys `failoverPriority` names (mesh-wide or in any DestinationRule): a
+    /// client's values for them order its endpoints' priorities.
+    pub fn failover_keys(&self) -> &BTreeSet<String> {
+        self.selector_keys();
+        self.failover_keys.get_or_init(BTreeSet::new)
     }
 
     /// The scope (visible services, VirtualServices, DestinationRules) for a proxy in
@@ -2017,7 +2038,7 @@ impl Builder {
         let mut diagnostics = self.diags;
         diagnostics.sort_by(|a, b| (&a.origin, &a.object).cmp(&(&b.origin, &b.object)));
         diagnostics.dedup();
-        Snapshot {
+        let snap = Snapshot {
             generation,
             mesh: Arc::new(self.mesh),
             objects: self.objects,
@@ -2048,7 +2069,11 @@ impl Builder {
             peer_auth_hash,
             scopes: Mutex::new(HashMap::new()),
             selector_keys: Default::default(),
-        }
+            failover_keys: Default::default(),
+        };
+        // Computed here, on the builder's thread, not by the first proxy that needs it.
+        snap.selector_keys();
+        snap
     }
 }
 
@@ -2235,6 +2260,8 @@ spec:
                 "topology.kubernetes.io/zone"
             ]
         );
+        let failover: Vec<&str> = snap.failover_keys().iter().map(String::as_str).collect();
+        assert_eq!(failover, ["tier", "topology.kubernetes.io/zone"]);
     }
 
     fn snapshot(text: &str) -> Snapshot {

@@ -29,7 +29,10 @@ type Cell = Arc<OnceCell<Arc<Vec<Arc<Generated>>>>>;
 #[derive(Debug, Default)]
 struct Inner {
     generation: u64,
-    sets: HashMap<(String, u64), Cell>,
+    /// Each set with the names it was generated for: a key is a 64-bit hash, and a
+    /// client chooses the names it subscribes to, so a hit is checked against them —
+    /// names crafted to collide with another class's key never serve that class.
+    sets: HashMap<(String, u64), (super::names::Names, Cell)>,
     /// Single resources shared across subscriptions (load assignments).
     one: HashMap<(u64, String), Option<Arc<Generated>>>,
 }
@@ -110,6 +113,7 @@ impl ResourceCache {
         generation: u64,
         type_url: &str,
         key: u64,
+        names: &super::names::Names,
         f: F,
     ) -> Arc<Vec<Arc<Generated>>>
     where
@@ -125,9 +129,20 @@ impl ResourceCache {
                     None
                 } else {
                     match inner.sets.get(&k) {
-                        Some(cell) => Some(cell.clone()),
+                        Some((n, cell)) if Arc::ptr_eq(n, names) || **n == **names => {
+                            Some(cell.clone())
+                        }
+                        // Same key, other names: computed for the asker alone.
+                        Some(_) => None,
                         None if inner.sets.len() >= MAX_SETS => None,
-                        None => Some(inner.sets.entry(k).or_default().clone()),
+                        None => Some(
+                            inner
+                                .sets
+                                .entry(k)
+                                .or_insert_with(|| (names.clone(), Cell::default()))
+                                .1
+                                .clone(),
+                        ),
                     }
                 }
             }
@@ -216,5 +231,41 @@ impl ResourceCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> super::super::names::Names {
+        Arc::new(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn one(name: &str) -> Vec<Arc<Generated>> {
+        vec![Arc::new(Generated {
+            name: name.into(),
+            version: "v".into(),
+            any: Default::default(),
+        })]
+    }
+
+    #[tokio::test]
+    async fn a_colliding_key_with_other_names_never_serves_the_cached_set() {
+        let cache = ResourceCache::default();
+        let a = cache
+            .get_or_generate(1, "t", 7, &set(&["x", "y"]), || async { one("real") })
+            .await;
+        assert_eq!(a[0].name, "real");
+        // Same key, other names (a hash collision, or a client's crafted names).
+        let b = cache
+            .get_or_generate(1, "t", 7, &set(&["x\0y"]), || async { one("other") })
+            .await;
+        assert_eq!(b[0].name, "other", "computed for its own names");
+        // The first names still get their set, computed once.
+        let c = cache
+            .get_or_generate(1, "t", 7, &set(&["x", "y"]), || async { one("again") })
+            .await;
+        assert_eq!(c[0].name, "real");
     }
 }

@@ -124,23 +124,43 @@ fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
 /// depends on the client only through the DestinationRule that defines its subset.
 fn endpoints(ctx: &ProxyContext, cache: &ResourceCache, w: &WatchState) -> Vec<Arc<Generated>> {
     use crate::translate::naming;
+    // `failoverPriority` orders endpoints by how many of the named labels they share
+    // with the client: the client's values of those labels are part of the key.
+    let failover = {
+        let keys = ctx.snap.failover_keys();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (k, v) in ctx.labels.iter().filter(|(k, _)| keys.contains(*k)) {
+            for part in [k, v] {
+                h.update(&(part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.digest()
+    };
     w.names
         .iter()
         .filter_map(|name| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
             // The rule matters for subsets, and (through locality load balancing) for
             // any cluster of a client that has a locality.
-            let dr_key = naming::parse_cluster(name)
+            if let Some(dr) = naming::parse_cluster(name)
                 .filter(|(_, _, subset, _)| !subset.is_empty() || !ctx.locality.is_empty())
                 .and_then(|(_, _, _, host)| ctx.snap.services.get(host))
                 .and_then(|svc| {
                     ctx.snap
                         .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
                 })
-                .map(|dr| xxhash_rust::xxh3::xxh3_64(dr.key.to_string().as_bytes()))
-                .unwrap_or(0)
-                // Locality load balancing makes the assignment depend on where the
-                // client is.
-                ^ xxhash_rust::xxh3::xxh3_64(ctx.locality.as_bytes());
+            {
+                h.update(dr.key.namespace.as_bytes());
+                h.update(&[0]);
+                h.update(dr.key.name.as_bytes());
+            }
+            h.update(&[0]);
+            // Locality load balancing makes the assignment depend on where the client
+            // is.
+            h.update(ctx.locality.as_bytes());
+            h.update(&failover.to_le_bytes());
+            let dr_key = h.digest();
             cache.one(ctx.snap.generation, dr_key, name, || {
                 translate::endpoints(ctx, std::slice::from_ref(name))
                     .first()
@@ -308,6 +328,14 @@ impl Stream {
     /// reading gets `send_timeout` to take it, then its stream is closed — so a stuck
     /// client can hold neither a slot nor its stream's task for long.
     async fn deliver(&self, tx: &wire::Sender, resp: Outgoing) -> Result<(), ()> {
+        if resp.too_large() {
+            warn!(proxy = %self.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
+                  "a response over 4 GiB cannot be framed; closing the stream");
+            let _ = tx.try_send(Err(Status::resource_exhausted(
+                "the response is larger than gRPC can frame",
+            )));
+            return Err(());
+        }
         let limit = self.state.send_timeout;
         // The deadline covers only this proxy's own back-pressure (room on its stream),
         // never the wait for a slot that other proxies hold.
@@ -517,9 +545,10 @@ impl Stream {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             h.update(&class_key(ctx, url == type_url::LISTENER).to_le_bytes());
             h.update(&[u8::from(w.wildcard)]);
+            // Length-prefixed: names may contain any byte.
             for n in w.names.iter() {
+                h.update(&(n.len() as u64).to_le_bytes());
                 h.update(n.as_bytes());
-                h.update(&[0]);
             }
             h.digest()
         };
@@ -529,7 +558,7 @@ impl Stream {
         } else {
             let cache = &self.state.cache;
             let set = cache
-                .get_or_generate(ctx.snap.generation, url, key, || {
+                .get_or_generate(ctx.snap.generation, url, key, &w.names, || {
                     self.on_cpu(|| {
                         if url == type_url::ENDPOINT {
                             // Each load assignment is shared across classes too.
@@ -852,7 +881,12 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                         let req = match msg {
                             Ok(Some(r)) => r,
                             Ok(None) => break Ok(()),
-                            Err(e) => break Err(e.to_string()),
+                            Err(e) => {
+                                // A refused request (too large, malformed) ends the
+                                // stream with its status, not with OK.
+                                let _ = tx.try_send(Err(e.clone()));
+                                break Err(e.to_string());
+                            }
                         };
                         if let Err(status) = s.connect(req.node.as_ref()) {
                             // Never wait on a stream that may be full: the error is
@@ -922,7 +956,12 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                         let req = match msg {
                             Ok(Some(r)) => r,
                             Ok(None) => break Ok(()),
-                            Err(e) => break Err(e.to_string()),
+                            Err(e) => {
+                                // A refused request (too large, malformed) ends the
+                                // stream with its status, not with OK.
+                                let _ = tx.try_send(Err(e.clone()));
+                                break Err(e.to_string());
+                            }
                         };
                         if let Err(status) = s.connect(req.node.as_ref()) {
                             // Never wait on a stream that may be full: the error is

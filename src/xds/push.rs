@@ -150,28 +150,33 @@ pub async fn run(state: Arc<XdsState>, mut rx: mpsc::Receiver<Arc<Snapshot>>, de
         // for quiet would only add its length to every pod's convergence.
         let st = state.clone();
         let s = snap.clone();
-        let churn = tokio::task::spawn_blocking(move || {
+        let checked = tokio::task::spawn_blocking(move || {
             let prev = st.snapshot();
             let changes = s.changes_since(&prev);
             if changes.is_endpoint_churn() && !changes.is_empty() {
                 publish_changes(&st, prev, s, changes);
-                true
+                None
             } else {
-                false
+                Some((prev, changes))
             }
         })
-        .await
-        .unwrap_or(false);
-        if churn {
-            continue;
-        }
+        .await;
+        // What was compared, kept for the publish if nothing newer comes meanwhile.
+        let mut known = match checked {
+            Ok(None) => continue,
+            Ok(Some(k)) => Some(k),
+            Err(_) => None,
+        };
         if !debounce.is_zero() {
             let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
             loop {
                 let wait =
                     debounce.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
                 match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(newer)) => snap = newer,
+                    Ok(Some(newer)) => {
+                        snap = newer;
+                        known = None;
+                    }
                     Ok(None) | Err(_) => break,
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -182,7 +187,17 @@ pub async fn run(state: Arc<XdsState>, mut rx: mpsc::Receiver<Arc<Snapshot>>, de
         // Comparing snapshots and choosing proxies is CPU work: off the async threads
         // that answer proxies.
         let st = state.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || publish(&st, snap)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || match known {
+            // Nothing else was published meanwhile: the comparison still holds.
+            Some((prev, changes)) if Arc::ptr_eq(&prev, &st.snapshot()) => {
+                publish_changes(&st, prev, snap, changes);
+            }
+            _ => {
+                publish(&st, snap);
+            }
+        })
+        .await
+        {
             tracing::error!(error = %e, "publishing a snapshot failed");
         }
     }

@@ -330,7 +330,11 @@ impl WatchState {
         if !dropped.is_empty() {
             self.held.retain(|k| !dropped.contains(k));
         }
-        if changed {
+        // Interned when the request reshaped the set (Envoy subscribes a cluster's worth
+        // of names at once); a client adding names one request at a time keeps its own
+        // copy rather than rehashing the whole set on every request.
+        let touched = req.resource_names_subscribe.len() + req.resource_names_unsubscribe.len();
+        if changed && touched * 8 >= self.names.len() {
             self.names = names::intern(std::mem::take(&mut self.names));
         }
         if nonce.is_empty() {

@@ -39,6 +39,7 @@ pub struct Outgoing {
     head: Bytes,
     resources: Vec<Arc<Generated>>,
     wrap: Wrap,
+    too_large: bool,
 }
 
 /// Fields of a response other than its resources, in field-number order. Protobuf
@@ -103,6 +104,7 @@ impl Outgoing {
         let total = fields_len + res_len;
         let mut head = BytesMut::with_capacity(5 + fields_len);
         head.put_u8(0); // not compressed
+        // Over 4 GiB cannot be framed: `too_large` tells the sender to refuse it.
         head.put_u32(u32::try_from(total).unwrap_or(u32::MAX));
         for (t, v) in fields {
             put_field(&mut head, *t, v);
@@ -111,7 +113,13 @@ impl Outgoing {
             head: head.freeze(),
             resources,
             wrap,
+            too_large: u32::try_from(total).is_err(),
         }
+    }
+
+    /// Larger than a gRPC length prefix can say (4 GiB): not to be sent.
+    pub fn too_large(&self) -> bool {
+        self.too_large
     }
 
     /// A message already encoded whole (debug responses).
@@ -125,6 +133,7 @@ impl Outgoing {
             head: head.freeze(),
             resources: Vec::new(),
             wrap: Wrap::Any,
+            too_large: u32::try_from(body.len()).is_err(),
         }
     }
 
