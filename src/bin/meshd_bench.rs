@@ -381,15 +381,17 @@ struct ClientResult {
     converged: Option<Duration>,
 }
 
-async fn client(
-    addr: String,
-    i: usize,
-    classes: usize,
-    start: Instant,
-    mut changed_at: watch::Receiver<Option<Instant>>,
-    synced_tx: mpsc::Sender<usize>,
-) -> ClientResult {
-    let p = proxy(i, classes);
+/// A Delta ADS stream for `p`, connected like Envoy does: retried with backoff until it
+/// is up (a burst of a thousand connects can be refused or reset while the server
+/// accepts). CDS is subscribed first (with the node), then `also`.
+async fn connect(
+    addr: &str,
+    p: &Proxy,
+    also: &[&str],
+) -> (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
+) {
     let node = Node {
         id: p.id.clone(),
         metadata: Some(pb::to_struct(&Value::Object(
@@ -397,10 +399,8 @@ async fn client(
         ))),
         ..Default::default()
     };
-    // Connect like Envoy does: retry with backoff until the stream is up (a burst of a
-    // thousand connects can be refused or reset while the server accepts).
-    let (tx, mut stream) = loop {
-        let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.clone()).await else {
+    loop {
+        let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.to_string()).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -413,20 +413,33 @@ async fn client(
                 ..Default::default()
             })
             .await;
-        let _ = tx
-            .send(DeltaDiscoveryRequest {
-                type_url: type_url::LISTENER.into(),
-                ..Default::default()
-            })
-            .await;
+        for t in also {
+            let _ = tx
+                .send(DeltaDiscoveryRequest {
+                    type_url: t.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         match c
             .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
         {
-            Ok(s) => break (tx, s.into_inner()),
+            Ok(s) => return (tx, s.into_inner()),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-    };
+    }
+}
+
+async fn client(
+    addr: String,
+    i: usize,
+    classes: usize,
+    start: Instant,
+    mut changed_at: watch::Receiver<Option<Instant>>,
+    synced_tx: mpsc::Sender<usize>,
+) -> ClientResult {
+    let (tx, mut stream) = connect(&addr, &proxy(i, classes), &[type_url::LISTENER]).await;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut eds: BTreeSet<String> = BTreeSet::new();
     let mut rds: BTreeSet<String> = BTreeSet::new();

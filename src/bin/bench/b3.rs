@@ -11,18 +11,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::ClusterDiscoveryType};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshd::model::snapshot::{ConfigSet, Snapshot};
-use meshd::translate::{pb, type_url};
+use meshd::translate::type_url;
 use meshd::xds::{AdsService, XdsState, push};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::{add, mesh, percentile, proxy};
+use super::{add, connect, mesh, percentile, proxy};
 
 fn now_nanos() -> u128 {
     SystemTime::now()
@@ -240,36 +238,7 @@ pub async fn clients(addr: String, m: usize) {
 }
 
 async fn client(addr: String, i: usize, seen: Seen, synced: mpsc::Sender<()>) {
-    let p = proxy(i, 1);
-    let node = envoy_types::pb::envoy::config::core::v3::Node {
-        id: p.id.clone(),
-        metadata: Some(pb::to_struct(&Value::Object(
-            p.metadata.clone().into_iter().collect(),
-        ))),
-        ..Default::default()
-    };
-    let (tx, mut stream) = loop {
-        let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.clone()).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut c = c.max_decoding_message_size(usize::MAX);
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-        let _ = tx
-            .send(DeltaDiscoveryRequest {
-                node: Some(node.clone()),
-                type_url: type_url::CLUSTER.into(),
-                ..Default::default()
-            })
-            .await;
-        match c
-            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-        {
-            Ok(s) => break (tx, s.into_inner()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let (tx, mut stream) = connect(&addr, &proxy(i, 1), &[]).await;
     let mut first_eds = true;
     // Per client, the first time each event was seen.
     let mut mine: std::collections::HashSet<usize> = std::collections::HashSet::new();
