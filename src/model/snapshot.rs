@@ -161,16 +161,8 @@ impl Changes {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.full
-            && self.services.is_empty()
-            && self.routes.is_empty()
-            && self.l4_routes.is_empty()
-            && self.policies.is_empty()
-            && self.endpoints.is_empty()
-            && self.sidecars.is_empty()
-            && !self.gateways
-            && self.workloads.is_empty()
-            && self.secrets.is_empty()
+        // `pod_shaped` is a subset of `endpoints`.
+        self.is_endpoint_churn() && self.endpoints.is_empty() && self.workloads.is_empty()
     }
 }
 
