@@ -319,6 +319,19 @@ fn timed<T>(runs: usize, mut f: impl FnMut() -> T) -> (T, Duration, Duration) {
     (v, times[times.len() / 2], times[0])
 }
 
+/// One bench's figures as a JSON line (prefixed `JSON `), beside the text line: for
+/// scripts comparing runs.
+fn report(bench: &str, mut fields: Value) {
+    if let Some(m) = fields.as_object_mut() {
+        m.insert("bench".into(), json!(bench));
+    }
+    println!("JSON {fields}");
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 fn both(t: (Duration, Duration)) -> String {
     format!("{} (min {})", ms(t.0), ms(t.1))
 }
@@ -391,6 +404,15 @@ fn b1(n: usize, runs: usize) {
         both((l_med, l_min)),
         ratio(c_med + e_med, l_med),
         ratio(c_min + e_min, l_min),
+    );
+    report(
+        "B1",
+        json!({"services": n, "runs": runs,
+               "snapshot_build_ms": millis(b_med), "translation_ms": millis(f_med),
+               "clusters_ms": millis(c_med), "encoding_ms": millis(e_med),
+               "prost_limit_ms": millis(l_med), "ratio_to_limit": ratio(c_med + e_med, l_med),
+               "change_rebuild_ms": millis(r_med), "change_detection_ms": millis(d_med),
+               "change_route_config_ms": millis(rt_med), "target_ratio": 3.0}),
     );
 }
 
@@ -629,6 +651,13 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
         std::fs::read_dir("/proc/self/task")
             .map(|d| d.count())
             .unwrap_or(0),
+    );
+    report(
+        "B2",
+        json!({"services": n, "clients": m, "sidecar_services": sidecar, "label_sets": classes,
+               "connected": connected, "rss_per_proxy_kib": per_proxy_kib,
+               "live_heap_per_proxy_kib": live_per_proxy_kib, "peak_rss_mb": peak_rss_mb(),
+               "sync": synced, "change": converged}),
     );
 }
 

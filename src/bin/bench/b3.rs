@@ -177,6 +177,15 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
     }
     latencies.sort();
     let superseded = events - latencies.len() - partial;
+    super::report(
+        "B3",
+        json!({"services": n, "clients": m, "rate": rate, "events": events,
+               "converged": latencies.len(), "partial": partial, "superseded": superseded,
+               "p50_ms": super::millis(percentile(&latencies, 0.5)),
+               "p99_ms": super::millis(percentile(&latencies, 0.99)),
+               "cpu_cores": cpu / (churn_wall.as_secs_f64() + 2.0),
+               "target_p99_ms": 250, "target_cores": 1}),
+    );
     format!(
         "B3 services={n} clients={m}: {synced}; {events} pod events at {rate}/s over {:.1} s, \
          {builds} snapshot builds ({:.1} ms each on average); convergence (event to every client) \

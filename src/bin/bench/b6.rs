@@ -101,6 +101,13 @@ pub fn run(n: usize) -> String {
         handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
     });
     let every = all as f64 / t.elapsed().as_secs_f64();
+    super::report(
+        "B6",
+        json!({"pods": n, "injection_p50_ms": ms(percentile(&times, 0.5)),
+               "injection_p99_ms": ms(percentile(&times, 0.99)),
+               "csr_per_second_one_core": per_core, "csr_per_second_all_cores": every,
+               "cores": cores, "target_injection_p99_ms": 1, "target_csr_per_core": 2000}),
+    );
     format!(
         "B6: {inject}; CSR signing (ECDSA P-256, {one}/{n} signed): {per_core:.0}/s on one core, \
          {every:.0}/s on {cores} cores"
