@@ -117,15 +117,13 @@ pub fn mesh_from_yaml(text: &str) -> Result<Value, String> {
 
 /// One YAML document as JSON (`{}` for an empty text).
 pub fn yaml_value(text: &str) -> Result<Value, String> {
-    match crate::sources::yaml::parse_documents(text)
-        .into_iter()
-        .next()
-    {
+    // No field-line map: nothing points into this YAML but the error's own line.
+    match crate::sources::yaml::parse_first_value(text) {
         None => Ok(Value::Object(Map::new())),
-        Some(Ok(d)) => Ok(if d.value.is_null() {
+        Some(Ok(v)) => Ok(if v.is_null() {
             Value::Object(Map::new())
         } else {
-            d.value
+            v
         }),
         Some(Err(e)) => Err(format!("line {}: {}", e.line, e.message)),
     }

@@ -79,8 +79,17 @@ fn join_path(prefix: &str, path: &str) -> String {
 pub fn parse_documents(text: &str) -> Vec<Result<Document, YamlError>> {
     split_documents(text)
         .into_iter()
-        .filter_map(|(start, body)| parse_document(body, start).transpose())
+        .filter_map(|(start, body)| parse_document(body, start, true).transpose())
         .collect()
+}
+
+/// The first non-empty document's value, without the field-line map: for YAML that no
+/// diagnostic will point into (the injection template's output, rendered per pod).
+pub fn parse_first_value(text: &str) -> Option<Result<Value, YamlError>> {
+    split_documents(text)
+        .into_iter()
+        .find_map(|(start, body)| parse_document(body, start, false).transpose())
+        .map(|r| r.map(|d| d.value))
 }
 
 /// (1-based start line, text) of each document. A document starts after a line that is
@@ -115,11 +124,18 @@ fn split_documents(text: &str) -> Vec<(u32, &str)> {
     docs
 }
 
-fn parse_document(body: &str, start_line: u32) -> Result<Option<Document>, YamlError> {
+fn parse_document(
+    body: &str,
+    start_line: u32,
+    track_lines: bool,
+) -> Result<Option<Document>, YamlError> {
     if body.trim().is_empty() {
         return Ok(None);
     }
-    let mut builder = Builder::default();
+    let mut builder = Builder {
+        skip_lines: !track_lines,
+        ..Default::default()
+    };
     let mut parser = Parser::new_from_str(body);
     let line_base = start_line.saturating_sub(1);
     parser.load(&mut builder, false).map_err(|e| YamlError {
@@ -181,11 +197,16 @@ struct Builder {
     root: Option<Value>,
     first_line: Option<u32>,
     error: Option<(Marker, String)>,
+    /// No field-line map (paths are not even built).
+    skip_lines: bool,
 }
 
 impl Builder {
     /// Path of the node that starts now (the key or index it will be stored under).
     fn child_path(&self) -> String {
+        if self.skip_lines {
+            return String::new();
+        }
         match self.stack.last() {
             None => String::new(),
             Some(Frame::Map { key, path, .. }) => join_path(path, key.as_deref().unwrap_or("")),
@@ -264,8 +285,10 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 let key_position = self.is_key_position();
                 if !key_position {
-                    let path = self.child_path();
-                    self.lines.entry(path).or_insert(line);
+                    if !self.skip_lines {
+                        let path = self.child_path();
+                        self.lines.entry(path).or_insert(line);
+                    }
                     self.first_line.get_or_insert(line);
                 }
                 let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -280,8 +303,8 @@ impl MarkedEventReceiver for Builder {
                 if key_position {
                     // Record the key's own line for the value path too: for `key:` followed
                     // by a nested block, the key line is where a reader looks.
-                    if let (Value::String(k), Some(Frame::Map { path, .. })) =
-                        (&value, self.stack.last())
+                    if let (false, Value::String(k), Some(Frame::Map { path, .. })) =
+                        (self.skip_lines, &value, self.stack.last())
                     {
                         let p = join_path(path, k);
                         self.lines.entry(p).or_insert(line);
@@ -292,7 +315,9 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(anchor, _) => {
                 let path = self.child_path();
-                self.lines.entry(path.clone()).or_insert(line);
+                if !self.skip_lines {
+                    self.lines.entry(path.clone()).or_insert(line);
+                }
                 self.stack.push(Frame::Map {
                     map: Map::new(),
                     seen: Default::default(),
@@ -303,7 +328,9 @@ impl MarkedEventReceiver for Builder {
             }
             Event::SequenceStart(anchor, _) => {
                 let path = self.child_path();
-                self.lines.entry(path.clone()).or_insert(line);
+                if !self.skip_lines {
+                    self.lines.entry(path.clone()).or_insert(line);
+                }
                 self.stack.push(Frame::Seq {
                     items: Vec::new(),
                     path,
