@@ -12,19 +12,13 @@ use meshd::sources::yaml::parse_documents;
 use meshd::translate::authz::{AuthzOptions, PolicyInput, build};
 use meshd::translate::pb::normalize_json;
 
-fn data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/istio/authz")
-}
+#[path = "support/istio_data.rs"]
+mod istio_data;
+use istio_data::shared_or_skip;
 
-/// Istio's authz golden cases (../shared/istio/authz), or None (with a SKIPPED line naming `what`) when a clone has no ../shared.
-fn shared_or_skip(what: &str) -> Option<PathBuf> {
-    let dir = data();
-    if dir.exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {what} (../shared/istio is not there)");
-        None
-    }
+/// Istio's authz golden cases.
+fn data() -> PathBuf {
+    istio_data::shared().join("authz")
 }
 
 fn objects(path: &PathBuf) -> Vec<Arc<Object>> {

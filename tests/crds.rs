@@ -11,20 +11,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn shared() -> PathBuf {
-    repo().join("../shared/istio")
-}
-
-/// Istio's reference data (../shared/istio), or None (with a SKIPPED line naming `what`) when a clone has no ../shared.
-fn shared_or_skip(what: &str) -> Option<PathBuf> {
-    let dir = shared();
-    if dir.exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {what} (../shared/istio is not there)");
-        None
-    }
-}
+#[path = "support/istio_data.rs"]
+mod istio_data;
+use istio_data::{shared, shared_or_skip};
 
 fn docs(text: &str) -> Vec<Value> {
     meshd::sources::yaml::parse_documents(text)

@@ -112,12 +112,7 @@ fn readme_example_names_the_rule_and_the_subset() {
     assert_eq!(v["error"], Value::Null);
     assert_eq!(v["routeConfig"], "9080");
     assert_eq!(v["virtualHost"], "reviews.default.svc.cluster.local:9080");
-    let objects: Vec<&str> = v["objects"]
-        .as_array()
-        .expect("objects")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let objects = objects_of(&v);
     assert!(
         objects.contains(&"VirtualService default/reviews"),
         "{objects:?}"
@@ -323,12 +318,7 @@ fn gateway_calls_name_the_gateway_server() {
         v["cluster"],
         "outbound|9080||productpage.default.svc.cluster.local"
     );
-    let objects: Vec<&str> = v["objects"]
-        .as_array()
-        .expect("objects")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let objects = objects_of(&v);
     assert!(
         objects.contains(&"Gateway default/bookinfo-gateway"),
         "{objects:?}"
@@ -339,4 +329,14 @@ fn gateway_calls_name_the_gateway_server() {
     );
     let steps = v["explanation"].to_string();
     assert!(steps.contains("server[0] (HTTP 8080, hosts *)"), "{steps}");
+}
+
+/// The `objects` list of an explain answer.
+fn objects_of(v: &Value) -> Vec<&str> {
+    v["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }

@@ -7,19 +7,13 @@ use std::path::PathBuf;
 use meshd::inject::pipeline::Settings;
 use serde_json::{Value, json};
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/istio/injection")
-}
+#[path = "support/istio_data.rs"]
+mod istio_data;
+use istio_data::shared_or_skip;
 
-/// Istio's injection cases (../shared/istio/injection), or None (with a SKIPPED line naming `what`) when a clone has no ../shared.
-fn shared_or_skip(what: &str) -> Option<PathBuf> {
-    let dir = shared();
-    if dir.exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {what} (../shared/istio is not there)");
-        None
-    }
+/// Istio's injection cases.
+fn shared() -> PathBuf {
+    istio_data::shared().join("injection")
 }
 
 fn settings() -> Settings {

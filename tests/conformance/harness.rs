@@ -21,22 +21,9 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn shared() -> PathBuf {
-    repo().join("../shared/istio")
-}
-
-/// ../shared/istio, or None (after a SKIPPED line naming `what`) when this clone has no
-/// ../shared. Always a skip, even under MESHD_REQUIRE_ENVOY=1: the Istio reference data
-/// is not a tool the test command installs.
-pub fn shared_or_skip(what: &str) -> Option<PathBuf> {
-    let dir = shared();
-    if dir.exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {what} (../shared/istio is not there)");
-        None
-    }
-}
+// The tasks binary shares this harness but skips through `shared()` alone.
+#[allow(unused_imports)]
+pub use crate::istio_data::{shared, shared_or_skip};
 
 /// Whether a missing tool must fail the test (CI) rather than skip it (a laptop).
 fn required() -> bool {

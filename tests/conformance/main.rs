@@ -19,6 +19,8 @@ mod harness;
 mod headless;
 #[path = "../support/https.rs"]
 mod https;
+#[path = "../support/istio_data.rs"]
+mod istio_data;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
 mod mtls;

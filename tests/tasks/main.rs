@@ -15,6 +15,8 @@ mod harness;
 #[path = "../support/https.rs"]
 mod https;
 mod ingress_gateways;
+#[path = "../support/istio_data.rs"]
+mod istio_data;
 mod load_balancing;
 mod locality_load_balancing;
 mod mirroring;
