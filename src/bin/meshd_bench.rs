@@ -229,10 +229,7 @@ fn mesh_scoped(n: usize, variant: u32, sidecar: usize) -> ConfigSet {
         for v in 1..=2 {
             add(
                 &mut set,
-                json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("{name}-v{v}"), "namespace": "bench", "labels": {"app": name, "version": format!("v{v}")}},
-                "spec": {"serviceAccountName": name, "containers": [{"name": "app", "image": "x"}]},
-                "status": {"podIP": format!("10.{}.{}.{}", v, i / 250, i % 250 + 1)}}),
+                pod(i, v, &format!("10.{}.{}.{}", v, i / 250, i % 250 + 1)),
             );
         }
         add(
@@ -259,6 +256,16 @@ fn mesh_scoped(n: usize, variant: u32, sidecar: usize) -> ConfigSet {
         }
     }
     set
+}
+
+/// Service `svc-i`'s pod of version `v`, at `ip`.
+fn pod(i: usize, v: u32, ip: &str) -> Value {
+    let name = format!("svc-{i}");
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{name}-v{v}"), "namespace": "bench",
+                     "labels": {"app": name, "version": format!("v{v}")}},
+        "spec": {"serviceAccountName": name, "containers": [{"name": "app", "image": "x"}]},
+        "status": {"podIP": ip}})
 }
 
 fn proxy(i: usize, classes: usize) -> Proxy {

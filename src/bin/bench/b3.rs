@@ -16,11 +16,11 @@ use meshd::model::snapshot::{ConfigSet, Snapshot};
 use meshd::translate::type_url;
 use meshd::xds::{AdsService, XdsState, push};
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::{add, connect, mesh, percentile, proxy};
+use super::{add, connect, mesh, percentile, pod, proxy};
 
 fn now_nanos() -> u128 {
     SystemTime::now()
@@ -39,24 +39,9 @@ fn seq_of(addr: &str) -> Option<usize> {
     Some(a.parse::<usize>().ok()? * 250 + b.parse::<usize>().ok()? - 1)
 }
 
-fn pod(svc: usize, ip: &str) -> Value {
-    let name = format!("svc-{svc}");
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{name}-v1"), "namespace": "bench", "labels": {"app": name, "version": "v1"}},
-        "spec": {"serviceAccountName": name, "containers": [{"name": "app", "image": "x"}]},
-        "status": {"podIP": ip}})
-}
-
+/// This process's CPU seconds so far.
 fn cpu_seconds() -> f64 {
-    // utime + stime of this process, in clock ticks (100 per second on Linux).
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
+    super::vs_istiod::cpu_secs(std::process::id(), super::vs_istiod::clk_tck())
 }
 
 /// Runs B3 in this process (the server) with `m` clients in a child process.
@@ -122,7 +107,7 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
         }
         // A different service each time, spread over the mesh.
         let svc = (seq * 7919) % n;
-        add(&mut set, pod(svc, &address(seq)));
+        add(&mut set, pod(svc, 1, &address(seq)));
         sent_at.push(now_nanos());
         if Instant::now() >= next_build || seq + 1 == events {
             next_build = Instant::now() + Duration::from_millis(200);

@@ -1,7 +1,7 @@
 //! B6: the two per-pod costs outside xDS — injecting a typical Deployment's pod through
 //! the webhook's code path, and signing workload CSRs (per core and on every core).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 
@@ -9,7 +9,7 @@ use meshd::ca::Identity;
 use meshd::ca::authority::Authority;
 use meshd::inject::{defaults, pipeline::Settings};
 
-use super::percentile;
+use super::{millis as ms, percentile};
 
 /// Bookinfo's reviews-v1 pod as its Deployment makes it: labels, service account, one
 /// container with a port, probes and resources.
@@ -112,8 +112,4 @@ pub fn run(n: usize) -> String {
         "B6: {inject}; CSR signing (ECDSA P-256, {one}/{n} signed): {per_core:.0}/s on one core, \
          {every:.0}/s on {cores} cores"
     )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

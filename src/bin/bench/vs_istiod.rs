@@ -119,7 +119,7 @@ fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
 
-fn clk_tck() -> f64 {
+pub(super) fn clk_tck() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -129,7 +129,7 @@ fn clk_tck() -> f64 {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32, tck: f64) -> f64 {
+pub(super) fn cpu_secs(pid: u32, tck: f64) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return f64::NAN;
     };
