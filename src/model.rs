@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod scope;
 pub mod service;
 pub mod snapshot;
+mod stages;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, Origin, Severity};

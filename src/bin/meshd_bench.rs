@@ -373,6 +373,15 @@ fn b1(n: usize, runs: usize) {
     let (next, r_med, r_min) = timed(runs, || {
         Snapshot::build(&changed, Some(&snap), "cluster.local", "istio-system")
     });
+    let stages = |s: &Snapshot| {
+        s.build_stages
+            .iter()
+            .map(|(n, d)| format!("{n} {}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("B1 services={n}: first build's stages: {}", stages(&snap));
+    println!("B1 services={n}: changed build's stages: {}", stages(&next));
     let (changes, d_med, d_min) = timed(runs, || next.changes_since(&snap));
     let ctx2 = translate::ProxyContext::new(&next, &p);
     let (rc, rt_med, rt_min) = timed(runs, || {

@@ -18,6 +18,7 @@ use super::scope::Scope;
 use super::service::{
     Instance, Port, Protocol, Resolution, Service, ServiceEndpoints, Visibility, labels_match,
 };
+use super::stages::{StageClock, StageDiagnostics, StagePrints};
 use super::validate;
 
 /// What the sources hand to the model: every object they could parse, and what they could not.
@@ -207,11 +208,11 @@ pub struct Snapshot {
     pub diagnostics: Vec<Diagnostic>,
     /// Per-host hashes of everything that shapes a service's clusters and routes
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
-    config_hashes: BTreeMap<String, u64>,
-    route_hashes: BTreeMap<String, u64>,
-    l4_route_hashes: BTreeMap<String, u64>,
-    policy_hashes: BTreeMap<String, u64>,
-    endpoint_hashes: BTreeMap<String, u64>,
+    config_hashes: Arc<BTreeMap<String, u64>>,
+    route_hashes: Arc<BTreeMap<String, u64>>,
+    l4_route_hashes: Arc<BTreeMap<String, u64>>,
+    policy_hashes: Arc<BTreeMap<String, u64>>,
+    endpoint_hashes: Arc<BTreeMap<String, u64>>,
     sidecar_hashes: BTreeMap<String, u64>,
     gateway_hash: u64,
     peer_auth_hash: u64,
@@ -221,6 +222,24 @@ pub struct Snapshot {
     selector_keys: std::sync::OnceLock<BTreeSet<String>>,
     /// Of those, the keys `failoverPriority` names (computed with them).
     failover_keys: std::sync::OnceLock<BTreeSet<String>>,
+    /// How long each stage of [`Snapshot::build`] took (for the benchmark and
+    /// `/debug/syncz`-style inspection of where a rebuild's time goes).
+    pub build_stages: Vec<(&'static str, std::time::Duration)>,
+    /// What the reusable stages were built from, and what they said.
+    stage_prints: StagePrints,
+    stage_diags: StageDiagnostics,
+    /// Each configuration object's selector and failover keys, by object hash, so the
+    /// next build reads the JSON of changed objects only.
+    selector_key_memo: KeyMemo,
+}
+
+type KeyMemo = HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>>;
+
+/// The previous snapshot, for each stage whose output this build takes from it.
+struct Reused<'a> {
+    services: Option<&'a Snapshot>,
+    rules: Option<&'a Snapshot>,
+    routes: Option<&'a Snapshot>,
 }
 
 /// Label keys under the selector-like fields of a configuration object's JSON (see
@@ -321,25 +340,107 @@ impl Snapshot {
             domain: domain_suffix.to_string(),
             ..Default::default()
         };
+        let mut clock = StageClock::start();
         b.mesh = b.mesh_config(input, domain_suffix, istio_namespace);
         b.objects = input.objects.clone();
-        b.build_workloads();
-        b.build_services();
-        b.resolve_aliases();
-        b.build_destination_rules(previous);
-        b.build_virtual_services(previous);
+        let mesh_key = ObjectKey {
+            kind: Kind::ConfigMap,
+            namespace: istio_namespace.to_string(),
+            name: "istio".into(),
+        };
+        let prints = StagePrints::of(
+            &input.objects,
+            input.objects.get(&mesh_key).map(|o| &**o),
+            domain_suffix,
+            istio_namespace,
+        );
+        let mut stage_diags = StageDiagnostics::default();
+        clock.lap("mesh config and objects");
+        // A stage whose inputs are those of the previous snapshot's is taken from it.
+        let same = |print: fn(&StagePrints) -> u64| {
+            previous.filter(|p| print(&p.stage_prints) == print(&prints))
+        };
+        let reused = Reused {
+            services: same(|p| p.services),
+            rules: same(|p| p.destination_rules),
+            routes: same(|p| p.virtual_services),
+        };
+        if let Some(prev) = reused.services {
+            b.workloads = prev.workloads.clone();
+            b.services = prev.services.clone();
+            b.endpoints = prev.endpoints.clone();
+            stage_diags.services = prev.stage_diags.services.clone();
+            b.diags.extend(stage_diags.services.iter().cloned());
+            clock.lap("services and endpoints (kept)");
+        } else {
+            let mark = b.diags.len();
+            b.build_workloads();
+            clock.lap("workloads");
+            b.build_services();
+            b.resolve_aliases();
+            stage_diags.services = b.diags[mark..].to_vec();
+            clock.lap("services and endpoints");
+        }
+        if let Some(prev) = reused.rules {
+            b.destination_rules = prev.destination_rules.clone();
+            stage_diags.destination_rules = prev.stage_diags.destination_rules.clone();
+            b.diags
+                .extend(stage_diags.destination_rules.iter().cloned());
+            b.adopt(prev, Kind::DestinationRule, &stage_diags.destination_rules);
+            clock.lap("destination rules (kept)");
+        } else {
+            let mark = b.diags.len();
+            b.build_destination_rules(previous);
+            stage_diags.destination_rules = b.diags[mark..].to_vec();
+            clock.lap("destination rules");
+        }
+        if let Some(prev) = reused.routes {
+            b.virtual_services = prev.virtual_services.clone();
+            stage_diags.virtual_services = prev.stage_diags.virtual_services.clone();
+            b.diags.extend(stage_diags.virtual_services.iter().cloned());
+            b.adopt(prev, Kind::VirtualService, &stage_diags.virtual_services);
+            clock.lap("virtual services (kept)");
+        } else {
+            let mark = b.diags.len();
+            b.build_virtual_services(previous);
+            stage_diags.virtual_services = b.diags[mark..].to_vec();
+            clock.lap("virtual services");
+        }
         b.build_gateways();
         b.build_sidecars();
+        clock.lap("gateways and sidecars");
         b.build_peer_authentications();
         b.build_authorization_policies();
         b.build_request_authentications();
         b.build_envoy_filters();
         b.build_telemetries();
-        b.finish(previous.map_or(1, |p| p.generation + 1))
+        clock.lap("policies, envoy filters, telemetry");
+        let mut snap = b.finish(previous.map_or(1, |p| p.generation + 1), &reused);
+        // Computed here, on the builder's thread, not by the first proxy that needs it.
+        let (keys, failover, memo) =
+            snap.collect_selector_keys(previous.map(|p| &p.selector_key_memo));
+        let _ = snap.selector_keys.set(keys);
+        let _ = snap.failover_keys.set(failover);
+        snap.selector_key_memo = memo;
+        snap.stage_prints = prints;
+        snap.stage_diags = stage_diags;
+        clock.lap("hashes and indexes");
+        snap.build_stages = clock.laps;
+        snap
     }
 
     /// What changed between `old` and `self`.
     pub fn changes_since(&self, old: &Snapshot) -> Changes {
+        // A stage taken from the old snapshot shares its hashes: nothing to compare.
+        fn shared(
+            a: &Arc<BTreeMap<String, u64>>,
+            b: &Arc<BTreeMap<String, u64>>,
+        ) -> BTreeSet<String> {
+            if Arc::ptr_eq(a, b) {
+                return BTreeSet::new();
+            }
+            diff(a, b)
+        }
         fn diff(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeSet<String> {
             let mut out = BTreeSet::new();
             for (k, v) in a {
@@ -356,7 +457,11 @@ impl Snapshot {
         }
         let mut workloads = BTreeSet::new();
         for (k, w) in &self.workloads {
-            if old.workloads.get(k) != Some(w) {
+            if !old
+                .workloads
+                .get(k)
+                .is_some_and(|o| Arc::ptr_eq(o, w) || o == w)
+            {
                 workloads.insert(k.clone());
             }
         }
@@ -365,7 +470,7 @@ impl Snapshot {
                 workloads.insert(k.clone());
             }
         }
-        let endpoints = diff(&self.endpoint_hashes, &old.endpoint_hashes);
+        let endpoints = shared(&self.endpoint_hashes, &old.endpoint_hashes);
         let pod_shaped = endpoints
             .iter()
             .filter(|h| {
@@ -378,10 +483,10 @@ impl Snapshot {
             .collect();
         Changes {
             full: self.mesh != old.mesh || self.peer_auth_hash != old.peer_auth_hash,
-            services: diff(&self.config_hashes, &old.config_hashes),
-            routes: diff(&self.route_hashes, &old.route_hashes),
-            l4_routes: diff(&self.l4_route_hashes, &old.l4_route_hashes),
-            policies: diff(&self.policy_hashes, &old.policy_hashes),
+            services: shared(&self.config_hashes, &old.config_hashes),
+            routes: shared(&self.route_hashes, &old.route_hashes),
+            l4_routes: shared(&self.l4_route_hashes, &old.l4_route_hashes),
+            policies: shared(&self.policy_hashes, &old.policy_hashes),
             endpoints,
             pod_shaped,
             sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
@@ -390,11 +495,9 @@ impl Snapshot {
             secrets: {
                 let of = |s: &Snapshot| -> BTreeMap<String, u64> {
                     let mut m: BTreeMap<String, u64> = BTreeMap::new();
-                    for (k, o) in &s.objects {
-                        if k.kind == Kind::Secret {
-                            let e = m.entry(k.namespace.clone()).or_insert(0);
-                            *e ^= o.hash;
-                        }
+                    for o in super::stages::of_kind(&s.objects, Kind::Secret) {
+                        let e = m.entry(o.key.namespace.clone()).or_insert(0);
+                        *e ^= o.hash;
                     }
                     m
                 };
@@ -434,32 +537,56 @@ impl Snapshot {
     /// to keep in step.
     pub fn selector_keys(&self) -> &BTreeSet<String> {
         self.selector_keys.get_or_init(|| {
-            let mut keys = BTreeSet::new();
-            let mut failover = BTreeSet::new();
-            // Mesh-wide locality load balancing can name labels too.
-            if let Ok(v) = serde_json::to_value(&*self.mesh) {
-                collect_selector_keys(&v, &mut keys, &mut failover);
-            }
-            for o in self.objects.values() {
-                if matches!(
-                    o.spec,
-                    Spec::VirtualService(_)
-                        | Spec::DestinationRule(_)
-                        | Spec::Gateway(_)
-                        | Spec::Sidecar(_)
-                        | Spec::EnvoyFilter(_)
-                        | Spec::Telemetry(_)
-                        | Spec::PeerAuthentication(_)
-                        | Spec::AuthorizationPolicy(_)
-                        | Spec::RequestAuthentication(_)
-                ) && let Ok(v) = serde_json::to_value(&o.spec)
-                {
-                    collect_selector_keys(&v, &mut keys, &mut failover);
-                }
-            }
+            let (keys, failover, _) = self.collect_selector_keys(None);
             let _ = self.failover_keys.set(failover);
             keys
         })
+    }
+
+    /// [`Snapshot::selector_keys`] and the failover keys, reading each object's JSON
+    /// only if `memo` (the previous snapshot's, by object hash) does not have its keys;
+    /// returns the memo for the next build.
+    fn collect_selector_keys(
+        &self,
+        memo: Option<&KeyMemo>,
+    ) -> (BTreeSet<String>, BTreeSet<String>, KeyMemo) {
+        let mut keys = BTreeSet::new();
+        let mut failover = BTreeSet::new();
+        // Mesh-wide locality load balancing can name labels too.
+        if let Ok(v) = serde_json::to_value(&*self.mesh) {
+            collect_selector_keys(&v, &mut keys, &mut failover);
+        }
+        let mut next = KeyMemo::new();
+        for o in self.objects.values() {
+            if !matches!(
+                o.spec,
+                Spec::VirtualService(_)
+                    | Spec::DestinationRule(_)
+                    | Spec::Gateway(_)
+                    | Spec::Sidecar(_)
+                    | Spec::EnvoyFilter(_)
+                    | Spec::Telemetry(_)
+                    | Spec::PeerAuthentication(_)
+                    | Spec::AuthorizationPolicy(_)
+                    | Spec::RequestAuthentication(_)
+            ) {
+                continue;
+            }
+            let found = match memo.and_then(|m| m.get(&o.hash)) {
+                Some(found) => found.clone(),
+                None => {
+                    let mut found = (BTreeSet::new(), BTreeSet::new());
+                    if let Ok(v) = serde_json::to_value(&o.spec) {
+                        collect_selector_keys(&v, &mut found.0, &mut found.1);
+                    }
+                    Arc::new(found)
+                }
+            };
+            keys.extend(found.0.iter().cloned());
+            failover.extend(found.1.iter().cloned());
+            next.insert(o.hash, found);
+        }
+        (keys, failover, next)
     }
 
     /// The label keys `failoverPriority` names (mesh-wide or in any DestinationRule): a
@@ -716,15 +843,24 @@ impl Builder {
     }
 
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Object>> {
-        let start = ObjectKey {
-            kind,
-            namespace: String::new(),
-            name: String::new(),
-        };
-        self.objects
-            .range(start..)
-            .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, o)| o)
+        super::stages::of_kind(&self.objects, kind)
+    }
+
+    /// Takes `kind`'s accepted objects from `prev`, whose stage for `kind` this build
+    /// reuses. Only a stage that refused an object (an error) changed its kind's objects
+    /// (dropped it, or kept its last good version), so without errors there is nothing
+    /// to copy.
+    fn adopt(&mut self, prev: &Snapshot, kind: Kind, said: &[Diagnostic]) {
+        if !said.iter().any(Diagnostic::is_error) {
+            return;
+        }
+        let mine: Vec<ObjectKey> = self.of_kind(kind).map(|o| o.key.clone()).collect();
+        for k in mine {
+            self.objects.remove(&k);
+        }
+        for o in super::stages::of_kind(&prev.objects, kind) {
+            self.objects.insert(o.key.clone(), o.clone());
+        }
     }
 
     fn mesh_config(&mut self, input: &ConfigSet, domain: &str, istio_ns: &str) -> MeshConfig {
@@ -1953,42 +2089,100 @@ impl Builder {
         out
     }
 
-    fn finish(self, generation: u64) -> Snapshot {
-        // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
-        // and routes (VirtualServices), kept apart so a route change pushes only routes.
-        fn mix(map: &mut BTreeMap<String, u64>, host: &str, v: u64) {
-            let e = map.entry(host.to_string()).or_insert(0);
-            *e = xxhash_rust::xxh3::xxh3_64(&[e.to_le_bytes(), v.to_le_bytes()].concat());
-        }
-        let config_hashes: BTreeMap<String, u64> = self
+    /// Hashes and address indexes of the workloads-and-services stage's output.
+    #[allow(clippy::type_complexity)]
+    fn service_indexes(
+        &self,
+    ) -> (
+        Arc<BTreeMap<String, u64>>,
+        Arc<BTreeMap<String, u64>>,
+        BTreeMap<String, Vec<ObjectKey>>,
+        BTreeMap<String, Vec<String>>,
+    ) {
+        let config_hashes = self
             .services
             .iter()
             .map(|(h, s)| (h.clone(), hash_of(&**s)))
             .collect();
-        let mut route_hashes: BTreeMap<String, u64> = BTreeMap::new();
-        let mut l4_route_hashes: BTreeMap<String, u64> = BTreeMap::new();
-        for vs in &self.virtual_services {
-            let h = hash_of(&**vs);
-            let l4 = (!vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty())
-                .then(|| hash_of(&(&vs.spec.tcp, &vs.spec.tls, &vs.gateways, &vs.key)));
-            for host in &vs.hosts {
-                mix(&mut route_hashes, host, h);
-                if let Some(l4) = l4 {
-                    mix(&mut l4_route_hashes, host, l4);
-                }
-            }
-        }
-        let mut policy_hashes: BTreeMap<String, u64> = BTreeMap::new();
-        for (host, rules) in &self.destination_rules {
-            for r in rules {
-                mix(&mut policy_hashes, host, hash_of(&**r));
-            }
-        }
         let endpoint_hashes = self
             .endpoints
             .iter()
             .map(|(h, e)| (h.clone(), hash_of(&**e)))
             .collect();
+        let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+        for w in self.workloads.values() {
+            for a in &w.addresses {
+                workloads_by_ip
+                    .entry(a.clone())
+                    .or_default()
+                    .push(w.key.clone());
+            }
+        }
+        let mut hosts_by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (h, eps) in &self.endpoints {
+            for inst in &eps.instances {
+                let hosts = hosts_by_ip.entry(inst.address.clone()).or_default();
+                if hosts.last() != Some(h) {
+                    hosts.push(h.clone());
+                }
+            }
+        }
+        (
+            Arc::new(config_hashes),
+            Arc::new(endpoint_hashes),
+            workloads_by_ip,
+            hosts_by_ip,
+        )
+    }
+
+    fn finish(self, generation: u64, reused: &Reused) -> Snapshot {
+        // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
+        // and routes (VirtualServices), kept apart so a route change pushes only routes.
+        // A stage taken from the previous snapshot keeps its hashes and indexes too.
+        fn mix(map: &mut BTreeMap<String, u64>, host: &str, v: u64) {
+            let e = map.entry(host.to_string()).or_insert(0);
+            *e = xxhash_rust::xxh3::xxh3_64(&[e.to_le_bytes(), v.to_le_bytes()].concat());
+        }
+        let (config_hashes, endpoint_hashes, workloads_by_ip, hosts_by_ip) = match reused.services {
+            Some(prev) => (
+                prev.config_hashes.clone(),
+                prev.endpoint_hashes.clone(),
+                prev.workloads_by_ip.clone(),
+                prev.hosts_by_ip.clone(),
+            ),
+            None => self.service_indexes(),
+        };
+        let (route_hashes, l4_route_hashes) = match reused.routes {
+            Some(prev) => (prev.route_hashes.clone(), prev.l4_route_hashes.clone()),
+            None => {
+                let mut route_hashes: BTreeMap<String, u64> = BTreeMap::new();
+                let mut l4_route_hashes: BTreeMap<String, u64> = BTreeMap::new();
+                for vs in &self.virtual_services {
+                    let h = hash_of(&**vs);
+                    let l4 = (!vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty())
+                        .then(|| hash_of(&(&vs.spec.tcp, &vs.spec.tls, &vs.gateways, &vs.key)));
+                    for host in &vs.hosts {
+                        mix(&mut route_hashes, host, h);
+                        if let Some(l4) = l4 {
+                            mix(&mut l4_route_hashes, host, l4);
+                        }
+                    }
+                }
+                (Arc::new(route_hashes), Arc::new(l4_route_hashes))
+            }
+        };
+        let policy_hashes = match reused.rules {
+            Some(prev) => prev.policy_hashes.clone(),
+            None => {
+                let mut policy_hashes: BTreeMap<String, u64> = BTreeMap::new();
+                for (host, rules) in &self.destination_rules {
+                    for r in rules {
+                        mix(&mut policy_hashes, host, hash_of(&**r));
+                    }
+                }
+                Arc::new(policy_hashes)
+            }
+        };
         let mut sidecar_hashes: BTreeMap<String, u64> = BTreeMap::new();
         for s in &self.sidecars {
             let e = sidecar_hashes.entry(s.key.namespace.clone()).or_insert(0);
@@ -2009,28 +2203,10 @@ impl Builder {
             ]
             .concat(),
         );
-        let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
-        for w in self.workloads.values() {
-            for a in &w.addresses {
-                workloads_by_ip
-                    .entry(a.clone())
-                    .or_default()
-                    .push(w.key.clone());
-            }
-        }
-        let mut hosts_by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (h, eps) in &self.endpoints {
-            for inst in &eps.instances {
-                let hosts = hosts_by_ip.entry(inst.address.clone()).or_default();
-                if hosts.last() != Some(h) {
-                    hosts.push(h.clone());
-                }
-            }
-        }
         let mut diagnostics = self.diags;
         diagnostics.sort_by(|a, b| (&a.origin, &a.object).cmp(&(&b.origin, &b.object)));
         diagnostics.dedup();
-        let snap = Snapshot {
+        Snapshot {
             generation,
             mesh: Arc::new(self.mesh),
             objects: self.objects,
@@ -2062,10 +2238,11 @@ impl Builder {
             scopes: Mutex::new(HashMap::new()),
             selector_keys: Default::default(),
             failover_keys: Default::default(),
-        };
-        // Computed here, on the builder's thread, not by the first proxy that needs it.
-        snap.selector_keys();
-        snap
+            build_stages: Vec::new(),
+            stage_prints: StagePrints::default(),
+            stage_diags: StageDiagnostics::default(),
+            selector_key_memo: KeyMemo::new(),
+        }
     }
 }
 
@@ -2268,6 +2445,138 @@ spec:
             }
         }
         Snapshot::build(&set, None, "cluster.local", "istio-system")
+    }
+
+    /// A build that keeps stages from the previous snapshot must equal one that
+    /// rebuilds everything: same accepted objects, diagnostics, services, rules, routes,
+    /// hashes (so the same changes) and selector keys.
+    #[test]
+    fn kept_stages_equal_rebuilt_ones() {
+        fn set(text: &str) -> ConfigSet {
+            let mut set = ConfigSet::default();
+            for (i, doc) in parse_documents(text).into_iter().enumerate() {
+                let doc = doc.expect("yaml");
+                let origin = Origin {
+                    file: Some(Arc::new("mesh.yaml".into())),
+                    line: Some(i as u32 * 10 + 1),
+                    resource_version: None,
+                };
+                let (objs, _) = Object::from_value(doc.value, doc.lines, origin, "default");
+                for o in objs {
+                    set.objects.insert(o.key.clone(), o);
+                }
+            }
+            set
+        }
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {selector: {app: a}, ports: [{name: http, port: 80}]}\n";
+        let pod = |version: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: a-1, labels: {{app: a, version: {version}}}}}\nspec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: 127.0.0.11}}\n"
+            )
+        };
+        let dr = |lb: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: a}}\nspec: {{host: a, trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}, subsets: [{{name: v1, labels: {{version: v1}}}}]}}\n"
+            )
+        };
+        let vs = |subset: &str, timeout: u32| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\nspec: {{hosts: [a], http: [{{timeout: {timeout}s, route: [{{destination: {{host: a, subset: {subset}}}}}]}}]}}\n"
+            )
+        };
+        let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {selector: {matchLabels: {tier: x}}, mtls: {mode: STRICT}}\n";
+        let text = |p: &str, d: &str, v: &str| [svc, p, d, v, pa].join("---\n");
+        let steps = [
+            text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v1", 1)),
+            // A route edit: only the VirtualService stage runs.
+            text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v1", 2)),
+            // A route naming an undefined subset is refused; its last good version stays.
+            text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v2", 3)),
+            // Nothing changed: every stage kept, including the refusal and its last good.
+            text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v2", 3)),
+            // A policy edit: rules and (they are its input) routes run again.
+            text(&pod("v1"), &dr("LEAST_REQUEST"), &vs("v2", 3)),
+            // A pod relabelled: services and endpoints run again.
+            text(&pod("v2"), &dr("LEAST_REQUEST"), &vs("v1", 3)),
+            // An object moved to another line: its diagnostics must say the new line.
+            [pa, svc, &pod("v2"), &dr("LEAST_REQUEST"), &vs("v2", 3)].join("---\n"),
+        ];
+        // The stages each build is expected to keep.
+        let keeps: [&[&str]; 6] = [
+            &["services", "destination rules"],
+            &["services", "destination rules"],
+            &["services", "destination rules", "virtual services"],
+            &["services"],
+            &["destination rules"],
+            &[],
+        ];
+        let mut prev = Snapshot::build(&set(&steps[0]), None, "cluster.local", "istio-system");
+        for (step, keeps) in steps[1..].iter().zip(keeps) {
+            let input = set(step);
+            let kept = Snapshot::build(&input, Some(&prev), "cluster.local", "istio-system");
+            // The same build with nothing to reuse (the previous snapshot stays the
+            // source of last good versions).
+            let prints = prev.stage_prints;
+            prev.stage_prints = StagePrints::default();
+            let rebuilt = Snapshot::build(&input, Some(&prev), "cluster.local", "istio-system");
+            prev.stage_prints = prints;
+            let kept_stages: Vec<&str> = kept
+                .build_stages
+                .iter()
+                .filter(|(n, _)| n.ends_with("(kept)"))
+                .map(|(n, _)| n.split([' ', '(']).next().unwrap_or(""))
+                .collect();
+            let expected: Vec<&str> = keeps
+                .iter()
+                .map(|k| k.split(' ').next().unwrap_or(""))
+                .collect();
+            assert_eq!(kept_stages, expected, "{step}");
+            assert!(
+                !rebuilt
+                    .build_stages
+                    .iter()
+                    .any(|(n, _)| n.ends_with("(kept)"))
+            );
+            let objects = |s: &Snapshot| -> Vec<(ObjectKey, u64)> {
+                s.objects
+                    .values()
+                    .map(|o| (o.key.clone(), o.hash))
+                    .collect()
+            };
+            assert_eq!(objects(&kept), objects(&rebuilt), "{step}");
+            assert_eq!(kept.diagnostics, rebuilt.diagnostics, "{step}");
+            assert_eq!(
+                kept.changes_since(&prev),
+                rebuilt.changes_since(&prev),
+                "{step}"
+            );
+            assert_eq!(
+                hash_of(&kept.services),
+                hash_of(&rebuilt.services),
+                "{step}"
+            );
+            assert_eq!(
+                hash_of(&kept.endpoints),
+                hash_of(&rebuilt.endpoints),
+                "{step}"
+            );
+            assert_eq!(
+                hash_of(&kept.destination_rules),
+                hash_of(&rebuilt.destination_rules)
+            );
+            assert_eq!(
+                hash_of(&kept.virtual_services),
+                hash_of(&rebuilt.virtual_services)
+            );
+            assert_eq!(kept.route_hashes, rebuilt.route_hashes);
+            assert_eq!(kept.config_hashes, rebuilt.config_hashes);
+            assert_eq!(kept.policy_hashes, rebuilt.policy_hashes);
+            assert_eq!(kept.endpoint_hashes, rebuilt.endpoint_hashes);
+            assert_eq!(kept.hosts_by_ip, rebuilt.hosts_by_ip);
+            assert_eq!(kept.workloads_by_ip, rebuilt.workloads_by_ip);
+            assert_eq!(kept.selector_keys(), rebuilt.selector_keys());
+            prev = kept;
+        }
     }
 
     #[test]
