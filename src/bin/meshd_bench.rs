@@ -6,6 +6,10 @@
 //!     server; one VirtualService change; time until each has the new routes and ACKed
 //!     them (p50/p99); peak RSS of the process.
 //!
+//! B5 (`--b5 M`): B2 with M proxies connecting over TLS with client certificates, as to
+//!     15012, all at once to a fresh server (src/bin/bench/b5.rs).
+//! B3, B6: src/bin/bench/b3.rs, b6.rs.
+//!
 //! Side by side (`--vs-istiod`, src/bin/bench/vs_istiod.rs): the same mesh in a real API
 //!     server, served by istiod and by meshd in turn to the same simulated proxies (and
 //!     `--envoys E` real Envoys): memory per proxy, convergence of one change, CPU seconds.
@@ -17,6 +21,8 @@
 mod ads_client;
 #[path = "bench/b3.rs"]
 mod b3;
+#[path = "bench/b5.rs"]
+mod b5;
 #[path = "bench/b6.rs"]
 mod b6;
 #[path = "bench/envoys.rs"]
@@ -113,6 +119,8 @@ struct Args {
     b3: usize,
     b3_secs: usize,
     b3_clients: usize,
+    /// B5: this many proxies over TLS (`--b5 M`; 0 skips it).
+    b5: usize,
 }
 
 fn parse_args() -> Args {
@@ -134,6 +142,7 @@ fn parse_args() -> Args {
         b3: 1000,
         b3_secs: 5,
         b3_clients: 100,
+        b5: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -159,6 +168,7 @@ fn parse_args() -> Args {
             "--b3" => a.b3 = num("--b3"),
             "--b3-secs" => a.b3_secs = num("--b3-secs"),
             "--b3-clients" => a.b3_clients = num("--b3-clients"),
+            "--b5" => a.b5 = num("--b5"),
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -441,7 +451,7 @@ struct ClientResult {
 /// is up (a burst of a thousand connects can be refused or reset while the server
 /// accepts). CDS is subscribed first (with the node), then `also`.
 async fn connect(
-    addr: &str,
+    dial: &b5::Dial,
     p: &Proxy,
     also: &[&str],
 ) -> (
@@ -456,7 +466,11 @@ async fn connect(
         ..Default::default()
     };
     loop {
-        let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.to_string()).await else {
+        let Some(c) = dial
+            .channel()
+            .await
+            .map(AggregatedDiscoveryServiceClient::new)
+        else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -488,14 +502,14 @@ async fn connect(
 }
 
 async fn client(
-    addr: String,
+    dial: b5::Dial,
     i: usize,
     classes: usize,
     start: Instant,
     mut changed_at: watch::Receiver<Option<Instant>>,
     synced_tx: mpsc::Sender<usize>,
 ) -> ClientResult {
-    let (tx, mut stream) = connect(&addr, &proxy(i, classes), &[type_url::LISTENER]).await;
+    let (tx, mut stream) = connect(&dial, &proxy(i, classes), &[type_url::LISTENER]).await;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut eds: BTreeSet<String> = BTreeSet::new();
     let mut rds: BTreeSet<String> = BTreeSet::new();
@@ -581,7 +595,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// B2's proxies run in a child process, so that the server's peak RSS is its own.
-async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
+async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let metrics = Arc::new(meshd::metrics::Metrics::new());
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -597,31 +611,60 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
         .await
         .expect("bind");
     let addr = format!("http://{}", listener.local_addr().expect("addr"));
-    let svc = AdsService::new(state.clone()).max_request_bytes(64 << 20);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let mut tls_dir = None;
+    if tls {
+        // 15012's stack: TLS handshakes in their own tasks, identities from client
+        // certificates, each checked against the proxy's namespace.
+        let (dir, config, auth) = b5::server();
+        let incoming = meshd::ca::server::incoming(listener, config, "cluster.local".into());
+        let svc = AdsService::secure(state.clone(), auth).max_request_bytes(64 << 20);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming),
+        );
+        tls_dir = Some(dir);
+    } else {
+        let svc = AdsService::new(state.clone()).max_request_bytes(64 << 20);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+    }
     // The mesh is loaded; what the proxies add is measured from here.
     let rss_base = rss_mb();
     let live_base = live_mb();
+    let mut child_args = vec![
+        "--b2-client".to_string(),
+        addr.clone(),
+        "--clients".into(),
+        m.to_string(),
+        "--classes".into(),
+        classes.to_string(),
+    ];
+    if let Some(dir) = &tls_dir {
+        child_args.extend(["--tls".into(), dir.display().to_string()]);
+    }
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--b2-client",
-            &addr,
-            "--clients",
-            &m.to_string(),
-            "--classes",
-            &classes.to_string(),
-        ])
+        .args(&child_args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn clients");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The simulated proxies share the machine with meshd (and usually need more CPU
+    // than it does): meshd's own CPU time says what the sync cost the server.
+    let tck = vs_istiod::clk_tck();
+    let (me, child_pid) = (std::process::id(), child.id().unwrap_or(0));
+    let (cpu0, child_cpu0) = (
+        vs_istiod::cpu_secs(me, tck),
+        vs_istiod::cpu_secs(child_pid, tck),
+    );
     let synced = lines.next_line().await.ok().flatten().unwrap_or_default();
+    let server_cpu = vs_istiod::cpu_secs(me, tck) - cpu0;
+    let clients_cpu = vs_istiod::cpu_secs(child_pid, tck) - child_cpu0;
     let rss_synced = rss_mb();
     let connected = state.connections().len();
     let per_proxy_kib = (rss_synced - rss_base) * 1024.0 / m.max(1) as f64;
@@ -652,8 +695,19 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
     } else {
         String::new()
     };
+    let bench = if tls { "B5" } else { "B2" };
+    if let Some(dir) = &tls_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // The child's first line: "initial sync of all clients N ms".
+    let sync_ms: f64 = synced
+        .trim_start_matches("initial sync of all clients ")
+        .trim_end_matches(" ms")
+        .parse()
+        .unwrap_or(f64::NAN);
     println!(
-        "B2 services={n} clients={m}{scope} ({classes} label sets, {connected} connected): {synced}; {converged}; \
+        "{bench} services={n} clients={m}{scope} ({classes} label sets, {connected} connected): {synced} \
+         (CPU meanwhile: meshd {server_cpu:.1} s, the simulated proxies {clients_cpu:.1} s); {converged}; \
          meshd peak RSS {:.0} MB (RSS before proxies {:.0} MB, after the initial sync {:.0} MB: \
          {:.0} KiB per proxy; live heap {:.0} MB before, {:.0} MB after: {:.0} KiB per proxy); \
          {} OS threads",
@@ -669,8 +723,10 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
             .unwrap_or(0),
     );
     report(
-        "B2",
-        json!({"services": n, "clients": m, "sidecar_services": sidecar, "label_sets": classes,
+        bench,
+        json!({"services": n, "clients": m, "tls": tls, "sync_ms": sync_ms,
+               "sync_server_cpu_s": server_cpu, "sync_clients_cpu_s": clients_cpu,
+               "sidecar_services": sidecar, "label_sets": classes,
                "connected": connected, "rss_per_proxy_kib": per_proxy_kib,
                "live_heap_per_proxy_kib": live_per_proxy_kib, "peak_rss_mb": peak_rss_mb(),
                "sync": synced, "change": converged}),
@@ -680,7 +736,7 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize) {
 /// The client side of B2 (a child process): prints one line when every client has its
 /// configuration, then waits for `change NANOS` on stdin and prints one line when every
 /// client has the changed routes.
-async fn b2_clients(addr: String, m: usize, classes: usize) {
+async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
     use tokio::io::AsyncBufReadExt;
     let (changed_tx, changed_rx) = watch::channel::<Option<Instant>>(None);
     let (synced_tx, mut synced_rx) = mpsc::channel::<usize>(m.max(1));
@@ -688,7 +744,7 @@ async fn b2_clients(addr: String, m: usize, classes: usize) {
     let mut handles = Vec::new();
     for i in 0..m {
         handles.push(tokio::spawn(client(
-            addr.clone(),
+            dial.clone(),
             i,
             classes,
             start,
@@ -792,8 +848,13 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
+        let tls = argv
+            .iter()
+            .position(|a| a == "--tls")
+            .and_then(|i| argv.get(i + 1))
+            .map(std::path::PathBuf::from);
         rt.block_on(b2_clients(
-            addr,
+            b5::Dial::new(&addr, tls.as_deref()),
             get("--clients", 1000),
             get("--classes", 50),
         ));
@@ -863,6 +924,20 @@ fn main() {
             args.clients,
             args.classes,
             args.sidecar,
+            false,
+        ));
+    }
+    if args.b5 > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(b2(
+            args.b2_services,
+            args.b5,
+            args.classes,
+            args.sidecar,
+            true,
         ));
     }
 }

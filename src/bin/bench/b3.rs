@@ -232,7 +232,8 @@ pub async fn clients(addr: String, m: usize) {
 }
 
 async fn client(addr: String, i: usize, seen: Seen, synced: mpsc::Sender<()>) {
-    let (tx, mut stream) = connect(&addr, &proxy(i, 1), &[]).await;
+    let dial = super::b5::Dial::new(&addr, None);
+    let (tx, mut stream) = connect(&dial, &proxy(i, 1), &[]).await;
     let mut first_eds = true;
     // Per client, the first time each event was seen.
     let mut mine: std::collections::HashSet<usize> = std::collections::HashSet::new();
