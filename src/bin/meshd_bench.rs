@@ -29,6 +29,8 @@ mod b6;
 mod envoys;
 #[path = "bench/http.rs"]
 mod http;
+#[path = "bench/plot.rs"]
+mod plot;
 #[path = "bench/vs_istiod.rs"]
 mod vs_istiod;
 
@@ -121,6 +123,8 @@ struct Args {
     b3_clients: usize,
     /// B5: this many proxies over TLS (`--b5 M`; 0 skips it).
     b5: usize,
+    /// Where the run's SVG plot goes (`--svg PATH`).
+    svg: std::path::PathBuf,
 }
 
 fn parse_args() -> Args {
@@ -143,6 +147,12 @@ fn parse_args() -> Args {
         b3_secs: 5,
         b3_clients: 100,
         b5: 0,
+        svg: std::path::PathBuf::from(format!(
+            "target/meshd-bench/{}.svg",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        )),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -169,6 +179,7 @@ fn parse_args() -> Args {
             "--b3-secs" => a.b3_secs = num("--b3-secs"),
             "--b3-clients" => a.b3_clients = num("--b3-clients"),
             "--b5" => a.b5 = num("--b5"),
+            "--svg" => a.svg = it.next().unwrap_or_default().into(),
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -342,6 +353,7 @@ fn report(bench: &str, mut fields: Value) {
     if let Some(m) = fields.as_object_mut() {
         m.insert("bench".into(), json!(bench));
     }
+    plot::record(&fields);
     println!("JSON {fields}");
 }
 
@@ -699,6 +711,13 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
     if let Some(dir) = &tls_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
+    // The child's second line: "… converged: p50 X ms, p99 Y ms, …".
+    let change_p99_ms: f64 = converged
+        .split_once("converged:")
+        .and_then(|(_, r)| r.split_once("p99 "))
+        .and_then(|(_, r)| r.split_once(" ms"))
+        .and_then(|(v, _)| v.parse().ok())
+        .unwrap_or(f64::NAN);
     // The child's first line: "initial sync of all clients N ms".
     let sync_ms: f64 = synced
         .trim_start_matches("initial sync of all clients ")
@@ -725,6 +744,7 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
     report(
         bench,
         json!({"services": n, "clients": m, "tls": tls, "sync_ms": sync_ms,
+               "change_p99_ms": change_p99_ms,
                "sync_server_cpu_s": server_cpu, "sync_clients_cpu_s": clients_cpu,
                "sidecar_services": sidecar, "label_sets": classes,
                "connected": connected, "rss_per_proxy_kib": per_proxy_kib,
@@ -940,4 +960,12 @@ fn main() {
             true,
         ));
     }
+    plot::write(
+        &args.svg,
+        &format!(
+            "meshd-bench, {} CPUs, {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        ),
+    );
 }
