@@ -74,6 +74,18 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     Some(envoyfilter::route_config(ctx, rc))
 }
 
+/// `items` in the order of their names (stable), moving each item once: sorting a vector
+/// of large structs in place (merge sort) moves every element about log n times.
+pub fn sorted_by_name<T>(items: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| name(&items[a]).cmp(name(&items[b])));
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+        .collect()
+}
+
 /// Load assignments for the named clusters (unknown names are left out).
 pub fn endpoints(ctx: &ProxyContext, names: &[String]) -> Vec<ClusterLoadAssignment> {
     names

@@ -25,7 +25,6 @@ const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProt
 
 /// All clusters for the proxy, sorted by name.
 pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
-    let mut out = Vec::new();
     let services = match ctx.proxy.kind {
         ProxyKind::Sidecar => ctx.scope.services(),
         ProxyKind::Router => {
@@ -40,6 +39,9 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
             v
         }
     };
+    // Sized up front: a Cluster is over a kilobyte, and growing a vector of 30,000 of
+    // them by doubling copies (and faults in) far more memory than it holds.
+    let mut out = Vec::with_capacity(services.iter().map(|s| s.ports.len()).sum::<usize>() + 8);
     for svc in &services {
         for port in &svc.ports {
             if port.protocol == Protocol::Udp {
@@ -65,7 +67,7 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     if ctx.proxy.kind == ProxyKind::Sidecar && ctx.intercepted() {
         out.push(inbound_passthrough(ctx));
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = super::sorted_by_name(out, |c| &c.name);
     out.dedup_by(|a, b| a.name == b.name);
     super::envoyfilter::clusters(ctx, &mut out);
     out

@@ -158,17 +158,20 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
 /// About ten times cheaper than [`resource`] on large meshes, where clusters dominate.
 /// A cluster with more (an EnvoyFilter may add protocol options or typed metadata) takes
 /// the canonical path, so its bytes, and so its version, never depend on HashMap order.
-pub fn cluster_resource(c: &envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
-    let Some(meta) = &c.metadata else {
-        return resource(c);
-    };
-    if c.typed_extension_protocol_options.len() > 1 || !meta.typed_filter_metadata.is_empty() {
-        return resource(c);
+pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
+    let deterministic = c.typed_extension_protocol_options.len() <= 1
+        && c.metadata
+            .as_ref()
+            .is_some_and(|m| m.typed_filter_metadata.is_empty());
+    if !deterministic {
+        return resource(&c);
     }
-    let mut bare = c.clone();
-    bare.metadata = None;
-    let mut bytes = bare.encode_to_vec();
-    let meta_bytes = metadata_bytes(meta);
+    // Taken out (not copied): the rest encodes as prost does, the metadata after it.
+    let Some(meta) = c.metadata.take() else {
+        return resource(&c);
+    };
+    let mut bytes = c.encode_to_vec();
+    let meta_bytes = metadata_bytes(&meta);
     // Field 25 (metadata), wire type 2: tag, length, bytes.
     prost::encoding::encode_key(25, prost::encoding::WireType::LengthDelimited, &mut bytes);
     prost::encoding::encode_varint(meta_bytes.len() as u64, &mut bytes);
@@ -534,7 +537,7 @@ mod tests {
         };
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..20 {
-            seen.insert(cluster_resource(&make()).value);
+            seen.insert(cluster_resource(make()).value);
         }
         assert_eq!(seen.len(), 1);
         let bytes = seen.into_iter().next().unwrap_or_default();
@@ -588,7 +591,7 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            seen.insert(cluster_resource(&c).value);
+            seen.insert(cluster_resource(c).value);
         }
         assert_eq!(seen.len(), 1, "one encoding whatever the insertion order");
     }

@@ -844,11 +844,11 @@ fn virtual_service_for<'a>(
     egress: &'a EgressScope,
     hostname: &str,
 ) -> Option<(usize, &'a Arc<VirtualServiceConfig>)> {
-    let all = || egress.virtual_services.iter().enumerate();
-    if let Some(found) = all().find(|(_, vs)| vs.hosts.iter().any(|h| h == hostname)) {
+    if let Some(found) = egress.with_host(hostname).next() {
         return Some(found);
     }
-    all()
+    egress
+        .with_wildcards()
         .filter_map(|(i, vs)| {
             vs.hosts
                 .iter()

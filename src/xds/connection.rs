@@ -205,9 +205,12 @@ fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
     match w.type_url.as_str() {
         type_url::CLUSTER => sorted(
             translate::cluster::clusters(ctx)
-                .iter()
+                .into_iter()
                 .filter(|c| w.wants(&c.name))
-                .map(|c| Arc::new(packed(c.name.clone(), &pb::cluster_resource(c))))
+                .map(|c| {
+                    let name = c.name.clone();
+                    Arc::new(packed(name, &pb::cluster_resource(c)))
+                })
                 .collect(),
         ),
         type_url::LISTENER => sorted(
