@@ -12,6 +12,7 @@ pub mod ca;
 pub mod cli;
 pub mod crds;
 pub mod debug;
+pub mod envoy;
 pub mod explain;
 pub mod inject;
 pub mod kube;

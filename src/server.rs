@@ -394,9 +394,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 tick.tick().await;
                 serving.rotate_if_due(&ca, &dns);
                 for c in state.connections() {
-                    if c.watch_state(crate::translate::type_url::SECRET).is_some() {
+                    if c.watch_state(crate::envoy::type_url::SECRET).is_some() {
                         c.push(crate::xds::connection::PushRequest {
-                            types: [crate::translate::type_url::SECRET].into_iter().collect(),
+                            types: [crate::envoy::type_url::SECRET].into_iter().collect(),
                             endpoints: Default::default(),
                             started: Instant::now(),
                         });

@@ -1,6 +1,6 @@
 //! Translation: pure functions from a [`Snapshot`] and a [`Proxy`] to Envoy resources. No
 //! I/O, no clocks, no HashMap iteration into output: the same inputs give byte-identical
-//! protobuf (see [`pb::canonical`]).
+//! protobuf (see [`crate::envoy::pb::canonical`]).
 
 pub mod authz;
 pub mod cluster;
@@ -13,9 +13,7 @@ pub mod grpc;
 pub mod jwt;
 pub mod listener;
 pub mod locality;
-pub mod naming;
 pub mod output;
-pub mod pb;
 pub mod route;
 pub mod secret;
 pub mod tcp;
@@ -31,30 +29,6 @@ pub use context::ProxyContext;
 
 use crate::model::proxy::{Proxy, ProxyKind};
 use crate::model::snapshot::Snapshot;
-
-/// Type URLs of the resources meshd serves.
-pub mod type_url {
-    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-    /// Push order: a cluster before its endpoints, a listener before its routes.
-    pub const ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
-
-    /// `CDS`, `EDS`, … for logs and metrics.
-    pub fn short(url: &str) -> &'static str {
-        match url {
-            CLUSTER => "CDS",
-            ENDPOINT => "EDS",
-            LISTENER => "LDS",
-            ROUTE => "RDS",
-            SECRET => "SDS",
-            _ => "UNKNOWN",
-        }
-    }
-}
 
 /// Everything a proxy gets.
 #[derive(Debug, Clone, Default)]

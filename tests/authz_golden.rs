@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use meshd::envoy::pb::normalize_json;
 use meshd::model::diagnostic::Origin;
 use meshd::model::mesh::{ExtAuthzBody, ExtAuthzGrpc, ExtAuthzHttp, ExtensionProvider};
 use meshd::model::object::{Object, Spec};
 use meshd::sources::yaml::parse_documents;
 use meshd::translate::authz::{AuthzOptions, PolicyInput, build};
-use meshd::translate::pb::normalize_json;
 
 #[path = "support/istio_data.rs"]
 mod istio_data;

@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use envoy_types::pb::google::rpc::Status;
+use meshd::envoy::{pb, type_url};
 use meshd::model::snapshot::Snapshot;
-use meshd::translate::{pb, type_url};
 use meshd::xds::{AdsService, XdsState, push};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;

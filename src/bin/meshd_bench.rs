@@ -87,12 +87,13 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
+use meshd::envoy::{pb, type_url};
 use meshd::model::diagnostic::Origin;
 use meshd::model::object::Object;
 use meshd::model::proxy::Proxy;
 use meshd::model::snapshot::{ConfigSet, Snapshot};
 use meshd::sources::yaml::FieldLines;
-use meshd::translate::{self, pb, type_url};
+use meshd::translate;
 use meshd::xds::{AdsService, XdsState, push};
 use prost::Message;
 use serde_json::{Value, json};

@@ -788,11 +788,11 @@ mod tests {
         let chain = |name: &str, port: Option<u32>, prefix: Option<(&str, u32)>| ls::FilterChain {
             name: name.into(),
             filter_chain_match: Some(ls::FilterChainMatch {
-                destination_port: port.and_then(crate::translate::pb::u32v),
+                destination_port: port.and_then(crate::envoy::pb::u32v),
                 prefix_ranges: prefix
                     .map(|(a, l)| core::CidrRange {
                         address_prefix: a.into(),
-                        prefix_len: crate::translate::pb::u32v(l),
+                        prefix_len: crate::envoy::pb::u32v(l),
                     })
                     .into_iter()
                     .collect(),

@@ -7,12 +7,13 @@ use envoy_types::pb::envoy::config::route::v3 as rt;
 use super::Outcome;
 use super::call::{Call, Mode, Tls};
 use super::envoy::{Failure, Walk};
+use crate::envoy::{naming, pb};
 use crate::model::host;
 use crate::model::istio::MtlsMode;
 use crate::model::object::Spec;
 use crate::model::proxy::{Proxy, ProxyKind};
 use crate::model::snapshot::{Snapshot, VirtualServiceConfig};
-use crate::translate::{ProxyContext, Resources, naming, pb};
+use crate::translate::{ProxyContext, Resources};
 
 /// Fills `out.steps` and `out.objects` from the walk.
 pub fn describe(ctx: &ProxyContext, res: &Resources, call: &Call, walk: &Walk, out: &mut Outcome) {

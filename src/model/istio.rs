@@ -1050,6 +1050,43 @@ api_enum! {
     }
 }
 
+impl ApplyTo {
+    /// The Envoy message a patch value for this target is.
+    pub fn envoy_type(self) -> Option<&'static str> {
+        Some(match self {
+            ApplyTo::LISTENER => "envoy.config.listener.v3.Listener",
+            ApplyTo::FILTER_CHAIN => "envoy.config.listener.v3.FilterChain",
+            ApplyTo::NETWORK_FILTER => "envoy.config.listener.v3.Filter",
+            ApplyTo::HTTP_FILTER => {
+                "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter"
+            }
+            ApplyTo::ROUTE_CONFIGURATION => "envoy.config.route.v3.RouteConfiguration",
+            ApplyTo::VIRTUAL_HOST => "envoy.config.route.v3.VirtualHost",
+            ApplyTo::HTTP_ROUTE => "envoy.config.route.v3.Route",
+            ApplyTo::CLUSTER => "envoy.config.cluster.v3.Cluster",
+            _ => return None,
+        })
+    }
+
+    /// Whether istiod accepts `op` on this target.
+    pub fn allows(self, op: PatchOperation) -> bool {
+        use PatchOperation::*;
+        match self {
+            ApplyTo::LISTENER | ApplyTo::CLUSTER | ApplyTo::VIRTUAL_HOST => {
+                matches!(op, MERGE | ADD | REMOVE)
+            }
+            ApplyTo::FILTER_CHAIN => matches!(op, MERGE | ADD | REMOVE | INSERT_FIRST),
+            ApplyTo::NETWORK_FILTER | ApplyTo::HTTP_FILTER => op != INVALID,
+            ApplyTo::ROUTE_CONFIGURATION => op == MERGE,
+            ApplyTo::HTTP_ROUTE => matches!(
+                op,
+                MERGE | REMOVE | INSERT_BEFORE | INSERT_AFTER | INSERT_FIRST
+            ),
+            _ => false,
+        }
+    }
+}
+
 api_enum! {
     pub enum PatchContext { ANY, SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY }
 }

@@ -1865,7 +1865,7 @@ impl Builder {
             };
             for (i, p) in ef.config_patches.iter().enumerate() {
                 if let Some(v) = p.patch.as_ref().and_then(|x| x.value.as_ref())
-                    && let Ok(n) = crate::translate::envoyfilter::normalized_value(p.apply_to, v)
+                    && let Ok(n) = validate::envoy_filter_value(p.apply_to, v)
                 {
                     self.envoy_filter_values.insert((obj.key.to_string(), i), n);
                 }

@@ -387,7 +387,6 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
 /// EnvoyFilter rules: istiod's per-target operations, a value where the operation needs
 /// one, and values that are Envoy configuration of the right type.
 pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
-    use crate::translate::envoyfilter;
     use istio::{ApplyTo, PatchOperation as Op};
     let mut out = Vec::new();
     if !ef.target_refs.is_empty() {
@@ -427,7 +426,7 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
             );
             continue;
         }
-        if !envoyfilter::allowed(p.apply_to, patch.operation) {
+        if !p.apply_to.allows(patch.operation) {
             out.push(obj.diag_error(
                 &format!("{path}.patch.operation"),
                 format!(
@@ -443,7 +442,7 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
                 format!("operation {:?} needs a value", patch.operation),
             )),
             Some(v) => {
-                if let Err(e) = envoyfilter::normalized_value(p.apply_to, v) {
+                if let Err(e) = envoy_filter_value(p.apply_to, v) {
                     out.push(
                         obj.diag_error(
                             &format!("{path}.patch.value"),
@@ -984,4 +983,16 @@ pub fn request_authentication(obj: &Object, r: &istio::RequestAuthentication) ->
         }
     }
     out
+}
+
+/// An EnvoyFilter patch value in Envoy's normal JSON form, or why it is not valid for
+/// `apply_to` (checked against Envoy's own schema).
+pub fn envoy_filter_value(
+    apply_to: super::istio::ApplyTo,
+    value: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let ty = apply_to
+        .envoy_type()
+        .ok_or("this applyTo has no value type")?;
+    crate::envoy::pb::normalize_typed_json(ty, value)
 }

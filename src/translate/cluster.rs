@@ -15,8 +15,8 @@ use envoy_types::pb::google::protobuf::Any;
 use serde_json::json;
 
 use super::context::ProxyContext;
-use super::naming;
-use super::pb;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::istio::{self, SimpleLb, TrafficPolicy};
 use crate::model::proxy::ProxyKind;
 use crate::model::service::{Port, Protocol, Resolution, Service};

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 
 use super::context::ProxyContext;
 use super::listener::{Routes, http_connection_manager};
-use super::pb;
+use crate::envoy::pb;
 use crate::model::istio::OutboundTrafficMode;
 use crate::model::proxy::ProxyKind;
 

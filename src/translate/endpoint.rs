@@ -7,8 +7,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
 
-use super::naming::{self, Direction};
-use super::pb;
+use crate::envoy::naming::{self, Direction};
+use crate::envoy::pb;
 use crate::model::istio::Labels;
 use crate::model::service::{Service, labels_match};
 use crate::model::snapshot::Snapshot;

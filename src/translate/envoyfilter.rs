@@ -12,12 +12,12 @@
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::warn;
 
 use super::context::ProxyContext;
-use super::naming;
-use super::pb;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::istio::{
     ApplyTo, EnvoyConfigObjectMatch, EnvoyConfigObjectPatch, PatchContext, PatchOperation,
 };
@@ -27,80 +27,9 @@ use crate::model::service::labels_match;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 
-/// The message a patch value of `apply_to` is.
-fn value_type(apply_to: ApplyTo) -> Option<&'static str> {
-    Some(match apply_to {
-        ApplyTo::LISTENER => "envoy.config.listener.v3.Listener",
-        ApplyTo::FILTER_CHAIN => "envoy.config.listener.v3.FilterChain",
-        ApplyTo::NETWORK_FILTER => "envoy.config.listener.v3.Filter",
-        ApplyTo::HTTP_FILTER => {
-            "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter"
-        }
-        ApplyTo::ROUTE_CONFIGURATION => "envoy.config.route.v3.RouteConfiguration",
-        ApplyTo::VIRTUAL_HOST => "envoy.config.route.v3.VirtualHost",
-        ApplyTo::HTTP_ROUTE => "envoy.config.route.v3.Route",
-        ApplyTo::CLUSTER => "envoy.config.cluster.v3.Cluster",
-        _ => return None,
-    })
-}
-
-/// Operations istiod accepts for each target.
-pub fn allowed(apply_to: ApplyTo, op: PatchOperation) -> bool {
-    use PatchOperation::*;
-    match apply_to {
-        ApplyTo::LISTENER | ApplyTo::CLUSTER | ApplyTo::VIRTUAL_HOST => {
-            matches!(op, MERGE | ADD | REMOVE)
-        }
-        ApplyTo::FILTER_CHAIN => matches!(op, MERGE | ADD | REMOVE | INSERT_FIRST),
-        ApplyTo::NETWORK_FILTER | ApplyTo::HTTP_FILTER => op != INVALID,
-        ApplyTo::ROUTE_CONFIGURATION => op == MERGE,
-        ApplyTo::HTTP_ROUTE => matches!(
-            op,
-            MERGE | REMOVE | INSERT_BEFORE | INSERT_AFTER | INSERT_FIRST
-        ),
-        _ => false,
-    }
-}
-
-/// `TypedStruct` (udpa or xds) wrappers replaced by the message they describe, at any
-/// depth: Envoy accepts both, and a typed value can be merged and checked.
-fn unwrap_typed_struct(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let is_typed_struct = m.get("@type").and_then(Value::as_str).is_some_and(|t| {
-                t.ends_with("/udpa.type.v1.TypedStruct") || t.ends_with("/xds.type.v3.TypedStruct")
-            });
-            if is_typed_struct {
-                let url = m
-                    .get("type_url")
-                    .or_else(|| m.get("typeUrl"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let mut out = Map::new();
-                out.insert("@type".into(), url);
-                if let Some(Value::Object(inner)) = m.get("value") {
-                    for (k, v) in inner {
-                        out.insert(k.clone(), unwrap_typed_struct(v));
-                    }
-                }
-                return Value::Object(out);
-            }
-            Value::Object(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), unwrap_typed_struct(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(a) => Value::Array(a.iter().map(unwrap_typed_struct).collect()),
-        other => other.clone(),
-    }
-}
-
-/// A patch value in Envoy's normal JSON form, or why it is not a valid `apply_to`.
-pub fn normalized_value(apply_to: ApplyTo, value: &Value) -> Result<Value, String> {
-    let ty = value_type(apply_to).ok_or("this applyTo has no value type")?;
-    pb::normalize_json(ty, &unwrap_typed_struct(value))
-}
+/// A patch value in Envoy's normal JSON form, or why it is not a valid `apply_to` (the
+/// model validates with the same function).
+pub use crate::model::validate::envoy_filter_value as normalized_value;
 
 /// Protobuf merge on JSON: messages field by field, lists appended, an `Any` of another
 /// type (or any scalar) replaced.

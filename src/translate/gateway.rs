@@ -18,10 +18,10 @@ use tracing::warn;
 
 use super::context::ProxyContext;
 use super::listener::{Routes, http_connection_manager};
-use super::naming;
-use super::pb;
 use super::route;
 use super::tcp;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::istio::{Server, ServerTlsMode};
 use crate::model::service::labels_match;
 use crate::model::snapshot::GatewayConfig;

@@ -18,9 +18,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 
 use super::context::ProxyContext;
-use super::naming;
-use super::pb;
 use super::route;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::host;
 use crate::model::service::Service;
 

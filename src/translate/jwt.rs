@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use serde_json::{Map, Value, json};
 
 use super::ProxyContext;
-use super::naming;
-use super::pb;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::Spec;
 use crate::model::istio::JwtRule;
 

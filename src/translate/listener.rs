@@ -21,9 +21,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::context::ProxyContext;
-use super::naming;
-use super::pb;
 use super::route;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::istio::{CaptureMode, OutboundTrafficMode};
 use crate::model::proxy::{Interception, ProxyKind};
 use crate::model::service::Protocol;

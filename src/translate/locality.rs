@@ -8,8 +8,8 @@
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::context::ProxyContext;
-use super::naming;
-use super::pb;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::istio::LocalityLbSetting;
 use crate::model::service::Service;
 

@@ -15,7 +15,7 @@ use prost::Message;
 use serde_json::Value;
 
 use super::Resources;
-use super::pb;
+use crate::envoy::pb;
 use crate::model::proxy::Proxy;
 
 /// Envoy's `/config_dump` shape (what istioctl proxy-config reads), with `version` as

@@ -19,8 +19,8 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::
 use envoy_types::pb::google::protobuf::Any;
 
 use super::context::ProxyContext;
-use super::naming;
-use super::pb;
+use crate::envoy::naming;
+use crate::envoy::pb;
 use crate::model::host;
 use crate::model::istio::{self, OutboundTrafficMode};
 use crate::model::scope::EgressScope;

@@ -6,8 +6,8 @@ use envoy_types::pb::envoy::config::listener::v3::{self as ls, Filter};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::context::ProxyContext;
-use super::pb;
 use super::route::destination_cluster;
+use crate::envoy::pb;
 use crate::model::host;
 use crate::model::istio::{self, L4MatchAttributes, RouteDestination, TlsMatchAttributes};
 use crate::model::service::labels_match;
@@ -215,8 +215,8 @@ pub fn gateway_passthrough(
 /// DestinationRule `connectionPool.tcp.idleTimeout` for an outbound cluster (the
 /// subset's and port's settings included), as istiod applies it to TCP proxies.
 pub fn idle_timeout(ctx: &ProxyContext, cluster: &str) -> Option<std::time::Duration> {
-    let (dir, port, subset, host) = super::naming::parse_cluster(cluster)?;
-    if dir != super::naming::Direction::Outbound {
+    let (dir, port, subset, host) = crate::envoy::naming::parse_cluster(cluster)?;
+    if dir != crate::envoy::naming::Direction::Outbound {
         return None;
     }
     let svc = ctx.snap.services.get(host)?;

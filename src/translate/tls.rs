@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 
 use super::context::ProxyContext;
-use super::pb;
 use super::secret;
+use crate::envoy::pb;
 
 /// ALPN a server sidecar accepts over mTLS. The HTTP connection manager picks its codec
 /// from the negotiated protocol, so a client offers exactly what it will speak.

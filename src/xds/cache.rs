@@ -172,7 +172,7 @@ impl ResourceCache {
         inner.sets.clear();
         match churned {
             Some(hosts) => inner.one.retain(|(_, name), _| {
-                crate::translate::naming::parse_cluster(name)
+                crate::envoy::naming::parse_cluster(name)
                     .is_some_and(|(_, _, _, host)| !hosts.contains(host))
             }),
             None => inner.one.clear(),

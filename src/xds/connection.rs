@@ -18,9 +18,10 @@ use super::cache::{Generated, ResourceCache, class_key};
 use super::server::{SyncStatus, XdsState};
 use super::watch::{Action, WatchState, WatchSummary};
 use super::wire::{self, FieldValue, Outgoing, Wrap};
+use crate::envoy::{pb, type_url};
 use crate::metrics::{Metrics, VersionLabel};
 use crate::model::proxy::Proxy;
-use crate::translate::{self, ProxyContext, pb, type_url};
+use crate::translate::{self, ProxyContext};
 
 /// A change a connection has to act on. Several merge into one: at most one push is
 /// pending per connection.
@@ -123,7 +124,7 @@ fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
 /// Load assignments, each computed once per snapshot for all proxies. A load assignment
 /// depends on the client only through the DestinationRule that defines its subset.
 fn endpoints(ctx: &ProxyContext, cache: &ResourceCache, w: &WatchState) -> Vec<Arc<Generated>> {
-    use crate::translate::naming;
+    use crate::envoy::naming;
     // `failoverPriority` orders endpoints by how many of the named labels they share
     // with the client: the client's values of those labels are part of the key.
     let failover = {

@@ -26,7 +26,7 @@ pub fn push_for(
     changes: &Changes,
     started: Instant,
 ) -> Option<PushRequest> {
-    use crate::translate::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+    use crate::envoy::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     let proxy = &conn.proxy;
     let ctx = ProxyContext::new(snap, proxy);
     let before = ProxyContext::new(prev, proxy);

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::cache::Generated;
 use super::names::{self, Names};
-use crate::translate::type_url;
+use crate::envoy::type_url;
 
 /// A rejected response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -300,7 +300,7 @@ fn sds_serves_only_the_callers_own_secrets() {
     let token = issuer.token("default", "bookinfo-reviews", "istio-ca", 600, "k1");
     let node = |ns: &str| Node {
         id: format!("sidecar~127.0.0.12~reviews-v1.{ns}~{ns}.svc.cluster.local"),
-        metadata: Some(meshd::translate::pb::to_struct(
+        metadata: Some(meshd::envoy::pb::to_struct(
             &serde_json::json!({"NAMESPACE": ns}),
         )),
         ..Default::default()
@@ -318,7 +318,7 @@ fn sds_serves_only_the_callers_own_secrets() {
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 tx.send(DiscoveryRequest {
                     node: Some(node),
-                    type_url: meshd::translate::type_url::SECRET.into(),
+                    type_url: meshd::envoy::type_url::SECRET.into(),
                     resource_names: vec![
                         "default".into(),
                         "ROOTCA".into(),

@@ -705,7 +705,7 @@ fn proxy_status_over_ads_like_istioctl() {
             tx.send(DiscoveryRequest {
                 node: Some(Node {
                     id: format!("sidecar~127.0.0.99~istioctl.{ns}~{ns}.svc.cluster.local"),
-                    metadata: Some(meshd::translate::pb::to_struct(&serde_json::json!({
+                    metadata: Some(meshd::envoy::pb::to_struct(&serde_json::json!({
                         "GENERATOR": "event", "NAMESPACE": ns
                     }))),
                     ..Default::default()

@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
-use meshd::translate::{pb, type_url};
+use meshd::envoy::{pb, type_url};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};

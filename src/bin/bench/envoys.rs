@@ -16,7 +16,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
-use meshd::translate::{pb, secret};
+use meshd::envoy::pb;
+use meshd::translate::secret;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};

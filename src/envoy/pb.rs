@@ -459,6 +459,55 @@ pub fn normalize_json(type_name: &str, v: &serde_json::Value) -> Result<serde_js
         .map_err(|e| e.to_string())
 }
 
+/// `TypedStruct` (udpa or xds) wrappers replaced by the message they describe, at any
+/// depth: Envoy accepts both, and a typed value can be merged and checked.
+fn unwrap_typed_struct(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let is_typed_struct = m
+                .get("@type")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|t| {
+                    t.ends_with("/udpa.type.v1.TypedStruct")
+                        || t.ends_with("/xds.type.v3.TypedStruct")
+                });
+            if is_typed_struct {
+                let url = m
+                    .get("type_url")
+                    .or_else(|| m.get("typeUrl"))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                let mut out = serde_json::Map::new();
+                out.insert("@type".into(), url);
+                if let Some(serde_json::Value::Object(inner)) = m.get("value") {
+                    for (k, v) in inner {
+                        out.insert(k.clone(), unwrap_typed_struct(v));
+                    }
+                }
+                return serde_json::Value::Object(out);
+            }
+            serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), unwrap_typed_struct(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.iter().map(unwrap_typed_struct).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// A value given as `type_name` (snake_case or camelCase, `TypedStruct`s allowed) in
+/// Envoy's normal JSON form, or why Envoy's schema refuses it.
+pub fn normalize_typed_json(
+    type_name: &str,
+    v: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    normalize_json(type_name, &unwrap_typed_struct(v))
+}
+
 /// Renders an `Any` as Envoy's JSON (camelCase, `@type`), via the descriptor pool.
 pub fn any_to_json(any: &gpb::Any) -> serde_json::Value {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
