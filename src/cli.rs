@@ -186,7 +186,7 @@ pub struct ServeArgs {
     pub debounce: String,
     /// How many proxies may have unanswered responses at once (istiod's
     /// PILOT_PUSH_THROTTLE): bounds the memory of pushes to slow proxies.
-    #[arg(long, default_value_t = crate::xds::server::DEFAULT_PUSH_SLOTS)]
+    #[arg(long, default_value_t = crate::xds::state::DEFAULT_PUSH_SLOTS)]
     pub push_concurrency: usize,
 }
 

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::translate;
 use crate::xds::XdsState;
-use crate::xds::connection::Connection;
+use crate::xds::registry::Connection;
 
 pub fn router(state: Arc<XdsState>) -> Router {
     Router::new()

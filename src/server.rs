@@ -395,7 +395,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 serving.rotate_if_due(&ca, &dns);
                 for c in state.connections() {
                     if c.watch_state(crate::envoy::type_url::SECRET).is_some() {
-                        c.push(crate::xds::connection::PushRequest {
+                        c.push(crate::xds::registry::PushRequest {
                             types: [crate::envoy::type_url::SECRET].into_iter().collect(),
                             endpoints: Default::default(),
                             started: Instant::now(),

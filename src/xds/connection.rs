@@ -14,82 +14,16 @@ use tokio::sync::Notify;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use super::cache::{Generated, ResourceCache, class_key};
-use super::server::{SyncStatus, XdsState};
-use super::watch::{Action, WatchState, WatchSummary};
+use super::cache::{Generated, class_key};
+use super::generate::{endpoints, generate, set_version, wrap};
+use super::registry::{Connection, PushRequest};
+use super::state::XdsState;
+use super::watch::{Action, WatchState};
 use super::wire::{self, FieldValue, Outgoing, Wrap};
 use crate::envoy::{pb, type_url};
 use crate::metrics::{Metrics, VersionLabel};
 use crate::model::proxy::Proxy;
 use crate::translate::{self, ProxyContext};
-
-/// A change a connection has to act on. Several merge into one: at most one push is
-/// pending per connection.
-#[derive(Debug, Clone)]
-pub struct PushRequest {
-    /// Types to regenerate (type URLs); endpoints are decided by `endpoints`.
-    pub types: BTreeSet<&'static str>,
-    /// Hosts whose endpoints changed.
-    pub endpoints: BTreeSet<String>,
-    /// When the first merged change was published (for convergence time).
-    pub started: Instant,
-}
-
-impl PushRequest {
-    pub fn merge(&mut self, other: PushRequest) {
-        self.types.extend(other.types);
-        self.endpoints.extend(other.endpoints);
-        self.started = self.started.min(other.started);
-    }
-}
-
-/// The shared view of a stream: who is connected, its sync state, its pending push.
-#[derive(Debug)]
-pub struct Connection {
-    pub id: u64,
-    /// istiod-style connection id: `PROXY_ID-N`.
-    pub conn_id: String,
-    pub proxy: Arc<Proxy>,
-    pub delta: bool,
-    pub peer: String,
-    pub connected_at: SystemTime,
-    status: Mutex<BTreeMap<String, WatchSummary>>,
-    pending: Mutex<Option<PushRequest>>,
-    notify: Notify,
-}
-
-impl Connection {
-    /// Queues a push, merging with one already pending.
-    pub fn push(&self, req: PushRequest) {
-        if let Ok(mut p) = self.pending.lock() {
-            match p.as_mut() {
-                Some(existing) => existing.merge(req),
-                None => *p = Some(req),
-            }
-        }
-        self.notify.notify_one();
-    }
-
-    fn take_push(&self) -> Option<PushRequest> {
-        self.pending.lock().ok().and_then(|mut p| p.take())
-    }
-
-    pub fn status(&self) -> SyncStatus {
-        SyncStatus {
-            connection_id: self.conn_id.clone(),
-            proxy: self.proxy.id.clone(),
-            istio_version: self.proxy.istio_version.clone().unwrap_or_default(),
-            delta: self.delta,
-            peer: self.peer.clone(),
-            types: self.status.lock().map(|s| s.clone()).unwrap_or_default(),
-        }
-    }
-
-    /// The state of one type (tests and debug).
-    pub fn watch_state(&self, type_url: &str) -> Option<WatchSummary> {
-        self.status.lock().ok()?.get(type_url).cloned()
-    }
-}
 
 /// The two flavours of ADS stream.
 pub enum Mode {
@@ -101,144 +35,6 @@ pub enum Mode {
         inbound: wire::Requests<DeltaDiscoveryRequest>,
         tx: wire::Sender,
     },
-}
-
-fn version_of(bytes: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
-}
-
-/// A resource packed once for every proxy that gets it: its `Any`, encoded.
-fn packed(name: String, any: &envoy_types::pb::google::protobuf::Any) -> Generated {
-    let bytes = bytes::Bytes::from(any.encode_to_vec());
-    Generated {
-        name,
-        version: version_of(&bytes),
-        any: bytes,
-    }
-}
-
-fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
-    packed(name, &pb::resource(msg))
-}
-
-/// Load assignments, each computed once per snapshot for all proxies. A load assignment
-/// depends on the client only through the DestinationRule that defines its subset.
-fn endpoints(ctx: &ProxyContext, cache: &ResourceCache, w: &WatchState) -> Vec<Arc<Generated>> {
-    use crate::envoy::naming;
-    // `failoverPriority` orders endpoints by how many of the named labels they share
-    // with the client: the client's values of those labels are part of the key.
-    let failover = {
-        let keys = ctx.snap.failover_keys();
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (k, v) in ctx.labels.iter().filter(|(k, _)| keys.contains(*k)) {
-            for part in [k, v] {
-                h.update(&(part.len() as u64).to_le_bytes());
-                h.update(part.as_bytes());
-            }
-        }
-        h.digest()
-    };
-    w.names
-        .iter()
-        .filter_map(|name| {
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            // The rule matters for subsets, and (through locality load balancing) for
-            // any cluster of a client that has a locality.
-            if let Some(dr) = naming::parse_cluster(name)
-                .filter(|(_, _, subset, _)| !subset.is_empty() || !ctx.locality.is_empty())
-                .and_then(|(_, _, _, host)| ctx.snap.services.get(host))
-                .and_then(|svc| {
-                    ctx.snap
-                        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
-                })
-            {
-                h.update(dr.key.namespace.as_bytes());
-                h.update(&[0]);
-                h.update(dr.key.name.as_bytes());
-            }
-            h.update(&[0]);
-            // Locality load balancing makes the assignment depend on where the client
-            // is.
-            h.update(ctx.locality.as_bytes());
-            h.update(&failover.to_le_bytes());
-            let dr_key = h.digest();
-            cache.one(ctx.snap.generation, dr_key, name, || {
-                translate::endpoints(ctx, std::slice::from_ref(name))
-                    .first()
-                    .map(|e| wrap(e.cluster_name.clone(), e))
-            })
-        })
-        .collect()
-}
-
-/// Resources for a proxyless gRPC client: only the names it asked for.
-fn generate_grpc(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
-    let names = w.names.iter();
-    match w.type_url.as_str() {
-        type_url::LISTENER => names
-            .filter_map(|n| translate::grpc::listener(ctx, n))
-            .map(|l| Arc::new(wrap(l.name.clone(), &l)))
-            .collect(),
-        type_url::ROUTE => names
-            .filter_map(|n| translate::grpc::route_config(ctx, n))
-            .map(|r| Arc::new(wrap(r.name.clone(), &r)))
-            .collect(),
-        type_url::CLUSTER => names
-            .filter_map(|n| translate::grpc::cluster(ctx, n))
-            .map(|c| Arc::new(wrap(c.name.clone(), &c)))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Sets are kept sorted by name: a stream remembers what its client holds as the set
-/// last sent and looks names up in it.
-fn sorted(mut v: Vec<Arc<Generated>>) -> Vec<Arc<Generated>> {
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    v
-}
-
-/// Resources of one type for the subscription in `w`.
-fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
-    if ctx.proxy.proxyless {
-        return generate_grpc(ctx, w);
-    }
-    match w.type_url.as_str() {
-        type_url::CLUSTER => sorted(
-            translate::cluster::clusters(ctx)
-                .into_iter()
-                .filter(|c| w.wants(&c.name))
-                .map(|c| {
-                    let name = c.name.clone();
-                    Arc::new(packed(name, &pb::cluster_resource(c)))
-                })
-                .collect(),
-        ),
-        type_url::LISTENER => sorted(
-            translate::listener::listeners(ctx)
-                .iter()
-                .filter(|l| w.wants(&l.name))
-                .map(|l| Arc::new(wrap(l.name.clone(), l)))
-                .collect(),
-        ),
-        type_url::ROUTE => w
-            .names
-            .iter()
-            .filter_map(|n| translate::route_config(ctx, n))
-            .map(|r| Arc::new(wrap(r.name.clone(), &r)))
-            .collect(),
-        // Secrets are never served on the plaintext port.
-        _ => Vec::new(),
-    }
-}
-
-fn set_version(res: &[Arc<Generated>]) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for r in res {
-        h.update(r.name.as_bytes());
-        h.update(r.version.as_bytes());
-    }
-    format!("{:016x}", h.digest())
 }
 
 /// Node metadata as JSON.

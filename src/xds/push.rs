@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::connection::{Connection, PushRequest};
-use super::server::XdsState;
+use super::registry::{Connection, PushRequest};
+use super::state::XdsState;
 use crate::model::proxy::ProxyKind;
 use crate::model::snapshot::{Changes, Snapshot};
 use crate::translate::ProxyContext;
