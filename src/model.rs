@@ -1,6 +1,7 @@
 //! The model: typed configuration objects, the immutable [`Snapshot`] with its indexes,
 //! and [`Diagnostic`]s. Nothing here does I/O or knows about gRPC or Kubernetes clients.
 
+mod build;
 pub mod delegate;
 pub mod diagnostic;
 pub mod host;
