@@ -98,14 +98,16 @@ fn reviews_timeout_cuts_the_ratings_delay_short() {
         ("reviews-v2", "black"),
         "{page:?}"
     );
+    // Envoy arms the delay from its event loop's cached clock, which can be a fraction of
+    // a millisecond behind ours (a run measured 1.9998 s): the lower bounds allow 50 ms.
     assert!(
-        page.took >= Duration::from_millis(2000) && page.took < Duration::from_millis(3000),
+        page.took >= Duration::from_millis(1950) && page.took < Duration::from_millis(3000),
         "the page comes after the 2 s delay: {:?}",
         page.took
     );
     let (status, took) = reviews(&b);
     assert_eq!(status, 200, "no timeout on reviews yet ({took:?})");
-    assert!(took >= Duration::from_millis(2000), "{took:?}");
+    assert!(took >= Duration::from_millis(1950), "{took:?}");
 
     // Step 4: timeout: 0.5s on reviews.
     b.apply_text(REVIEWS_TIMEOUT);
