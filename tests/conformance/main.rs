@@ -28,6 +28,7 @@ mod origination;
 mod passthrough;
 mod protocol_sniffing;
 mod real_kubernetes;
+mod restart;
 mod retries;
 mod scripted;
 mod tcp;

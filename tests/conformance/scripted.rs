@@ -140,6 +140,21 @@ impl OneService {
     pub fn assert_accepted(&self) {
         crate::harness::assert_envoy_accepted(&self.envoy);
     }
+
+    /// Kills meshd with SIGKILL: no shutdown path runs, streams just break.
+    pub fn kill_meshd(&mut self) {
+        let _ = self._meshd.proc.child.kill();
+        let _ = self._meshd.proc.child.wait();
+    }
+
+    /// A new meshd on the same folder, CA directory and ports (waits for /ready).
+    pub fn restart_meshd(&mut self) {
+        self._meshd = crate::harness::Meshd::start(self.config.path(), self._dir.path(), &[]);
+    }
+
+    pub fn meshd(&self) -> &crate::harness::Meshd {
+        &self._meshd
+    }
 }
 
 /// A backend for both kinds of traffic on one port: an HTTP request gets `200` with the
