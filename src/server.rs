@@ -388,8 +388,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let ca = ca.clone();
         let dns = args.serving_dns.clone();
         let serving = serving.clone();
+        // Often enough that a certificate due for renewal (at 80% of its life) is pushed
+        // well before it expires, however short `--workload-cert-ttl` is.
+        let every = (workload_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 serving.rotate_if_due(&ca, &dns);
