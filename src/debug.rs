@@ -78,6 +78,16 @@ async fn connections(State(state): State<Arc<XdsState>>) -> Json<serde_json::Val
         .connections()
         .iter()
         .map(|c| {
+            // What makes a misbehaving proxy stand out: how often it refused what it was
+            // sent, and the types where it has not acknowledged the last response.
+            let status = c.status();
+            let nacks: u64 = status.types.values().map(|t| t.nacks).sum();
+            let awaiting: Vec<&str> = status
+                .types
+                .iter()
+                .filter(|(_, t)| t.sent_nonce.is_some() && t.sent_nonce != t.acked_nonce)
+                .map(|(url, _)| crate::envoy::type_url::short(url))
+                .collect();
             json!({
                 "connectionId": c.conn_id,
                 "proxy": c.proxy.id,
@@ -85,6 +95,8 @@ async fn connections(State(state): State<Arc<XdsState>>) -> Json<serde_json::Val
                 "delta": c.delta,
                 "istioVersion": c.proxy.istio_version,
                 "connectedAt": humantime_secs(c.connected_at),
+                "nacks": nacks,
+                "awaitingAck": awaiting,
             })
         })
         .collect();

@@ -19,6 +19,12 @@ pub struct VersionLabel {
     pub version: String,
 }
 
+/// A gRPC status code's name (`invalid_argument`, `resource_exhausted`, …): a fixed set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SeverityLabel {
     pub severity: String,
@@ -51,6 +57,10 @@ pub struct Metrics {
     /// pilot_xds_write_timeout: responses a proxy did not take within the send
     /// deadline (its stream is then closed).
     pub write_timeouts: Counter,
+    /// meshd_xds_stream_errors: ADS streams meshd ended because of what the client sent
+    /// (malformed or oversized requests, a missing node, failed authentication), by
+    /// gRPC code.
+    pub stream_errors: Family<CodeLabel, Counter>,
     /// pilot_xds_push_time: time to generate and send one response, by type.
     pub push_time: Family<TypeLabel, Histogram>,
     /// pilot_proxy_convergence_time: from a config change to the push reaching the proxy.
@@ -187,6 +197,12 @@ impl Metrics {
             "Pilot XDS response write timeouts",
             write_timeouts.clone(),
         );
+        let stream_errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "meshd_xds_stream_errors",
+            "ADS streams ended because of what the client sent, by gRPC code",
+            stream_errors.clone(),
+        );
         let sds_refusals = Counter::default();
         registry.register(
             "meshd_sds_refusals",
@@ -240,6 +256,7 @@ impl Metrics {
             root_expiry,
             sds_refusals,
             write_timeouts,
+            stream_errors,
             registry,
             xds_connections,
             connections_lock: std::sync::Mutex::new(()),

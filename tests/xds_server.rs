@@ -753,3 +753,233 @@ async fn delta_subscriptions_are_bounded() {
     let status = closed.expect_err("closed with an error");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 }
+
+/// Sends one message that is not a DiscoveryRequest (a string field holding bytes that
+/// are not UTF-8) as the first message of a SotW stream; returns the stream's gRPC code.
+async fn garbage(addr: &str) -> tonic::Code {
+    use envoy_types::pb::google::protobuf::BytesValue;
+    let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .expect("endpoint")
+        .connect()
+        .await
+    else {
+        return tonic::Code::Unavailable;
+    };
+    let mut g = tonic::client::Grpc::new(ch);
+    if g.ready().await.is_err() {
+        return tonic::Code::Unavailable;
+    }
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
+    let codec: tonic_prost::ProstCodec<BytesValue, DiscoveryResponse> = Default::default();
+    // Held open after the message, as a client that goes on sending would.
+    let (tx, rx) = mpsc::channel::<BytesValue>(1);
+    let _ = tx
+        .send(BytesValue {
+            value: vec![0xff; 16],
+        })
+        .await;
+    let code = match g
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await
+    {
+        Ok(resp) => match resp.into_inner().message().await {
+            Err(e) => e.code(),
+            Ok(_) => tonic::Code::Ok,
+        },
+        Err(e) => e.code(),
+    };
+    drop(tx);
+    code
+}
+
+/// A thousand misbehaving clients at once — 200 each that never ACK, NACK everything,
+/// send garbage, connect and disconnect in a loop, or stop reading — and one proxy that
+/// behaves: it still gets its push; every NACK is recorded and none is answered with a
+/// resend; garbage is refused with INVALID_ARGUMENT and counted; churned connections
+/// leave nothing in the registry; the misbehaving streams are visible in the sync status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_misbehaving_clients_delay_no_one() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const EACH: usize = 200;
+    let mut s = FakeServer::new(BASE).await;
+
+    let mut good = Sotw::open(&s).await;
+    good.send(type_url::CLUSTER, &[], "", "", None, true).await;
+    let first = good.expect().await;
+    good.send(
+        type_url::CLUSTER,
+        &[],
+        &first.version_info,
+        &first.nonce,
+        None,
+        false,
+    )
+    .await;
+
+    // Never ACK: take the first response and say nothing more.
+    let mut silent = Vec::new();
+    for _ in 0..EACH {
+        let mut c = Sotw::open(&s).await;
+        c.send(type_url::CLUSTER, &[], "", "", None, true).await;
+        c.expect().await;
+        silent.push(c);
+    }
+    // Stop reading: ask, and never look at the answer.
+    let mut deaf = Vec::new();
+    for _ in 0..EACH {
+        let c = Sotw::open(&s).await;
+        c.send(type_url::CLUSTER, &[], "", "", None, true).await;
+        deaf.push(c);
+    }
+    // NACK everything: each counts the responses it got.
+    let received: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..EACH).map(|_| AtomicUsize::new(0)).collect());
+    let mut nackers = Vec::new();
+    for i in 0..EACH {
+        let mut c = Sotw::open(&s).await;
+        c.send(type_url::CLUSTER, &[], "", "", None, true).await;
+        let received = received.clone();
+        nackers.push(tokio::spawn(async move {
+            while let Ok(Some(r)) = c.rx.message().await {
+                received[i].fetch_add(1, Ordering::Relaxed);
+                c.send(
+                    type_url::CLUSTER,
+                    &[],
+                    "",
+                    &r.nonce,
+                    Some("no thanks"),
+                    false,
+                )
+                .await;
+            }
+        }));
+    }
+    // Garbage.
+    let mut codes = Vec::new();
+    for _ in 0..EACH {
+        codes.push(tokio::spawn({
+            let addr = s.addr.clone();
+            async move { garbage(&addr).await }
+        }));
+    }
+    // Connect, take one response, hang up; again and again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut churners = Vec::new();
+    for _ in 0..EACH {
+        let (stop, addr) = (stop.clone(), s.addr.clone());
+        churners.push(tokio::spawn(async move {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(client) = AggregatedDiscoveryServiceClient::connect(addr.clone()).await
+                else {
+                    continue;
+                };
+                let (tx, rx) = mpsc::channel(1);
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        node: Some(node(CLIENT)),
+                        type_url: type_url::CLUSTER.into(),
+                        ..Default::default()
+                    })
+                    .await;
+                let mut client = client.max_decoding_message_size(usize::MAX);
+                if let Ok(r) = client
+                    .stream_aggregated_resources(ReceiverStream::new(rx))
+                    .await
+                {
+                    let _ = r.into_inner().message().await;
+                }
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    for c in codes {
+        assert_eq!(
+            c.await.expect("task"),
+            tonic::Code::InvalidArgument,
+            "garbage is refused"
+        );
+    }
+
+    // A change: the proxy that behaves gets it while all of that goes on.
+    s.update(&format!(
+        "{BASE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: added, namespace: default}}\nspec:\n  ports: [{{name: http, port: 7000}}]\n"
+    ));
+    let pushed = good.expect().await;
+    assert_ne!(
+        pushed.version_info, first.version_info,
+        "the change arrived"
+    );
+    good.send(
+        type_url::CLUSTER,
+        &[],
+        &pushed.version_info,
+        &pushed.nonce,
+        None,
+        false,
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut rounds = 0;
+    for c in churners {
+        rounds += c.await.expect("churner");
+    }
+    assert!(rounds >= EACH, "the churners connected {rounds} times");
+    // Give a resend loop, if there were one, time to show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, n) in received.iter().enumerate() {
+        assert_eq!(
+            n.load(Ordering::Relaxed),
+            2,
+            "NACKer {i}: the first response and the change, nothing resent"
+        );
+    }
+    assert!(
+        s.metric("meshd_xds_stream_errors")
+            .contains(&format!("code=\"invalid_argument\"}} {EACH}")),
+        "{}",
+        s.metric("meshd_xds_stream_errors")
+    );
+    assert!(
+        s.metric("pilot_total_xds_rejects")
+            .contains(&format!("type=\"cds\"}} {}", 2 * EACH)),
+        "{}",
+        s.metric("pilot_total_xds_rejects")
+    );
+    // Only the connections still open are registered: the good one, the silent, the
+    // deaf and the NACKers (each churned connection is gone).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.state.connections().len() != 1 + 3 * EACH {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} connections registered",
+            s.state.connections().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Visible per connection: the NACKers by their NACK count, the silent and the deaf
+    // by the response they have not acknowledged.
+    let status = s.state.sync_status();
+    let nacking = status
+        .iter()
+        .filter(|c| c.types.get(type_url::CLUSTER).is_some_and(|t| t.nacks == 2))
+        .count();
+    assert_eq!(nacking, EACH);
+    let waiting = status
+        .iter()
+        .filter(|c| {
+            c.types
+                .get(type_url::CLUSTER)
+                .is_some_and(|t| t.nacks == 0 && t.sent_nonce != t.acked_nonce)
+        })
+        .count();
+    assert_eq!(waiting, 2 * EACH, "the silent and the deaf");
+    for t in nackers {
+        t.abort();
+    }
+    drop((silent, deaf));
+}

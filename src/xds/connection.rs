@@ -679,6 +679,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             Err(e) => {
                                 // A refused request (too large, malformed) ends the
                                 // stream with its status, not with OK.
+                                count_refusal(&state, &e);
                                 let _ = tx.try_send(Err(e.clone()));
                                 break Err(e.to_string());
                             }
@@ -686,6 +687,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                         if let Err(status) = s.connect(req.node.as_ref()) {
                             // Never wait on a stream that may be full: the error is
                             // best effort, closing the stream is not.
+                            count_refusal(&state, &status);
                             let _ = tx.try_send(Err(status.clone()));
                             break Err(status.message().to_string());
                         }
@@ -754,6 +756,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             Err(e) => {
                                 // A refused request (too large, malformed) ends the
                                 // stream with its status, not with OK.
+                                count_refusal(&state, &e);
                                 let _ = tx.try_send(Err(e.clone()));
                                 break Err(e.to_string());
                             }
@@ -761,6 +764,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                         if let Err(status) = s.connect(req.node.as_ref()) {
                             // Never wait on a stream that may be full: the error is
                             // best effort, closing the stream is not.
+                            count_refusal(&state, &status);
                             let _ = tx.try_send(Err(status.clone()));
                             break Err(status.message().to_string());
                         }
@@ -776,6 +780,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             warn!(peer = %s.peer, type_url = %url, "subscription limit reached; closing the stream");
                             // Never wait on a stream that may be full: the error is
                             // best effort, closing the stream is not.
+                            count_refusal(&state, &status);
                             let _ = tx.try_send(Err(status.clone()));
                             break Err(status.message().to_string());
                         }
@@ -806,5 +811,34 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
             Ok(()) => info!(proxy = %c.proxy.id, conn = c.id, "proxy disconnected"),
             Err(e) => info!(proxy = %c.proxy.id, conn = c.id, error = %e, "proxy stream ended"),
         }
+    } else if let Err(e) = result {
+        debug!(peer = %s.peer, error = %e, "stream ended before naming a proxy");
     }
+}
+
+/// Counts a stream meshd ends because of what the client sent — whether or not it got
+/// as far as naming its proxy (garbage as the first message never does) — so a
+/// misbehaving client shows in `meshd_xds_stream_errors`. A client that just went away
+/// (a reset, a transport error) is not counted.
+fn count_refusal(state: &XdsState, status: &Status) {
+    if let Some(code) = refusal_code(status.code()) {
+        state
+            .metrics
+            .stream_errors
+            .get_or_create(&crate::metrics::CodeLabel { code: code.into() })
+            .inc();
+    }
+}
+
+/// The label of a code that means the client sent something meshd refuses.
+fn refusal_code(code: tonic::Code) -> Option<&'static str> {
+    use tonic::Code::*;
+    Some(match code {
+        InvalidArgument => "invalid_argument",
+        ResourceExhausted => "resource_exhausted",
+        Unauthenticated => "unauthenticated",
+        PermissionDenied => "permission_denied",
+        Unimplemented => "unimplemented",
+        _ => return None,
+    })
 }
