@@ -31,6 +31,8 @@ mod envoys;
 mod http;
 #[path = "bench/plot.rs"]
 mod plot;
+#[path = "bench/soak.rs"]
+mod soak;
 #[path = "bench/vs_istiod.rs"]
 mod vs_istiod;
 
@@ -126,6 +128,9 @@ struct Args {
     b5: usize,
     /// Where the run's SVG plot goes (`--svg PATH`).
     svg: std::path::PathBuf,
+    /// The soak: this many seconds (`--soak SECS`; 0 skips it) with `--soak-proxies M`.
+    soak: u64,
+    soak_proxies: usize,
 }
 
 fn parse_args() -> Args {
@@ -148,6 +153,8 @@ fn parse_args() -> Args {
         b3_secs: 5,
         b3_clients: 100,
         b5: 0,
+        soak: 0,
+        soak_proxies: 50,
         svg: std::path::PathBuf::from(format!(
             "target/meshd-bench/{}.svg",
             std::time::SystemTime::now()
@@ -181,6 +188,8 @@ fn parse_args() -> Args {
             "--b3-clients" => a.b3_clients = num("--b3-clients"),
             "--b5" => a.b5 = num("--b5"),
             "--svg" => a.svg = it.next().unwrap_or_default().into(),
+            "--soak" => a.soak = num("--soak") as u64,
+            "--soak-proxies" => a.soak_proxies = num("--soak-proxies"),
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -963,6 +972,16 @@ fn main() {
             true,
         ));
     }
+    let mut soak_failed = false;
+    if args.soak > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (text, passed) = rt.block_on(soak::run(args.soak, args.soak_proxies));
+        println!("{text}");
+        soak_failed = !passed;
+    }
     plot::write(
         &args.svg,
         &format!(
@@ -971,4 +990,7 @@ fn main() {
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
         ),
     );
+    if soak_failed {
+        std::process::exit(1);
+    }
 }
