@@ -525,6 +525,67 @@ async fn connect(
     }
 }
 
+/// What Envoy does with a Delta response: ACK it, then subscribe to the endpoints of new
+/// EDS clusters (a CDS response) or the route configurations new listeners name (LDS).
+/// `eds` and `rds` are the names already subscribed.
+async fn follow(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    resp: &envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+    eds: &mut BTreeSet<String>,
+    rds: &mut BTreeSet<String>,
+) {
+    let _ = tx
+        .send(DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    let decoded = || resp.resources.iter().filter_map(|r| r.resource.as_ref());
+    let (url, new): (&str, Vec<String>) = if resp.type_url == type_url::CLUSTER {
+        let new = decoded()
+            .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
+            .filter(|c| {
+                matches!(
+                    c.cluster_discovery_type,
+                    Some(ClusterDiscoveryType::Type(3))
+                )
+            })
+            .map(|c| c.name)
+            .filter(|n| eds.insert(n.clone()))
+            .collect();
+        (type_url::ENDPOINT, new)
+    } else if resp.type_url == type_url::LISTENER {
+        let listeners: Vec<Listener> = decoded()
+            .filter_map(|a| Listener::decode(a.value.as_slice()).ok())
+            .collect();
+        let new = translate::listener::route_names(&listeners)
+            .into_iter()
+            .filter(|n| rds.insert(n.clone()))
+            .collect();
+        (type_url::ROUTE, new)
+    } else {
+        return;
+    };
+    if !new.is_empty() {
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                type_url: url.into(),
+                resource_names_subscribe: new,
+                ..Default::default()
+            })
+            .await;
+    }
+}
+
+/// A multi-threaded runtime for one bench.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 async fn client(
     dial: b5::Dial,
     i: usize,
@@ -544,57 +605,8 @@ async fn client(
     let mut synced = false;
     while let Ok(Some(resp)) = stream.message().await {
         let url = resp.type_url.clone();
-        let _ = tx
-            .send(DeltaDiscoveryRequest {
-                type_url: url.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            })
-            .await;
-        if url == type_url::CLUSTER {
-            let mut new = Vec::new();
-            for r in &resp.resources {
-                let Some(any) = &r.resource else { continue };
-                if let Ok(cl) = Cluster::decode(any.value.as_slice())
-                    && matches!(
-                        cl.cluster_discovery_type,
-                        Some(ClusterDiscoveryType::Type(3))
-                    )
-                    && eds.insert(cl.name.clone())
-                {
-                    new.push(cl.name);
-                }
-            }
-            if !new.is_empty() {
-                let _ = tx
-                    .send(DeltaDiscoveryRequest {
-                        type_url: type_url::ENDPOINT.into(),
-                        resource_names_subscribe: new,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        } else if url == type_url::LISTENER {
-            let listeners: Vec<Listener> = resp
-                .resources
-                .iter()
-                .filter_map(|r| r.resource.as_ref())
-                .filter_map(|a| Listener::decode(a.value.as_slice()).ok())
-                .collect();
-            let new: Vec<String> = translate::listener::route_names(&listeners)
-                .into_iter()
-                .filter(|n| rds.insert(n.clone()))
-                .collect();
-            if !new.is_empty() {
-                let _ = tx
-                    .send(DeltaDiscoveryRequest {
-                        type_url: type_url::ROUTE.into(),
-                        resource_names_subscribe: new,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        } else if url == type_url::ROUTE
+        follow(&tx, &resp, &mut eds, &mut rds).await;
+        if url == type_url::ROUTE
             && let Some(t) = *changed_at.borrow_and_update()
         {
             result.converged = Some(t.elapsed());
@@ -839,10 +851,7 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(ads_client::run(
             argv.get(2).cloned().unwrap_or_default(),
             get("--clients", 100),
@@ -860,10 +869,7 @@ fn main() {
             .and_then(|i| argv.get(i + 1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(100);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(b3::clients(argv.get(2).cloned().unwrap_or_default(), m));
         return;
     }
@@ -876,10 +882,7 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let tls = argv
             .iter()
             .position(|a| a == "--tls")
@@ -932,10 +935,7 @@ fn main() {
         println!("{}", b6::run(args.b6));
     }
     if args.b3 > 0 {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         println!(
             "{}",
             rt.block_on(b3::run(
@@ -947,10 +947,7 @@ fn main() {
         );
     }
     if args.clients > 0 {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(b2(
             args.b2_services,
             args.clients,
@@ -960,10 +957,7 @@ fn main() {
         ));
     }
     if args.b5 > 0 {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(b2(
             args.b2_services,
             args.b5,
@@ -974,10 +968,7 @@ fn main() {
     }
     let mut soak_failed = false;
     if args.soak > 0 {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let (text, passed) = rt.block_on(soak::run(args.soak, args.soak_proxies));
         println!("{text}");
         soak_failed = !passed;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshd::envoy::type_url;
 use serde_json::{Value, json};
 
@@ -134,65 +133,7 @@ async fn client(addr: String, i: usize, stop: Arc<AtomicBool>) {
             let Ok(Ok(Some(resp))) = tokio::time::timeout(left, stream.message()).await else {
                 break;
             };
-            let _ = tx
-                .send(DeltaDiscoveryRequest {
-                    type_url: resp.type_url.clone(),
-                    response_nonce: resp.nonce.clone(),
-                    ..Default::default()
-                })
-                .await;
-            let names = |want: &str| -> Vec<String> {
-                resp.resources
-                    .iter()
-                    .filter_map(|r| r.resource.as_ref())
-                    .flat_map(|a| match want {
-                        "eds" => {
-                            use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-                            use prost::Message;
-                            Cluster::decode(a.value.as_slice())
-                                .ok()
-                                .filter(|c| {
-                                    matches!(c.cluster_discovery_type,
-                                        Some(envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(3)))
-                                })
-                                .map(|c| vec![c.name])
-                                .unwrap_or_default()
-                        }
-                        _ => {
-                            use envoy_types::pb::envoy::config::listener::v3::Listener;
-                            use prost::Message;
-                            Listener::decode(a.value.as_slice())
-                                .ok()
-                                .map(|l| meshd::translate::listener::route_names(&[l]))
-                                .unwrap_or_default()
-                        }
-                    })
-                    .collect()
-            };
-            let (url, new) = if resp.type_url == type_url::CLUSTER {
-                let n: Vec<String> = names("eds")
-                    .into_iter()
-                    .filter(|n| eds.insert(n.clone()))
-                    .collect();
-                (type_url::ENDPOINT, n)
-            } else if resp.type_url == type_url::LISTENER {
-                let n: Vec<String> = names("rds")
-                    .into_iter()
-                    .filter(|n| rds.insert(n.clone()))
-                    .collect();
-                (type_url::ROUTE, n)
-            } else {
-                continue;
-            };
-            if !new.is_empty() {
-                let _ = tx
-                    .send(DeltaDiscoveryRequest {
-                        type_url: url.into(),
-                        resource_names_subscribe: new,
-                        ..Default::default()
-                    })
-                    .await;
-            }
+            super::follow(&tx, &resp, &mut eds, &mut rds).await;
         }
         round += 1;
     }
