@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::ClusterDiscoveryType};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshd::envoy::type_url;
 use meshd::model::snapshot::{ConfigSet, Snapshot};
 use meshd::xds::{AdsService, XdsState, push};
@@ -235,41 +233,13 @@ async fn client(addr: String, i: usize, seen: Seen, synced: mpsc::Sender<()>) {
     let dial = super::b5::Dial::new(&addr, None);
     let (tx, mut stream) = connect(&dial, &proxy(i, 1), &[]).await;
     let mut first_eds = true;
+    let (mut eds, mut rds) = Default::default();
     // Per client, the first time each event was seen.
     let mut mine: std::collections::HashSet<usize> = std::collections::HashSet::new();
     while let Ok(Some(resp)) = stream.message().await {
         let at = now_nanos();
-        let _ = tx
-            .send(DeltaDiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            })
-            .await;
-        if resp.type_url == type_url::CLUSTER {
-            let names: Vec<String> = resp
-                .resources
-                .iter()
-                .filter_map(|r| r.resource.as_ref())
-                .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
-                .filter(|c| {
-                    matches!(
-                        c.cluster_discovery_type,
-                        Some(ClusterDiscoveryType::Type(3))
-                    )
-                })
-                .map(|c| c.name)
-                .collect();
-            if !names.is_empty() {
-                let _ = tx
-                    .send(DeltaDiscoveryRequest {
-                        type_url: type_url::ENDPOINT.into(),
-                        resource_names_subscribe: names,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        } else if resp.type_url == type_url::ENDPOINT {
+        super::follow(&tx, &resp, &mut eds, &mut rds).await;
+        if resp.type_url == type_url::ENDPOINT {
             if first_eds {
                 first_eds = false;
                 let _ = synced.send(()).await;
