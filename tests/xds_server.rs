@@ -897,10 +897,13 @@ async fn a_thousand_misbehaving_clients_delay_no_one() {
         }));
     }
     for c in codes {
-        assert_eq!(
-            c.await.expect("task"),
-            tonic::Code::InvalidArgument,
-            "garbage is refused"
+        // The server ends the stream with INVALID_ARGUMENT (counted below); a client still
+        // sending may see the stream's reset before the status (Unknown) — either way
+        // the stream is over, never served.
+        let code = c.await.expect("task");
+        assert!(
+            matches!(code, tonic::Code::InvalidArgument | tonic::Code::Unknown),
+            "garbage is refused: {code:?}"
         );
     }
 
