@@ -897,14 +897,11 @@ async fn a_thousand_misbehaving_clients_delay_no_one() {
         }));
     }
     for c in codes {
-        // The server ends the stream with INVALID_ARGUMENT (counted below); a client still
-        // sending may see the stream's reset before the status (Unknown) — either way
-        // the stream is over, never served.
+        // meshd ends the stream with INVALID_ARGUMENT (counted below: that count is the
+        // assertion); the client, still sending, may see the stream's reset first
+        // (Unknown, Cancelled, depending on timing). It is never served.
         let code = c.await.expect("task");
-        assert!(
-            matches!(code, tonic::Code::InvalidArgument | tonic::Code::Unknown),
-            "garbage is refused: {code:?}"
-        );
+        assert_ne!(code, tonic::Code::Ok, "garbage is refused");
     }
 
     // A change: the proxy that behaves gets it while all of that goes on.
