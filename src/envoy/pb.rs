@@ -159,17 +159,21 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
 /// A cluster with more (an EnvoyFilter may add protocol options or typed metadata) takes
 /// the canonical path, so its bytes, and so its version, never depend on HashMap order.
 pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
-    let deterministic = c.typed_extension_protocol_options.len() <= 1
-        && c.metadata
-            .as_ref()
-            .is_some_and(|m| m.typed_filter_metadata.is_empty());
-    if !deterministic {
-        return resource(&c);
-    }
-    // Taken out (not copied): the rest encodes as prost does, the metadata after it.
-    let Some(meta) = c.metadata.take() else {
-        return resource(&c);
+    // Deterministic only with at most one protocol option (a map) and no typed
+    // metadata; otherwise the canonical re-encoding.
+    let meta = match c.metadata.take() {
+        Some(m)
+            if c.typed_extension_protocol_options.len() <= 1
+                && m.typed_filter_metadata.is_empty() =>
+        {
+            m
+        }
+        other => {
+            c.metadata = other;
+            return resource(&c);
+        }
     };
+    // Taken out (not copied): the rest encodes as prost does, the metadata after it.
     let mut bytes = c.encode_to_vec();
     let meta_bytes = metadata_bytes(&meta);
     // Field 25 (metadata), wire type 2: tag, length, bytes.

@@ -1458,8 +1458,8 @@ impl Builder {
     ) -> (
         Arc<BTreeMap<String, u64>>,
         Arc<BTreeMap<String, u64>>,
-        BTreeMap<String, Vec<ObjectKey>>,
-        BTreeMap<String, Vec<String>>,
+        Arc<BTreeMap<String, Vec<ObjectKey>>>,
+        Arc<BTreeMap<String, Vec<String>>>,
     ) {
         let config_hashes = self
             .services
@@ -1492,8 +1492,8 @@ impl Builder {
         (
             Arc::new(config_hashes),
             Arc::new(endpoint_hashes),
-            workloads_by_ip,
-            hosts_by_ip,
+            Arc::new(workloads_by_ip),
+            Arc::new(hosts_by_ip),
         )
     }
 

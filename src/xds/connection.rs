@@ -378,13 +378,18 @@ impl Stream {
         // name: every set is sorted where it is made (CDS and LDS by `sorted`, the others
         // follow the sorted subscription), so there is nothing to check per push.
         debug_assert!(res.is_sorted_by(|a, b| a.name <= b.name));
-        let has = |name: &str| res.binary_search_by(|r| r.name.as_str().cmp(name)).is_ok();
-        let (changed, gone) = w.held.diff(&res, force);
         let version = set_version(&res);
         let nonce;
         let sent = match out {
             Outbound::Sotw(tx) => {
                 let full_set = url == type_url::CLUSTER || url == type_url::LISTENER;
+                // CDS and LDS always send the whole set, so only EDS and RDS need the
+                // difference to what the client holds (SotW never names removals).
+                let changed = if full_set {
+                    Vec::new()
+                } else {
+                    w.held.diff(&res, force).0
+                };
                 let unchanged = w.sent_version.as_deref() == Some(version.as_str());
                 if !respond && force.is_none() && (unchanged || (!full_set && changed.is_empty())) {
                     self.watches.insert(url.to_string(), w);
@@ -417,7 +422,8 @@ impl Stream {
                 n
             }
             Outbound::Delta(tx) => {
-                let mut removed = gone;
+                let (changed, mut removed) = w.held.diff(&res, force);
+                let has = |name: &str| res.binary_search_by(|r| r.name.as_str().cmp(name)).is_ok();
                 if respond {
                     // Explicitly requested names that do not exist: say so.
                     for n in w.names.iter() {
@@ -679,17 +685,11 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             Err(e) => {
                                 // A refused request (too large, malformed) ends the
                                 // stream with its status, not with OK.
-                                count_refusal(&state, &e);
-                                let _ = tx.try_send(Err(e.clone()));
-                                break Err(e.to_string());
+                                break Err(refuse(&state, &tx, e));
                             }
                         };
                         if let Err(status) = s.connect(req.node.as_ref()) {
-                            // Never wait on a stream that may be full: the error is
-                            // best effort, closing the stream is not.
-                            count_refusal(&state, &status);
-                            let _ = tx.try_send(Err(status.clone()));
-                            break Err(status.message().to_string());
+                            break Err(refuse(&state, &tx, status));
                         }
                         let url = req.type_url.clone();
                         if url.starts_with("istio.io/debug/") {
@@ -756,17 +756,11 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                             Err(e) => {
                                 // A refused request (too large, malformed) ends the
                                 // stream with its status, not with OK.
-                                count_refusal(&state, &e);
-                                let _ = tx.try_send(Err(e.clone()));
-                                break Err(e.to_string());
+                                break Err(refuse(&state, &tx, e));
                             }
                         };
                         if let Err(status) = s.connect(req.node.as_ref()) {
-                            // Never wait on a stream that may be full: the error is
-                            // best effort, closing the stream is not.
-                            count_refusal(&state, &status);
-                            let _ = tx.try_send(Err(status.clone()));
-                            break Err(status.message().to_string());
+                            break Err(refuse(&state, &tx, status));
                         }
                         let url = req.type_url.clone();
                         let w = s.watches.entry(url.clone()).or_insert_with(|| WatchState::new(&url));
@@ -778,11 +772,7 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
                                 type_url::short(&url)
                             ));
                             warn!(peer = %s.peer, type_url = %url, "subscription limit reached; closing the stream");
-                            // Never wait on a stream that may be full: the error is
-                            // best effort, closing the stream is not.
-                            count_refusal(&state, &status);
-                            let _ = tx.try_send(Err(status.clone()));
-                            break Err(status.message().to_string());
+                            break Err(refuse(&state, &tx, status));
                         }
                         s.on_action(&url, &action);
                         if action == Action::Respond {
@@ -816,11 +806,12 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
     }
 }
 
-/// Counts a stream meshd ends because of what the client sent — whether or not it got
-/// as far as naming its proxy (garbage as the first message never does) — so a
-/// misbehaving client shows in `meshd_xds_stream_errors`. A client that just went away
-/// (a reset, a transport error) is not counted.
-fn count_refusal(state: &XdsState, status: &Status) {
+/// Ends a stream for what its client sent: counted in `meshd_xds_stream_errors` (whether
+/// or not the stream got as far as naming its proxy — garbage as the first message never
+/// does; a client that just went away is not counted), and the status sent best effort:
+/// never wait on a stream that may be full, closing it is not best effort. Returns the
+/// text the stream ends with.
+fn refuse(state: &XdsState, tx: &wire::Sender, status: Status) -> String {
     if let Some(code) = refusal_code(status.code()) {
         state
             .metrics
@@ -828,6 +819,9 @@ fn count_refusal(state: &XdsState, status: &Status) {
             .get_or_create(&crate::metrics::CodeLabel { code: code.into() })
             .inc();
     }
+    let text = status.message().to_string();
+    let _ = tx.try_send(Err(status));
+    text
 }
 
 /// The label of a code that means the client sent something meshd refuses.
