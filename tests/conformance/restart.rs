@@ -203,10 +203,10 @@ fn partial_writes_never_serve_half_a_config() {
     });
 
     // Deleted and at once re-created (same content): the routes never go away.
+    let recreated_from = Instant::now();
     std::fs::remove_file(&file).expect("delete");
     std::thread::sleep(Duration::from_millis(10));
     std::fs::write(&file, &full).expect("re-create");
-    let recreated_from = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     let recreated_to = Instant::now();
 

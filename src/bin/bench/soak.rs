@@ -4,7 +4,8 @@
 //! file descriptors and threads are sampled every 5 s; at the end every connected proxy
 //! must have ACKed the latest of each type, the log must hold no ERROR line, and memory
 //! and descriptors must be flat: the last sample within 1.5 × the first after the
-//! warm-up (a quarter of the run) plus 20 MB, descriptors within 10 of it. Fails (exit
+//! warm-up (a quarter of the run) plus 20 MB, descriptors within 10 of it, threads within
+//! what meshd's runtime allows (5 × cores + 12). Fails (exit
 //! status 1) otherwise. docs/RELIABILITY.md has the figures.
 
 use std::path::{Path, PathBuf};
@@ -114,26 +115,35 @@ fn sample(pid: u32, at: Duration, connections: usize) -> Sample {
 }
 
 /// One simulated proxy: connects, ACKs everything (subscribing to the endpoints and
-/// routes its clusters and listeners name), hangs up after its lifetime, and again,
-/// until `stop`.
-async fn client(addr: String, i: usize, stop: Arc<AtomicBool>) {
+/// routes its clusters and listeners name) and, while `churn` is set, hangs up after its
+/// lifetime and connects again; once `churn` is cleared its stream stays open (so the
+/// final check is of live streams that took every push) until `release`.
+async fn client(addr: String, i: usize, churn: Arc<AtomicBool>, release: Arc<AtomicBool>) {
     let dial = super::b5::Dial::new(&addr, None);
     let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !release.load(Ordering::Relaxed) {
         let life = Duration::from_millis(5000 + ((i as u64 * 7919 + round * 104_729) % 10_000));
         let until = Instant::now() + life;
         let (tx, mut stream) = connect(&dial, &proxy(i, 10), &[type_url::LISTENER]).await;
         let mut eds = std::collections::BTreeSet::new();
         let mut rds = std::collections::BTreeSet::new();
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || stop.load(Ordering::Relaxed) {
+            if release.load(Ordering::Relaxed) {
+                return;
+            }
+            let wait = if churn.load(Ordering::Relaxed) {
+                until.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(200)
+            };
+            if wait.is_zero() {
                 break;
             }
-            let Ok(Ok(Some(resp))) = tokio::time::timeout(left, stream.message()).await else {
-                break;
-            };
-            super::follow(&tx, &resp, &mut eds, &mut rds).await;
+            match tokio::time::timeout(wait, stream.message()).await {
+                Ok(Ok(Some(resp))) => super::follow(&tx, &resp, &mut eds, &mut rds).await,
+                Ok(_) => break,
+                Err(_) => {}
+            }
         }
         round += 1;
     }
@@ -249,10 +259,13 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
             false,
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let (churn, release) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let addr = format!("http://127.0.0.1:{grpc}");
     let clients: Vec<_> = (0..m)
-        .map(|i| tokio::spawn(client(addr.clone(), i, stop.clone())))
+        .map(|i| tokio::spawn(client(addr.clone(), i, churn.clone(), release.clone())))
         .collect();
 
     let start = Instant::now();
@@ -273,15 +286,22 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
             samples.push(sample(pid, start.elapsed(), conns));
         }
     }
-    // Edits stop; the proxies stop reconnecting and must all catch up.
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.await;
+    // Edits stop; the proxies stop reconnecting, keep their streams and must all have
+    // ACKed the last push.
+    churn.store(false, Ordering::Relaxed);
+    // First, meshd has the last edit in force (its VirtualService weights in /debug/configz).
+    let w = 50 + (tick % 40);
+    let last = [format!("\"weight\":{w}"), format!("\"weight\":{}", 100 - w)];
+    let mut has_last = false;
+    for _ in 0..100 {
+        if let Ok((200, body)) = super::http::get(&http_addr, "/debug/configz").await
+            && last.iter().all(|l| body.contains(l.as_str()))
+        {
+            has_last = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let keep = Arc::new(AtomicBool::new(false));
-    let steady: Vec<_> = (0..m)
-        .map(|i| tokio::spawn(client(addr.clone(), i, keep.clone())))
-        .collect();
     let mut synced = (0, 0);
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -293,8 +313,8 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
         }
     }
     let end = sample(pid, start.elapsed(), synced.1);
-    keep.store(true, Ordering::Relaxed);
-    for c in steady {
+    release.store(true, Ordering::Relaxed);
+    for c in clients {
         let _ = c.await;
     }
     let _ = child.kill().await;
@@ -307,6 +327,13 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
         .find(|s| s.at >= Duration::from_secs(secs / 4))
         .or(samples.first());
     let mut failures = Vec::new();
+    // meshd serve's runtime: a worker per core, at most 4 x cores + 8 blocking threads,
+    // and a few of its own (main, the file watcher).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let max_threads = 5 * cores + 12;
+    if !has_last {
+        failures.push(format!("meshd never had the last edit in force ({last:?})"));
+    }
     if synced != (m, m) {
         failures.push(format!(
             "{} of {} connections in sync, {m} expected",
@@ -326,6 +353,9 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
                 "RSS grew from {:.0} MB to {:.0} MB",
                 w.rss_mb, end.rss_mb
             ));
+        }
+        if end.threads > max_threads {
+            failures.push(format!("{} threads (at most {max_threads})", end.threads));
         }
         if end.fds > w.fds + 10 {
             failures.push(format!(
