@@ -48,8 +48,9 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     Some(envoyfilter::route_config(ctx, rc))
 }
 
-/// `items` in the order of their names (stable), moving each item once: sorting a vector
-/// of large structs in place (merge sort) moves every element about log n times.
+/// `items` in the order of their names (stable), sorting indices and then moving each
+/// item twice (into a slot, out in order): merge-sorting a vector of large structs in
+/// place moves every element about log n times.
 pub fn sorted_by_name<T>(items: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| name(&items[a]).cmp(name(&items[b])));
