@@ -6,6 +6,7 @@
 
 pub mod naming;
 pub mod pb;
+pub mod rules;
 
 /// Type URLs of the resources meshd serves.
 pub mod type_url {

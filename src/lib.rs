@@ -14,6 +14,7 @@ pub mod crds;
 pub mod debug;
 pub mod envoy;
 pub mod explain;
+pub mod fuzz;
 pub mod inject;
 pub mod kube;
 pub mod metrics;
