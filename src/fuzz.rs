@@ -13,8 +13,11 @@ pub mod jwt;
 pub mod xds;
 pub mod yaml;
 
+/// A fuzz target: any bytes in, a panic only on a defect.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as the drivers and the corpus folders call them.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("yaml", yaml::run),
     ("xds", xds::run),
     ("csr", ca::run),
@@ -24,7 +27,7 @@ pub const TARGETS: [(&str, fn(&[u8])); 6] = [
 ];
 
 /// The target called `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 

@@ -441,19 +441,24 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
                 &format!("{path}.patch.value"),
                 format!("operation {:?} needs a value", patch.operation),
             )),
-            Some(v) => {
-                if let Err(e) = envoy_filter_value(p.apply_to, v) {
-                    out.push(
-                        obj.diag_error(
-                            &format!("{path}.patch.value"),
-                            format!("not valid Envoy configuration for {:?}: {e}", p.apply_to),
-                        )
-                        .hint(
-                            "check field names and the @type of typed_config against Envoy's API",
-                        ),
-                    );
+            Some(v) => match envoy_filter_value(p.apply_to, v) {
+                Err(e) => out.push(
+                    obj.diag_error(
+                        &format!("{path}.patch.value"),
+                        format!("not valid Envoy configuration for {:?}: {e}", p.apply_to),
+                    )
+                    .hint("check field names and the @type of typed_config against Envoy's API"),
+                ),
+                Ok(normal) => {
+                    out.extend(envoy_rules(
+                        obj,
+                        &path,
+                        p.apply_to,
+                        patch.operation,
+                        &normal,
+                    ));
                 }
-            }
+            },
             None => {}
         }
         if let Some(pv) = p
@@ -983,6 +988,44 @@ pub fn request_authentication(obj: &Object, r: &istio::RequestAuthentication) ->
         }
     }
     out
+}
+
+/// Envoy's own validation rules (its protos' `validate.rules`) on a patch value: a MERGE
+/// value is checked for the fields it sets, any other value as a whole element. Envoy
+/// would reject the whole update that carried a value breaking one, so the EnvoyFilter
+/// is refused here instead (its last good version stays in force).
+fn envoy_rules(
+    obj: &Object,
+    path: &str,
+    apply_to: super::istio::ApplyTo,
+    op: super::istio::PatchOperation,
+    value: &serde_json::Value,
+) -> Vec<Diagnostic> {
+    use crate::envoy::rules::{Scope, check_json};
+    let Some(ty) = apply_to.envoy_type() else {
+        return Vec::new();
+    };
+    let scope = match op {
+        super::istio::PatchOperation::MERGE => Scope::Partial,
+        _ => Scope::Whole,
+    };
+    check_json(ty, value, scope)
+        .into_iter()
+        .take(5)
+        .map(|v| {
+            obj.diag_error(
+                &format!("{path}.patch.value"),
+                format!(
+                    "Envoy would reject this {:?} value: {} breaks its rule {}",
+                    apply_to, v.field, v.rule
+                ),
+            )
+            .hint(
+                "Envoy checks these rules on every update and rejects the whole update on one \
+                 broken rule; fix the value (the rule is in Envoy's API reference for the field)",
+            )
+        })
+        .collect()
 }
 
 /// An EnvoyFilter patch value in Envoy's normal JSON form, or why it is not valid for

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::context::ProxyContext;
 use crate::envoy::naming;
-use crate::envoy::pb;
+use crate::envoy::{pb, rules};
 use crate::model::istio::{
     ApplyTo, EnvoyConfigObjectMatch, EnvoyConfigObjectPatch, PatchContext, PatchOperation,
 };
@@ -180,22 +180,38 @@ fn from_json<T: prost::Message + prost::Name + Default>(v: &Value) -> Result<T, 
     T::decode(bytes.as_slice()).map_err(|e| e.to_string())
 }
 
-/// Back to the typed resource; on a value Envoy's schema refuses, the unpatched one.
-fn typed_or<T: prost::Message + prost::Name + Default>(
+/// A patched or added resource as Envoy would take it: it decodes, and it keeps
+/// Envoy's validation rules (one broken rule would have Envoy reject the whole update,
+/// every other resource of it included).
+fn checked<T: prost::Message + prost::Name + Default>(v: &Value) -> Result<T, String> {
+    let t: T = from_json(v)?;
+    match rules::check(&t).into_iter().next() {
+        None => Ok(t),
+        Some(broken) => Err(format!("Envoy would reject it: {broken}")),
+    }
+}
+
+/// Back to the typed resource; on a result Envoy would refuse, the unpatched one. Only a
+/// resource the patches changed is checked against the rules (meshd's own output keeps
+/// them; the fuzz target `yaml` checks that).
+fn typed_or<T: prost::Message + prost::Name + Default + PartialEq>(
     v: &Value,
     original: T,
     what: &str,
     ps: &[Patch],
 ) -> T {
-    match from_json(v) {
-        Ok(t) => t,
-        Err(e) => {
-            let from: Vec<&str> = ps.iter().map(|p| p.from.as_str()).collect();
-            warn!(resource = what, error = %e, envoy_filters = ?from,
-                  "EnvoyFilter result is not valid Envoy configuration; not applied");
-            original
-        }
-    }
+    let result = match from_json::<T>(v) {
+        Ok(t) if t == original => return original,
+        Ok(t) => match rules::check(&t).into_iter().next() {
+            None => return t,
+            Some(broken) => format!("Envoy would reject it: {broken}"),
+        },
+        Err(e) => e,
+    };
+    let from: Vec<&str> = ps.iter().map(|p| p.from.as_str()).collect();
+    warn!(resource = what, error = %result, envoy_filters = ?from,
+          "EnvoyFilter result is not valid Envoy configuration; not applied");
+    original
 }
 
 fn context_ok(ctx: &ProxyContext, want: PatchContext, inbound: bool) -> bool {
@@ -277,7 +293,7 @@ pub fn clusters(ctx: &ProxyContext, clusters: &mut Vec<Cluster>) {
     for (v, original) in json {
         match original {
             Some(o) => clusters.push(typed_or(&v, o, "cluster", &ps)),
-            None => match from_json::<Cluster>(&v) {
+            None => match checked::<Cluster>(&v) {
                 Ok(c) => clusters.push(c),
                 Err(e) => warn!(error = %e, "EnvoyFilter cluster is not valid; not added"),
             },
@@ -556,7 +572,7 @@ pub fn listeners(ctx: &ProxyContext, listeners: &mut Vec<Listener>) {
     for (v, original) in json {
         match original {
             Some(o) => listeners.push(typed_or(&v, o, "listener", &ps)),
-            None => match from_json::<Listener>(&v) {
+            None => match checked::<Listener>(&v) {
                 Ok(l) => listeners.push(l),
                 Err(e) => warn!(error = %e, "EnvoyFilter listener is not valid; not added"),
             },

@@ -145,3 +145,165 @@ fn envoy_filter_rate_limits_and_patches_live() {
     assert!(diags.contains("no_such_field"), "{diags}");
     b.assert_healthy();
 }
+
+/// Each breaks one of Envoy's validation rules (its protos' `validate.rules`), which a
+/// schema check alone lets through: Envoy would reject the whole update carrying it.
+const ENVOY_WOULD_REJECT: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: negative-timeout, namespace: default}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch: {operation: MERGE, value: {connect_timeout: -5s}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: out-of-range, namespace: default}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch: {operation: MERGE, value: {outlier_detection: {max_ejection_percent: 200}}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: undefined-enum, namespace: default}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch: {operation: MERGE, value: {lb_policy: 42}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: empty-name, namespace: default}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {name: envoy.filters.http.router}
+    patch:
+      operation: INSERT_BEFORE
+      value: {name: "", typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: bad-regex, namespace: default}
+spec:
+  configPatches:
+  - applyTo: HTTP_ROUTE
+    match:
+      context: SIDECAR_OUTBOUND
+      routeConfiguration: {vhost: {name: "reviews.default.svc.cluster.local:9080"}}
+    patch:
+      operation: INSERT_FIRST
+      value:
+        match: {safe_regex: {regex: "(unclosed"}}
+        direct_response: {status: 418}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: fine, namespace: default}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match:
+      context: SIDECAR_OUTBOUND
+      cluster: {service: reviews.default.svc.cluster.local, portNumber: 9080, subset: v1}
+    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 4321}}
+"#;
+
+/// Issue 13, "refuse before Envoy does": every broken patch is refused by meshd, named
+/// with its field and Envoy's rule (in /debug/configz and `meshd validate`); Envoy
+/// rejects nothing; the good EnvoyFilter beside them applies and traffic flows.
+#[test]
+fn envoy_filters_envoy_would_reject_never_reach_it() {
+    let Some(b) = Bookinfo::start(&networking("virtual-service-all-v1.yaml"), Ads::Sotw) else {
+        return;
+    };
+    b.config.write("rejects.yaml", ENVOY_WOULD_REJECT);
+    let expected = [
+        (
+            "negative-timeout",
+            "connect_timeout breaks its rule duration.gt: 0s",
+        ),
+        (
+            "out-of-range",
+            "outlier_detection.max_ejection_percent breaks its rule uint32.lte: 100",
+        ),
+        (
+            "undefined-enum",
+            "lb_policy breaks its rule enum.defined_only",
+        ),
+        ("empty-name", "name breaks its rule string.min_len: 1"),
+        (
+            "bad-regex",
+            "match.safe_regex.regex breaks its rule a valid RE2",
+        ),
+    ];
+    let diags = wait_for(
+        "every broken EnvoyFilter named",
+        Duration::from_secs(20),
+        || {
+            let text = b.meshd.get_json("/debug/configz").to_string();
+            expected
+                .iter()
+                .all(|(name, _)| text.contains(&format!("EnvoyFilter default/{name}")))
+                .then_some(text)
+        },
+    );
+    for (name, rule) in expected {
+        assert!(diags.contains(rule), "{name}: {rule:?} not in {diags}");
+    }
+    // The good one beside them is applied.
+    wait_for(
+        "the good EnvoyFilter applied",
+        Duration::from_secs(20),
+        || {
+            let dump = http_get(
+                &b.envoy.admin,
+                "/config_dump?resource=dynamic_active_clusters",
+                &[],
+            )
+            .ok()?
+            .body;
+            let v: serde_json::Value = serde_json::from_str(&dump).ok()?;
+            v["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| {
+                    c["cluster"]["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local"
+                        && c["cluster"]["per_connection_buffer_limit_bytes"] == 4321
+                })
+                .map(|_| ())
+        },
+    );
+    let d = b.distribution("reviews", 10, &[]);
+    assert_eq!(d.get("reviews-v1"), Some(&10), "{d:?}");
+    b.assert_healthy();
+
+    // `meshd validate` says the same, with the file and line of each object.
+    let out = std::process::Command::new(meshd_bin())
+        .arg("validate")
+        .arg("--config-dir")
+        .arg(b.config.path())
+        .output()
+        .expect("meshd validate");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    for (name, rule) in expected {
+        assert!(
+            text.contains(&format!("EnvoyFilter default/{name}")) && text.contains(rule),
+            "{name} / {rule:?} not in:\n{text}"
+        );
+    }
+    assert!(text.contains("rejects.yaml:"), "{text}");
+}

@@ -11,6 +11,7 @@ mod demo;
 mod destination_rules;
 mod dynamic_dns;
 mod egress_cidr;
+mod envoy_rules;
 mod envoyfilter;
 mod explain_agreement;
 mod gateway_tls;
