@@ -630,3 +630,32 @@ pub fn tls_config(
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The validation webhook refuses an EnvoyFilter whose value Envoy would reject,
+    /// naming the field and the rule (istiod admits it and learns from the NACKs).
+    #[test]
+    fn envoy_filter_breaking_envoys_rules_is_denied() {
+        let review = |timeout: &str| {
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+                "uid": "u1", "operation": "CREATE", "namespace": "default",
+                "object": {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                    "metadata": {"name": "t", "namespace": "default"},
+                    "spec": {"configPatches": [{"applyTo": "CLUSTER",
+                        "patch": {"operation": "MERGE", "value": {"connect_timeout": timeout}}}]}}}})
+        };
+        let mesh = crate::model::mesh::MeshConfig::default();
+        let denied = validate_review(&review("-5s"), &mesh);
+        assert_eq!(denied["response"]["allowed"], false, "{denied}");
+        let msg = denied["response"]["status"]["message"].to_string();
+        assert!(
+            msg.contains("connect_timeout breaks its rule duration.gt: 0s"),
+            "{msg}"
+        );
+        let allowed = validate_review(&review("5s"), &mesh);
+        assert_eq!(allowed["response"]["allowed"], true, "{allowed}");
+    }
+}
