@@ -9,6 +9,8 @@
 //! B5 (`--b5 M`): B2 with M proxies connecting over TLS with client certificates, as to
 //!     15012, all at once to a fresh server (src/bin/bench/b5.rs).
 //! B3, B6: src/bin/bench/b3.rs, b6.rs.
+//! The soak (`--soak SECS`) and hostile clients (`--hostile N`): src/bin/bench/soak.rs,
+//!     hostile.rs, against a real `meshd serve` process.
 //!
 //! Side by side (`--vs-istiod`, src/bin/bench/vs_istiod.rs): the same mesh in a real API
 //!     server, served by istiod and by meshd in turn to the same simulated proxies (and
@@ -27,6 +29,8 @@ mod b5;
 mod b6;
 #[path = "bench/envoys.rs"]
 mod envoys;
+#[path = "bench/hostile.rs"]
+mod hostile;
 #[path = "bench/http.rs"]
 mod http;
 #[path = "bench/plot.rs"]
@@ -131,6 +135,11 @@ struct Args {
     /// The soak: this many seconds (`--soak SECS`; 0 skips it) with `--soak-proxies M`.
     soak: u64,
     soak_proxies: usize,
+    /// Hostile clients: this many of each kind (`--hostile N`; 0 skips it) against
+    /// `--hostile-services S` services for `--hostile-secs SECS`.
+    hostile: usize,
+    hostile_services: usize,
+    hostile_secs: u64,
 }
 
 fn parse_args() -> Args {
@@ -155,6 +164,9 @@ fn parse_args() -> Args {
         b5: 0,
         soak: 0,
         soak_proxies: 50,
+        hostile: 0,
+        hostile_services: 1000,
+        hostile_secs: 30,
         svg: std::path::PathBuf::from(format!(
             "target/meshd-bench/{}.svg",
             std::time::SystemTime::now()
@@ -190,6 +202,9 @@ fn parse_args() -> Args {
             "--svg" => a.svg = it.next().unwrap_or_default().into(),
             "--soak" => a.soak = num("--soak") as u64,
             "--soak-proxies" => a.soak_proxies = num("--soak-proxies"),
+            "--hostile" => a.hostile = num("--hostile"),
+            "--hostile-services" => a.hostile_services = num("--hostile-services"),
+            "--hostile-secs" => a.hostile_secs = num("--hostile-secs") as u64,
             "--order" => {
                 let v = it.next().unwrap_or_default();
                 a.order = v
@@ -972,6 +987,16 @@ fn main() {
         let (text, passed) = rt.block_on(soak::run(args.soak, args.soak_proxies));
         println!("{text}");
         soak_failed = !passed;
+    }
+    if args.hostile > 0 {
+        let rt = runtime();
+        let (text, passed) = rt.block_on(hostile::run(
+            args.hostile,
+            args.hostile_services,
+            args.hostile_secs,
+        ));
+        println!("{text}");
+        soak_failed |= !passed;
     }
     plot::write(
         &args.svg,

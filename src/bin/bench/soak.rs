@@ -21,7 +21,7 @@ use super::{connect, pod, proxy};
 const SERVICES: usize = 50;
 const CHURNED_PODS: usize = 5;
 
-fn doc(out: &mut String, v: Value) {
+pub(super) fn doc(out: &mut String, v: Value) {
     // JSON is YAML: one document per object.
     out.push_str("---\n");
     out.push_str(&v.to_string());
@@ -79,7 +79,7 @@ fn pods_text(tick: u64) -> String {
 
 /// Writes through a hidden temporary file and a rename, as editors and `kubectl`-like
 /// tools do, so meshd never reads half a file.
-fn write(dir: &Path, name: &str, text: &str) {
+pub(super) fn write(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, dir.join(name));
@@ -191,26 +191,57 @@ fn meshd_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("meshd"))
 }
 
-/// Runs the soak for `secs` seconds with `m` proxies; returns the report and whether it
-/// passed.
-pub async fn run(secs: u64, m: usize) -> (String, bool) {
-    let dir = std::env::temp_dir().join(format!("meshd-soak-{}", std::process::id()));
-    let config = dir.join("config");
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Err(e) = std::fs::create_dir_all(&config) {
-        return (format!("soak: {e}"), false);
+/// A `meshd serve` process started by the bench, on ports of its own.
+pub(super) struct Served {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// The plaintext ADS address, as a URL.
+    pub grpc: String,
+    /// The debug port (host:port).
+    pub http_addr: String,
+    /// The monitoring port (host:port).
+    pub monitoring: String,
+}
+
+impl Served {
+    /// Connections in /debug/connections.
+    pub async fn connections(&self) -> usize {
+        super::http::get(&self.http_addr, "/debug/connections")
+            .await
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
     }
-    write(&config, "mesh.yaml", &mesh_text());
-    write(&config, "vs.yaml", &vs_text(0));
-    write(&config, "pods.yaml", &pods_text(0));
+
+    /// The Prometheus text of /metrics.
+    pub async fn metrics(&self) -> String {
+        super::http::get(&self.monitoring, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Resident memory of `pid`, in MB.
+pub(super) fn rss_mb(pid: u32) -> f64 {
+    sample(pid, Duration::ZERO, 0).rss_mb
+}
+
+/// Starts `meshd serve` on `config` (log in `dir`/meshd.log) and waits until it is ready.
+pub(super) async fn start_meshd(dir: &Path, config: &Path) -> Result<Served, String> {
     // Ports of our own (above the standard ones), on loopback.
     let base = 25_000 + (std::process::id() % 1000) as u16 * 8;
     let (grpc, http) = (base, base + 1);
     let log = match std::fs::File::create(dir.join("meshd.log")) {
         Ok(f) => f,
-        Err(e) => return (format!("soak: {e}"), false),
+        Err(e) => return Err(e.to_string()),
     };
-    let mut child = match tokio::process::Command::new(meshd_bin())
+    let child = match tokio::process::Command::new(meshd_bin())
         .arg("serve")
         .arg("--config-dir")
         .arg(&config)
@@ -233,10 +264,7 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
     {
         Ok(c) => c,
         Err(e) => {
-            return (
-                format!("soak: cannot start {}: {e}", meshd_bin().display()),
-                false,
-            );
+            return Err(format!("cannot start {}: {e}", meshd_bin().display()));
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -251,19 +279,46 @@ pub async fn run(secs: u64, m: usize) -> (String, bool) {
         false
     };
     if !ready.await {
-        return (
-            format!(
-                "soak: meshd did not become ready (log in {})",
-                dir.display()
-            ),
-            false,
-        );
+        return Err(format!(
+            "meshd did not become ready (log in {})",
+            dir.display()
+        ));
     }
+    Ok(Served {
+        child,
+        pid,
+        grpc: format!("http://127.0.0.1:{grpc}"),
+        http_addr,
+        monitoring: format!("127.0.0.1:{}", base + 2),
+    })
+}
+
+/// Runs the soak for `secs` seconds with `m` proxies; returns the report and whether it
+/// passed.
+pub async fn run(secs: u64, m: usize) -> (String, bool) {
+    let dir = std::env::temp_dir().join(format!("meshd-soak-{}", std::process::id()));
+    let config = dir.join("config");
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&config) {
+        return (format!("soak: {e}"), false);
+    }
+    write(&config, "mesh.yaml", &mesh_text());
+    write(&config, "vs.yaml", &vs_text(0));
+    write(&config, "pods.yaml", &pods_text(0));
+    let Served {
+        mut child,
+        pid,
+        grpc: addr,
+        http_addr,
+        ..
+    } = match start_meshd(&dir, &config).await {
+        Ok(s) => s,
+        Err(e) => return (format!("soak: {e}"), false),
+    };
     let (churn, release) = (
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(false)),
     );
-    let addr = format!("http://127.0.0.1:{grpc}");
     let clients: Vec<_> = (0..m)
         .map(|i| tokio::spawn(client(addr.clone(), i, churn.clone(), release.clone())))
         .collect();
