@@ -14,7 +14,7 @@
 //! enforces in C++ rather than in annotations.
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prost_reflect::{
     DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, ReflectMessage, Value,
@@ -107,8 +107,8 @@ fn extensions() -> Option<&'static Extensions> {
 }
 
 /// A field's `FieldRules`, read once per field.
-fn rules_of(ext: &Extensions, field: &FieldDescriptor) -> Option<DynamicMessage> {
-    static CACHE: OnceLock<RwLock<HashMap<String, Option<DynamicMessage>>>> = OnceLock::new();
+fn rules_of(ext: &Extensions, field: &FieldDescriptor) -> Option<Arc<DynamicMessage>> {
+    static CACHE: OnceLock<RwLock<HashMap<String, Option<Arc<DynamicMessage>>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let name = field.full_name();
     if let Ok(c) = cache.read()
@@ -119,7 +119,7 @@ fn rules_of(ext: &Extensions, field: &FieldDescriptor) -> Option<DynamicMessage>
     let opts = field.options();
     let rules = match opts.has_extension(&ext.field) {
         true => match opts.get_extension(&ext.field).as_ref() {
-            Value::Message(m) => Some(m.clone()),
+            Value::Message(m) => Some(Arc::new(m.clone())),
             _ => None,
         },
         false => None,
@@ -190,17 +190,19 @@ fn walk(
         let rules = rules_of(ext, &field);
         let mut skip = false;
         if let Some(r) = &rules {
-            skip = field_rules(r, &field, &value, set, &fpath, out);
+            skip = field_rules(r, &field, &value, set, scope, &fpath, out);
         }
         if skip || !set {
             continue;
         }
+        // A merge appends list items and replaces map entries: those are whole elements.
         match value.as_ref() {
             Value::Message(m) => walk(ext, m, &fpath, scope, depth + 1, out),
             Value::List(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Value::Message(m) = item {
-                        walk(ext, m, &format!("{fpath}[{i}]"), scope, depth + 1, out);
+                        let p = format!("{fpath}[{i}]");
+                        walk(ext, m, &p, Scope::Whole, depth + 1, out);
                     }
                 }
             }
@@ -208,7 +210,7 @@ fn walk(
                 for (k, v) in entries {
                     if let Value::Message(m) = v {
                         let p = format!("{fpath}[{}]", key_text(k));
-                        walk(ext, m, &p, scope, depth + 1, out);
+                        walk(ext, m, &p, Scope::Whole, depth + 1, out);
                     }
                 }
             }
@@ -248,15 +250,32 @@ fn any_payload(
 fn regex_matcher(msg: &DynamicMessage, path: &str, out: &mut Vec<Violation>) {
     if let Some(v) = msg.get_field_by_name("regex")
         && let Value::String(re) = v.as_ref()
-        && let Err(e) = regex::RegexBuilder::new(re).size_limit(1 << 22).build()
+        && let Some(why) = re2_syntax_error(re)
     {
-        let why = e.to_string();
-        let first = why.lines().last().unwrap_or("invalid").trim().to_string();
         out.push(Violation {
             field: join(path, "regex"),
-            rule: format!("a valid RE2 regular expression ({first})"),
+            rule: format!("a valid RE2 regular expression ({why})"),
         });
     }
+}
+
+/// A syntax error RE2 raises as well, or None. The regex crate refuses more than RE2
+/// does (`\Q…\E`, a `{` that starts no count, deep nesting, large Unicode classes), so
+/// only errors of structure both share are reported: refusing what Envoy accepts would be
+/// worse than letting Envoy refuse.
+fn re2_syntax_error(re: &str) -> Option<&'static str> {
+    use regex_syntax::ast::ErrorKind as K;
+    let err = regex_syntax::ast::parse::Parser::new().parse(re).err()?;
+    Some(match err.kind() {
+        K::GroupUnclosed => "missing )",
+        K::GroupUnopened => "unexpected )",
+        K::ClassUnclosed => "missing ]",
+        K::ClassRangeInvalid => "invalid character class range",
+        K::EscapeUnexpectedEof => "trailing \\",
+        K::RepetitionMissing => "missing argument to repetition operator",
+        K::RepetitionCountInvalid => "bad repetition operator",
+        _ => return None,
+    })
 }
 
 fn key_text(k: &MapKey) -> String {
@@ -283,6 +302,7 @@ fn field_rules(
     field: &FieldDescriptor,
     value: &Value,
     set: bool,
+    scope: Scope,
     path: &str,
     out: &mut Vec<Violation>,
 ) -> bool {
@@ -305,7 +325,7 @@ fn field_rules(
         if name == "message" {
             continue;
         }
-        typed_rules(name, kind, field, value, set, path, out);
+        typed_rules(name, kind, field, value, set, scope, path, out);
     }
     skip
 }
@@ -402,6 +422,7 @@ fn typed_rules(
     field: &FieldDescriptor,
     value: &Value,
     set: bool,
+    scope: Scope,
     path: &str,
     out: &mut Vec<Violation>,
 ) {
@@ -418,7 +439,22 @@ fn typed_rules(
             if is_true(get(r, "ignore_empty")) && items.is_empty() {
                 return;
             }
-            count_rules(r, "min_items", "max_items", items.len(), &mut fail);
+            // A merge value's list is appended to what is there: its own length proves
+            // nothing about a minimum.
+            let min = if scope == Scope::Whole {
+                "min_items"
+            } else {
+                ""
+            };
+            count_rules(r, min, "max_items", items.len(), &mut fail);
+            if is_true(get(r, "unique")) {
+                for (i, item) in items.iter().enumerate() {
+                    if items[..i].contains(item) {
+                        fail("unique".into());
+                        break;
+                    }
+                }
+            }
             if let Some(item_rules) = get(r, "items")
                 && let Value::Message(ir) = item_rules.as_ref()
             {
@@ -428,7 +464,7 @@ fn typed_rules(
                         if let Value::Message(k) = v
                             && f.name() != "message"
                         {
-                            typed_rules(f.name(), k, field, item, true, &p, out);
+                            typed_rules(f.name(), k, field, item, true, Scope::Whole, &p, out);
                         }
                     }
                 }
@@ -439,7 +475,12 @@ fn typed_rules(
             if is_true(get(r, "ignore_empty")) && entries.is_empty() {
                 return;
             }
-            count_rules(r, "min_pairs", "max_pairs", entries.len(), &mut fail);
+            let min = if scope == Scope::Whole {
+                "min_pairs"
+            } else {
+                ""
+            };
+            count_rules(r, min, "max_pairs", entries.len(), &mut fail);
             let (Kind::Message(entry), Some(kr)) = (field.kind(), get(r, "keys")) else {
                 return;
             };
@@ -459,7 +500,7 @@ fn typed_rules(
                 let p = format!("{path}[{}]", key_text(k));
                 for (f, v) in kr.fields() {
                     if let Value::Message(rk) = v {
-                        typed_rules(f.name(), rk, &kf, &kv, true, &p, out);
+                        typed_rules(f.name(), rk, &kf, &kv, true, Scope::Whole, &p, out);
                     }
                 }
             }
@@ -488,6 +529,32 @@ fn typed_rules(
                 },
                 &mut fail,
             );
+            let listed = |name: &str| -> Option<Vec<i128>> {
+                let v = get(r, name)?;
+                let Value::List(items) = v.as_ref() else {
+                    return None;
+                };
+                Some(
+                    items
+                        .iter()
+                        .filter_map(|i| match i {
+                            Value::Message(m) => Some(duration_nanos(m)),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            };
+            if let Some(allowed) = listed("in")
+                && !allowed.is_empty()
+                && !allowed.contains(&n)
+            {
+                fail("in".into());
+            }
+            if let Some(denied) = listed("not_in")
+                && denied.contains(&n)
+            {
+                fail("not_in".into());
+            }
         }
         "any" => {
             if !set {
@@ -510,6 +577,12 @@ fn typed_rules(
                     "in: the type must be one of {}",
                     list_text(allowed)
                 ));
+            }
+            if let Some(v) = get(r, "not_in")
+                && let Value::List(denied) = v.as_ref()
+                && denied.iter().any(|a| a.as_str() == Some(url.as_str()))
+            {
+                fail(format!("not_in: {}", list_text(denied)));
             }
         }
         "timestamp" | "message" => {}
@@ -544,6 +617,12 @@ fn typed_rules(
                 && e.get_value(*n).is_none()
             {
                 fail(format!("defined_only ({n} is not a value of {})", e.name()));
+            }
+            if let Some(c) = get(r, "const")
+                && let Some(c) = Num::of(&c)
+                && c != Num::Int(i128::from(*n))
+            {
+                fail(format!("const: {c}"));
             }
             in_rules(r, Num::Int(i128::from(*n)), &mut fail);
         }
@@ -665,6 +744,18 @@ fn string_rules(r: &DynamicMessage, s: &str, fail: &mut dyn FnMut(String)) {
     let chars = s.chars().count();
     count_rules(r, "min_len", "max_len", chars, fail);
     count_rules(r, "min_bytes", "max_bytes", s.len(), fail);
+    if let Some(v) = get(r, "len")
+        && let Some(Num::Int(n)) = Num::of(&v)
+        && chars as i128 != n
+    {
+        fail(format!("len: {n}"));
+    }
+    if let Some(v) = get(r, "len_bytes")
+        && let Some(Num::Int(n)) = Num::of(&v)
+        && s.len() as i128 != n
+    {
+        fail(format!("len_bytes: {n}"));
+    }
     let text = |name: &str| get(r, name).and_then(|v| v.as_str().map(str::to_string));
     if let Some(c) = text("const")
         && c != s
@@ -722,14 +813,15 @@ fn string_rules(r: &DynamicMessage, s: &str, fail: &mut dyn FnMut(String)) {
                 !body.is_empty()
                     && body
                         .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_|~`".contains(&b))
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+,-.^_|~`".contains(&b))
             }
             // HTTP_HEADER_VALUE: no NUL, CR or LF (strict: visible characters, space, tab).
             (2, true) => s
                 .bytes()
                 .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80),
-            (1, false) => !s.is_empty() && !s.bytes().any(|b| matches!(b, 0 | b'\n' | b'\r')),
-            (2, false) => !s.bytes().any(|b| matches!(b, 0 | b'\n' | b'\r')),
+            // Not strict, for names and values alike: `^[^\0\n\r]*$` (empty allowed;
+            // a required name says so with min_len).
+            (1 | 2, false) => !s.bytes().any(|b| matches!(b, 0 | b'\n' | b'\r')),
             _ => true,
         };
         if !ok {
@@ -831,6 +923,40 @@ mod tests {
             text.iter().any(|s| s.contains("typed_config.stat_prefix")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn only_regex_errors_re2_shares_are_refused() {
+        assert!(re2_syntax_error("(unclosed").is_some());
+        assert!(re2_syntax_error("[a-").is_some());
+        // RE2 reads these as literals or accepts them; the regex crate alone refuses.
+        assert_eq!(re2_syntax_error("^/api/{id}$"), None);
+        assert_eq!(re2_syntax_error(r"\Qa.b\E"), None);
+        assert_eq!(re2_syntax_error(r"\w{500}"), None);
+    }
+
+    #[test]
+    fn items_merged_into_a_list_are_whole_and_minimums_wait_for_the_merge() {
+        // A cluster's health check appended by a MERGE must be whole (timeout required).
+        let v = rules(
+            json!({"health_checks": [{"interval": "1s"}]}),
+            Scope::Partial,
+        );
+        assert!(
+            v.iter().any(|s| s.starts_with("health_checks[0].timeout")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn unset_header_fields_outside_oneofs_pass() {
+        let v = check_json(
+            "envoy.config.route.v3.Route",
+            &json!({"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+                {"name": "a", "weight": 90}, {"name": "b", "weight": 10}]}}}),
+            Scope::Whole,
+        );
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]

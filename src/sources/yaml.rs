@@ -138,10 +138,20 @@ fn parse_document(
     };
     let mut parser = Parser::new_from_str(body);
     let line_base = start_line.saturating_sub(1);
-    parser.load(&mut builder, false).map_err(|e| YamlError {
-        line: line_base + e.marker().line() as u32,
-        message: e.info().to_string(),
-    })?;
+    // Events one by one rather than `Parser::load`, which recurses once per level of
+    // nesting (a deeply nested document would overflow the stack before the builder
+    // could refuse it).
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| YamlError {
+            line: line_base + e.marker().line() as u32,
+            message: e.info().to_string(),
+        })?;
+        let end = matches!(ev, Event::StreamEnd);
+        builder.on_event(ev, mark);
+        if end || builder.error.is_some() {
+            break;
+        }
+    }
     if let Some((mark, message)) = builder.error {
         return Err(YamlError {
             line: line_base + mark.line() as u32,
@@ -313,6 +323,18 @@ impl MarkedEventReceiver for Builder {
                 }
                 self.attach(value, mark);
             }
+            Event::MappingStart(..) | Event::SequenceStart(..) if self.stack.len() >= MAX_DEPTH => {
+                // Everything after the parser (building objects, JSON, dropping values)
+                // walks values recursively: a document nested thousands deep would
+                // overflow the stack and take meshd down.
+                self.fail(
+                    mark,
+                    format!(
+                        "values nest deeper than {MAX_DEPTH} levels; refused (no Kubernetes or \
+                         Envoy configuration needs that many)"
+                    ),
+                );
+            }
             Event::MappingStart(anchor, _) => {
                 let path = self.child_path();
                 if !self.skip_lines {
@@ -380,6 +402,10 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// The deepest nesting of mappings and sequences a document may have. An Envoy
+/// configuration inside an EnvoyFilter reaches about 30 levels.
+const MAX_DEPTH: usize = 100;
+
 /// The most values aliases may add to one document. Real manifests use a handful of
 /// aliases (shared labels, ports); this allows thousands of them while a document that
 /// expands exponentially stops long before it costs real memory.
@@ -439,6 +465,45 @@ mod tests {
             docs[1].as_ref().expect("the next document parses").value["metadata"]["name"],
             json!("fine")
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_and_the_limit_itself_is_fine_on_a_small_stack() {
+        let nested = |depth: usize| {
+            let mut t = String::from("a:\n");
+            for i in 1..depth {
+                t.push_str(&"  ".repeat(i));
+                t.push_str(&format!("k{i}:\n"));
+            }
+            t.push_str(&"  ".repeat(depth));
+            t.push_str("v\n");
+            t
+        };
+        let deep = nested(5000);
+        let docs = parse_documents(&deep);
+        let err = docs[0].as_ref().expect_err("refused");
+        assert!(
+            err.message.contains("nest deeper than 100"),
+            "{}",
+            err.message
+        );
+        // At the limit, building and dropping works on a 256 KiB stack.
+        let ok = nested(MAX_DEPTH - 1);
+        let t = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let docs = parse_documents(&ok);
+                let doc = docs
+                    .into_iter()
+                    .next()
+                    .expect("a document")
+                    .expect("parsed");
+                serde_json::to_string(&doc.value)
+                    .map(|s| s.len())
+                    .unwrap_or(0)
+            })
+            .expect("thread");
+        assert!(t.join().expect("no overflow") > 0);
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn listener(route: Value, filters: Vec<Value>, stat_prefix: &str) -> Value {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": stat_prefix,
-                "route_config": {"name": "r", "virtual_hosts": [
+                "route_config": {"name": "r", "validate_clusters": false, "virtual_hosts": [
                     {"name": "vh", "domains": ["*"], "routes": [route]}
                 ]},
                 "http_filters": http_filters,
@@ -185,6 +185,46 @@ fn meshd_refuses_exactly_what_envoy_refuses() {
             listener(
                 json!({"match": {"prefix": "/"}, "direct_response": {"status": 200},
                    "request_headers_to_add": [{"header": {"key": "x a", "value": "v"}}]}),
+                vec![],
+                "s",
+            ),
+        ),
+        (
+            "a header name with a comma",
+            LISTENER,
+            listener(
+                json!({"match": {"prefix": "/"}, "direct_response": {"status": 200},
+                   "request_headers_to_add": [{"header": {"key": "x,a", "value": "v"}}]}),
+                vec![],
+                "s",
+            ),
+        ),
+        (
+            "weighted clusters (their cluster_header unset)",
+            LISTENER,
+            listener(
+                json!({"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+                    {"name": "a", "weight": 90}, {"name": "b", "weight": 10}]}}}),
+                vec![],
+                "s",
+            ),
+        ),
+        (
+            "a regex with a literal brace",
+            LISTENER,
+            listener(
+                json!({"match": {"safe_regex": {"regex": "^/api/{id}$"}},
+                       "direct_response": {"status": 200}}),
+                vec![],
+                "s",
+            ),
+        ),
+        (
+            "a regex with an unopened group",
+            LISTENER,
+            listener(
+                json!({"match": {"safe_regex": {"regex": "a)"}},
+                       "direct_response": {"status": 200}}),
                 vec![],
                 "s",
             ),

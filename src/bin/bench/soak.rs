@@ -244,7 +244,7 @@ pub(super) async fn start_meshd(dir: &Path, config: &Path) -> Result<Served, Str
     let child = match tokio::process::Command::new(meshd_bin())
         .arg("serve")
         .arg("--config-dir")
-        .arg(&config)
+        .arg(config)
         .arg("--ca-dir")
         .arg(dir.join("ca"))
         .args(["--listen-address", "127.0.0.1"])
