@@ -264,8 +264,7 @@ pub async fn run(n: usize, services: usize, secs: u64) -> (String, bool) {
             let before = seen.load(Ordering::Relaxed);
             write(&config, "extra.yaml", &extra_text(tick));
             let t = Instant::now();
-            while seen.load(Ordering::Relaxed) == before && t.elapsed() < Duration::from_secs(2)
-            {
+            while seen.load(Ordering::Relaxed) == before && t.elapsed() < Duration::from_secs(2) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let took = t.elapsed();
