@@ -5,14 +5,10 @@
 //! patch value as YAML or JSON. A value that validates must normalise to itself when
 //! validated again (what meshd stores is what it would accept).
 
-use std::collections::BTreeMap;
-
-use crate::model::diagnostic::Origin;
+use super::{config_set, encoded, proxies};
 use crate::model::istio::ApplyTo;
-use crate::model::object::Object;
-use crate::model::proxy::Proxy;
-use crate::model::snapshot::{ConfigSet, Snapshot};
-use crate::sources::yaml::{parse_documents, parse_first_value};
+use crate::model::snapshot::Snapshot;
+use crate::sources::yaml::parse_first_value;
 
 const APPLY_TO: [&str; 11] = [
     "LISTENER",
@@ -98,44 +94,13 @@ pub fn run(data: &[u8]) {
          spec:\n  configPatches:\n  - applyTo: {apply_to}\n    match: {{context: {context}}}\n    \
          patch: {{operation: {op}, value: {value}}}\n"
     );
-    let mut set = ConfigSet::default();
-    for text in [BASE, filter.as_str()] {
-        for doc in parse_documents(text).into_iter().flatten() {
-            let (objs, _) = Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-            for o in objs {
-                set.objects.insert(o.key.clone(), o);
-            }
-        }
-    }
-    let snap = Snapshot::build(&set, None, "cluster.local", "istio-system");
-    for (id, ns, labels) in [
-        (
-            "sidecar~10.0.0.1~reviews-v1.default~default.svc.cluster.local",
-            "default",
-            serde_json::json!({"app": "reviews"}),
-        ),
-        (
-            "router~10.0.0.9~gw.istio-system~istio-system.svc.cluster.local",
-            "istio-system",
-            serde_json::json!({"istio": "ingressgateway"}),
-        ),
-    ] {
-        let meta: BTreeMap<String, serde_json::Value> = [
-            ("NAMESPACE".to_string(), ns.into()),
-            ("LABELS".into(), labels),
-        ]
-        .into();
-        if let Ok(proxy) = Proxy::from_node(id, meta) {
-            let r = crate::translate::generate(&snap, &proxy);
-            for l in &r.listeners {
-                let _ = prost::Message::encode_to_vec(l);
-            }
-            for c in &r.clusters {
-                let _ = prost::Message::encode_to_vec(c);
-            }
-            for rc in &r.routes {
-                let _ = prost::Message::encode_to_vec(rc);
-            }
-        }
+    let snap = Snapshot::build(
+        &config_set(&[BASE, &filter]),
+        None,
+        "cluster.local",
+        "istio-system",
+    );
+    for proxy in proxies() {
+        encoded(&snap, &proxy);
     }
 }

@@ -25,12 +25,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
-use super::Cursor;
+use super::{Cursor, config_set};
 use crate::ca::sds::WorkloadSecrets;
 use crate::ca::{Authority, Identity};
 use crate::envoy::{pb, type_url};
-use crate::model::diagnostic::Origin;
-use crate::model::object::Object;
 use crate::model::snapshot::{ConfigSet, Snapshot};
 use crate::xds::connection::{Mode, PeerAuth, run_stream};
 use crate::xds::wire::{Requests, ResponseBody};
@@ -145,20 +143,6 @@ struct Fixture {
     secrets: Arc<WorkloadSecrets>,
 }
 
-fn config(text: &str) -> ConfigSet {
-    let mut set = ConfigSet::default();
-    for doc in crate::sources::yaml::parse_documents(text)
-        .into_iter()
-        .flatten()
-    {
-        let (objs, _) = Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-        for o in objs {
-            set.objects.insert(o.key.clone(), o);
-        }
-    }
-    set
-}
-
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -171,15 +155,8 @@ fn fixture() -> &'static Fixture {
         for (ns, sa) in IDENTITIES {
             let _ = secrets.get(&Identity::new("cluster.local", ns, sa));
         }
-        let base = config(BASE);
-        let changes = CHANGES
-            .iter()
-            .map(|t| {
-                let mut set = base.clone();
-                set.objects.extend(config(t).objects);
-                set
-            })
-            .collect();
+        let base = config_set(&[BASE]);
+        let changes = CHANGES.iter().map(|t| config_set(&[BASE, t])).collect();
         Fixture {
             base,
             changes,
