@@ -175,19 +175,26 @@ fn to_json<T: prost::Message + prost::Name>(m: &T) -> Value {
     v
 }
 
-fn from_json<T: prost::Message + prost::Name + Default>(v: &Value) -> Result<T, String> {
+/// The typed message of `v` and its encoding (which the rules check reads, rather
+/// than encoding the message again).
+fn decoded<T: prost::Message + prost::Name + Default>(v: &Value) -> Result<(T, Vec<u8>), String> {
     let bytes = pb::json_to_bytes(&T::full_name(), v)?;
-    T::decode(bytes.as_slice()).map_err(|e| e.to_string())
+    let t = T::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+    Ok((t, bytes))
+}
+
+fn broken<T: prost::Name>(bytes: &[u8]) -> Vec<rules::Violation> {
+    rules::check_bytes(&T::full_name(), bytes, rules::Scope::Whole)
 }
 
 /// A patched or added resource as Envoy would take it: it decodes, and it keeps
 /// Envoy's validation rules (one broken rule would have Envoy reject the whole update,
 /// every other resource of it included).
 fn checked<T: prost::Message + prost::Name + Default>(v: &Value) -> Result<T, String> {
-    let t: T = from_json(v)?;
-    match rules::check(&t).into_iter().next() {
+    let (t, bytes) = decoded::<T>(v)?;
+    match broken::<T>(&bytes).into_iter().next() {
         None => Ok(t),
-        Some(broken) => Err(format!("Envoy would reject it: {broken}")),
+        Some(b) => Err(format!("Envoy would reject it: {b}")),
     }
 }
 
@@ -200,18 +207,18 @@ fn typed_or<T: prost::Message + prost::Name + Default + PartialEq>(
     what: &str,
     ps: &[Patch],
 ) -> T {
-    let result = match from_json::<T>(v) {
-        Ok(t) if t == original => return original,
-        Ok(t) => {
-            let broken = rules::check(&t);
-            if broken.is_empty() {
+    let result = match decoded::<T>(v) {
+        Ok((t, _)) if t == original => return original,
+        Ok((t, bytes)) => {
+            let now = broken::<T>(&bytes);
+            if now.is_empty() {
                 return t;
             }
             // Only what the patches broke counts against them (anything already in
             // meshd's own output is meshd's to answer for, and the fuzz target `yaml`
             // looks for it).
             let before = rules::check(&original);
-            match broken.into_iter().find(|b| !before.contains(b)) {
+            match now.into_iter().find(|b| !before.contains(b)) {
                 None => return t,
                 Some(b) => format!("Envoy would reject it: {b}"),
             }
