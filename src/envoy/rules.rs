@@ -441,11 +441,7 @@ fn typed_rules(
             }
             // A merge value's list is appended to what is there: its own length proves
             // nothing about a minimum.
-            let min = if scope == Scope::Whole {
-                "min_items"
-            } else {
-                ""
-            };
+            let min = (scope == Scope::Whole).then_some("min_items");
             count_rules(r, min, "max_items", items.len(), &mut fail);
             if is_true(get(r, "unique")) {
                 for (i, item) in items.iter().enumerate() {
@@ -475,11 +471,7 @@ fn typed_rules(
             if is_true(get(r, "ignore_empty")) && entries.is_empty() {
                 return;
             }
-            let min = if scope == Scope::Whole {
-                "min_pairs"
-            } else {
-                ""
-            };
+            let min = (scope == Scope::Whole).then_some("min_pairs");
             count_rules(r, min, "max_pairs", entries.len(), &mut fail);
             let (Kind::Message(entry), Some(kr)) = (field.kind(), get(r, "keys")) else {
                 return;
@@ -602,7 +594,7 @@ fn typed_rules(
             if (wrapper && !set) || (is_true(get(r, "ignore_empty")) && b.is_empty()) {
                 return;
             }
-            count_rules(r, "min_len", "max_len", b.len(), &mut fail);
+            count_rules(r, Some("min_len"), "max_len", b.len(), &mut fail);
             if let Some(v) = get(r, "len")
                 && let Some(Num::Int(n)) = Num::of(&v)
                 && b.len() as i128 != n
@@ -722,8 +714,16 @@ fn in_rules(r: &DynamicMessage, n: Num, fail: &mut dyn FnMut(String)) {
     }
 }
 
-fn count_rules(r: &DynamicMessage, min: &str, max: &str, n: usize, fail: &mut dyn FnMut(String)) {
-    if let Some(v) = get(r, min)
+/// `min`/`max` count rules; `min` is None where a minimum cannot be judged yet.
+fn count_rules(
+    r: &DynamicMessage,
+    min: Option<&str>,
+    max: &str,
+    n: usize,
+    fail: &mut dyn FnMut(String),
+) {
+    if let Some(min) = min
+        && let Some(v) = get(r, min)
         && let Some(Num::Int(m)) = Num::of(&v)
         && (n as i128) < m
     {
@@ -742,8 +742,8 @@ fn string_rules(r: &DynamicMessage, s: &str, fail: &mut dyn FnMut(String)) {
         return;
     }
     let chars = s.chars().count();
-    count_rules(r, "min_len", "max_len", chars, fail);
-    count_rules(r, "min_bytes", "max_bytes", s.len(), fail);
+    count_rules(r, Some("min_len"), "max_len", chars, fail);
+    count_rules(r, Some("min_bytes"), "max_bytes", s.len(), fail);
     if let Some(v) = get(r, "len")
         && let Some(Num::Int(n)) = Num::of(&v)
         && chars as i128 != n
