@@ -104,6 +104,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => explain(*args),
+        Command::Status { config, output } => {
+            let snap = load_snapshot(&config)?;
+            let items: Vec<serde_json::Value> = snap
+                .gateway_api_status
+                .0
+                .iter()
+                .filter_map(|(key, status)| {
+                    let obj = snap.objects.get(key)?;
+                    let mut meta = serde_json::json!({"name": key.name});
+                    if !key.namespace.is_empty() {
+                        meta["namespace"] = key.namespace.clone().into();
+                    }
+                    Some(serde_json::json!({
+                        "apiVersion": obj.api_version,
+                        "kind": key.kind.name(),
+                        "metadata": meta,
+                        "status": status,
+                    }))
+                })
+                .collect();
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            match output {
+                crate::cli::StatusFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&list)?)
+                }
+                crate::cli::StatusFormat::Yaml => print!("{}", crate::yaml_out::to_string(&list)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { config, json } => {
             let snap = load_snapshot(&config)?;
             if json {

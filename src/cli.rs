@@ -1,4 +1,5 @@
-//! Command line, as DESIGN.md fixes it: `serve`, `translate`, `validate`.
+//! Command line, as DESIGN.md fixes it: `serve`, `translate`, `validate` (and meshd's own
+//! additions: `explain`, `status`, `crds`, `kube-inject`).
 
 use std::path::PathBuf;
 
@@ -38,6 +39,12 @@ pub enum Format {
     ConfigDump,
     /// A complete static Envoy bootstrap.
     Bootstrap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +114,14 @@ pub enum Command {
         /// older than Kubernetes 1.29).
         #[arg(long)]
         no_native_sidecars: bool,
+    },
+    /// Print the status of every Gateway API object (the conditions meshd would write
+    /// in Kubernetes mode), as a YAML or JSON list.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+        output: StatusFormat,
     },
     /// Print every diagnostic; exit status 1 if any is an error.
     Validate {

@@ -4,6 +4,7 @@
 mod build;
 pub mod delegate;
 pub mod diagnostic;
+pub mod gateway_api;
 pub mod host;
 pub mod istio;
 pub mod mesh;

@@ -456,6 +456,7 @@ pub fn write_status(
     leader: watch::Receiver<bool>,
     snapshots: watch::Receiver<std::sync::Arc<crate::model::snapshot::Snapshot>>,
 ) {
+    use crate::model::object::Kind;
     use kube::api::{ApiResource, DynamicObject};
     tokio::spawn(async move {
         let mut leader = leader;
@@ -483,7 +484,7 @@ pub fn write_status(
             let mut keys: BTreeMap<crate::model::object::ObjectKey, u64> = snap
                 .objects
                 .iter()
-                .filter(|(k, _)| k.kind.is_istio())
+                .filter(|(k, o)| k.kind.is_istio() && !o.is_generated())
                 .map(|(k, o)| (k.clone(), o.hash))
                 .collect();
             for name in by_object.keys() {
@@ -525,7 +526,48 @@ pub fn write_status(
                     Err(e) => warn!(object = %key, error = %e, "cannot write status"),
                 }
             }
-            written.retain(|k, _| keys.contains_key(k));
+            written.retain(|k, _| keys.contains_key(k) || k.kind.is_gateway_api());
+            // Gateway API objects: the status the conversion computed, whole.
+            for (key, status) in &snap.gateway_api_status.0 {
+                let obj_hash = snap.objects.get(key).map_or(0, |o| o.hash);
+                let hash = xxhash_rust::xxh3::xxh3_64(status.to_string().as_bytes()) ^ obj_hash;
+                if written.get(key) == Some(&hash) {
+                    continue;
+                }
+                let version = key.kind.versions()[0];
+                let plural = match key.kind {
+                    Kind::GatewayClass => "gatewayclasses",
+                    Kind::KubeGateway => "gateways",
+                    Kind::HTTPRoute => "httproutes",
+                    _ => continue,
+                };
+                let ar = ApiResource {
+                    group: key.kind.group().to_string(),
+                    version: version.to_string(),
+                    api_version: format!("{}/{version}", key.kind.group()),
+                    kind: key.kind.name().to_string(),
+                    plural: plural.into(),
+                };
+                let api: Api<DynamicObject> = if key.kind.namespaced() {
+                    Api::namespaced_with(client.clone(), &key.namespace, &ar)
+                } else {
+                    Api::all_with(client.clone(), &ar)
+                };
+                let patch = serde_json::json!({"status": status});
+                match api
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {
+                        written.insert(key.clone(), hash);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => warn!(object = %key, error = %e, "cannot write status"),
+                }
+            }
+            written.retain(|k, _| {
+                !k.kind.is_gateway_api() || snap.gateway_api_status.0.contains_key(k)
+            });
         }
     });
 }

@@ -42,14 +42,25 @@ impl Snapshot {
         let mut clock = StageClock::start();
         b.mesh = b.mesh_config(input, domain_suffix, istio_namespace);
         b.objects = input.objects.clone();
+        // Gateway API objects become Istio Gateways and VirtualServices first; from here
+        // on they are built like any other (and their stages fingerprinted with them).
+        if has_gateway_api(&input.objects) {
+            let converted = super::gateway_api::convert::convert(&input.objects, domain_suffix);
+            for o in converted.objects {
+                b.objects.insert(o.key.clone(), o);
+            }
+            b.diags.extend(converted.diagnostics);
+            b.gateway_api_status = converted.statuses;
+            clock.lap("gateway api");
+        }
         let mesh_key = ObjectKey {
             kind: Kind::ConfigMap,
             namespace: istio_namespace.to_string(),
             name: "istio".into(),
         };
         let prints = StagePrints::of(
-            &input.objects,
-            input.objects.get(&mesh_key).map(|o| &**o),
+            &b.objects,
+            b.objects.get(&mesh_key).map(|o| &**o),
             domain_suffix,
             istio_namespace,
         );
@@ -129,6 +140,20 @@ impl Snapshot {
     }
 }
 
+/// Whether any Gateway API object is present (their kinds sort last, so this looks at
+/// one range of the map, not every object).
+fn has_gateway_api(objects: &BTreeMap<ObjectKey, Arc<Object>>) -> bool {
+    objects
+        .range(
+            ObjectKey {
+                kind: Kind::GatewayClass,
+                namespace: String::new(),
+                name: String::new(),
+            }..,
+        )
+        .any(|(k, _)| k.kind.is_gateway_api())
+}
+
 /// The previous snapshot, for each stage whose output this build takes from it.
 struct Reused<'a> {
     services: Option<&'a Snapshot>,
@@ -185,6 +210,7 @@ struct Builder {
     workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
+    gateway_api_status: super::gateway_api::status::Statuses,
 }
 
 impl Builder {
@@ -878,6 +904,11 @@ impl Builder {
         let mut out = Vec::new();
         for obj in objs {
             let mut diags = self.check_virtual_service(&obj);
+            if obj.is_generated() {
+                // Converted from an HTTPRoute: its backends that do not resolve are
+                // reported on the route (and answer 500 by design), not again here.
+                diags.retain(Diagnostic::is_error);
+            }
             let mut chosen = obj.clone();
             if diags.iter().any(Diagnostic::is_error) {
                 let prev = last_good(previous, &obj.key, |o| {
@@ -1585,6 +1616,7 @@ impl Builder {
             envoy_filter_values: self.envoy_filter_values,
             envoy_filter_versions: self.envoy_filter_versions,
             telemetries: self.telemetries,
+            gateway_api_status: Arc::new(self.gateway_api_status),
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::diagnostic::{Diagnostic, Origin, closest};
+use super::gateway_api;
 use super::istio;
 use crate::sources::yaml::FieldLines;
 
@@ -38,6 +39,13 @@ pub enum Kind {
     EnvoyFilter,
     Telemetry,
     Node,
+    /// Kubernetes Gateway API (`gateway.networking.k8s.io`).
+    GatewayClass,
+    /// The Gateway API's Gateway (named `Gateway` in its group; this name keeps it apart
+    /// from Istio's).
+    KubeGateway,
+    HTTPRoute,
+    ReferenceGrant,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -49,10 +57,17 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("networking.istio.io", "ProxyConfig"),
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
+    ("gateway.networking.k8s.io", "GRPCRoute"),
+    ("gateway.networking.k8s.io", "TCPRoute"),
+    ("gateway.networking.k8s.io", "TLSRoute"),
+    ("gateway.networking.k8s.io", "UDPRoute"),
+    ("gateway.networking.k8s.io", "ListenerSet"),
+    ("gateway.networking.k8s.io", "XListenerSet"),
+    ("gateway.networking.k8s.io", "BackendTLSPolicy"),
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -72,6 +87,10 @@ impl Kind {
         Kind::EnvoyFilter,
         Kind::Telemetry,
         Kind::Node,
+        Kind::GatewayClass,
+        Kind::KubeGateway,
+        Kind::HTTPRoute,
+        Kind::ReferenceGrant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +114,10 @@ impl Kind {
             Kind::EnvoyFilter => "EnvoyFilter",
             Kind::Telemetry => "Telemetry",
             Kind::Node => "Node",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::KubeGateway => "Gateway",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 
@@ -109,6 +132,9 @@ impl Kind {
             | Kind::Secret
             | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::GatewayClass | Kind::KubeGateway | Kind::HTTPRoute | Kind::ReferenceGrant => {
+                gateway_api::GROUP
+            }
             Kind::Telemetry => "telemetry.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
@@ -127,23 +153,32 @@ impl Kind {
         }
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
+            gateway_api::GROUP => &["v1", "v1beta1"],
             "security.istio.io" => &["v1", "v1beta1"],
             _ => NETWORKING_VERSIONS,
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::GatewayClass)
     }
 
     pub fn is_istio(self) -> bool {
         self.group().ends_with("istio.io")
     }
+
+    pub fn is_gateway_api(self) -> bool {
+        self.group() == gateway_api::GROUP
+    }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            // Two kinds are named Gateway: this one says its group, as kubectl does.
+            Kind::KubeGateway => f.write_str("Gateway.gateway.networking.k8s.io"),
+            _ => f.write_str(self.name()),
+        }
     }
 }
 
@@ -334,6 +369,10 @@ pub enum Spec {
     AuthorizationPolicy(istio::AuthorizationPolicy),
     RequestAuthentication(istio::RequestAuthentication),
     Secret(TlsSecret),
+    GatewayClass(gateway_api::GatewayClassSpec),
+    KubeGateway(gateway_api::GatewaySpec),
+    HTTPRoute(gateway_api::HttpRouteSpec),
+    ReferenceGrant(gateway_api::ReferenceGrantSpec),
 }
 
 /// One stored configuration object.
@@ -346,6 +385,9 @@ pub struct Object {
     /// `metadata.creationTimestamp` (RFC 3339, so it sorts as text), when the source
     /// gives one: istiod orders some kinds by it (oldest first wins).
     pub created: Option<String>,
+    /// `metadata.generation` when the source gives one (Kubernetes): Gateway API status
+    /// conditions report the generation they describe.
+    pub generation: Option<i64>,
     pub spec: Spec,
     pub origin: Origin,
     /// Field lines of the source document (file source only; Istio kinds only).
@@ -356,6 +398,14 @@ pub struct Object {
 }
 
 impl Object {
+    /// Whether meshd made this object from another (an Istio Gateway or VirtualService
+    /// converted from the Gateway API): it exists in no source, so no status is written
+    /// for it.
+    pub fn is_generated(&self) -> bool {
+        self.annotations
+            .contains_key(super::gateway_api::convert::GENERATED_FROM)
+    }
+
     /// A diagnostic about `field` (a path inside the object) with its line when known.
     pub fn diag_error(&self, field: &str, reason: impl Into<String>) -> Diagnostic {
         Diagnostic::error(self.origin_of(field), reason)
@@ -533,6 +583,7 @@ impl Object {
             .get("creationTimestamp")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let generation = meta.get("generation").and_then(Value::as_i64);
         let resource_version = meta
             .get("resourceVersion")
             .and_then(Value::as_str)
@@ -567,9 +618,10 @@ impl Object {
             labels,
             annotations,
             created,
+            generation,
             spec,
             origin,
-            lines: kind.is_istio().then_some(lines),
+            lines: (kind.is_istio() || kind.is_gateway_api()).then_some(lines),
             hash,
         }))
     }
@@ -690,6 +742,10 @@ fn parse_spec(
         Kind::RequestAuthentication => {
             Spec::RequestAuthentication(istio_spec(key, spec, lines, origin)?)
         }
+        Kind::GatewayClass => Spec::GatewayClass(istio_spec(key, spec, lines, origin)?),
+        Kind::KubeGateway => Spec::KubeGateway(istio_spec(key, spec, lines, origin)?),
+        Kind::HTTPRoute => Spec::HTTPRoute(istio_spec(key, spec, lines, origin)?),
+        Kind::ReferenceGrant => Spec::ReferenceGrant(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::Node => {
             let labels = meta.get("labels").cloned().unwrap_or(Value::Null);

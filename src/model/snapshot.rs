@@ -194,6 +194,9 @@ pub struct Snapshot {
     pub envoy_filter_versions: BTreeMap<(String, usize), regex::Regex>,
     /// Telemetry objects in key order.
     pub telemetries: Vec<Arc<Object>>,
+    /// The status of each Gateway API object meshd handles (`meshd status`, and what
+    /// the leader writes in Kubernetes mode).
+    pub gateway_api_status: Arc<super::gateway_api::status::Statuses>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,

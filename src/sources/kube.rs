@@ -43,6 +43,8 @@ pub struct WatchedKind {
 
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
+const GATEWAY_API: &str = crate::model::gateway_api::GROUP;
+const GATEWAY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 fn w(
     group: &'static str,
@@ -152,6 +154,21 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
             &["v1alpha1"],
             "WasmPlugin",
             "wasmplugins",
+        ),
+        // The Kubernetes Gateway API (when its CRDs are installed).
+        w(
+            GATEWAY_API,
+            GATEWAY_VERSIONS,
+            "GatewayClass",
+            "gatewayclasses",
+        ),
+        w(GATEWAY_API, GATEWAY_VERSIONS, "Gateway", "gateways"),
+        w(GATEWAY_API, GATEWAY_VERSIONS, "HTTPRoute", "httproutes"),
+        w(
+            GATEWAY_API,
+            GATEWAY_VERSIONS,
+            "ReferenceGrant",
+            "referencegrants",
         ),
     ]
 }

@@ -22,6 +22,7 @@ use super::route;
 use super::tcp;
 use crate::envoy::naming;
 use crate::envoy::pb;
+use crate::model::gateway_api::convert::SAME_NAMESPACE;
 use crate::model::istio::{Server, ServerTlsMode};
 use crate::model::service::labels_match;
 use crate::model::snapshot::GatewayConfig;
@@ -32,6 +33,11 @@ pub fn selected<'a>(ctx: &'a ProxyContext) -> Vec<&'a GatewayConfig> {
         .gateways
         .iter()
         .filter(|g| !g.spec.selector.is_empty() && labels_match(&g.spec.selector, &ctx.labels))
+        // A Gateway API Gateway's proxies are those of its own namespace.
+        .filter(|g| {
+            !g.object.annotations.contains_key(SAME_NAMESPACE)
+                || g.key.namespace == ctx.proxy.namespace
+        })
         .map(|g| &**g)
         .collect()
 }

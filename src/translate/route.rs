@@ -74,7 +74,22 @@ fn header_matcher(name: &str, m: &istio::StringMatch, invert: bool) -> rt::Heade
     }
 }
 
+/// Whether a VirtualService was made from a Gateway API route (istiod's "gateway
+/// semantics": path-separated prefixes, 500 for backends that do not resolve).
+fn gateway_semantics(vs: &VirtualServiceConfig) -> bool {
+    vs.object
+        .annotations
+        .get(crate::model::gateway_api::convert::ROUTE_SEMANTICS)
+        .is_some_and(|v| v == "gateway")
+}
+
 fn route_match(m: Option<&istio::HttpMatchRequest>) -> RouteMatch {
+    route_match_with(m, false)
+}
+
+/// `path_separated`: a prefix matches whole path segments (`/foo` matches `/foo` and
+/// `/foo/bar`, never `/foobar`), as the Gateway API's PathPrefix does.
+fn route_match_with(m: Option<&istio::HttpMatchRequest>, path_separated: bool) -> RouteMatch {
     let mut rm = RouteMatch {
         path_specifier: Some(PathSpecifier::Prefix("/".into())),
         ..Default::default()
@@ -84,7 +99,11 @@ fn route_match(m: Option<&istio::HttpMatchRequest>) -> RouteMatch {
         rm.path_specifier = Some(if let Some(e) = &uri.exact {
             PathSpecifier::Path(e.clone())
         } else if let Some(p) = &uri.prefix {
-            PathSpecifier::Prefix(p.clone())
+            if path_separated && p != "/" {
+                PathSpecifier::PathSeparatedPrefix(p.trim_end_matches('/').to_string())
+            } else {
+                PathSpecifier::Prefix(p.clone())
+            }
         } else if let Some(r) = &uri.regex {
             PathSpecifier::SafeRegex(regex(r))
         } else {
@@ -492,7 +511,7 @@ pub(crate) fn http_rule_routes(
             .unwrap_or(rule.name.as_str());
         let mut route = Route {
             name: name.to_string(),
-            r#match: Some(route_match(m)),
+            r#match: Some(route_match_with(m, gateway_semantics(vs))),
             // match.statPrefix: Envoy's per-route stats under this prefix.
             stat_prefix: m.map(|m| m.stat_prefix.clone()).unwrap_or_default(),
             // Which VirtualService made the route, as istiod records it (istioctl and
@@ -615,6 +634,11 @@ fn route_action(
 ) -> RouteAction {
     let ns = &vs.key.namespace;
     let mut action = RouteAction::default();
+    if gateway_semantics(vs) {
+        // A backend that does not resolve answers 500, as the Gateway API asks.
+        action.cluster_not_found_response_code =
+            rt::route_action::ClusterNotFoundResponseCode::InternalServerError as i32;
+    }
     set_timeout(
         &mut action,
         rule.timeout.map(|t| t.as_std()),
@@ -664,7 +688,27 @@ fn route_action(
         }));
     }
     if let Some(rw) = &rule.rewrite {
-        if !rw.uri.is_empty() {
+        let separated_prefix = gateway_semantics(vs)
+            .then(|| rule.matches.first())
+            .flatten()
+            .and_then(|m| m.uri.as_ref())
+            .and_then(|u| u.prefix.as_deref())
+            .filter(|p| *p != "/");
+        if rw.uri == "/"
+            && let Some(prefix) = separated_prefix
+        {
+            // Replacing a path-separated prefix with `/` removes it (and the slash after
+            // it): `/foo/bar` becomes `/bar`, `/foo` becomes `/`.
+            action.regex_rewrite = Some(
+                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute {
+                    pattern: Some(regex(&format!(
+                        "^{}(/?)(.*)",
+                        regex_syntax::escape(prefix.trim_end_matches('/'))
+                    ))),
+                    substitution: "/\\2".into(),
+                },
+            );
+        } else if !rw.uri.is_empty() {
             action.prefix_rewrite = rw.uri.clone();
         }
         if let Some(rr) = &rw.uri_regex_rewrite {

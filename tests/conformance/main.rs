@@ -14,6 +14,7 @@ mod egress_cidr;
 mod envoy_rules;
 mod envoyfilter;
 mod explain_agreement;
+mod gateway_api;
 mod gateway_tls;
 mod grpc;
 mod harness;

@@ -1,0 +1,351 @@
+//! Kubernetes Gateway API through a real Envoy router: a Gateway's HTTP listener, several
+//! HTTPRoutes attached to it (path precedence across routes, path-separated prefixes,
+//! header matches, weights, header modifiers, redirects, prefix rewrites, backends that do
+//! not resolve, cross-namespace backends with and without a ReferenceGrant, hostnames
+//! that do not meet the listener's), and the status `meshd status` reports for each.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// The Gateway's proxy, as istiod's generated Deployment labels it.
+const EDGE: NodeSpec<'static> = NodeSpec {
+    kind: "router",
+    ip: "127.0.0.30",
+    pod: "edge-istio-1",
+    namespace: "default",
+    labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
+    service_account: "edge-istio",
+};
+
+const PODS: [(&str, &str); 4] = [
+    ("productpage-v1", "127.0.0.10"),
+    ("reviews-v1", "127.0.0.12"),
+    ("reviews-v2", "127.0.0.13"),
+    ("reviews-v3", "127.0.0.14"),
+];
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1}
+spec:
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2}
+spec:
+  selector: {app: reviews, version: v2}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {team: other}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v3, namespace: other}
+spec:
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: reviews-v3, namespace: other}
+subsets:
+- addresses: [{ip: 127.0.0.14}]
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: http
+    port: 8080
+    protocol: HTTP
+    hostname: "*.example.com"
+    allowedRoutes:
+      namespaces: {from: All}
+  - name: udp
+    port: 5353
+    protocol: UDP
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, creationTimestamp: "2026-01-01T00:00:01Z"}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api/}}]
+    backendRefs: [{name: reviews-v1, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /}, headers: [{name: X-User, value: jason}]}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-gateway, value: edge}]
+    backendRefs: [{name: productpage, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+    backendRefs: [{name: productpage, port: 9080}]
+  - matches: [{path: {type: Exact, value: /moved}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: moved.example.com, statusCode: 302}
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    backendRefs: [{name: no-such-service, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: special, creationTimestamp: "2026-01-01T00:00:02Z"}
+spec:
+  parentRefs: [{name: edge, sectionName: http}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches: [{path: {type: Exact, value: /api/special}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 80}
+    - {name: reviews-v2, port: 9080, weight: 20}
+  - matches: [{path: {type: PathPrefix, value: /other}}]
+    backendRefs: [{name: reviews-v3, namespace: other, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /granted}}]
+    backendRefs: [{name: reviews-v3, namespace: other, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: other}
+spec:
+  parentRefs: [{name: edge, namespace: default}]
+  hostnames: [bookinfo.example.org]
+  rules:
+  - backendRefs: [{name: reviews-v3, port: 9080}]
+"#;
+
+/// A ReferenceGrant for HTTPRoutes of `default` to Service `other/reviews-v3`, written
+/// while the test runs.
+const GRANT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
+  to: [{group: "", kind: Service, name: reviews-v3}]
+"#;
+
+struct Setup {
+    meshd: Meshd,
+    router: Envoy,
+    apps: Vec<HttpApp>,
+    config: TempDir,
+    _dir: TempDir,
+}
+
+impl Setup {
+    fn start() -> Option<Setup> {
+        let (dir, config) = envoy_test("gwapi")?;
+        for f in ["services.yaml", "pods.yaml"] {
+            config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+        }
+        config.write("gateway-api.yaml", CONFIG);
+        // Each pod answers with its name and the path it was asked for.
+        let apps = PODS
+            .iter()
+            .map(|(name, ip)| {
+                let name = name.to_string();
+                HttpApp::start(&format!("{ip}:9080"), move |r| Answer {
+                    status: 200,
+                    headers: vec![("x-path".into(), r.path.clone())],
+                    body: name.clone(),
+                })
+            })
+            .collect();
+        // The listener wants 8080: meshd's debug port moves.
+        let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+        let router = Envoy::start(&EDGE, Ads::Delta, 15000, dir.path());
+        Some(Setup {
+            meshd,
+            router,
+            apps,
+            config,
+            _dir: dir,
+        })
+    }
+
+    fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        let mut h = vec![("Host", host)];
+        h.extend_from_slice(headers);
+        http_get(&format!("{}:8080", EDGE.ip), path, &h).expect("request through the gateway")
+    }
+
+    fn requests_to(&self, pod: &str) -> Vec<Request> {
+        let i = PODS.iter().position(|(n, _)| *n == pod).expect("pod");
+        self.apps[i].requests()
+    }
+
+    /// `meshd status -o json` on the test's configuration: the status of each object.
+    fn status(&self) -> BTreeMap<String, serde_json::Value> {
+        let out = Command::new(meshd_bin())
+            .args(["status", "-o", "json", "--config-dir"])
+            .arg(self.config.path())
+            .output()
+            .expect("meshd status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|o| {
+                let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
+                (
+                    format!(
+                        "{} {ns}/{}",
+                        o["kind"].as_str().unwrap_or(""),
+                        o["metadata"]["name"].as_str().unwrap_or("")
+                    ),
+                    o["status"].clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The condition `kind` of a condition list: (status, reason).
+fn condition(conds: &serde_json::Value, kind: &str) -> (String, String) {
+    let c = conds
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {conds}"));
+    (
+        c["status"].as_str().unwrap_or("").to_string(),
+        c["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn httproutes_through_a_gateway_api_gateway() {
+    let Some(s) = Setup::start() else { return };
+    let host = "bookinfo.example.com";
+    wait_for(
+        "a route through the Gateway",
+        Duration::from_secs(20),
+        || {
+            let h = [("Host", host)];
+            let r = http_get(&format!("{}:8080", EDGE.ip), "/", &h).ok()?;
+            (r.status == 200).then_some(())
+        },
+    );
+    assert_envoy_accepted(&s.router);
+    s.meshd.assert_no_nacks();
+
+    // The catch-all rule sets a header on the way.
+    let r = s.get(host, "/productpage", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage-v1"));
+    let seen = s.requests_to("productpage-v1");
+    assert_eq!(
+        seen.last().and_then(|q| q.header("x-gateway")),
+        Some("edge")
+    );
+
+    // Precedence across routes: an exact path (newer route) beats a prefix (older one);
+    // `/api/` is a path-separated prefix: `/api` and `/api/x` match it, `/apix` does not.
+    assert_eq!(s.get(host, "/api/special", &[]).body, "reviews-v2");
+    assert_eq!(s.get(host, "/api/x", &[]).body, "reviews-v1");
+    assert_eq!(s.get(host, "/api", &[]).body, "reviews-v1");
+    assert_eq!(s.get(host, "/apix", &[]).body, "productpage-v1");
+    // A header match beats a bare prefix of the same length.
+    assert_eq!(s.get(host, "/x", &[("x-user", "jason")]).body, "reviews-v2");
+
+    // Prefix rewrite: `/old/page` reaches the backend as `/new/page`.
+    let r = s.get(host, "/old/page", &[]);
+    assert_eq!((r.status, r.header("x-path")), (200, Some("/new/page")));
+
+    // Redirect.
+    let r = s.get(host, "/moved", &[]);
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("http://moved.example.com:8080/moved")
+    );
+
+    // A backend that does not exist: 500, as the Gateway API requires.
+    assert_eq!(s.get(host, "/missing", &[]).status, 500);
+
+    // Weights 80/20.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..200 {
+        *counts.entry(s.get(host, "/split", &[]).body).or_default() += 1;
+    }
+    let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
+    let v2 = counts.get("reviews-v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, 200, "{counts:?}");
+    assert!((130..=190).contains(&v1), "80% to v1: {counts:?}");
+
+    // A host outside the listener's `*.example.com` is not served there.
+    assert_eq!(s.get("bookinfo.example.org", "/", &[]).status, 404);
+
+    // A backend in another namespace: refused without a ReferenceGrant (500) ...
+    assert_eq!(s.get(host, "/other", &[]).status, 500);
+    let st = s.status();
+    let special = &st["HTTPRoute default/special"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(special, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        condition(special, "ResolvedRefs"),
+        ("False".into(), "RefNotPermitted".into())
+    );
+    let api = &st["HTTPRoute default/api"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(api, "ResolvedRefs"),
+        ("False".into(), "BackendNotFound".into())
+    );
+    let elsewhere = &st["HTTPRoute other/elsewhere"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(elsewhere, "Accepted"),
+        ("False".into(), "NoMatchingListenerHostname".into())
+    );
+    let gw = &st["Gateway default/edge"];
+    assert_eq!(
+        condition(&gw["conditions"], "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    let http = &gw["listeners"][0];
+    assert_eq!(http["name"], "http");
+    assert_eq!(http["attachedRoutes"], 2, "api and special: {gw}");
+    assert_eq!(
+        condition(&gw["listeners"][1]["conditions"], "Accepted"),
+        ("False".into(), "UnsupportedProtocol".into())
+    );
+    assert_eq!(condition(&gw["conditions"], "Programmed").0, "False");
+
+    // ... and served once one is granted.
+    s.config.write("grant.yaml", GRANT);
+    wait_for("the granted backend", Duration::from_secs(20), || {
+        (s.get(host, "/granted", &[]).body == "reviews-v3").then_some(())
+    });
+    let st = s.status();
+    let special = &st["HTTPRoute default/special"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(special, "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
+    assert_envoy_accepted(&s.router);
+    s.meshd.assert_no_nacks();
+}
