@@ -99,8 +99,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Crds => {
-            print!("{}", crate::crds::yaml());
+        Command::Crds { gateway_api } => {
+            if gateway_api {
+                print!("{}", crate::crds::gateway_api::yaml());
+            } else {
+                print!("{}", crate::crds::yaml());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => explain(*args),

@@ -90,8 +90,12 @@ pub enum Command {
     /// Which listener, filter chain, route and cluster a request reaches through a proxy,
     /// which Istio objects made each step, and the nearest miss when nothing matched.
     Explain(Box<ExplainArgs>),
-    /// Print Istio's CustomResourceDefinitions (what crds/ holds).
-    Crds,
+    /// Print Istio's CustomResourceDefinitions (what crds/crd-all.gen.yaml holds).
+    Crds {
+        /// The Kubernetes Gateway API's instead (crds/gateway-api.gen.yaml).
+        #[arg(long)]
+        gateway_api: bool,
+    },
     /// Inject the sidecar into workloads in a file, offline (like `istioctl kube-inject`).
     #[command(name = "kube-inject")]
     KubeInject {

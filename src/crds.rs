@@ -9,6 +9,8 @@
 //! stored objects), free-form fields marked `x-kubernetes-preserve-unknown-fields`.
 //! Kinds meshd does not model yet keep their whole `spec` (preserve-unknown-fields).
 
+pub mod gateway_api;
+
 use schemars::JsonSchema;
 use serde_json::{Map, Value, json};
 

@@ -332,3 +332,175 @@ fn every_istio_object_in_shared_validates() {
     }
     assert!(errs.is_empty(), "{}", errs.join("\n"));
 }
+
+/// The Gateway API's own CRDs (v1.5.1, experimental channel): `MESHD_GATEWAY_API_CRDS`,
+/// else the Go module cache (scripts/test downloads the module), else None after a
+/// SKIPPED line (a failure under MESHD_REQUIRE_ENVOY=1, where the test command has
+/// installed them).
+fn upstream_gateway_crds() -> Option<Vec<Value>> {
+    let dir = std::env::var_os("MESHD_GATEWAY_API_CRDS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let out = std::process::Command::new("go")
+                .args(["env", "GOMODCACHE"])
+                .output()
+                .ok()?;
+            let cache = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Some(PathBuf::from(cache).join(format!(
+                "sigs.k8s.io/gateway-api@{}/config/crd/experimental",
+                meshd::crds::gateway_api::BUNDLE_VERSION
+            )))
+        })
+        .filter(|d| d.exists());
+    let Some(dir) = dir else {
+        let why = "the Gateway API's CRDs are not here (go mod download sigs.k8s.io/gateway-api@v1.5.1, or set MESHD_GATEWAY_API_CRDS)";
+        assert!(
+            std::env::var("MESHD_REQUIRE_ENVOY").as_deref() != Ok("1"),
+            "{why}"
+        );
+        eprintln!("SKIPPED: comparing with upstream Gateway API CRDs: {why}");
+        return None;
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("CRD folder").flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("gateway.networking.k8s.io_") && name.ends_with(".yaml") {
+            let text = std::fs::read_to_string(e.path()).expect("read");
+            out.extend(
+                docs(&text)
+                    .into_iter()
+                    .filter(|d| d["kind"] == "CustomResourceDefinition"),
+            );
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn gateway_api_crds_file_is_what_meshd_prints() {
+    let file = std::fs::read_to_string(repo().join("crds/gateway-api.gen.yaml"))
+        .expect("crds/gateway-api.gen.yaml");
+    assert!(
+        file == meshd::crds::gateway_api::yaml(),
+        "crds/gateway-api.gen.yaml is stale: run `cargo run --bin meshd -- crds --gateway-api > crds/gateway-api.gen.yaml`"
+    );
+}
+
+/// Same names, scopes, versions (served, storage), printer columns and subresources as
+/// upstream's, and no field of upstream's schemas that ours would prune.
+#[test]
+fn gateway_api_crds_stand_in_for_upstreams() {
+    let Some(theirs) = upstream_gateway_crds() else {
+        return;
+    };
+    let ours = meshd::crds::gateway_api::all();
+    let names = |c: &[Value]| -> BTreeSet<String> {
+        c.iter()
+            .filter_map(|c| c["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(names(&ours), names(&theirs));
+    let mut missing = Vec::new();
+    for t in &theirs {
+        let name = t["metadata"]["name"].as_str().expect("name");
+        let o = by_name(&ours, name).expect("ours");
+        assert_eq!(o["spec"]["scope"], t["spec"]["scope"], "{name}");
+        for f in [
+            "kind",
+            "listKind",
+            "plural",
+            "singular",
+            "shortNames",
+            "categories",
+        ] {
+            assert_eq!(
+                o["spec"]["names"][f], t["spec"]["names"][f],
+                "{name} names.{f}"
+            );
+        }
+        let (tv, ov) = (
+            t["spec"]["versions"].as_array().expect("versions"),
+            o["spec"]["versions"].as_array().expect("versions"),
+        );
+        assert_eq!(tv.len(), ov.len(), "{name} versions");
+        for (tv, ov) in tv.iter().zip(ov) {
+            for f in ["name", "served", "storage", "subresources", "deprecated"] {
+                assert_eq!(ov[f], tv[f], "{name} {}: {f}", tv["name"]);
+            }
+            let cols = |v: &Value| -> Vec<(Value, Value)> {
+                v["additionalPrinterColumns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (c["name"].clone(), c["jsonPath"].clone()))
+                    .collect()
+            };
+            assert_eq!(cols(ov), cols(tv), "{name} {} columns", tv["name"]);
+            let mut all = Vec::new();
+            paths(
+                &tv["schema"]["openAPIV3Schema"]["properties"]["spec"],
+                "",
+                &mut all,
+            );
+            let os = &ov["schema"]["openAPIV3Schema"]["properties"]["spec"];
+            for p in all {
+                if !keeps(os, &p) {
+                    missing.push(format!(
+                        "{name} {}: spec{p}",
+                        tv["name"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} fields of the Gateway API's CRDs would be pruned by ours:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+}
+
+/// Bookinfo's Gateway API samples validate against meshd's CRDs.
+#[test]
+fn bookinfo_gateway_api_samples_validate() {
+    let Some(dir) = shared_or_skip("validating Bookinfo's Gateway API samples") else {
+        return;
+    };
+    let ours = meshd::crds::gateway_api::all();
+    let mut n = 0;
+    let mut errs = Vec::new();
+    for e in std::fs::read_dir(dir.join("bookinfo/gateway-api"))
+        .expect("bookinfo/gateway-api")
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).expect("read");
+        for obj in docs(&text) {
+            let api = obj["apiVersion"].as_str().unwrap_or("");
+            let Some((group, version)) = api.split_once('/') else {
+                continue;
+            };
+            let kind = obj["kind"].as_str().unwrap_or("");
+            let crd = ours
+                .iter()
+                .find(|c| c["spec"]["group"] == group && c["spec"]["names"]["kind"] == kind)
+                .unwrap_or_else(|| panic!("no CRD for {kind}.{group}"));
+            let ver = crd["spec"]["versions"]
+                .as_array()
+                .expect("versions")
+                .iter()
+                .find(|v| v["name"] == version)
+                .unwrap_or_else(|| panic!("{kind} {version} not served"));
+            let mut body = obj.clone();
+            if let Some(m) = body.as_object_mut() {
+                for k in ["apiVersion", "kind", "metadata"] {
+                    m.remove(k);
+                }
+            }
+            validate(&ver["schema"]["openAPIV3Schema"], &body, "", &mut errs);
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "found only {n} objects");
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}

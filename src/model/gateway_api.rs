@@ -77,7 +77,6 @@ gw_api! {
         /// `Terminate` (the default) or `Passthrough`.
         pub mode: Option<String>,
         pub certificate_refs: Vec<ObjectRef>,
-        pub frontend_validation: Option<Value>,
         pub options: BTreeMap<String, String>,
     }
 }
