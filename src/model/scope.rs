@@ -95,12 +95,34 @@ impl Scope {
             .collect();
         // As istiod lists them for a namespace: those exported to it by name (its own
         // private ones included) before the public ones, each group oldest first.
+        // Routes converted from the Gateway API (GAMMA) apply only from the namespace of
+        // the proxy (consumer routes) or of the Service they route (producer routes), and
+        // the consumer's come first, so they win.
+        let gateway_semantics = |v: &VirtualServiceConfig| {
+            v.object
+                .annotations
+                .get(super::gateway_api::convert::ROUTE_SEMANTICS)
+                .is_some_and(|s| s == "gateway")
+        };
+        let producer = |v: &VirtualServiceConfig| {
+            v.hosts.iter().any(|h| {
+                snap.services
+                    .get(h)
+                    .is_some_and(|s| s.namespace == v.key.namespace)
+            })
+        };
         let mut mesh_vs: Vec<&Arc<VirtualServiceConfig>> = snap
             .virtual_services
             .iter()
             .filter(|v| v.applies_to_mesh() && v.visibility.visible_to(namespace))
+            .filter(|v| !gateway_semantics(v) || v.key.namespace == namespace || producer(v))
             .collect();
-        mesh_vs.sort_by_key(|v| matches!(v.visibility, Visibility::Public));
+        mesh_vs.sort_by_key(|v| {
+            (
+                !(gateway_semantics(v) && v.key.namespace == namespace),
+                matches!(v.visibility, Visibility::Public),
+            )
+        });
         let all_hosts = [host::NamespacedHost {
             namespace: "*".into(),
             host: "*".into(),

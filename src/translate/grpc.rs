@@ -95,12 +95,7 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
         .flat_map(|e| e.virtual_services.iter())
         .find(|vs| vs.applies_to_mesh() && vs.hosts.iter().any(|h| h == &svc.hostname));
     let mut routes: Vec<_> = match vs {
-        Some(vs) => vs
-            .spec
-            .http
-            .iter()
-            .flat_map(|r| route::http_rule_routes(ctx, vs, r, port, None))
-            .collect(),
+        Some(vs) => route::vs_routes(ctx, vs, port, None),
         None => Vec::new(),
     };
     if routes.is_empty() {

@@ -911,11 +911,46 @@ fn virtual_service_for<'a>(
 
 /// A VirtualService's HTTP rules as a sidecar's routes on `port`.
 fn sidecar_routes(ctx: &ProxyContext, vs: &VirtualServiceConfig, port: u16) -> Vec<Route> {
-    vs.spec
-        .http
-        .iter()
-        .flat_map(|r| http_rule_routes(ctx, vs, r, port, None))
-        .collect()
+    vs_routes(ctx, vs, port, None)
+}
+
+/// A VirtualService's HTTP rules as routes, up to the first that matches every request
+/// (a rule without a match, or a match on `/` alone): Envoy tries routes in order, so
+/// none after it could be reached — istiod leaves them out too.
+pub(crate) fn vs_routes(
+    ctx: &ProxyContext,
+    vs: &VirtualServiceConfig,
+    port: u16,
+    gateway: Option<&str>,
+) -> Vec<Route> {
+    let mut out = Vec::new();
+    for rule in &vs.spec.http {
+        let routes = http_rule_routes(ctx, vs, rule, port, gateway);
+        let produced = !routes.is_empty();
+        for r in routes {
+            let last = is_catch_all(&r);
+            out.push(r);
+            if last {
+                return out;
+            }
+        }
+        if rule.matches.is_empty() && produced {
+            return out;
+        }
+    }
+    out
+}
+
+/// Whether a route matches every request: path `/` (prefix or path-separated) or the
+/// regex `.*`, and no header or query condition.
+fn is_catch_all(r: &Route) -> bool {
+    let Some(m) = &r.r#match else { return false };
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) | Some(PathSpecifier::PathSeparatedPrefix(p)) => p == "/",
+        Some(PathSpecifier::SafeRegex(re)) => re.regex == ".*",
+        _ => false,
+    };
+    path && m.headers.is_empty() && m.query_parameters.is_empty() && m.dynamic_metadata.is_empty()
 }
 
 /// A service's virtual host on `port`: the routes of its VirtualService, or the default
@@ -1282,12 +1317,7 @@ pub fn gateway_virtual_hosts(
             if !claimed.insert(h.clone()) {
                 continue;
             }
-            let routes: Vec<Route> = vs
-                .spec
-                .http
-                .iter()
-                .flat_map(|r| http_rule_routes(ctx, vs, r, port, Some(gateway)))
-                .collect();
+            let routes = vs_routes(ctx, vs, port, Some(gateway));
             if routes.is_empty() {
                 continue;
             }

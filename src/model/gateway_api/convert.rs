@@ -1235,8 +1235,12 @@ fn destination(
                     "namespace may not be set with Hostname type".into(),
                 ));
             }
+            // Any service by that name: a ServiceEntry host or a Kubernetes Service's.
             let exists = objects.values().any(|o| match &o.spec {
                 Spec::ServiceEntry(se) => se.hosts.contains(&b.name),
+                Spec::Service(_) => {
+                    b.name == format!("{}.{}.svc.{domain}", o.key.name, o.key.namespace)
+                }
                 _ => false,
             });
             (b.name.clone(), exists)
@@ -1258,10 +1262,12 @@ fn destination(
         port: Some(istio::PortSelector { number: port }),
     };
     if !exists {
+        // The route keeps the host (as istiod's does): no cluster answers for it, so its
+        // share of requests gets a 500 — and a Service created later is routed to at once.
         return Err(Invalid::Soft(
             "BackendNotFound",
             format!("backend({host}) not found"),
-            nowhere(Some(port)),
+            dest,
         ));
     }
     Ok(dest)
