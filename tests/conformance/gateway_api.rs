@@ -349,3 +349,41 @@ fn httproutes_through_a_gateway_api_gateway() {
     assert_envoy_accepted(&s.router);
     s.meshd.assert_no_nacks();
 }
+
+/// Bookinfo's own Gateway API samples in the mesh (GAMMA): an HTTPRoute whose parent is
+/// the `reviews` Service splits productpage's calls 90/10 between the version Services,
+/// then sends all of them to v3, as the Istio docs' traffic-shifting task does.
+#[test]
+fn bookinfo_mesh_routes_shift_traffic() {
+    use crate::bookinfo::Bookinfo;
+    let Some(shared) = shared_or_skip("Bookinfo's Gateway API samples") else {
+        return;
+    };
+    let samples = shared.join("bookinfo/gateway-api");
+    // The version Services go where the harness puts a VirtualService; the route beside.
+    let versions = shared.join("bookinfo/platform/kube/bookinfo-versions.yaml");
+    let Some(b) = Bookinfo::start(&versions, Ads::Delta) else {
+        return;
+    };
+    b.config
+        .copy_from(&samples.join("route-reviews-90-10.yaml"), "route.yaml");
+    // Once the route is read, only v1 and v2 answer.
+    wait_for("the route's backends", Duration::from_secs(20), || {
+        let d = b.distribution("reviews", 20, &[]);
+        (d.keys().all(|k| k == "reviews-v1" || k == "reviews-v2") && d.contains_key("reviews-v1"))
+            .then_some(())
+    });
+    let d = b.distribution("reviews", 400, &[]);
+    let v2 = d.get("reviews-v2").copied().unwrap_or(0);
+    assert_eq!(d.get("reviews-v1").copied().unwrap_or(0) + v2, 400, "{d:?}");
+    assert!((20..=60).contains(&v2), "10% ± 5 to v2: {d:?}");
+
+    b.config
+        .copy_from(&samples.join("route-reviews-v3.yaml"), "route.yaml");
+    wait_for("all to v3", Duration::from_secs(20), || {
+        (b.distribution("reviews", 10, &[]).get("reviews-v3") == Some(&10)).then_some(())
+    });
+    let d = b.distribution("reviews", 50, &[]);
+    assert_eq!(d.get("reviews-v3"), Some(&50), "{d:?}");
+    b.assert_healthy();
+}
