@@ -388,8 +388,12 @@ fn compare(scenario: &str, files: &[PathBuf]) {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
-        // A gateway's pod runs a router; every other pod a sidecar.
-        let kind = if pod["metadata"]["labels"]["istio"] == "ingressgateway" {
+        // A gateway's pod (Istio's chart, or a Gateway API Gateway's generated
+        // Deployment) runs a router; every other pod a sidecar.
+        let labels = &pod["metadata"]["labels"];
+        let kind = if labels["istio"] == "ingressgateway"
+            || labels["gateway.networking.k8s.io/gateway-name"].is_string()
+        {
             "router"
         } else {
             "sidecar"
@@ -520,6 +524,20 @@ fn bookinfo_gateway_matches_istiod() {
     .collect();
     files.push(repo().join("tests/data/fidelity/ingressgateway.yaml"));
     compare("bookinfo-gateway", &files);
+}
+
+/// A Gateway API Gateway with HTTPRoutes (precedence across routes, header matches,
+/// rewrite, redirect, a missing backend, weights, a timeout) and a mesh route with
+/// Bookinfo's sidecars.
+#[test]
+fn gateway_api_matches_istiod() {
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
+        .iter()
+        .map(|f| bookinfo.join(f))
+        .collect();
+    files.push(repo().join("tests/data/fidelity/gateway-api.yaml"));
+    compare("gateway-api", &files);
 }
 
 /// Egress: external ServiceEntries (DNS; TLS and HTTP ports), a VirtualService with a

@@ -469,7 +469,7 @@ impl Describer<'_> {
         };
         let rule = vs.spec.http.iter().position(|r| {
             gateways.iter().any(|g| {
-                crate::translate::route::http_rule_routes(self.ctx, vs, r, port, *g)
+                crate::translate::route::http_rule_routes(self.ctx, vs, r, port, *g, false)
                     .iter()
                     .any(|x| x.name == route.name && x.r#match == route.r#match)
             })

@@ -98,8 +98,12 @@ struct GwServer<'a> {
     gw: &'a GatewayConfig,
     server: &'a Server,
     kind: Kind,
-    /// The Gateway's port number (route names and `match.port` use it).
+    /// The Gateway's port number (`match.port` and virtual host names use it).
     number: u16,
+    /// The number in its `http.N` route configuration's name: the Gateway's port for
+    /// Istio Gateways, the port the proxy listens on for Gateway API ones (istiod's
+    /// names for each).
+    route_number: u16,
 }
 
 impl GwServer<'_> {
@@ -144,16 +148,20 @@ fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a
             } else {
                 "0.0.0.0".to_string()
             };
-            by_port
-                .entry((bind, listen_port(ctx, number)))
-                .or_default()
-                .push(GwServer {
-                    gateway: format!("{}/{}", gw.key.namespace, gw.key.name),
-                    gw,
-                    server: s,
-                    kind,
-                    number,
-                });
+            let listen = listen_port(ctx, number);
+            let route_number = if gw.object.annotations.contains_key(SAME_NAMESPACE) {
+                listen
+            } else {
+                number
+            };
+            by_port.entry((bind, listen)).or_default().push(GwServer {
+                gateway: format!("{}/{}", gw.key.namespace, gw.key.name),
+                gw,
+                server: s,
+                kind,
+                number,
+                route_number,
+            });
         }
     }
     by_port
@@ -214,7 +222,7 @@ fn port_listener(
                 filters: vec![http_connection_manager(
                     ctx,
                     &format!("outbound_0.0.0.0_{port}"),
-                    Routes::Rds(naming::gateway_route(first.number)),
+                    Routes::Rds(naming::gateway_route(first.route_number)),
                     false,
                 )],
                 ..Default::default()
@@ -321,7 +329,7 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
         let number: u16 = n.parse().ok()?;
         all.values()
             .flatten()
-            .filter(|s| s.kind == Kind::Http && s.number == number)
+            .filter(|s| s.kind == Kind::Http && s.route_number == number)
             .collect()
     } else if name.starts_with("https.") {
         all.values()
@@ -338,8 +346,14 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     let mut claimed = BTreeSet::new();
     let mut vhosts = Vec::new();
     for s in list {
-        let mut v =
-            route::gateway_virtual_hosts(ctx, &s.gateway, &s.server.hosts, s.number, &mut claimed);
+        let mut v = route::gateway_virtual_hosts(
+            ctx,
+            &s.gateway,
+            &s.server.hosts,
+            s.number,
+            s.kind == Kind::Https,
+            &mut claimed,
+        );
         if s.kind == Kind::Http && s.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
             // Plain HTTP requests are answered with a redirect to https://, for every
             // host of the server, routed or not.

@@ -95,7 +95,7 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
         .flat_map(|e| e.virtual_services.iter())
         .find(|vs| vs.applies_to_mesh() && vs.hosts.iter().any(|h| h == &svc.hostname));
     let mut routes: Vec<_> = match vs {
-        Some(vs) => route::vs_routes(ctx, vs, port, None),
+        Some(vs) => route::vs_routes(ctx, vs, port, None, false),
         None => Vec::new(),
     };
     if routes.is_empty() {

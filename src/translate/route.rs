@@ -471,6 +471,7 @@ pub(crate) fn http_rule_routes(
     rule: &istio::HttpRoute,
     port: u16,
     gateway: Option<&str>,
+    tls: bool,
 ) -> Vec<Route> {
     if rule.delegate.is_some() {
         return vec![];
@@ -537,7 +538,7 @@ pub(crate) fn http_rule_routes(
         route.response_headers_to_remove = resp_remove;
 
         if let Some(r) = &rule.redirect {
-            route.action = Some(Action::Redirect(redirect(r, port)));
+            route.action = Some(Action::Redirect(redirect(r, port, tls)));
         } else if let Some(d) = &rule.direct_response {
             route.action = Some(Action::DirectResponse(direct_response(d)));
         } else {
@@ -564,7 +565,7 @@ pub(crate) fn http_rule_routes(
 
 /// An HTTP redirect; `route_port` is the port the route serves (`derivePort:
 /// FROM_REQUEST_PORT` keeps it, as istiod does, since routes are per port).
-fn redirect(r: &istio::HttpRedirect, route_port: u16) -> rt::RedirectAction {
+fn redirect(r: &istio::HttpRedirect, route_port: u16, tls: bool) -> rt::RedirectAction {
     use rt::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
     let code = match r.redirect_code.unwrap_or(301) {
         302 => RedirectResponseCode::Found,
@@ -580,7 +581,13 @@ fn redirect(r: &istio::HttpRedirect, route_port: u16) -> rt::RedirectAction {
         _ => 0,
     };
     // No explicit :80 for http or :443 for https (when the scheme is known here).
-    if (port == 80 && r.scheme == "http") || (port == 443 && r.scheme == "https") {
+    // The scheme the client will use: the redirect's, else the request's.
+    let scheme = match r.scheme.as_str() {
+        "" if tls => "https",
+        "" => "http",
+        s => s,
+    };
+    if (port == 80 && scheme == "http") || (port == 443 && scheme == "https") {
         port = 0;
     }
     rt::RedirectAction {
@@ -589,12 +596,12 @@ fn redirect(r: &istio::HttpRedirect, route_port: u16) -> rt::RedirectAction {
         response_code: code as i32,
         scheme_rewrite_specifier: (!r.scheme.is_empty())
             .then(|| SchemeRewriteSpecifier::SchemeRedirect(r.scheme.clone())),
-        path_rewrite_specifier: if !r.uri.is_empty() {
-            Some(PathRewriteSpecifier::PathRedirect(r.uri.clone()))
-        } else {
-            r.prefix_rewrite
-                .as_ref()
-                .map(|p| PathRewriteSpecifier::PrefixRewrite(p.clone()))
+        // (An empty path redirect keeps the path, as no rewrite does; istiod writes it.)
+        path_rewrite_specifier: match &r.prefix_rewrite {
+            Some(p) if !p.is_empty() && r.uri.is_empty() => {
+                Some(PathRewriteSpecifier::PrefixRewrite(p.clone()))
+            }
+            _ => Some(PathRewriteSpecifier::PathRedirect(r.uri.clone())),
         },
         ..Default::default()
     }
@@ -865,13 +872,10 @@ fn service_domains(svc: &Service, client_ns: &str, domain_suffix: &str) -> Vec<S
     names
 }
 
-/// A gateway virtual host's domains, as istiod lists them: the host, and the host with
-/// any port (a client may send `Host: name:port`); `*` alone covers everything.
+/// A gateway virtual host's domains, as istiod lists them: the host alone (the route
+/// configuration ignores the port in `Host: name:port`).
 pub fn gateway_domains(host: &str) -> Vec<String> {
-    if host == "*" {
-        return vec!["*".into()];
-    }
-    vec![host.to_string(), format!("{host}:*")]
+    vec![host.to_string()]
 }
 
 /// Whether a service's `port` carries HTTP routes (HTTP, or a protocol to sniff).
@@ -911,21 +915,23 @@ fn virtual_service_for<'a>(
 
 /// A VirtualService's HTTP rules as a sidecar's routes on `port`.
 fn sidecar_routes(ctx: &ProxyContext, vs: &VirtualServiceConfig, port: u16) -> Vec<Route> {
-    vs_routes(ctx, vs, port, None)
+    vs_routes(ctx, vs, port, None, false)
 }
 
 /// A VirtualService's HTTP rules as routes, up to the first that matches every request
 /// (a rule without a match, or a match on `/` alone): Envoy tries routes in order, so
 /// none after it could be reached — istiod leaves them out too.
+/// `tls`: the routes serve requests that came over TLS (a gateway's HTTPS server).
 pub(crate) fn vs_routes(
     ctx: &ProxyContext,
     vs: &VirtualServiceConfig,
     port: u16,
     gateway: Option<&str>,
+    tls: bool,
 ) -> Vec<Route> {
     let mut out = Vec::new();
     for rule in &vs.spec.http {
-        let routes = http_rule_routes(ctx, vs, rule, port, gateway);
+        let routes = http_rule_routes(ctx, vs, rule, port, gateway, tls);
         let produced = !routes.is_empty();
         for r in routes {
             let last = is_catch_all(&r);
@@ -1281,6 +1287,7 @@ pub fn gateway_virtual_hosts(
     gateway: &str,
     server_hosts: &[String],
     port: u16,
+    tls: bool,
     claimed: &mut BTreeSet<String>,
 ) -> Vec<VirtualHost> {
     let mut out = Vec::new();
@@ -1317,7 +1324,7 @@ pub fn gateway_virtual_hosts(
             if !claimed.insert(h.clone()) {
                 continue;
             }
-            let routes = vs_routes(ctx, vs, port, Some(gateway));
+            let routes = vs_routes(ctx, vs, port, Some(gateway), tls);
             if routes.is_empty() {
                 continue;
             }
