@@ -279,9 +279,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             leader.clone(),
             filter_rx,
         );
-        if args.write_status {
-            crate::kube::writer::write_status(client.clone(), leader.clone(), status_rx.clone());
-        }
+        // Gateway API status is always written (a Gateway API controller must); the
+        // status of Istio's kinds only when asked, as istiod's PILOT_ENABLE_STATUS.
+        crate::kube::writer::write_status(
+            client.clone(),
+            leader.clone(),
+            status_rx.clone(),
+            args.write_status,
+        );
         let suffix = if args.revision.is_empty() || args.revision == "default" {
             String::new()
         } else {

@@ -450,11 +450,13 @@ pub fn status_for(diags: &[&crate::model::diagnostic::Diagnostic]) -> serde_json
     })
 }
 
-/// Writes the status of Istio objects whose diagnostics changed, while leading.
+/// Writes, while leading, the status of Gateway API objects and (with `istio`) of Istio
+/// objects, each when it changed.
 pub fn write_status(
     client: Client,
     leader: watch::Receiver<bool>,
     snapshots: watch::Receiver<std::sync::Arc<crate::model::snapshot::Snapshot>>,
+    istio: bool,
 ) {
     use crate::model::object::Kind;
     use kube::api::{ApiResource, DynamicObject};
@@ -484,11 +486,12 @@ pub fn write_status(
             let mut keys: BTreeMap<crate::model::object::ObjectKey, u64> = snap
                 .objects
                 .iter()
-                .filter(|(k, o)| k.kind.is_istio() && !o.is_generated())
+                .filter(|(k, o)| istio && k.kind.is_istio() && !o.is_generated())
                 .map(|(k, o)| (k.clone(), o.hash))
                 .collect();
             for name in by_object.keys() {
                 if let Some(k) = parse_key(name)
+                    && istio
                     && k.kind.is_istio()
                 {
                     keys.entry(k).or_insert(0);

@@ -631,3 +631,166 @@ fn a_token_the_api_server_rejects_gets_no_certificate() {
     });
     drop(meshd);
 }
+
+/// The Gateway API in Kubernetes mode: meshd's Gateway API CRDs pass the API server's
+/// checks; a Gateway and an HTTPRoute applied through the API program a router Envoy;
+/// meshd (the leader) writes the status the conversion computed — GatewayClass
+/// accepted, the Gateway programmed with one attached route, the route accepted — with
+/// the generation it describes, and follows an edit of the route.
+#[test]
+fn gateway_api_objects_from_a_real_api_server() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let dir = TempDir::new("real-gwapi");
+    let Some(api) = real_api(&dir) else { return };
+    istio_crds(&api);
+    apply_file(&api, &repo().join("crds/gateway-api.gen.yaml"));
+    wait_for(
+        "gateway.networking.k8s.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/gateway.networking.k8s.io/v1").ok(),
+    );
+    for sa in ["productpage", "details", "reviews", "ratings"] {
+        api.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": format!("bookinfo-{sa}"), "namespace": "default"}}))
+            .expect("service account");
+    }
+    let bookinfo = repo().join("examples/bookinfo");
+    for f in ["services.yaml", "pods.yaml"] {
+        apply_file(&api, &bookinfo.join(f));
+    }
+    for (pod, ip) in BOOKINFO_PODS {
+        api.set_pod_ready("default", pod, ip).expect("pod status");
+    }
+    let refused = api.apply_text(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pages, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /reviews}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - backendRefs: [{name: productpage, port: 9080}]
+"#,
+    );
+    assert!(refused.is_empty(), "{refused:?}");
+    let backends = Backends::start(&BOOKINFO_PODS, 9080);
+    // The listener wants 8080: meshd's debug port moves.
+    let meshd = Meshd::start_source(
+        &["--kubeconfig".as_ref(), api.kubeconfig.as_os_str()],
+        dir.path(),
+        18080,
+        &["--pod-name", "meshd-0"],
+    );
+    let router = Envoy::start(
+        &NodeSpec {
+            kind: "router",
+            ip: "127.0.0.30",
+            pod: "edge-istio-1",
+            namespace: "default",
+            labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
+            service_account: "edge-istio",
+        },
+        Ads::Delta,
+        15000,
+        dir.path(),
+    );
+    let get = |path: &str| http_get("127.0.0.30:8080", path, &[]).ok();
+    wait_for(
+        "the route through the Gateway",
+        Duration::from_secs(30),
+        || get("/").filter(|r| r.body == "productpage-v1"),
+    );
+    assert_eq!(get("/reviews/1").map(|r| r.status), Some(200));
+
+    // The status, written by meshd into the API.
+    let condition = |obj: &serde_json::Value, path: &[&str], kind: &str| -> Option<String> {
+        let mut v = obj;
+        for p in path {
+            v = match p.parse::<usize>() {
+                Ok(i) => &v[i],
+                Err(_) => &v[*p],
+            };
+        }
+        v.as_array()?
+            .iter()
+            .find(|c| c["type"] == kind)
+            .and_then(|c| c["status"].as_str().map(String::from))
+    };
+    wait_for("the GatewayClass accepted", Duration::from_secs(20), || {
+        let gc = api
+            .get("/apis/gateway.networking.k8s.io/v1/gatewayclasses/istio")
+            .ok()?;
+        (condition(&gc, &["status", "conditions"], "Accepted")? == "True").then_some(())
+    });
+    let gw = wait_for("the Gateway programmed", Duration::from_secs(20), || {
+        let gw = api
+            .get("/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/edge")
+            .ok()?;
+        (condition(&gw, &["status", "conditions"], "Programmed")? == "True").then_some(gw)
+    });
+    assert_eq!(gw["status"]["listeners"][0]["attachedRoutes"], 1, "{gw}");
+    let route_path = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/pages";
+    let route = wait_for("the HTTPRoute accepted", Duration::from_secs(20), || {
+        let r = api.get(route_path).ok()?;
+        (condition(&r, &["status", "parents", "0", "conditions"], "Accepted")? == "True")
+            .then_some(r)
+    });
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(parent["conditions"][0]["observedGeneration"], 1, "{route}");
+
+    // An edit: a backend that does not exist; its requests get 500 and the status says
+    // why, for generation 2.
+    api.apply(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "pages", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "edge"}],
+                 "rules": [{"backendRefs": [{"name": "gone", "port": 9080}]}]},
+    }))
+    .expect("edit");
+    wait_for(
+        "500 for the missing backend",
+        Duration::from_secs(20),
+        || get("/").filter(|r| r.status == 500),
+    );
+    let route = wait_for("ResolvedRefs False", Duration::from_secs(20), || {
+        let r = api.get(route_path).ok()?;
+        (condition(
+            &r,
+            &["status", "parents", "0", "conditions"],
+            "ResolvedRefs",
+        )? == "False")
+            .then_some(r)
+    });
+    let resolved = route["status"]["parents"][0]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "ResolvedRefs"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(resolved["reason"], "BackendNotFound", "{route}");
+    assert_eq!(resolved["observedGeneration"], 2, "{route}");
+    assert_envoy_accepted(&router);
+    drop(router);
+    drop(meshd);
+    drop(backends);
+}
