@@ -648,7 +648,7 @@ async fn status_conditions_follow_diagnostics() {
     };
     let (snap_tx, snap_rx) = watch::channel(build(&set));
     let (leader_tx, leader_rx) = watch::channel(false);
-    meshd::kube::writer::write_status(client(&server), leader_rx, snap_rx);
+    meshd::kube::writer::write_status(client(&server), leader_rx, snap_rx, true);
     leader_tx.send(true).expect("lead");
     let condition = |name: &str| {
         server
