@@ -136,7 +136,8 @@ pub struct Changes {
     pub gateways: bool,
     /// Workloads changed (labels, addresses): proxies of these workloads re-resolve.
     pub workloads: BTreeSet<ObjectKey>,
-    /// Namespaces whose TLS Secrets changed (SDS `kubernetes://` credentials).
+    /// Namespaces whose TLS Secrets or ReferenceGrants changed (SDS `kubernetes://` and
+    /// `kubernetes-gateway://` credentials).
     pub secrets: BTreeSet<String>,
 }
 
@@ -362,7 +363,11 @@ impl Snapshot {
             secrets: {
                 let of = |s: &Snapshot| -> BTreeMap<String, u64> {
                     let mut m: BTreeMap<String, u64> = BTreeMap::new();
-                    for o in super::stages::of_kind(&s.objects, Kind::Secret) {
+                    // ReferenceGrants too: they decide which gateways may read a
+                    // Secret of another namespace.
+                    for o in super::stages::of_kind(&s.objects, Kind::Secret)
+                        .chain(super::stages::of_kind(&s.objects, Kind::ReferenceGrant))
+                    {
                         let e = m.entry(o.key.namespace.clone()).or_insert(0);
                         *e ^= o.hash;
                     }
@@ -651,6 +656,38 @@ impl Snapshot {
             Spec::Secret(s) => Some(s),
             _ => None,
         }
+    }
+
+    /// A Gateway API listener's certificate in another namespace
+    /// (`kubernetes-gateway://NAMESPACE/NAME`): readable by the proxies of namespace
+    /// `from` only when a ReferenceGrant in `namespace` lets Gateways of `from` refer to
+    /// that Secret.
+    pub fn gateway_secret(
+        &self,
+        from: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&super::object::TlsSecret> {
+        let grants: Vec<&Object> = self
+            .objects
+            .range(
+                ObjectKey {
+                    kind: Kind::ReferenceGrant,
+                    namespace: namespace.to_string(),
+                    name: String::new(),
+                }..,
+            )
+            .take_while(|(k, _)| k.kind == Kind::ReferenceGrant && k.namespace == namespace)
+            .map(|(_, o)| &**o)
+            .collect();
+        if from != namespace
+            && !super::gateway_api::convert::granted(
+                &grants, "Gateway", from, "", "Secret", namespace, name,
+            )
+        {
+            return None;
+        }
+        self.tls_secret(namespace, name)
     }
 
     /// Workloads whose address is `ip`.

@@ -180,8 +180,12 @@ pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
 /// The endpoint metadata key auto mTLS matches on.
 pub const TLS_MODE_KEY: &str = "envoy.transport_socket_match";
 
-/// `kubernetes://NAME`: a Secret's certificate and key, served over SDS.
+/// `kubernetes://NAME`: a Secret's certificate and key, served over SDS. A name that is
+/// already a resource name (`kubernetes-gateway://NS/NAME`) is kept.
 pub fn credential_name(name: &str) -> String {
+    if name.contains("://") {
+        return name.to_string();
+    }
     format!("kubernetes://{name}")
 }
 

@@ -22,6 +22,7 @@ use super::watch::{Action, WatchState};
 use super::wire::{self, FieldValue, Outgoing, Wrap};
 use crate::envoy::{pb, type_url};
 use crate::metrics::{Metrics, VersionLabel};
+use crate::model::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL;
 use crate::model::proxy::Proxy;
 use crate::translate::{self, ProxyContext};
 
@@ -192,6 +193,28 @@ impl Stream {
                     }
                 },
                 translate::secret::ROOTCA => translate::secret::root(name, store.root_pem()),
+                // A Gateway API listener's certificate in another namespace: served
+                // only when a ReferenceGrant there names the proxy's own namespace (the
+                // one it authenticated for) — checked here, per request, not trusted
+                // from the configuration the proxy was sent.
+                other if other.starts_with(CROSS_NAMESPACE_CREDENTIAL) => {
+                    let rest = &other[CROSS_NAMESPACE_CREDENTIAL.len()..];
+                    let snap = self.state.snapshot();
+                    let secret = rest
+                        .split_once('/')
+                        .and_then(|(ns, n)| snap.gateway_secret(&id.namespace, ns, n));
+                    match secret.and_then(|s| Some((s.cert.as_ref()?, s.key.as_ref()?))) {
+                        Some((c, k)) => {
+                            translate::secret::workload(name, std::slice::from_ref(c), k)
+                        }
+                        None => {
+                            self.state.metrics.sds_refusals.inc();
+                            warn!(proxy, identity = %id, secret = other,
+                                  "SDS request refused: no such Secret, or no ReferenceGrant for the proxy's namespace");
+                            continue;
+                        }
+                    }
+                }
                 // DestinationRule credentialName: a Secret of the proxy's own namespace
                 // (the one it authenticated for), never another's.
                 other if other.starts_with("kubernetes://") => {

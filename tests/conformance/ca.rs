@@ -270,7 +270,9 @@ fn csr_api_issues_verifiable_certificates_and_refuses_impostors() {
     let _ = Duration::ZERO;
 }
 
-/// SDS on 15012 gives a proxy its own secrets and nothing else.
+/// SDS on 15012 gives a proxy its own secrets and nothing else; a Gateway API
+/// certificate of another namespace (`kubernetes-gateway://NS/NAME`) only to proxies of
+/// a namespace a ReferenceGrant there names.
 #[test]
 fn sds_serves_only_the_callers_own_secrets() {
     use envoy_types::pb::envoy::config::core::v3::Node;
@@ -287,6 +289,16 @@ fn sds_serves_only_the_callers_own_secrets() {
     config.copy_from(
         &repo().join("examples/bookinfo/services.yaml"),
         "services.yaml",
+    );
+    let edge_ca = TestCa::new("edge-ca");
+    let (cert, key) = edge_ca.leaf("edge-1", &["edge.example.com"]);
+    config.write(
+        "edge-cert.yaml",
+        &format!(
+            "{}---\n{}",
+            tls_secret_yaml("edge-cert", "certs", &cert, &key, &edge_ca.pem, None),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {name: edge, namespace: certs}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: granted}]\n  to: [{group: \"\", kind: Secret, name: edge-cert}]\n"
+        ),
     );
     let issuer = TokenIssuer::new("k1");
     let jwks = dir.path().join("jwks.json");
@@ -324,6 +336,7 @@ fn sds_serves_only_the_callers_own_secrets() {
                         "ROOTCA".into(),
                         "kubernetes://ratings-credential".into(),
                         "spiffe://cluster.local/ns/default/sa/bookinfo-ratings".into(),
+                        "kubernetes-gateway://certs/edge-cert".into(),
                     ],
                     ..Default::default()
                 })
@@ -388,6 +401,21 @@ fn sds_serves_only_the_callers_own_secrets() {
             "openssl verify of the SDS certificate: {out}"
         );
 
+        // A proxy of the namespace the ReferenceGrant names gets that certificate too.
+        let granted = issuer.token("granted", "edge-istio", "istio-ca", 600, "k1");
+        let (first, _tx) = open(node("granted"), Some(granted)).await;
+        let resp = first.expect("ok").expect("a response");
+        let names: Vec<String> = resp
+            .resources
+            .iter()
+            .map(|a| Secret::decode(a.value.as_slice()).expect("secret").name)
+            .collect();
+        assert_eq!(
+            names,
+            ["ROOTCA", "default", "kubernetes-gateway://certs/edge-cert"],
+            "its own and the granted certificate"
+        );
+
         // A node claiming another namespace than its credentials: refused.
         let (first, _tx) = open(node("other"), Some(token.clone())).await;
         let e = first.expect_err("refused");
@@ -403,7 +431,7 @@ fn sds_serves_only_the_callers_own_secrets() {
         .expect("metrics")
         .body;
     assert!(
-        m.contains("meshd_sds_refusals 2\n"),
-        "both foreign secrets counted:\n{m}"
+        m.contains("meshd_sds_refusals 5\n"),
+        "the three foreign secrets of default, the two of granted, counted:\n{m}"
     );
 }

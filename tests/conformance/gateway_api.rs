@@ -193,36 +193,41 @@ impl Setup {
         self.apps[i].requests()
     }
 
-    /// `meshd status -o json` on the test's configuration: the status of each object.
     fn status(&self) -> BTreeMap<String, serde_json::Value> {
-        let out = Command::new(meshd_bin())
-            .args(["status", "-o", "json", "--config-dir"])
-            .arg(self.config.path())
-            .output()
-            .expect("meshd status");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        list["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|o| {
-                let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
-                (
-                    format!(
-                        "{} {ns}/{}",
-                        o["kind"].as_str().unwrap_or(""),
-                        o["metadata"]["name"].as_str().unwrap_or("")
-                    ),
-                    o["status"].clone(),
-                )
-            })
-            .collect()
+        status_of(&self.config)
     }
+}
+
+/// `meshd status -o json` on a test's configuration: the status of each object, by
+/// `Kind namespace/name`.
+fn status_of(config: &TempDir) -> BTreeMap<String, serde_json::Value> {
+    let out = Command::new(meshd_bin())
+        .args(["status", "-o", "json", "--config-dir"])
+        .arg(config.path())
+        .output()
+        .expect("meshd status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
+            (
+                format!(
+                    "{} {ns}/{}",
+                    o["kind"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or("")
+                ),
+                o["status"].clone(),
+            )
+        })
+        .collect()
 }
 
 /// The condition `kind` of a condition list: (status, reason).
@@ -386,4 +391,129 @@ fn bookinfo_mesh_routes_shift_traffic() {
     let d = b.distribution("reviews", 50, &[]);
     assert_eq!(d.get("reviews-v3"), Some(&50), "{d:?}");
     b.assert_healthy();
+}
+
+const SECURE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: certs}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: secure, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: bookinfo
+    port: 8443
+    protocol: HTTPS
+    hostname: bookinfo.example.com
+    tls: {certificateRefs: [{name: bookinfo-cert}]}
+  - name: other
+    port: 8443
+    protocol: HTTPS
+    hostname: other.example.com
+    tls: {certificateRefs: [{name: other-cert, namespace: certs}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pages, namespace: default}
+spec:
+  parentRefs: [{name: secure}]
+  rules:
+  - backendRefs: [{name: productpage, port: 9080}]
+"#;
+
+/// Lets Gateways of `default` use Secret `certs/other-cert`.
+const CERT_GRANT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: gateways-of-default, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: default}]
+  to: [{group: "", kind: Secret, name: other-cert}]
+"#;
+
+/// HTTPS listeners terminating TLS with certificates from Secrets over SDS: one of the
+/// Gateway's namespace; one of another namespace, refused until a ReferenceGrant allows
+/// it (the listener reports RefNotPermitted and no certificate is served), then served.
+#[test]
+fn https_listeners_take_certificates_from_secrets() {
+    let Some((dir, config)) = envoy_test("gwapi-tls") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    let ca = TestCa::new("gw-ca");
+    let (cert, key) = ca.leaf("bookinfo-1", &["bookinfo.example.com"]);
+    config.write(
+        "bookinfo-cert.yaml",
+        &tls_secret_yaml("bookinfo-cert", "default", &cert, &key, &ca.pem, None),
+    );
+    let (cert, key) = ca.leaf("other-1", &["other.example.com"]);
+    config.write(
+        "other-cert.yaml",
+        &tls_secret_yaml("other-cert", "certs", &cert, &key, &ca.pem, None),
+    );
+    config.write("secure.yaml", SECURE);
+    let _backends = Backends::start(&PODS, 9080);
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let node = NodeSpec {
+        labels: &[("gateway.networking.k8s.io/gateway-name", "secure")],
+        ..EDGE
+    };
+    // Certificates come over SDS, only to a gateway authenticated for its namespace.
+    let router = Envoy::start_with(
+        &node,
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token("default", node.service_account, "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let https = |sni: &str| https_get("127.0.0.1:8443", sni, "/", &ca.pem, None);
+    let r = wait_for(
+        "HTTPS with the namespace's certificate",
+        Duration::from_secs(20),
+        || https("bookinfo.example.com").ok(),
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage-v1"));
+    assert_eq!(r.server_cn, "bookinfo-1");
+    // Another namespace's certificate without a grant: not served.
+    assert!(
+        https("other.example.com").map(|r| r.server_cn).ok() != Some("other-1".into()),
+        "certs/other-cert served without a ReferenceGrant"
+    );
+    let st = status_of(&config);
+    let other = &st["Gateway default/secure"]["listeners"][1];
+    assert_eq!(
+        condition(&other["conditions"], "ResolvedRefs"),
+        ("False".into(), "RefNotPermitted".into()),
+        "{other}"
+    );
+
+    config.write("grant.yaml", CERT_GRANT);
+    let r = wait_for(
+        "HTTPS with the granted certificate",
+        Duration::from_secs(20),
+        || {
+            https("other.example.com")
+                .ok()
+                .filter(|r| r.server_cn == "other-1")
+        },
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "productpage-v1"));
+    let st = status_of(&config);
+    let other = &st["Gateway default/secure"]["listeners"][1];
+    assert_eq!(
+        condition(&other["conditions"], "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into()),
+        "{other}"
+    );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
 }
