@@ -166,7 +166,7 @@ const DEFS: &[GwDef] = &[
         columns: &[AGE],
         deprecated: &[],
         bare: &[],
-        spec: free_form,
+        spec: schema_of::<gw::StreamRouteSpec>,
     },
     GwDef {
         kind: "TLSRoute",
@@ -178,7 +178,7 @@ const DEFS: &[GwDef] = &[
         columns: &[AGE],
         deprecated: &["v1alpha2", "v1alpha3"],
         bare: &[],
-        spec: free_form,
+        spec: schema_of::<gw::StreamRouteSpec>,
     },
     GwDef {
         kind: "UDPRoute",

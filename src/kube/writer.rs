@@ -542,6 +542,8 @@ pub fn write_status(
                     Kind::GatewayClass => "gatewayclasses",
                     Kind::KubeGateway => "gateways",
                     Kind::HTTPRoute => "httproutes",
+                    Kind::TLSRoute => "tlsroutes",
+                    Kind::TCPRoute => "tcproutes",
                     _ => continue,
                 };
                 let ar = ApiResource {

@@ -374,3 +374,46 @@ gw_api! {
         pub name: Option<String>,
     }
 }
+
+gw_api! {
+    /// TLSRoute (SNI hostnames) and TCPRoute (none) share this shape.
+    pub struct StreamRouteSpec {
+        pub parent_refs: Vec<ParentRef>,
+        pub hostnames: Vec<String>,
+        pub rules: Vec<StreamRouteRule>,
+        pub use_default_gateways: Option<String>,
+    }
+}
+
+gw_api! {
+    pub struct StreamRouteRule {
+        pub name: Option<String>,
+        pub backend_refs: Vec<WeightedBackendRef>,
+    }
+}
+
+gw_api! {
+    pub struct WeightedBackendRef {
+        pub group: Option<String>,
+        pub kind: Option<String>,
+        pub name: String,
+        pub namespace: Option<String>,
+        pub port: Option<u32>,
+        pub weight: Option<u32>,
+    }
+}
+
+impl WeightedBackendRef {
+    pub fn backend(&self) -> BackendRef {
+        BackendRef {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
+}

@@ -46,6 +46,8 @@ pub enum Kind {
     KubeGateway,
     HTTPRoute,
     ReferenceGrant,
+    TLSRoute,
+    TCPRoute,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -58,8 +60,6 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
     ("gateway.networking.k8s.io", "GRPCRoute"),
-    ("gateway.networking.k8s.io", "TCPRoute"),
-    ("gateway.networking.k8s.io", "TLSRoute"),
     ("gateway.networking.k8s.io", "UDPRoute"),
     ("gateway.networking.k8s.io", "ListenerSet"),
     ("gateway.networking.k8s.io", "XListenerSet"),
@@ -67,7 +67,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 23] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -91,6 +91,8 @@ impl Kind {
         Kind::KubeGateway,
         Kind::HTTPRoute,
         Kind::ReferenceGrant,
+        Kind::TLSRoute,
+        Kind::TCPRoute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +120,8 @@ impl Kind {
             Kind::KubeGateway => "Gateway",
             Kind::HTTPRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::TLSRoute => "TLSRoute",
+            Kind::TCPRoute => "TCPRoute",
         }
     }
 
@@ -132,9 +136,12 @@ impl Kind {
             | Kind::Secret
             | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::GatewayClass | Kind::KubeGateway | Kind::HTTPRoute | Kind::ReferenceGrant => {
-                gateway_api::GROUP
-            }
+            Kind::GatewayClass
+            | Kind::KubeGateway
+            | Kind::HTTPRoute
+            | Kind::ReferenceGrant
+            | Kind::TLSRoute
+            | Kind::TCPRoute => gateway_api::GROUP,
             Kind::Telemetry => "telemetry.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
@@ -150,6 +157,12 @@ impl Kind {
         }
         if self == Kind::Telemetry {
             return &["v1", "v1alpha1"];
+        }
+        if self == Kind::TLSRoute {
+            return &["v1", "v1alpha2", "v1alpha3"];
+        }
+        if self == Kind::TCPRoute {
+            return &["v1alpha2"];
         }
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
@@ -373,6 +386,8 @@ pub enum Spec {
     KubeGateway(gateway_api::GatewaySpec),
     HTTPRoute(gateway_api::HttpRouteSpec),
     ReferenceGrant(gateway_api::ReferenceGrantSpec),
+    TLSRoute(gateway_api::StreamRouteSpec),
+    TCPRoute(gateway_api::StreamRouteSpec),
 }
 
 /// One stored configuration object.
@@ -746,6 +761,8 @@ fn parse_spec(
         Kind::KubeGateway => Spec::KubeGateway(istio_spec(key, spec, lines, origin)?),
         Kind::HTTPRoute => Spec::HTTPRoute(istio_spec(key, spec, lines, origin)?),
         Kind::ReferenceGrant => Spec::ReferenceGrant(istio_spec(key, spec, lines, origin)?),
+        Kind::TLSRoute => Spec::TLSRoute(istio_spec(key, spec, lines, origin)?),
+        Kind::TCPRoute => Spec::TCPRoute(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::Node => {
             let labels = meta.get("labels").cloned().unwrap_or(Value::Null);

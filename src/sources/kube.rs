@@ -170,6 +170,13 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
             "ReferenceGrant",
             "referencegrants",
         ),
+        w(
+            GATEWAY_API,
+            &["v1", "v1alpha2", "v1alpha3"],
+            "TLSRoute",
+            "tlsroutes",
+        ),
+        w(GATEWAY_API, &["v1alpha2"], "TCPRoute", "tcproutes"),
     ]
 }
 

@@ -27,7 +27,8 @@ const PODS: [(&str, &str); 4] = [
     ("reviews-v3", "127.0.0.14"),
 ];
 
-const CONFIG: &str = r#"
+/// A Service per reviews version, as Bookinfo's bookinfo-versions.yaml has them.
+const VERSIONS: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: reviews-v1}
@@ -41,7 +42,9 @@ metadata: {name: reviews-v2}
 spec:
   selector: {app: reviews, version: v2}
   ports: [{name: http, port: 9080}]
----
+"#;
+
+const CONFIG: &str = r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: other, labels: {team: other}}
@@ -157,6 +160,7 @@ impl Setup {
         for f in ["services.yaml", "pods.yaml"] {
             config.copy_from(&repo().join("examples/bookinfo").join(f), f);
         }
+        config.write("versions.yaml", VERSIONS);
         config.write("gateway-api.yaml", CONFIG);
         // Each pod answers with its name and the path it was asked for.
         let apps = PODS
@@ -514,6 +518,124 @@ fn https_listeners_take_certificates_from_secrets() {
         ("True".into(), "ResolvedRefs".into()),
         "{other}"
     );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}
+
+const STREAMS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  endpoints: [{address: 127.0.1.60}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: tls
+    port: 9443
+    protocol: TLS
+    hostname: "*.example.com"
+    tls: {mode: Passthrough}
+  - name: tcp
+    port: 9000
+    protocol: TCP
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: secure, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: tls}]
+  hostnames: [secure.example.com]
+  rules:
+  - backendRefs: [{group: networking.istio.io, kind: Hostname, name: secure.example.com, port: 8443}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: tcp}]
+  rules:
+  - backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 75}
+    - {name: reviews-v2, port: 9080, weight: 25}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: misplaced, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: tls}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 9080}]
+"#;
+
+/// TLS passthrough chosen by SNI (a TLSRoute to a ServiceEntry host) and a weighted
+/// TCPRoute, through a Gateway API Gateway; a TCPRoute on a TLS listener is not admitted.
+#[test]
+fn tls_and_tcp_routes_through_a_gateway() {
+    let Some((dir, config)) = envoy_test("gwapi-l4") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    config.write("versions.yaml", VERSIONS);
+    config.write("streams.yaml", STREAMS);
+    let ca = TestCa::new("l4-ca");
+    let (cert, key) = ca.leaf("secure-backend", &["secure.example.com"]);
+    let _tls = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);
+    let _backends = Backends::start(&PODS, 9080);
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+    let router = Envoy::start(&EDGE, Ads::Delta, 15000, dir.path());
+
+    let https = |sni: &str| https_get("127.0.0.1:9443", sni, "/", &ca.pem, None);
+    let r = wait_for("TLS passthrough", Duration::from_secs(20), || {
+        https("secure.example.com").ok()
+    });
+    assert_eq!(
+        r.server_cn, "secure-backend",
+        "the backend's own certificate"
+    );
+    assert_eq!(r.body, "sni=secure.example.com client=none");
+    assert!(
+        https("other.example.com").is_err(),
+        "no route for that name"
+    );
+
+    wait_for("TCP through the gateway", Duration::from_secs(20), || {
+        http_get("127.0.0.1:9000", "/", &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let d = tcp_distribution("127.0.0.1:9000", 400);
+    let v1 = d.get("reviews-v1").copied().unwrap_or(0);
+    assert_eq!(v1 + d.get("reviews-v2").copied().unwrap_or(0), 400, "{d:?}");
+    assert!((260..=340).contains(&v1), "75% ± 10 to v1: {d:?}");
+
+    let st = status_of(&config);
+    let accepted = |route: &str| condition(&st[route]["parents"][0]["conditions"], "Accepted");
+    assert_eq!(
+        accepted("TLSRoute default/secure"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        accepted("TCPRoute default/reviews"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        accepted("TCPRoute default/misplaced"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
+    let gw = &st["Gateway default/edge"];
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 1, "{gw}");
+    assert_eq!(gw["listeners"][1]["attachedRoutes"], 1, "{gw}");
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }

@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use super::status::{Condition, ListenerStatus, ParentStatus, Statuses};
 use super::{
     BackendRef, GATEWAY_NAME_LABEL, GROUP, GatewaySpec, HeaderModifier, HttpBackendRef,
-    HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ISTIO_CONTROLLER, Listener, ReferenceGrantSpec,
+    HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ISTIO_CONTROLLER, Listener, ParentRef,
+    ReferenceGrantSpec,
 };
 use crate::model::diagnostic::Diagnostic;
 use crate::model::istio::{self, Duration};
@@ -67,8 +68,9 @@ struct ListenerRef<'a> {
     internal: String,
     /// Namespaces whose routes it admits (`*` for all).
     namespaces: Vec<String>,
-    /// Whether it carries HTTP (HTTP, or HTTPS terminated here).
-    http: bool,
+    /// The route kinds its protocol carries (HTTPRoute on HTTP and HTTPS terminated
+    /// here, TLSRoute on TLS, TCPRoute on TCP).
+    route_kinds: Vec<&'static str>,
     kinds: Vec<(String, String)>,
 }
 
@@ -155,12 +157,16 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             let name = format!("{}~{GENERATED}~{}", gw.key.name, l.name);
             let internal = format!("{}/{name}", gw.key.namespace);
             let (namespaces_allowed, kinds) = allowed(gw, l, &namespaces);
-            let http = server.port.protocol == "HTTP"
-                || (server.port.protocol == "HTTPS"
-                    && server
-                        .tls
-                        .as_ref()
-                        .is_some_and(|t| t.mode != istio::ServerTlsMode::PASSTHROUGH));
+            let passthrough = server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == istio::ServerTlsMode::PASSTHROUGH);
+            let route_kinds = match server.port.protocol.as_str() {
+                "HTTP" => vec!["HTTPRoute"],
+                "HTTPS" if !passthrough => vec!["HTTPRoute"],
+                "HTTPS" | "TLS" => vec!["TLSRoute"],
+                _ => vec!["TCPRoute"],
+            };
             out.objects.push(generated(
                 gw,
                 ObjectKey {
@@ -179,7 +185,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 listener: l,
                 internal,
                 namespaces: namespaces_allowed,
-                http,
+                route_kinds,
                 kinds,
             });
         }
@@ -205,6 +211,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
     }
 
     // Routes.
+    let served: BTreeSet<ObjectKey> = gateway_status.keys().cloned().collect();
     let mut attached: BTreeMap<(ObjectKey, String), u32> = BTreeMap::new();
     // Merge key → the VirtualServices made for it (one per route).
     let mut merged: BTreeMap<String, Vec<Bound>> = BTreeMap::new();
@@ -218,88 +225,41 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             let ns = p.namespace.clone().unwrap_or(route.key.namespace.clone());
             match (p.group(), p.kind()) {
                 (GROUP, "Gateway") => {
-                    let gw_key = ObjectKey {
-                        kind: Kind::KubeGateway,
-                        namespace: ns.clone(),
-                        name: p.name.clone(),
+                    let Some(found) =
+                        gateway_parent(route, p, "HTTPRoute", &spec.hostnames, &listeners, &served)
+                    else {
+                        continue;
                     };
-                    if !gateway_status.contains_key(&gw_key) {
-                        // Not a Gateway meshd serves: another controller reports on it.
-                        continue;
-                    }
-                    let candidates: Vec<&ListenerRef> = listeners
-                        .iter()
-                        .filter(|l| l.gateway.key == gw_key)
-                        .filter(|l| {
-                            p.section_name
-                                .as_ref()
-                                .is_none_or(|s| *s == l.listener.name)
-                        })
-                        .filter(|l| p.port.is_none_or(|port| port == l.listener.port))
-                        .collect();
                     let mut st = ParentStatus::new(p, i);
-                    if candidates.is_empty() {
-                        st.accepted = Some(Condition::fail(
-                            "Accepted",
-                            "NoMatchingParent",
-                            "no listener of the parent matches its sectionName and port",
-                        ));
-                        st.resolved = rules.resolved.clone();
-                        parents.push(st);
-                        continue;
-                    }
-                    let admitting: Vec<&&ListenerRef> = candidates
-                        .iter()
-                        .filter(|l| {
-                            l.http
-                                && (l
-                                    .namespaces
-                                    .iter()
-                                    .any(|n| n == "*" || *n == route.key.namespace))
-                                && (l.kinds.is_empty()
-                                    || l.kinds.iter().any(|(g, k)| g == GROUP && k == "HTTPRoute"))
-                        })
-                        .collect();
-                    if admitting.is_empty() {
-                        st.accepted = Some(Condition::fail(
-                            "Accepted",
-                            "NotAllowedByListeners",
-                            "no listener of the parent admits routes of this kind from this namespace",
-                        ));
-                        st.resolved = rules.resolved.clone();
-                        parents.push(st);
-                        continue;
-                    }
-                    let mut any_host = false;
-                    for l in admitting {
-                        let hosts = intersect(l.listener.hostname.as_deref(), &spec.hostnames);
-                        if hosts.is_empty() {
-                            continue;
-                        }
-                        any_host = true;
-                        *attached
-                            .entry((gw_key.clone(), l.listener.name.clone()))
-                            .or_insert(0) += 1;
-                        if rules.error.is_some() {
-                            continue;
-                        }
-                        for h in hosts {
-                            merged
-                                .entry(format!("{}/{h}", l.internal))
-                                .or_default()
-                                .push((route, rules.gateway.clone(), h, l.internal.clone()));
-                        }
-                    }
-                    st.accepted = Some(match (&rules.error, any_host) {
-                        (_, false) => Condition::fail(
-                            "Accepted",
-                            "NoMatchingListenerHostname",
-                            "no hostname of the route matches a listener's hostname",
-                        ),
-                        (Some(e), true) => Condition::fail("Accepted", "UnsupportedValue", e),
-                        (None, true) => Condition::ok("Accepted", "Accepted", "Route was valid"),
-                    });
                     st.resolved = rules.resolved.clone();
+                    match found {
+                        Err(c) => st.accepted = Some(c),
+                        Ok(on) => {
+                            for (l, hosts) in on {
+                                *attached
+                                    .entry((l.gateway.key.clone(), l.listener.name.clone()))
+                                    .or_insert(0) += 1;
+                                if rules.error.is_some() {
+                                    continue;
+                                }
+                                for h in hosts {
+                                    merged
+                                        .entry(format!("{}/{h}", l.internal))
+                                        .or_default()
+                                        .push((
+                                            route,
+                                            rules.gateway.clone(),
+                                            h,
+                                            l.internal.clone(),
+                                        ));
+                                }
+                            }
+                            st.accepted = Some(match &rules.error {
+                                Some(e) => Condition::fail("Accepted", "UnsupportedValue", e),
+                                None => Condition::ok("Accepted", "Accepted", "Route was valid"),
+                            });
+                        }
+                    }
                     parents.push(st);
                 }
                 ("", "Service") => {
@@ -370,6 +330,163 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         );
     }
 
+    // TLSRoutes and TCPRoutes: one VirtualService per parent and hostname, unmerged (a
+    // listener takes one such route), as istiod makes them.
+    for kind in [Kind::TLSRoute, Kind::TCPRoute] {
+        let tls = kind == Kind::TLSRoute;
+        let tag = if tls { "tls" } else { "tcp" };
+        for route in of_kind(kind) {
+            let (Spec::TLSRoute(spec) | Spec::TCPRoute(spec)) = &route.spec else {
+                continue;
+            };
+            let rules = convert_stream_rules(route, spec, objects, &grants, domain);
+            out.diagnostics.extend(rules.diagnostics.iter().cloned());
+            let hostnames: &[String] = if tls { &spec.hostnames } else { &[] };
+            let mut parents = Vec::new();
+            let mut count = 0;
+            for (i, p) in spec.parent_refs.iter().enumerate() {
+                let mut st = ParentStatus::new(p, i);
+                st.resolved = rules.resolved.clone();
+                // What to make for each place the route attaches.
+                let mut made: Vec<Attached> = Vec::new();
+                match (p.group(), p.kind()) {
+                    (GROUP, "Gateway") => {
+                        let Some(found) =
+                            gateway_parent(route, p, kind.name(), hostnames, &listeners, &served)
+                        else {
+                            continue;
+                        };
+                        match found {
+                            Err(c) => st.accepted = Some(c),
+                            Ok(on) => {
+                                for (l, hosts) in on {
+                                    *attached
+                                        .entry((l.gateway.key.clone(), l.listener.name.clone()))
+                                        .or_insert(0) += 1;
+                                    let vs_hosts =
+                                        if tls { hosts.clone() } else { vec!["*".into()] };
+                                    for h in vs_hosts {
+                                        made.push(Attached {
+                                            host: h,
+                                            gateway: l.internal.clone(),
+                                            sni: hosts.clone(),
+                                            port: None,
+                                        });
+                                    }
+                                }
+                                st.accepted = Some(accepted(&rules.error));
+                            }
+                        }
+                    }
+                    ("", "Service") => {
+                        let ns = p.namespace.clone().unwrap_or(route.key.namespace.clone());
+                        let svc = ObjectKey {
+                            kind: Kind::Service,
+                            namespace: ns.clone(),
+                            name: p.name.clone(),
+                        };
+                        if !objects.contains_key(&svc) {
+                            st.accepted = Some(Condition::fail(
+                                "Accepted",
+                                "NoMatchingParent",
+                                &format!("parent Service {ns}/{} not found", p.name),
+                            ));
+                        } else {
+                            let host = format!("{}.{ns}.svc.{domain}", p.name);
+                            let sni = if hostnames.is_empty() {
+                                vec![host.clone()]
+                            } else {
+                                hostnames.to_vec()
+                            };
+                            made.push(Attached {
+                                host,
+                                gateway: "mesh".into(),
+                                sni,
+                                port: p.port,
+                            });
+                            st.accepted = Some(accepted(&rules.error));
+                        }
+                    }
+                    (g, k) => {
+                        st.accepted = Some(Condition::fail(
+                            "Accepted",
+                            "InvalidParentRef",
+                            &format!("parentRef of group {g:?} kind {k:?} is not supported"),
+                        ));
+                    }
+                }
+                parents.push(st);
+                if rules.error.is_some() {
+                    continue;
+                }
+                for Attached {
+                    host,
+                    gateway,
+                    sni,
+                    port,
+                } in made
+                {
+                    let mesh = gateway == "mesh";
+                    let routes = if mesh { &rules.mesh } else { &rules.gateway };
+                    let mut vs = istio::VirtualService {
+                        hosts: vec![host],
+                        gateways: vec![gateway],
+                        ..Default::default()
+                    };
+                    for r in routes {
+                        if tls {
+                            vs.tls.push(istio::TlsRoute {
+                                matches: vec![istio::TlsMatchAttributes {
+                                    sni_hosts: sni.clone(),
+                                    port,
+                                    ..Default::default()
+                                }],
+                                route: r.clone(),
+                            });
+                        } else {
+                            vs.tcp.push(istio::TcpRoute {
+                                matches: port
+                                    .map(|port| istio::L4MatchAttributes {
+                                        port: Some(port),
+                                        ..Default::default()
+                                    })
+                                    .into_iter()
+                                    .collect(),
+                                route: r.clone(),
+                            });
+                        }
+                    }
+                    out.objects.push(generated(
+                        route,
+                        ObjectKey {
+                            kind: Kind::VirtualService,
+                            namespace: route.key.namespace.clone(),
+                            name: format!("{}~{tag}~{count}~{GENERATED}", route.key.name),
+                        },
+                        Spec::VirtualService(vs),
+                        &[
+                            (ROUTE_SEMANTICS, "gateway"),
+                            (
+                                PARENTS,
+                                &format!(
+                                    "{}/{}.{}",
+                                    kind.name(),
+                                    route.key.name,
+                                    route.key.namespace
+                                ),
+                            ),
+                        ],
+                    ));
+                    count += 1;
+                }
+            }
+            out.statuses.set(
+                &route.key,
+                json!({"parents": parents.iter().map(|p| p.json(route)).collect::<Vec<_>>()}),
+            );
+        }
+    }
+
     // One VirtualService per merge key, routes of older HTTPRoutes first, then sorted by
     // the Gateway API's precedence (stable, so that order breaks ties).
     for (key, mut vses) in merged {
@@ -429,6 +546,173 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 "listeners": ls,
             }),
         );
+    }
+    out
+}
+
+/// A listener a route attaches to, with the hostnames the route serves there.
+type OnListener<'l, 'o> = (&'l ListenerRef<'o>, Vec<String>);
+
+/// A route's Gateway parent: the listeners it attaches to, each with the hostnames the
+/// route serves there, or the condition saying why it attaches to none. None when the
+/// parent is not a Gateway meshd serves (another controller reports on it).
+fn gateway_parent<'l, 'o>(
+    route: &Object,
+    p: &ParentRef,
+    kind: &str,
+    hostnames: &[String],
+    listeners: &'l [ListenerRef<'o>],
+    served: &BTreeSet<ObjectKey>,
+) -> Option<Result<Vec<OnListener<'l, 'o>>, Condition>> {
+    let gw_key = ObjectKey {
+        kind: Kind::KubeGateway,
+        namespace: p.namespace.clone().unwrap_or(route.key.namespace.clone()),
+        name: p.name.clone(),
+    };
+    if !served.contains(&gw_key) {
+        return None;
+    }
+    let candidates: Vec<&ListenerRef> = listeners
+        .iter()
+        .filter(|l| l.gateway.key == gw_key)
+        .filter(|l| {
+            p.section_name
+                .as_ref()
+                .is_none_or(|s| *s == l.listener.name)
+        })
+        .filter(|l| p.port.is_none_or(|port| port == l.listener.port))
+        .collect();
+    if candidates.is_empty() {
+        return Some(Err(Condition::fail(
+            "Accepted",
+            "NoMatchingParent",
+            "no listener of the parent matches its sectionName and port",
+        )));
+    }
+    let admitting: Vec<&ListenerRef> = candidates
+        .into_iter()
+        .filter(|l| {
+            l.route_kinds.contains(&kind)
+                && l.namespaces
+                    .iter()
+                    .any(|n| n == "*" || *n == route.key.namespace)
+                && (l.kinds.is_empty() || l.kinds.iter().any(|(g, k)| g == GROUP && k == kind))
+        })
+        .collect();
+    if admitting.is_empty() {
+        return Some(Err(Condition::fail(
+            "Accepted",
+            "NotAllowedByListeners",
+            "no listener of the parent admits routes of this kind from this namespace",
+        )));
+    }
+    let on: Vec<(&ListenerRef, Vec<String>)> = admitting
+        .into_iter()
+        .map(|l| (l, intersect(l.listener.hostname.as_deref(), hostnames)))
+        .filter(|(_, hosts)| !hosts.is_empty())
+        .collect();
+    if on.is_empty() {
+        return Some(Err(Condition::fail(
+            "Accepted",
+            "NoMatchingListenerHostname",
+            "no hostname of the route matches a listener's hostname",
+        )));
+    }
+    Some(Ok(on))
+}
+
+/// Where a TLSRoute or TCPRoute attaches: its VirtualService's host and gateway (`mesh`
+/// for a Service parent), the SNI names it matches (TLS) and the port (a mesh parent's).
+struct Attached {
+    host: String,
+    gateway: String,
+    sni: Vec<String>,
+    port: Option<u32>,
+}
+
+/// Accepted, or why not (a rule meshd cannot convert).
+fn accepted(error: &Option<String>) -> Condition {
+    match error {
+        Some(e) => Condition::fail("Accepted", "UnsupportedValue", e),
+        None => Condition::ok("Accepted", "Accepted", "Route was valid"),
+    }
+}
+
+/// A TLSRoute's or TCPRoute's rules: each rule's destinations, for gateways and for the
+/// mesh (whose backends are not held to ReferenceGrants).
+struct StreamRules {
+    gateway: Vec<Vec<istio::RouteDestination>>,
+    mesh: Vec<Vec<istio::RouteDestination>>,
+    error: Option<String>,
+    resolved: Option<Condition>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn convert_stream_rules(
+    route: &Object,
+    spec: &super::StreamRouteSpec,
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    grants: &[&Object],
+    domain: &str,
+) -> StreamRules {
+    let mut out = StreamRules {
+        gateway: Vec::new(),
+        mesh: Vec::new(),
+        error: None,
+        resolved: Some(Condition::ok(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            "All references resolved",
+        )),
+        diagnostics: Vec::new(),
+    };
+    for (n, rule) in spec.rules.iter().enumerate() {
+        let live: Vec<&super::WeightedBackendRef> = rule
+            .backend_refs
+            .iter()
+            .filter(|b| b.weight() > 0)
+            .collect();
+        for enforce in [true, false] {
+            let mut dests = Vec::new();
+            if live.is_empty() {
+                // No backend with a weight: connections are refused (nothing answers).
+                dests.push(istio::RouteDestination {
+                    destination: nowhere(Some(65535)),
+                    weight: None,
+                });
+            }
+            let single = live.len() == 1;
+            for (i, b) in live.iter().enumerate() {
+                let at = format!("spec.rules[{n}].backendRefs[{i}]");
+                let dest = match destination(route, &b.backend(), objects, grants, domain, enforce)
+                {
+                    Ok(d) => d,
+                    Err(Invalid::Hard(msg)) => {
+                        if enforce {
+                            out.diagnostics.push(route.diag_error(&at, msg.clone()));
+                            out.error = Some(msg);
+                        }
+                        continue;
+                    }
+                    Err(Invalid::Soft(reason, msg, d)) => {
+                        if enforce {
+                            out.resolved = Some(Condition::fail("ResolvedRefs", reason, &msg));
+                            out.diagnostics.push(route.diag_warning(&at, msg));
+                        }
+                        d
+                    }
+                };
+                dests.push(istio::RouteDestination {
+                    destination: dest,
+                    weight: (!single).then_some(b.weight() as i32),
+                });
+            }
+            if enforce {
+                out.gateway.push(dests);
+            } else {
+                out.mesh.push(dests);
+            }
+        }
     }
     out
 }
@@ -1193,11 +1477,12 @@ fn destination(
 ) -> Result<istio::Destination, Invalid> {
     let ns = b.namespace.clone().unwrap_or(route.key.namespace.clone());
     let (group, kind) = (b.group(), b.kind());
+    let from = route.key.kind.name();
     if enforce_grants
         && ns != route.key.namespace
         && !granted(
             grants,
-            "HTTPRoute",
+            from,
             &route.key.namespace,
             group,
             kind,
@@ -1208,7 +1493,7 @@ fn destination(
         return Err(Invalid::Soft(
             "RefNotPermitted",
             format!(
-                "backendRef {}/{ns} not accessible to a HTTPRoute in namespace {:?} (missing a ReferenceGrant?)",
+                "backendRef {}/{ns} not accessible to a {from} in namespace {:?} (missing a ReferenceGrant?)",
                 b.name, route.key.namespace
             ),
             nowhere(b.port),
