@@ -104,7 +104,7 @@ const DEFS: &[GwDef] = &[
         columns: &[("Hostnames", ".spec.hostnames", "string", 0), AGE],
         deprecated: &[],
         bare: &[],
-        spec: free_form,
+        spec: schema_of::<gw::GrpcRouteSpec>,
     },
     GwDef {
         kind: "HTTPRoute",

@@ -544,6 +544,7 @@ pub fn write_status(
                     Kind::HTTPRoute => "httproutes",
                     Kind::TLSRoute => "tlsroutes",
                     Kind::TCPRoute => "tcproutes",
+                    Kind::GRPCRoute => "grpcroutes",
                     _ => continue,
                 };
                 let ar = ApiResource {

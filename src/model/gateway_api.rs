@@ -417,3 +417,40 @@ impl WeightedBackendRef {
         self.weight.unwrap_or(1)
     }
 }
+
+gw_api! {
+    pub struct GrpcRouteSpec {
+        pub parent_refs: Vec<ParentRef>,
+        pub hostnames: Vec<String>,
+        pub rules: Vec<GrpcRouteRule>,
+        pub use_default_gateways: Option<String>,
+    }
+}
+
+gw_api! {
+    pub struct GrpcRouteRule {
+        pub name: Option<String>,
+        pub matches: Vec<GrpcRouteMatch>,
+        /// RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, ExtensionRef.
+        pub filters: Vec<HttpRouteFilter>,
+        pub backend_refs: Vec<HttpBackendRef>,
+        pub session_persistence: Option<Value>,
+    }
+}
+
+gw_api! {
+    pub struct GrpcRouteMatch {
+        pub method: Option<GrpcMethodMatch>,
+        pub headers: Vec<ValueMatch>,
+    }
+}
+
+gw_api! {
+    pub struct GrpcMethodMatch {
+        /// `Exact` (the default) or `RegularExpression`.
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        pub service: Option<String>,
+        pub method: Option<String>,
+    }
+}

@@ -48,6 +48,7 @@ pub enum Kind {
     ReferenceGrant,
     TLSRoute,
     TCPRoute,
+    GRPCRoute,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -59,7 +60,6 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("networking.istio.io", "ProxyConfig"),
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
-    ("gateway.networking.k8s.io", "GRPCRoute"),
     ("gateway.networking.k8s.io", "UDPRoute"),
     ("gateway.networking.k8s.io", "ListenerSet"),
     ("gateway.networking.k8s.io", "XListenerSet"),
@@ -67,7 +67,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -93,6 +93,7 @@ impl Kind {
         Kind::ReferenceGrant,
         Kind::TLSRoute,
         Kind::TCPRoute,
+        Kind::GRPCRoute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +123,7 @@ impl Kind {
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::TLSRoute => "TLSRoute",
             Kind::TCPRoute => "TCPRoute",
+            Kind::GRPCRoute => "GRPCRoute",
         }
     }
 
@@ -141,7 +143,8 @@ impl Kind {
             | Kind::HTTPRoute
             | Kind::ReferenceGrant
             | Kind::TLSRoute
-            | Kind::TCPRoute => gateway_api::GROUP,
+            | Kind::TCPRoute
+            | Kind::GRPCRoute => gateway_api::GROUP,
             Kind::Telemetry => "telemetry.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
@@ -163,6 +166,9 @@ impl Kind {
         }
         if self == Kind::TCPRoute {
             return &["v1alpha2"];
+        }
+        if self == Kind::GRPCRoute {
+            return &["v1"];
         }
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
@@ -388,6 +394,7 @@ pub enum Spec {
     ReferenceGrant(gateway_api::ReferenceGrantSpec),
     TLSRoute(gateway_api::StreamRouteSpec),
     TCPRoute(gateway_api::StreamRouteSpec),
+    GRPCRoute(gateway_api::GrpcRouteSpec),
 }
 
 /// One stored configuration object.
@@ -763,6 +770,7 @@ fn parse_spec(
         Kind::ReferenceGrant => Spec::ReferenceGrant(istio_spec(key, spec, lines, origin)?),
         Kind::TLSRoute => Spec::TLSRoute(istio_spec(key, spec, lines, origin)?),
         Kind::TCPRoute => Spec::TCPRoute(istio_spec(key, spec, lines, origin)?),
+        Kind::GRPCRoute => Spec::GRPCRoute(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::Node => {
             let labels = meta.get("labels").cloned().unwrap_or(Value::Null);

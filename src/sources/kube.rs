@@ -177,6 +177,7 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
             "tlsroutes",
         ),
         w(GATEWAY_API, &["v1alpha2"], "TCPRoute", "tcproutes"),
+        w(GATEWAY_API, &["v1"], "GRPCRoute", "grpcroutes"),
     ]
 }
 

@@ -639,3 +639,115 @@ fn tls_and_tcp_routes_through_a_gateway() {
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }
+
+const GRPC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1, namespace: default}
+spec:
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: echo-v1, namespace: default}
+subsets: [{addresses: [{ip: 127.0.0.50}], ports: [{name: grpc, port: 7070}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: default}
+spec:
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: echo-v2, namespace: default}
+subsets: [{addresses: [{ip: 127.0.0.51}], ports: [{name: grpc, port: 7070}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: grpc, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches:
+    - method: {service: meshd.test.Echo, method: Call}
+      headers: [{name: x-version, value: v2}]
+    backendRefs: [{name: echo-v2, port: 7070}]
+  - matches: [{method: {service: meshd.test.Echo}}]
+    backendRefs: [{name: echo-v1, port: 7070}]
+"#;
+
+/// A GRPCRoute through a Gateway API Gateway, with real gRPC (grpcio) on both sides: a
+/// method and header match picks v2, the service match takes the rest to v1.
+#[test]
+fn grpc_routes_through_a_gateway() {
+    let py = std::env::var_os("MESHD_GRPC_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-tools/bin/python"));
+    let has_grpc = Command::new(&py)
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_grpc {
+        skip_or_fail("python with grpcio is not installed (.venv-tools)");
+        return;
+    }
+    let Some((dir, config)) = envoy_test("gwapi-grpc") else {
+        return;
+    };
+    config.write("grpc.yaml", GRPC);
+    let script = repo().join("tests/support/grpc_echo.py");
+    let servers: Vec<Proc> = [("echo-v1", "127.0.0.50"), ("echo-v2", "127.0.0.51")]
+        .iter()
+        .map(|(name, ip)| {
+            Proc::spawn(
+                name,
+                Command::new(&py)
+                    .arg(&script)
+                    .args(["serve", &format!("{ip}:7070"), name]),
+                dir.path(),
+            )
+        })
+        .collect();
+    for s in &servers {
+        wait_for("the gRPC server", Duration::from_secs(20), || {
+            s.log_text().contains("ready").then_some(())
+        });
+    }
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+    let router = Envoy::start(&EDGE, Ads::Delta, 15000, dir.path());
+    let calls = |n: usize, metadata: &[&str]| -> serde_json::Value {
+        let out = Command::new(&py)
+            .arg(&script)
+            .args(["call", &format!("{}:8080", EDGE.ip), &n.to_string()])
+            .args(metadata)
+            .output()
+            .expect("gRPC client");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON counts")
+    };
+    wait_for("gRPC through the gateway", Duration::from_secs(20), || {
+        (calls(1, &[])["echo-v1"] == 1).then_some(())
+    });
+    assert_eq!(calls(20, &[])["echo-v1"], 20);
+    assert_eq!(calls(20, &["x-version=v2"])["echo-v2"], 20);
+    let st = status_of(&config);
+    let conds = &st["GRPCRoute default/echo"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(conds, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}

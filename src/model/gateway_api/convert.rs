@@ -19,8 +19,7 @@ use serde_json::{Value, json};
 use super::status::{Condition, ListenerStatus, ParentStatus, Statuses};
 use super::{
     BackendRef, GATEWAY_NAME_LABEL, GROUP, GatewaySpec, HeaderModifier, HttpBackendRef,
-    HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ISTIO_CONTROLLER, Listener, ParentRef,
-    ReferenceGrantSpec,
+    HttpRouteMatch, HttpRouteRule, ISTIO_CONTROLLER, Listener, ParentRef, ReferenceGrantSpec,
 };
 use crate::model::diagnostic::Diagnostic;
 use crate::model::istio::{self, Duration};
@@ -162,8 +161,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 .as_ref()
                 .is_some_and(|t| t.mode == istio::ServerTlsMode::PASSTHROUGH);
             let route_kinds = match server.port.protocol.as_str() {
-                "HTTP" => vec!["HTTPRoute"],
-                "HTTPS" if !passthrough => vec!["HTTPRoute"],
+                "HTTP" => vec!["HTTPRoute", "GRPCRoute"],
+                "HTTPS" if !passthrough => vec!["HTTPRoute", "GRPCRoute"],
                 "HTTPS" | "TLS" => vec!["TLSRoute"],
                 _ => vec!["TCPRoute"],
             };
@@ -215,18 +214,37 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
     let mut attached: BTreeMap<(ObjectKey, String), u32> = BTreeMap::new();
     // Merge key → the VirtualServices made for it (one per route).
     let mut merged: BTreeMap<String, Vec<Bound>> = BTreeMap::new();
-    for route in of_kind(Kind::HTTPRoute) {
-        let Spec::HTTPRoute(spec) = &route.spec else {
-            continue;
+    let http_routes = of_kind(Kind::HTTPRoute).chain(of_kind(Kind::GRPCRoute));
+    for route in http_routes {
+        // (parents, hostnames, the rules converted)
+        let (parent_refs, hostnames, rules) = match &route.spec {
+            Spec::HTTPRoute(spec) => (
+                &spec.parent_refs,
+                &spec.hostnames,
+                convert_rules(route, &spec.rules, objects, &grants, domain, convert_rule),
+            ),
+            Spec::GRPCRoute(spec) => (
+                &spec.parent_refs,
+                &spec.hostnames,
+                convert_rules(
+                    route,
+                    &spec.rules,
+                    objects,
+                    &grants,
+                    domain,
+                    convert_grpc_rule,
+                ),
+            ),
+            _ => continue,
         };
+        let kind = route.key.kind.name();
         let mut parents = Vec::new();
-        let rules = convert_rules(route, spec, objects, &grants, domain);
-        for (i, p) in spec.parent_refs.iter().enumerate() {
+        for (i, p) in parent_refs.iter().enumerate() {
             let ns = p.namespace.clone().unwrap_or(route.key.namespace.clone());
             match (p.group(), p.kind()) {
                 (GROUP, "Gateway") => {
                     let Some(found) =
-                        gateway_parent(route, p, "HTTPRoute", &spec.hostnames, &listeners, &served)
+                        gateway_parent(route, p, kind, hostnames, &listeners, &served)
                     else {
                         continue;
                     };
@@ -503,8 +521,10 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         for (route, routes, _, _) in &vses {
             http.extend(routes.iter().cloned());
             parents.push(format!(
-                "HTTPRoute/{}.{}",
-                route.key.name, route.key.namespace
+                "{}/{}.{}",
+                route.key.kind.name(),
+                route.key.name,
+                route.key.namespace
             ));
         }
         sort_by_precedence(&mut http);
@@ -824,7 +844,7 @@ fn gateway_listeners(
             }
         };
         st.kinds = match protocol.as_str() {
-            "HTTP" | "HTTPS" => vec!["HTTPRoute"],
+            "HTTP" | "HTTPS" => vec!["HTTPRoute", "GRPCRoute"],
             "TLS" => vec!["TLSRoute"],
             _ => vec!["TCPRoute"],
         };
@@ -1036,12 +1056,24 @@ struct Rules {
     diagnostics: Vec<Diagnostic>,
 }
 
-fn convert_rules(
+/// Converts one rule (number `n`) for gateways (`enforce_grants`) or the mesh.
+type RuleConverter<R> = fn(
+    &Object,
+    &R,
+    usize,
+    &BTreeMap<ObjectKey, Arc<Object>>,
+    &[&Object],
+    &str,
+    bool,
+) -> Result<(Vec<istio::HttpRoute>, Unresolved), RuleError>;
+
+fn convert_rules<R>(
     route: &Object,
-    spec: &HttpRouteSpec,
+    rules_in: &[R],
     objects: &BTreeMap<ObjectKey, Arc<Object>>,
     grants: &[&Object],
     domain: &str,
+    convert_rule: RuleConverter<R>,
 ) -> Rules {
     let mut rules = Rules {
         gateway: Vec::new(),
@@ -1054,7 +1086,7 @@ fn convert_rules(
         )),
         diagnostics: Vec::new(),
     };
-    for (n, rule) in spec.rules.iter().enumerate() {
+    for (n, rule) in rules_in.iter().enumerate() {
         for (enforce, out) in [(true, &mut rules.gateway), (false, &mut rules.mesh)] {
             match convert_rule(route, rule, n, objects, grants, domain, enforce) {
                 Ok((routes, unresolved)) => {
@@ -1330,6 +1362,123 @@ fn convert_rule(
                 ..Default::default()
             }];
         }
+        out.push(r);
+    }
+    Ok((out, unresolved))
+}
+
+/// A GRPCRoute rule, as istiod converts it: filters and backends as an HTTPRoute's, and
+/// each method match as a path match on `/SERVICE/METHOD` (exact; `/SERVICE/` prefix;
+/// a regex when only the method is given or the match is a regex). A match without a
+/// method has no path condition; a rule without matches, no match at all.
+fn convert_grpc_rule(
+    route: &Object,
+    rule: &super::GrpcRouteRule,
+    n: usize,
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    grants: &[&Object],
+    domain: &str,
+    enforce_grants: bool,
+) -> Result<(Vec<istio::HttpRoute>, Unresolved), RuleError> {
+    let field = format!("spec.rules[{n}]");
+    for (i, f) in rule.filters.iter().enumerate() {
+        if !matches!(
+            f.kind.as_str(),
+            "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror"
+        ) {
+            return Err((
+                format!("{field}.filters[{i}].type"),
+                format!(
+                    "filter type {:?} is not supported by meshd on a GRPCRoute (RequestHeaderModifier, ResponseHeaderModifier and RequestMirror are)",
+                    f.kind
+                ),
+            ));
+        }
+    }
+    let as_http = HttpRouteRule {
+        name: rule.name.clone(),
+        matches: Vec::new(),
+        filters: rule.filters.clone(),
+        backend_refs: rule.backend_refs.clone(),
+        timeouts: None,
+        retry: None,
+        session_persistence: rule.session_persistence.clone(),
+    };
+    let (mut routes, unresolved) =
+        convert_rule(route, &as_http, n, objects, grants, domain, enforce_grants)?;
+    let Some(mut template) = routes.pop() else {
+        return Ok((Vec::new(), unresolved));
+    };
+    template.matches.clear();
+    if rule.matches.is_empty() {
+        return Ok((vec![template], unresolved));
+    }
+    let mut out = Vec::new();
+    for (i, m) in rule.matches.iter().enumerate() {
+        let at = format!("{field}.matches[{i}]");
+        let mut r = template.clone();
+        let mut hm = istio::HttpMatchRequest::default();
+        if let Some(mm) = &m.method {
+            let regex = match mm.kind.as_deref().unwrap_or("Exact") {
+                "Exact" => false,
+                "RegularExpression" => true,
+                other => {
+                    return Err((
+                        format!("{at}.method.type"),
+                        format!("method match type {other:?} is not supported"),
+                    ));
+                }
+            };
+            let s = |v: String| Some(v);
+            hm.uri = Some(match (&mm.service, &mm.method, regex) {
+                (None, None, _) => {
+                    return Err((
+                        format!("{at}.method"),
+                        "a gRPC method match needs a service or a method".into(),
+                    ));
+                }
+                (Some(svc), None, false) => istio::StringMatch {
+                    prefix: s(format!("/{svc}/")),
+                    ..Default::default()
+                },
+                (Some(svc), None, true) => istio::StringMatch {
+                    regex: s(format!("/{svc}/.+")),
+                    ..Default::default()
+                },
+                (None, Some(method), _) => istio::StringMatch {
+                    regex: s(format!("/[^/]+/{method}")),
+                    ..Default::default()
+                },
+                (Some(svc), Some(method), false) => istio::StringMatch {
+                    exact: s(format!("/{svc}/{method}")),
+                    ..Default::default()
+                },
+                (Some(svc), Some(method), true) => istio::StringMatch {
+                    regex: s(format!("/{svc}/{method}")),
+                    ..Default::default()
+                },
+            });
+        }
+        for (j, h) in m.headers.iter().enumerate() {
+            let sm = match h.kind.as_deref().unwrap_or("Exact") {
+                "Exact" => istio::StringMatch {
+                    exact: Some(h.value.clone()),
+                    ..Default::default()
+                },
+                "RegularExpression" => istio::StringMatch {
+                    regex: Some(h.value.clone()),
+                    ..Default::default()
+                },
+                other => {
+                    return Err((
+                        format!("{at}.headers[{j}].type"),
+                        format!("header match type {other:?} is not supported"),
+                    ));
+                }
+            };
+            hm.headers.insert(h.name.to_ascii_lowercase(), sm);
+        }
+        r.matches = vec![hm];
         out.push(r);
     }
     Ok((out, unresolved))
