@@ -559,6 +559,22 @@ pub fn write_status(
                 } else {
                     Api::all_with(client.clone(), &ar)
                 };
+                // A route's parents may be other controllers' too: theirs are kept (a
+                // merge patch replaces the whole list).
+                let mut status = status.clone();
+                if let Some(ours) = status.get_mut("parents").and_then(|p| p.as_array_mut())
+                    && let Ok(current) = api.get_status(&key.name).await
+                    && let Some(theirs) = current.data["status"]["parents"].as_array()
+                {
+                    ours.extend(
+                        theirs
+                            .iter()
+                            .filter(|p| {
+                                p["controllerName"] != crate::model::gateway_api::ISTIO_CONTROLLER
+                            })
+                            .cloned(),
+                    );
+                }
                 let patch = serde_json::json!({"status": status});
                 match api
                     .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -332,8 +332,9 @@ impl HttpBackendRef {
             port: self.port,
         }
     }
+    /// The weight (default 1), at most the API's maximum of 1,000,000.
     pub fn weight(&self) -> u32 {
-        self.weight.unwrap_or(1)
+        self.weight.unwrap_or(1).min(1_000_000)
     }
 }
 
@@ -413,8 +414,9 @@ impl WeightedBackendRef {
             port: self.port,
         }
     }
+    /// The weight (default 1), at most the API's maximum of 1,000,000.
     pub fn weight(&self) -> u32 {
-        self.weight.unwrap_or(1)
+        self.weight.unwrap_or(1).min(1_000_000)
     }
 }
 

@@ -658,16 +658,38 @@ impl Snapshot {
         }
     }
 
-    /// A Gateway API listener's certificate in another namespace
-    /// (`kubernetes-gateway://NAMESPACE/NAME`): readable by the proxies of namespace
-    /// `from` only when a ReferenceGrant in `namespace` lets Gateways of `from` refer to
-    /// that Secret.
+    /// A Gateway API listener's certificate (`kubernetes-gateway://NAMESPACE/NAME`), for a
+    /// proxy of namespace `from` with `labels`: only when a Gateway of `from` that selects
+    /// the proxy names it as a listener's certificate (as istiod requires), and — for
+    /// another namespace's Secret — a ReferenceGrant in `namespace` lets Gateways of
+    /// `from` refer to it. Any other workload of the namespace gets nothing.
     pub fn gateway_secret(
         &self,
         from: &str,
+        labels: &Labels,
         namespace: &str,
         name: &str,
     ) -> Option<&super::object::TlsSecret> {
+        let credential = format!(
+            "{}{namespace}/{name}",
+            super::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL
+        );
+        let owned = self.gateways.iter().any(|g| {
+            g.key.namespace == from
+                && g.object
+                    .annotations
+                    .contains_key(super::gateway_api::convert::SAME_NAMESPACE)
+                && !g.spec.selector.is_empty()
+                && super::service::labels_match(&g.spec.selector, labels)
+                && g.spec.servers.iter().any(|s| {
+                    s.tls
+                        .as_ref()
+                        .is_some_and(|t| t.credential_name == credential)
+                })
+        });
+        if !owned {
+            return None;
+        }
         let grants: Vec<&Object> = self
             .objects
             .range(

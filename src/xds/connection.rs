@@ -194,15 +194,21 @@ impl Stream {
                 },
                 translate::secret::ROOTCA => translate::secret::root(name, store.root_pem()),
                 // A Gateway API listener's certificate in another namespace: served
-                // only when a ReferenceGrant there names the proxy's own namespace (the
-                // one it authenticated for) — checked here, per request, not trusted
-                // from the configuration the proxy was sent.
+                // only to a gateway of the proxy's own namespace (the one it
+                // authenticated for) whose Gateway names it, with a ReferenceGrant
+                // there — checked here, per request, not trusted from the
+                // configuration the proxy was sent.
                 other if other.starts_with(CROSS_NAMESPACE_CREDENTIAL) => {
                     let rest = &other[CROSS_NAMESPACE_CREDENTIAL.len()..];
                     let snap = self.state.snapshot();
+                    let labels = self
+                        .conn
+                        .as_ref()
+                        .map(|c| c.proxy.labels.clone())
+                        .unwrap_or_default();
                     let secret = rest
                         .split_once('/')
-                        .and_then(|(ns, n)| snap.gateway_secret(&id.namespace, ns, n));
+                        .and_then(|(ns, n)| snap.gateway_secret(&id.namespace, &labels, ns, n));
                     match secret.and_then(|s| Some((s.cert.as_ref()?, s.key.as_ref()?))) {
                         Some((c, k)) => {
                             translate::secret::workload(name, std::slice::from_ref(c), k)

@@ -297,7 +297,7 @@ fn sds_serves_only_the_callers_own_secrets() {
         &format!(
             "{}---\n{}",
             tls_secret_yaml("edge-cert", "certs", &cert, &key, &edge_ca.pem, None),
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {name: edge, namespace: certs}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: granted}]\n  to: [{group: \"\", kind: Secret, name: edge-cert}]\n"
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {name: edge, namespace: certs}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: granted}]\n  to: [{group: \"\", kind: Secret, name: edge-cert}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: granted}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: edge-cert, namespace: certs}]}}]\n"
         ),
     );
     let issuer = TokenIssuer::new("k1");
@@ -401,9 +401,18 @@ fn sds_serves_only_the_callers_own_secrets() {
             "openssl verify of the SDS certificate: {out}"
         );
 
-        // A proxy of the namespace the ReferenceGrant names gets that certificate too.
+        // The gateway proxy of the namespace the ReferenceGrant names, whose Gateway uses
+        // the certificate, gets it too.
         let granted = issuer.token("granted", "edge-istio", "istio-ca", 600, "k1");
-        let (first, _tx) = open(node("granted"), Some(granted)).await;
+        let router = Node {
+            id: "router~127.0.0.30~edge-istio-1.granted~granted.svc.cluster.local".into(),
+            metadata: Some(meshd::envoy::pb::to_struct(&serde_json::json!({
+                "NAMESPACE": "granted",
+                "LABELS": {"gateway.networking.k8s.io/gateway-name": "edge"},
+            }))),
+            ..Default::default()
+        };
+        let (first, _tx) = open(router, Some(granted.clone())).await;
         let resp = first.expect("ok").expect("a response");
         let names: Vec<String> = resp
             .resources
@@ -414,6 +423,19 @@ fn sds_serves_only_the_callers_own_secrets() {
             names,
             ["ROOTCA", "default", "kubernetes-gateway://certs/edge-cert"],
             "its own and the granted certificate"
+        );
+        // Another workload of that namespace (no Gateway of its own uses it): refused.
+        let (first, _tx) = open(node("granted"), Some(granted)).await;
+        let resp = first.expect("ok").expect("a response");
+        let names: Vec<String> = resp
+            .resources
+            .iter()
+            .map(|a| Secret::decode(a.value.as_slice()).expect("secret").name)
+            .collect();
+        assert_eq!(
+            names,
+            ["ROOTCA", "default"],
+            "not a gateway's key to hand out"
         );
 
         // A node claiming another namespace than its credentials: refused.
@@ -431,7 +453,7 @@ fn sds_serves_only_the_callers_own_secrets() {
         .expect("metrics")
         .body;
     assert!(
-        m.contains("meshd_sds_refusals 5\n"),
-        "the three foreign secrets of default, the two of granted, counted:\n{m}"
+        m.contains("meshd_sds_refusals 8\n"),
+        "the three foreign secrets of default, two of the gateway, three of the sidecar beside it, counted:\n{m}"
     );
 }

@@ -103,9 +103,37 @@ spec:
   - matches: [{path: {type: Exact, value: /moved}}]
     filters:
     - type: RequestRedirect
-      requestRedirect: {hostname: moved.example.com, statusCode: 302}
+      requestRedirect: {hostname: moved.example.com}
   - matches: [{path: {type: PathPrefix, value: /missing}}]
     backendRefs: [{name: no-such-service, port: 9080}]
+---
+# A route Envoy could not take (a regex RE2 refuses), on the same host as the others:
+# refused alone, the others stay.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, creationTimestamp: "2026-01-01T00:00:03Z"}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/(unclosed"}}]
+    backendRefs: [{name: productpage, port: 9080}]
+---
+# Another controller's Gateway and route: not meshd's to serve or report on.
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: foreign}
+spec:
+  gatewayClassName: someone-else
+  listeners: [{name: http, port: 8081, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: theirs}
+spec:
+  parentRefs: [{name: foreign}]
+  rules:
+  - backendRefs: [{name: productpage, port: 9080}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -284,7 +312,7 @@ fn httproutes_through_a_gateway_api_gateway() {
     let r = s.get(host, "/old/page", &[]);
     assert_eq!((r.status, r.header("x-path")), (200, Some("/new/page")));
 
-    // Redirect.
+    // Redirect (302: the API's default status).
     let r = s.get(host, "/moved", &[]);
     assert_eq!(r.status, 302);
     assert_eq!(
@@ -330,6 +358,15 @@ fn httproutes_through_a_gateway_api_gateway() {
         condition(elsewhere, "Accepted"),
         ("False".into(), "NoMatchingListenerHostname".into())
     );
+    let broken = &st["HTTPRoute default/broken"]["parents"][0]["conditions"];
+    assert_eq!(
+        condition(broken, "Accepted"),
+        ("False".into(), "UnsupportedValue".into())
+    );
+    assert!(
+        !st.contains_key("HTTPRoute default/theirs") && !st.contains_key("Gateway default/foreign"),
+        "another controller's objects get no status from meshd: {st:?}"
+    );
     let gw = &st["Gateway default/edge"];
     assert_eq!(
         condition(&gw["conditions"], "Accepted"),
@@ -337,7 +374,7 @@ fn httproutes_through_a_gateway_api_gateway() {
     );
     let http = &gw["listeners"][0];
     assert_eq!(http["name"], "http");
-    assert_eq!(http["attachedRoutes"], 2, "api and special: {gw}");
+    assert_eq!(http["attachedRoutes"], 3, "api, special and broken: {gw}");
     assert_eq!(
         condition(&gw["listeners"][1]["conditions"], "Accepted"),
         ("False".into(), "UnsupportedProtocol".into())

@@ -102,6 +102,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             continue;
         };
         if spec.controller_name != ISTIO_CONTROLLER {
+            // Another controller's class, even under a name istiod builds in.
+            served.remove(&class.key.name);
             continue;
         }
         let serve = BUILTIN_CLASSES
@@ -212,6 +214,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
     // Routes.
     let served: BTreeSet<ObjectKey> = gateway_status.keys().cloned().collect();
     let mut attached: BTreeMap<(ObjectKey, String), u32> = BTreeMap::new();
+    // (route, gateway, listener) already attached.
+    let mut counted: BTreeSet<(ObjectKey, ObjectKey, String)> = BTreeSet::new();
     // Merge key → the VirtualServices made for it (one per route).
     let mut merged: BTreeMap<String, Vec<Bound>> = BTreeMap::new();
     let http_routes = of_kind(Kind::HTTPRoute).chain(of_kind(Kind::GRPCRoute));
@@ -254,6 +258,14 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                         Err(c) => st.accepted = Some(c),
                         Ok(on) => {
                             for (l, hosts) in on {
+                                // Two parentRefs reaching one listener attach once.
+                                if !counted.insert((
+                                    route.key.clone(),
+                                    l.gateway.key.clone(),
+                                    l.listener.name.clone(),
+                                )) {
+                                    continue;
+                                }
                                 *attached
                                     .entry((l.gateway.key.clone(), l.listener.name.clone()))
                                     .or_insert(0) += 1;
@@ -321,11 +333,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                             "mesh".into(),
                         ));
                     }
-                    st.accepted = Some(match &rules.error {
-                        Some(e) => Condition::fail("Accepted", "UnsupportedValue", e),
-                        None => Condition::ok("Accepted", "Accepted", "Route was valid"),
-                    });
-                    st.resolved = rules.resolved.clone();
+                    st.accepted = Some(accepted(&rules.error));
+                    st.resolved = rules.mesh_resolved.clone();
                     parents.push(st);
                 }
                 (g, k) => {
@@ -342,10 +351,13 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         for d in &rules.diagnostics {
             out.diagnostics.push(d.clone());
         }
-        out.statuses.set(
-            &route.key,
-            json!({"parents": parents.iter().map(|p| p.json(route)).collect::<Vec<_>>()}),
-        );
+        // A route none of whose parents meshd serves is another controller's to report.
+        if !parents.is_empty() {
+            out.statuses.set(
+                &route.key,
+                json!({"parents": parents.iter().map(|p| p.json(route)).collect::<Vec<_>>()}),
+            );
+        }
     }
 
     // TLSRoutes and TCPRoutes: one VirtualService per parent and hostname, unmerged (a
@@ -378,6 +390,13 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                             Err(c) => st.accepted = Some(c),
                             Ok(on) => {
                                 for (l, hosts) in on {
+                                    if !counted.insert((
+                                        route.key.clone(),
+                                        l.gateway.key.clone(),
+                                        l.listener.name.clone(),
+                                    )) {
+                                        continue;
+                                    }
                                     *attached
                                         .entry((l.gateway.key.clone(), l.listener.name.clone()))
                                         .or_insert(0) += 1;
@@ -411,11 +430,17 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                             ));
                         } else {
                             let host = format!("{}.{ns}.svc.{domain}", p.name);
-                            let sni = if hostnames.is_empty() {
-                                vec![host.clone()]
-                            } else {
-                                hostnames.to_vec()
-                            };
+                            // Only names of the Service itself: a producer's route must
+                            // not claim other names on every sidecar's shared TLS port.
+                            let mut sni: Vec<String> = hostnames
+                                .iter()
+                                .filter(|h| host_within(&host, h))
+                                .cloned()
+                                .collect();
+                            if sni.is_empty() {
+                                sni = vec![host.clone()];
+                            }
+                            st.resolved = rules.mesh_resolved.clone();
                             made.push(Attached {
                                 host,
                                 gateway: "mesh".into(),
@@ -446,6 +471,9 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 {
                     let mesh = gateway == "mesh";
                     let routes = if mesh { &rules.mesh } else { &rules.gateway };
+                    if routes.is_empty() {
+                        continue;
+                    }
                     let mut vs = istio::VirtualService {
                         hosts: vec![host],
                         gateways: vec![gateway],
@@ -498,10 +526,13 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     count += 1;
                 }
             }
-            out.statuses.set(
-                &route.key,
-                json!({"parents": parents.iter().map(|p| p.json(route)).collect::<Vec<_>>()}),
-            );
+            // A route none of whose parents meshd serves is another controller's to report.
+            if !parents.is_empty() {
+                out.statuses.set(
+                    &route.key,
+                    json!({"parents": parents.iter().map(|p| p.json(route)).collect::<Vec<_>>()}),
+                );
+            }
         }
     }
 
@@ -528,6 +559,11 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             ));
         }
         sort_by_precedence(&mut http);
+        if http.is_empty() {
+            // Routes without rules: nothing to route (and an empty VirtualService would
+            // be refused).
+            continue;
+        }
         let (_, _, host, gateway) = &vses[0];
         let parents = parents.join(",");
         out.objects.push(generated(
@@ -665,6 +701,7 @@ struct StreamRules {
     mesh: Vec<Vec<istio::RouteDestination>>,
     error: Option<String>,
     resolved: Option<Condition>,
+    mesh_resolved: Option<Condition>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -680,6 +717,11 @@ fn convert_stream_rules(
         mesh: Vec::new(),
         error: None,
         resolved: Some(Condition::ok(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            "All references resolved",
+        )),
+        mesh_resolved: Some(Condition::ok(
             "ResolvedRefs",
             "ResolvedRefs",
             "All references resolved",
@@ -715,9 +757,12 @@ fn convert_stream_rules(
                         continue;
                     }
                     Err(Invalid::Soft(reason, msg, d)) => {
+                        let failed = Some(Condition::fail("ResolvedRefs", reason, &msg));
                         if enforce {
-                            out.resolved = Some(Condition::fail("ResolvedRefs", reason, &msg));
+                            out.resolved = failed;
                             out.diagnostics.push(route.diag_warning(&at, msg));
+                        } else {
+                            out.mesh_resolved = failed;
                         }
                         d
                     }
@@ -1053,6 +1098,8 @@ struct Rules {
     /// A rule meshd cannot convert: the route is refused for every parent.
     error: Option<String>,
     resolved: Option<Condition>,
+    /// ResolvedRefs for Service parents (the mesh holds backends to no ReferenceGrant).
+    mesh_resolved: Option<Condition>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -1084,6 +1131,11 @@ fn convert_rules<R>(
             "ResolvedRefs",
             "All references resolved",
         )),
+        mesh_resolved: Some(Condition::ok(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            "All references resolved",
+        )),
         diagnostics: Vec::new(),
     };
     for (n, rule) in rules_in.iter().enumerate() {
@@ -1091,11 +1143,16 @@ fn convert_rules<R>(
             match convert_rule(route, rule, n, objects, grants, domain, enforce) {
                 Ok((routes, unresolved)) => {
                     out.extend(routes);
-                    if enforce && let Some((reason, msg)) = unresolved {
-                        rules.resolved = Some(Condition::fail("ResolvedRefs", reason, &msg));
-                        rules
-                            .diagnostics
-                            .push(route.diag_warning(&format!("spec.rules[{n}].backendRefs"), msg));
+                    if let Some((reason, msg)) = unresolved {
+                        let failed = Some(Condition::fail("ResolvedRefs", reason, &msg));
+                        if enforce {
+                            rules.resolved = failed;
+                            rules.diagnostics.push(
+                                route.diag_warning(&format!("spec.rules[{n}].backendRefs"), msg),
+                            );
+                        } else {
+                            rules.mesh_resolved = failed;
+                        }
                     }
                 }
                 Err((field, msg)) => {
@@ -1113,6 +1170,78 @@ fn convert_rules<R>(
 }
 
 type RuleError = (String, String);
+
+/// A rule's converted routes checked as meshd checks any VirtualService's (regexes,
+/// header names, …): a rule that would fail there is refused here, alone, instead of
+/// taking down the merged VirtualService it shares with other routes.
+fn check_routes(route: &Object, field: &str, routes: &[istio::HttpRoute]) -> Result<(), RuleError> {
+    let vs = istio::VirtualService {
+        hosts: vec!["check.gateway-api.meshd.invalid".into()],
+        gateways: vec!["mesh".into()],
+        http: routes.to_vec(),
+        ..Default::default()
+    };
+    match crate::model::validate::virtual_service(route, &vs)
+        .into_iter()
+        .find(Diagnostic::is_error)
+    {
+        Some(d) => Err((field.to_string(), d.reason.clone())),
+        None => Ok(()),
+    }
+}
+
+/// A header name as HTTP allows it (a token), which a route may match or set: not a
+/// pseudo-header, and not Host for a modifier (Envoy refuses to change it).
+fn check_header_name(name: &str, modifier: bool, field: &str) -> Result<(), RuleError> {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+    if !token {
+        return Err((
+            field.into(),
+            format!("header name {name:?} is not a valid HTTP header name"),
+        ));
+    }
+    if modifier && name.eq_ignore_ascii_case("host") {
+        return Err((
+            field.into(),
+            "the Host header cannot be modified (use URLRewrite's hostname)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A hostname as the API allows it: DNS labels (a leading `*.` only where the API takes
+/// wildcards, never in a rewrite or redirect).
+fn check_hostname(h: &str, field: &str) -> Result<(), RuleError> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err((field.into(), format!("hostname {h:?} is not a DNS name")))
+    }
+}
+
+/// A path as the API allows it: absolute, without `?`, `#` or `//`.
+fn check_path(path: &str, field: &str) -> Result<(), RuleError> {
+    if !path.starts_with('/') || path.contains(['?', '#']) || path.contains("//") {
+        return Err((
+            field.into(),
+            format!("path {path:?} must start with / and hold no ?, # or //"),
+        ));
+    }
+    if path.bytes().any(|c| c < 0x20 || c == 0x7f) {
+        return Err((
+            field.into(),
+            format!("path {path:?} holds control characters"),
+        ));
+    }
+    Ok(())
+}
 /// The first backend of a rule that did not resolve: (reason, message).
 type Unresolved = Option<(&'static str, String)>;
 
@@ -1150,7 +1279,8 @@ fn convert_rule(
             "RequestRedirect" => {
                 let r = f.request_redirect.clone().unwrap_or_default();
                 let mut red = istio::HttpRedirect {
-                    redirect_code: r.status_code,
+                    // The API's default is 302 (Istio's would be 301).
+                    redirect_code: Some(r.status_code.unwrap_or(302)),
                     authority: r.hostname.clone().unwrap_or_default(),
                     scheme: r.scheme.clone().unwrap_or_default(),
                     ..Default::default()
@@ -1164,7 +1294,16 @@ fn convert_rule(
                     }
                     None => red.derive_port = Some(istio::RedirectPortSelection::FROM_REQUEST_PORT),
                 }
+                if let Some(h) = &r.hostname {
+                    check_hostname(h, &format!("{at}.requestRedirect.hostname"))?;
+                }
                 if let Some(p) = &r.path {
+                    for v in [&p.replace_full_path, &p.replace_prefix_match]
+                        .into_iter()
+                        .flatten()
+                    {
+                        check_path(v, &format!("{at}.requestRedirect.path"))?;
+                    }
                     match p.kind.as_str() {
                         "ReplaceFullPath" => {
                             red.uri = p.replace_full_path.clone().unwrap_or_default()
@@ -1186,7 +1325,16 @@ fn convert_rule(
                     authority: r.hostname.clone().unwrap_or_default(),
                     ..Default::default()
                 };
+                if let Some(h) = &r.hostname {
+                    check_hostname(h, &format!("{at}.urlRewrite.hostname"))?;
+                }
                 if let Some(p) = &r.path {
+                    for v in [&p.replace_full_path, &p.replace_prefix_match]
+                        .into_iter()
+                        .flatten()
+                    {
+                        check_path(v, &format!("{at}.urlRewrite.path"))?;
+                    }
                     match p.kind.as_str() {
                         "ReplacePrefixMatch" => {
                             let to = p.replace_prefix_match.clone().unwrap_or_default();
@@ -1290,8 +1438,8 @@ fn convert_rule(
         }
     }
     let mut unresolved = None;
-    let weight_sum: u32 = rule.backend_refs.iter().map(HttpBackendRef::weight).sum();
-    if weight_sum == 0 && base.redirect.is_none() {
+    let any_weight = rule.backend_refs.iter().any(|b| b.weight() > 0);
+    if !any_weight && base.redirect.is_none() {
         // No backend with a weight: the Gateway API asks for 500.
         base.direct_response = Some(istio::HttpDirectResponse {
             status: 500,
@@ -1364,6 +1512,7 @@ fn convert_rule(
         }
         out.push(r);
     }
+    check_routes(route, &field, &out)?;
     Ok((out, unresolved))
 }
 
@@ -1460,6 +1609,7 @@ fn convert_grpc_rule(
             });
         }
         for (j, h) in m.headers.iter().enumerate() {
+            check_header_name(&h.name, false, &format!("{at}.headers[{j}].name"))?;
             let sm = match h.kind.as_deref().unwrap_or("Exact") {
                 "Exact" => istio::StringMatch {
                     exact: Some(h.value.clone()),
@@ -1476,11 +1626,12 @@ fn convert_grpc_rule(
                     ));
                 }
             };
-            hm.headers.insert(h.name.to_ascii_lowercase(), sm);
+            hm.headers.entry(h.name.to_ascii_lowercase()).or_insert(sm);
         }
         r.matches = vec![hm];
         out.push(r);
     }
+    check_routes(route, &field, &out)?;
     Ok((out, unresolved))
 }
 
@@ -1493,6 +1644,15 @@ fn header_ops(
     field: &str,
 ) -> Result<istio::HeaderOperations, RuleError> {
     let m = m.cloned().unwrap_or_default();
+    for name in m
+        .set
+        .iter()
+        .chain(&m.add)
+        .map(|h| h.name.as_str())
+        .chain(m.remove.iter().map(String::as_str))
+    {
+        check_header_name(name, true, field)?;
+    }
     for h in m.set.iter().chain(&m.add) {
         if h.value
             .bytes()
@@ -1536,7 +1696,11 @@ fn http_match(m: &HttpRouteMatch, field: &str) -> Result<istio::HttpMatchRequest
         };
     let path = m.path.clone().unwrap_or_default();
     let value = path.value.clone().unwrap_or("/".into());
-    let uri = match path.kind.as_deref().unwrap_or("PathPrefix") {
+    let kind = path.kind.as_deref().unwrap_or("PathPrefix");
+    if kind != "RegularExpression" {
+        check_path(&value, &format!("{field}.path.value"))?;
+    }
+    let uri = match kind {
         "PathPrefix" => {
             // "A trailing / is ignored."
             let v = if value == "/" {
@@ -1569,25 +1733,29 @@ fn http_match(m: &HttpRouteMatch, field: &str) -> Result<istio::HttpMatchRequest
         ..Default::default()
     };
     for (i, h) in m.headers.iter().enumerate() {
-        // Header names are case-insensitive; Envoy compares them lowercased.
-        out.headers.insert(
-            h.name.to_ascii_lowercase(),
-            string(
-                h.kind.as_deref(),
-                &h.value,
-                &format!("{field}.headers[{i}].type"),
-            )?,
-        );
+        check_header_name(&h.name, false, &format!("{field}.headers[{i}].name"))?;
+        // Header names are case-insensitive; Envoy compares them lowercased. A name
+        // given twice: the first match counts, as the API says.
+        let sm = string(
+            h.kind.as_deref(),
+            &h.value,
+            &format!("{field}.headers[{i}].type"),
+        )?;
+        out.headers.entry(h.name.to_ascii_lowercase()).or_insert(sm);
     }
     for (i, q) in m.query_params.iter().enumerate() {
-        out.query_params.insert(
-            q.name.clone(),
-            string(
-                q.kind.as_deref(),
-                &q.value,
-                &format!("{field}.queryParams[{i}].type"),
-            )?,
-        );
+        if q.name.is_empty() {
+            return Err((
+                format!("{field}.queryParams[{i}].name"),
+                "a query parameter match needs a name".into(),
+            ));
+        }
+        let sm = string(
+            q.kind.as_deref(),
+            &q.value,
+            &format!("{field}.queryParams[{i}].type"),
+        )?;
+        out.query_params.entry(q.name.clone()).or_insert(sm);
     }
     if let Some(method) = &m.method {
         out.method = Some(istio::StringMatch {
