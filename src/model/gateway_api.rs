@@ -229,8 +229,20 @@ gw_api! {
         #[serde(rename = "urlRewrite")]
         pub url_rewrite: Option<UrlRewrite>,
         pub extension_ref: Option<Value>,
-        pub cors: Option<Value>,
+        pub cors: Option<CorsFilter>,
         pub external_auth: Option<Value>,
+    }
+}
+
+gw_api! {
+    pub struct CorsFilter {
+        pub allow_origins: Vec<String>,
+        pub allow_credentials: Option<bool>,
+        pub allow_methods: Vec<String>,
+        pub allow_headers: Vec<String>,
+        pub expose_headers: Vec<String>,
+        /// Seconds (the API's default is 5).
+        pub max_age: Option<i64>,
     }
 }
 

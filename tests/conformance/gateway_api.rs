@@ -106,6 +106,11 @@ spec:
       requestRedirect: {hostname: moved.example.com}
   - matches: [{path: {type: PathPrefix, value: /missing}}]
     backendRefs: [{name: no-such-service, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors: {allowOrigins: ["https://*.example.org"], allowMethods: [GET], maxAge: 30}
+    backendRefs: [{name: productpage, port: 9080}]
 ---
 # A route Envoy could not take (a regex RE2 refuses), on the same host as the others:
 # refused alone, the others stay.
@@ -318,6 +323,18 @@ fn httproutes_through_a_gateway_api_gateway() {
     assert_eq!(
         r.header("location"),
         Some("http://moved.example.com:8080/moved")
+    );
+
+    // CORS: an allowed origin (a wildcard) is echoed back, another is not.
+    let r = s.get(host, "/cors", &[("Origin", "https://a.example.org")]);
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, Some("https://a.example.org"))
+    );
+    let r = s.get(host, "/cors", &[("Origin", "https://evil.example.com")]);
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, None)
     );
 
     // A backend that does not exist: 500, as the Gateway API requires.

@@ -1384,11 +1384,14 @@ fn convert_rule(
                     });
                 }
             }
+            "CORS" => {
+                base.cors_policy = Some(cors(&f.cors.clone().unwrap_or_default()));
+            }
             other => {
                 return Err((
                     format!("{at}.type"),
                     format!(
-                        "filter type {other:?} is not supported by meshd (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite and RequestMirror are)"
+                        "filter type {other:?} is not supported by meshd (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror and CORS are)"
                     ),
                 ));
             }
@@ -1633,6 +1636,41 @@ fn convert_grpc_rule(
     }
     check_routes(route, &field, &out)?;
     Ok((out, unresolved))
+}
+
+/// The CORS filter as Istio's CORS policy, as istiod maps it: `*` any well-formed origin,
+/// a trailing `*` a prefix, other wildcards a regex; preflights of other origins go on to
+/// the backend untouched (IGNORE).
+fn cors(c: &super::CorsFilter) -> istio::CorsPolicy {
+    let origin = |o: &String| -> Option<istio::StringMatch> {
+        let mut m = istio::StringMatch::default();
+        if o.is_empty() {
+            return None;
+        } else if o == "*" {
+            m.regex = Some(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+$".into());
+        } else if !o.contains('*') {
+            m.exact = Some(o.clone());
+        } else if o.matches('*').count() == 1 && o.ends_with('*') {
+            m.prefix = Some(o.trim_end_matches('*').to_string());
+        } else {
+            let parts: Vec<String> = o.split('*').map(regex_syntax::escape).collect();
+            m.regex = Some(format!("^{}$", parts.join(".*")));
+        }
+        Some(m)
+    };
+    istio::CorsPolicy {
+        allow_origins: c.allow_origins.iter().filter_map(origin).collect(),
+        allow_credentials: c.allow_credentials.filter(|b| *b),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: Some(Duration(std::time::Duration::from_secs(
+            c.max_age.unwrap_or(5).max(0) as u64,
+        )))
+        .filter(|d| !d.as_std().is_zero()),
+        unmatched_preflights: Some(istio::UnmatchedPreflights::IGNORE),
+        ..Default::default()
+    }
 }
 
 fn duration(s: &str, field: &str) -> Result<Duration, RuleError> {
