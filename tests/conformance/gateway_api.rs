@@ -77,6 +77,10 @@ spec:
   - name: udp
     port: 5353
     protocol: UDP
+  - name: http-again
+    port: 8080
+    protocol: HTTP
+    hostname: "*.example.com"
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -397,6 +401,13 @@ fn httproutes_through_a_gateway_api_gateway() {
         ("False".into(), "UnsupportedProtocol".into())
     );
     assert_eq!(condition(&gw["conditions"], "Programmed").0, "False");
+    // A second listener for the same port and hostname conflicts; the first is served.
+    let again = &gw["listeners"][2]["conditions"];
+    assert_eq!(
+        condition(again, "Conflicted"),
+        ("True".into(), "HostnameConflict".into())
+    );
+    assert_eq!(condition(again, "Accepted").0, "False");
 
     // ... and served once one is granted.
     s.config.write("grant.yaml", GRANT);

@@ -862,9 +862,25 @@ fn gateway_listeners(
 ) -> (Vec<Option<istio::Server>>, Vec<ListenerStatus>) {
     let mut servers = Vec::new();
     let mut statuses = Vec::new();
+    let mut earlier: Vec<&Listener> = Vec::new();
     for (i, l) in spec.listeners.iter().enumerate() {
         let mut st = ListenerStatus::new(&l.name);
         let field = format!("spec.listeners[{i}]");
+        // The first of two listeners that cannot share their port wins, as istiod has it.
+        if let Some(reason) = earlier.iter().find_map(|e| conflict(l, e)) {
+            diags.push(gw.diag_warning(
+                &field,
+                format!(
+                    "listener {} conflicts with an earlier listener on port {} ({reason}); it is not served",
+                    l.name, l.port
+                ),
+            ));
+            st.conflicts(reason);
+            servers.push(None);
+            statuses.push(st);
+            continue;
+        }
+        earlier.push(l);
         let protocol = match l.protocol.as_str() {
             p @ ("HTTP" | "HTTPS" | "TLS" | "TCP") => p.to_string(),
             other => {
@@ -949,6 +965,38 @@ fn gateway_listeners(
         statuses.push(st);
     }
     (servers, statuses)
+}
+
+/// Why listener `a` cannot share a Gateway with the earlier `b`: the same port and an L4
+/// protocol (TCP, UDP) with an L4 or HTTP/HTTPS/TLS one, two HTTP/HTTPS/TLS ones with the
+/// same hostname (none counts as `*`), or the same other protocol.
+fn conflict(a: &Listener, b: &Listener) -> Option<&'static str> {
+    if a.port != b.port {
+        return None;
+    }
+    let l4 = |p: &str| p == "TCP" || p == "UDP";
+    let http_like = |p: &str| matches!(p, "HTTP" | "HTTPS" | "TLS");
+    let host = |l: &Listener| {
+        l.hostname
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or("*".into())
+    };
+    let (pa, pb) = (a.protocol.as_str(), b.protocol.as_str());
+    let clash = if http_like(pa) && http_like(pb) {
+        host(a) == host(b)
+    } else if (l4(pa) || l4(pb)) && (l4(pa) || http_like(pa)) && (l4(pb) || http_like(pb)) {
+        true
+    } else {
+        pa == pb
+    };
+    if !clash {
+        None
+    } else if pa != pb || (l4(pa) && l4(pb)) {
+        Some("ProtocolConflict")
+    } else {
+        Some("HostnameConflict")
+    }
 }
 
 /// The credential name of a listener's certificate: a Secret of the Gateway's namespace.
@@ -1964,6 +2012,37 @@ mod tests {
         );
         assert!(intersect(Some("*.example.com"), &r(&["example.com"])).is_empty());
         assert!(intersect(Some("a.example.com"), &r(&["b.example.com"])).is_empty());
+    }
+
+    #[test]
+    fn listeners_conflict_as_the_spec_says() {
+        let l = |port: u32, protocol: &str, hostname: Option<&str>| Listener {
+            port,
+            protocol: protocol.into(),
+            hostname: hostname.map(String::from),
+            ..Default::default()
+        };
+        let a = l(443, "HTTPS", Some("a.example.com"));
+        assert_eq!(conflict(&l(443, "HTTPS", Some("b.example.com")), &a), None);
+        assert_eq!(conflict(&l(443, "TLS", Some("b.example.com")), &a), None);
+        assert_eq!(
+            conflict(&l(443, "HTTPS", Some("a.example.com")), &a),
+            Some("HostnameConflict")
+        );
+        assert_eq!(
+            conflict(&l(443, "TLS", Some("a.example.com")), &a),
+            Some("ProtocolConflict")
+        );
+        assert_eq!(conflict(&l(443, "TCP", None), &a), Some("ProtocolConflict"));
+        assert_eq!(
+            conflict(&l(80, "HTTP", None), &l(80, "HTTP", Some(""))),
+            Some("HostnameConflict")
+        );
+        assert_eq!(
+            conflict(&l(9000, "TCP", None), &l(9000, "TCP", None)),
+            Some("ProtocolConflict")
+        );
+        assert_eq!(conflict(&l(8080, "HTTP", None), &a), None);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct ListenerStatus {
     pub programmed: bool,
     /// Route kinds the listener takes.
     pub kinds: Vec<&'static str>,
+    /// Why it conflicts with an earlier listener on its port (ProtocolConflict,
+    /// HostnameConflict): then it is neither accepted nor programmed.
+    pub conflict: Option<&'static str>,
 }
 
 impl ListenerStatus {
@@ -91,7 +94,14 @@ impl ListenerStatus {
             resolved: Condition::ok("ResolvedRefs", "ResolvedRefs", "No errors found"),
             programmed: true,
             kinds: Vec::new(),
+            conflict: None,
         }
+    }
+
+    pub fn conflicts(&mut self, reason: &'static str) {
+        self.conflict = Some(reason);
+        self.accepted = Condition::fail("Accepted", reason, CONFLICT);
+        self.programmed = false;
     }
 
     pub fn fail_accepted(&mut self, reason: &str, message: &str) {
@@ -104,13 +114,16 @@ impl ListenerStatus {
     }
 
     pub fn json(&self, gw: &Object, attached: u32) -> Value {
-        let programmed = if self.programmed {
-            Condition::ok("Programmed", "Programmed", "No errors found")
-        } else {
-            Condition::fail("Programmed", "Invalid", "Bad configuration")
+        let programmed = match (self.programmed, self.conflict) {
+            (true, _) => Condition::ok("Programmed", "Programmed", "No errors found"),
+            (false, Some(reason)) => Condition::fail("Programmed", reason, CONFLICT),
+            (false, None) => Condition::fail("Programmed", "Invalid", "Bad configuration"),
         };
         // `Conflicted` reads "False / NoConflicts" when all is well (see Condition::json).
-        let conflicted = Condition::ok("Conflicted", "NoConflicts", "No errors found");
+        let conflicted = match self.conflict {
+            Some(reason) => Condition::fail("Conflicted", reason, CONFLICT),
+            None => Condition::ok("Conflicted", "NoConflicts", "No errors found"),
+        };
         json!({
             "name": self.name,
             "attachedRoutes": attached,
@@ -124,6 +137,9 @@ impl ListenerStatus {
         })
     }
 }
+
+const CONFLICT: &str =
+    "the listener conflicts with an earlier listener of the Gateway on the same port";
 
 /// A route's status for one of its parents.
 #[derive(Debug, Clone)]
