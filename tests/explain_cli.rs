@@ -340,3 +340,64 @@ fn objects_of(v: &Value) -> Vec<&str> {
         .filter_map(Value::as_str)
         .collect()
 }
+
+/// For a Gateway API gateway, explain names the Gateway listener and the HTTPRoute rule
+/// that made each step (and the Istio objects they became), so "why did my request go
+/// there?" is answered in the user's own objects.
+#[test]
+fn gateway_api_steps_name_the_gateway_and_the_route() {
+    let dir = std::env::temp_dir().join(format!("meshd-explain-gwapi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::copy(
+        repo().join("examples/bookinfo/services.yaml"),
+        dir.join("services.yaml"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.join("gateway.yaml"),
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: web, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pages}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /reviews}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - backendRefs: [{name: productpage, port: 9080}]
+"#,
+    )
+    .expect("write");
+    let out = explain_as(
+        &dir,
+        &[
+            "--proxy",
+            "router~10.0.0.9~edge-istio-1.default~default.svc.cluster.local",
+            "--label",
+            "gateway.networking.k8s.io/gateway-name=edge",
+            "--port",
+            "80",
+            "--path",
+            "/reviews/1",
+        ],
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("Gateway.gateway.networking.k8s.io default/edge listener web"),
+        "{t}"
+    );
+    assert!(t.contains("from HTTPRoute default/pages rules[0]"), "{t}");
+    assert!(
+        t.contains("=> cluster outbound|9080||reviews.default.svc.cluster.local"),
+        "{t}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

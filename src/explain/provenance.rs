@@ -160,6 +160,28 @@ impl Describer<'_> {
             if !crate::model::service::labels_match(&gw.spec.selector, &self.ctx.labels) {
                 continue;
             }
+            // A Gateway API Gateway's proxies are those of its own namespace.
+            if gw
+                .object
+                .annotations
+                .contains_key(crate::model::gateway_api::convert::SAME_NAMESPACE)
+                && gw.key.namespace != self.proxy.namespace
+            {
+                continue;
+            }
+            // A generated Gateway is named after what it comes from.
+            let name = match gw
+                .object
+                .annotations
+                .get(crate::model::gateway_api::convert::GENERATED_FROM)
+            {
+                Some(from) => format!(
+                    "{from} listener {} (converted to {})",
+                    gw.key.name.rsplit('~').next().unwrap_or_default(),
+                    gw.key
+                ),
+                None => gw.key.to_string(),
+            };
             for (i, srv) in gw.spec.servers.iter().enumerate() {
                 if srv.port.number != port && srv.port.target_port != Some(port) {
                     continue;
@@ -177,8 +199,7 @@ impl Describer<'_> {
                 found.push((
                     gw.key.to_string(),
                     format!(
-                        "{} server[{i}] ({} {}, hosts {}{tls})",
-                        gw.key,
+                        "{name} server[{i}] ({} {}, hosts {}{tls})",
                         srv.port.protocol,
                         srv.port.number,
                         srv.hosts.join(", ")
@@ -423,10 +444,20 @@ impl Describer<'_> {
             Some((vs, rule)) => {
                 let key = vs.key.to_string();
                 let rule = rule.map(|i| format!(" http[{i}]")).unwrap_or_default();
-                self.step(format!(
-                    "route #{idx} {:?} ({matched}) from {key}{rule}",
-                    route.name
-                ));
+                match self.gateway_api_source(vs, &route.name) {
+                    // Made from a Gateway API route: name it, the VirtualService after.
+                    Some(source) => {
+                        self.step(format!(
+                            "route #{idx} {:?} ({matched}) from {source} (converted to {key}{rule})",
+                            route.name
+                        ));
+                        self.object(source.split(" rules[").next().unwrap_or(&source).to_string());
+                    }
+                    None => self.step(format!(
+                        "route #{idx} {:?} ({matched}) from {key}{rule}",
+                        route.name
+                    )),
+                }
                 self.object(key);
             }
             None => self.step(format!(
@@ -437,6 +468,34 @@ impl Describer<'_> {
         if let Some(a) = &walk.action {
             self.step(format!("the route {a}"));
         }
+    }
+
+    /// The Gateway API route a generated VirtualService's route comes from: `HTTPRoute
+    /// ns/name rules[n]` when the route keeps its generated name (`ns.name.n`), else the
+    /// routes the VirtualService was merged from.
+    fn gateway_api_source(&self, vs: &VirtualServiceConfig, route: &str) -> Option<String> {
+        use crate::model::gateway_api::convert::PARENTS;
+        use crate::model::object::{Kind, ObjectKey};
+        if !vs.object.is_generated() {
+            return None;
+        }
+        let mut parts = route.rsplitn(2, '.');
+        if let (Some(n), Some(rest)) = (parts.next(), parts.next())
+            && n.parse::<usize>().is_ok()
+            && let Some((ns, name)) = rest.split_once('.')
+        {
+            for kind in [Kind::HTTPRoute, Kind::GRPCRoute] {
+                let key = ObjectKey {
+                    kind,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                };
+                if self.snap.objects.contains_key(&key) {
+                    return Some(format!("{key} rules[{n}]"));
+                }
+            }
+        }
+        vs.object.annotations.get(PARENTS).cloned()
     }
 
     /// The VirtualService (from the route's `istio.config` metadata) and which of its
