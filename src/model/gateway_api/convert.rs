@@ -1926,14 +1926,32 @@ fn destination(
                     "namespace may not be set with Hostname type".into(),
                 ));
             }
-            // Any service by that name: a ServiceEntry host or a Kubernetes Service's.
-            let exists = objects.values().any(|o| match &o.spec {
-                Spec::ServiceEntry(se) => se.hosts.contains(&b.name),
-                Spec::Service(_) => {
-                    b.name == format!("{}.{}.svc.{domain}", o.key.name, o.key.namespace)
-                }
-                _ => false,
-            });
+            // Any service by that name: a Kubernetes Service's (looked up by key) or a
+            // ServiceEntry host (only ServiceEntries are scanned).
+            let service = b
+                .name
+                .strip_suffix(&format!(".svc.{domain}"))
+                .and_then(|n| n.split_once('.'))
+                .is_some_and(|(name, ns)| {
+                    objects.contains_key(&ObjectKey {
+                        kind: Kind::Service,
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                    })
+                });
+            let entry = || {
+                objects
+                    .range(
+                        ObjectKey {
+                            kind: Kind::ServiceEntry,
+                            namespace: String::new(),
+                            name: String::new(),
+                        }..,
+                    )
+                    .take_while(|(k, _)| k.kind == Kind::ServiceEntry)
+                    .any(|(_, o)| matches!(&o.spec, Spec::ServiceEntry(se) if se.hosts.contains(&b.name)))
+            };
+            let exists = service || entry();
             (b.name.clone(), exists)
         }
         _ => {
