@@ -142,7 +142,7 @@ const DEFS: &[GwDef] = &[
         ],
         deprecated: &[],
         bare: &[],
-        spec: free_form,
+        spec: schema_of::<gw::ListenerSetSpec>,
     },
     GwDef {
         kind: "ReferenceGrant",

@@ -164,8 +164,8 @@ impl Describer<'_> {
             if gw
                 .object
                 .annotations
-                .contains_key(crate::model::gateway_api::convert::SAME_NAMESPACE)
-                && gw.key.namespace != self.proxy.namespace
+                .get(crate::model::gateway_api::convert::PROXY_NAMESPACE)
+                .is_some_and(|ns| *ns != self.proxy.namespace)
             {
                 continue;
             }

@@ -545,6 +545,7 @@ pub fn write_status(
                     Kind::TLSRoute => "tlsroutes",
                     Kind::TCPRoute => "tcproutes",
                     Kind::GRPCRoute => "grpcroutes",
+                    Kind::ListenerSet => "listenersets",
                     _ => continue,
                 };
                 let ar = ApiResource {

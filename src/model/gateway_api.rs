@@ -48,8 +48,32 @@ gw_api! {
         pub addresses: Vec<GatewayAddress>,
         pub infrastructure: Option<Value>,
         pub tls: Option<Value>,
-        pub allowed_listeners: Option<Value>,
+        pub allowed_listeners: Option<AllowedListeners>,
         pub default_scope: Option<String>,
+    }
+}
+
+gw_api! {
+    /// Which ListenerSets may attach (`namespaces.from`: None, the default, Same, All,
+    /// Selector).
+    pub struct AllowedListeners {
+        pub namespaces: Option<RouteNamespaces>,
+    }
+}
+
+gw_api! {
+    pub struct ListenerSetSpec {
+        pub parent_ref: ListenerSetParent,
+        pub listeners: Vec<Listener>,
+    }
+}
+
+gw_api! {
+    pub struct ListenerSetParent {
+        pub group: Option<String>,
+        pub kind: Option<String>,
+        pub name: String,
+        pub namespace: Option<String>,
     }
 }
 

@@ -49,6 +49,7 @@ pub enum Kind {
     TLSRoute,
     TCPRoute,
     GRPCRoute,
+    ListenerSet,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -61,13 +62,11 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
     ("gateway.networking.k8s.io", "UDPRoute"),
-    ("gateway.networking.k8s.io", "ListenerSet"),
-    ("gateway.networking.k8s.io", "XListenerSet"),
     ("gateway.networking.k8s.io", "BackendTLSPolicy"),
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 27] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -94,6 +93,7 @@ impl Kind {
         Kind::TLSRoute,
         Kind::TCPRoute,
         Kind::GRPCRoute,
+        Kind::ListenerSet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +124,7 @@ impl Kind {
             Kind::TLSRoute => "TLSRoute",
             Kind::TCPRoute => "TCPRoute",
             Kind::GRPCRoute => "GRPCRoute",
+            Kind::ListenerSet => "ListenerSet",
         }
     }
 
@@ -144,7 +145,8 @@ impl Kind {
             | Kind::ReferenceGrant
             | Kind::TLSRoute
             | Kind::TCPRoute
-            | Kind::GRPCRoute => gateway_api::GROUP,
+            | Kind::GRPCRoute
+            | Kind::ListenerSet => gateway_api::GROUP,
             Kind::Telemetry => "telemetry.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
@@ -167,7 +169,7 @@ impl Kind {
         if self == Kind::TCPRoute {
             return &["v1alpha2"];
         }
-        if self == Kind::GRPCRoute {
+        if self == Kind::GRPCRoute || self == Kind::ListenerSet {
             return &["v1"];
         }
         match self.group() {
@@ -395,6 +397,7 @@ pub enum Spec {
     TLSRoute(gateway_api::StreamRouteSpec),
     TCPRoute(gateway_api::StreamRouteSpec),
     GRPCRoute(gateway_api::GrpcRouteSpec),
+    ListenerSet(gateway_api::ListenerSetSpec),
 }
 
 /// One stored configuration object.
@@ -771,6 +774,7 @@ fn parse_spec(
         Kind::TLSRoute => Spec::TLSRoute(istio_spec(key, spec, lines, origin)?),
         Kind::TCPRoute => Spec::TCPRoute(istio_spec(key, spec, lines, origin)?),
         Kind::GRPCRoute => Spec::GRPCRoute(istio_spec(key, spec, lines, origin)?),
+        Kind::ListenerSet => Spec::ListenerSet(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::Node => {
             let labels = meta.get("labels").cloned().unwrap_or(Value::Null);

@@ -675,10 +675,10 @@ impl Snapshot {
             super::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL
         );
         let owned = self.gateways.iter().any(|g| {
-            g.key.namespace == from
-                && g.object
-                    .annotations
-                    .contains_key(super::gateway_api::convert::SAME_NAMESPACE)
+            g.object
+                .annotations
+                .get(super::gateway_api::convert::PROXY_NAMESPACE)
+                .is_some_and(|ns| ns == from)
                 && !g.spec.selector.is_empty()
                 && super::service::labels_match(&g.spec.selector, labels)
                 && g.spec.servers.iter().any(|s| {

@@ -178,6 +178,7 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
         ),
         w(GATEWAY_API, &["v1alpha2"], "TCPRoute", "tcproutes"),
         w(GATEWAY_API, &["v1"], "GRPCRoute", "grpcroutes"),
+        w(GATEWAY_API, &["v1"], "ListenerSet", "listenersets"),
     ]
 }
 

@@ -22,7 +22,7 @@ use super::route;
 use super::tcp;
 use crate::envoy::naming;
 use crate::envoy::pb;
-use crate::model::gateway_api::convert::SAME_NAMESPACE;
+use crate::model::gateway_api::convert::PROXY_NAMESPACE;
 use crate::model::istio::{Server, ServerTlsMode};
 use crate::model::service::labels_match;
 use crate::model::snapshot::GatewayConfig;
@@ -35,8 +35,10 @@ pub fn selected<'a>(ctx: &'a ProxyContext) -> Vec<&'a GatewayConfig> {
         .filter(|g| !g.spec.selector.is_empty() && labels_match(&g.spec.selector, &ctx.labels))
         // A Gateway API Gateway's proxies are those of its own namespace.
         .filter(|g| {
-            !g.object.annotations.contains_key(SAME_NAMESPACE)
-                || g.key.namespace == ctx.proxy.namespace
+            g.object
+                .annotations
+                .get(PROXY_NAMESPACE)
+                .is_none_or(|ns| *ns == ctx.proxy.namespace)
         })
         .map(|g| &**g)
         .collect()
@@ -149,7 +151,7 @@ fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a
                 "0.0.0.0".to_string()
             };
             let listen = listen_port(ctx, number);
-            let route_number = if gw.object.annotations.contains_key(SAME_NAMESPACE) {
+            let route_number = if gw.object.annotations.contains_key(PROXY_NAMESPACE) {
                 listen
             } else {
                 number

@@ -816,3 +816,109 @@ fn grpc_routes_through_a_gateway() {
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }
+
+const LISTENER_SETS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: team-a}
+spec:
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: app, namespace: team-a}
+subsets: [{addresses: [{ip: 127.0.0.12}], ports: [{name: http, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shared, namespace: default}
+spec:
+  gatewayClassName: istio
+  allowedListeners: {namespaces: {from: All}}
+  listeners: [{name: http, port: 8080, protocol: HTTP, hostname: "*.example.com"}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: team-a, namespace: team-a, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRef: {name: shared, namespace: default}
+  listeners:
+  - name: a
+    port: 8080
+    protocol: HTTP
+    hostname: a.example.org
+  - name: clash
+    port: 8080
+    protocol: HTTP
+    hostname: "*.example.com"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: app, namespace: team-a}
+spec:
+  parentRefs: [{kind: ListenerSet, name: team-a, sectionName: a}]
+  rules:
+  - backendRefs: [{name: app, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: closed, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 9090, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: refused, namespace: team-a}
+spec:
+  parentRef: {name: closed, namespace: default}
+  listeners: [{name: b, port: 9090, protocol: HTTP, hostname: b.example.org}]
+"#;
+
+/// ListenerSets (which istiod does not serve yet): a team's listener, in its own
+/// namespace, added to a shared Gateway that admits it and routed by the team's
+/// HTTPRoute; a listener clashing with the Gateway's own is Conflicted; a Gateway that
+/// admits no ListenerSets leaves them NotAllowed.
+#[test]
+fn listener_sets_add_listeners_to_a_gateway() {
+    let Some((dir, config)) = envoy_test("gwapi-lset") else {
+        return;
+    };
+    config.write("listener-sets.yaml", LISTENER_SETS);
+    let _backends = Backends::start(&PODS, 9080);
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+    let node = NodeSpec {
+        labels: &[("gateway.networking.k8s.io/gateway-name", "shared")],
+        ..EDGE
+    };
+    let router = Envoy::start(&node, Ads::Delta, 15000, dir.path());
+    let get = |host: &str| http_get(&format!("{}:8080", EDGE.ip), "/", &[("Host", host)]).ok();
+    let r = wait_for("the ListenerSet's route", Duration::from_secs(20), || {
+        get("a.example.org").filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body, "reviews-v1");
+    // The Gateway's own listener has no route: 404 for its hosts.
+    assert_eq!(get("x.example.com").map(|r| r.status), Some(404));
+
+    let st = status_of(&config);
+    let set = &st["ListenerSet team-a/team-a"];
+    assert_eq!(condition(&set["conditions"], "Accepted").0, "True", "{set}");
+    assert_eq!(set["listeners"][0]["attachedRoutes"], 1, "{set}");
+    assert_eq!(
+        condition(&set["listeners"][1]["conditions"], "Conflicted"),
+        ("True".into(), "HostnameConflict".into())
+    );
+    assert_eq!(st["Gateway default/shared"]["attachedListenerSets"], 1);
+    assert_eq!(
+        condition(&st["ListenerSet team-a/refused"]["conditions"], "Accepted"),
+        ("False".into(), "NotAllowed".into())
+    );
+    let route = &st["HTTPRoute team-a/app"]["parents"][0]["conditions"];
+    assert_eq!(condition(route, "Accepted").0, "True");
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}

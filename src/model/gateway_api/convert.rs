@@ -37,9 +37,10 @@ pub const PARENTS: &str = "internal.istio.io/parents";
 pub const CROSS_NAMESPACE_CREDENTIAL: &str = "kubernetes-gateway://";
 /// Annotation on every generated object: the Gateway API object it comes from.
 pub const GENERATED_FROM: &str = "internal.meshd.io/generated-from";
-/// Annotation on a generated Istio Gateway: its proxies are selected in its namespace
-/// only (a Gateway API Gateway owns the proxies of its own namespace).
-pub const SAME_NAMESPACE: &str = "internal.meshd.io/select-same-namespace";
+/// Annotation on a generated Istio Gateway: the namespace its proxies are selected in
+/// (a Gateway API Gateway owns the proxies of its own namespace; a ListenerSet's
+/// listeners are served by its parent Gateway's).
+pub const PROXY_NAMESPACE: &str = "internal.meshd.io/proxy-namespace";
 
 /// Gateway classes istiod creates itself and handles, with whether it serves them as
 /// gateways (waypoints are accepted, not served: meshd has no ambient mode).
@@ -61,7 +62,8 @@ pub struct Converted {
 
 /// A listener a route may attach to, with what the route needs of it.
 struct ListenerRef<'a> {
-    gateway: &'a Object,
+    /// The Gateway or the ListenerSet the listener belongs to (what routes name).
+    owner: ObjectKey,
     listener: &'a Listener,
     /// `namespace/name` of the generated Istio Gateway.
     internal: String,
@@ -123,8 +125,14 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
 
     // Gateways: their listeners, as Istio Gateways and as what routes attach to.
     let mut listeners: Vec<ListenerRef> = Vec::new();
-    let mut gateway_status: BTreeMap<ObjectKey, (Vec<ListenerStatus>, Vec<Condition>)> =
-        BTreeMap::new();
+    // Status of each Gateway and ListenerSet meshd serves: listeners, conditions, and
+    // (Gateways) how many ListenerSets are attached.
+    let mut gateway_status: BTreeMap<ObjectKey, OwnerStatus> = BTreeMap::new();
+    let listener_sets: Vec<&Object> = {
+        let mut v: Vec<&Object> = of_kind(Kind::ListenerSet).collect();
+        v.sort_by(|a, b| (&a.created, &a.key).cmp(&(&b.created, &b.key)));
+        v
+    };
     for gw in of_kind(Kind::KubeGateway) {
         let Spec::KubeGateway(spec) = &gw.spec else {
             continue;
@@ -143,76 +151,142 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             ));
             continue;
         }
-        let (servers, statuses) = gateway_listeners(
-            gw,
-            spec,
-            objects,
-            &namespaces,
-            &grants,
-            &mut out.diagnostics,
-        );
-        let mut listener_status = Vec::new();
-        for ((l, server), st) in spec.listeners.iter().zip(servers).zip(statuses) {
-            listener_status.push(st);
-            let Some(server) = server else { continue };
-            let name = format!("{}~{GENERATED}~{}", gw.key.name, l.name);
-            let internal = format!("{}/{name}", gw.key.namespace);
-            let (namespaces_allowed, kinds) = allowed(gw, l, &namespaces);
-            let passthrough = server
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.mode == istio::ServerTlsMode::PASSTHROUGH);
-            let route_kinds = match server.port.protocol.as_str() {
-                "HTTP" => vec!["HTTPRoute", "GRPCRoute"],
-                "HTTPS" if !passthrough => vec!["HTTPRoute", "GRPCRoute"],
-                "HTTPS" | "TLS" => vec!["TLSRoute"],
-                _ => vec!["TCPRoute"],
+        // The Gateway's own listeners, then those of the ListenerSets it admits (oldest
+        // first): together they are the Gateway's, conflicts judged in that order.
+        let mut owners: Vec<(&Object, &[Listener])> = vec![(gw, &spec.listeners)];
+        let mut attached_sets = 0;
+        for ls in &listener_sets {
+            let Spec::ListenerSet(ls_spec) = &ls.spec else {
+                continue;
             };
-            out.objects.push(generated(
-                gw,
-                ObjectKey {
-                    kind: Kind::Gateway,
-                    namespace: gw.key.namespace.clone(),
-                    name,
-                },
-                Spec::Gateway(istio::Gateway {
-                    servers: vec![server],
-                    selector: BTreeMap::from([(GATEWAY_NAME_LABEL.into(), gw.key.name.clone())]),
-                }),
-                &[(SAME_NAMESPACE, "true")],
-            ));
-            listeners.push(ListenerRef {
-                gateway: gw,
-                listener: l,
-                internal,
-                namespaces: namespaces_allowed,
-                route_kinds,
-                kinds,
-            });
+            let p = &ls_spec.parent_ref;
+            let parent = ObjectKey {
+                kind: Kind::KubeGateway,
+                namespace: p.namespace.clone().unwrap_or(ls.key.namespace.clone()),
+                name: p.name.clone(),
+            };
+            if parent != gw.key
+                || p.group.as_deref().unwrap_or(GROUP) != GROUP
+                || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+            {
+                continue;
+            }
+            if listener_sets_allowed(gw, spec, ls, &namespaces) {
+                owners.push((ls, &ls_spec.listeners));
+                attached_sets += 1;
+            } else {
+                gateway_status.insert(
+                    ls.key.clone(),
+                    OwnerStatus {
+                        listeners: Vec::new(),
+                        conditions: vec![
+                            Condition::fail(
+                                "Accepted",
+                                "NotAllowed",
+                                "the parent Gateway's allowedListeners does not admit this ListenerSet",
+                            ),
+                            Condition::fail("Programmed", "NotAllowed", "not attached"),
+                        ],
+                        attached_sets: None,
+                        accepted: false,
+                    },
+                );
+            }
         }
-        let programmed = listener_status.iter().all(|l| l.programmed);
-        let mut conds = vec![Condition::ok("Accepted", "Accepted", "Resource accepted")];
-        conds.push(if programmed {
-            Condition::ok("Programmed", "Programmed", "Resource programmed")
-        } else {
-            Condition::fail("Programmed", "Invalid", "A listener is not programmed")
-        });
-        if spec.addresses.iter().any(|a| {
-            a.kind
-                .as_deref()
-                .is_some_and(|k| k != "IPAddress" && k != "Hostname")
-        }) {
-            conds[0] = Condition::fail(
-                "Accepted",
-                "UnsupportedAddress",
-                "only IPAddress and Hostname addresses are supported",
+        let mut earlier: Vec<&Listener> = Vec::new();
+        for (owner, owned) in owners {
+            let (servers, statuses) = gateway_listeners(
+                gw,
+                owner,
+                owned,
+                objects,
+                &namespaces,
+                &grants,
+                &mut earlier,
+                &mut out.diagnostics,
+            );
+            let mut listener_status = Vec::new();
+            for ((l, server), st) in owned.iter().zip(servers).zip(statuses) {
+                listener_status.push(st);
+                let Some(server) = server else { continue };
+                let name = format!("{}~{GENERATED}~{}", owner.key.name, l.name);
+                let internal = format!("{}/{name}", owner.key.namespace);
+                let (namespaces_allowed, kinds) = allowed(owner, l, &namespaces);
+                let passthrough = server
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == istio::ServerTlsMode::PASSTHROUGH);
+                let route_kinds = match server.port.protocol.as_str() {
+                    "HTTP" => vec!["HTTPRoute", "GRPCRoute"],
+                    "HTTPS" if !passthrough => vec!["HTTPRoute", "GRPCRoute"],
+                    "HTTPS" | "TLS" => vec!["TLSRoute"],
+                    _ => vec!["TCPRoute"],
+                };
+                out.objects.push(generated(
+                    owner,
+                    ObjectKey {
+                        kind: Kind::Gateway,
+                        namespace: owner.key.namespace.clone(),
+                        name,
+                    },
+                    Spec::Gateway(istio::Gateway {
+                        servers: vec![server],
+                        selector: BTreeMap::from([(
+                            GATEWAY_NAME_LABEL.into(),
+                            gw.key.name.clone(),
+                        )]),
+                    }),
+                    // Served by the Gateway's proxies, in the Gateway's namespace.
+                    &[(PROXY_NAMESPACE, &gw.key.namespace)],
+                ));
+                listeners.push(ListenerRef {
+                    owner: owner.key.clone(),
+                    listener: l,
+                    internal,
+                    namespaces: namespaces_allowed,
+                    route_kinds,
+                    kinds,
+                });
+            }
+            let programmed = listener_status.iter().all(|l| l.programmed);
+            let mut conds = vec![Condition::ok("Accepted", "Accepted", "Resource accepted")];
+            conds.push(if programmed {
+                Condition::ok("Programmed", "Programmed", "Resource programmed")
+            } else {
+                Condition::fail("Programmed", "Invalid", "A listener is not programmed")
+            });
+            if owner.key == gw.key
+                && spec.addresses.iter().any(|a| {
+                    a.kind
+                        .as_deref()
+                        .is_some_and(|k| k != "IPAddress" && k != "Hostname")
+                })
+            {
+                conds[0] = Condition::fail(
+                    "Accepted",
+                    "UnsupportedAddress",
+                    "only IPAddress and Hostname addresses are supported",
+                );
+            }
+            gateway_status.insert(
+                owner.key.clone(),
+                OwnerStatus {
+                    listeners: listener_status,
+                    conditions: conds,
+                    attached_sets: (owner.key == gw.key).then_some(attached_sets),
+                    accepted: true,
+                },
             );
         }
-        gateway_status.insert(gw.key.clone(), (listener_status, conds));
     }
 
     // Routes.
-    let served: BTreeSet<ObjectKey> = gateway_status.keys().cloned().collect();
+    // What routes may name as parents: Gateways and attached ListenerSets.
+    let served: BTreeSet<ObjectKey> = gateway_status
+        .iter()
+        .filter(|(_, st)| st.accepted)
+        .map(|(k, _)| k.clone())
+        .collect();
     let mut attached: BTreeMap<(ObjectKey, String), u32> = BTreeMap::new();
     // (route, gateway, listener) already attached.
     let mut counted: BTreeSet<(ObjectKey, ObjectKey, String)> = BTreeSet::new();
@@ -246,7 +320,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         for (i, p) in parent_refs.iter().enumerate() {
             let ns = p.namespace.clone().unwrap_or(route.key.namespace.clone());
             match (p.group(), p.kind()) {
-                (GROUP, "Gateway") => {
+                (GROUP, "Gateway" | "ListenerSet") => {
                     let Some(found) =
                         gateway_parent(route, p, kind, hostnames, &listeners, &served)
                     else {
@@ -261,13 +335,13 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                                 // Two parentRefs reaching one listener attach once.
                                 if !counted.insert((
                                     route.key.clone(),
-                                    l.gateway.key.clone(),
+                                    l.owner.clone(),
                                     l.listener.name.clone(),
                                 )) {
                                     continue;
                                 }
                                 *attached
-                                    .entry((l.gateway.key.clone(), l.listener.name.clone()))
+                                    .entry((l.owner.clone(), l.listener.name.clone()))
                                     .or_insert(0) += 1;
                                 if rules.error.is_some() {
                                     continue;
@@ -380,7 +454,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 // What to make for each place the route attaches.
                 let mut made: Vec<Attached> = Vec::new();
                 match (p.group(), p.kind()) {
-                    (GROUP, "Gateway") => {
+                    (GROUP, "Gateway" | "ListenerSet") => {
                         let Some(found) =
                             gateway_parent(route, p, kind.name(), hostnames, &listeners, &served)
                         else {
@@ -392,13 +466,13 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                                 for (l, hosts) in on {
                                     if !counted.insert((
                                         route.key.clone(),
-                                        l.gateway.key.clone(),
+                                        l.owner.clone(),
                                         l.listener.name.clone(),
                                     )) {
                                         continue;
                                     }
                                     *attached
-                                        .entry((l.gateway.key.clone(), l.listener.name.clone()))
+                                        .entry((l.owner.clone(), l.listener.name.clone()))
                                         .or_insert(0) += 1;
                                     let vs_hosts =
                                         if tls { hosts.clone() } else { vec!["*".into()] };
@@ -583,27 +657,71 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         ));
     }
 
-    for (key, (listeners, conds)) in gateway_status {
-        let gw = &objects[&key];
-        let ls: Vec<Value> = listeners
+    for (key, st) in gateway_status {
+        let Some(owner) = objects.get(&key) else {
+            continue;
+        };
+        let ls: Vec<Value> = st
+            .listeners
             .iter()
             .map(|l| {
                 let n = attached
                     .get(&(key.clone(), l.name.clone()))
                     .copied()
                     .unwrap_or(0);
-                l.json(gw, n)
+                l.json(owner, n)
             })
             .collect();
-        out.statuses.set(
-            &key,
-            json!({
-                "conditions": conds.iter().map(|c| c.json(gw)).collect::<Vec<_>>(),
-                "listeners": ls,
-            }),
-        );
+        let mut status = json!({
+            "conditions": st.conditions.iter().map(|c| c.json(owner)).collect::<Vec<_>>(),
+            "listeners": ls,
+        });
+        if let Some(n) = st.attached_sets {
+            status["attachedListenerSets"] = json!(n);
+        }
+        out.statuses.set(&key, status);
     }
     out
+}
+
+/// A Gateway's or ListenerSet's status as the conversion found it.
+struct OwnerStatus {
+    listeners: Vec<ListenerStatus>,
+    conditions: Vec<Condition>,
+    /// A Gateway's count of attached ListenerSets.
+    attached_sets: Option<u32>,
+    /// Whether routes may attach (a ListenerSet its Gateway does not admit: no).
+    accepted: bool,
+}
+
+/// Whether Gateway `gw` admits ListenerSet `ls` (`allowedListeners.namespaces.from`:
+/// None by default, Same, All, or Selector over the namespaces' labels).
+fn listener_sets_allowed(
+    gw: &Object,
+    spec: &GatewaySpec,
+    ls: &Object,
+    namespaces: &BTreeMap<&str, &Object>,
+) -> bool {
+    let ns = spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.clone())
+        .unwrap_or_default();
+    match ns.from.as_deref().unwrap_or("None") {
+        "All" => true,
+        "Same" => ls.key.namespace == gw.key.namespace,
+        "Selector" => ns.selector.as_ref().is_some_and(|sel| {
+            let mut labels = namespaces
+                .get(ls.key.namespace.as_str())
+                .map(|o| o.labels.clone())
+                .unwrap_or_default();
+            labels
+                .entry("kubernetes.io/metadata.name".into())
+                .or_insert(ls.key.namespace.clone());
+            sel.matches(&labels)
+        }),
+        _ => false,
+    }
 }
 
 /// A listener a route attaches to, with the hostnames the route serves there.
@@ -620,17 +738,23 @@ fn gateway_parent<'l, 'o>(
     listeners: &'l [ListenerRef<'o>],
     served: &BTreeSet<ObjectKey>,
 ) -> Option<Result<Vec<OnListener<'l, 'o>>, Condition>> {
-    let gw_key = ObjectKey {
-        kind: Kind::KubeGateway,
+    let owner = ObjectKey {
+        kind: if p.kind() == "ListenerSet" {
+            Kind::ListenerSet
+        } else {
+            Kind::KubeGateway
+        },
         namespace: p.namespace.clone().unwrap_or(route.key.namespace.clone()),
         name: p.name.clone(),
     };
-    if !served.contains(&gw_key) {
+    if !served.contains(&owner) {
         return None;
     }
+    // A Gateway parent takes the Gateway's own listeners; a ListenerSet parent, the
+    // ListenerSet's.
     let candidates: Vec<&ListenerRef> = listeners
         .iter()
-        .filter(|l| l.gateway.key == gw_key)
+        .filter(|l| l.owner == owner)
         .filter(|l| {
             p.section_name
                 .as_ref()
@@ -817,7 +941,7 @@ fn generated(
 
 /// Namespaces a listener admits routes from (`*` for all) and the route kinds it names.
 fn allowed(
-    gw: &Object,
+    owner: &Object,
     l: &Listener,
     namespaces: &BTreeMap<&str, &Object>,
 ) -> (Vec<String>, Vec<(String, String)>) {
@@ -846,29 +970,34 @@ fn allowed(
                 .map(|(n, _)| n.to_string())
                 .collect(),
         },
-        _ => vec![gw.key.namespace.clone()],
+        _ => vec![owner.key.namespace.clone()],
     };
     (list, kinds)
 }
 
 /// Each listener's Istio server (None when the listener cannot be served) and status.
-fn gateway_listeners(
+/// `owner` is the Gateway or a ListenerSet attached to Gateway `gw`; `earlier` the
+/// listeners already taken on `gw` (its own first, then attached ListenerSets', oldest
+/// first), which later ones may conflict with.
+#[allow(clippy::too_many_arguments)]
+fn gateway_listeners<'a>(
     gw: &Object,
-    spec: &GatewaySpec,
+    owner: &Object,
+    listeners: &'a [Listener],
     objects: &BTreeMap<ObjectKey, Arc<Object>>,
     namespaces: &BTreeMap<&str, &Object>,
     grants: &[&Object],
+    earlier: &mut Vec<&'a Listener>,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<Option<istio::Server>>, Vec<ListenerStatus>) {
     let mut servers = Vec::new();
     let mut statuses = Vec::new();
-    let mut earlier: Vec<&Listener> = Vec::new();
-    for (i, l) in spec.listeners.iter().enumerate() {
+    for (i, l) in listeners.iter().enumerate() {
         let mut st = ListenerStatus::new(&l.name);
         let field = format!("spec.listeners[{i}]");
         // The first of two listeners that cannot share their port wins, as istiod has it.
         if let Some(reason) = earlier.iter().find_map(|e| conflict(l, e)) {
-            diags.push(gw.diag_warning(
+            diags.push(owner.diag_warning(
                 &field,
                 format!(
                     "listener {} conflicts with an earlier listener on port {} ({reason}); it is not served",
@@ -894,7 +1023,7 @@ fn gateway_listeners(
                 } else {
                     format!("protocol {other:?} is unsupported")
                 };
-                diags.push(gw.diag_warning(
+                diags.push(owner.diag_warning(
                     &format!("{field}.protocol"),
                     format!("{msg}; the listener is not served"),
                 ));
@@ -910,7 +1039,7 @@ fn gateway_listeners(
             _ => vec!["TCPRoute"],
         };
         let hostname = l.hostname.clone().unwrap_or("*".into());
-        let (allowed_ns, _) = allowed(gw, l, namespaces);
+        let (allowed_ns, _) = allowed(owner, l, namespaces);
         let mut hosts: Vec<String> = allowed_ns
             .iter()
             .map(|ns| format!("{ns}/{hostname}"))
@@ -929,7 +1058,7 @@ fn gateway_listeners(
                     ..Default::default()
                 });
             } else {
-                match certificate(gw, &t.certificate_refs, objects, grants) {
+                match certificate(gw, owner, &t.certificate_refs, objects, grants) {
                     Ok(name) => {
                         tls = Some(istio::ServerTlsSettings {
                             mode: istio::ServerTlsMode::SIMPLE,
@@ -938,7 +1067,7 @@ fn gateway_listeners(
                         })
                     }
                     Err((reason, msg)) => {
-                        diags.push(gw.diag_warning(
+                        diags.push(owner.diag_warning(
                             &format!("{field}.tls.certificateRefs"),
                             format!("{msg}; the listener is not served"),
                         ));
@@ -999,9 +1128,11 @@ fn conflict(a: &Listener, b: &Listener) -> Option<&'static str> {
     }
 }
 
-/// The credential name of a listener's certificate: a Secret of the Gateway's namespace.
+/// The credential name of a listener's certificate: a Secret of the listener's owner's
+/// namespace, or of another with a ReferenceGrant.
 fn certificate(
     gw: &Object,
+    owner: &Object,
     refs: &[super::ObjectRef],
     objects: &BTreeMap<ObjectKey, Arc<Object>>,
     grants: &[&Object],
@@ -1024,6 +1155,16 @@ fn certificate(
             ),
         ));
     }
+    if owner.key.namespace != gw.key.namespace {
+        return Err((
+            "InvalidCertificateRef",
+            format!(
+                "a ListenerSet in namespace {:?} terminating TLS for Gateway {}: meshd serves only ListenerSets of the Gateway's own namespace with certificates so far",
+                owner.key.namespace, gw.key
+            ),
+        ));
+    }
+    let from = owner.key.kind.name();
     let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
     // Another namespace's Secret: only with a ReferenceGrant there, and served under
     // istiod's name for it, which meshd's SDS checks against the grant again.
@@ -1042,7 +1183,7 @@ fn certificate(
         return Err((
             "RefNotPermitted",
             format!(
-                "certificateRef {ns}/{} not accessible to a Gateway in namespace {:?} (missing a ReferenceGrant?)",
+                "certificateRef {ns}/{} not accessible to a {from} in namespace {:?} (missing a ReferenceGrant?)",
                 r.name, gw.key.namespace
             ),
         ));
@@ -1053,6 +1194,13 @@ fn certificate(
         name: r.name.clone(),
     };
     match objects.get(&key).map(|o| &o.spec) {
+        Some(Spec::Secret(_)) if cross && from != "Gateway" => Err((
+            "InvalidCertificateRef",
+            format!(
+                "certificateRef {ns}/{}: a ListenerSet's certificates from another namespace are not served by meshd yet",
+                r.name
+            ),
+        )),
         Some(Spec::Secret(s)) if s.cert.is_some() && s.key.is_some() => Ok(if cross {
             format!("{CROSS_NAMESPACE_CREDENTIAL}{ns}/{}", r.name)
         } else {
