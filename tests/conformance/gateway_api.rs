@@ -45,6 +45,15 @@ spec:
 "#;
 
 const CONFIG: &str = r#"
+# The gateway's Service, named as istiod's deployment names it: the Gateway's address.
+apiVersion: v1
+kind: Service
+metadata: {name: edge-istio}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {gateway.networking.k8s.io/gateway-name: edge}
+  ports: [{name: http, port: 8080}]
+---
 apiVersion: v1
 kind: Namespace
 metadata: {name: other, labels: {team: other}}
@@ -389,6 +398,10 @@ fn httproutes_through_a_gateway_api_gateway() {
         "another controller's objects get no status from meshd: {st:?}"
     );
     let gw = &st["Gateway default/edge"];
+    assert_eq!(
+        gw["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "10.96.0.50"}])
+    );
     assert_eq!(
         condition(&gw["conditions"], "Accepted"),
         ("True".into(), "Accepted".into())

@@ -189,6 +189,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                         ],
                         attached_sets: None,
                         accepted: false,
+                        addresses: Vec::new(),
                     },
                 );
             }
@@ -275,6 +276,11 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     conditions: conds,
                     attached_sets: (owner.key == gw.key).then_some(attached_sets),
                     accepted: true,
+                    addresses: if owner.key == gw.key {
+                        gateway_addresses(gw, spec, objects)
+                    } else {
+                        Vec::new()
+                    },
                 },
             );
         }
@@ -679,6 +685,9 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         if let Some(n) = st.attached_sets {
             status["attachedListenerSets"] = json!(n);
         }
+        if !st.addresses.is_empty() {
+            status["addresses"] = json!(st.addresses);
+        }
         out.statuses.set(&key, status);
     }
     out
@@ -692,6 +701,37 @@ struct OwnerStatus {
     attached_sets: Option<u32>,
     /// Whether routes may attach (a ListenerSet its Gateway does not admit: no).
     accepted: bool,
+    /// A Gateway's `status.addresses`.
+    addresses: Vec<Value>,
+}
+
+/// Where a Gateway is reached, as istiod reports it: the cluster IPs of its Service
+/// (`<gateway>-<class>`, the name istiod's deployment gives it, made by whoever deploys
+/// the proxies), else the addresses the Gateway asks for.
+fn gateway_addresses(
+    gw: &Object,
+    spec: &GatewaySpec,
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+) -> Vec<Value> {
+    let service = ObjectKey {
+        kind: Kind::Service,
+        namespace: gw.key.namespace.clone(),
+        name: format!("{}-{}", gw.key.name, spec.gateway_class_name),
+    };
+    if let Some(Spec::Service(svc)) = objects.get(&service).map(|o| &o.spec)
+        && !svc.cluster_ips.is_empty()
+    {
+        return svc
+            .cluster_ips
+            .iter()
+            .map(|ip| json!({"type": "IPAddress", "value": ip}))
+            .collect();
+    }
+    spec.addresses
+        .iter()
+        .filter(|a| !a.value.is_empty())
+        .map(|a| json!({"type": a.kind.as_deref().unwrap_or("IPAddress"), "value": a.value}))
+        .collect()
 }
 
 /// Whether Gateway `gw` admits ListenerSet `ls` (`allowedListeners.namespaces.from`:
