@@ -33,6 +33,28 @@ macro_rules! gw_api {
     };
 }
 
+/// The reference and weight accessors of a backendRef with a weight (HTTPRoute's with
+/// filters, TLSRoute's and TCPRoute's without).
+macro_rules! weighted_backend {
+    ($name:ident) => {
+        impl $name {
+            pub fn backend(&self) -> BackendRef {
+                BackendRef {
+                    group: self.group.clone(),
+                    kind: self.kind.clone(),
+                    name: self.name.clone(),
+                    namespace: self.namespace.clone(),
+                    port: self.port,
+                }
+            }
+            /// The weight (default 1), at most the API's maximum of 1,000,000.
+            pub fn weight(&self) -> u32 {
+                self.weight.unwrap_or(1).min(1_000_000)
+            }
+        }
+    };
+}
+
 gw_api! {
     pub struct GatewayClassSpec {
         pub controller_name: String,
@@ -358,21 +380,7 @@ gw_api! {
     }
 }
 
-impl HttpBackendRef {
-    pub fn backend(&self) -> BackendRef {
-        BackendRef {
-            group: self.group.clone(),
-            kind: self.kind.clone(),
-            name: self.name.clone(),
-            namespace: self.namespace.clone(),
-            port: self.port,
-        }
-    }
-    /// The weight (default 1), at most the API's maximum of 1,000,000.
-    pub fn weight(&self) -> u32 {
-        self.weight.unwrap_or(1).min(1_000_000)
-    }
-}
+weighted_backend!(HttpBackendRef);
 
 gw_api! {
     pub struct HttpRouteTimeouts {
@@ -440,21 +448,7 @@ gw_api! {
     }
 }
 
-impl WeightedBackendRef {
-    pub fn backend(&self) -> BackendRef {
-        BackendRef {
-            group: self.group.clone(),
-            kind: self.kind.clone(),
-            name: self.name.clone(),
-            namespace: self.namespace.clone(),
-            port: self.port,
-        }
-    }
-    /// The weight (default 1), at most the API's maximum of 1,000,000.
-    pub fn weight(&self) -> u32 {
-        self.weight.unwrap_or(1).min(1_000_000)
-    }
-}
+weighted_backend!(WeightedBackendRef);
 
 gw_api! {
     pub struct GrpcRouteSpec {

@@ -766,22 +766,15 @@ spec:
 /// method and header match picks v2, the service match takes the rest to v1.
 #[test]
 fn grpc_routes_through_a_gateway() {
-    let py = std::env::var_os("MESHD_GRPC_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-tools/bin/python"));
-    let has_grpc = Command::new(&py)
-        .args(["-c", "import grpc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_grpc {
+    let Some(py) = crate::grpc::python() else {
         skip_or_fail("python with grpcio is not installed (.venv-tools)");
         return;
-    }
+    };
     let Some((dir, config)) = envoy_test("gwapi-grpc") else {
         return;
     };
     config.write("grpc.yaml", GRPC);
-    let script = repo().join("tests/support/grpc_echo.py");
+    let script = crate::grpc::script();
     let servers: Vec<Proc> = [("echo-v1", "127.0.0.50"), ("echo-v2", "127.0.0.51")]
         .iter()
         .map(|(name, ip)| {

@@ -67,7 +67,8 @@ spec:
     - destination: {host: echo, subset: v1}
 "#;
 
-fn python() -> Option<PathBuf> {
+/// Python with grpcio (scripts/test installs it into .venv-tools), or None.
+pub fn python() -> Option<PathBuf> {
     let p = std::env::var_os("MESHD_GRPC_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv-tools/bin/python"));
@@ -78,7 +79,8 @@ fn python() -> Option<PathBuf> {
     ok.then_some(p)
 }
 
-fn script() -> PathBuf {
+/// The gRPC echo server and client of the tests (Python, grpcio).
+pub fn script() -> PathBuf {
     repo().join("tests/support/grpc_echo.py")
 }
 

@@ -850,6 +850,10 @@ struct Attached {
     port: Option<u32>,
 }
 
+fn resolved_ok() -> Condition {
+    Condition::ok("ResolvedRefs", "ResolvedRefs", "All references resolved")
+}
+
 /// Accepted, or why not (a rule meshd cannot convert).
 fn accepted(error: &Option<String>) -> Condition {
     match error {
@@ -880,16 +884,8 @@ fn convert_stream_rules(
         gateway: Vec::new(),
         mesh: Vec::new(),
         error: None,
-        resolved: Some(Condition::ok(
-            "ResolvedRefs",
-            "ResolvedRefs",
-            "All references resolved",
-        )),
-        mesh_resolved: Some(Condition::ok(
-            "ResolvedRefs",
-            "ResolvedRefs",
-            "All references resolved",
-        )),
+        resolved: Some(resolved_ok()),
+        mesh_resolved: Some(resolved_ok()),
         diagnostics: Vec::new(),
     };
     for (n, rule) in spec.rules.iter().enumerate() {
@@ -1362,16 +1358,8 @@ fn convert_rules<R>(
         gateway: Vec::new(),
         mesh: Vec::new(),
         error: None,
-        resolved: Some(Condition::ok(
-            "ResolvedRefs",
-            "ResolvedRefs",
-            "All references resolved",
-        )),
-        mesh_resolved: Some(Condition::ok(
-            "ResolvedRefs",
-            "ResolvedRefs",
-            "All references resolved",
-        )),
+        resolved: Some(resolved_ok()),
+        mesh_resolved: Some(resolved_ok()),
         diagnostics: Vec::new(),
     };
     for (n, rule) in rules_in.iter().enumerate() {
