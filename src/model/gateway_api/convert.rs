@@ -293,9 +293,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         .filter(|(_, st)| st.accepted)
         .map(|(k, _)| k.clone())
         .collect();
-    let mut attached: BTreeMap<(ObjectKey, String), u32> = BTreeMap::new();
-    // (route, gateway, listener) already attached.
-    let mut counted: BTreeSet<(ObjectKey, ObjectKey, String)> = BTreeSet::new();
+    let mut attached = Attachments::default();
     // Merge key → the VirtualServices made for it (one per route).
     let mut merged: BTreeMap<String, Vec<Bound>> = BTreeMap::new();
     let http_routes = of_kind(Kind::HTTPRoute).chain(of_kind(Kind::GRPCRoute));
@@ -338,17 +336,9 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                         Err(c) => st.accepted = Some(c),
                         Ok(on) => {
                             for (l, hosts) in on {
-                                // Two parentRefs reaching one listener attach once.
-                                if !counted.insert((
-                                    route.key.clone(),
-                                    l.owner.clone(),
-                                    l.listener.name.clone(),
-                                )) {
+                                if !attached.attach(&route.key, l) {
                                     continue;
                                 }
-                                *attached
-                                    .entry((l.owner.clone(), l.listener.name.clone()))
-                                    .or_insert(0) += 1;
                                 if rules.error.is_some() {
                                     continue;
                                 }
@@ -470,16 +460,9 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                             Err(c) => st.accepted = Some(c),
                             Ok(on) => {
                                 for (l, hosts) in on {
-                                    if !counted.insert((
-                                        route.key.clone(),
-                                        l.owner.clone(),
-                                        l.listener.name.clone(),
-                                    )) {
+                                    if !attached.attach(&route.key, l) {
                                         continue;
                                     }
-                                    *attached
-                                        .entry((l.owner.clone(), l.listener.name.clone()))
-                                        .or_insert(0) += 1;
                                     let vs_hosts =
                                         if tls { hosts.clone() } else { vec!["*".into()] };
                                     for h in vs_hosts {
@@ -671,10 +654,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             .listeners
             .iter()
             .map(|l| {
-                let n = attached
-                    .get(&(key.clone(), l.name.clone()))
-                    .copied()
-                    .unwrap_or(0);
+                let n = attached.count(&key, &l.name);
                 l.json(owner, n)
             })
             .collect();
@@ -691,6 +671,38 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         out.statuses.set(&key, status);
     }
     out
+}
+
+/// Routes attached to each listener (by owner and listener name), each route counted
+/// once per listener however many of its parentRefs reach it.
+#[derive(Default)]
+struct Attachments {
+    seen: BTreeSet<(ObjectKey, ObjectKey, String)>,
+    counts: BTreeMap<(ObjectKey, String), u32>,
+}
+
+impl Attachments {
+    /// Records `route` on listener `l`; false when it was already there.
+    fn attach(&mut self, route: &ObjectKey, l: &ListenerRef) -> bool {
+        if !self
+            .seen
+            .insert((route.clone(), l.owner.clone(), l.listener.name.clone()))
+        {
+            return false;
+        }
+        *self
+            .counts
+            .entry((l.owner.clone(), l.listener.name.clone()))
+            .or_insert(0) += 1;
+        true
+    }
+
+    fn count(&self, owner: &ObjectKey, listener: &str) -> u32 {
+        self.counts
+            .get(&(owner.clone(), listener.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// A Gateway's or ListenerSet's status as the conversion found it.
