@@ -15,6 +15,7 @@ mod envoy_rules;
 mod envoyfilter;
 mod explain_agreement;
 mod gateway_api;
+mod gateway_api_suite;
 mod gateway_tls;
 mod grpc;
 mod harness;

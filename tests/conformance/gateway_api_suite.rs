@@ -1,0 +1,248 @@
+//! The Kubernetes Gateway API conformance suite, as far as it is transcribed
+//! (tests/gateway_conformance/*.yaml): the suite's own base and test manifests (read from
+//! its Go module, sigs.k8s.io/gateway-api/conformance, which scripts/test downloads), its
+//! Deployments as Pods with an echo server each on loopback, a real Envoy as the Gateway's
+//! proxy, and every request of each transcribed test with the answer the suite expects.
+//! It prints passes per profile, the figures docs/COMPATIBILITY.md reports.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const VERSION: &str = "v1.5.1";
+const INFRA: &str = "gateway-conformance-infra";
+/// The proxy of Gateway `same-namespace`.
+const GATEWAY_IP: &str = "127.0.0.30";
+
+/// The suite's module: `MESHD_GATEWAY_API_CONFORMANCE`, else the Go module cache; None
+/// after a SKIPPED line (a failure under MESHD_REQUIRE_ENVOY=1, where the test command has
+/// downloaded it).
+fn suite() -> Option<PathBuf> {
+    let dir = std::env::var_os("MESHD_GATEWAY_API_CONFORMANCE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let out = std::process::Command::new("go")
+                .args(["env", "GOMODCACHE"])
+                .output()
+                .ok()?;
+            let cache = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Some(
+                PathBuf::from(cache).join(format!("sigs.k8s.io/gateway-api/conformance@{VERSION}")),
+            )
+        })
+        .filter(|d| d.join("base/manifests.yaml").exists());
+    if dir.is_none() {
+        skip_or_fail(&format!(
+            "the Gateway API conformance suite is not here (go mod download sigs.k8s.io/gateway-api/conformance@{VERSION}, or set MESHD_GATEWAY_API_CONFORMANCE)"
+        ));
+    }
+    dir
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    meshd::sources::yaml::parse_documents(text)
+        .into_iter()
+        .filter_map(|d| d.ok().map(|d| d.value))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A manifest of the suite as a cluster would get it: the class it tests named.
+fn templated(text: &str) -> String {
+    text.replace("{GATEWAY_CLASS_NAME}", "istio")
+}
+
+/// One request of a transcribed test and what must answer it.
+struct Case {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    status: u16,
+    backend: Option<String>,
+}
+
+fn cases(test: &Value) -> Vec<Case> {
+    test["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| Case {
+            method: r["method"].as_str().unwrap_or("GET").to_string(),
+            path: r["path"].as_str().unwrap_or("/").to_string(),
+            headers: r["headers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            status: r["status"].as_u64().map_or(200, |s| s as u16),
+            backend: r["backend"].as_str().map(String::from),
+        })
+        .collect()
+}
+
+/// One request (any method) on a fresh connection: the status and the body.
+fn request(case: &Case) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect((GATEWAY_IP, 80))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!(
+        "{} {} HTTP/1.1\r\nHost: {GATEWAY_IP}\r\nConnection: close\r\nContent-Length: 0\r\n",
+        case.method, case.path
+    );
+    for (k, v) in &case.headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, _) = parse_head(head)?;
+    Ok((status, body.to_string()))
+}
+
+/// Whether the answer is the one the suite expects: the status, and for a backend its
+/// pod (a replica of that Deployment) in the infra namespace.
+fn answers(case: &Case, got: &(u16, String)) -> bool {
+    if got.0 != case.status {
+        return false;
+    }
+    match &case.backend {
+        Some(b) => got.1 == format!("{b}-0 {INFRA}") || got.1 == format!("{b}-1 {INFRA}"),
+        None => true,
+    }
+}
+
+#[test]
+fn gateway_http_conformance_transcribed() {
+    let Some(suite) = suite() else { return };
+    let Some((dir, config)) = envoy_test("gwapi-suite") else {
+        return;
+    };
+    // The suite's base: namespaces, Gateways, Services; its Deployments become Pods (two
+    // replicas each, as the suite runs them) at loopback addresses, each with an echo
+    // server answering `POD NAMESPACE`.
+    let base = templated(
+        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
+    );
+    config.write("base.yaml", &base);
+    let mut pods = Vec::new();
+    let mut apps = Vec::new();
+    let mut next = 40;
+    for d in documents(&base)
+        .iter()
+        .filter(|d| d["kind"] == "Deployment")
+    {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
+        let labels = d["spec"]["template"]["metadata"]["labels"].clone();
+        for replica in 0..2 {
+            let ip = format!("127.0.1.{next}");
+            next += 1;
+            let pod = format!("{name}-{replica}");
+            pods.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": ns, "labels": labels},
+                "spec": {"containers": [{"name": name, "image": "echo-basic"}]},
+                "status": {"phase": "Running", "podIP": ip,
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            }));
+            let answer = format!("{pod} {ns}");
+            for port in [3000, 3001] {
+                let answer = answer.clone();
+                apps.push(HttpApp::start(&format!("{ip}:{port}"), move |_| {
+                    Answer::ok(answer.clone())
+                }));
+            }
+        }
+    }
+    config.write(
+        "pods.yaml",
+        &serde_json::to_string(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods}),
+        )
+        .expect("json"),
+    );
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let router = Envoy::start(
+        &NodeSpec {
+            kind: "router",
+            ip: GATEWAY_IP,
+            pod: "same-namespace-istio-1",
+            namespace: INFRA,
+            labels: &[("gateway.networking.k8s.io/gateway-name", "same-namespace")],
+            service_account: "same-namespace-istio",
+        },
+        Ads::Delta,
+        15000,
+        dir.path(),
+    );
+
+    let transcribed = repo().join("tests/gateway_conformance/http.yaml");
+    let tests = documents(&std::fs::read_to_string(&transcribed).expect("transcription"));
+    let tests = tests
+        .first()
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    assert!(!tests.is_empty(), "nothing transcribed");
+    let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
+    for test in &tests {
+        let name = test["test"].as_str().unwrap_or("?").to_string();
+        let manifests = suite.join(test["manifests"].as_str().unwrap_or_default());
+        let text = templated(&std::fs::read_to_string(&manifests).expect("test manifests"));
+        // Each test's objects replace the previous test's, as the suite cleans up.
+        config.write("test.yaml", &text);
+        let cases = cases(test);
+        // Eventually consistent, as the suite waits: each request until it answers as
+        // expected (the previous test's routes may still be in force for a moment).
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|c| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let got = request(c);
+                    if got.as_ref().is_ok_and(|g| answers(c, g)) {
+                        return None;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Some(format!(
+                            "{} {} {:?}: expected {} {:?}, got {:?}",
+                            c.method, c.path, c.headers, c.status, c.backend, got
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .collect();
+        results.insert(
+            name,
+            if failures.is_empty() {
+                Ok(cases.len())
+            } else {
+                Err(failures.join("\n"))
+            },
+        );
+    }
+    let passed = results.values().filter(|r| r.is_ok()).count();
+    eprintln!(
+        "Gateway API conformance {VERSION}, GATEWAY-HTTP (transcribed core tests): {passed} of {} pass",
+        results.len()
+    );
+    for (name, r) in &results {
+        match r {
+            Ok(n) => eprintln!("  PASS {name} ({n} requests)"),
+            Err(e) => eprintln!("  FAIL {name}:\n{e}"),
+        }
+    }
+    assert_eq!(passed, results.len(), "{results:#?}");
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}
