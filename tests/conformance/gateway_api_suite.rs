@@ -62,9 +62,15 @@ fn templated(text: &str) -> String {
 struct Case {
     method: String,
     path: String,
+    host: Option<String>,
     headers: Vec<(String, String)>,
     status: u16,
     backend: Option<String>,
+    /// Headers the backend must have got (names compared case-insensitively, repeated
+    /// headers joined with commas, as the suite's echo server reports them).
+    seen: Vec<(String, String)>,
+    /// Headers the backend must not have got.
+    absent: Vec<String>,
 }
 
 fn cases(test: &Value) -> Vec<Case> {
@@ -81,8 +87,26 @@ fn cases(test: &Value) -> Vec<Case> {
                 .flatten()
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect(),
+            host: r["host"].as_str().map(String::from),
             status: r["status"].as_u64().map_or(200, |s| s as u16),
             backend: r["backend"].as_str().map(String::from),
+            seen: r["seen"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    (
+                        k.to_ascii_lowercase(),
+                        v.as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+            absent: r["absent"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
+                .collect(),
         })
         .collect()
 }
@@ -92,8 +116,10 @@ fn request(case: &Case) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect((GATEWAY_IP, 80))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut req = format!(
-        "{} {} HTTP/1.1\r\nHost: {GATEWAY_IP}\r\nConnection: close\r\nContent-Length: 0\r\n",
-        case.method, case.path
+        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
+        case.method,
+        case.path,
+        case.host.as_deref().unwrap_or(GATEWAY_IP)
     );
     for (k, v) in &case.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -109,15 +135,23 @@ fn request(case: &Case) -> std::io::Result<(u16, String)> {
 }
 
 /// Whether the answer is the one the suite expects: the status, and for a backend its
-/// pod (a replica of that Deployment) in the infra namespace.
+/// pod (a replica of that Deployment) in the infra namespace and the request it saw.
 fn answers(case: &Case, got: &(u16, String)) -> bool {
     if got.0 != case.status {
         return false;
     }
-    match &case.backend {
-        Some(b) => got.1 == format!("{b}-0 {INFRA}") || got.1 == format!("{b}-1 {INFRA}"),
-        None => true,
-    }
+    let Some(b) = &case.backend else {
+        return true;
+    };
+    let Ok(echo) = serde_json::from_str::<Value>(&got.1) else {
+        return false;
+    };
+    let pod = echo["pod"].as_str().unwrap_or_default();
+    let headers = &echo["headers"];
+    (pod == format!("{b}-0") || pod == format!("{b}-1"))
+        && echo["namespace"] == INFRA
+        && case.seen.iter().all(|(k, v)| headers[k] == v.as_str())
+        && case.absent.iter().all(|k| headers.get(k).is_none())
 }
 
 #[test]
@@ -154,11 +188,26 @@ fn gateway_http_conformance_transcribed() {
                 "status": {"phase": "Running", "podIP": ip,
                            "conditions": [{"type": "Ready", "status": "True"}]},
             }));
-            let answer = format!("{pod} {ns}");
             for port in [3000, 3001] {
-                let answer = answer.clone();
-                apps.push(HttpApp::start(&format!("{ip}:{port}"), move |_| {
-                    Answer::ok(answer.clone())
+                let (pod, ns) = (pod.clone(), ns.to_string());
+                apps.push(HttpApp::start(&format!("{ip}:{port}"), move |r| {
+                    // What the suite's echo server reports: who answered, and the
+                    // request it got (repeated headers joined with commas).
+                    let mut headers = serde_json::Map::new();
+                    for (k, v) in &r.headers {
+                        let joined = match headers.get(k).and_then(Value::as_str) {
+                            Some(prev) => format!("{prev},{v}"),
+                            None => v.clone(),
+                        };
+                        headers.insert(k.clone(), Value::String(joined));
+                    }
+                    Answer::ok(
+                        serde_json::json!({
+                            "pod": pod, "namespace": ns, "path": r.path,
+                            "method": r.method, "headers": headers,
+                        })
+                        .to_string(),
+                    )
                 }));
             }
         }
@@ -214,8 +263,16 @@ fn gateway_http_conformance_transcribed() {
                     }
                     if std::time::Instant::now() > deadline {
                         return Some(format!(
-                            "{} {} {:?}: expected {} {:?}, got {:?}",
-                            c.method, c.path, c.headers, c.status, c.backend, got
+                            "{} {:?} {} {:?}: expected {} {:?} (seen {:?}, absent {:?}), got {:?}",
+                            c.method,
+                            c.host,
+                            c.path,
+                            c.headers,
+                            c.status,
+                            c.backend,
+                            c.seen,
+                            c.absent,
+                            got
                         ));
                     }
                     std::thread::sleep(Duration::from_millis(100));
