@@ -75,6 +75,8 @@ struct Case {
     seen_path: Option<String>,
     /// A redirect's target host (the `Location` header's).
     redirect_host: Option<String>,
+    /// The backend's namespace.
+    namespace: String,
 }
 
 fn cases(test: &Value) -> Vec<Case> {
@@ -113,6 +115,7 @@ fn cases(test: &Value) -> Vec<Case> {
                 .collect(),
             seen_path: r["seen_path"].as_str().map(String::from),
             redirect_host: r["redirect_host"].as_str().map(String::from),
+            namespace: r["namespace"].as_str().unwrap_or(INFRA).to_string(),
         })
         .collect()
 }
@@ -182,7 +185,7 @@ fn answers(case: &Case, got: &Reply) -> bool {
     let pod = echo["pod"].as_str().unwrap_or_default();
     let headers = &echo["headers"];
     (pod == format!("{b}-0") || pod == format!("{b}-1"))
-        && echo["namespace"] == INFRA
+        && echo["namespace"] == case.namespace.as_str()
         && case.seen.iter().all(|(k, v)| headers[k] == v.as_str())
         && case.absent.iter().all(|k| headers.get(k).is_none())
 }
@@ -253,19 +256,26 @@ fn gateway_http_conformance_transcribed() {
         .expect("json"),
     );
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
-    let router = Envoy::start(
-        &NodeSpec {
-            kind: "router",
-            ip: GATEWAY_IP,
-            pod: "same-namespace-istio-1",
-            namespace: INFRA,
-            labels: &[("gateway.networking.k8s.io/gateway-name", "same-namespace")],
-            service_account: "same-namespace-istio",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    // The proxy of the Gateway a test goes through (they all listen on port 80: one at a
+    // time, as each test's Gateway is the only one it reaches).
+    let router_for = |gateway: &str| {
+        let pod = format!("{gateway}-istio-1");
+        let sa = format!("{gateway}-istio");
+        Envoy::start(
+            &NodeSpec {
+                kind: "router",
+                ip: GATEWAY_IP,
+                pod: &pod,
+                namespace: INFRA,
+                labels: &[("gateway.networking.k8s.io/gateway-name", gateway)],
+                service_account: &sa,
+            },
+            Ads::Delta,
+            15000,
+            dir.path(),
+        )
+    };
+    let mut router: Option<(String, Envoy)> = None;
 
     let transcribed = repo().join("tests/gateway_conformance/http.yaml");
     let tests = documents(&std::fs::read_to_string(&transcribed).expect("transcription"));
@@ -282,6 +292,13 @@ fn gateway_http_conformance_transcribed() {
         let text = templated(&std::fs::read_to_string(&manifests).expect("test manifests"));
         // Each test's objects replace the previous test's, as the suite cleans up.
         config.write("test.yaml", &text);
+        let gateway = test["gateway"].as_str().unwrap_or("same-namespace");
+        if router.as_ref().is_none_or(|(g, _)| g != gateway) {
+            if let Some((_, old)) = router.take() {
+                assert_envoy_accepted(&old);
+            }
+            router = Some((gateway.to_string(), router_for(gateway)));
+        }
         let cases = cases(test);
         // Eventually consistent, as the suite waits: each request until it answers as
         // expected (the previous test's routes may still be in force for a moment).
@@ -333,6 +350,8 @@ fn gateway_http_conformance_transcribed() {
         }
     }
     assert_eq!(passed, results.len(), "{results:#?}");
-    assert_envoy_accepted(&router);
+    if let Some((_, r)) = &router {
+        assert_envoy_accepted(r);
+    }
     meshd.assert_no_nacks();
 }
