@@ -73,8 +73,9 @@ struct Case {
     absent: Vec<String>,
     /// The path the backend must have got.
     seen_path: Option<String>,
-    /// A redirect's target host (the `Location` header's).
-    redirect_host: Option<String>,
+    /// A redirect's expected target (`scheme`, `host`, `port`, `path`; what is not given
+    /// is defaulted as the suite does).
+    redirect: Option<Value>,
     /// The backend's namespace.
     namespace: String,
 }
@@ -114,7 +115,7 @@ fn cases(test: &Value) -> Vec<Case> {
                 .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
                 .collect(),
             seen_path: r["seen_path"].as_str().map(String::from),
-            redirect_host: r["redirect_host"].as_str().map(String::from),
+            redirect: r.get("redirect").cloned(),
             namespace: r["namespace"].as_str().unwrap_or(INFRA).to_string(),
         })
         .collect()
@@ -152,22 +153,10 @@ fn answers(case: &Case, got: &Reply) -> bool {
     if got.0 != case.status {
         return false;
     }
-    if let Some(host) = &case.redirect_host {
-        let location = got
-            .1
-            .iter()
-            .find(|(k, _)| k == "location")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default();
-        let authority = location
-            .split_once("://")
-            .map_or(location, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        if authority.split(':').next() != Some(host.as_str()) {
-            return false;
-        }
+    if let Some(want) = &case.redirect
+        && !redirects_as_expected(case, want, got)
+    {
+        return false;
     }
     let Some(b) = &case.backend else {
         return true;
@@ -188,6 +177,47 @@ fn answers(case: &Case, got: &Reply) -> bool {
         && echo["namespace"] == case.namespace.as_str()
         && case.seen.iter().all(|(k, v)| headers[k] == v.as_str())
         && case.absent.iter().all(|k| headers.get(k).is_none())
+}
+
+/// The suite's check of a redirect's `Location`: host and path default to the request's,
+/// the scheme to http; without an expected port, http may name only 80 (or none) and
+/// https only 443 (or none).
+fn redirects_as_expected(case: &Case, want: &Value, got: &Reply) -> bool {
+    let location = got
+        .1
+        .iter()
+        .find(|(k, _)| k == "location")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return false;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = path.split('?').next().unwrap_or(path);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p),
+        None => (authority, ""),
+    };
+    let request_path = case.path.split('?').next().unwrap_or("/");
+    let field = |k: &str| want[k].as_str();
+    if host != field("host").unwrap_or(host) {
+        return false;
+    }
+    if scheme != field("scheme").unwrap_or("http") || path != field("path").unwrap_or(request_path)
+    {
+        return false;
+    }
+    match field("port") {
+        Some(p) => port == p,
+        None => match scheme {
+            "http" => port.is_empty() || port == "80",
+            "https" => port.is_empty() || port == "443",
+            _ => true,
+        },
+    }
 }
 
 #[test]
