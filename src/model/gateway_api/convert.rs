@@ -1462,6 +1462,25 @@ fn check_hostname(h: &str, field: &str) -> Result<(), RuleError> {
     }
 }
 
+/// A redirect's or rewrite's hostname and paths, checked (`at` names the filter).
+fn check_target(
+    hostname: &Option<String>,
+    path: &Option<super::PathModifier>,
+    at: &str,
+) -> Result<(), RuleError> {
+    if let Some(h) = hostname {
+        check_hostname(h, &format!("{at}.hostname"))?;
+    }
+    for v in path
+        .iter()
+        .flat_map(|p| [&p.replace_full_path, &p.replace_prefix_match])
+        .flatten()
+    {
+        check_path(v, &format!("{at}.path"))?;
+    }
+    Ok(())
+}
+
 /// A path as the API allows it: absolute, without `?`, `#` or `//`.
 fn check_path(path: &str, field: &str) -> Result<(), RuleError> {
     if !path.starts_with('/') || path.contains(['?', '#']) || path.contains("//") {
@@ -1530,16 +1549,8 @@ fn convert_rule(
                     }
                     None => red.derive_port = Some(istio::RedirectPortSelection::FROM_REQUEST_PORT),
                 }
-                if let Some(h) = &r.hostname {
-                    check_hostname(h, &format!("{at}.requestRedirect.hostname"))?;
-                }
+                check_target(&r.hostname, &r.path, &format!("{at}.requestRedirect"))?;
                 if let Some(p) = &r.path {
-                    for v in [&p.replace_full_path, &p.replace_prefix_match]
-                        .into_iter()
-                        .flatten()
-                    {
-                        check_path(v, &format!("{at}.requestRedirect.path"))?;
-                    }
                     match p.kind.as_str() {
                         "ReplaceFullPath" => {
                             red.uri = p.replace_full_path.clone().unwrap_or_default()
@@ -1561,16 +1572,8 @@ fn convert_rule(
                     authority: r.hostname.clone().unwrap_or_default(),
                     ..Default::default()
                 };
-                if let Some(h) = &r.hostname {
-                    check_hostname(h, &format!("{at}.urlRewrite.hostname"))?;
-                }
+                check_target(&r.hostname, &r.path, &format!("{at}.urlRewrite"))?;
                 if let Some(p) = &r.path {
-                    for v in [&p.replace_full_path, &p.replace_prefix_match]
-                        .into_iter()
-                        .flatten()
-                    {
-                        check_path(v, &format!("{at}.urlRewrite.path"))?;
-                    }
                     match p.kind.as_str() {
                         "ReplacePrefixMatch" => {
                             let to = p.replace_prefix_match.clone().unwrap_or_default();
