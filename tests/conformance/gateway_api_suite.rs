@@ -81,6 +81,20 @@ struct Case {
     /// Whether the namespace is checked even with no backend named (as the suite does
     /// when a test names only the namespace).
     namespace_only: bool,
+    /// Headers the backend is asked to answer with (the suite's `X-Echo-Set-Header`).
+    backend_sets: Vec<(String, String)>,
+    /// Headers the client must get back (repeated ones joined with commas), and must not.
+    response: Vec<(String, String)>,
+    response_absent: Vec<String>,
+}
+
+/// A YAML map of strings as (name, value) pairs.
+fn pairs(v: &Value) -> Vec<(String, String)> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect()
 }
 
 fn cases(test: &Value) -> Vec<Case> {
@@ -121,6 +135,14 @@ fn cases(test: &Value) -> Vec<Case> {
             redirect: r.get("redirect").cloned(),
             namespace: r["namespace"].as_str().unwrap_or(INFRA).to_string(),
             namespace_only: r["backend"].is_null() && r["namespace"].is_string(),
+            backend_sets: pairs(&r["backend_sets"]),
+            response: pairs(&r["response"]),
+            response_absent: r["response_absent"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
+                .collect(),
         })
         .collect()
 }
@@ -141,6 +163,14 @@ fn request(case: &Case) -> std::io::Result<Reply> {
     for (k, v) in &case.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !case.backend_sets.is_empty() {
+        let set: Vec<String> = case
+            .backend_sets
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
+        req.push_str(&format!("X-Echo-Set-Header: {}\r\n", set.join(",")));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
@@ -159,6 +189,23 @@ fn answers(case: &Case, got: &Reply) -> bool {
     }
     if let Some(want) = &case.redirect
         && !redirects_as_expected(case, want, got)
+    {
+        return false;
+    }
+    let header = |name: &str| -> Option<String> {
+        let values: Vec<&str> = got
+            .1
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    if case
+        .response
+        .iter()
+        .any(|(k, v)| header(k).as_deref() != Some(v.as_str()))
+        || case.response_absent.iter().any(|k| header(k).is_some())
     {
         return false;
     }
@@ -224,6 +271,23 @@ fn redirects_as_expected(case: &Case, want: &Value, got: &Reply) -> bool {
     }
 }
 
+/// How `n` requests spread over the backends (by Deployment, from the pods' names).
+fn distribution(case: &Case, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let pod = request(case)
+            .ok()
+            .and_then(|g| serde_json::from_str::<Value>(&g.2).ok())
+            .and_then(|e| e["pod"].as_str().map(String::from))
+            .unwrap_or_default();
+        let backend = pod
+            .rsplit_once('-')
+            .map_or(pod.clone(), |(b, _)| b.to_string());
+        *counts.entry(backend).or_default() += 1;
+    }
+    counts
+}
+
 #[test]
 fn gateway_http_conformance_transcribed() {
     let Some(suite) = suite() else { return };
@@ -261,6 +325,17 @@ fn gateway_http_conformance_transcribed() {
             for port in [3000, 3001] {
                 let (pod, ns) = (pod.clone(), ns.to_string());
                 apps.push(HttpApp::start(&format!("{ip}:{port}"), move |r| {
+                    // The suite's echo server answers with the headers a request asks
+                    // for in `X-Echo-Set-Header: Name:Value,…`.
+                    let set: Vec<(String, String)> = r
+                        .header("x-echo-set-header")
+                        .map(|h| {
+                            h.split(',')
+                                .filter_map(|kv| kv.split_once(':'))
+                                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     // What the suite's echo server reports: who answered, and the
                     // request it got (repeated headers joined with commas).
                     let mut headers = serde_json::Map::new();
@@ -271,13 +346,15 @@ fn gateway_http_conformance_transcribed() {
                         };
                         headers.insert(k.clone(), Value::String(joined));
                     }
-                    Answer::ok(
-                        serde_json::json!({
+                    Answer {
+                        status: 200,
+                        headers: set,
+                        body: serde_json::json!({
                             "pod": pod, "namespace": ns, "path": r.path,
                             "method": r.method, "headers": headers,
                         })
                         .to_string(),
-                    )
+                    }
                 }));
             }
         }
@@ -363,6 +440,22 @@ fn gateway_http_conformance_transcribed() {
                 }
             })
             .collect();
+        // A weighted distribution, as the suite measures it: 500 requests, each backend's
+        // share within 5 points of its weight (up to 10 tries).
+        let mut failures = failures;
+        if let Some(weights) = test["weights"].as_object() {
+            let mut last = BTreeMap::new();
+            let ok = (0..10).any(|_| {
+                last = distribution(&cases[0], 500);
+                weights.iter().all(|(b, w)| {
+                    let got = last.get(b).copied().unwrap_or(0) as f64 / 500.0;
+                    (got - w.as_f64().unwrap_or(0.0)).abs() <= 0.05
+                })
+            });
+            if !ok {
+                failures.push(format!("distribution {last:?} against weights {weights:?}"));
+            }
+        }
         results.insert(
             name,
             if failures.is_empty() {
