@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod object;
 pub mod proxy;
 pub mod scope;
+pub mod selector;
 pub mod service;
 pub mod snapshot;
 mod stages;

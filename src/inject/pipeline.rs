@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::funcs::{self, go_json};
 use super::gotmpl::{Funcs, TVal, Template};
 use super::merge::{normalize_pod, strategic_merge};
-use crate::kube::writer::LabelSelector;
+use crate::model::selector::LabelSelector;
 
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 pub const PROXY: &str = "istio-proxy";

@@ -276,42 +276,7 @@ pub struct NamespaceFilter {
     pub selectors: Vec<LabelSelector>,
 }
 
-/// A Kubernetes label selector: matchLabels and matchExpressions.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub match_expressions: Vec<LabelRequirement>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub struct LabelRequirement {
-    pub key: String,
-    pub operator: String,
-    #[serde(default)]
-    pub values: Vec<String>,
-}
-
-impl LabelSelector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let v = labels.get(&r.key);
-                match r.operator.as_str() {
-                    "In" => v.is_some_and(|v| r.values.contains(v)),
-                    "NotIn" => v.is_none_or(|v| !r.values.contains(v)),
-                    "Exists" => v.is_some(),
-                    "DoesNotExist" => v.is_none(),
-                    // An operator Kubernetes does not define selects nothing.
-                    _ => false,
-                }
-            })
-    }
-}
+use crate::model::selector::LabelSelector;
 
 impl NamespaceFilter {
     pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {

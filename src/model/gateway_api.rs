@@ -17,6 +17,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::selector::LabelSelector;
+
 pub const GROUP: &str = "gateway.networking.k8s.io";
 /// The controller name istiod (and meshd in its place) handles.
 pub const ISTIO_CONTROLLER: &str = "istio.io/gateway-controller";
@@ -139,41 +141,6 @@ gw_api! {
         /// `All`, `Same` (the default) or `Selector`.
         pub from: Option<String>,
         pub selector: Option<LabelSelector>,
-    }
-}
-
-gw_api! {
-    pub struct LabelSelector {
-        pub match_labels: BTreeMap<String, String>,
-        pub match_expressions: Vec<LabelSelectorRequirement>,
-    }
-}
-
-gw_api! {
-    pub struct LabelSelectorRequirement {
-        pub key: String,
-        pub operator: String,
-        pub values: Vec<String>,
-    }
-}
-
-impl LabelSelector {
-    /// Kubernetes label-selector semantics (`In`, `NotIn`, `Exists`, `DoesNotExist`);
-    /// an unknown operator matches nothing.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|e| {
-                let value = labels.get(&e.key);
-                match e.operator.as_str() {
-                    "In" => value.is_some_and(|v| e.values.contains(v)),
-                    "NotIn" => !value.is_some_and(|v| e.values.contains(v)),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    _ => false,
-                }
-            })
     }
 }
 

@@ -21,9 +21,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::kube::writer::{LabelSelector, NamespaceFilter};
+use crate::kube::writer::NamespaceFilter;
 use crate::model::diagnostic::{Diagnostic, Origin};
 use crate::model::object::{Kind, Object, Spec};
+use crate::model::selector::LabelSelector;
 use crate::model::snapshot::ConfigSet;
 use crate::sources::yaml::FieldLines;
 
