@@ -157,16 +157,7 @@ impl Describer<'_> {
             .filter(|n| n.starts_with("https."));
         let mut found = Vec::new();
         for gw in &self.snap.gateways {
-            if !crate::model::service::labels_match(&gw.spec.selector, &self.ctx.labels) {
-                continue;
-            }
-            // A Gateway API Gateway's proxies are those of its own namespace.
-            if gw
-                .object
-                .annotations
-                .get(crate::model::gateway_api::convert::PROXY_NAMESPACE)
-                .is_some_and(|ns| *ns != self.proxy.namespace)
-            {
+            if !gw.selects(&self.proxy.namespace, &self.ctx.labels) {
                 continue;
             }
             // A generated Gateway is named after what it comes from.

@@ -98,12 +98,7 @@ impl Scope {
         // Routes converted from the Gateway API (GAMMA) apply only from the namespace of
         // the proxy (consumer routes) or of the Service they route (producer routes), and
         // the consumer's come first, so they win.
-        let gateway_semantics = |v: &VirtualServiceConfig| {
-            v.object
-                .annotations
-                .get(super::gateway_api::convert::ROUTE_SEMANTICS)
-                .is_some_and(|s| s == "gateway")
-        };
+        let gateway_semantics = |v: &VirtualServiceConfig| v.gateway_semantics();
         let producer = |v: &VirtualServiceConfig| {
             v.hosts.iter().any(|h| {
                 snap.services

@@ -41,6 +41,15 @@ impl VirtualServiceConfig {
     pub fn applies_to_mesh(&self) -> bool {
         self.gateways.iter().any(|g| g == "mesh")
     }
+
+    /// Whether it was made from a Gateway API route (istiod's "gateway semantics":
+    /// path-separated prefixes, 500 for backends that do not resolve, GAMMA scoping).
+    pub fn gateway_semantics(&self) -> bool {
+        self.object
+            .annotations
+            .get(super::gateway_api::convert::ROUTE_SEMANTICS)
+            .is_some_and(|v| v == "gateway")
+    }
 }
 
 /// A DestinationRule with its host resolved.
@@ -70,6 +79,25 @@ pub struct GatewayConfig {
     pub spec: istio::Gateway,
     #[serde(skip)]
     pub object: Arc<Object>,
+}
+
+impl GatewayConfig {
+    /// The namespace whose proxies serve it, when it is restricted to one (a Gateway API
+    /// Gateway's, or its ListenerSet's parent's).
+    pub fn proxy_namespace(&self) -> Option<&str> {
+        self.object
+            .annotations
+            .get(super::gateway_api::convert::PROXY_NAMESPACE)
+            .map(String::as_str)
+    }
+
+    /// Whether a proxy of `namespace` with `labels` serves it: its selector matches (an
+    /// empty one selects nothing) and, for a Gateway API Gateway, the namespace is its.
+    pub fn selects(&self, namespace: &str, labels: &Labels) -> bool {
+        !self.spec.selector.is_empty()
+            && labels_match(&self.spec.selector, labels)
+            && self.proxy_namespace().is_none_or(|ns| ns == namespace)
+    }
 }
 
 /// A Sidecar with its egress hosts parsed.
@@ -675,12 +703,8 @@ impl Snapshot {
             super::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL
         );
         let owned = self.gateways.iter().any(|g| {
-            g.object
-                .annotations
-                .get(super::gateway_api::convert::PROXY_NAMESPACE)
-                .is_some_and(|ns| ns == from)
-                && !g.spec.selector.is_empty()
-                && super::service::labels_match(&g.spec.selector, labels)
+            g.proxy_namespace() == Some(from)
+                && g.selects(from, labels)
                 && g.spec.servers.iter().any(|s| {
                     s.tls
                         .as_ref()

@@ -22,9 +22,7 @@ use super::route;
 use super::tcp;
 use crate::envoy::naming;
 use crate::envoy::pb;
-use crate::model::gateway_api::convert::PROXY_NAMESPACE;
 use crate::model::istio::{Server, ServerTlsMode};
-use crate::model::service::labels_match;
 use crate::model::snapshot::GatewayConfig;
 
 /// Gateways whose selector matches the router's labels.
@@ -32,14 +30,7 @@ pub fn selected<'a>(ctx: &'a ProxyContext) -> Vec<&'a GatewayConfig> {
     ctx.snap
         .gateways
         .iter()
-        .filter(|g| !g.spec.selector.is_empty() && labels_match(&g.spec.selector, &ctx.labels))
-        // A Gateway API Gateway's proxies are those of its own namespace.
-        .filter(|g| {
-            g.object
-                .annotations
-                .get(PROXY_NAMESPACE)
-                .is_none_or(|ns| *ns == ctx.proxy.namespace)
-        })
+        .filter(|g| g.selects(&ctx.proxy.namespace, &ctx.labels))
         .map(|g| &**g)
         .collect()
 }
@@ -151,7 +142,7 @@ fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a
                 "0.0.0.0".to_string()
             };
             let listen = listen_port(ctx, number);
-            let route_number = if gw.object.annotations.contains_key(PROXY_NAMESPACE) {
+            let route_number = if gw.proxy_namespace().is_some() {
                 listen
             } else {
                 number

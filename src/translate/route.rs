@@ -74,15 +74,6 @@ fn header_matcher(name: &str, m: &istio::StringMatch, invert: bool) -> rt::Heade
     }
 }
 
-/// Whether a VirtualService was made from a Gateway API route (istiod's "gateway
-/// semantics": path-separated prefixes, 500 for backends that do not resolve).
-fn gateway_semantics(vs: &VirtualServiceConfig) -> bool {
-    vs.object
-        .annotations
-        .get(crate::model::gateway_api::convert::ROUTE_SEMANTICS)
-        .is_some_and(|v| v == "gateway")
-}
-
 fn route_match(m: Option<&istio::HttpMatchRequest>) -> RouteMatch {
     route_match_with(m, false)
 }
@@ -512,7 +503,7 @@ pub(crate) fn http_rule_routes(
             .unwrap_or(rule.name.as_str());
         let mut route = Route {
             name: name.to_string(),
-            r#match: Some(route_match_with(m, gateway_semantics(vs))),
+            r#match: Some(route_match_with(m, vs.gateway_semantics())),
             // match.statPrefix: Envoy's per-route stats under this prefix.
             stat_prefix: m.map(|m| m.stat_prefix.clone()).unwrap_or_default(),
             // Which VirtualService made the route, as istiod records it (istioctl and
@@ -641,7 +632,7 @@ fn route_action(
 ) -> RouteAction {
     let ns = &vs.key.namespace;
     let mut action = RouteAction::default();
-    if gateway_semantics(vs) {
+    if vs.gateway_semantics() {
         // A backend that does not resolve answers 500, as the Gateway API asks.
         action.cluster_not_found_response_code =
             rt::route_action::ClusterNotFoundResponseCode::InternalServerError as i32;
@@ -695,7 +686,8 @@ fn route_action(
         }));
     }
     if let Some(rw) = &rule.rewrite {
-        let separated_prefix = gateway_semantics(vs)
+        let separated_prefix = vs
+            .gateway_semantics()
             .then(|| rule.matches.first())
             .flatten()
             .and_then(|m| m.uri.as_ref())
@@ -931,17 +923,13 @@ pub(crate) fn vs_routes(
 ) -> Vec<Route> {
     let mut out = Vec::new();
     for rule in &vs.spec.http {
-        let routes = http_rule_routes(ctx, vs, rule, port, gateway, tls);
-        let produced = !routes.is_empty();
-        for r in routes {
+        // (A rule without matches makes a route on `/` alone: a catch-all too.)
+        for r in http_rule_routes(ctx, vs, rule, port, gateway, tls) {
             let last = is_catch_all(&r);
             out.push(r);
             if last {
                 return out;
             }
-        }
-        if rule.matches.is_empty() && produced {
-            return out;
         }
     }
     out
