@@ -305,32 +305,41 @@ fn every_istio_object_in_shared_validates() {
     assert!(objects.len() > 40, "found only {} objects", objects.len());
     let mut errs = Vec::new();
     for (file, obj) in &objects {
-        let api = obj["apiVersion"].as_str().unwrap_or("");
-        let (group, version) = api.split_once('/').expect("group/version");
-        let kind = obj["kind"].as_str().unwrap_or("");
-        let crd = ours
-            .iter()
-            .find(|c| c["spec"]["group"] == group && c["spec"]["names"]["kind"] == kind)
-            .unwrap_or_else(|| panic!("{file}: no CRD for {kind}.{group}"));
-        let ver = crd["spec"]["versions"]
-            .as_array()
-            .expect("versions")
-            .iter()
-            .find(|v| v["name"] == version)
-            .unwrap_or_else(|| panic!("{file}: {kind} version {version} not served"));
-        let mut e = Vec::new();
-        let mut body = obj.clone();
-        if let Some(m) = body.as_object_mut() {
-            for k in ["apiVersion", "kind", "metadata"] {
-                m.remove(k);
-            }
-        }
-        validate(&ver["schema"]["openAPIV3Schema"], &body, "", &mut e);
-        for x in e {
-            errs.push(format!("{file}: {kind} {}: {x}", obj["metadata"]["name"]));
+        for x in against_crds(&ours, obj, file) {
+            errs.push(format!(
+                "{file}: {} {}: {x}",
+                obj["kind"], obj["metadata"]["name"]
+            ));
         }
     }
     assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+/// `obj` checked against the schema of its kind and version among `crds` (panics when
+/// none serves it): what the API server would refuse or prune.
+fn against_crds(crds: &[Value], obj: &Value, file: &str) -> Vec<String> {
+    let api = obj["apiVersion"].as_str().unwrap_or("");
+    let (group, version) = api.split_once('/').expect("group/version");
+    let kind = obj["kind"].as_str().unwrap_or("");
+    let crd = crds
+        .iter()
+        .find(|c| c["spec"]["group"] == group && c["spec"]["names"]["kind"] == kind)
+        .unwrap_or_else(|| panic!("{file}: no CRD for {kind}.{group}"));
+    let ver = crd["spec"]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .find(|v| v["name"] == version)
+        .unwrap_or_else(|| panic!("{file}: {kind} version {version} not served"));
+    let mut body = obj.clone();
+    if let Some(m) = body.as_object_mut() {
+        for k in ["apiVersion", "kind", "metadata"] {
+            m.remove(k);
+        }
+    }
+    let mut errs = Vec::new();
+    validate(&ver["schema"]["openAPIV3Schema"], &body, "", &mut errs);
+    errs
 }
 
 /// The Gateway API's own CRDs (v1.5.1, experimental channel): `MESHD_GATEWAY_API_CRDS`,
@@ -475,29 +484,9 @@ fn bookinfo_gateway_api_samples_validate() {
         .flatten()
     {
         let text = std::fs::read_to_string(e.path()).expect("read");
+        let file = e.path().display().to_string();
         for obj in docs(&text) {
-            let api = obj["apiVersion"].as_str().unwrap_or("");
-            let Some((group, version)) = api.split_once('/') else {
-                continue;
-            };
-            let kind = obj["kind"].as_str().unwrap_or("");
-            let crd = ours
-                .iter()
-                .find(|c| c["spec"]["group"] == group && c["spec"]["names"]["kind"] == kind)
-                .unwrap_or_else(|| panic!("no CRD for {kind}.{group}"));
-            let ver = crd["spec"]["versions"]
-                .as_array()
-                .expect("versions")
-                .iter()
-                .find(|v| v["name"] == version)
-                .unwrap_or_else(|| panic!("{kind} {version} not served"));
-            let mut body = obj.clone();
-            if let Some(m) = body.as_object_mut() {
-                for k in ["apiVersion", "kind", "metadata"] {
-                    m.remove(k);
-                }
-            }
-            validate(&ver["schema"]["openAPIV3Schema"], &body, "", &mut errs);
+            errs.extend(against_crds(&ours, &obj, &file));
             n += 1;
         }
     }

@@ -180,10 +180,11 @@ pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
 /// The endpoint metadata key auto mTLS matches on.
 pub const TLS_MODE_KEY: &str = "envoy.transport_socket_match";
 
-/// `kubernetes://NAME`: a Secret's certificate and key, served over SDS. A name that is
-/// already a resource name (`kubernetes-gateway://NS/NAME`) is kept.
+/// `kubernetes://NAME`: a Secret's certificate and key, served over SDS. A Gateway API
+/// listener's certificate of another namespace keeps its own name
+/// (`kubernetes-gateway://NS/NAME`, which meshd's SDS serves).
 pub fn credential_name(name: &str) -> String {
-    if name.contains("://") {
+    if name.starts_with(crate::model::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL) {
         return name.to_string();
     }
     format!("kubernetes://{name}")
