@@ -99,9 +99,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Crds { gateway_api } => {
+        Command::Crds { gateway_api, meshd } => {
             if gateway_api {
                 print!("{}", crate::crds::gateway_api::yaml());
+            } else if meshd {
+                print!("{}", crate::crds::meshd_yaml());
             } else {
                 print!("{}", crate::crds::yaml());
             }
@@ -111,7 +113,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { config, output } => {
             let snap = load_snapshot(&config)?;
             let items: Vec<serde_json::Value> = snap
-                .gateway_api_status
+                .statuses
                 .0
                 .iter()
                 .filter_map(|(key, status)| {

@@ -93,8 +93,11 @@ pub enum Command {
     /// Print Istio's CustomResourceDefinitions (what crds/crd-all.gen.yaml holds).
     Crds {
         /// The Kubernetes Gateway API's instead (crds/gateway-api.gen.yaml).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "meshd")]
         gateway_api: bool,
+        /// meshd's own kinds instead (RateLimitPolicy; crds/meshd.gen.yaml).
+        #[arg(long)]
+        meshd: bool,
     },
     /// Inject the sidecar into workloads in a file, offline (like `istioctl kube-inject`).
     #[command(name = "kube-inject")]

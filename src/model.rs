@@ -10,6 +10,7 @@ pub mod istio;
 pub mod mesh;
 pub mod object;
 pub mod proxy;
+pub mod ratelimit;
 pub mod scope;
 pub mod selector;
 pub mod service;

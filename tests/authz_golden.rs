@@ -41,6 +41,7 @@ fn grpc(
     vec![ExtensionProvider {
         name: "default".into(),
         envoy_file_access_log: None,
+        envoy_rate_limit: None,
         envoy_ext_authz_grpc: Some(ExtAuthzGrpc {
             service: service.into(),
             port: 9000,
@@ -71,6 +72,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
         "http" => vec![ExtensionProvider {
             name: "default".into(),
             envoy_file_access_log: None,
+            envoy_rate_limit: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz.foo.svc.cluster.local".into(),
@@ -112,6 +114,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
         "invalid" => vec![ExtensionProvider {
             name: "default".into(),
             envoy_file_access_log: None,
+            envoy_rate_limit: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz".into(),

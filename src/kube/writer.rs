@@ -494,9 +494,14 @@ pub fn write_status(
                     Err(e) => warn!(object = %key, error = %e, "cannot write status"),
                 }
             }
-            written.retain(|k, _| keys.contains_key(k) || k.kind.is_gateway_api());
-            // Gateway API objects: the status the conversion computed, whole.
-            for (key, status) in &snap.gateway_api_status.0 {
+            // Objects whose status the build computes: written below.
+            let computed = |k: &crate::model::object::ObjectKey| {
+                k.kind.is_gateway_api() || k.kind == Kind::RateLimitPolicy
+            };
+            written.retain(|k, _| keys.contains_key(k) || computed(k));
+            // Gateway API objects and RateLimitPolicies: the status the build computed,
+            // whole.
+            for (key, status) in &snap.statuses.0 {
                 let obj_hash = snap.objects.get(key).map_or(0, |o| o.hash);
                 let hash = xxhash_rust::xxh3::xxh3_64(status.to_string().as_bytes()) ^ obj_hash;
                 if written.get(key) == Some(&hash) {
@@ -511,6 +516,7 @@ pub fn write_status(
                     Kind::TCPRoute => "tcproutes",
                     Kind::GRPCRoute => "grpcroutes",
                     Kind::ListenerSet => "listenersets",
+                    Kind::RateLimitPolicy => "ratelimitpolicies",
                     _ => continue,
                 };
                 let ar = ApiResource {
@@ -553,9 +559,7 @@ pub fn write_status(
                     Err(e) => warn!(object = %key, error = %e, "cannot write status"),
                 }
             }
-            written.retain(|k, _| {
-                !k.kind.is_gateway_api() || snap.gateway_api_status.0.contains_key(k)
-            });
+            written.retain(|k, _| !computed(k) || snap.statuses.0.contains_key(k));
         }
     });
 }

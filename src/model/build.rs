@@ -50,7 +50,7 @@ impl Snapshot {
                 b.objects.insert(o.key.clone(), o);
             }
             b.diags.extend(converted.diagnostics);
-            b.gateway_api_status = converted.statuses;
+            b.statuses = converted.statuses;
             clock.lap("gateway api");
         }
         let mesh_key = ObjectKey {
@@ -124,6 +124,7 @@ impl Snapshot {
         b.build_request_authentications();
         b.build_envoy_filters();
         b.build_telemetries();
+        b.build_rate_limits();
         clock.lap("policies, envoy filters, telemetry");
         let mut snap = b.finish(previous.map_or(1, |p| p.generation + 1), &reused);
         // Computed here, on the builder's thread, not by the first proxy that needs it.
@@ -210,7 +211,8 @@ struct Builder {
     workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
-    gateway_api_status: super::gateway_api::status::Statuses,
+    statuses: super::gateway_api::status::Statuses,
+    rate_limits: super::ratelimit::Policies,
 }
 
 impl Builder {
@@ -1248,6 +1250,29 @@ impl Builder {
         self.telemetries = self.accepted(Kind::Telemetry);
     }
 
+    /// RateLimitPolicies, oldest first (the order ties are broken in), with their status
+    /// and warnings for those that attach to nothing or lose a conflict.
+    fn build_rate_limits(&mut self) {
+        let mut all = self.accepted(Kind::RateLimitPolicy);
+        all.sort_by(|a, b| (&a.created, &a.key).cmp(&(&b.created, &b.key)));
+        self.rate_limits = super::ratelimit::Policies { all };
+        let (diags, statuses) = super::ratelimit::check(
+            &self.rate_limits,
+            &super::ratelimit::World {
+                root: &self.mesh.root_namespace,
+                domain: &self.domain,
+                services: &self.services,
+                workloads: &self.workloads,
+                virtual_services: &self.virtual_services,
+                gateways: &self.gateways,
+            },
+        );
+        self.diags.extend(diags);
+        for (key, status) in statuses {
+            self.statuses.set(&key, status);
+        }
+    }
+
     fn build_envoy_filters(&mut self) {
         // A patch meshd cannot apply refuses the whole EnvoyFilter: half an EnvoyFilter
         // is worse than none.
@@ -1593,6 +1618,8 @@ impl Builder {
                 // EnvoyFilters patch anything, anywhere.
                 hash_of(&self.envoy_filters).to_le_bytes(),
                 hash_of(&self.telemetries).to_le_bytes(),
+                // Rate limits shape the connection managers and routes they attach to.
+                hash_of(&self.rate_limits.all).to_le_bytes(),
             ]
             .concat(),
         );
@@ -1616,7 +1643,8 @@ impl Builder {
             envoy_filter_values: self.envoy_filter_values,
             envoy_filter_versions: self.envoy_filter_versions,
             telemetries: self.telemetries,
-            gateway_api_status: Arc::new(self.gateway_api_status),
+            statuses: Arc::new(self.statuses),
+            rate_limits: Arc::new(self.rate_limits),
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

@@ -90,8 +90,8 @@ struct MeshConfigWire {
     extension_providers: Option<Vec<ExtensionProvider>>,
 }
 
-/// A `meshConfig.extensionProviders` entry (only the external authorization kinds are
-/// typed; tracing and logging providers are kept in `raw`).
+/// A `meshConfig.extensionProviders` entry (external authorization, file access logs and
+/// meshd's rate limit service are typed; tracing providers are kept in `raw`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ExtensionProvider {
@@ -99,6 +99,21 @@ pub struct ExtensionProvider {
     pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
     pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
     pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    /// A rate limit service (Envoy's `RateLimitService` gRPC API) for RateLimitPolicy's
+    /// global limits: meshd's own provider kind, beside Istio's.
+    pub envoy_rate_limit: Option<RateLimitProvider>,
+}
+
+/// `envoyRateLimit`: where the rate limit service is, and the defaults of the policies
+/// that name it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitProvider {
+    /// `host` or `namespace/host` of a service in the registry.
+    pub service: String,
+    pub port: u32,
+    pub domain: Option<String>,
+    pub timeout: Option<Duration>,
 }
 
 /// `envoyFileAccessLog`: a file (or /dev/stdout) and a text or JSON (`labels`) format.

@@ -50,6 +50,8 @@ pub enum Kind {
     TCPRoute,
     GRPCRoute,
     ListenerSet,
+    /// meshd's own rate limiting policy (`policy.meshd.io`).
+    RateLimitPolicy,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -66,7 +68,7 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 27] = [
+    pub const ALL: [Kind; 28] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -94,6 +96,7 @@ impl Kind {
         Kind::TCPRoute,
         Kind::GRPCRoute,
         Kind::ListenerSet,
+        Kind::RateLimitPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,6 +128,7 @@ impl Kind {
             Kind::TCPRoute => "TCPRoute",
             Kind::GRPCRoute => "GRPCRoute",
             Kind::ListenerSet => "ListenerSet",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 
@@ -148,6 +152,7 @@ impl Kind {
             | Kind::GRPCRoute
             | Kind::ListenerSet => gateway_api::GROUP,
             Kind::Telemetry => "telemetry.istio.io",
+            Kind::RateLimitPolicy => super::ratelimit::GROUP,
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
@@ -168,6 +173,9 @@ impl Kind {
         }
         if self == Kind::TCPRoute {
             return &["v1alpha2"];
+        }
+        if self == Kind::RateLimitPolicy {
+            return &["v1alpha1"];
         }
         if self == Kind::GRPCRoute || self == Kind::ListenerSet {
             return &["v1"];
@@ -398,6 +406,7 @@ pub enum Spec {
     TCPRoute(gateway_api::StreamRouteSpec),
     GRPCRoute(gateway_api::GrpcRouteSpec),
     ListenerSet(gateway_api::ListenerSetSpec),
+    RateLimitPolicy(super::ratelimit::RateLimitPolicySpec),
 }
 
 /// One stored configuration object.
@@ -646,7 +655,8 @@ impl Object {
             generation,
             spec,
             origin,
-            lines: (kind.is_istio() || kind.is_gateway_api()).then_some(lines),
+            lines: (kind.is_istio() || kind.is_gateway_api() || kind == Kind::RateLimitPolicy)
+                .then_some(lines),
             hash,
         }))
     }
@@ -775,6 +785,7 @@ fn parse_spec(
         Kind::TCPRoute => Spec::TCPRoute(istio_spec(key, spec, lines, origin)?),
         Kind::GRPCRoute => Spec::GRPCRoute(istio_spec(key, spec, lines, origin)?),
         Kind::ListenerSet => Spec::ListenerSet(istio_spec(key, spec, lines, origin)?),
+        Kind::RateLimitPolicy => Spec::RateLimitPolicy(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::Node => {
             let labels = meta.get("labels").cloned().unwrap_or(Value::Null);

@@ -223,9 +223,11 @@ pub struct Snapshot {
     pub envoy_filter_versions: BTreeMap<(String, usize), regex::Regex>,
     /// Telemetry objects in key order.
     pub telemetries: Vec<Arc<Object>>,
-    /// The status of each Gateway API object meshd handles (`meshd status`, and what
-    /// the leader writes in Kubernetes mode).
-    pub gateway_api_status: Arc<super::gateway_api::status::Statuses>,
+    /// The status meshd computes for each Gateway API object it handles and each
+    /// RateLimitPolicy (`meshd status`, and what the leader writes in Kubernetes mode).
+    pub statuses: Arc<super::gateway_api::status::Statuses>,
+    /// RateLimitPolicies in force, oldest first.
+    pub rate_limits: Arc<super::ratelimit::Policies>,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
@@ -466,6 +468,7 @@ impl Snapshot {
                     | Spec::Sidecar(_)
                     | Spec::EnvoyFilter(_)
                     | Spec::Telemetry(_)
+                    | Spec::RateLimitPolicy(_)
                     | Spec::PeerAuthentication(_)
                     | Spec::AuthorizationPolicy(_)
                     | Spec::RequestAuthentication(_)

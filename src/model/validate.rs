@@ -525,6 +525,7 @@ pub fn object(obj: &Object, mesh: &super::mesh::MeshConfig) -> Vec<Diagnostic> {
         Spec::RequestAuthentication(s) => request_authentication(obj, s),
         Spec::EnvoyFilter(s) => envoy_filter(obj, s),
         Spec::Telemetry(s) => telemetry(obj, s, mesh),
+        Spec::RateLimitPolicy(s) => super::ratelimit::validate(obj, s, mesh),
         _ => Vec::new(),
     }
 }

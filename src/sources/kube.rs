@@ -180,6 +180,13 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
         w(GATEWAY_API, &["v1alpha2"], "TCPRoute", "tcproutes"),
         w(GATEWAY_API, &["v1"], "GRPCRoute", "grpcroutes"),
         w(GATEWAY_API, &["v1"], "ListenerSet", "listenersets"),
+        // meshd's own policies (when crds/meshd.gen.yaml is installed).
+        w(
+            crate::model::ratelimit::GROUP,
+            &["v1alpha1"],
+            "RateLimitPolicy",
+            "ratelimitpolicies",
+        ),
     ]
 }
 

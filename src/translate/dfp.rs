@@ -144,7 +144,7 @@ pub fn virtual_outbound_chain(ctx: &ProxyContext) -> FilterChain {
             ctx,
             "outbound_virtualOutbound_allow_any_dynamic_dns",
             Routes::Inline(Box::new(rc)),
-            false,
+            None,
         )],
         ..Default::default()
     }

@@ -216,7 +216,7 @@ fn port_listener(
                     ctx,
                     &format!("outbound_0.0.0.0_{port}"),
                     Routes::Rds(naming::gateway_route(first.route_number)),
-                    false,
+                    None,
                 )],
                 ..Default::default()
             },
@@ -241,7 +241,7 @@ fn port_listener(
                             ctx,
                             &format!("outbound_0.0.0.0_{port}"),
                             Routes::Rds(route),
-                            false,
+                            None,
                         )],
                         ..Default::default()
                     },

@@ -26,6 +26,7 @@ use crate::envoy::naming;
 use crate::envoy::pb;
 use crate::model::istio::{CaptureMode, OutboundTrafficMode};
 use crate::model::proxy::{Interception, ProxyKind};
+use crate::model::ratelimit::Attach as RateLimitAttach;
 use crate::model::service::Protocol;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
@@ -148,13 +149,16 @@ fn http_filter<T: prost::Message + prost::Name>(name: &str, msg: &T) -> HttpFilt
     }
 }
 
-/// An HTTP connection manager as istiod configures it for sidecars and gateways.
+/// An HTTP connection manager as istiod configures it for sidecars and gateways;
+/// `inbound` is the workload port it serves on the inbound side.
 pub fn http_connection_manager(
     ctx: &ProxyContext,
     stat_prefix: &str,
     routes: Routes,
-    inbound: bool,
+    inbound: Option<u16>,
 ) -> Filter {
+    let inbound_port = inbound;
+    let inbound = inbound_port.is_some();
     let gateway = ctx.proxy.kind == ProxyKind::Router;
     let m = HttpConnectionManager {
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
@@ -176,6 +180,22 @@ pub fn http_connection_manager(
             } else {
                 Vec::new()
             };
+            // Rate limits after authorization: refused requests spend no tokens.
+            let gateways;
+            let attach = if let Some(port) = inbound_port {
+                Some(workload_attachment(ctx, port))
+            } else if gateway {
+                gateways = super::gateway::selected(ctx);
+                Some(RateLimitAttach {
+                    namespace: &ctx.proxy.namespace,
+                    labels: &ctx.labels,
+                    services: Vec::new(),
+                    gateways,
+                })
+            } else {
+                None
+            };
+            f.extend(super::ratelimit::http_filters(ctx, attach.as_ref()));
             // ALLOW_ANY_DYNAMIC_DNS: every outbound manager may route an unknown host to
             // the dynamic forward proxy cluster, which needs this filter's lookup first.
             if !inbound && !gateway && super::dfp::enabled(ctx) {
@@ -353,7 +373,7 @@ fn outbound_chains(
             ctx,
             &format!("outbound_{stat}"),
             Routes::Rds(port.to_string()),
-            false,
+            None,
         )],
         ..Default::default()
     };
@@ -649,7 +669,7 @@ fn outbound_http_chain(ctx: &ProxyContext, stat: &str, rds: String, sniffed: boo
             ctx,
             &format!("outbound_{stat}"),
             Routes::Rds(rds),
-            false,
+            None,
         )],
         ..Default::default()
     }
@@ -963,10 +983,10 @@ fn inbound_chain(ctx: &ProxyContext, port: u16, protocol: Protocol) -> Vec<Filte
                 port,
                 matches!(protocol, Protocol::Grpc | Protocol::GrpcWeb),
             ))),
-            true,
+            Some(port),
         )]
     } else {
-        tcp_filters(ctx, &cluster)
+        tcp_filters(ctx, &cluster, Some(port))
     }
 }
 
@@ -1294,7 +1314,7 @@ fn not_these_ports(ports: &[u16]) -> ls::ListenerFilterChainMatchPredicate {
 /// Returns the chains and whether they need the TLS inspector.
 fn passthrough_chains(ctx: &ProxyContext) -> (Vec<FilterChain>, bool) {
     use crate::model::istio::MtlsMode;
-    let filters = || tcp_filters(ctx, naming::INBOUND_PASSTHROUGH);
+    let filters = || tcp_filters(ctx, naming::INBOUND_PASSTHROUGH, None);
     let chain = |transport: &str, mtls: bool| FilterChain {
         name: "virtualInbound".into(),
         filter_chain_match: (!transport.is_empty()).then(|| FilterChainMatch {
@@ -1339,15 +1359,36 @@ fn passthrough_chains(ctx: &ProxyContext) -> (Vec<FilterChain>, bool) {
     (chains, tls)
 }
 
-/// The network filters of a TCP chain to `cluster` on the inbound side: the workload's
-/// authorization (RBAC, external authorization), then the TCP proxy.
-fn tcp_filters(ctx: &ProxyContext, cluster: &str) -> Vec<Filter> {
+/// The network filters of a TCP chain to `cluster` on the inbound side (workload port
+/// `port`): the workload's authorization (RBAC, external authorization), its connection
+/// rate limit, then the TCP proxy.
+fn tcp_filters(ctx: &ProxyContext, cluster: &str, port: Option<u16>) -> Vec<Filter> {
     let mut filters: Vec<Filter> = super::authz::for_workload(ctx, true)
         .iter()
         .filter_map(|v| decode_json::<Filter>("envoy.config.listener.v3.Filter", v))
         .collect();
+    if !ctx.snap.rate_limits.all.is_empty() {
+        let at = workload_attachment(ctx, port.unwrap_or(0));
+        filters.extend(super::ratelimit::tcp_filter(ctx, &at));
+    }
     filters.push(tcp_proxy(ctx, cluster));
     filters
+}
+
+/// Where an inbound connection manager or chain for workload port `port` sits, for
+/// rate limit policies: the workload and the Services it serves on that port.
+fn workload_attachment<'a>(ctx: &'a ProxyContext, port: u16) -> RateLimitAttach<'a> {
+    RateLimitAttach {
+        namespace: &ctx.proxy.namespace,
+        labels: &ctx.labels,
+        services: ctx
+            .targets
+            .iter()
+            .filter(|t| t.target_port == port)
+            .map(|t| t.service.hostname.as_str())
+            .collect(),
+        gateways: Vec::new(),
+    }
 }
 
 fn bound_ingress_ports(ctx: &ProxyContext) -> BTreeSet<u16> {

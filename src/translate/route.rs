@@ -474,6 +474,18 @@ pub(crate) fn http_rule_routes(
         rule.matches.iter().map(Some).collect()
     };
     let mut out = Vec::new();
+    // A rate limit policy attached to this rule (by its place in the VirtualService:
+    // rules of delegates are not the root's and take none).
+    let rate_limits = if ctx.snap.rate_limits.all.is_empty() {
+        HashMap::new()
+    } else {
+        vs.spec
+            .http
+            .iter()
+            .position(|r| std::ptr::eq(r, rule))
+            .map(|i| super::ratelimit::route_configs(ctx, vs, i))
+            .unwrap_or_default()
+    };
     for m in matches {
         if let Some(m) = m {
             if m.port.is_some_and(|p| p != u32::from(port)) {
@@ -511,7 +523,7 @@ pub(crate) fn http_rule_routes(
             metadata: Some(config_metadata(vs)),
             ..Default::default()
         };
-        let mut filter_configs: HashMap<String, Any> = HashMap::new();
+        let mut filter_configs: HashMap<String, Any> = rate_limits.clone();
         if let Some(f) = &rule.fault {
             filter_configs.insert(FAULT_FILTER.into(), pb::any(&fault_config(f)));
         }

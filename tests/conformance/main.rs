@@ -30,6 +30,7 @@ mod mtls;
 mod origination;
 mod passthrough;
 mod protocol_sniffing;
+mod rate_limits;
 mod real_kubernetes;
 mod restart;
 mod retries;

@@ -610,10 +610,24 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             ))
         });
         let first = vses[0].0;
-        let mut http: Vec<istio::HttpRoute> = Vec::new();
+        // Each rule with the route and rule it comes from (`ns/name/rule`: the rule's
+        // name, else its index), kept through the sort for policies that attach to
+        // HTTPRoute rules.
+        let mut http: Vec<(istio::HttpRoute, String)> = Vec::new();
         let mut parents = Vec::new();
         for (route, routes, _, _) in &vses {
-            http.extend(routes.iter().cloned());
+            let generated = format!("{}.{}.", route.key.namespace, route.key.name);
+            http.extend(routes.iter().map(|r| {
+                let rule = r
+                    .name
+                    .strip_prefix(&generated)
+                    .filter(|n| n.parse::<usize>().is_ok())
+                    .unwrap_or(&r.name);
+                (
+                    r.clone(),
+                    format!("{}/{}/{rule}", route.key.namespace, route.key.name),
+                )
+            }));
             parents.push(format!(
                 "{}/{}.{}",
                 route.key.kind.name(),
@@ -621,7 +635,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 route.key.namespace
             ));
         }
-        sort_by_precedence(&mut http);
+        sort_by_precedence(&mut http, |(r, _)| r);
+        let (http, sources): (Vec<istio::HttpRoute>, Vec<String>) = http.into_iter().unzip();
         if http.is_empty() {
             // Routes without rules: nothing to route (and an empty VirtualService would
             // be refused).
@@ -642,7 +657,14 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 http,
                 ..Default::default()
             }),
-            &[(ROUTE_SEMANTICS, "gateway"), (PARENTS, &parents)],
+            &[
+                (ROUTE_SEMANTICS, "gateway"),
+                (PARENTS, &parents),
+                (
+                    crate::model::ratelimit::RULE_SOURCES,
+                    &serde_json::to_string(&sources).unwrap_or_default(),
+                ),
+            ],
         ));
     }
 
@@ -2176,7 +2198,7 @@ fn destination(
 /// The Gateway API's precedence among matches (exact path over prefix over regex, then
 /// the longer path, a method, more headers, more query parameters); stable, so the
 /// routes' own order (oldest route first, then rule order) breaks ties.
-fn sort_by_precedence(routes: &mut [istio::HttpRoute]) {
+fn sort_by_precedence<T>(routes: &mut [T], route: impl Fn(&T) -> &istio::HttpRoute) {
     fn rank(r: &istio::HttpRoute) -> (i32, usize, bool, usize, usize) {
         let Some(m) = r.matches.first() else {
             return (-1, 0, false, 0, 0);
@@ -2195,7 +2217,7 @@ fn sort_by_precedence(routes: &mut [istio::HttpRoute]) {
             m.query_params.len(),
         )
     }
-    routes.sort_by_key(|r| std::cmp::Reverse(rank(r)));
+    routes.sort_by_key(|r| std::cmp::Reverse(rank(route(r))));
 }
 
 #[cfg(test)]
@@ -2290,7 +2312,7 @@ mod tests {
             route("exact", exact),
             route("root-later", prefix("/")),
         ];
-        sort_by_precedence(&mut routes);
+        sort_by_precedence(&mut routes, |r| r);
         let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["exact", "long", "header", "root", "root-later"]);
     }

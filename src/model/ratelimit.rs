@@ -1,0 +1,672 @@
+//! meshd's own rate limiting policy (`policy.meshd.io/v1alpha1` RateLimitPolicy): the
+//! API istiod never had (users hand-write EnvoyFilters for it), which attachment wins
+//! where, and the policy's status.
+//!
+//! A policy attaches to workloads (`selector`, or the whole namespace, or every namespace
+//! from the root namespace), to a Service's workloads on that Service's ports, to the
+//! proxies of a Gateway, or to routes (a VirtualService's `http` rules, an HTTPRoute's
+//! rules; `sectionName` narrows to one rule by name). Where several attach, the most
+//! specific wins whole — route rule, route, Service or Gateway, selector, namespace,
+//! root namespace with a selector, root namespace — and among equals the oldest (then the
+//! first by namespace/name), as istiod breaks ties between its policies.
+//! `translate::ratelimit` turns the winner into Envoy's rate limit filters.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::diagnostic::Diagnostic;
+use super::gateway_api::status::Condition;
+use super::istio::{Duration, Labels, WorkloadSelector};
+use super::object::{Kind, Object, ObjectKey, Spec};
+use super::service::labels_match;
+use super::snapshot::{GatewayConfig, VirtualServiceConfig, Workload};
+
+pub const GROUP: &str = "policy.meshd.io";
+/// Annotation on a VirtualService generated from HTTPRoutes: for each of its `http`
+/// rules, the route and rule it comes from (`namespace/name/rule`, the rule's name or
+/// index), so a policy can attach to an HTTPRoute rule after the merge and sort.
+pub const RULE_SOURCES: &str = "internal.meshd.io/rule-sources";
+
+/// Derives shared by the policy's structs (unknown fields refused, as for Istio's).
+macro_rules! policy_api {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+        pub struct $name { $($body)* }
+    };
+}
+
+policy_api! {
+    /// policy.meshd.io RateLimitPolicy spec.
+    pub struct RateLimitPolicySpec {
+        /// Workloads in the policy's namespace (every namespace from the root namespace)
+        /// whose inbound side and, for gateways, whose listeners are limited. Without a
+        /// selector and targetRefs: every workload of the namespace.
+        pub selector: Option<WorkloadSelector>,
+        /// What the policy attaches to instead of a selector: a `Service` (core group; its
+        /// workloads' inbound side on its ports), a `Gateway` (Istio's or the Gateway
+        /// API's: its proxies), a `VirtualService` or `HTTPRoute` (their routes, wherever
+        /// they are served; `sectionName` names one rule).
+        pub target_refs: Vec<TargetRef>,
+        /// A token bucket in each proxy.
+        pub local: Option<LocalLimit>,
+        /// A rate limit service shared by every proxy.
+        pub global: Option<GlobalLimit>,
+        /// What a bucket is kept per (local), and what the rate limit service is told
+        /// (global), in order. Without any: one bucket for all requests.
+        pub descriptors: Vec<Descriptor>,
+        /// The answer to a limited request.
+        pub response: Option<LimitResponse>,
+        /// Count what would be limited (Envoy's `rate_limited` counters) but refuse
+        /// nothing.
+        pub shadow: bool,
+    }
+}
+
+policy_api! {
+    /// A Gateway API style reference, in the policy's namespace.
+    pub struct TargetRef {
+        pub group: String,
+        pub kind: String,
+        pub name: String,
+        /// An HTTPRoute rule's or a VirtualService http route's name.
+        pub section_name: Option<String>,
+    }
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Unit {
+    #[default]
+    SECOND,
+    MINUTE,
+    HOUR,
+}
+
+impl Unit {
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            Unit::SECOND => 1,
+            Unit::MINUTE => 60,
+            Unit::HOUR => 3600,
+        })
+    }
+}
+
+policy_api! {
+    /// `requests` per `unit`, with up to `burst` at once (default: `requests`).
+    pub struct LocalLimit {
+        pub requests: u32,
+        pub unit: Unit,
+        pub burst: Option<u32>,
+    }
+}
+
+impl LocalLimit {
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.requests)
+    }
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum FailureMode {
+    /// Requests pass when the rate limit service cannot answer.
+    #[default]
+    ALLOW,
+    /// Requests are refused (500) when it cannot answer.
+    DENY,
+}
+
+policy_api! {
+    pub struct GlobalLimit {
+        /// A `meshConfig.extensionProviders` entry with `envoyRateLimit`.
+        pub provider: String,
+        /// The rate limit service's domain (default: the provider's, else `meshd`).
+        pub domain: Option<String>,
+        pub failure_mode: FailureMode,
+        /// How long to wait for the service (default: the provider's, else Envoy's 20ms).
+        pub timeout: Option<Duration>,
+    }
+}
+
+policy_api! {
+    /// Empty: the descriptor takes no settings.
+    pub struct Nothing {}
+}
+
+policy_api! {
+    /// One descriptor entry: exactly one field is set.
+    pub struct Descriptor {
+        /// A request header's value (a bucket per value; requests without the header
+        /// share one).
+        pub header: Option<String>,
+        /// The client's SPIFFE identity from its mTLS certificate (a bucket per client
+        /// workload identity; plaintext clients share one).
+        pub principal: Option<Nothing>,
+        /// The client's address (as Envoy trusts it: the connection's, or at a gateway
+        /// `X-Forwarded-For` as configured).
+        pub remote_address: Option<Nothing>,
+        /// Path prefixes, each a bucket of its own; requests under none of them share
+        /// one.
+        pub path_prefix: Option<Vec<String>>,
+    }
+}
+
+policy_api! {
+    pub struct LimitResponse {
+        /// Status of a limited request (default 429).
+        pub status: Option<u16>,
+        /// `x-ratelimit-limit`, `-remaining` and `-reset` on responses (IETF draft 03).
+        pub rate_limit_headers: bool,
+        /// Headers added to a limited response.
+        pub headers: std::collections::BTreeMap<String, String>,
+    }
+}
+
+impl RateLimitPolicySpec {
+    pub fn status(&self) -> u16 {
+        self.response.as_ref().and_then(|r| r.status).unwrap_or(429)
+    }
+
+    pub fn rate_limit_headers(&self) -> bool {
+        self.response.as_ref().is_some_and(|r| r.rate_limit_headers)
+    }
+}
+
+/// How specific an attachment is: lower wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    RouteRule,
+    Route,
+    Target,
+    Selector,
+    Namespace,
+    RootSelector,
+    Root,
+}
+
+/// The policy objects of a snapshot, oldest first (ties by key).
+#[derive(Debug, Default, Clone)]
+pub struct Policies {
+    pub all: Vec<Arc<Object>>,
+}
+
+/// Where an HTTP connection manager sits, for the workload-level attachments.
+pub struct Attach<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a Labels,
+    /// Inbound: the hosts of the Services whose (target) port this manager serves.
+    pub services: Vec<&'a str>,
+    /// A gateway: the Gateways (Istio's, generated ones included) that select it.
+    pub gateways: Vec<&'a GatewayConfig>,
+}
+
+pub fn spec(o: &Object) -> Option<&RateLimitPolicySpec> {
+    match &o.spec {
+        Spec::RateLimitPolicy(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn gateway_ref(r: &TargetRef) -> bool {
+    r.kind == "Gateway"
+        && (r.group == "networking.istio.io" || r.group == super::gateway_api::GROUP)
+}
+
+fn service_ref(r: &TargetRef) -> bool {
+    r.kind == "Service" && (r.group.is_empty() || r.group == "core")
+}
+
+fn route_ref(r: &TargetRef) -> bool {
+    (r.kind == "VirtualService" && r.group == "networking.istio.io")
+        || (r.kind == "HTTPRoute" && r.group == super::gateway_api::GROUP)
+}
+
+/// Whether Istio Gateway `g` is, or was generated from, the Gateway `r` names.
+fn is_gateway(g: &GatewayConfig, ns: &str, r: &TargetRef) -> bool {
+    if g.key.namespace != ns {
+        return false;
+    }
+    if r.group == "networking.istio.io" {
+        return !g.object.is_generated() && g.key.name == r.name;
+    }
+    let from = ObjectKey {
+        kind: Kind::KubeGateway,
+        namespace: ns.to_string(),
+        name: r.name.clone(),
+    };
+    g.object
+        .annotations
+        .get(super::gateway_api::convert::GENERATED_FROM)
+        .is_some_and(|f| *f == from.to_string())
+}
+
+impl Policies {
+    /// The policy that governs a connection manager at `at` (not counting route ones).
+    pub fn for_workload(&self, root: &str, domain: &str, at: &Attach) -> Option<&Arc<Object>> {
+        let mut best: Option<(Level, &Arc<Object>)> = None;
+        for o in &self.all {
+            let Some(p) = spec(o) else { continue };
+            let ns = o.key.namespace.as_str();
+            let level = if !p.target_refs.is_empty() {
+                let hit = p.target_refs.iter().any(|r| {
+                    (service_ref(r)
+                        && at
+                            .services
+                            .iter()
+                            .any(|h| *h == format!("{}.{ns}.svc.{domain}", r.name)))
+                        || (gateway_ref(r) && at.gateways.iter().any(|g| is_gateway(g, ns, r)))
+                });
+                hit.then_some(Level::Target)
+            } else {
+                let selects = p
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| labels_match(&s.match_labels, at.labels));
+                match (
+                    ns == at.namespace,
+                    ns == root,
+                    p.selector.is_some(),
+                    selects,
+                ) {
+                    (_, _, _, false) => None,
+                    (true, _, true, _) => Some(Level::Selector),
+                    (true, _, false, _) => Some(Level::Namespace),
+                    (false, true, true, _) => Some(Level::RootSelector),
+                    (false, true, false, _) => Some(Level::Root),
+                    _ => None,
+                }
+            };
+            if let Some(l) = level
+                && best.is_none_or(|(b, _)| l < b)
+            {
+                best = Some((l, o));
+            }
+        }
+        best.map(|(_, o)| o)
+    }
+
+    /// The policy attached to rule `index` of `vs` (its `http` rules), if any.
+    pub fn for_route(&self, vs: &VirtualServiceConfig, index: usize) -> Option<&Arc<Object>> {
+        let rule = vs.spec.http.get(index)?;
+        // Generated from HTTPRoutes: which route and rule this one comes from.
+        let source: Option<(String, String, String)> = vs
+            .object
+            .annotations
+            .get(RULE_SOURCES)
+            .and_then(|a| serde_json::from_str::<Vec<String>>(a).ok())
+            .and_then(|v| v.get(index).cloned())
+            .and_then(|s| {
+                let mut it = s.splitn(3, '/');
+                Some((
+                    it.next()?.to_string(),
+                    it.next()?.to_string(),
+                    it.next()?.to_string(),
+                ))
+            });
+        let mut best: Option<(Level, &Arc<Object>)> = None;
+        for o in &self.all {
+            let Some(p) = spec(o) else { continue };
+            let ns = o.key.namespace.as_str();
+            for r in p.target_refs.iter().filter(|r| route_ref(r)) {
+                let (object, section) = if r.kind == "VirtualService" {
+                    if vs.object.is_generated() || vs.key.namespace != ns || vs.key.name != r.name {
+                        continue;
+                    }
+                    (true, rule.name.as_str())
+                } else {
+                    match &source {
+                        Some((sns, sname, srule)) if sns == ns && *sname == r.name => {
+                            (true, srule.as_str())
+                        }
+                        _ => continue,
+                    }
+                };
+                let level = match &r.section_name {
+                    None if object => Level::Route,
+                    Some(s) if s == section => Level::RouteRule,
+                    _ => continue,
+                };
+                if best.is_none_or(|(b, _)| level < b) {
+                    best = Some((level, o));
+                }
+            }
+        }
+        best.map(|(_, o)| o)
+    }
+
+    /// Whether any policy attaches to routes (their filters then sit in every HTTP
+    /// connection manager that may serve them).
+    pub fn route_policies(&self) -> impl Iterator<Item = &Arc<Object>> {
+        self.all
+            .iter()
+            .filter(|o| spec(o).is_some_and(|p| p.target_refs.iter().any(route_ref)))
+    }
+}
+
+/// The per-object checks (`meshd validate`, the validation webhook).
+pub fn validate(
+    obj: &Object,
+    p: &RateLimitPolicySpec,
+    mesh: &super::mesh::MeshConfig,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if p.local.is_none() && p.global.is_none() {
+        out.push(
+            obj.diag_error("spec", "a RateLimitPolicy needs `local`, `global` or both")
+                .hint("e.g. `local: {requests: 10, unit: SECOND}`"),
+        );
+    }
+    if p.selector.is_some() && !p.target_refs.is_empty() {
+        out.push(
+            obj.diag_error(
+                "spec.targetRefs",
+                "`selector` and `targetRefs` cannot be used together",
+            )
+            .hint("attach with one of them"),
+        );
+    }
+    for (i, r) in p.target_refs.iter().enumerate() {
+        let at = format!("spec.targetRefs[{i}]");
+        if !(gateway_ref(r) || service_ref(r) || route_ref(r)) {
+            out.push(
+                obj.diag_error(
+                    &format!("{at}.kind"),
+                    format!("cannot attach to {:?} in group {:?}", r.kind, r.group),
+                )
+                .hint("attach to a Service (group \"\"), a Gateway (networking.istio.io or gateway.networking.k8s.io), a VirtualService (networking.istio.io) or an HTTPRoute (gateway.networking.k8s.io)"),
+            );
+        }
+        if r.name.is_empty() {
+            out.push(obj.diag_error(&format!("{at}.name"), "a target needs a name"));
+        }
+        if r.section_name.is_some() && !route_ref(r) {
+            out.push(obj.diag_error(
+                &format!("{at}.sectionName"),
+                "sectionName names a route rule: only VirtualService and HTTPRoute targets take one",
+            ));
+        }
+    }
+    if let Some(l) = &p.local {
+        if l.requests == 0 {
+            out.push(
+                obj.diag_error("spec.local.requests", "requests must be at least 1")
+                    .hint("to refuse everything, use an AuthorizationPolicy"),
+            );
+        }
+        if l.burst == Some(0) {
+            out.push(obj.diag_error("spec.local.burst", "burst must be at least 1"));
+        }
+    }
+    if let Some(g) = &p.global {
+        if g.provider.is_empty() {
+            out.push(
+                obj.diag_error("spec.global.provider", "a global limit needs a provider")
+                    .hint("name a meshConfig.extensionProviders entry with envoyRateLimit"),
+            );
+        } else if !mesh
+            .extension_providers
+            .iter()
+            .any(|e| e.name == g.provider && e.envoy_rate_limit.is_some())
+        {
+            out.push(
+                obj.diag_warning(
+                    "spec.global.provider",
+                    format!(
+                        "no extension provider {:?} with envoyRateLimit in mesh config: the global limit is not applied",
+                        g.provider
+                    ),
+                )
+                .hint("define it under meshConfig.extensionProviders: {name, envoyRateLimit: {service, port}}"),
+            );
+        }
+    }
+    for (i, d) in p.descriptors.iter().enumerate() {
+        let at = format!("spec.descriptors[{i}]");
+        let set = [
+            d.header.is_some(),
+            d.principal.is_some(),
+            d.remote_address.is_some(),
+            d.path_prefix.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if set != 1 {
+            out.push(
+                obj.diag_error(
+                    &at,
+                    "a descriptor sets exactly one of header, principal, remoteAddress, pathPrefix",
+                )
+                .hint("list several descriptors to combine them"),
+            );
+        }
+        if let Some(h) = &d.header
+            && (h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b)))
+        {
+            out.push(obj.diag_error(
+                &format!("{at}.header"),
+                format!("{h:?} is not an HTTP header name"),
+            ));
+        }
+        if let Some(ps) = &d.path_prefix {
+            if ps.is_empty() {
+                out.push(obj.diag_error(&format!("{at}.pathPrefix"), "list at least one prefix"));
+            }
+            for (j, pfx) in ps.iter().enumerate() {
+                if !pfx.starts_with('/') {
+                    out.push(obj.diag_error(
+                        &format!("{at}.pathPrefix[{j}]"),
+                        format!("path prefix {pfx:?} must start with /"),
+                    ));
+                }
+            }
+        }
+    }
+    if p.descriptors
+        .iter()
+        .filter(|d| d.path_prefix.is_some())
+        .count()
+        > 1
+    {
+        out.push(obj.diag_error(
+            "spec.descriptors",
+            "at most one pathPrefix descriptor (list its prefixes together)",
+        ));
+    }
+    if let Some(s) = p.response.as_ref().and_then(|r| r.status) {
+        if !(400..=599).contains(&s) {
+            out.push(obj.diag_error(
+                "spec.response.status",
+                format!("status {s} is not an error status (400-599)"),
+            ));
+        } else if envoy_types::pb::envoy::r#type::v3::StatusCode::try_from(i32::from(s)).is_err() {
+            // Envoy takes only the statuses its StatusCode enum names.
+            out.push(
+                obj.diag_error(
+                    "spec.response.status",
+                    format!("status {s} is not one Envoy can send"),
+                )
+                .hint("use a registered status such as 429 or 503"),
+            );
+        }
+    }
+    out
+}
+
+/// What the attachment looks like, for conflicts: two policies with the same one never
+/// both apply anywhere.
+fn attachment(o: &Object, p: &RateLimitPolicySpec) -> Value {
+    if p.target_refs.is_empty() {
+        json!({"namespace": o.key.namespace, "selector": p.selector.as_ref().map(|s| &s.match_labels)})
+    } else {
+        let mut refs: Vec<String> = p
+            .target_refs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}/{}/{}",
+                    r.group,
+                    r.kind,
+                    r.name,
+                    r.section_name.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        refs.sort();
+        json!({"namespace": o.key.namespace, "refs": refs})
+    }
+}
+
+/// What the rest of the snapshot offers a policy to attach to.
+pub struct World<'a> {
+    pub root: &'a str,
+    pub domain: &'a str,
+    pub services: &'a std::collections::BTreeMap<String, Arc<super::service::Service>>,
+    pub workloads: &'a std::collections::BTreeMap<ObjectKey, Arc<Workload>>,
+    pub virtual_services: &'a [Arc<VirtualServiceConfig>],
+    pub gateways: &'a [Arc<GatewayConfig>],
+}
+
+/// Each accepted policy's status (an `Accepted` condition) and the warnings for those
+/// that attach to nothing or lose to an older policy with the same attachment.
+pub fn check(policies: &Policies, world: &World) -> (Vec<Diagnostic>, Vec<(ObjectKey, Value)>) {
+    let mut diags = Vec::new();
+    let mut statuses = Vec::new();
+    let mut seen: Vec<(Value, &ObjectKey)> = Vec::new();
+    for o in &policies.all {
+        let Some(p) = spec(o) else { continue };
+        let ns = o.key.namespace.as_str();
+        let mut missing: Vec<String> = Vec::new();
+        for (i, r) in p.target_refs.iter().enumerate() {
+            let found = if service_ref(r) {
+                world
+                    .services
+                    .contains_key(&format!("{}.{ns}.svc.{}", r.name, world.domain))
+            } else if gateway_ref(r) {
+                world.gateways.iter().any(|g| is_gateway(g, ns, r))
+            } else if r.kind == "VirtualService" {
+                world.virtual_services.iter().any(|v| {
+                    !v.object.is_generated()
+                        && v.key.namespace == ns
+                        && v.key.name == r.name
+                        && r.section_name
+                            .as_ref()
+                            .is_none_or(|s| v.spec.http.iter().any(|h| h.name == *s))
+                })
+            } else {
+                world.virtual_services.iter().any(|v| {
+                    v.object
+                        .annotations
+                        .get(RULE_SOURCES)
+                        .and_then(|a| serde_json::from_str::<Vec<String>>(a).ok())
+                        .is_some_and(|srcs| {
+                            srcs.iter().any(|s| {
+                                let mut it = s.splitn(3, '/');
+                                it.next() == Some(ns)
+                                    && it.next() == Some(r.name.as_str())
+                                    && r.section_name
+                                        .as_deref()
+                                        .is_none_or(|sec| it.next() == Some(sec))
+                            })
+                        })
+                })
+            };
+            if !found {
+                missing.push(format!(
+                    "spec.targetRefs[{i}]: {} {ns}/{}{}",
+                    r.kind,
+                    r.name,
+                    r.section_name
+                        .as_ref()
+                        .map(|s| format!(" rule {s:?}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        let selects_nothing = p.target_refs.is_empty() && {
+            let sel: Labels = p
+                .selector
+                .as_ref()
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            !world.workloads.values().any(|w| {
+                (ns == world.root || w.key.namespace == ns) && labels_match(&sel, &w.labels)
+            })
+        };
+        let shape = attachment(o, p);
+        let older = seen.iter().find(|(s, _)| *s == shape).map(|(_, k)| *k);
+        let condition = if let Some(winner) = older {
+            let msg = format!(
+                "attaches exactly where the older {winner} does, which wins: this policy applies nowhere"
+            );
+            diags.push(
+                o.diag_warning("spec", msg.clone())
+                    .hint("merge the two policies, or narrow one of them"),
+            );
+            Condition::fail("Accepted", "Conflicted", &msg)
+        } else if !missing.is_empty() && missing.len() == p.target_refs.len() {
+            let msg = format!("no target exists: {}", missing.join("; "));
+            diags.push(o.diag_warning("spec.targetRefs", msg.clone()));
+            Condition::fail("Accepted", "TargetNotFound", &msg)
+        } else if selects_nothing {
+            let msg = "selects no workload".to_string();
+            diags.push(
+                o.diag_warning(
+                    if p.selector.is_some() {
+                        "spec.selector"
+                    } else {
+                        "spec"
+                    },
+                    msg.clone(),
+                )
+                .hint("check the selector's labels against the pods'"),
+            );
+            Condition::fail("Accepted", "TargetNotFound", &msg)
+        } else {
+            for m in &missing {
+                diags.push(o.diag_warning("spec.targetRefs", format!("target not found: {m}")));
+            }
+            Condition::ok("Accepted", "Accepted", "the policy is in force")
+        };
+        if older.is_none() {
+            seen.push((shape, &o.key));
+        }
+        statuses.push((o.key.clone(), json!({"conditions": [condition.json(o)]})));
+    }
+    (diags, statuses)
+}
