@@ -507,6 +507,29 @@ spec:
   endpoints: [{address: 127.0.1.80}]
 "#;
 
+/// A VirtualService route whose policy asks the same service from the client side.
+const ROUTE_GLOBAL: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: api
+    match: [{uri: {prefix: /v2api}}]
+    route: [{destination: {host: reviews}}]
+  - name: rest
+    route: [{destination: {host: reviews}}]
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: v2api, namespace: default}
+spec:
+  targetRefs: [{group: networking.istio.io, kind: VirtualService, name: reviews, sectionName: api}]
+  global: {provider: ratelimit, domain: routes}
+  descriptors: [{header: x-user}]
+"#;
+
 fn global_policy(mode: &str) -> String {
     format!(
         r#"
@@ -537,8 +560,9 @@ fn global_limit_asks_the_rate_limit_service() {
         &[
             ("global.yaml", GLOBAL),
             ("policy.yaml", &global_policy("ALLOW")),
+            ("route.yaml", ROUTE_GLOBAL),
         ],
-        false,
+        true,
     ) else {
         return;
     };
@@ -583,6 +607,37 @@ fn global_limit_asks_the_rate_limit_service() {
         "{last}"
     );
     assert_eq!(last["code"], "OVER_LIMIT");
+
+    // A route's policy, in productpage's sidecar: only the VirtualService rule it names
+    // asks the service, with its own domain and descriptors.
+    let via = |path: &str, user: &str| -> u16 {
+        http_get(
+            "127.0.0.1:9080",
+            path,
+            &[("Host", "reviews"), ("x-user", user)],
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    };
+    wait_for("the route's policy", Duration::from_secs(20), || {
+        (via("/v2api/probe", "probe") == 200 && seen().iter().any(|r| r["domain"] == "routes"))
+            .then_some(())
+    });
+    let erin: Vec<u16> = (0..3).map(|_| via("/v2api/x", "erin")).collect();
+    assert_eq!(
+        erin,
+        vec![200, 200, 429],
+        "the service's verdicts at the client"
+    );
+    let last = seen().pop().expect("a request");
+    assert_eq!(last["domain"], "routes");
+    assert_eq!(
+        last["descriptors"],
+        serde_json::json!([[["x-user", "erin"]]])
+    );
+    let asked = seen().len();
+    assert_eq!(via("/other", "erin"), 200, "the other rule");
+    assert_eq!(seen().len(), asked, "the other rule asks nothing");
 
     // The service goes away: ALLOW lets requests through.
     drop(service);
@@ -703,6 +758,193 @@ fn envoy_filter_recipe_still_works_beside_a_policy() {
             "ratelimit_default_reviews",
             "http_local_rate_limit.rate_limited"
         ),
+        2
+    );
+    m.assert_no_rejections();
+}
+
+const GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - name: reviews
+    matches: [{path: {type: PathPrefix, value: /reviews}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: rest
+    backendRefs: [{name: productpage, port: 9080}]
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: edge, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  local: {requests: 3, unit: MINUTE}
+  response: {headers: {x-limit: gateway}}
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: reviews-rule, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: bookinfo, sectionName: reviews}]
+  local: {requests: 5, unit: MINUTE}
+  response: {status: 503, headers: {x-limit: reviews-rule}}
+"#;
+
+/// At a Gateway API gateway: a policy on the Gateway limits everything it serves, except
+/// the HTTPRoute rule a more specific policy names, which has its own bucket, status and
+/// headers instead.
+#[test]
+fn gateway_and_route_rule_policies_most_specific_wins() {
+    let Some((dir, config)) = envoy_test("ratelimit-gw") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    config.write("gateway.yaml", GATEWAY);
+    let _backends = Backends::start(&BOOKINFO_PODS, 9080);
+    // The listener wants 8080: meshd's debug port moves.
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+    let router = Envoy::start(
+        &NodeSpec {
+            kind: "router",
+            ip: "127.0.0.30",
+            pod: "edge-istio-1",
+            namespace: "default",
+            labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
+            service_account: "edge-istio",
+        },
+        Ads::Delta,
+        15000,
+        dir.path(),
+    );
+    let get = |path: &str| {
+        http_get("127.0.0.30:8080", path, &[("Host", "bookinfo")]).expect("through the gateway")
+    };
+    // The first answer spends a token of the rule's bucket.
+    let first = wait_for(
+        "the route through the gateway",
+        Duration::from_secs(20),
+        || {
+            http_get("127.0.0.30:8080", "/reviews/1", &[("Host", "bookinfo")])
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    );
+    assert!(first.body.starts_with("reviews-v"), "{}", first.body);
+    let reviews: Vec<HttpResponse> = (0..6).map(|_| get("/reviews/1")).collect();
+    let statuses: Vec<u16> = reviews.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 200, 200, 200, 503, 503], "the rule's 5");
+    assert_eq!(reviews[5].header("x-limit"), Some("reviews-rule"));
+    // The gateway's bucket was not touched by the rule's requests.
+    let rest: Vec<HttpResponse> = (0..5).map(|_| get("/productpage")).collect();
+    let statuses: Vec<u16> = rest.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429], "the gateway's 3");
+    assert_eq!(rest[0].body, "productpage-v1");
+    assert_eq!(rest[4].header("x-limit"), Some("gateway"));
+    // Both policies Accepted in `meshd status`.
+    let out = Command::new(meshd_bin())
+        .args(["status", "-o", "json", "--config-dir"])
+        .arg(config.path())
+        .output()
+        .expect("meshd status");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for name in ["edge", "reviews-rule"] {
+        let item = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["kind"] == "RateLimitPolicy" && i["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        let c = &item["status"]["conditions"][0];
+        assert_eq!(
+            (c["type"].as_str(), c["status"].as_str()),
+            (Some("Accepted"), Some("True")),
+            "{item}"
+        );
+    }
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}
+
+const TCP: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews-v1}
+spec:
+  workloadSelector: {labels: {app: reviews, version: v1}}
+  ingress:
+  - port: {number: 9090, protocol: TCP, name: tcp}
+    captureMode: NONE
+    defaultEndpoint: 127.0.1.12:9090
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.1.99
+    captureMode: NONE
+    hosts: ["./*"]
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: connections, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  local: {requests: 2, unit: MINUTE}
+"#;
+
+/// On a TCP port the bucket counts connections: the first two are carried to the
+/// application, the next are closed before any byte reaches it.
+#[test]
+fn tcp_ports_limit_connections() {
+    let Some(m) = Mesh::start(&[], false) else {
+        return;
+    };
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let _echo = Server::start("tcp echo", "127.0.1.12:9090", move |mut s| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 64];
+        if let Ok(n) = s.read(&mut buf) {
+            let _ = s.write_all(&buf[..n]);
+        }
+    });
+    // The TCP port's chain, with the limit, replaces the HTTP sidecar of the harness.
+    m.config.write("sidecars.yaml", TCP);
+    let echo = || -> Option<String> {
+        let mut c = TcpStream::connect("127.0.0.12:9090").ok()?;
+        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+        c.write_all(b"ping meshd").ok()?;
+        let mut buf = [0u8; 16];
+        let n = c.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    // The first echo proves the chain (and spends one of the 2).
+    let first = wait_for("the TCP port", Duration::from_secs(20), echo);
+    assert_eq!(first, "ping meshd");
+    let rest: Vec<Option<String>> = (0..3).map(|_| echo()).collect();
+    assert_eq!(
+        rest,
+        vec![Some("ping meshd".to_string()), None, None],
+        "2 connections a minute"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "refused connections never reached the application"
+    );
+    assert_eq!(
+        m.server_stat("ratelimit_default_connections", "rate_limited"),
         2
     );
     m.assert_no_rejections();
