@@ -670,3 +670,179 @@ pub fn check(policies: &Policies, world: &World) -> (Vec<Diagnostic>, Vec<(Objec
     }
     (diags, statuses)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::diagnostic::Origin;
+    use crate::model::snapshot::{ConfigSet, Snapshot};
+    use crate::sources::yaml::parse_documents;
+
+    fn snapshot(text: &str) -> Snapshot {
+        let mut set = ConfigSet::default();
+        for doc in parse_documents(text) {
+            let doc = doc.expect("yaml");
+            let (objs, diags) =
+                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
+            assert!(diags.is_empty(), "{diags:?}");
+            for o in objs {
+                set.objects.insert(o.key.clone(), o);
+            }
+        }
+        Snapshot::build(&set, None, "cluster.local", "istio-system")
+    }
+
+    fn policy(name: &str, ns: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: policy.meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  local: {{requests: 1}}\n{spec}\n---\n"
+        )
+    }
+
+    const WORLD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-1, namespace: default, labels: {app: reviews}}
+spec: {containers: [{name: a, image: a}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews}}]
+  - name: rest
+    route: [{destination: {host: reviews}}]
+"#;
+
+    fn winner(snap: &Snapshot, services: Vec<&str>) -> Option<String> {
+        let labels: Labels = [("app".to_string(), "reviews".to_string())].into();
+        snap.rate_limits
+            .for_workload(
+                "istio-system",
+                "cluster.local",
+                &Attach {
+                    namespace: "default",
+                    labels: &labels,
+                    services,
+                    gateways: Vec::new(),
+                },
+            )
+            .map(|o| o.key.name.clone())
+    }
+
+    /// Most specific wins: Service over selector over namespace over the root
+    /// namespace's selector over the root namespace's whole-mesh policy.
+    #[test]
+    fn the_most_specific_attachment_wins() {
+        let mut text = WORLD.to_string();
+        text.push_str("---\n");
+        text.push_str(&policy("mesh", "istio-system", ""));
+        assert_eq!(winner(&snapshot(&text), vec![]).as_deref(), Some("mesh"));
+        text.push_str(&policy(
+            "root-selector",
+            "istio-system",
+            "  selector: {matchLabels: {app: reviews}}",
+        ));
+        assert_eq!(
+            winner(&snapshot(&text), vec![]).as_deref(),
+            Some("root-selector")
+        );
+        text.push_str(&policy("namespace", "default", ""));
+        assert_eq!(
+            winner(&snapshot(&text), vec![]).as_deref(),
+            Some("namespace")
+        );
+        text.push_str(&policy(
+            "selector",
+            "default",
+            "  selector: {matchLabels: {app: reviews}}",
+        ));
+        assert_eq!(
+            winner(&snapshot(&text), vec![]).as_deref(),
+            Some("selector")
+        );
+        text.push_str(&policy(
+            "service",
+            "default",
+            "  targetRefs: [{group: \"\", kind: Service, name: reviews}]",
+        ));
+        let snap = snapshot(&text);
+        // On the Service's port the Service's policy; elsewhere the selector's.
+        assert_eq!(
+            winner(&snap, vec!["reviews.default.svc.cluster.local"]).as_deref(),
+            Some("service")
+        );
+        assert_eq!(winner(&snap, vec![]).as_deref(), Some("selector"));
+        // Another namespace's selector never reaches default's workloads.
+        let other = format!(
+            "{WORLD}---\n{}",
+            policy(
+                "elsewhere",
+                "other",
+                "  selector: {matchLabels: {app: reviews}}"
+            )
+        );
+        assert_eq!(winner(&snapshot(&other), vec![]), None);
+    }
+
+    /// A rule's own policy over the VirtualService's; rules of other VirtualServices
+    /// and sections that name no rule take none.
+    #[test]
+    fn route_rules_take_their_sections_policy() {
+        let text = format!(
+            "{WORLD}---\n{}{}{}",
+            policy(
+                "whole",
+                "default",
+                "  targetRefs: [{group: networking.istio.io, kind: VirtualService, name: reviews}]"
+            ),
+            policy(
+                "jason",
+                "default",
+                "  targetRefs: [{group: networking.istio.io, kind: VirtualService, name: reviews, sectionName: jason}]"
+            ),
+            policy(
+                "other-vs",
+                "default",
+                "  targetRefs: [{group: networking.istio.io, kind: VirtualService, name: ratings}]"
+            ),
+        );
+        let snap = snapshot(&text);
+        let vs = snap
+            .virtual_services
+            .iter()
+            .find(|v| v.key.name == "reviews")
+            .expect("vs");
+        let name = |i| {
+            snap.rate_limits
+                .for_route(vs, i)
+                .map(|o| o.key.name.clone())
+        };
+        assert_eq!(name(0).as_deref(), Some("jason"));
+        assert_eq!(name(1).as_deref(), Some("whole"));
+        assert_eq!(name(2), None, "no third rule");
+        // The one naming a VirtualService that does not exist attaches to nothing.
+        let status = snap
+            .statuses
+            .get(&ObjectKey {
+                kind: Kind::RateLimitPolicy,
+                namespace: "default".into(),
+                name: "other-vs".into(),
+            })
+            .cloned();
+        let status = status.expect("a status");
+        assert_eq!(
+            status["conditions"][0]["reason"], "TargetNotFound",
+            "{status}"
+        );
+    }
+}
