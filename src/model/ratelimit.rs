@@ -140,11 +140,12 @@ impl LocalLimit {
     JsonSchema,
 )]
 #[allow(clippy::upper_case_acronyms)]
+/// What happens when the rate limit service cannot answer: ALLOW lets requests pass,
+/// DENY refuses them (500). (One comment for the enum: per-value comments would make a
+/// schema the API server refuses as not structural.)
 pub enum FailureMode {
-    /// Requests pass when the rate limit service cannot answer.
     #[default]
     ALLOW,
-    /// Requests are refused (500) when it cannot answer.
     DENY,
 }
 

@@ -227,8 +227,16 @@ pub async fn run(
 ) {
     let kinds = watched_kinds(&opts.istio_namespace);
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
+    let (crd_tx, crd_rx) = watch::channel(0u64);
+    tokio::spawn(watch_crds(client.clone(), crd_tx));
     for (i, k) in kinds.iter().enumerate() {
-        tokio::spawn(watch_kind(client.clone(), k.clone(), i, msg_tx.clone()));
+        tokio::spawn(watch_kind(
+            client.clone(),
+            k.clone(),
+            i,
+            msg_tx.clone(),
+            crd_rx.clone(),
+        ));
     }
     drop(msg_tx);
     let mut state: Vec<BTreeMap<(String, String), Entry>> = vec![BTreeMap::new(); kinds.len()];
@@ -508,22 +516,68 @@ async fn served_version(
     Ok(None)
 }
 
-async fn watch_kind(client: Client, k: WatchedKind, i: usize, tx: mpsc::UnboundedSender<Msg>) {
+/// Counts changes to CustomResourceDefinitions, so that a kind whose CRD is installed
+/// after meshd starts (the Gateway API's, meshd's own) is watched at once, not at the
+/// next minute's look. Without permission to watch CRDs the minute's look remains.
+async fn watch_crds(client: Client, tx: watch::Sender<u64>) {
+    let ar = ApiResource {
+        group: "apiextensions.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiextensions.k8s.io/v1".into(),
+        kind: "CustomResourceDefinition".into(),
+        plural: "customresourcedefinitions".into(),
+    };
+    let api: Api<kube::core::PartialObjectMeta<DynamicObject>> = Api::all_with(client, &ar);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(e) = events.next().await {
+        match e {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                tx.send_modify(|n| *n += 1);
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "watching CustomResourceDefinitions"),
+        }
+    }
+}
+
+async fn watch_kind(
+    client: Client,
+    k: WatchedKind,
+    i: usize,
+    tx: mpsc::UnboundedSender<Msg>,
+    mut crds: watch::Receiver<u64>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let version = match served_version(&client, &k).await {
             Ok(Some(v)) => v,
             Ok(None) => {
-                // Not installed (an optional CRD): nothing to serve; look again later.
+                // Not installed (an optional CRD): nothing to serve; look again when a
+                // CRD changes, or in a minute.
                 info!(
                     kind = k.kind,
                     group = k.group,
-                    "not served by the API server; checking again in 60s"
+                    "not served by the API server; watching for its CRD"
                 );
                 if tx.send(Msg::Absent(i)).is_err() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                crds.mark_unchanged();
+                // (Should the CRD watch end, only the minute's look is left.)
+                let crd_changed = async {
+                    if crds.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = crd_changed => {
+                        // A CRD just created is served a moment after it is stored.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
                 continue;
             }
             Err(e) => {

@@ -789,6 +789,39 @@ spec:
         .unwrap_or_default();
     assert_eq!(resolved["reason"], "BackendNotFound", "{route}");
     assert_eq!(resolved["observedGeneration"], 2, "{route}");
+
+    // meshd's own RateLimitPolicy, from its CRD: watched, in force at the gateway, and
+    // its status written back.
+    apply_file(&api, &repo().join("crds/meshd.gen.yaml"));
+    wait_for("policy.meshd.io served", Duration::from_secs(30), || {
+        api.get("/apis/policy.meshd.io/v1alpha1").ok()
+    });
+    let refused = api.apply_text(
+        r#"
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: edge, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  local: {requests: 3, unit: MINUTE}
+  response: {headers: {x-limit: edge}}
+"#,
+    );
+    assert!(refused.is_empty(), "{refused:?}");
+    let limited = wait_for("the policy at the gateway", Duration::from_secs(30), || {
+        get("/").filter(|r| r.status == 429)
+    });
+    assert_eq!(limited.header("x-limit"), Some("edge"));
+    let policy = wait_for("the policy's status", Duration::from_secs(20), || {
+        let p = api
+            .get("/apis/policy.meshd.io/v1alpha1/namespaces/default/ratelimitpolicies/edge")
+            .ok()?;
+        (condition(&p, &["status", "conditions"], "Accepted")? == "True").then_some(p)
+    });
+    assert_eq!(
+        policy["status"]["conditions"][0]["reason"], "Accepted",
+        "{policy}"
+    );
     assert_envoy_accepted(&router);
     drop(router);
     drop(meshd);
