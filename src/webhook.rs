@@ -263,7 +263,9 @@ pub fn validate_review(review: &Value, mesh: &crate::model::mesh::MeshConfig) ->
     let api = obj["apiVersion"].as_str().unwrap_or_default();
     let kind = obj["kind"].as_str().unwrap_or_default();
     match lookup_type(api, kind) {
-        TypeLookup::Known(k) if k.is_istio() => {}
+        // Istio's kinds and meshd's own policies.
+        TypeLookup::Known(k)
+            if k.is_istio() || k == crate::model::object::Kind::RateLimitPolicy => {}
         TypeLookup::BadVersion { served, .. } => {
             return deny(
                 review,
@@ -656,6 +658,29 @@ mod tests {
             "{msg}"
         );
         let allowed = validate_review(&review("5s"), &mesh);
+        assert_eq!(allowed["response"]["allowed"], true, "{allowed}");
+    }
+
+    /// meshd's own RateLimitPolicy is validated at admission too.
+    #[test]
+    fn rate_limit_policy_is_validated() {
+        let review = |requests: u32| {
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+                "uid": "u2", "operation": "CREATE", "namespace": "default",
+                "object": {"apiVersion": "policy.meshd.io/v1alpha1", "kind": "RateLimitPolicy",
+                    "metadata": {"name": "r", "namespace": "default"},
+                    "spec": {"local": {"requests": requests}}}}})
+        };
+        let mesh = crate::model::mesh::MeshConfig::default();
+        let denied = validate_review(&review(0), &mesh);
+        assert_eq!(denied["response"]["allowed"], false, "{denied}");
+        assert!(
+            denied["response"]["status"]["message"]
+                .to_string()
+                .contains("requests must be at least 1"),
+            "{denied}"
+        );
+        let allowed = validate_review(&review(5), &mesh);
         assert_eq!(allowed["response"]["allowed"], true, "{allowed}");
     }
 }

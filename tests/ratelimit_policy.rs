@@ -209,3 +209,22 @@ fn examples_validate_clean() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("0 errors, 0 warnings"), "{text}");
 }
+
+/// The README's policy (beside the EnvoyFilter it replaces) is one meshd takes as it is.
+#[test]
+fn readme_policy_validates() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let start = readme
+        .find("# The same with meshd's RateLimitPolicy")
+        .expect("the README's policy");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the block")];
+    assert!(block.contains("kind: RateLimitPolicy"), "{block}");
+    let dir = config("readme", block);
+    let (code, out) = meshd(&["validate"], &dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 errors, 0 warnings"), "{out}");
+    let (_, status) = meshd(&["status", "-o", "json"], &dir);
+    assert!(status.contains("\"reason\": \"Accepted\""), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
