@@ -116,18 +116,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .statuses
                 .0
                 .iter()
-                .filter_map(|(key, status)| {
-                    let obj = snap.objects.get(key)?;
+                .map(|(key, status)| {
+                    // A refused object has left the snapshot; its kind's version names it.
+                    let api_version = snap.objects.get(key).map_or_else(
+                        || format!("{}/{}", key.kind.group(), key.kind.versions()[0]),
+                        |o| o.api_version.clone(),
+                    );
                     let mut meta = serde_json::json!({"name": key.name});
                     if !key.namespace.is_empty() {
                         meta["namespace"] = key.namespace.clone().into();
                     }
-                    Some(serde_json::json!({
-                        "apiVersion": obj.api_version,
+                    serde_json::json!({
+                        "apiVersion": api_version,
                         "kind": key.kind.name(),
                         "metadata": meta,
                         "status": status,
-                    }))
+                    })
                 })
                 .collect();
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});

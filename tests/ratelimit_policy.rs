@@ -68,6 +68,15 @@ kind: RateLimitPolicy
 metadata: {name: no-provider, namespace: default}
 spec:
   global: {provider: nowhere}
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: headers, namespace: default}
+spec:
+  local: {requests: 1}
+  global: {provider: nowhere, domain: ""}
+  descriptors: [{remoteAddress: {}}]
+  response: {headers: {host: x, x-ok: "a\nb"}}
 "#;
 
 #[test]
@@ -98,9 +107,38 @@ fn validate_names_each_fault() {
         "did you mean",
         "RateLimitPolicy default/no-provider",
         "no extension provider \"nowhere\" with envoyRateLimit",
+        "spec.response.headers.host",
+        "cannot be set on a response",
+        "cannot hold NUL, CR or LF",
+        "spec.global.domain",
+        "the domain cannot be empty",
+        "remoteAddress at a sidecar",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    // A refused policy's status says why (in Kubernetes an old `Accepted` would stay).
+    let (_, status) = meshd(&["status", "-o", "json"], &dir);
+    let list: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let zero = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["metadata"]["name"] == "zero")
+        .unwrap_or_else(|| panic!("zero in {list}"));
+    let c = &zero["status"]["conditions"][0];
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("Invalid")),
+        "{zero}"
+    );
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("requests must be at least 1"),
+        "{zero}"
+    );
+    assert_eq!(zero["apiVersion"], "policy.meshd.io/v1alpha1");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

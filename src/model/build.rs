@@ -1253,12 +1253,31 @@ impl Builder {
     /// RateLimitPolicies, oldest first (the order ties are broken in), with their status
     /// and warnings for those that attach to nothing or lose a conflict.
     fn build_rate_limits(&mut self) {
+        let given: Vec<Arc<Object>> = self.of_kind(Kind::RateLimitPolicy).cloned().collect();
         let mut all = self.accepted(Kind::RateLimitPolicy);
         all.sort_by(|a, b| (&a.created, &a.key).cmp(&(&b.created, &b.key)));
-        self.rate_limits = super::ratelimit::Policies { all };
+        // Refused ones get a status too (in Kubernetes an old `Accepted` would stay).
+        for o in given.iter().filter(|o| !all.iter().any(|a| a.key == o.key)) {
+            let name = o.key.to_string();
+            let why: Vec<String> = self
+                .diags
+                .iter()
+                .filter(|d| d.is_error() && d.object.as_deref() == Some(name.as_str()))
+                .map(|d| match &d.field {
+                    Some(f) => format!("{f}: {}", d.reason),
+                    None => d.reason.clone(),
+                })
+                .collect();
+            let c =
+                super::gateway_api::status::Condition::fail("Accepted", "Invalid", &why.join("; "));
+            self.statuses
+                .set(&o.key, serde_json::json!({"conditions": [c.json(o)]}));
+        }
+        self.rate_limits = super::ratelimit::Policies::new(all, &self.virtual_services);
         let (diags, statuses) = super::ratelimit::check(
             &self.rate_limits,
             &super::ratelimit::World {
+                mesh: &self.mesh,
                 root: &self.mesh.root_namespace,
                 domain: &self.domain,
                 services: &self.services,
@@ -1609,17 +1628,30 @@ impl Builder {
         let gateway_hash = hash_of(&self.gateways);
         // PeerAuthentication shapes inbound chains and (through auto mTLS) every client's
         // clusters: a change is mesh-wide.
+        // What the objects mean (key, creation time for tie-breaks, metadata, spec), not their
+        // bookkeeping: a status written back changes the resourceVersion, which must
+        // not push every proxy again.
+        let meaning = |objs: &[Arc<Object>]| -> u64 {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for o in objs {
+                h.update(
+                    &serde_json::to_vec(&(&o.key, &o.created, &o.labels, &o.annotations, &o.spec))
+                        .unwrap_or_default(),
+                );
+            }
+            h.digest()
+        };
         let peer_auth_hash = xxhash_rust::xxh3::xxh3_64(
             &[
                 hash_of(&self.peer_authentications).to_le_bytes(),
                 // Authorization shapes inbound chains of the workloads it selects.
-                hash_of(&self.authorization_policies).to_le_bytes(),
-                hash_of(&self.request_authentications).to_le_bytes(),
+                meaning(&self.authorization_policies).to_le_bytes(),
+                meaning(&self.request_authentications).to_le_bytes(),
                 // EnvoyFilters patch anything, anywhere.
-                hash_of(&self.envoy_filters).to_le_bytes(),
-                hash_of(&self.telemetries).to_le_bytes(),
+                meaning(&self.envoy_filters).to_le_bytes(),
+                meaning(&self.telemetries).to_le_bytes(),
                 // Rate limits shape the connection managers and routes they attach to.
-                hash_of(&self.rate_limits.all).to_le_bytes(),
+                meaning(&self.rate_limits.all).to_le_bytes(),
             ]
             .concat(),
         );

@@ -11,6 +11,7 @@
 //! first by namespace/name), as istiod breaks ties between its policies.
 //! `translate::ratelimit` turns the winner into Envoy's rate limit filters.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -26,8 +27,8 @@ use super::snapshot::{GatewayConfig, VirtualServiceConfig, Workload};
 
 pub const GROUP: &str = "policy.meshd.io";
 /// Annotation on a VirtualService generated from HTTPRoutes: for each of its `http`
-/// rules, the route and rule it comes from (`namespace/name/rule`, the rule's name or
-/// index), so a policy can attach to an HTTPRoute rule after the merge and sort.
+/// rules, the route and rule it comes from (`Kind/namespace/name/rule`, the rule's name
+/// or index), so a policy can attach to an HTTPRoute rule after the merge and sort.
 pub const RULE_SOURCES: &str = "internal.meshd.io/rule-sources";
 
 /// Derives shared by the policy's structs (unknown fields refused, as for Istio's).
@@ -175,8 +176,9 @@ policy_api! {
         /// The client's SPIFFE identity from its mTLS certificate (a bucket per client
         /// workload identity; plaintext clients share one).
         pub principal: Option<Nothing>,
-        /// The client's address (as Envoy trusts it: the connection's, or at a gateway
-        /// `X-Forwarded-For` as configured).
+        /// The client's address as Envoy trusts it: at a gateway the connection's peer,
+        /// at a sidecar the last `X-Forwarded-For` entry when there is one (the client
+        /// chooses it: count mesh clients by `principal`).
         pub remote_address: Option<Nothing>,
         /// Path prefixes, each a bucket of its own; requests under none of them share
         /// one.
@@ -217,10 +219,53 @@ pub enum Level {
     Root,
 }
 
-/// The policy objects of a snapshot, oldest first (ties by key).
+/// The policy objects of a snapshot, oldest first (ties by key), with what route
+/// policies reach, computed once per build: proxies and routes without a policy pay
+/// nothing for them.
 #[derive(Debug, Default, Clone)]
 pub struct Policies {
     pub all: Vec<Arc<Object>>,
+    /// Policies with a workload-level attachment (selector, namespace, Service, Gateway).
+    workload: Vec<Arc<Object>>,
+    /// Policies with a route attachment, and the VirtualServices (generated ones
+    /// included) they can reach.
+    routes: Vec<RoutePolicy>,
+    /// Each VirtualService generated from Gateway API routes: the route and rule each of
+    /// its `http` rules comes from.
+    rule_sources: HashMap<ObjectKey, Vec<RuleSource>>,
+}
+
+/// A route-attached policy and the VirtualServices it reaches.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    pub policy: Arc<Object>,
+    pub reaches: Vec<Arc<VirtualServiceConfig>>,
+}
+
+/// Where a generated VirtualService's rule comes from.
+#[derive(Debug, Clone, PartialEq)]
+struct RuleSource {
+    kind: String,
+    namespace: String,
+    name: String,
+    /// The rule's name, else its index.
+    rule: String,
+}
+
+impl RuleSource {
+    fn parse(s: &str) -> Option<RuleSource> {
+        let mut it = s.splitn(4, '/');
+        Some(RuleSource {
+            kind: it.next()?.to_string(),
+            namespace: it.next()?.to_string(),
+            name: it.next()?.to_string(),
+            rule: it.next()?.to_string(),
+        })
+    }
+
+    fn is(&self, ns: &str, r: &TargetRef) -> bool {
+        self.kind == r.kind && self.namespace == ns && self.name == r.name
+    }
 }
 
 /// Where an HTTP connection manager sits, for the workload-level attachments.
@@ -274,10 +319,69 @@ fn is_gateway(g: &GatewayConfig, ns: &str, r: &TargetRef) -> bool {
 }
 
 impl Policies {
+    /// The index over `all` (oldest first) for the snapshot's VirtualServices.
+    pub fn new(all: Vec<Arc<Object>>, virtual_services: &[Arc<VirtualServiceConfig>]) -> Policies {
+        let rule_sources: HashMap<ObjectKey, Vec<RuleSource>> = if all.is_empty() {
+            HashMap::new()
+        } else {
+            virtual_services
+                .iter()
+                .filter_map(|v| {
+                    let a = v.object.annotations.get(RULE_SOURCES)?;
+                    let list: Vec<String> = serde_json::from_str(a).ok()?;
+                    Some((
+                        v.key.clone(),
+                        list.iter().filter_map(|s| RuleSource::parse(s)).collect(),
+                    ))
+                })
+                .collect()
+        };
+        let mut workload = Vec::new();
+        let mut routes = Vec::new();
+        for o in &all {
+            let Some(p) = spec(o) else { continue };
+            if p.target_refs.is_empty() || p.target_refs.iter().any(|r| !route_ref(r)) {
+                workload.push(o.clone());
+            }
+            let refs: Vec<&TargetRef> = p.target_refs.iter().filter(|r| route_ref(r)).collect();
+            if refs.is_empty() {
+                continue;
+            }
+            let ns = o.key.namespace.as_str();
+            let reaches = virtual_services
+                .iter()
+                .filter(|v| {
+                    refs.iter().any(|r| {
+                        if r.kind == "VirtualService" {
+                            !v.object.is_generated()
+                                && v.key.namespace == ns
+                                && v.key.name == r.name
+                        } else {
+                            rule_sources
+                                .get(&v.key)
+                                .is_some_and(|srcs| srcs.iter().any(|s| s.is(ns, r)))
+                        }
+                    })
+                })
+                .cloned()
+                .collect();
+            routes.push(RoutePolicy {
+                policy: o.clone(),
+                reaches,
+            });
+        }
+        Policies {
+            all,
+            workload,
+            routes,
+            rule_sources,
+        }
+    }
+
     /// The policy that governs a connection manager at `at` (not counting route ones).
     pub fn for_workload(&self, root: &str, domain: &str, at: &Attach) -> Option<&Arc<Object>> {
         let mut best: Option<(Level, &Arc<Object>)> = None;
-        for o in &self.all {
+        for o in &self.workload {
             let Some(p) = spec(o) else { continue };
             let ns = o.key.namespace.as_str();
             let level = if !p.target_refs.is_empty() {
@@ -286,7 +390,7 @@ impl Policies {
                         && at
                             .services
                             .iter()
-                            .any(|h| *h == format!("{}.{ns}.svc.{domain}", r.name)))
+                            .any(|h| service_host(h, &r.name, ns, domain)))
                         || (gateway_ref(r) && at.gateways.iter().any(|g| is_gateway(g, ns, r)))
                 });
                 hit.then_some(Level::Target)
@@ -318,44 +422,39 @@ impl Policies {
         best.map(|(_, o)| o)
     }
 
+    /// Whether some policy reaches routes of `vs` (a cheap test before [`for_route`]).
+    pub fn reaches(&self, vs: &VirtualServiceConfig) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.reaches.iter().any(|v| v.key == vs.key))
+    }
+
     /// The policy attached to rule `index` of `vs` (its `http` rules), if any.
     pub fn for_route(&self, vs: &VirtualServiceConfig, index: usize) -> Option<&Arc<Object>> {
         let rule = vs.spec.http.get(index)?;
-        // Generated from HTTPRoutes: which route and rule this one comes from.
-        let source: Option<(String, String, String)> = vs
-            .object
-            .annotations
-            .get(RULE_SOURCES)
-            .and_then(|a| serde_json::from_str::<Vec<String>>(a).ok())
-            .and_then(|v| v.get(index).cloned())
-            .and_then(|s| {
-                let mut it = s.splitn(3, '/');
-                Some((
-                    it.next()?.to_string(),
-                    it.next()?.to_string(),
-                    it.next()?.to_string(),
-                ))
-            });
+        let source = self.rule_sources.get(&vs.key).and_then(|s| s.get(index));
         let mut best: Option<(Level, &Arc<Object>)> = None;
-        for o in &self.all {
+        for rp in &self.routes {
+            if !rp.reaches.iter().any(|v| v.key == vs.key) {
+                continue;
+            }
+            let o = &rp.policy;
             let Some(p) = spec(o) else { continue };
             let ns = o.key.namespace.as_str();
             for r in p.target_refs.iter().filter(|r| route_ref(r)) {
-                let (object, section) = if r.kind == "VirtualService" {
+                let section = if r.kind == "VirtualService" {
                     if vs.object.is_generated() || vs.key.namespace != ns || vs.key.name != r.name {
                         continue;
                     }
-                    (true, rule.name.as_str())
+                    rule.name.as_str()
                 } else {
-                    match &source {
-                        Some((sns, sname, srule)) if sns == ns && *sname == r.name => {
-                            (true, srule.as_str())
-                        }
+                    match source {
+                        Some(s) if s.is(ns, r) => s.rule.as_str(),
                         _ => continue,
                     }
                 };
                 let level = match &r.section_name {
-                    None if object => Level::Route,
+                    None => Level::Route,
                     Some(s) if s == section => Level::RouteRule,
                     _ => continue,
                 };
@@ -367,13 +466,35 @@ impl Policies {
         best.map(|(_, o)| o)
     }
 
-    /// Whether any policy attaches to routes (their filters then sit in every HTTP
-    /// connection manager that may serve them).
-    pub fn route_policies(&self) -> impl Iterator<Item = &Arc<Object>> {
-        self.all
-            .iter()
-            .filter(|o| spec(o).is_some_and(|p| p.target_refs.iter().any(route_ref)))
+    /// The route-attached policies and the VirtualServices they reach.
+    pub fn route_policies(&self) -> &[RoutePolicy] {
+        &self.routes
     }
+
+    /// Whether `r` names a rule of `vs` (a generated one: by its route and rule).
+    fn names_rule_of(&self, vs: &VirtualServiceConfig, ns: &str, r: &TargetRef) -> bool {
+        if r.kind == "VirtualService" {
+            return !vs.object.is_generated()
+                && vs.key.namespace == ns
+                && vs.key.name == r.name
+                && r.section_name
+                    .as_ref()
+                    .is_none_or(|s| vs.spec.http.iter().any(|h| h.name == *s));
+        }
+        self.rule_sources.get(&vs.key).is_some_and(|srcs| {
+            srcs.iter()
+                .any(|s| s.is(ns, r) && r.section_name.as_ref().is_none_or(|sec| *sec == s.rule))
+        })
+    }
+}
+
+/// Whether `host` is the Service `name` of namespace `ns`.
+fn service_host(host: &str, name: &str, ns: &str, domain: &str) -> bool {
+    host.strip_prefix(name)
+        .and_then(|h| h.strip_prefix('.'))
+        .and_then(|h| h.strip_prefix(ns))
+        .and_then(|h| h.strip_prefix(".svc."))
+        == Some(domain)
 }
 
 /// The per-object checks (`meshd validate`, the validation webhook).
@@ -429,6 +550,42 @@ pub fn validate(
         if l.burst == Some(0) {
             out.push(obj.diag_error("spec.local.burst", "burst must be at least 1"));
         }
+    }
+    if let Some(r) = &p.response {
+        for (k, v) in &r.headers {
+            let at = format!("spec.response.headers.{k}");
+            let token = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+            if !token || k.eq_ignore_ascii_case("host") {
+                out.push(
+                    obj.diag_error(&at, format!("{k:?} cannot be set on a response"))
+                        .hint("an HTTP header name other than host and pseudo-headers"),
+                );
+            }
+            if v.bytes().any(|b| b == 0 || b == b'\r' || b == b'\n') {
+                out.push(obj.diag_error(&at, "a header value cannot hold NUL, CR or LF"));
+            }
+        }
+    }
+    if let Some(d) = p.global.as_ref().and_then(|g| g.domain.as_ref())
+        && d.is_empty()
+    {
+        out.push(
+            obj.diag_error("spec.global.domain", "the domain cannot be empty")
+                .hint("leave it out for the provider's (or `meshd`)"),
+        );
+    }
+    if p.descriptors.iter().any(|d| d.remote_address.is_some())
+        && !p.target_refs.iter().any(gateway_ref)
+    {
+        out.push(
+            obj.diag_warning(
+                "spec.descriptors",
+                "remoteAddress at a sidecar is the last X-Forwarded-For entry when a request carries one, which the client chooses",
+            )
+            .hint("inside the mesh, count clients by `principal` (their mTLS identity)"),
+        );
     }
     if let Some(g) = &p.global {
         if g.provider.is_empty() {
@@ -553,8 +710,80 @@ fn attachment(o: &Object, p: &RateLimitPolicySpec) -> Value {
     }
 }
 
+/// The workloads (Pods, WorkloadEntries) of namespace `ns`, by key range.
+fn workloads_in<'a>(
+    workloads: &'a std::collections::BTreeMap<ObjectKey, Arc<Workload>>,
+    ns: &'a str,
+) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
+    [Kind::Pod, Kind::WorkloadEntry]
+        .into_iter()
+        .flat_map(move |kind| {
+            workloads
+                .range(
+                    ObjectKey {
+                        kind,
+                        namespace: ns.to_string(),
+                        name: String::new(),
+                    }..,
+                )
+                .take_while(move |(k, _)| k.kind == kind && k.namespace == ns)
+                .map(|(_, w)| w)
+        })
+}
+
+/// The rate limit service of provider `name`: its host and port, checked against the
+/// registry (`namespace/host` names the namespace too) and the port's protocol (the
+/// RateLimitService API is gRPC).
+pub fn rate_limit_service<'a>(
+    mesh: &'a super::mesh::MeshConfig,
+    services: &'a std::collections::BTreeMap<String, Arc<super::service::Service>>,
+    name: &str,
+) -> Result<
+    (
+        &'a super::service::Service,
+        u16,
+        &'a super::mesh::RateLimitProvider,
+    ),
+    String,
+> {
+    let provider = mesh
+        .extension_providers
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.envoy_rate_limit.as_ref())
+        .ok_or_else(|| format!("no extension provider {name:?} with envoyRateLimit"))?;
+    let (ns, host) = match provider.service.split_once('/') {
+        Some((ns, h)) => (Some(ns), h),
+        None => (None, provider.service.as_str()),
+    };
+    let svc = services
+        .get(host)
+        .filter(|s| ns.is_none_or(|ns| s.namespace == ns))
+        .ok_or_else(|| {
+            format!(
+                "rate limit service {:?} is not in the registry",
+                provider.service
+            )
+        })?;
+    let port = u16::try_from(provider.port)
+        .ok()
+        .and_then(|p| svc.port(p).map(|_| p))
+        .ok_or_else(|| format!("rate limit service {host} has no port {}", provider.port))?;
+    let protocol = svc.port(port).map(|p| p.protocol);
+    if !matches!(
+        protocol,
+        Some(super::service::Protocol::Grpc | super::service::Protocol::Http2)
+    ) {
+        return Err(format!(
+            "port {port} of rate limit service {host} is not declared gRPC (name it grpc or grpc-*, or set appProtocol: grpc)"
+        ));
+    }
+    Ok((svc, port, provider))
+}
+
 /// What the rest of the snapshot offers a policy to attach to.
 pub struct World<'a> {
+    pub mesh: &'a super::mesh::MeshConfig,
     pub root: &'a str,
     pub domain: &'a str,
     pub services: &'a std::collections::BTreeMap<String, Arc<super::service::Service>>,
@@ -580,32 +809,11 @@ pub fn check(policies: &Policies, world: &World) -> (Vec<Diagnostic>, Vec<(Objec
                     .contains_key(&format!("{}.{ns}.svc.{}", r.name, world.domain))
             } else if gateway_ref(r) {
                 world.gateways.iter().any(|g| is_gateway(g, ns, r))
-            } else if r.kind == "VirtualService" {
-                world.virtual_services.iter().any(|v| {
-                    !v.object.is_generated()
-                        && v.key.namespace == ns
-                        && v.key.name == r.name
-                        && r.section_name
-                            .as_ref()
-                            .is_none_or(|s| v.spec.http.iter().any(|h| h.name == *s))
-                })
             } else {
-                world.virtual_services.iter().any(|v| {
-                    v.object
-                        .annotations
-                        .get(RULE_SOURCES)
-                        .and_then(|a| serde_json::from_str::<Vec<String>>(a).ok())
-                        .is_some_and(|srcs| {
-                            srcs.iter().any(|s| {
-                                let mut it = s.splitn(3, '/');
-                                it.next() == Some(ns)
-                                    && it.next() == Some(r.name.as_str())
-                                    && r.section_name
-                                        .as_deref()
-                                        .is_none_or(|sec| it.next() == Some(sec))
-                            })
-                        })
-                })
+                world
+                    .virtual_services
+                    .iter()
+                    .any(|v| policies.names_rule_of(v, ns, r))
             };
             if !found {
                 missing.push(format!(
@@ -625,10 +833,22 @@ pub fn check(policies: &Policies, world: &World) -> (Vec<Diagnostic>, Vec<(Objec
                 .as_ref()
                 .map(|s| s.match_labels.clone())
                 .unwrap_or_default();
-            !world.workloads.values().any(|w| {
-                (ns == world.root || w.key.namespace == ns) && labels_match(&sel, &w.labels)
-            })
+            let matches = |w: &Workload| labels_match(&sel, &w.labels);
+            if ns == world.root {
+                !world.workloads.values().any(|w| matches(w))
+            } else {
+                !workloads_in(world.workloads, ns).any(|w| matches(w))
+            }
         };
+        // A global limit whose service cannot be reached is not applied: say so.
+        if let Some(g) = &p.global
+            && let Err(why) = rate_limit_service(world.mesh, world.services, &g.provider)
+        {
+            diags.push(
+                o.diag_warning("spec.global.provider", format!("{why}: the global limit is not applied"))
+                    .hint("meshConfig.extensionProviders[].envoyRateLimit names a service in the registry and its gRPC port"),
+            );
+        }
         let shape = attachment(o, p);
         let older = seen.iter().find(|(s, _)| *s == shape).map(|(_, k)| *k);
         let condition = if let Some(winner) = older {

@@ -41,6 +41,7 @@ use envoy_types::pb::google::protobuf::Any;
 use super::context::ProxyContext;
 use crate::envoy::pb;
 use crate::model::object::Object;
+use crate::model::proxy::ProxyKind;
 use crate::model::ratelimit::{self as model, Attach, RateLimitPolicySpec};
 use crate::model::snapshot::VirtualServiceConfig;
 
@@ -81,7 +82,8 @@ fn headers_to_add(p: &RateLimitPolicySpec) -> Vec<core::HeaderValueOption> {
         .map(|(k, v)| core::HeaderValueOption {
             header: Some(core::HeaderValue {
                 key: k.to_ascii_lowercase(),
-                value: v.clone(),
+                // Envoy reads `%…%` in these values as substitutions: literal text.
+                value: v.replace('%', "%%"),
                 ..Default::default()
             }),
             append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
@@ -279,31 +281,20 @@ struct Service {
 
 fn service(ctx: &ProxyContext, p: &RateLimitPolicySpec) -> Option<Service> {
     let g = p.global.as_ref()?;
-    let provider = ctx
-        .snap
-        .mesh
-        .extension_providers
-        .iter()
-        .find(|e| e.name == g.provider)?
-        .envoy_rate_limit
-        .as_ref()?;
-    if provider.port == 0 || provider.port > 65535 {
-        return None;
-    }
-    let host = provider
-        .service
-        .split_once('/')
-        .map_or(provider.service.as_str(), |(_, h)| h);
-    if !ctx.snap.services.contains_key(host) {
+    // (Why a provider is unusable is a warning on the policy; see model::ratelimit.)
+    let (svc, port, provider) =
+        model::rate_limit_service(&ctx.snap.mesh, &ctx.snap.services, &g.provider).ok()?;
+    // A sidecar has the service's cluster only if its scope sees the service.
+    if ctx.proxy.kind != ProxyKind::Router && !ctx.scope.sees(&svc.hostname) {
         return None;
     }
     Some(Service {
-        cluster: crate::envoy::naming::outbound_cluster(provider.port as u16, "", host),
-        authority: host.to_string(),
+        cluster: crate::envoy::naming::outbound_cluster(port, "", &svc.hostname),
+        authority: svc.hostname.clone(),
         domain: g
             .domain
             .clone()
-            .or_else(|| provider.domain.clone())
+            .or_else(|| provider.domain.clone().filter(|d| !d.is_empty()))
             .unwrap_or_else(|| "meshd".into()),
         timeout: g.timeout.or(provider.timeout).map(|d| d.as_std()),
     })
@@ -367,12 +358,34 @@ pub fn http_filters(ctx: &ProxyContext, at: Option<&Attach>) -> Vec<HttpFilter> 
             a,
         )
     });
-    let routes: Vec<&Arc<Object>> =
-        if at.is_none() || ctx.proxy.kind == crate::model::proxy::ProxyKind::Router {
-            policies.route_policies().collect()
-        } else {
-            Vec::new()
-        };
+    // Route policies whose routes this manager may serve: a sidecar's outbound managers
+    // (VirtualServices in its scope), a gateway's (VirtualServices bound to its
+    // Gateways). Inbound managers serve no VirtualService routes.
+    let routes: Vec<&Arc<Object>> = match (at.is_some(), ctx.proxy.kind) {
+        (_, ProxyKind::Router) => {
+            let gateways: Vec<String> = super::gateway::selected(ctx)
+                .iter()
+                .map(|g| format!("{}/{}", g.key.namespace, g.key.name))
+                .collect();
+            policies
+                .route_policies()
+                .iter()
+                .filter(|r| {
+                    r.reaches
+                        .iter()
+                        .any(|v| v.gateways.iter().any(|g| gateways.contains(g)))
+                })
+                .map(|r| &r.policy)
+                .collect()
+        }
+        (false, _) => policies
+            .route_policies()
+            .iter()
+            .filter(|r| r.reaches.iter().any(|v| in_scope(ctx, v)))
+            .map(|r| &r.policy)
+            .collect(),
+        (true, _) => Vec::new(),
+    };
     let mut out = Vec::new();
     let governing = governing.and_then(|o| model::spec(o).map(|p| (o, p)));
     match governing.and_then(|(o, p)| local_config(o, p)) {
@@ -399,6 +412,16 @@ pub fn http_filters(ctx: &ProxyContext, at: Option<&Attach>) -> Vec<HttpFilter> 
         }
     }
     out
+}
+
+/// Whether a sidecar's scope holds `vs`.
+fn in_scope(ctx: &ProxyContext, vs: &VirtualServiceConfig) -> bool {
+    ctx.scope.egress.iter().any(|e| {
+        vs.hosts.iter().any(|h| {
+            e.with_host(h).any(|(_, v)| v.key == vs.key)
+                || e.with_wildcards().any(|(_, v)| v.key == vs.key)
+        })
+    })
 }
 
 /// `typed_per_filter_config` for a route made from rule `index` of `vs`: its policy
@@ -446,8 +469,8 @@ pub fn route_configs(
 }
 
 /// The network local rate limit of an inbound TCP chain (connections per unit), when
-/// the governing policy has a local limit and is not in shadow mode (Envoy's network
-/// limiter has none).
+/// the governing policy has a local limit, no descriptors (they are HTTP's) and is not
+/// in shadow mode (Envoy's network limiter has none).
 pub fn tcp_filter(
     ctx: &ProxyContext,
     at: &Attach,
@@ -458,6 +481,10 @@ pub fn tcp_filter(
         at,
     )?;
     let p = model::spec(o)?;
+    // Descriptors (headers, identities, paths) are HTTP's: such a policy leaves TCP be.
+    if !p.descriptors.is_empty() {
+        return None;
+    }
     let l = p.local.as_ref().filter(|_| !p.shadow)?;
     let c = TcpLocalRateLimit {
         stat_prefix: stat_prefix(o),

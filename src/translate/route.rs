@@ -474,9 +474,10 @@ pub(crate) fn http_rule_routes(
         rule.matches.iter().map(Some).collect()
     };
     let mut out = Vec::new();
-    // A rate limit policy attached to this rule (by its place in the VirtualService:
-    // rules of delegates are not the root's and take none).
-    let rate_limits = if ctx.snap.rate_limits.all.is_empty() {
+    // A rate limit policy attached to this rule, found by the rule's place in the
+    // VirtualService (delegates' rules are merged into their root's `http`, so a policy
+    // names them through the root).
+    let rate_limits = if !ctx.snap.rate_limits.reaches(vs) {
         HashMap::new()
     } else {
         vs.spec

@@ -303,7 +303,7 @@ fn local_bucket_admits_its_burst_and_refills() {
     // ends within a tenth of a second of its start, before one more token can come. A
     // slower one (a loaded machine) may admit one more per tenth; it is measured again.
     let mut clean = None;
-    for _ in 0..6 {
+    for _ in 0..10 {
         // A full bucket: a second at 10 a second refills all 10.
         std::thread::sleep(Duration::from_millis(1100));
         let (answers, took) = burst(30);
@@ -361,11 +361,11 @@ kind: RateLimitPolicy
 metadata: {name: per-user, namespace: default}
 spec:
   targetRefs: [{group: "", kind: Service, name: reviews}]
-  local: {requests: 5, unit: MINUTE}
+  local: {requests: 5, unit: HOUR}
   descriptors: [{header: x-user}]
 "#;
 
-/// A bucket per value of a header: two users each get their own 5 a minute, and
+/// A bucket per value of a header: two users each get their own 5 (an hour), and
 /// requests without the header share one more.
 #[test]
 fn header_descriptors_give_each_user_a_budget() {
@@ -393,7 +393,7 @@ kind: RateLimitPolicy
 metadata: {name: per-client, namespace: default}
 spec:
   selector: {matchLabels: {app: reviews}}
-  local: {requests: 3, unit: MINUTE}
+  local: {requests: 3, unit: HOUR}
   descriptors: [{principal: {}}]
   response: {rateLimitHeaders: true}
 ---
@@ -405,8 +405,8 @@ spec:
   mtls: {mode: STRICT}
 "#;
 
-/// Per client identity, over mTLS between sidecars: productpage and details each get 3 a
-/// minute at reviews, whichever connection they come on.
+/// Per client identity, over mTLS between sidecars: productpage and details each get 3
+/// (an hour) at reviews, whichever connection they come on.
 #[test]
 fn principal_descriptors_follow_the_client_identity() {
     let Some(m) = Mesh::start(&[("ratelimit.yaml", PER_PRINCIPAL)], true) else {
@@ -789,7 +789,7 @@ kind: RateLimitPolicy
 metadata: {name: edge, namespace: default}
 spec:
   targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
-  local: {requests: 3, unit: MINUTE}
+  local: {requests: 3, unit: HOUR}
   response: {headers: {x-limit: gateway}}
 ---
 apiVersion: policy.meshd.io/v1alpha1
@@ -797,7 +797,7 @@ kind: RateLimitPolicy
 metadata: {name: reviews-rule, namespace: default}
 spec:
   targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: bookinfo, sectionName: reviews}]
-  local: {requests: 5, unit: MINUTE}
+  local: {requests: 5, unit: HOUR}
   response: {status: 503, headers: {x-limit: reviews-rule}}
 "#;
 
@@ -899,7 +899,7 @@ kind: RateLimitPolicy
 metadata: {name: connections, namespace: default}
 spec:
   selector: {matchLabels: {app: reviews}}
-  local: {requests: 2, unit: MINUTE}
+  local: {requests: 2, unit: HOUR}
 "#;
 
 /// On a TCP port the bucket counts connections: the first two are carried to the
@@ -936,7 +936,7 @@ fn tcp_ports_limit_connections() {
     assert_eq!(
         rest,
         vec![Some("ping meshd".to_string()), None, None],
-        "2 connections a minute"
+        "2 connections an hour"
     );
     assert_eq!(
         accepted.load(std::sync::atomic::Ordering::SeqCst),
@@ -947,5 +947,89 @@ fn tcp_ports_limit_connections() {
         m.server_stat("ratelimit_default_connections", "rate_limited"),
         2
     );
+    m.assert_no_rejections();
+}
+
+const OUTBOUND_AND_PREFIXES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: search
+    match: [{uri: {prefix: /search}}]
+    route: [{destination: {host: reviews}}]
+  - name: rest
+    route: [{destination: {host: reviews}}]
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: search, namespace: default}
+spec:
+  targetRefs: [{group: networking.istio.io, kind: VirtualService, name: reviews, sectionName: search}]
+  local: {requests: 2, unit: HOUR}
+  response: {headers: {x-limit: "search 100%"}}
+---
+apiVersion: policy.meshd.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: prefixes, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  local: {requests: 3, unit: HOUR}
+  descriptors: [{pathPrefix: [/a, /b]}]
+"#;
+
+/// A VirtualService rule's local limit is enforced in the client's sidecar (its other
+/// rule is not limited there); at the server, each listed path prefix has a bucket of
+/// its own and the other paths share one.
+#[test]
+fn route_rule_limits_at_the_client_and_path_prefix_buckets_at_the_server() {
+    let Some(m) = Mesh::start(&[("ratelimit.yaml", OUTBOUND_AND_PREFIXES)], true) else {
+        return;
+    };
+    // Server side first (the client's requests below also reach the server).
+    m.wait_policy("the prefixes policy", &[], |r| r.status == 200);
+    for (path, label) in [("/a/1", "/a"), ("/b/1", "/b"), ("/other", "others")] {
+        let s: Vec<u16> = (0..4).map(|_| m.get(path, &[]).status).collect();
+        let want = if label == "others" {
+            // The probe above spent one of the shared bucket's 3.
+            vec![200, 200, 429, 429]
+        } else {
+            vec![200, 200, 200, 429]
+        };
+        assert_eq!(s, want, "{label}");
+    }
+    // Through productpage's sidecar: /search is the rule's 2 (refused in the client's
+    // sidecar, with its header, the % kept literally); the server's buckets for /search
+    // (no prefix: the shared one, already spent) are never reached for the refusals.
+    let via = |path: &str| {
+        http_get("127.0.0.1:9080", path, &[("Host", "reviews")]).expect("through productpage")
+    };
+    // The path through both sidecars works (the server's shared bucket is spent: 429).
+    wait_for(
+        "through productpage's sidecar",
+        Duration::from_secs(20),
+        || {
+            http_get("127.0.0.1:9080", "/probe", &[("Host", "reviews")])
+                .ok()
+                .filter(|r| r.status == 429)
+        },
+    );
+    let search: Vec<HttpResponse> = (0..3).map(|_| via("/search")).collect();
+    let statuses: Vec<u16> = search.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![429, 429, 429], "{search:?}");
+    // The first two passed the client's sidecar (refused by the server's bucket), the
+    // third was refused by the rule's own limit.
+    assert_eq!(search[0].header("x-limit"), None);
+    assert_eq!(search[1].header("x-limit"), None);
+    assert_eq!(search[2].header("x-limit"), Some("search 100%"));
+    let client_limited: u64 = m.clients[0]
+        .stats("ratelimit_default_search")
+        .iter()
+        .filter(|(k, _)| k.ends_with("http_local_rate_limit.rate_limited"))
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(client_limited, 1, "refused in the client's sidecar");
     m.assert_no_rejections();
 }

@@ -610,8 +610,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             ))
         });
         let first = vses[0].0;
-        // Each rule with the route and rule it comes from (`ns/name/rule`: the rule's
-        // name, else its index), kept through the sort for policies that attach to
+        // Each rule with the route and rule it comes from (`Kind/ns/name/rule`: the
+        // rule's name, else its index), kept through the sort for policies that attach to
         // HTTPRoute rules.
         let mut http: Vec<(istio::HttpRoute, String)> = Vec::new();
         let mut parents = Vec::new();
@@ -625,7 +625,12 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     .unwrap_or(&r.name);
                 (
                     r.clone(),
-                    format!("{}/{}/{rule}", route.key.namespace, route.key.name),
+                    format!(
+                        "{}/{}/{}/{rule}",
+                        route.key.kind.name(),
+                        route.key.namespace,
+                        route.key.name
+                    ),
                 )
             }));
             parents.push(format!(
