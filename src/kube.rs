@@ -2,6 +2,7 @@
 //! writes (the `istio-ca-root-cert` ConfigMaps, its webhooks' caBundle, the CA Secret).
 //! What meshd reads from the cluster is in [`crate::sources::kube`].
 
+pub mod gateways;
 pub mod leader;
 pub mod writer;
 

@@ -287,6 +287,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             status_rx.clone(),
             args.write_status,
         );
+        // Gateway API Gateways get their proxies deployed, as istiod's deployment
+        // controller does.
+        crate::kube::gateways::run(
+            client.clone(),
+            leader.clone(),
+            status_rx.clone(),
+            crate::kube::gateways::DeployOptions {
+                image: String::new(),
+                istio_namespace: args.config.istio_namespace.clone(),
+                revision: args.revision.clone(),
+                domain_suffix: first.mesh.domain_suffix.clone(),
+                trust_domain: trust_domain.clone(),
+            },
+        );
         let suffix = if args.revision.is_empty() || args.revision == "default" {
             String::new()
         } else {

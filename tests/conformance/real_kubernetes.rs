@@ -759,6 +759,157 @@ spec:
     assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
     assert_eq!(parent["conditions"][0]["observedGeneration"], 1, "{route}");
 
+    // The Gateway's proxies, deployed as istiod's deployment controller does: a
+    // ServiceAccount, a Deployment and a Service named `<gateway>-<class>`, owned by the
+    // Gateway, applied server-side with istiod's field manager.
+    let gw_uid = api
+        .get("/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/edge")
+        .expect("the Gateway")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deployment = wait_for("the gateway Deployment", Duration::from_secs(20), || {
+        api.get("/apis/apps/v1/namespaces/default/deployments/edge-istio")
+            .ok()
+    });
+    let service = api
+        .get("/api/v1/namespaces/default/services/edge-istio")
+        .expect("the gateway Service");
+    let sa = api
+        .get("/api/v1/namespaces/default/serviceaccounts/edge-istio")
+        .expect("the gateway ServiceAccount");
+    for obj in [&deployment, &service, &sa] {
+        let meta = &obj["metadata"];
+        assert_eq!(
+            meta["labels"]["gateway.networking.k8s.io/gateway-name"], "edge",
+            "{obj}"
+        );
+        assert_eq!(
+            meta["labels"]["gateway.istio.io/managed"], "istio.io-gateway-controller",
+            "{obj}"
+        );
+        assert_eq!(meta["ownerReferences"][0]["kind"], "Gateway", "{obj}");
+        assert_eq!(meta["ownerReferences"][0]["uid"], gw_uid.as_str(), "{obj}");
+        assert!(
+            meta["managedFields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["manager"] == "istio.io/gateway-controller" && f["operation"] == "Apply"),
+            "applied server-side by istiod's field manager: {obj}"
+        );
+    }
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "edge"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["sidecar.istio.io/inject"],
+        "false"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "edge-istio");
+    let proxy = &pod["spec"]["containers"][0];
+    assert_eq!(proxy["name"], "istio-proxy");
+    assert_eq!(
+        (&proxy["args"][0], &proxy["args"][1]),
+        (&json!("proxy"), &json!("router"))
+    );
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        service["spec"]["selector"],
+        json!({"gateway.networking.k8s.io/gateway-name": "edge"})
+    );
+    let ports = |svc: &serde_json::Value| -> Vec<(String, u64, String)> {
+        svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or("").to_string(),
+                    p["port"].as_u64().unwrap_or(0),
+                    p["appProtocol"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ports(&service),
+        vec![
+            ("status-port".to_string(), 15021, "tcp".to_string()),
+            ("http".to_string(), 8080, "http".to_string()),
+        ]
+    );
+    // A listener added: the Service follows. In the same change, a manual Gateway (its
+    // address names its proxies) and one whose Service exists unmanaged: left alone.
+    api.apply(&json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "taken-istio", "namespace": "default"},
+        "spec": {"ports": [{"name": "mine", "port": 1234}]}}))
+        .expect("an unmanaged Service");
+    let refused = api.apply_text(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: manual, namespace: default}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: Hostname, value: gw.example.com}]
+  listeners:
+  - {name: http, port: 8081, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: taken, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8082, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP}
+  - {name: admin.web, port: 9090, protocol: HTTP}
+"#,
+    );
+    assert!(refused.is_empty(), "{refused:?}");
+    let service = wait_for(
+        "the Service follows the listeners",
+        Duration::from_secs(20),
+        || {
+            let s = api
+                .get("/api/v1/namespaces/default/services/edge-istio")
+                .ok()?;
+            (ports(&s).len() == 3).then_some(s)
+        },
+    );
+    assert_eq!(
+        ports(&service)[2],
+        ("admin-web".to_string(), 9090, "http".to_string())
+    );
+    // `taken` was handled in that same pass: its Deployment exists, its Service is the
+    // user's still.
+    wait_for("taken's Deployment", Duration::from_secs(20), || {
+        api.get("/apis/apps/v1/namespaces/default/deployments/taken-istio")
+            .ok()
+    });
+    let taken = api
+        .get("/api/v1/namespaces/default/services/taken-istio")
+        .expect("the user's Service");
+    assert_eq!(
+        ports(&taken),
+        vec![("mine".to_string(), 1234, String::new())]
+    );
+    assert!(
+        api.get("/apis/apps/v1/namespaces/default/deployments/manual-istio")
+            .is_err(),
+        "a manual Gateway gets no Deployment"
+    );
+
     // An edit: a backend that does not exist; its requests get 500 and the status says
     // why, for generation 2.
     api.apply(&json!({
