@@ -42,6 +42,7 @@ fn grpc(
         name: "default".into(),
         envoy_file_access_log: None,
         envoy_rate_limit: None,
+        zipkin: None,
         envoy_ext_authz_grpc: Some(ExtAuthzGrpc {
             service: service.into(),
             port: 9000,
@@ -73,6 +74,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
             name: "default".into(),
             envoy_file_access_log: None,
             envoy_rate_limit: None,
+            zipkin: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz.foo.svc.cluster.local".into(),
@@ -115,6 +117,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
             name: "default".into(),
             envoy_file_access_log: None,
             envoy_rate_limit: None,
+            zipkin: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz".into(),

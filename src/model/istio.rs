@@ -1217,7 +1217,7 @@ api! {
         pub selector: Option<WorkloadSelector>,
         pub target_ref: Option<serde_json::Value>,
         pub target_refs: Vec<serde_json::Value>,
-        pub tracing: Vec<serde_json::Value>,
+        pub tracing: Vec<Tracing>,
         pub metrics: Vec<serde_json::Value>,
         pub access_logging: Vec<AccessLogging>,
     }
@@ -1230,6 +1230,51 @@ api! {
         pub providers: Vec<ProviderRef>,
         pub disabled: Option<bool>,
         pub filter: Option<AccessLogFilter>,
+    }
+}
+
+api! {
+    /// A Telemetry `tracing` entry.
+    pub struct Tracing {
+        #[serde(rename = "match")]
+        pub matches: Option<WorkloadModeSelector>,
+        /// Only the first is used (as istiod).
+        pub providers: Vec<ProviderRef>,
+        pub random_sampling_percentage: Option<f64>,
+        pub disable_span_reporting: Option<bool>,
+        pub custom_tags: BTreeMap<String, CustomTag>,
+        pub use_request_id_for_trace_sampling: Option<bool>,
+        pub enable_istio_tags: Option<bool>,
+        pub disable_context_propagation: Option<bool>,
+    }
+}
+
+api! {
+    /// One custom span tag: exactly one of literal, environment, header.
+    pub struct CustomTag {
+        pub literal: Option<LiteralTag>,
+        pub environment: Option<EnvironmentTag>,
+        pub header: Option<HeaderTag>,
+    }
+}
+
+api! {
+    pub struct LiteralTag {
+        pub value: String,
+    }
+}
+
+api! {
+    pub struct EnvironmentTag {
+        pub name: String,
+        pub default_value: String,
+    }
+}
+
+api! {
+    pub struct HeaderTag {
+        pub name: String,
+        pub default_value: String,
     }
 }
 

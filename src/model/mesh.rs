@@ -102,6 +102,22 @@ pub struct ExtensionProvider {
     /// A rate limit service (Envoy's `RateLimitService` gRPC API) for RateLimitPolicy's
     /// global limits: meshd's own provider kind, beside Istio's.
     pub envoy_rate_limit: Option<RateLimitProvider>,
+    /// A Zipkin collector (Telemetry tracing).
+    pub zipkin: Option<ZipkinProvider>,
+}
+
+/// `zipkin`: a collector speaking Zipkin's v2 JSON API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZipkinProvider {
+    /// `host` or `namespace/host` of a service in the registry.
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+    #[serde(rename = "enable64bitTraceId")]
+    pub enable_64bit_trace_id: bool,
+    /// Collector path (default `/api/v2/spans`).
+    pub path: String,
 }
 
 /// `envoyRateLimit`: where the rate limit service is, and the defaults of the policies
@@ -145,6 +161,25 @@ impl MeshConfig {
     }
 
     /// `defaultProviders.accessLogging`.
+    /// `defaultProviders.tracing`: tracing providers for Telemetry entries naming none.
+    pub fn default_tracing_providers(&self) -> Vec<String> {
+        self.raw["defaultProviders"]["tracing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// `defaultConfig.tracing.sampling`: the sampling percentage when a Telemetry gives
+    /// none (istiod's default, PILOT_TRACE_SAMPLING, is 1%).
+    pub fn default_trace_sampling(&self) -> f64 {
+        self.raw["defaultConfig"]["tracing"]["sampling"]
+            .as_f64()
+            .filter(|s| (0.0..=100.0).contains(s) && *s != 0.0)
+            .unwrap_or(1.0)
+    }
+
     pub fn default_access_log_providers(&self) -> Vec<String> {
         self.raw["defaultProviders"]["accessLogging"]
             .as_array()

@@ -478,7 +478,8 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
     out
 }
 
-/// Telemetry: access logging is translated; tracing, metrics and targetRefs are not yet.
+/// Telemetry: access logging and tracing (Zipkin) are translated; metrics and targetRefs
+/// are not yet.
 pub fn telemetry(
     obj: &Object,
     t: &istio::Telemetry,
@@ -486,7 +487,6 @@ pub fn telemetry(
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (field, set) in [
-        ("spec.tracing", !t.tracing.is_empty()),
         ("spec.metrics", !t.metrics.is_empty()),
         (
             "spec.targetRefs",
@@ -495,6 +495,48 @@ pub fn telemetry(
     ] {
         if set {
             not_yet(obj, field, field.trim_start_matches("spec."), &mut out);
+        }
+    }
+    for (i, tr) in t.tracing.iter().enumerate() {
+        for (j, p) in tr.providers.iter().enumerate() {
+            let known = mesh
+                .extension_providers
+                .iter()
+                .any(|e| e.name == p.name && e.zipkin.is_some());
+            if !known {
+                out.push(
+                    obj.diag_warning(
+                        &format!("spec.tracing[{i}].providers[{j}].name"),
+                        format!("no tracing provider {:?} meshd can configure in mesh config; no spans are reported", p.name),
+                    )
+                    .hint("define it under meshConfig.extensionProviders with `zipkin: {service, port}` (meshd configures Zipkin; OpenTelemetry, Datadog and SkyWalking not yet)"),
+                );
+            }
+        }
+        if tr
+            .random_sampling_percentage
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            out.push(obj.diag_error(
+                &format!("spec.tracing[{i}].randomSamplingPercentage"),
+                "a percentage between 0 and 100",
+            ));
+        }
+        for (name, tag) in &tr.custom_tags {
+            let kinds = [
+                tag.literal.is_some(),
+                tag.environment.is_some(),
+                tag.header.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if kinds != 1 {
+                out.push(obj.diag_error(
+                    &format!("spec.tracing[{i}].customTags.{name}"),
+                    "a custom tag is exactly one of literal, environment, header",
+                ));
+            }
         }
     }
     for (i, a) in t.access_logging.iter().enumerate() {

@@ -209,6 +209,7 @@ pub fn http_connection_manager(
             f
         },
         access_log: access_logs(ctx, inbound),
+        tracing: super::telemetry::tracing(ctx, inbound),
         // Sidecars trust the connection's peer; gateways are the edge and use the
         // client address.
         use_remote_address: pb::boolv(gateway),

@@ -1,4 +1,5 @@
-//! Telemetry (telemetry.istio.io): which access logs a workload's listeners write.
+//! Telemetry (telemetry.istio.io): which access logs a workload's listeners write, and
+//! where their HTTP connection managers report spans (tracing).
 //!
 //! As istiod: the mesh-wide Telemetry (root namespace, no selector), then the
 //! namespace's (no selector), then the workload's (selector), the most specific one that
@@ -7,8 +8,13 @@
 //! turns logging off; providers come from mesh config (`envoyFileAccessLog`, or the
 //! built-in `envoy`), defaulting to `defaultProviders.accessLogging`.
 
+use envoy_types::pb::envoy::config::trace::v3::{self as trace, ZipkinConfig, zipkin_config};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
+use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
+
 use super::context::ProxyContext;
-use crate::model::istio::{AccessLogging, WorkloadMode};
+use crate::envoy::pb;
+use crate::model::istio::{AccessLogging, Tracing, WorkloadMode};
 use crate::model::mesh::FileAccessLogProvider;
 use crate::model::object::Spec;
 use crate::model::service::labels_match;
@@ -76,4 +82,196 @@ pub fn access_logs(
         }
     }
     Some(out)
+}
+
+/// The tracing entries of the most specific Telemetry that speaks of tracing.
+fn tracing_entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [Tracing]> {
+    let root = &ctx.snap.mesh.root_namespace;
+    let mut levels: [Option<&'a [Tracing]>; 3] = [None, None, None];
+    for obj in &ctx.snap.telemetries {
+        let Spec::Telemetry(t) = &obj.spec else {
+            continue;
+        };
+        if t.tracing.is_empty() {
+            continue;
+        }
+        let level = match &t.selector {
+            None if obj.key.namespace == *root => 0,
+            None if obj.key.namespace == ctx.proxy.namespace => 1,
+            Some(sel)
+                if obj.key.namespace == ctx.proxy.namespace
+                    && labels_match(&sel.match_labels, &ctx.labels) =>
+            {
+                2
+            }
+            _ => continue,
+        };
+        levels[level].get_or_insert(&t.tracing);
+    }
+    levels.into_iter().flatten().last()
+}
+
+fn literal(tag: &str, value: &str) -> CustomTag {
+    CustomTag {
+        tag: tag.into(),
+        r#type: Some(custom_tag::Type::Literal(custom_tag::Literal {
+            value: value.into(),
+        })),
+    }
+}
+
+/// The tags istiod puts on every span of a workload (its canonical service and revision,
+/// mesh, namespace, cluster).
+fn istio_tags(ctx: &ProxyContext) -> Vec<CustomTag> {
+    let label = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| ctx.labels.get(*k).filter(|v| !v.is_empty()))
+            .cloned()
+    };
+    let meta = |k: &str| {
+        ctx.proxy
+            .metadata
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    vec![
+        literal(
+            "istio.canonical_revision",
+            &label(&[
+                "service.istio.io/canonical-revision",
+                "app.kubernetes.io/version",
+                "version",
+            ])
+            .unwrap_or_else(|| "latest".into()),
+        ),
+        literal(
+            "istio.canonical_service",
+            &label(&[
+                "service.istio.io/canonical-name",
+                "app.kubernetes.io/name",
+                "app",
+            ])
+            .unwrap_or_else(|| "unknown".into()),
+        ),
+        literal(
+            "istio.mesh_id",
+            &meta("MESH_ID").unwrap_or_else(|| "unknown".into()),
+        ),
+        literal(
+            "istio.namespace",
+            if ctx.proxy.namespace.is_empty() {
+                "default"
+            } else {
+                &ctx.proxy.namespace
+            },
+        ),
+        literal(
+            "istio.cluster_id",
+            &meta("CLUSTER_ID").unwrap_or_else(|| "unknown".into()),
+        ),
+    ]
+}
+
+/// The HTTP connection manager's tracing, as istiod configures it from Telemetry: the
+/// first provider (a Zipkin collector), sampling from `randomSamplingPercentage` (else
+/// `defaultConfig.tracing.sampling`, else 1%), istiod's span tags and the custom ones.
+/// `inbound` picks SERVER entries, else CLIENT. None when no Telemetry speaks of
+/// tracing, span reporting is off, or the provider cannot be reached from this proxy.
+pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
+    let entries = tracing_entries(ctx)?;
+    let e = entries
+        .iter()
+        .find(|e| match e.matches.as_ref().map(|m| m.mode) {
+            None | Some(WorkloadMode::CLIENT_AND_SERVER) => true,
+            Some(WorkloadMode::CLIENT) => !inbound,
+            Some(WorkloadMode::SERVER) => inbound,
+        })?;
+    if e.disable_span_reporting == Some(true) {
+        return None;
+    }
+    let mesh = &ctx.snap.mesh;
+    let name = e
+        .providers
+        .first()
+        .map(|p| p.name.clone())
+        .or_else(|| mesh.default_tracing_providers().into_iter().next())?;
+    let zipkin = mesh
+        .extension_providers
+        .iter()
+        .find(|p| p.name == name)?
+        .zipkin
+        .as_ref()?;
+    let port = u16::try_from(zipkin.port).ok().filter(|p| *p != 0)?;
+    let host = zipkin
+        .service
+        .split_once('/')
+        .map_or(zipkin.service.as_str(), |(_, h)| h);
+    let svc = ctx.snap.services.get(host)?;
+    // The collector's cluster is in a sidecar's configuration only if its scope sees it.
+    if ctx.proxy.kind != crate::model::proxy::ProxyKind::Router && !ctx.scope.sees(host) {
+        return None;
+    }
+    let config = ZipkinConfig {
+        collector_cluster: crate::envoy::naming::outbound_cluster(port, "", &svc.hostname),
+        collector_endpoint: if zipkin.path.is_empty() {
+            "/api/v2/spans".into()
+        } else {
+            zipkin.path.clone()
+        },
+        trace_id_128bit: !zipkin.enable_64bit_trace_id,
+        shared_span_context: pb::boolv(false),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        collector_hostname: svc.hostname.clone(),
+        ..Default::default()
+    };
+    let sampling = e
+        .random_sampling_percentage
+        .unwrap_or_else(|| mesh.default_trace_sampling());
+    let mut tags = if e.enable_istio_tags == Some(false) {
+        Vec::new()
+    } else {
+        istio_tags(ctx)
+    };
+    for (tag, t) in &e.custom_tags {
+        let ty = if let Some(l) = &t.literal {
+            custom_tag::Type::Literal(custom_tag::Literal {
+                value: l.value.clone(),
+            })
+        } else if let Some(env) = &t.environment {
+            custom_tag::Type::Environment(custom_tag::Environment {
+                name: env.name.clone(),
+                default_value: env.default_value.clone(),
+            })
+        } else if let Some(h) = &t.header {
+            custom_tag::Type::RequestHeader(custom_tag::Header {
+                name: h.name.clone(),
+                default_value: h.default_value.clone(),
+            })
+        } else {
+            continue;
+        };
+        tags.push(CustomTag {
+            tag: tag.clone(),
+            r#type: Some(ty),
+        });
+    }
+    let percent = |v: f64| Some(envoy_types::pb::envoy::r#type::v3::Percent { value: v });
+    Some(HcmTracing {
+        client_sampling: percent(100.0),
+        overall_sampling: percent(100.0),
+        random_sampling: percent(sampling),
+        custom_tags: tags,
+        max_path_tag_length: (zipkin.max_tag_length != 0)
+            .then(|| pb::u32v(zipkin.max_tag_length))
+            .flatten(),
+        provider: Some(trace::tracing::Http {
+            name: "envoy.tracers.zipkin".into(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(pb::any(
+                &config,
+            ))),
+        }),
+        ..Default::default()
+    })
 }

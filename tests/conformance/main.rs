@@ -40,6 +40,7 @@ mod telemetry;
 mod timeouts;
 #[path = "../support/tokens.rs"]
 mod tokens;
+mod tracing;
 mod webhook;
 mod wildcard_hosts;
 mod workload_entries;
