@@ -30,6 +30,33 @@ pub struct SeverityLabel {
     pub severity: String,
 }
 
+/// A configuration or registry event: the kind (`VirtualService`, `Services`, …) and
+/// `add`, `update` or `delete`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub r#type: String,
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub component: String,
+    pub tag: String,
+}
+
+/// Response sizes, as istiod buckets them (1 B to 40 MB).
+fn bytes_buckets() -> impl Iterator<Item = f64> {
+    [
+        1.0,
+        10_000.0,
+        1_000_000.0,
+        4_000_000.0,
+        10_000_000.0,
+        40_000_000.0,
+    ]
+    .into_iter()
+}
+
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     [
         0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0,
@@ -92,6 +119,21 @@ pub struct Metrics {
     /// galley_validation_{passed,failed}: validation webhook verdicts.
     pub validation_passed: Counter,
     pub validation_failed: Counter,
+    /// pilot_services, pilot_virt_services: services and VirtualServices in force.
+    pub services: Gauge,
+    pub virtual_services: Gauge,
+    /// pilot_xds_config_size_bytes: size of each response, by type.
+    pub config_size: Family<TypeLabel, Histogram>,
+    /// pilot_total_xds_internal_errors: responses meshd could not build or send for
+    /// reasons of its own (not the proxy's).
+    pub internal_errors: Counter,
+    /// pilot_push_triggers: what changes caused pushes (global, service, config,
+    /// endpoint, secret, proxy).
+    pub push_triggers: Family<TypeLabel, Counter>,
+    /// pilot_k8s_cfg_events: configuration objects added, updated, deleted, by kind.
+    pub cfg_events: Family<EventLabel, Counter>,
+    /// pilot_k8s_reg_events: registry objects (Services, Pods, EndpointSlices, …).
+    pub reg_events: Family<EventLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -121,6 +163,11 @@ impl Metrics {
             "Total number of XDS responses from pilot rejected by proxy",
             rejects.clone(),
         );
+        // Zero series for every xDS type from the start: a dashboard shows 0 rejects,
+        // not "no data", before the first NACK.
+        for t in ["cds", "eds", "lds", "rds", "sds"] {
+            rejects.get_or_create(&Metrics::type_label(t));
+        }
         let expired_nonce = Family::<TypeLabel, Counter>::default();
         registry.register(
             "pilot_xds_expired_nonce",
@@ -242,7 +289,77 @@ impl Metrics {
             "galley_validation_failed",
             "Objects the validation webhook refused",
         );
+        let info = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "pilot_info",
+            "Pilot version and build information",
+            info.clone(),
+        );
+        info.get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+        let build = Family::<BuildLabel, Gauge>::default();
+        registry.register("istio_build", "Istio component build info", build.clone());
+        build
+            .get_or_create(&BuildLabel {
+                component: "pilot".into(),
+                tag: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        let services = Gauge::default();
+        registry.register(
+            "pilot_services",
+            "Total services known to pilot",
+            services.clone(),
+        );
+        let virtual_services = Gauge::default();
+        registry.register(
+            "pilot_virt_services",
+            "Total virtual services known to pilot",
+            virtual_services.clone(),
+        );
+        let config_size =
+            Family::<TypeLabel, Histogram>::new_with_constructor(
+                || Histogram::new(bytes_buckets()),
+            );
+        registry.register(
+            "pilot_xds_config_size_bytes",
+            "Distribution of configuration sizes pushed to clients",
+            config_size.clone(),
+        );
+        let internal_errors = Counter::default();
+        registry.register(
+            "pilot_total_xds_internal_errors",
+            "Total number of internal XDS errors in pilot",
+            internal_errors.clone(),
+        );
+        let push_triggers = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "pilot_push_triggers",
+            "Total number of times a push was triggered, labeled by reason for the push",
+            push_triggers.clone(),
+        );
+        let cfg_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "pilot_k8s_cfg_events",
+            "Events from k8s config",
+            cfg_events.clone(),
+        );
+        let reg_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "pilot_k8s_reg_events",
+            "Events from k8s registry",
+            reg_events.clone(),
+        );
         Metrics {
+            services,
+            virtual_services,
+            config_size,
+            internal_errors,
+            push_triggers,
+            cfg_events,
+            reg_events,
             injection_requests,
             injection_success,
             injection_skip,
@@ -284,8 +401,165 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut open_metrics = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);
-        to_prometheus_text(&open_metrics)
+        let mut out = to_prometheus_text(&open_metrics);
+        out.push_str(&process_metrics());
+        out
     }
+
+    /// Counts what changed between two snapshots' objects as istiod counts its
+    /// informers' events: configuration kinds in `pilot_k8s_cfg_events`, the service
+    /// registry's (Services, Pods, Endpoints, …) in `pilot_k8s_reg_events`. Objects
+    /// meshd generated (from the Gateway API) are not events.
+    pub fn count_events(
+        &self,
+        old: Option<
+            &std::collections::BTreeMap<
+                crate::model::object::ObjectKey,
+                std::sync::Arc<crate::model::object::Object>,
+            >,
+        >,
+        new: &std::collections::BTreeMap<
+            crate::model::object::ObjectKey,
+            std::sync::Arc<crate::model::object::Object>,
+        >,
+    ) {
+        use crate::model::object::Kind;
+        let empty = std::collections::BTreeMap::new();
+        let old = old.unwrap_or(&empty);
+        let event = |k: Kind, what: &str| {
+            let (family, kind) = match k {
+                Kind::Service => (&self.reg_events, "Services"),
+                Kind::Pod => (&self.reg_events, "Pods"),
+                Kind::Endpoints => (&self.reg_events, "Endpoints"),
+                Kind::EndpointSlice => (&self.reg_events, "EndpointSlice"),
+                Kind::Namespace => (&self.reg_events, "Namespaces"),
+                Kind::Node => (&self.reg_events, "Nodes"),
+                other => (&self.cfg_events, other.name()),
+            };
+            family
+                .get_or_create(&EventLabel {
+                    r#type: kind.into(),
+                    event: what.into(),
+                })
+                .inc();
+        };
+        // Both maps are sorted by key: one merge pass.
+        let mut a = old.iter().filter(|(_, o)| !o.is_generated()).peekable();
+        let mut b = new.iter().filter(|(_, o)| !o.is_generated()).peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((ka, _)), None) => {
+                    event(ka.kind, "delete");
+                    a.next();
+                }
+                (None, Some((kb, _))) => {
+                    event(kb.kind, "add");
+                    b.next();
+                }
+                (Some((ka, oa)), Some((kb, ob))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        event(ka.kind, "delete");
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        event(kb.kind, "add");
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !std::sync::Arc::ptr_eq(oa, ob) && oa.hash != ob.hash {
+                            event(ka.kind, "update");
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The process's own series (what Prometheus client libraries export as `process_*`):
+/// CPU seconds, resident and virtual memory, open and maximum descriptors, start time.
+/// Read from /proc at scrape time; empty where there is no /proc.
+fn process_metrics() -> String {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return String::new();
+    };
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux's USER_HZ is 100 and its pages 4 KiB on the x86-64 and arm64 machines meshd
+    // targets (read here without a libc call).
+    let ticks = 100.0;
+    let page = 4096.0;
+    let cpu = (num(11) + num(12)) / ticks; // utime, stime
+    let vsize = num(20);
+    let rss = num(21) * page;
+    let start_ticks = num(19);
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let mut out = String::new();
+    for (name, kind, help, value) in [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            vsize,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds as f64,
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            boot + start_ticks / ticks,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
 }
 
 /// Counters istiod exports with `_total` in their names (its injection metrics).

@@ -65,6 +65,12 @@ impl ModelBuilder {
             })
             .set(snap.diagnostics.len() as i64 - errors);
         self.metrics.objects.set(snap.objects.len() as i64);
+        self.metrics.services.set(snap.services.len() as i64);
+        self.metrics
+            .virtual_services
+            .set(snap.virtual_services.len() as i64);
+        self.metrics
+            .count_events(self.previous.as_ref().map(|p| &p.objects), &snap.objects);
         info!(
             generation = snap.generation,
             objects = snap.objects.len(),

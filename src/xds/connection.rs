@@ -130,6 +130,7 @@ impl Stream {
     /// client can hold neither a slot nor its stream's task for long.
     async fn deliver(&self, tx: &wire::Sender, resp: Outgoing) -> Result<(), ()> {
         if resp.too_large() {
+            self.metrics().internal_errors.inc();
             warn!(proxy = %self.conn.as_ref().map(|c| c.proxy.id.as_str()).unwrap_or(""),
                   "a response over 4 GiB cannot be framed; closing the stream");
             let _ = tx.try_send(Err(Status::resource_exhausted(
@@ -490,6 +491,10 @@ impl Stream {
             .push_time
             .get_or_create(&Metrics::type_label(short))
             .observe(start.elapsed().as_secs_f64());
+        self.metrics()
+            .config_size
+            .get_or_create(&Metrics::type_label(short))
+            .observe(sent as f64);
         debug!(proxy = %ctx.proxy.id, type_url = short, resources = sent, version = %version, nonce = %nonce, "push");
         self.watches.insert(url.to_string(), w);
         Ok(true)

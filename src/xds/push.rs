@@ -118,6 +118,30 @@ fn publish_changes(
     if changes.is_empty() {
         return changes;
     }
+    // What caused the push, as istiod's pilot_push_triggers counts it.
+    for (reason, caused) in [
+        ("global", changes.full),
+        ("service", !changes.services.is_empty()),
+        (
+            "config",
+            !changes.routes.is_empty()
+                || !changes.l4_routes.is_empty()
+                || !changes.policies.is_empty()
+                || !changes.sidecars.is_empty()
+                || changes.gateways,
+        ),
+        ("endpoint", !changes.endpoints.is_empty()),
+        ("secret", !changes.secrets.is_empty()),
+        ("proxy", !changes.workloads.is_empty()),
+    ] {
+        if caused {
+            state
+                .metrics
+                .push_triggers
+                .get_or_create(&crate::metrics::Metrics::type_label(reason))
+                .inc();
+        }
+    }
     let mut pushed = 0usize;
     let conns = state.connections();
     for c in &conns {

@@ -6,6 +6,7 @@ mod bad_input;
 mod bookinfo;
 mod bootstrap;
 mod ca;
+mod control_plane_metrics;
 mod delegate;
 mod demo;
 mod destination_rules;
