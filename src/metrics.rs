@@ -166,7 +166,7 @@ impl Metrics {
         // Zero series for every xDS type from the start: a dashboard shows 0 rejects,
         // not "no data", before the first NACK.
         for t in ["cds", "eds", "lds", "rds", "sds"] {
-            rejects.get_or_create(&Metrics::type_label(t));
+            let _ = rejects.get_or_create(&Metrics::type_label(t));
         }
         let expired_nonce = Family::<TypeLabel, Counter>::default();
         registry.register(
