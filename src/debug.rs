@@ -69,8 +69,68 @@ async fn index() -> Json<serde_json::Value> {
     }))
 }
 
-async fn syncz(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(state.sync_status()).unwrap_or_default())
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+/// Per proxy: meshd's own detail (`types`: per type URL, subscription, versions, nonces,
+/// last NACK) and the fields of istiod's SyncStatus that Kiali and scripts read
+/// (`cluster_id`, `proxy`, `proxy_type`, `istio_version`, `{cluster,listener,route,
+/// endpoint}_{sent,acked}` nonces, `resources`). `?namespace=` keeps one namespace's.
+async fn syncz(
+    State(state): State<Arc<XdsState>>,
+    Query(q): Query<NamespaceQuery>,
+) -> Json<serde_json::Value> {
+    use crate::envoy::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    let list: Vec<serde_json::Value> = state
+        .connections()
+        .iter()
+        .filter(|c| q.namespace.as_ref().is_none_or(|n| c.proxy.namespace == *n))
+        .map(|c| {
+            let s = c.status();
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            let Some(m) = v.as_object_mut() else {
+                return v;
+            };
+            m.insert("cluster_id".into(), json!(c.proxy.cluster_id));
+            m.insert(
+                "proxy_type".into(),
+                json!(match c.proxy.kind {
+                    crate::model::proxy::ProxyKind::Sidecar => "sidecar",
+                    crate::model::proxy::ProxyKind::Router => "router",
+                }),
+            );
+            for (prefix, url) in [
+                ("cluster", CLUSTER),
+                ("listener", LISTENER),
+                ("route", ROUTE),
+                ("endpoint", ENDPOINT),
+            ] {
+                if let Some(t) = s.types.get(url) {
+                    if let Some(n) = &t.sent_nonce {
+                        m.insert(format!("{prefix}_sent"), json!(n));
+                    }
+                    if let Some(n) = &t.acked_nonce {
+                        m.insert(format!("{prefix}_acked"), json!(n));
+                    }
+                }
+            }
+            let resources: serde_json::Map<String, serde_json::Value> = s
+                .types
+                .iter()
+                .map(|(url, t)| {
+                    (
+                        url.clone(),
+                        json!({"sent": t.sent_nonce, "acked": t.acked_nonce}),
+                    )
+                })
+                .collect();
+            m.insert("resources".into(), serde_json::Value::Object(resources));
+            v
+        })
+        .collect();
+    Json(json!(list))
 }
 
 async fn connections(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {

@@ -134,5 +134,38 @@ fn istiod_series_are_exported_and_move_with_pushes() {
             > value(&before, "pilot_proxy_convergence_time_count"),
         "{after:?}"
     );
+    // /debug/syncz on 15014 in istiod's shape (Kiali's proxy status), all acknowledged.
+    let syncz: serde_json::Value = serde_json::from_str(
+        &http_get("127.0.0.1:15014", "/debug/syncz", &[])
+            .expect("syncz")
+            .body,
+    )
+    .expect("JSON");
+    let entry = &syncz[0];
+    assert_eq!(
+        entry["proxy"],
+        "sidecar~127.0.0.10~productpage-v1.default~default.svc.cluster.local"
+    );
+    assert_eq!(entry["proxy_type"], "sidecar");
+    for t in ["cluster", "listener", "route", "endpoint"] {
+        let sent = &entry[format!("{t}_sent")];
+        assert!(sent.is_string(), "{t}_sent in {entry}");
+        assert_eq!(
+            sent,
+            &entry[format!("{t}_acked")],
+            "{t} acknowledged: {entry}"
+        );
+    }
+    assert!(
+        entry["resources"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["acked"]
+            .is_string()
+    );
+    let other: serde_json::Value = serde_json::from_str(
+        &http_get("127.0.0.1:15014", "/debug/syncz?namespace=other", &[])
+            .expect("syncz")
+            .body,
+    )
+    .expect("JSON");
+    assert_eq!(other, serde_json::json!([]), "no proxy of namespace other");
     b.assert_healthy();
 }
