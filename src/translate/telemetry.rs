@@ -19,15 +19,20 @@ use crate::model::mesh::FileAccessLogProvider;
 use crate::model::object::Spec;
 use crate::model::service::labels_match;
 
-/// The access logging entries that apply to this proxy, if any Telemetry speaks of it.
-fn entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [AccessLogging]> {
+/// The entries (`pick`ed from each Telemetry: access logging, tracing) of the most
+/// specific Telemetry that has any for this proxy.
+fn most_specific<'a, T>(
+    ctx: &'a ProxyContext,
+    pick: impl Fn(&'a crate::model::istio::Telemetry) -> &'a [T],
+) -> Option<&'a [T]> {
     let root = &ctx.snap.mesh.root_namespace;
-    let mut levels: [Option<&'a [AccessLogging]>; 3] = [None, None, None];
+    let mut levels: [Option<&'a [T]>; 3] = [None, None, None];
     for obj in &ctx.snap.telemetries {
         let Spec::Telemetry(t) = &obj.spec else {
             continue;
         };
-        if t.access_logging.is_empty() {
+        let entries = pick(t);
+        if entries.is_empty() {
             continue;
         }
         let level = match &t.selector {
@@ -42,9 +47,14 @@ fn entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [AccessLogging]> {
             _ => continue,
         };
         // Within a level the first (by namespace/name) wins, deterministically.
-        levels[level].get_or_insert(&t.access_logging);
+        levels[level].get_or_insert(entries);
     }
     levels.into_iter().flatten().last()
+}
+
+/// The access logging entries that apply to this proxy, if any Telemetry speaks of it.
+fn entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [AccessLogging]> {
+    most_specific(ctx, |t| &t.access_logging)
 }
 
 /// (provider, CEL filter expression) for each access log of a listener; None when no
@@ -86,29 +96,7 @@ pub fn access_logs(
 
 /// The tracing entries of the most specific Telemetry that speaks of tracing.
 fn tracing_entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [Tracing]> {
-    let root = &ctx.snap.mesh.root_namespace;
-    let mut levels: [Option<&'a [Tracing]>; 3] = [None, None, None];
-    for obj in &ctx.snap.telemetries {
-        let Spec::Telemetry(t) = &obj.spec else {
-            continue;
-        };
-        if t.tracing.is_empty() {
-            continue;
-        }
-        let level = match &t.selector {
-            None if obj.key.namespace == *root => 0,
-            None if obj.key.namespace == ctx.proxy.namespace => 1,
-            Some(sel)
-                if obj.key.namespace == ctx.proxy.namespace
-                    && labels_match(&sel.match_labels, &ctx.labels) =>
-            {
-                2
-            }
-            _ => continue,
-        };
-        levels[level].get_or_insert(&t.tracing);
-    }
-    levels.into_iter().flatten().last()
+    most_specific(ctx, |t| &t.tracing)
 }
 
 fn literal(tag: &str, value: &str) -> CustomTag {
