@@ -30,6 +30,7 @@ mod kube_api;
 mod mtls;
 mod origination;
 mod passthrough;
+mod prometheus;
 mod protocol_sniffing;
 mod rate_limits;
 mod real_kubernetes;
