@@ -172,7 +172,7 @@ fn validate(paths: &[PathBuf]) {
 
 #[test]
 fn deploy_and_crds_pass_kubernetes_schemas() {
-    let mut paths: Vec<PathBuf> = ["deploy", "crds"]
+    let mut paths: Vec<PathBuf> = ["deploy", "deploy/addons", "crds"]
         .iter()
         .flat_map(|d| {
             std::fs::read_dir(repo().join(d))

@@ -134,13 +134,50 @@ fn istiod_series_are_exported_and_move_with_pushes() {
             > value(&before, "pilot_proxy_convergence_time_count"),
         "{after:?}"
     );
+    // Every metric the bundled dashboards query is in this live scrape.
+    let live = families();
+    let dir = repo().join("deploy/addons/dashboards");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).expect("deploy/addons/dashboards") {
+        let path = e.expect("entry").path();
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for panel in dash["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().expect("expr");
+                for name in metric_names(expr) {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    assert!(
+                        live.iter().any(|l| l == &name || l == family),
+                        "{}: panel {:?} queries {name}, which meshd does not export",
+                        path.display(),
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "metrics checked: {checked}");
+
     // /debug/syncz on 15014 in istiod's shape (Kiali's proxy status), all acknowledged.
-    let syncz: serde_json::Value = serde_json::from_str(
-        &http_get("127.0.0.1:15014", "/debug/syncz", &[])
-            .expect("syncz")
-            .body,
-    )
-    .expect("JSON");
+    // (The VirtualService change's RDS push may still await its ACK: wait for it.)
+    let syncz = wait_for("every type acknowledged", Duration::from_secs(20), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get("127.0.0.1:15014", "/debug/syncz", &[]).ok()?.body)
+                .ok()?;
+        ["cluster", "listener", "route", "endpoint"]
+            .iter()
+            .all(|t| {
+                v[0][format!("{t}_sent")].is_string()
+                    && v[0][format!("{t}_sent")] == v[0][format!("{t}_acked")]
+            })
+            .then_some(v)
+    });
     let entry = &syncz[0];
     assert_eq!(
         entry["proxy"],
@@ -168,4 +205,51 @@ fn istiod_series_are_exported_and_move_with_pushes() {
     .expect("JSON");
     assert_eq!(other, serde_json::json!([]), "no proxy of namespace other");
     b.assert_healthy();
+}
+
+/// The metric names in a PromQL expression: identifiers with an underscore that are not
+/// called (functions) and not inside `by (…)` / `without (…)` (labels).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    let mut in_labels = false;
+    let mut in_braces = false;
+    let mut in_string = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' {
+            in_string = !in_string;
+            i += 1;
+            continue;
+        }
+        if in_string {
+            i += 1;
+            continue;
+        }
+        match c {
+            '{' => in_braces = true,
+            '}' => in_braces = false,
+            ')' if in_labels => in_labels = false,
+            _ => {}
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if word == "by" || word == "without" {
+                in_labels = true;
+            } else if !in_labels && !in_braces && word.contains('_') && next != Some(&'(') {
+                out.push(word);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
