@@ -30,9 +30,15 @@ fn built(started: Option<KubeApi>) -> Option<KubeApi> {
 /// namespace first).
 fn apply_crds_and_deploy(api: &KubeApi) {
     apply_file(api, &repo().join("crds/crd-all.gen.yaml"));
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy"))
-        .expect("deploy/")
+    apply_folder(api, "deploy");
+}
+
+/// The YAML files of a folder (not its subfolders, as `kubectl apply -f DIR`).
+fn apply_folder(api: &KubeApi, dir: &str) {
+    let mut files: Vec<_> = std::fs::read_dir(repo().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
     for f in files {
@@ -102,6 +108,8 @@ fn crds_and_deployment_pass_the_api_servers_checks() {
     let dir = TempDir::new("real-crds");
     let Some(api) = real_api(&dir) else { return };
     apply_crds_and_deploy(&api);
+    // The optional addons go in too.
+    apply_folder(&api, "deploy/addons");
     // The CRDs are served: Istio's own Bookinfo rules go in as they are.
     wait_for(
         "networking.istio.io served",
