@@ -490,13 +490,21 @@ fn process_metrics() -> String {
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Linux's USER_HZ is 100 and its pages 4 KiB on the x86-64 and arm64 machines meshd
-    // targets (read here without a libc call).
+    // Linux's USER_HZ (clock ticks in /proc) is 100 on every architecture meshd builds
+    // for; memory comes from /proc/self/status in kB, whatever the page size.
     let ticks = 100.0;
-    let page = 4096.0;
     let cpu = (num(11) + num(12)) / ticks; // utime, stime
-    let vsize = num(20);
-    let rss = num(21) * page;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |v| v * 1024.0)
+    };
+    let vsize = kb("VmSize:");
+    let rss = kb("VmRSS:");
     let start_ticks = num(19);
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()

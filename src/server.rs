@@ -305,6 +305,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 revision: args.revision.clone(),
                 domain_suffix: first.mesh.domain_suffix.clone(),
                 trust_domain: trust_domain.clone(),
+                proxy_config: String::new(),
             },
         );
         let suffix = if args.revision.is_empty() || args.revision == "default" {

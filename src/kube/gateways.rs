@@ -45,6 +45,33 @@ pub struct DeployOptions {
     pub revision: String,
     pub domain_suffix: String,
     pub trust_domain: String,
+    /// PROXY_CONFIG: the mesh's `defaultConfig` (JSON), with meshd as the discovery
+    /// address unless it names one, as the injector gives sidecars.
+    pub proxy_config: String,
+}
+
+/// The proxies' PROXY_CONFIG from the mesh config's `defaultConfig`.
+pub fn proxy_config(
+    mesh: &crate::model::mesh::MeshConfig,
+    istio_namespace: &str,
+    revision: &str,
+) -> String {
+    let mut pc = match &mesh.raw["defaultConfig"] {
+        Value::Object(m) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    if pc
+        .get("discoveryAddress")
+        .is_none_or(|v| v.as_str().is_none_or(str::is_empty))
+    {
+        let istiod = if revision.is_empty() || revision == "default" {
+            "istiod".to_string()
+        } else {
+            format!("istiod-{revision}")
+        };
+        pc["discoveryAddress"] = json!(format!("{istiod}.{istio_namespace}.svc:15012"));
+    }
+    pc.to_string()
 }
 
 /// The three objects one Gateway needs.
@@ -133,14 +160,23 @@ fn port_name(
     port: u32,
     taken: &mut BTreeSet<String>,
 ) -> String {
-    let mut name: String = listener.replace('.', "-").chars().take(63).collect();
-    if name.is_empty() {
-        name = format!("{}-{index}", protocol.to_ascii_lowercase());
+    // Kubernetes allows 63 characters: a suffix that makes a name unique is made room
+    // for by shortening the name, never appended past the limit.
+    let fit = |base: &str, suffix: &str| -> String {
+        let keep = 63usize.saturating_sub(suffix.len());
+        format!("{}{suffix}", base.chars().take(keep).collect::<String>())
+    };
+    let mut base = listener.replace('.', "-");
+    if base.is_empty() {
+        base = format!("{}-{index}", protocol.to_ascii_lowercase());
     }
+    let mut name = fit(&base, "");
     if taken.contains(&name) {
-        name = format!("{name}-{port}");
+        let mut suffix = format!("-{port}");
+        name = fit(&base, &suffix);
         while taken.contains(&name) {
-            name.push('x');
+            suffix.push('x');
+            name = fit(&base, &suffix);
         }
     }
     taken.insert(name.clone());
@@ -262,7 +298,7 @@ pub fn render(gw: &Object, spec: &GatewaySpec, uid: &str, opts: &DeployOptions) 
                             env("HOST_IP", field("status.hostIP")),
                             env("ISTIO_META_NODE_NAME", field("spec.nodeName")),
                             env("ISTIO_CPU_LIMIT", json!({"valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}})),
-                            env("PROXY_CONFIG", json!("{}")),
+                            env("PROXY_CONFIG", json!(opts.proxy_config)),
                             env("ISTIO_META_POD_PORTS", json!("[]")),
                             env("ISTIO_META_CLUSTER_ID", json!("Kubernetes")),
                             env("ISTIO_META_INTERCEPTION_MODE", json!("REDIRECT")),
@@ -411,7 +447,7 @@ fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource
 }
 
 /// Applies `obj` server-side unless an object of that name exists that meshd (istiod)
-/// does not manage.
+/// does not manage (then nothing is done).
 async fn apply(client: &Client, ar: &ApiResource, obj: &Value) -> Result<(), String> {
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
@@ -425,10 +461,9 @@ async fn apply(client: &Client, ar: &ApiResource, obj: &Value) -> Result<(), Str
                 .and_then(|l| l.get(MANAGED_LABEL))
                 .is_none() =>
         {
-            return Err(format!(
-                "{} {ns}/{name} exists and is not managed by a gateway controller: left alone",
-                ar.kind
-            ));
+            // Its owner's, as in istiod: left alone, quietly.
+            tracing::debug!(kind = ar.kind, %ns, %name, "exists unmanaged: left alone");
+            return Ok(());
         }
         Ok(_) => {}
         Err(e) => return Err(format!("reading {} {ns}/{name}: {e}", ar.kind)),
@@ -465,10 +500,14 @@ pub fn run(
         );
         // What was last applied for each Gateway (by content hash).
         let mut applied: BTreeMap<ObjectKey, u64> = BTreeMap::new();
+        // Once a minute everything is applied again: objects someone deleted or
+        // changed come back, and a failed apply is retried.
+        let mut resync = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
+                _ = resync.tick() => applied.clear(),
             }
             if !*leader.borrow() {
                 applied.clear();
@@ -485,6 +524,7 @@ pub fn run(
                 .collect();
             let mut opts = opts.clone();
             opts.image = proxy_image(&snap, &opts.istio_namespace);
+            opts.proxy_config = proxy_config(&snap.mesh, &opts.istio_namespace, &opts.revision);
             let mut present = BTreeSet::new();
             for gw in snap
                 .objects
@@ -500,8 +540,14 @@ pub fn run(
                 }
                 present.insert(gw.key.clone());
                 let hash = xxhash_rust::xxh3::xxh3_64(
-                    &serde_json::to_vec(&(&gw.labels, &gw.annotations, &gw.spec, &opts.image))
-                        .unwrap_or_default(),
+                    &serde_json::to_vec(&(
+                        &gw.labels,
+                        &gw.annotations,
+                        &gw.spec,
+                        &opts.image,
+                        &opts.proxy_config,
+                    ))
+                    .unwrap_or_default(),
                 );
                 if applied.get(&gw.key) == Some(&hash) {
                     continue;
@@ -562,6 +608,7 @@ mod tests {
 
     fn opts() -> DeployOptions {
         DeployOptions {
+            proxy_config: "{}".into(),
             image: "docker.io/istio/proxyv2:1.28.0".into(),
             istio_namespace: "istio-system".into(),
             revision: String::new(),

@@ -447,7 +447,7 @@ impl Stream {
                 // The client now has every resource of the set: those sent, and the
                 // others at the versions it already had.
                 w.held.replace(res.clone());
-                let n = resp.len();
+                let n = (resp.len(), resp.wire_len());
                 self.deliver(tx, resp).await?;
                 n
             }
@@ -476,11 +476,12 @@ impl Stream {
                 fields.push((7, FieldValue::Msg(control_plane_bytes())));
                 let resp = Outgoing::new(&fields, changed, Wrap::Resource);
                 w.held.replace(res.clone());
-                let n = resp.len();
+                let n = (resp.len(), resp.wire_len());
                 self.deliver(tx, resp).await?;
                 n
             }
         };
+        let (sent, bytes) = sent;
         w.sent(&version, &nonce);
         let short = type_url::short(url);
         self.metrics()
@@ -494,7 +495,7 @@ impl Stream {
         self.metrics()
             .config_size
             .get_or_create(&Metrics::type_label(short))
-            .observe(sent as f64);
+            .observe(bytes as f64);
         debug!(proxy = %ctx.proxy.id, type_url = short, resources = sent, version = %version, nonce = %nonce, "push");
         self.watches.insert(url.to_string(), w);
         Ok(true)

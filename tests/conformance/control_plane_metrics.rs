@@ -98,7 +98,15 @@ fn istiod_series_are_exported_and_move_with_pushes() {
         ) >= 1.0
     );
     assert!(value(&before, "process_resident_memory_bytes") > 1_000_000.0);
-    assert!(value(&before, "pilot_xds_config_size_bytes_count{type=\"cds\"}") >= 1.0);
+    let (count, sum) = (
+        value(&before, "pilot_xds_config_size_bytes_count{type=\"cds\"}"),
+        value(&before, "pilot_xds_config_size_bytes_sum{type=\"cds\"}"),
+    );
+    // Bytes, not resources: Bookinfo's clusters take kilobytes.
+    assert!(
+        count >= 1.0 && sum / count > 1000.0,
+        "{count} responses, {sum} bytes"
+    );
     assert!(
         before
             .iter()
@@ -110,8 +118,11 @@ fn istiod_series_are_exported_and_move_with_pushes() {
     b.set_virtual_service(&networking("virtual-service-reviews-50-v3.yaml"));
     let after = wait_for("the push counted", Duration::from_secs(20), || {
         let m = scrape();
+        // The push is counted, and its convergence recorded once the proxy has it.
         (value(&m, "pilot_xds_pushes{type=\"rds\"}")
-            > value(&before, "pilot_xds_pushes{type=\"rds\"}"))
+            > value(&before, "pilot_xds_pushes{type=\"rds\"}")
+            && value(&m, "pilot_proxy_convergence_time_count")
+                > value(&before, "pilot_proxy_convergence_time_count"))
         .then_some(m)
     });
     assert!(

@@ -776,13 +776,14 @@ spec:
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let deployment = wait_for("the gateway Deployment", Duration::from_secs(20), || {
-        api.get("/apis/apps/v1/namespaces/default/deployments/edge-istio")
+    // Applied in order (ServiceAccount, Deployment, Service): the Service last.
+    let service = wait_for("the gateway Service", Duration::from_secs(20), || {
+        api.get("/api/v1/namespaces/default/services/edge-istio")
             .ok()
     });
-    let service = api
-        .get("/api/v1/namespaces/default/services/edge-istio")
-        .expect("the gateway Service");
+    let deployment = api
+        .get("/apis/apps/v1/namespaces/default/deployments/edge-istio")
+        .expect("the gateway Deployment");
     let sa = api
         .get("/api/v1/namespaces/default/serviceaccounts/edge-istio")
         .expect("the gateway ServiceAccount");
@@ -899,11 +900,19 @@ spec:
         ports(&service)[2],
         ("admin-web".to_string(), 9090, "http".to_string())
     );
-    // `taken` was handled in that same pass: its Deployment exists, its Service is the
-    // user's still.
+    // `taken` was handled: its Deployment exists, its Service is the user's still. (A
+    // Gateway sorting after it, applied afterwards, gets its Service only once meshd
+    // has been through `taken` whole.)
     wait_for("taken's Deployment", Duration::from_secs(20), || {
         api.get("/apis/apps/v1/namespaces/default/deployments/taken-istio")
             .ok()
+    });
+    let refused = api.apply_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: zz, namespace: default}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 8083, protocol: HTTP}]\n",
+    );
+    assert!(refused.is_empty(), "{refused:?}");
+    wait_for("a later Gateway's Service", Duration::from_secs(20), || {
+        api.get("/api/v1/namespaces/default/services/zz-istio").ok()
     });
     let taken = api
         .get("/api/v1/namespaces/default/services/taken-istio")
