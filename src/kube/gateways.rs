@@ -674,6 +674,13 @@ spec:
             r.service_account["metadata"]["ownerReferences"][0]["uid"],
             "uid-1"
         );
+        // Names stay within Kubernetes' 63 characters, suffix included.
+        let mut taken = BTreeSet::new();
+        let long = "l".repeat(70);
+        let a = port_name(&long, "HTTP", 0, 80, &mut taken);
+        let b = port_name(&long, "HTTP", 1, 81, &mut taken);
+        assert_eq!(a.len(), 63);
+        assert!(b.len() <= 63 && b.ends_with("-81") && a != b, "{b}");
     }
 
     #[test]
