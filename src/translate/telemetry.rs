@@ -94,9 +94,39 @@ pub fn access_logs(
     Some(out)
 }
 
-/// The tracing entries of the most specific Telemetry that speaks of tracing.
-fn tracing_entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [Tracing]> {
-    most_specific(ctx, |t| &t.tracing)
+/// The tracing entries of the Telemetries that apply to this proxy, as istiod orders
+/// them for merging: the root namespace's, the namespace's, the workload's (one of each
+/// level, the first by namespace/name), each one's entries in order.
+fn tracing_entries<'a>(ctx: &'a ProxyContext) -> Vec<&'a Tracing> {
+    let root = &ctx.snap.mesh.root_namespace;
+    let mut levels: [Option<&'a [Tracing]>; 3] = [None, None, None];
+    for obj in &ctx.snap.telemetries {
+        let Spec::Telemetry(t) = &obj.spec else {
+            continue;
+        };
+        let level = match &t.selector {
+            None if obj.key.namespace == *root => 0,
+            None if obj.key.namespace == ctx.proxy.namespace => 1,
+            Some(sel)
+                if obj.key.namespace == ctx.proxy.namespace
+                    && labels_match(&sel.match_labels, &ctx.labels) =>
+            {
+                2
+            }
+            _ => continue,
+        };
+        levels[level].get_or_insert(&t.tracing);
+    }
+    levels.into_iter().flatten().flatten().collect()
+}
+
+/// One direction's tracing after istiod's merge: later entries override what they set.
+struct TracingSpec<'a> {
+    provider: Option<String>,
+    disabled: bool,
+    sampling: Option<f64>,
+    custom_tags: Option<&'a std::collections::BTreeMap<String, crate::model::istio::CustomTag>>,
+    istio_tags: bool,
 }
 
 fn literal(tag: &str, value: &str) -> CustomTag {
@@ -162,29 +192,57 @@ fn istio_tags(ctx: &ProxyContext) -> Vec<CustomTag> {
     ]
 }
 
-/// The HTTP connection manager's tracing, as istiod configures it from Telemetry: the
-/// first provider (a Zipkin collector), sampling from `randomSamplingPercentage` (else
-/// `defaultConfig.tracing.sampling`, else 1%), istiod's span tags and the custom ones.
-/// `inbound` picks SERVER entries, else CLIENT. None when no Telemetry speaks of
-/// tracing, span reporting is off, or the provider cannot be reached from this proxy.
+/// The HTTP connection manager's tracing, as istiod configures it from Telemetry:
+/// `defaultProviders.tracing`, then the root namespace's, the namespace's and the
+/// workload's Telemetry entries for this direction (`inbound`: SERVER, else CLIENT),
+/// each overriding what it sets (provider — the first named —, disableSpanReporting,
+/// randomSamplingPercentage, customTags, enableIstioTags); sampling defaults to
+/// `defaultConfig.tracing.sampling`, else 1%. A Zipkin collector provider is
+/// configured; None when nothing speaks of tracing, reporting is off, or the provider
+/// cannot be reached from this proxy.
 pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
-    let entries = tracing_entries(ctx)?;
-    let e = entries
-        .iter()
-        .find(|e| match e.matches.as_ref().map(|m| m.mode) {
+    let mesh = &ctx.snap.mesh;
+    let entries = tracing_entries(ctx);
+    let defaults = mesh.default_tracing_providers();
+    if entries.is_empty() && defaults.is_empty() {
+        return None;
+    }
+    let mut spec = TracingSpec {
+        provider: defaults.into_iter().next(),
+        disabled: false,
+        sampling: None,
+        custom_tags: None,
+        istio_tags: true,
+    };
+    for e in entries {
+        let applies = match e.matches.as_ref().map(|m| m.mode) {
             None | Some(WorkloadMode::CLIENT_AND_SERVER) => true,
             Some(WorkloadMode::CLIENT) => !inbound,
             Some(WorkloadMode::SERVER) => inbound,
-        })?;
-    if e.disable_span_reporting == Some(true) {
+        };
+        if !applies {
+            continue;
+        }
+        if let Some(p) = e.providers.first() {
+            spec.provider = Some(p.name.clone());
+        }
+        if let Some(d) = e.disable_span_reporting {
+            spec.disabled = d;
+        }
+        if !e.custom_tags.is_empty() {
+            spec.custom_tags = Some(&e.custom_tags);
+        }
+        if let Some(p) = e.random_sampling_percentage {
+            spec.sampling = Some(p);
+        }
+        if let Some(t) = e.enable_istio_tags {
+            spec.istio_tags = t;
+        }
+    }
+    if spec.disabled {
         return None;
     }
-    let mesh = &ctx.snap.mesh;
-    let name = e
-        .providers
-        .first()
-        .map(|p| p.name.clone())
-        .or_else(|| mesh.default_tracing_providers().into_iter().next())?;
+    let name = spec.provider?;
     let zipkin = mesh
         .extension_providers
         .iter()
@@ -214,15 +272,15 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
         collector_hostname: svc.hostname.clone(),
         ..Default::default()
     };
-    let sampling = e
-        .random_sampling_percentage
+    let sampling = spec
+        .sampling
         .unwrap_or_else(|| mesh.default_trace_sampling());
-    let mut tags = if e.enable_istio_tags == Some(false) {
-        Vec::new()
-    } else {
+    let mut tags = if spec.istio_tags {
         istio_tags(ctx)
+    } else {
+        Vec::new()
     };
-    for (tag, t) in &e.custom_tags {
+    for (tag, t) in spec.custom_tags.into_iter().flatten() {
         let ty = if let Some(l) = &t.literal {
             custom_tag::Type::Literal(custom_tag::Literal {
                 value: l.value.clone(),

@@ -1,6 +1,7 @@
 //! Telemetry tracing through a real Envoy: productpage's sidecar reports spans to a
 //! Zipkin collector (a receiver of Zipkin's v2 JSON API in the test) with the service
-//! name and tags Istio gives them, at 100% sampling, and none at 0%.
+//! name and tags Istio gives them, at 100% sampling, and none at 0%; a workload's
+//! Telemetry merges over the mesh's field by field, as istiod merges them.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -132,6 +133,17 @@ spec:
   resolution: STATIC
   ports: [{number: 9411, name: http, protocol: HTTP}]
   endpoints: [{address: 127.0.1.90}]
+---
+# productpage's own Telemetry only turns off its server side: merged over the mesh's (as
+# istiod merges them), its client side keeps reporting.
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  tracing:
+  - match: {mode: SERVER}
+    disableSpanReporting: true
 "#;
 
 fn telemetry(sampling: u32, phase: &str) -> String {
