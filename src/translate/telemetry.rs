@@ -19,12 +19,13 @@ use crate::model::mesh::FileAccessLogProvider;
 use crate::model::object::Spec;
 use crate::model::service::labels_match;
 
-/// The entries (`pick`ed from each Telemetry: access logging, tracing) of the most
-/// specific Telemetry that has any for this proxy.
-fn most_specific<'a, T>(
+/// The entries (`pick`ed from each Telemetry: access logging, tracing) of the
+/// Telemetries that apply to this proxy, by level: the root namespace's, the
+/// namespace's, the workload's (the first by namespace/name at each level that has any).
+fn levels<'a, T>(
     ctx: &'a ProxyContext,
     pick: impl Fn(&'a crate::model::istio::Telemetry) -> &'a [T],
-) -> Option<&'a [T]> {
+) -> [Option<&'a [T]>; 3] {
     let root = &ctx.snap.mesh.root_namespace;
     let mut levels: [Option<&'a [T]>; 3] = [None, None, None];
     for obj in &ctx.snap.telemetries {
@@ -49,12 +50,16 @@ fn most_specific<'a, T>(
         // Within a level the first (by namespace/name) wins, deterministically.
         levels[level].get_or_insert(entries);
     }
-    levels.into_iter().flatten().last()
+    levels
 }
 
 /// The access logging entries that apply to this proxy, if any Telemetry speaks of it.
 fn entries<'a>(ctx: &'a ProxyContext) -> Option<&'a [AccessLogging]> {
-    most_specific(ctx, |t| &t.access_logging)
+    // The most specific Telemetry that speaks of access logging decides.
+    levels(ctx, |t| &t.access_logging)
+        .into_iter()
+        .flatten()
+        .last()
 }
 
 /// (provider, CEL filter expression) for each access log of a listener; None when no
@@ -94,30 +99,14 @@ pub fn access_logs(
     Some(out)
 }
 
-/// The tracing entries of the Telemetries that apply to this proxy, as istiod orders
-/// them for merging: the root namespace's, the namespace's, the workload's (one of each
-/// level, the first by namespace/name), each one's entries in order.
+/// The tracing entries of the Telemetries that apply to this proxy, in the order
+/// istiod merges them (root namespace, namespace, workload; each one's in order).
 fn tracing_entries<'a>(ctx: &'a ProxyContext) -> Vec<&'a Tracing> {
-    let root = &ctx.snap.mesh.root_namespace;
-    let mut levels: [Option<&'a [Tracing]>; 3] = [None, None, None];
-    for obj in &ctx.snap.telemetries {
-        let Spec::Telemetry(t) = &obj.spec else {
-            continue;
-        };
-        let level = match &t.selector {
-            None if obj.key.namespace == *root => 0,
-            None if obj.key.namespace == ctx.proxy.namespace => 1,
-            Some(sel)
-                if obj.key.namespace == ctx.proxy.namespace
-                    && labels_match(&sel.match_labels, &ctx.labels) =>
-            {
-                2
-            }
-            _ => continue,
-        };
-        levels[level].get_or_insert(&t.tracing);
-    }
-    levels.into_iter().flatten().flatten().collect()
+    levels(ctx, |t| &t.tracing)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
 }
 
 /// One direction's tracing after istiod's merge: later entries override what they set.

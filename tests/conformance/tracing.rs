@@ -164,17 +164,30 @@ spec:
     )
 }
 
-/// Waits until productpage's Envoy has the listeners of `phase`.
+/// Waits until productpage's Envoy serves with the listeners of `phase` (active, not
+/// still warming beside the previous ones).
 fn wait_phase(b: &Bookinfo, phase: &str) {
     wait_for(phase, Duration::from_secs(20), || {
-        let dump = http_get(
-            &b.envoy.admin,
-            "/config_dump?resource=dynamic_listeners",
-            &[],
+        let dump: serde_json::Value = serde_json::from_str(
+            &http_get(
+                &b.envoy.admin,
+                "/config_dump?resource=dynamic_listeners",
+                &[],
+            )
+            .ok()?
+            .body,
         )
-        .ok()?
-        .body;
-        (dump.contains("envoy.tracers.zipkin") && dump.contains(phase)).then_some(())
+        .ok()?;
+        let active: Vec<String> = dump["configs"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["warming_state"].is_null())
+            .map(|c| c["active_state"]["listener"].to_string())
+            .collect();
+        active
+            .iter()
+            .any(|l| l.contains("envoy.tracers.zipkin") && l.contains(phase))
+            .then_some(())
     });
 }
 
