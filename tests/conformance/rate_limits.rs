@@ -710,17 +710,25 @@ fn envoy_filter_recipe_still_works_beside_a_policy() {
         return;
     };
     // Both in force: the EnvoyFilter's counter moves and the policy's filter is there.
+    // (In the active listener, not one still warming.)
     wait_for("both filters in force", Duration::from_secs(20), || {
-        let listeners = http_get(
-            &m.server.admin,
-            "/config_dump?resource=dynamic_listeners",
-            &[],
+        let dump: serde_json::Value = serde_json::from_str(
+            &http_get(
+                &m.server.admin,
+                "/config_dump?resource=dynamic_listeners",
+                &[],
+            )
+            .ok()?
+            .body,
         )
-        .ok()?
-        .body;
-        (listeners.contains("http_local_rate_limiter")
-            && listeners.contains("meshd.local_ratelimit"))
-        .then_some(())
+        .ok()?;
+        dump["configs"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["warming_state"].is_null())
+            .map(|c| c["active_state"]["listener"].to_string())
+            .any(|l| l.contains("http_local_rate_limiter") && l.contains("meshd.local_ratelimit"))
+            .then_some(())
     });
     let answers: Vec<HttpResponse> = (0..10).map(|_| m.get("/", &[])).collect();
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
