@@ -50,6 +50,17 @@ pub struct DeployOptions {
     pub proxy_config: String,
 }
 
+/// Where proxies reach meshd (its certificate authority and secure xDS): the istiod
+/// Service of its revision, as the injector names it.
+fn istiod_address(istio_namespace: &str, revision: &str) -> String {
+    let istiod = if revision.is_empty() || revision == "default" {
+        "istiod".to_string()
+    } else {
+        format!("istiod-{revision}")
+    };
+    format!("{istiod}.{istio_namespace}.svc:15012")
+}
+
 /// The proxies' PROXY_CONFIG from the mesh config's `defaultConfig`.
 pub fn proxy_config(
     mesh: &crate::model::mesh::MeshConfig,
@@ -64,12 +75,7 @@ pub fn proxy_config(
         .get("discoveryAddress")
         .is_none_or(|v| v.as_str().is_none_or(str::is_empty))
     {
-        let istiod = if revision.is_empty() || revision == "default" {
-            "istiod".to_string()
-        } else {
-            format!("istiod-{revision}")
-        };
-        pc["discoveryAddress"] = json!(format!("{istiod}.{istio_namespace}.svc:15012"));
+        pc["discoveryAddress"] = json!(istiod_address(istio_namespace, revision));
     }
     pc.to_string()
 }
@@ -250,11 +256,6 @@ pub fn render(gw: &Object, spec: &GatewaySpec, uid: &str, opts: &DeployOptions) 
     pod_annotations.insert("prometheus.io/path".into(), "/stats/prometheus".into());
     pod_annotations.insert("prometheus.io/port".into(), "15020".into());
     pod_annotations.insert("prometheus.io/scrape".into(), "true".into());
-    let istiod = if opts.revision.is_empty() || opts.revision == "default" {
-        "istiod".to_string()
-    } else {
-        format!("istiod-{}", opts.revision)
-    };
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let env = |name: &str, v: Value| {
         let mut e = json!({"name": name});
@@ -290,7 +291,7 @@ pub fn render(gw: &Object, spec: &GatewaySpec, uid: &str, opts: &DeployOptions) 
                                  "--log_output_level", "default:info"],
                         "env": [
                             env("PILOT_CERT_PROVIDER", json!("istiod")),
-                            env("CA_ADDR", json!(format!("{istiod}.{}.svc:15012", opts.istio_namespace))),
+                            env("CA_ADDR", json!(istiod_address(&opts.istio_namespace, &opts.revision))),
                             env("POD_NAME", field("metadata.name")),
                             env("POD_NAMESPACE", field("metadata.namespace")),
                             env("INSTANCE_IP", field("status.podIP")),

@@ -230,6 +230,8 @@ pub struct Policies {
     /// Policies with a route attachment, and the VirtualServices (generated ones
     /// included) they can reach.
     routes: Vec<RoutePolicy>,
+    /// Every VirtualService some route policy reaches: the one lookup a route pays.
+    reached: std::collections::HashSet<ObjectKey>,
     /// Each VirtualService generated from Gateway API routes: the route and rule each of
     /// its `http` rules comes from.
     rule_sources: HashMap<ObjectKey, Vec<RuleSource>>,
@@ -370,10 +372,15 @@ impl Policies {
                 reaches,
             });
         }
+        let reached = routes
+            .iter()
+            .flat_map(|r| r.reaches.iter().map(|v| v.key.clone()))
+            .collect();
         Policies {
             all,
             workload,
             routes,
+            reached,
             rule_sources,
         }
     }
@@ -424,13 +431,14 @@ impl Policies {
 
     /// Whether some policy reaches routes of `vs` (a cheap test before [`for_route`]).
     pub fn reaches(&self, vs: &VirtualServiceConfig) -> bool {
-        self.routes
-            .iter()
-            .any(|r| r.reaches.iter().any(|v| v.key == vs.key))
+        self.reached.contains(&vs.key)
     }
 
     /// The policy attached to rule `index` of `vs` (its `http` rules), if any.
     pub fn for_route(&self, vs: &VirtualServiceConfig, index: usize) -> Option<&Arc<Object>> {
+        if !self.reaches(vs) {
+            return None;
+        }
         let rule = vs.spec.http.get(index)?;
         let source = self.rule_sources.get(&vs.key).and_then(|s| s.get(index));
         let mut best: Option<(Level, &Arc<Object>)> = None;
@@ -752,23 +760,9 @@ pub fn rate_limit_service<'a>(
         .find(|e| e.name == name)
         .and_then(|e| e.envoy_rate_limit.as_ref())
         .ok_or_else(|| format!("no extension provider {name:?} with envoyRateLimit"))?;
-    let (ns, host) = match provider.service.split_once('/') {
-        Some((ns, h)) => (Some(ns), h),
-        None => (None, provider.service.as_str()),
-    };
-    let svc = services
-        .get(host)
-        .filter(|s| ns.is_none_or(|ns| s.namespace == ns))
-        .ok_or_else(|| {
-            format!(
-                "rate limit service {:?} is not in the registry",
-                provider.service
-            )
-        })?;
-    let port = u16::try_from(provider.port)
-        .ok()
-        .and_then(|p| svc.port(p).map(|_| p))
-        .ok_or_else(|| format!("rate limit service {host} has no port {}", provider.port))?;
+    let (svc, port) = super::service::provider_service(services, &provider.service, provider.port)
+        .map_err(|e| format!("rate limit {e}"))?;
+    let host = &svc.hostname;
     let protocol = svc.port(port).map(|p| p.protocol);
     if !matches!(
         protocol,

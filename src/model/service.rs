@@ -257,6 +257,28 @@ pub struct ServiceEndpoints {
     pub instances: Vec<Instance>,
 }
 
+/// The service an extension provider names (`host`, or `namespace/host` to name the
+/// namespace too) and its `port`, looked up in the registry.
+pub fn provider_service<'a>(
+    services: &'a std::collections::BTreeMap<String, std::sync::Arc<Service>>,
+    service: &str,
+    port: u32,
+) -> Result<(&'a Service, u16), String> {
+    let (ns, host) = match service.split_once('/') {
+        Some((ns, h)) => (Some(ns), h),
+        None => (None, service),
+    };
+    let svc = services
+        .get(host)
+        .filter(|s| ns.is_none_or(|ns| s.namespace == ns))
+        .ok_or_else(|| format!("service {service:?} is not in the registry"))?;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| svc.port(*p).is_some())
+        .ok_or_else(|| format!("service {host} has no port {port}"))?;
+    Ok((svc, port))
+}
+
 /// Does `labels` contain every `selector` entry? (An empty selector selects everything.)
 pub fn labels_match(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))

@@ -113,4 +113,17 @@ impl<'a> ProxyContext<'a> {
     pub fn intercepted(&self) -> bool {
         self.proxy.interception != Interception::None
     }
+
+    /// The outbound cluster of `svc`'s `port` when this proxy has it (a gateway has
+    /// every service's, a sidecar those its scope sees): where an extension provider's
+    /// traffic (rate limit service, trace collector) goes.
+    pub fn provider_cluster(
+        &self,
+        svc: &crate::model::service::Service,
+        port: u16,
+    ) -> Option<String> {
+        (self.proxy.kind == crate::model::proxy::ProxyKind::Router
+            || self.scope.sees(&svc.hostname))
+        .then(|| crate::envoy::naming::outbound_cluster(port, "", &svc.hostname))
+    }
 }

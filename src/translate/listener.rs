@@ -180,22 +180,21 @@ pub fn http_connection_manager(
             } else {
                 Vec::new()
             };
-            // Rate limits after authorization: refused requests spend no tokens.
-            let gateways;
-            let attach = if let Some(port) = inbound_port {
-                Some(workload_attachment(ctx, port))
-            } else if gateway {
-                gateways = super::gateway::selected(ctx);
-                Some(RateLimitAttach {
-                    namespace: &ctx.proxy.namespace,
-                    labels: &ctx.labels,
-                    services: Vec::new(),
-                    gateways,
-                })
-            } else {
-                None
-            };
-            f.extend(super::ratelimit::http_filters(ctx, attach.as_ref()));
+            // Rate limits after authorization: refused requests spend no tokens. (Where
+            // the manager sits is worked out only when some policy exists.)
+            if !ctx.snap.rate_limits.all.is_empty() {
+                let attach = match (inbound_port, gateway) {
+                    (Some(port), _) => Some(workload_attachment(ctx, port)),
+                    (None, true) => Some(RateLimitAttach {
+                        namespace: &ctx.proxy.namespace,
+                        labels: &ctx.labels,
+                        services: Vec::new(),
+                        gateways: super::gateway::selected(ctx),
+                    }),
+                    (None, false) => None,
+                };
+                f.extend(super::ratelimit::http_filters(ctx, attach.as_ref()));
+            }
             // ALLOW_ANY_DYNAMIC_DNS: every outbound manager may route an unknown host to
             // the dynamic forward proxy cluster, which needs this filter's lookup first.
             if !inbound && !gateway && super::dfp::enabled(ctx) {

@@ -220,15 +220,20 @@ fn rate_limits(lists: &[ActionList]) -> Vec<RateLimit> {
         .collect()
 }
 
+/// `requests` per `unit`, `burst` at once: the bucket of the HTTP and TCP limiters.
+fn token_bucket(l: &model::LocalLimit) -> TokenBucket {
+    TokenBucket {
+        max_tokens: l.burst().max(1),
+        tokens_per_fill: pb::u32v(l.requests.max(1)),
+        fill_interval: Some(pb::duration(l.unit.duration())),
+    }
+}
+
 /// The local limit of `o` as Envoy's `local_ratelimit` configuration (a manager's, or
 /// a route's).
 pub fn local_config(o: &Object, p: &RateLimitPolicySpec) -> Option<LocalRateLimit> {
     let l = p.local.as_ref()?;
-    let bucket = TokenBucket {
-        max_tokens: l.burst().max(1),
-        tokens_per_fill: pb::u32v(l.requests.max(1)),
-        fill_interval: Some(pb::duration(l.unit.duration())),
-    };
+    let bucket = token_bucket(l);
     let lists = action_lists(o, p, false);
     let descriptors: Vec<LocalRateLimitDescriptor> = lists
         .iter()
@@ -284,12 +289,8 @@ fn service(ctx: &ProxyContext, p: &RateLimitPolicySpec) -> Option<Service> {
     // (Why a provider is unusable is a warning on the policy; see model::ratelimit.)
     let (svc, port, provider) =
         model::rate_limit_service(&ctx.snap.mesh, &ctx.snap.services, &g.provider).ok()?;
-    // A sidecar has the service's cluster only if its scope sees the service.
-    if ctx.proxy.kind != ProxyKind::Router && !ctx.scope.sees(&svc.hostname) {
-        return None;
-    }
     Some(Service {
-        cluster: crate::envoy::naming::outbound_cluster(port, "", &svc.hostname),
+        cluster: ctx.provider_cluster(svc, port)?,
         authority: svc.hostname.clone(),
         domain: g
             .domain
@@ -361,9 +362,11 @@ pub fn http_filters(ctx: &ProxyContext, at: Option<&Attach>) -> Vec<HttpFilter> 
     // Route policies whose routes this manager may serve: a sidecar's outbound managers
     // (VirtualServices in its scope), a gateway's (VirtualServices bound to its
     // Gateways). Inbound managers serve no VirtualService routes.
-    let routes: Vec<&Arc<Object>> = match (at.is_some(), ctx.proxy.kind) {
-        (_, ProxyKind::Router) => {
-            let gateways: Vec<String> = super::gateway::selected(ctx)
+    let routes: Vec<&Arc<Object>> = match at {
+        // A gateway's managers: the Gateways selecting it come with the attachment.
+        Some(a) if ctx.proxy.kind == ProxyKind::Router => {
+            let gateways: Vec<String> = a
+                .gateways
                 .iter()
                 .map(|g| format!("{}/{}", g.key.namespace, g.key.name))
                 .collect();
@@ -378,13 +381,13 @@ pub fn http_filters(ctx: &ProxyContext, at: Option<&Attach>) -> Vec<HttpFilter> 
                 .map(|r| &r.policy)
                 .collect()
         }
-        (false, _) => policies
+        Some(_) => Vec::new(),
+        None => policies
             .route_policies()
             .iter()
             .filter(|r| r.reaches.iter().any(|v| in_scope(ctx, v)))
             .map(|r| &r.policy)
             .collect(),
-        (true, _) => Vec::new(),
     };
     let mut out = Vec::new();
     let governing = governing.and_then(|o| model::spec(o).map(|p| (o, p)));
@@ -488,11 +491,7 @@ pub fn tcp_filter(
     let l = p.local.as_ref().filter(|_| !p.shadow)?;
     let c = TcpLocalRateLimit {
         stat_prefix: stat_prefix(o),
-        token_bucket: Some(TokenBucket {
-            max_tokens: l.burst().max(1),
-            tokens_per_fill: pb::u32v(l.requests.max(1)),
-            fill_interval: Some(pb::duration(l.unit.duration())),
-        }),
+        token_bucket: Some(token_bucket(l)),
         // One bucket per policy in the proxy, whichever chain the connection takes.
         share_key: format!("{}/{}", o.key.namespace, o.key.name),
         ..Default::default()

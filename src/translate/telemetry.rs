@@ -238,18 +238,11 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
         .find(|p| p.name == name)?
         .zipkin
         .as_ref()?;
-    let port = u16::try_from(zipkin.port).ok().filter(|p| *p != 0)?;
-    let host = zipkin
-        .service
-        .split_once('/')
-        .map_or(zipkin.service.as_str(), |(_, h)| h);
-    let svc = ctx.snap.services.get(host)?;
-    // The collector's cluster is in a sidecar's configuration only if its scope sees it.
-    if ctx.proxy.kind != crate::model::proxy::ProxyKind::Router && !ctx.scope.sees(host) {
-        return None;
-    }
+    let (svc, port) =
+        crate::model::service::provider_service(&ctx.snap.services, &zipkin.service, zipkin.port)
+            .ok()?;
     let config = ZipkinConfig {
-        collector_cluster: crate::envoy::naming::outbound_cluster(port, "", &svc.hostname),
+        collector_cluster: ctx.provider_cluster(svc, port)?,
         collector_endpoint: if zipkin.path.is_empty() {
             "/api/v2/spans".into()
         } else {
