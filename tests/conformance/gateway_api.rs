@@ -10,16 +10,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// The Gateway's proxy, as istiod's generated Deployment labels it.
-const EDGE: NodeSpec<'static> = NodeSpec {
-    kind: "router",
-    ip: "127.0.0.30",
-    pod: "edge-istio-1",
-    namespace: "default",
-    labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
-    service_account: "edge-istio",
-};
-
 const PODS: [(&str, &str); 4] = [
     ("productpage-v1", "127.0.0.10"),
     ("reviews-v1", "127.0.0.12"),

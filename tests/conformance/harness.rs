@@ -611,6 +611,17 @@ pub const INGRESS_GATEWAY: NodeSpec<'static> = NodeSpec {
     service_account: "istio-ingressgateway-service-account",
 };
 
+/// The proxy of a Gateway API Gateway named `edge` in `default`, at 127.0.0.30, labelled
+/// as istiod's generated Deployment labels it.
+pub const EDGE: NodeSpec<'static> = NodeSpec {
+    kind: "router",
+    ip: "127.0.0.30",
+    pod: "edge-istio-1",
+    namespace: "default",
+    labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
+    service_account: "edge-istio",
+};
+
 /// The pod addresses of examples/bookinfo (and of the Bookinfo stand-ins of the tasks).
 pub const BOOKINFO_PODS: [(&str, &str); 6] = [
     ("productpage-v1", "127.0.0.10"),

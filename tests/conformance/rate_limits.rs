@@ -170,11 +170,18 @@ impl Mesh {
         })
     }
 
-    /// Straight to reviews' sidecar, in plaintext.
-    fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    /// Straight to reviews' sidecar, in plaintext (None while it does not answer:
+    /// for waits).
+    fn try_get(&self, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
         let mut h = vec![("Host", "reviews")];
         h.extend_from_slice(headers);
-        http_get("127.0.0.12:9080", path, &h).expect("an answer from reviews' sidecar")
+        http_get("127.0.0.12:9080", path, &h).ok()
+    }
+
+    /// Straight to reviews' sidecar, in plaintext.
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        self.try_get(path, headers)
+            .expect("an answer from reviews' sidecar")
     }
 
     /// Statuses of `n` requests, one after the other.
@@ -200,12 +207,7 @@ impl Mesh {
         pred: impl Fn(&HttpResponse) -> bool,
     ) {
         wait_for(what, Duration::from_secs(20), || {
-            let r = http_get(
-                "127.0.0.12:9080",
-                "/",
-                &[&[("Host", "reviews")][..], headers].concat(),
-            )
-            .ok()?;
+            let r = self.try_get("/", headers)?;
             pred(&r).then_some(())
         });
     }
@@ -587,7 +589,7 @@ fn global_limit_asks_the_rate_limit_service() {
     };
     // The policy is in force once the service hears of a request.
     wait_for("the service asked", Duration::from_secs(20), || {
-        let r = m.get("/api/probe", &[("x-user", "probe")]);
+        let r = m.try_get("/api/probe", &[("x-user", "probe")])?;
         (r.status == 200 && !seen().is_empty()).then_some(())
     });
     let alice: Vec<u16> = (0..4)
@@ -644,13 +646,17 @@ fn global_limit_asks_the_rate_limit_service() {
     let r = wait_for(
         "requests pass without the service",
         Duration::from_secs(20),
-        || Some(m.get("/api/items", &[("x-user", "carol")])).filter(|r| r.status == 200),
+        || {
+            m.try_get("/api/items", &[("x-user", "carol")])
+                .filter(|r| r.status == 200)
+        },
     );
     assert_eq!(r.body, "reviews-v1");
     // DENY: refused while the service cannot answer.
     m.config.write("policy.yaml", &global_policy("DENY"));
     wait_for("DENY in force", Duration::from_secs(20), || {
-        Some(m.get("/api/items", &[("x-user", "carol")])).filter(|r| r.status == 500)
+        m.try_get("/api/items", &[("x-user", "carol")])
+            .filter(|r| r.status == 500)
     });
     let s: Vec<u16> = (0..3)
         .map(|_| m.get("/api/items", &[("x-user", "dave")]).status)
@@ -824,19 +830,7 @@ fn gateway_and_route_rule_policies_most_specific_wins() {
     let _backends = Backends::start(&BOOKINFO_PODS, 9080);
     // The listener wants 8080: meshd's debug port moves.
     let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
-    let router = Envoy::start(
-        &NodeSpec {
-            kind: "router",
-            ip: "127.0.0.30",
-            pod: "edge-istio-1",
-            namespace: "default",
-            labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
-            service_account: "edge-istio",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    let router = Envoy::start(&EDGE, Ads::Delta, 15000, dir.path());
     let get = |path: &str| {
         http_get("127.0.0.30:8080", path, &[("Host", "bookinfo")]).expect("through the gateway")
     };

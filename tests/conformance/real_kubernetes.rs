@@ -709,19 +709,7 @@ spec:
         18080,
         &["--pod-name", "meshd-0"],
     );
-    let router = Envoy::start(
-        &NodeSpec {
-            kind: "router",
-            ip: "127.0.0.30",
-            pod: "edge-istio-1",
-            namespace: "default",
-            labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
-            service_account: "edge-istio",
-        },
-        Ads::Delta,
-        15000,
-        dir.path(),
-    );
+    let router = Envoy::start(&EDGE, Ads::Delta, 15000, dir.path());
     let get = |path: &str| http_get("127.0.0.30:8080", path, &[]).ok();
     wait_for(
         "the route through the Gateway",
