@@ -10,17 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::{Value, json};
+use serde_json::Value;
+
+#[path = "support/istiod_oracle.rs"]
+mod istiod_oracle;
+use istiod_oracle::{Proxy, inputs, istiod_dump, oracle, yaml_docs};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn oracle() -> Option<PathBuf> {
-    let p = std::env::var_os("MESHD_ISTIOD_ORACLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/go/istiod-oracle"));
-    p.exists().then_some(p)
 }
 
 /// Differences meshd makes on purpose: (kind, a part of the differing entry, why); each
@@ -40,102 +37,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
      when the service lacks it (a cluster that does not exist: 503)",
     ),
 ];
-
-/// The documents of `files`, split into Kubernetes objects and Istio configuration, with
-/// what a cluster adds: cluster IPs, defaulted target ports, and EndpointSlices for the
-/// Services' Pods (there is no controller in either).
-fn inputs(files: &[PathBuf]) -> (Vec<Value>, Vec<Value>) {
-    let mut kube = Vec::new();
-    let mut istio = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        for doc in meshd::sources::yaml::parse_documents(&text) {
-            let v = doc.expect("yaml").value;
-            let items = match v.get("items").and_then(Value::as_array) {
-                Some(items) if v["kind"] == "List" => items.clone(),
-                _ => vec![v],
-            };
-            for mut item in items {
-                if item["metadata"]["namespace"].is_null() {
-                    item["metadata"]["namespace"] = json!("default");
-                }
-                let api = item["apiVersion"].as_str().unwrap_or_default();
-                if api.contains("istio.io") {
-                    istio.push(item);
-                } else {
-                    kube.push(item);
-                }
-            }
-        }
-    }
-    let pods: Vec<Value> = kube
-        .iter()
-        .filter(|o| o["kind"] == "Pod")
-        .cloned()
-        .collect();
-    let mut slices = Vec::new();
-    let mut vip = 0;
-    for svc in kube.iter_mut().filter(|o| o["kind"] == "Service") {
-        vip += 1;
-        if svc["spec"]["clusterIP"].is_null() {
-            svc["spec"]["clusterIP"] = json!(format!("10.96.100.{vip}"));
-        }
-        let ports: Vec<Value> = svc["spec"]["ports"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|mut p| {
-                if p["targetPort"].is_null() {
-                    p["targetPort"] = p["port"].clone();
-                }
-                if p["protocol"].is_null() {
-                    p["protocol"] = json!("TCP");
-                }
-                p
-            })
-            .collect();
-        svc["spec"]["ports"] = json!(ports);
-        let selector = svc["spec"]["selector"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let ns = svc["metadata"]["namespace"].clone();
-        let endpoints: Vec<Value> = pods
-            .iter()
-            .filter(|p| p["metadata"]["namespace"] == ns)
-            .filter(|p| selector.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
-            .map(|p| {
-                json!({"addresses": [p["status"]["podIP"]],
-                       "conditions": {"ready": true, "serving": true, "terminating": false},
-                       "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"]}})
-            })
-            .collect();
-        let name = svc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        slices.push(json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{name}-1"), "namespace": ns,
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": ports.iter().map(|p| json!({"name": p["name"].as_str().unwrap_or(""),
-                "port": p["targetPort"], "protocol": "TCP"})).collect::<Vec<_>>(),
-        }));
-    }
-    kube.extend(slices);
-    (kube, istio)
-}
-
-fn yaml_docs(docs: &[Value]) -> String {
-    // JSON is YAML: one document each.
-    docs.iter()
-        .map(|d| serde_json::to_string(d).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
 
 /// The names of each kind in a config dump (istiod's camelCase or meshd's).
 fn names(dump: &Value) -> BTreeMap<&'static str, BTreeSet<String>> {
@@ -276,56 +177,6 @@ fn route_action(r: &Value) -> String {
     }
 }
 
-struct Proxy {
-    id: String,
-    labels: Vec<(String, String)>,
-    service_account: String,
-}
-
-/// istiod's dump for `proxy`.
-fn istiod_dump(oracle: &Path, dir: &Path, proxy: &Proxy) -> Value {
-    let labels: serde_json::Map<String, Value> = proxy
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    let ns = proxy
-        .id
-        .split('~')
-        .nth(2)
-        .and_then(|p| p.rsplit_once('.'))
-        .map(|(_, n)| n)
-        .unwrap_or("default");
-    let bootstrap = json!({"node": {"id": proxy.id, "cluster": "x", "metadata": {
-        "NAMESPACE": ns, "LABELS": labels, "SERVICE_ACCOUNT": proxy.service_account,
-        "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.31.0", "INTERCEPTION_MODE": "REDIRECT",
-    }}});
-    let b = dir.join("bootstrap.json");
-    std::fs::write(&b, bootstrap.to_string()).expect("write");
-    let out = Command::new(oracle)
-        .arg("-bootstrap")
-        .arg(&b)
-        .arg("-kube")
-        .arg(dir.join("kube.yaml"))
-        .arg("-config")
-        .arg(dir.join("istio.yaml"))
-        .arg("-mesh")
-        .arg(dir.join("mesh.yaml"))
-        .output()
-        .expect("run the istiod oracle");
-    assert!(
-        out.status.success(),
-        "istiod oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "istiod's dump: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// meshd's dump for `proxy`.
 fn meshd_dump(dir: &Path, proxy: &Proxy) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshd"));
@@ -365,19 +216,7 @@ fn compare(scenario: &str, files: &[PathBuf]) {
     let dir =
         std::env::temp_dir().join(format!("meshd-fidelity-{scenario}-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("config")).expect("dir");
-    std::fs::write(dir.join("kube.yaml"), yaml_docs(&kube)).expect("write");
-    std::fs::write(dir.join("istio.yaml"), yaml_docs(&istio)).expect("write");
-    // Mesh config: meshd reads the `istio` ConfigMap, the oracle a file.
-    let mesh = kube
-        .iter()
-        .find(|o| {
-            o["kind"] == "ConfigMap"
-                && o["metadata"]["name"] == "istio"
-                && o["metadata"]["namespace"] == "istio-system"
-        })
-        .and_then(|c| c["data"]["mesh"].as_str())
-        .unwrap_or("");
-    std::fs::write(dir.join("mesh.yaml"), mesh).expect("write");
+    istiod_oracle::write_inputs(&dir, &kube, &istio);
     std::fs::write(
         dir.join("config/all.yaml"),
         yaml_docs(&[kube.clone(), istio.clone()].concat()),
@@ -415,8 +254,18 @@ fn compare(scenario: &str, files: &[PathBuf]) {
     let mut equal: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut differences = Vec::new();
     for proxy in &proxies {
-        let theirs = names(&istiod_dump(&oracle, &dir, proxy));
-        let ours = names(&meshd_dump(&dir, proxy));
+        let (theirs, ours) = (istiod_dump(&oracle, &dir, proxy), meshd_dump(&dir, proxy));
+        // Both dumps, whole, for a person comparing them (MESHD_FIDELITY_KEEP=DIR).
+        if let Some(keep) = std::env::var_os("MESHD_FIDELITY_KEEP") {
+            let keep = PathBuf::from(keep).join(scenario);
+            std::fs::create_dir_all(&keep).expect("keep dir");
+            for (side, dump) in [("istiod", &theirs), ("meshd", &ours)] {
+                let text = serde_json::to_string_pretty(dump).unwrap_or_default();
+                std::fs::write(keep.join(format!("{}.{side}.json", proxy.id)), text)
+                    .expect("keep dump");
+            }
+        }
+        let (theirs, ours) = (names(&theirs), names(&ours));
         let kinds: BTreeSet<&str> = theirs.keys().chain(ours.keys()).copied().collect();
         for kind in kinds {
             let a = theirs.get(kind).cloned().unwrap_or_default();

@@ -18,6 +18,7 @@ use super::context::ProxyContext;
 use crate::envoy::naming;
 use crate::envoy::pb;
 use crate::model::istio::{self, SimpleLb, TrafficPolicy};
+use crate::model::object::ObjectKey;
 use crate::model::proxy::ProxyKind;
 use crate::model::service::{Port, Protocol, Resolution, Service};
 
@@ -80,7 +81,8 @@ pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> 
         .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc);
     let mut out = Vec::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-    out.push(outbound_cluster(ctx, svc, port, "", top, None));
+    let rule = dr.map(|d| &d.key);
+    out.push(outbound_cluster(ctx, svc, port, ("", rule), top, None));
     if let Some(dr) = dr {
         for subset in &dr.spec.subsets {
             let merged = merge_policy(top, subset.traffic_policy.as_ref());
@@ -88,7 +90,7 @@ pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> 
                 ctx,
                 svc,
                 port,
-                &subset.name,
+                (&subset.name, rule),
                 merged.as_ref(),
                 Some(&subset.labels),
             ));
@@ -192,11 +194,13 @@ fn default_circuit_breakers() -> Thresholds {
     }
 }
 
+/// `(subset, rule)`: the subset's name ("" for the service's default cluster) and the
+/// DestinationRule it comes from.
 fn outbound_cluster(
     ctx: &ProxyContext,
     svc: &Service,
     port: &Port,
-    subset: &str,
+    (subset, rule): (&str, Option<&ObjectKey>),
     policy: Option<&TrafficPolicy>,
     subset_labels: Option<&istio::Labels>,
 ) -> Cluster {
@@ -263,7 +267,8 @@ fn outbound_cluster(
         // Sniffed ports may carry HTTP/1.1 or HTTP/2: speak what the client spoke.
         c.typed_extension_protocol_options = downstream_protocol_options();
     }
-    c.metadata = Some(istio_metadata(svc, port, subset));
+    let tls_mode = policy.as_ref().and_then(|p| p.tls.as_ref()).map(|t| t.mode);
+    c.metadata = Some(istio_metadata(svc, subset, rule, tls_mode));
     if let Some(p) = &policy {
         apply_policy(&mut c, p, port);
     }
@@ -496,13 +501,31 @@ fn headless_takes_mtls(ctx: &ProxyContext, svc: &Service, port: u16) -> bool {
         })
 }
 
-/// `filter_metadata.istio`: which service a cluster is for (read by istio-proxy's stats
-/// and by istioctl).
-fn istio_metadata(svc: &Service, port: &Port, subset: &str) -> core::Metadata {
+/// `filter_metadata.istio` as istiod writes it: which service a cluster is for (read by
+/// istio-proxy's stats), the DestinationRule that shaped it and its subset (read by
+/// `istioctl x describe` to name the rule), and `alpn_override: "false"` when the rule's
+/// own TLS settings (SIMPLE, MUTUAL) must keep the ALPN they configure.
+fn istio_metadata(
+    svc: &Service,
+    subset: &str,
+    rule: Option<&ObjectKey>,
+    tls_mode: Option<istio::ClientTlsMode>,
+) -> core::Metadata {
     let mut m = json!({
         "services": [{"host": svc.hostname, "name": svc.name, "namespace": svc.namespace}],
-        "default_original_port": port.port,
     });
+    if let Some(rule) = rule {
+        m["config"] = json!(format!(
+            "/apis/networking.istio.io/v1/namespaces/{}/destination-rule/{}",
+            rule.namespace, rule.name
+        ));
+        if matches!(
+            tls_mode,
+            Some(istio::ClientTlsMode::SIMPLE | istio::ClientTlsMode::MUTUAL)
+        ) {
+            m["alpn_override"] = json!("false");
+        }
+    }
     if !subset.is_empty() {
         m["subset"] = json!(subset);
     }

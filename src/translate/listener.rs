@@ -721,7 +721,10 @@ fn outbound_listener(
         };
         let mut chains = cidr_chains(ctx, scope, entries, port, &name);
         let with_cidrs = !chains.is_empty();
-        chains.extend(sni_chains(ctx, &services, &vss, port, &name, &fallback));
+        // A service's own address names it: its listener needs no chain per SNI name
+        // (as istiod builds it), only the VirtualServices' `tls` routes and the service.
+        let by_name = if shared { &services[..] } else { &[] };
+        chains.extend(sni_chains(ctx, by_name, &vss, port, &name, &fallback));
         if with_cidrs {
             // Envoy narrows by destination address first: the catch-all must be the
             // default chain to be reached from inside a range with another name.

@@ -1227,6 +1227,11 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
                 .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))
         })?;
     let mut vhosts = outbound_virtual_hosts(ctx, egress, port);
+    // Contested domains go to the earlier host (VirtualServices first), then the hosts
+    // are listed by name as istiod lists them (`istioctl proxy-config routes` prints them
+    // in this order; Envoy's choice depends on the domains, not the order).
+    dedup_domains(&mut vhosts);
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
     vhosts.push(catch_all(
         ctx.scope.outbound_policy,
         egress_proxy_cluster(ctx),

@@ -646,6 +646,10 @@ pub enum Xds {
 pub struct EnvoyOpts {
     pub ads: Ads,
     pub admin_port: u16,
+    /// Where the admin interface listens: 127.0.0.1, or the pod's own address for tests
+    /// that reach it through the API server's port-forward (the test kubelet dials the
+    /// pod's IP).
+    pub admin_ip: &'static str,
     pub xds: Xds,
     pub interception: &'static str,
     /// Run Envoy under this group, as istio-proxy runs under 1337: interception rules
@@ -658,6 +662,7 @@ impl Default for EnvoyOpts {
         EnvoyOpts {
             ads: Ads::Delta,
             admin_port: 15000,
+            admin_ip: "127.0.0.1",
             xds: Xds::Plain,
             interception: "REDIRECT",
             gid: None,
@@ -759,7 +764,7 @@ impl Envoy {
                     "MESH_ID": "cluster.local",
                 }
             },
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "admin": {"address": {"socket_address": {"address": opts.admin_ip, "port_value": admin_port}}},
             "dynamic_resources": {
                 "ads_config": {
                     "api_type": if ads == Ads::Delta { "DELTA_GRPC" } else { "GRPC" },
@@ -842,7 +847,7 @@ impl Envoy {
         ]);
         let env = Envoy {
             proc: Proc::spawn(&format!("envoy-{}", node.pod), &mut cmd, dir),
-            admin: format!("127.0.0.1:{admin_port}"),
+            admin: format!("{}:{admin_port}", opts.admin_ip),
         };
         let start = Instant::now();
         loop {

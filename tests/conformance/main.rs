@@ -25,6 +25,8 @@ mod headless;
 mod https;
 #[path = "../support/istio_data.rs"]
 mod istio_data;
+#[path = "../support/istiod_oracle.rs"]
+mod istiod_oracle;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
 mod mtls;

@@ -221,8 +221,8 @@ fn meshd_serves_envoy_from_a_real_api_server() {
             "istioctl proxy-status: {out}"
         );
     }
-    // istioctl proxy-config reads what meshd gave the proxy (its config dump; there is
-    // no kubelet to port-forward to, so the dump goes in as a file).
+    // istioctl proxy-config reads what meshd gave the proxy, here from a saved config dump
+    // (`-f`; reading a pod through port-forward is tested beside istiod's output below).
     let dump = http_get(&envoy.admin, "/config_dump?include_eds", &[]).expect("config dump");
     let dump_file = dir.write("productpage-config-dump.json", &dump.body);
     let file = dump_file.to_str().expect("utf8");
@@ -982,4 +982,262 @@ spec:
     drop(router);
     drop(meshd);
     drop(backends);
+}
+
+/// `istioctl x describe pod` and `istioctl proxy-config` read a pod's Envoy through the API
+/// server's port-forward (the test API server's kubelet joins it to the pod's address).
+/// Run over a real Envoy served by meshd, and over istiod's configuration for the same
+/// pod (the istiod oracle's config dump, answered at the pod's admin port), they print the
+/// same thing: the same Service, DestinationRule subsets and VirtualService for the pod.
+#[test]
+fn istioctl_describes_a_pod_served_by_meshd_as_one_served_by_istiod() {
+    if envoy_bin().is_none() && !skip_or_fail("envoy is not installed") {
+        return;
+    }
+    if !isolate() {
+        return;
+    }
+    let Some(oracle) = crate::istiod_oracle::oracle() else {
+        skip_or_fail("the istiod oracle is not built (./scripts/test builds it)");
+        return;
+    };
+    let dir = TempDir::new("real-describe");
+    let Some(api) = real_api(&dir) else { return };
+    istio_crds(&api);
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<_> = [
+        "services.yaml",
+        "pods.yaml",
+        "destination-rules.yaml",
+        "reviews.yaml",
+    ]
+    .iter()
+    .map(|f| bookinfo.join(f))
+    .collect();
+    // The mesh config both read (meshd from the API, the oracle from a file).
+    files.push(repo().join("deploy/20-configmaps.yaml"));
+    let (mut kube, istio) = crate::istiod_oracle::inputs(&files);
+    for sa in ["productpage", "details", "reviews", "ratings"] {
+        api.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": format!("bookinfo-{sa}"), "namespace": "default"}}))
+            .expect("service account");
+    }
+    for obj in kube.iter_mut().filter(|o| o["kind"] == "Pod") {
+        // On the test kubelet's node, with the sidecar istioctl looks for.
+        obj["spec"]["nodeName"] = json!("kapi-node");
+        if let Some(containers) = obj["spec"]["containers"].as_array_mut() {
+            containers.push(json!({"name": "istio-proxy", "image": "proxyv2",
+                "ports": [{"containerPort": 15090, "name": "http-envoy-prom"}]}));
+        }
+    }
+    for obj in kube.iter().chain(&istio) {
+        if obj["kind"] == "EndpointSlice" {
+            continue; // meshd reads Pods; the oracle reads the slices
+        }
+        let mut obj = obj.clone();
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        if obj["kind"] == "Service" {
+            obj["spec"].as_object_mut().map(|s| s.remove("clusterIP"));
+        }
+        let status = obj.as_object_mut().and_then(|o| o.remove("status"));
+        api.apply(&obj)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", obj["metadata"]["name"]));
+        if let (Some(ip), "Pod") = (
+            status.as_ref().and_then(|s| s["podIP"].as_str()),
+            obj["kind"].as_str().unwrap_or_default(),
+        ) {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            api.set_pod_ready("default", name, ip).expect("pod status");
+        }
+    }
+    let describe = |pod: &str| istioctl(&api, &["x", "describe", "pod", pod, "-n", "default"]);
+    let proxy_config =
+        |what: &str, pod: &str| istioctl(&api, &["proxy-config", what, &format!("{pod}.default")]);
+
+    // meshd, a real Envoy for reviews-v1 with its admin interface on the pod's address.
+    let token = api
+        .token("default", "bookinfo-reviews", "istio-ca")
+        .expect("token");
+    let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &["--pod-name", "meshd-0"]);
+    let envoy = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.12",
+            pod: "reviews-v1",
+            namespace: "default",
+            labels: &[("app", "reviews"), ("version", "v1")],
+            service_account: "bookinfo-reviews",
+        },
+        &EnvoyOpts {
+            admin_ip: "127.0.0.12",
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token,
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    wait_for(
+        "the reviews VirtualService in the sidecar's routes",
+        Duration::from_secs(30),
+        || {
+            http_get(
+                &envoy.admin,
+                "/config_dump?resource=dynamic_route_configs",
+                &[],
+            )
+            .ok()
+            .filter(|r| r.body.contains("virtual-service/reviews"))
+        },
+    );
+    let Some(ours) = describe("reviews-v1") else {
+        return;
+    };
+    let our_routes = proxy_config("routes", "reviews-v1");
+    let our_clusters = proxy_config("clusters", "reviews-v1");
+    let our_listeners = proxy_config("listeners", "reviews-v1");
+    assert_envoy_accepted(&envoy);
+    drop(envoy);
+    drop(meshd);
+
+    // istiod's configuration for the same pod, at the same place.
+    let proxy = crate::istiod_oracle::Proxy {
+        id: "sidecar~127.0.0.12~reviews-v1.default~default.svc.cluster.local".into(),
+        labels: vec![
+            ("app".into(), "reviews".into()),
+            ("version".into(), "v1".into()),
+        ],
+        service_account: "bookinfo-reviews".into(),
+    };
+    // The API server's own Service is part of the cluster both read.
+    let kubernetes = api
+        .get("/api/v1/namespaces/default/services/kubernetes")
+        .expect("the kubernetes Service");
+    kube.push(kubernetes);
+    let odir = dir.path().join("oracle");
+    crate::istiod_oracle::write_inputs(&odir, &kube, &istio);
+    let dump = crate::istiod_oracle::istiod_dump(&oracle, &odir, &proxy);
+    let admin = StaticAdmin::start("127.0.0.12:15000", dump.to_string());
+    let theirs = describe("reviews-v1").expect("istioctl");
+    let their_routes = proxy_config("routes", "reviews-v1");
+    let their_clusters = proxy_config("clusters", "reviews-v1");
+    let their_listeners = proxy_config("listeners", "reviews-v1");
+    drop(admin);
+
+    for (side, out) in [("meshd", &ours), ("istiod", &theirs)] {
+        for expect in [
+            "Service: reviews",
+            "Port: http 9080/HTTP targets pod port 9080",
+            "DestinationRule: reviews for \"reviews\"",
+            "Matching subsets: v1",
+            "VirtualService: reviews",
+        ] {
+            assert!(out.contains(expect), "{side}: no {expect:?} in\n{out}");
+        }
+    }
+    assert_eq!(
+        ours, theirs,
+        "istioctl x describe: meshd (left), istiod (right)"
+    );
+    // Envoy also lists the route configurations inline in its inbound listeners, which
+    // istiod's dump (RDS only) does not: compare the RDS rows, columns without padding.
+    let rows = |out: Option<String>| -> Vec<String> {
+        out.unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("inbound|"))
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
+            .collect()
+    };
+    let (our_routes, their_routes) = (rows(our_routes), rows(their_routes));
+    assert!(
+        our_routes.iter().any(|r| r.ends_with("reviews.default")),
+        "the VirtualService named on its route: {our_routes:#?}"
+    );
+    assert_eq!(our_routes, their_routes, "istioctl proxy-config routes");
+    // (xds-grpc is the bootstrap's cluster, not the control plane's.)
+    let mut our_clusters = rows(our_clusters);
+    our_clusters.retain(|r| !r.starts_with("xds-grpc "));
+    let their_clusters = rows(their_clusters);
+    assert_eq!(
+        our_clusters, their_clusters,
+        "istioctl proxy-config clusters"
+    );
+    // Known and listed in docs/COMPATIBILITY.md: meshd's inbound passthrough (ports the
+    // pod's Services do not declare) is one TCP chain, where istiod splits it by TLS and
+    // HTTP; every declared port's chains are compared.
+    let passthrough = |r: &String| r.ends_with("| InboundPassthroughCluster");
+    let (mut our_listeners, mut their_listeners) = (rows(our_listeners), rows(their_listeners));
+    our_listeners.retain(|r| !passthrough(r));
+    their_listeners.retain(|r| !passthrough(r));
+    assert!(
+        our_listeners.iter().any(|r| r.contains("Route: 9080")),
+        "{our_listeners:#?}"
+    );
+    assert_eq!(
+        our_listeners, their_listeners,
+        "istioctl proxy-config listeners"
+    );
+}
+
+/// An Envoy admin interface that only has a config dump: istiod's, for the pod at `addr`.
+struct StaticAdmin {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    addr: String,
+}
+
+impl StaticAdmin {
+    fn start(addr: &str, dump: String) -> StaticAdmin {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(addr).expect("bind the pod's admin port");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req);
+                let (status, body) = if line.starts_with("GET /config_dump") {
+                    ("200 OK", dump.as_str())
+                } else {
+                    ("404 Not Found", "only /config_dump here")
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        StaticAdmin {
+            stop,
+            addr: addr.to_string(),
+        }
+    }
+}
+
+impl Drop for StaticAdmin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
 }

@@ -1,6 +1,7 @@
 // Command kapi runs a real kube-apiserver (k8s.io/kubernetes, see go.mod)
 // backed by an in-process etcd, for integration tests. Nothing else of a
-// cluster runs: no kubelet, no scheduler, no controller-manager.
+// cluster runs: no scheduler, no controller-manager, and of a kubelet only its
+// port-forward endpoint for the Node "kapi-node" (kubelet.go).
 //
 //	kapi [--port N] [--kubeconfig-out PATH] [-- extra kube-apiserver flags...]
 //
@@ -131,7 +132,7 @@ func run(port int, kubeconfigOut, issuer, audiences, token, dataDir string, extr
 	}
 	// token-auth-file CSV: token,user,uid,"group1,group2"
 	tokenCSV := token + ",admin,admin,system:masters\n"
-	for name, data := range map[string][]byte{"serving.crt": certPEM, "serving.key": keyPEM, "sa.key": saKeyPEM, "tokens.csv": []byte(tokenCSV)} {
+	for name, data := range map[string][]byte{"ca.crt": caPEM, "serving.crt": certPEM, "serving.key": keyPEM, "sa.key": saKeyPEM, "tokens.csv": []byte(tokenCSV)} {
 		if err := os.WriteFile(file(name), data, 0o600); err != nil {
 			return err
 		}
@@ -167,6 +168,8 @@ func run(port int, kubeconfigOut, issuer, audiences, token, dataDir string, extr
 		"--service-account-key-file=" + file("sa.key"),
 		"--service-account-signing-key-file=" + file("sa.key"),
 		"--api-audiences=" + audiences,
+		// The kubelet of kubelet.go serves with the same certificate.
+		"--kubelet-certificate-authority=" + file("ca.crt"),
 	}
 	if err := fs.Parse(append(args, extraArgs...)); err != nil {
 		return err
@@ -204,6 +207,13 @@ func run(port int, kubeconfigOut, issuer, audiences, token, dataDir string, extr
 	fmt.Fprintln(os.Stderr, "kapi: kubeconfig:", kubeconfigOut)
 	if err := waitReady(ctx, kubeconfigOut, runErr); err != nil {
 		return err
+	}
+	kubeletPort, err := startKubelet(ctx, file("serving.crt"), file("serving.key"), kubeconfigOut)
+	if err != nil {
+		return fmt.Errorf("kubelet: %w", err)
+	}
+	if err := registerNode(ctx, kubeconfigOut, kubeletPort); err != nil {
+		return fmt.Errorf("node %s: %w", NodeName, err)
 	}
 	fmt.Println("READY", serverURL)
 

@@ -349,7 +349,8 @@ impl KubeApi {
         out
     }
 
-    /// Sets a Pod's status as a kubelet would (there is none): running, Ready, `ip`.
+    /// Sets a Pod's status as a kubelet would (the test API server's kubelet runs no pods):
+    /// running, Ready, `ip`.
     pub fn set_pod_ready(&self, namespace: &str, name: &str, ip: &str) -> Result<(), ApiError> {
         let patch = serde_json::json!({"status": {
             "phase": "Running",
