@@ -180,6 +180,39 @@ impl MeshConfig {
             .unwrap_or(1.0)
     }
 
+    /// `defaultConfig.gatewayTopology.forwardClientCertDetails` (SANITIZE, FORWARD_ONLY,
+    /// APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY), when set: what gateways do
+    /// with X-Forwarded-Client-Cert (istiod's default: SANITIZE_SET).
+    pub fn gateway_forward_client_cert(&self) -> Option<&str> {
+        self.raw["defaultConfig"]["gatewayTopology"]["forwardClientCertDetails"]
+            .as_str()
+            .filter(|m| *m != "UNDEFINED")
+    }
+
+    /// `defaultConfig.gatewayTopology.numTrustedProxies`: proxies in front of gateways
+    /// whose X-Forwarded-For entries the gateway trusts.
+    pub fn gateway_trusted_proxies(&self) -> u32 {
+        self.raw["defaultConfig"]["gatewayTopology"]["numTrustedProxies"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
+    /// `meshMTLS.minProtocolVersion: TLSV1_3`: sidecars accept mesh mTLS only over 1.3.
+    pub fn mesh_mtls_requires_tls13(&self) -> bool {
+        self.raw["meshMTLS"]["minProtocolVersion"].as_str() == Some("TLSV1_3")
+    }
+
+    /// `meshMTLS.cipherSuites`, when it names any.
+    pub fn mesh_mtls_cipher_suites(&self) -> Option<Vec<String>> {
+        let list: Vec<String> = self.raw["meshMTLS"]["cipherSuites"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect();
+        (!list.is_empty()).then_some(list)
+    }
+
     pub fn default_access_log_providers(&self) -> Vec<String> {
         self.raw["defaultProviders"]["accessLogging"]
             .as_array()

@@ -70,8 +70,28 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     }
     let mut out = super::sorted_by_name(out, |c| &c.name);
     out.dedup_by(|a, b| a.name == b.name);
+    if ctx.is_istio_proxy() {
+        istio_proxy_stat_names(&mut out);
+    }
     super::envoyfilter::clusters(ctx, &mut out);
     out
+}
+
+/// istio-proxy's bootstrap (pilot-agent's) finds a cluster's name in its stats by a
+/// trailing `;` (`cluster.NAME;.upstream_rq_total` → tag `cluster_name`), so istiod names
+/// every cluster's stats that way; the inbound passthrough counts as the passthrough.
+/// Upstream Envoy keeps the plain names its own default tags read.
+fn istio_proxy_stat_names(out: &mut [Cluster]) {
+    for c in out {
+        if c.alt_stat_name.is_empty() {
+            let name = if c.name == naming::INBOUND_PASSTHROUGH {
+                naming::PASSTHROUGH
+            } else {
+                &c.name
+            };
+            c.alt_stat_name = format!("{name};");
+        }
+    }
 }
 
 /// The default cluster and one per DestinationRule subset for one service port.
@@ -240,6 +260,7 @@ fn outbound_cluster(
                 DiscoveryType::LogicalDns
             });
             c.dns_lookup_family = cl::cluster::DnsLookupFamily::V4Only as i32;
+            c.typed_dns_resolver_config = Some(cares_resolver());
             // The mesh's refresh rate applies when a lookup fails; otherwise the record's
             // own TTL decides, as istiod configures every DNS cluster. (Envoy deprecates
             // these fields for the DNS cluster extension, but still honours them, and
@@ -616,22 +637,60 @@ fn downstream_protocol_options() -> HashMap<String, Any> {
 }
 
 fn downstream_protocol_options_uncached() -> HashMap<String, Any> {
-    let opts = http_opts::HttpProtocolOptions {
+    let opts = downstream_http_options(Some(core::Http2ProtocolOptions {
+        max_concurrent_streams: pb::u32v(1_073_741_824),
+        ..Default::default()
+    }));
+    HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+}
+
+/// Passthrough clusters speak what the client spoke, and close pooled connections idle
+/// for 5 minutes (istiod's choice; Envoy's default is an hour) since their destinations
+/// are arbitrary.
+fn passthrough_protocol_options() -> HashMap<String, Any> {
+    static CACHED: std::sync::OnceLock<HashMap<String, Any>> = std::sync::OnceLock::new();
+    CACHED
+        .get_or_init(|| {
+            let mut opts = downstream_http_options(Some(core::Http2ProtocolOptions {
+                max_concurrent_streams: pb::u32v(1_073_741_824),
+                ..Default::default()
+            }));
+            opts.common_http_protocol_options = Some(core::HttpProtocolOptions {
+                idle_timeout: pb::secs(300),
+                ..Default::default()
+            });
+            HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+        })
+        .clone()
+}
+
+/// An inbound cluster of a sniffed port forwards to the application in the protocol the
+/// client used (HTTP/1.1, or h2c and gRPC as HTTP/2), as istiod configures it.
+fn inbound_sniffed_protocol_options() -> HashMap<String, Any> {
+    static CACHED: std::sync::OnceLock<HashMap<String, Any>> = std::sync::OnceLock::new();
+    CACHED
+        .get_or_init(|| {
+            let opts = downstream_http_options(Some(core::Http2ProtocolOptions::default()));
+            HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+        })
+        .clone()
+}
+
+fn downstream_http_options(
+    http2: Option<core::Http2ProtocolOptions>,
+) -> http_opts::HttpProtocolOptions {
+    http_opts::HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_opts::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
                 http_opts::http_protocol_options::UseDownstreamHttpConfig {
                     http_protocol_options: Some(Default::default()),
-                    http2_protocol_options: Some(core::Http2ProtocolOptions {
-                        max_concurrent_streams: pb::u32v(1_073_741_824),
-                        ..Default::default()
-                    }),
+                    http2_protocol_options: http2,
                     ..Default::default()
                 },
             ),
         ),
         ..Default::default()
-    };
-    HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&opts))])
+    }
 }
 
 fn common_http_options(
@@ -967,7 +1026,7 @@ fn passthrough(ctx: &ProxyContext) -> Cluster {
             thresholds: vec![default_circuit_breakers()],
             ..Default::default()
         }),
-        typed_extension_protocol_options: downstream_protocol_options(),
+        typed_extension_protocol_options: passthrough_protocol_options(),
         ..fixed_cluster(ctx, naming::PASSTHROUGH, DiscoveryType::OriginalDst)
     }
 }
@@ -1018,6 +1077,24 @@ pub fn inbound_endpoint(ctx: &ProxyContext, port: u16) -> (String, u16) {
     ("127.0.0.1".to_string(), port)
 }
 
+/// Envoy's c-ares resolver, sending at most 100 queries from one UDP port before it
+/// opens another (istiod's PILOT_DNS_CARES_UDP_MAX_QUERIES): spoofed answers to DNS
+/// clusters must then guess the port too.
+fn cares_resolver() -> core::TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
+    core::TypedExtensionConfig {
+        name: "envoy.network.dns_resolver.cares".into(),
+        typed_config: Some(pb::any(&CaresDnsResolverConfig {
+            udp_max_queries: pb::u32v(100),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The longest cleanup interval a protobuf Duration holds in nanoseconds' range (about
+/// 292 years): "never" for Envoy.
+const ORIGINAL_DST_NO_CLEANUP_SECS: u64 = 9_223_372_035;
+
 fn inbound_clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     let mut ports: Vec<(u16, Protocol)> = ctx
         .targets
@@ -1055,6 +1132,11 @@ fn inbound_clusters(ctx: &ProxyContext) -> Vec<Cluster> {
             // Redirected traffic keeps its original destination (the pod IP and port).
             c.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
             c.lb_policy = LbPolicy::ClusterProvided as i32;
+            // One host (the application): never clean it up (istiod's choice), so its
+            // connection pool and circuit breaker counts survive idle periods.
+            c.cleanup_interval = Some(pb::duration(std::time::Duration::from_secs(
+                ORIGINAL_DST_NO_CLEANUP_SECS,
+            )));
             c.upstream_bind_config = Some(core::BindConfig {
                 source_address: Some(core::SocketAddress {
                     address: INBOUND_SOURCE.into(),
@@ -1076,6 +1158,8 @@ fn inbound_clusters(ctx: &ProxyContext) -> Vec<Cluster> {
         }
         if protocol.is_http2() {
             c.typed_extension_protocol_options = http2_options(None);
+        } else if protocol == Protocol::Unsupported {
+            c.typed_extension_protocol_options = inbound_sniffed_protocol_options();
         }
         // Sidecar `ingress[].connectionPool`, else `inboundConnectionPool`: limits towards
         // the application.

@@ -132,6 +132,7 @@ pub fn virtual_outbound_chain(ctx: &ProxyContext) -> FilterChain {
         virtual_hosts: vec![catch_all_virtual_host()],
         validate_clusters: pb::boolv(false),
         ignore_port_in_host_matching: true,
+        max_direct_response_body_size_bytes: pb::u32v(super::route::MAX_DIRECT_RESPONSE_BODY),
         ..Default::default()
     };
     FilterChain {

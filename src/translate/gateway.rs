@@ -382,6 +382,7 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
         virtual_hosts: vhosts,
         validate_clusters: pb::boolv(false),
         ignore_port_in_host_matching: true,
+        max_direct_response_body_size_bytes: pb::u32v(route::MAX_DIRECT_RESPONSE_BODY),
         ..Default::default()
     })
 }

@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3 as o
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     self as hcm, HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ForwardClientCertDetails as Xfcc;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::context::ProxyContext;
@@ -160,9 +161,31 @@ pub fn http_connection_manager(
     let inbound_port = inbound;
     let inbound = inbound_port.is_some();
     let gateway = ctx.proxy.kind == ProxyKind::Router;
+    // X-Forwarded-Client-Cert: a sidecar's inbound side appends its peer's, its outbound
+    // side removes any; a gateway (the edge) replaces it with its client's, or does what
+    // the mesh's `defaultConfig.gatewayTopology.forwardClientCertDetails` says.
+    let xfcc = if gateway {
+        match ctx.snap.mesh.gateway_forward_client_cert() {
+            Some("SANITIZE") => Xfcc::Sanitize,
+            Some("FORWARD_ONLY") => Xfcc::ForwardOnly,
+            Some("APPEND_FORWARD") => Xfcc::AppendForward,
+            Some("ALWAYS_FORWARD_ONLY") => Xfcc::AlwaysForwardOnly,
+            _ => Xfcc::SanitizeSet,
+        }
+    } else if inbound {
+        Xfcc::AppendForward
+    } else {
+        Xfcc::Sanitize
+    };
     let m = HttpConnectionManager {
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
-        stat_prefix: stat_prefix.to_string(),
+        // istio-proxy's stats tags find the prefix by its trailing `;` (see the clusters'
+        // alt_stat_name); upstream Envoy keeps it plain.
+        stat_prefix: if ctx.is_istio_proxy() {
+            format!("{stat_prefix};")
+        } else {
+            stat_prefix.to_string()
+        },
         route_specifier: Some(match routes {
             Routes::Rds(name) => RouteSpecifier::Rds(hcm::Rds {
                 config_source: Some(pb::ads_config_source()),
@@ -170,7 +193,8 @@ pub fn http_connection_manager(
             }),
             Routes::Inline(rc) => RouteSpecifier::RouteConfig(*rc),
         }),
-        // CORS answers preflights before faults are injected; the router is last.
+        // istiod's order: security, then fault before CORS (an injected abort is answered
+        // before CORS runs; a preflight can be delayed or aborted too), the router last.
         http_filters: {
             // Authentication and authorization decide before anything else runs: on a
             // workload's inbound side, and at a gateway (the mesh's edge) for the
@@ -195,16 +219,19 @@ pub fn http_connection_manager(
                 };
                 f.extend(super::ratelimit::http_filters(ctx, attach.as_ref()));
             }
+            f.extend([
+                http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
+                http_filter(route::CORS_FILTER, &cors::Cors::default()),
+            ]);
             // ALLOW_ANY_DYNAMIC_DNS: every outbound manager may route an unknown host to
             // the dynamic forward proxy cluster, which needs this filter's lookup first.
             if !inbound && !gateway && super::dfp::enabled(ctx) {
                 f.push(super::dfp::http_filter(ctx));
             }
-            f.extend([
-                http_filter(route::CORS_FILTER, &cors::Cors::default()),
-                http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
-                http_filter("envoy.filters.http.router", &router::Router::default()),
-            ]);
+            f.push(http_filter(
+                "envoy.filters.http.router",
+                &router::Router::default(),
+            ));
             f
         },
         access_log: access_logs(ctx, inbound),
@@ -229,19 +256,36 @@ pub fn http_connection_manager(
         } else {
             String::new()
         },
-        forward_client_cert_details: if inbound {
-            hcm::http_connection_manager::ForwardClientCertDetails::AppendForward as i32
-        } else {
-            hcm::http_connection_manager::ForwardClientCertDetails::Sanitize as i32
-        },
-        set_current_client_cert_details: inbound.then(|| {
-            hcm::http_connection_manager::SetCurrentClientCertDetails {
-                subject: pb::boolv(true),
-                dns: true,
-                uri: true,
-                ..Default::default()
+        forward_client_cert_details: xfcc as i32,
+        set_current_client_cert_details: match xfcc {
+            // What the sidecar adds of its peer's certificate (istiod's choice).
+            Xfcc::AppendForward if inbound => {
+                Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+                    subject: pb::boolv(true),
+                    dns: true,
+                    uri: true,
+                    ..Default::default()
+                })
             }
-        }),
+            // A gateway passes on the whole client certificate when it forwards one.
+            Xfcc::AppendForward | Xfcc::SanitizeSet => {
+                Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+                    subject: pb::boolv(true),
+                    cert: true,
+                    dns: true,
+                    uri: true,
+                    ..Default::default()
+                })
+            }
+            _ => None,
+        },
+        xff_num_trusted_hops: if gateway {
+            ctx.snap.mesh.gateway_trusted_proxies()
+        } else {
+            0
+        },
+        // Envoy answers `Expect: 100-continue` itself (istiod's ENABLE_100_CONTINUE_HEADERS).
+        proxy_100_continue: true,
         ..Default::default()
     };
     Filter {
@@ -353,10 +397,7 @@ fn listener_filter<T: prost::Message + prost::Name>(name: &str, msg: &T) -> List
 }
 
 fn http_inspector() -> ListenerFilter {
-    listener_filter(
-        "envoy.filters.listener.http_inspector",
-        &http_inspector::HttpInspector::default(),
-    )
+    listener_filter(HTTP_INSPECTOR, &http_inspector::HttpInspector::default())
 }
 
 /// Filter chains for an outbound port: HTTP, TCP, or sniffed (both, chosen by the
@@ -419,8 +460,50 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
     };
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
+    socket_settings(ctx, &mut out);
     super::envoyfilter::listeners(ctx, &mut out);
     out
+}
+
+const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const PASSTHROUGH_CHAIN: &str = "PassthroughFilterChain";
+
+/// How istiod's listeners treat their sockets, set on every listener once built:
+/// - a listener bound to a port accepts one connection per socket event, so that
+///   connections spread over Envoy's workers;
+/// - a sidecar's listener filters (but virtualOutbound's, which has no inspector of its
+///   own) never time out unless they sniff HTTP (then the mesh's
+///   `protocolDetectionTimeout`, set where the inspector is added), and a timeout lets
+///   the connection go on: a client that speaks last (MySQL, SMTP) is not cut off after
+///   Envoy's 15 s default;
+/// - a TLS handshake on a service's listener (or a gateway's) must finish within 15 s
+///   (slow-handshake attacks).
+fn socket_settings(ctx: &ProxyContext, out: &mut [Listener]) {
+    let gateway = ctx.proxy.kind == ProxyKind::Router;
+    for l in out {
+        let bound = l.bind_to_port.as_ref().is_none_or(|b| b.value);
+        if bound && l.address.is_some() {
+            l.max_connections_to_accept_per_socket_event = pb::u32v(1);
+        }
+        if !gateway && l.name != naming::VIRTUAL_OUTBOUND {
+            l.continue_on_listener_filters_timeout = true;
+            if !l.listener_filters.iter().any(|f| f.name == HTTP_INSPECTOR) {
+                l.listener_filters_timeout = pb::secs(0);
+            }
+        }
+        let virtual_listener =
+            l.name == naming::VIRTUAL_INBOUND || l.name == naming::VIRTUAL_OUTBOUND;
+        if gateway || !virtual_listener {
+            // (A sidecar's fallthrough to outside the mesh is built without one.)
+            let default = l
+                .default_filter_chain
+                .iter_mut()
+                .filter(|c| gateway || c.name != PASSTHROUGH_CHAIN);
+            for c in l.filter_chains.iter_mut().chain(default) {
+                c.transport_socket_connect_timeout = pb::secs(15);
+            }
+        }
+    }
 }
 
 fn sidecar_listeners(ctx: &ProxyContext) -> Vec<Listener> {
@@ -815,7 +898,14 @@ fn outbound_listener(
         // among chains that match on transport, ALPN or prefix would not be reached
         // by what they miss. The default chain takes everything that matched nothing.
         lst.filter_chains = chains;
-        lst.default_filter_chain = Some(tcp);
+        // On a port's shared listener that is the way out of the mesh (istiod's
+        // "PassthroughFilterChain"); on a service's own, the service's TCP chain.
+        let name = if shared {
+            PASSTHROUGH_CHAIN.to_string()
+        } else {
+            String::new()
+        };
+        lst.default_filter_chain = Some(FilterChain { name, ..tcp });
     }
     if sniff {
         lst.listener_filters.push(http_inspector());

@@ -547,21 +547,11 @@ pub(crate) fn http_rule_routes(
             route.action = Some(Action::DirectResponse(direct_response(d)));
         } else {
             route.action = Some(Action::Route(route_action(ctx, vs, rule, port)));
-            if let Some(first) = rule.route.first() {
-                let host = host::resolve(&first.destination.host, ns, &ctx.snap.mesh.domain_suffix);
-                route.decorator = Some(rt::Decorator {
-                    operation: format!(
-                        "{host}:{}/*",
-                        destination_port(
-                            &first.destination,
-                            ctx.snap.services.get(&host).map(|s| &**s),
-                            port
-                        )
-                    ),
-                    ..Default::default()
-                });
-            }
         }
+        route.decorator = Some(rt::Decorator {
+            operation: operation(&route, &vs.key.name, port),
+            ..Default::default()
+        });
         out.push(route);
     }
     out
@@ -815,6 +805,30 @@ fn inbound_unlimited() -> Option<rt::route_action::MaxStreamDuration> {
         grpc_timeout_header_max: pb::secs(0),
         ..Default::default()
     })
+}
+
+/// A route's span name, as istiod writes it: `host:port` of its one destination cluster
+/// (else `VirtualService:port`), then the path it matches (`/exact`, `/prefix*`, the
+/// regex, or `/*`).
+fn operation(route: &Route, vs_name: &str, port: u16) -> String {
+    use rt::route_match::PathSpecifier;
+    let path = match route.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+        Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
+        Some(PathSpecifier::Path(p)) => p.clone(),
+        Some(PathSpecifier::SafeRegex(r)) => r.regex.clone(),
+        _ => "/*".to_string(),
+    };
+    let single = match &route.action {
+        Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(c)),
+            ..
+        })) => naming::parse_cluster(c).map(|(_, port, _, host)| (host, port)),
+        _ => None,
+    };
+    match single {
+        Some((host, port)) => format!("{host}:{port}{path}"),
+        None => format!("{vs_name}:{port}{path}"),
+    }
 }
 
 /// Default route to a service port, as istiod generates it when no VirtualService applies.
@@ -1205,6 +1219,7 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
             }],
             validate_clusters: pb::boolv(false),
             ignore_port_in_host_matching: true,
+            max_direct_response_body_size_bytes: pb::u32v(MAX_DIRECT_RESPONSE_BODY),
             ..Default::default()
         });
     }
@@ -1242,9 +1257,14 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
         virtual_hosts: vhosts,
         validate_clusters: pb::boolv(false),
         ignore_port_in_host_matching: true,
+            max_direct_response_body_size_bytes: pb::u32v(MAX_DIRECT_RESPONSE_BODY),
         ..Default::default()
     })
 }
+
+/// The largest `directResponse` body a route configuration may hold (Envoy's default is
+/// 4 KiB; istiod allows 1 MiB so that a VirtualService's inline body is not refused).
+pub const MAX_DIRECT_RESPONSE_BODY: u32 = 1 << 20;
 
 /// Inline route configuration of an inbound HTTP filter chain.
 pub fn inbound_route_config(
@@ -1261,8 +1281,15 @@ pub fn inbound_route_config(
             routes: vec![Route {
                 name: "default".into(),
                 r#match: Some(route_match(None)),
+                // The span's name: the service this port serves, as istiod names it
+                // (`host:port/*`), or the cluster when no service declares the port.
                 decorator: Some(rt::Decorator {
-                    operation: format!("{cluster}/*"),
+                    operation: ctx
+                        .targets
+                        .iter()
+                        .find(|t| t.target_port == port)
+                        .map(|t| format!("{}:{}/*", t.service.hostname, t.port.port))
+                        .unwrap_or_else(|| format!("{cluster}/*")),
                     ..Default::default()
                 }),
                 action: Some(Action::Route(RouteAction {

@@ -127,8 +127,32 @@ fn literal(tag: &str, value: &str) -> CustomTag {
     }
 }
 
+/// A tag read from the RBAC filter's dynamic metadata: the dry-run (shadow) policies'
+/// verdicts, where an AuthorizationPolicy with `istio.io/dry-run` records them.
+fn dry_run_tag(tag: &str, key: &str) -> CustomTag {
+    use envoy_types::pb::envoy::r#type::metadata::v3::{
+        MetadataKey, MetadataKind, metadata_key::PathSegment, metadata_key::path_segment,
+        metadata_kind,
+    };
+    CustomTag {
+        tag: tag.into(),
+        r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
+            kind: Some(MetadataKind {
+                kind: Some(metadata_kind::Kind::Request(metadata_kind::Request {})),
+            }),
+            metadata_key: Some(MetadataKey {
+                key: "envoy.filters.http.rbac".into(),
+                path: vec![PathSegment {
+                    segment: Some(path_segment::Segment::Key(key.into())),
+                }],
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
 /// The tags istiod puts on every span of a workload (its canonical service and revision,
-/// mesh, namespace, cluster).
+/// mesh, namespace, cluster, and the dry-run authorization verdicts).
 fn istio_tags(ctx: &ProxyContext) -> Vec<CustomTag> {
     let label = |keys: &[&str]| {
         keys.iter()
@@ -178,6 +202,22 @@ fn istio_tags(ctx: &ProxyContext) -> Vec<CustomTag> {
             "istio.cluster_id",
             &meta("CLUSTER_ID").unwrap_or_else(|| "unknown".into()),
         ),
+        dry_run_tag(
+            "istio.authorization.dry_run.allow_policy.name",
+            "istio_dry_run_allow_shadow_effective_policy_id",
+        ),
+        dry_run_tag(
+            "istio.authorization.dry_run.allow_policy.result",
+            "istio_dry_run_allow_shadow_engine_result",
+        ),
+        dry_run_tag(
+            "istio.authorization.dry_run.deny_policy.name",
+            "istio_dry_run_deny_shadow_effective_policy_id",
+        ),
+        dry_run_tag(
+            "istio.authorization.dry_run.deny_policy.result",
+            "istio_dry_run_deny_shadow_engine_result",
+        ),
     ]
 }
 
@@ -193,7 +233,9 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     let mesh = &ctx.snap.mesh;
     let entries = tracing_entries(ctx);
     let defaults = mesh.default_tracing_providers();
-    if entries.is_empty() && defaults.is_empty() {
+    // istio-proxy always gets istiod's sampling and tags: its bootstrap may carry a tracer
+    // of its own (proxyConfig.tracing). Upstream Envoy only gets tracing with a provider.
+    if entries.is_empty() && defaults.is_empty() && !ctx.is_istio_proxy() {
         return None;
     }
     let mut spec = TracingSpec {
@@ -231,29 +273,6 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     if spec.disabled {
         return None;
     }
-    let name = spec.provider?;
-    let zipkin = mesh
-        .extension_providers
-        .iter()
-        .find(|p| p.name == name)?
-        .zipkin
-        .as_ref()?;
-    let (svc, port) =
-        crate::model::service::provider_service(&ctx.snap.services, &zipkin.service, zipkin.port)
-            .ok()?;
-    let config = ZipkinConfig {
-        collector_cluster: ctx.provider_cluster(svc, port)?,
-        collector_endpoint: if zipkin.path.is_empty() {
-            "/api/v2/spans".into()
-        } else {
-            zipkin.path.clone()
-        },
-        trace_id_128bit: !zipkin.enable_64bit_trace_id,
-        shared_span_context: pb::boolv(false),
-        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
-        collector_hostname: svc.hostname.clone(),
-        ..Default::default()
-    };
     let sampling = spec
         .sampling
         .unwrap_or_else(|| mesh.default_trace_sampling());
@@ -285,12 +304,48 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
             r#type: Some(ty),
         });
     }
+    // Sorted by name, as istiod sorts them (its custom tags come from a map).
+    tags.sort_by(|a, b| a.tag.cmp(&b.tag));
     let percent = |v: f64| Some(envoy_types::pb::envoy::r#type::v3::Percent { value: v });
-    Some(HcmTracing {
+    let base = HcmTracing {
         client_sampling: percent(100.0),
         overall_sampling: percent(100.0),
         random_sampling: percent(sampling),
         custom_tags: tags,
+        ..Default::default()
+    };
+    let zipkin = spec.provider.and_then(|name| {
+        mesh.extension_providers
+            .iter()
+            .find(|p| p.name == name)?
+            .zipkin
+            .as_ref()
+    });
+    let Some(zipkin) = zipkin else {
+        return ctx.is_istio_proxy().then_some(base);
+    };
+    let Ok((svc, port)) =
+        crate::model::service::provider_service(&ctx.snap.services, &zipkin.service, zipkin.port)
+    else {
+        return ctx.is_istio_proxy().then_some(base);
+    };
+    let Some(collector_cluster) = ctx.provider_cluster(svc, port) else {
+        return ctx.is_istio_proxy().then_some(base);
+    };
+    let config = ZipkinConfig {
+        collector_cluster,
+        collector_endpoint: if zipkin.path.is_empty() {
+            "/api/v2/spans".into()
+        } else {
+            zipkin.path.clone()
+        },
+        trace_id_128bit: !zipkin.enable_64bit_trace_id,
+        shared_span_context: pb::boolv(false),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        collector_hostname: svc.hostname.clone(),
+        ..Default::default()
+    };
+    Some(HcmTracing {
         max_path_tag_length: (zipkin.max_tag_length != 0)
             .then(|| pb::u32v(zipkin.max_tag_length))
             .flatten(),
@@ -300,6 +355,6 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
                 &config,
             ))),
         }),
-        ..Default::default()
+        ..base
     })
 }

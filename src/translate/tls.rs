@@ -5,8 +5,9 @@
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsParameters,
     UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+    tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 
@@ -142,15 +143,38 @@ pub fn upstream_mtls(
             .map(|id| uri_matcher(MatchPattern::Exact(id.clone())))
             .collect()
     };
+    let mut common = common(ctx, sans, alpn);
+    common.tls_params = Some(client_tls_params());
     transport_socket(
         "envoy.transport_sockets.tls",
         &UpstreamTlsContext {
-            common_tls_context: Some(common(ctx, sans, alpn)),
+            common_tls_context: Some(common),
             sni: sni.to_string(),
             ..Default::default()
         },
     )
 }
+
+/// What a client offers, as istiod sets it for every TLS it originates: TLS 1.2 to 1.3
+/// (Envoy's client default stops at 1.2).
+fn client_tls_params() -> TlsParameters {
+    TlsParameters {
+        tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+        tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+        ..Default::default()
+    }
+}
+
+/// The ciphers a sidecar accepts for mesh mTLS when `meshMTLS.cipherSuites` names none
+/// (istiod's list: forward-secret AES-GCM first, no CBC, no ChaCha20).
+const MESH_CIPHERS: [&str; 6] = [
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-GCM-SHA256",
+];
 
 /// Server side of mesh mTLS: clients must present a certificate of our trust domain.
 pub fn downstream_mtls(ctx: &ProxyContext) -> core::TransportSocket {
@@ -158,10 +182,25 @@ pub fn downstream_mtls(ctx: &ProxyContext) -> core::TransportSocket {
         "spiffe://{}/",
         ctx.snap.mesh.trust_domain
     )))];
+    let mut common = common(ctx, sans, &SERVER_ALPN);
+    let mesh = &ctx.snap.mesh;
+    // `meshMTLS`: the mesh's floor (TLS 1.2 unless it says 1.3) and its ciphers.
+    common.tls_params = Some(TlsParameters {
+        cipher_suites: mesh
+            .mesh_mtls_cipher_suites()
+            .unwrap_or_else(|| MESH_CIPHERS.iter().map(|c| c.to_string()).collect()),
+        tls_minimum_protocol_version: if mesh.mesh_mtls_requires_tls13() {
+            TlsProtocol::TlSv13 as i32
+        } else {
+            TlsProtocol::TlSv12 as i32
+        },
+        tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+        ..Default::default()
+    });
     transport_socket(
         "envoy.transport_sockets.tls",
         &DownstreamTlsContext {
-            common_tls_context: Some(common(ctx, sans, &SERVER_ALPN)),
+            common_tls_context: Some(common),
             require_client_certificate: pb::boolv(true),
             ..Default::default()
         },
@@ -286,6 +325,7 @@ pub fn originate(
             ));
         }
     }
+    common.tls_params = Some(client_tls_params());
     transport_socket(
         "envoy.transport_sockets.tls",
         &UpstreamTlsContext {
