@@ -184,7 +184,12 @@ fn meshd_dump(dir: &Path, proxy: &Proxy) -> Value {
         .arg("--config-dir")
         .arg(dir.join("config"))
         .args(["--proxy", &proxy.id, "--format", "config-dump"])
-        .args(["--meta", "ISTIO_VERSION=1.31.0", "--meta", "CLUSTER_ID=Kubernetes"])
+        .args([
+            "--meta",
+            "ISTIO_VERSION=1.31.0",
+            "--meta",
+            "CLUSTER_ID=Kubernetes",
+        ])
         .args([
             "--meta",
             &format!("SERVICE_ACCOUNT={}", proxy.service_account),

@@ -812,7 +812,11 @@ fn inbound_unlimited() -> Option<rt::route_action::MaxStreamDuration> {
 /// regex, or `/*`).
 fn operation(route: &Route, vs_name: &str, port: u16) -> String {
     use rt::route_match::PathSpecifier;
-    let path = match route.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+    let path = match route
+        .r#match
+        .as_ref()
+        .and_then(|m| m.path_specifier.as_ref())
+    {
         Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
         Some(PathSpecifier::Path(p)) => p.clone(),
         Some(PathSpecifier::SafeRegex(r)) => r.regex.clone(),
@@ -1257,7 +1261,7 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
         virtual_hosts: vhosts,
         validate_clusters: pb::boolv(false),
         ignore_port_in_host_matching: true,
-            max_direct_response_body_size_bytes: pb::u32v(MAX_DIRECT_RESPONSE_BODY),
+        max_direct_response_body_size_bytes: pb::u32v(MAX_DIRECT_RESPONSE_BODY),
         ..Default::default()
     })
 }
