@@ -1,10 +1,13 @@
 //! Differential fidelity: the same Kubernetes objects and Istio configuration through
 //! istiod (tests/istiod-oracle: Istio's own discovery server in-process, built by the test
 //! command from Istio's Go module) and through meshd (`meshd translate`), compared
-//! resource name by resource name for every proxy: clusters, listeners, route
-//! configurations, virtual hosts (with their domains). The counts of equal resources per
-//! kind are printed; a difference fails unless it is listed in [`KNOWN`] with its reason
-//! (each also recorded in docs/COMPATIBILITY.md).
+//! resource name by resource name for every proxy — clusters, listeners, route
+//! configurations, virtual hosts (with their domains) — and then field by field: each
+//! resource both name, normalised (tests/support/config_diff.rs says how: defaults
+//! written or left out, key style, order Envoy ignores, istio-proxy-only parts set
+//! aside), must be equal. The counts of equal resources per kind are printed; a
+//! difference fails unless it is listed in [`KNOWN`] (names) or [`STRUCTURE_KNOWN`]
+//! (fields) with its reason (each also recorded in docs/COMPATIBILITY.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,6 +15,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+#[path = "support/config_diff.rs"]
+mod config_diff;
 #[path = "support/istiod_oracle.rs"]
 mod istiod_oracle;
 use istiod_oracle::{Proxy, inputs, istiod_dump, oracle, yaml_docs};
@@ -35,6 +40,102 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "a route to a single-port service without a port, on another port's route \
      configuration: meshd sends it to the service's port; istiod uses the route's own port \
      when the service lacks it (a cluster that does not exist: 503)",
+    ),
+];
+
+/// Field-level differences meshd makes on purpose, after the normalisation of
+/// tests/support/config_diff.rs: (parts of the difference's pattern, in order, separated
+/// by `…`; a part of istiod's value or "" for any; why). Each is also in docs/COMPATIBILITY.md ("Structure, field by
+/// field").
+const STRUCTURE_KNOWN: &[(&str, &str, &str)] = &[
+    (
+        "cluster[*].…transportSocket.typedConfig.commonTlsContext.alpnProtocols",
+        "istio",
+        "mesh mTLS ALPN: upstream Envoy has no istio.alpn filter to choose per request, so \
+         meshd's client offers the port's protocol (istio-http/1.1, istio-h2) where istiod \
+         offers istio-peer-exchange and istio",
+    ),
+    (
+        "listener[*].filterChains[virtualInbound",
+        "",
+        "undeclared inbound ports: one TCP chain (no virtualInbound-catchall-http, no split \
+         by transport)",
+    ),
+    (
+        "listener[*].listenerFilters[envoy.filters.listener.http_inspector]",
+        "",
+        "undeclared inbound ports: the HTTP inspector runs only on declared sniffed ports",
+    ),
+    (
+        "listener[*].listenerFilters[envoy.filters.listener.tls_inspector].filterDisabled",
+        "",
+        "the TLS inspector also looks at connections addressed to 15006 itself (istiod skips \
+         them; the same chains are chosen)",
+    ),
+    (
+        "listener[*].listenerFilters[envoy.filters.listener.tls_inspector] (istiod-only)",
+        "",
+        "a port-level DISABLE under PERMISSIVE: meshd's chain for the port matches any \
+         transport, so no TLS inspector is needed (TLS to that port fails either way)",
+    ),
+    (
+        "listener[*].filterChains[IP_N{destinationPort=N",
+        "",
+        "a port-level DISABLE under PERMISSIVE: meshd's chain for the port matches any \
+         transport, istiod's raw_buffer only (TLS to that port fails either way)",
+    ),
+    (
+        "listener[*].defaultFilterChain (istiod-only)",
+        "",
+        "a listener's catch-all: istiod's default_filter_chain, meshd's a chain matching \
+         anything (Envoy chooses the same)",
+    ),
+    (
+        "listener[*].filterChains[{}] (meshd-only)",
+        "",
+        "a listener's catch-all: istiod's default_filter_chain, meshd's a chain matching \
+         anything (Envoy chooses the same)",
+    ),
+    (
+        "route[*].virtualHosts[*].routes[*].route.cluster (value)",
+        "||api.default.svc.cluster.local",
+        "a single-port destination without a port, on another port's route (see KNOWN)",
+    ),
+    (
+        "route[*].virtualHosts[*].routes[*].decorator.operation (value)",
+        "api.default.svc.cluster.local",
+        "the span name follows the route's cluster (the difference above)",
+    ),
+    (
+        "cluster[*].transportSocket.typedConfig.commonTlsContext.combinedValidationContext (istiod-only)",
+        "file-root:",
+        "TLS origination trusting the proxy's own roots: meshd names the file for Envoy \
+         to read, istiod an SDS secret istio-agent serves from it",
+    ),
+    (
+        "cluster[*].transportSocket.typedConfig.commonTlsContext.validationContext (meshd-only)",
+        "",
+        "TLS origination trusting the proxy's own roots: meshd names the file for Envoy \
+         to read, istiod an SDS secret istio-agent serves from it",
+    ),
+    (
+        "cluster[*].transportSocket.typedConfig.sni (meshd-only)",
+        "",
+        "TLS origination without an explicit SNI: meshd also sends the service's host \
+         when the cluster carries TCP (HTTP requests name the server by their Host, \
+         auto_sni, as with istiod, which sends no SNI over TCP)",
+    ),
+    (
+        "tracing.customTags[4].literal.value (value)",
+        "latest",
+        "istio.canonical_revision: meshd falls back to the `version` labels where the pod \
+         has no service.istio.io/canonical-revision (the injector adds it); istiod says latest",
+    ),
+    (
+        "tracing.customTags[5].literal.value (value)",
+        "unknown",
+        "istio.canonical_service: meshd falls back to the `app` labels where the pod has no \
+         service.istio.io/canonical-name (the injector adds it); istiod says unknown",
     ),
 ];
 
@@ -177,6 +278,96 @@ fn route_action(r: &Value) -> String {
     }
 }
 
+/// Whether `text` holds the `…`-separated pieces of `parts`, in that order.
+fn contains_in_order(text: &str, parts: &str) -> bool {
+    let mut rest = text;
+    for piece in parts.split('…') {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The field-by-field comparison of every resource both dumps name.
+#[derive(Default)]
+struct Structure {
+    /// Per kind: resources paired, equal after normalisation, differing only as listed.
+    counts: BTreeMap<&'static str, (usize, usize, usize)>,
+    /// Differences nobody accounted for: group → (count, one example).
+    unknown: BTreeMap<String, (usize, String)>,
+    /// istio-proxy-only parts set aside (istiod's, meshd's).
+    aside: (usize, usize),
+}
+
+impl Structure {
+    fn compare(&mut self, theirs: &Value, ours: &Value) {
+        let (theirs, ours) = (config_diff::resources(theirs), config_diff::resources(ours));
+        for (kind, of_kind) in &theirs {
+            let Some(our_kind) = ours.get(kind) else {
+                continue;
+            };
+            // (Resources one side lacks are the name comparison's.)
+            for (name, t) in of_kind {
+                let Some(o) = our_kind.get(name) else {
+                    continue;
+                };
+                let (tn, ta) = config_diff::normalise(t);
+                let (on, oa) = config_diff::normalise(o);
+                self.aside.0 += ta;
+                self.aside.1 += oa;
+                let mut found = Vec::new();
+                config_diff::diff(&tn, &on, &format!("{kind}[{name}]"), &mut found);
+                let counts = self.counts.entry(kind).or_default();
+                counts.0 += 1;
+                if found.is_empty() {
+                    counts.1 += 1;
+                    continue;
+                }
+                let mut all_known = true;
+                for d in found {
+                    let shape = match (&d.istiod, &d.meshd) {
+                        (None, _) => "meshd-only",
+                        (_, None) => "istiod-only",
+                        _ => "value",
+                    };
+                    let group = format!("{} ({shape})", config_diff::pattern(&d.path));
+                    let theirs_text = d.istiod.as_ref().map(Value::to_string).unwrap_or_default();
+                    let known = STRUCTURE_KNOWN.iter().any(|(parts, value, _)| {
+                        contains_in_order(&group, parts) && theirs_text.contains(value)
+                    });
+                    if !known {
+                        all_known = false;
+                        let show = |v: &Option<Value>| {
+                            let t = v
+                                .as_ref()
+                                .map(Value::to_string)
+                                .unwrap_or_else(|| "<absent>".into());
+                            t.chars().take(300).collect::<String>()
+                        };
+                        let e = self.unknown.entry(group).or_insert_with(|| {
+                            (
+                                0,
+                                format!(
+                                    "{}: istiod {} meshd {}",
+                                    d.path,
+                                    show(&d.istiod),
+                                    show(&d.meshd)
+                                ),
+                            )
+                        });
+                        e.0 += 1;
+                    }
+                }
+                if all_known {
+                    counts.2 += 1;
+                }
+            }
+        }
+    }
+}
+
 /// meshd's dump for `proxy`.
 fn meshd_dump(dir: &Path, proxy: &Proxy) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshd"));
@@ -208,6 +399,11 @@ fn meshd_dump(dir: &Path, proxy: &Proxy) -> Value {
 
 /// Compares every Pod's sidecar of the scenario made of `files`.
 fn compare(scenario: &str, files: &[PathBuf]) {
+    compare_pods(scenario, files, &[]);
+}
+
+/// [`compare`], for the proxies of the pods named in `only` (all when empty).
+fn compare_pods(scenario: &str, files: &[PathBuf], only: &[&str]) {
     let Some(oracle) = oracle() else {
         if std::env::var("MESHD_REQUIRE_ENVOY").is_ok_and(|v| v == "1") {
             panic!(
@@ -230,6 +426,9 @@ fn compare(scenario: &str, files: &[PathBuf]) {
     let mut proxies = Vec::new();
     for pod in kube.iter().filter(|o| o["kind"] == "Pod") {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
         // A gateway's pod (Istio's chart, or a Gateway API Gateway's generated
@@ -258,6 +457,7 @@ fn compare(scenario: &str, files: &[PathBuf]) {
     }
     let mut equal: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut differences = Vec::new();
+    let mut structure = Structure::default();
     for proxy in &proxies {
         let (theirs, ours) = (istiod_dump(&oracle, &dir, proxy), meshd_dump(&dir, proxy));
         // Both dumps, whole, for a person comparing them (MESHD_FIDELITY_KEEP=DIR).
@@ -270,6 +470,7 @@ fn compare(scenario: &str, files: &[PathBuf]) {
                     .expect("keep dump");
             }
         }
+        structure.compare(&theirs, &ours);
         let (theirs, ours) = (names(&theirs), names(&ours));
         let kinds: BTreeSet<&str> = theirs.keys().chain(ours.keys()).copied().collect();
         for kind in kinds {
@@ -298,12 +499,34 @@ fn compare(scenario: &str, files: &[PathBuf]) {
     for (kind, (same, all)) in &equal {
         println!("fidelity: {scenario} {kind}: {same} of {all} equal to istiod's");
     }
+    for (kind, (paired, same, known)) in &structure.counts {
+        println!(
+            "fidelity: {scenario} {kind} fields: {same} of {paired} equal to istiod's after \
+             normalisation, {known} more differ only as listed"
+        );
+    }
+    println!(
+        "fidelity: {scenario}: {} istio-proxy-only parts of istiod's set aside, {} of meshd's",
+        structure.aside.0, structure.aside.1
+    );
     for kind in ["clusters", "listeners"] {
         assert!(
             equal.get(kind).is_some_and(|(same, _)| *same > 0),
             "no {kind} compared: is the oracle working? {equal:?}"
         );
     }
+    assert!(
+        structure.unknown.is_empty(),
+        "{scenario}: {} kinds of field differences from istiod (fix them, or list them in \
+         STRUCTURE_KNOWN and docs/COMPATIBILITY.md):\n{}",
+        structure.unknown.len(),
+        structure
+            .unknown
+            .iter()
+            .map(|(group, (n, example))| format!("{group}: {n}x, e.g. {example}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(
         differences.is_empty(),
         "{scenario}: {} differences from istiod:\n{}",
@@ -413,4 +636,84 @@ fn security_matches_istiod() {
         .collect();
     files.push(repo().join("tests/data/fidelity/security.yaml"));
     compare("security", &files);
+}
+
+/// Every one of Istio's Bookinfo networking samples (../shared/istio), each beside
+/// Bookinfo and its DestinationRules, through the proxies it changes: the client of
+/// every service (productpage), the client of ratings (reviews-v2), and the ingress
+/// gateway for the Gateway samples.
+#[test]
+fn every_istio_networking_sample_matches_istiod() {
+    let shared = repo().join("../shared/istio/bookinfo/networking");
+    let Ok(dir) = std::fs::read_dir(&shared) else {
+        eprintln!("SKIPPED: ../shared/istio is not there");
+        return;
+    };
+    let mut samples: Vec<PathBuf> = dir.filter_map(|f| f.ok().map(|f| f.path())).collect();
+    samples.sort();
+    assert!(samples.len() > 15, "{samples:?}");
+    let bookinfo = repo().join("examples/bookinfo");
+    for sample in samples {
+        let file = sample
+            .file_stem()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
+            .iter()
+            .map(|f| bookinfo.join(f))
+            .collect();
+        // The subsets the VirtualServices name (unless the sample brings its own rules).
+        let text = std::fs::read_to_string(&sample).unwrap_or_default();
+        if !text.contains("kind: DestinationRule") {
+            files.push(shared.join("destination-rule-all.yaml"));
+        }
+        let gateway = file.contains("gateway");
+        if gateway {
+            files.push(repo().join("tests/data/fidelity/ingressgateway.yaml"));
+        }
+        files.push(sample.clone());
+        let mut pods = vec!["productpage-v1", "reviews-v2"];
+        if gateway {
+            pods.push("istio-ingressgateway-1");
+        }
+        compare_pods(&format!("istio-{file}"), &files, &pods);
+    }
+}
+
+/// Istio's Bookinfo Gateway API samples (../shared/istio), each beside its Gateway and
+/// HTTPRoute: the gateway's proxy and the mesh's (GAMMA) routes in productpage's.
+#[test]
+fn every_istio_gateway_api_sample_matches_istiod() {
+    let shared = repo().join("../shared/istio/bookinfo/gateway-api");
+    let Ok(dir) = std::fs::read_dir(&shared) else {
+        eprintln!("SKIPPED: ../shared/istio is not there");
+        return;
+    };
+    let mut samples: Vec<PathBuf> = dir
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|p| !p.ends_with("bookinfo-gateway.yaml"))
+        .collect();
+    samples.sort();
+    assert!(samples.len() >= 5, "{samples:?}");
+    let bookinfo = repo().join("examples/bookinfo");
+    for sample in samples {
+        let file = sample
+            .file_stem()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
+            .iter()
+            .map(|f| bookinfo.join(f))
+            .collect();
+        files.push(repo().join("tests/data/fidelity/shared-gateway-api.yaml"));
+        files.push(shared.join("bookinfo-gateway.yaml"));
+        files.push(sample.clone());
+        compare_pods(
+            &format!("istio-gateway-api-{file}"),
+            &files,
+            &["productpage-v1", "bookinfo-gateway-istio-1"],
+        );
+    }
 }

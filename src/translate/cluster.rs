@@ -102,10 +102,18 @@ pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> 
     let mut out = Vec::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
     let rule = dr.map(|d| &d.key);
-    out.push(outbound_cluster(ctx, svc, port, ("", rule), top, None));
+    let policy = policy_for_port(top, None, port.port);
+    out.push(outbound_cluster(
+        ctx,
+        svc,
+        port,
+        ("", rule),
+        policy.as_ref(),
+        None,
+    ));
     if let Some(dr) = dr {
         for subset in &dr.spec.subsets {
-            let merged = merge_policy(top, subset.traffic_policy.as_ref());
+            let merged = policy_for_port(top, subset.traffic_policy.as_ref(), port.port);
             out.push(outbound_cluster(
                 ctx,
                 svc,
@@ -119,8 +127,7 @@ pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> 
     out
 }
 
-/// The traffic policy in force for one cluster of this client: the DestinationRule's,
-/// overridden field by field by the subset's, then by the port's settings.
+/// The traffic policy in force for one cluster of this client (see [`policy_for_port`]).
 pub(crate) fn effective_policy(
     ctx: &ProxyContext,
     svc: &Service,
@@ -131,70 +138,80 @@ pub(crate) fn effective_policy(
         .snap
         .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
     let sub = dr.subset(subset).and_then(|s| s.traffic_policy.as_ref());
-    port_policy(
-        merge_policy(dr.spec.traffic_policy.as_ref(), sub).as_ref(),
-        port,
-    )
+    policy_for_port(dr.spec.traffic_policy.as_ref(), sub, port)
 }
 
-/// istiod's merge: a subset's policy replaces the DestinationRule's, field by field.
-pub(crate) fn merge_policy(
-    top: Option<&TrafficPolicy>,
-    subset: Option<&TrafficPolicy>,
-) -> Option<TrafficPolicy> {
-    match (top, subset) {
-        (None, None) => None,
-        (Some(t), None) => Some(t.clone()),
-        (None, Some(s)) => Some(s.clone()),
-        (Some(t), Some(s)) => Some(TrafficPolicy {
-            load_balancer: s.load_balancer.clone().or_else(|| t.load_balancer.clone()),
-            connection_pool: s
-                .connection_pool
-                .clone()
-                .or_else(|| t.connection_pool.clone()),
-            outlier_detection: s
-                .outlier_detection
-                .clone()
-                .or_else(|| t.outlier_detection.clone()),
-            tls: s.tls.clone().or_else(|| t.tls.clone()),
-            port_level_settings: if s.port_level_settings.is_empty() {
-                t.port_level_settings.clone()
-            } else {
-                s.port_level_settings.clone()
-            },
-            tunnel: s.tunnel.clone().or_else(|| t.tunnel.clone()),
-            proxy_protocol: s
-                .proxy_protocol
-                .clone()
-                .or_else(|| t.proxy_protocol.clone()),
-            retry_budget: s.retry_budget.clone().or_else(|| t.retry_budget.clone()),
-        }),
-    }
-}
-
-/// The policy for one port: `portLevelSettings` for the port override the top level.
-pub(crate) fn port_policy(policy: Option<&TrafficPolicy>, port: u16) -> Option<TrafficPolicy> {
-    let p = policy?;
-    let mut out = p.clone();
-    if let Some(pl) = p.port_level_settings.iter().find(|pl| {
+/// A policy's settings for one port, as istiod reads `portLevelSettings`: an entry for the
+/// port replaces the policy's load balancer, connection pool, outlier detection and TLS
+/// wholesale (a field it leaves out takes Envoy's default, not the policy's), and
+/// nothing else of the policy applies. Whether such an entry was found, too.
+fn port_level(policy: &TrafficPolicy, port: u16) -> (TrafficPolicy, bool) {
+    match policy.port_level_settings.iter().find(|pl| {
         pl.port
             .as_ref()
             .is_some_and(|x| x.number == u32::from(port))
     }) {
-        if pl.load_balancer.is_some() {
-            out.load_balancer = pl.load_balancer.clone();
-        }
-        if pl.connection_pool.is_some() {
-            out.connection_pool = pl.connection_pool.clone();
-        }
-        if pl.outlier_detection.is_some() {
-            out.outlier_detection = pl.outlier_detection.clone();
-        }
-        if pl.tls.is_some() {
-            out.tls = pl.tls.clone();
-        }
+        Some(pl) => (
+            TrafficPolicy {
+                load_balancer: pl.load_balancer.clone(),
+                connection_pool: pl.connection_pool.clone(),
+                outlier_detection: pl.outlier_detection.clone(),
+                tls: pl.tls.clone(),
+                ..Default::default()
+            },
+            true,
+        ),
+        None => (
+            TrafficPolicy {
+                port_level_settings: Vec::new(),
+                ..policy.clone()
+            },
+            false,
+        ),
     }
-    Some(out)
+}
+
+/// The policy of a DestinationRule (`top`) and one of its subsets for `port`, merged as
+/// istiod merges them: each resolved for the port first; then the subset's load balancer,
+/// connection pool, outlier detection and TLS replace the rule's where the subset sets
+/// them (all four when the subset has settings for the port), and its tunnel, PROXY
+/// protocol and retry budget where it sets them.
+pub(crate) fn policy_for_port(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: u16,
+) -> Option<TrafficPolicy> {
+    let original = top.map(|t| port_level(t, port).0);
+    let Some(subset) = subset else {
+        return original;
+    };
+    let (sub, port_level_found) = port_level(subset, port);
+    let Some(mut merged) = original else {
+        return Some(sub);
+    };
+    let wholesale = port_level_found;
+    if sub.connection_pool.is_some() || wholesale {
+        merged.connection_pool = sub.connection_pool;
+    }
+    if sub.outlier_detection.is_some() || wholesale {
+        merged.outlier_detection = sub.outlier_detection;
+    }
+    if sub.load_balancer.is_some() || wholesale {
+        merged.load_balancer = sub.load_balancer;
+    }
+    if sub.tls.is_some() || wholesale {
+        merged.tls = sub.tls;
+    }
+    if sub.tunnel.is_some() {
+        merged.tunnel = sub.tunnel;
+    }
+    if sub.proxy_protocol.is_some() {
+        merged.proxy_protocol = sub.proxy_protocol;
+    }
+    if sub.retry_budget.is_some() {
+        merged.retry_budget = sub.retry_budget;
+    }
+    Some(merged)
 }
 
 fn discovery(t: DiscoveryType) -> Option<ClusterDiscoveryType> {
@@ -202,14 +219,15 @@ fn discovery(t: DiscoveryType) -> Option<ClusterDiscoveryType> {
 }
 
 fn default_circuit_breakers() -> Thresholds {
-    // istiod's defaults: effectively unlimited, with remaining counts tracked for stats.
+    // istiod's defaults: effectively unlimited (Envoy's 3 parallel retries would trip
+    // during pod churn). No `remaining_*` gauges: istiod stopped tracking them
+    // (DISABLE_TRACK_REMAINING_CB_METRICS), they cost a gauge set per cluster.
     let max = pb::u32v(u32::MAX);
     Thresholds {
         max_connections: max,
         max_pending_requests: max,
         max_requests: max,
         max_retries: max,
-        track_remaining: true,
         ..Default::default()
     }
 }
@@ -225,7 +243,8 @@ fn outbound_cluster(
     subset_labels: Option<&istio::Labels>,
 ) -> Cluster {
     let name = naming::outbound_cluster(port.port, subset, &svc.hostname);
-    let policy = port_policy(policy, port.port);
+    // (Already resolved for the port: policy_for_port.)
+    let policy = policy.cloned();
     let mesh = &ctx.snap.mesh;
     let mut c = Cluster {
         name: name.clone(),
@@ -465,15 +484,14 @@ fn apply_tls(
                     t.sni.clone()
                 };
                 c.transport_socket = Some(tls::originate(t, &sni, alpn));
-                // Over HTTP, as istiod does: without an explicit SNI, each request's
-                // Host names the server; without explicit SANs, Envoy checks the
-                // server's certificate against that name.
-                if !alpn.is_empty() {
-                    let auto_san = t.sni.is_empty()
-                        && t.subject_alt_names.is_empty()
-                        && t.insecure_skip_verify != Some(true);
-                    set_auto_sni(c, t.sni.is_empty(), auto_san, alpn == ["h2"]);
-                }
+                // As istiod does, whatever the port's protocol (HTTP routes may send to
+                // it, as when a VirtualService moves port 80 to an HTTPS port): without
+                // an explicit SNI, each HTTP request's Host names the server, and without
+                // explicit SANs Envoy checks the server's certificate against that name.
+                let auto_san = t.sni.is_empty()
+                    && t.subject_alt_names.is_empty()
+                    && t.insecure_skip_verify != Some(true);
+                set_auto_sni(c, t.sni.is_empty(), auto_san, alpn == ["h2"]);
             }
         }
         Some(_) => {}

@@ -93,9 +93,9 @@ struct GwServer<'a> {
     kind: Kind,
     /// The Gateway's port number (`match.port` and virtual host names use it).
     number: u16,
-    /// The number in its `http.N` route configuration's name: the Gateway's port for
-    /// Istio Gateways, the port the proxy listens on for Gateway API ones (istiod's
-    /// names for each).
+    /// The number in its `http.N` route configuration's name: the port the proxy
+    /// listens on (the gateway Service's target port for the Gateway's port), as istiod
+    /// names it for Istio and Gateway API Gateways alike.
     route_number: u16,
 }
 
@@ -142,11 +142,8 @@ fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a
                 "0.0.0.0".to_string()
             };
             let listen = listen_port(ctx, number);
-            let route_number = if gw.proxy_namespace().is_some() {
-                listen
-            } else {
-                number
-            };
+            // istiod names a plain HTTP server's routes by the port it resolves to.
+            let route_number = listen;
             by_port.entry((bind, listen)).or_default().push(GwServer {
                 gateway: format!("{}/{}", gw.key.namespace, gw.key.name),
                 gw,

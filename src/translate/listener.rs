@@ -220,6 +220,9 @@ pub fn http_connection_manager(
                 f.extend(super::ratelimit::http_filters(ctx, attach.as_ref()));
             }
             f.extend([
+                // gRPC request and message counts per cluster (`cluster.NAME.grpc.*`), and
+                // in filter state for access logs, as istiod adds it.
+                http_filter(GRPC_STATS_FILTER, &grpc_stats_config()),
                 http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
                 http_filter(route::CORS_FILTER, &cors::Cors::default()),
             ]);
@@ -466,6 +469,22 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
 }
 
 const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const GRPC_STATS_FILTER: &str = "envoy.filters.http.grpc_stats";
+
+fn grpc_stats_config()
+-> envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig {
+    use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::{
+        FilterConfig, filter_config::PerMethodStatSpecifier,
+    };
+    FilterConfig {
+        emit_filter_state: true,
+        // Not per method: method names come from clients, and each would be a stat.
+        per_method_stat_specifier: Some(PerMethodStatSpecifier::StatsForAllMethods(
+            envoy_types::pb::google::protobuf::BoolValue { value: false },
+        )),
+        ..Default::default()
+    }
+}
 const PASSTHROUGH_CHAIN: &str = "PassthroughFilterChain";
 
 /// How istiod's listeners treat their sockets, set on every listener once built:
@@ -1120,10 +1139,15 @@ fn inbound_security_filters(ctx: &ProxyContext) -> Vec<HttpFilter> {
     out
 }
 
+/// The TLS inspector reads at most 512 bytes of a ClientHello before giving up on SNI and
+/// ALPN (Envoy's default buffer is 64 KiB per connection), as istiod configures it.
 pub(crate) fn tls_inspector() -> ListenerFilter {
     listener_filter(
         "envoy.filters.listener.tls_inspector",
-        &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+        &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector {
+            initial_read_buffer_size: pb::u32v(512),
+            ..Default::default()
+        },
     )
 }
 
