@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod sources;
+pub mod telemetry;
 pub mod translate;
 pub mod webhook;
 pub mod xds;

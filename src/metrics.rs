@@ -134,6 +134,8 @@ pub struct Metrics {
     pub cfg_events: Family<EventLabel, Counter>,
     /// pilot_k8s_reg_events: registry objects (Services, Pods, EndpointSlices, …).
     pub reg_events: Family<EventLabel, Counter>,
+    /// The mesh's request and connection series (crate::telemetry).
+    pub mesh: crate::telemetry::series::MeshSeries,
 }
 
 impl Default for Metrics {
@@ -353,6 +355,7 @@ impl Metrics {
             reg_events.clone(),
         );
         Metrics {
+            mesh: Default::default(),
             services,
             virtual_services,
             config_size,
@@ -403,6 +406,7 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);
         let mut out = to_prometheus_text(&open_metrics);
         out.push_str(&process_metrics());
+        self.mesh.encode(&mut out);
         out
     }
 

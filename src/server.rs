@@ -369,12 +369,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let push_task = tokio::spawn(push::run(state.clone(), snap_rx, debounce));
 
     let ads = AdsService::new(state.clone());
+    // The access log service behind the mesh's metrics, on both xDS ports (a proxy sends
+    // its records over its own xDS cluster).
+    let als = crate::telemetry::als::service(state.clone());
+    let secure_als = crate::telemetry::als::service(state.clone());
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc_addr = grpc.local_addr()?;
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads)
+            .add_service(als)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move {
@@ -399,6 +404,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ca_service)
             .add_service(secure_ads)
+            .add_service(secure_als)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = secure_shutdown.wait_for(|s| *s).await;
             })

@@ -38,6 +38,12 @@ pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+/// The bootstrap's cluster for meshd (istio-proxy's and meshd's bootstraps name it so):
+/// xDS, and the access log service behind the mesh's metrics.
+pub const XDS_CLUSTER: &str = "xds-grpc";
+/// The access logs whose records meshd counts as the mesh's metrics, by reporter.
+pub const METRICS_LOG_SOURCE: &str = "meshd-metrics-source";
+pub const METRICS_LOG_DESTINATION: &str = "meshd-metrics-destination";
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
 pub const VIRTUAL_INBOUND_PORT: u32 = 15006;

@@ -213,6 +213,17 @@ impl MeshConfig {
         (!list.is_empty()).then_some(list)
     }
 
+    /// `defaultProviders.metrics`, when the mesh config names it.
+    pub fn default_metrics_providers(&self) -> Option<Vec<String>> {
+        Some(
+            self.raw["defaultProviders"]["metrics"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
     pub fn default_access_log_providers(&self) -> Vec<String> {
         self.raw["defaultProviders"]["accessLogging"]
             .as_array()

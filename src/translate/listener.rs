@@ -83,6 +83,14 @@ fn file_log(
 /// Access logs of a listener: from the Telemetry objects that apply to the workload
 /// (`accessLogging`), else from mesh config (`accessLogFile`). `inbound` is the server
 /// side (Telemetry mode SERVER), outbound the client side (CLIENT).
+/// Every access log of a connection manager (`tcp`: a TCP proxy): the files Telemetry
+/// or mesh config asks for, and the record that feeds the mesh's metrics.
+pub(crate) fn logs(ctx: &ProxyContext, inbound: bool, tcp: bool) -> Vec<accesslog::AccessLog> {
+    let mut out = access_logs(ctx, inbound);
+    out.extend(super::telemetry::metrics_log(ctx, inbound, tcp));
+    out
+}
+
 pub(crate) fn access_logs(ctx: &ProxyContext, inbound: bool) -> Vec<accesslog::AccessLog> {
     if let Some(logs) = super::telemetry::access_logs(ctx, inbound) {
         return logs
@@ -237,7 +245,7 @@ pub fn http_connection_manager(
             ));
             f
         },
-        access_log: access_logs(ctx, inbound),
+        access_log: logs(ctx, inbound, false),
         tracing: super::telemetry::tracing(ctx, inbound),
         // Sidecars trust the connection's peer; gateways are the edge and use the
         // client address.
@@ -304,9 +312,10 @@ pub fn tcp_proxy(ctx: &ProxyContext, cluster: &str) -> Filter {
             cluster.to_string(),
         )),
         // Inbound clusters are the server side.
-        access_log: access_logs(
+        access_log: logs(
             ctx,
             cluster.starts_with("inbound|") || cluster == naming::INBOUND_PASSTHROUGH,
+            true,
         ),
         idle_timeout: super::tcp::idle_timeout(ctx, cluster).map(pb::duration),
         ..Default::default()

@@ -250,7 +250,7 @@ pub fn proxy(ctx: &ProxyContext, stat_prefix: &str, t: &Targets) -> Filter {
     let m = tcp::TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(spec),
-        access_log: super::listener::access_logs(ctx, false),
+        access_log: super::listener::logs(ctx, false, true),
         idle_timeout: t
             .first()
             .and_then(|(c, _)| idle_timeout(ctx, c))

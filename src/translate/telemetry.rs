@@ -358,3 +358,103 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
         ..base
     })
 }
+
+/// Whether the mesh's metrics are kept for this proxy's inbound (SERVER) or outbound
+/// (CLIENT) side: on by default (Istio's Prometheus provider), off where
+/// `defaultProviders.metrics` names no `prometheus`; then the Telemetries' `metrics`
+/// entries, root namespace, namespace and workload in turn, each overriding: an entry
+/// naming `prometheus` turns them on, an override of ALL_METRICS for the mode with
+/// `disabled` turns them off (or back on).
+fn metrics_enabled(ctx: &ProxyContext, inbound: bool) -> bool {
+    let mut on = ctx
+        .snap
+        .mesh
+        .default_metrics_providers()
+        .is_none_or(|p| p.iter().any(|n| n == "prometheus"));
+    for entry in levels(ctx, |t| &t.metrics).into_iter().flatten().flatten() {
+        if let Some(providers) = entry["providers"].as_array().filter(|p| !p.is_empty()) {
+            if !providers.iter().any(|p| p["name"] == "prometheus") {
+                continue; // about another provider
+            }
+            on = true;
+        }
+        for o in entry["overrides"].as_array().into_iter().flatten() {
+            let m = &o["match"];
+            let all = m["metric"].is_null() || m["metric"] == "ALL_METRICS";
+            let mode = m["mode"].as_str().unwrap_or("CLIENT_AND_SERVER");
+            let applies = match mode {
+                "CLIENT" => !inbound,
+                "SERVER" => inbound,
+                _ => true,
+            };
+            if let (true, true, Some(disabled)) = (all, applies, o["disabled"].as_bool()) {
+                on = !disabled;
+            }
+        }
+    }
+    on
+}
+
+/// The access log that feeds the mesh's metrics (crate::telemetry): every request (or,
+/// with `tcp`, every connection) is recorded to meshd over the proxy's own xDS cluster,
+/// as `inbound` (the destination's report) or outbound (the source's). None for
+/// istio-proxy (its bootstrap's `xds-grpc` leads to istio-agent, which forwards only
+/// xDS) and proxyless clients, or where Telemetry turns metrics off.
+pub fn metrics_log(
+    ctx: &ProxyContext,
+    inbound: bool,
+    tcp: bool,
+) -> Option<envoy_types::pb::envoy::config::accesslog::v3::AccessLog> {
+    use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log::ConfigType};
+    use envoy_types::pb::envoy::config::core::v3::{
+        ApiVersion, GrpcService,
+        grpc_service::{EnvoyGrpc, TargetSpecifier},
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+        CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+    };
+    if ctx.is_istio_proxy() || ctx.proxy.proxyless || !metrics_enabled(ctx, inbound) {
+        return None;
+    }
+    let common = CommonGrpcAccessLogConfig {
+        log_name: if inbound {
+            crate::envoy::naming::METRICS_LOG_DESTINATION
+        } else {
+            crate::envoy::naming::METRICS_LOG_SOURCE
+        }
+        .into(),
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                cluster_name: crate::envoy::naming::XDS_CLUSTER.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        transport_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    };
+    let (name, config) = if tcp {
+        (
+            "envoy.access_loggers.tcp_grpc",
+            pb::any(&TcpGrpcAccessLogConfig {
+                common_config: Some(common),
+            }),
+        )
+    } else {
+        (
+            "envoy.access_loggers.http_grpc",
+            pb::any(&HttpGrpcAccessLogConfig {
+                common_config: Some(common),
+                // gRPC's status: in trailers, or in the headers of a trailers-only reply.
+                additional_response_headers_to_log: vec!["grpc-status".into()],
+                additional_response_trailers_to_log: vec!["grpc-status".into()],
+                ..Default::default()
+            }),
+        )
+    };
+    Some(AccessLog {
+        name: name.into(),
+        config_type: Some(ConfigType::TypedConfig(config)),
+        ..Default::default()
+    })
+}

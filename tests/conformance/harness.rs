@@ -1355,3 +1355,16 @@ pub fn add_loopback_address(ip: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The value of the first Prometheus text sample of `name` (e.g. from meshd's
+/// `/metrics`) whose labels include every one of `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (inside, value) = l.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| inside.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}

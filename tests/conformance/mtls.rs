@@ -889,3 +889,151 @@ fn proxy_status_over_ads_like_istioctl() {
         assert_eq!(all.len(), 2, "both proxies: {all:?}");
     });
 }
+
+/// istio_requests_total and its histograms with upstream Envoy: each request between the
+/// two sidecars is counted once by the client (reporter="source") and once by the server
+/// (reporter="destination", over mTLS, with the client's identity), with the workloads,
+/// service and response Kiali reads; meshd learns them from the proxies' access logs.
+#[test]
+fn mesh_metrics_count_each_request_from_both_sides() {
+    let Some(m) = Mesh::start("PERMISSIVE") else {
+        return;
+    };
+    // Every answered request is counted, including the first ones that got through.
+    let mut ok = 0;
+    let start = std::time::Instant::now();
+    while ok == 0 {
+        if m.via_mesh().is_some_and(|(s, _)| s == 200) {
+            ok += 1;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no request got through"
+        );
+    }
+    for _ in 0..7 {
+        let (status, _) = m.via_mesh().expect("answer");
+        assert_eq!(status, 200);
+        ok += 1;
+    }
+    let source = [
+        ("reporter", "source"),
+        ("source_workload", "productpage-v1"),
+        ("source_workload_namespace", "default"),
+        ("source_app", "productpage"),
+        ("source_canonical_service", "productpage"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        ),
+        ("destination_workload", "reviews-v1"),
+        ("destination_version", "v1"),
+        ("destination_service", "reviews.default.svc.cluster.local"),
+        ("destination_service_name", "reviews"),
+        ("destination_service_namespace", "default"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+        ),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let destination = [
+        ("reporter", "destination"),
+        ("source_workload", "productpage-v1"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        ),
+        ("destination_workload", "reviews-v1"),
+        ("destination_service", "reviews.default.svc.cluster.local"),
+        ("response_code", "200"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let want = f64::from(ok);
+    let text = wait_for(
+        "both sides' counts at meshd",
+        Duration::from_secs(20),
+        || {
+            let text = http_get("127.0.0.1:15014", "/metrics", &[]).ok()?.body;
+            let counted = |l: &[(&str, &str)]| {
+                metric_value(&text, "istio_requests_total", l).is_some_and(|v| v >= want)
+            };
+            (counted(&source) && counted(&destination)).then_some(text)
+        },
+    );
+    for (side, labels) in [("source", &source[..]), ("destination", &destination[..])] {
+        assert_eq!(
+            metric_value(&text, "istio_requests_total", labels),
+            Some(want),
+            "{side}: one count per request\n{text}"
+        );
+        assert_eq!(
+            metric_value(&text, "istio_request_duration_milliseconds_count", labels),
+            Some(want),
+            "{side}"
+        );
+        let mut inf = labels.to_vec();
+        inf.push(("le", "+Inf"));
+        assert_eq!(
+            metric_value(&text, "istio_response_bytes_bucket", &inf),
+            Some(want),
+            "{side}"
+        );
+        // The backend's answer ("reviews-v1") and its headers: more than 10 bytes each.
+        let mut small = labels.to_vec();
+        small.push(("le", "10"));
+        assert_eq!(
+            metric_value(&text, "istio_response_bytes_bucket", &small),
+            Some(0.0),
+            "{side}"
+        );
+    }
+
+    // Telemetry turns productpage's client-side metrics off: its requests are still
+    // counted by reviews (the server side), no longer by productpage.
+    m._config.write(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: productpage, namespace: default}\nspec:\n  selector: {matchLabels: {app: productpage}}\n  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: ALL_METRICS, mode: CLIENT}\n      disabled: true\n",
+    );
+    wait_for(
+        "productpage's listeners without the metrics log",
+        Duration::from_secs(20),
+        || {
+            let dump = http_get(
+                &m.client.admin,
+                "/config_dump?resource=dynamic_listeners",
+                &[],
+            )
+            .ok()?
+            .body;
+            let done = !dump.contains("warming_state") && !dump.contains("meshd-metrics-source");
+            done.then_some(())
+        },
+    );
+    let count = |labels: &[(&str, &str)]| {
+        http_get("127.0.0.1:15014", "/metrics", &[])
+            .ok()
+            .and_then(|r| metric_value(&r.body, "istio_requests_total", labels))
+    };
+    // (Records sent before the change may still be on their way: wait for both sides to
+    // agree first.)
+    let settled = wait_for("both sides counted alike", Duration::from_secs(20), || {
+        let (a, b) = (count(&source)?, count(&destination)?);
+        (a == b).then_some(a)
+    });
+    for _ in 0..5 {
+        let (status, _) = m.via_mesh().expect("answer");
+        assert_eq!(status, 200);
+    }
+    wait_for("reviews counts 5 more", Duration::from_secs(20), || {
+        (count(&destination)? == settled + 5.0).then_some(())
+    });
+    assert_eq!(
+        count(&source),
+        Some(settled),
+        "productpage no longer counts"
+    );
+    m.assert_no_rejections();
+}

@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's) scrapes meshd (15014) and productpage's real Envoy
 //! (`/stats/prometheus`) while requests flow: PromQL sees both targets up, meshd's
-//! pilot_* series move after a push, and Envoy's request counters count the requests.
+//! pilot_* series move after a push, Envoy's request counters count the requests, and
+//! the mesh's istio_requests_total (from meshd) counts them by workload.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -128,5 +129,27 @@ scrape_configs:
         (n >= 6.0).then_some(n)
     });
     assert!(total >= 6.0, "{total}");
+    // The mesh's series, as Kiali queries them, from meshd's target: productpage's
+    // requests to reviews by destination workload (v1 and v3 after the 50/50 split).
+    let by_workload = wait_for(
+        "istio_requests_total in Prometheus",
+        Duration::from_secs(30),
+        || {
+            let q = query(
+                "sum by (destination_workload) (istio_requests_total{job=\"meshd\", \
+             reporter=\"source\", source_workload=\"productpage-v1\", \
+             destination_service_name=\"reviews\", response_code=\"200\"})",
+            );
+            let sum: f64 = q.iter().map(|(_, v)| v).sum();
+            (sum >= 6.0).then_some(q)
+        },
+    );
+    for (labels, _) in &by_workload {
+        let w = labels["destination_workload"].as_str().unwrap_or_default();
+        assert!(
+            ["reviews-v1", "reviews-v3"].contains(&w),
+            "a reviews pod meshd knows: {by_workload:?}"
+        );
+    }
     b.assert_healthy();
 }

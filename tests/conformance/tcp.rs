@@ -83,6 +83,50 @@ fn tcp_traffic_shifting() {
     });
     let d = tcp_distribution("127.0.0.1:9000", 100);
     assert_eq!(d.get("tcp-echo-v1"), Some(&100), "all to v1: {d:?}");
+    // The mesh's TCP series (meshd, from the sidecar's connection records): every
+    // connection to v1 opened and closed, with the bytes both ways; none to v2 yet.
+    let v1 = [
+        ("reporter", "source"),
+        ("source_app", "sleep"),
+        ("destination_workload", "tcp-echo-v1"),
+        ("destination_service", "tcp-echo.default.svc.cluster.local"),
+        ("request_protocol", "tcp"),
+    ];
+    let text = wait_for(
+        "100 closed connections at meshd",
+        Duration::from_secs(20),
+        || {
+            let text = http_get("127.0.0.1:15014", "/metrics", &[]).ok()?.body;
+            (metric_value(&text, "istio_tcp_connections_closed_total", &v1)? >= 100.0)
+                .then_some(text)
+        },
+    );
+    let closed = metric_value(&text, "istio_tcp_connections_closed_total", &v1);
+    assert_eq!(
+        metric_value(&text, "istio_tcp_connections_opened_total", &v1),
+        closed
+    );
+    let closed = closed.unwrap_or(0.0);
+    // Each connection sent a request line and read the echo's answer.
+    for name in [
+        "istio_tcp_received_bytes_total",
+        "istio_tcp_sent_bytes_total",
+    ] {
+        let bytes = metric_value(&text, name, &v1).unwrap_or(0.0);
+        assert!(
+            bytes >= 10.0 * closed,
+            "{name} {bytes} for {closed} connections"
+        );
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "istio_tcp_connections_closed_total",
+            &[("destination_workload", "tcp-echo-v2")]
+        ),
+        None,
+        "no connection to v2 yet"
+    );
 
     config.write("vs.yaml", &virtual_service(80, 20));
     wait_for("v2 gets connections", Duration::from_secs(20), || {

@@ -1,0 +1,362 @@
+//! Envoy's access log service on meshd's xDS ports: each stream carries one proxy's
+//! records of one side (its first message names the node and the log), which are joined
+//! and counted as they arrive.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::data::accesslog::v3::{
+    AccessLogCommon, HttpAccessLogEntry, ResponseFlags, TcpAccessLogEntry,
+    tls_properties::certificate_properties::subject_alt_name::San,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse,
+    access_log_service_server::{AccessLogService, AccessLogServiceServer},
+    stream_access_logs_message::LogEntries,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::join::{self, Peer};
+use super::series::{Connection, Request as Req};
+use crate::envoy::pb;
+use crate::model::proxy::Proxy;
+use crate::model::snapshot::Snapshot;
+use crate::xds::state::XdsState;
+
+/// The service, for a tonic server.
+pub fn service(state: Arc<XdsState>) -> AccessLogServiceServer<Als> {
+    AccessLogServiceServer::new(Als { state })
+        .max_decoding_message_size(crate::xds::state::MAX_REQUEST_BYTES)
+}
+
+pub struct Als {
+    state: Arc<XdsState>,
+}
+
+/// Which side of a request a stream's records are from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reporter {
+    Source,
+    Destination,
+}
+
+/// What a stream's first message said, and what follows from it.
+struct Stream {
+    proxy: Proxy,
+    reporter: Reporter,
+    /// Whether the node has an xDS stream to this meshd: records of a node meshd does not
+    /// serve are not counted (anyone can reach the plaintext port).
+    connected: bool,
+}
+
+#[tonic::async_trait]
+impl AccessLogService for Als {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let mut stream: Option<Stream> = None;
+        while let Some(msg) = inbound.message().await? {
+            if let Some(id) = &msg.identifier {
+                let node = id.node.as_ref();
+                let metadata = node
+                    .and_then(|n| n.metadata.as_ref())
+                    .map(pb::struct_to_json)
+                    .unwrap_or_default();
+                let proxy = Proxy::from_node(node.map(|n| n.id.as_str()).unwrap_or(""), metadata)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let reporter = match id.log_name.as_str() {
+                    super::LOG_SOURCE => Reporter::Source,
+                    super::LOG_DESTINATION => Reporter::Destination,
+                    other => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown access log {other:?}: meshd counts {} and {}",
+                            super::LOG_SOURCE,
+                            super::LOG_DESTINATION
+                        )));
+                    }
+                };
+                stream = Some(Stream {
+                    proxy,
+                    reporter,
+                    connected: false,
+                });
+            }
+            let Some(s) = stream.as_mut() else {
+                return Err(Status::invalid_argument(
+                    "the first message of an access log stream must name the node",
+                ));
+            };
+            if !s.connected {
+                s.connected = self.connected(&s.proxy.id);
+                if !s.connected {
+                    continue;
+                }
+            }
+            let snap = self.state.snapshot();
+            match msg.log_entries {
+                Some(LogEntries::HttpLogs(logs)) => {
+                    for e in &logs.log_entry {
+                        self.http(s, &snap, e);
+                    }
+                }
+                Some(LogEntries::TcpLogs(logs)) => {
+                    for e in &logs.log_entry {
+                        self.tcp(s, &snap, e);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(Response::new(StreamAccessLogsResponse {}))
+    }
+}
+
+impl Als {
+    fn connected(&self, id: &str) -> bool {
+        self.state
+            .connections
+            .lock()
+            .map(|c| c.values().any(|c| c.proxy.id == id))
+            .unwrap_or(false)
+    }
+
+    fn http(&self, s: &Stream, snap: &Snapshot, e: &HttpAccessLogEntry) {
+        let Some(common) = &e.common_properties else {
+            return;
+        };
+        let response = e.response.as_ref();
+        let grpc_status = response
+            .and_then(|r| {
+                r.response_trailers
+                    .get("grpc-status")
+                    .or_else(|| r.response_headers.get("grpc-status"))
+            })
+            .cloned();
+        let (source, destination, service, policy) = ends(s, snap, common);
+        let code = response
+            .and_then(|r| r.response_code)
+            .map(|c| c.value)
+            .unwrap_or(0);
+        let mut labels = peer_labels(s.reporter, &source, &destination, &service);
+        labels.extend([
+            if grpc_status.is_some() {
+                "grpc"
+            } else {
+                "http"
+            }
+            .to_string(),
+            code.to_string(),
+            grpc_status.unwrap_or_default(),
+            flags(common.response_flags.as_ref()),
+            policy.to_string(),
+        ]);
+        let request = e.request.as_ref();
+        let duration_ms = common
+            .duration
+            .as_ref()
+            .or(common.time_to_last_downstream_tx_byte.as_ref())
+            .map(|d| d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6)
+            .unwrap_or(0.0);
+        self.state.metrics.mesh.record_http(
+            labels,
+            Req {
+                duration_ms,
+                request_bytes: request
+                    .map(|r| r.request_headers_bytes + r.request_body_bytes)
+                    .unwrap_or(0),
+                response_bytes: response
+                    .map(|r| r.response_headers_bytes + r.response_body_bytes)
+                    .unwrap_or(0),
+            },
+        );
+    }
+
+    fn tcp(&self, s: &Stream, snap: &Snapshot, e: &TcpAccessLogEntry) {
+        let Some(common) = &e.common_properties else {
+            return;
+        };
+        let (source, destination, service, policy) = ends(s, snap, common);
+        let mut labels = peer_labels(s.reporter, &source, &destination, &service);
+        labels.extend([
+            "tcp".to_string(),
+            flags(common.response_flags.as_ref()),
+            policy.to_string(),
+        ]);
+        let bytes = e.connection_properties.as_ref();
+        // A record comes when a connection ends (meshd asks for no periodic ones), with
+        // its bytes: its opening and closing are counted then.
+        let end = common.access_log_type
+            != envoy_types::pb::envoy::data::accesslog::v3::AccessLogType::TcpPeriodic as i32;
+        self.state.metrics.mesh.record_tcp(
+            labels,
+            Connection {
+                sent: bytes.map(|b| b.sent_bytes).unwrap_or(0),
+                received: bytes.map(|b| b.received_bytes).unwrap_or(0),
+                opened: end,
+                closed: end,
+            },
+        );
+    }
+}
+
+/// Source, destination, destination service (host, name, namespace) and the connection
+/// security policy of one record.
+fn ends(
+    s: &Stream,
+    snap: &Snapshot,
+    common: &AccessLogCommon,
+) -> (Peer, Peer, (String, String, String), &'static str) {
+    let me = Peer::of_proxy(&s.proxy, snap);
+    match s.reporter {
+        Reporter::Source => {
+            let upstream = ip_of(common.upstream_remote_address.as_ref());
+            let mut dest = upstream
+                .as_deref()
+                .and_then(|ip| Peer::at_address(snap, ip))
+                .unwrap_or_else(Peer::unknown);
+            // The client knows the server's identity only when mesh mTLS was used.
+            if !upstream
+                .as_deref()
+                .is_some_and(|ip| Peer::in_mesh(snap, ip))
+            {
+                dest.principal = "unknown".into();
+            }
+            let service = join::service_of_cluster(snap, &common.upstream_cluster);
+            (me, dest, service, "unknown")
+        }
+        Reporter::Destination => {
+            let downstream = ip_of(common.downstream_remote_address.as_ref());
+            let peer_uri = common
+                .tls_properties
+                .as_ref()
+                .and_then(|t| t.peer_certificate_properties.as_ref())
+                .and_then(|c| {
+                    c.subject_alt_name.iter().find_map(|san| match &san.san {
+                        Some(San::Uri(u)) => Some(u.clone()),
+                        _ => None,
+                    })
+                });
+            let policy = if peer_uri.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            };
+            // The client's pod by its address, else by its certificate's identity.
+            let mut source = downstream
+                .as_deref()
+                .and_then(|ip| Peer::at_address(snap, ip))
+                .or_else(|| {
+                    peer_uri
+                        .as_deref()
+                        .and_then(|u| Peer::of_principal(snap, u))
+                })
+                .unwrap_or_else(Peer::unknown);
+            source.principal = peer_uri.unwrap_or_else(|| "unknown".into());
+            let local = common.downstream_local_address.as_ref();
+            let service = ip_of(local)
+                .zip(port_of(local))
+                .and_then(|(ip, port)| join::service_at(snap, &ip, port))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into(), "unknown".into()));
+            (source, me, service, policy)
+        }
+    }
+}
+
+fn ip_of(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+    match a?.address.as_ref()? {
+        A::SocketAddress(sa) => Some(sa.address.clone()),
+        _ => None,
+    }
+}
+
+fn port_of(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> Option<u16> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    match a?.address.as_ref()? {
+        A::SocketAddress(sa) => match sa.port_specifier {
+            Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The peer labels, in the series' order (reporter first).
+fn peer_labels(
+    reporter: Reporter,
+    source: &Peer,
+    destination: &Peer,
+    (host, name, namespace): &(String, String, String),
+) -> Vec<String> {
+    vec![
+        match reporter {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+        .to_string(),
+        source.workload.clone(),
+        source.namespace.clone(),
+        source.principal.clone(),
+        source.app.clone(),
+        source.version.clone(),
+        source.canonical_service.clone(),
+        source.canonical_revision.clone(),
+        source.cluster.clone(),
+        destination.workload.clone(),
+        destination.namespace.clone(),
+        destination.principal.clone(),
+        destination.app.clone(),
+        destination.version.clone(),
+        host.clone(),
+        name.clone(),
+        namespace.clone(),
+        destination.canonical_service.clone(),
+        destination.canonical_revision.clone(),
+        destination.cluster.clone(),
+    ]
+}
+
+/// Envoy's short response flags (`UH`, `NR`, …, comma-separated; `-` for none), as
+/// `%RESPONSE_FLAGS%` prints them.
+fn flags(f: Option<&ResponseFlags>) -> String {
+    let Some(f) = f else {
+        return "-".into();
+    };
+    let all = [
+        (f.failed_local_healthcheck, "LH"),
+        (f.no_healthy_upstream, "UH"),
+        (f.upstream_request_timeout, "UT"),
+        (f.local_reset, "LR"),
+        (f.upstream_remote_reset, "UR"),
+        (f.upstream_connection_failure, "UF"),
+        (f.upstream_connection_termination, "UC"),
+        (f.upstream_overflow, "UO"),
+        (f.no_route_found, "NR"),
+        (f.delay_injected, "DI"),
+        (f.fault_injected, "FI"),
+        (f.rate_limited, "RL"),
+        (f.unauthorized_details.is_some(), "UAEX"),
+        (f.rate_limit_service_error, "RLSE"),
+        (f.downstream_connection_termination, "DC"),
+        (f.upstream_retry_limit_exceeded, "URX"),
+        (f.stream_idle_timeout, "SI"),
+        (f.invalid_envoy_request_headers, "IH"),
+        (f.downstream_protocol_error, "DPE"),
+        (f.upstream_max_stream_duration_reached, "UMSDR"),
+        (f.no_filter_config_found, "NFCF"),
+        (f.duration_timeout, "DT"),
+        (f.upstream_protocol_error, "UPE"),
+        (f.no_cluster_found, "NC"),
+        (f.overload_manager, "OM"),
+        (f.dns_resolution_failure, "DF"),
+        (f.downstream_remote_reset, "DR"),
+    ];
+    let set: Vec<&str> = all.iter().filter(|(on, _)| *on).map(|(_, s)| *s).collect();
+    if set.is_empty() {
+        "-".into()
+    } else {
+        set.join(",")
+    }
+}

@@ -1,0 +1,434 @@
+//! The series themselves: counters and histograms per label set, named and labelled as
+//! istio-proxy's stats filter names them, in Prometheus' text format.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Labels of the HTTP series, in the order values are given.
+pub const HTTP_LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// Labels of the TCP series: the HTTP ones without response code and gRPC status.
+pub const TCP_LABELS: [&str; 23] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// istio-proxy's buckets for request durations (milliseconds).
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// istio-proxy's buckets for request and response sizes (bytes).
+const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// How many label sets each family keeps: a bound on meshd's memory whatever the traffic
+/// (label values come from the mesh's own objects and Envoy's response codes, so a real
+/// mesh stays far below it). Records for more are counted in
+/// `meshd_telemetry_series_dropped_total`.
+pub const MAX_SERIES: usize = 100_000;
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Histogram {
+        Histogram {
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        // Per bucket, not cumulative: summed when written out.
+        if let Some(i) = bounds.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct HttpStats {
+    requests: u64,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TcpStats {
+    sent: u64,
+    received: u64,
+    opened: u64,
+    closed: u64,
+}
+
+/// The mesh's series, shared by every access log stream.
+#[derive(Debug, Default)]
+pub struct MeshSeries {
+    http: Mutex<HashMap<Vec<String>, HttpStats>>,
+    tcp: Mutex<HashMap<Vec<String>, TcpStats>>,
+    dropped: AtomicU64,
+    records: AtomicU64,
+}
+
+/// One request, as the series count it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request {
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// One TCP connection (or a part of its life).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection {
+    pub sent: u64,
+    pub received: u64,
+    pub opened: bool,
+    pub closed: bool,
+}
+
+impl MeshSeries {
+    /// Counts a request; `labels` in [`HTTP_LABELS`] order.
+    pub fn record_http(&self, labels: Vec<String>, r: Request) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut map) = self.http.lock() else {
+            return;
+        };
+        let full = map.len() >= MAX_SERIES;
+        let stats = match map.get_mut(&labels) {
+            Some(s) => s,
+            None if full => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            None => map.entry(labels).or_insert_with(|| HttpStats {
+                requests: 0,
+                duration: Histogram::new(&DURATION_BUCKETS),
+                request_bytes: Histogram::new(&SIZE_BUCKETS),
+                response_bytes: Histogram::new(&SIZE_BUCKETS),
+            }),
+        };
+        stats.requests += 1;
+        stats.duration.observe(&DURATION_BUCKETS, r.duration_ms);
+        stats
+            .request_bytes
+            .observe(&SIZE_BUCKETS, r.request_bytes as f64);
+        stats
+            .response_bytes
+            .observe(&SIZE_BUCKETS, r.response_bytes as f64);
+    }
+
+    /// Counts a TCP connection's bytes (and its opening or closing); `labels` in
+    /// [`TCP_LABELS`] order.
+    pub fn record_tcp(&self, labels: Vec<String>, c: Connection) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut map) = self.tcp.lock() else {
+            return;
+        };
+        if !map.contains_key(&labels) && map.len() >= MAX_SERIES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let s = map.entry(labels).or_default();
+        s.sent += c.sent;
+        s.received += c.received;
+        s.opened += u64::from(c.opened);
+        s.closed += u64::from(c.closed);
+    }
+
+    /// Records counted so far (requests and connection records).
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text format (0.0.4), appended to `out`.
+    pub fn encode(&self, out: &mut String) {
+        let http: Vec<(Vec<String>, HttpStats)> = match self.http.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        let tcp: Vec<(Vec<String>, TcpStats)> = match self.tcp.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut http = http;
+        http.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tcp = tcp;
+        tcp.sort_by(|a, b| a.0.cmp(&b.0));
+
+        family(
+            out,
+            "istio_requests_total",
+            "counter",
+            "Requests, by source, destination and response.",
+        );
+        for (labels, s) in &http {
+            sample(
+                out,
+                "istio_requests_total",
+                &HTTP_LABELS,
+                labels,
+                None,
+                s.requests as f64,
+            );
+        }
+        for (name, help, buckets, pick) in [
+            (
+                "istio_request_duration_milliseconds",
+                "Request durations (milliseconds).",
+                &DURATION_BUCKETS[..],
+                (|s: &HttpStats| &s.duration) as fn(&HttpStats) -> &Histogram,
+            ),
+            (
+                "istio_request_bytes",
+                "Request sizes, headers and body (bytes).",
+                &SIZE_BUCKETS[..],
+                |s: &HttpStats| &s.request_bytes,
+            ),
+            (
+                "istio_response_bytes",
+                "Response sizes, headers and body (bytes).",
+                &SIZE_BUCKETS[..],
+                |s: &HttpStats| &s.response_bytes,
+            ),
+        ] {
+            family(out, name, "histogram", help);
+            for (labels, s) in &http {
+                let h = pick(s);
+                let mut cumulative = 0;
+                for (bound, n) in buckets.iter().zip(&h.counts) {
+                    cumulative += n;
+                    sample(
+                        out,
+                        &format!("{name}_bucket"),
+                        &HTTP_LABELS,
+                        labels,
+                        Some(&format_bound(*bound)),
+                        cumulative as f64,
+                    );
+                }
+                sample(
+                    out,
+                    &format!("{name}_bucket"),
+                    &HTTP_LABELS,
+                    labels,
+                    Some("+Inf"),
+                    h.count as f64,
+                );
+                sample(
+                    out,
+                    &format!("{name}_sum"),
+                    &HTTP_LABELS,
+                    labels,
+                    None,
+                    h.sum,
+                );
+                sample(
+                    out,
+                    &format!("{name}_count"),
+                    &HTTP_LABELS,
+                    labels,
+                    None,
+                    h.count as f64,
+                );
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to the downstream over TCP.",
+                (|s: &TcpStats| s.sent) as fn(&TcpStats) -> u64,
+            ),
+            (
+                "istio_tcp_received_bytes_total",
+                "Bytes received from the downstream over TCP.",
+                |s: &TcpStats| s.received,
+            ),
+            (
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened.",
+                |s: &TcpStats| s.opened,
+            ),
+            (
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed.",
+                |s: &TcpStats| s.closed,
+            ),
+        ] {
+            family(out, name, "counter", help);
+            for (labels, s) in &tcp {
+                sample(out, name, &TCP_LABELS, labels, None, pick(s) as f64);
+            }
+        }
+        family(
+            out,
+            "meshd_telemetry_series_dropped_total",
+            "counter",
+            "Records not counted because their family already holds the most label sets meshd keeps.",
+        );
+        let _ = writeln!(
+            out,
+            "meshd_telemetry_series_dropped_total {}",
+            self.dropped.load(Ordering::Relaxed)
+        );
+        family(
+            out,
+            "meshd_telemetry_records_total",
+            "counter",
+            "Access log records (requests and TCP connections) received from proxies.",
+        );
+        let _ = writeln!(out, "meshd_telemetry_records_total {}", self.records());
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn format_bound(b: f64) -> String {
+    if b.fract() == 0.0 && b.abs() < 1e15 {
+        format!("{}", b as i64)
+    } else {
+        format!("{b}")
+    }
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    names: &[&str],
+    values: &[String],
+    le: Option<&str>,
+    v: f64,
+) {
+    out.push_str(name);
+    out.push('{');
+    for (i, (n, val)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{n}=\"{}\"", escape(val));
+    }
+    if let Some(le) = le {
+        let _ = write!(out, ",le=\"{le}\"");
+    }
+    let _ = writeln!(out, "}} {v}");
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(code: &str) -> Vec<String> {
+        HTTP_LABELS
+            .iter()
+            .map(|l| {
+                if *l == "response_code" {
+                    code.to_string()
+                } else {
+                    format!("{l}-v")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counts_and_buckets_are_cumulative() {
+        let s = MeshSeries::default();
+        for d in [0.3, 3.0, 7.0] {
+            s.record_http(
+                labels("200"),
+                Request {
+                    duration_ms: d,
+                    request_bytes: 5,
+                    response_bytes: 500,
+                },
+            );
+        }
+        s.record_http(labels("503"), Request::default());
+        let mut out = String::new();
+        s.encode(&mut out);
+        assert!(out.contains("response_code=\"200\",grpc_response_status=\"grpc_response_status-v\",response_flags=\"response_flags-v\",connection_security_policy=\"connection_security_policy-v\"} 3\n"), "{out}");
+        assert!(out.contains("response_code=\"503\","), "{out}");
+        // 0.3 in 0.5; 3 in 5; 7 in 10: cumulative 1, 1, 2, 3.
+        for (le, n) in [("0.5", 1), ("1", 1), ("5", 2), ("10", 3), ("+Inf", 3)] {
+            let needle = format!(
+                "connection_security_policy=\"connection_security_policy-v\",le=\"{le}\"}} {n}\n"
+            );
+            assert!(
+                out.lines().any(
+                    |l| l.starts_with("istio_request_duration_milliseconds_bucket")
+                        && l.contains("response_code=\"200\"")
+                        && format!("{l}\n").ends_with(&needle)
+                ),
+                "{le}: {out}"
+            );
+        }
+        assert!(out.contains("meshd_telemetry_records_total 4"), "{out}");
+    }
+}
