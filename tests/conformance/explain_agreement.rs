@@ -37,6 +37,11 @@ fn cluster_counters(envoy: &Envoy) -> BTreeMap<String, u64> {
         let Some(rest) = k.strip_prefix("cluster.") else {
             continue;
         };
+        // The bootstrap's cluster to meshd (xDS, and the access logs behind the mesh's
+        // metrics, whose stream a call may open) is not where calls go.
+        if rest.starts_with("xds-grpc.") {
+            continue;
+        }
         for metric in [".upstream_cx_total", ".upstream_cx_none_healthy"] {
             if let Some(name) = rest.strip_suffix(metric) {
                 *out.entry(name.to_string()).or_default() += v;

@@ -426,7 +426,10 @@ spec:
             .ok()?;
         (n > 0).then_some(())
     });
-    let r = http_get("127.0.0.2:9080", "/", &[("Host", "strict.example.com")]).expect("request");
+    // (Its listener may still be on its way when the refusal is counted.)
+    let r = wait_for("sleep-1's listener", Duration::from_secs(20), || {
+        http_get("127.0.0.2:9080", "/", &[("Host", "strict.example.com")]).ok()
+    });
     assert_eq!(r.status, 503, "{}", r.body);
     // The rightful owner is unaffected.
     s.expect(
