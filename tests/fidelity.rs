@@ -638,6 +638,34 @@ fn security_matches_istiod() {
     compare("security", &files);
 }
 
+/// The files of one of ../shared/istio's folders with their names (no extension), in
+/// name order; None after a SKIPPED line when ../shared/istio is not there.
+fn samples(dir: &Path) -> Option<Vec<(PathBuf, String)>> {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        eprintln!("SKIPPED: ../shared/istio is not there");
+        return None;
+    };
+    let mut out: Vec<(PathBuf, String)> = list
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default()
+                .to_string();
+            (p, stem)
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}
+
+/// Bookinfo's Services and Pods (examples/bookinfo).
+fn bookinfo_workloads() -> Vec<PathBuf> {
+    let bookinfo = repo().join("examples/bookinfo");
+    vec![bookinfo.join("services.yaml"), bookinfo.join("pods.yaml")]
+}
+
 /// Every one of Istio's Bookinfo networking samples (../shared/istio), each beside
 /// Bookinfo and its DestinationRules, through the proxies it changes: the client of
 /// every service (productpage), the client of ratings (reviews-v2), and the ingress
@@ -645,24 +673,12 @@ fn security_matches_istiod() {
 #[test]
 fn every_istio_networking_sample_matches_istiod() {
     let shared = repo().join("../shared/istio/bookinfo/networking");
-    let Ok(dir) = std::fs::read_dir(&shared) else {
-        eprintln!("SKIPPED: ../shared/istio is not there");
+    let Some(samples) = samples(&shared) else {
         return;
     };
-    let mut samples: Vec<PathBuf> = dir.filter_map(|f| f.ok().map(|f| f.path())).collect();
-    samples.sort();
     assert!(samples.len() > 15, "{samples:?}");
-    let bookinfo = repo().join("examples/bookinfo");
-    for sample in samples {
-        let file = sample
-            .file_stem()
-            .and_then(|f| f.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
-            .iter()
-            .map(|f| bookinfo.join(f))
-            .collect();
+    for (sample, file) in samples {
+        let mut files = bookinfo_workloads();
         // The subsets the VirtualServices name (unless the sample brings its own rules).
         let text = std::fs::read_to_string(&sample).unwrap_or_default();
         if !text.contains("kind: DestinationRule") {
@@ -686,27 +702,13 @@ fn every_istio_networking_sample_matches_istiod() {
 #[test]
 fn every_istio_gateway_api_sample_matches_istiod() {
     let shared = repo().join("../shared/istio/bookinfo/gateway-api");
-    let Ok(dir) = std::fs::read_dir(&shared) else {
-        eprintln!("SKIPPED: ../shared/istio is not there");
+    let Some(mut samples) = samples(&shared) else {
         return;
     };
-    let mut samples: Vec<PathBuf> = dir
-        .filter_map(|f| f.ok().map(|f| f.path()))
-        .filter(|p| !p.ends_with("bookinfo-gateway.yaml"))
-        .collect();
-    samples.sort();
+    samples.retain(|(_, file)| file != "bookinfo-gateway");
     assert!(samples.len() >= 5, "{samples:?}");
-    let bookinfo = repo().join("examples/bookinfo");
-    for sample in samples {
-        let file = sample
-            .file_stem()
-            .and_then(|f| f.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
-            .iter()
-            .map(|f| bookinfo.join(f))
-            .collect();
+    for (sample, file) in samples {
+        let mut files = bookinfo_workloads();
         files.push(repo().join("tests/data/fidelity/shared-gateway-api.yaml"));
         files.push(shared.join("bookinfo-gateway.yaml"));
         files.push(sample.clone());

@@ -478,23 +478,58 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
     out
 }
 
-/// Telemetry: access logging and tracing (Zipkin) are translated; metrics and targetRefs
-/// are not yet.
+/// Telemetry: access logging, tracing (Zipkin) and the Prometheus metrics' on/off per
+/// mode are translated; single-metric overrides, tag overrides, reporting intervals and
+/// targetRefs are not yet.
 pub fn telemetry(
     obj: &Object,
     t: &istio::Telemetry,
     mesh: &super::mesh::MeshConfig,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    for (field, set) in [
-        ("spec.metrics", !t.metrics.is_empty()),
-        (
-            "spec.targetRefs",
-            !t.target_refs.is_empty() || t.target_ref.is_some(),
-        ),
-    ] {
-        if set {
-            not_yet(obj, field, field.trim_start_matches("spec."), &mut out);
+    if !t.target_refs.is_empty() || t.target_ref.is_some() {
+        not_yet(obj, "spec.targetRefs", "targetRefs", &mut out);
+    }
+    for (i, m) in t.metrics.iter().enumerate() {
+        for (j, p) in m["providers"].as_array().into_iter().flatten().enumerate() {
+            if p["name"] != "prometheus" {
+                out.push(
+                    obj.diag_warning(
+                        &format!("spec.metrics[{i}].providers[{j}].name"),
+                        format!("metrics provider {}: meshd keeps the mesh's metrics for Prometheus only (on its /metrics); this entry is ignored", p["name"]),
+                    )
+                    .hint("name the `prometheus` provider"),
+                );
+            }
+        }
+        if !m["reportingInterval"].is_null() {
+            not_yet(
+                obj,
+                &format!("spec.metrics[{i}].reportingInterval"),
+                "reportingInterval",
+                &mut out,
+            );
+        }
+        for (j, o) in m["overrides"].as_array().into_iter().flatten().enumerate() {
+            let metric = &o["match"]["metric"];
+            if !(metric.is_null() || metric == "ALL_METRICS")
+                || !o["match"]["customMetric"].is_null()
+            {
+                not_yet(
+                    obj,
+                    &format!("spec.metrics[{i}].overrides[{j}].match"),
+                    "an override of one metric (only ALL_METRICS turns metrics on or off)",
+                    &mut out,
+                );
+            }
+            if !o["tagOverrides"].is_null() {
+                not_yet(
+                    obj,
+                    &format!("spec.metrics[{i}].overrides[{j}].tagOverrides"),
+                    "tagOverrides",
+                    &mut out,
+                );
+            }
         }
     }
     for (i, tr) in t.tracing.iter().enumerate() {

@@ -4,7 +4,7 @@
 use crate::model::istio::Labels;
 use crate::model::object::Kind;
 use crate::model::proxy::Proxy;
-use crate::model::snapshot::Snapshot;
+use crate::model::snapshot::{Snapshot, Workload};
 
 /// The cluster of the workloads meshd reads (istiod's default cluster ID; meshd serves
 /// one cluster).
@@ -101,18 +101,21 @@ impl Peer {
         )
     }
 
-    /// The workload (Pod or WorkloadEntry) at `ip`, when meshd knows one.
-    pub fn at_address(snap: &Snapshot, ip: &str) -> Option<Peer> {
-        let key = snap.workloads_by_ip.get(ip)?.first()?;
-        let w = snap.workloads.get(key)?;
-        Some(Peer::new(
+    fn of_workload(snap: &Snapshot, w: &Workload) -> Peer {
+        Peer::new(
             &w.key.name,
             &w.key.namespace,
             &w.labels,
             &w.service_account,
             &snap.mesh.trust_domain,
             DEFAULT_CLUSTER,
-        ))
+        )
+    }
+
+    /// The workload (Pod or WorkloadEntry) at `ip`, when meshd knows one.
+    pub fn at_address(snap: &Snapshot, ip: &str) -> Option<Peer> {
+        let key = snap.workloads_by_ip.get(ip)?.first()?;
+        Some(Peer::of_workload(snap, snap.workloads.get(key)?))
     }
 
     /// The workload of a SPIFFE identity (`spiffe://TD/ns/NS/sa/SA`) when its account
@@ -132,14 +135,7 @@ impl Peer {
             if w.key.namespace != ns || w.service_account != sa {
                 continue;
             }
-            let p = Peer::new(
-                &w.key.name,
-                &w.key.namespace,
-                &w.labels,
-                &w.service_account,
-                &snap.mesh.trust_domain,
-                DEFAULT_CLUSTER,
-            );
+            let p = Peer::of_workload(snap, w);
             match &found {
                 Some(f) if f.workload != p.workload => return None, // ambiguous
                 Some(_) => {}

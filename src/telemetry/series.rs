@@ -6,8 +6,9 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Labels of the HTTP series, in the order values are given.
-pub const HTTP_LABELS: [&str; 25] = [
+/// The labels naming both ends of a request or connection, in the order values are
+/// given (the reporter first).
+pub const PEER_LABELS: [&str; 20] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -28,6 +29,10 @@ pub const HTTP_LABELS: [&str; 25] = [
     "destination_canonical_service",
     "destination_canonical_revision",
     "destination_cluster",
+];
+
+/// What follows the peer labels on the HTTP series.
+pub const HTTP_TAIL: [&str; 5] = [
     "request_protocol",
     "response_code",
     "grpc_response_status",
@@ -35,32 +40,16 @@ pub const HTTP_LABELS: [&str; 25] = [
     "connection_security_policy",
 ];
 
-/// Labels of the TCP series: the HTTP ones without response code and gRPC status.
-pub const TCP_LABELS: [&str; 23] = [
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_cluster",
+/// What follows the peer labels on the TCP series (no response code or gRPC status).
+pub const TCP_TAIL: [&str; 3] = [
     "request_protocol",
     "response_flags",
     "connection_security_policy",
 ];
+
+fn names(tail: &[&'static str]) -> Vec<&'static str> {
+    PEER_LABELS.iter().chain(tail).copied().collect()
+}
 
 /// istio-proxy's buckets for request durations (milliseconds).
 const DURATION_BUCKETS: [f64; 19] = [
@@ -146,7 +135,7 @@ pub struct Connection {
 }
 
 impl MeshSeries {
-    /// Counts a request; `labels` in [`HTTP_LABELS`] order.
+    /// Counts a request; `labels` in [`PEER_LABELS`] then [`HTTP_TAIL`] order.
     pub fn record_http(&self, labels: Vec<String>, r: Request) {
         self.records.fetch_add(1, Ordering::Relaxed);
         let Ok(mut map) = self.http.lock() else {
@@ -177,7 +166,7 @@ impl MeshSeries {
     }
 
     /// Counts a TCP connection's bytes (and its opening or closing); `labels` in
-    /// [`TCP_LABELS`] order.
+    /// [`PEER_LABELS`] then [`TCP_TAIL`] order.
     pub fn record_tcp(&self, labels: Vec<String>, c: Connection) {
         self.records.fetch_add(1, Ordering::Relaxed);
         let Ok(mut map) = self.tcp.lock() else {
@@ -213,6 +202,7 @@ impl MeshSeries {
         http.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tcp = tcp;
         tcp.sort_by(|a, b| a.0.cmp(&b.0));
+        let (http_names, tcp_names) = (names(&HTTP_TAIL), names(&TCP_TAIL));
 
         family(
             out,
@@ -224,7 +214,7 @@ impl MeshSeries {
             sample(
                 out,
                 "istio_requests_total",
-                &HTTP_LABELS,
+                &http_names,
                 labels,
                 None,
                 s.requests as f64,
@@ -259,7 +249,7 @@ impl MeshSeries {
                     sample(
                         out,
                         &format!("{name}_bucket"),
-                        &HTTP_LABELS,
+                        &http_names,
                         labels,
                         Some(&format_bound(*bound)),
                         cumulative as f64,
@@ -268,7 +258,7 @@ impl MeshSeries {
                 sample(
                     out,
                     &format!("{name}_bucket"),
-                    &HTTP_LABELS,
+                    &http_names,
                     labels,
                     Some("+Inf"),
                     h.count as f64,
@@ -276,7 +266,7 @@ impl MeshSeries {
                 sample(
                     out,
                     &format!("{name}_sum"),
-                    &HTTP_LABELS,
+                    &http_names,
                     labels,
                     None,
                     h.sum,
@@ -284,7 +274,7 @@ impl MeshSeries {
                 sample(
                     out,
                     &format!("{name}_count"),
-                    &HTTP_LABELS,
+                    &http_names,
                     labels,
                     None,
                     h.count as f64,
@@ -315,7 +305,7 @@ impl MeshSeries {
         ] {
             family(out, name, "counter", help);
             for (labels, s) in &tcp {
-                sample(out, name, &TCP_LABELS, labels, None, pick(s) as f64);
+                sample(out, name, &tcp_names, labels, None, pick(s) as f64);
             }
         }
         family(
@@ -385,7 +375,7 @@ mod tests {
     use super::*;
 
     fn labels(code: &str) -> Vec<String> {
-        HTTP_LABELS
+        names(&HTTP_TAIL)
             .iter()
             .map(|l| {
                 if *l == "response_code" {

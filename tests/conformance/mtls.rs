@@ -1001,14 +1001,24 @@ fn mesh_metrics_count_each_request_from_both_sides() {
         "productpage's listeners without the metrics log",
         Duration::from_secs(20),
         || {
-            let dump = http_get(
-                &m.client.admin,
-                "/config_dump?resource=dynamic_listeners",
-                &[],
+            let dump: serde_json::Value = serde_json::from_str(
+                &http_get(
+                    &m.client.admin,
+                    "/config_dump?resource=dynamic_listeners",
+                    &[],
+                )
+                .ok()?
+                .body,
             )
-            .ok()?
-            .body;
-            let done = !dump.contains("warming_state") && !dump.contains("meshd-metrics-source");
+            .ok()?;
+            // Active listeners only (old ones may drain beside them), none warming.
+            let listeners = dump["configs"].as_array()?;
+            let done = listeners.iter().all(|l| {
+                l["warming_state"].is_null()
+                    && !l["active_state"]
+                        .to_string()
+                        .contains("meshd-metrics-source")
+            });
             done.then_some(())
         },
     );
