@@ -1120,7 +1120,7 @@ fn istioctl_describes_a_pod_served_by_meshd_as_one_served_by_istiod() {
     let odir = dir.path().join("oracle");
     crate::istiod_oracle::write_inputs(&odir, &kube, &istio);
     let dump = crate::istiod_oracle::istiod_dump(&oracle, &odir, &proxy);
-    let admin = StaticAdmin::start("127.0.0.12:15000", dump.to_string());
+    let admin = static_admin("127.0.0.12:15000", dump.to_string());
     let theirs = describe("reviews-v1").expect("istioctl");
     let their_routes = proxy_config("routes", "reviews-v1");
     let their_clusters = proxy_config("clusters", "reviews-v1");
@@ -1189,55 +1189,26 @@ fn istioctl_describes_a_pod_served_by_meshd_as_one_served_by_istiod() {
 }
 
 /// An Envoy admin interface that only has a config dump: istiod's, for the pod at `addr`.
-struct StaticAdmin {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    addr: String,
-}
-
-impl StaticAdmin {
-    fn start(addr: &str, dump: String) -> StaticAdmin {
+fn static_admin(addr: &str, dump: String) -> Server {
+    Server::start("the pod's admin port", addr, move |mut conn| {
         use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind(addr).expect("bind the pod's admin port");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&req);
-                let (status, body) = if line.starts_with("GET /config_dump") {
-                    ("200 OK", dump.as_str())
-                } else {
-                    ("404 Not Found", "only /config_dump here")
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
             }
-        });
-        StaticAdmin {
-            stop,
-            addr: addr.to_string(),
         }
-    }
-}
-
-impl Drop for StaticAdmin {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = std::net::TcpStream::connect(&self.addr);
-    }
+        let (status, body) = if req.starts_with(b"GET /config_dump") {
+            ("200 OK", dump.as_str())
+        } else {
+            ("404 Not Found", "only /config_dump here")
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
 }
