@@ -41,11 +41,9 @@ enum Reporter {
 
 /// What a stream's first message said, and what follows from it.
 struct Stream {
-    proxy: Proxy,
+    /// The node as its xDS stream to this meshd registered it.
+    proxy: Arc<Proxy>,
     reporter: Reporter,
-    /// Whether the node has an xDS stream to this meshd: records of a node meshd does not
-    /// serve are not counted (anyone can reach the plaintext port).
-    connected: bool,
 }
 
 #[tonic::async_trait]
@@ -76,23 +74,26 @@ impl AccessLogService for Als {
                         )));
                     }
                 };
+                // The proxy as its xDS stream registered it (authenticated on 15012), not
+                // as this message describes itself: a record's labels come from what
+                // meshd serves. A node meshd does not serve is refused (Envoy opens the
+                // stream again with its next record).
+                let Some(registered) = self.registered(&proxy.id) else {
+                    return Err(Status::permission_denied(format!(
+                        "node {} has no xDS stream to this meshd; its records are not counted",
+                        proxy.id
+                    )));
+                };
                 stream = Some(Stream {
-                    proxy,
+                    proxy: registered,
                     reporter,
-                    connected: false,
                 });
             }
-            let Some(s) = stream.as_mut() else {
+            let Some(s) = stream.as_ref() else {
                 return Err(Status::invalid_argument(
                     "the first message of an access log stream must name the node",
                 ));
             };
-            if !s.connected {
-                s.connected = self.connected(&s.proxy.id);
-                if !s.connected {
-                    continue;
-                }
-            }
             let snap = self.state.snapshot();
             match msg.log_entries {
                 Some(LogEntries::HttpLogs(logs)) => {
@@ -113,12 +114,14 @@ impl AccessLogService for Als {
 }
 
 impl Als {
-    fn connected(&self, id: &str) -> bool {
+    fn registered(&self, id: &str) -> Option<Arc<Proxy>> {
         self.state
             .connections
             .lock()
-            .map(|c| c.values().any(|c| c.proxy.id == id))
-            .unwrap_or(false)
+            .ok()?
+            .values()
+            .find(|c| c.proxy.id == id)
+            .map(|c| c.proxy.clone())
     }
 
     fn http(&self, s: &Stream, snap: &Snapshot, e: &HttpAccessLogEntry) {
@@ -126,18 +129,24 @@ impl Als {
             return;
         };
         let response = e.response.as_ref();
+        // gRPC's status codes are 0 to 16; anything else an application sends is not a
+        // label value (label sets must stay bounded whatever upstreams answer).
         let grpc_status = response
             .and_then(|r| {
                 r.response_trailers
                     .get("grpc-status")
                     .or_else(|| r.response_headers.get("grpc-status"))
             })
-            .cloned();
+            .map(|s| match s.parse::<u8>() {
+                Ok(n) if n <= 16 => n.to_string(),
+                _ => "unknown".to_string(),
+            });
         let (source, destination, service, policy) = ends(s, snap, common);
-        let code = response
-            .and_then(|r| r.response_code)
-            .map(|c| c.value)
-            .unwrap_or(0);
+        let code = match response.and_then(|r| r.response_code).map(|c| c.value) {
+            Some(c) if c <= 599 => c.to_string(),
+            None => "0".to_string(),
+            Some(_) => "unknown".to_string(),
+        };
         let mut labels = peer_labels(s.reporter, &source, &destination, &service);
         labels.extend([
             if grpc_status.is_some() {
@@ -226,7 +235,8 @@ fn ends(
             (me, dest, service, "unknown")
         }
         Reporter::Destination => {
-            let downstream = ip_of(common.downstream_remote_address.as_ref());
+            // The connection's own peer address (not one an X-Forwarded-For can claim).
+            let downstream = ip_of(common.downstream_direct_remote_address.as_ref());
             let peer_uri = common
                 .tls_properties
                 .as_ref()
@@ -242,14 +252,15 @@ fn ends(
             } else {
                 "none"
             };
-            // The client's pod by its address, else by its certificate's identity.
-            let mut source = downstream
+            // The client's pod by its certificate's identity (proven by mTLS), else by its
+            // address.
+            let mut source = peer_uri
                 .as_deref()
-                .and_then(|ip| Peer::at_address(snap, ip))
+                .and_then(|u| Peer::of_principal(snap, u))
                 .or_else(|| {
-                    peer_uri
+                    downstream
                         .as_deref()
-                        .and_then(|u| Peer::of_principal(snap, u))
+                        .and_then(|ip| Peer::at_address(snap, ip))
                 })
                 .unwrap_or_else(Peer::unknown);
             source.principal = peer_uri.unwrap_or_else(|| "unknown".into());

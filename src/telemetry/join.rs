@@ -183,7 +183,8 @@ pub fn workload_name(pod: &str, labels: &Labels) -> String {
 }
 
 /// The service a cluster sends to: (host, name, namespace) for `outbound|port|subset|host`
-/// of a known service; the passthrough and black hole clusters name themselves.
+/// (of a known service, else the host); the passthrough and black hole clusters name
+/// themselves; anything else is `unknown`.
 pub fn service_of_cluster(snap: &Snapshot, cluster: &str) -> (String, String, String) {
     if let Some((_, _, _, host)) = crate::envoy::naming::parse_cluster(cluster)
         && let Some(svc) = snap.services.get(host)
@@ -197,10 +198,13 @@ pub fn service_of_cluster(snap: &Snapshot, cluster: &str) -> (String, String, St
     if let Some((_, _, _, host)) = crate::envoy::naming::parse_cluster(cluster) {
         return (host.to_string(), host.to_string(), "unknown".into());
     }
-    if cluster.is_empty() {
-        return ("unknown".into(), "unknown".into(), "unknown".into());
+    // Envoy's own ways out, by their names; anything else is no service meshd knows.
+    match cluster {
+        "PassthroughCluster" | "BlackHoleCluster" | "InboundPassthroughCluster" => {
+            (cluster.to_string(), cluster.to_string(), "unknown".into())
+        }
+        _ => ("unknown".into(), "unknown".into(), "unknown".into()),
     }
-    (cluster.to_string(), cluster.to_string(), "unknown".into())
 }
 
 /// The service a workload at `ip` serves on `port` (its target port): the first whose

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// The labels naming both ends of a request or connection, in the order values are
 /// given (the reporter first).
@@ -60,11 +60,11 @@ const DURATION_BUCKETS: [f64; 19] = [
 /// istio-proxy's buckets for request and response sizes (bytes).
 const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
-/// How many label sets each family keeps: a bound on meshd's memory whatever the traffic
-/// (label values come from the mesh's own objects and Envoy's response codes, so a real
-/// mesh stays far below it). Records for more are counted in
-/// `meshd_telemetry_series_dropped_total`.
-pub const MAX_SERIES: usize = 100_000;
+/// How many label sets each family keeps: with label values cut at [`MAX_VALUE`], a bound
+/// on meshd's memory and on `/metrics`' size whatever the traffic (label values come from
+/// the mesh's own objects, bounded response codes and gRPC statuses, so a real mesh stays
+/// below it). Records for more are counted in `meshd_telemetry_series_dropped_total`.
+pub const MAX_SERIES: usize = 20_000;
 
 #[derive(Debug, Clone)]
 struct Histogram {
@@ -138,9 +138,8 @@ impl MeshSeries {
     /// Counts a request; `labels` in [`PEER_LABELS`] then [`HTTP_TAIL`] order.
     pub fn record_http(&self, labels: Vec<String>, r: Request) {
         self.records.fetch_add(1, Ordering::Relaxed);
-        let Ok(mut map) = self.http.lock() else {
-            return;
-        };
+        let labels = bounded(labels);
+        let mut map = self.http.lock().unwrap_or_else(PoisonError::into_inner);
         let full = map.len() >= MAX_SERIES;
         let stats = match map.get_mut(&labels) {
             Some(s) => s,
@@ -169,16 +168,15 @@ impl MeshSeries {
     /// [`PEER_LABELS`] then [`TCP_TAIL`] order.
     pub fn record_tcp(&self, labels: Vec<String>, c: Connection) {
         self.records.fetch_add(1, Ordering::Relaxed);
-        let Ok(mut map) = self.tcp.lock() else {
-            return;
-        };
+        let labels = bounded(labels);
+        let mut map = self.tcp.lock().unwrap_or_else(PoisonError::into_inner);
         if !map.contains_key(&labels) && map.len() >= MAX_SERIES {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let s = map.entry(labels).or_default();
-        s.sent += c.sent;
-        s.received += c.received;
+        s.sent = s.sent.saturating_add(c.sent);
+        s.received = s.received.saturating_add(c.received);
         s.opened += u64::from(c.opened);
         s.closed += u64::from(c.closed);
     }
@@ -327,6 +325,23 @@ impl MeshSeries {
         );
         let _ = writeln!(out, "meshd_telemetry_records_total {}", self.records());
     }
+}
+
+/// The longest label value kept (longer ones are cut): Kubernetes names and DNS names
+/// fit; nothing a record carries can make one series large.
+const MAX_VALUE: usize = 256;
+
+fn bounded(mut labels: Vec<String>) -> Vec<String> {
+    for v in &mut labels {
+        if v.len() > MAX_VALUE {
+            let mut end = MAX_VALUE;
+            while !v.is_char_boundary(end) {
+                end -= 1;
+            }
+            v.truncate(end);
+        }
+    }
+    labels
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

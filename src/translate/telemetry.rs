@@ -360,39 +360,38 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
 }
 
 /// Whether the mesh's metrics are kept for this proxy's inbound (SERVER) or outbound
-/// (CLIENT) side: on by default (Istio's Prometheus provider), off where
-/// `defaultProviders.metrics` names no `prometheus`; then the Telemetries' `metrics`
-/// entries, root namespace, namespace and workload in turn, each overriding: an entry
-/// naming `prometheus` turns them on, an override of ALL_METRICS for the mode with
-/// `disabled` turns them off (or back on).
+/// (CLIENT) side, merged as istiod merges Telemetry `metrics`: the provider is in scope
+/// when `defaultProviders.metrics` names `prometheus` (or names nothing: Istio's
+/// default), and each entry that names providers — root namespace, namespace, workload
+/// in turn — decides anew whether `prometheus` is among them; an override of all metrics
+/// (no `metric`, or ALL_METRICS; not a `customMetric`) for the mode sets or clears
+/// `disabled`.
 fn metrics_enabled(ctx: &ProxyContext, inbound: bool) -> bool {
-    let mut on = ctx
+    let mut in_scope = ctx
         .snap
         .mesh
         .default_metrics_providers()
         .is_none_or(|p| p.iter().any(|n| n == "prometheus"));
+    let mut disabled = false;
     for entry in levels(ctx, |t| &t.metrics).into_iter().flatten().flatten() {
         if let Some(providers) = entry["providers"].as_array().filter(|p| !p.is_empty()) {
-            if !providers.iter().any(|p| p["name"] == "prometheus") {
-                continue; // about another provider
-            }
-            on = true;
+            in_scope = providers.iter().any(|p| p["name"] == "prometheus");
         }
         for o in entry["overrides"].as_array().into_iter().flatten() {
             let m = &o["match"];
-            let all = m["metric"].is_null() || m["metric"] == "ALL_METRICS";
-            let mode = m["mode"].as_str().unwrap_or("CLIENT_AND_SERVER");
-            let applies = match mode {
+            let all = m["customMetric"].is_null()
+                && (m["metric"].is_null() || m["metric"] == "ALL_METRICS");
+            let applies = match m["mode"].as_str().unwrap_or("CLIENT_AND_SERVER") {
                 "CLIENT" => !inbound,
                 "SERVER" => inbound,
                 _ => true,
             };
-            if let (true, true, Some(disabled)) = (all, applies, o["disabled"].as_bool()) {
-                on = !disabled;
+            if all && applies {
+                disabled = o["disabled"].as_bool().unwrap_or(false);
             }
         }
     }
-    on
+    in_scope && !disabled
 }
 
 /// The access log that feeds the mesh's metrics (crate::telemetry): every request (or,
