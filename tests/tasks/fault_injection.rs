@@ -88,7 +88,8 @@ fn ratings_delay_for_jason_exposes_the_productpage_timeout() {
         "ratings answered reviews after the delay: {r:?}"
     );
     assert!(
-        took >= Duration::from_millis(7000) && took < Duration::from_millis(8500),
+        // (Envoy's timer and this one start a moment apart: a hair under 7 s is the delay.)
+        took >= Duration::from_millis(6900) && took < Duration::from_millis(8500),
         "reviews answers after the 7 s delay, within its own 10 s timeout: {took:?}"
     );
     let slow = b
