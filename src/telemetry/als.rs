@@ -265,33 +265,34 @@ fn ends(
                 .unwrap_or_else(Peer::unknown);
             source.principal = peer_uri.unwrap_or_else(|| "unknown".into());
             let local = common.downstream_local_address.as_ref();
-            let service = ip_of(local)
-                .zip(port_of(local))
-                .and_then(|(ip, port)| join::service_at(snap, &ip, port))
+            let service = socket_of(local)
+                .and_then(|(ip, port)| join::service_at(snap, &ip, port?))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into(), "unknown".into()));
             (source, me, service, policy)
         }
     }
 }
 
-fn ip_of(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> Option<String> {
+/// The IP and port of a socket address (None for pipes and internal addresses).
+fn socket_of(
+    a: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
+) -> Option<(String, Option<u16>)> {
     use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
     match a?.address.as_ref()? {
-        A::SocketAddress(sa) => Some(sa.address.clone()),
+        A::SocketAddress(sa) => Some((
+            sa.address.clone(),
+            match sa.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
+                _ => None,
+            },
+        )),
         _ => None,
     }
 }
 
-fn port_of(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> Option<u16> {
-    use envoy_types::pb::envoy::config::core::v3::address::Address as A;
-    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-    match a?.address.as_ref()? {
-        A::SocketAddress(sa) => match sa.port_specifier {
-            Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
-            _ => None,
-        },
-        _ => None,
-    }
+fn ip_of(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> Option<String> {
+    socket_of(a).map(|(ip, _)| ip)
 }
 
 /// The peer labels, in the series' order (reporter first).
