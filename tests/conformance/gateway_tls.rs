@@ -355,14 +355,7 @@ spec:
     let _backend = Backends::start(&[("reviews-v1", "127.0.1.12")], 9080);
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
     let _envoy = Envoy::start_with(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.12",
-            pod: "reviews-v1",
-            namespace: "default",
-            labels: &[("app", "reviews"), ("version", "v1")],
-            service_account: "bookinfo-reviews",
-        },
+        &REVIEWS_V1,
         &EnvoyOpts {
             interception: "NONE",
             ..Default::default()

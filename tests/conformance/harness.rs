@@ -622,6 +622,16 @@ pub const EDGE: NodeSpec<'static> = NodeSpec {
     service_account: "edge-istio",
 };
 
+/// Bookinfo's reviews-v1 pod, with a sidecar.
+pub const REVIEWS_V1: NodeSpec<'static> = NodeSpec {
+    kind: "sidecar",
+    ip: "127.0.0.12",
+    pod: "reviews-v1",
+    namespace: "default",
+    labels: &[("app", "reviews"), ("version", "v1")],
+    service_account: "bookinfo-reviews",
+};
+
 /// The pod addresses of examples/bookinfo (and of the Bookinfo stand-ins of the tasks).
 pub const BOOKINFO_PODS: [(&str, &str); 6] = [
     ("productpage-v1", "127.0.0.10"),

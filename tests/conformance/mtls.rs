@@ -129,14 +129,7 @@ impl Mesh {
             dir.path(),
         );
         let server = Envoy::start_with(
-            &NodeSpec {
-                kind: "sidecar",
-                ip: "127.0.0.12",
-                pod: "reviews-v1",
-                namespace: "default",
-                labels: &[("app", "reviews"), ("version", "v1")],
-                service_account: "bookinfo-reviews",
-            },
+            &REVIEWS_V1,
             &EnvoyOpts {
                 admin_port: 15100,
                 interception: "NONE",

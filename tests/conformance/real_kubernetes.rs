@@ -1062,14 +1062,7 @@ fn istioctl_describes_a_pod_served_by_meshd_as_one_served_by_istiod() {
         .expect("token");
     let meshd = Meshd::start_kube(&api.kubeconfig, dir.path(), &["--pod-name", "meshd-0"]);
     let envoy = Envoy::start_with(
-        &NodeSpec {
-            kind: "sidecar",
-            ip: "127.0.0.12",
-            pod: "reviews-v1",
-            namespace: "default",
-            labels: &[("app", "reviews"), ("version", "v1")],
-            service_account: "bookinfo-reviews",
-        },
+        &REVIEWS_V1,
         &EnvoyOpts {
             admin_ip: "127.0.0.12",
             xds: Xds::Tls {
