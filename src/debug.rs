@@ -1,7 +1,10 @@
 //! istiod's debug and monitoring endpoints: `/ready`, `/metrics`, `/version`,
 //! `/debug/syncz`, `/debug/config_dump?proxyID=`, `/debug/configz`, `/debug/connections`.
 //! They read the same snapshot and connection registry the xDS server uses, never its
-//! internals.
+//! internals. `/debug/graph` and `/debug/config_diff` feed the `/ui` page ([`crate::ui`]).
+
+mod diff;
+mod graph;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +32,9 @@ pub fn router(state: Arc<XdsState>) -> Router {
         .route("/debug/explain", get(explain))
         .route("/debug/configz", get(configz))
         .route("/debug/connections", get(connections))
+        .route("/debug/config_diff", get(config_diff))
+        .route("/debug/graph", get(graph))
+        .merge(crate::ui::router())
         .with_state(state)
 }
 
@@ -66,6 +72,9 @@ async fn index() -> Json<serde_json::Value> {
         "/debug/explain?proxyID=ID&port=N&host=H&path=P": "which listener, chain, route and cluster a request reaches through a connected proxy, and why (meshd explain's flags as parameters)",
         "/debug/configz": "configuration objects in force and every diagnostic",
         "/debug/connections": "connected proxies",
+        "/debug/config_diff?proxyID=ID": "what the last configuration change changed in a connected proxy's resources, field by field",
+        "/debug/graph": "services, each VirtualService's split, and requests counted between workloads",
+        "/ui": "all of the above for a person, in a browser",
     }))
 }
 
@@ -275,7 +284,9 @@ async fn explain(
     let out = tokio::task::spawn_blocking(move || {
         let ctx = translate::ProxyContext::new(&snap, &conn.proxy);
         let res = translate::generate_for(&ctx);
-        let mut v = crate::explain::explain(&ctx, &res, None, &spec).to_json();
+        let e = crate::explain::explain(&ctx, &res, None, &spec);
+        let mut v = e.to_json();
+        v["text"] = json!(e.to_text());
         v["proxy"] = json!(conn.proxy.id);
         v["generation"] = json!(snap.generation);
         v
@@ -307,6 +318,50 @@ async fn config_dump(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
         Ok(v) => Json(v).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// The connected proxy's resources under the snapshot before the last change against
+/// those under the current one.
+async fn config_diff(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQuery>) -> Response {
+    let conn = match connected(
+        &state,
+        q.proxy_id.as_deref(),
+        "/debug/config_diff?proxyID=ID",
+    ) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let now = state.snapshot();
+    let Some(before) = state.previous_snapshot() else {
+        return Json(json!({
+            "proxy": conn.proxy.id,
+            "to": now.generation,
+            "changes": [],
+            "note": "no configuration change since meshd started",
+        }))
+        .into_response();
+    };
+    // Two translations: CPU work, off the async threads.
+    let out = tokio::task::spawn_blocking(move || {
+        let old = translate::generate(&before, &conn.proxy);
+        let new = translate::generate(&now, &conn.proxy);
+        json!({
+            "proxy": conn.proxy.id,
+            "from": before.generation,
+            "to": now.generation,
+            "changes": diff::diff(&old, &new),
+        })
+    })
+    .await;
+    match out {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn graph(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {
+    let snap = state.snapshot();
+    Json(graph::graph(&snap, state.metrics.mesh.request_counts()))
 }
 
 async fn configz(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {

@@ -23,6 +23,7 @@ pub mod server;
 pub mod sources;
 pub mod telemetry;
 pub mod translate;
+pub mod ui;
 pub mod webhook;
 pub mod xds;
 pub mod yaml_out;

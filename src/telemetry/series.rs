@@ -108,6 +108,20 @@ struct TcpStats {
     closed: u64,
 }
 
+/// Requests between two workloads through one service with one response code, as one
+/// reporter counted them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestCount {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_namespace: String,
+    pub destination_service: String,
+    pub destination_workload: String,
+    pub destination_namespace: String,
+    pub response_code: String,
+    pub requests: u64,
+}
+
 /// The mesh's series, shared by every access log stream.
 #[derive(Debug, Default)]
 pub struct MeshSeries {
@@ -179,6 +193,67 @@ impl MeshSeries {
         s.received = s.received.saturating_add(c.received);
         s.opened += u64::from(c.opened);
         s.closed += u64::from(c.closed);
+    }
+
+    /// Requests counted per pair of workloads, destination service and response code,
+    /// the reporter's count kept apart (the service graph of `/ui`).
+    pub fn request_counts(&self) -> Vec<RequestCount> {
+        let label = |k: &[String], name: &str| {
+            PEER_LABELS
+                .iter()
+                .chain(HTTP_TAIL.iter())
+                .position(|l| *l == name)
+                .and_then(|i| k.get(i))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let map = self.http.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by: HashMap<[String; 7], u64> = HashMap::new();
+        for (k, v) in map.iter() {
+            let key = [
+                label(k, "reporter"),
+                label(k, "source_workload"),
+                label(k, "source_workload_namespace"),
+                label(k, "destination_service"),
+                label(k, "destination_workload"),
+                label(k, "destination_workload_namespace"),
+                label(k, "response_code"),
+            ];
+            *by.entry(key).or_default() += v.requests;
+        }
+        drop(map);
+        let mut out: Vec<RequestCount> = by
+            .into_iter()
+            .map(
+                |([reporter, sw, sn, ds, dw, dn, code], requests)| RequestCount {
+                    reporter,
+                    source_workload: sw,
+                    source_namespace: sn,
+                    destination_service: ds,
+                    destination_workload: dw,
+                    destination_namespace: dn,
+                    response_code: code,
+                    requests,
+                },
+            )
+            .collect();
+        out.sort_by(|a, b| {
+            (
+                &a.destination_service,
+                &a.source_workload,
+                &a.destination_workload,
+                &a.reporter,
+                &a.response_code,
+            )
+                .cmp(&(
+                    &b.destination_service,
+                    &b.source_workload,
+                    &b.destination_workload,
+                    &b.reporter,
+                    &b.response_code,
+                ))
+        });
+        out
     }
 
     /// Records counted so far (requests and connection records).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use super::registry::{Connection, SyncStatus};
@@ -18,6 +18,10 @@ use crate::model::snapshot::Snapshot;
 #[derive(Debug)]
 pub struct XdsState {
     snapshot: ArcSwap<Snapshot>,
+    /// The snapshot the current one replaced: what `/debug/config_diff` compares a
+    /// proxy's configuration against. One snapshot more in memory at most; its unchanged
+    /// parts are shared with the current one.
+    previous: ArcSwapOption<Snapshot>,
     pub(crate) connections: Mutex<BTreeMap<u64, Arc<Connection>>>,
     next_id: AtomicU64,
     /// Distinguishes this process's nonces from a previous meshd's.
@@ -81,6 +85,7 @@ impl XdsState {
             .unwrap_or(0);
         XdsState {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            previous: ArcSwapOption::empty(),
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             nonce_prefix: format!("{:x}", start & 0xffff_ffff),
@@ -104,8 +109,17 @@ impl XdsState {
 
     /// Swaps in a new snapshot (pushes are decided by [`super::push`]).
     pub(crate) fn store(&self, snap: Arc<Snapshot>) {
-        self.snapshot.store(snap);
+        let replaced = self.snapshot.swap(snap);
+        // The empty snapshot before the first load is not a configuration anyone was given.
+        if self.is_ready() {
+            self.previous.store(Some(replaced));
+        }
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// The snapshot before the last change, once there has been a change.
+    pub fn previous_snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.previous.load_full()
     }
 
     /// True once the first full configuration load is in place.

@@ -45,6 +45,7 @@ mod timeouts;
 #[path = "../support/tokens.rs"]
 mod tokens;
 mod tracing;
+mod ui;
 mod webhook;
 mod wildcard_hosts;
 mod workload_entries;
