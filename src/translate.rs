@@ -20,6 +20,7 @@ pub mod secret;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod tracers;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;

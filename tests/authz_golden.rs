@@ -43,6 +43,9 @@ fn grpc(
         envoy_file_access_log: None,
         envoy_rate_limit: None,
         zipkin: None,
+        opentelemetry: None,
+        datadog: None,
+        skywalking: None,
         envoy_ext_authz_grpc: Some(ExtAuthzGrpc {
             service: service.into(),
             port: 9000,
@@ -75,6 +78,9 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
             envoy_file_access_log: None,
             envoy_rate_limit: None,
             zipkin: None,
+            opentelemetry: None,
+            datadog: None,
+            skywalking: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz.foo.svc.cluster.local".into(),
@@ -118,6 +124,9 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
             envoy_file_access_log: None,
             envoy_rate_limit: None,
             zipkin: None,
+            opentelemetry: None,
+            datadog: None,
+            skywalking: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz".into(),

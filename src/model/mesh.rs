@@ -104,6 +104,100 @@ pub struct ExtensionProvider {
     pub envoy_rate_limit: Option<RateLimitProvider>,
     /// A Zipkin collector (Telemetry tracing).
     pub zipkin: Option<ZipkinProvider>,
+    /// An OpenTelemetry collector (OTLP over gRPC, or over HTTP with `http`).
+    pub opentelemetry: Option<OpenTelemetryProvider>,
+    /// A Datadog agent.
+    pub datadog: Option<DatadogProvider>,
+    /// A SkyWalking OAP collector.
+    pub skywalking: Option<SkyWalkingProvider>,
+}
+
+impl ExtensionProvider {
+    /// Whether it is a tracer meshd configures.
+    pub fn is_tracer(&self) -> bool {
+        self.zipkin.is_some()
+            || self.opentelemetry.is_some()
+            || self.datadog.is_some()
+            || self.skywalking.is_some()
+    }
+}
+
+/// A header a tracing provider sends: a value, or one read from meshd's environment (as
+/// istiod reads `envName` from its own).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProviderHeader {
+    pub name: String,
+    pub value: Option<String>,
+    pub env_name: Option<String>,
+}
+
+impl ProviderHeader {
+    pub fn resolved_value(&self) -> String {
+        match (&self.value, &self.env_name) {
+            (Some(v), _) => v.clone(),
+            (None, Some(env)) => std::env::var(env).unwrap_or_default(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// `opentelemetry`: OTLP traces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpenTelemetryProvider {
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+    /// OTLP over HTTP (else gRPC).
+    pub http: Option<OtelHttp>,
+    pub grpc: Option<OtelGrpc>,
+    pub resource_detectors: Option<OtelResourceDetectors>,
+    /// `OTEL_SEMANTIC_CONVENTIONS`: service.name from the workload (annotation, labels,
+    /// workload name) instead of the proxy's service cluster.
+    pub service_attribute_enrichment: Option<String>,
+    /// Samplers (Dynatrace's) meshd does not configure: kept to say so.
+    pub dynatrace_sampler: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtelHttp {
+    pub path: String,
+    pub timeout: Option<crate::model::istio::Duration>,
+    pub headers: Vec<ProviderHeader>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtelGrpc {
+    pub timeout: Option<crate::model::istio::Duration>,
+    pub initial_metadata: Vec<ProviderHeader>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtelResourceDetectors {
+    pub environment: Option<serde_json::Value>,
+    pub dynatrace: Option<serde_json::Value>,
+}
+
+/// `datadog`: a Datadog agent's trace endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DatadogProvider {
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+}
+
+/// `skywalking`: a SkyWalking OAP collector (gRPC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SkyWalkingProvider {
+    pub service: String,
+    pub port: u32,
+    pub access_token: String,
 }
 
 /// `zipkin`: a collector speaking Zipkin's v2 JSON API.
@@ -118,6 +212,10 @@ pub struct ZipkinProvider {
     pub enable_64bit_trace_id: bool,
     /// Collector path (default `/api/v2/spans`).
     pub path: String,
+    /// `USE_B3` (default) or `USE_B3_WITH_W3C_PROPAGATION`.
+    pub trace_context_option: Option<String>,
+    pub timeout: Option<crate::model::istio::Duration>,
+    pub headers: Vec<ProviderHeader>,
 }
 
 /// `envoyRateLimit`: where the rate limit service is, and the defaults of the policies

@@ -53,6 +53,9 @@ pub struct Proxy {
     pub locality: String,
     /// The whole node metadata, as JSON.
     pub metadata: BTreeMap<String, Value>,
+    /// The Envoy node's `cluster` (istio-proxy's service cluster, `app.namespace`): the
+    /// service name its spans report.
+    pub service_cluster: String,
 }
 
 /// Why a node id was refused.
@@ -143,7 +146,21 @@ impl Proxy {
             proxyless: meta_str("GENERATOR").as_deref() == Some("grpc"),
             locality: String::new(),
             metadata,
+            service_cluster: String::new(),
         })
+    }
+
+    /// Whether this is istio-proxy of at least `major.minor` (never for upstream Envoy).
+    pub fn istio_version_at_least(&self, major: u32, minor: u32) -> bool {
+        let Some(v) = &self.istio_version else {
+            return false;
+        };
+        let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(ma)), Some(Ok(mi))) => (ma, mi) >= (major, minor),
+            // istiod treats a version it cannot read as the newest.
+            _ => true,
+        }
     }
 
     /// The first IP, for naming listeners and binding.
@@ -180,6 +197,16 @@ mod tests {
         assert_eq!(p.labels.get("app").map(String::as_str), Some("productpage"));
         assert_eq!(p.istio_version.as_deref(), Some("1.31.0"));
         assert_eq!(p.interception, Interception::Redirect);
+        assert!(p.istio_version_at_least(1, 29) && p.istio_version_at_least(1, 31));
+        assert!(!p.istio_version_at_least(1, 32) && !p.istio_version_at_least(2, 0));
+        let mut old = p.clone();
+        old.istio_version = Some("1.28.2-distroless".into());
+        assert!(!old.istio_version_at_least(1, 29));
+        old.istio_version = None;
+        assert!(
+            !old.istio_version_at_least(1, 0),
+            "upstream Envoy is no istio-proxy"
+        );
     }
 
     #[test]

@@ -537,14 +537,14 @@ pub fn telemetry(
             let known = mesh
                 .extension_providers
                 .iter()
-                .any(|e| e.name == p.name && e.zipkin.is_some());
+                .any(|e| e.name == p.name && e.is_tracer());
             if !known {
                 out.push(
                     obj.diag_warning(
                         &format!("spec.tracing[{i}].providers[{j}].name"),
                         format!("no tracing provider {:?} meshd can configure in mesh config; no spans are reported", p.name),
                     )
-                    .hint("define it under meshConfig.extensionProviders with `zipkin: {service, port}` (meshd configures Zipkin; OpenTelemetry, Datadog and SkyWalking not yet)"),
+                    .hint("define it under meshConfig.extensionProviders as `zipkin`, `opentelemetry`, `datadog` or `skywalking` with `{service, port}`"),
                 );
             }
         }

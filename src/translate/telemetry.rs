@@ -8,7 +8,7 @@
 //! turns logging off; providers come from mesh config (`envoyFileAccessLog`, or the
 //! built-in `envoy`), defaulting to `defaultProviders.accessLogging`.
 
-use envoy_types::pb::envoy::config::trace::v3::{self as trace, ZipkinConfig, zipkin_config};
+use envoy_types::pb::envoy::config::trace::v3 as trace;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing as HcmTracing;
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 
@@ -226,8 +226,8 @@ fn istio_tags(ctx: &ProxyContext) -> Vec<CustomTag> {
 /// workload's Telemetry entries for this direction (`inbound`: SERVER, else CLIENT),
 /// each overriding what it sets (provider — the first named —, disableSpanReporting,
 /// randomSamplingPercentage, customTags, enableIstioTags); sampling defaults to
-/// `defaultConfig.tracing.sampling`, else 1%. A Zipkin collector provider is
-/// configured; None when nothing speaks of tracing, reporting is off, or the provider
+/// `defaultConfig.tracing.sampling`, else 1%. The provider's tracer ([`super::tracers`])
+/// is configured; None when nothing speaks of tracing, reporting is off, or the provider
 /// cannot be reached from this proxy.
 pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     let mesh = &ctx.snap.mesh;
@@ -314,46 +314,24 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
         custom_tags: tags,
         ..Default::default()
     };
-    let zipkin = spec.provider.and_then(|name| {
-        mesh.extension_providers
-            .iter()
-            .find(|p| p.name == name)?
-            .zipkin
-            .as_ref()
-    });
-    let Some(zipkin) = zipkin else {
+    let provider = spec
+        .provider
+        .and_then(|name| mesh.extension_providers.iter().find(|p| p.name == name));
+    let Some(tracer) = provider.and_then(|p| super::tracers::tracer(ctx, p)) else {
         return ctx.is_istio_proxy().then_some(base);
-    };
-    let Ok((svc, port)) =
-        crate::model::service::provider_service(&ctx.snap.services, &zipkin.service, zipkin.port)
-    else {
-        return ctx.is_istio_proxy().then_some(base);
-    };
-    let Some(collector_cluster) = ctx.provider_cluster(svc, port) else {
-        return ctx.is_istio_proxy().then_some(base);
-    };
-    let config = ZipkinConfig {
-        collector_cluster,
-        collector_endpoint: if zipkin.path.is_empty() {
-            "/api/v2/spans".into()
-        } else {
-            zipkin.path.clone()
-        },
-        trace_id_128bit: !zipkin.enable_64bit_trace_id,
-        shared_span_context: pb::boolv(false),
-        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
-        collector_hostname: svc.hostname.clone(),
-        ..Default::default()
     };
     Some(HcmTracing {
-        max_path_tag_length: (zipkin.max_tag_length != 0)
-            .then(|| pb::u32v(zipkin.max_tag_length))
+        max_path_tag_length: (tracer.max_tag_length != 0)
+            .then(|| pb::u32v(tracer.max_tag_length))
             .flatten(),
+        spawn_upstream_span: if tracer.spawn_upstream_span {
+            pb::boolv(true)
+        } else {
+            None
+        },
         provider: Some(trace::tracing::Http {
-            name: "envoy.tracers.zipkin".into(),
-            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(pb::any(
-                &config,
-            ))),
+            name: tracer.name.into(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(tracer.config)),
         }),
         ..base
     })

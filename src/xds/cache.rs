@@ -65,7 +65,8 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
         v.hash(&mut h);
     }
     ctx.proxy.interception.hash(&mut h);
-    ctx.proxy.istio_version.is_some().hash(&mut h);
+    // The whole version: some output is gated on it (Zipkin's collector service).
+    ctx.proxy.istio_version.hash(&mut h);
     ctx.proxy.mtls_ready.hash(&mut h);
     // Locality load balancing shapes clusters (locality-weighted or not) by where the
     // client runs; the locality may come from the node or the workload's Node, neither
@@ -83,6 +84,8 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
     }
     if with_address {
         ctx.proxy.ips.hash(&mut h);
+        // Listeners' tracers name the proxy's service cluster.
+        ctx.proxy.service_cluster.hash(&mut h);
     }
     h.finish()
 }

@@ -50,6 +50,7 @@ fn proxy_from_node(node: Option<&Node>) -> Result<Proxy, Status> {
         .unwrap_or_default();
     let mut proxy = Proxy::from_node(&node.id, metadata)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    proxy.service_cluster = node.cluster.clone();
     if let Some(l) = &node.locality {
         proxy.locality = [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()]
             .join("/")

@@ -4,113 +4,128 @@
 //! Telemetry merges over the mesh's field by field, as istiod merges them.
 
 use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bookinfo::{Bookinfo, networking};
 use crate::harness::*;
 
+/// Every request an HTTP/1.1 receiver got: (request head, body), answered with
+/// `answer` (a whole response).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn http_sink(what: &str, addr: &str, answer: &'static [u8]) -> (Received, Server) {
+    let got: Received = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let server = Server::start(what, addr, move |mut s| {
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let lower = head.to_ascii_lowercase();
+                buf.drain(..end + 4);
+                let mut more = |buf: &mut Vec<u8>| match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => false,
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        true
+                    }
+                };
+                let body: Vec<u8> = if lower.contains("transfer-encoding: chunked") {
+                    // Chunks: hex size, CRLF, data, CRLF; a zero size ends the body.
+                    let mut body = Vec::new();
+                    loop {
+                        let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                            if !more(&mut buf) {
+                                return;
+                            }
+                            continue;
+                        };
+                        let size =
+                            usize::from_str_radix(String::from_utf8_lossy(&buf[..eol]).trim(), 16)
+                                .unwrap_or(0);
+                        while buf.len() < eol + 2 + size + 2 {
+                            if !more(&mut buf) {
+                                return;
+                            }
+                        }
+                        body.extend_from_slice(&buf[eol + 2..eol + 2 + size]);
+                        buf.drain(..eol + 2 + size + 2);
+                        if size == 0 {
+                            break body;
+                        }
+                    }
+                } else {
+                    let len: usize = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < len {
+                        if !more(&mut buf) {
+                            return;
+                        }
+                    }
+                    buf.drain(..len).collect()
+                };
+                if let Ok(mut all) = sink.lock() {
+                    all.push((head, body));
+                }
+                if s.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    (got, server)
+}
+
 /// Spans a Zipkin collector received (POST /api/v2/spans, JSON arrays).
 struct Collector {
-    spans: Arc<Mutex<Vec<serde_json::Value>>>,
+    received: Received,
     _server: Server,
 }
 
 impl Collector {
     fn start(addr: &str) -> Collector {
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = spans.clone();
-        let server = Server::start("zipkin", addr, move |mut s| {
-            let sink = sink.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut buf: Vec<u8> = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    buf.drain(..end + 4);
-                    let mut more = |buf: &mut Vec<u8>| match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => false,
-                        Ok(n) => {
-                            buf.extend_from_slice(&chunk[..n]);
-                            true
-                        }
-                    };
-                    let body: Vec<u8> = if head.contains("transfer-encoding: chunked") {
-                        // Chunks: hex size, CRLF, data, CRLF; a zero size ends the body.
-                        let mut body = Vec::new();
-                        loop {
-                            let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
-                                if !more(&mut buf) {
-                                    return;
-                                }
-                                continue;
-                            };
-                            let size = usize::from_str_radix(
-                                String::from_utf8_lossy(&buf[..eol]).trim(),
-                                16,
-                            )
-                            .unwrap_or(0);
-                            while buf.len() < eol + 2 + size + 2 {
-                                if !more(&mut buf) {
-                                    return;
-                                }
-                            }
-                            body.extend_from_slice(&buf[eol + 2..eol + 2 + size]);
-                            buf.drain(..eol + 2 + size + 2);
-                            if size == 0 {
-                                break body;
-                            }
-                        }
-                    } else {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < len {
-                            if !more(&mut buf) {
-                                return;
-                            }
-                        }
-                        buf.drain(..len).collect()
-                    };
-                    if let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&body)
-                        && let Ok(mut all) = sink.lock()
-                    {
-                        all.extend(list);
-                    }
-                    if s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        });
+        let (received, server) = http_sink(
+            "zipkin",
+            addr,
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
+        );
         Collector {
-            spans,
+            received,
             _server: server,
         }
     }
 
-    fn spans_tagged(&self, key: &str, value: &str) -> Vec<serde_json::Value> {
-        self.spans
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .filter(|x| x["tags"][key] == value)
-                    .cloned()
-                    .collect()
+    fn spans(&self) -> Vec<serde_json::Value> {
+        let got = self.received.lock().map(|g| g.clone()).unwrap_or_default();
+        got.iter()
+            .filter_map(|(_, body)| match serde_json::from_slice(body) {
+                Ok(serde_json::Value::Array(list)) => Some(list),
+                _ => None,
             })
-            .unwrap_or_default()
+            .flatten()
+            .collect()
+    }
+
+    fn spans_tagged(&self, key: &str, value: &str) -> Vec<serde_json::Value> {
+        self.spans()
+            .into_iter()
+            .filter(|x| x["tags"][key] == value)
+            .collect()
     }
 }
 
@@ -167,6 +182,10 @@ spec:
 /// Waits until productpage's Envoy serves with the listeners of `phase` (active, not
 /// still warming beside the previous ones).
 fn wait_phase(b: &Bookinfo, phase: &str) {
+    wait_tracer(b, "envoy.tracers.zipkin", phase)
+}
+
+fn wait_tracer(b: &Bookinfo, tracer: &str, phase: &str) {
     wait_for(phase, Duration::from_secs(20), || {
         let dump: serde_json::Value = serde_json::from_str(
             &http_get(
@@ -186,7 +205,7 @@ fn wait_phase(b: &Bookinfo, phase: &str) {
             .collect();
         active
             .iter()
-            .any(|l| l.contains("envoy.tracers.zipkin") && l.contains(phase))
+            .any(|l| l.contains(tracer) && l.contains(phase))
             .then_some(())
     });
 }
@@ -272,6 +291,235 @@ fn telemetry_tracing_reports_spans_to_zipkin() {
         collector.spans_tagged("user", "nobody").len(),
         1,
         "the header tag's default"
+    );
+    b.assert_healthy();
+}
+
+const PROVIDERS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel-grpc
+      opentelemetry: {service: otel.local, port: 4317}
+    - name: otel-http
+      opentelemetry:
+        service: otel-http.local
+        port: 4318
+        http: {path: /v1/traces, timeout: 5s, headers: [{name: x-tenant, value: meshd-test}]}
+    - name: datadog
+      datadog: {service: datadog.local, port: 8126}
+    - name: skywalking
+      skywalking: {service: skywalking.local, port: 11800}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: otel, namespace: default}
+spec:
+  hosts: [otel.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 4317, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.1.91}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: otel-http, namespace: default}
+spec:
+  hosts: [otel-http.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 4318, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.1.92}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: datadog, namespace: default}
+spec:
+  hosts: [datadog.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8126, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.1.93}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: skywalking, namespace: default}
+spec:
+  hosts: [skywalking.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 11800, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.1.94}]
+"#;
+
+/// A gRPC receiver for any method (Python grpcio's generic handler): it prints each
+/// request message as `METHOD HEX`, answering with an empty message (an empty
+/// ExportTraceServiceResponse, an empty SkyWalking Commands).
+const GRPC_SINK: &str = r#"
+import sys, grpc
+from concurrent import futures
+
+class Sink(grpc.GenericRpcHandler):
+    def service(self, details):
+        method = details.method
+        def record(req):
+            print(method, req.hex(), flush=True)
+        def unary(req, ctx):
+            record(req)
+            return b""
+        def client_stream(reqs, ctx):
+            for r in reqs:
+                record(r)
+            return b""
+        if method.startswith("/skywalking."):
+            return grpc.stream_unary_rpc_method_handler(client_stream)
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+server = grpc.server(futures.ThreadPoolExecutor(8), handlers=[Sink()])
+for address in sys.argv[1:]:
+    server.add_insecure_port(address)
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"#;
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// OpenTelemetry (OTLP over gRPC and over HTTP), Datadog and SkyWalking providers, one at
+/// a time through productpage's real Envoy: each collector receives its protocol's
+/// spans, carrying the service name Istio gives them (the proxy's service cluster,
+/// `productpage.default`) and the Telemetry's custom tag.
+#[test]
+fn telemetry_tracing_reports_to_opentelemetry_datadog_and_skywalking() {
+    let Some(py) = crate::grpc::python() else {
+        skip_or_fail("python with grpcio (.venv-tools) is not installed");
+        return;
+    };
+    let Some(b) = Bookinfo::start(&networking("virtual-service-all-v1.yaml"), Ads::Delta) else {
+        return;
+    };
+    let dir = TempDir::new("collectors");
+    let script = dir.write("sink.py", GRPC_SINK);
+    let grpc_sink = Proc::spawn(
+        "grpc-sink",
+        Command::new(&py)
+            .arg(&script)
+            .args(["127.0.1.91:4317", "127.0.1.94:11800"]),
+        dir.path(),
+    );
+    wait_for("the gRPC sink", Duration::from_secs(20), || {
+        grpc_sink.log_text().contains("ready").then_some(())
+    });
+    let (otlp_http, _otlp_http) = http_sink(
+        "otlp-http",
+        "127.0.1.92:4318",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+    );
+    let (datadog, _datadog) = http_sink(
+        "datadog",
+        "127.0.1.93:8126",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    );
+    b.config.write("tracing-providers.yaml", PROVIDERS);
+
+    // gRPC requests the sink printed for `method`, decoded.
+    let grpc_requests = |method: &str| -> Vec<Vec<u8>> {
+        grpc_sink
+            .log_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix(method)?.strip_prefix(' '))
+            .map(|h| {
+                (0..h.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+                    .collect()
+            })
+            .collect()
+    };
+    let http_requests = |r: &Received| -> Vec<(String, Vec<u8>)> {
+        r.lock().map(|g| g.clone()).unwrap_or_default()
+    };
+
+    for (provider, tracer) in [
+        ("otel-grpc", "envoy.tracers.opentelemetry"),
+        ("otel-http", "envoy.tracers.opentelemetry"),
+        ("datadog", "envoy.tracers.datadog"),
+        ("skywalking", "envoy.tracers.skywalking"),
+    ] {
+        let phase = format!("phase-{provider}");
+        b.config.write(
+            "telemetry.yaml",
+            &format!(
+                r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - providers: [{{name: {provider}}}]
+    randomSamplingPercentage: 100
+    customTags:
+      phase: {{literal: {{value: {phase}}}}}
+"#
+            ),
+        );
+        wait_tracer(&b, tracer, &phase);
+        let payloads = wait_for(
+            &format!("{provider}: spans at the collector"),
+            Duration::from_secs(30),
+            || {
+                // Requests keep coming: exporters flush on a timer or a batch size.
+                assert_eq!(b.get("reviews", &[]).expect("answer").status, 200);
+                let bodies: Vec<Vec<u8>> = match provider {
+                    "otel-grpc" => {
+                        grpc_requests("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+                    }
+                    "skywalking" => {
+                        grpc_requests("/skywalking.v3.TraceSegmentReportService/collect")
+                    }
+                    "otel-http" => http_requests(&otlp_http)
+                        .into_iter()
+                        .map(|(_, b)| b)
+                        .collect(),
+                    _ => http_requests(&datadog)
+                        .into_iter()
+                        .map(|(_, b)| b)
+                        .collect(),
+                };
+                let tagged: Vec<Vec<u8>> = bodies
+                    .into_iter()
+                    .filter(|body| contains(body, &phase))
+                    .collect();
+                (!tagged.is_empty()).then_some(tagged)
+            },
+        );
+        assert!(
+            payloads
+                .iter()
+                .all(|body| contains(body, "productpage.default")),
+            "{provider}: the service name productpage.default in every payload"
+        );
+    }
+    // The HTTP exporters' requests: OTLP/HTTP to its path with the provider's header,
+    // Datadog's agent API.
+    let otlp = http_requests(&otlp_http);
+    assert!(
+        otlp.iter().all(|(head, _)| {
+            let h = head.to_ascii_lowercase();
+            h.starts_with("post /v1/traces ") && h.contains("x-tenant: meshd-test")
+        }),
+        "{:?}",
+        otlp.iter().map(|(h, _)| h).collect::<Vec<_>>()
+    );
+    let dd = http_requests(&datadog);
+    assert!(
+        dd.iter().any(|(head, _)| head.contains("/v0.4/traces")),
+        "{:?}",
+        dd.iter().map(|(h, _)| h).collect::<Vec<_>>()
     );
     b.assert_healthy();
 }
