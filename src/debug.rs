@@ -61,8 +61,10 @@ async fn metrics(State(state): State<Arc<XdsState>>) -> Response {
         .into_response()
 }
 
-async fn version() -> Json<serde_json::Value> {
-    Json(json!({"name": "meshd", "version": env!("CARGO_PKG_VERSION")}))
+/// istiod's plain-text build string, `VERSION-REVISION-STATUS`: istioctl (`version`) and
+/// Kiali split it on its last two dashes, so the revision part names meshd.
+async fn version() -> &'static str {
+    concat!(env!("CARGO_PKG_VERSION"), "-meshd-Clean")
 }
 
 async fn index() -> Json<serde_json::Value> {

@@ -181,9 +181,58 @@ fn deploy_and_crds_pass_kubernetes_schemas() {
                 .map(|e| e.path())
         })
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // Kustomize's own file, not an object (checked below).
+        .filter(|p| !p.ends_with("kustomization.yaml"))
         .collect();
     paths.sort();
     validate(&paths);
+}
+
+/// `kubectl apply -k deploy/addons/` applies every addon manifest and makes every
+/// dashboard a key of ConfigMap meshd-dashboards, which grafana.yaml mounts.
+#[test]
+fn the_addons_kustomization_names_every_manifest_and_dashboard() {
+    let dir = repo().join("deploy/addons");
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization");
+    let k: Value = meshd::sources::yaml::parse_documents(&text)
+        .into_iter()
+        .next()
+        .expect("one document")
+        .expect("YAML")
+        .value;
+    let listed = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut resources = listed(&k["resources"]);
+    resources.sort();
+    let mut manifests: Vec<String> = std::fs::read_dir(&dir)
+        .expect("deploy/addons")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    manifests.sort();
+    assert_eq!(resources, manifests);
+    let generator = k["configMapGenerator"]
+        .as_array()
+        .and_then(|g| g.iter().find(|c| c["name"] == "meshd-dashboards"))
+        .expect("a meshd-dashboards generator");
+    let mut files = listed(&generator["files"]);
+    files.sort();
+    let mut dashboards: Vec<String> = std::fs::read_dir(dir.join("dashboards"))
+        .expect("dashboards")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|n| format!("dashboards/{n}"))
+        .collect();
+    dashboards.sort();
+    assert_eq!(files, dashboards);
+    let grafana = std::fs::read_to_string(dir.join("grafana.yaml")).expect("grafana.yaml");
+    assert!(grafana.contains("configMap: {name: meshd-dashboards}"));
 }
 
 #[test]

@@ -145,6 +145,14 @@ fn istiod_series_are_exported_and_move_with_pushes() {
             > value(&before, "pilot_proxy_convergence_time_count"),
         "{after:?}"
     );
+    // /version as istiod's text (istioctl and Kiali split it into version, revision and
+    // build status on its last two dashes).
+    let v = http_get("127.0.0.1:15014", "/version", &[])
+        .expect("version")
+        .body;
+    let parts: Vec<&str> = v.rsplitn(3, '-').collect();
+    assert_eq!(parts, ["Clean", "meshd", env!("CARGO_PKG_VERSION")], "{v}");
+
     // Every metric the bundled dashboards query is in this live scrape.
     let live = families();
     let dir = repo().join("deploy/addons/dashboards");

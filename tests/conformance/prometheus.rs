@@ -144,6 +144,59 @@ scrape_configs:
             (sum >= 6.0).then_some(q)
         },
     );
+    // Every bundled dashboard's query runs in this Prometheus (its variables set as a
+    // person would: the source reporter, every namespace, service and workload), and the
+    // request panels (those not filtered to errors, flags or the destination reporter:
+    // productpage's calls have no destination-side proxy here) show data.
+    let dir = repo().join("deploy/addons/dashboards");
+    let mut with_data = 0;
+    for e in std::fs::read_dir(&dir).expect("dashboards") {
+        let path = e.expect("entry").path();
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        for panel in dash["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"]
+                    .as_str()
+                    .expect("expr")
+                    .replace("$reporter", "source")
+                    .replace("$namespace", ".*")
+                    .replace("$service", ".*")
+                    .replace("$workload", ".*");
+                let r = http_get(
+                    PROMETHEUS,
+                    &format!("/api/v1/query?query={}", encode(&expr)),
+                    &[],
+                )
+                .expect("query");
+                let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+                assert_eq!(
+                    v["status"],
+                    "success",
+                    "{}: panel {}: {expr}: {v}",
+                    path.display(),
+                    panel["title"]
+                );
+                let expect_data = expr.contains("istio_request")
+                    && !expr.contains("response_code=~")
+                    && !expr.contains("response_flags!=")
+                    && !expr.contains("reporter=\"destination\"");
+                if expect_data {
+                    let data = v["data"]["result"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty());
+                    assert!(
+                        data,
+                        "{}: panel {} shows nothing: {expr}",
+                        path.display(),
+                        panel["title"]
+                    );
+                    with_data += 1;
+                }
+            }
+        }
+    }
+    assert!(with_data >= 15, "request panels checked: {with_data}");
     for (labels, _) in &by_workload {
         let w = labels["destination_workload"].as_str().unwrap_or_default();
         assert!(
