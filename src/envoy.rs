@@ -1,9 +1,10 @@
 //! What meshd knows about Envoy itself, below both the model and translation: the
 //! descriptor pool of Envoy's protos and the encodings built on it (deterministic
 //! bytes, Envoy's JSON, `Any`), the names meshd gives Envoy resources (as istiod names
-//! them), and the type URLs of the resources it serves. Nothing here knows Istio's
-//! configuration.
+//! them), and the type URLs of the resources it serves, and istio-proxy's own extension
+//! messages (`istio`). Nothing here knows Istio's configuration.
 
+pub mod istio;
 pub mod naming;
 pub mod pb;
 pub mod rules;

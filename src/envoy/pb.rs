@@ -20,7 +20,13 @@ pub fn pool() -> &'static DescriptorPool {
     POOL.get_or_init(|| {
         // The descriptor set is generated with the very types we encode, at build time.
         #[allow(clippy::expect_used)]
-        DescriptorPool::decode(crate::ENVOY_DESCRIPTORS).expect("envoy descriptors decode")
+        let mut pool =
+            DescriptorPool::decode(crate::ENVOY_DESCRIPTORS).expect("envoy descriptors decode");
+        // istio-proxy's messages: constant descriptors written for these dependencies.
+        #[allow(clippy::expect_used)]
+        pool.add_file_descriptor_protos(super::istio::descriptors())
+            .expect("istio-proxy descriptors");
+        pool
     })
 }
 
