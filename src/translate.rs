@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod listener;
 pub mod locality;
 pub mod output;
+pub mod peer;
 pub mod ratelimit;
 pub mod route;
 pub mod secret;

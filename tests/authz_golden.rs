@@ -46,6 +46,7 @@ fn grpc(
         opentelemetry: None,
         datadog: None,
         skywalking: None,
+        prometheus: None,
         envoy_ext_authz_grpc: Some(ExtAuthzGrpc {
             service: service.into(),
             port: 9000,
@@ -81,6 +82,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
             opentelemetry: None,
             datadog: None,
             skywalking: None,
+            prometheus: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz.foo.svc.cluster.local".into(),
@@ -127,6 +129,7 @@ fn providers(name: &str) -> Vec<ExtensionProvider> {
             opentelemetry: None,
             datadog: None,
             skywalking: None,
+            prometheus: None,
             envoy_ext_authz_grpc: None,
             envoy_ext_authz_http: Some(ExtAuthzHttp {
                 service: "foo/my-custom-ext-authz".into(),

@@ -638,6 +638,19 @@ fn security_matches_istiod() {
     compare("security", &files);
 }
 
+/// Telemetry metrics with istio-proxy: the stats filters (where, which side, which
+/// overrides) and the metadata exchange beside them, against istiod's.
+#[test]
+fn telemetry_metrics_match_istiod() {
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
+        .iter()
+        .map(|f| bookinfo.join(f))
+        .collect();
+    files.push(repo().join("tests/data/fidelity/telemetry.yaml"));
+    compare("telemetry", &files);
+}
+
 /// The files of one of ../shared/istio's folders with their names (no extension), in
 /// name order; None after a SKIPPED line when ../shared/istio is not there.
 fn samples(dir: &Path) -> Option<Vec<(PathBuf, String)>> {

@@ -110,6 +110,9 @@ pub struct ExtensionProvider {
     pub datadog: Option<DatadogProvider>,
     /// A SkyWalking OAP collector.
     pub skywalking: Option<SkyWalkingProvider>,
+    /// Istio's metrics in Prometheus form (istio-proxy's stats filter; meshd's own series
+    /// for upstream Envoy).
+    pub prometheus: Option<serde_json::Value>,
 }
 
 impl ExtensionProvider {

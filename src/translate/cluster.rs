@@ -51,6 +51,12 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
             out.extend(service_port_clusters(ctx, svc, port));
         }
     }
+    // istio-proxy learns its upstream peer over every outbound cluster (istiod's cluster
+    // builder adds the exchange to each service cluster, passthrough and DFP cluster).
+    let istio_proxy = ctx.is_istio_proxy();
+    if istio_proxy {
+        out.iter_mut().for_each(super::peer::cluster_mx);
+    }
     if ctx.proxy.kind == ProxyKind::Sidecar {
         out.extend(inbound_clusters(ctx));
     }
@@ -60,9 +66,17 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     out.push(blackhole(ctx));
     // A gateway forwards only to what its routes name: no way out of the mesh (as istiod).
     if ctx.proxy.kind == ProxyKind::Sidecar {
-        out.push(passthrough(ctx));
+        let mut p = passthrough(ctx);
+        if istio_proxy {
+            super::peer::cluster_mx(&mut p);
+        }
+        out.push(p);
         if super::dfp::enabled(ctx) {
-            out.push(super::dfp::cluster(ctx));
+            let mut d = super::dfp::cluster(ctx);
+            if istio_proxy {
+                super::peer::cluster_mx(&mut d);
+            }
+            out.push(d);
         }
     }
     if ctx.proxy.kind == ProxyKind::Sidecar && ctx.intercepted() {

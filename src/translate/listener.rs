@@ -207,11 +207,15 @@ pub fn http_connection_manager(
             // Authentication and authorization decide before anything else runs: on a
             // workload's inbound side, and at a gateway (the mesh's edge) for the
             // policies that select the gateway's workload.
-            let mut f = if inbound || gateway {
-                inbound_security_filters(ctx)
-            } else {
-                Vec::new()
-            };
+            let mut f = Vec::new();
+            // istio-proxy's metadata exchange first: a refusal below still knows its peer.
+            let istio_proxy = ctx.is_istio_proxy();
+            if istio_proxy {
+                f.push(super::peer::http_mx(ctx, inbound));
+            }
+            if inbound || gateway {
+                f.extend(inbound_security_filters(ctx));
+            }
             // Rate limits after authorization: refused requests spend no tokens. (Where
             // the manager sits is worked out only when some policy exists.)
             if !ctx.snap.rate_limits.all.is_empty() {
@@ -231,9 +235,18 @@ pub fn http_connection_manager(
                 // gRPC request and message counts per cluster (`cluster.NAME.grpc.*`), and
                 // in filter state for access logs, as istiod adds it.
                 http_filter(GRPC_STATS_FILTER, &grpc_stats_config()),
+            ]);
+            if istio_proxy && !inbound {
+                f.push(super::peer::alpn());
+            }
+            f.extend([
                 http_filter(route::FAULT_FILTER, &fault::HttpFault::default()),
                 http_filter(route::CORS_FILTER, &cors::Cors::default()),
             ]);
+            if istio_proxy && let Some(m) = super::peer::prometheus(ctx) {
+                let class = super::peer::Class::of(ctx, inbound);
+                f.extend(super::peer::http_stats(&m, class));
+            }
             // ALLOW_ANY_DYNAMIC_DNS: every outbound manager may route an unknown host to
             // the dynamic forward proxy cluster, which needs this filter's lookup first.
             if !inbound && !gateway && super::dfp::enabled(ctx) {
@@ -473,6 +486,9 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
     socket_settings(ctx, &mut out);
+    if ctx.is_istio_proxy() {
+        super::peer::network_filters(ctx, &mut out);
+    }
     super::envoyfilter::listeners(ctx, &mut out);
     out
 }

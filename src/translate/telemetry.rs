@@ -22,7 +22,7 @@ use crate::model::service::labels_match;
 /// The entries (`pick`ed from each Telemetry: access logging, tracing) of the
 /// Telemetries that apply to this proxy, by level: the root namespace's, the
 /// namespace's, the workload's (the first by namespace/name at each level that has any).
-fn levels<'a, T>(
+pub(super) fn levels<'a, T>(
     ctx: &'a ProxyContext,
     pick: impl Fn(&'a crate::model::istio::Telemetry) -> &'a [T],
 ) -> [Option<&'a [T]>; 3] {

@@ -52,30 +52,21 @@ const MAP_FIELDS: &[&str] = &[
     "clusterSpecifierPlugins",
 ];
 
-/// Filters only istio-proxy has.
+/// Filters only istio-proxy has that meshd does not configure (its authentication
+/// filters; the metadata exchange, ALPN override and stats filters are compared).
 pub const ISTIO_FILTERS: &[&str] = &[
-    "istio.metadata_exchange",
-    "istio.stats",
     "istio_authn",
-    "istio.alpn",
-    "envoy.filters.http.peer_metadata",
-    "istio.peer_metadata",
     "istio.authn",
-    "envoy.filters.network.metadata_exchange",
-    "envoy.filters.http.istio_stats",
     "istio.filters.http.authn",
     "istio.telemetry",
     "istio.io/telemetry",
 ];
 
-/// Type names (after the type URL's `/`) of istio-proxy's extensions.
+/// Type names (after the type URL's `/`) of those extensions.
 pub const ISTIO_TYPES: &[&str] = &[
-    "io.istio.",
-    "istio.",
-    "envoy.tcp.metadataexchange.",
-    "stats.PluginConfig",
+    "io.istio.extensions.",
+    "istio.envoy.config.filter.http.authn.",
     "envoy.extensions.filters.http.istio_stats",
-    "envoy.extensions.filters.network.metadata_exchange",
 ];
 
 const ENUM_ZERO: &[(&str, &str)] = &[
