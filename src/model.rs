@@ -8,6 +8,7 @@ pub mod gateway_api;
 pub mod host;
 pub mod istio;
 pub mod mesh;
+pub mod metric_tags;
 pub mod object;
 pub mod proxy;
 pub mod ratelimit;

@@ -16,6 +16,7 @@
 
 pub mod als;
 pub mod join;
+pub mod overrides;
 pub mod series;
 
 /// The access log names that tell meshd which side of a request a record is from.

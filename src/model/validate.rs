@@ -478,9 +478,10 @@ pub fn envoy_filter(obj: &Object, ef: &istio::EnvoyFilter) -> Vec<Diagnostic> {
     out
 }
 
-/// Telemetry: access logging, tracing (Zipkin) and the Prometheus metrics' on/off per
-/// mode are translated; single-metric overrides, tag overrides, reporting intervals and
-/// targetRefs are not yet.
+/// Telemetry: access logging, tracing and metrics are translated (metrics: istio-proxy's
+/// stats filters; meshd's own series for upstream Envoy); targetRefs are not yet. What
+/// meshd's own series cannot do is said: other providers, custom metrics, and tag values
+/// it cannot compute (istio-proxy evaluates those itself).
 pub fn telemetry(
     obj: &Object,
     t: &istio::Telemetry,
@@ -492,43 +493,43 @@ pub fn telemetry(
     }
     for (i, m) in t.metrics.iter().enumerate() {
         for (j, p) in m["providers"].as_array().into_iter().flatten().enumerate() {
-            if p["name"] != "prometheus" {
+            let name = p["name"].as_str().unwrap_or_default();
+            let prometheus = match mesh.extension_providers.iter().find(|e| e.name == name) {
+                Some(e) => e.prometheus.is_some(),
+                None => name == "prometheus",
+            };
+            if !prometheus {
                 out.push(
                     obj.diag_warning(
                         &format!("spec.metrics[{i}].providers[{j}].name"),
-                        format!("metrics provider {}: meshd keeps the mesh's metrics for Prometheus only (on its /metrics); this entry is ignored", p["name"]),
+                        format!("metrics provider {name:?}: meshd configures Istio's metrics for Prometheus only; this provider gets nothing"),
                     )
-                    .hint("name the `prometheus` provider"),
+                    .hint("name the `prometheus` provider (or a mesh extensionProviders entry with `prometheus: {}`)"),
                 );
             }
-        }
-        if !m["reportingInterval"].is_null() {
-            not_yet(
-                obj,
-                &format!("spec.metrics[{i}].reportingInterval"),
-                "reportingInterval",
-                &mut out,
-            );
         }
         for (j, o) in m["overrides"].as_array().into_iter().flatten().enumerate() {
-            let metric = &o["match"]["metric"];
-            if !(metric.is_null() || metric == "ALL_METRICS")
-                || !o["match"]["customMetric"].is_null()
-            {
-                not_yet(
-                    obj,
-                    &format!("spec.metrics[{i}].overrides[{j}].match"),
-                    "an override of one metric (only ALL_METRICS turns metrics on or off)",
-                    &mut out,
+            if let Some(custom) = o["match"]["customMetric"].as_str() {
+                out.push(
+                    obj.diag_warning(
+                        &format!("spec.metrics[{i}].overrides[{j}].match.customMetric"),
+                        format!("custom metric {custom:?}: istio-proxy defines it; meshd's own series (upstream Envoy) have no custom metrics"),
+                    ),
                 );
             }
-            if !o["tagOverrides"].is_null() {
-                not_yet(
-                    obj,
-                    &format!("spec.metrics[{i}].overrides[{j}].tagOverrides"),
-                    "tagOverrides",
-                    &mut out,
-                );
+            for (tag, v) in o["tagOverrides"].as_object().into_iter().flatten() {
+                if v["operation"] == "REMOVE" {
+                    continue;
+                }
+                let value = v["value"].as_str().unwrap_or_default();
+                if super::metric_tags::TagValue::parse(value).is_none() {
+                    out.push(
+                        obj.diag_warning(
+                            &format!("spec.metrics[{i}].overrides[{j}].tagOverrides.{tag}.value"),
+                            format!("{value:?}: istio-proxy evaluates this expression; meshd's own series (upstream Envoy) compute only literals ('text'), request.host/method/path/url_path/scheme/useragent/protocol, request.headers['name'], response.code and response.headers['name'], and leave this label as it is"),
+                        ),
+                    );
+                }
             }
         }
     }

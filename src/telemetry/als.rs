@@ -16,10 +16,12 @@ use envoy_types::pb::envoy::service::accesslog::v3::{
 use tonic::{Request, Response, Status, Streaming};
 
 use super::join::{self, Peer};
+use super::overrides;
 use super::series::{Connection, Request as Req};
 use crate::envoy::pb;
 use crate::model::proxy::Proxy;
 use crate::model::snapshot::Snapshot;
+use crate::translate::peer::SideMetrics;
 use crate::xds::state::XdsState;
 
 /// The service, for a tonic server.
@@ -44,6 +46,25 @@ struct Stream {
     /// The node as its xDS stream to this meshd registered it.
     proxy: Arc<Proxy>,
     reporter: Reporter,
+    /// The Telemetry metric overrides for its side, and the snapshot generation they are
+    /// of (worked out again when the configuration changes).
+    overrides: Option<(u64, Arc<SideMetrics>)>,
+}
+
+impl Stream {
+    fn overrides(&mut self, snap: &Snapshot) -> Arc<SideMetrics> {
+        if let Some((generation, o)) = &self.overrides
+            && *generation == snap.generation
+        {
+            return o.clone();
+        }
+        let ctx = crate::translate::ProxyContext::new(snap, &self.proxy);
+        let inbound = self.reporter == Reporter::Destination;
+        let side =
+            Arc::new(crate::translate::telemetry::own_metrics(&ctx, inbound).unwrap_or_default());
+        self.overrides = Some((snap.generation, side.clone()));
+        side
+    }
 }
 
 #[tonic::async_trait]
@@ -87,23 +108,26 @@ impl AccessLogService for Als {
                 stream = Some(Stream {
                     proxy: registered,
                     reporter,
+                    overrides: None,
                 });
             }
-            let Some(s) = stream.as_ref() else {
+            let Some(s) = stream.as_mut() else {
                 return Err(Status::invalid_argument(
                     "the first message of an access log stream must name the node",
                 ));
             };
             let snap = self.state.snapshot();
+            let overrides = s.overrides(&snap);
+            let s = &*s;
             match msg.log_entries {
                 Some(LogEntries::HttpLogs(logs)) => {
                     for e in &logs.log_entry {
-                        self.http(s, &snap, e);
+                        self.http(s, &snap, &overrides, e);
                     }
                 }
                 Some(LogEntries::TcpLogs(logs)) => {
                     for e in &logs.log_entry {
-                        self.tcp(s, &snap, e);
+                        self.tcp(s, &snap, &overrides, e);
                     }
                 }
                 None => {}
@@ -124,7 +148,7 @@ impl Als {
             .map(|c| c.proxy.clone())
     }
 
-    fn http(&self, s: &Stream, snap: &Snapshot, e: &HttpAccessLogEntry) {
+    fn http(&self, s: &Stream, snap: &Snapshot, o: &SideMetrics, e: &HttpAccessLogEntry) {
         let Some(common) = &e.common_properties else {
             return;
         };
@@ -167,21 +191,24 @@ impl Als {
             .or(common.time_to_last_downstream_tx_byte.as_ref())
             .map(|d| d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6)
             .unwrap_or(0.0);
-        self.state.metrics.mesh.record_http(
-            labels,
-            Req {
-                duration_ms,
-                request_bytes: request
-                    .map(|r| r.request_headers_bytes + r.request_body_bytes)
-                    .unwrap_or(0),
-                response_bytes: response
-                    .map(|r| r.response_headers_bytes + r.response_body_bytes)
-                    .unwrap_or(0),
-            },
-        );
+        let r = Req {
+            duration_ms,
+            request_bytes: request
+                .map(|r| r.request_headers_bytes + r.request_body_bytes)
+                .unwrap_or(0),
+            response_bytes: response
+                .map(|r| r.response_headers_bytes + r.response_body_bytes)
+                .unwrap_or(0),
+        };
+        let names = super::series::names(&super::series::HTTP_TAIL);
+        for (labels, families) in overrides::apply(o, &overrides::HTTP, &names, labels, |v| {
+            overrides::eval_http(v, e)
+        }) {
+            self.state.metrics.mesh.record_http(labels, r, families);
+        }
     }
 
-    fn tcp(&self, s: &Stream, snap: &Snapshot, e: &TcpAccessLogEntry) {
+    fn tcp(&self, s: &Stream, snap: &Snapshot, o: &SideMetrics, e: &TcpAccessLogEntry) {
         let Some(common) = &e.common_properties else {
             return;
         };
@@ -197,15 +224,18 @@ impl Als {
         // its bytes: its opening and closing are counted then.
         let end = common.access_log_type
             != envoy_types::pb::envoy::data::accesslog::v3::AccessLogType::TcpPeriodic as i32;
-        self.state.metrics.mesh.record_tcp(
-            labels,
-            Connection {
-                sent: bytes.map(|b| b.sent_bytes).unwrap_or(0),
-                received: bytes.map(|b| b.received_bytes).unwrap_or(0),
-                opened: end,
-                closed: end,
-            },
-        );
+        let c = Connection {
+            sent: bytes.map(|b| b.sent_bytes).unwrap_or(0),
+            received: bytes.map(|b| b.received_bytes).unwrap_or(0),
+            opened: end,
+            closed: end,
+        };
+        let names = super::series::names(&super::series::TCP_TAIL);
+        for (labels, families) in
+            overrides::apply(o, &overrides::TCP, &names, labels, overrides::eval_tcp)
+        {
+            self.state.metrics.mesh.record_tcp(labels, c, families);
+        }
     }
 }
 

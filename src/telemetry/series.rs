@@ -47,8 +47,37 @@ pub const TCP_TAIL: [&str; 3] = [
     "connection_security_policy",
 ];
 
-fn names(tail: &[&'static str]) -> Vec<&'static str> {
+pub fn names(tail: &[&'static str]) -> Vec<&'static str> {
     PEER_LABELS.iter().chain(tail).copied().collect()
+}
+
+/// The families a record counts in (a Telemetry override may drop some, or give them
+/// other labels): bits of `families` in [`MeshSeries::record_http`] and
+/// [`MeshSeries::record_tcp`].
+pub const REQUEST_COUNT: u8 = 1;
+pub const REQUEST_DURATION: u8 = 2;
+pub const REQUEST_SIZE: u8 = 4;
+pub const RESPONSE_SIZE: u8 = 8;
+pub const TCP_SENT_BYTES: u8 = 1;
+pub const TCP_RECEIVED_BYTES: u8 = 2;
+pub const TCP_OPENED_CONNECTIONS: u8 = 4;
+pub const TCP_CLOSED_CONNECTIONS: u8 = 8;
+pub const ALL_FAMILIES: u8 = 15;
+
+/// An extra label (a Telemetry tag override naming a label istio-proxy does not have):
+/// kept after the standard values as `name`, NUL, `value`.
+pub fn extra_label(name: &str, value: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{name}\0{value}")
 }
 
 /// istio-proxy's buckets for request durations (milliseconds).
@@ -106,6 +135,8 @@ struct TcpStats {
     received: u64,
     opened: u64,
     closed: u64,
+    /// The families this label set was counted in.
+    families: u8,
 }
 
 /// Requests between two workloads through one service with one response code, as one
@@ -149,8 +180,9 @@ pub struct Connection {
 }
 
 impl MeshSeries {
-    /// Counts a request; `labels` in [`PEER_LABELS`] then [`HTTP_TAIL`] order.
-    pub fn record_http(&self, labels: Vec<String>, r: Request) {
+    /// Counts a request in `families`; `labels` in [`PEER_LABELS`] then [`HTTP_TAIL`]
+    /// order, then any [`extra_label`]s.
+    pub fn record_http(&self, labels: Vec<String>, r: Request, families: u8) {
         self.records.fetch_add(1, Ordering::Relaxed);
         let labels = bounded(labels);
         let mut map = self.http.lock().unwrap_or_else(PoisonError::into_inner);
@@ -168,19 +200,27 @@ impl MeshSeries {
                 response_bytes: Histogram::new(&SIZE_BUCKETS),
             }),
         };
-        stats.requests += 1;
-        stats.duration.observe(&DURATION_BUCKETS, r.duration_ms);
-        stats
-            .request_bytes
-            .observe(&SIZE_BUCKETS, r.request_bytes as f64);
-        stats
-            .response_bytes
-            .observe(&SIZE_BUCKETS, r.response_bytes as f64);
+        if families & REQUEST_COUNT != 0 {
+            stats.requests += 1;
+        }
+        if families & REQUEST_DURATION != 0 {
+            stats.duration.observe(&DURATION_BUCKETS, r.duration_ms);
+        }
+        if families & REQUEST_SIZE != 0 {
+            stats
+                .request_bytes
+                .observe(&SIZE_BUCKETS, r.request_bytes as f64);
+        }
+        if families & RESPONSE_SIZE != 0 {
+            stats
+                .response_bytes
+                .observe(&SIZE_BUCKETS, r.response_bytes as f64);
+        }
     }
 
-    /// Counts a TCP connection's bytes (and its opening or closing); `labels` in
-    /// [`PEER_LABELS`] then [`TCP_TAIL`] order.
-    pub fn record_tcp(&self, labels: Vec<String>, c: Connection) {
+    /// Counts a TCP connection's bytes (and its opening or closing) in `families`;
+    /// `labels` in [`PEER_LABELS`] then [`TCP_TAIL`] order, then any [`extra_label`]s.
+    pub fn record_tcp(&self, labels: Vec<String>, c: Connection, families: u8) {
         self.records.fetch_add(1, Ordering::Relaxed);
         let labels = bounded(labels);
         let mut map = self.tcp.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,10 +229,19 @@ impl MeshSeries {
             return;
         }
         let s = map.entry(labels).or_default();
-        s.sent = s.sent.saturating_add(c.sent);
-        s.received = s.received.saturating_add(c.received);
-        s.opened += u64::from(c.opened);
-        s.closed += u64::from(c.closed);
+        s.families |= families;
+        if families & TCP_SENT_BYTES != 0 {
+            s.sent = s.sent.saturating_add(c.sent);
+        }
+        if families & TCP_RECEIVED_BYTES != 0 {
+            s.received = s.received.saturating_add(c.received);
+        }
+        if families & TCP_OPENED_CONNECTIONS != 0 {
+            s.opened += u64::from(c.opened);
+        }
+        if families & TCP_CLOSED_CONNECTIONS != 0 {
+            s.closed += u64::from(c.closed);
+        }
     }
 
     /// Requests counted per pair of workloads, destination service and response code,
@@ -283,7 +332,9 @@ impl MeshSeries {
             "counter",
             "Requests, by source, destination and response.",
         );
-        for (labels, s) in &http {
+        // A label set not counted in a family (dropped there, or labelled apart by a
+        // Telemetry override) has no series in it.
+        for (labels, s) in http.iter().filter(|(_, s)| s.requests > 0) {
             sample(
                 out,
                 "istio_requests_total",
@@ -314,7 +365,7 @@ impl MeshSeries {
             ),
         ] {
             family(out, name, "histogram", help);
-            for (labels, s) in &http {
+            for (labels, s) in http.iter().filter(|(_, s)| pick(s).count > 0) {
                 let h = pick(s);
                 let mut cumulative = 0;
                 for (bound, n) in buckets.iter().zip(&h.counts) {
@@ -354,30 +405,34 @@ impl MeshSeries {
                 );
             }
         }
-        for (name, help, pick) in [
+        for (name, help, bit, pick) in [
             (
                 "istio_tcp_sent_bytes_total",
                 "Bytes sent to the downstream over TCP.",
+                TCP_SENT_BYTES,
                 (|s: &TcpStats| s.sent) as fn(&TcpStats) -> u64,
             ),
             (
                 "istio_tcp_received_bytes_total",
                 "Bytes received from the downstream over TCP.",
+                TCP_RECEIVED_BYTES,
                 |s: &TcpStats| s.received,
             ),
             (
                 "istio_tcp_connections_opened_total",
                 "TCP connections opened.",
+                TCP_OPENED_CONNECTIONS,
                 |s: &TcpStats| s.opened,
             ),
             (
                 "istio_tcp_connections_closed_total",
                 "TCP connections closed.",
+                TCP_CLOSED_CONNECTIONS,
                 |s: &TcpStats| s.closed,
             ),
         ] {
             family(out, name, "counter", help);
-            for (labels, s) in &tcp {
+            for (labels, s) in tcp.iter().filter(|(_, s)| s.families & bit != 0) {
                 sample(out, name, &tcp_names, labels, None, pick(s) as f64);
             }
         }
@@ -448,6 +503,11 @@ fn sample(
         }
         let _ = write!(out, "{n}=\"{}\"", escape(val));
     }
+    for extra in values.iter().skip(names.len()) {
+        if let Some((n, val)) = extra.split_once('\0') {
+            let _ = write!(out, ",{n}=\"{}\"", escape(val));
+        }
+    }
     if let Some(le) = le {
         let _ = write!(out, ",le=\"{le}\"");
     }
@@ -488,9 +548,10 @@ mod tests {
                     request_bytes: 5,
                     response_bytes: 500,
                 },
+                ALL_FAMILIES,
             );
         }
-        s.record_http(labels("503"), Request::default());
+        s.record_http(labels("503"), Request::default(), ALL_FAMILIES);
         let mut out = String::new();
         s.encode(&mut out);
         assert!(out.contains("response_code=\"200\",grpc_response_status=\"grpc_response_status-v\",response_flags=\"response_flags-v\",connection_security_policy=\"connection_security_policy-v\"} 3\n"), "{out}");

@@ -230,6 +230,32 @@ fn provider_names(entry: &Value) -> Vec<String> {
 /// ALL_METRICS for a mode turns the provider off there until a later override names
 /// that mode).
 pub fn metrics(ctx: &ProxyContext) -> BTreeMap<String, ProviderMetrics> {
+    merge(
+        ctx,
+        ctx.snap
+            .mesh
+            .default_metrics_providers()
+            .unwrap_or_default(),
+    )
+}
+
+/// The configuration of meshd's own series for this proxy (upstream Envoy, counted from
+/// its access log records): as istiod merges it, except that Istio's `prometheus`
+/// provider is in scope when the mesh config has no `defaultProviders.metrics` at all
+/// (meshd counts by default; istiod's install sets that default too).
+pub fn own_series(ctx: &ProxyContext) -> Option<ProviderMetrics> {
+    let defaults = ctx
+        .snap
+        .mesh
+        .default_metrics_providers()
+        .unwrap_or_else(|| vec!["prometheus".to_string()]);
+    merge(ctx, defaults)
+        .into_iter()
+        .find(|(name, _)| is_prometheus(ctx, name))
+        .map(|(_, m)| m)
+}
+
+fn merge(ctx: &ProxyContext, defaults: Vec<String>) -> BTreeMap<String, ProviderMetrics> {
     #[derive(Default, Clone)]
     struct Over {
         disabled: Option<bool>,
@@ -240,11 +266,6 @@ pub fn metrics(ctx: &ProxyContext) -> BTreeMap<String, ProviderMetrics> {
         .flatten()
         .flatten()
         .collect();
-    let defaults = ctx
-        .snap
-        .mesh
-        .default_metrics_providers()
-        .unwrap_or_default();
     let mut providers: BTreeMap<String, BTreeMap<Mode, BTreeMap<String, Over>>> = BTreeMap::new();
     if entries.is_empty() {
         for d in &defaults {

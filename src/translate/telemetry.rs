@@ -337,39 +337,36 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     })
 }
 
-/// Whether the mesh's metrics are kept for this proxy's inbound (SERVER) or outbound
-/// (CLIENT) side, merged as istiod merges Telemetry `metrics`: the provider is in scope
-/// when `defaultProviders.metrics` names `prometheus` (or names nothing: Istio's
-/// default), and each entry that names providers — root namespace, namespace, workload
-/// in turn — decides anew whether `prometheus` is among them; an override of all metrics
-/// (no `metric`, or ALL_METRICS; not a `customMetric`) for the mode sets or clears
-/// `disabled`.
-fn metrics_enabled(ctx: &ProxyContext, inbound: bool) -> bool {
-    let mut in_scope = ctx
-        .snap
-        .mesh
-        .default_metrics_providers()
-        .is_none_or(|p| p.iter().any(|n| n == "prometheus"));
-    let mut disabled = false;
-    for entry in levels(ctx, |t| &t.metrics).into_iter().flatten().flatten() {
-        if let Some(providers) = entry["providers"].as_array().filter(|p| !p.is_empty()) {
-            in_scope = providers.iter().any(|p| p["name"] == "prometheus");
-        }
-        for o in entry["overrides"].as_array().into_iter().flatten() {
-            let m = &o["match"];
-            let all = m["customMetric"].is_null()
-                && (m["metric"].is_null() || m["metric"] == "ALL_METRICS");
-            let applies = match m["mode"].as_str().unwrap_or("CLIENT_AND_SERVER") {
-                "CLIENT" => !inbound,
-                "SERVER" => inbound,
-                _ => true,
-            };
-            if all && applies {
-                disabled = o["disabled"].as_bool().unwrap_or(false);
+/// meshd's own series' configuration for this proxy's inbound (SERVER) or outbound
+/// (CLIENT) side, when they are kept there: Telemetry `metrics` merged as istiod merges
+/// them ([`super::peer`]); None when the `prometheus` provider is out of scope or all
+/// metrics are off for the side.
+pub fn own_metrics(ctx: &ProxyContext, inbound: bool) -> Option<super::peer::SideMetrics> {
+    let m = super::peer::own_series(ctx)?;
+    let side = m.for_class(super::peer::Class::of(ctx, inbound));
+    (!side.disabled).then(|| side.clone())
+}
+
+/// The request and response headers the side's tag overrides read (the access log must
+/// carry them for meshd to compute the labels).
+fn tag_headers(side: &super::peer::SideMetrics) -> (Vec<String>, Vec<String>) {
+    use crate::model::metric_tags::TagValue;
+    let mut req = std::collections::BTreeSet::new();
+    let mut resp = std::collections::BTreeSet::new();
+    for o in &side.overrides {
+        for v in o.tags.iter().filter_map(|(_, v)| v.as_deref()) {
+            match TagValue::parse(v) {
+                Some(TagValue::RequestHeader(h)) => {
+                    req.insert(h);
+                }
+                Some(TagValue::ResponseHeader(h)) => {
+                    resp.insert(h);
+                }
+                _ => {}
             }
         }
     }
-    in_scope && !disabled
+    (req.into_iter().collect(), resp.into_iter().collect())
 }
 
 /// The access log that feeds the mesh's metrics (crate::telemetry): every request (or,
@@ -390,9 +387,11 @@ pub fn metrics_log(
     use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
         CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
     };
-    if ctx.is_istio_proxy() || ctx.proxy.proxyless || !metrics_enabled(ctx, inbound) {
+    if ctx.is_istio_proxy() || ctx.proxy.proxyless {
         return None;
     }
+    let side = own_metrics(ctx, inbound)?;
+    let (request_headers, mut response_headers) = tag_headers(&side);
     let common = CommonGrpcAccessLogConfig {
         log_name: if inbound {
             crate::envoy::naming::METRICS_LOG_DESTINATION
@@ -422,10 +421,16 @@ pub fn metrics_log(
             "envoy.access_loggers.http_grpc",
             pb::any(&HttpGrpcAccessLogConfig {
                 common_config: Some(common),
-                // gRPC's status: in trailers, or in the headers of a trailers-only reply.
-                additional_response_headers_to_log: vec!["grpc-status".into()],
+                // gRPC's status: in trailers, or in the headers of a trailers-only reply;
+                // and the headers Telemetry tag overrides read.
+                additional_request_headers_to_log: request_headers,
+                additional_response_headers_to_log: {
+                    response_headers.push("grpc-status".into());
+                    response_headers.sort();
+                    response_headers.dedup();
+                    response_headers
+                },
                 additional_response_trailers_to_log: vec!["grpc-status".into()],
-                ..Default::default()
             }),
         )
     };
