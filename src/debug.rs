@@ -313,7 +313,9 @@ async fn config_dump(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
     // Translation is CPU work: off the async threads.
     let dump = tokio::task::spawn_blocking(move || {
         let res = translate::generate(&snap, &conn.proxy);
-        translate::output::config_dump(&res, &snap.generation.to_string())
+        let mut dump = translate::output::config_dump(&res, &snap.generation.to_string());
+        redact_tracer_secrets(&mut dump);
+        dump
     })
     .await;
     match dump {
@@ -322,8 +324,8 @@ async fn config_dump(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
     }
 }
 
-/// The connected proxy's resources under the snapshot before the last change against
-/// those under the current one.
+/// The connected proxy's resources under the snapshots before and after the last
+/// configuration change (endpoint-only changes are not one).
 async fn config_diff(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQuery>) -> Response {
     let conn = match connected(
         &state,
@@ -333,17 +335,21 @@ async fn config_diff(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
         Ok(c) => c,
         Err(r) => return r,
     };
-    let now = state.snapshot();
-    let Some(before) = state.previous_snapshot() else {
+    let Some(change) = state.last_change() else {
         return Json(json!({
             "proxy": conn.proxy.id,
-            "to": now.generation,
+            "to": state.snapshot().generation,
             "changes": [],
             "note": "no configuration change since meshd started",
         }))
         .into_response();
     };
-    // Two translations: CPU work, off the async threads.
+    let (before, now) = (change.0.clone(), change.1.clone());
+    // Two translations: CPU work, off the async threads, one per core at most (a caller
+    // asking in a loop waits its turn instead of taking every core).
+    let Ok(_slot) = state.cpu_slots.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
     let out = tokio::task::spawn_blocking(move || {
         let old = translate::generate(&before, &conn.proxy);
         let new = translate::generate(&now, &conn.proxy);
@@ -364,6 +370,56 @@ async fn config_diff(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
 async fn graph(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {
     let snap = state.snapshot();
     Json(graph::graph(&snap, state.metrics.mesh.request_counts()))
+}
+
+/// Tracer header values (OpenTelemetry and Zipkin `headers`, gRPC initial metadata) are
+/// credentials more often than not (an API key, a tenant token, a value from meshd's
+/// environment): the proxy needs them, a reader of debug output does not.
+pub(crate) fn redact_tracer_secrets(v: &mut serde_json::Value) {
+    fn redact_headers(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    match k.as_str() {
+                        "requestHeadersToAdd" | "request_headers_to_add" => {
+                            for h in x.as_array_mut().into_iter().flatten() {
+                                if let Some(val) =
+                                    h.get_mut("header").and_then(|h| h.get_mut("value"))
+                                {
+                                    *val = json!("(redacted)");
+                                }
+                            }
+                        }
+                        "initialMetadata" | "initial_metadata" => {
+                            for h in x.as_array_mut().into_iter().flatten() {
+                                if let Some(val) = h.get_mut("value") {
+                                    *val = json!("(redacted)");
+                                }
+                            }
+                        }
+                        _ => redact_headers(x),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(redact_headers),
+            _ => {}
+        }
+    }
+    match v {
+        serde_json::Value::Object(m) => {
+            let tracer = m
+                .get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.contains("envoy.config.trace.v3."));
+            if tracer {
+                redact_headers(v);
+            } else {
+                m.values_mut().for_each(redact_tracer_secrets);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_tracer_secrets),
+        _ => {}
+    }
 }
 
 async fn configz(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> {

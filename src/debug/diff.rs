@@ -53,8 +53,14 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// Each resource of `res` as JSON, by (type, name).
+/// Each resource of `res` as JSON, by (type, name), tracer credentials redacted.
 fn by_name(res: &Resources) -> BTreeMap<(&'static str, String), Value> {
+    let mut out = by_name_raw(res);
+    out.values_mut().for_each(super::redact_tracer_secrets);
+    out
+}
+
+fn by_name_raw(res: &Resources) -> BTreeMap<(&'static str, String), Value> {
     let mut out = BTreeMap::new();
     for c in &res.clusters {
         out.insert(("cluster", c.name.clone()), pb::any_to_json(&pb::any(c)));
@@ -243,6 +249,25 @@ mod tests {
                 ("d[1]".into(), None, Some(json!("y"))),
                 ("gone".into(), Some(json!(1)), None),
             ]
+        );
+    }
+
+    #[test]
+    fn tracer_header_values_are_redacted() {
+        let mut v = json!({"tracing": {"provider": {"typedConfig": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "httpService": {"requestHeadersToAdd": [{"header": {"key": "x-api-key", "value": "s3cret"}}]},
+            "grpcService": {"initialMetadata": [{"key": "authorization", "value": "Bearer t"}]}}}},
+            "routes": [{"requestHeadersToAdd": [{"header": {"key": "x-kept", "value": "shown"}}]}]});
+        super::super::redact_tracer_secrets(&mut v);
+        let text = v.to_string();
+        assert!(
+            !text.contains("s3cret") && !text.contains("Bearer t"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x-api-key") && text.contains("shown"),
+            "{text}"
         );
     }
 

@@ -70,9 +70,31 @@ impl TagValue {
     }
 }
 
+/// Whether `name` can be a label meshd adds to its series: a Prometheus label name, not
+/// reserved (`__…`) and not the histograms' `le`.
+pub fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+        && name != "le"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_names() {
+        for ok in ["tenant", "_x", "request_host2"] {
+            assert!(valid_label_name(ok), "{ok}");
+        }
+        for bad in ["", "2x", "a-b", "a.b", "__name__", "le"] {
+            assert!(!valid_label_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn forms_users_write() {

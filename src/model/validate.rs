@@ -494,9 +494,13 @@ pub fn telemetry(
     for (i, m) in t.metrics.iter().enumerate() {
         for (j, p) in m["providers"].as_array().into_iter().flatten().enumerate() {
             let name = p["name"].as_str().unwrap_or_default();
-            let prometheus = match mesh.extension_providers.iter().find(|e| e.name == name) {
+            let prometheus = match mesh
+                .extension_providers
+                .iter()
+                .find(|e| e.name.eq_ignore_ascii_case(name))
+            {
                 Some(e) => e.prometheus.is_some(),
-                None => name == "prometheus",
+                None => name.eq_ignore_ascii_case("prometheus"),
             };
             if !prometheus {
                 out.push(
@@ -518,6 +522,16 @@ pub fn telemetry(
                 );
             }
             for (tag, v) in o["tagOverrides"].as_object().into_iter().flatten() {
+                if !super::metric_tags::valid_label_name(tag) {
+                    out.push(
+                        obj.diag_warning(
+                            &format!("spec.metrics[{i}].overrides[{j}].tagOverrides.{tag}"),
+                            format!("{tag:?} is not a Prometheus label name: meshd adds no such label to its series"),
+                        )
+                        .hint("letters, digits and underscores, not starting with a digit or `__`, and not `le`"),
+                    );
+                    continue;
+                }
                 if v["operation"] == "REMOVE" {
                     continue;
                 }
@@ -547,6 +561,20 @@ pub fn telemetry(
                     )
                     .hint("define it under meshConfig.extensionProviders as `zipkin`, `opentelemetry`, `datadog` or `skywalking` with `{service, port}`"),
                 );
+            }
+        }
+        for (j, p) in tr.providers.iter().enumerate() {
+            let sampler = mesh.extension_providers.iter().any(|e| {
+                e.name == p.name
+                    && e.opentelemetry
+                        .as_ref()
+                        .is_some_and(|o| o.dynatrace_sampler.is_some())
+            });
+            if sampler {
+                out.push(obj.diag_warning(
+                    &format!("spec.tracing[{i}].providers[{j}].name"),
+                    format!("provider {:?} has a Dynatrace sampler: meshd does not configure it; spans are sampled by randomSamplingPercentage", p.name),
+                ));
             }
         }
         if tr

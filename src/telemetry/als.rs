@@ -52,6 +52,10 @@ struct Stream {
 }
 
 impl Stream {
+    /// The side's overrides. When its metrics are off, none: a record that still arrives
+    /// was logged by a listener configured before the change (Envoy flushes its buffer
+    /// up to a second later, a draining listener serves its connections until they
+    /// close) and is counted as that listener's configuration counted it.
     fn overrides(&mut self, snap: &Snapshot) -> Arc<SideMetrics> {
         if let Some((generation, o)) = &self.overrides
             && *generation == snap.generation
@@ -201,8 +205,9 @@ impl Als {
                 .unwrap_or(0),
         };
         let names = super::series::names(&super::series::HTTP_TAIL);
-        for (labels, families) in overrides::apply(o, &overrides::HTTP, &names, labels, |v| {
-            overrides::eval_http(v, e)
+        let mesh = &self.state.metrics.mesh;
+        for (labels, families) in overrides::apply(o, &overrides::HTTP, &names, labels, |tag, v| {
+            overrides::eval_http(v, e).map(|x| mesh.bounded_tag(tag, x))
         }) {
             self.state.metrics.mesh.record_http(labels, r, families);
         }
@@ -231,9 +236,9 @@ impl Als {
             closed: end,
         };
         let names = super::series::names(&super::series::TCP_TAIL);
-        for (labels, families) in
-            overrides::apply(o, &overrides::TCP, &names, labels, overrides::eval_tcp)
-        {
+        for (labels, families) in overrides::apply(o, &overrides::TCP, &names, labels, |_, v| {
+            overrides::eval_tcp(v)
+        }) {
             self.state.metrics.mesh.record_tcp(labels, c, families);
         }
     }

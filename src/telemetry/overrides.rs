@@ -5,7 +5,7 @@
 use envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry;
 
 use super::series::{self, extra_label};
-use crate::model::metric_tags::TagValue;
+use crate::model::metric_tags::{TagValue, valid_label_name};
 use crate::translate::peer::SideMetrics;
 
 /// The HTTP families, by the Istio metric that names each.
@@ -32,7 +32,7 @@ pub fn apply(
     families: &[(&str, u8)],
     names: &[&str],
     base: Vec<String>,
-    eval: impl Fn(&TagValue) -> Option<String>,
+    eval: impl Fn(&str, &TagValue) -> Option<String>,
 ) -> Vec<(Vec<String>, u8)> {
     if side.overrides.is_empty() {
         return vec![(base, series::ALL_FAMILIES)];
@@ -48,7 +48,7 @@ pub fn apply(
             let computed = value
                 .as_deref()
                 .and_then(TagValue::parse)
-                .and_then(|v| eval(&v));
+                .and_then(|v| eval(tag, &v));
             match (names.iter().position(|n| n == tag), value) {
                 // Removed: an empty value is no label to Prometheus.
                 (Some(i), None) => labels[i] = String::new(),
@@ -57,12 +57,13 @@ pub fn apply(
                         labels[i] = v;
                     }
                 }
-                (None, Some(_)) => {
+                // A new label, when its name can be one (validation reports the others).
+                (None, Some(_)) if valid_label_name(tag) => {
                     if let Some(v) = computed {
                         labels.push(extra_label(tag, &v));
                     }
                 }
-                (None, None) => {}
+                (None, _) => {}
             }
         }
         match groups.iter_mut().find(|(l, _)| *l == labels) {
@@ -100,7 +101,11 @@ pub fn eval_http(v: &TagValue, e: &HttpAccessLogEntry) -> Option<String> {
         }
         .to_string(),
         TagValue::RequestHeader(h) => req?.request_headers.get(h)?.clone(),
-        TagValue::ResponseCode => resp?.response_code.as_ref()?.value.to_string(),
+        // Bounded as the response_code label is.
+        TagValue::ResponseCode => match resp?.response_code.as_ref()?.value {
+            c if c <= 599 => c.to_string(),
+            _ => "unknown".to_string(),
+        },
         TagValue::ResponseHeader(h) => resp?.response_headers.get(h)?.clone(),
     })
 }
@@ -136,6 +141,7 @@ mod tests {
                         ("a".into(), Some("'x'".into())),
                         ("tenant".into(), Some("request.headers['x-tenant']".into())),
                         ("skipped".into(), Some("upstream_peer.name".into())),
+                        ("bad-name".into(), Some("'x'".into())),
                     ],
                 },
             ],
@@ -145,7 +151,7 @@ mod tests {
             &HTTP,
             &["a", "b"],
             vec!["1".into(), "2".into()],
-            |v| match v {
+            |_, v| match v {
                 TagValue::Literal(s) => Some(s.clone()),
                 TagValue::RequestHeader(h) if h == "x-tenant" => Some("t1".into()),
                 _ => None,

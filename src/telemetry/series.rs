@@ -65,20 +65,16 @@ pub const TCP_CLOSED_CONNECTIONS: u8 = 8;
 pub const ALL_FAMILIES: u8 = 15;
 
 /// An extra label (a Telemetry tag override naming a label istio-proxy does not have):
-/// kept after the standard values as `name`, NUL, `value`.
+/// kept after the standard values as `name`, NUL, `value`. `name` must be
+/// [`crate::model::metric_tags::valid_label_name`].
 pub fn extra_label(name: &str, value: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
     format!("{name}\0{value}")
 }
+
+/// How many values one computed label (a Telemetry tag override) may take; beyond,
+/// `other`. Request attributes and headers are chosen by clients: without a bound one
+/// client could fill every family's label sets for all.
+pub const MAX_TAG_VALUES: usize = 100;
 
 /// istio-proxy's buckets for request durations (milliseconds).
 const DURATION_BUCKETS: [f64; 19] = [
@@ -156,6 +152,8 @@ pub struct RequestCount {
 /// The mesh's series, shared by every access log stream.
 #[derive(Debug, Default)]
 pub struct MeshSeries {
+    /// Values seen per computed label, bounded by [`MAX_TAG_VALUES`].
+    tag_values: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     http: Mutex<HashMap<Vec<String>, HttpStats>>,
     tcp: Mutex<HashMap<Vec<String>, TcpStats>>,
     dropped: AtomicU64,
@@ -303,6 +301,24 @@ impl MeshSeries {
                 ))
         });
         out
+    }
+
+    /// `value` for the computed label `tag`, or `other` once the label has taken
+    /// [`MAX_TAG_VALUES`] others.
+    pub fn bounded_tag(&self, tag: &str, value: String) -> String {
+        let mut map = self
+            .tag_values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seen = map.entry(tag.to_string()).or_default();
+        if seen.contains(&value) {
+            return value;
+        }
+        if seen.len() >= MAX_TAG_VALUES {
+            return "other".into();
+        }
+        seen.insert(value.clone());
+        value
     }
 
     /// Records counted so far (requests and connection records).

@@ -372,15 +372,16 @@ fn merge(ctx: &ProxyContext, defaults: Vec<String>) -> BTreeMap<String, Provider
 /// Whether the provider `name` is a Prometheus one: Istio's built-in `prometheus`, or a
 /// mesh `extensionProviders` entry of that kind.
 pub fn is_prometheus(ctx: &ProxyContext, name: &str) -> bool {
+    // Names compare without case, as istiod finds providers.
     match ctx
         .snap
         .mesh
         .extension_providers
         .iter()
-        .find(|p| p.name == name)
+        .find(|p| p.name.eq_ignore_ascii_case(name))
     {
         Some(p) => p.prometheus.is_some(),
-        None => name == "prometheus",
+        None => name.eq_ignore_ascii_case("prometheus"),
     }
 }
 

@@ -317,9 +317,13 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     let provider = spec
         .provider
         .and_then(|name| mesh.extension_providers.iter().find(|p| p.name == name));
-    let Some(tracer) = provider.and_then(|p| super::tracers::tracer(ctx, p)) else {
+    // As istiod: a provider it cannot find leaves istio-proxy with the sampling and tags
+    // (its bootstrap may hold a tracer); a provider found but unusable (not a tracer, or
+    // its collector out of reach) means no tracing at all.
+    let Some(provider) = provider else {
         return ctx.is_istio_proxy().then_some(base);
     };
+    let tracer = super::tracers::tracer(ctx, provider)?;
     Some(HcmTracing {
         max_path_tag_length: (tracer.max_tag_length != 0)
             .then(|| pb::u32v(tracer.max_tag_length))

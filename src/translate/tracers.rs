@@ -9,8 +9,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     grpc_service, header_value_option, http_uri,
 };
 use envoy_types::pb::envoy::config::trace::v3::{
-    ClientConfig, DatadogConfig, OpenTelemetryConfig, SkyWalkingConfig, ZipkinConfig,
-    client_config, zipkin_config,
+    DatadogConfig, OpenTelemetryConfig, SkyWalkingConfig, ZipkinConfig, zipkin_config,
 };
 use envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::{
     DynatraceResourceDetectorConfig, EnvironmentResourceDetectorConfig,
@@ -197,14 +196,9 @@ pub fn tracer(ctx: &ProxyContext, p: &ExtensionProvider) -> Option<Tracer> {
     }
     if let Some(s) = &p.skywalking {
         let (host, cluster) = collector(ctx, &s.service, s.port)?;
-        // istiod leaves the client config to Envoy's defaults (the service cluster and
-        // node id); the access token is the one thing the provider can add.
-        let client_config = (!s.access_token.is_empty()).then(|| ClientConfig {
-            backend_token_specifier: Some(client_config::BackendTokenSpecifier::BackendToken(
-                s.access_token.clone(),
-            )),
-            ..Default::default()
-        });
+        // As istiod: the client config is Envoy's default (the service cluster and node
+        // id). The provider's `accessToken` is not sent, so no token sits in a listener
+        // that the proxy and every config dump would show.
         return Some(Tracer {
             name: "envoy.tracers.skywalking",
             config: pb::any(&SkyWalkingConfig {
@@ -218,7 +212,7 @@ pub fn tracer(ctx: &ProxyContext, p: &ExtensionProvider) -> Option<Tracer> {
                     )),
                     ..Default::default()
                 }),
-                client_config,
+                client_config: None,
             }),
             max_tag_length: 0,
             spawn_upstream_span: true,

@@ -456,9 +456,20 @@ async function diagnosticsView() {
 
 // ---- Navigation ---------------------------------------------------------------------
 
+// Each render (and each periodic reload) carries the number of the navigation it
+// belongs to: an answer that arrives after the person moved on is dropped, and a reload
+// does not start while the previous one is still out.
+let navigation = 0;
+
 async function render() {
   clearInterval(refresh);
-  const hash = decodeURIComponent(location.hash.slice(1)) || "proxies";
+  const mine = ++navigation;
+  let hash = "proxies";
+  try {
+    hash = decodeURIComponent(location.hash.slice(1)) || "proxies";
+  } catch (e) {
+    // A malformed fragment: the proxies view.
+  }
   const [name] = hash.split(/[/?]/);
   for (const a of document.querySelectorAll("header nav a")) {
     a.classList.toggle("active", a.getAttribute("href") === `#${name}` || (name === "proxy" && a.getAttribute("href") === "#proxies"));
@@ -471,15 +482,21 @@ async function render() {
     diagnostics: [diagnosticsView, 0],
   };
   const [fn, every] = views[name] || views.proxies;
+  let busy = false;
   const load = async () => {
+    if (busy) return;
+    busy = true;
+    let out;
     try {
-      show(await fn());
+      out = await fn();
     } catch (e) {
-      show(failure(e));
+      out = [failure(e)];
     }
+    busy = false;
+    if (mine === navigation) show(out);
   };
   await load();
-  if (every) refresh = setInterval(load, every);
+  if (every && mine === navigation) refresh = setInterval(load, every);
 }
 
 window.addEventListener("hashchange", render);

@@ -65,8 +65,12 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
         v.hash(&mut h);
     }
     ctx.proxy.interception.hash(&mut h);
-    // The whole version: some output is gated on it (Zipkin's collector service).
-    ctx.proxy.istio_version.hash(&mut h);
+    // What output is gated on the version (Zipkin's collector as a service from 1.29,
+    // its trace context option from 1.28), not the version itself: proxies of patch
+    // releases share.
+    ctx.proxy.istio_version.is_some().hash(&mut h);
+    ctx.proxy.istio_version_at_least(1, 28).hash(&mut h);
+    ctx.proxy.istio_version_at_least(1, 29).hash(&mut h);
     ctx.proxy.mtls_ready.hash(&mut h);
     // Locality load balancing shapes clusters (locality-weighted or not) by where the
     // client runs; the locality may come from the node or the workload's Node, neither
@@ -84,8 +88,20 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
     }
     if with_address {
         ctx.proxy.ips.hash(&mut h);
-        // Listeners' tracers name the proxy's service cluster.
+        // Listeners' tracers name the proxy: its service cluster, or OpenTelemetry's
+        // service name from the pod (its name, workload, annotation and labels).
         ctx.proxy.service_cluster.hash(&mut h);
+        ctx.proxy.pod.hash(&mut h);
+        for k in ["app.kubernetes.io/instance", "app.kubernetes.io/name"] {
+            ctx.labels.get(k).hash(&mut h);
+        }
+        for k in ["WORKLOAD_NAME", "ANNOTATIONS", "APP_CONTAINERS"] {
+            ctx.proxy
+                .metadata
+                .get(k)
+                .map(|v| v.to_string())
+                .hash(&mut h);
+        }
     }
     h.finish()
 }

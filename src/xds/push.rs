@@ -114,7 +114,10 @@ fn publish_changes(
         next.generation,
         changes.is_endpoint_churn().then_some(&changes.endpoints),
     );
-    state.store(next.clone());
+    state.store(
+        next.clone(),
+        !changes.is_empty() && !changes.is_endpoint_churn(),
+    );
     if changes.is_empty() {
         return changes;
     }

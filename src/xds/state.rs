@@ -18,10 +18,10 @@ use crate::model::snapshot::Snapshot;
 #[derive(Debug)]
 pub struct XdsState {
     snapshot: ArcSwap<Snapshot>,
-    /// The snapshot the current one replaced: what `/debug/config_diff` compares a
-    /// proxy's configuration against. One snapshot more in memory at most; its unchanged
-    /// parts are shared with the current one.
-    previous: ArcSwapOption<Snapshot>,
+    /// The last configuration change: the snapshots before and after it, what
+    /// `/debug/config_diff` compares (one pair, read at once). One snapshot more in memory
+    /// at most; its unchanged parts are shared with the current one.
+    last_change: ArcSwapOption<(Arc<Snapshot>, Arc<Snapshot>)>,
     pub(crate) connections: Mutex<BTreeMap<u64, Arc<Connection>>>,
     next_id: AtomicU64,
     /// Distinguishes this process's nonces from a previous meshd's.
@@ -85,7 +85,7 @@ impl XdsState {
             .unwrap_or(0);
         XdsState {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            previous: ArcSwapOption::empty(),
+            last_change: ArcSwapOption::empty(),
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             nonce_prefix: format!("{:x}", start & 0xffff_ffff),
@@ -108,18 +108,21 @@ impl XdsState {
     }
 
     /// Swaps in a new snapshot (pushes are decided by [`super::push`]).
-    pub(crate) fn store(&self, snap: Arc<Snapshot>) {
-        let replaced = self.snapshot.swap(snap);
+    /// Swaps in a new snapshot; `configuration` says it changes configuration (not
+    /// only endpoints, not nothing): then it is the last change `/debug/config_diff` shows.
+    pub(crate) fn store(&self, snap: Arc<Snapshot>, configuration: bool) {
+        let replaced = self.snapshot.swap(snap.clone());
         // The empty snapshot before the first load is not a configuration anyone was given.
-        if self.is_ready() {
-            self.previous.store(Some(replaced));
+        if configuration && self.is_ready() {
+            self.last_change.store(Some(Arc::new((replaced, snap))));
         }
         self.ready.store(true, Ordering::Release);
     }
 
-    /// The snapshot before the last change, once there has been a change.
-    pub fn previous_snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.previous.load_full()
+    /// The snapshots before and after the last configuration change, once there has been
+    /// one.
+    pub fn last_change(&self) -> Option<Arc<(Arc<Snapshot>, Arc<Snapshot>)>> {
+        self.last_change.load_full()
     }
 
     /// True once the first full configuration load is in place.

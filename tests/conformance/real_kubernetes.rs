@@ -46,6 +46,43 @@ fn apply_folder(api: &KubeApi, dir: &str) {
     }
 }
 
+/// deploy/addons as `kubectl apply -k` applies it (kustomization.yaml is Kustomize's,
+/// not an object): its resources, then ConfigMap meshd-dashboards with one key per file
+/// of its generator.
+fn apply_addons(api: &KubeApi) {
+    let dir = repo().join("deploy/addons");
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization");
+    let k = meshd::sources::yaml::parse_documents(&text)
+        .into_iter()
+        .next()
+        .expect("one document")
+        .expect("YAML")
+        .value;
+    for r in k["resources"].as_array().expect("resources") {
+        apply_file(api, &dir.join(r.as_str().expect("a file name")));
+    }
+    for g in k["configMapGenerator"].as_array().expect("a generator") {
+        let data: serde_json::Map<String, serde_json::Value> = g["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .map(|f| {
+                let f = f.as_str().expect("a file name");
+                let name = f.rsplit('/').next().unwrap_or(f).to_string();
+                let body = std::fs::read_to_string(dir.join(f)).expect("dashboard");
+                (name, json!(body))
+            })
+            .collect();
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": g["name"], "namespace": g["namespace"]},
+            "data": data,
+        });
+        let refused = api.apply_text(&cm.to_string());
+        assert!(refused.is_empty(), "the dashboards ConfigMap: {refused:?}");
+    }
+}
+
 /// Runs the real istioctl (built by the test command from Istio's Go module) against
 /// meshd's plaintext xDS port and the API server: its output, or None (skipped, or a
 /// failure under MESHD_REQUIRE_ENVOY) when it is not built.
@@ -108,8 +145,9 @@ fn crds_and_deployment_pass_the_api_servers_checks() {
     let dir = TempDir::new("real-crds");
     let Some(api) = real_api(&dir) else { return };
     apply_crds_and_deploy(&api);
-    // The optional addons go in too.
-    apply_folder(&api, "deploy/addons");
+    // The optional addons go in too, as `kubectl apply -k deploy/addons/` puts them: each
+    // manifest the kustomization names, and its generated dashboards ConfigMap.
+    apply_addons(&api);
     // The CRDs are served: Istio's own Bookinfo rules go in as they are.
     wait_for(
         "networking.istio.io served",

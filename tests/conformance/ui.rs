@@ -27,7 +27,8 @@ fn chromium_bin() -> Option<PathBuf> {
 
 /// A VirtualService Envoy refuses and meshd cannot know to refuse: the regular
 /// expression is valid RE2, but its compiled program is larger than Envoy's default
-/// limit (the runtime key `re2.max_program_size.error_level`, 100).
+/// limit (the runtime key `re2.max_program_size.error_level`, 100). It ends in markup,
+/// which the page must show as text.
 const OVERSIZED_REGEX: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -35,7 +36,7 @@ metadata: {name: ratings, namespace: default}
 spec:
   hosts: [ratings]
   http:
-  - match: [{uri: {regex: "/(alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|sigma|tau|upsilon|phi|chi|psi|omega){8}"}}]
+  - match: [{uri: {regex: "/(alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|sigma|tau|upsilon|phi|chi|psi|omega){8}<b>x</b>"}}]
     route: [{destination: {host: ratings, subset: v1}}]
   - route: [{destination: {host: ratings, subset: v1}}]
 "#;
@@ -186,6 +187,12 @@ fn the_ui_shows_proxies_nacks_splits_and_changes_in_chromium() {
         .replace('<', "&lt;")
         .replace('>', "&gt;");
     assert!(dom.contains(&escaped), "Envoy's text {nack:?} in {dom}");
+    assert!(
+        nack.contains("<b>x</b>")
+            && dom.contains("&lt;b&gt;x&lt;/b&gt;")
+            && !dom.contains("<b>x</b>"),
+        "the markup in Envoy's text shown as text, never as markup: {dom}"
+    );
 
     // The proxy's page: the last change, field by field, is the ratings route.
     let dom = browser.open(&format!("proxy/{node}"), "proxy");
