@@ -651,6 +651,18 @@ fn telemetry_metrics_match_istiod() {
     compare("telemetry", &files);
 }
 
+/// Tracing from the mesh's defaultConfig alone (no Telemetry), against istiod's.
+#[test]
+fn tracing_defaults_match_istiod() {
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml"]
+        .iter()
+        .map(|f| bookinfo.join(f))
+        .collect();
+    files.push(repo().join("tests/data/fidelity/tracing-defaults.yaml"));
+    compare("tracing-defaults", &files);
+}
+
 /// The files of one of ../shared/istio's folders with their names (no extension), in
 /// name order; None after a SKIPPED line when ../shared/istio is not there.
 fn samples(dir: &Path) -> Option<Vec<(PathBuf, String)>> {

@@ -281,6 +281,36 @@ impl MeshConfig {
             .unwrap_or(1.0)
     }
 
+    /// `defaultConfig.tracing.customTags`: the tags every span gets when no Telemetry
+    /// gives any (as istiod falls back to the proxy config's).
+    pub fn default_trace_custom_tags(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::model::istio::CustomTag> {
+        serde_json::from_value(self.raw["defaultConfig"]["tracing"]["customTags"].clone())
+            .unwrap_or_default()
+    }
+
+    /// `defaultConfig.tracing.enableIstioTags` (default true).
+    pub fn default_trace_istio_tags(&self) -> bool {
+        self.raw["defaultConfig"]["tracing"]["enableIstioTags"]
+            .as_bool()
+            .unwrap_or(true)
+    }
+
+    /// `defaultConfig.tracing.maxPathTagLength` (0: Envoy's default).
+    pub fn default_trace_max_path_tag_length(&self) -> u32 {
+        self.raw["defaultConfig"]["tracing"]["maxPathTagLength"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    }
+
+    /// `enableTracing` (istiod's default: true): whether istio-proxy traces when no
+    /// Telemetry speaks of tracing.
+    pub fn enable_tracing(&self) -> bool {
+        self.raw["enableTracing"].as_bool().unwrap_or(true)
+    }
+
     /// `defaultConfig.gatewayTopology.forwardClientCertDetails` (SANITIZE, FORWARD_ONLY,
     /// APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY), when set: what gateways do
     /// with X-Forwarded-Client-Cert (istiod's default: SANITIZE_SET).

@@ -233,17 +233,24 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     let mesh = &ctx.snap.mesh;
     let entries = tracing_entries(ctx);
     let defaults = mesh.default_tracing_providers();
-    // istio-proxy always gets istiod's sampling and tags: its bootstrap may carry a tracer
-    // of its own (proxyConfig.tracing). Upstream Envoy only gets tracing with a provider.
-    if entries.is_empty() && defaults.is_empty() && !ctx.is_istio_proxy() {
+    // Nothing in Telemetry speaks of tracing: istiod's pre-Telemetry way, for istio-proxy
+    // (its bootstrap may carry a tracer of its own, proxyConfig.tracing) unless the mesh's
+    // `enableTracing` is false. Upstream Envoy only gets tracing with a provider.
+    let legacy = entries.is_empty() && defaults.is_empty();
+    if legacy && (!ctx.is_istio_proxy() || !mesh.enable_tracing()) {
         return None;
     }
+    let proxy_tags = mesh.default_trace_custom_tags();
     let mut spec = TracingSpec {
         provider: defaults.into_iter().next(),
         disabled: false,
         sampling: None,
         custom_tags: None,
-        istio_tags: true,
+        istio_tags: if legacy {
+            mesh.default_trace_istio_tags()
+        } else {
+            true
+        },
     };
     for e in entries {
         let applies = match e.matches.as_ref().map(|m| m.mode) {
@@ -281,7 +288,8 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
     } else {
         Vec::new()
     };
-    for (tag, t) in spec.custom_tags.into_iter().flatten() {
+    // Telemetry's custom tags, else the proxy config's (as istiod).
+    for (tag, t) in spec.custom_tags.unwrap_or(&proxy_tags) {
         let ty = if let Some(l) = &t.literal {
             custom_tag::Type::Literal(custom_tag::Literal {
                 value: l.value.clone(),
@@ -312,6 +320,12 @@ pub fn tracing(ctx: &ProxyContext, inbound: bool) -> Option<HcmTracing> {
         overall_sampling: percent(100.0),
         random_sampling: percent(sampling),
         custom_tags: tags,
+        max_path_tag_length: if legacy {
+            let n = mesh.default_trace_max_path_tag_length();
+            (n != 0).then(|| pb::u32v(n)).flatten()
+        } else {
+            None
+        },
         ..Default::default()
     };
     let provider = spec
