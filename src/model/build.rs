@@ -320,6 +320,7 @@ impl Builder {
                 pod.key.clone(),
                 Arc::new(Workload {
                     key: pod.key.clone(),
+                    name: info.workload_name(&pod.key.name, &pod.labels),
                     addresses: info.ips.clone(),
                     labels: Arc::new(pod.labels.clone()),
                     service_account: info.service_account.clone(),
@@ -344,6 +345,10 @@ impl Builder {
                 we.key.clone(),
                 Arc::new(Workload {
                     key: we.key.clone(),
+                    name: labels
+                        .get("service.istio.io/workload-name")
+                        .cloned()
+                        .unwrap_or_else(|| we.key.name.clone()),
                     addresses: vec![spec.address.clone()],
                     labels: Arc::new(labels),
                     service_account: spec.service_account.clone(),

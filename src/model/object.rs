@@ -311,6 +311,69 @@ pub struct PodInfo {
     pub container_ports: Vec<(String, u16)>,
     pub host_network: bool,
     pub terminating: bool,
+    /// The controlling owner (kind, name) from `metadata.ownerReferences`, when the pod's
+    /// name was generated (`metadata.generateName`), as istiod looks it up.
+    pub controller: Option<(String, String)>,
+}
+
+impl PodInfo {
+    /// The workload the pod belongs to, as istiod names it (its `GetWorkloadMetaFromPod`):
+    /// the `service.istio.io/workload-name` label; else, for a pod a controller made, the
+    /// Deployment behind a ReplicaSet (or an Argo Rollout), an OpenShift DeploymentConfig,
+    /// the CronJob behind a Job named `NAME-<timestamp>`, or the controller itself; else
+    /// (a pod with no controller, as files often give them) the pod name with the
+    /// Deployment and StatefulSet suffixes taken off.
+    pub fn workload_name(&self, pod: &str, labels: &BTreeMap<String, String>) -> String {
+        if let Some(w) = labels.get("service.istio.io/workload-name") {
+            return w.clone();
+        }
+        let label = |k: &str| labels.get(k).filter(|v| !v.is_empty());
+        let Some((kind, name)) = &self.controller else {
+            return name_heuristic(pod, labels);
+        };
+        match kind.as_str() {
+            "ReplicaSet" => {
+                for hash in ["pod-template-hash", "rollouts-pod-template-hash"] {
+                    if let Some(h) = label(hash)
+                        && let Some(base) = name.strip_suffix(h.as_str())
+                        && let Some(base) = base.strip_suffix('-')
+                    {
+                        return base.to_string();
+                    }
+                }
+                name.clone()
+            }
+            "ReplicationController" => label("deploymentconfig").unwrap_or(name).clone(),
+            "Job" => match name.rsplit_once('-') {
+                Some((cron, stamp))
+                    if (8..=10).contains(&stamp.len())
+                        && stamp.chars().all(|c| c.is_ascii_digit()) =>
+                {
+                    cron.to_string()
+                }
+                _ => name.clone(),
+            },
+            _ => name.clone(),
+        }
+    }
+}
+
+/// A pod's workload from its name alone: a Deployment's pods carry the ReplicaSet's
+/// `pod-template-hash` (`reviews-v1-5d8f7c9b6-x2x7z` → `reviews-v1`), a StatefulSet's
+/// their index (`db-0` → `db`); any other pod is its own workload.
+pub fn name_heuristic(pod: &str, labels: &BTreeMap<String, String>) -> String {
+    if let Some(hash) = labels.get("pod-template-hash").filter(|h| !h.is_empty())
+        && let Some(i) = pod.find(&format!("-{hash}"))
+    {
+        return pod[..i].to_string();
+    }
+    if labels.contains_key("statefulset.kubernetes.io/pod-name")
+        && let Some((base, index)) = pod.rsplit_once('-')
+        && index.chars().all(|c| c.is_ascii_digit())
+    {
+        return base.to_string();
+    }
+    pod.to_string()
 }
 
 /// One address of an Endpoints subset or EndpointSlice.
@@ -1064,11 +1127,82 @@ fn pod_info(
         container_ports,
         host_network: spec.host_network.unwrap_or(false),
         terminating: meta.get("deletionTimestamp").is_some_and(|v| !v.is_null()),
+        controller: meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+            .and_then(|_| {
+                meta.get("ownerReferences")?
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["controller"] == true)
+                    .and_then(|r| {
+                        Some((
+                            r["kind"].as_str()?.to_string(),
+                            r["name"].as_str()?.to_string(),
+                        ))
+                    })
+            }),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pod_workload_names_as_istiod_derives_them() {
+        let info = |controller: Option<(&str, &str)>| PodInfo {
+            ips: vec![],
+            phase: "Running".into(),
+            ready: true,
+            service_account: "default".into(),
+            node_name: String::new(),
+            container_ports: vec![],
+            host_network: false,
+            terminating: false,
+            controller: controller.map(|(k, n)| (k.to_string(), n.to_string())),
+        };
+        let labels = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let hash = labels(&[("pod-template-hash", "5d8f7c9b6")]);
+        assert_eq!(
+            info(Some(("ReplicaSet", "reviews-v1-5d8f7c9b6")))
+                .workload_name("reviews-v1-5d8f7c9b6-x2x7z", &hash),
+            "reviews-v1"
+        );
+        assert_eq!(
+            info(Some(("DaemonSet", "node-agent"))).workload_name("node-agent-q8x2k", &labels(&[])),
+            "node-agent"
+        );
+        assert_eq!(
+            info(Some(("Job", "backup-28391234")))
+                .workload_name("backup-28391234-abcde", &labels(&[])),
+            "backup"
+        );
+        assert_eq!(
+            info(Some(("Job", "migrate"))).workload_name("migrate-abcde", &labels(&[])),
+            "migrate"
+        );
+        assert_eq!(
+            info(Some(("ReplicaSet", "bare"))).workload_name("bare-xyz", &labels(&[])),
+            "bare"
+        );
+        assert_eq!(
+            info(None).workload_name("reviews-v1-5d8f7c9b6-x2x7z", &hash),
+            "reviews-v1",
+            "no owner (a file's pod): from the name"
+        );
+        assert_eq!(
+            info(Some(("DaemonSet", "ds"))).workload_name(
+                "ds-1",
+                &labels(&[("service.istio.io/workload-name", "chosen")])
+            ),
+            "chosen"
+        );
+    }
+
     use super::*;
     use crate::sources::yaml::parse_documents;
 

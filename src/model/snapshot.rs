@@ -131,6 +131,8 @@ pub struct PeerAuthenticationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Workload {
     pub key: ObjectKey,
+    /// The workload's name as istiod gives it (a pod's Deployment, CronJob, …).
+    pub name: String,
     pub addresses: Vec<String>,
     pub labels: Arc<Labels>,
     pub service_account: String,

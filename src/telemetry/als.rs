@@ -175,9 +175,14 @@ impl Als {
             None => "0".to_string(),
             Some(_) => "unknown".to_string(),
         };
+        let grpc_request = e
+            .request
+            .as_ref()
+            .and_then(|r| r.request_headers.get("content-type"))
+            .is_some_and(|t| t.starts_with("application/grpc"));
         let mut labels = peer_labels(s.reporter, &source, &destination, &service);
         labels.extend([
-            if grpc_status.is_some() {
+            if grpc_status.is_some() || grpc_request {
                 "grpc"
             } else {
                 "http"

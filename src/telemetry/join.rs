@@ -39,14 +39,13 @@ impl Peer {
     }
 
     fn new(
-        pod: &str,
+        workload: String,
         namespace: &str,
         labels: &Labels,
         service_account: &str,
         trust_domain: &str,
         cluster: &str,
     ) -> Peer {
-        let workload = workload_name(pod, labels);
         let label = |keys: &[&str]| {
             keys.iter()
                 .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
@@ -80,19 +79,23 @@ impl Peer {
 
     /// The proxy that sent a record (its node: pod, namespace, labels, account).
     pub fn of_proxy(p: &Proxy, snap: &Snapshot) -> Peer {
-        let pod = p
+        // The injector's WORKLOAD_NAME (istiod's name for it), else the label override,
+        // else what the pod's name tells.
+        let workload = p
             .metadata
             .get("WORKLOAD_NAME")
             .and_then(|v| v.as_str())
             .filter(|w| !w.is_empty())
-            .unwrap_or(&p.pod);
+            .map(str::to_string)
+            .or_else(|| p.labels.get("service.istio.io/workload-name").cloned())
+            .unwrap_or_else(|| workload_name(&p.pod, &p.labels));
         let cluster = if p.cluster_id.is_empty() {
             DEFAULT_CLUSTER
         } else {
             p.cluster_id.as_str()
         };
         Peer::new(
-            pod,
+            workload,
             &p.namespace,
             &p.labels,
             &p.service_account,
@@ -103,7 +106,7 @@ impl Peer {
 
     fn of_workload(snap: &Snapshot, w: &Workload) -> Peer {
         Peer::new(
-            &w.key.name,
+            w.name.clone(),
             &w.key.namespace,
             &w.labels,
             &w.service_account,
@@ -164,22 +167,10 @@ impl Peer {
     }
 }
 
-/// The workload a pod belongs to, as Istio names it: a Deployment's pods carry the
-/// ReplicaSet's `pod-template-hash` (`reviews-v1-5d8f7c9b6-x2x7z` → `reviews-v1`), a
-/// StatefulSet's pods their index (`db-0` → `db`); any other pod is its own workload.
+/// The workload a pod belongs to judged from its name (for a proxy whose node says no
+/// more): [`crate::model::object::name_heuristic`].
 pub fn workload_name(pod: &str, labels: &Labels) -> String {
-    if let Some(hash) = labels.get("pod-template-hash").filter(|h| !h.is_empty())
-        && let Some(i) = pod.find(&format!("-{hash}"))
-    {
-        return pod[..i].to_string();
-    }
-    if labels.contains_key("statefulset.kubernetes.io/pod-name")
-        && let Some((base, index)) = pod.rsplit_once('-')
-        && index.chars().all(|c| c.is_ascii_digit())
-    {
-        return base.to_string();
-    }
-    pod.to_string()
+    crate::model::object::name_heuristic(pod, labels)
 }
 
 /// The service a cluster sends to: (host, name, namespace) for `outbound|port|subset|host`

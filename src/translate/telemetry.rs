@@ -441,7 +441,15 @@ pub fn metrics_log(
                 common_config: Some(common),
                 // gRPC's status: in trailers, or in the headers of a trailers-only reply;
                 // and the headers Telemetry tag overrides read.
-                additional_request_headers_to_log: request_headers,
+                // content-type tells a gRPC request (request_protocol) even when it
+                // ends without a gRPC status.
+                additional_request_headers_to_log: {
+                    let mut h = request_headers;
+                    h.push("content-type".into());
+                    h.sort();
+                    h.dedup();
+                    h
+                },
                 additional_response_headers_to_log: {
                     response_headers.push("grpc-status".into());
                     response_headers.sort();
