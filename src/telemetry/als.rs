@@ -56,16 +56,21 @@ impl Stream {
     /// was logged by a listener configured before the change (Envoy flushes its buffer
     /// up to a second later, a draining listener serves its connections until they
     /// close) and is counted as that listener's configuration counted it.
-    fn overrides(&mut self, snap: &Snapshot) -> Arc<SideMetrics> {
+    async fn overrides(&mut self, snap: &Arc<Snapshot>) -> Arc<SideMetrics> {
         if let Some((generation, o)) = &self.overrides
             && *generation == snap.generation
         {
             return o.clone();
         }
-        let ctx = crate::translate::ProxyContext::new(snap, &self.proxy);
+        // Working out a proxy's view is CPU work: off the async threads.
+        let (at, proxy) = (snap.clone(), self.proxy.clone());
         let inbound = self.reporter == Reporter::Destination;
-        let side =
-            Arc::new(crate::translate::telemetry::own_metrics(&ctx, inbound).unwrap_or_default());
+        let side = tokio::task::spawn_blocking(move || {
+            let ctx = crate::translate::ProxyContext::new(&at, &proxy);
+            Arc::new(crate::translate::telemetry::own_metrics(&ctx, inbound).unwrap_or_default())
+        })
+        .await
+        .unwrap_or_default();
         self.overrides = Some((snap.generation, side.clone()));
         side
     }
@@ -121,7 +126,7 @@ impl AccessLogService for Als {
                 ));
             };
             let snap = self.state.snapshot();
-            let overrides = s.overrides(&snap);
+            let overrides = s.overrides(&snap).await;
             let s = &*s;
             match msg.log_entries {
                 Some(LogEntries::HttpLogs(logs)) => {
