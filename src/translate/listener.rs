@@ -308,7 +308,8 @@ pub fn http_connection_manager(
         } else {
             0
         },
-        // Envoy answers `Expect: 100-continue` itself (istiod's ENABLE_100_CONTINUE_HEADERS).
+        // `Expect: 100-continue` goes to the application, whose `100 Continue` comes back
+        // (istiod's ENABLE_100_CONTINUE_HEADERS); Envoy does not answer it itself.
         proxy_100_continue: true,
         ..Default::default()
     };

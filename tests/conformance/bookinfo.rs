@@ -388,3 +388,63 @@ fn ingress_gateway_routes_productpage() {
     assert!(envoy.stats("update_rejected").iter().all(|(_, v)| *v == 0));
     drop(meshd);
 }
+
+/// `Expect: 100-continue` goes through the sidecar to the application, which decides
+/// (istiod's ENABLE_100_CONTINUE_HEADERS, on by default: Envoy forwards the header and
+/// the application's `100 Continue`, instead of answering it itself): this application
+/// answers at once, and it saw the header.
+#[test]
+fn expect_100_continue_reaches_the_application() {
+    use std::io::{Read, Write};
+    let Some(b) = Bookinfo::start(&networking("virtual-service-all-v1.yaml"), Ads::Delta) else {
+        return;
+    };
+    let mut s = std::net::TcpStream::connect(EGRESS).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: reviews\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .expect("headers");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s
+            .read(&mut buf)
+            .expect("an answer before any body was sent");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "the application's answer, no 100 of Envoy's own: {head}"
+    );
+    assert!(
+        head.contains("x-seen-expect: 100-continue"),
+        "the application saw the header: {head}"
+    );
+    b.assert_healthy();
+}
+
+/// A direct response's body up to istiod's limit (1 MiB, far past Envoy's 4 KiB
+/// default) is served whole.
+#[test]
+fn a_large_direct_response_is_served_whole() {
+    let Some(b) = Bookinfo::start(&networking("virtual-service-all-v1.yaml"), Ads::Delta) else {
+        return;
+    };
+    let body = "x".repeat(600 * 1024);
+    b.config.write(
+        "virtual-service.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  hosts: [ratings]\n  http:\n  - directResponse: {{status: 203, body: {{string: {body}}}}}\n"
+        ),
+    );
+    let r = wait_for("the direct response", Duration::from_secs(20), || {
+        b.get("ratings", &[]).ok().filter(|r| r.status == 203)
+    });
+    assert_eq!(r.body.len(), body.len(), "the whole body");
+    assert!(r.body.bytes().all(|c| c == b'x'));
+    b.assert_healthy();
+}

@@ -348,6 +348,18 @@ fn permissive_mtls_between_sidecars_carries_the_client_identity() {
         "server saw the client's SPIFFE identity: {xfcc:?}"
     );
     assert!(m.handshakes() > 0, "the request crossed mTLS");
+    // Between sidecars the handshake is TLS 1.3 (istiod's client and server TLS
+    // parameters allow it; Envoy's own server default would stop at 1.2).
+    let versions: Vec<(String, u64)> = m
+        .server
+        .stats("ssl.versions")
+        .into_iter()
+        .filter(|(k, v)| k.starts_with("listener.") && *v > 0)
+        .collect();
+    assert!(
+        !versions.is_empty() && versions.iter().all(|(k, _)| k.ends_with("TLSv1.3")),
+        "the server side negotiated TLS 1.3 only: {versions:?}"
+    );
     // PERMISSIVE: a plaintext client is served too, with no identity.
     let r = m.plaintext_direct().expect("plaintext accepted");
     assert_eq!((r.status, r.body.as_str()), (200, "reviews-v1"));
