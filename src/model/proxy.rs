@@ -150,6 +150,15 @@ impl Proxy {
         })
     }
 
+    /// A node metadata string, when set and not empty.
+    pub fn meta_str(&self, key: &str) -> Option<String> {
+        self.metadata
+            .get(key)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+
     /// Whether this is istio-proxy of at least `major.minor` (never for upstream Envoy).
     pub fn istio_version_at_least(&self, major: u32, minor: u32) -> bool {
         let Some(v) = &self.istio_version else {

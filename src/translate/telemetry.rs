@@ -159,14 +159,7 @@ fn istio_tags(ctx: &ProxyContext) -> Vec<CustomTag> {
             .find_map(|k| ctx.labels.get(*k).filter(|v| !v.is_empty()))
             .cloned()
     };
-    let meta = |k: &str| {
-        ctx.proxy
-            .metadata
-            .get(k)
-            .and_then(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
+    let meta = |k: &str| ctx.proxy.meta_str(k);
     vec![
         literal(
             "istio.canonical_revision",

@@ -226,14 +226,7 @@ pub fn tracer(ctx: &ProxyContext, p: &ExtensionProvider) -> Option<Tracer> {
 /// or `app.kubernetes.io/name` label, the workload's name, the pod's, or
 /// `unknown_service`.
 fn otel_service_name(ctx: &ProxyContext) -> String {
-    let meta = |k: &str| {
-        ctx.proxy
-            .metadata
-            .get(k)
-            .and_then(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
+    let meta = |k: &str| ctx.proxy.meta_str(k);
     let annotation = ctx
         .proxy
         .metadata

@@ -313,47 +313,33 @@ data:
       datadog: {service: datadog.local, port: 8126}
     - name: skywalking
       skywalking: {service: skywalking.local, port: 11800}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: otel, namespace: default}
-spec:
-  hosts: [otel.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 4317, name: grpc, protocol: GRPC}]
-  endpoints: [{address: 127.0.1.91}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: otel-http, namespace: default}
-spec:
-  hosts: [otel-http.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 4318, name: http, protocol: HTTP}]
-  endpoints: [{address: 127.0.1.92}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: datadog, namespace: default}
-spec:
-  hosts: [datadog.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 8126, name: http, protocol: HTTP}]
-  endpoints: [{address: 127.0.1.93}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: skywalking, namespace: default}
-spec:
-  hosts: [skywalking.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 11800, name: grpc, protocol: GRPC}]
-  endpoints: [{address: 127.0.1.94}]
 "#;
+
+/// The collectors: (name, host, port, protocol, address) of each ServiceEntry.
+const COLLECTORS: [(&str, &str, u16, &str, &str); 4] = [
+    ("otel", "otel.local", 4317, "GRPC", "127.0.1.91"),
+    ("otel-http", "otel-http.local", 4318, "HTTP", "127.0.1.92"),
+    ("datadog", "datadog.local", 8126, "HTTP", "127.0.1.93"),
+    (
+        "skywalking",
+        "skywalking.local",
+        11800,
+        "GRPC",
+        "127.0.1.94",
+    ),
+];
+
+fn collector_entries() -> String {
+    COLLECTORS
+        .iter()
+        .map(|(name, host, port, protocol, address)| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]\n  endpoints: [{{address: {address}}}]\n",
+                protocol.to_ascii_lowercase()
+            )
+        })
+        .collect()
+}
 
 /// A gRPC receiver for any method (Python grpcio's generic handler): it prints each
 /// request message as `METHOD HEX`, answering with an empty message (an empty
@@ -425,7 +411,10 @@ fn telemetry_tracing_reports_to_opentelemetry_datadog_and_skywalking() {
         "127.0.1.93:8126",
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
     );
-    b.config.write("tracing-providers.yaml", PROVIDERS);
+    b.config.write(
+        "tracing-providers.yaml",
+        &format!("{PROVIDERS}{}", collector_entries()),
+    );
 
     // gRPC requests the sink printed for `method`, decoded.
     let grpc_requests = |method: &str| -> Vec<Vec<u8>> {
