@@ -21,7 +21,51 @@ use crate::translate;
 use crate::xds::XdsState;
 use crate::xds::registry::Connection;
 
-pub fn router(state: Arc<XdsState>) -> Router {
+/// Who may read `/debug/*` and `/ui`: any caller on this host (port-forwards arrive
+/// there), else one with a bearer token meshd verifies (a service account token with
+/// the `istio-ca` audience, as for the CA) — istiod's `allowAuthenticatedOrLocalhost`.
+/// Configuration dumps name every service and policy; tracer and EnvoyFilter values may
+/// carry credentials. `/ready`, `/metrics` and `/version` stay open (probes, Prometheus).
+#[derive(Clone)]
+pub struct Access {
+    pub auth: Option<Arc<crate::ca::server::Authenticator>>,
+}
+
+async fn guard(
+    State(access): State<Access>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let protected = path.starts_with("/debug") || path == "/ui" || path.starts_with("/ui/");
+    if !protected || peer.ip().is_loopback() {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let verdict = match (&access.auth, token) {
+        (_, None) => Err("no bearer token".to_string()),
+        (None, Some(_)) => Err("meshd verifies no tokens here".to_string()),
+        (Some(a), Some(t)) => a.verify_token(&t).await.map(|_| ()),
+    };
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(why) => (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{path}: {why} (hint: from another host, send `authorization: Bearer <service account token with audience istio-ca>`, or use kubectl port-forward)\n"
+            ),
+        )
+            .into_response(),
+    }
+}
+
+pub fn router(state: Arc<XdsState>, access: Access) -> Router {
     Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -36,6 +80,7 @@ pub fn router(state: Arc<XdsState>) -> Router {
         .route("/debug/graph", get(graph))
         .merge(crate::ui::router())
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(access, guard))
 }
 
 async fn ready(State(state): State<Arc<XdsState>>) -> Response {
@@ -441,4 +486,69 @@ async fn configz(State(state): State<Arc<XdsState>>) -> Json<serde_json::Value> 
         "diagnostics": snap.diagnostics,
         "errors": snap.error_count(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+
+    async fn status(path: &str, peer: &str, token: Option<&str>) -> StatusCode {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let state = Arc::new(XdsState::new(Default::default(), rx));
+        let app = router(state, Access { auth: None });
+        let mut req = axum::http::Request::builder().uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut req = req.body(Body::empty()).expect("request");
+        let peer: std::net::SocketAddr = peer.parse().expect("address");
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.oneshot(req)
+            .await
+            .map(|r| r.status())
+            .unwrap_or(StatusCode::IM_A_TEAPOT)
+    }
+
+    #[tokio::test]
+    async fn debug_and_ui_answer_this_host_or_a_verified_token() {
+        let remote = "10.1.2.3:40000";
+        for path in [
+            "/debug/syncz",
+            "/debug/configz",
+            "/ui",
+            "/ui/app.js",
+            "/debug",
+        ] {
+            assert_eq!(
+                status(path, remote, None).await,
+                StatusCode::UNAUTHORIZED,
+                "{path}"
+            );
+            assert_eq!(
+                status(path, remote, Some("forged")).await,
+                StatusCode::UNAUTHORIZED,
+                "{path}: a token meshd cannot verify"
+            );
+            assert_eq!(
+                status(path, "127.0.0.1:40000", None).await,
+                StatusCode::OK,
+                "{path}"
+            );
+            assert_eq!(
+                status(path, "[::1]:40000", None).await,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+        // Probes and Prometheus need no credentials.
+        assert_eq!(status("/metrics", remote, None).await, StatusCode::OK);
+        assert_eq!(status("/version", remote, None).await, StatusCode::OK);
+        assert_ne!(
+            status("/ready", remote, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }

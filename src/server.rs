@@ -482,14 +482,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let http_addr = http.local_addr()?;
     let monitoring_addr = monitoring.local_addr()?;
     for (listener, name) in [(http, "http"), (monitoring, "monitoring")] {
-        let app = crate::debug::router(state.clone());
+        let app = crate::debug::router(
+            state.clone(),
+            crate::debug::Access {
+                auth: Some(auth.clone()),
+            },
+        );
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
+            let r = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
             if let Err(e) = r {
                 warn!(server = name, error = %e, "HTTP server stopped");
             }

@@ -72,7 +72,8 @@ impl Authenticator {
         }
     }
 
-    async fn verify_token(&self, token: &str) -> Result<Identity, String> {
+    /// The identity a bearer token proves (JWKS, else the API server's TokenReview).
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, String> {
         match (&self.jwt, &self.token_review) {
             (Some(v), None) => v.verify(token),
             (None, Some(r)) => r.review(token).await,
