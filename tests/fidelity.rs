@@ -434,7 +434,9 @@ fn compare_pods(scenario: &str, files: &[PathBuf], only: &[&str]) {
         // A gateway's pod (Istio's chart, or a Gateway API Gateway's generated
         // Deployment) runs a router; every other pod a sidecar.
         let labels = &pod["metadata"]["labels"];
-        let kind = if labels["istio"] == "ingressgateway"
+        let kind = if labels["istio"]
+            .as_str()
+            .is_some_and(|v| v.ends_with("gateway"))
             || labels["gateway.networking.k8s.io/gateway-name"].is_string()
         {
             "router"
@@ -661,6 +663,19 @@ fn tracing_defaults_match_istiod() {
         .collect();
     files.push(repo().join("tests/data/fidelity/tracing-defaults.yaml"));
     compare("tracing-defaults", &files);
+}
+
+/// An east-west gateway (AUTO_PASSTHROUGH) in front of Bookinfo with its
+/// DestinationRules: SNI-DNAT clusters and one chain per cluster, against istiod's.
+#[test]
+fn eastwest_gateway_matches_istiod() {
+    let bookinfo = repo().join("examples/bookinfo");
+    let mut files: Vec<PathBuf> = ["services.yaml", "pods.yaml", "destination-rules.yaml"]
+        .iter()
+        .map(|f| bookinfo.join(f))
+        .collect();
+    files.push(repo().join("tests/data/fidelity/eastwest.yaml"));
+    compare_pods("eastwest", &files, &["istio-eastwestgateway-1"]);
 }
 
 /// The files of one of ../shared/istio's folders with their names (no extension), in

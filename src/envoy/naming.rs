@@ -19,6 +19,18 @@ pub fn inbound_cluster(port: u16) -> String {
 
 /// Parses a cluster name back into (direction, port, subset, host).
 pub fn parse_cluster(name: &str) -> Option<(Direction, u16, &str, &str)> {
+    // istiod's DNS SRV form, `outbound_.PORT_.SUBSET_.HOST` (gateways' SNI-DNAT clusters,
+    // named as the SNI that selects them).
+    for (prefix, dir) in [
+        ("outbound_.", Direction::Outbound),
+        ("inbound_.", Direction::Inbound),
+    ] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let (port, rest) = rest.split_once("_.")?;
+            let (subset, host) = rest.split_once("_.")?;
+            return Some((dir, port.parse().ok()?, subset, host));
+        }
+    }
     let mut parts = name.split('|');
     let dir = match parts.next()? {
         "inbound" => Direction::Inbound,
@@ -32,6 +44,12 @@ pub fn parse_cluster(name: &str) -> Option<(Direction, u16, &str, &str)> {
         return None;
     }
     Some((dir, port, subset, host))
+}
+
+/// istiod's SNI-DNAT cluster name (and the SNI that selects it at an AUTO_PASSTHROUGH
+/// gateway): `outbound_.PORT_.SUBSET_.HOST`.
+pub fn sni_dnat_cluster(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
 }
 
 pub const BLACKHOLE: &str = "BlackHoleCluster";
@@ -66,6 +84,31 @@ pub fn gateway_route(port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sni_dnat_names_parse() {
+        let n = sni_dnat_cluster(9080, "", "reviews.default.svc.cluster.local");
+        assert_eq!(n, "outbound_.9080_._.reviews.default.svc.cluster.local");
+        assert_eq!(
+            parse_cluster(&n),
+            Some((
+                Direction::Outbound,
+                9080,
+                "",
+                "reviews.default.svc.cluster.local"
+            ))
+        );
+        assert_eq!(
+            parse_cluster("outbound_.9080_.v1_.reviews.default.svc.cluster.local"),
+            Some((
+                Direction::Outbound,
+                9080,
+                "v1",
+                "reviews.default.svc.cluster.local"
+            ))
+        );
+        assert_eq!(parse_cluster("outbound_.x_._.h"), None);
+    }
 
     #[test]
     fn cluster_names_round_trip() {

@@ -869,8 +869,7 @@ fn gateway_tls(
                 );
             }
         }
-        M::PASSTHROUGH => {}
-        M::AUTO_PASSTHROUGH => not_yet(obj, &format!("{p}.mode"), "AUTO_PASSTHROUGH", out),
+        M::PASSTHROUGH | M::AUTO_PASSTHROUGH => {}
     }
 }
 

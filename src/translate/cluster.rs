@@ -25,20 +25,48 @@ use crate::model::service::{Port, Protocol, Resolution, Service};
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// All clusters for the proxy, sorted by name.
+/// The services a gateway has clusters for: every one visible to its namespace, by host.
+pub fn router_services(ctx: &ProxyContext) -> Vec<std::sync::Arc<Service>> {
+    let mut v: Vec<_> = ctx
+        .snap
+        .services
+        .values()
+        .filter(|s| s.visibility.visible_to(&ctx.proxy.namespace))
+        .cloned()
+        .collect();
+    v.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    v
+}
+
+/// A gateway's SNI-DNAT clusters (for AUTO_PASSTHROUGH servers): each service cluster of
+/// the mesh's own services, named by the SNI that selects it and without TLS (the
+/// client's mesh TLS passes through to the destination's sidecar).
+fn sni_dnat_clusters(ctx: &ProxyContext, services: &[std::sync::Arc<Service>]) -> Vec<Cluster> {
+    let mut out = Vec::new();
+    for svc in services.iter().filter(|s| !s.mesh_external) {
+        for port in svc.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
+            for mut c in service_port_clusters(ctx, svc, port) {
+                let Some((_, p, subset, host)) = naming::parse_cluster(&c.name) else {
+                    continue;
+                };
+                let name = naming::sni_dnat_cluster(p, subset, host);
+                if let Some(eds) = c.eds_cluster_config.as_mut() {
+                    eds.service_name = name.clone();
+                }
+                c.name = name;
+                c.transport_socket = None;
+                c.transport_socket_matches.clear();
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     let services = match ctx.proxy.kind {
         ProxyKind::Sidecar => ctx.scope.services(),
-        ProxyKind::Router => {
-            let mut v: Vec<_> = ctx
-                .snap
-                .services
-                .values()
-                .filter(|s| s.visibility.visible_to(&ctx.proxy.namespace))
-                .cloned()
-                .collect();
-            v.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-            v
-        }
+        ProxyKind::Router => router_services(ctx),
     };
     // Sized up front: a Cluster is over a kilobyte, and growing a vector of 30,000 of
     // them by doubling copies (and faults in) far more memory than it holds.
@@ -53,6 +81,9 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     }
     // istio-proxy learns its upstream peer over every outbound cluster (istiod's cluster
     // builder adds the exchange to each service cluster, passthrough and DFP cluster).
+    if ctx.proxy.kind == ProxyKind::Router && super::gateway::has_auto_passthrough(ctx) {
+        out.extend(sni_dnat_clusters(ctx, &services));
+    }
     let istio_proxy = ctx.is_istio_proxy();
     if istio_proxy {
         out.iter_mut().for_each(super::peer::cluster_mx);

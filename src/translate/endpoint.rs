@@ -41,8 +41,9 @@ pub fn locality_endpoints(locality: &str, lb_endpoints: Vec<LbEndpoint>) -> Loca
         // Always present, if empty: gRPC's xDS client refuses localities without it.
         locality: Some(loc),
         lb_endpoints,
-        // istiod sets the locality weight to the sum of its endpoints' weights.
-        load_balancing_weight: pb::u32v(weight.max(1)),
+        // istiod sets the locality weight to the sum of its endpoints' weights (none for a
+        // locality left without endpoints).
+        load_balancing_weight: if weight == 0 { None } else { pb::u32v(weight) },
         ..Default::default()
     }
 }
@@ -56,9 +57,17 @@ pub fn load_assignment(
     subset_labels: Option<&Labels>,
 ) -> ClusterLoadAssignment {
     let mut by_locality: std::collections::BTreeMap<&str, Vec<LbEndpoint>> = Default::default();
+    // A gateway's SNI-DNAT cluster passes the client's mesh TLS through: only endpoints
+    // with a sidecar can end it (as istiod: nothing reaches a workload around mTLS).
+    let sni_dnat = cluster_name.starts_with("outbound_.");
     if let Some(eps) = snap.endpoints.get(&svc.hostname) {
         for inst in &eps.instances {
             if !inst.ready {
+                continue;
+            }
+            if sni_dnat && inst.tls_mode.as_deref() != Some("istio") {
+                // istiod keeps the locality, empty.
+                by_locality.entry(inst.locality.as_str()).or_default();
                 continue;
             }
             if let Some(sel) = subset_labels

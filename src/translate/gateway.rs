@@ -58,6 +58,8 @@ enum Kind {
     Https,
     /// TLS proxied untouched, chosen by SNI (`tls` routes).
     Passthrough,
+    /// TLS passed through to the cluster its SNI names (`outbound_.PORT_.SUBSET_.HOST`).
+    AutoPassthrough,
     /// TLS terminated here, then TCP (`tcp` routes).
     TlsTcp,
     /// Plain TCP (`tcp` routes).
@@ -74,9 +76,11 @@ fn kind(s: &Server) -> Option<Kind> {
         "HTTPS" if s.tls.is_none() => None,
         "HTTPS" if passthrough => Some(Kind::Passthrough),
         "TLS" if passthrough => Some(Kind::Passthrough),
-        // AUTO_PASSTHROUGH routes by istiod's SNI encoding of cluster names for
-        // multi-network east-west gateways, which meshd does not build.
-        "HTTPS" | "TLS" if matches!(mode, Some(ServerTlsMode::AUTO_PASSTHROUGH)) => None,
+        // AUTO_PASSTHROUGH: the SNI names the cluster (istiod's SNI-DNAT), as east-west
+        // gateways between networks use it.
+        "HTTPS" | "TLS" if matches!(mode, Some(ServerTlsMode::AUTO_PASSTHROUGH)) => {
+            Some(Kind::AutoPassthrough)
+        }
         "HTTPS" => Some(Kind::Https),
         "TLS" => Some(Kind::TlsTcp),
         "TCP" | "MONGO" | "REDIS" | "MYSQL" => Some(Kind::Tcp),
@@ -166,6 +170,66 @@ fn tls_chain(names: Vec<String>) -> FilterChainMatch {
 }
 
 const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// The ALPNs of istio-proxy's mesh TLS (istiod's `allIstioMtlsALPNs`).
+const ISTIO_MTLS_ALPNS: [&str; 5] = [
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+
+/// Whether a Gateway selecting this router has an AUTO_PASSTHROUGH server: it then gets
+/// the SNI-DNAT clusters.
+pub fn has_auto_passthrough(ctx: &ProxyContext) -> bool {
+    selected(ctx).iter().any(|g| {
+        g.spec
+            .servers
+            .iter()
+            .any(|s| kind(s) == Some(Kind::AutoPassthrough))
+    })
+}
+
+/// The SNI-DNAT clusters an AUTO_PASSTHROUGH server with `hosts` passes to: each port
+/// (not UDP) of each service in the mesh the hosts cover, and each of its
+/// DestinationRule's subsets, as (cluster, subset).
+fn sni_dnat_targets(ctx: &ProxyContext, hosts: &[String]) -> Vec<(String, String)> {
+    let names: Vec<&str> = hosts
+        .iter()
+        .map(|h| h.split_once('/').map(|(_, h)| h).unwrap_or(h))
+        .collect();
+    let mut out = Vec::new();
+    for svc in super::cluster::router_services(ctx) {
+        if svc.mesh_external
+            || !names
+                .iter()
+                .any(|h| crate::model::host::matches(h, &svc.hostname))
+        {
+            continue;
+        }
+        let dr = ctx
+            .snap
+            .destination_rule(&ctx.proxy.namespace, &ctx.labels, &svc);
+        for port in svc
+            .ports
+            .iter()
+            .filter(|p| p.protocol != crate::model::service::Protocol::Udp)
+        {
+            out.push((
+                naming::sni_dnat_cluster(port.port, "", &svc.hostname),
+                String::new(),
+            ));
+            for subset in dr.iter().flat_map(|d| &d.spec.subsets) {
+                out.push((
+                    naming::sni_dnat_cluster(port.port, &subset.name, &svc.hostname),
+                    subset.name.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
 
 fn port_listener(
     ctx: &ProxyContext,
@@ -266,6 +330,26 @@ fn port_listener(
                     push(&mut chains, chain, &s.gateway);
                 }
             }
+            Kind::AutoPassthrough => {
+                for (cluster, _) in sni_dnat_targets(ctx, &s.server.hosts) {
+                    // The SNI the client's mesh TLS sends and the ALPNs istio-proxy offers:
+                    // the connection can only be mesh mTLS, which the destination's
+                    // sidecar then checks (there is nothing to check here).
+                    let chain = FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            server_names: vec![cluster.clone()],
+                            application_protocols: ISTIO_MTLS_ALPNS
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect(),
+                            ..Default::default()
+                        }),
+                        filters: vec![tcp::proxy(ctx, &cluster, &vec![(cluster.clone(), 100)])],
+                        ..Default::default()
+                    };
+                    push(&mut chains, chain, &s.gateway);
+                }
+            }
             Kind::Tcp => {
                 let Some(targets) =
                     tcp::gateway_tcp_targets(ctx, &s.gateway, &s.server.hosts, s.number)
@@ -289,7 +373,7 @@ fn port_listener(
     if l.filter_chains.iter().any(|c| {
         c.filter_chain_match
             .as_ref()
-            .is_some_and(|m| m.transport_protocol == "tls")
+            .is_some_and(|m| m.transport_protocol == "tls" || !m.server_names.is_empty())
     }) {
         l.listener_filters.push(super::listener::tls_inspector());
     }

@@ -212,7 +212,7 @@ pub fn raw_buffer() -> core::TransportSocket {
 
 /// istiod's SNI for mesh traffic: `outbound_.PORT_.SUBSET_.HOST`.
 pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
-    format!("outbound_.{port}_.{subset}_.{host}")
+    crate::envoy::naming::sni_dnat_cluster(port, subset, host)
 }
 
 /// The endpoint metadata key auto mTLS matches on.

@@ -451,3 +451,114 @@ spec:
     );
     s.assert_no_rejections();
 }
+
+/// An AUTO_PASSTHROUGH server (an east-west gateway): the SNI of mesh TLS names the
+/// cluster (`outbound_.PORT_._.HOST`), and the session passes through to a workload with
+/// a sidecar; a connection without mesh ALPN, or naming no cluster of the mesh, is not
+/// proxied, and a workload without a sidecar is not reachable this way.
+#[test]
+fn auto_passthrough_routes_mesh_tls_by_the_sni_naming_the_cluster() {
+    use std::io::{Read, Write};
+    let Some((dir, config)) = envoy_test("eastwest") else {
+        return;
+    };
+    config.write(
+        "eastwest.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    tls: {mode: AUTO_PASSTHROUGH}
+    hosts: ["*.local"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: default}
+spec:
+  selector: {app: vault}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vault-1, namespace: default, labels: {app: vault, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: vault, containers: [{name: vault, image: vault}]}
+status: {phase: Running, podIP: 127.0.1.70}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: default}
+spec:
+  selector: {app: plain}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain-1, namespace: default, labels: {app: plain}}
+spec: {serviceAccountName: plain, containers: [{name: plain, image: plain}]}
+status: {phase: Running, podIP: 127.0.1.71}
+"#,
+    );
+    let ca = TestCa::new("mesh-ca");
+    let vault_sni = "outbound_.8443_._.vault.default.svc.cluster.local";
+    let plain_sni = "outbound_.8443_._.plain.default.svc.cluster.local";
+    let (cert, key) = ca.leaf("vault-1", &[vault_sni]);
+    let _vault = TlsBackend::start("127.0.1.70:8443", &cert, &key, &ca.pem, false);
+    let (cert, key) = ca.leaf("plain-1", &[plain_sni]);
+    let _plain = TlsBackend::start("127.0.1.71:8443", &cert, &key, &ca.pem, false);
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let gateway = start_ingress_gateway(&dir, &issuer);
+    let get = |sni: &str, alpn: &[&str]| -> std::io::Result<String> {
+        let mut tls = crate::https::connect_alpn(
+            "127.0.0.1:15443".parse().expect("address"),
+            sni,
+            &ca.pem,
+            None,
+            Duration::from_secs(5),
+            alpn,
+        )?;
+        tls.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {sni}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw);
+        if raw.is_empty() {
+            return Err(std::io::Error::other("no answer"));
+        }
+        Ok(String::from_utf8_lossy(&raw).to_string())
+    };
+    let mesh_alpn = ["istio-peer-exchange", "istio"];
+    let answer = wait_for(
+        "mesh TLS through the gateway",
+        Duration::from_secs(20),
+        || get(vault_sni, &mesh_alpn).ok(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("sni={vault_sni} client=none")),
+        "the backend's own TLS, with the client's SNI: {answer}"
+    );
+    assert!(get(vault_sni, &[]).is_err(), "no mesh ALPN: not proxied");
+    assert!(
+        get(plain_sni, &mesh_alpn).is_err(),
+        "a workload without a sidecar is not reached around mTLS"
+    );
+    assert!(
+        get(
+            "outbound_.8443_._.nothing.default.svc.cluster.local",
+            &mesh_alpn
+        )
+        .is_err(),
+        "no such cluster: not proxied"
+    );
+    let bad: Vec<_> = gateway
+        .stats("update_rejected")
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    meshd.assert_no_nacks();
+}

@@ -22,6 +22,18 @@ pub fn connect(
     client: Option<(&str, &str)>,
     read_timeout: Duration,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    connect_alpn(addr, server_name, root_pem, client, read_timeout, &[])
+}
+
+/// [`connect`], offering `alpn` in the handshake.
+pub fn connect_alpn(
+    addr: SocketAddr,
+    server_name: &str,
+    root_pem: &str,
+    client: Option<(&str, &str)>,
+    read_timeout: Duration,
+    alpn: &[&str],
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(c.map_err(err)?).map_err(err)?;
@@ -42,6 +54,8 @@ pub fn connect(
         }
         None => builder.with_no_client_auth(),
     };
+    let mut cfg = cfg;
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     let name = ServerName::try_from(server_name.to_string()).map_err(err)?;
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
