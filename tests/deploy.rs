@@ -2,6 +2,9 @@
 //! against Kubernetes' schemas (kubernetes-validate, strict), and for agreement with what
 //! meshd itself expects (ConfigMaps = built-in defaults, names it patches, ports).
 
+#[path = "support/istio_data.rs"]
+mod istio_data;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -237,10 +240,10 @@ fn the_addons_kustomization_names_every_manifest_and_dashboard() {
 
 #[test]
 fn kube_inject_output_passes_kubernetes_schemas() {
-    let cases = repo().join("../shared/istio/injection/cases");
+    let cases = istio_data::shared().join("injection/cases");
     if !cases.exists() {
-        eprintln!(
-            "SKIPPED: kube-inject output of Istio's injection cases against Kubernetes schemas (../shared/istio is not there)"
+        istio_data::skipped(
+            "kube-inject output of Istio's injection cases against Kubernetes schemas",
         );
         return;
     }

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 #[path = "support/config_diff.rs"]
 mod config_diff;
+#[path = "support/istio_data.rs"]
+mod istio_data;
 #[path = "support/istiod_oracle.rs"]
 mod istiod_oracle;
 use istiod_oracle::{Proxy, inputs, istiod_dump, oracle, yaml_docs};
@@ -557,9 +559,9 @@ fn bookinfo_matches_istiod_name_for_name() {
 /// header-based route and a fault.
 #[test]
 fn istio_bookinfo_rules_match_istiod() {
-    let shared = repo().join("../shared/istio/bookinfo/networking");
+    let shared = istio_data::shared().join("bookinfo/networking");
     if !shared.exists() {
-        eprintln!("SKIPPED: ../shared/istio is not there");
+        istio_data::skipped("fidelity: Istio's Bookinfo rules");
         return;
     }
     let bookinfo = repo().join("examples/bookinfo");
@@ -682,7 +684,7 @@ fn eastwest_gateway_matches_istiod() {
 /// name order; None after a SKIPPED line when ../shared/istio is not there.
 fn samples(dir: &Path) -> Option<Vec<(PathBuf, String)>> {
     let Ok(list) = std::fs::read_dir(dir) else {
-        eprintln!("SKIPPED: ../shared/istio is not there");
+        istio_data::skipped(&format!("fidelity: Istio's samples in {}", dir.display()));
         return None;
     };
     let mut out: Vec<(PathBuf, String)> = list
@@ -712,7 +714,7 @@ fn bookinfo_workloads() -> Vec<PathBuf> {
 /// gateway for the Gateway samples.
 #[test]
 fn every_istio_networking_sample_matches_istiod() {
-    let shared = repo().join("../shared/istio/bookinfo/networking");
+    let shared = istio_data::shared().join("bookinfo/networking");
     let Some(samples) = samples(&shared) else {
         return;
     };
@@ -741,7 +743,7 @@ fn every_istio_networking_sample_matches_istiod() {
 /// HTTPRoute: the gateway's proxy and the mesh's (GAMMA) routes in productpage's.
 #[test]
 fn every_istio_gateway_api_sample_matches_istiod() {
-    let shared = repo().join("../shared/istio/bookinfo/gateway-api");
+    let shared = istio_data::shared().join("bookinfo/gateway-api");
     let Some(mut samples) = samples(&shared) else {
         return;
     };

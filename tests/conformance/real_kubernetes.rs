@@ -164,7 +164,7 @@ fn crds_and_deployment_pass_the_api_servers_checks() {
             apply_file(&api, &f);
         }
     } else {
-        eprintln!("SKIPPED: Istio's Bookinfo samples (../shared/istio is not there)");
+        crate::istio_data::skipped("the real API server's checks of Istio's Bookinfo samples");
     }
     // The structural schema refuses a wrongly typed field, with the field named.
     let bad = json!({

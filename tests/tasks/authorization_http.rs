@@ -214,11 +214,7 @@ fn authorization_for_http_traffic() {
     let gateway = shared().join("bookinfo/networking/bookinfo-gateway.yaml");
     if !bookinfo.exists() || !gateway.exists() {
         // A clone without ../shared passes, naming what it skipped.
-        eprintln!(
-            "SKIPPED: Istio's Bookinfo manifests ({} and {}, ../shared) are missing: the HTTP authorization task test is skipped",
-            bookinfo.display(),
-            gateway.display()
-        );
+        crate::istio_data::skipped("the HTTP authorization task (Istio's Bookinfo manifests)");
         return;
     }
     let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read");

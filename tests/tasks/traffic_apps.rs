@@ -379,11 +379,10 @@ impl Bookinfo {
     pub fn start(files: &[&str]) -> Option<Bookinfo> {
         let bookinfo = shared().join("bookinfo");
         if !bookinfo.exists() {
-            eprintln!(
-                "SKIPPED: {}: Istio's Bookinfo manifests are not at {} (../shared/istio)",
-                std::thread::current().name().unwrap_or("this test"),
-                bookinfo.display()
-            );
+            crate::istio_data::skipped(&format!(
+                "{} (Istio's Bookinfo manifests)",
+                std::thread::current().name().unwrap_or("a task test")
+            ));
             return None;
         }
         let (dir, config) = envoy_test("bookinfo-task")?;
