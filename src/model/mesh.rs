@@ -305,6 +305,20 @@ impl MeshConfig {
             .unwrap_or(0)
     }
 
+    /// Whether the metrics provider `name` is a Prometheus one: a mesh
+    /// `extensionProviders` entry of that kind, or Istio's built-in `prometheus`. Names
+    /// compare without case, as istiod finds providers.
+    pub fn is_prometheus_provider(&self, name: &str) -> bool {
+        match self
+            .extension_providers
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+        {
+            Some(p) => p.prometheus.is_some(),
+            None => name.eq_ignore_ascii_case("prometheus"),
+        }
+    }
+
     /// `enableTracing` (istiod's default: true): whether istio-proxy traces when no
     /// Telemetry speaks of tracing.
     pub fn enable_tracing(&self) -> bool {

@@ -494,15 +494,7 @@ pub fn telemetry(
     for (i, m) in t.metrics.iter().enumerate() {
         for (j, p) in m["providers"].as_array().into_iter().flatten().enumerate() {
             let name = p["name"].as_str().unwrap_or_default();
-            let prometheus = match mesh
-                .extension_providers
-                .iter()
-                .find(|e| e.name.eq_ignore_ascii_case(name))
-            {
-                Some(e) => e.prometheus.is_some(),
-                None => name.eq_ignore_ascii_case("prometheus"),
-            };
-            if !prometheus {
+            if !mesh.is_prometheus_provider(name) {
                 out.push(
                     obj.diag_warning(
                         &format!("spec.metrics[{i}].providers[{j}].name"),

@@ -38,29 +38,29 @@ pub fn router_services(ctx: &ProxyContext) -> Vec<std::sync::Arc<Service>> {
     v
 }
 
-/// A gateway's SNI-DNAT clusters (for AUTO_PASSTHROUGH servers): each service cluster of
-/// the mesh's own services, named by the SNI that selects it and without TLS (the
-/// client's mesh TLS passes through to the destination's sidecar).
-fn sni_dnat_clusters(ctx: &ProxyContext, services: &[std::sync::Arc<Service>]) -> Vec<Cluster> {
-    let mut out = Vec::new();
-    for svc in services.iter().filter(|s| !s.mesh_external) {
-        for port in svc.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
-            for mut c in service_port_clusters(ctx, svc, port) {
-                let Some((_, p, subset, host)) = naming::parse_cluster(&c.name) else {
-                    continue;
-                };
-                let name = naming::sni_dnat_cluster(p, subset, host);
-                if let Some(eds) = c.eds_cluster_config.as_mut() {
-                    eds.service_name = name.clone();
-                }
-                c.name = name;
-                c.transport_socket = None;
-                c.transport_socket_matches.clear();
-                out.push(c);
+/// A gateway's SNI-DNAT clusters (for AUTO_PASSTHROUGH servers): a copy of each service
+/// cluster of the mesh's own services (`service_clusters`, already built), named by the
+/// SNI that selects it and without TLS (the client's mesh TLS passes through to the
+/// destination's sidecar).
+fn sni_dnat_clusters(ctx: &ProxyContext, service_clusters: &[Cluster]) -> Vec<Cluster> {
+    service_clusters
+        .iter()
+        .filter_map(|c| {
+            let (_, port, subset, host) = naming::parse_cluster(&c.name)?;
+            if ctx.snap.services.get(host)?.mesh_external {
+                return None;
             }
-        }
-    }
-    out
+            let name = naming::sni_dnat_cluster(port, subset, host);
+            let mut c = c.clone();
+            if let Some(eds) = c.eds_cluster_config.as_mut() {
+                eds.service_name = name.clone();
+            }
+            c.name = name;
+            c.transport_socket = None;
+            c.transport_socket_matches.clear();
+            Some(c)
+        })
+        .collect()
 }
 
 pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
@@ -82,7 +82,8 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
     // istio-proxy learns its upstream peer over every outbound cluster (istiod's cluster
     // builder adds the exchange to each service cluster, passthrough and DFP cluster).
     if ctx.proxy.kind == ProxyKind::Router && super::gateway::has_auto_passthrough(ctx) {
-        out.extend(sni_dnat_clusters(ctx, &services));
+        let dnat = sni_dnat_clusters(ctx, &out);
+        out.extend(dnat);
     }
     let istio_proxy = ctx.is_istio_proxy();
     if istio_proxy {

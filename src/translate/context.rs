@@ -28,6 +28,10 @@ pub struct ProxyContext<'a> {
     pub targets: Vec<ServiceTarget>,
     /// `region/zone/subzone`: the node's, else the workload's `istio-locality` label.
     pub locality: String,
+    /// Telemetry `metrics` merged for this proxy (istio-proxy's Prometheus provider, and
+    /// meshd's own series), worked out once: every connection manager and TCP proxy reads
+    /// them ([`super::peer`]).
+    pub(super) metrics: std::sync::OnceLock<super::peer::Merged>,
 }
 
 impl<'a> ProxyContext<'a> {
@@ -102,6 +106,7 @@ impl<'a> ProxyContext<'a> {
             scope,
             targets,
             locality,
+            metrics: std::sync::OnceLock::new(),
         }
     }
 

@@ -245,7 +245,7 @@ pub fn http_connection_manager(
             ]);
             if istio_proxy && let Some(m) = super::peer::prometheus(ctx) {
                 let class = super::peer::Class::of(ctx, inbound);
-                f.extend(super::peer::http_stats(&m, class));
+                f.extend(super::peer::http_stats(m, class));
             }
             // ALLOW_ANY_DYNAMIC_DNS: every outbound manager may route an unknown host to
             // the dynamic forward proxy cluster, which needs this filter's lookup first.

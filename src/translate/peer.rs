@@ -229,7 +229,7 @@ fn provider_names(entry: &Value) -> Vec<String> {
 /// ones in scope; overrides apply in order, later ones over earlier; disabling
 /// ALL_METRICS for a mode turns the provider off there until a later override names
 /// that mode).
-pub fn metrics(ctx: &ProxyContext) -> BTreeMap<String, ProviderMetrics> {
+fn metrics(ctx: &ProxyContext) -> BTreeMap<String, ProviderMetrics> {
     merge(
         ctx,
         ctx.snap
@@ -243,16 +243,34 @@ pub fn metrics(ctx: &ProxyContext) -> BTreeMap<String, ProviderMetrics> {
 /// its access log records): as istiod merges it, except that Istio's `prometheus`
 /// provider is in scope when the mesh config has no `defaultProviders.metrics` at all
 /// (meshd counts by default; istiod's install sets that default too).
-pub fn own_series(ctx: &ProxyContext) -> Option<ProviderMetrics> {
-    let defaults = ctx
-        .snap
-        .mesh
-        .default_metrics_providers()
-        .unwrap_or_else(|| vec!["prometheus".to_string()]);
-    merge(ctx, defaults)
-        .into_iter()
-        .find(|(name, _)| is_prometheus(ctx, name))
-        .map(|(_, m)| m)
+pub fn own_series<'c>(ctx: &'c ProxyContext) -> Option<&'c ProviderMetrics> {
+    merged(ctx).own.as_ref()
+}
+
+/// The Prometheus provider's configuration for istio-proxy and for meshd's own series.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    prometheus: Option<ProviderMetrics>,
+    own: Option<ProviderMetrics>,
+}
+
+fn merged<'c>(ctx: &'c ProxyContext) -> &'c Merged {
+    ctx.metrics.get_or_init(|| {
+        let prometheus_of = |m: BTreeMap<String, ProviderMetrics>| {
+            m.into_iter()
+                .find(|(name, _)| ctx.snap.mesh.is_prometheus_provider(name))
+                .map(|(_, m)| m)
+        };
+        let own_defaults = ctx
+            .snap
+            .mesh
+            .default_metrics_providers()
+            .unwrap_or_else(|| vec!["prometheus".to_string()]);
+        Merged {
+            prometheus: prometheus_of(metrics(ctx)),
+            own: prometheus_of(merge(ctx, own_defaults)),
+        }
+    })
 }
 
 fn merge(ctx: &ProxyContext, defaults: Vec<String>) -> BTreeMap<String, ProviderMetrics> {
@@ -369,28 +387,9 @@ fn merge(ctx: &ProxyContext, defaults: Vec<String>) -> BTreeMap<String, Provider
         .collect()
 }
 
-/// Whether the provider `name` is a Prometheus one: Istio's built-in `prometheus`, or a
-/// mesh `extensionProviders` entry of that kind.
-pub fn is_prometheus(ctx: &ProxyContext, name: &str) -> bool {
-    // Names compare without case, as istiod finds providers.
-    match ctx
-        .snap
-        .mesh
-        .extension_providers
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(name))
-    {
-        Some(p) => p.prometheus.is_some(),
-        None => name.eq_ignore_ascii_case("prometheus"),
-    }
-}
-
 /// The Prometheus provider's configuration for this proxy, when one is in scope.
-pub fn prometheus(ctx: &ProxyContext) -> Option<ProviderMetrics> {
-    metrics(ctx)
-        .into_iter()
-        .find(|(name, _)| is_prometheus(ctx, name))
-        .map(|(_, m)| m)
+pub fn prometheus<'c>(ctx: &'c ProxyContext) -> Option<&'c ProviderMetrics> {
+    merged(ctx).prometheus.as_ref()
 }
 
 fn stats_config(
@@ -465,7 +464,7 @@ pub fn network_filters(ctx: &ProxyContext, listeners: &mut [Listener]) {
             let has_hcm = chain.filters.iter().any(|f| f.name == HCM);
             let tcp = chain.filters.iter().position(|f| f.name == TCP_PROXY);
             if !has_hcm
-                && let (Some(at), Some(m)) = (tcp, prom.as_ref())
+                && let (Some(at), Some(m)) = (tcp, prom)
                 && let Some(f) = tcp_stats(m, class)
             {
                 chain.filters.insert(at, f);

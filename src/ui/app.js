@@ -100,6 +100,7 @@ async function proxiesView() {
       return el("td", {}, el("span", { class: `pill ${cls}`, title: `sent ${t.sent_version || "-"}, acked ${t.acked_version || "-"}` }, text));
     });
     const nacks = Object.values(p.types || {}).reduce((n, t) => n + (t.nacks || 0), 0);
+    const boxes = nackBoxes(p);
     return [
       el(
         "tr",
@@ -111,9 +112,7 @@ async function proxiesView() {
         cells,
         el("td", { class: nacks ? "bad" : "muted" }, String(nacks)),
       ),
-      nackBoxes(p).length
-        ? el("tr", {}, el("td", { colspan: String(5 + types.length) }, nackBoxes(p)))
-        : null,
+      boxes.length ? el("tr", {}, el("td", { colspan: String(5 + types.length) }, boxes)) : null,
     ];
   });
   return [

@@ -95,13 +95,20 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
         for k in ["app.kubernetes.io/instance", "app.kubernetes.io/name"] {
             ctx.labels.get(k).hash(&mut h);
         }
-        for k in ["WORKLOAD_NAME", "ANNOTATIONS", "APP_CONTAINERS"] {
+        // (Read in place: this runs for every push of every connection.)
+        for k in ["WORKLOAD_NAME", "APP_CONTAINERS"] {
             ctx.proxy
                 .metadata
                 .get(k)
-                .map(|v| v.to_string())
+                .and_then(|v| v.as_str())
                 .hash(&mut h);
         }
+        ctx.proxy
+            .metadata
+            .get("ANNOTATIONS")
+            .and_then(|a| a.get("resource.opentelemetry.io/service.name"))
+            .and_then(|v| v.as_str())
+            .hash(&mut h);
     }
     h.finish()
 }

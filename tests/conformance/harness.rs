@@ -307,6 +307,8 @@ pub struct Request {
     pub path: String,
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The body (a chunked one put together).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -396,32 +398,72 @@ fn serve_http(mut s: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
-        let req = Request {
+        let mut req = Request {
             method,
             path,
             headers,
+            body: Vec::new(),
         };
-        // A body, if any, is read and ignored.
-        let len: usize = req
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < len {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let mut more = |buf: &mut Vec<u8>| match s.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
             }
+        };
+        if req
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            // Chunks: hex size, CRLF, data, CRLF; a zero size ends the body.
+            loop {
+                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if !more(&mut buf) {
+                        return;
+                    }
+                    continue;
+                };
+                let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..eol]).trim(), 16)
+                    .unwrap_or(0);
+                while buf.len() < eol + 2 + size + 2 {
+                    if !more(&mut buf) {
+                        return;
+                    }
+                }
+                req.body.extend_from_slice(&buf[eol + 2..eol + 2 + size]);
+                buf.drain(..eol + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let len: usize = req
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < len {
+                if !more(&mut buf) {
+                    return;
+                }
+            }
+            req.body = buf.drain(..len).collect();
         }
-        buf.drain(..len);
         if let Ok(mut l) = log.lock() {
             l.push(req.clone());
         }
         let answer = handler(&req);
         let mut resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n",
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
             answer.status,
             answer.body.len()
         );
+        if !answer
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            resp.push_str("content-type: text/plain\r\n");
+        }
         for (k, v) in &answer.headers {
             resp.push_str(&format!("{k}: {v}\r\n"));
         }

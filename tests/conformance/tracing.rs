@@ -3,117 +3,33 @@
 //! name and tags Istio gives them, at 100% sampling, and none at 0%; a workload's
 //! Telemetry merges over the mesh's field by field, as istiod merges them.
 
-use std::io::{Read, Write};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bookinfo::{Bookinfo, networking};
 use crate::harness::*;
 
-/// Every request an HTTP/1.1 receiver got: (request head, body), answered with
-/// `answer` (a whole response).
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-fn http_sink(what: &str, addr: &str, answer: &'static [u8]) -> (Received, Server) {
-    let got: Received = Arc::new(Mutex::new(Vec::new()));
-    let sink = got.clone();
-    let server = Server::start(what, addr, move |mut s| {
-        let sink = sink.clone();
-        std::thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-            let mut buf: Vec<u8> = Vec::new();
-            let mut chunk = [0u8; 8192];
-            loop {
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let lower = head.to_ascii_lowercase();
-                buf.drain(..end + 4);
-                let mut more = |buf: &mut Vec<u8>| match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => false,
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        true
-                    }
-                };
-                let body: Vec<u8> = if lower.contains("transfer-encoding: chunked") {
-                    // Chunks: hex size, CRLF, data, CRLF; a zero size ends the body.
-                    let mut body = Vec::new();
-                    loop {
-                        let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
-                            if !more(&mut buf) {
-                                return;
-                            }
-                            continue;
-                        };
-                        let size =
-                            usize::from_str_radix(String::from_utf8_lossy(&buf[..eol]).trim(), 16)
-                                .unwrap_or(0);
-                        while buf.len() < eol + 2 + size + 2 {
-                            if !more(&mut buf) {
-                                return;
-                            }
-                        }
-                        body.extend_from_slice(&buf[eol + 2..eol + 2 + size]);
-                        buf.drain(..eol + 2 + size + 2);
-                        if size == 0 {
-                            break body;
-                        }
-                    }
-                } else {
-                    let len: usize = lower
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < len {
-                        if !more(&mut buf) {
-                            return;
-                        }
-                    }
-                    buf.drain(..len).collect()
-                };
-                if let Ok(mut all) = sink.lock() {
-                    all.push((head, body));
-                }
-                if s.write_all(answer).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    (got, server)
-}
-
 /// Spans a Zipkin collector received (POST /api/v2/spans, JSON arrays).
 struct Collector {
-    received: Received,
-    _server: Server,
+    app: HttpApp,
 }
 
 impl Collector {
     fn start(addr: &str) -> Collector {
-        let (received, server) = http_sink(
-            "zipkin",
-            addr,
-            b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
-        );
         Collector {
-            received,
-            _server: server,
+            app: HttpApp::start(addr, |_| Answer {
+                status: 202,
+                headers: vec![],
+                body: String::new(),
+            }),
         }
     }
 
     fn spans(&self) -> Vec<serde_json::Value> {
-        let got = self.received.lock().map(|g| g.clone()).unwrap_or_default();
-        got.iter()
-            .filter_map(|(_, body)| match serde_json::from_slice(body) {
+        self.app
+            .requests()
+            .iter()
+            .filter_map(|r| match serde_json::from_slice(&r.body) {
                 Ok(serde_json::Value::Array(list)) => Some(list),
                 _ => None,
             })
@@ -138,16 +54,6 @@ data:
     extensionProviders:
     - name: zipkin
       zipkin: {service: zipkin.local, port: 9411}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: zipkin, namespace: default}
-spec:
-  hosts: [zipkin.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9411, name: http, protocol: HTTP}]
-  endpoints: [{address: 127.0.1.90}]
 ---
 # productpage's own Telemetry only turns off its server side: merged over the mesh's (as
 # istiod merges them), its client side keeps reporting.
@@ -216,7 +122,13 @@ fn telemetry_tracing_reports_spans_to_zipkin() {
         return;
     };
     let collector = Collector::start("127.0.1.90:9411");
-    b.config.write("tracing-provider.yaml", PROVIDER);
+    b.config.write(
+        "tracing-provider.yaml",
+        &format!(
+            "{PROVIDER}{}",
+            service_entry(&("zipkin", "zipkin.local", 9411, "HTTP", "127.0.1.90"))
+        ),
+    );
     b.config.write("telemetry.yaml", &telemetry(100, "full"));
     wait_phase(&b, "full");
     for _ in 0..10 {
@@ -329,16 +241,16 @@ const COLLECTORS: [(&str, &str, u16, &str, &str); 4] = [
     ),
 ];
 
+/// A MESH_INTERNAL ServiceEntry for a collector: (name, host, port, protocol, address).
+fn service_entry((name, host, port, protocol, address): &(&str, &str, u16, &str, &str)) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]\n  endpoints: [{{address: {address}}}]\n",
+        protocol.to_ascii_lowercase()
+    )
+}
+
 fn collector_entries() -> String {
-    COLLECTORS
-        .iter()
-        .map(|(name, host, port, protocol, address)| {
-            format!(
-                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: {port}, name: {}, protocol: {protocol}}}]\n  endpoints: [{{address: {address}}}]\n",
-                protocol.to_ascii_lowercase()
-            )
-        })
-        .collect()
+    COLLECTORS.iter().map(service_entry).collect()
 }
 
 /// A gRPC receiver for any method (Python grpcio's generic handler): it prints each
@@ -401,16 +313,16 @@ fn telemetry_tracing_reports_to_opentelemetry_datadog_and_skywalking() {
     wait_for("the gRPC sink", Duration::from_secs(20), || {
         grpc_sink.log_text().contains("ready").then_some(())
     });
-    let (otlp_http, _otlp_http) = http_sink(
-        "otlp-http",
-        "127.0.1.92:4318",
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-    );
-    let (datadog, _datadog) = http_sink(
-        "datadog",
-        "127.0.1.93:8126",
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
-    );
+    let answer = |content_type: &str, body: &str| {
+        let a = Answer {
+            status: 200,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into(),
+        };
+        move |_: &Request| a.clone()
+    };
+    let otlp_http = HttpApp::start("127.0.1.92:4318", answer("application/x-protobuf", ""));
+    let datadog = HttpApp::start("127.0.1.93:8126", answer("application/json", "{}"));
     b.config.write(
         "tracing-providers.yaml",
         &format!("{PROVIDERS}{}", collector_entries()),
@@ -428,9 +340,6 @@ fn telemetry_tracing_reports_to_opentelemetry_datadog_and_skywalking() {
                     .collect()
             })
             .collect()
-    };
-    let http_requests = |r: &Received| -> Vec<(String, Vec<u8>)> {
-        r.lock().map(|g| g.clone()).unwrap_or_default()
     };
 
     for (provider, tracer) in [
@@ -470,14 +379,8 @@ spec:
                     "skywalking" => {
                         grpc_requests("/skywalking.v3.TraceSegmentReportService/collect")
                     }
-                    "otel-http" => http_requests(&otlp_http)
-                        .into_iter()
-                        .map(|(_, b)| b)
-                        .collect(),
-                    _ => http_requests(&datadog)
-                        .into_iter()
-                        .map(|(_, b)| b)
-                        .collect(),
+                    "otel-http" => otlp_http.requests().into_iter().map(|r| r.body).collect(),
+                    _ => datadog.requests().into_iter().map(|r| r.body).collect(),
                 };
                 let tagged: Vec<Vec<u8>> = bodies
                     .into_iter()
@@ -495,20 +398,14 @@ spec:
     }
     // The HTTP exporters' requests: OTLP/HTTP to its path with the provider's header,
     // Datadog's agent API.
-    let otlp = http_requests(&otlp_http);
+    let otlp = otlp_http.requests();
     assert!(
-        otlp.iter().all(|(head, _)| {
-            let h = head.to_ascii_lowercase();
-            h.starts_with("post /v1/traces ") && h.contains("x-tenant: meshd-test")
-        }),
-        "{:?}",
-        otlp.iter().map(|(h, _)| h).collect::<Vec<_>>()
+        otlp.iter().all(|r| r.method == "POST"
+            && r.path == "/v1/traces"
+            && r.header("x-tenant") == Some("meshd-test")),
+        "{otlp:?}"
     );
-    let dd = http_requests(&datadog);
-    assert!(
-        dd.iter().any(|(head, _)| head.contains("/v0.4/traces")),
-        "{:?}",
-        dd.iter().map(|(h, _)| h).collect::<Vec<_>>()
-    );
+    let dd = datadog.requests();
+    assert!(dd.iter().any(|r| r.path.contains("/v0.4/traces")), "{dd:?}");
     b.assert_healthy();
 }
