@@ -1,6 +1,7 @@
 //! Istio's reference data for the tests that compare with it: `MESHD_ISTIO_DATA`, else
 //! ../shared/istio beside this repository, else tests/data/istio (what
-//! scripts/fetch-istio-data fills on a machine with internet access).
+//! scripts/fetch-istio-data fills: the pinned commits from GitHub, or the Go modules
+//! istiod is built from).
 
 use std::io::Write;
 use std::path::PathBuf;
