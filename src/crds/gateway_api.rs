@@ -48,7 +48,7 @@ const DEFS: &[GwDef] = &[
         columns: &[AGE],
         deprecated: &["v1alpha3"],
         bare: &["v1alpha3"],
-        spec: free_form,
+        spec: schema_of::<gw::BackendTlsPolicySpec>,
     },
     GwDef {
         kind: "GatewayClass",

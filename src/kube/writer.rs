@@ -516,6 +516,7 @@ pub fn write_status(
                     Kind::TCPRoute => "tcproutes",
                     Kind::GRPCRoute => "grpcroutes",
                     Kind::ListenerSet => "listenersets",
+                    Kind::BackendTLSPolicy => "backendtlspolicies",
                     Kind::RateLimitPolicy => "ratelimitpolicies",
                     _ => continue,
                 };

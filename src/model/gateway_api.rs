@@ -8,6 +8,7 @@
 //! read from files behave as the same objects read back from Kubernetes.
 //! The conversion to Istio's model is in [`convert`], the status conditions in [`status`].
 
+pub mod backend_tls;
 pub mod convert;
 pub mod status;
 
@@ -98,6 +99,56 @@ gw_api! {
         pub kind: Option<String>,
         pub name: String,
         pub namespace: Option<String>,
+    }
+}
+
+gw_api! {
+    /// BackendTLSPolicy (v1; v1alpha3 reads the same): TLS from the proxy to the
+    /// backends its targets name.
+    pub struct BackendTlsPolicySpec {
+        pub target_refs: Vec<PolicyTargetRef>,
+        pub validation: BackendTlsValidation,
+        pub options: BTreeMap<String, String>,
+    }
+}
+
+gw_api! {
+    /// A policy's target in its own namespace (`LocalPolicyTargetReferenceWithSectionName`).
+    pub struct PolicyTargetRef {
+        pub group: String,
+        pub kind: String,
+        pub name: String,
+        pub section_name: Option<String>,
+    }
+}
+
+gw_api! {
+    pub struct BackendTlsValidation {
+        pub ca_certificate_refs: Vec<LocalObjectRef>,
+        /// `System`: the proxy's own trust store.
+        #[serde(rename = "wellKnownCACertificates")]
+        pub well_known_ca_certificates: Option<String>,
+        /// The SNI sent and, without subjectAltNames, the name the certificate must carry.
+        pub hostname: String,
+        pub subject_alt_names: Vec<SubjectAltName>,
+    }
+}
+
+gw_api! {
+    pub struct LocalObjectRef {
+        pub group: String,
+        pub kind: String,
+        pub name: String,
+    }
+}
+
+gw_api! {
+    pub struct SubjectAltName {
+        /// `Hostname` or `URI`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub hostname: Option<String>,
+        pub uri: Option<String>,
     }
 }
 

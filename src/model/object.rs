@@ -50,6 +50,7 @@ pub enum Kind {
     TCPRoute,
     GRPCRoute,
     ListenerSet,
+    BackendTLSPolicy,
     /// meshd's own rate limiting policy (`policy.meshd.io`).
     RateLimitPolicy,
 }
@@ -64,11 +65,10 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
     ("gateway.networking.k8s.io", "UDPRoute"),
-    ("gateway.networking.k8s.io", "BackendTLSPolicy"),
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 28] = [
+    pub const ALL: [Kind; 29] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -96,6 +96,7 @@ impl Kind {
         Kind::TCPRoute,
         Kind::GRPCRoute,
         Kind::ListenerSet,
+        Kind::BackendTLSPolicy,
         Kind::RateLimitPolicy,
     ];
 
@@ -128,6 +129,7 @@ impl Kind {
             Kind::TCPRoute => "TCPRoute",
             Kind::GRPCRoute => "GRPCRoute",
             Kind::ListenerSet => "ListenerSet",
+            Kind::BackendTLSPolicy => "BackendTLSPolicy",
             Kind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
@@ -150,7 +152,8 @@ impl Kind {
             | Kind::TLSRoute
             | Kind::TCPRoute
             | Kind::GRPCRoute
-            | Kind::ListenerSet => gateway_api::GROUP,
+            | Kind::ListenerSet
+            | Kind::BackendTLSPolicy => gateway_api::GROUP,
             Kind::Telemetry => "telemetry.istio.io",
             Kind::RateLimitPolicy => super::ratelimit::GROUP,
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
@@ -179,6 +182,9 @@ impl Kind {
         }
         if self == Kind::GRPCRoute || self == Kind::ListenerSet {
             return &["v1"];
+        }
+        if self == Kind::BackendTLSPolicy {
+            return &["v1", "v1alpha3"];
         }
         match self.group() {
             "" | "discovery.k8s.io" => &["v1"],
@@ -469,6 +475,7 @@ pub enum Spec {
     TCPRoute(gateway_api::StreamRouteSpec),
     GRPCRoute(gateway_api::GrpcRouteSpec),
     ListenerSet(gateway_api::ListenerSetSpec),
+    BackendTLSPolicy(gateway_api::BackendTlsPolicySpec),
     RateLimitPolicy(super::ratelimit::RateLimitPolicySpec),
 }
 
@@ -848,6 +855,7 @@ fn parse_spec(
         Kind::TCPRoute => Spec::TCPRoute(istio_spec(key, spec, lines, origin)?),
         Kind::GRPCRoute => Spec::GRPCRoute(istio_spec(key, spec, lines, origin)?),
         Kind::ListenerSet => Spec::ListenerSet(istio_spec(key, spec, lines, origin)?),
+        Kind::BackendTLSPolicy => Spec::BackendTLSPolicy(istio_spec(key, spec, lines, origin)?),
         Kind::RateLimitPolicy => Spec::RateLimitPolicy(istio_spec(key, spec, lines, origin)?),
         Kind::Namespace => Spec::Namespace,
         Kind::Node => {

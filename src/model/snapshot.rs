@@ -141,6 +141,10 @@ pub struct Workload {
     pub locality: String,
 }
 
+/// The entry of [`Changes::secrets`] for CA bundles in ConfigMaps (read from every
+/// namespace).
+pub const CA_CONFIGMAPS: &str = "*configmaps";
+
 /// Which keys changed from one snapshot to the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Changes {
@@ -402,6 +406,15 @@ impl Snapshot {
                     {
                         let e = m.entry(o.key.namespace.clone()).or_insert(0);
                         *e ^= o.hash;
+                    }
+                    // CA bundles in ConfigMaps (BackendTLSPolicy) are read by proxies of
+                    // any namespace.
+                    for o in super::stages::of_kind(&s.objects, Kind::ConfigMap) {
+                        if matches!(&o.spec, Spec::ConfigMap(d) if super::gateway_api::backend_tls::ca_of(d).is_some())
+                        {
+                            let e = m.entry(CA_CONFIGMAPS.to_string()).or_insert(0);
+                            *e ^= o.hash;
+                        }
                     }
                     m
                 };
@@ -739,6 +752,21 @@ impl Snapshot {
             return None;
         }
         self.tls_secret(namespace, name)
+    }
+
+    /// A ConfigMap's CA bundle (`configmap://NAMESPACE/NAME`, BackendTLSPolicy's): any
+    /// authenticated proxy may read it, as from istiod — it is public, and the proxy
+    /// reading it is the client of the backend, not its owner.
+    pub fn ca_configmap(&self, namespace: &str, name: &str) -> Option<&String> {
+        let key = ObjectKey {
+            kind: Kind::ConfigMap,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match &self.objects.get(&key)?.spec {
+            Spec::ConfigMap(d) => super::gateway_api::backend_tls::ca_of(d),
+            _ => None,
+        }
     }
 
     /// Workloads whose address is `ip`.

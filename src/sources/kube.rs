@@ -37,8 +37,11 @@ pub struct WatchedKind {
     pub versions: &'static [&'static str],
     pub kind: &'static str,
     pub plural: &'static str,
-    /// Only this namespace (ConfigMaps: the istio namespace).
+    /// Only this namespace.
     pub namespace: Option<String>,
+    /// ConfigMaps: all of this namespace's are kept, elsewhere only those holding a CA
+    /// certificate (`ca.crt` or `cacert`); the rest are dropped as they arrive.
+    pub home: Option<String>,
     pub field_selector: Option<String>,
 }
 
@@ -59,6 +62,7 @@ fn w(
         kind,
         plural,
         namespace: None,
+        home: None,
         field_selector: None,
     }
 }
@@ -77,8 +81,10 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
             "EndpointSlice",
             "endpointslices",
         ),
+        // Every ConfigMap of the istio namespace (mesh config, injector settings);
+        // elsewhere only CA bundles (BackendTLSPolicy's caCertificateRefs), see `parse`.
         WatchedKind {
-            namespace: Some(istio_namespace.to_string()),
+            home: Some(istio_namespace.to_string()),
             ..w("", &["v1"], "ConfigMap", "configmaps")
         },
         // Credentials for gateways and DestinationRules; never Helm releases or tokens.
@@ -180,6 +186,12 @@ pub fn watched_kinds(istio_namespace: &str) -> Vec<WatchedKind> {
         w(GATEWAY_API, &["v1alpha2"], "TCPRoute", "tcproutes"),
         w(GATEWAY_API, &["v1"], "GRPCRoute", "grpcroutes"),
         w(GATEWAY_API, &["v1"], "ListenerSet", "listenersets"),
+        w(
+            GATEWAY_API,
+            &["v1", "v1alpha3"],
+            "BackendTLSPolicy",
+            "backendtlspolicies",
+        ),
         // meshd's own policies (when crds/meshd.gen.yaml is installed).
         w(
             crate::model::ratelimit::GROUP,
@@ -329,8 +341,11 @@ fn parse(k: &WatchedKind, o: DynamicObject, previous: Option<&Entry>) -> Entry {
         });
         value["kind"] = Value::String(k.kind.to_string());
     }
-    let (objects, diagnostics) =
+    let (mut objects, diagnostics) =
         Object::from_value(value, FieldLines::default(), origin, "default");
+    if let Some(home) = &k.home {
+        objects.retain(|o| o.key.namespace == *home || holds_ca(o));
+    }
     let refused = diagnostics.iter().any(Diagnostic::is_error) && objects.is_empty();
     match previous {
         Some(p) if refused && !p.objects.is_empty() => {
@@ -354,6 +369,11 @@ fn parse(k: &WatchedKind, o: DynamicObject, previous: Option<&Entry>) -> Entry {
             diagnostics,
         },
     }
+}
+
+/// A ConfigMap with a CA certificate a BackendTLSPolicy may name.
+fn holds_ca(o: &Object) -> bool {
+    matches!(&o.spec, Spec::ConfigMap(d) if d.contains_key("ca.crt") || d.contains_key("cacert"))
 }
 
 fn name_of(o: &DynamicObject) -> (String, String) {

@@ -222,14 +222,32 @@ pub const TLS_MODE_KEY: &str = "envoy.transport_socket_match";
 /// listener's certificate of another namespace keeps its own name
 /// (`kubernetes-gateway://NS/NAME`, which meshd's SDS serves).
 pub fn credential_name(name: &str) -> String {
-    if name.starts_with(crate::model::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL) {
+    if has_scheme(name) {
         return name.to_string();
     }
     format!("kubernetes://{name}")
 }
 
-/// `kubernetes://NAME-cacert`: a Secret's CA certificate, served over SDS.
+/// Credentials that name their own source: a Gateway API listener's certificate of
+/// another namespace, a ConfigMap's CA bundle, or istiod's never-resolving `invalid://`.
+fn has_scheme(name: &str) -> bool {
+    use crate::model::gateway_api::{backend_tls, convert};
+    [
+        convert::CROSS_NAMESPACE_CREDENTIAL,
+        backend_tls::CONFIGMAP_CREDENTIAL,
+        backend_tls::INVALID_CREDENTIAL,
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// `kubernetes://NAME-cacert`: a Secret's CA certificate, served over SDS (for a
+/// credential with its own scheme, `configmap://NS/NAME-cacert` and the like, as istiod
+/// names them).
 pub fn credential_ca_name(name: &str) -> String {
+    if has_scheme(name) {
+        return format!("{name}-cacert");
+    }
     format!("kubernetes://{name}-cacert")
 }
 

@@ -22,6 +22,7 @@ use super::watch::{Action, WatchState};
 use super::wire::{self, FieldValue, Outgoing, Wrap};
 use crate::envoy::{pb, type_url};
 use crate::metrics::{Metrics, VersionLabel};
+use crate::model::gateway_api::backend_tls::CONFIGMAP_CREDENTIAL;
 use crate::model::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL;
 use crate::model::proxy::Proxy;
 use crate::translate::{self, ProxyContext};
@@ -219,6 +220,25 @@ impl Stream {
                             self.state.metrics.sds_refusals.inc();
                             warn!(proxy, identity = %id, secret = other,
                                   "SDS request refused: no such Secret, or no ReferenceGrant for the proxy's namespace");
+                            continue;
+                        }
+                    }
+                }
+                // A ConfigMap's CA bundle (BackendTLSPolicy): public, for any
+                // authenticated proxy, as istiod serves it.
+                other if other.starts_with(CONFIGMAP_CREDENTIAL) => {
+                    let rest = &other[CONFIGMAP_CREDENTIAL.len()..];
+                    let rest = rest.strip_suffix("-cacert").unwrap_or(rest);
+                    let snap = self.state.snapshot();
+                    match rest
+                        .split_once('/')
+                        .and_then(|(ns, n)| snap.ca_configmap(ns, n))
+                    {
+                        Some(ca_pem) => translate::secret::trust(name, ca_pem, None),
+                        None => {
+                            self.state.metrics.sds_refusals.inc();
+                            warn!(proxy, identity = %id, secret = other,
+                                  "SDS request refused: no such ConfigMap with a CA certificate");
                             continue;
                         }
                     }

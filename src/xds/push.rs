@@ -65,7 +65,12 @@ pub fn push_for(
     }
     // A gateway may also read certificates of other namespaces (Gateway API listeners
     // with a ReferenceGrant): any namespace's change re-sends its secrets.
-    if changes.secrets.contains(&proxy.namespace) || (router && !changes.secrets.is_empty()) {
+    if changes.secrets.contains(&proxy.namespace)
+        || changes
+            .secrets
+            .contains(crate::model::snapshot::CA_CONFIGMAPS)
+        || (router && !changes.secrets.is_empty())
+    {
         types.insert(SECRET);
     }
     if changes.routes.iter().any(sees) || changes.routes.iter().any(|h| h.starts_with('*')) {

@@ -1027,3 +1027,133 @@ fn bookinfo_gateway_sample_through_a_gateway() {
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }
+
+/// An HTTP Gateway whose route sends to a Service of HTTPS pods, with a BackendTLSPolicy
+/// (CA from a ConfigMap, written by the test).
+const BACKEND_TLS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: secure-svc, namespace: default}
+spec:
+  ports: [{name: http, port: 9080, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: secure-svc, namespace: default}
+subsets: [{addresses: [{ip: 127.0.1.60}], ports: [{name: http, port: 8443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: secure, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: secure-svc, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: secure-tls, namespace: default}
+spec:
+  targetRefs: [{group: "", kind: Service, name: secure-svc}]
+  validation:
+    caCertificateRefs: [{group: "", kind: ConfigMap, name: backend-ca}]
+    hostname: secure.example.com
+"#;
+
+#[test]
+fn backend_tls_policy_from_a_gateway_to_https_pods() {
+    let Some((dir, config)) = envoy_test("gwapi-btls") else {
+        return;
+    };
+    let ca = TestCa::new("backend-ca");
+    let (cert, key) = ca.leaf("secure-1", &["secure.example.com"]);
+    let _server = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);
+    config.write("backend-tls.yaml", BACKEND_TLS);
+    let ca_map = |pem: &str| {
+        let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: backend-ca, namespace: default}}\ndata:\n  ca.crt: |\n{}\n",
+            pem.join("\n")
+        )
+    };
+    config.write("ca.yaml", &ca_map(&ca.pem));
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    // The CA bundle comes over SDS: the gateway authenticates on the TLS port.
+    let router = Envoy::start_with(
+        &EDGE,
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token("default", EDGE.service_account, "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let get = || {
+        http_get(
+            &format!("{}:8080", EDGE.ip),
+            "/",
+            &[("Host", "any.example")],
+        )
+        .ok()
+    };
+    let r = wait_for(
+        "TLS from the gateway to the pods",
+        Duration::from_secs(20),
+        || get().filter(|r| r.status == 200),
+    );
+    assert_eq!(r.body, "sni=secure.example.com client=none");
+
+    // The policy's status names the Service (for the mesh) and the Gateway whose route
+    // sends there.
+    let st = status_of(&config);
+    let ancestors = st["BackendTLSPolicy default/secure-tls"]["ancestors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let refs: Vec<(String, String)> = ancestors
+        .iter()
+        .map(|a| {
+            (
+                a["ancestorRef"]["kind"].as_str().unwrap_or("").to_string(),
+                a["controllerName"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            (
+                "Service".to_string(),
+                "istio.io/mesh-controller".to_string()
+            ),
+            (
+                "Gateway".to_string(),
+                "istio.io/gateway-controller".to_string()
+            )
+        ],
+        "{ancestors:?}"
+    );
+    for a in &ancestors {
+        assert_eq!(condition(&a["conditions"], "Accepted").0, "True", "{a}");
+        assert_eq!(condition(&a["conditions"], "ResolvedRefs").0, "True", "{a}");
+    }
+
+    // Another CA in the ConfigMap: the gateway no longer trusts the pods.
+    let other = TestCa::new("someone-else");
+    config.write("ca.yaml", &ca_map(&other.pem));
+    wait_for(
+        "the untrusted backend refused",
+        Duration::from_secs(20),
+        || get().filter(|r| r.status == 503),
+    );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}

@@ -673,6 +673,13 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         ));
     }
 
+    // BackendTLSPolicies: DestinationRules for their targets.
+    let (rules, policy_status) = super::backend_tls::convert(objects, domain, &served);
+    out.objects.extend(rules);
+    for (key, status) in policy_status {
+        out.statuses.set(&key, status);
+    }
+
     for (key, st) in gateway_status {
         let Some(owner) = objects.get(&key) else {
             continue;
@@ -983,7 +990,7 @@ fn convert_stream_rules(
 
 /// An object generated from `from`: same origin (diagnostics point at the source), same
 /// creation time, a hash of what it holds.
-fn generated(
+pub(super) fn generated(
     from: &Object,
     key: ObjectKey,
     spec: Spec,
