@@ -17,6 +17,8 @@ use crate::harness::*;
 
 const VERSION: &str = "v1.5.1";
 const INFRA: &str = "gateway-conformance-infra";
+/// The mesh tests' namespace.
+const MESH: &str = "gateway-conformance-mesh";
 /// The proxy of Gateway `same-namespace`.
 const GATEWAY_IP: &str = "127.0.0.30";
 
@@ -60,6 +62,10 @@ fn templated(text: &str) -> String {
 
 /// One request of a transcribed test and what must answer it.
 struct Case {
+    /// Where the request is sent (the gateway's port 80 unless the mesh runner says).
+    target: String,
+    /// The mesh client's namespace (mesh tests).
+    client: String,
     method: String,
     path: String,
     host: Option<String>,
@@ -103,6 +109,8 @@ fn cases(test: &Value) -> Vec<Case> {
         .into_iter()
         .flatten()
         .map(|r| Case {
+            target: format!("{GATEWAY_IP}:80"),
+            client: r["client"].as_str().unwrap_or(MESH).to_string(),
             method: r["method"].as_str().unwrap_or("GET").to_string(),
             path: r["path"].as_str().unwrap_or("/").to_string(),
             headers: r["headers"]
@@ -152,15 +160,25 @@ type Reply = (u16, Vec<(String, String)>, String);
 
 /// One request (any method) on a fresh connection.
 fn request(case: &Case) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect((GATEWAY_IP, 80))?;
+    let mut s = TcpStream::connect(case.target.as_str())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A `Host` among the headers replaces the URL's (as the suite's mesh client sends it).
+    let host = case
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_str())
+        .or(case.host.as_deref())
+        .unwrap_or(GATEWAY_IP);
     let mut req = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
-        case.method,
-        case.path,
-        case.host.as_deref().unwrap_or(GATEWAY_IP)
+        "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n",
+        case.method, case.path,
     );
-    for (k, v) in &case.headers {
+    for (k, v) in case
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+    {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     if !case.backend_sets.is_empty() {
@@ -301,64 +319,7 @@ fn gateway_http_conformance_transcribed() {
         &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
     );
     config.write("base.yaml", &base);
-    let mut pods = Vec::new();
-    let mut apps = Vec::new();
-    let mut next = 40;
-    for d in documents(&base)
-        .iter()
-        .filter(|d| d["kind"] == "Deployment")
-    {
-        let name = d["metadata"]["name"].as_str().unwrap_or_default();
-        let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
-        let labels = d["spec"]["template"]["metadata"]["labels"].clone();
-        for replica in 0..2 {
-            let ip = format!("127.0.1.{next}");
-            next += 1;
-            let pod = format!("{name}-{replica}");
-            pods.push(serde_json::json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": ns, "labels": labels},
-                "spec": {"containers": [{"name": name, "image": "echo-basic"}]},
-                "status": {"phase": "Running", "podIP": ip,
-                           "conditions": [{"type": "Ready", "status": "True"}]},
-            }));
-            for port in [3000, 3001] {
-                let (pod, ns) = (pod.clone(), ns.to_string());
-                apps.push(HttpApp::start(&format!("{ip}:{port}"), move |r| {
-                    // The suite's echo server answers with the headers a request asks
-                    // for in `X-Echo-Set-Header: Name:Value,…`.
-                    let set: Vec<(String, String)> = r
-                        .header("x-echo-set-header")
-                        .map(|h| {
-                            h.split(',')
-                                .filter_map(|kv| kv.split_once(':'))
-                                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    // What the suite's echo server reports: who answered, and the
-                    // request it got (repeated headers joined with commas).
-                    let mut headers = serde_json::Map::new();
-                    for (k, v) in &r.headers {
-                        let joined = match headers.get(k).and_then(Value::as_str) {
-                            Some(prev) => format!("{prev},{v}"),
-                            None => v.clone(),
-                        };
-                        headers.insert(k.clone(), Value::String(joined));
-                    }
-                    Answer {
-                        status: 200,
-                        headers: set,
-                        body: serde_json::json!({
-                            "pod": pod, "namespace": ns, "path": r.path,
-                            "method": r.method, "headers": headers,
-                        })
-                        .to_string(),
-                    }
-                }));
-            }
-        }
-    }
+    let (pods, _apps) = echo_pods(&documents(&base), 40, 2, &[3000, 3001]);
     config.write(
         "pods.yaml",
         &serde_json::to_string(
@@ -388,16 +349,8 @@ fn gateway_http_conformance_transcribed() {
     };
     let mut router: Option<(String, Envoy)> = None;
 
-    let transcribed = repo().join("tests/gateway_conformance/http.yaml");
-    let tests = documents(&std::fs::read_to_string(&transcribed).expect("transcription"));
-    let tests = tests
-        .first()
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    assert!(!tests.is_empty(), "nothing transcribed");
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
-    for test in &tests {
+    for test in transcribed("http.yaml") {
         let name = test["test"].as_str().unwrap_or("?").to_string();
         let manifests = suite.join(test["manifests"].as_str().unwrap_or_default());
         let text = templated(&std::fs::read_to_string(&manifests).expect("test manifests"));
@@ -410,52 +363,9 @@ fn gateway_http_conformance_transcribed() {
             }
             router = Some((gateway.to_string(), router_for(gateway)));
         }
-        let cases = cases(test);
-        // Eventually consistent, as the suite waits: each request until it answers as
-        // expected (the previous test's routes may still be in force for a moment).
-        let failures: Vec<String> = cases
-            .iter()
-            .filter_map(|c| {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                loop {
-                    let got = request(c);
-                    if got.as_ref().is_ok_and(|g| answers(c, g)) {
-                        return None;
-                    }
-                    if std::time::Instant::now() > deadline {
-                        return Some(format!(
-                            "{} {:?} {} {:?}: expected {} {:?} (seen {:?}, absent {:?}), got {:?}",
-                            c.method,
-                            c.host,
-                            c.path,
-                            c.headers,
-                            c.status,
-                            c.backend,
-                            c.seen,
-                            c.absent,
-                            got
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-            .collect();
-        // A weighted distribution, as the suite measures it: 500 requests, each backend's
-        // share within 5 points of its weight (up to 10 tries).
-        let mut failures = failures;
-        if let Some(weights) = test["weights"].as_object() {
-            let mut last = BTreeMap::new();
-            let ok = (0..10).any(|_| {
-                last = distribution(&cases[0], 500);
-                weights.iter().all(|(b, w)| {
-                    let got = last.get(b).copied().unwrap_or(0) as f64 / 500.0;
-                    (got - w.as_f64().unwrap_or(0.0)).abs() <= 0.05
-                })
-            });
-            if !ok {
-                failures.push(format!("distribution {last:?} against weights {weights:?}"));
-            }
-        }
+        let cases = cases(&test);
+        let mut failures = run_cases(&cases, &mut |_| {});
+        failures.extend(weights_fail(&test, &cases[0]));
         results.insert(
             name,
             if failures.is_empty() {
@@ -465,20 +375,307 @@ fn gateway_http_conformance_transcribed() {
             },
         );
     }
+    report("GATEWAY-HTTP", &results);
+    if let Some((_, r)) = &router {
+        assert_envoy_accepted(r);
+    }
+    meshd.assert_no_nacks();
+}
+
+/// The suite's Deployments of `docs` as Pods (`replicas` each, named `<deployment>-<n>`, at
+/// 127.0.1.`first`…), each with an echo server on `ports` answering as the suite's does:
+/// JSON naming the pod, its namespace, the path, method and headers it got, and the
+/// headers a request asks for in `X-Echo-Set-Header: Name:Value,…` set on the answer.
+fn echo_pods(
+    docs: &[Value],
+    first: u32,
+    replicas: u32,
+    ports: &[u16],
+) -> (Vec<Value>, Vec<HttpApp>) {
+    let mut pods = Vec::new();
+    let mut apps = Vec::new();
+    let mut next = first;
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
+        let labels = d["spec"]["template"]["metadata"]["labels"].clone();
+        for replica in 0..replicas {
+            let ip = format!("127.0.1.{next}");
+            next += 1;
+            let pod = format!("{name}-{replica}");
+            pods.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": ns, "labels": labels},
+                "spec": {"containers": [{"name": name, "image": "echo-basic"}]},
+                "status": {"phase": "Running", "podIP": ip,
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            }));
+            for port in ports {
+                let (pod, ns) = (pod.clone(), ns.to_string());
+                apps.push(HttpApp::start(&format!("{ip}:{port}"), move |r| {
+                    let set: Vec<(String, String)> = r
+                        .header("x-echo-set-header")
+                        .map(|h| {
+                            h.split(',')
+                                .filter_map(|kv| kv.split_once(':'))
+                                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    // Repeated headers joined with commas, as the suite's server reports.
+                    let mut headers = serde_json::Map::new();
+                    for (k, v) in &r.headers {
+                        let joined = match headers.get(k).and_then(Value::as_str) {
+                            Some(prev) => format!("{prev},{v}"),
+                            None => v.clone(),
+                        };
+                        headers.insert(k.clone(), Value::String(joined));
+                    }
+                    Answer {
+                        status: 200,
+                        headers: set,
+                        body: serde_json::json!({
+                            "pod": pod, "namespace": ns, "path": r.path,
+                            "method": r.method, "headers": headers,
+                        })
+                        .to_string(),
+                    }
+                }));
+            }
+        }
+    }
+    (pods, apps)
+}
+
+/// The transcribed tests of a file, in order.
+fn transcribed(file: &str) -> Vec<Value> {
+    let path = repo().join("tests/gateway_conformance").join(file);
+    let tests = documents(&std::fs::read_to_string(&path).expect("transcription"));
+    let tests = tests
+        .first()
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    assert!(!tests.is_empty(), "nothing transcribed in {file}");
+    tests
+}
+
+/// Each request until it answers as expected (eventually consistent, as the suite waits):
+/// the failures, described.
+fn run_cases(cases: &[Case], before: &mut dyn FnMut(&Case)) -> Vec<String> {
+    cases
+        .iter()
+        .filter_map(|c| {
+            before(c);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = request(c);
+                if got.as_ref().is_ok_and(|g| answers(c, g)) {
+                    return None;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Some(format!(
+                        "{} {:?} {} {:?}: expected {} {:?} (seen {:?}, absent {:?}), got {:?}",
+                        c.method,
+                        c.host,
+                        c.path,
+                        c.headers,
+                        c.status,
+                        c.backend,
+                        c.seen,
+                        c.absent,
+                        got
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .collect()
+}
+
+/// A weighted test's distribution, as the suite measures it: 500 requests, each backend's
+/// share within 5 points of its weight (up to 10 tries). None when it holds.
+fn weights_fail(test: &Value, case: &Case) -> Option<String> {
+    let weights = test["weights"].as_object()?;
+    let mut last = BTreeMap::new();
+    let ok = (0..10).any(|_| {
+        last = distribution(case, 500);
+        weights.iter().all(|(b, w)| {
+            let got = last.get(b).copied().unwrap_or(0) as f64 / 500.0;
+            (got - w.as_f64().unwrap_or(0.0)).abs() <= 0.05
+        })
+    });
+    (!ok).then(|| format!("distribution {last:?} against weights {weights:?}"))
+}
+
+fn report(profile: &str, results: &BTreeMap<String, Result<usize, String>>) {
     let passed = results.values().filter(|r| r.is_ok()).count();
     eprintln!(
-        "Gateway API conformance {VERSION}, GATEWAY-HTTP (the transcribed tests): {passed} of {} pass",
+        "Gateway API conformance {VERSION}, {profile} (the transcribed tests): {passed} of {} pass",
         results.len()
     );
-    for (name, r) in &results {
+    for (name, r) in results {
         match r {
             Ok(n) => eprintln!("  PASS {name} ({n} requests)"),
             Err(e) => eprintln!("  FAIL {name}:\n{e}"),
         }
     }
     assert_eq!(passed, results.len(), "{results:#?}");
-    if let Some((_, r)) = &router {
-        assert_envoy_accepted(r);
+}
+
+/// MESH-HTTP: requests from the suite's echo-v1 pod through its real Envoy sidecar (its
+/// outbound connections captured as istio-iptables captures them), to the suite's mesh
+/// Services (cluster IPs on loopback) and their echo pods.
+#[test]
+fn mesh_http_conformance_transcribed() {
+    let Some(suite) = suite() else { return };
+    let Some((dir, config)) = envoy_test("gwapi-mesh-suite") else {
+        return;
+    };
+    if !can_intercept() {
+        return;
+    }
+    let base = templated(
+        &std::fs::read_to_string(suite.join("mesh/manifests.yaml")).expect("mesh manifests"),
+    );
+    let mut docs = documents(&base);
+    // Cluster IPs on loopback for the Services, which the suite leaves to the cluster.
+    let mut vips: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (i, d) in docs
+        .iter_mut()
+        .filter(|d| d["kind"] == "Service")
+        .enumerate()
+    {
+        let vip = format!("127.2.0.{}", i + 1);
+        d["spec"]["clusterIP"] = Value::String(vip.clone());
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = d["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        vips.insert((ns, name), vip);
+    }
+    let (pods, _apps) = echo_pods(&docs, 40, 1, &[8080]);
+    let pod_ips: BTreeMap<(String, String), String> = pods
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                ),
+                p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    docs.extend(pods);
+    config.write(
+        "base.yaml",
+        &serde_json::to_string(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}),
+        )
+        .expect("json"),
+    );
+    // The client's outbound connections (to Services and to pods) go to its sidecar.
+    intercept_outbound("127.2.0.0/16");
+    intercept_outbound("127.0.1.0/24");
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    // The echo-v1 pod of a namespace, as the client: its sidecar (one at a time: each
+    // listens on 15001 and its admin port).
+    let client_in = |ns: &str| {
+        let ip = pod_ips
+            .get(&(ns.to_string(), "echo-v1-0".to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no echo-v1 pod in {ns}"));
+        let ip: &'static str = Box::leak(ip.into_boxed_str());
+        let ns: &'static str = Box::leak(ns.to_string().into_boxed_str());
+        Envoy::start_with(
+            &NodeSpec {
+                kind: "sidecar",
+                ip,
+                pod: "echo-v1-0",
+                namespace: ns,
+                labels: &[("app", "echo"), ("version", "v1")],
+                service_account: "default",
+            },
+            &EnvoyOpts {
+                gid: Some(PROXY_GID),
+                ..Default::default()
+            },
+            dir.path(),
+        )
+    };
+    let mut client: Option<(String, Envoy)> = None;
+    // Where a request for `host` (a Service name, name.namespace, or `pod:NAME`, with an
+    // optional port) from namespace `ns` connects, as the pod's DNS would resolve it.
+    let resolve = |host: &str, ns: &str| -> (String, String) {
+        let (pod, host) = match host.strip_prefix("pod:") {
+            Some(h) => (true, h),
+            None => (false, host),
+        };
+        let (name, port) = match host.rsplit_once(':') {
+            Some((n, p)) => (n, p),
+            None => (host, "80"),
+        };
+        let (name, ns) = name.split_once('.').unwrap_or((name, ns));
+        let ip = if pod {
+            pod_ips.get(&(ns.to_string(), format!("{name}-0"))).cloned()
+        } else {
+            vips.get(&(ns.to_string(), name.to_string())).cloned()
+        }
+        .unwrap_or_else(|| panic!("{host} does not resolve from {ns}"));
+        let header = if pod {
+            format!("{ip}:{port}")
+        } else {
+            host.to_string()
+        };
+        (format!("{ip}:{port}"), header)
+    };
+
+    let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
+    for test in transcribed("mesh.yaml") {
+        let name = test["test"].as_str().unwrap_or("?").to_string();
+        // Each test's objects replace the previous test's, as the suite cleans up.
+        let text = match test["manifests"].as_str() {
+            Some(m) => templated(&std::fs::read_to_string(suite.join(m)).expect("test manifests")),
+            None => String::new(),
+        };
+        config.write("test.yaml", &text);
+        let mut cases = cases(&test);
+        for c in &mut cases {
+            let (target, header) = resolve(c.host.as_deref().unwrap_or("echo"), &c.client);
+            c.target = target;
+            c.host = Some(header);
+            c.namespace = MESH.to_string();
+        }
+        let mut switch = |c: &Case| {
+            if client.as_ref().is_none_or(|(ns, _)| *ns != c.client) {
+                if let Some((_, old)) = client.take() {
+                    assert_envoy_accepted(&old);
+                }
+                client = Some((c.client.clone(), client_in(&c.client)));
+            }
+        };
+        let mut failures = run_cases(&cases, &mut switch);
+        failures.extend(weights_fail(&test, &cases[0]));
+        results.insert(
+            name,
+            if failures.is_empty() {
+                Ok(cases.len())
+            } else {
+                Err(failures.join("\n"))
+            },
+        );
+    }
+    report("MESH-HTTP", &results);
+    if let Some((_, c)) = &client {
+        assert_envoy_accepted(c);
     }
     meshd.assert_no_nacks();
 }
