@@ -562,3 +562,196 @@ status: {phase: Running, podIP: 127.0.1.71}
     assert!(bad.is_empty(), "{bad:?}");
     meshd.assert_no_nacks();
 }
+
+/// Istio's egress gateway task, mTLS variant: the sidecar sends traffic for an external
+/// host to the egress gateway over ISTIO_MUTUAL (subset `cnn`, SNI the external host), and
+/// the gateway alone reaches the external service.
+const EGRESS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 8090}]
+  endpoints: [{address: 127.0.1.70}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-egressgateway-1
+  namespace: istio-system
+  labels: {istio: egressgateway, app: istio-egressgateway, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: istio-egressgateway-service-account, containers: [{name: istio-proxy, image: proxyv2}]}
+status: {phase: Running, podIP: 127.0.0.21}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: https, protocol: HTTPS}
+    hosts: [edition.cnn.com]
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-cnn, namespace: default}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      portLevelSettings:
+      - port: {number: 80}
+        tls: {mode: ISTIO_MUTUAL, sni: edition.cnn.com}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-cnn-through-egress-gateway, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 9080}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: cnn, port: {number: 80}}
+      weight: 100
+  - match: [{gateways: [istio-egressgateway], port: 80}]
+    route:
+    - destination: {host: edition.cnn.com, port: {number: 9080}}
+      weight: 100
+"#;
+
+#[test]
+fn egress_gateway_with_istio_mutual_reaches_the_external_service() {
+    let Some((dir, config)) = envoy_test("egress") else {
+        return;
+    };
+    // productpage's calls go to 127.0.0.1:9080 (no iptables here); it sees the gateway's
+    // Service in istio-system as well as its own namespace.
+    config.write(
+        "sidecar.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage, namespace: default}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.0.1
+    captureMode: NONE
+    hosts: ["./*", "istio-system/*"]
+"#,
+    );
+    config.write("egress.yaml", EGRESS);
+    let external = HttpApp::start("127.0.1.70:8090", |r| Answer {
+        status: 200,
+        headers: vec![],
+        body: format!("cnn host={}", r.header("host").unwrap_or("")),
+    });
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let node = NodeSpec {
+        kind: "router",
+        ip: "127.0.0.21",
+        pod: "istio-egressgateway-1",
+        namespace: "istio-system",
+        labels: &[("istio", "egressgateway"), ("app", "istio-egressgateway")],
+        service_account: "istio-egressgateway-service-account",
+    };
+    let gateway = Envoy::start_with(
+        &node,
+        &EnvoyOpts {
+            admin_port: 15200,
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token(node.namespace, node.service_account, "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let sidecar = Envoy::start_with(
+        &NodeSpec {
+            kind: "sidecar",
+            ip: "127.0.0.10",
+            pod: "productpage-v1",
+            namespace: "default",
+            labels: &[("app", "productpage"), ("version", "v1")],
+            service_account: "bookinfo-productpage",
+        },
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token("default", "bookinfo-productpage", "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let get = || http_get("127.0.0.1:9080", "/", &[("Host", "edition.cnn.com")]).ok();
+    let r = wait_for(
+        "the external service through the egress gateway",
+        Duration::from_secs(30),
+        || get().filter(|r| r.status == 200),
+    );
+    assert_eq!(r.body, "cnn host=edition.cnn.com");
+    for _ in 0..9 {
+        assert_eq!(get().map(|r| r.status), Some(200));
+    }
+    let stat = |envoy: &Envoy, name: &str| -> u64 {
+        envoy
+            .stats(name)
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // The sidecar sent every request to the gateway, in mesh TLS; none went out directly.
+    let to_gateway = "cluster.outbound|80|cnn|istio-egressgateway.istio-system.svc.cluster.local";
+    assert!(stat(&sidecar, &format!("{to_gateway}.upstream_rq_total")) >= 10);
+    assert!(stat(&sidecar, &format!("{to_gateway}.ssl.handshake")) >= 1);
+    assert_eq!(
+        stat(
+            &sidecar,
+            "cluster.outbound|9080||edition.cnn.com.upstream_rq_total"
+        ),
+        0,
+        "the sidecar reached the external service directly"
+    );
+    // The gateway did, after terminating the sidecar's mTLS.
+    assert!(
+        stat(
+            &gateway,
+            "cluster.outbound|9080||edition.cnn.com.upstream_rq_total"
+        ) >= 10
+    );
+    assert_eq!(
+        external.requests().len(),
+        stat(
+            &gateway,
+            "cluster.outbound|9080||edition.cnn.com.upstream_rq_total"
+        ) as usize
+    );
+    // Without a mesh certificate the gateway answers nothing.
+    assert!(
+        http_get("127.0.0.21:8080", "/", &[("Host", "edition.cnn.com")])
+            .map(|r| r.status != 200)
+            .unwrap_or(true),
+        "plaintext through an ISTIO_MUTUAL server"
+    );
+    assert_envoy_accepted(&gateway);
+    assert_envoy_accepted(&sidecar);
+    meshd.assert_no_nacks();
+}
