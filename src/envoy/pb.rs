@@ -81,6 +81,23 @@ pub fn socket_address(address: &str, port: u32) -> core::Address {
     }
 }
 
+/// A listener address: `unix:///PATH` is a Unix domain socket (an Envoy pipe), anything
+/// else an IP with `port`.
+pub fn listen_address(bind: &str, port: u32) -> core::Address {
+    match bind.strip_prefix(UNIX_PREFIX) {
+        Some(path) => core::Address {
+            address: Some(core::address::Address::Pipe(core::Pipe {
+                path: path.to_string(),
+                mode: 0,
+            })),
+        },
+        None => socket_address(bind, port),
+    }
+}
+
+/// How Istio writes a Unix domain socket address (`bind: unix:///var/run/gw.sock`).
+pub const UNIX_PREFIX: &str = "unix://";
+
 /// `ads: {}` config source, as istiod uses for EDS and RDS.
 pub fn ads_config_source() -> core::ConfigSource {
     core::ConfigSource {

@@ -762,12 +762,16 @@ pub fn gateway(obj: &Object, gw: &istio::Gateway) -> Vec<Diagnostic> {
             ));
         }
         if !s.bind.is_empty() && s.bind.parse::<std::net::IpAddr>().is_err() {
-            not_yet(
-                obj,
-                &format!("{p}.bind"),
-                "binding a gateway server to a Unix domain socket",
-                &mut out,
-            );
+            match s.bind.strip_prefix("unix://") {
+                Some(path) if path.starts_with('/') || path.starts_with('@') => {}
+                _ => out.push(
+                    obj.diag_error(
+                        &format!("{p}.bind"),
+                        format!("bind {:?} is neither an IP address nor a Unix domain socket", s.bind),
+                    )
+                    .hint("an IP of the gateway's pod, or unix:///absolute/path (unix://@name for an abstract socket)"),
+                ),
+            }
         }
         if s.port.protocol.is_empty() {
             out.push(

@@ -130,8 +130,8 @@ impl GwServer<'_> {
 }
 
 /// The servers of the router's Gateways by listen port, in Gateway and server order.
-/// (bind address, listen port) → servers. `bind` (an IP) gives a server a listener of its
-/// own address; the others share 0.0.0.0.
+/// (bind address, listen port) → servers. `bind` (an IP, or `unix:///PATH`) gives a
+/// server a listener of its own address; the others share 0.0.0.0.
 fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a>>> {
     let mut by_port: BTreeMap<(String, u16), Vec<GwServer<'a>>> = BTreeMap::new();
     for gw in selected(ctx) {
@@ -140,7 +140,9 @@ fn servers<'a>(ctx: &'a ProxyContext) -> BTreeMap<(String, u16), Vec<GwServer<'a
             let Ok(number) = u16::try_from(s.port.number) else {
                 continue;
             };
-            let bind = if s.bind.parse::<std::net::IpAddr>().is_ok() {
+            let bind = if s.bind.parse::<std::net::IpAddr>().is_ok()
+                || s.bind.starts_with(pb::UNIX_PREFIX)
+            {
                 s.bind.clone()
             } else {
                 "0.0.0.0".to_string()
@@ -364,8 +366,9 @@ fn port_listener(
         return None;
     }
     let mut l = Listener {
+        // A Unix socket bind keeps istiod's name, `unix:///PATH_PORT`.
         name: naming::listener(bind, port),
-        address: Some(pb::socket_address(bind, u32::from(port))),
+        address: Some(pb::listen_address(bind, u32::from(port))),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         filter_chains: chains,
         ..Default::default()

@@ -755,3 +755,71 @@ spec:
     assert_envoy_accepted(&sidecar);
     meshd.assert_no_nacks();
 }
+
+/// A gateway server bound to a Unix domain socket (`bind: unix:///PATH`): Envoy listens on
+/// the socket, named as istiod names it, and routes what arrives there.
+#[test]
+fn gateway_server_bound_to_a_unix_socket() {
+    use std::io::{Read, Write};
+    let Some((dir, config)) = envoy_test("gw-unix") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    let socket = dir.path().join("gateway.sock");
+    config.write(
+        "gateway.yaml",
+        &format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: local, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    bind: unix://{path}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pages, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/local]
+  http: [{{route: [{{destination: {{host: productpage}}}}]}}]
+"#,
+            path = socket.display()
+        ),
+    );
+    let _backends = Backends::start(&PODS, 9080);
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+    let gateway = Envoy::start(&INGRESS_GATEWAY, Ads::Delta, 15000, dir.path());
+    let get = || -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bookinfo.example\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let answer = wait_for(
+        "HTTP over the gateway's Unix socket",
+        Duration::from_secs(20),
+        || get().ok().filter(|a| a.starts_with("HTTP/1.1 200")),
+    );
+    assert!(answer.ends_with("productpage-v1"), "{answer}");
+    let listeners = http_get("127.0.0.1:15000", "/listeners", &[]).expect("listeners");
+    assert!(
+        listeners
+            .body
+            .contains(&format!("unix://{}_8080", socket.display())),
+        "the listener keeps istiod's name: {}",
+        listeners.body
+    );
+    // Nothing listens on the port itself.
+    assert!(std::net::TcpStream::connect("127.0.0.20:8080").is_err());
+    assert_envoy_accepted(&gateway);
+    meshd.assert_no_nacks();
+}
