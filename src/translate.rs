@@ -18,6 +18,7 @@ pub mod peer;
 pub mod ratelimit;
 pub mod route;
 pub mod secret;
+pub mod session;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

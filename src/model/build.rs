@@ -51,6 +51,7 @@ impl Snapshot {
             }
             b.diags.extend(converted.diagnostics);
             b.statuses = converted.statuses;
+            b.sessions = converted.sessions;
             clock.lap("gateway api");
         }
         let mesh_key = ObjectKey {
@@ -213,6 +214,7 @@ struct Builder {
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
     rate_limits: super::ratelimit::Policies,
+    sessions: bool,
 }
 
 impl Builder {
@@ -1682,6 +1684,7 @@ impl Builder {
             telemetries: self.telemetries,
             statuses: Arc::new(self.statuses),
             rate_limits: Arc::new(self.rate_limits),
+            sessions: self.sessions,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

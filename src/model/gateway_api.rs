@@ -10,6 +10,7 @@
 
 pub mod backend_tls;
 pub mod convert;
+pub mod session;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -153,6 +154,28 @@ gw_api! {
 }
 
 gw_api! {
+    /// A rule's session persistence (GEP-1619): requests that carry the session (a cookie,
+    /// or a header) go back to the backend endpoint that first answered them.
+    pub struct SessionPersistence {
+        pub session_name: Option<String>,
+        pub absolute_timeout: Option<String>,
+        pub idle_timeout: Option<String>,
+        /// `Cookie` (the default) or `Header`.
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        pub cookie_config: Option<CookieConfig>,
+    }
+}
+
+gw_api! {
+    pub struct CookieConfig {
+        /// `Session` (the default: no expiry) or `Permanent` (expires after
+        /// absoluteTimeout).
+        pub lifetime_type: Option<String>,
+    }
+}
+
+gw_api! {
     pub struct GatewayAddress {
         #[serde(rename = "type")]
         pub kind: Option<String>,
@@ -249,7 +272,7 @@ gw_api! {
         pub backend_refs: Vec<HttpBackendRef>,
         pub timeouts: Option<HttpRouteTimeouts>,
         pub retry: Option<HttpRouteRetry>,
-        pub session_persistence: Option<Value>,
+        pub session_persistence: Option<SessionPersistence>,
     }
 }
 
@@ -484,7 +507,7 @@ gw_api! {
         /// RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, ExtensionRef.
         pub filters: Vec<HttpRouteFilter>,
         pub backend_refs: Vec<HttpBackendRef>,
-        pub session_persistence: Option<Value>,
+        pub session_persistence: Option<SessionPersistence>,
     }
 }
 

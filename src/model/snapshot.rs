@@ -234,6 +234,9 @@ pub struct Snapshot {
     pub statuses: Arc<super::gateway_api::status::Statuses>,
     /// RateLimitPolicies in force, oldest first.
     pub rate_limits: Arc<super::ratelimit::Policies>,
+    /// Whether some Gateway API route rule asks for session persistence (HTTP managers
+    /// then carry Envoy's stateful session filter).
+    pub sessions: bool,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
@@ -386,7 +389,10 @@ impl Snapshot {
             .cloned()
             .collect();
         Changes {
-            full: self.mesh != old.mesh || self.peer_auth_hash != old.peer_auth_hash,
+            // The stateful session filter comes or goes in every HTTP manager.
+            full: self.mesh != old.mesh
+                || self.peer_auth_hash != old.peer_auth_hash
+                || self.sessions != old.sessions,
             services: shared(&self.config_hashes, &old.config_hashes),
             routes: shared(&self.route_hashes, &old.route_hashes),
             l4_routes: shared(&self.l4_route_hashes, &old.l4_route_hashes),

@@ -252,6 +252,13 @@ pub fn http_connection_manager(
             if !inbound && !gateway && super::dfp::enabled(ctx) {
                 f.push(super::dfp::http_filter(ctx));
             }
+            // Session persistence picks the endpoint just before the router does.
+            if !inbound && ctx.snap.sessions {
+                f.push(http_filter(
+                    super::session::FILTER,
+                    &super::session::manager_filter(),
+                ));
+            }
             f.push(http_filter(
                 "envoy.filters.http.router",
                 &router::Router::default(),

@@ -531,6 +531,16 @@ pub(crate) fn http_rule_routes(
         if let Some(c) = &rule.cors_policy {
             filter_configs.insert(CORS_FILTER.into(), pb::any(&cors_config(c)));
         }
+        if ctx.snap.sessions
+            && let Some(c) = vs
+                .spec
+                .http
+                .iter()
+                .position(|r| std::ptr::eq(r, rule))
+                .and_then(|i| super::session::route_config(vs, i))
+        {
+            filter_configs.insert(super::session::FILTER.into(), c);
+        }
         route.typed_per_filter_config = filter_configs;
         let (req_add, req_remove) =
             header_ops(rule.headers.as_ref().and_then(|h| h.request.as_ref()));

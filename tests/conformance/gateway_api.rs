@@ -1157,3 +1157,106 @@ fn backend_tls_policy_from_a_gateway_to_https_pods() {
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }
+
+/// Three routes to Bookinfo's reviews (three pods): one plain, one with a session cookie,
+/// one with a session header.
+const SESSIONS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: plain, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [plain.example]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: sticky, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [sticky.example]
+  rules:
+  - sessionPersistence: {sessionName: reviews-session, type: Cookie, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}
+    backendRefs: [{name: reviews, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: by-header, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [header.example]
+  rules:
+  - sessionPersistence: {sessionName: x-reviews-session, type: Header}
+    backendRefs: [{name: reviews, port: 9080}]
+"#;
+
+#[test]
+fn session_persistence_sticks_to_one_endpoint() {
+    let Some((dir, config)) = envoy_test("gwapi-sessions") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    config.write("sessions.yaml", SESSIONS);
+    let _backends = Backends::start(&PODS, 9080);
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
+    let router = Envoy::start(&EDGE, Ads::Delta, 15000, dir.path());
+    let get = |host: &str, headers: &[(&str, &str)]| {
+        let mut h = vec![("Host", host)];
+        h.extend_from_slice(headers);
+        http_get(&format!("{}:8080", EDGE.ip), "/", &h).expect("request through the gateway")
+    };
+    let spread = |host: &str, headers: &[(&str, &str)]| -> BTreeMap<String, usize> {
+        let mut d = BTreeMap::new();
+        for _ in 0..30 {
+            *d.entry(get(host, headers).body).or_insert(0) += 1;
+        }
+        d
+    };
+    for host in ["plain.example", "sticky.example", "header.example"] {
+        wait_for(host, Duration::from_secs(20), || {
+            (get(host, &[]).status == 200).then_some(())
+        });
+    }
+    // Without a session, every route spreads over the pods.
+    assert!(spread("plain.example", &[]).len() >= 2);
+    assert!(
+        spread("sticky.example", &[]).len() >= 2,
+        "no cookie, no stickiness"
+    );
+    assert!(get("plain.example", &[]).header("set-cookie").is_none());
+
+    // The cookie names the endpoint; with it every request goes there.
+    let first = get("sticky.example", &[]);
+    let cookie = first
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    assert!(cookie.starts_with("reviews-session="), "{cookie}");
+    assert!(
+        cookie.contains("Max-Age=3600"),
+        "a Permanent cookie lives for absoluteTimeout: {cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap_or_default().to_string();
+    let d = spread("sticky.example", &[("Cookie", &pair)]);
+    assert_eq!(d.get(&first.body), Some(&30), "{d:?}");
+
+    // A header session: the answer names the endpoint in the header, sent back it sticks.
+    let first = get("header.example", &[]);
+    let session = first
+        .header("x-reviews-session")
+        .expect("a session header")
+        .to_string();
+    let d = spread("header.example", &[("x-reviews-session", &session)]);
+    assert_eq!(d.get(&first.body), Some(&30), "{d:?}");
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}

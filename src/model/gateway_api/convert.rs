@@ -58,6 +58,8 @@ pub struct Converted {
     pub objects: Vec<Arc<Object>>,
     pub diagnostics: Vec<Diagnostic>,
     pub statuses: Statuses,
+    /// Whether some generated route has session persistence.
+    pub sessions: bool,
 }
 
 /// A listener a route may attach to, with what the route needs of it.
@@ -320,6 +322,28 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             _ => continue,
         };
         let kind = route.key.kind.name();
+        let sessions: Vec<(usize, &super::SessionPersistence)> = match &route.spec {
+            Spec::HTTPRoute(s) => s
+                .rules
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.session_persistence.as_ref().map(|sp| (i, sp)))
+                .collect(),
+            Spec::GRPCRoute(s) => s
+                .rules
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.session_persistence.as_ref().map(|sp| (i, sp)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (i, sp) in sessions {
+            out.diagnostics.extend(super::session::check(
+                route,
+                &format!("spec.rules[{i}].sessionPersistence"),
+                sp,
+            ));
+        }
         let mut parents = Vec::new();
         for (i, p) in parent_refs.iter().enumerate() {
             let ns = p.namespace.clone().unwrap_or(route.key.namespace.clone());
@@ -613,7 +637,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         // Each rule with the route and rule it comes from (`Kind/ns/name/rule`: the
         // rule's name, else its index), kept through the sort for policies that attach to
         // HTTPRoute rules.
-        let mut http: Vec<(istio::HttpRoute, String)> = Vec::new();
+        let mut http: Vec<(istio::HttpRoute, (String, Option<Value>))> = Vec::new();
         let mut parents = Vec::new();
         for (route, routes, _, _) in &vses {
             let generated = format!("{}.{}.", route.key.namespace, route.key.name);
@@ -625,11 +649,15 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     .unwrap_or(&r.name);
                 (
                     r.clone(),
-                    format!(
-                        "{}/{}/{}/{rule}",
-                        route.key.kind.name(),
-                        route.key.namespace,
-                        route.key.name
+                    (
+                        format!(
+                            "{}/{}/{}/{rule}",
+                            route.key.kind.name(),
+                            route.key.namespace,
+                            route.key.name
+                        ),
+                        super::session::of_rule(route, rule)
+                            .and_then(|sp| serde_json::to_value(sp).ok()),
                     ),
                 )
             }));
@@ -641,7 +669,9 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             ));
         }
         sort_by_precedence(&mut http, |(r, _)| r);
-        let (http, sources): (Vec<istio::HttpRoute>, Vec<String>) = http.into_iter().unzip();
+        let (http, sources): (Vec<istio::HttpRoute>, Vec<(String, Option<Value>)>) =
+            http.into_iter().unzip();
+        let (sources, sessions): (Vec<String>, Vec<Option<Value>>) = sources.into_iter().unzip();
         if http.is_empty() {
             // Routes without rules: nothing to route (and an empty VirtualService would
             // be refused).
@@ -649,6 +679,8 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         }
         let (_, _, host, gateway) = &vses[0];
         let parents = parents.join(",");
+        let sessions_json = serde_json::to_string(&sessions).unwrap_or_default();
+        out.sessions |= sessions.iter().any(Option::is_some);
         out.objects.push(generated(
             first,
             ObjectKey {
@@ -669,7 +701,15 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     crate::model::ratelimit::RULE_SOURCES,
                     &serde_json::to_string(&sources).unwrap_or_default(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                sessions
+                    .iter()
+                    .any(Option::is_some)
+                    .then_some((super::session::ANNOTATION, sessions_json.as_str())),
+            )
+            .collect::<Vec<_>>(),
         ));
     }
 
