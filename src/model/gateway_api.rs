@@ -10,6 +10,7 @@
 
 pub mod backend_tls;
 pub mod convert;
+pub mod gateway_tls;
 pub mod session;
 pub mod status;
 
@@ -73,7 +74,7 @@ gw_api! {
         pub listeners: Vec<Listener>,
         pub addresses: Vec<GatewayAddress>,
         pub infrastructure: Option<Value>,
-        pub tls: Option<Value>,
+        pub tls: Option<GatewayTls>,
         pub allowed_listeners: Option<AllowedListeners>,
         pub default_scope: Option<String>,
     }
@@ -172,6 +173,50 @@ gw_api! {
         /// `Session` (the default: no expiry) or `Permanent` (expires after
         /// absoluteTimeout).
         pub lifetime_type: Option<String>,
+    }
+}
+
+gw_api! {
+    /// A Gateway's TLS settings beyond its listeners' certificates.
+    pub struct GatewayTls {
+        pub frontend: Option<FrontendTls>,
+        pub backend: Option<BackendTlsConfig>,
+    }
+}
+
+gw_api! {
+    /// Client certificate validation at the Gateway: a default, and per port.
+    pub struct FrontendTls {
+        pub default: Option<FrontendTlsConfig>,
+        pub per_port: Vec<PerPortTls>,
+    }
+}
+
+gw_api! {
+    pub struct PerPortTls {
+        pub port: u32,
+        pub tls: FrontendTlsConfig,
+    }
+}
+
+gw_api! {
+    pub struct FrontendTlsConfig {
+        pub validation: Option<FrontendValidation>,
+    }
+}
+
+gw_api! {
+    pub struct FrontendValidation {
+        pub ca_certificate_refs: Vec<ObjectRef>,
+        /// `AllowValidOnly` (the default) or `AllowInsecureFallback`.
+        pub mode: Option<String>,
+    }
+}
+
+gw_api! {
+    /// The certificate the Gateway presents to backends that ask for one.
+    pub struct BackendTlsConfig {
+        pub client_certificate_ref: Option<ObjectRef>,
     }
 }
 

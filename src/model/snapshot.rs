@@ -734,7 +734,8 @@ impl Snapshot {
                         .as_ref()
                         .is_some_and(|t| t.credential_name == credential)
                 })
-        });
+        }) || self.gateway_backend_certificate(from, labels)
+            == Some((namespace.to_string(), name.to_string()));
         if !owned {
             return None;
         }
@@ -758,6 +759,27 @@ impl Snapshot {
             return None;
         }
         self.tls_secret(namespace, name)
+    }
+
+    /// The Secret (namespace, name) a Gateway API Gateway's proxies present to backends
+    /// (`spec.tls.backend.clientCertificateRef`), for a proxy of namespace `from` with
+    /// `labels`: the Gateway its `gateway.networking.k8s.io/gateway-name` label names.
+    pub fn gateway_backend_certificate(
+        &self,
+        from: &str,
+        labels: &Labels,
+    ) -> Option<(String, String)> {
+        let name = labels.get(super::gateway_api::GATEWAY_NAME_LABEL)?;
+        let gw = self.objects.get(&ObjectKey {
+            kind: Kind::KubeGateway,
+            namespace: from.to_string(),
+            name: name.clone(),
+        })?;
+        let grants: Vec<&Object> = super::stages::of_kind(&self.objects, Kind::ReferenceGrant)
+            .map(|o| &**o)
+            .collect();
+        super::gateway_api::gateway_tls::backend_client_certificate(gw, &self.objects, &grants)?
+            .ok()
     }
 
     /// A ConfigMap's CA bundle (`configmap://NAMESPACE/NAME`, BackendTLSPolicy's): any

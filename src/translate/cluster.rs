@@ -529,7 +529,16 @@ fn apply_tls(
                 } else {
                     t.sni.clone()
                 };
-                c.transport_socket = Some(tls::originate(t, &sni, alpn));
+                let client = (ctx.proxy.kind == ProxyKind::Router)
+                    .then(|| {
+                        ctx.snap
+                            .gateway_backend_certificate(&ctx.proxy.namespace, &ctx.labels)
+                    })
+                    .flatten()
+                    .map(|(ns, name)| {
+                        crate::model::gateway_api::gateway_tls::credential(&ns, &name)
+                    });
+                c.transport_socket = Some(tls::originate(t, &sni, alpn, client.as_deref()));
                 // As istiod does, whatever the port's protocol (HTTP routes may send to
                 // it, as when a VirtualService moves port 80 to an HTTPS port): without
                 // an explicit SNI, each HTTP request's Host names the server, and without

@@ -104,6 +104,15 @@ struct GwServer<'a> {
 }
 
 impl GwServer<'_> {
+    /// A Gateway API listener that asks for client certificates without verifying them
+    /// (frontend validation AllowInsecureFallback).
+    fn accepts_untrusted(&self) -> bool {
+        self.gw
+            .object
+            .annotations
+            .contains_key(crate::model::gateway_api::gateway_tls::ACCEPT_UNTRUSTED)
+    }
+
     /// istiod's route configuration name for a TLS-terminating HTTP server.
     fn https_route(&self) -> String {
         format!(
@@ -299,7 +308,12 @@ fn port_listener(
                     // Unnamed, as istiod leaves them (EnvoyFilters match them by SNI).
                     FilterChain {
                         filter_chain_match: Some(tls_chain(s.sni())),
-                        transport_socket: super::tls::gateway_server(ctx, tls, &HTTP_ALPN),
+                        transport_socket: super::tls::gateway_server(
+                            ctx,
+                            tls,
+                            &HTTP_ALPN,
+                            s.accepts_untrusted(),
+                        ),
                         filters: vec![http_connection_manager(
                             ctx,
                             &format!("outbound_0.0.0.0_{port}"),
@@ -320,7 +334,8 @@ fn port_listener(
                 };
                 let mut chain = tcp_chain(&targets);
                 chain.filter_chain_match = Some(tls_chain(s.sni()));
-                chain.transport_socket = super::tls::gateway_server(ctx, tls, &[]);
+                chain.transport_socket =
+                    super::tls::gateway_server(ctx, tls, &[], s.accepts_untrusted());
                 push(&mut chains, chain, &s.gateway);
             }
             Kind::Passthrough => {

@@ -1234,7 +1234,7 @@ fn inbound_chains(
                 transport_protocol: "tls".into(),
                 ..base.clone()
             }),
-            transport_socket: super::tls::gateway_server(ctx, t, alpn),
+            transport_socket: super::tls::gateway_server(ctx, t, alpn, false),
             filters: inbound_chain(ctx, port, protocol),
             ..Default::default()
         };

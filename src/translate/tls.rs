@@ -267,6 +267,7 @@ pub fn originate(
     t: &crate::model::istio::ClientTlsSettings,
     sni: &str,
     alpn: &[&str],
+    client_credential: Option<&str>,
 ) -> core::TransportSocket {
     use crate::model::istio::ClientTlsMode;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -342,6 +343,13 @@ pub fn originate(
             ));
         }
     }
+    // A Gateway's own client certificate for backends (Gateway API
+    // `tls.backend.clientCertificateRef`), where the rule names none.
+    if t.mode != ClientTlsMode::MUTUAL
+        && let Some(c) = client_credential
+    {
+        common.tls_certificate_sds_secret_configs = vec![sds_credential(c)];
+    }
     common.tls_params = Some(client_tls_params());
     transport_socket(
         "envoy.transport_sockets.tls",
@@ -375,10 +383,12 @@ pub fn gateway_server(
     ctx: &ProxyContext,
     t: &crate::model::istio::ServerTlsSettings,
     alpn: &[&str],
+    accept_untrusted: bool,
 ) -> Option<core::TransportSocket> {
     use crate::model::istio::{ServerTlsMode as M, TlsProtocol};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, TlsCertificate, TlsParameters,
+        certificate_validation_context,
         common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
     };
     let mutual = match t.mode {
@@ -408,6 +418,13 @@ pub fn gateway_server(
         match_typed_subject_alt_names: sans,
         verify_certificate_spki: t.verify_certificate_spki.clone(),
         verify_certificate_hash: t.verify_certificate_hash.clone(),
+        // A certificate is asked for and passed on, not verified (Gateway API frontend
+        // validation AllowInsecureFallback).
+        trust_chain_verification: if accept_untrusted {
+            certificate_validation_context::TrustChainVerification::AcceptUntrusted as i32
+        } else {
+            0
+        },
         ..Default::default()
     };
     let mut common = CommonTlsContext {

@@ -1260,3 +1260,245 @@ fn session_persistence_sticks_to_one_endpoint() {
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }
+
+/// A Gateway validating client certificates (`spec.tls.frontend`): by default against
+/// ConfigMap `client-ca`; on port 9443 against `client-ca-2`, falling back to insecure.
+const FRONTEND: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: istio
+  tls:
+    frontend:
+      default:
+        validation:
+          caCertificateRefs: [{group: "", kind: ConfigMap, name: client-ca}]
+      perPort:
+      - port: 9443
+        tls:
+          validation:
+            caCertificateRefs: [{group: "", kind: ConfigMap, name: client-ca-2}]
+            mode: AllowInsecureFallback
+  listeners:
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    hostname: a.example
+    tls: {certificateRefs: [{name: gw-cert}]}
+  - name: https-alt
+    port: 9443
+    protocol: HTTPS
+    hostname: b.example
+    tls: {certificateRefs: [{name: gw-cert}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pages, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+"#;
+
+fn ca_config_map(name: &str, pem: &str) -> String {
+    let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n  ca.crt: |\n{}\n",
+        pem.join("\n")
+    )
+}
+
+#[test]
+fn frontend_client_certificate_validation() {
+    let Some((dir, config)) = envoy_test("gwapi-frontend") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    let gw_ca = TestCa::new("gw-ca");
+    let (cert, key) = gw_ca.leaf("edge-1", &["a.example", "b.example"]);
+    config.write(
+        "gw-cert.yaml",
+        &tls_secret_yaml("gw-cert", "default", &cert, &key, &gw_ca.pem, None),
+    );
+    let client_ca = TestCa::new("client-ca");
+    let other_ca = TestCa::new("client-ca-2");
+    config.write(
+        "client-ca.yaml",
+        &ca_config_map("client-ca", &client_ca.pem),
+    );
+    config.write(
+        "client-ca-2.yaml",
+        &ca_config_map("client-ca-2", &other_ca.pem),
+    );
+    let client = client_ca.leaf("client-1", &["client.example"]);
+    let other = other_ca.leaf("client-2", &["client2.example"]);
+    config.write("frontend.yaml", FRONTEND);
+    let _backends = Backends::start(&PODS, 9080);
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let node = NodeSpec {
+        labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
+        ..EDGE
+    };
+    let router = Envoy::start_with(
+        &node,
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token("default", node.service_account, "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let get = |port: u16, sni: &str, cert: Option<&(String, String)>| {
+        https_get(
+            &format!("127.0.0.1:{port}"),
+            sni,
+            "/",
+            &gw_ca.pem,
+            cert.map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .ok()
+        .map(|r| r.status)
+    };
+    // Port 8443 (default validation): only a certificate client-ca signed gets in.
+    wait_for(
+        "a verified client through 8443",
+        Duration::from_secs(20),
+        || (get(8443, "a.example", Some(&client)) == Some(200)).then_some(()),
+    );
+    assert_eq!(
+        get(8443, "a.example", None),
+        None,
+        "no certificate, no connection"
+    );
+    assert_eq!(
+        get(8443, "a.example", Some(&other)),
+        None,
+        "another CA's certificate refused"
+    );
+    // Port 9443 (AllowInsecureFallback): any certificate, or none.
+    wait_for("port 9443", Duration::from_secs(20), || {
+        (get(9443, "b.example", Some(&other)) == Some(200)).then_some(())
+    });
+    assert_eq!(get(9443, "b.example", Some(&client)), Some(200));
+    assert_eq!(get(9443, "b.example", None), Some(200));
+    let st = status_of(&config);
+    let gw = &st["Gateway default/edge"];
+    assert_eq!(
+        condition(&gw["conditions"], "InsecureFrontendValidationMode"),
+        ("True".into(), "ConfigurationChanged".into()),
+        "{gw}"
+    );
+
+    // A CA reference that does not resolve: the listener is not accepted, and says why.
+    config.write("client-ca.yaml", "");
+    let st = status_of(&config);
+    let https = &st["Gateway default/edge"]["listeners"][0];
+    assert_eq!(
+        condition(&https["conditions"], "ResolvedRefs"),
+        ("False".into(), "InvalidCACertificateRef".into()),
+        "{https}"
+    );
+    assert_eq!(
+        condition(&https["conditions"], "Accepted"),
+        ("False".into(), "NoValidCACertificate".into()),
+        "{https}"
+    );
+    assert_eq!(condition(&https["conditions"], "Programmed").0, "False");
+    wait_for(
+        "the unvalidated listener withdrawn",
+        Duration::from_secs(20),
+        || (get(8443, "a.example", Some(&client)).is_none()).then_some(()),
+    );
+    assert_eq!(
+        get(9443, "b.example", None),
+        Some(200),
+        "the other listener stays"
+    );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}
+
+/// The Gateway presents its own client certificate (`spec.tls.backend.clientCertificateRef`)
+/// to a backend that demands one, where a BackendTLSPolicy makes it originate TLS.
+#[test]
+fn backend_client_certificate_from_the_gateway() {
+    let Some((dir, config)) = envoy_test("gwapi-backend-client") else {
+        return;
+    };
+    let backend_ca = TestCa::new("backend-ca");
+    let client_ca = TestCa::new("gateway-clients");
+    let (cert, key) = backend_ca.leaf("secure-1", &["secure.example.com"]);
+    // The backend refuses any client without a certificate client_ca signed.
+    let _server = TlsBackend::start("127.0.1.60:8443", &cert, &key, &client_ca.pem, true);
+    let (gw_cert, gw_key) = client_ca.leaf("edge-gateway", &["edge.default"]);
+    config.write(
+        "gw-client.yaml",
+        &tls_secret_yaml("gw-client", "default", &gw_cert, &gw_key, "", None),
+    );
+    config.write("ca.yaml", &ca_config_map("backend-ca", &backend_ca.pem));
+    let with_cert = BACKEND_TLS.replace(
+        "  gatewayClassName: istio\n  listeners: [{name: http, port: 8080, protocol: HTTP}]",
+        "  gatewayClassName: istio\n  tls: {backend: {clientCertificateRef: {name: gw-client}}}\n  listeners: [{name: http, port: 8080, protocol: HTTP}]",
+    );
+    assert_ne!(with_cert, BACKEND_TLS);
+    config.write("backend-tls.yaml", &with_cert);
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let router = Envoy::start_with(
+        &EDGE,
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token("default", EDGE.service_account, "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    );
+    let get = || {
+        http_get(
+            &format!("{}:8080", EDGE.ip),
+            "/",
+            &[("Host", "any.example")],
+        )
+        .ok()
+    };
+    let r = wait_for(
+        "the backend through mutual TLS",
+        Duration::from_secs(20),
+        || get().filter(|r| r.status == 200),
+    );
+    assert_eq!(r.body, "sni=secure.example.com client=edge-gateway");
+    let st = status_of(&config);
+    assert_eq!(
+        condition(&st["Gateway default/edge"]["conditions"], "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
+
+    // Without the certificate the backend refuses the gateway.
+    config.write("backend-tls.yaml", BACKEND_TLS);
+    wait_for(
+        "the backend refusing the gateway",
+        Duration::from_secs(20),
+        || get().filter(|r| r.status == 503),
+    );
+    // A reference to a Secret that is not there: the Gateway says so.
+    config.write(
+        "backend-tls.yaml",
+        &with_cert.replace("name: gw-client}", "name: nowhere}"),
+    );
+    let st = status_of(&config);
+    assert_eq!(
+        condition(&st["Gateway default/edge"]["conditions"], "ResolvedRefs"),
+        ("False".into(), "InvalidClientCertificateRef".into())
+    );
+    assert_eq!(
+        condition(&st["Gateway default/edge"]["conditions"], "Accepted").0,
+        "True"
+    );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}

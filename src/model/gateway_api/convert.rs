@@ -196,6 +196,11 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 );
             }
         }
+        // The Gateway's backend client certificate rides on its generated Gateways, so
+        // that a change to it reaches its proxies as any Gateway change does.
+        let backend_cert = super::gateway_tls::backend_client_certificate(gw, objects, &grants)
+            .and_then(Result::ok)
+            .map(|(ns, name)| format!("{ns}/{name}"));
         let mut earlier: Vec<&Listener> = Vec::new();
         for (owner, owned) in owners {
             let (servers, statuses) = gateway_listeners(
@@ -210,6 +215,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             );
             let mut listener_status = Vec::new();
             for ((l, server), st) in owned.iter().zip(servers).zip(statuses) {
+                let insecure = st.insecure_frontend;
                 listener_status.push(st);
                 let Some(server) = server else { continue };
                 let name = format!("{}~{GENERATED}~{}", owner.key.name, l.name);
@@ -240,7 +246,15 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                         )]),
                     }),
                     // Served by the Gateway's proxies, in the Gateway's namespace.
-                    &[(PROXY_NAMESPACE, &gw.key.namespace)],
+                    &[(PROXY_NAMESPACE, gw.key.namespace.as_str())]
+                        .into_iter()
+                        .chain(insecure.then_some((super::gateway_tls::ACCEPT_UNTRUSTED, "true")))
+                        .chain(
+                            backend_cert
+                                .as_deref()
+                                .map(|c| (super::gateway_tls::BACKEND_CERTIFICATE, c)),
+                        )
+                        .collect::<Vec<_>>(),
                 ));
                 listeners.push(ListenerRef {
                     owner: owner.key.clone(),
@@ -258,6 +272,32 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             } else {
                 Condition::fail("Programmed", "Invalid", "A listener is not programmed")
             });
+            if owner.key == gw.key
+                && let Some(cert) =
+                    super::gateway_tls::backend_client_certificate(gw, objects, &grants)
+            {
+                conds.push(match cert {
+                    Ok(_) => Condition::ok(
+                        "ResolvedRefs",
+                        "ResolvedRefs",
+                        "Resource references resolved",
+                    ),
+                    Err((reason, msg)) => {
+                        out.diagnostics.push(gw.diag_warning(
+                            "spec.tls.backend.clientCertificateRef",
+                            format!("{msg}; backends get no client certificate"),
+                        ));
+                        Condition::fail("ResolvedRefs", reason, &msg)
+                    }
+                });
+            }
+            if listener_status.iter().any(|l| l.insecure_frontend) {
+                conds.push(Condition::ok(
+                    "InsecureFrontendValidationMode",
+                    "ConfigurationChanged",
+                    "a listener accepts clients without a valid certificate (frontend validation mode AllowInsecureFallback)",
+                ));
+            }
             if owner.key == gw.key
                 && spec.addresses.iter().any(|a| {
                     a.kind
@@ -1182,9 +1222,36 @@ fn gateway_listeners<'a>(
             } else {
                 match certificate(gw, owner, &t.certificate_refs, objects, grants) {
                     Ok(name) => {
+                        // Client certificates, when the Gateway validates them on this
+                        // port (its `tls.frontend`).
+                        let (mode, ca) =
+                            match super::gateway_tls::for_port(gw, l.port, objects, grants) {
+                                Ok(None) => (istio::ServerTlsMode::SIMPLE, String::new()),
+                                Ok(Some(v)) => {
+                                    st.insecure_frontend = v.insecure;
+                                    let mode = if v.insecure {
+                                        istio::ServerTlsMode::OPTIONAL_MUTUAL
+                                    } else {
+                                        istio::ServerTlsMode::MUTUAL
+                                    };
+                                    (mode, v.ca_credential)
+                                }
+                                Err((reason, msg)) => {
+                                    diags.push(owner.diag_warning(
+                                        "spec.tls.frontend",
+                                        format!("{msg}; listener {} is not served", l.name),
+                                    ));
+                                    st.fail_resolved(reason, &msg);
+                                    st.fail_accepted("NoValidCACertificate", &msg);
+                                    servers.push(None);
+                                    statuses.push(st);
+                                    continue;
+                                }
+                            };
                         tls = Some(istio::ServerTlsSettings {
-                            mode: istio::ServerTlsMode::SIMPLE,
+                            mode,
                             credential_name: name,
+                            ca_cert_credential_name: ca,
                             ..Default::default()
                         })
                     }

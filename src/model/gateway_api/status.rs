@@ -84,6 +84,9 @@ pub struct ListenerStatus {
     /// Why it conflicts with an earlier listener on its port (ProtocolConflict,
     /// HostnameConflict): then it is neither accepted nor programmed.
     pub conflict: Option<&'static str>,
+    /// It asks for client certificates without requiring valid ones
+    /// (frontend validation AllowInsecureFallback).
+    pub insecure_frontend: bool,
 }
 
 impl ListenerStatus {
@@ -95,6 +98,7 @@ impl ListenerStatus {
             programmed: true,
             kinds: Vec::new(),
             conflict: None,
+            insecure_frontend: false,
         }
     }
 

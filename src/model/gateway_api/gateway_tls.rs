@@ -1,0 +1,207 @@
+//! A Gateway's own TLS settings (`spec.tls`, standard channel since v1.5; istiod supports
+//! neither part):
+//!
+//! - `frontend`: client certificate validation. Each HTTPS listener terminating TLS takes
+//!   the validation of its port (`perPort`, else `default`). `AllowValidOnly` makes the
+//!   server MUTUAL — a client must present a certificate the CA bundle verifies; with
+//!   `AllowInsecureFallback` a certificate is asked for but neither required nor verified
+//!   (the Gateway then says so in its InsecureFrontendValidationMode condition).
+//! - `backend.clientCertificateRef`: the certificate the Gateway's proxies present when
+//!   they originate TLS to a backend (BackendTLSPolicy, DestinationRule SIMPLE), served to
+//!   them alone over SDS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::backend_tls::{CONFIGMAP_CREDENTIAL, ca_of};
+use super::convert::{CROSS_NAMESPACE_CREDENTIAL, granted};
+use super::{FrontendValidation, GatewaySpec};
+use crate::model::object::{Kind, Object, ObjectKey, Spec};
+
+/// Annotation on a generated Istio Gateway whose server asks for client certificates
+/// without verifying them (AllowInsecureFallback).
+pub const ACCEPT_UNTRUSTED: &str = "internal.meshd.io/accept-untrusted-clients";
+
+/// Annotation on the Istio Gateways generated for a Gateway API Gateway with a usable
+/// backend client certificate: `NAMESPACE/NAME` of its Secret.
+pub const BACKEND_CERTIFICATE: &str = "internal.meshd.io/backend-client-certificate";
+
+/// How a listener validates clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// `configmap://NS/NAME`: the CA bundle, over SDS.
+    pub ca_credential: String,
+    /// AllowInsecureFallback.
+    pub insecure: bool,
+}
+
+/// The validation a Gateway asks of clients on `port`, or (ResolvedRefs reason, message)
+/// when its CA reference cannot be used.
+pub fn for_port(
+    gw: &Object,
+    port: u32,
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    grants: &[&Object],
+) -> Result<Option<Validation>, (&'static str, String)> {
+    let Spec::KubeGateway(spec) = &gw.spec else {
+        return Ok(None);
+    };
+    let Some(v) = validation(spec, port) else {
+        return Ok(None);
+    };
+    let Some(r) = v.ca_certificate_refs.first() else {
+        return Err((
+            "InvalidCACertificateRef",
+            "frontend validation names no caCertificateRefs".into(),
+        ));
+    };
+    let (group, kind) = (
+        r.group.as_deref().unwrap_or(""),
+        r.kind.as_deref().unwrap_or("ConfigMap"),
+    );
+    if !group.is_empty() || kind != "ConfigMap" {
+        return Err((
+            "InvalidCACertificateKind",
+            format!(
+                "caCertificateRef of group {group:?} kind {kind:?} is not supported (only ConfigMaps)"
+            ),
+        ));
+    }
+    let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
+    if ns != gw.key.namespace
+        && !granted(
+            grants,
+            "Gateway",
+            &gw.key.namespace,
+            "",
+            "ConfigMap",
+            &ns,
+            &r.name,
+        )
+    {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "caCertificateRef {ns}/{} not accessible to a Gateway in namespace {:?} (missing a ReferenceGrant?)",
+                r.name, gw.key.namespace
+            ),
+        ));
+    }
+    let key = ObjectKey {
+        kind: Kind::ConfigMap,
+        namespace: ns.clone(),
+        name: r.name.clone(),
+    };
+    match objects.get(&key).map(|o| &o.spec) {
+        Some(Spec::ConfigMap(d))
+            if ca_of(d).is_some_and(|c| c.contains("-----BEGIN CERTIFICATE-----")) =>
+        {
+            Ok(Some(Validation {
+                ca_credential: format!("{CONFIGMAP_CREDENTIAL}{ns}/{}", r.name),
+                insecure: v.mode.as_deref() == Some("AllowInsecureFallback"),
+            }))
+        }
+        Some(Spec::ConfigMap(_)) => Err((
+            "InvalidCACertificateRef",
+            format!(
+                "ConfigMap {ns}/{} holds no PEM certificate under ca.crt",
+                r.name
+            ),
+        )),
+        _ => Err((
+            "InvalidCACertificateRef",
+            format!("caCertificateRef ConfigMap {ns}/{} not found", r.name),
+        )),
+    }
+}
+
+/// The validation for `port`: its perPort entry, else the default.
+fn validation(spec: &GatewaySpec, port: u32) -> Option<&FrontendValidation> {
+    let f = spec.tls.as_ref()?.frontend.as_ref()?;
+    match f.per_port.iter().find(|p| p.port == port) {
+        Some(p) => p.tls.validation.as_ref(),
+        None => f.default.as_ref()?.validation.as_ref(),
+    }
+}
+
+/// The backend client certificate of Gateway `gw`: None when it names none, else its
+/// credential (`kubernetes-gateway://NS/NAME`) or (Gateway ResolvedRefs reason, message).
+pub fn backend_client_certificate(
+    gw: &Object,
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    grants: &[&Object],
+) -> Option<Result<(String, String), (&'static str, String)>> {
+    let Spec::KubeGateway(spec) = &gw.spec else {
+        return None;
+    };
+    let r = spec
+        .tls
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?;
+    let (group, kind) = (
+        r.group.as_deref().unwrap_or(""),
+        r.kind.as_deref().unwrap_or("Secret"),
+    );
+    if !group.is_empty() || kind != "Secret" {
+        return Some(Err((
+            "InvalidClientCertificateRef",
+            format!(
+                "clientCertificateRef of group {group:?} kind {kind:?} is not supported (only Secrets)"
+            ),
+        )));
+    }
+    let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
+    if ns != gw.key.namespace
+        && !granted(
+            grants,
+            "Gateway",
+            &gw.key.namespace,
+            "",
+            "Secret",
+            &ns,
+            &r.name,
+        )
+    {
+        return Some(Err((
+            "RefNotPermitted",
+            format!(
+                "clientCertificateRef {ns}/{} not accessible to a Gateway in namespace {:?} (missing a ReferenceGrant?)",
+                r.name, gw.key.namespace
+            ),
+        )));
+    }
+    let key = ObjectKey {
+        kind: Kind::Secret,
+        namespace: ns.clone(),
+        name: r.name.clone(),
+    };
+    let usable = match objects.get(&key).map(|o| &o.spec) {
+        Some(Spec::Secret(s)) => {
+            s.cert
+                .as_deref()
+                .is_some_and(|c| c.contains("-----BEGIN CERTIFICATE-----"))
+                && s.key
+                    .as_deref()
+                    .is_some_and(|k| k.contains("PRIVATE KEY-----"))
+        }
+        _ => false,
+    };
+    if !usable {
+        return Some(Err((
+            "InvalidClientCertificateRef",
+            format!(
+                "clientCertificateRef {ns}/{} is not a Secret with a PEM certificate and key",
+                r.name
+            ),
+        )));
+    }
+    Some(Ok((ns, r.name.clone())))
+}
+
+/// The credential name the Gateway's proxies fetch a Secret of `ns` by.
+pub fn credential(ns: &str, name: &str) -> String {
+    format!("{CROSS_NAMESPACE_CREDENTIAL}{ns}/{name}")
+}
