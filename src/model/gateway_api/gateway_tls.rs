@@ -26,6 +26,9 @@ pub const ACCEPT_UNTRUSTED: &str = "internal.meshd.io/accept-untrusted-clients";
 /// backend client certificate: `NAMESPACE/NAME` of its Secret.
 pub const BACKEND_CERTIFICATE: &str = "internal.meshd.io/backend-client-certificate";
 
+/// Why a reference cannot be used: (condition reason, message).
+pub type RefProblem = (&'static str, String);
+
 /// How a listener validates clients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
@@ -42,7 +45,7 @@ pub fn for_port(
     port: u32,
     objects: &BTreeMap<ObjectKey, Arc<Object>>,
     grants: &[&Object],
-) -> Result<Option<Validation>, (&'static str, String)> {
+) -> Result<Option<Validation>, RefProblem> {
     let Spec::KubeGateway(spec) = &gw.spec else {
         return Ok(None);
     };
@@ -130,7 +133,7 @@ pub fn backend_client_certificate(
     gw: &Object,
     objects: &BTreeMap<ObjectKey, Arc<Object>>,
     grants: &[&Object],
-) -> Option<Result<(String, String), (&'static str, String)>> {
+) -> Option<Result<(String, String), RefProblem>> {
     let Spec::KubeGateway(spec) = &gw.spec else {
         return None;
     };
