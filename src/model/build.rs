@@ -1635,7 +1635,13 @@ impl Builder {
         // The objects' own hashes too: generated Gateways carry settings in annotations
         // (a Gateway API Gateway's backend client certificate, client validation mode).
         let gateway_hash = hash_of(&self.gateways)
-            ^ hash_of(&self.gateways.iter().map(|g| g.object.hash).collect::<Vec<u64>>());
+            ^ hash_of(
+                &self
+                    .gateways
+                    .iter()
+                    .map(|g| g.object.hash)
+                    .collect::<Vec<u64>>(),
+            );
         // PeerAuthentication shapes inbound chains and (through auto mTLS) every client's
         // clusters: a change is mesh-wide.
         // What the objects mean (key, creation time for tie-breaks, metadata, spec), not their

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -330,23 +331,7 @@ fn gateway_http_conformance_transcribed() {
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
     // The proxy of the Gateway a test goes through (they all listen on port 80: one at a
     // time, as each test's Gateway is the only one it reaches).
-    let router_for = |gateway: &str| {
-        let pod = format!("{gateway}-istio-1");
-        let sa = format!("{gateway}-istio");
-        Envoy::start(
-            &NodeSpec {
-                kind: "router",
-                ip: GATEWAY_IP,
-                pod: &pod,
-                namespace: INFRA,
-                labels: &[("gateway.networking.k8s.io/gateway-name", gateway)],
-                service_account: &sa,
-            },
-            Ads::Delta,
-            15000,
-            dir.path(),
-        )
-    };
+    let router_for = |gateway: &str| router_of(gateway, dir.path());
     let mut router: Option<(String, Envoy)> = None;
 
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
@@ -676,6 +661,201 @@ fn mesh_http_conformance_transcribed() {
     report("MESH-HTTP", &results);
     if let Some((_, c)) = &client {
         assert_envoy_accepted(c);
+    }
+    meshd.assert_no_nacks();
+}
+
+/// The proxy of the suite's Gateway `gateway` (all listen on port 80 at [`GATEWAY_IP`]: one
+/// at a time).
+fn router_of(gateway: &str, dir: &std::path::Path) -> Envoy {
+    let pod = format!("{gateway}-istio-1");
+    let sa = format!("{gateway}-istio");
+    Envoy::start(
+        &NodeSpec {
+            kind: "router",
+            ip: GATEWAY_IP,
+            pod: &pod,
+            namespace: INFRA,
+            labels: &[("gateway.networking.k8s.io/gateway-name", gateway)],
+            service_account: &sa,
+        },
+        Ads::Delta,
+        15000,
+        dir,
+    )
+}
+
+/// GATEWAY-GRPC: the suite's gRPC backends (its echo service, served with grpcio on the
+/// pods' addresses) behind the suite's Gateways, called through a real Envoy.
+#[test]
+fn gateway_grpc_conformance_transcribed() {
+    let Some(suite) = suite() else { return };
+    let Some(py) = crate::grpc::python() else {
+        skip_or_fail("python with grpcio is not installed (.venv-tools)");
+        return;
+    };
+    let Some((dir, config)) = envoy_test("gwapi-grpc-suite") else {
+        return;
+    };
+    let base = templated(
+        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
+    );
+    config.write("base.yaml", &base);
+    // Pods for the gRPC Deployments only (the others' Services stay without endpoints),
+    // each serving the suite's echo service on 3000, the Services' target port.
+    let grpc_deployments: Vec<Value> = documents(&base)
+        .into_iter()
+        .filter(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("grpc-"))
+        })
+        .collect();
+    let (pods, _) = echo_pods(&grpc_deployments, 40, 2, &[]);
+    let script = crate::grpc::script();
+    let servers: Vec<Proc> = pods
+        .iter()
+        .map(|p| {
+            let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+            Proc::spawn(
+                name,
+                Command::new(&py).arg(&script).args([
+                    "suite-serve",
+                    &format!("{ip}:3000"),
+                    name,
+                    ns,
+                ]),
+                dir.path(),
+            )
+        })
+        .collect();
+    for s in &servers {
+        wait_for("a gRPC backend", Duration::from_secs(20), || {
+            s.log_text().contains("ready").then_some(())
+        });
+    }
+    config.write(
+        "pods.yaml",
+        &serde_json::to_string(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods}),
+        )
+        .expect("json"),
+    );
+    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    // Each call of `calls` through the gateway: (status code, answering pod).
+    let call = |calls: &[Value]| -> Vec<(String, String)> {
+        let mut child = Command::new(&py)
+            .arg(&script)
+            .args(["suite-call", &format!("{GATEWAY_IP}:80")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gRPC client");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(Value::Array(calls.to_vec()).to_string().as_bytes());
+        }
+        let out = child.wait_with_output().expect("gRPC client");
+        let answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        answers
+            .iter()
+            .map(|a| {
+                (
+                    a["code"].as_str().unwrap_or("?").to_string(),
+                    a["pod"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let mut router: Option<(String, Envoy)> = None;
+    let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
+    for test in transcribed("grpc.yaml") {
+        let name = test["test"].as_str().unwrap_or("?").to_string();
+        let manifests = suite.join(test["manifests"].as_str().unwrap_or_default());
+        config.write(
+            "test.yaml",
+            &templated(&std::fs::read_to_string(&manifests).expect("test manifests")),
+        );
+        let gateway = test["gateway"].as_str().unwrap_or("same-namespace");
+        if router.as_ref().is_none_or(|(g, _)| g != gateway) {
+            if let Some((_, old)) = router.take() {
+                assert_envoy_accepted(&old);
+            }
+            router = Some((gateway.to_string(), router_of(gateway, dir.path())));
+        }
+        let calls: Vec<Value> = test["calls"].as_array().cloned().unwrap_or_default();
+        // What each call must get: a code (OK when a backend is named) and the backend.
+        let expected: Vec<(String, Option<String>)> = calls
+            .iter()
+            .map(|c| {
+                (
+                    c["code"].as_str().unwrap_or("OK").to_string(),
+                    c["backend"].as_str().map(String::from),
+                )
+            })
+            .collect();
+        let holds = |got: &[(String, String)]| {
+            got.len() == expected.len()
+                && got
+                    .iter()
+                    .zip(&expected)
+                    .all(|((code, pod), (want, backend))| {
+                        code == want
+                            && backend
+                                .as_ref()
+                                .is_none_or(|b| pod.rsplit_once('-').is_some_and(|(d, _)| d == b))
+                    })
+        };
+        // Eventually consistent, as the suite waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut got = call(&calls);
+        while !holds(&got) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            got = call(&calls);
+        }
+        let mut failures = Vec::new();
+        if !holds(&got) {
+            failures.push(format!(
+                "calls {calls:?}: expected {expected:?}, got {got:?}"
+            ));
+        }
+        if let Some(weights) = test["weights"].as_object() {
+            let batch: Vec<Value> = (0..500)
+                .map(|_| serde_json::json!({"method": "Echo"}))
+                .collect();
+            let mut last = BTreeMap::new();
+            let ok = (0..10).any(|_| {
+                last = BTreeMap::new();
+                for (_, pod) in call(&batch) {
+                    let d = pod
+                        .rsplit_once('-')
+                        .map_or(pod.clone(), |(d, _)| d.to_string());
+                    *last.entry(d).or_insert(0usize) += 1;
+                }
+                weights.iter().all(|(b, w)| {
+                    let got = last.get(b).copied().unwrap_or(0) as f64 / 500.0;
+                    (got - w.as_f64().unwrap_or(0.0)).abs() <= 0.05
+                })
+            });
+            if !ok {
+                failures.push(format!("distribution {last:?} against weights {weights:?}"));
+            }
+        }
+        results.insert(
+            name,
+            if failures.is_empty() {
+                Ok(calls.len())
+            } else {
+                Err(failures.join("\n"))
+            },
+        );
+    }
+    report("GATEWAY-GRPC", &results);
+    if let Some((_, r)) = &router {
+        assert_envoy_accepted(r);
     }
     meshd.assert_no_nacks();
 }
