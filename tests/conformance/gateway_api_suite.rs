@@ -67,6 +67,8 @@ struct Case {
     target: String,
     /// The mesh client's namespace (mesh tests).
     client: String,
+    /// The Gateway whose proxy is asked (gateway tests), when not the test's.
+    gateway: Option<String>,
     method: String,
     path: String,
     host: Option<String>,
@@ -112,6 +114,7 @@ fn cases(test: &Value) -> Vec<Case> {
         .map(|r| Case {
             target: format!("{GATEWAY_IP}:80"),
             client: r["client"].as_str().unwrap_or(MESH).to_string(),
+            gateway: r["gateway"].as_str().map(String::from),
             method: r["method"].as_str().unwrap_or("GET").to_string(),
             path: r["path"].as_str().unwrap_or("/").to_string(),
             headers: r["headers"]
@@ -337,24 +340,41 @@ fn gateway_http_conformance_transcribed() {
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
     for test in transcribed("http.yaml") {
         let name = test["test"].as_str().unwrap_or("?").to_string();
-        let manifests = suite.join(test["manifests"].as_str().unwrap_or_default());
-        let text = templated(&std::fs::read_to_string(&manifests).expect("test manifests"));
         // Each test's objects replace the previous test's, as the suite cleans up.
-        config.write("test.yaml", &text);
-        let gateway = test["gateway"].as_str().unwrap_or("same-namespace");
-        if router.as_ref().is_none_or(|(g, _)| g != gateway) {
-            if let Some((_, old)) = router.take() {
-                assert_envoy_accepted(&old);
+        config.write("test.yaml", &test_manifests(&suite, &test));
+        // Through the test's Gateway (`gateway`), or each of `gateways` in turn; a request
+        // may name its own.
+        let gateways: Vec<String> = match test["gateways"].as_array() {
+            Some(list) => list
+                .iter()
+                .filter_map(|g| g.as_str().map(String::from))
+                .collect(),
+            None => vec![test["gateway"].as_str().unwrap_or("same-namespace").to_string()],
+        };
+        let mut failures = Vec::new();
+        let mut count = 0;
+        for gateway in &gateways {
+            let mut cases = cases(&test);
+            for c in &mut cases {
+                c.gateway.get_or_insert_with(|| gateway.clone());
             }
-            router = Some((gateway.to_string(), router_for(gateway)));
+            count += cases.len();
+            let mut switch = |c: &Case| {
+                let want = c.gateway.as_deref().unwrap_or("same-namespace");
+                if router.as_ref().is_none_or(|(g, _)| g != want) {
+                    if let Some((_, old)) = router.take() {
+                        assert_envoy_accepted(&old);
+                    }
+                    router = Some((want.to_string(), router_for(want)));
+                }
+            };
+            failures.extend(run_cases(&cases, &mut switch));
+            failures.extend(weights_fail(&test, &cases[0]));
         }
-        let cases = cases(&test);
-        let mut failures = run_cases(&cases, &mut |_| {});
-        failures.extend(weights_fail(&test, &cases[0]));
         results.insert(
             name,
             if failures.is_empty() {
-                Ok(cases.len())
+                Ok(count)
             } else {
                 Err(failures.join("\n"))
             },
@@ -430,6 +450,21 @@ fn echo_pods(
         }
     }
     (pods, apps)
+}
+
+/// A test's manifests (`manifests`: one of the suite's files, or a list of them), as the
+/// cluster gets them.
+fn test_manifests(suite: &std::path::Path, test: &Value) -> String {
+    let files: Vec<&str> = match &test["manifests"] {
+        Value::String(f) => vec![f.as_str()],
+        Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    files
+        .iter()
+        .map(|f| templated(&std::fs::read_to_string(suite.join(f)).expect("test manifests")))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 /// The transcribed tests of a file, in order.
@@ -627,11 +662,7 @@ fn mesh_http_conformance_transcribed() {
     for test in transcribed("mesh.yaml") {
         let name = test["test"].as_str().unwrap_or("?").to_string();
         // Each test's objects replace the previous test's, as the suite cleans up.
-        let text = match test["manifests"].as_str() {
-            Some(m) => templated(&std::fs::read_to_string(suite.join(m)).expect("test manifests")),
-            None => String::new(),
-        };
-        config.write("test.yaml", &text);
+        config.write("test.yaml", &test_manifests(&suite, &test));
         let mut cases = cases(&test);
         for c in &mut cases {
             let (target, header) = resolve(c.host.as_deref().unwrap_or("echo"), &c.client);
@@ -774,11 +805,7 @@ fn gateway_grpc_conformance_transcribed() {
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
     for test in transcribed("grpc.yaml") {
         let name = test["test"].as_str().unwrap_or("?").to_string();
-        let manifests = suite.join(test["manifests"].as_str().unwrap_or_default());
-        config.write(
-            "test.yaml",
-            &templated(&std::fs::read_to_string(&manifests).expect("test manifests")),
-        );
+        config.write("test.yaml", &test_manifests(&suite, &test));
         let gateway = test["gateway"].as_str().unwrap_or("same-namespace");
         if router.as_ref().is_none_or(|(g, _)| g != gateway) {
             if let Some((_, old)) = router.take() {

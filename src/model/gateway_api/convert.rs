@@ -954,7 +954,11 @@ fn gateway_parent<'l, 'o>(
     }
     let on: Vec<(&ListenerRef, Vec<String>)> = admitting
         .into_iter()
-        .map(|l| (l, intersect(l.listener.hostname.as_deref(), hostnames)))
+        .map(|l| {
+            let mut hosts = intersect(l.listener.hostname.as_deref(), hostnames);
+            hosts.retain(|h| isolated(h, l, listeners));
+            (l, hosts)
+        })
         .filter(|(_, hosts)| !hosts.is_empty())
         .collect();
     if on.is_empty() {
@@ -965,6 +969,27 @@ fn gateway_parent<'l, 'o>(
         )));
     }
     Some(Ok(on))
+}
+
+/// Listener isolation (as istiod has it): a route host bound through a wildcard or
+/// hostname-less listener is dropped when another listener of the Gateway on the same port
+/// and protocol has a hostname at least as specific that covers it — requests for it belong
+/// to that listener's routes alone.
+fn isolated(route_host: &str, ours: &ListenerRef, listeners: &[ListenerRef]) -> bool {
+    let mine = ours.listener.hostname.as_deref().unwrap_or("");
+    if !mine.is_empty() && !mine.starts_with('*') {
+        return true;
+    }
+    !listeners.iter().any(|other| {
+        let theirs = other.listener.hostname.as_deref().unwrap_or("");
+        other.owner == ours.owner
+            && !std::ptr::eq(other.listener, ours.listener)
+            && other.listener.port == ours.listener.port
+            && other.listener.protocol == ours.listener.protocol
+            && !theirs.is_empty()
+            && mine.len() <= theirs.len()
+            && host_within(route_host, &theirs.to_ascii_lowercase())
+    })
 }
 
 /// Where a TLSRoute or TCPRoute attaches: its VirtualService's host and gateway (`mesh`
