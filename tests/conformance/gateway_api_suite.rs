@@ -349,7 +349,12 @@ fn gateway_http_conformance_transcribed() {
                 .iter()
                 .filter_map(|g| g.as_str().map(String::from))
                 .collect(),
-            None => vec![test["gateway"].as_str().unwrap_or("same-namespace").to_string()],
+            None => vec![
+                test["gateway"]
+                    .as_str()
+                    .unwrap_or("same-namespace")
+                    .to_string(),
+            ],
         };
         let mut failures = Vec::new();
         let mut count = 0;
