@@ -536,17 +536,7 @@ fn https_listeners_take_certificates_from_secrets() {
         ..EDGE
     };
     // Certificates come over SDS, only to a gateway authenticated for its namespace.
-    let router = Envoy::start_with(
-        &node,
-        &EnvoyOpts {
-            xds: Xds::Tls {
-                root: dir.path().join("ca/root-cert.pem"),
-                token: issuer.token("default", node.service_account, "istio-ca", 3600, "k1"),
-            },
-            ..Default::default()
-        },
-        dir.path(),
-    );
+    let router = secure_router(&dir, &issuer, &node);
     let https = |sni: &str| https_get("127.0.0.1:8443", sni, "/", &ca.pem, None);
     let r = wait_for(
         "HTTPS with the namespace's certificate",
@@ -1075,27 +1065,10 @@ fn backend_tls_policy_from_a_gateway_to_https_pods() {
     let (cert, key) = ca.leaf("secure-1", &["secure.example.com"]);
     let _server = TlsBackend::start("127.0.1.60:8443", &cert, &key, &ca.pem, false);
     config.write("backend-tls.yaml", BACKEND_TLS);
-    let ca_map = |pem: &str| {
-        let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: backend-ca, namespace: default}}\ndata:\n  ca.crt: |\n{}\n",
-            pem.join("\n")
-        )
-    };
-    config.write("ca.yaml", &ca_map(&ca.pem));
+    config.write("ca.yaml", &ca_config_map("backend-ca", &ca.pem));
     let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
     // The CA bundle comes over SDS: the gateway authenticates on the TLS port.
-    let router = Envoy::start_with(
-        &EDGE,
-        &EnvoyOpts {
-            xds: Xds::Tls {
-                root: dir.path().join("ca/root-cert.pem"),
-                token: issuer.token("default", EDGE.service_account, "istio-ca", 3600, "k1"),
-            },
-            ..Default::default()
-        },
-        dir.path(),
-    );
+    let router = secure_router(&dir, &issuer, &EDGE);
     let get = || {
         http_get(
             &format!("{}:8080", EDGE.ip),
@@ -1148,7 +1121,7 @@ fn backend_tls_policy_from_a_gateway_to_https_pods() {
 
     // Another CA in the ConfigMap: the gateway no longer trusts the pods.
     let other = TestCa::new("someone-else");
-    config.write("ca.yaml", &ca_map(&other.pem));
+    config.write("ca.yaml", &ca_config_map("backend-ca", &other.pem));
     wait_for(
         "the untrusted backend refused",
         Duration::from_secs(20),
@@ -1341,17 +1314,7 @@ fn frontend_client_certificate_validation() {
         labels: &[("gateway.networking.k8s.io/gateway-name", "edge")],
         ..EDGE
     };
-    let router = Envoy::start_with(
-        &node,
-        &EnvoyOpts {
-            xds: Xds::Tls {
-                root: dir.path().join("ca/root-cert.pem"),
-                token: issuer.token("default", node.service_account, "istio-ca", 3600, "k1"),
-            },
-            ..Default::default()
-        },
-        dir.path(),
-    );
+    let router = secure_router(&dir, &issuer, &node);
     let get = |port: u16, sni: &str, cert: Option<&(String, String)>| {
         https_get(
             &format!("127.0.0.1:{port}"),
@@ -1447,17 +1410,7 @@ fn backend_client_certificate_from_the_gateway() {
     assert_ne!(with_cert, BACKEND_TLS);
     config.write("backend-tls.yaml", &with_cert);
     let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
-    let router = Envoy::start_with(
-        &EDGE,
-        &EnvoyOpts {
-            xds: Xds::Tls {
-                root: dir.path().join("ca/root-cert.pem"),
-                token: issuer.token("default", EDGE.service_account, "istio-ca", 3600, "k1"),
-            },
-            ..Default::default()
-        },
-        dir.path(),
-    );
+    let router = secure_router(&dir, &issuer, &EDGE);
     let get = || {
         http_get(
             &format!("{}:8080", EDGE.ip),
@@ -1501,4 +1454,20 @@ fn backend_client_certificate_from_the_gateway() {
     );
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
+}
+
+/// A gateway proxy that fetches certificates over SDS: it authenticates on meshd's TLS
+/// port as its namespace's service account.
+fn secure_router(dir: &TempDir, issuer: &crate::tokens::TokenIssuer, node: &NodeSpec) -> Envoy {
+    Envoy::start_with(
+        node,
+        &EnvoyOpts {
+            xds: Xds::Tls {
+                root: dir.path().join("ca/root-cert.pem"),
+                token: issuer.token(node.namespace, node.service_account, "istio-ca", 3600, "k1"),
+            },
+            ..Default::default()
+        },
+        dir.path(),
+    )
 }

@@ -58,38 +58,14 @@ pub fn for_port(
             "frontend validation names no caCertificateRefs".into(),
         ));
     };
-    let (group, kind) = (
-        r.group.as_deref().unwrap_or(""),
-        r.kind.as_deref().unwrap_or("ConfigMap"),
-    );
-    if !group.is_empty() || kind != "ConfigMap" {
-        return Err((
-            "InvalidCACertificateKind",
-            format!(
-                "caCertificateRef of group {group:?} kind {kind:?} is not supported (only ConfigMaps)"
-            ),
-        ));
-    }
-    let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
-    if ns != gw.key.namespace
-        && !granted(
-            grants,
-            "Gateway",
-            &gw.key.namespace,
-            "",
-            "ConfigMap",
-            &ns,
-            &r.name,
-        )
-    {
-        return Err((
-            "RefNotPermitted",
-            format!(
-                "caCertificateRef {ns}/{} not accessible to a Gateway in namespace {:?} (missing a ReferenceGrant?)",
-                r.name, gw.key.namespace
-            ),
-        ));
-    }
+    let ns = core_ref(
+        gw,
+        r,
+        "ConfigMap",
+        "InvalidCACertificateKind",
+        "caCertificateRef",
+        grants,
+    )?;
     let key = ObjectKey {
         kind: Kind::ConfigMap,
         namespace: ns.clone(),
@@ -118,6 +94,42 @@ pub fn for_port(
     }
 }
 
+/// The namespace of `r`, a Gateway's reference to a core object of kind `kind` (the
+/// default when it names none), or the problem: another group or kind (`bad_kind`), or
+/// another namespace without a ReferenceGrant for Gateways of `gw`'s (RefNotPermitted).
+fn core_ref(
+    gw: &Object,
+    r: &super::ObjectRef,
+    kind: &str,
+    bad_kind: &'static str,
+    field: &str,
+    grants: &[&Object],
+) -> Result<String, RefProblem> {
+    let (group, named) = (
+        r.group.as_deref().unwrap_or(""),
+        r.kind.as_deref().unwrap_or(kind),
+    );
+    if !group.is_empty() || named != kind {
+        return Err((
+            bad_kind,
+            format!("{field} of group {group:?} kind {named:?} is not supported (only {kind}s)"),
+        ));
+    }
+    let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
+    if ns != gw.key.namespace
+        && !granted(grants, "Gateway", &gw.key.namespace, "", kind, &ns, &r.name)
+    {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "{field} {ns}/{} not accessible to a Gateway in namespace {:?} (missing a ReferenceGrant?)",
+                r.name, gw.key.namespace
+            ),
+        ));
+    }
+    Ok(ns)
+}
+
 /// The validation for `port`: its perPort entry, else the default.
 fn validation(spec: &GatewaySpec, port: u32) -> Option<&FrontendValidation> {
     let f = spec.tls.as_ref()?.frontend.as_ref()?;
@@ -144,38 +156,17 @@ pub fn backend_client_certificate(
         .as_ref()?
         .client_certificate_ref
         .as_ref()?;
-    let (group, kind) = (
-        r.group.as_deref().unwrap_or(""),
-        r.kind.as_deref().unwrap_or("Secret"),
-    );
-    if !group.is_empty() || kind != "Secret" {
-        return Some(Err((
-            "InvalidClientCertificateRef",
-            format!(
-                "clientCertificateRef of group {group:?} kind {kind:?} is not supported (only Secrets)"
-            ),
-        )));
-    }
-    let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
-    if ns != gw.key.namespace
-        && !granted(
-            grants,
-            "Gateway",
-            &gw.key.namespace,
-            "",
-            "Secret",
-            &ns,
-            &r.name,
-        )
-    {
-        return Some(Err((
-            "RefNotPermitted",
-            format!(
-                "clientCertificateRef {ns}/{} not accessible to a Gateway in namespace {:?} (missing a ReferenceGrant?)",
-                r.name, gw.key.namespace
-            ),
-        )));
-    }
+    let ns = match core_ref(
+        gw,
+        r,
+        "Secret",
+        "InvalidClientCertificateRef",
+        "clientCertificateRef",
+        grants,
+    ) {
+        Ok(ns) => ns,
+        Err(e) => return Some(Err(e)),
+    };
     let key = ObjectKey {
         kind: Kind::Secret,
         namespace: ns.clone(),
