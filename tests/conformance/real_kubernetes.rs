@@ -1016,6 +1016,50 @@ spec:
         policy["status"]["conditions"][0]["reason"], "Accepted",
         "{policy}"
     );
+
+    // A BackendTLSPolicy whose CA bundle is a ConfigMap of the workload's namespace (not
+    // meshd's): meshd watches those ConfigMaps, resolves the reference and writes the
+    // policy's status.
+    let ca = TestCa::new("ratings-ca");
+    let refused = api.apply_text(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ratings-ca, namespace: default}}
+data:
+  ca.crt: {ca:?}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: ratings-tls, namespace: default}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: ratings}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: ratings-ca}}]
+    hostname: ratings.example.com
+"#,
+        ca = ca.pem
+    ));
+    assert!(refused.is_empty(), "{refused:?}");
+    let btls = wait_for(
+        "the BackendTLSPolicy's status",
+        Duration::from_secs(20),
+        || {
+            let p = api
+            .get("/apis/gateway.networking.k8s.io/v1/namespaces/default/backendtlspolicies/ratings-tls")
+            .ok()?;
+            let path = ["status", "ancestors", "0", "conditions"];
+            (condition(&p, &path, "Accepted")? == "True"
+                && condition(&p, &path, "ResolvedRefs")? == "True")
+                .then_some(p)
+        },
+    );
+    let ancestor = &btls["status"]["ancestors"][0];
+    assert_eq!(ancestor["ancestorRef"]["name"], "ratings", "{btls}");
+    assert_eq!(
+        ancestor["controllerName"], "istio.io/mesh-controller",
+        "{btls}"
+    );
     assert_envoy_accepted(&router);
     drop(router);
     drop(meshd);
