@@ -785,14 +785,22 @@ impl Snapshot {
     /// A ConfigMap's CA bundle (`configmap://NAMESPACE/NAME`, BackendTLSPolicy's): any
     /// authenticated proxy may read it, as from istiod — it is public, and the proxy
     /// reading it is the client of the backend, not its owner.
-    pub fn ca_configmap(&self, namespace: &str, name: &str) -> Option<&String> {
+    /// With the bundle, its revocation list when the ConfigMap has one (`ca.crl`, else
+    /// `crl`, as istiod reads them).
+    pub fn ca_configmap(&self, namespace: &str, name: &str) -> Option<(&String, Option<&String>)> {
         let key = ObjectKey {
             kind: Kind::ConfigMap,
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
         match &self.objects.get(&key)?.spec {
-            Spec::ConfigMap(d) => super::gateway_api::backend_tls::ca_of(d),
+            Spec::ConfigMap(d) => {
+                let crl = d
+                    .get("ca.crl")
+                    .or_else(|| d.get("crl"))
+                    .filter(|c| !c.is_empty());
+                super::gateway_api::backend_tls::ca_of(d).map(|ca| (ca, crl))
+            }
             _ => None,
         }
     }

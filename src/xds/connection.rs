@@ -234,7 +234,9 @@ impl Stream {
                         .split_once('/')
                         .and_then(|(ns, n)| snap.ca_configmap(ns, n))
                     {
-                        Some(ca_pem) => translate::secret::trust(name, ca_pem, None),
+                        Some((ca_pem, crl)) => {
+                            translate::secret::trust(name, ca_pem, crl.map(String::as_str))
+                        }
                         None => {
                             self.state.metrics.sds_refusals.inc();
                             warn!(proxy, identity = %id, secret = other,

@@ -453,12 +453,17 @@ spec:
 
 /// A Service whose pods speak HTTPS on 8443 (the `secure.example.com` server), and a
 /// BackendTLSPolicy for it with the CA in a ConfigMap.
-fn backend_tls_config(ca_pem: &str, hostname: &str, ca_map: &str) -> String {
-    let ca = ca_pem
-        .lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+fn backend_tls_config(ca_pem: &str, hostname: &str, ca_map: &str, crl: Option<&str>) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ca = indent(ca_pem);
+    let crl = crl
+        .map(|c| format!("  ca.crl: |\n{}\n", indent(c)))
+        .unwrap_or_default();
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -477,7 +482,7 @@ metadata: {{name: outside-ca, namespace: default}}
 data:
   ca.crt: |
 {ca}
----
+{crl}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: BackendTLSPolicy
 metadata: {{name: secure-tls, namespace: default}}
@@ -506,7 +511,7 @@ fn backend_tls_policy_originates_tls_verified_by_the_configmaps_ca() {
     // The CA in a ConfigMap, the hostname as SNI and as the name to verify.
     s.config.write(
         "btls.yaml",
-        &backend_tls_config(&s.ca.pem, "secure.example.com", "outside-ca"),
+        &backend_tls_config(&s.ca.pem, "secure.example.com", "outside-ca", None),
     );
     let body = s.expect(host, 200, "sni=", "TLS to the backend by BackendTLSPolicy");
     assert_eq!(body, "sni=secure.example.com client=none");
@@ -515,7 +520,7 @@ fn backend_tls_policy_originates_tls_verified_by_the_configmaps_ca() {
     // would not be checked).
     s.config.write(
         "btls.yaml",
-        &backend_tls_config(&s.ca.pem, "other.example.com", "outside-ca"),
+        &backend_tls_config(&s.ca.pem, "other.example.com", "outside-ca", None),
     );
     s.expect(host, 503, "", "a certificate without the hostname refused");
     assert!(cluster_stat("fail_verify_san") > 0);
@@ -524,7 +529,7 @@ fn backend_tls_policy_originates_tls_verified_by_the_configmaps_ca() {
     let other = TestCa::new("someone-else");
     s.config.write(
         "btls.yaml",
-        &backend_tls_config(&other.pem, "secure.example.com", "outside-ca"),
+        &backend_tls_config(&other.pem, "secure.example.com", "outside-ca", None),
     );
     wait_for("untrusted backend refused", Duration::from_secs(20), || {
         let refused = s.get(host).is_some_and(|r| r.0 == 503);
@@ -534,15 +539,36 @@ fn backend_tls_policy_originates_tls_verified_by_the_configmaps_ca() {
     // Back to the right CA: a change of the ConfigMap alone reaches the proxy over SDS.
     s.config.write(
         "btls.yaml",
-        &backend_tls_config(&s.ca.pem, "secure.example.com", "outside-ca"),
+        &backend_tls_config(&s.ca.pem, "secure.example.com", "outside-ca", None),
     );
     s.expect(host, 200, "sni=secure.example.com", "the CA fixed");
+
+    // The ConfigMap's revocation list (`ca.crl`) naming the backend's certificate: refused.
+    let revoked = s.ca.crl(&[SECURE_SERIAL]);
+    let before = cluster_stat("fail_verify_error");
+    s.config.write(
+        "btls.yaml",
+        &backend_tls_config(
+            &s.ca.pem,
+            "secure.example.com",
+            "outside-ca",
+            Some(&revoked),
+        ),
+    );
+    wait_for(
+        "the revoked backend refused",
+        Duration::from_secs(20),
+        || {
+            let refused = s.get(host).is_some_and(|r| r.0 == 503);
+            (refused && cluster_stat("fail_verify_error") > before).then_some(())
+        },
+    );
 
     // A ConfigMap that does not exist: nothing reaches the backend unverified, and
     // meshd says why in the policy's status.
     s.config.write(
         "btls.yaml",
-        &backend_tls_config(&s.ca.pem, "secure.example.com", "missing-ca"),
+        &backend_tls_config(&s.ca.pem, "secure.example.com", "missing-ca", None),
     );
     wait_for(
         "a missing CA refuses traffic",
