@@ -543,27 +543,6 @@ fn backend_tls_policy_originates_tls_verified_by_the_configmaps_ca() {
     );
     s.expect(host, 200, "sni=secure.example.com", "the CA fixed");
 
-    // The ConfigMap's revocation list (`ca.crl`) naming the backend's certificate: refused.
-    let revoked = s.ca.crl(&[SECURE_SERIAL]);
-    let before = cluster_stat("fail_verify_error");
-    s.config.write(
-        "btls.yaml",
-        &backend_tls_config(
-            &s.ca.pem,
-            "secure.example.com",
-            "outside-ca",
-            Some(&revoked),
-        ),
-    );
-    wait_for(
-        "the revoked backend refused",
-        Duration::from_secs(20),
-        || {
-            let refused = s.get(host).is_some_and(|r| r.0 == 503);
-            (refused && cluster_stat("fail_verify_error") > before).then_some(())
-        },
-    );
-
     // A ConfigMap that does not exist: nothing reaches the backend unverified, and
     // meshd says why in the policy's status.
     s.config.write(
@@ -589,5 +568,26 @@ fn backend_tls_policy_originates_tls_verified_by_the_configmaps_ca() {
         text.contains("NoValidCACertificate") && text.contains("ConfigMap default/missing-ca"),
         "{text}"
     );
+    // The ConfigMap's revocation list (`ca.crl`) naming the backend's certificate: refused.
+    let revoked = s.ca.crl(&[SECURE_SERIAL]);
+    let before = cluster_stat("fail_verify_error");
+    s.config.write(
+        "btls.yaml",
+        &backend_tls_config(
+            &s.ca.pem,
+            "secure.example.com",
+            "outside-ca",
+            Some(&revoked),
+        ),
+    );
+    wait_for(
+        "the revoked backend refused",
+        Duration::from_secs(20),
+        || {
+            let refused = s.get(host).is_some_and(|r| r.0 == 503);
+            (refused && cluster_stat("fail_verify_error") > before).then_some(())
+        },
+    );
+
     s.assert_no_rejections();
 }
