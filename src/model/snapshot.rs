@@ -763,23 +763,23 @@ impl Snapshot {
 
     /// The Secret (namespace, name) a Gateway API Gateway's proxies present to backends
     /// (`spec.tls.backend.clientCertificateRef`), for a proxy of namespace `from` with
-    /// `labels`: the Gateway its `gateway.networking.k8s.io/gateway-name` label names.
+    /// `labels`. Resolved once when the Gateway was converted: its generated Gateways
+    /// carry it (`gateway_tls::BACKEND_CERTIFICATE`).
     pub fn gateway_backend_certificate(
         &self,
         from: &str,
         labels: &Labels,
     ) -> Option<(String, String)> {
-        let name = labels.get(super::gateway_api::GATEWAY_NAME_LABEL)?;
-        let gw = self.objects.get(&ObjectKey {
-            kind: Kind::KubeGateway,
-            namespace: from.to_string(),
-            name: name.clone(),
-        })?;
-        let grants: Vec<&Object> = super::stages::of_kind(&self.objects, Kind::ReferenceGrant)
-            .map(|o| &**o)
-            .collect();
-        super::gateway_api::gateway_tls::backend_client_certificate(gw, &self.objects, &grants)?
-            .ok()
+        self.gateways
+            .iter()
+            .filter(|g| g.proxy_namespace() == Some(from) && g.selects(from, labels))
+            .find_map(|g| {
+                g.object
+                    .annotations
+                    .get(super::gateway_api::gateway_tls::BACKEND_CERTIFICATE)
+            })
+            .and_then(|c| c.split_once('/'))
+            .map(|(ns, name)| (ns.to_string(), name.to_string()))
     }
 
     /// A ConfigMap's CA bundle (`configmap://NAMESPACE/NAME`, BackendTLSPolicy's): any

@@ -198,8 +198,10 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         }
         // The Gateway's backend client certificate rides on its generated Gateways, so
         // that a change to it reaches its proxies as any Gateway change does.
-        let backend_cert = super::gateway_tls::backend_client_certificate(gw, objects, &grants)
-            .and_then(Result::ok)
+        let backend = super::gateway_tls::backend_client_certificate(gw, objects, &grants);
+        let backend_cert = backend
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
             .map(|(ns, name)| format!("{ns}/{name}"));
         let mut earlier: Vec<&Listener> = Vec::new();
         for (owner, owned) in owners {
@@ -273,8 +275,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 Condition::fail("Programmed", "Invalid", "A listener is not programmed")
             });
             if owner.key == gw.key
-                && let Some(cert) =
-                    super::gateway_tls::backend_client_certificate(gw, objects, &grants)
+                && let Some(cert) = &backend
             {
                 conds.push(match cert {
                     Ok(_) => Condition::ok(
@@ -287,7 +288,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                             "spec.tls.backend.clientCertificateRef",
                             format!("{msg}; backends get no client certificate"),
                         ));
-                        Condition::fail("ResolvedRefs", reason, &msg)
+                        Condition::fail("ResolvedRefs", reason, msg)
                     }
                 });
             }
@@ -1416,7 +1417,7 @@ fn certificate(
             ),
         )),
         Some(Spec::Secret(s)) if s.cert.is_some() && s.key.is_some() => Ok(if cross {
-            format!("{CROSS_NAMESPACE_CREDENTIAL}{ns}/{}", r.name)
+            super::gateway_tls::credential(&ns, &r.name)
         } else {
             r.name.clone()
         }),
