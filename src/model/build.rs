@@ -51,7 +51,6 @@ impl Snapshot {
             }
             b.diags.extend(converted.diagnostics);
             b.statuses = converted.statuses;
-            b.sessions = converted.sessions;
             clock.lap("gateway api");
         }
         let mesh_key = ObjectKey {
@@ -214,7 +213,6 @@ struct Builder {
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
     rate_limits: super::ratelimit::Policies,
-    sessions: bool,
 }
 
 impl Builder {
@@ -979,6 +977,7 @@ impl Builder {
                     ns,
                     &self.mesh.default_virtual_service_export_to,
                 ),
+                sessions: super::gateway_api::session::of_virtual_service(&chosen),
                 object: chosen.clone(),
             }));
         }
@@ -1634,6 +1633,10 @@ impl Builder {
         }
         // The objects' own hashes too: generated Gateways carry settings in annotations
         // (a Gateway API Gateway's backend client certificate, client validation mode).
+        let sessions = self
+            .virtual_services
+            .iter()
+            .any(|v| v.sessions.iter().any(Option::is_some));
         let gateway_hash = hash_of(&self.gateways)
             ^ hash_of(
                 &self
@@ -1693,7 +1696,7 @@ impl Builder {
             telemetries: self.telemetries,
             statuses: Arc::new(self.statuses),
             rate_limits: Arc::new(self.rate_limits),
-            sessions: self.sessions,
+            sessions,
             workloads: self.workloads,
             workloads_by_ip,
             hosts_by_ip,

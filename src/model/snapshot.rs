@@ -33,6 +33,9 @@ pub struct VirtualServiceConfig {
     /// `namespace/name` of each gateway, or `mesh` for sidecars.
     pub gateways: Vec<String>,
     pub visibility: Visibility,
+    /// Session persistence of each `http` route (Gateway API rules; empty for others).
+    /// Part of the route hash, so a change to it alone re-sends routes.
+    pub sessions: Vec<Option<super::gateway_api::session::Session>>,
     #[serde(skip)]
     pub object: Arc<Object>,
 }
@@ -234,8 +237,8 @@ pub struct Snapshot {
     pub statuses: Arc<super::gateway_api::status::Statuses>,
     /// RateLimitPolicies in force, oldest first.
     pub rate_limits: Arc<super::ratelimit::Policies>,
-    /// Whether some Gateway API route rule asks for session persistence (HTTP managers
-    /// then carry Envoy's stateful session filter).
+    /// Whether some VirtualService route has session persistence (HTTP managers then
+    /// carry Envoy's stateful session filter).
     pub sessions: bool,
     pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.

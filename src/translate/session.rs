@@ -13,8 +13,7 @@ use envoy_types::pb::envoy::r#type::http::v3::Cookie;
 use envoy_types::pb::google::protobuf::Any;
 
 use crate::envoy::pb;
-use crate::model::gateway_api::SessionPersistence;
-use crate::model::gateway_api::session::{self, ANNOTATION, Session};
+use crate::model::gateway_api::session::Session;
 use crate::model::snapshot::VirtualServiceConfig;
 
 pub const FILTER: &str = "envoy.filters.http.stateful_session";
@@ -26,15 +25,12 @@ pub fn manager_filter() -> StatefulSession {
 
 /// The per-route configuration of rule `index` of `vs`, when it has session persistence.
 pub fn route_config(vs: &VirtualServiceConfig, index: usize) -> Option<Any> {
-    let list = vs.object.annotations.get(ANNOTATION)?;
-    let list: Vec<Option<SessionPersistence>> = serde_json::from_str(list).ok()?;
-    let sp = list.into_iter().nth(index).flatten()?;
-    let state = match session::session(&sp).ok()? {
+    let state = match vs.sessions.get(index)?.as_ref()? {
         Session::Cookie { name, ttl } => TypedExtensionConfig {
             name: "envoy.http.stateful_session.cookie".into(),
             typed_config: Some(pb::any(&CookieBasedSessionState {
                 cookie: Some(Cookie {
-                    name,
+                    name: name.clone(),
                     // Zero: a session cookie, gone when the browser closes.
                     ttl: Some(pb::duration(ttl.unwrap_or_default())),
                     path: "/".into(),
@@ -44,7 +40,7 @@ pub fn route_config(vs: &VirtualServiceConfig, index: usize) -> Option<Any> {
         },
         Session::Header { name } => TypedExtensionConfig {
             name: "envoy.http.stateful_session.header".into(),
-            typed_config: Some(pb::any(&HeaderBasedSessionState { name })),
+            typed_config: Some(pb::any(&HeaderBasedSessionState { name: name.clone() })),
         },
     };
     Some(pb::any(&StatefulSessionPerRoute {

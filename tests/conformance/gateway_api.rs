@@ -1230,6 +1230,18 @@ fn session_persistence_sticks_to_one_endpoint() {
         .to_string();
     let d = spread("header.example", &[("x-reviews-session", &session)]);
     assert_eq!(d.get(&first.body), Some(&30), "{d:?}");
+
+    // The cookie route's persistence taken away (its rules otherwise unchanged): the
+    // cookie no longer sticks.
+    let plain = SESSIONS.replace(
+        "  - sessionPersistence: {sessionName: reviews-session, type: Cookie, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}\n    backendRefs",
+        "  - backendRefs",
+    );
+    assert_ne!(plain, SESSIONS);
+    config.write("sessions.yaml", &plain);
+    wait_for("the cookie ignored", Duration::from_secs(20), || {
+        (spread("sticky.example", &[("Cookie", &pair)]).len() >= 2).then_some(())
+    });
     assert_envoy_accepted(&router);
     meshd.assert_no_nacks();
 }

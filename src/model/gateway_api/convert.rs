@@ -58,8 +58,6 @@ pub struct Converted {
     pub objects: Vec<Arc<Object>>,
     pub diagnostics: Vec<Diagnostic>,
     pub statuses: Statuses,
-    /// Whether some generated route has session persistence.
-    pub sessions: bool,
 }
 
 /// A listener a route may attach to, with what the route needs of it.
@@ -363,21 +361,11 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             _ => continue,
         };
         let kind = route.key.kind.name();
-        let sessions: Vec<(usize, &super::SessionPersistence)> = match &route.spec {
-            Spec::HTTPRoute(s) => s
-                .rules
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| r.session_persistence.as_ref().map(|sp| (i, sp)))
-                .collect(),
-            Spec::GRPCRoute(s) => s
-                .rules
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| r.session_persistence.as_ref().map(|sp| (i, sp)))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let sessions: Vec<(usize, &super::SessionPersistence)> = super::session::rules(route)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (_, sp))| sp.map(|sp| (i, sp)))
+            .collect();
         for (i, sp) in sessions {
             out.diagnostics.extend(super::session::check(
                 route,
@@ -721,7 +709,6 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         let (_, _, host, gateway) = &vses[0];
         let parents = parents.join(",");
         let sessions_json = serde_json::to_string(&sessions).unwrap_or_default();
-        out.sessions |= sessions.iter().any(Option::is_some);
         out.objects.push(generated(
             first,
             ObjectKey {

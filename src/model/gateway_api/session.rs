@@ -13,9 +13,9 @@ pub const ANNOTATION: &str = "internal.meshd.io/session-persistence";
 /// The cookie's name when the rule names none.
 pub const DEFAULT_COOKIE: &str = "meshd-session";
 
-/// The session persistence of rule `rule` (its name, else its index) of `route`.
-pub fn of_rule<'a>(route: &'a Object, rule: &str) -> Option<&'a SessionPersistence> {
-    let rules: Vec<(Option<&str>, Option<&SessionPersistence>)> = match &route.spec {
+/// Each rule of an HTTPRoute or GRPCRoute: its name and session persistence.
+pub fn rules(route: &Object) -> Vec<(Option<&str>, Option<&SessionPersistence>)> {
+    match &route.spec {
         Spec::HTTPRoute(s) => s
             .rules
             .iter()
@@ -26,8 +26,13 @@ pub fn of_rule<'a>(route: &'a Object, rule: &str) -> Option<&'a SessionPersisten
             .iter()
             .map(|r| (r.name.as_deref(), r.session_persistence.as_ref()))
             .collect(),
-        _ => return None,
-    };
+        _ => Vec::new(),
+    }
+}
+
+/// The session persistence of rule `rule` (its name, else its index) of `route`.
+pub fn of_rule<'a>(route: &'a Object, rule: &str) -> Option<&'a SessionPersistence> {
+    let rules = rules(route);
     match rule.parse::<usize>() {
         Ok(i) => rules.get(i).and_then(|(_, sp)| *sp),
         Err(_) => rules
@@ -37,8 +42,22 @@ pub fn of_rule<'a>(route: &'a Object, rule: &str) -> Option<&'a SessionPersisten
     }
 }
 
+/// The sessions of a generated VirtualService's `http` routes, from its annotation (empty
+/// when it has none; a setting meshd cannot apply is None, and was warned about).
+pub fn of_virtual_service(vs: &Object) -> Vec<Option<Session>> {
+    vs.annotations
+        .get(ANNOTATION)
+        .and_then(|a| serde_json::from_str::<Vec<Option<SessionPersistence>>>(a).ok())
+        .map(|list| {
+            list.iter()
+                .map(|sp| sp.as_ref().and_then(|sp| session(sp).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What Envoy is to do: a cookie (name, lifetime: None for a session cookie) or a header.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum Session {
     Cookie {
         name: String,
