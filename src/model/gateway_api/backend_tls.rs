@@ -251,37 +251,15 @@ fn tls_of(
     if v.ca_certificate_refs.len() > 1 {
         accepted.message += "; warning: only the first caCertificateRefs will be used";
     }
-    let problem = if r.group.is_empty() && r.kind == "ConfigMap" {
-        let key = ObjectKey {
-            kind: Kind::ConfigMap,
-            namespace: ns.to_string(),
-            name: r.name.clone(),
-        };
-        match objects.get(&key).map(|o| &o.spec) {
-            Some(Spec::ConfigMap(data)) => match ca_of(data) {
-                Some(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => None,
-                Some(_) => Some((
-                    "InvalidCACertificateRef",
-                    format!(
-                        "Certificate invalid: ConfigMap {ns}/{} holds no PEM certificate",
-                        r.name
-                    ),
-                )),
-                None => Some((
-                    "InvalidCACertificateRef",
-                    format!(
-                        "Certificate invalid: ConfigMap {ns}/{} has no ca.crt",
-                        r.name
-                    ),
-                )),
-            },
-            _ => Some((
+    let credential = if r.group.is_empty() && r.kind == "ConfigMap" {
+        ca_bundle(objects, ns, &r.name).map_err(|why| {
+            (
                 "InvalidCACertificateRef",
-                format!("Certificate reference not found: ConfigMap {ns}/{}", r.name),
-            )),
-        }
+                format!("Certificate invalid: {why}"),
+            )
+        })
     } else {
-        Some((
+        Err((
             "InvalidKind",
             format!(
                 "Certificate reference invalid: unsupported reference kind: {}",
@@ -293,15 +271,39 @@ fn tls_of(
             ),
         ))
     };
-    match problem {
-        None => tls.credential_name = format!("{CONFIGMAP_CREDENTIAL}{ns}/{}", r.name),
-        Some((reason, message)) => {
+    match credential {
+        Ok(c) => tls.credential_name = c,
+        Err((reason, message)) => {
             resolved = Condition::fail("ResolvedRefs", reason, &message);
             accepted = Condition::fail("Accepted", "NoValidCACertificate", &message);
             tls.credential_name = INVALID_CREDENTIAL.to_string();
         }
     }
     (tls, accepted, resolved)
+}
+
+/// The credential of ConfigMap `ns/name` as a CA bundle (`configmap://NS/NAME`), or why it
+/// is not one: missing, or no PEM certificate under `ca.crt`/`cacert`.
+pub fn ca_bundle(
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    ns: &str,
+    name: &str,
+) -> Result<String, String> {
+    let key = ObjectKey {
+        kind: Kind::ConfigMap,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    };
+    match objects.get(&key).map(|o| &o.spec) {
+        Some(Spec::ConfigMap(data)) => match ca_of(data) {
+            Some(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {
+                Ok(format!("{CONFIGMAP_CREDENTIAL}{ns}/{name}"))
+            }
+            Some(_) => Err(format!("ConfigMap {ns}/{name} holds no PEM certificate")),
+            None => Err(format!("ConfigMap {ns}/{name} has no ca.crt")),
+        },
+        _ => Err(format!("reference not found: ConfigMap {ns}/{name}")),
+    }
 }
 
 /// The CA bundle of a ConfigMap, as istiod reads it (`ca.crt`, else `cacert`).

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::backend_tls::{CONFIGMAP_CREDENTIAL, ca_of};
+use super::backend_tls::ca_bundle;
 use super::convert::{CROSS_NAMESPACE_CREDENTIAL, granted};
 use super::{FrontendValidation, GatewaySpec};
 use crate::model::object::{Kind, Object, ObjectKey, Spec};
@@ -66,32 +66,16 @@ pub fn for_port(
         "caCertificateRef",
         grants,
     )?;
-    let key = ObjectKey {
-        kind: Kind::ConfigMap,
-        namespace: ns.clone(),
-        name: r.name.clone(),
-    };
-    match objects.get(&key).map(|o| &o.spec) {
-        Some(Spec::ConfigMap(d))
-            if ca_of(d).is_some_and(|c| c.contains("-----BEGIN CERTIFICATE-----")) =>
-        {
-            Ok(Some(Validation {
-                ca_credential: format!("{CONFIGMAP_CREDENTIAL}{ns}/{}", r.name),
-                insecure: v.mode.as_deref() == Some("AllowInsecureFallback"),
-            }))
-        }
-        Some(Spec::ConfigMap(_)) => Err((
+    let ca_credential = ca_bundle(objects, &ns, &r.name).map_err(|why| {
+        (
             "InvalidCACertificateRef",
-            format!(
-                "ConfigMap {ns}/{} holds no PEM certificate under ca.crt",
-                r.name
-            ),
-        )),
-        _ => Err((
-            "InvalidCACertificateRef",
-            format!("caCertificateRef ConfigMap {ns}/{} not found", r.name),
-        )),
-    }
+            format!("caCertificateRef: {why}"),
+        )
+    })?;
+    Ok(Some(Validation {
+        ca_credential,
+        insecure: v.mode.as_deref() == Some("AllowInsecureFallback"),
+    }))
 }
 
 /// The namespace of `r`, a Gateway's reference to a core object of kind `kind` (the
