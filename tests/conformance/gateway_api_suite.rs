@@ -334,7 +334,6 @@ fn gateway_http_conformance_transcribed() {
     let meshd = Meshd::start(config.path(), dir.path(), &[]);
     // The proxy of the Gateway a test goes through (they all listen on port 80: one at a
     // time, as each test's Gateway is the only one it reaches).
-    let router_for = |gateway: &str| router_of(gateway, dir.path());
     let mut router: Option<(String, Envoy)> = None;
 
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
@@ -366,12 +365,7 @@ fn gateway_http_conformance_transcribed() {
             count += cases.len();
             let mut switch = |c: &Case| {
                 let want = c.gateway.as_deref().unwrap_or("same-namespace");
-                if router.as_ref().is_none_or(|(g, _)| g != want) {
-                    if let Some((_, old)) = router.take() {
-                        assert_envoy_accepted(&old);
-                    }
-                    router = Some((want.to_string(), router_for(want)));
-                }
+                use_router(&mut router, want, dir.path());
             };
             failures.extend(run_cases(&cases, &mut switch));
             failures.extend(weights_fail(&test, &cases[0]));
@@ -711,6 +705,17 @@ fn mesh_http_conformance_transcribed() {
     meshd.assert_no_nacks();
 }
 
+/// Makes `router` the proxy of Gateway `gateway`, replacing (and checking) the one of
+/// another Gateway.
+fn use_router(router: &mut Option<(String, Envoy)>, gateway: &str, dir: &std::path::Path) {
+    if router.as_ref().is_none_or(|(g, _)| g != gateway) {
+        if let Some((_, old)) = router.take() {
+            assert_envoy_accepted(&old);
+        }
+        *router = Some((gateway.to_string(), router_of(gateway, dir)));
+    }
+}
+
 /// The proxy of the suite's Gateway `gateway` (all listen on port 80 at [`GATEWAY_IP`]: one
 /// at a time).
 fn router_of(gateway: &str, dir: &std::path::Path) -> Envoy {
@@ -822,12 +827,7 @@ fn gateway_grpc_conformance_transcribed() {
         let name = test["test"].as_str().unwrap_or("?").to_string();
         config.write("test.yaml", &test_manifests(&suite, &test));
         let gateway = test["gateway"].as_str().unwrap_or("same-namespace");
-        if router.as_ref().is_none_or(|(g, _)| g != gateway) {
-            if let Some((_, old)) = router.take() {
-                assert_envoy_accepted(&old);
-            }
-            router = Some((gateway.to_string(), router_of(gateway, dir.path())));
-        }
+        use_router(&mut router, gateway, dir.path());
         let calls: Vec<Value> = test["calls"].as_array().cloned().unwrap_or_default();
         // What each call must get: a code (OK when a backend is named) and the backend.
         let expected: Vec<(String, Option<String>)> = calls

@@ -90,29 +90,27 @@ def _field(tag, payload):
     return _varint(tag << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _varint_at(data, i):
+    """The varint at data[i]: (value, index after it)."""
+    n, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
 def _fields(data):
     """The length-delimited fields of a protobuf message: tag -> [bytes]."""
     out, i = {}, 0
     while i < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        key, i = _varint_at(data, i)
         tag, wire = key >> 3, key & 7
         if wire != 2:
             raise ValueError("unexpected wire type %d" % wire)
-        n, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        n, i = _varint_at(data, i)
         out.setdefault(tag, []).append(data[i : i + n])
         i += n
     return out
