@@ -479,10 +479,12 @@ impl TVal {
     /// A field, or Nil when there is none (for functions taking a struct or a map).
     fn field_or_nil(&self, name: &str) -> TVal {
         match self {
-            TVal::Json(v, _) => v
-                .get(name.to_lowercase().as_str())
-                .map(|x| TVal::Json(Rc::new(x.clone()), super::gotmpl::Shape::Map))
-                .unwrap_or(TVal::Nil),
+            TVal::Json(v, _) => {
+                let key = name.to_lowercase();
+                v.get(key.as_str())
+                    .map(|x| TVal::json_key(v, x, super::gotmpl::Shape::Map, &key))
+                    .unwrap_or(TVal::Nil)
+            }
             TVal::Struct(m) | TVal::Map(m) => m.get(name).cloned().unwrap_or(TVal::Nil),
             _ => TVal::Nil,
         }

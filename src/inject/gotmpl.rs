@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -30,7 +31,7 @@ pub enum TVal {
     /// A Go map: keys in sorted order, missing key → Nil.
     Map(Rc<BTreeMap<String, TVal>>),
     /// JSON read with Go semantics: a struct (Go field names) or a map (keys).
-    Json(Rc<Value>, Shape),
+    Json(JsonRef, Shape),
     /// Go-typed struct built by the caller: field name → value.
     Struct(Rc<BTreeMap<String, TVal>>),
 }
@@ -43,6 +44,59 @@ pub enum Shape {
     /// map[string]string or map[string]any: keys as written; absent keys are no value;
     /// nested objects are maps too; numbers are float64 (`Values` from JSON).
     Map,
+}
+
+/// A JSON value inside a shared document: the document and the way down to it. Reading
+/// `.Values.global.proxy` walks three keys instead of copying `Values`, then `global`,
+/// then `proxy` (copying subtrees per field access was most of an injection's time). The
+/// document is behind an `Arc` so the injector's settings can hand theirs over without a
+/// copy per pod.
+#[derive(Debug, Clone)]
+pub struct JsonRef {
+    root: Arc<Value>,
+    path: Rc<[Seg]>,
+}
+
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(Rc<str>),
+    Index(usize),
+}
+
+impl JsonRef {
+    pub fn new(root: Arc<Value>) -> JsonRef {
+        JsonRef {
+            root,
+            path: Rc::from(Vec::new()),
+        }
+    }
+
+    fn child(&self, seg: Seg) -> JsonRef {
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        path.extend(self.path.iter().cloned());
+        path.push(seg);
+        JsonRef {
+            root: self.root.clone(),
+            path: Rc::from(path),
+        }
+    }
+}
+
+impl std::ops::Deref for JsonRef {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        let mut v = &*self.root;
+        for seg in self.path.iter() {
+            // Paths are only made from keys and indexes that were there; the document
+            // never changes under them.
+            v = match seg {
+                Seg::Key(k) => &v[&**k],
+                Seg::Index(i) => &v[*i],
+            };
+        }
+        v
+    }
 }
 
 /// JSON object keys that are Go maps inside Kubernetes structs.
@@ -66,15 +120,35 @@ impl TVal {
 
     /// JSON as Go struct data.
     pub fn structure(v: Value) -> TVal {
-        TVal::Json(Rc::new(v), Shape::Struct)
+        TVal::Json(JsonRef::new(Arc::new(v)), Shape::Struct)
     }
 
     /// JSON as a Go map[string]any (numbers become float64, as Go's JSON decoding does).
     pub fn map(v: Value) -> TVal {
-        TVal::Json(Rc::new(v), Shape::Map)
+        TVal::shared_map(Arc::new(v))
     }
 
-    fn from_json(v: &Value, shape: Shape, key: &str) -> TVal {
+    /// [`TVal::map`] of a document the caller keeps (no copy).
+    pub fn shared_map(v: Arc<Value>) -> TVal {
+        TVal::Json(JsonRef::new(v), Shape::Map)
+    }
+
+    /// [`TVal::structure`] of a document the caller keeps (no copy).
+    pub fn shared_structure(v: Arc<Value>) -> TVal {
+        TVal::Json(JsonRef::new(v), Shape::Struct)
+    }
+
+    /// Key `key` of the object at `parent` (whose value is `v`), read with `shape`.
+    pub(super) fn json_key(parent: &JsonRef, v: &Value, shape: Shape, key: &str) -> TVal {
+        TVal::from_json(v, shape, key, || parent.child(Seg::Key(Rc::from(key))))
+    }
+
+    /// Item `i` of the array at `parent` (whose value is `v`), read with `shape`.
+    fn json_item(parent: &JsonRef, v: &Value, shape: Shape, i: usize) -> TVal {
+        TVal::from_json(v, shape, "", || parent.child(Seg::Index(i)))
+    }
+
+    fn from_json(v: &Value, shape: Shape, key: &str, at: impl FnOnce() -> JsonRef) -> TVal {
         match v {
             Value::Null => match shape {
                 Shape::Struct => TVal::Zero,
@@ -95,7 +169,7 @@ impl TVal {
                 } else {
                     shape
                 };
-                TVal::Json(Rc::new(v.clone()), shape)
+                TVal::Json(at(), shape)
             }
         }
     }
@@ -137,7 +211,12 @@ impl TVal {
         match self {
             TVal::List(l) => Some((**l).clone()),
             TVal::Json(v, shape) => match &**v {
-                Value::Array(a) => Some(a.iter().map(|x| TVal::from_json(x, *shape, "")).collect()),
+                Value::Array(a) => Some(
+                    a.iter()
+                        .enumerate()
+                        .map(|(i, x)| TVal::json_item(v, x, *shape, i))
+                        .collect(),
+                ),
                 _ => None,
             },
             _ => None,
@@ -151,11 +230,23 @@ impl TVal {
             TVal::Json(v, shape) => match &**v {
                 Value::Object(o) => Some(
                     o.iter()
-                        .map(|(k, x)| (k.clone(), TVal::from_json(x, *shape, k)))
+                        .map(|(k, x)| (k.clone(), TVal::json_key(v, x, *shape, k)))
                         .collect(),
                 ),
                 _ => None,
             },
+            _ => None,
+        }
+    }
+
+    /// A map's value under `key` (a JSON object, a Go map), or None.
+    pub fn key(&self, key: &str) -> Option<TVal> {
+        match self {
+            TVal::Map(m) => m.get(key).cloned(),
+            TVal::Json(v, shape) => v
+                .as_object()?
+                .get(key)
+                .map(|x| TVal::json_key(v, x, *shape, key)),
             _ => None,
         }
     }
@@ -234,12 +325,12 @@ impl TVal {
             TVal::Json(v, shape) => match (&**v, shape) {
                 (Value::Object(o), Shape::Map) => Ok(o
                     .get(name)
-                    .map(|x| TVal::from_json(x, Shape::Map, name))
+                    .map(|x| TVal::json_key(v, x, Shape::Map, name))
                     .unwrap_or(TVal::Nil)),
                 (Value::Object(o), Shape::Struct) => {
                     let key = json_name(name);
                     match o.get(&key) {
-                        Some(x) => Ok(TVal::from_json(x, Shape::Struct, &key)),
+                        Some(x) => Ok(TVal::json_key(v, x, Shape::Struct, &key)),
                         None => method(self, name).or(Ok(TVal::Zero)),
                     }
                 }
@@ -1303,24 +1394,18 @@ fn builtin(name: &str, a: &[TVal]) -> Option<Result<TVal, String>> {
                         let key = key.print();
                         match &v {
                             // A missing key of map[string]string is "".
-                            TVal::Json(_, Shape::Map) | TVal::Map(_) => {
-                                match v
-                                    .entries()
-                                    .and_then(|e| e.into_iter().find(|(k, _)| *k == key))
-                                {
-                                    Some((_, x)) => x,
-                                    None => match &v {
-                                        TVal::Json(j, _)
-                                            if j.as_object().is_some_and(|o| {
-                                                o.values().all(Value::is_string)
-                                            }) =>
-                                        {
-                                            TVal::Str(String::new())
-                                        }
-                                        _ => TVal::Nil,
-                                    },
-                                }
-                            }
+                            TVal::Json(_, Shape::Map) | TVal::Map(_) => match v.key(&key) {
+                                Some(x) => x,
+                                None => match &v {
+                                    TVal::Json(j, _)
+                                        if j.as_object()
+                                            .is_some_and(|o| o.values().all(Value::is_string)) =>
+                                    {
+                                        TVal::Str(String::new())
+                                    }
+                                    _ => TVal::Nil,
+                                },
+                            },
                             other => match other.field(&key) {
                                 Ok(x) => x,
                                 Err(e) => return Some(Err(e)),

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -31,10 +32,11 @@ pub struct Settings {
     pub always_inject: Vec<LabelSelector>,
     pub injected_annotations: BTreeMap<String, String>,
     pub templates: BTreeMap<String, Template>,
-    /// Helm values (numbers are float64 to templates).
-    pub values: Value,
+    /// Helm values (numbers are float64 to templates). Shared with every rendering, not
+    /// copied per pod.
+    pub values: Arc<Value>,
     /// MeshConfig with istiod's defaults filled in.
-    pub mesh: Value,
+    pub mesh: Arc<Value>,
     /// Whether the cluster runs native sidecars (kubelet ≥ 1.29 everywhere).
     pub native_sidecars: bool,
     funcs: Funcs,
@@ -194,8 +196,8 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             templates,
-            values,
-            mesh: mesh_from_yaml(mesh)?,
+            values: Arc::new(values),
+            mesh: Arc::new(mesh_from_yaml(mesh)?),
             native_sidecars: true,
             funcs: funcs::all(),
         })
@@ -679,10 +681,13 @@ pub fn inject(settings: &Settings, req: &Request) -> Result<Value, String> {
     let native = native_for(settings, &pod);
     let (proxy_image, proxy_init_image) = images(settings, &pc, &pod);
     // Offline, mesh config carries the pod's proxy config (istioctl applies it there).
-    let mut mesh = settings.mesh.clone();
-    if req.offline {
+    let mesh = if req.offline {
+        let mut mesh = (*settings.mesh).clone();
         mesh["defaultConfig"] = pc.clone();
-    }
+        Arc::new(mesh)
+    } else {
+        settings.mesh.clone()
+    };
     let inbound = if mesh["inboundTrafficPolicy"]["mode"] == "LOCALHOST" {
         "localhost"
     } else {
@@ -706,8 +711,8 @@ pub fn inject(settings: &Settings, req: &Request) -> Result<Value, String> {
         ("ObjectMeta", TVal::structure(stripped["metadata"].clone())),
         ("Spec", TVal::structure(stripped["spec"].clone())),
         ("ProxyConfig", TVal::structure(pc.clone())),
-        ("MeshConfig", TVal::structure(mesh.clone())),
-        ("Values", TVal::map(settings.values.clone())),
+        ("MeshConfig", TVal::shared_structure(mesh.clone())),
+        ("Values", TVal::shared_map(settings.values.clone())),
         ("Revision", TVal::str(&req.revision)),
         ("NativeSidecars", TVal::Bool(native)),
         ("ProxyImage", TVal::str(proxy_image)),
