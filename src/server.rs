@@ -179,7 +179,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 crate::sources::kube::KubeOptions {
                     istio_namespace: args.config.istio_namespace.clone(),
                     revision: args.revision.clone(),
-                    quiet: Duration::from_millis(50),
+                    quiet: crate::sources::kube::QUIET,
                 },
                 set_tx,
                 filter_tx,

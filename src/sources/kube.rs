@@ -211,8 +211,16 @@ pub struct KubeOptions {
     pub quiet: Duration,
 }
 
-/// The longest a burst of events is held, in quiet times (4 × 50 ms by default).
-const BURST_QUIETS: u32 = 4;
+/// Quiet time after the last event before a burst is handed on (`KubeOptions::quiet`
+/// of `meshd serve`).
+pub const QUIET: Duration = Duration::from_millis(50);
+
+/// The longest a burst of events is held, in quiet times (2 × 50 ms by default). Under
+/// steady pod churn the quiet never comes and every event waits for this cap, so it is
+/// most of a pod's convergence time (B3); two quiet times keep snapshot builds to about
+/// ten a second, which the builder absorbs (it builds only the newest of what queued
+/// while it worked).
+pub const BURST_QUIETS: u32 = 2;
 
 enum Msg {
     Replace(usize, Vec<DynamicObject>),

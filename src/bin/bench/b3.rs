@@ -2,7 +2,7 @@
 //! while simulated proxies hold every cluster's endpoints; each new address encodes the
 //! event's sequence number (10.3.x.y), so the clients can say when each event reached
 //! them. Events go through what the Kubernetes source and the server do with them: a
-//! burst is held for at most 4 × 50 ms, built into a snapshot off the async threads,
+//! burst is held for at most 2 × 50 ms (the Kubernetes source's cap), built into a snapshot off the async threads,
 //! debounced by the push queue (100 ms) and pushed as EDS.
 
 use std::collections::HashMap;
@@ -89,13 +89,14 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
     let synced = lines.next_line().await.ok().flatten().unwrap_or_default();
 
     // The churn: `rate` events per second for `secs` seconds; a burst is built after
-    // at most 200 ms (the Kubernetes source's cap under steady churn).
+    // the Kubernetes source's cap under steady churn.
+    let hold = meshd::sources::kube::QUIET * meshd::sources::kube::BURST_QUIETS;
     let events = rate * secs;
     let mut sent_at: Vec<u128> = Vec::with_capacity(events);
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let mut prev = base;
-    let mut next_build = Instant::now() + Duration::from_millis(200);
+    let mut next_build = Instant::now() + hold;
     let mut builds = 0usize;
     let mut build_time = Duration::ZERO;
     for seq in 0..events {
@@ -108,7 +109,7 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
         add(&mut set, pod(svc, 1, &address(seq)));
         sent_at.push(now_nanos());
         if Instant::now() >= next_build || seq + 1 == events {
-            next_build = Instant::now() + Duration::from_millis(200);
+            next_build = Instant::now() + hold;
             let s = set.clone();
             let p = prev.clone();
             let t = Instant::now();
