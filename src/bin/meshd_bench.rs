@@ -53,20 +53,39 @@ struct Counting(mimalloc::MiMalloc);
 
 static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
 
+/// Live allocations by size class (a power of two: class k holds sizes in
+/// (2^(k-1), 2^k]): B2 prints what a connected proxy adds per class, which tells a
+/// transport's fixed buffers from meshd's own per-stream state.
+static BY_CLASS: [std::sync::atomic::AtomicIsize; 40] =
+    [const { std::sync::atomic::AtomicIsize::new(0) }; 40];
+
+fn count(size: usize, sign: isize) {
+    let class = (size.max(1).next_power_of_two().trailing_zeros() as usize).min(39);
+    BY_CLASS[class].fetch_add(sign, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Live allocations per size class.
+fn by_class() -> [isize; 40] {
+    std::array::from_fn(|k| BY_CLASS[k].load(std::sync::atomic::Ordering::Relaxed))
+}
+
 // SAFETY: every call is forwarded to mimalloc unchanged; only a counter is added.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        count(l.size(), 1);
         // SAFETY: forwarded with the caller's layout.
         unsafe { self.0.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
         LIVE.fetch_sub(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        count(l.size(), -1);
         // SAFETY: forwarded with the caller's pointer and layout.
         unsafe { self.0.dealloc(p, l) }
     }
     unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        count(l.size(), 1);
         // SAFETY: forwarded with the caller's layout.
         unsafe { self.0.alloc_zeroed(l) }
     }
@@ -75,6 +94,8 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
             new as isize - l.size() as isize,
             std::sync::atomic::Ordering::Relaxed,
         );
+        count(l.size(), -1);
+        count(new, 1);
         // SAFETY: forwarded with the caller's pointer, layout and size.
         unsafe { self.0.realloc(p, l, new) }
     }
@@ -686,6 +707,7 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
     // The mesh is loaded; what the proxies add is measured from here.
     let rss_base = rss_mb();
     let live_base = live_mb();
+    let classes_base = by_class();
     let mut child_args = vec![
         "--b2-client".to_string(),
         addr.clone(),
@@ -721,6 +743,25 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
     let per_proxy_kib = (rss_synced - rss_base) * 1024.0 / m.max(1) as f64;
     let live_synced = live_mb();
     let live_per_proxy_kib = (live_synced - live_base) * 1024.0 / m.max(1) as f64;
+    let classes_synced = by_class();
+    // Allocations a proxy added, by size class, with the bytes they hold at most.
+    let per_class: Vec<String> = (0..classes_synced.len())
+        .filter_map(|k| {
+            let per = (classes_synced[k] - classes_base[k]) as f64 / m.max(1) as f64;
+            (per.abs() >= 0.05).then(|| {
+                let size = 1u64 << k;
+                let size = if size >= 1024 {
+                    format!("{} KiB", size / 1024)
+                } else {
+                    format!("{size} B")
+                };
+                format!(
+                    "≤{size}: {per:.1} ({:.1} KiB)",
+                    per * (1u64 << k) as f64 / 1024.0
+                )
+            })
+        })
+        .collect();
     // Let the ACKs of the initial sync land before changing anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let next = Arc::new(Snapshot::build(
@@ -779,6 +820,10 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
         std::fs::read_dir("/proc/self/task")
             .map(|d| d.count())
             .unwrap_or(0),
+    );
+    println!(
+        "{bench} live allocations each proxy added, by size (count, bytes at most): {}",
+        per_class.join(", ")
     );
     report(
         bench,
