@@ -538,6 +538,11 @@ fn within_weights(
 }
 
 fn report(profile: &str, results: &BTreeMap<String, Result<usize, String>>) {
+    report_counting(profile, "requests", results)
+}
+
+/// [`report`], each pass counting `unit`s.
+fn report_counting(profile: &str, unit: &str, results: &BTreeMap<String, Result<usize, String>>) {
     let passed = results.values().filter(|r| r.is_ok()).count();
     eprintln!(
         "Gateway API conformance {VERSION}, {profile} (the transcribed tests): {passed} of {} pass",
@@ -545,7 +550,7 @@ fn report(profile: &str, results: &BTreeMap<String, Result<usize, String>>) {
     );
     for (name, r) in results {
         match r {
-            Ok(n) => eprintln!("  PASS {name} ({n} requests)"),
+            Ok(n) => eprintln!("  PASS {name} ({n} {unit})"),
             Err(e) => eprintln!("  FAIL {name}:\n{e}"),
         }
     }
@@ -897,4 +902,345 @@ fn gateway_grpc_conformance_transcribed() {
         assert_envoy_accepted(r);
     }
     meshd.assert_no_nacks();
+}
+
+/// The Secrets and ConfigMaps the suite's setup makes before any test (certificates it
+/// generates; their contents matter to no status test, only that they exist and parse).
+fn suite_credentials() -> String {
+    let config_map = |namespace: &str, name: &str, ca: &TestCa| {
+        let pem: Vec<String> = ca.pem.lines().map(|l| format!("    {l}")).collect();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\ndata:\n  ca.crt: |\n{}\n",
+            pem.join("\n")
+        )
+    };
+    let mut docs = Vec::new();
+    let mut secret = |namespace: &str, name: &str, ca: &TestCa, sans: &[&str]| {
+        let (cert, key) = ca.leaf(name, sans);
+        docs.push(tls_secret_yaml(name, namespace, &cert, &key, &ca.pem, None));
+    };
+    let self_signed = TestCa::new("suite-self-signed");
+    let validity = TestCa::new("tls-validity-checks-ca-certificate");
+    let per_port = TestCa::new("tls-validity-checks-per-port-ca-certificate");
+    let checks = TestCa::new("tls-checks-ca-certificate");
+    secret(
+        "gateway-conformance-web-backend",
+        "certificate",
+        &self_signed,
+        &["*.example.com"],
+    );
+    secret(
+        INFRA,
+        "tls-validity-checks-certificate",
+        &self_signed,
+        &["*.org", "*.wildcard.org"],
+    );
+    secret(
+        INFRA,
+        "tls-validity-checks-client-certificate",
+        &validity,
+        &["client.example.com"],
+    );
+    secret(
+        INFRA,
+        "tls-validity-checks-per-port-client-certificate",
+        &per_port,
+        &["client.example.com"],
+    );
+    for ns in [INFRA, "gateway-conformance-app-backend"] {
+        secret(
+            ns,
+            "tls-passthrough-checks-certificate",
+            &self_signed,
+            &["abc.example.com"],
+        );
+    }
+    secret(
+        INFRA,
+        "tls-checks-certificate",
+        &checks,
+        &["abc.example.com", "other.example.com"],
+    );
+    secret(
+        INFRA,
+        "tls-checks-client-certificate",
+        &checks,
+        &["client.example.com"],
+    );
+    secret(
+        INFRA,
+        "tls-terminate-checks-certificate",
+        &checks,
+        &["tls.example.com"],
+    );
+    let mismatch = TestCa::new("mismatch-ca-certificate");
+    for (ns, name, ca) in [
+        (
+            "gateway-conformance-web-backend",
+            "web-backend-cm",
+            &self_signed,
+        ),
+        (INFRA, "tls-validity-checks-ca-certificate", &validity),
+        (
+            INFRA,
+            "tls-validity-checks-per-port-ca-certificate",
+            &per_port,
+        ),
+        (INFRA, "tls-checks-ca-certificate", &checks),
+        (INFRA, "mismatch-ca-certificate", &mismatch),
+    ] {
+        docs.push(config_map(ns, name, ca));
+    }
+    docs.join("\n---\n")
+}
+
+/// Every Gateway API object's status as `meshd status` prints it for `dir`, by
+/// `Kind namespace/name`.
+fn statuses(dir: &std::path::Path) -> BTreeMap<String, Value> {
+    let out = Command::new(meshd_bin())
+        .args(["status", "--config-dir"])
+        .arg(dir)
+        .args(["-o", "json"])
+        .output()
+        .expect("meshd status");
+    assert!(
+        out.status.success(),
+        "meshd status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).expect("meshd status prints JSON");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            let key = format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap_or(""),
+                o["metadata"]["namespace"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap_or("")
+            );
+            (key, o["status"].clone())
+        })
+        .collect()
+}
+
+/// Whether `conditions` hold `want` (`Type=Status/Reason`; a missing status or reason
+/// matches any), as the suite's `findConditionInList` decides.
+fn has_condition(conditions: &Value, want: &str) -> bool {
+    let (kind, rest) = want.split_once('=').unwrap_or((want, ""));
+    let (status, reason) = rest.split_once('/').unwrap_or((rest, ""));
+    conditions.as_array().into_iter().flatten().any(|c| {
+        c["type"] == kind
+            && (status.is_empty() || c["status"] == status)
+            && (reason.is_empty() || c["reason"] == reason)
+    })
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// What of `want` (conditions, listeners, listener conditions, attached ListenerSets) the
+/// status `got` of a Gateway or ListenerSet lacks.
+fn gateway_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in strings(&want["conditions"]) {
+        if !has_condition(&got["conditions"], c) {
+            out.push(format!("{what}: no condition {c} in {}", got["conditions"]));
+        }
+    }
+    let listeners: Vec<&Value> = got["listeners"].as_array().into_iter().flatten().collect();
+    // GatewayStatusMustHaveListeners: as many listeners, each found by name.
+    if let Some(expected) = want["listeners"].as_array() {
+        if expected.len() != listeners.len() {
+            out.push(format!(
+                "{what}: {} listeners in status, expected {}",
+                listeners.len(),
+                expected.len()
+            ));
+        }
+        for e in expected {
+            let name = e["name"].as_str().unwrap_or("");
+            let Some(l) = listeners.iter().find(|l| l["name"] == name) else {
+                out.push(format!("{what}: no status for listener {name}"));
+                continue;
+            };
+            let kinds: Vec<(String, String)> = l["supportedKinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    (
+                        k["group"]
+                            .as_str()
+                            .unwrap_or("gateway.networking.k8s.io")
+                            .to_string(),
+                        k["kind"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            if let Some(want_kinds) = e["supportedKinds"].as_array() {
+                if want_kinds.is_empty() && !kinds.is_empty() {
+                    out.push(format!(
+                        "{what}: listener {name} supports {kinds:?}, expected none"
+                    ));
+                }
+                for k in strings(&e["supportedKinds"]) {
+                    let (group, kind) = k
+                        .rsplit_once('/')
+                        .unwrap_or(("gateway.networking.k8s.io", k));
+                    if !kinds.iter().any(|(g, n)| g == group && n == kind) {
+                        out.push(format!(
+                            "{what}: listener {name} does not support {k} ({kinds:?})"
+                        ));
+                    }
+                }
+            }
+            if let Some(n) = e["attachedRoutes"].as_u64()
+                && l["attachedRoutes"].as_u64().unwrap_or(0) != n
+            {
+                out.push(format!(
+                    "{what}: listener {name} has {} attached routes, expected {n}",
+                    l["attachedRoutes"]
+                ));
+            }
+            for c in strings(&e["conditions"]) {
+                if !has_condition(&l["conditions"], c) {
+                    out.push(format!(
+                        "{what}: listener {name} lacks {c}: {}",
+                        l["conditions"]
+                    ));
+                }
+            }
+        }
+    }
+    // GatewayListenersMustHaveConditions: every listener (or the named ones).
+    let names = strings(&want["listenerNames"]);
+    for c in strings(&want["listenerConditions"]) {
+        for l in &listeners {
+            let name = l["name"].as_str().unwrap_or("");
+            if (names.is_empty() || names.contains(&name)) && !has_condition(&l["conditions"], c) {
+                out.push(format!(
+                    "{what}: listener {name} lacks {c}: {}",
+                    l["conditions"]
+                ));
+            }
+        }
+        for n in &names {
+            if !listeners.iter().any(|l| l["name"] == *n) {
+                out.push(format!("{what}: no status for listener {n}"));
+            }
+        }
+    }
+    if let Some(n) = want["attachedListenerSets"].as_u64()
+        && got["attachedListenerSets"].as_u64().unwrap_or(0) != n
+    {
+        out.push(format!(
+            "{what}: {} attached ListenerSets, expected {n}",
+            got["attachedListenerSets"]
+        ));
+    }
+    out
+}
+
+/// What of `want` (parents with conditions, or no accepted parent) a route's status lacks,
+/// as the suite's parentsForRouteMatch and RouteMustHaveNoAcceptedParents decide.
+fn route_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let parents: Vec<&Value> = got["parents"].as_array().into_iter().flatten().collect();
+    for p in want["parents"].as_array().into_iter().flatten() {
+        let parent = p["parent"].as_str().unwrap_or("");
+        let (kind, nn) = parent.split_once(' ').unwrap_or(("Gateway", parent));
+        let (ns, name) = nn.split_once('/').unwrap_or(("", nn));
+        let found = parents.iter().any(|a| {
+            let r = &a["parentRef"];
+            r["kind"].as_str().unwrap_or("Gateway") == kind
+                && r["name"] == name
+                && r["namespace"].as_str().is_none_or(|n| n == ns)
+                && strings(&p["conditions"])
+                    .iter()
+                    .all(|c| has_condition(&a["conditions"], c))
+        });
+        if !found {
+            out.push(format!(
+                "{what}: no parent {parent} with {:?}: parents are {}",
+                strings(&p["conditions"]),
+                got["parents"]
+            ));
+        }
+    }
+    if want["noAcceptedParents"] == true {
+        let ok = parents.is_empty()
+            || (parents.len() == 1 && has_condition(&parents[0]["conditions"], "Accepted=False"));
+        if !ok {
+            out.push(format!(
+                "{what}: expected no accepted parent: {}",
+                got["parents"]
+            ));
+        }
+    }
+    out
+}
+
+/// The status assertions of one transcribed test against `meshd status`.
+fn status_failures(test: &Value, st: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in test["expect"].as_array().into_iter().flatten() {
+        let (key, route) = if let Some(g) = e["gateway"].as_str() {
+            (format!("Gateway {g}"), false)
+        } else if let Some(l) = e["listenerSet"].as_str() {
+            (format!("ListenerSet {l}"), false)
+        } else if let Some(r) = e["route"].as_str() {
+            (r.to_string(), true)
+        } else {
+            out.push(format!("unreadable expectation {e}"));
+            continue;
+        };
+        let got = st.get(&key).cloned().unwrap_or(Value::Null);
+        if got.is_null() && e["noAcceptedParents"] != true {
+            out.push(format!("{key}: no status"));
+            continue;
+        }
+        out.extend(if route {
+            route_status_failures(&key, e, &got)
+        } else {
+            gateway_status_failures(&key, e, &got)
+        });
+    }
+    out
+}
+
+/// The suite's tests whose assertions are statuses (tests/gateway_conformance/status.yaml):
+/// the base manifests, the suite's credentials and each test's manifests in a folder,
+/// then `meshd status` on it — the conditions meshd writes in Kubernetes mode.
+#[test]
+fn gateway_status_conformance_transcribed() {
+    let Some(suite) = suite() else { return };
+    let config = TempDir::new("gwapi-status");
+    let base = templated(
+        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
+    );
+    config.write("base.yaml", &base);
+    config.write("credentials.yaml", &suite_credentials());
+    let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
+    for test in transcribed("status.yaml") {
+        let name = test["test"].as_str().unwrap_or("?").to_string();
+        config.write("test.yaml", &test_manifests(&suite, &test));
+        let failures = status_failures(&test, &statuses(config.path()));
+        let checks = test["expect"].as_array().map_or(0, Vec::len);
+        results.insert(
+            name,
+            if failures.is_empty() {
+                Ok(checks)
+            } else {
+                Err(failures.join("\n"))
+            },
+        );
+    }
+    report_counting("GATEWAY status", "objects checked", &results);
 }

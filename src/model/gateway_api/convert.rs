@@ -1208,13 +1208,39 @@ fn gateway_listeners<'a>(
                 continue;
             }
         };
-        st.kinds = match protocol.as_str() {
+        let carried = match protocol.as_str() {
             "HTTP" | "HTTPS" => vec!["HTTPRoute", "GRPCRoute"],
             "TLS" => vec!["TLSRoute"],
             _ => vec!["TCPRoute"],
         };
         let hostname = l.hostname.clone().unwrap_or("*".into());
-        let (allowed_ns, _) = allowed(owner, l, namespaces);
+        let (allowed_ns, named_kinds) = allowed(owner, l, namespaces);
+        // `allowedRoutes.kinds` narrows what the protocol carries; a kind it cannot carry
+        // (or that does not exist) is the listener's unresolved reference, and the kinds
+        // it can are still served (the spec's InvalidRouteKinds).
+        st.kinds = if named_kinds.is_empty() {
+            carried.clone()
+        } else {
+            carried
+                .iter()
+                .copied()
+                .filter(|k| named_kinds.iter().any(|(g, n)| g == GROUP && n == k))
+                .collect()
+        };
+        let invalid: Vec<String> = named_kinds
+            .iter()
+            .filter(|(g, k)| g != GROUP || !carried.contains(&k.as_str()))
+            .map(|(g, k)| format!("{g}/{k}"))
+            .collect();
+        if !invalid.is_empty() {
+            let msg = format!(
+                "route kinds {} cannot attach to a {protocol} listener (it carries {})",
+                invalid.join(", "),
+                carried.join(", ")
+            );
+            diags.push(owner.diag_warning(&format!("{field}.allowedRoutes.kinds"), msg.clone()));
+            st.fail_resolved("InvalidRouteKinds", &msg);
+        }
         let mut hosts: Vec<String> = allowed_ns
             .iter()
             .map(|ns| format!("{ns}/{hostname}"))
