@@ -729,17 +729,36 @@ impl Snapshot {
             "{}{namespace}/{name}",
             super::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL
         );
-        let owned = self.gateways.iter().any(|g| {
-            g.proxy_namespace() == Some(from)
-                && g.selects(from, labels)
-                && g.spec.servers.iter().any(|s| {
-                    s.tls
-                        .as_ref()
-                        .is_some_and(|t| t.credential_name == credential)
-                })
-        }) || self.gateway_backend_certificate(from, labels)
-            == Some((namespace.to_string(), name.to_string()));
-        if !owned {
+        // Who names the Secret for this proxy: the Gateway itself (its generated Gateways
+        // are in the proxy's namespace) or a ListenerSet of it (in the ListenerSet's).
+        let owners: Vec<(&str, &str)> = self
+            .gateways
+            .iter()
+            .filter(|g| {
+                g.proxy_namespace() == Some(from)
+                    && g.selects(from, labels)
+                    && g.spec.servers.iter().any(|s| {
+                        s.tls
+                            .as_ref()
+                            .is_some_and(|t| t.credential_name == credential)
+                    })
+            })
+            .map(|g| {
+                let from_set = g
+                    .object
+                    .annotations
+                    .get(super::gateway_api::convert::GENERATED_FROM)
+                    .is_some_and(|k| k.starts_with("ListenerSet "));
+                let kind = if from_set { "ListenerSet" } else { "Gateway" };
+                (kind, g.key.namespace.as_str())
+            })
+            .chain(
+                (self.gateway_backend_certificate(from, labels)
+                    == Some((namespace.to_string(), name.to_string())))
+                .then_some(("Gateway", from)),
+            )
+            .collect();
+        if owners.is_empty() {
             return None;
         }
         let grants: Vec<&Object> = self
@@ -754,11 +773,13 @@ impl Snapshot {
             .take_while(|(k, _)| k.kind == Kind::ReferenceGrant && k.namespace == namespace)
             .map(|(_, o)| &**o)
             .collect();
-        if from != namespace
-            && !super::gateway_api::convert::granted(
-                &grants, "Gateway", from, "", "Secret", namespace, name,
-            )
-        {
+        let permitted = owners.iter().any(|(kind, owner_ns)| {
+            *owner_ns == namespace
+                || super::gateway_api::convert::granted(
+                    &grants, kind, owner_ns, "", "Secret", namespace, name,
+                )
+        });
+        if !permitted {
             return None;
         }
         self.tls_secret(namespace, name)

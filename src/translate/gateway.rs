@@ -5,7 +5,8 @@
 //!   configuration `https.PORT.PORTNAME.GATEWAY.NAMESPACE` (istiod's names);
 //! - TLS servers in PASSTHROUGH mode: a chain per `tls` route of the bound
 //!   VirtualServices, chosen by SNI, proxying the encrypted stream untouched;
-//! - TCP servers (and TLS servers terminating to TCP): the bound `tcp` route.
+//! - TCP servers (and TLS servers terminating to TCP): the bound `tcp` route; a TLS server
+//!   that terminates and has no `tcp` route: a chain per `tls` route, chosen by SNI.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -326,17 +327,29 @@ fn port_listener(
                 );
             }
             Kind::TlsTcp => {
-                let (Some(tls), Some(targets)) = (
-                    s.server.tls.as_ref(),
-                    tcp::gateway_tcp_targets(ctx, &s.gateway, &s.server.hosts, s.number),
-                ) else {
+                let Some(tls) = s.server.tls.as_ref() else {
                     continue;
                 };
-                let mut chain = tcp_chain(&targets);
-                chain.filter_chain_match = Some(tls_chain(s.sni()));
-                chain.transport_socket =
-                    super::tls::gateway_server(ctx, tls, &[], s.accepts_untrusted());
-                push(&mut chains, chain, &s.gateway);
+                let terminating = |names: Vec<String>, targets: &tcp::Targets| {
+                    let mut chain = tcp_chain(targets);
+                    chain.filter_chain_match = Some(tls_chain(names));
+                    chain.transport_socket =
+                        super::tls::gateway_server(ctx, tls, &[], s.accepts_untrusted());
+                    chain
+                };
+                match tcp::gateway_tcp_targets(ctx, &s.gateway, &s.server.hosts, s.number) {
+                    // A `tcp` route takes everything the server terminates.
+                    Some(targets) => push(&mut chains, terminating(s.sni(), &targets), &s.gateway),
+                    // Else `tls` routes choose by SNI after termination, as istiod serves
+                    // a Gateway API TLSRoute on a listener in Terminate mode.
+                    None => {
+                        for (names, targets) in
+                            tcp::gateway_passthrough(ctx, &s.gateway, &s.server.hosts, s.number)
+                        {
+                            push(&mut chains, terminating(names, &targets), &s.gateway);
+                        }
+                    }
+                }
             }
             Kind::Passthrough => {
                 for (names, targets) in

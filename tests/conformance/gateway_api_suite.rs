@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -905,8 +906,20 @@ fn gateway_grpc_conformance_transcribed() {
 }
 
 /// The Secrets and ConfigMaps the suite's setup makes before any test (certificates it
-/// generates; their contents matter to no status test, only that they exist and parse).
-fn suite_credentials() -> String {
+/// generates), and the key material the TLS backends serve.
+struct Credentials {
+    /// The manifests.
+    yaml: String,
+    /// `tls-passthrough-checks-certificate` (abc.example.com): certificate, key.
+    passthrough: (String, String),
+    /// `tls-checks-certificate` (abc.example.com, other.example.com).
+    checks: (String, String),
+    /// The CAs a test client trusts (the suite trusts each Secret's certificate; ours
+    /// are issued by these).
+    roots: String,
+}
+
+fn suite_credentials() -> Credentials {
     let config_map = |namespace: &str, name: &str, ca: &TestCa| {
         let pem: Vec<String> = ca.pem.lines().map(|l| format!("    {l}")).collect();
         format!(
@@ -914,15 +927,17 @@ fn suite_credentials() -> String {
             pem.join("\n")
         )
     };
-    let mut docs = Vec::new();
-    let mut secret = |namespace: &str, name: &str, ca: &TestCa, sans: &[&str]| {
+    let docs = std::cell::RefCell::new(Vec::new());
+    let secret = |namespace: &str, name: &str, ca: &TestCa, sans: &[&str]| {
         let (cert, key) = ca.leaf(name, sans);
-        docs.push(tls_secret_yaml(name, namespace, &cert, &key, &ca.pem, None));
+        docs.borrow_mut()
+            .push(tls_secret_yaml(name, namespace, &cert, &key, &ca.pem, None));
+        (cert, key)
     };
     let self_signed = TestCa::new("suite-self-signed");
     let validity = TestCa::new("tls-validity-checks-ca-certificate");
     let per_port = TestCa::new("tls-validity-checks-per-port-ca-certificate");
-    let checks = TestCa::new("tls-checks-ca-certificate");
+    let checks_ca = TestCa::new("tls-checks-ca-certificate");
     secret(
         "gateway-conformance-web-backend",
         "certificate",
@@ -947,30 +962,36 @@ fn suite_credentials() -> String {
         &per_port,
         &["client.example.com"],
     );
-    for ns in [INFRA, "gateway-conformance-app-backend"] {
-        secret(
-            ns,
-            "tls-passthrough-checks-certificate",
-            &self_signed,
-            &["abc.example.com"],
-        );
-    }
-    secret(
+    let passthrough = secret(
+        INFRA,
+        "tls-passthrough-checks-certificate",
+        &self_signed,
+        &["abc.example.com"],
+    );
+    docs.borrow_mut().push(tls_secret_yaml(
+        "tls-passthrough-checks-certificate",
+        "gateway-conformance-app-backend",
+        &passthrough.0,
+        &passthrough.1,
+        &self_signed.pem,
+        None,
+    ));
+    let checks = secret(
         INFRA,
         "tls-checks-certificate",
-        &checks,
+        &checks_ca,
         &["abc.example.com", "other.example.com"],
     );
     secret(
         INFRA,
         "tls-checks-client-certificate",
-        &checks,
+        &checks_ca,
         &["client.example.com"],
     );
     secret(
         INFRA,
         "tls-terminate-checks-certificate",
-        &checks,
+        &checks_ca,
         &["tls.example.com"],
     );
     let mismatch = TestCa::new("mismatch-ca-certificate");
@@ -986,12 +1007,17 @@ fn suite_credentials() -> String {
             "tls-validity-checks-per-port-ca-certificate",
             &per_port,
         ),
-        (INFRA, "tls-checks-ca-certificate", &checks),
+        (INFRA, "tls-checks-ca-certificate", &checks_ca),
         (INFRA, "mismatch-ca-certificate", &mismatch),
     ] {
-        docs.push(config_map(ns, name, ca));
+        docs.borrow_mut().push(config_map(ns, name, ca));
     }
-    docs.join("\n---\n")
+    Credentials {
+        yaml: docs.into_inner().join("\n---\n"),
+        passthrough,
+        checks,
+        roots: format!("{}{}", self_signed.pem, checks_ca.pem),
+    }
 }
 
 /// Every Gateway API object's status as `meshd status` prints it for `dir`, by
@@ -1137,6 +1163,29 @@ fn gateway_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String>
             }
         }
     }
+    // GatewayMustHaveZeroRoutes.
+    if want["zeroRoutes"] == true {
+        let ok = listeners.is_empty()
+            || (listeners.len() == 1 && listeners[0]["attachedRoutes"].as_u64().unwrap_or(0) == 0);
+        if !ok {
+            out.push(format!(
+                "{what}: expected no attached route: {}",
+                got["listeners"]
+            ));
+        }
+    }
+    if want["address"] == true
+        && !got["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["type"].as_str().is_some_and(|t| !t.is_empty()))
+    {
+        out.push(format!(
+            "{what}: no typed address in status: {}",
+            got["addresses"]
+        ));
+    }
     if let Some(n) = want["attachedListenerSets"].as_u64()
         && got["attachedListenerSets"].as_u64().unwrap_or(0) != n
     {
@@ -1187,9 +1236,28 @@ fn route_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
     out
 }
 
+/// The base manifests' Gateways the suite waits for before each test (NamespacesMustBeReady).
+const BASE_GATEWAYS: &[&str] = &[
+    "same-namespace",
+    "same-namespace-with-https-listener",
+    "all-namespaces",
+    "backend-namespaces",
+];
+
 /// The status assertions of one transcribed test against `meshd status`.
 fn status_failures(test: &Value, st: &BTreeMap<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
+    if test["baseReady"] == true {
+        for g in BASE_GATEWAYS {
+            let key = format!("Gateway {INFRA}/{g}");
+            let got = st.get(&key).cloned().unwrap_or(Value::Null);
+            for c in ["Accepted=True", "Programmed=True"] {
+                if !has_condition(&got["conditions"], c) {
+                    out.push(format!("{key} (base): not {c}: {}", got["conditions"]));
+                }
+            }
+        }
+    }
     for e in test["expect"].as_array().into_iter().flatten() {
         let (key, route) = if let Some(g) = e["gateway"].as_str() {
             (format!("Gateway {g}"), false)
@@ -1226,10 +1294,14 @@ fn gateway_status_conformance_transcribed() {
         &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
     );
     config.write("base.yaml", &base);
-    config.write("credentials.yaml", &suite_credentials());
+    config.write("credentials.yaml", &suite_credentials().yaml);
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
     for test in transcribed("status.yaml") {
         let name = test["test"].as_str().unwrap_or("?").to_string();
+        if let Some(why) = test["skip"].as_str() {
+            eprintln!("  SKIP {name}: {why}");
+            continue;
+        }
         config.write("test.yaml", &test_manifests(&suite, &test));
         let failures = status_failures(&test, &statuses(config.path()));
         let checks = test["expect"].as_array().map_or(0, Vec::len);
@@ -1243,4 +1315,345 @@ fn gateway_status_conformance_transcribed() {
         );
     }
     report_counting("GATEWAY status", "objects checked", &results);
+}
+
+/// The TLS port of the suite's TLS backends, moved from 8443: the pods share this test's
+/// network namespace with the gateway, whose listeners take 8443 too.
+const BACKEND_TLS_PORT: u16 = 9443;
+
+/// The suite's TLS backends as Pods at 127.0.1.`first`… (two replicas each): `tls-backend`
+/// and `tls-backend-2` answer HTTPS with JSON naming the pod; `tcp-backend` speaks the
+/// suite's TCP echo protocol in plain text on 3000 and over TLS on the TLS port.
+fn tls_pods(docs: &[Value], first: u32, creds: &Credentials) -> (Vec<Value>, Vec<Server>) {
+    let mut pods = Vec::new();
+    let mut servers = Vec::new();
+    let mut next = first;
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
+        if !name.starts_with("tls-backend") && name != "tcp-backend" {
+            continue;
+        }
+        // The certificate its Secret volume holds.
+        let (cert, key) = if name.starts_with("tls-backend") && ns == INFRA {
+            creds.checks.clone()
+        } else {
+            creds.passthrough.clone()
+        };
+        let labels = d["spec"]["template"]["metadata"]["labels"].clone();
+        for replica in 0..2 {
+            let ip = format!("127.0.1.{next}");
+            next += 1;
+            let pod = format!("{name}-{replica}");
+            pods.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": ns, "labels": labels},
+                "spec": {"containers": [{"name": name, "image": "echo-basic"}]},
+                "status": {"phase": "Running", "podIP": ip,
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            }));
+            let config = server_tls(&cert, &key);
+            let addr = format!("{ip}:{BACKEND_TLS_PORT}");
+            let (p, n) = (pod.clone(), ns.to_string());
+            if name == "tcp-backend" {
+                servers.push(Server::start(
+                    "tcp-backend",
+                    &format!("{ip}:3000"),
+                    move |s| {
+                        tcp_echo(s, &p, &n, None);
+                    },
+                ));
+                let (p, n) = (pod.clone(), ns.to_string());
+                servers.push(Server::start("tcp-backend (TLS)", &addr, move |s| {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                        return;
+                    };
+                    tcp_echo_tls(rustls::StreamOwned::new(conn, s), &p, &n);
+                }));
+            } else {
+                servers.push(Server::start("tls-backend", &addr, move |s| {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                        return;
+                    };
+                    let mut tls = rustls::StreamOwned::new(conn, s);
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = serde_json::json!({"pod": p, "namespace": n}).to_string();
+                    let _ = tls.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }));
+            }
+        }
+    }
+    (pods, servers)
+}
+
+fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("backend certificate");
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("backend key");
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("backend TLS"),
+    )
+}
+
+/// The suite's TCP echo server (echo-basic's tcpserver) on one connection: a welcome line,
+/// then `PING` → `PONG`, `IS_TLS` → `true`/`false`, `TEST` → JSON naming the pod (and the
+/// SNI it was reached by over TLS).
+fn tcp_echo(mut s: impl Read + Write, pod: &str, ns: &str, sni: Option<String>) {
+    if s.write_all(b"Gateway API Test TCP Server\n").is_err() {
+        return;
+    }
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => {}
+            Ok(1) => {
+                line.push(byte[0]);
+                continue;
+            }
+            _ => return,
+        }
+        let answer = match String::from_utf8_lossy(&line).trim() {
+            "PING" => "PONG".to_string(),
+            "IS_TLS" => sni.is_some().to_string(),
+            "TEST" => {
+                let mut v =
+                    serde_json::json!({"namespace": ns, "pod": pod, "isTLS": sni.is_some()});
+                if let Some(name) = &sni {
+                    v["tls"] = serde_json::json!({"serverName": name});
+                }
+                v.to_string()
+            }
+            other => format!("unknown command {other}"),
+        };
+        line.clear();
+        if s.write_all(format!("{answer}\n").as_bytes()).is_err() || s.flush().is_err() {
+            return;
+        }
+    }
+}
+
+fn tcp_echo_tls(
+    mut tls: rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+    pod: &str,
+    ns: &str,
+) {
+    // The handshake first, so that the SNI is known before the welcome line.
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            return;
+        }
+    }
+    let sni = tls.conn.server_name().unwrap_or_default().to_string();
+    tcp_echo(tls, pod, ns, Some(sni));
+}
+
+/// One TLS request of tls.yaml through the gateway: what went wrong, if anything.
+fn tls_request_fails(req: &Value, roots: &str) -> Option<String> {
+    let port = req["port"].as_u64().unwrap_or(443);
+    let sni = req["sni"].as_str().unwrap_or_default();
+    let addr: std::net::SocketAddr = format!("{GATEWAY_IP}:{port}").parse().ok()?;
+    let conn = crate::https::connect(addr, sni, roots, None, Duration::from_secs(3));
+    let mut tls = match conn {
+        Ok(t) => t,
+        Err(e) => return (req["rejected"] != true).then(|| format!("{sni}:{port}: {e}")),
+    };
+    // The handshake decides a rejection: the gateway resets or closes on an SNI it does
+    // not serve.
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            return (req["rejected"] != true).then(|| format!("{sni}:{port}: handshake: {e}"));
+        }
+    }
+    if req["rejected"] == true {
+        return Some(format!(
+            "{sni}:{port}: the gateway accepted a connection it must refuse"
+        ));
+    }
+    let backend = req["backend"].as_str().unwrap_or_default();
+    let ns = req["namespace"].as_str().unwrap_or(INFRA);
+    let answer: Value = if req["tcp"] == true {
+        let mut lines = Vec::new();
+        let read_line = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while let Ok(1) = tls.read(&mut b) {
+                if b[0] == b'\n' {
+                    break;
+                }
+                line.push(b[0]);
+            }
+            String::from_utf8_lossy(&line).to_string()
+        };
+        lines.push(read_line(&mut tls));
+        for cmd in ["PING", "IS_TLS", "TEST"] {
+            if tls.write_all(format!("{cmd}\n").as_bytes()).is_err() {
+                return Some(format!("{sni}:{port}: could not send {cmd}"));
+            }
+            lines.push(read_line(&mut tls));
+        }
+        let want_tls = req["backend_tls"] == true;
+        let want = [
+            "Gateway API Test TCP Server".to_string(),
+            "PONG".to_string(),
+            want_tls.to_string(),
+        ];
+        if lines[..3] != want {
+            return Some(format!("{sni}:{port}: the TCP backend said {lines:?}"));
+        }
+        serde_json::from_str(&lines[3]).unwrap_or(Value::Null)
+    } else {
+        let head = format!("GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n");
+        if tls.write_all(head.as_bytes()).is_err() {
+            return Some(format!("{sni}:{port}: could not send the request"));
+        }
+        let mut got = Vec::new();
+        let _ = tls.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        if !text.starts_with("HTTP/1.1 200") {
+            return Some(format!(
+                "{sni}:{port}: {}",
+                text.lines().next().unwrap_or("no answer")
+            ));
+        }
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or_default())
+            .unwrap_or(Value::Null)
+    };
+    let pod = answer["pod"].as_str().unwrap_or_default();
+    if !pod.starts_with(&format!("{backend}-")) || answer["namespace"] != ns {
+        return Some(format!(
+            "{sni}:{port}: answered by {answer}, expected {ns}/{backend}"
+        ));
+    }
+    if let Some(name) = req["backend_sni"].as_str()
+        && answer["tls"]["serverName"] != name
+    {
+        return Some(format!(
+            "{sni}:{port}: the backend saw SNI {}, expected {name}",
+            answer["tls"]["serverName"]
+        ));
+    }
+    None
+}
+
+/// GATEWAY-TLS: the suite's TLSRoute tests through a real gateway Envoy (its
+/// certificates over SDS on the TLS port), the suite's TLS and TCP echo backends on
+/// loopback, and each test's statuses from `meshd status`.
+#[test]
+fn gateway_tls_conformance_transcribed() {
+    let Some(suite) = suite() else { return };
+    let Some((dir, config)) = envoy_test("gwapi-tls-suite") else {
+        return;
+    };
+    let base = templated(
+        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
+    )
+    .replace(
+        "targetPort: 8443",
+        &format!("targetPort: {BACKEND_TLS_PORT}"),
+    );
+    config.write("base.yaml", &base);
+    let creds = suite_credentials();
+    config.write("credentials.yaml", &creds.yaml);
+    let (pods, _servers) = tls_pods(&documents(&base), 60, &creds);
+    config.write(
+        "pods.yaml",
+        &serde_json::to_string(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods}),
+        )
+        .expect("json"),
+    );
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let mut router: Option<(String, Envoy)> = None;
+    let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
+    for test in transcribed("tls.yaml") {
+        let name = test["test"].as_str().unwrap_or("?").to_string();
+        config.write("test.yaml", &test_manifests(&suite, &test));
+        let mut failures = status_failures(&test, &statuses(config.path()));
+        let requests: Vec<Value> = test["requests"].as_array().cloned().unwrap_or_default();
+        for req in &requests {
+            let gateway = req["gateway"]
+                .as_str()
+                .or(test["gateway"].as_str())
+                .unwrap_or("same-namespace")
+                .to_string();
+            if router.as_ref().is_none_or(|(g, _)| *g != gateway) {
+                if let Some((_, old)) = router.take() {
+                    assert_envoy_accepted(&old);
+                }
+                let pod = format!("{gateway}-istio-1");
+                let sa = format!("{gateway}-istio");
+                let labels = [("gateway.networking.k8s.io/gateway-name", gateway.as_str())];
+                let node = NodeSpec {
+                    kind: "router",
+                    ip: GATEWAY_IP,
+                    pod: &pod,
+                    namespace: INFRA,
+                    labels: &labels,
+                    service_account: &sa,
+                };
+                let envoy = Envoy::start_with(
+                    &node,
+                    &EnvoyOpts {
+                        xds: Xds::Tls {
+                            root: dir.path().join("ca/root-cert.pem"),
+                            token: issuer.token(INFRA, &sa, "istio-ca", 3600, "k1"),
+                        },
+                        ..Default::default()
+                    },
+                    dir.path(),
+                );
+                router = Some((gateway.clone(), envoy));
+            }
+            // Eventually consistent, as the suite waits: the same answer for a while.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let outcome = loop {
+                let fail = tls_request_fails(req, &creds.roots);
+                if fail.is_none() || std::time::Instant::now() > deadline {
+                    break fail;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            failures.extend(outcome);
+        }
+        results.insert(
+            name,
+            if failures.is_empty() {
+                Ok(requests.len())
+            } else {
+                Err(failures.join("\n"))
+            },
+        );
+    }
+    report("GATEWAY-TLS", &results);
+    if let Some((_, r)) = &router {
+        assert_envoy_accepted(r);
+    }
+    meshd.assert_no_nacks();
 }

@@ -73,6 +73,10 @@ struct ListenerRef<'a> {
     /// here, TLSRoute on TLS, TCPRoute on TCP).
     route_kinds: Vec<&'static str>,
     kinds: Vec<(String, String)>,
+    /// Whether the listener is served. A listener that is accepted but whose references
+    /// do not resolve (a missing certificate) still takes routes — they count in its
+    /// attachedRoutes — but nothing is generated for it.
+    served: bool,
 }
 
 /// One route's HTTP routes for one merge key: (route, its routes, the host, the
@@ -154,7 +158,6 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
         // The Gateway's own listeners, then those of the ListenerSets it admits (oldest
         // first): together they are the Gateway's, conflicts judged in that order.
         let mut owners: Vec<(&Object, &[Listener])> = vec![(gw, &spec.listeners)];
-        let mut attached_sets = 0;
         for ls in &listener_sets {
             let Spec::ListenerSet(ls_spec) = &ls.spec else {
                 continue;
@@ -173,7 +176,6 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             }
             if listener_sets_allowed(gw, spec, ls, &namespaces) {
                 owners.push((ls, &ls_spec.listeners));
-                attached_sets += 1;
             } else {
                 gateway_status.insert(
                     ls.key.clone(),
@@ -202,6 +204,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             .and_then(|r| r.as_ref().ok())
             .map(|(ns, name)| format!("{ns}/{name}"));
         let mut earlier: Vec<&Listener> = Vec::new();
+        let mut valid_sets = 0;
         for (owner, owned) in owners {
             let (servers, statuses) = gateway_listeners(
                 gw,
@@ -216,11 +219,26 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
             let mut listener_status = Vec::new();
             for ((l, server), st) in owned.iter().zip(servers).zip(statuses) {
                 let insecure = st.insecure_frontend;
+                let attachable = st.accepted.ok && st.conflict.is_none();
+                let st_kinds = st.kinds.clone();
                 listener_status.push(st);
-                let Some(server) = server else { continue };
                 let name = format!("{}~{GENERATED}~{}", owner.key.name, l.name);
                 let internal = format!("{}/{name}", owner.key.namespace);
                 let (namespaces_allowed, kinds) = allowed(owner, l, &namespaces);
+                let Some(server) = server else {
+                    if attachable {
+                        listeners.push(ListenerRef {
+                            owner: owner.key.clone(),
+                            listener: l,
+                            internal,
+                            namespaces: namespaces_allowed,
+                            route_kinds: st_kinds,
+                            kinds,
+                            served: false,
+                        });
+                    }
+                    continue;
+                };
                 let passthrough = server
                     .tls
                     .as_ref()
@@ -263,15 +281,39 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     namespaces: namespaces_allowed,
                     route_kinds,
                     kinds,
+                    served: true,
                 });
             }
-            let programmed = listener_status.iter().all(|l| l.programmed);
-            let mut conds = vec![Condition::ok("Accepted", "Accepted", "Resource accepted")];
-            conds.push(if programmed {
-                Condition::ok("Programmed", "Programmed", "Resource programmed")
+            let is_set = owner.key != gw.key;
+            // A Gateway is programmed when all its listeners are; a ListenerSet when any
+            // of its listeners is, and it is not accepted (nor counted as attached) when
+            // none of them is: all lost to conflicts with earlier listeners, or to
+            // certificates it may not use.
+            let programmed = if is_set {
+                listener_status.iter().any(|l| l.programmed)
             } else {
-                Condition::fail("Programmed", "Invalid", "A listener is not programmed")
-            });
+                listener_status.iter().all(|l| l.programmed)
+            };
+            let valid = !is_set || programmed;
+            if is_set && valid {
+                valid_sets += 1;
+            }
+            let mut conds = if valid {
+                vec![
+                    Condition::ok("Accepted", "Accepted", "Resource accepted"),
+                    if programmed {
+                        Condition::ok("Programmed", "Programmed", "Resource programmed")
+                    } else {
+                        Condition::fail("Programmed", "Invalid", "A listener is not programmed")
+                    },
+                ]
+            } else {
+                let why = "none of the ListenerSet's listeners is valid";
+                vec![
+                    Condition::fail("Accepted", "ListenersNotValid", why),
+                    Condition::fail("Programmed", "ListenersNotValid", why),
+                ]
+            };
             if owner.key == gw.key
                 && let Some(cert) = &backend
             {
@@ -315,15 +357,18 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                 OwnerStatus {
                     listeners: listener_status,
                     conditions: conds,
-                    attached_sets: (owner.key == gw.key).then_some(attached_sets),
-                    accepted: true,
+                    attached_sets: None,
+                    accepted: valid,
                     addresses: if owner.key == gw.key {
-                        gateway_addresses(gw, spec, objects)
+                        gateway_addresses(gw, spec, objects, domain)
                     } else {
                         Vec::new()
                     },
                 },
             );
+        }
+        if let Some(st) = gateway_status.get_mut(&gw.key) {
+            st.attached_sets = Some(valid_sets);
         }
     }
 
@@ -392,7 +437,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                                 if !attached.attach(&route.key, l) {
                                     continue;
                                 }
-                                if rules.error.is_some() {
+                                if rules.error.is_some() || !l.served {
                                     continue;
                                 }
                                 for h in hosts {
@@ -513,7 +558,7 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                             Err(c) => st.accepted = Some(c),
                             Ok(on) => {
                                 for (l, hosts) in on {
-                                    if !attached.attach(&route.key, l) {
+                                    if !attached.attach(&route.key, l) || !l.served {
                                         continue;
                                     }
                                     let vs_hosts =
@@ -821,11 +866,14 @@ struct OwnerStatus {
 
 /// Where a Gateway is reached, as istiod reports it: the cluster IPs of its Service
 /// (`<gateway>-<class>`, the name istiod's deployment gives it, made by whoever deploys
-/// the proxies), else the addresses the Gateway asks for.
+/// the proxies), else the addresses the Gateway asks for, else that Service's hostname
+/// (istiod reports the internal hostname when no IP is known; in file mode the Service
+/// is the deployer's to make, and this is where the Gateway will be reached).
 fn gateway_addresses(
     gw: &Object,
     spec: &GatewaySpec,
     objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    domain: &str,
 ) -> Vec<Value> {
     let service = ObjectKey {
         kind: Kind::Service,
@@ -841,11 +889,19 @@ fn gateway_addresses(
             .map(|ip| json!({"type": "IPAddress", "value": ip}))
             .collect();
     }
-    spec.addresses
+    let asked: Vec<Value> = spec
+        .addresses
         .iter()
         .filter(|a| !a.value.is_empty())
         .map(|a| json!({"type": a.kind.as_deref().unwrap_or("IPAddress"), "value": a.value}))
-        .collect()
+        .collect();
+    if !asked.is_empty() {
+        return asked;
+    }
+    vec![json!({
+        "type": "Hostname",
+        "value": format!("{}.{}.svc.{domain}", service.name, service.namespace),
+    })]
 }
 
 /// Whether Gateway `gw` admits ListenerSet `ls` (`allowedListeners.namespaces.from`:
@@ -1383,25 +1439,16 @@ fn certificate(
             ),
         ));
     }
-    if owner.key.namespace != gw.key.namespace {
-        return Err((
-            "InvalidCertificateRef",
-            format!(
-                "a ListenerSet in namespace {:?} terminating TLS for Gateway {}: meshd serves only ListenerSets of the Gateway's own namespace with certificates so far",
-                owner.key.namespace, gw.key
-            ),
-        ));
-    }
+    // The owner (a Gateway, or a ListenerSet of any namespace) may name a Secret of its
+    // own namespace freely, another's with a ReferenceGrant there from its kind and
+    // namespace.
     let from = owner.key.kind.name();
-    let ns = r.namespace.clone().unwrap_or(gw.key.namespace.clone());
-    // Another namespace's Secret: only with a ReferenceGrant there, and served under
-    // istiod's name for it, which meshd's SDS checks against the grant again.
-    let cross = ns != gw.key.namespace;
-    if cross
+    let ns = r.namespace.clone().unwrap_or(owner.key.namespace.clone());
+    if ns != owner.key.namespace
         && !granted(
             grants,
-            "Gateway",
-            &gw.key.namespace,
+            from,
+            &owner.key.namespace,
             "",
             "Secret",
             &ns,
@@ -1412,28 +1459,35 @@ fn certificate(
             "RefNotPermitted",
             format!(
                 "certificateRef {ns}/{} not accessible to a {from} in namespace {:?} (missing a ReferenceGrant?)",
-                r.name, gw.key.namespace
+                r.name, owner.key.namespace
             ),
         ));
     }
+    // A Secret outside the Gateway's namespace (where its proxies run) is served under
+    // istiod's name for it, which meshd's SDS checks against the owner's grant again.
+    let cross = ns != gw.key.namespace;
     let key = ObjectKey {
         kind: Kind::Secret,
         namespace: ns.clone(),
         name: r.name.clone(),
     };
     match objects.get(&key).map(|o| &o.spec) {
-        Some(Spec::Secret(_)) if cross && from != "Gateway" => Err((
-            "InvalidCertificateRef",
-            format!(
-                "certificateRef {ns}/{}: a ListenerSet's certificates from another namespace are not served by meshd yet",
-                r.name
-            ),
-        )),
-        Some(Spec::Secret(s)) if s.cert.is_some() && s.key.is_some() => Ok(if cross {
-            super::gateway_tls::credential(&ns, &r.name)
-        } else {
-            r.name.clone()
-        }),
+        Some(Spec::Secret(s)) if s.cert.is_some() && s.key.is_some() => {
+            if let Some(why) = unusable_key_pair(
+                s.cert.as_deref().unwrap_or_default(),
+                s.key.as_deref().unwrap_or_default(),
+            ) {
+                return Err((
+                    "InvalidCertificateRef",
+                    format!("Secret {ns}/{}: {why}", r.name),
+                ));
+            }
+            Ok(if cross {
+                super::gateway_tls::credential(&ns, &r.name)
+            } else {
+                r.name.clone()
+            })
+        }
         Some(_) => Err((
             "InvalidCertificateRef",
             format!("Secret {ns}/{} holds no tls.crt and tls.key", r.name),
@@ -1442,6 +1496,30 @@ fn certificate(
             "InvalidCertificateRef",
             format!("Secret {ns}/{} not found", r.name),
         )),
+    }
+}
+
+/// Why a Secret's `tls.crt` and `tls.key` would not load in Envoy, if they would not: the
+/// listener would otherwise be programmed and then refused by every proxy (the spec's
+/// InvalidCertificateRef covers a malformed Secret).
+fn unusable_key_pair(cert: &str, key: &str) -> Option<String> {
+    let certs = match pem::parse_many(cert) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("tls.crt is not PEM ({e})")),
+    };
+    let Some(first) = certs.iter().find(|p| p.tag() == "CERTIFICATE") else {
+        return Some("tls.crt holds no PEM CERTIFICATE block".into());
+    };
+    if let Err(e) = x509_parser::parse_x509_certificate(first.contents()) {
+        return Some(format!("tls.crt's certificate does not parse ({e})"));
+    }
+    match pem::parse(key) {
+        Ok(k) if k.tag().ends_with("PRIVATE KEY") => None,
+        Ok(k) => Some(format!(
+            "tls.key holds a {:?} block, not a private key",
+            k.tag()
+        )),
+        Err(e) => Some(format!("tls.key is not PEM ({e})")),
     }
 }
 
