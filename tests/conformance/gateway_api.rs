@@ -580,6 +580,135 @@ fn https_listeners_take_certificates_from_secrets() {
     meshd.assert_no_nacks();
 }
 
+const LISTENER_SET_TLS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: certs}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shared, namespace: default}
+spec:
+  gatewayClassName: istio
+  allowedListeners: {namespaces: {from: All}}
+  listeners:
+  - {name: plain, port: 8080, protocol: HTTP, hostname: x.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: team-a, namespace: team-a}
+spec:
+  parentRef: {name: shared, namespace: default}
+  listeners:
+  - name: own
+    port: 8443
+    protocol: HTTPS
+    hostname: a.example.org
+    allowedRoutes: {namespaces: {from: All}}
+    tls: {certificateRefs: [{name: a-cert}]}
+  - name: granted
+    port: 8443
+    protocol: HTTPS
+    hostname: b.example.org
+    allowedRoutes: {namespaces: {from: All}}
+    tls: {certificateRefs: [{name: b-cert, namespace: certs}]}
+  - name: ungranted
+    port: 8443
+    protocol: HTTPS
+    hostname: c.example.org
+    allowedRoutes: {namespaces: {from: All}}
+    tls: {certificateRefs: [{name: c-cert, namespace: certs}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: team-a-listeners, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: ListenerSet, namespace: team-a}]
+  to: [{group: "", kind: Secret, name: b-cert}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: gateways-of-team-a, namespace: certs}
+spec:
+  # A grant to Gateways of team-a does not cover its ListenerSets.
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: team-a}]
+  to: [{group: "", kind: Secret, name: c-cert}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pages, namespace: default}
+spec:
+  parentRefs: [{kind: ListenerSet, name: team-a, namespace: team-a}]
+  rules:
+  - backendRefs: [{name: productpage, port: 9080}]
+"#;
+
+/// A ListenerSet in another namespace than its Gateway terminating TLS: a certificate of
+/// its own namespace is served to the Gateway's proxies, one of a third namespace only with
+/// a ReferenceGrant from ListenerSets of its namespace (a grant to its namespace's Gateways
+/// does not do), each over SDS to a proxy authenticated for the Gateway's namespace.
+#[test]
+fn listener_set_certificates_across_namespaces() {
+    let Some((dir, config)) = envoy_test("gwapi-lset-tls") else {
+        return;
+    };
+    for f in ["services.yaml", "pods.yaml"] {
+        config.copy_from(&repo().join("examples/bookinfo").join(f), f);
+    }
+    let ca = TestCa::new("lset-ca");
+    for (name, ns, host) in [
+        ("a-cert", "team-a", "a.example.org"),
+        ("b-cert", "certs", "b.example.org"),
+        ("c-cert", "certs", "c.example.org"),
+    ] {
+        let (cert, key) = ca.leaf(name, &[host]);
+        config.write(
+            &format!("{name}.yaml"),
+            &tls_secret_yaml(name, ns, &cert, &key, &ca.pem, None),
+        );
+    }
+    config.write("listener-set.yaml", LISTENER_SET_TLS);
+    let _backends = Backends::start(&PODS, 9080);
+    let (meshd, issuer) = meshd_with_tokens(config.path(), &dir, 18080);
+    let node = NodeSpec {
+        labels: &[("gateway.networking.k8s.io/gateway-name", "shared")],
+        ..EDGE
+    };
+    let router = secure_router(&dir, &issuer, &node);
+    let https = |sni: &str| https_get("127.0.0.1:8443", sni, "/", &ca.pem, None);
+    for (sni, cn) in [("a.example.org", "a-cert"), ("b.example.org", "b-cert")] {
+        let r = wait_for(sni, Duration::from_secs(20), || {
+            https(sni).ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(
+            (r.body.as_str(), r.server_cn.as_str()),
+            ("productpage-v1", cn)
+        );
+    }
+    assert!(
+        https("c.example.org").map(|r| r.server_cn).ok() != Some("c-cert".into()),
+        "certs/c-cert served to a ListenerSet without a grant for ListenerSets"
+    );
+    let st = status_of(&config);
+    let set = &st["ListenerSet team-a/team-a"];
+    assert_eq!(
+        condition(&set["listeners"][2]["conditions"], "ResolvedRefs"),
+        ("False".into(), "RefNotPermitted".into()),
+        "{set}"
+    );
+    assert_eq!(
+        condition(&set["conditions"], "Programmed").0,
+        "True",
+        "{set}"
+    );
+    assert_envoy_accepted(&router);
+    meshd.assert_no_nacks();
+}
+
 const STREAMS: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
