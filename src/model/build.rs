@@ -406,6 +406,17 @@ impl Builder {
         let services: Vec<Arc<Object>> = self.of_kind(Kind::Service).cloned().collect();
         let groups: Vec<Arc<Object>> = self.of_kind(Kind::Endpoints).cloned().collect();
         let slices: Vec<Arc<Object>> = self.of_kind(Kind::EndpointSlice).cloned().collect();
+        // Each Service's EndpointSlices, then its Endpoints, found by (namespace, name)
+        // rather than by scanning every slice for every Service.
+        let mut endpoint_objects: HashMap<(&str, &str), Vec<&Arc<Object>>> = HashMap::new();
+        for g in slices.iter().chain(groups.iter()) {
+            if let Spec::Endpoints(e) = &g.spec {
+                endpoint_objects
+                    .entry((g.key.namespace.as_str(), e.service.as_str()))
+                    .or_default()
+                    .push(g);
+            }
+        }
         for obj in &services {
             let Spec::Service(spec) = &obj.spec else {
                 continue;
@@ -444,14 +455,10 @@ impl Builder {
             let mut instances = Vec::new();
             // Hand-made (or controller-made) endpoint objects win over the selector, as
             // the EndpointSlice controller writes them from the selector anyway.
-            let explicit: Vec<&Arc<Object>> = slices
-                .iter()
-                .chain(groups.iter())
-                .filter(|g| {
-                    g.key.namespace == obj.key.namespace
-                        && matches!(&g.spec, Spec::Endpoints(e) if e.service == obj.key.name)
-                })
-                .collect();
+            let explicit: Vec<&Arc<Object>> = endpoint_objects
+                .get(&(obj.key.namespace.as_str(), obj.key.name.as_str()))
+                .cloned()
+                .unwrap_or_default();
             if !explicit.is_empty() {
                 let mut seen = BTreeSet::new();
                 for g in explicit {
@@ -771,14 +778,15 @@ impl Builder {
         target_of: impl Fn(&Port, &BTreeMap<String, u32>) -> Option<u16>,
     ) -> Vec<Instance> {
         let mut out = Vec::new();
-        for we in self.of_kind(Kind::WorkloadEntry) {
+        // Only the namespace's entries (one range of the map), not every entry per service.
+        for we in super::stages::of_kind_in(&self.objects, Kind::WorkloadEntry, namespace) {
             let Spec::WorkloadEntry(spec) = &we.spec else {
                 continue;
             };
             let Some(w) = self.workloads.get(&we.key) else {
                 continue;
             };
-            if we.key.namespace != namespace || !labels_match(selector, &w.labels) {
+            if !labels_match(selector, &w.labels) {
                 continue;
             }
             let port_map: BTreeMap<u16, u16> = ports

@@ -114,6 +114,23 @@ pub(super) fn of_kind(
         .map(|(_, o)| o)
 }
 
+/// The objects of `kind` in `namespace`, in name order (one range of the map).
+pub(super) fn of_kind_in<'a>(
+    objects: &'a BTreeMap<ObjectKey, Arc<Object>>,
+    kind: Kind,
+    namespace: &'a str,
+) -> impl Iterator<Item = &'a Arc<Object>> {
+    let start = ObjectKey {
+        kind,
+        namespace: namespace.to_string(),
+        name: String::new(),
+    };
+    objects
+        .range(start..)
+        .take_while(move |(k, _)| k.kind == kind && k.namespace == namespace)
+        .map(|(_, o)| o)
+}
+
 /// Times the stages of a build, one lap each.
 pub(super) struct StageClock {
     last: Instant,
