@@ -60,6 +60,12 @@ fn not_yet(obj: &Object, field: &str, what: &str, out: &mut Vec<Diagnostic>) {
 }
 
 /// VirtualService rules from istio's `ValidateVirtualService`.
+/// Whether a VirtualService's weights are relative: one made from a Gateway API route (or a
+/// route's rules checked before conversion), where 10 and 10 mean half and half.
+fn relative_weights(obj: &Object) -> bool {
+    obj.is_generated() || obj.key.kind.is_gateway_api()
+}
+
 pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (i, r) in vs.tcp.iter().enumerate() {
@@ -240,8 +246,10 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
                 )
                 .hint("give each destination a weight, e.g. 50 and 50"),
             );
-        } else if r.route.len() > 1 && total != 100 {
-            // istiod refuses these at admission; meshd does the same everywhere.
+        } else if r.route.len() > 1 && total != 100 && !relative_weights(obj) {
+            // istiod refuses these at admission; meshd does the same everywhere — except
+            // for VirtualServices made from Gateway API routes, whose weights are relative
+            // (10 and 10 is half and half; Envoy's weighted clusters take any total).
             out.push(
                 obj.diag_error(
                     &format!("{p}.route"),
@@ -350,7 +358,7 @@ pub fn virtual_service(obj: &Object, vs: &istio::VirtualService) -> Vec<Diagnost
             .iter()
             .map(|d| i64::from(d.weight.unwrap_or(0).max(0)))
             .sum();
-        if route.len() > 1 && total != 100 {
+        if route.len() > 1 && total != 100 && !relative_weights(obj) {
             out.push(
                 obj.diag_error(&path, format!("total destination weight {total} != 100"))
                     .hint("make the weights of the destinations add up to 100"),

@@ -113,7 +113,7 @@ fn cases(test: &Value) -> Vec<Case> {
         .into_iter()
         .flatten()
         .map(|r| Case {
-            target: format!("{GATEWAY_IP}:80"),
+            target: format!("{GATEWAY_IP}:{}", r["port"].as_u64().unwrap_or(80)),
             client: r["client"].as_str().unwrap_or(MESH).to_string(),
             gateway: r["gateway"].as_str().map(String::from),
             method: r["method"].as_str().unwrap_or("GET").to_string(),
@@ -324,6 +324,7 @@ fn gateway_http_conformance_transcribed() {
         &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
     );
     config.write("base.yaml", &base);
+    config.write("credentials.yaml", &suite_credentials().yaml);
     let (pods, _apps) = echo_pods(&documents(&base), 40, 2, &[3000, 3001]);
     config.write(
         "pods.yaml",
@@ -332,7 +333,7 @@ fn gateway_http_conformance_transcribed() {
         )
         .expect("json"),
     );
-    let meshd = Meshd::start(config.path(), dir.path(), &[]);
+    let meshd = Meshd::start_on(config.path(), dir.path(), 18080, &[]);
     // The proxy of the Gateway a test goes through (they all listen on port 80: one at a
     // time, as each test's Gateway is the only one it reaches).
     let mut router: Option<(String, Envoy)> = None;
@@ -356,7 +357,12 @@ fn gateway_http_conformance_transcribed() {
                     .to_string(),
             ],
         };
-        let mut failures = Vec::new();
+        // The statuses the test asserts (as status.yaml writes them), from `meshd status`.
+        let mut failures = if test["expect"].is_array() {
+            status_failures(&test, &statuses(config.path()))
+        } else {
+            Vec::new()
+        };
         let mut count = 0;
         for gateway in &gateways {
             let mut cases = cases(&test);
@@ -369,7 +375,9 @@ fn gateway_http_conformance_transcribed() {
                 use_router(&mut router, want, dir.path());
             };
             failures.extend(run_cases(&cases, &mut switch));
-            failures.extend(weights_fail(&test, &cases[0]));
+            if let Some(first) = cases.first() {
+                failures.extend(weights_fail(&test, first));
+            }
         }
         results.insert(
             name,
@@ -418,6 +426,10 @@ fn echo_pods(
             for port in ports {
                 let (pod, ns) = (pod.clone(), ns.to_string());
                 apps.push(HttpApp::start(&format!("{ip}:{port}"), move |r| {
+                    // `?delay=DURATION` answers late, as the suite's echo server does.
+                    if let Some(d) = query_param(&r.path, "delay").and_then(|d| go_duration(&d)) {
+                        std::thread::sleep(d);
+                    }
                     let set: Vec<(String, String)> = r
                         .header("x-echo-set-header")
                         .map(|h| {
@@ -450,6 +462,30 @@ fn echo_pods(
         }
     }
     (pods, apps)
+}
+
+/// The value of query parameter `name` in `path`.
+fn query_param(path: &str, name: &str) -> Option<String> {
+    path.split_once('?')?
+        .1
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A Go duration of one unit (`500ms`, `1s`, `2m`).
+fn go_duration(d: &str) -> Option<Duration> {
+    let split = d.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (n, unit) = d.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
 }
 
 /// A test's manifests (`manifests`: one of the suite's files, or a list of them), as the
