@@ -325,7 +325,7 @@ fn gateway_http_conformance_transcribed() {
     );
     config.write("base.yaml", &base);
     config.write("credentials.yaml", &suite_credentials().yaml);
-    let (pods, _apps) = echo_pods(&documents(&base), 40, 2, &[3000, 3001]);
+    let (pods, apps) = echo_pods(&documents(&base), 40, 2, &[3000, 3001]);
     config.write(
         "pods.yaml",
         &serde_json::to_string(
@@ -378,6 +378,9 @@ fn gateway_http_conformance_transcribed() {
             if let Some(first) = cases.first() {
                 failures.extend(weights_fail(&test, first));
             }
+            if failures.is_empty() {
+                failures.extend(mirror_failures(&test, &cases, &apps));
+            }
         }
         results.insert(
             name,
@@ -404,7 +407,7 @@ fn echo_pods(
     first: u32,
     replicas: u32,
     ports: &[u16],
-) -> (Vec<Value>, Vec<HttpApp>) {
+) -> (Vec<Value>, Vec<(String, HttpApp)>) {
     let mut pods = Vec::new();
     let mut apps = Vec::new();
     let mut next = first;
@@ -424,44 +427,106 @@ fn echo_pods(
                            "conditions": [{"type": "Ready", "status": "True"}]},
             }));
             for port in ports {
+                let name = pod.clone();
                 let (pod, ns) = (pod.clone(), ns.to_string());
-                apps.push(HttpApp::start(&format!("{ip}:{port}"), move |r| {
-                    // `?delay=DURATION` answers late, as the suite's echo server does.
-                    if let Some(d) = query_param(&r.path, "delay").and_then(|d| go_duration(&d)) {
-                        std::thread::sleep(d);
-                    }
-                    let set: Vec<(String, String)> = r
-                        .header("x-echo-set-header")
-                        .map(|h| {
-                            h.split(',')
-                                .filter_map(|kv| kv.split_once(':'))
-                                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    // Repeated headers joined with commas, as the suite's server reports.
-                    let mut headers = serde_json::Map::new();
-                    for (k, v) in &r.headers {
-                        let joined = match headers.get(k).and_then(Value::as_str) {
-                            Some(prev) => format!("{prev},{v}"),
-                            None => v.clone(),
-                        };
-                        headers.insert(k.clone(), Value::String(joined));
-                    }
-                    Answer {
-                        status: 200,
-                        headers: set,
-                        body: serde_json::json!({
-                            "pod": pod, "namespace": ns, "path": r.path,
-                            "method": r.method, "headers": headers,
-                        })
-                        .to_string(),
-                    }
-                }));
+                apps.push((
+                    name,
+                    HttpApp::start(&format!("{ip}:{port}"), move |r| {
+                        // `?delay=DURATION` answers late, as the suite's echo server does.
+                        if let Some(d) = query_param(&r.path, "delay").and_then(|d| go_duration(&d))
+                        {
+                            std::thread::sleep(d);
+                        }
+                        let set: Vec<(String, String)> = r
+                            .header("x-echo-set-header")
+                            .map(|h| {
+                                h.split(',')
+                                    .filter_map(|kv| kv.split_once(':'))
+                                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        // Repeated headers joined with commas, as the suite's server reports.
+                        let mut headers = serde_json::Map::new();
+                        for (k, v) in &r.headers {
+                            let joined = match headers.get(k).and_then(Value::as_str) {
+                                Some(prev) => format!("{prev},{v}"),
+                                None => v.clone(),
+                            };
+                            headers.insert(k.clone(), Value::String(joined));
+                        }
+                        Answer {
+                            status: 200,
+                            headers: set,
+                            body: serde_json::json!({
+                                "pod": pod, "namespace": ns, "path": r.path,
+                                "method": r.method, "headers": headers,
+                            })
+                            .to_string(),
+                        }
+                    }),
+                ));
             }
         }
     }
     (pods, apps)
+}
+
+/// Requests for `path` (query left out) the pods of Deployment `backend` got so far.
+fn seen_by(apps: &[(String, HttpApp)], backend: &str, path: &str) -> usize {
+    let path = path.split('?').next().unwrap_or(path);
+    apps.iter()
+        .filter(|(pod, _)| pod.starts_with(&format!("{backend}-")))
+        .map(|(_, app)| {
+            app.requests()
+                .iter()
+                .filter(|r| r.path.split('?').next() == Some(path))
+                .count()
+        })
+        .sum()
+}
+
+/// The suite's mirror checks for one test, after its requests passed: `mirrored` backends
+/// must each have had a copy of the request; `mirror_percent` ({backend, percent}) counts
+/// the copies of 500 more requests, which must lie within 15% of the share (up to 5
+/// batches, as the suite tries).
+fn mirror_failures(test: &Value, cases: &[Case], apps: &[(String, HttpApp)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let requests: Vec<&Value> = test["requests"].as_array().into_iter().flatten().collect();
+    for (r, case) in requests.iter().zip(cases) {
+        for b in strings(&r["mirrored"]) {
+            // Mirrors are sent alongside the request and may land a moment later.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while seen_by(apps, b, &case.path) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if seen_by(apps, b, &case.path) == 0 {
+                out.push(format!("{}: no copy reached {b}", case.path));
+            }
+        }
+        let Some(backend) = r["mirror_percent"]["backend"].as_str() else {
+            continue;
+        };
+        let percent = r["mirror_percent"]["percent"].as_f64().unwrap_or(0.0);
+        let want = 500.0 * percent / 100.0;
+        let mut last = 0;
+        let ok = (0..5).any(|_| {
+            let before = seen_by(apps, backend, &case.path);
+            for _ in 0..500 {
+                let _ = request(case);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            last = seen_by(apps, backend, &case.path) - before;
+            (last as f64 - want).abs() <= want * 0.15
+        });
+        if !ok {
+            out.push(format!(
+                "{}: {last} of 500 copies reached {backend}, expected {want} ± 15%",
+                case.path
+            ));
+        }
+    }
+    out
 }
 
 /// The value of query parameter `name` in `path`.
