@@ -96,6 +96,13 @@ struct Case {
     /// Headers the client must get back (repeated ones joined with commas), and must not.
     response: Vec<(String, String)>,
     response_absent: Vec<String>,
+    /// Other statuses that also answer (the suite's `StatusCodes`).
+    statuses: Vec<u16>,
+    /// Headers the client must get back with one of the values (whitespace ignored: the
+    /// suite's `ValidHeaderValues` with `IgnoreWhitespace`).
+    response_any: Vec<(String, Vec<String>)>,
+    /// The gateway itself must answer, no backend (a CORS preflight).
+    from_gateway: bool,
 }
 
 /// A YAML map of strings as (name, value) pairs.
@@ -156,6 +163,22 @@ fn cases(test: &Value) -> Vec<Case> {
                 .flatten()
                 .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
                 .collect(),
+            statuses: r["statuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_u64().map(|s| s as u16))
+                .collect(),
+            response_any: r["response_any"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let values = strings(v).into_iter().map(String::from).collect();
+                    (k.clone(), values)
+                })
+                .collect(),
+            from_gateway: r["from_gateway"] == true,
         })
         .collect()
 }
@@ -207,7 +230,7 @@ fn request(case: &Case) -> std::io::Result<Reply> {
 /// Whether the answer is the one the suite expects: the status, and for a backend its
 /// pod (a replica of that Deployment) in the infra namespace and the request it saw.
 fn answers(case: &Case, got: &Reply) -> bool {
-    if got.0 != case.status {
+    if got.0 != case.status && !case.statuses.contains(&got.0) {
         return false;
     }
     if let Some(want) = &case.redirect
@@ -232,9 +255,23 @@ fn answers(case: &Case, got: &Reply) -> bool {
     {
         return false;
     }
+    let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    if case.response_any.iter().any(|(k, values)| {
+        header(k).is_none_or(|got| !values.iter().any(|v| squeeze(v) == squeeze(&got)))
+    }) {
+        return false;
+    }
     let Ok(echo) = serde_json::from_str::<Value>(&got.2) else {
+        if case.from_gateway {
+            return true;
+        }
         return case.backend.is_none() && !case.namespace_only;
     };
+    if case.from_gateway {
+        // An echo server answered: the request went through instead of the gateway
+        // answering it.
+        return echo["pod"].is_null();
+    }
     let Some(b) = &case.backend else {
         return !case.namespace_only || echo["namespace"] == case.namespace.as_str();
     };

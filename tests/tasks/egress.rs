@@ -347,8 +347,13 @@ fn accessing_external_services() {
     // "Change to the blocking-by-default policy": both HTTPS calls now fail (curl's exit
     // code 35: the handshake fails), HTTP to an unknown host gets 502 from the sidecar.
     w.config.write("mesh.yaml", REGISTRY_ONLY);
+    // Listeners (the passthrough chain) and routes (the catch-all virtual host) change in
+    // separate pushes: wait for both.
     wait_for("REGISTRY_ONLY", Duration::from_secs(20), || {
-        w.https(GOOGLE).err()
+        let blocked = w
+            .http("httpbin.org", HTTPBIN_ORG.1, "/headers")
+            .is_ok_and(|r| r.status == 502);
+        w.https(GOOGLE).err().filter(|_| blocked)
     });
     for _ in 0..5 {
         for site in [GOOGLE, CNN] {
