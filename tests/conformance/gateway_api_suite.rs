@@ -62,6 +62,11 @@ fn templated(text: &str) -> String {
     text.replace("{GATEWAY_CLASS_NAME}", "istio")
 }
 
+/// The suite's base manifests (namespaces, Gateways, Services, Deployments), templated.
+fn base_manifests(suite: &std::path::Path) -> String {
+    templated(&std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"))
+}
+
 /// One request of a transcribed test and what must answer it.
 struct Case {
     /// Where the request is sent (the gateway's port 80 unless the mesh runner says).
@@ -121,7 +126,12 @@ fn pairs(v: &Value) -> Vec<(String, String)> {
 }
 
 fn cases(test: &Value) -> Vec<Case> {
-    test["requests"]
+    cases_of(&test["requests"])
+}
+
+/// The requests of a list (a test's, or one of its steps').
+fn cases_of(requests: &Value) -> Vec<Case> {
+    requests
         .as_array()
         .into_iter()
         .flatten()
@@ -381,9 +391,7 @@ fn gateway_http_conformance_transcribed() {
     // The suite's base: namespaces, Gateways, Services; its Deployments become Pods (two
     // replicas each, as the suite runs them) at loopback addresses, each with an echo
     // server answering `POD NAMESPACE`.
-    let base = templated(
-        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
-    );
+    let base = base_manifests(&suite);
     config.write("base.yaml", &base);
     let creds = suite_credentials();
     config.write("credentials.yaml", &creds.yaml);
@@ -444,6 +452,43 @@ fn gateway_http_conformance_transcribed() {
             }
             if failures.is_empty() {
                 failures.extend(mirror_failures(&test, &cases, &apps));
+            }
+            // Steps that take objects away, then ask again (as the suite deletes objects
+            // mid-test).
+            for step in test["then"].as_array().into_iter().flatten() {
+                let gone = strings(&step["delete"]);
+                let gone: Vec<&str> = if gone.is_empty() {
+                    step["delete"].as_str().into_iter().collect()
+                } else {
+                    gone
+                };
+                let kept: Vec<Value> = documents(&test_manifests(&suite, &test))
+                    .into_iter()
+                    .filter(|d| {
+                        let key = format!(
+                            "{} {}/{}",
+                            d["kind"].as_str().unwrap_or(""),
+                            d["metadata"]["namespace"].as_str().unwrap_or("default"),
+                            d["metadata"]["name"].as_str().unwrap_or("")
+                        );
+                        !gone.contains(&key.as_str())
+                    })
+                    .collect();
+                config.write(
+                    "test.yaml",
+                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": kept})
+                        .to_string(),
+                );
+                let mut step_cases = cases_of(&step["requests"]);
+                for c in &mut step_cases {
+                    c.gateway.get_or_insert_with(|| gateway.clone());
+                }
+                count += step_cases.len();
+                failures.extend(run_cases(&step_cases, &mut switch));
+            }
+            if test["then"].is_array() {
+                // The test's objects back, for its next Gateway.
+                config.write("test.yaml", &test_manifests(&suite, &test));
             }
         }
         results.insert(
@@ -938,9 +983,7 @@ fn gateway_grpc_conformance_transcribed() {
     let Some((dir, config)) = envoy_test("gwapi-grpc-suite") else {
         return;
     };
-    let base = templated(
-        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
-    );
+    let base = base_manifests(&suite);
     config.write("base.yaml", &base);
     // Pods for the gRPC Deployments only (the others' Services stay without endpoints),
     // each serving the suite's echo service on 3000, the Services' target port.
@@ -1483,9 +1526,7 @@ fn status_failures(test: &Value, st: &BTreeMap<String, Value>) -> Vec<String> {
 fn gateway_status_conformance_transcribed() {
     let Some(suite) = suite() else { return };
     let config = TempDir::new("gwapi-status");
-    let base = templated(
-        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
-    );
+    let base = base_manifests(&suite);
     config.write("base.yaml", &base);
     config.write("credentials.yaml", &suite_credentials().yaml);
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
@@ -1764,10 +1805,7 @@ fn gateway_tls_conformance_transcribed() {
     let Some((dir, config)) = envoy_test("gwapi-tls-suite") else {
         return;
     };
-    let base = templated(
-        &std::fs::read_to_string(suite.join("base/manifests.yaml")).expect("base manifests"),
-    )
-    .replace(
+    let base = base_manifests(&suite).replace(
         "targetPort: 8443",
         &format!("targetPort: {BACKEND_TLS_PORT}"),
     );
