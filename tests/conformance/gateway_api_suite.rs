@@ -414,7 +414,10 @@ fn gateway_http_conformance_transcribed() {
     for test in transcribed("http.yaml") {
         let name = test["test"].as_str().unwrap_or("?").to_string();
         // Each test's objects replace the previous test's, as the suite cleans up.
-        config.write("test.yaml", &test_manifests(&suite, &test));
+        config.write(
+            "test.yaml",
+            &with_endpoints(&test_manifests(&suite, &test), &test, &pods),
+        );
         // Through the test's Gateway (`gateway`), or each of `gateways` in turn; a request
         // may name its own.
         let gateways: Vec<String> = match test["gateways"].as_array() {
@@ -488,7 +491,10 @@ fn gateway_http_conformance_transcribed() {
             }
             if test["then"].is_array() {
                 // The test's objects back, for its next Gateway.
-                config.write("test.yaml", &test_manifests(&suite, &test));
+                config.write(
+                    "test.yaml",
+                    &with_endpoints(&test_manifests(&suite, &test), &test, &pods),
+                );
             }
         }
         results.insert(
@@ -636,6 +642,46 @@ fn mirror_failures(test: &Value, cases: &[Case], apps: &[(String, HttpApp)]) -> 
         }
     }
     out
+}
+
+/// A test's manifests with the EndpointSlices it names (`fill_endpoint_slices`:
+/// {deployment, slices}) filled with the IPv4 endpoints of that Deployment's pods, ready and
+/// serving, as the suite's setup patches them for Services without a selector; as is
+/// otherwise.
+fn with_endpoints(manifests: &str, test: &Value, pods: &[Value]) -> String {
+    let fill = &test["fill_endpoint_slices"];
+    let Some(deployment) = fill["deployment"].as_str() else {
+        return manifests.to_string();
+    };
+    let slices = strings(&fill["slices"]);
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{deployment}-")))
+        })
+        .map(|p| {
+            serde_json::json!({
+                "addresses": [p["status"]["podIP"]],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "targetRef": {"kind": "Pod", "name": p["metadata"]["name"],
+                              "namespace": p["metadata"]["namespace"]},
+            })
+        })
+        .collect();
+    let docs: Vec<Value> = documents(manifests)
+        .into_iter()
+        .map(|mut d| {
+            if d["kind"] == "EndpointSlice"
+                && slices.contains(&d["metadata"]["name"].as_str().unwrap_or(""))
+            {
+                d["endpoints"] = Value::Array(endpoints.clone());
+            }
+            d
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string()
 }
 
 /// The value of query parameter `name` in `path`.
