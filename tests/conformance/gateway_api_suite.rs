@@ -497,14 +497,7 @@ fn gateway_http_conformance_transcribed() {
                 );
             }
         }
-        results.insert(
-            name,
-            if failures.is_empty() {
-                Ok(count)
-            } else {
-                Err(failures.join("\n"))
-            },
-        );
+        results.insert(name, outcome(&failures, count));
     }
     report("GATEWAY-HTTP", &results);
     if let Some((_, r)) = &router {
@@ -794,6 +787,15 @@ fn within_weights(
     })
 }
 
+/// A test's result: the number of checks it made, or its failures.
+fn outcome(failures: &[String], checks: usize) -> Result<usize, String> {
+    if failures.is_empty() {
+        Ok(checks)
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
 fn report(profile: &str, results: &BTreeMap<String, Result<usize, String>>) {
     report_counting(profile, "requests", results)
 }
@@ -951,14 +953,7 @@ fn mesh_http_conformance_transcribed() {
         };
         let mut failures = run_cases(&cases, &mut switch);
         failures.extend(weights_fail(&test, &cases[0]));
-        results.insert(
-            name,
-            if failures.is_empty() {
-                Ok(cases.len())
-            } else {
-                Err(failures.join("\n"))
-            },
-        );
+        results.insert(name, outcome(&failures, cases.len()));
     }
     report("MESH-HTTP", &results);
     if let Some((_, c)) = &client {
@@ -1162,14 +1157,7 @@ fn gateway_grpc_conformance_transcribed() {
                 failures.push(format!("distribution {last:?} against weights {weights:?}"));
             }
         }
-        results.insert(
-            name,
-            if failures.is_empty() {
-                Ok(calls.len())
-            } else {
-                Err(failures.join("\n"))
-            },
-        );
+        results.insert(name, outcome(&failures, calls.len()));
     }
     report("GATEWAY-GRPC", &results);
     if let Some((_, r)) = &router {
@@ -1585,14 +1573,7 @@ fn gateway_status_conformance_transcribed() {
         config.write("test.yaml", &test_manifests(&suite, &test));
         let failures = status_failures(&test, &statuses(config.path()));
         let checks = test["expect"].as_array().map_or(0, Vec::len);
-        results.insert(
-            name,
-            if failures.is_empty() {
-                Ok(checks)
-            } else {
-                Err(failures.join("\n"))
-            },
-        );
+        results.insert(name, outcome(&failures, checks));
     }
     report_counting("GATEWAY status", "objects checked", &results);
 }
@@ -1892,14 +1873,7 @@ fn gateway_tls_conformance_transcribed() {
             };
             failures.extend(outcome);
         }
-        results.insert(
-            name,
-            if failures.is_empty() {
-                Ok(requests.len())
-            } else {
-                Err(failures.join("\n"))
-            },
-        );
+        results.insert(name, outcome(&failures, requests.len()));
     }
     report("GATEWAY-TLS", &results);
     if let Some((_, r)) = &router {
