@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use crate::harness::*;
 
+mod kubernetes;
+
 const VERSION: &str = "v1.5.1";
 const INFRA: &str = "gateway-conformance-infra";
 /// The mesh tests' namespace.
@@ -57,9 +59,14 @@ fn documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A manifest of the suite as a cluster would get it: the class it tests named.
+/// A manifest of the suite as a cluster would get it: the class it tests named. The TLS
+/// backends' port 8443 becomes [`BACKEND_TLS_PORT`]: here the pods share the network
+/// namespace of the gateway, whose listeners take 8443 too.
 fn templated(text: &str) -> String {
-    text.replace("{GATEWAY_CLASS_NAME}", "istio")
+    text.replace("{GATEWAY_CLASS_NAME}", "istio").replace(
+        "targetPort: 8443",
+        &format!("targetPort: {BACKEND_TLS_PORT}"),
+    )
 }
 
 /// The suite's base manifests (namespaces, Gateways, Services, Deployments), templated.
@@ -110,11 +117,42 @@ struct Case {
     from_gateway: bool,
     /// Sent over TLS, the host as the server name, trusting the suite's certificates.
     https: bool,
+    /// Over TLS, the generated Secret (of the infra namespace) whose certificate and key
+    /// the client presents.
+    client_cert: Option<String>,
+    /// The request must get no HTTP answer (refused, or its handshake failed); with a
+    /// client certificate, the server must have asked for it.
+    fails: bool,
+    /// The TLS server name the backend must have been reached by.
+    seen_sni: Option<String>,
+    /// The generated Secret whose certificate the backend must have seen from its client.
+    seen_client_cert: Option<String>,
 }
 
 /// The CAs of the suite's generated certificates, for requests over TLS (set by the runner
 /// that writes them).
 static SUITE_ROOTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The suite's generated Secrets (certificate, key) by `namespace/name`, for client
+/// certificates (set with [`SUITE_ROOTS`]).
+static SUITE_SECRETS: std::sync::OnceLock<BTreeMap<String, (String, String)>> =
+    std::sync::OnceLock::new();
+
+/// A generated Secret of the infra namespace.
+fn suite_secret(name: &str) -> Option<&'static (String, String)> {
+    SUITE_SECRETS.get()?.get(&format!("{INFRA}/{name}"))
+}
+
+/// The first certificate of a PEM text, as base64 DER (as the HTTPS echo reports its
+/// client's certificates).
+fn der_base64(pem: &str) -> Option<String> {
+    use base64::Engine as _;
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(der.as_ref()))
+}
 
 /// A YAML map of strings as (name, value) pairs.
 fn pairs(v: &Value) -> Vec<(String, String)> {
@@ -196,6 +234,10 @@ fn cases_of(requests: &Value) -> Vec<Case> {
                 .collect(),
             from_gateway: r["from_gateway"] == true,
             https: r["https"] == true,
+            client_cert: r["client_cert"].as_str().map(String::from),
+            fails: r["fails"] == true,
+            seen_sni: r["seen_sni"].as_str().map(String::from),
+            seen_client_cert: r["seen_client_cert"].as_str().map(String::from),
         })
         .collect()
 }
@@ -241,7 +283,34 @@ fn request(case: &Case) -> std::io::Result<Reply> {
             .parse()
             .map_err(|e| std::io::Error::other(format!("{}: {e}", case.target)))?;
         let name = host.split(':').next().unwrap_or(host);
-        let mut s = crate::https::connect(addr, name, roots, None, Duration::from_secs(5))?;
+        let client =
+            match &case.client_cert {
+                Some(secret) => Some(suite_secret(secret).ok_or_else(|| {
+                    std::io::Error::other(format!("no generated Secret {secret}"))
+                })?),
+                None => None,
+            };
+        let (mut s, asked) = crate::https::connect_recording(
+            addr,
+            name,
+            roots,
+            client.map(|(c, k)| (c.as_str(), k.as_str())),
+            Duration::from_secs(5),
+        )?;
+        if case.fails && client.is_some() {
+            // The suite checks that the server asked for the certificate it refuses.
+            let answered = s
+                .write_all(req.as_bytes())
+                .and_then(|_| s.read_to_end(&mut buf));
+            return match answered {
+                Err(e) if asked.load(std::sync::atomic::Ordering::SeqCst) => Err(e),
+                Err(_) => Ok((0, Vec::new(), "the server asked for no certificate".into())),
+                Ok(_) if buf.is_empty() && asked.load(std::sync::atomic::Ordering::SeqCst) => {
+                    Err(std::io::Error::other("closed without an answer"))
+                }
+                Ok(_) => Ok((0, Vec::new(), String::from_utf8_lossy(&buf).to_string())),
+            };
+        }
         s.write_all(req.as_bytes())?;
         // A peer that closes without close_notify still gave its whole answer.
         if let Err(e) = s.read_to_end(&mut buf)
@@ -315,6 +384,20 @@ fn answers(case: &Case, got: &Reply) -> bool {
         .is_some_and(|p| echo["path"] != p.as_str())
     {
         return false;
+    }
+    if case
+        .seen_sni
+        .as_ref()
+        .is_some_and(|n| echo["tls"]["serverName"] != n.as_str())
+    {
+        return false;
+    }
+    if let Some(secret) = &case.seen_client_cert {
+        let want = suite_secret(secret).and_then(|(cert, _)| der_base64(cert));
+        let presented = strings(&echo["tls"]["peerCertificates"]);
+        if want.is_none_or(|w| !presented.contains(&w.as_str())) {
+            return false;
+        }
     }
     let pod = echo["pod"].as_str().unwrap_or_default();
     let headers = &echo["headers"];
@@ -396,7 +479,23 @@ fn gateway_http_conformance_transcribed() {
     let creds = suite_credentials();
     config.write("credentials.yaml", &creds.yaml);
     let _ = SUITE_ROOTS.set(creds.roots.clone());
-    let (pods, apps) = echo_pods(&documents(&base), 40, 2, &[3000, 3001]);
+    let _ = SUITE_SECRETS.set(creds.secrets.clone());
+    let tests = transcribed("http.yaml");
+    // The base's Deployments and those of the tests' own manifests (each once).
+    let mut deployments = documents(&base);
+    for test in &tests {
+        for d in documents(&test_manifests(&suite, test)) {
+            let known = deployments.iter().any(|k| {
+                k["kind"] == d["kind"]
+                    && k["metadata"]["name"] == d["metadata"]["name"]
+                    && k["metadata"]["namespace"] == d["metadata"]["namespace"]
+            });
+            if d["kind"] == "Deployment" && !known {
+                deployments.push(d);
+            }
+        }
+    }
+    let (pods, apps, _https) = echo_pods(&deployments, 40, 2, &[3000, 3001], Some(&creds));
     config.write(
         "pods.yaml",
         &serde_json::to_string(
@@ -411,7 +510,7 @@ fn gateway_http_conformance_transcribed() {
     let mut router: Option<(String, Envoy)> = None;
 
     let mut results: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
-    for test in transcribed("http.yaml") {
+    for test in tests {
         let name = test["test"].as_str().unwrap_or("?").to_string();
         // Each test's objects replace the previous test's, as the suite cleans up.
         config.write(
@@ -456,32 +555,23 @@ fn gateway_http_conformance_transcribed() {
             if failures.is_empty() {
                 failures.extend(mirror_failures(&test, &cases, &apps));
             }
-            // Steps that take objects away, then ask again (as the suite deletes objects
-            // mid-test).
+            // Steps that change the test's objects, then ask again (as the suite deletes,
+            // patches and creates objects mid-test): each step's changes stay for the next.
+            let mut current = documents(&test_manifests(&suite, &test));
             for step in test["then"].as_array().into_iter().flatten() {
-                let gone = strings(&step["delete"]);
-                let gone: Vec<&str> = if gone.is_empty() {
-                    step["delete"].as_str().into_iter().collect()
-                } else {
-                    gone
-                };
-                let kept: Vec<Value> = documents(&test_manifests(&suite, &test))
-                    .into_iter()
-                    .filter(|d| {
-                        let key = format!(
-                            "{} {}/{}",
-                            d["kind"].as_str().unwrap_or(""),
-                            d["metadata"]["namespace"].as_str().unwrap_or("default"),
-                            d["metadata"]["name"].as_str().unwrap_or("")
-                        );
-                        !gone.contains(&key.as_str())
-                    })
-                    .collect();
+                current = changed(current, step);
                 config.write(
                     "test.yaml",
-                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": kept})
-                        .to_string(),
+                    &with_endpoints(
+                        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": current})
+                            .to_string(),
+                        &test,
+                        &pods,
+                    ),
                 );
+                if step["expect"].is_array() {
+                    failures.extend(status_failures(step, &statuses(config.path())));
+                }
                 let mut step_cases = cases_of(&step["requests"]);
                 for c in &mut step_cases {
                     c.gateway.get_or_insert_with(|| gateway.clone());
@@ -510,19 +600,28 @@ fn gateway_http_conformance_transcribed() {
 /// 127.0.1.`first`…), each with an echo server on `ports` answering as the suite's does:
 /// JSON naming the pod, its namespace, the path, method and headers it got, and the
 /// headers a request asks for in `X-Echo-Set-Header: Name:Value,…` set on the answer.
+///
+/// With `tls`, a Deployment whose container has `TLS_SERVER_CERT` (and no
+/// `TCP_ECHO_SERVER`) also answers over HTTPS at [`BACKEND_TLS_PORT`] with its Secret
+/// volume's certificate — requiring a client certificate of its ConfigMap volume's CA when
+/// it has `TLS_CLIENT_CACERTS` — as the suite's echo server does; those servers are
+/// returned to keep.
 fn echo_pods(
     docs: &[Value],
     first: u32,
     replicas: u32,
     ports: &[u16],
-) -> (Vec<Value>, Vec<(String, HttpApp)>) {
+    tls: Option<&Credentials>,
+) -> (Vec<Value>, Vec<(String, HttpApp)>, Vec<Server>) {
     let mut pods = Vec::new();
     let mut apps = Vec::new();
+    let mut servers = Vec::new();
     let mut next = first;
     for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
         let name = d["metadata"]["name"].as_str().unwrap_or_default();
         let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
         let labels = d["spec"]["template"]["metadata"]["labels"].clone();
+        let https = tls.and_then(|creds| echo_tls_config(d, creds));
         for replica in 0..replicas {
             let ip = format!("127.0.1.{next}");
             next += 1;
@@ -534,6 +633,14 @@ fn echo_pods(
                 "status": {"phase": "Running", "podIP": ip,
                            "conditions": [{"type": "Ready", "status": "True"}]},
             }));
+            if let Some(config) = &https {
+                let (config, p, n) = (config.clone(), pod.clone(), ns.to_string());
+                servers.push(Server::start(
+                    "https echo",
+                    &format!("{ip}:{BACKEND_TLS_PORT}"),
+                    move |s| https_echo(config.clone(), s, &p, &n),
+                ));
+            }
             for port in ports {
                 let name = pod.clone();
                 let (pod, ns) = (pod.clone(), ns.to_string());
@@ -577,7 +684,100 @@ fn echo_pods(
             }
         }
     }
-    (pods, apps)
+    (pods, apps, servers)
+}
+
+/// The TLS server of a Deployment running the suite's echo server over HTTPS: the
+/// certificate of its Secret volume, and the CA of its ConfigMap volume for its clients
+/// when it asks for client certificates (`TLS_CLIENT_CACERTS`). None for other
+/// Deployments, and for the TCP echo server (the TLS runner serves that).
+fn echo_tls_config(d: &Value, creds: &Credentials) -> Option<Arc<rustls::ServerConfig>> {
+    let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
+    let spec = &d["spec"]["template"]["spec"];
+    let env: Vec<&str> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["env"].as_array().into_iter().flatten())
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    if !env.contains(&"TLS_SERVER_CERT") || env.contains(&"TCP_ECHO_SERVER") {
+        return None;
+    }
+    let volumes = spec["volumes"].as_array()?;
+    let secret = volumes
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())?;
+    let (cert, key) = creds.secrets.get(&format!("{ns}/{secret}"))?;
+    let client_ca = env
+        .contains(&"TLS_CLIENT_CACERTS")
+        .then(|| volumes.iter().find_map(|v| v["configMap"]["name"].as_str()))
+        .flatten()
+        .and_then(|cm| creds.config_maps.get(&format!("{ns}/{cm}")));
+    Some(server_tls_verifying(
+        cert,
+        key,
+        client_ca.map(String::as_str),
+    ))
+}
+
+/// The suite's echo server over HTTPS on one connection: the request's head read, and
+/// answered with the JSON the plain echo servers give (pod, namespace, path, method,
+/// headers) and what TLS showed (`tls.serverName`, the client's `peerCertificates` as
+/// base64 DER); then closed.
+fn https_echo(config: Arc<rustls::ServerConfig>, s: TcpStream, pod: &str, ns: &str) {
+    use base64::Engine as _;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tls.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (method, path) = (
+        first.next().unwrap_or_default(),
+        first.next().unwrap_or_default(),
+    );
+    let mut headers = serde_json::Map::new();
+    for (k, v) in lines.filter_map(|l| l.split_once(':')) {
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        let joined = match headers.get(&k).and_then(Value::as_str) {
+            Some(prev) => format!("{prev},{v}"),
+            None => v.to_string(),
+        };
+        headers.insert(k, Value::String(joined));
+    }
+    let peers: Vec<String> = tls
+        .conn
+        .peer_certificates()
+        .into_iter()
+        .flatten()
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c.as_ref()))
+        .collect();
+    let body = serde_json::json!({
+        "pod": pod, "namespace": ns, "path": path, "method": method, "headers": headers,
+        "tls": {"serverName": tls.conn.server_name(), "peerCertificates": peers},
+    })
+    .to_string();
+    let _ = tls.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
 }
 
 /// Requests for `path` (query left out) the pods of Deployment `backend` got so far.
@@ -641,6 +841,43 @@ fn mirror_failures(test: &Value, cases: &[Case], apps: &[(String, HttpApp)]) -> 
 /// {deployment, slices}) filled with the IPv4 endpoints of that Deployment's pods, ready and
 /// serving, as the suite's setup patches them for Services without a selector; as is
 /// otherwise.
+/// A test's objects after one of its `then` steps: `delete` (`Kind namespace/name`, one or
+/// a list) takes objects away; `apply` (YAML of whole objects) replaces those of the same
+/// kind, namespace and name, or adds them.
+fn changed(objects: Vec<Value>, step: &Value) -> Vec<Value> {
+    let key = |d: &Value| {
+        format!(
+            "{} {}/{}",
+            d["kind"].as_str().unwrap_or(""),
+            d["metadata"]["namespace"].as_str().unwrap_or("default"),
+            d["metadata"]["name"].as_str().unwrap_or("")
+        )
+    };
+    let mut gone: Vec<String> = strings(&step["delete"])
+        .into_iter()
+        .map(String::from)
+        .collect();
+    gone.extend(step["delete"].as_str().map(String::from));
+    let applied = documents(&templated(step["apply"].as_str().unwrap_or("")));
+    let mut out: Vec<Value> = objects
+        .into_iter()
+        .filter(|d| !gone.contains(&key(d)))
+        .map(|d| {
+            applied
+                .iter()
+                .find(|a| key(a) == key(&d))
+                .cloned()
+                .unwrap_or(d)
+        })
+        .collect();
+    for a in applied {
+        if !out.iter().any(|d| key(d) == key(&a)) {
+            out.push(a);
+        }
+    }
+    out
+}
+
 fn with_endpoints(manifests: &str, test: &Value, pods: &[Value]) -> String {
     let fill = &test["fill_endpoint_slices"];
     let Some(deployment) = fill["deployment"].as_str() else {
@@ -739,7 +976,12 @@ fn run_cases(cases: &[Case], before: &mut dyn FnMut(&Case)) -> Vec<String> {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 let got = request(c);
-                if got.as_ref().is_ok_and(|g| answers(c, g)) {
+                let as_expected = if c.fails {
+                    got.is_err()
+                } else {
+                    got.as_ref().is_ok_and(|g| answers(c, g))
+                };
+                if as_expected {
                     return None;
                 }
                 if std::time::Instant::now() > deadline {
@@ -851,7 +1093,7 @@ fn mesh_http_conformance_transcribed() {
             .to_string();
         vips.insert((ns, name), vip);
     }
-    let (pods, _apps) = echo_pods(&docs, 40, 1, &[8080]);
+    let (pods, _apps, _) = echo_pods(&docs, 40, 1, &[8080], None);
     let pod_ips: BTreeMap<(String, String), String> = pods
         .iter()
         .map(|p| {
@@ -1037,7 +1279,7 @@ fn gateway_grpc_conformance_transcribed() {
                     .is_some_and(|n| n.starts_with("grpc-"))
         })
         .collect();
-    let (pods, _) = echo_pods(&grpc_deployments, 40, 2, &[]);
+    let (pods, _, _) = echo_pods(&grpc_deployments, 40, 2, &[], None);
     let script = crate::grpc::script();
     let servers: Vec<Proc> = pods
         .iter()
@@ -1178,6 +1420,10 @@ struct Credentials {
     /// The CAs a test client trusts (the suite trusts each Secret's certificate; ours
     /// are issued by these).
     roots: String,
+    /// Every generated Secret's certificate and key, by `namespace/name`.
+    secrets: BTreeMap<String, (String, String)>,
+    /// Every generated ConfigMap's CA, by `namespace/name`.
+    config_maps: BTreeMap<String, String>,
 }
 
 fn suite_credentials() -> Credentials {
@@ -1189,10 +1435,14 @@ fn suite_credentials() -> Credentials {
         )
     };
     let docs = std::cell::RefCell::new(Vec::new());
+    let secrets = std::cell::RefCell::new(BTreeMap::new());
     let secret = |namespace: &str, name: &str, ca: &TestCa, sans: &[&str]| {
         let (cert, key) = ca.leaf(name, sans);
         docs.borrow_mut()
             .push(tls_secret_yaml(name, namespace, &cert, &key, &ca.pem, None));
+        secrets
+            .borrow_mut()
+            .insert(format!("{namespace}/{name}"), (cert.clone(), key.clone()));
         (cert, key)
     };
     let self_signed = TestCa::new("suite-self-signed");
@@ -1246,6 +1496,10 @@ fn suite_credentials() -> Credentials {
         &self_signed.pem,
         None,
     ));
+    secrets.borrow_mut().insert(
+        "gateway-conformance-app-backend/tls-passthrough-checks-certificate".to_string(),
+        passthrough.clone(),
+    );
     let checks = secret(
         INFRA,
         "tls-checks-certificate",
@@ -1265,6 +1519,7 @@ fn suite_credentials() -> Credentials {
         &["tls.example.com"],
     );
     let mismatch = TestCa::new("mismatch-ca-certificate");
+    let mut config_maps = BTreeMap::new();
     for (ns, name, ca) in [
         (
             "gateway-conformance-web-backend",
@@ -1281,12 +1536,15 @@ fn suite_credentials() -> Credentials {
         (INFRA, "mismatch-ca-certificate", &mismatch),
     ] {
         docs.borrow_mut().push(config_map(ns, name, ca));
+        config_maps.insert(format!("{ns}/{name}"), ca.pem.clone());
     }
     Credentials {
         yaml: docs.into_inner().join("\n---\n"),
         passthrough,
         checks,
         roots: format!("{}{}", self_signed.pem, checks_ca.pem),
+        secrets: secrets.into_inner(),
+        config_maps,
     }
 }
 
@@ -1506,6 +1764,43 @@ fn route_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
     out
 }
 
+/// A BackendTLSPolicy's status as the suite's BackendTLSPolicyMustHaveCondition reads it:
+/// an ancestor naming the Gateway `ancestor` (namespace/name; an ancestor without a
+/// namespace matches any) holds every condition; `noAncestor`: none names that Gateway.
+fn policy_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
+    let names = |a: &Value, gateway: &str| {
+        let (ns, name) = gateway.split_once('/').unwrap_or(("", gateway));
+        let r = &a["ancestorRef"];
+        r["name"] == name && r["namespace"].as_str().is_none_or(|n| n == ns)
+    };
+    let ancestors: Vec<&Value> = got["ancestors"].as_array().into_iter().flatten().collect();
+    let mut out = Vec::new();
+    if let Some(gateway) = want["ancestor"].as_str() {
+        let conditions = strings(&want["conditions"]);
+        let found = ancestors.iter().any(|a| {
+            names(a, gateway)
+                && conditions
+                    .iter()
+                    .all(|c| has_condition(&a["conditions"], c))
+        });
+        if !found {
+            out.push(format!(
+                "{what}: no ancestor {gateway} with {conditions:?}: ancestors are {}",
+                got["ancestors"]
+            ));
+        }
+    }
+    if let Some(gateway) = want["noAncestor"].as_str()
+        && ancestors.iter().any(|a| names(a, gateway))
+    {
+        out.push(format!(
+            "{what}: expected no ancestor {gateway}: {}",
+            got["ancestors"]
+        ));
+    }
+    out
+}
+
 /// The base manifests' Gateways the suite waits for before each test (NamespacesMustBeReady).
 const BASE_GATEWAYS: &[&str] = &[
     "same-namespace",
@@ -1529,8 +1824,16 @@ fn status_failures(test: &Value, st: &BTreeMap<String, Value>) -> Vec<String> {
         }
     }
     for e in test["expect"].as_array().into_iter().flatten() {
+        if let Some(policy) = e["policy"].as_str() {
+            let key = format!("BackendTLSPolicy {policy}");
+            let got = st.get(&key).cloned().unwrap_or(Value::Null);
+            out.extend(policy_status_failures(&key, e, &got));
+            continue;
+        }
         let (key, route) = if let Some(g) = e["gateway"].as_str() {
             (format!("Gateway {g}"), false)
+        } else if let Some(c) = e["gatewayClass"].as_str() {
+            (format!("GatewayClass /{c}"), false)
         } else if let Some(l) = e["listenerSet"].as_str() {
             (format!("ListenerSet {l}"), false)
         } else if let Some(r) = e["route"].as_str() {
@@ -1578,8 +1881,7 @@ fn gateway_status_conformance_transcribed() {
     report_counting("GATEWAY status", "objects checked", &results);
 }
 
-/// The TLS port of the suite's TLS backends, moved from 8443: the pods share this test's
-/// network namespace with the gateway, whose listeners take 8443 too.
+/// The TLS port of the suite's TLS backends, moved from 8443 (see [`templated`]).
 const BACKEND_TLS_PORT: u16 = 9443;
 
 /// The suite's TLS backends as Pods at 127.0.1.`first`… (two replicas each): `tls-backend`
@@ -1634,29 +1936,7 @@ fn tls_pods(docs: &[Value], first: u32, creds: &Credentials) -> (Vec<Value>, Vec
                 }));
             } else {
                 servers.push(Server::start("tls-backend", &addr, move |s| {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
-                        return;
-                    };
-                    let mut tls = rustls::StreamOwned::new(conn, s);
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body = serde_json::json!({"pod": p, "namespace": n}).to_string();
-                    let _ = tls.write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    );
-                    tls.conn.send_close_notify();
-                    let _ = tls.flush();
+                    https_echo(config.clone(), s, &p, &n)
                 }));
             }
         }
@@ -1665,21 +1945,42 @@ fn tls_pods(docs: &[Value], first: u32, creds: &Credentials) -> (Vec<Value>, Vec
 }
 
 fn server_tls(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    server_tls_verifying(cert, key, None)
+}
+
+/// A backend's TLS server with `cert`; with `client_ca`, clients must present a
+/// certificate that CA signed.
+fn server_tls_verifying(
+    cert: &str,
+    key: &str,
+    client_ca: Option<&str>,
+) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<_, _>>()
         .expect("backend certificate");
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("backend key");
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("backend TLS"),
-    )
+        .expect("versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.expect("client CA")).expect("client CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(builder.with_single_cert(certs, key).expect("backend TLS"))
 }
 
 /// The suite's TCP echo server (echo-basic's tcpserver) on one connection: a welcome line,
@@ -1832,10 +2133,7 @@ fn gateway_tls_conformance_transcribed() {
     let Some((dir, config)) = envoy_test("gwapi-tls-suite") else {
         return;
     };
-    let base = base_manifests(&suite).replace(
-        "targetPort: 8443",
-        &format!("targetPort: {BACKEND_TLS_PORT}"),
-    );
+    let base = base_manifests(&suite);
     config.write("base.yaml", &base);
     let creds = suite_credentials();
     config.write("credentials.yaml", &creds.yaml);

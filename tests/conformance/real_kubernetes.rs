@@ -12,7 +12,7 @@ use crate::kube_api::KubeApi;
 
 /// A real API server, or None (skipped, or failed under MESHD_REQUIRE_ENVOY) when the
 /// test command has not built it.
-fn real_api(dir: &TempDir) -> Option<KubeApi> {
+pub(crate) fn real_api(dir: &TempDir) -> Option<KubeApi> {
     built(KubeApi::start(dir.path()))
 }
 
@@ -111,7 +111,7 @@ fn istioctl(api: &KubeApi, args: &[&str]) -> Option<String> {
 }
 
 /// Istio's CRDs and meshd's namespace, then waits until the API serves the kinds.
-fn istio_crds(api: &KubeApi) {
+pub(crate) fn istio_crds(api: &KubeApi) {
     apply_file(api, &repo().join("crds/crd-all.gen.yaml"));
     apply_file(api, &repo().join("deploy/00-namespace.yaml"));
     wait_for(
@@ -130,7 +130,7 @@ fn vs(name: &str) -> serde_json::Value {
     })
 }
 
-fn apply_file(api: &KubeApi, path: &std::path::Path) {
+pub(crate) fn apply_file(api: &KubeApi, path: &std::path::Path) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let refused = api.apply_text(&text);
     assert!(

@@ -77,3 +77,70 @@ pub fn dechunk(s: &str) -> String {
     }
     out
 }
+
+/// Presents a client certificate when the server asks for one, noting that it asked.
+#[derive(Debug)]
+struct Recording {
+    key: Arc<rustls::sign::CertifiedKey>,
+    asked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rustls::client::ResolvesClientCert for Recording {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        Some(self.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// [`connect`], and whether the server has asked for the client certificate (set during
+/// the handshake, which completes on the first read or write).
+pub fn connect_recording(
+    addr: SocketAddr,
+    server_name: &str,
+    root_pem: &str,
+    client: Option<(&str, &str)>,
+    read_timeout: Duration,
+) -> std::io::Result<(
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    Arc<std::sync::atomic::AtomicBool>,
+)> {
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let Some((cert, key)) = client else {
+        return Ok((
+            connect(addr, server_name, root_pem, None, read_timeout)?,
+            asked,
+        ));
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.map_err(err)?).map_err(err)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(err)?;
+    let signer = provider.key_provider.load_private_key(key).map_err(err)?;
+    let resolver = Recording {
+        key: Arc::new(rustls::sign::CertifiedKey::new(certs, signer)),
+        asked: asked.clone(),
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(err)?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(resolver));
+    let name = ServerName::try_from(server_name.to_string()).map_err(err)?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(read_timeout))?;
+    Ok((rustls::StreamOwned::new(conn, tcp), asked))
+}
