@@ -404,6 +404,23 @@ fn serve_http(mut s: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
             headers,
             body: Vec::new(),
         };
+        // An upgrade to WebSocket: switched, then every message echoed (as the Gateway
+        // API suite's echo server does).
+        if req
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+            && let Some(key) = req.header("sec-websocket-key").map(String::from)
+        {
+            if let Ok(mut l) = log.lock() {
+                l.push(req.clone());
+            }
+            if s.write_all(crate::websocket::switching_protocols(&key).as_bytes())
+                .is_ok()
+            {
+                crate::websocket::echo(s);
+            }
+            return;
+        }
         let mut more = |buf: &mut Vec<u8>| match s.read(&mut chunk) {
             Ok(0) | Err(_) => false,
             Ok(n) => {
@@ -1166,9 +1183,15 @@ impl TestCa {
         serial: Option<u64>,
     ) -> (String, String) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        // A name with a scheme (`spiffe://…`) is a URI SAN; the others DNS names or IPs.
+        let (uris, names): (Vec<&str>, Vec<&str>) = sans.iter().partition(|s| s.contains("://"));
         let mut p =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(u.try_into().expect("URI SAN")));
+        }
         p.serial_number = serial.map(rcgen::SerialNumber::from);
         p.distinguished_name = rcgen::DistinguishedName::new();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);

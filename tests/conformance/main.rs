@@ -47,5 +47,7 @@ mod tokens;
 mod tracing;
 mod ui;
 mod webhook;
+#[path = "../support/websocket.rs"]
+mod websocket;
 mod wildcard_hosts;
 mod workload_entries;

@@ -32,3 +32,5 @@ mod tcp_traffic_shifting;
 mod tokens;
 mod traffic_apps;
 mod traffic_shifting;
+#[path = "../support/websocket.rs"]
+mod websocket;

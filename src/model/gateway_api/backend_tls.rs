@@ -69,7 +69,10 @@ pub fn convert(
         let ns = &policy.key.namespace;
         let (tls, accepted, resolved) = tls_of(spec, ns, objects);
         let mut ancestors = Vec::new();
-        let mut gateways_of: BTreeSet<ObjectKey> = BTreeSet::new();
+        // Each Gateway whose routes send to a target, with the policy's acceptance there:
+        // a policy that lost a target is Conflicted for the Gateways that reach it too (as
+        // the Gateway API's conformance suite reads it), not only for the Service.
+        let mut gateways_of: BTreeMap<ObjectKey, Condition> = BTreeMap::new();
         for t in &spec.target_refs {
             let mut accepted_here = accepted.clone();
             match target(t, ns, objects) {
@@ -104,8 +107,17 @@ pub fn convert(
                                 });
                         }
                     }
-                    if let Some(gws) = senders.get(&(ns.clone(), t.name.clone())) {
-                        gateways_of.extend(gws.iter().cloned());
+                    for g in senders
+                        .get(&(ns.clone(), t.name.clone()))
+                        .into_iter()
+                        .flatten()
+                    {
+                        let seen = gateways_of
+                            .entry(g.clone())
+                            .or_insert_with(|| accepted_here.clone());
+                        if seen.ok && !accepted_here.ok {
+                            *seen = accepted_here.clone();
+                        }
                     }
                 }
             }
@@ -121,13 +133,13 @@ pub fn convert(
                 &resolved,
             ));
         }
-        for g in gateways_of {
+        for (g, accepted_there) in gateways_of {
             let parent = json!({"group": GROUP, "kind": "Gateway", "name": g.name, "namespace": g.namespace});
             ancestors.push(ancestor(
                 policy,
                 parent,
                 GATEWAY_CONTROLLER,
-                &accepted,
+                &accepted_there,
                 &resolved,
             ));
         }

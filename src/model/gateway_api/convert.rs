@@ -352,6 +352,36 @@ pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Conv
                     "only IPAddress and Hostname addresses are supported",
                 );
             }
+            // A Hostname address names the Service of a gateway deployed by hand: one that
+            // names no service of the Gateway's namespace cannot be used (istiod's
+            // AddressNotUsable; the Gateway stays accepted).
+            if owner.key == gw.key && conds[0].ok {
+                let unusable: Vec<String> = spec
+                    .addresses
+                    .iter()
+                    .filter(|a| a.kind.as_deref() == Some("Hostname"))
+                    .filter(|a| !names_a_service(&a.value, &gw.key.namespace, objects, domain))
+                    .map(|a| format!("hostname {:?} not found", a.value))
+                    .collect();
+                if !unusable.is_empty() {
+                    out.diagnostics.push(gw.diag_warning(
+                        "spec.addresses",
+                        format!(
+                            "{}; a Hostname address must name a Service of namespace {}",
+                            unusable.join("; "),
+                            gw.key.namespace
+                        ),
+                    ));
+                    conds[1] = Condition::fail(
+                        "Programmed",
+                        "AddressNotUsable",
+                        &format!(
+                            "Failed to assign to any requested addresses: {}",
+                            unusable.join("; ")
+                        ),
+                    );
+                }
+            }
             gateway_status.insert(
                 owner.key.clone(),
                 OwnerStatus {
@@ -902,6 +932,39 @@ fn gateway_addresses(
         "type": "Hostname",
         "value": format!("{}.{}.svc.{domain}", service.name, service.namespace),
     })]
+}
+
+/// Whether `host` is the name of a service of `namespace`: a Service's
+/// `NAME.NAMESPACE.svc.DOMAIN`, or a host of one of the namespace's ServiceEntries.
+fn names_a_service(
+    host: &str,
+    namespace: &str,
+    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    domain: &str,
+) -> bool {
+    if let Some(name) = host
+        .strip_suffix(&format!(".{namespace}.svc.{domain}"))
+        .filter(|n| !n.contains('.'))
+    {
+        let key = ObjectKey {
+            kind: Kind::Service,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        if objects.contains_key(&key) {
+            return true;
+        }
+    }
+    objects
+        .range(
+            ObjectKey {
+                kind: Kind::ServiceEntry,
+                namespace: namespace.to_string(),
+                name: String::new(),
+            }..,
+        )
+        .take_while(|(k, _)| k.kind == Kind::ServiceEntry && k.namespace == namespace)
+        .any(|(_, o)| matches!(&o.spec, Spec::ServiceEntry(se) if se.hosts.iter().any(|h| h == host)))
 }
 
 /// Whether Gateway `gw` admits ListenerSet `ls` (`allowedListeners.namespaces.from`:

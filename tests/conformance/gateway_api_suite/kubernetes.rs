@@ -45,10 +45,7 @@ fn api_objects(api: &KubeApi) -> BTreeMap<String, Value> {
 fn stale_conditions(latest: &Value, objects: &BTreeMap<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
     for want in strings(latest) {
-        let key = match want.split_once(' ') {
-            Some((kind, name)) if !name.contains('/') => format!("{kind} /{name}"),
-            _ => want.to_string(),
-        };
+        let key = object_key(want);
         let Some(o) = objects.get(&key) else {
             out.push(format!("{want}: not in the API"));
             continue;
@@ -132,6 +129,9 @@ fn settled(api: &KubeApi, what: &Value) -> Vec<String> {
             .collect();
         let mut failures = status_failures(what, &st);
         failures.extend(stale_conditions(&what["latest"], &objects));
+        if what["baseReady"] == true {
+            failures.extend(pods_not_ready(api));
+        }
         if failures.is_empty() || std::time::Instant::now() > deadline {
             return failures;
         }
@@ -139,15 +139,67 @@ fn settled(api: &KubeApi, what: &Value) -> Vec<String> {
     }
 }
 
-/// A manifest's objects as this run applies them: a GatewayClass of the suite's is given
-/// to meshd's controller (the suite names the controller under test).
+/// The address pools the suite's runner is given (`--unusable-address`, `--usable-address`):
+/// a Hostname naming no Service, and one naming a Service of the base.
+const UNUSABLE_ADDRESS: &str = "foo";
+const USABLE_ADDRESS: &str = "infra-backend-v1.gateway-conformance-infra.svc.cluster.local";
+
+/// A manifest's objects as this run applies them, as the suite's Applier prepares them: a
+/// GatewayClass is given to meshd's controller (the suite names the controller under
+/// test), and a Gateway's placeholder addresses become the pools' addresses.
 fn for_meshd(mut objects: Vec<Value>) -> Vec<Value> {
     for o in &mut objects {
         if o["kind"] == "GatewayClass" && o["spec"]["controllerName"].is_string() {
             o["spec"]["controllerName"] = Value::from("istio.io/gateway-controller");
         }
+        // (Through a pointer: indexing a missing field mutably would add it as null.)
+        if let Some(addresses) = o
+            .pointer_mut("/spec/addresses")
+            .and_then(Value::as_array_mut)
+        {
+            for a in addresses.iter_mut() {
+                let pool = match a["value"].as_str() {
+                    Some("PLACEHOLDER_UNUSABLE_ADDRS") => UNUSABLE_ADDRESS,
+                    Some("PLACEHOLDER_USABLE_ADDRS") => USABLE_ADDRESS,
+                    _ => continue,
+                };
+                *a = serde_json::json!({"type": "Hostname", "value": pool});
+            }
+        }
     }
     objects
+}
+
+/// A `Kind ns/name` of a test as [`api_objects`] keys it (a GatewayClass by name alone).
+fn object_key(want: &str) -> String {
+    match want.split_once(' ') {
+        Some((kind, name)) if !name.contains('/') => format!("{kind} /{name}"),
+        _ => want.to_string(),
+    }
+}
+
+/// NamespacesMustBeReady's wait for pods: every Pod of the infra namespace Ready,
+/// Succeeded or being deleted.
+fn pods_not_ready(api: &KubeApi) -> Vec<String> {
+    let pods = api
+        .get(&format!("/api/v1/namespaces/{INFRA}/pods"))
+        .unwrap_or_default();
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            !ready
+                && p["status"]["phase"] != "Succeeded"
+                && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .map(|p| format!("Pod {INFRA}/{} not ready", p["metadata"]["name"]))
+        .collect()
 }
 
 fn apply_all(api: &KubeApi, objects: &[Value]) -> Vec<String> {
@@ -244,10 +296,11 @@ fn gateway_kubernetes_conformance_transcribed() {
             failures.extend(settled(&api, step));
             let now = api_objects(&api);
             for key in watched {
-                if generation(&before, key) == generation(&now, key) {
+                let key = object_key(key);
+                if generation(&before, &key) == generation(&now, &key) {
                     failures.push(format!(
                         "{key}: generation {} did not change",
-                        generation(&now, key)
+                        generation(&now, &key)
                     ));
                 }
             }
