@@ -127,6 +127,11 @@ struct Case {
     seen_sni: Option<String>,
     /// The generated Secret whose certificate the backend must have seen from its client.
     seen_client_cert: Option<String>,
+    /// Sent as HTTP/2 without TLS, with prior knowledge (the suite's H2C_PRIOR_KNOWLEDGE).
+    h2c: bool,
+    /// A WebSocket dialled to the path, which must echo a text and a binary message (the
+    /// suite's websocket.Dial and Message.Send/Receive); answers 101 when it does.
+    websocket: bool,
 }
 
 /// The CAs of the suite's generated certificates, for requests over TLS (set by the runner
@@ -242,6 +247,8 @@ fn cases_of(requests: &Value) -> Vec<Case> {
             fails: r["fails"] == true,
             seen_sni: r["seen_sni"].as_str().map(String::from),
             seen_client_cert: r["seen_client_cert"].as_str().map(String::from),
+            h2c: r["h2c"] == true,
+            websocket: r["websocket"] == true,
         })
         .collect()
 }
@@ -279,6 +286,12 @@ fn request(case: &Case) -> std::io::Result<Reply> {
         req.push_str(&format!("X-Echo-Set-Header: {}\r\n", set.join(",")));
     }
     req.push_str("\r\n");
+    if case.h2c {
+        return h2c_request(case, host);
+    }
+    if case.websocket {
+        return websocket_exchange(case, host);
+    }
     let mut buf = Vec::new();
     if case.https {
         let roots = SUITE_ROOTS.get().map_or("", String::as_str);
@@ -336,6 +349,139 @@ fn request(case: &Case) -> std::io::Result<Reply> {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let (status, headers) = parse_head(head)?;
     Ok((status, headers, body.to_string()))
+}
+
+/// A runtime for the HTTP/2 servers and clients of the runners (hyper's are async).
+fn test_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// One request over HTTP/2 without TLS, the client knowing beforehand that the server
+/// speaks it (no upgrade): status, headers, body.
+fn h2c_request(case: &Case, host: &str) -> std::io::Result<Reply> {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(case.target.as_str()).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(case.method.as_str())
+            .uri(format!("http://{host}{}", case.path));
+        for (k, v) in case
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok((status, headers, String::from_utf8_lossy(&body).to_string()))
+    };
+    test_runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| std::io::Error::other("h2c request timed out"))?
+    })
+}
+
+/// The suite's WebSocket check: dial `ws://GATEWAY{path}` (origin `ws://gateway/…`), send
+/// a text and a binary message, each echoed back as sent. 101 when they are.
+fn websocket_exchange(case: &Case, host: &str) -> std::io::Result<Reply> {
+    use crate::websocket::{BINARY, TEXT, client_handshake, read_frame, write_frame};
+    let mut s = TcpStream::connect(case.target.as_str())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    client_handshake(&mut s, host, &case.path, "ws://gateway/websocket")?;
+    for (opcode, message) in [
+        (TEXT, b"Websocket Support!".to_vec()),
+        (BINARY, vec![1, 2, 3, 4, 5, 6, 7]),
+    ] {
+        write_frame(&mut s, opcode, &message, Some([0x12, 0x34, 0x56, 0x78]))?;
+        let (got_opcode, got) = read_frame(&mut s)?;
+        if got_opcode != opcode || got != message {
+            return Err(std::io::Error::other(format!(
+                "sent {opcode} {message:?}, got {got_opcode} {got:?}"
+            )));
+        }
+    }
+    Ok((101, Vec::new(), String::new()))
+}
+
+/// The suite's echo server's h2c port: HTTP/2 without TLS, answering as the HTTP/1 echo
+/// does. Dropping it stops the server.
+struct H2cEcho(tokio::task::JoinHandle<()>);
+
+impl Drop for H2cEcho {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn h2c_echo(addr: &str, pod: String, ns: String) -> H2cEcho {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    listener.set_nonblocking(true).expect("non-blocking");
+    H2cEcho(test_runtime().spawn(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
+        while let Ok((s, _)) = listener.accept().await {
+            let (pod, ns) = (pod.clone(), ns.clone());
+            let echo =
+                hyper::service::service_fn(move |r: hyper::Request<hyper::body::Incoming>| {
+                    let mut headers = serde_json::Map::new();
+                    for (k, v) in r.headers() {
+                        headers.insert(
+                            k.as_str().to_string(),
+                            Value::from(v.to_str().unwrap_or("")),
+                        );
+                    }
+                    let body = serde_json::json!({
+                        "pod": pod, "namespace": ns, "method": r.method().as_str(),
+                        "path": r.uri().path_and_query().map_or("/", |p| p.as_str()),
+                        "headers": headers, "protocol": format!("{:?}", r.version()),
+                    })
+                    .to_string();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), echo),
+            );
+        }
+    }))
 }
 
 /// Whether the answer is the one the suite expects: the status, and for a backend its
@@ -505,7 +651,10 @@ fn gateway_http_conformance_transcribed() {
             }
         }
     }
-    let (pods, apps, _https) = echo_pods(&deployments, 40, 2, &[3000, 3001], Some(&creds));
+    // Port 3001 speaks h2c, as the suite's echo server does (its Services' second port,
+    // `appProtocol: kubernetes.io/h2c`).
+    let echo = echo_pods(&deployments, 40, 2, &[3000], Some(&creds), Some(3001));
+    let (pods, apps) = (&echo.pods, &echo.apps);
     config.write(
         "pods.yaml",
         &serde_json::to_string(
@@ -525,7 +674,7 @@ fn gateway_http_conformance_transcribed() {
         // Each test's objects replace the previous test's, as the suite cleans up.
         config.write(
             "test.yaml",
-            &with_endpoints(&test_manifests(&suite, &test), &test, &pods),
+            &with_endpoints(&test_manifests(&suite, &test), &test, pods),
         );
         // Through the test's Gateway (`gateway`), or each of `gateways` in turn; a request
         // may name its own.
@@ -563,7 +712,7 @@ fn gateway_http_conformance_transcribed() {
                 failures.extend(weights_fail(&test, first));
             }
             if failures.is_empty() {
-                failures.extend(mirror_failures(&test, &cases, &apps));
+                failures.extend(mirror_failures(&test, &cases, apps));
             }
             // Steps that change the test's objects, then ask again (as the suite deletes,
             // patches and creates objects mid-test): each step's changes stay for the next.
@@ -576,7 +725,7 @@ fn gateway_http_conformance_transcribed() {
                         &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": current})
                             .to_string(),
                         &test,
-                        &pods,
+                        pods,
                     ),
                 );
                 if step["expect"].is_array() {
@@ -593,7 +742,7 @@ fn gateway_http_conformance_transcribed() {
                 // The test's objects back, for its next Gateway.
                 config.write(
                     "test.yaml",
-                    &with_endpoints(&test_manifests(&suite, &test), &test, &pods),
+                    &with_endpoints(&test_manifests(&suite, &test), &test, pods),
                 );
             }
         }
@@ -614,15 +763,18 @@ fn gateway_http_conformance_transcribed() {
 /// With `tls`, a Deployment whose container has `TLS_SERVER_CERT` (and no
 /// `TCP_ECHO_SERVER`) also answers over HTTPS at [`BACKEND_TLS_PORT`] with its Secret
 /// volume's certificate — requiring a client certificate of its ConfigMap volume's CA when
-/// it has `TLS_CLIENT_CACERTS` — as the suite's echo server does; those servers are
-/// returned to keep.
+/// it has `TLS_CLIENT_CACERTS` — as the suite's echo server does; with `h2c`, each pod
+/// also answers HTTP/2 without TLS on that port. Those servers are returned to keep. An
+/// HTTP/1 echo switches to WebSocket when asked, and echoes messages.
 fn echo_pods(
     docs: &[Value],
     first: u32,
     replicas: u32,
     ports: &[u16],
     tls: Option<&Credentials>,
-) -> (Vec<Value>, Vec<(String, HttpApp)>, Vec<Server>) {
+    h2c: Option<u16>,
+) -> EchoPods {
+    let mut h2c_servers = Vec::new();
     let mut pods = Vec::new();
     let mut apps = Vec::new();
     let mut servers = Vec::new();
@@ -643,6 +795,13 @@ fn echo_pods(
                 "status": {"phase": "Running", "podIP": ip,
                            "conditions": [{"type": "Ready", "status": "True"}]},
             }));
+            if let Some(port) = h2c {
+                h2c_servers.push(h2c_echo(
+                    &format!("{ip}:{port}"),
+                    pod.clone(),
+                    ns.to_string(),
+                ));
+            }
             if let Some(config) = &https {
                 let (config, p, n) = (config.clone(), pod.clone(), ns.to_string());
                 servers.push(Server::start(
@@ -694,7 +853,19 @@ fn echo_pods(
             }
         }
     }
-    (pods, apps, servers)
+    EchoPods {
+        pods,
+        apps,
+        _servers: (servers, h2c_servers),
+    }
+}
+
+/// The suite's Deployments as pods: the Pod objects, each pod's HTTP echo (by pod name),
+/// and the other servers, kept while the pods are needed.
+struct EchoPods {
+    pods: Vec<Value>,
+    apps: Vec<(String, HttpApp)>,
+    _servers: (Vec<Server>, Vec<H2cEcho>),
 }
 
 /// The TLS server of a Deployment running the suite's echo server over HTTPS: the
@@ -1135,7 +1306,7 @@ fn mesh_http_conformance_transcribed() {
             .to_string();
         vips.insert((ns, name), vip);
     }
-    let (pods, _apps, _) = echo_pods(&docs, 40, 1, &[8080], None);
+    let pods = echo_pods(&docs, 40, 1, &[8080], None, None).pods;
     let pod_ips: BTreeMap<(String, String), String> = pods
         .iter()
         .map(|p| {
@@ -1321,7 +1492,7 @@ fn gateway_grpc_conformance_transcribed() {
                     .is_some_and(|n| n.starts_with("grpc-"))
         })
         .collect();
-    let (pods, _, _) = echo_pods(&grpc_deployments, 40, 2, &[], None);
+    let pods = echo_pods(&grpc_deployments, 40, 2, &[], None, None).pods;
     let script = crate::grpc::script();
     let servers: Vec<Proc> = pods
         .iter()
