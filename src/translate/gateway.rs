@@ -418,6 +418,47 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
         .collect()
 }
 
+/// The virtual hosts answering 421 (Misdirected Request) on `server`'s connections for
+/// the names the other HTTPS listeners of its port (`peers`) serve: with HTTP/2 a client
+/// reuses a connection for any name the certificate covers, so a request can arrive on a
+/// listener its TLS server name did not choose. The Gateway API asks for 421 there, so
+/// that the client opens a connection for that name (istiod does not detect this).
+fn misdirected(server: &GwServer, peers: &[&GwServer]) -> Vec<VirtualHost> {
+    let own = server.sni();
+    let mut out = Vec::new();
+    for p in peers {
+        for h in p.sni() {
+            if !own.contains(&h) && !out.iter().any(|v: &VirtualHost| v.domains[0] == h) {
+                out.push(misdirected_host(&h, server.number));
+            }
+        }
+    }
+    out
+}
+
+fn misdirected_host(host: &str, port: u16) -> VirtualHost {
+    use envoy_types::pb::envoy::config::route::v3 as rt;
+    VirtualHost {
+        name: format!("misdirected:{}", naming::virtual_host(host, port)),
+        domains: route::gateway_domains(host),
+        routes: vec![rt::Route {
+            name: "misdirected".into(),
+            r#match: Some(rt::RouteMatch {
+                path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(rt::route::Action::DirectResponse(
+                rt::DirectResponseAction {
+                    status: 421,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// Route configurations `http.PORT` (every plain HTTP server with that port number) and
 /// `https.PORT.PORTNAME.GATEWAY.NAMESPACE` (one HTTPS server).
 /// The port a gateway route configuration serves (`http.80`, `https.443.…`).
@@ -450,7 +491,22 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     }
     let mut claimed = BTreeSet::new();
     let mut vhosts = Vec::new();
-    for s in list {
+    // A Gateway API HTTPS listener answers 421 to requests whose Host another listener of
+    // its port serves (first, so that those names are misdirected even where one of its
+    // routes names them too), or that its hostnames do not cover.
+    let detects_misdirected =
+        name.starts_with("https.") && list.first().is_some_and(|s| s.gw.object.is_generated());
+    if detects_misdirected && let Some(s) = list.first() {
+        let peers: Vec<&GwServer> = all
+            .values()
+            .find(|group| group.iter().any(|p| p.https_route() == name))
+            .into_iter()
+            .flatten()
+            .filter(|p| p.kind == Kind::Https && p.https_route() != name)
+            .collect();
+        vhosts.extend(misdirected(s, &peers));
+    }
+    for s in list.iter().copied() {
         let mut v = route::gateway_virtual_hosts(
             ctx,
             &s.gateway,
@@ -479,6 +535,20 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
             }
         }
         vhosts.extend(v);
+    }
+    if detects_misdirected && let Some(s) = list.first() {
+        // The listener's own names without a route answer 404, not 421.
+        for h in s.sni() {
+            vhosts.push(VirtualHost {
+                name: format!("unrouted:{}", naming::virtual_host(&h, s.number)),
+                domains: route::gateway_domains(&h),
+                ..Default::default()
+            });
+        }
+        // Any other name: the listener has hostnames, and it is not among them.
+        if !s.sni().is_empty() {
+            vhosts.push(misdirected_host("*", s.number));
+        }
     }
     route::dedup_domains(&mut vhosts);
     if vhosts.is_empty() {

@@ -129,6 +129,10 @@ struct Case {
     seen_client_cert: Option<String>,
     /// Sent as HTTP/2 without TLS, with prior knowledge (the suite's H2C_PRIOR_KNOWLEDGE).
     h2c: bool,
+    /// Over TLS, HTTP/2 negotiated by ALPN (the suite's H2 protocol).
+    h2: bool,
+    /// Over TLS, the server name to send when it is not the host.
+    sni: Option<String>,
     /// A WebSocket dialled to the path, which must echo a text and a binary message (the
     /// suite's websocket.Dial and Message.Send/Receive); answers 101 when it does.
     websocket: bool,
@@ -248,6 +252,8 @@ fn cases_of(requests: &Value) -> Vec<Case> {
             seen_sni: r["seen_sni"].as_str().map(String::from),
             seen_client_cert: r["seen_client_cert"].as_str().map(String::from),
             h2c: r["h2c"] == true,
+            h2: r["h2"] == true,
+            sni: r["sni"].as_str().map(String::from),
             websocket: r["websocket"] == true,
         })
         .collect()
@@ -286,8 +292,8 @@ fn request(case: &Case) -> std::io::Result<Reply> {
         req.push_str(&format!("X-Echo-Set-Header: {}\r\n", set.join(",")));
     }
     req.push_str("\r\n");
-    if case.h2c {
-        return h2c_request(case, host);
+    if case.h2c || (case.https && case.h2) {
+        return h2_request(case, host);
     }
     if case.websocket {
         return websocket_exchange(case, host);
@@ -299,7 +305,10 @@ fn request(case: &Case) -> std::io::Result<Reply> {
             .target
             .parse()
             .map_err(|e| std::io::Error::other(format!("{}: {e}", case.target)))?;
-        let name = host.split(':').next().unwrap_or(host);
+        let name = case
+            .sni
+            .as_deref()
+            .unwrap_or_else(|| host.split(':').next().unwrap_or(host));
         let client =
             match &case.client_cert {
                 Some(secret) => Some(suite_secret(secret).ok_or_else(|| {
@@ -363,21 +372,27 @@ fn test_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// One request over HTTP/2 without TLS, the client knowing beforehand that the server
-/// speaks it (no upgrade): status, headers, body.
-fn h2c_request(case: &Case, host: &str) -> std::io::Result<Reply> {
-    use http_body_util::BodyExt as _;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(case.target.as_str()).await?;
+/// One request over HTTP/2: without TLS, the client knowing beforehand that the server
+/// speaks it (`h2c`), or over TLS with `h2` negotiated by ALPN (the server name the
+/// request's `sni`, else its host; trusting the suite's CAs). Status, headers, body.
+fn h2_request(case: &Case, host: &str) -> std::io::Result<Reply> {
+    use tokio::io::{AsyncRead, AsyncWrite};
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        io: S,
+        case: &Case,
+        scheme: &str,
+        host: &str,
+    ) -> std::io::Result<Reply> {
+        use http_body_util::BodyExt as _;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
         let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
         let mut req = hyper::Request::builder()
             .method(case.method.as_str())
-            .uri(format!("http://{host}{}", case.path));
+            .uri(format!("{scheme}://{host}{}", case.path));
         for (k, v) in case
             .headers
             .iter()
@@ -405,11 +420,45 @@ fn h2c_request(case: &Case, host: &str) -> std::io::Result<Reply> {
             .map_err(std::io::Error::other)?
             .to_bytes();
         Ok((status, headers, String::from_utf8_lossy(&body).to_string()))
+    }
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(case.target.as_str()).await?;
+        if !case.https {
+            return exchange(tcp, case, "http", host).await;
+        }
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = SUITE_ROOTS.get().map_or("", String::as_str);
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(c.map_err(std::io::Error::other)?)
+                .map_err(std::io::Error::other)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = case
+            .sni
+            .clone()
+            .unwrap_or_else(|| host.split(':').next().unwrap_or(host).to_string());
+        let name = ServerName::try_from(name).map_err(std::io::Error::other)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+            return Err(std::io::Error::other("the server did not negotiate h2"));
+        }
+        exchange(tls, case, "https", host).await
     };
     test_runtime().block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), exchange)
+        tokio::time::timeout(Duration::from_secs(5), attempt)
             .await
-            .map_err(|_| std::io::Error::other("h2c request timed out"))?
+            .map_err(|_| std::io::Error::other("HTTP/2 request timed out"))?
     })
 }
 
@@ -815,7 +864,7 @@ fn echo_pods(
                 let (pod, ns) = (pod.clone(), ns.to_string());
                 apps.push((
                     name,
-                    HttpApp::start(&format!("{ip}:{port}"), move |r| {
+                    HttpApp::start_any_version(&format!("{ip}:{port}"), move |r| {
                         // `?delay=DURATION` answers late, as the suite's echo server does.
                         if let Some(d) = query_param(&r.path, "delay").and_then(|d| go_duration(&d))
                         {
@@ -1306,7 +1355,9 @@ fn mesh_http_conformance_transcribed() {
             .to_string();
         vips.insert((ns, name), vip);
     }
-    let pods = echo_pods(&docs, 40, 1, &[8080], None, None).pods;
+    // Kept to the end: the pods' echo servers live as long as it.
+    let echo = echo_pods(&docs, 40, 1, &[8080], None, None);
+    let pods = &echo.pods;
     let pod_ips: BTreeMap<(String, String), String> = pods
         .iter()
         .map(|p| {
@@ -1322,7 +1373,7 @@ fn mesh_http_conformance_transcribed() {
             )
         })
         .collect();
-    docs.extend(pods);
+    docs.extend(pods.iter().cloned());
     config.write(
         "base.yaml",
         &serde_json::to_string(

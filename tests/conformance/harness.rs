@@ -352,12 +352,36 @@ impl HttpApp {
         addr: &str,
         handler: impl Fn(&Request) -> Answer + Send + Sync + 'static,
     ) -> HttpApp {
+        Self::start_with(addr, handler, false)
+    }
+
+    /// Like [`HttpApp::start`], also answering HTTP/2 from clients that start with it
+    /// (prior knowledge, as the Gateway API suite's echo server does): a proxy that keeps
+    /// its client's HTTP/2 then works.
+    pub fn start_any_version(
+        addr: &str,
+        handler: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> HttpApp {
+        Self::start_with(addr, handler, true)
+    }
+
+    fn start_with(
+        addr: &str,
+        handler: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+        h2: bool,
+    ) -> HttpApp {
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let log2 = log.clone();
         let server = Server::start("app", addr, move |s| {
             let (log, handler) = (log2.clone(), handler.clone());
-            std::thread::spawn(move || serve_http(s, &log, &handler));
+            std::thread::spawn(move || {
+                if h2 && starts_http2(&s) {
+                    serve_http2(s, &log, &handler);
+                } else {
+                    serve_http(s, &log, &handler);
+                }
+            });
         });
         HttpApp {
             log,
@@ -373,6 +397,87 @@ impl HttpApp {
     pub fn count(&self) -> usize {
         self.log.lock().map(|l| l.len()).unwrap_or(0)
     }
+}
+
+/// Whether a connection starts with HTTP/2's preface (a client with prior knowledge),
+/// looked at without reading it.
+fn starts_http2(s: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    for _ in 0..200 {
+        match s.peek(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if buf[..n] != PREFACE[..n] => return false,
+            Ok(n) if n == PREFACE.len() => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    false
+}
+
+/// One HTTP/2 connection (this thread's own runtime: the handler may block), each request
+/// logged and answered by the handler as over HTTP/1.1.
+fn serve_http2(s: TcpStream, log: &Arc<Mutex<Vec<Request>>>, handler: &Handler) {
+    use http_body_util::BodyExt as _;
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let (log, handler) = (log.clone(), handler.clone());
+    runtime.block_on(async move {
+        if s.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(s) = tokio::net::TcpStream::from_std(s) else {
+            return;
+        };
+        let service =
+            hyper::service::service_fn(move |r: hyper::Request<hyper::body::Incoming>| {
+                let (log, handler) = (log.clone(), handler.clone());
+                async move {
+                    let method = r.method().to_string();
+                    let path = r
+                        .uri()
+                        .path_and_query()
+                        .map_or("/".to_string(), |p| p.to_string());
+                    let mut headers: Vec<(String, String)> = r
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    // HTTP/2's authority is HTTP/1.1's Host.
+                    if let Some(a) = r.uri().authority() {
+                        headers.insert(0, ("host".to_string(), a.to_string()));
+                    }
+                    let body = r
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().to_vec())
+                        .unwrap_or_default();
+                    let req = Request {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    };
+                    if let Ok(mut l) = log.lock() {
+                        l.push(req.clone());
+                    }
+                    let answer = handler(&req);
+                    let mut resp = hyper::Response::builder().status(answer.status);
+                    for (k, v) in &answer.headers {
+                        resp = resp.header(k.as_str(), v.as_str());
+                    }
+                    resp.body(http_body_util::Full::new(bytes::Bytes::from(answer.body)))
+                }
+            });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+            .await;
+    });
 }
 
 fn serve_http(mut s: TcpStream, log: &Mutex<Vec<Request>>, handler: &Handler) {
