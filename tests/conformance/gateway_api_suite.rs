@@ -131,6 +131,9 @@ struct Case {
     h2c: bool,
     /// Over TLS, HTTP/2 negotiated by ALPN (the suite's H2 protocol).
     h2: bool,
+    /// A gRPC call (HTTP/2 without TLS) of the echo service: 200 with grpc-status 0, the
+    /// echo its message.
+    grpc: bool,
     /// Over TLS, the server name to send when it is not the host.
     sni: Option<String>,
     /// A WebSocket dialled to the path, which must echo a text and a binary message (the
@@ -253,6 +256,7 @@ fn cases_of(requests: &Value) -> Vec<Case> {
             seen_client_cert: r["seen_client_cert"].as_str().map(String::from),
             h2c: r["h2c"] == true,
             h2: r["h2"] == true,
+            grpc: r["grpc"] == true,
             sni: r["sni"].as_str().map(String::from),
             websocket: r["websocket"] == true,
         })
@@ -292,7 +296,7 @@ fn request(case: &Case) -> std::io::Result<Reply> {
         req.push_str(&format!("X-Echo-Set-Header: {}\r\n", set.join(",")));
     }
     req.push_str("\r\n");
-    if case.h2c || (case.https && case.h2) {
+    if case.h2c || case.grpc || (case.https && case.h2) {
         return h2_request(case, host);
     }
     if case.websocket {
@@ -390,9 +394,24 @@ fn h2_request(case: &Case, host: &str) -> std::io::Result<Reply> {
                 .await
                 .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
+        let (method, path, body) = if case.grpc {
+            // The echo service's Echo, with one message.
+            (
+                "POST",
+                "/proto.EchoTestService/Echo",
+                grpc_frame("conformance"),
+            )
+        } else {
+            (case.method.as_str(), case.path.as_str(), Vec::new())
+        };
         let mut req = hyper::Request::builder()
-            .method(case.method.as_str())
-            .uri(format!("{scheme}://{host}{}", case.path));
+            .method(method)
+            .uri(format!("{scheme}://{host}{path}"));
+        if case.grpc {
+            req = req
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+        }
         for (k, v) in case
             .headers
             .iter()
@@ -401,24 +420,44 @@ fn h2_request(case: &Case, host: &str) -> std::io::Result<Reply> {
             req = req.header(k.as_str(), v.as_str());
         }
         let req = req
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .map_err(std::io::Error::other)?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(std::io::Error::other)?;
         let status = resp.status().as_u16();
-        let headers = resp
+        let headers: Vec<(String, String)> = resp
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
-        let body = resp
+        let collected = resp
             .into_body()
             .collect()
             .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
+            .map_err(std::io::Error::other)?;
+        if case.grpc {
+            // A call that did not end with grpc-status 0 (in the trailers, or the headers
+            // of an answer without a body) failed, whatever its HTTP status.
+            let grpc_status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+                .or_else(|| {
+                    headers
+                        .iter()
+                        .find(|(k, _): &&(String, String)| k == "grpc-status")
+                        .map(|(_, v)| v.clone())
+                });
+            if grpc_status.as_deref() != Some("0") {
+                return Ok((0, headers, format!("grpc-status {grpc_status:?}")));
+            }
+            let text = grpc_text(&collected.to_bytes()).unwrap_or_default();
+            return Ok((status, headers, text));
+        }
+        let body = collected.to_bytes();
         Ok((status, headers, String::from_utf8_lossy(&body).to_string()))
     }
     let attempt = async {
@@ -519,10 +558,40 @@ fn h2c_echo(addr: &str, pod: String, ns: String) -> H2cEcho {
                         "headers": headers, "protocol": format!("{:?}", r.version()),
                     })
                     .to_string();
+                    let grpc = r
+                        .headers()
+                        .get("content-type")
+                        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
                     async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from(body)),
-                        ))
+                        use http_body_util::BodyExt as _;
+                        // A gRPC call gets the echo as its one message (a string field),
+                        // then grpc-status 0 in the trailers.
+                        let body = if grpc {
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert(
+                                "grpc-status",
+                                hyper::header::HeaderValue::from_static("0"),
+                            );
+                            let frames = [
+                                Ok(hyper::body::Frame::data(bytes::Bytes::from(grpc_frame(
+                                    &body,
+                                )))),
+                                Ok(hyper::body::Frame::trailers(trailers)),
+                            ];
+                            http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
+                        } else {
+                            http_body_util::Full::new(bytes::Bytes::from(body))
+                                .map_err(|never| match never {})
+                                .boxed()
+                        };
+                        let mut resp = hyper::Response::new(body);
+                        if grpc {
+                            resp.headers_mut().insert(
+                                "content-type",
+                                hyper::header::HeaderValue::from_static("application/grpc"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
             tokio::spawn(
@@ -531,6 +600,42 @@ fn h2c_echo(addr: &str, pod: String, ns: String) -> H2cEcho {
             );
         }
     }))
+}
+
+/// One gRPC message holding `text` as its field 1 (a string: the echo service's message),
+/// with gRPC's length prefix.
+fn grpc_frame(text: &str) -> Vec<u8> {
+    let mut message = vec![0x0a];
+    let mut len = text.len();
+    while len >= 0x80 {
+        message.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    message.push(len as u8);
+    message.extend_from_slice(text.as_bytes());
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    frame
+}
+
+/// The string field 1 of the first gRPC message in `body` (the inverse of [`grpc_frame`]).
+fn grpc_text(body: &[u8]) -> Option<String> {
+    let message = body.get(5..)?;
+    if message.first() != Some(&0x0a) {
+        return None;
+    }
+    let (mut len, mut shift, mut i) = (0usize, 0, 1);
+    loop {
+        let b = *message.get(i)?;
+        len |= usize::from(b & 0x7f) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    Some(String::from_utf8_lossy(message.get(i..i + len)?).to_string())
 }
 
 /// Whether the answer is the one the suite expects: the status, and for a backend its
@@ -759,6 +864,7 @@ fn gateway_http_conformance_transcribed() {
             failures.extend(run_cases(&cases, &mut switch));
             if let Some(first) = cases.first() {
                 failures.extend(weights_fail(&test, first));
+                failures.extend(header_names_pod_fails(&test, first));
             }
             if failures.is_empty() {
                 failures.extend(mirror_failures(&test, &cases, apps));
@@ -1278,6 +1384,30 @@ fn weights_fail(test: &Value, case: &Case) -> Option<String> {
     (!ok).then(|| format!("distribution {last:?} against weights {weights:?}"))
 }
 
+/// `header_names_pod` ({header, requests}): each of that many more requests reaches a pod
+/// whose name starts with the one value of `header` the backend got (a backendRef's own
+/// header filter, checked per request as the suite does). None when it holds.
+fn header_names_pod_fails(test: &Value, case: &Case) -> Option<String> {
+    let check = &test["header_names_pod"];
+    let header = check["header"].as_str()?.to_ascii_lowercase();
+    let n = check["requests"].as_u64().unwrap_or(100);
+    for i in 0..n {
+        let got = match request(case) {
+            Ok(got) => got,
+            Err(e) => return Some(format!("request {i}: {e}")),
+        };
+        let echo: Value = serde_json::from_str(&got.2).unwrap_or_default();
+        let value = echo["headers"][&header].as_str().unwrap_or_default();
+        let pod = echo["pod"].as_str().unwrap_or_default();
+        if value.is_empty() || value.contains(',') || !pod.starts_with(value) {
+            return Some(format!(
+                "request {i}: header {header} {value:?} does not name pod {pod:?}: {got:?}"
+            ));
+        }
+    }
+    None
+}
+
 /// Whether `counts` of `n` requests put each backend within 5 points of its weight, as the
 /// suite measures a distribution.
 fn within_weights(
@@ -1356,7 +1486,7 @@ fn mesh_http_conformance_transcribed() {
         vips.insert((ns, name), vip);
     }
     // Kept to the end: the pods' echo servers live as long as it.
-    let echo = echo_pods(&docs, 40, 1, &[8080], None, None);
+    let echo = echo_pods(&docs, 40, 1, &[8080], None, Some(7070));
     let pods = &echo.pods;
     let pod_ips: BTreeMap<(String, String), String> = pods
         .iter()
