@@ -27,6 +27,11 @@ use crate::model::gateway_api::convert::CROSS_NAMESPACE_CREDENTIAL;
 use crate::model::proxy::Proxy;
 use crate::translate::{self, ProxyContext};
 
+mod debug;
+mod secrets;
+
+use debug::*;
+
 /// The two flavours of ADS stream.
 pub enum Mode {
     Sotw {
@@ -171,166 +176,6 @@ impl Stream {
                 .map(|(k, w)| (k.clone(), w.summary()))
                 .collect();
         }
-    }
-
-    /// Secrets for this stream: only on the TLS port, only to an authenticated proxy,
-    /// and only its own (`default` for its identity, `ROOTCA`). Anything else asked for is
-    /// refused, logged and counted.
-    fn secrets(&self, w: &WatchState) -> Vec<Arc<Generated>> {
-        let (Some(store), PeerAuth::Authenticated(id)) = (&self.state.secrets, &self.auth) else {
-            return Vec::new();
-        };
-        let proxy = self
-            .conn
-            .as_ref()
-            .map(|c| c.proxy.id.as_str())
-            .unwrap_or("");
-        let mut out = Vec::new();
-        for name in w.names.iter() {
-            let secret = match name.as_str() {
-                translate::secret::DEFAULT => match store.get(id) {
-                    Ok(cert) => translate::secret::workload(name, &cert.chain, &cert.key_pem),
-                    Err(e) => {
-                        warn!(proxy, identity = %id, error = %e, "cannot issue the workload certificate");
-                        continue;
-                    }
-                },
-                translate::secret::ROOTCA => translate::secret::root(name, store.root_pem()),
-                // A Gateway API listener's certificate in another namespace: served
-                // only to a gateway of the proxy's own namespace (the one it
-                // authenticated for) whose Gateway names it, with a ReferenceGrant
-                // there — checked here, per request, not trusted from the
-                // configuration the proxy was sent.
-                other if other.starts_with(CROSS_NAMESPACE_CREDENTIAL) => {
-                    let rest = &other[CROSS_NAMESPACE_CREDENTIAL.len()..];
-                    let snap = self.state.snapshot();
-                    let labels = self
-                        .conn
-                        .as_ref()
-                        .map(|c| c.proxy.labels.clone())
-                        .unwrap_or_default();
-                    let secret = rest
-                        .split_once('/')
-                        .and_then(|(ns, n)| snap.gateway_secret(&id.namespace, &labels, ns, n));
-                    match secret.and_then(|s| Some((s.cert.as_ref()?, s.key.as_ref()?))) {
-                        Some((c, k)) => {
-                            translate::secret::workload(name, std::slice::from_ref(c), k)
-                        }
-                        None => {
-                            self.state.metrics.sds_refusals.inc();
-                            warn!(proxy, identity = %id, secret = other,
-                                  "SDS request refused: no such Secret, or no ReferenceGrant for the proxy's namespace");
-                            continue;
-                        }
-                    }
-                }
-                // A ConfigMap's CA bundle (BackendTLSPolicy): public, for any
-                // authenticated proxy, as istiod serves it.
-                other if other.starts_with(CONFIGMAP_CREDENTIAL) => {
-                    let rest = &other[CONFIGMAP_CREDENTIAL.len()..];
-                    let rest = rest.strip_suffix("-cacert").unwrap_or(rest);
-                    let snap = self.state.snapshot();
-                    match rest
-                        .split_once('/')
-                        .and_then(|(ns, n)| snap.ca_configmap(ns, n))
-                    {
-                        Some((ca_pem, crl)) => {
-                            translate::secret::trust(name, ca_pem, crl.map(String::as_str))
-                        }
-                        None => {
-                            self.state.metrics.sds_refusals.inc();
-                            warn!(proxy, identity = %id, secret = other,
-                                  "SDS request refused: no such ConfigMap with a CA certificate");
-                            continue;
-                        }
-                    }
-                }
-                // DestinationRule credentialName: a Secret of the proxy's own namespace
-                // (the one it authenticated for), never another's.
-                other if other.starts_with("kubernetes://") => {
-                    let rest = &other["kubernetes://".len()..];
-                    let snap = self.state.snapshot();
-                    let (secret_name, ca) = match rest.strip_suffix("-cacert") {
-                        Some(n) if snap.tls_secret(&id.namespace, rest).is_none() => (n, true),
-                        _ => (rest, false),
-                    };
-                    match snap.tls_secret(&id.namespace, secret_name) {
-                        Some(sec) if ca => match &sec.ca {
-                            Some(ca_pem) => {
-                                translate::secret::trust(name, ca_pem, sec.crl.as_deref())
-                            }
-                            None => continue,
-                        },
-                        Some(sec) => match (&sec.cert, &sec.key) {
-                            (Some(c), Some(k)) => {
-                                translate::secret::workload(name, std::slice::from_ref(c), k)
-                            }
-                            _ => continue,
-                        },
-                        None => {
-                            self.state.metrics.sds_refusals.inc();
-                            warn!(proxy, identity = %id, secret = other,
-                                  "SDS request refused: no such Secret in the proxy's namespace");
-                            continue;
-                        }
-                    }
-                }
-                other => {
-                    self.state.metrics.sds_refusals.inc();
-                    warn!(proxy, identity = %id, secret = other,
-                          "SDS request refused: the secret does not belong to this proxy's identity");
-                    continue;
-                }
-            };
-            out.push(Arc::new(wrap(name.clone(), &secret)));
-        }
-        out
-    }
-
-    /// An answer to an `istio.io/debug/...` request, as istiod gives it: only to a caller
-    /// authenticated on the TLS port; one outside the root namespace sees only the
-    /// proxies of its own namespace.
-    fn debug_response(&mut self, url: &str) -> Result<DiscoveryResponse, Status> {
-        // On the TLS port a caller sees its own namespace's proxies (all of them from the
-        // root namespace). The plaintext port carries no secrets and is as open as the
-        // HTTP debug port, which shows the same status: there, as at istiod (what
-        // `istioctl proxy-status --plaintext` reads), everything.
-        let namespace = match &self.auth {
-            PeerAuth::Authenticated(id) => Some(id.namespace.clone()),
-            PeerAuth::Plaintext => None,
-            PeerAuth::Refused(_) => {
-                return Err(Status::unauthenticated(
-                    "debug requests need a valid token or certificate on the TLS port",
-                ));
-            }
-        };
-        if url != DEBUG_SYNCZ {
-            return Err(Status::unimplemented(format!(
-                "debug type {url} is not served (only {DEBUG_SYNCZ})"
-            )));
-        }
-        let snap = self.state.snapshot();
-        let all = namespace
-            .as_deref()
-            .is_none_or(|ns| ns == snap.mesh.root_namespace);
-        let own = namespace.unwrap_or_default();
-        let resources = self
-            .state
-            .connections()
-            .iter()
-            // Debug clients (istioctl) are not proxies.
-            .filter(|c| c.proxy.metadata.get("GENERATOR").and_then(|v| v.as_str()) != Some("event"))
-            .filter(|c| all || c.proxy.namespace == own)
-            .filter_map(|c| client_config(c))
-            .map(|cc| pb::any(&cc))
-            .collect();
-        Ok(DiscoveryResponse {
-            type_url: url.to_string(),
-            resources,
-            nonce: self.next_nonce(),
-            control_plane: Some(debug_control_plane(&self.state.instance)),
-            ..Default::default()
-        })
     }
 
     fn connect(&mut self, node: Option<&Node>) -> Result<Arc<Connection>, Status> {
@@ -610,35 +455,6 @@ impl Stream {
     }
 }
 
-/// The control plane as istiod names itself in debug responses, which istioctl reads as
-/// JSON (component, instance, build info): the instance is the pod's name.
-fn debug_control_plane(id: &str) -> ControlPlane {
-    ControlPlane {
-        identifier: serde_json::json!({
-            "Component": "istiod",
-            "ID": id,
-            "Info": {
-                "version": format!("meshd-{}", env!("CARGO_PKG_VERSION")),
-                "revision": "meshd",
-                "status": "Clean",
-                "tag": format!("meshd-{}", env!("CARGO_PKG_VERSION")),
-            },
-        })
-        .to_string(),
-    }
-}
-
-/// meshd's `ControlPlane` in every response, encoded once.
-fn control_plane_bytes() -> &'static [u8] {
-    static CP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    CP.get_or_init(|| {
-        ControlPlane {
-            identifier: format!("meshd-{}", env!("CARGO_PKG_VERSION")),
-        }
-        .encode_to_vec()
-    })
-}
-
 fn version_label(proxy: &Proxy) -> VersionLabel {
     // The version is whatever the client says: keep it only if it looks like one.
     let version = match &proxy.istio_version {
@@ -653,62 +469,6 @@ fn version_label(proxy: &Proxy) -> VersionLabel {
         Some(_) => "unknown".to_string(),
     };
     VersionLabel { version }
-}
-
-/// istiod's debug type over ADS (`istioctl proxy-status`, `istioctl version`).
-pub const DEBUG_SYNCZ: &str = "istio.io/debug/syncz";
-
-/// A connection's state as an Envoy CSDS `ClientConfig`, as istiod's `syncz` answers.
-/// None for a connection that subscribed to nothing (not a proxy to report).
-fn client_config(
-    c: &Connection,
-) -> Option<envoy_types::pb::envoy::service::status::v3::ClientConfig> {
-    use envoy_types::pb::envoy::service::status::v3::{
-        ClientConfig, ConfigStatus, client_config::GenericXdsConfig,
-    };
-    let types = c.status().types;
-    if types.is_empty() {
-        return None;
-    }
-    let mut configs: Vec<GenericXdsConfig> = types
-        .into_iter()
-        .map(|(type_url, w)| GenericXdsConfig {
-            config_status: match (&w.sent_nonce, &w.acked_nonce) {
-                (None, _) => ConfigStatus::NotSent,
-                (Some(s), Some(a)) if s == a => ConfigStatus::Synced,
-                _ => ConfigStatus::Stale,
-            } as i32,
-            version_info: w
-                .acked_version
-                .clone()
-                .or(w.sent_version.clone())
-                .unwrap_or_default(),
-            error_state: w.last_nack.as_ref().map(|n| {
-                envoy_types::pb::envoy::admin::v3::UpdateFailureState {
-                    details: n.error.clone(),
-                    version_info: n.version.clone(),
-                    ..Default::default()
-                }
-            }),
-            type_url,
-            ..Default::default()
-        })
-        .collect();
-    configs.sort_by(|a, b| a.type_url.cmp(&b.type_url));
-    let p = &c.proxy;
-    Some(ClientConfig {
-        node: Some(Node {
-            id: p.id.clone(),
-            metadata: Some(pb::to_struct(&serde_json::json!({
-                "CLUSTER_ID": p.cluster_id,
-                "NAMESPACE": p.namespace,
-                "ISTIO_VERSION": p.istio_version.clone().unwrap_or_default(),
-            }))),
-            ..Default::default()
-        }),
-        generic_xds_configs: configs,
-        ..Default::default()
-    })
 }
 
 /// Runs one ADS stream until the client goes away or meshd shuts down.
