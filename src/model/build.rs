@@ -84,7 +84,15 @@ impl Snapshot {
             clock.lap("services and endpoints (kept)");
         } else {
             let mark = b.diags.len();
-            b.build_workloads();
+            if let Some(p) = previous {
+                b.prev_services = (
+                    p.services.clone(),
+                    p.endpoints.clone(),
+                    p.config_hashes.clone(),
+                    p.endpoint_hashes.clone(),
+                );
+            }
+            b.build_workloads(previous);
             clock.lap("workloads");
             b.build_services();
             b.resolve_aliases();
@@ -127,6 +135,7 @@ impl Snapshot {
         b.build_rate_limits();
         clock.lap("policies, envoy filters, telemetry");
         let mut snap = b.finish(previous.map_or(1, |p| p.generation + 1), &reused);
+        clock.lap("hashes");
         // Computed here, on the builder's thread, not by the first proxy that needs it.
         let (keys, failover, memo) =
             snap.collect_selector_keys(previous.map(|p| &p.selector_key_memo));
@@ -135,10 +144,18 @@ impl Snapshot {
         snap.selector_key_memo = memo;
         snap.stage_prints = prints;
         snap.stage_diags = stage_diags;
-        clock.lap("hashes and indexes");
+        clock.lap("selector keys");
         snap.build_stages = clock.laps;
         snap
     }
+}
+
+/// The key of (namespace, label, value) in the Pod label index.
+fn label_key(namespace: &str, label: &str, value: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    (namespace, label, value).hash(&mut h);
+    h.finish()
 }
 
 /// Whether any Gateway API object is present (their kinds sort last, so this looks at
@@ -184,6 +201,13 @@ fn export_to_annotation(obj: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
+type PrevServices = (
+    BTreeMap<String, Arc<Service>>,
+    BTreeMap<String, Arc<ServiceEndpoints>>,
+    Arc<BTreeMap<String, u64>>,
+    Arc<BTreeMap<String, u64>>,
+);
+
 #[derive(Default)]
 struct Builder {
     mesh: MeshConfig,
@@ -204,11 +228,16 @@ struct Builder {
     envoy_filter_values: BTreeMap<(String, usize), serde_json::Value>,
     envoy_filter_versions: BTreeMap<(String, usize), regex::Regex>,
     telemetries: Vec<Arc<Object>>,
-    /// (namespace, label, value) → Pods, and namespace → Pods: selectors look up
-    /// candidates instead of scanning every Pod for every Service.
-    pods_by_label: HashMap<(String, String, String), Vec<Arc<Object>>>,
+    /// (namespace, label, value) → Pods (by a hash of the three: no strings copied per
+    /// label; a collision only adds candidates, which are checked), and namespace →
+    /// Pods: selectors look up candidates instead of scanning every Pod for every
+    /// Service.
+    pods_by_label: HashMap<u64, Vec<Arc<Object>>>,
     pods_by_namespace: HashMap<String, Vec<Arc<Object>>>,
     workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
+    /// The previous snapshot's services, endpoints and their hashes (config, endpoints),
+    /// when this build rebuilds the services stage: unchanged ones are kept as they were.
+    prev_services: PrevServices,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
@@ -219,15 +248,13 @@ impl Builder {
     /// Pods in `namespace` whose labels contain `selector`, in key order.
     fn selected_pods(&self, namespace: &str, selector: &Labels) -> Vec<Arc<Object>> {
         let candidates = match selector.iter().next() {
-            Some((k, v)) => self
-                .pods_by_label
-                .get(&(namespace.to_string(), k.clone(), v.clone())),
+            Some((k, v)) => self.pods_by_label.get(&label_key(namespace, k, v)),
             None => self.pods_by_namespace.get(namespace),
         };
         candidates
             .into_iter()
             .flatten()
-            .filter(|p| labels_match(selector, &p.labels))
+            .filter(|p| p.key.namespace == namespace && labels_match(selector, &p.labels))
             .cloned()
             .collect()
     }
@@ -301,8 +328,16 @@ impl Builder {
         }
     }
 
-    fn build_workloads(&mut self) {
+    fn build_workloads(&mut self, previous: Option<&Snapshot>) {
         let mut workloads = BTreeMap::new();
+        // A Pod whose object (content) and locality are those of the previous build keeps
+        // its workload: under pod churn only the Pods that changed are rebuilt.
+        let unchanged = |pod: &Object, locality: &str| -> Option<Arc<Workload>> {
+            let prev = previous?;
+            let before = prev.objects.get(&pod.key)?;
+            let w = prev.workloads.get(&pod.key)?;
+            (before.hash == pod.hash && w.locality == locality).then(|| w.clone())
+        };
         for pod in self.of_kind(Kind::Pod) {
             let Spec::Pod(info) = &pod.spec else { continue };
             let mut locality = locality_label(&pod.labels);
@@ -315,6 +350,10 @@ impl Builder {
                 if let Some(Spec::Node(l)) = self.objects.get(&node).map(|o| &o.spec) {
                     locality = l.clone();
                 }
+            }
+            if let Some(w) = unchanged(pod, &locality) {
+                workloads.insert(pod.key.clone(), w);
+                continue;
             }
             workloads.insert(
                 pod.key.clone(),
@@ -357,16 +396,18 @@ impl Builder {
             );
         }
         self.workloads = workloads;
-        let mut by_label: HashMap<(String, String, String), Vec<Arc<Object>>> = HashMap::new();
+        let mut by_label: HashMap<u64, Vec<Arc<Object>>> = HashMap::new();
         let mut by_ns: HashMap<String, Vec<Arc<Object>>> = HashMap::new();
         for pod in self.of_kind(Kind::Pod) {
-            by_ns
-                .entry(pod.key.namespace.clone())
-                .or_default()
-                .push(pod.clone());
+            match by_ns.get_mut(&pod.key.namespace) {
+                Some(list) => list.push(pod.clone()),
+                None => {
+                    by_ns.insert(pod.key.namespace.clone(), vec![pod.clone()]);
+                }
+            }
             for (k, v) in &pod.labels {
                 by_label
-                    .entry((pod.key.namespace.clone(), k.clone(), v.clone()))
+                    .entry(label_key(&pod.key.namespace, k, v))
                     .or_default()
                     .push(pod.clone());
             }
@@ -396,9 +437,18 @@ impl Builder {
             );
             return;
         }
-        self.endpoints
-            .insert(svc.hostname.clone(), Arc::new(endpoints));
-        self.services.insert(svc.hostname.clone(), Arc::new(svc));
+        // What equals the previous build's stays the same `Arc`, so that its hashes are
+        // reused (`service_indexes`) and what a push compares is shared.
+        let endpoints = match self.prev_services.1.get(&svc.hostname) {
+            Some(p) if **p == endpoints => p.clone(),
+            _ => Arc::new(endpoints),
+        };
+        let svc = match self.prev_services.0.get(&svc.hostname) {
+            Some(p) if **p == svc => p.clone(),
+            _ => Arc::new(svc),
+        };
+        self.endpoints.insert(svc.hostname.clone(), endpoints);
+        self.services.insert(svc.hostname.clone(), svc);
     }
 
     fn build_services(&mut self) {
@@ -1550,16 +1600,25 @@ impl Builder {
         Arc<BTreeMap<String, Vec<ObjectKey>>>,
         Arc<BTreeMap<String, Vec<String>>>,
     ) {
-        let config_hashes = self
-            .services
-            .iter()
-            .map(|(h, s)| (h.clone(), hash_of(&**s)))
-            .collect();
-        let endpoint_hashes = self
-            .endpoints
-            .iter()
-            .map(|(h, e)| (h.clone(), hash_of(&**e)))
-            .collect();
+        // The previous build's hash of a service or endpoint set kept as it was.
+        fn hashes<T: serde::Serialize>(
+            now: &BTreeMap<String, Arc<T>>,
+            before: &BTreeMap<String, Arc<T>>,
+            before_hashes: &BTreeMap<String, u64>,
+        ) -> BTreeMap<String, u64> {
+            now.iter()
+                .map(|(h, v)| {
+                    let kept = before
+                        .get(h)
+                        .filter(|b| Arc::ptr_eq(b, v))
+                        .and_then(|_| before_hashes.get(h));
+                    (h.clone(), kept.copied().unwrap_or_else(|| hash_of(&**v)))
+                })
+                .collect()
+        }
+        let (prev_services, prev_endpoints, prev_config, prev_endpoint) = &self.prev_services;
+        let config_hashes = hashes(&self.services, prev_services, prev_config);
+        let endpoint_hashes = hashes(&self.endpoints, prev_endpoints, prev_endpoint);
         let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
             for a in &w.addresses {

@@ -335,7 +335,29 @@ pub fn locality_label(labels: &Labels) -> String {
 }
 
 pub(super) fn hash_of<T: Serialize + ?Sized>(value: &T) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(value).unwrap_or_default())
+    // The JSON text streamed through the hash (through a buffer: serde_json writes in
+    // small pieces) rather than collected first: the same bytes, so the same hash, with
+    // no allocation the size of the value.
+    let mut w = std::io::BufWriter::with_capacity(4096, HashWriter(xxhash_rust::xxh3::Xxh3::new()));
+    let _ = serde_json::to_writer(&mut w, value);
+    match w.into_inner() {
+        Ok(h) => h.0.digest(),
+        Err(_) => 0,
+    }
+}
+
+/// An `io::Write` that feeds a hash.
+pub(super) struct HashWriter(pub(super) xxhash_rust::xxh3::Xxh3);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Snapshot {

@@ -131,6 +131,13 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
         }
     }
     let churn_wall = started.elapsed();
+    // Where the last churn build's time went.
+    let last_stages = prev
+        .build_stages
+        .iter()
+        .map(|(name, d)| format!("{name} {:.2} ms", d.as_secs_f64() * 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ");
     // Let the last pushes land, then collect.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu = cpu_seconds() - cpu_before;
@@ -172,7 +179,7 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
     );
     format!(
         "B3 services={n} clients={m}: {synced}; {events} pod events at {rate}/s over {:.1} s, \
-         {builds} snapshot builds ({:.1} ms each on average); convergence (event to every client) \
+         {builds} snapshot builds ({:.1} ms each on average; the last: {last_stages}); convergence (event to every client) \
          p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} events ({partial} reached only some \
          clients, {superseded} superseded before a push); meshd CPU {:.2} s = {:.2} cores",
         churn_wall.as_secs_f64(),
