@@ -1068,13 +1068,9 @@ fn https_echo(config: Arc<rustls::ServerConfig>, s: TcpStream, pod: &str, ns: &s
         return;
     };
     let mut tls = rustls::StreamOwned::new(conn, s);
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tls.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+    let buf = read_head(&mut tls);
+    if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        return;
     }
     let text = String::from_utf8_lossy(&buf).to_string();
     let head = text.split("\r\n\r\n").next().unwrap_or_default();

@@ -340,6 +340,20 @@ impl Answer {
 
 type Handler = Arc<dyn Fn(&Request) -> Answer + Send + Sync>;
 
+/// What a client sent up to the end of its request's head (or until it stopped sending):
+/// empty when nothing came, a TLS handshake that failed included.
+pub fn read_head(s: &mut impl Read) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
 /// An HTTP/1.1 application (keep-alive, a thread per connection so a slow answer never
 /// holds up another request) that answers with `handler` and logs every request it got.
 pub struct HttpApp {
@@ -1121,14 +1135,7 @@ impl TlsBackend {
                 return;
             };
             let mut tls = rustls::StreamOwned::new(conn, s);
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tls.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
+            let buf = read_head(&mut tls);
             if buf.is_empty() {
                 return; // the handshake failed
             }

@@ -12,7 +12,7 @@ use crate::kube_api::KubeApi;
 
 /// A real API server, or None (skipped, or failed under MESHD_REQUIRE_ENVOY) when the
 /// test command has not built it.
-pub(crate) fn real_api(dir: &TempDir) -> Option<KubeApi> {
+fn real_api(dir: &TempDir) -> Option<KubeApi> {
     built(KubeApi::start(dir.path()))
 }
 
@@ -111,7 +111,7 @@ fn istioctl(api: &KubeApi, args: &[&str]) -> Option<String> {
 }
 
 /// Istio's CRDs and meshd's namespace, then waits until the API serves the kinds.
-pub(crate) fn istio_crds(api: &KubeApi) {
+fn istio_crds(api: &KubeApi) {
     apply_file(api, &repo().join("crds/crd-all.gen.yaml"));
     apply_file(api, &repo().join("deploy/00-namespace.yaml"));
     wait_for(
@@ -119,6 +119,20 @@ pub(crate) fn istio_crds(api: &KubeApi) {
         Duration::from_secs(30),
         || api.get("/apis/networking.istio.io/v1").ok(),
     );
+}
+
+/// A real API server with Istio's and the Gateway API's CRDs served (None as
+/// [`real_api`]).
+pub(crate) fn gateway_api_server(dir: &TempDir) -> Option<KubeApi> {
+    let api = real_api(dir)?;
+    istio_crds(&api);
+    apply_file(&api, &repo().join("crds/gateway-api.gen.yaml"));
+    wait_for(
+        "gateway.networking.k8s.io served",
+        Duration::from_secs(30),
+        || api.get("/apis/gateway.networking.k8s.io/v1").ok(),
+    );
+    Some(api)
 }
 
 /// A VirtualService `name` in `default` routing its host to itself.
@@ -130,7 +144,7 @@ fn vs(name: &str) -> serde_json::Value {
     })
 }
 
-pub(crate) fn apply_file(api: &KubeApi, path: &std::path::Path) {
+fn apply_file(api: &KubeApi, path: &std::path::Path) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let refused = api.apply_text(&text);
     assert!(
@@ -692,14 +706,9 @@ fn gateway_api_objects_from_a_real_api_server() {
         return;
     }
     let dir = TempDir::new("real-gwapi");
-    let Some(api) = real_api(&dir) else { return };
-    istio_crds(&api);
-    apply_file(&api, &repo().join("crds/gateway-api.gen.yaml"));
-    wait_for(
-        "gateway.networking.k8s.io served",
-        Duration::from_secs(30),
-        || api.get("/apis/gateway.networking.k8s.io/v1").ok(),
-    );
+    let Some(api) = gateway_api_server(&dir) else {
+        return;
+    };
     for sa in ["productpage", "details", "reviews", "ratings"] {
         api.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": format!("bookinfo-{sa}"), "namespace": "default"}}))

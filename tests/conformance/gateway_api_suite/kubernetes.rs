@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::kube_api::KubeApi;
-use crate::real_kubernetes::{apply_file, istio_crds, real_api};
+use crate::real_kubernetes::gateway_api_server;
 
 /// The Gateway API kinds whose status the tests read, with their API paths.
 const KINDS: &[(&str, &str)] = &[
@@ -227,14 +227,9 @@ fn gateway_kubernetes_conformance_transcribed() {
         return;
     }
     let dir = TempDir::new("gwapi-kube-suite");
-    let Some(api) = real_api(&dir) else { return };
-    istio_crds(&api);
-    apply_file(&api, &repo().join("crds/gateway-api.gen.yaml"));
-    wait_for(
-        "gateway.networking.k8s.io served",
-        Duration::from_secs(30),
-        || api.get("/apis/gateway.networking.k8s.io/v1").ok(),
-    );
+    let Some(api) = gateway_api_server(&dir) else {
+        return;
+    };
     let class = serde_json::json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
         "metadata": {"name": "istio"},
