@@ -84,18 +84,11 @@ impl Snapshot {
             clock.lap("services and endpoints (kept)");
         } else {
             let mark = b.diags.len();
-            if let Some(p) = previous {
-                b.prev_services = (
-                    p.services.clone(),
-                    p.endpoints.clone(),
-                    p.config_hashes.clone(),
-                    p.endpoint_hashes.clone(),
-                );
-            }
             b.build_workloads(previous);
             clock.lap("workloads");
             b.build_services();
             b.resolve_aliases();
+            b.keep_unchanged_services(previous);
             stage_diags.services = b.diags[mark..].to_vec();
             clock.lap("services and endpoints");
         }
@@ -134,7 +127,7 @@ impl Snapshot {
         b.build_telemetries();
         b.build_rate_limits();
         clock.lap("policies, envoy filters, telemetry");
-        let mut snap = b.finish(previous.map_or(1, |p| p.generation + 1), &reused);
+        let mut snap = b.finish(previous, &reused);
         clock.lap("hashes");
         // Computed here, on the builder's thread, not by the first proxy that needs it.
         let (keys, failover, memo) =
@@ -201,13 +194,6 @@ fn export_to_annotation(obj: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
-type PrevServices = (
-    BTreeMap<String, Arc<Service>>,
-    BTreeMap<String, Arc<ServiceEndpoints>>,
-    Arc<BTreeMap<String, u64>>,
-    Arc<BTreeMap<String, u64>>,
-);
-
 #[derive(Default)]
 struct Builder {
     mesh: MeshConfig,
@@ -235,9 +221,6 @@ struct Builder {
     pods_by_label: HashMap<u64, Vec<Arc<Object>>>,
     pods_by_namespace: HashMap<String, Vec<Arc<Object>>>,
     workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
-    /// The previous snapshot's services, endpoints and their hashes (config, endpoints),
-    /// when this build rebuilds the services stage: unchanged ones are kept as they were.
-    prev_services: PrevServices,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
@@ -437,18 +420,31 @@ impl Builder {
             );
             return;
         }
-        // What equals the previous build's stays the same `Arc`, so that its hashes are
-        // reused (`service_indexes`) and what a push compares is shared.
-        let endpoints = match self.prev_services.1.get(&svc.hostname) {
-            Some(p) if **p == endpoints => p.clone(),
-            _ => Arc::new(endpoints),
-        };
-        let svc = match self.prev_services.0.get(&svc.hostname) {
-            Some(p) if **p == svc => p.clone(),
-            _ => Arc::new(svc),
-        };
-        self.endpoints.insert(svc.hostname.clone(), endpoints);
-        self.services.insert(svc.hostname.clone(), svc);
+        self.endpoints
+            .insert(svc.hostname.clone(), Arc::new(endpoints));
+        self.services.insert(svc.hostname.clone(), Arc::new(svc));
+    }
+
+    /// A service or endpoint set equal to the previous build's becomes that same `Arc`,
+    /// so that its hashes are reused (`service_indexes`) and what a push compares is
+    /// shared.
+    fn keep_unchanged_services(&mut self, previous: Option<&Snapshot>) {
+        fn keep<T: PartialEq>(
+            now: &mut BTreeMap<String, Arc<T>>,
+            before: &BTreeMap<String, Arc<T>>,
+        ) {
+            for (host, v) in now.iter_mut() {
+                if let Some(b) = before.get(host)
+                    && **b == **v
+                {
+                    *v = b.clone();
+                }
+            }
+        }
+        if let Some(prev) = previous {
+            keep(&mut self.services, &prev.services);
+            keep(&mut self.endpoints, &prev.endpoints);
+        }
     }
 
     fn build_services(&mut self) {
@@ -1594,31 +1590,39 @@ impl Builder {
     #[allow(clippy::type_complexity)]
     fn service_indexes(
         &self,
+        previous: Option<&Snapshot>,
     ) -> (
         Arc<BTreeMap<String, u64>>,
         Arc<BTreeMap<String, u64>>,
         Arc<BTreeMap<String, Vec<ObjectKey>>>,
         Arc<BTreeMap<String, Vec<String>>>,
     ) {
-        // The previous build's hash of a service or endpoint set kept as it was.
+        // The previous build's hash of a service or endpoint set kept as it was (the same
+        // `Arc`, `keep_unchanged_services`).
         fn hashes<T: serde::Serialize>(
             now: &BTreeMap<String, Arc<T>>,
-            before: &BTreeMap<String, Arc<T>>,
-            before_hashes: &BTreeMap<String, u64>,
+            before: Option<(&BTreeMap<String, Arc<T>>, &BTreeMap<String, u64>)>,
         ) -> BTreeMap<String, u64> {
             now.iter()
                 .map(|(h, v)| {
-                    let kept = before
-                        .get(h)
-                        .filter(|b| Arc::ptr_eq(b, v))
-                        .and_then(|_| before_hashes.get(h));
-                    (h.clone(), kept.copied().unwrap_or_else(|| hash_of(&**v)))
+                    let kept = before.and_then(|(values, hashes)| {
+                        values
+                            .get(h)
+                            .filter(|b| Arc::ptr_eq(b, v))
+                            .and(hashes.get(h).copied())
+                    });
+                    (h.clone(), kept.unwrap_or_else(|| hash_of(&**v)))
                 })
                 .collect()
         }
-        let (prev_services, prev_endpoints, prev_config, prev_endpoint) = &self.prev_services;
-        let config_hashes = hashes(&self.services, prev_services, prev_config);
-        let endpoint_hashes = hashes(&self.endpoints, prev_endpoints, prev_endpoint);
+        let config_hashes = hashes(
+            &self.services,
+            previous.map(|p| (&p.services, &*p.config_hashes)),
+        );
+        let endpoint_hashes = hashes(
+            &self.endpoints,
+            previous.map(|p| (&p.endpoints, &*p.endpoint_hashes)),
+        );
         let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
             for a in &w.addresses {
@@ -1645,7 +1649,8 @@ impl Builder {
         )
     }
 
-    fn finish(self, generation: u64, reused: &Reused) -> Snapshot {
+    fn finish(self, previous: Option<&Snapshot>, reused: &Reused) -> Snapshot {
+        let generation = previous.map_or(1, |p| p.generation + 1);
         // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
         // and routes (VirtualServices), kept apart so a route change pushes only routes.
         // A stage taken from the previous snapshot keeps its hashes and indexes too.
@@ -1660,7 +1665,7 @@ impl Builder {
                 prev.workloads_by_ip.clone(),
                 prev.hosts_by_ip.clone(),
             ),
-            None => self.service_indexes(),
+            None => self.service_indexes(previous),
         };
         let (route_hashes, l4_route_hashes) = match reused.routes {
             Some(prev) => (prev.route_hashes.clone(), prev.l4_route_hashes.clone()),

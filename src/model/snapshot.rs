@@ -347,7 +347,7 @@ pub(super) fn hash_of<T: Serialize + ?Sized>(value: &T) -> u64 {
 }
 
 /// An `io::Write` that feeds a hash.
-pub(super) struct HashWriter(pub(super) xxhash_rust::xxh3::Xxh3);
+struct HashWriter(xxhash_rust::xxh3::Xxh3);
 
 impl std::io::Write for HashWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -418,22 +418,37 @@ pub fn listeners(ctx: &ProxyContext) -> Vec<Listener> {
         .collect()
 }
 
-/// The virtual hosts answering 421 (Misdirected Request) on `server`'s connections for
-/// the names the other HTTPS listeners of its port (`peers`) serve: with HTTP/2 a client
-/// reuses a connection for any name the certificate covers, so a request can arrive on a
-/// listener its TLS server name did not choose. The Gateway API asks for 421 there, so
-/// that the client opens a connection for that name (istiod does not detect this).
-fn misdirected(server: &GwServer, peers: &[&GwServer]) -> Vec<VirtualHost> {
+/// The virtual hosts that tell misdirected requests apart on `server`'s connections:
+/// with HTTP/2 a client reuses a connection for any name the certificate covers, so a
+/// request can arrive on a listener its TLS server name did not choose. The Gateway API
+/// asks for 421 (Misdirected Request) there, so that the client opens a connection for
+/// that name (istiod does not detect this).
+///
+/// Two lists, by where they go among the routes' virtual hosts (of equal domains the
+/// first is kept): before them, 421 for the names the other HTTPS listeners of the
+/// address (`peers`) serve — misdirected even where one of this listener's routes names
+/// them — and for any name at all when the listener has hostnames; after them, the
+/// listener's own names without a route, which answer 404.
+fn misdirected(server: &GwServer, peers: &[&GwServer]) -> (Vec<VirtualHost>, Vec<VirtualHost>) {
     let own = server.sni();
-    let mut out = Vec::new();
-    for p in peers {
-        for h in p.sni() {
-            if !own.contains(&h) && !out.iter().any(|v: &VirtualHost| v.domains[0] == h) {
-                out.push(misdirected_host(&h, server.number));
-            }
+    let mut before: Vec<VirtualHost> = Vec::new();
+    for h in peers.iter().flat_map(|p| p.sni()) {
+        if !own.contains(&h) && !before.iter().any(|v| v.domains[0] == h) {
+            before.push(misdirected_host(&h, server.number));
         }
     }
-    out
+    if !own.is_empty() {
+        before.push(misdirected_host("*", server.number));
+    }
+    let after = own
+        .iter()
+        .map(|h| VirtualHost {
+            name: format!("unrouted:{}", naming::virtual_host(h, server.number)),
+            domains: route::gateway_domains(h),
+            ..Default::default()
+        })
+        .collect();
+    (before, after)
 }
 
 fn misdirected_host(host: &str, port: u16) -> VirtualHost {
@@ -486,27 +501,23 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     } else {
         return None;
     };
-    if list.is_empty() {
-        return None;
-    }
-    let mut claimed = BTreeSet::new();
-    let mut vhosts = Vec::new();
-    // A Gateway API HTTPS listener answers 421 to requests whose Host another listener of
-    // its port serves (first, so that those names are misdirected even where one of its
-    // routes names them too), or that its hostnames do not cover.
-    let detects_misdirected =
-        name.starts_with("https.") && list.first().is_some_and(|s| s.gw.object.is_generated());
-    if detects_misdirected && let Some(s) = list.first() {
+    let first = *list.first()?;
+    // A Gateway API HTTPS listener tells misdirected requests apart, against the other
+    // HTTPS listeners sharing its listen address.
+    let (mut vhosts, unrouted) = if first.kind == Kind::Https && first.gw.object.is_generated() {
         let peers: Vec<&GwServer> = all
             .values()
-            .find(|group| group.iter().any(|p| p.https_route() == name))
+            .find(|group| group.iter().any(|p| std::ptr::eq(p, first)))
             .into_iter()
             .flatten()
-            .filter(|p| p.kind == Kind::Https && p.https_route() != name)
+            .filter(|p| p.kind == Kind::Https && !std::ptr::eq(*p, first))
             .collect();
-        vhosts.extend(misdirected(s, &peers));
-    }
-    for s in list.iter().copied() {
+        misdirected(first, &peers)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut claimed = BTreeSet::new();
+    for s in list {
         let mut v = route::gateway_virtual_hosts(
             ctx,
             &s.gateway,
@@ -536,20 +547,7 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
         }
         vhosts.extend(v);
     }
-    if detects_misdirected && let Some(s) = list.first() {
-        // The listener's own names without a route answer 404, not 421.
-        for h in s.sni() {
-            vhosts.push(VirtualHost {
-                name: format!("unrouted:{}", naming::virtual_host(&h, s.number)),
-                domains: route::gateway_domains(&h),
-                ..Default::default()
-            });
-        }
-        // Any other name: the listener has hostnames, and it is not among them.
-        if !s.sni().is_empty() {
-            vhosts.push(misdirected_host("*", s.number));
-        }
-    }
+    vhosts.extend(unrouted);
     route::dedup_domains(&mut vhosts);
     if vhosts.is_empty() {
         // Nothing routed here: one catch-all host without routes (404), as istiod.

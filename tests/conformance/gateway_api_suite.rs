@@ -141,22 +141,21 @@ struct Case {
     websocket: bool,
 }
 
-/// The CAs of the suite's generated certificates, for requests over TLS (set by the runner
-/// that writes them).
-static SUITE_ROOTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The suite's generated certificates, as the runner that writes them made them (requests
+/// over TLS trust their CAs, present their client certificates, copy their CA bundles).
+static SUITE_CREDENTIALS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
 
-/// The suite's generated Secrets (certificate, key) by `namespace/name`, for client
-/// certificates (set with [`SUITE_ROOTS`]).
-static SUITE_SECRETS: std::sync::OnceLock<BTreeMap<String, (String, String)>> =
-    std::sync::OnceLock::new();
-
-/// The suite's generated ConfigMaps' CAs by `namespace/name` (set with [`SUITE_ROOTS`]).
-static SUITE_CONFIG_MAPS: std::sync::OnceLock<BTreeMap<String, String>> =
-    std::sync::OnceLock::new();
+/// The CAs a request over TLS trusts.
+fn suite_roots() -> &'static str {
+    SUITE_CREDENTIALS.get().map_or("", |c| c.roots.as_str())
+}
 
 /// A generated Secret of the infra namespace.
 fn suite_secret(name: &str) -> Option<&'static (String, String)> {
-    SUITE_SECRETS.get()?.get(&format!("{INFRA}/{name}"))
+    SUITE_CREDENTIALS
+        .get()?
+        .secrets
+        .get(&format!("{INFRA}/{name}"))
 }
 
 /// The first certificate of a PEM text, as base64 DER (as the HTTPS echo reports its
@@ -304,7 +303,7 @@ fn request(case: &Case) -> std::io::Result<Reply> {
     }
     let mut buf = Vec::new();
     if case.https {
-        let roots = SUITE_ROOTS.get().map_or("", String::as_str);
+        let roots = suite_roots();
         let addr: std::net::SocketAddr = case
             .target
             .parse()
@@ -327,30 +326,19 @@ fn request(case: &Case) -> std::io::Result<Reply> {
             client.map(|(c, k)| (c.as_str(), k.as_str())),
             Duration::from_secs(5),
         )?;
-        if case.fails && client.is_some() {
-            // The suite checks that the server asked for the certificate it presents,
-            // whether the request then fails or not (below).
-            let answered = s
-                .write_all(req.as_bytes())
-                .and_then(|_| s.read_to_end(&mut buf));
-            return match answered {
-                Err(e) if asked.load(std::sync::atomic::Ordering::SeqCst) => Err(e),
-                Err(_) => Ok((0, Vec::new(), "the server asked for no certificate".into())),
-                Ok(_) if buf.is_empty() && asked.load(std::sync::atomic::Ordering::SeqCst) => {
-                    Err(std::io::Error::other("closed without an answer"))
-                }
-                Ok(_) => Ok((0, Vec::new(), String::from_utf8_lossy(&buf).to_string())),
-            };
-        }
-        s.write_all(req.as_bytes())?;
-        // A peer that closes without close_notify still gave its whole answer.
-        if let Err(e) = s.read_to_end(&mut buf)
-            && buf.is_empty()
-        {
-            return Err(e);
-        }
+        let answered = s
+            .write_all(req.as_bytes())
+            .and_then(|_| s.read_to_end(&mut buf));
+        // The suite checks that the server asked for the certificate a request presents,
+        // whether the request then fails or not.
         if client.is_some() && !asked.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok((0, Vec::new(), "the server asked for no certificate".into()));
+        }
+        // A peer that closes without close_notify still gave its whole answer.
+        if buf.is_empty() {
+            return Err(answered
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("closed without an answer")));
         }
     } else {
         let mut s = TcpStream::connect(case.target.as_str())?;
@@ -467,7 +455,7 @@ fn h2_request(case: &Case, host: &str) -> std::io::Result<Reply> {
         }
         use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
         let mut roots = rustls::RootCertStore::empty();
-        let pem = SUITE_ROOTS.get().map_or("", String::as_str);
+        let pem = suite_roots();
         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             roots
                 .add(c.map_err(std::io::Error::other)?)
@@ -785,11 +773,8 @@ fn gateway_http_conformance_transcribed() {
     // server answering `POD NAMESPACE`.
     let base = base_manifests(&suite);
     config.write("base.yaml", &base);
-    let creds = suite_credentials();
+    let creds = SUITE_CREDENTIALS.get_or_init(suite_credentials);
     config.write("credentials.yaml", &creds.yaml);
-    let _ = SUITE_ROOTS.set(creds.roots.clone());
-    let _ = SUITE_SECRETS.set(creds.secrets.clone());
-    let _ = SUITE_CONFIG_MAPS.set(creds.config_maps.clone());
     let tests = transcribed("http.yaml");
     // The base's Deployments and those of the tests' own manifests (each once).
     let mut deployments = documents(&base);
@@ -807,7 +792,7 @@ fn gateway_http_conformance_transcribed() {
     }
     // Port 3001 speaks h2c, as the suite's echo server does (its Services' second port,
     // `appProtocol: kubernetes.io/h2c`).
-    let echo = echo_pods(&deployments, 40, 2, &[3000], Some(&creds), Some(3001));
+    let echo = echo_pods(&deployments, 40, 2, &[3000], Some(creds), Some(3001));
     let (pods, apps) = (&echo.pods, &echo.apps);
     config.write(
         "pods.yaml",
@@ -1183,9 +1168,9 @@ fn with_generated_cas(text: &str) -> String {
             break;
         };
         let name = &rest[start + "{CA_CRT_OF:".len()..start + len];
-        let pem = SUITE_CONFIG_MAPS
+        let pem = SUITE_CREDENTIALS
             .get()
-            .and_then(|m| m.get(name))
+            .and_then(|c| c.config_maps.get(name))
             .cloned()
             .unwrap_or_default();
         out.push_str(&rest[..start]);
@@ -2185,39 +2170,29 @@ fn route_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
 
 /// A BackendTLSPolicy's status as the suite's BackendTLSPolicyMustHaveCondition reads it:
 /// an ancestor naming the Gateway `ancestor` (namespace/name; an ancestor without a
-/// namespace matches any) holds every condition; `noAncestor`: none names that Gateway.
+/// namespace matches any) holds every condition.
 fn policy_status_failures(what: &str, want: &Value, got: &Value) -> Vec<String> {
-    let names = |a: &Value, gateway: &str| {
-        let (ns, name) = gateway.split_once('/').unwrap_or(("", gateway));
-        let r = &a["ancestorRef"];
-        r["name"] == name && r["namespace"].as_str().is_none_or(|n| n == ns)
+    let Some(gateway) = want["ancestor"].as_str() else {
+        return vec![format!("{what}: an expectation without `ancestor`: {want}")];
     };
-    let ancestors: Vec<&Value> = got["ancestors"].as_array().into_iter().flatten().collect();
-    let mut out = Vec::new();
-    if let Some(gateway) = want["ancestor"].as_str() {
-        let conditions = strings(&want["conditions"]);
-        let found = ancestors.iter().any(|a| {
-            names(a, gateway)
-                && conditions
-                    .iter()
-                    .all(|c| has_condition(&a["conditions"], c))
-        });
-        if !found {
-            out.push(format!(
-                "{what}: no ancestor {gateway} with {conditions:?}: ancestors are {}",
-                got["ancestors"]
-            ));
-        }
-    }
-    if let Some(gateway) = want["noAncestor"].as_str()
-        && ancestors.iter().any(|a| names(a, gateway))
-    {
-        out.push(format!(
-            "{what}: expected no ancestor {gateway}: {}",
+    let (ns, name) = gateway.split_once('/').unwrap_or(("", gateway));
+    let conditions = strings(&want["conditions"]);
+    let found = got["ancestors"].as_array().into_iter().flatten().any(|a| {
+        let r = &a["ancestorRef"];
+        r["name"] == name
+            && r["namespace"].as_str().is_none_or(|n| n == ns)
+            && conditions
+                .iter()
+                .all(|c| has_condition(&a["conditions"], c))
+    });
+    if found {
+        Vec::new()
+    } else {
+        vec![format!(
+            "{what}: no ancestor {gateway} with {conditions:?}: ancestors are {}",
             got["ancestors"]
-        ));
+        )]
     }
-    out
 }
 
 /// The base manifests' Gateways the suite waits for before each test (NamespacesMustBeReady).

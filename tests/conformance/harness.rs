@@ -639,14 +639,7 @@ impl Backends {
                     &format!("{ip}:{port}"),
                     move |mut s| {
                         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 4096];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
+                        let buf = read_head(&mut s);
                         let req = String::from_utf8_lossy(&buf);
                         let mut extra = String::new();
                         for line in req.lines().skip(1) {

@@ -1275,15 +1275,8 @@ fn istioctl_describes_a_pod_served_by_meshd_as_one_served_by_istiod() {
 /// An Envoy admin interface that only has a config dump: istiod's, for the pod at `addr`.
 fn static_admin(addr: &str, dump: String) -> Server {
     Server::start("the pod's admin port", addr, move |mut conn| {
-        use std::io::{Read, Write};
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
+        use std::io::Write;
+        let req = read_head(&mut conn);
         let (status, body) = if req.starts_with(b"GET /config_dump") {
             ("200 OK", dump.as_str())
         } else {
