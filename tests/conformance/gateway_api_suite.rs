@@ -453,28 +453,13 @@ fn h2_request(case: &Case, host: &str) -> std::io::Result<Reply> {
         if !case.https {
             return exchange(tcp, case, "http", host).await;
         }
-        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = suite_roots();
-        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots
-                .add(c.map_err(std::io::Error::other)?)
-                .map_err(std::io::Error::other)?;
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let (config, _) = crate::https::client_config(suite_roots(), None, &["h2"])?;
         let name = case
             .sni
             .clone()
             .unwrap_or_else(|| host.split(':').next().unwrap_or(host).to_string());
-        let name = ServerName::try_from(name).map_err(std::io::Error::other)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let name = rustls::pki_types::ServerName::try_from(name).map_err(std::io::Error::other)?;
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {

@@ -34,30 +34,60 @@ pub fn connect_alpn(
     read_timeout: Duration,
     alpn: &[&str],
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let (cfg, _) = client_config(root_pem, client, alpn)?;
+    open(addr, server_name, cfg, read_timeout)
+}
+
+/// A TLS client's configuration: trusting `root_pem`, offering `alpn`, presenting the
+/// client certificate (certificate PEM, key PEM) when the server asks for one — and
+/// whether it has asked (set during the handshake).
+pub fn client_config(
+    root_pem: &str,
+    client: Option<(&str, &str)>,
+    alpn: &[&str],
+) -> std::io::Result<(
+    Arc<rustls::ClientConfig>,
+    Arc<std::sync::atomic::AtomicBool>,
+)> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(c.map_err(err)?).map_err(err)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(err)?
         .with_root_certificates(roots);
-    let cfg = match client {
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = match client {
         Some((cert, key)) => {
             let certs: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(cert.as_bytes())
                     .collect::<Result<_, _>>()
                     .map_err(err)?;
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(err)?;
-            builder.with_client_auth_cert(certs, key).map_err(err)?
+            let signer = provider.key_provider.load_private_key(key).map_err(err)?;
+            builder.with_client_cert_resolver(Arc::new(Recording {
+                key: Arc::new(rustls::sign::CertifiedKey::new(certs, signer)),
+                asked: asked.clone(),
+            }))
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = cfg;
     cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Ok((Arc::new(cfg), asked))
+}
+
+/// A TLS stream to `addr` for `server_name` with `cfg`; reads time out after
+/// `read_timeout`.
+fn open(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    read_timeout: Duration,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let name = ServerName::try_from(server_name.to_string()).map_err(err)?;
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(err)?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(read_timeout))?;
     Ok(rustls::StreamOwned::new(conn, tcp))
@@ -112,35 +142,6 @@ pub fn connect_recording(
     rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     Arc<std::sync::atomic::AtomicBool>,
 )> {
-    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let Some((cert, key)) = client else {
-        return Ok((
-            connect(addr, server_name, root_pem, None, read_timeout)?,
-            asked,
-        ));
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(c.map_err(err)?).map_err(err)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(err)?;
-    let signer = provider.key_provider.load_private_key(key).map_err(err)?;
-    let resolver = Recording {
-        key: Arc::new(rustls::sign::CertifiedKey::new(certs, signer)),
-        asked: asked.clone(),
-    };
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(err)?
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(resolver));
-    let name = ServerName::try_from(server_name.to_string()).map_err(err)?;
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(err)?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    tcp.set_read_timeout(Some(read_timeout))?;
-    Ok((rustls::StreamOwned::new(conn, tcp), asked))
+    let (cfg, asked) = client_config(root_pem, client, &[])?;
+    Ok((open(addr, server_name, cfg, read_timeout)?, asked))
 }
