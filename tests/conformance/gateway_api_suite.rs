@@ -1143,6 +1143,16 @@ fn mirror_failures(test: &Value, cases: &[Case], apps: &[(String, HttpApp)]) -> 
 /// {deployment, slices}) filled with the IPv4 endpoints of that Deployment's pods, ready and
 /// serving, as the suite's setup patches them for Services without a selector; as is
 /// otherwise.
+/// A manifest's object as `Kind namespace/name` (namespace `default` when it names none).
+fn manifest_key(d: &Value) -> String {
+    format!(
+        "{} {}/{}",
+        d["kind"].as_str().unwrap_or(""),
+        d["metadata"]["namespace"].as_str().unwrap_or("default"),
+        d["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
 /// `text` with each `{CA_CRT_OF:namespace/name}` replaced by the CA that generated
 /// ConfigMap holds, as a quoted string (the suite copies it into objects it creates).
 fn with_generated_cas(text: &str) -> String {
@@ -1170,14 +1180,7 @@ fn with_generated_cas(text: &str) -> String {
 /// a list) takes objects away; `apply` (YAML of whole objects) replaces those of the same
 /// kind, namespace and name, or adds them.
 fn changed(objects: Vec<Value>, step: &Value) -> Vec<Value> {
-    let key = |d: &Value| {
-        format!(
-            "{} {}/{}",
-            d["kind"].as_str().unwrap_or(""),
-            d["metadata"]["namespace"].as_str().unwrap_or("default"),
-            d["metadata"]["name"].as_str().unwrap_or("")
-        )
-    };
+    let key = manifest_key;
     let mut gone: Vec<String> = strings(&step["delete"])
         .into_iter()
         .map(String::from)
