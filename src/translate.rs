@@ -52,6 +52,26 @@ pub fn route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfiguration
     Some(envoyfilter::route_config(ctx, rc))
 }
 
+/// [`route_config`] as an encoded `google.protobuf.Any`. A sidecar's outbound port
+/// configuration is assembled from the virtual hosts `store` keeps for the proxy's
+/// `class` (see [`route::pieces`]); the bytes are the same either way.
+pub fn route_config_any(
+    ctx: &ProxyContext,
+    name: &str,
+    store: &route::pieces::VhostStore,
+    class: u64,
+) -> Option<Vec<u8>> {
+    use prost::Message;
+    if ctx.proxy.kind == ProxyKind::Sidecar
+        && !ctx.proxy.proxyless
+        && name.parse::<u16>().is_ok()
+        && !envoyfilter::patches_routes(ctx)
+    {
+        return route::pieces::outbound_route_config_any(ctx, name, store, class);
+    }
+    route_config(ctx, name).map(|rc| crate::envoy::pb::resource(&rc).encode_to_vec())
+}
+
 /// `items` in the order of their names (stable), sorting indices and then moving each
 /// item twice (into a slot, out in order): merge-sorting a vector of large structs in
 /// place moves every element about log n times.

@@ -680,15 +680,19 @@ fn route_matches(p: &Patch, r: &Value) -> bool {
     }
 }
 
+/// Whether some EnvoyFilter patch may change this proxy's route configurations.
+pub fn patches_routes(ctx: &ProxyContext) -> bool {
+    !patches(ctx, &ROUTE_PATCHES).is_empty()
+}
+
+const ROUTE_PATCHES: [ApplyTo; 3] = [
+    ApplyTo::ROUTE_CONFIGURATION,
+    ApplyTo::VIRTUAL_HOST,
+    ApplyTo::HTTP_ROUTE,
+];
+
 pub fn route_config(ctx: &ProxyContext, rc: RouteConfiguration) -> RouteConfiguration {
-    let ps = patches(
-        ctx,
-        &[
-            ApplyTo::ROUTE_CONFIGURATION,
-            ApplyTo::VIRTUAL_HOST,
-            ApplyTo::HTTP_ROUTE,
-        ],
-    );
+    let ps = patches(ctx, &ROUTE_PATCHES);
     if ps.is_empty() {
         return rc;
     }

@@ -27,6 +27,8 @@ use crate::model::scope::EgressScope;
 use crate::model::service::{Service, labels_match};
 use crate::model::snapshot::VirtualServiceConfig;
 
+pub mod pieces;
+
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 
@@ -988,27 +990,21 @@ fn is_catch_all(r: &Route) -> bool {
     path && m.headers.is_empty() && m.query_parameters.is_empty() && m.dynamic_metadata.is_empty()
 }
 
-/// A service's virtual host on `port`: the routes of its VirtualService, or the default
-/// route when it has none (or no rule yields a route here). Also returns the
-/// VirtualService chosen for the service and whether its routes were used.
-fn service_virtual_host<'a>(
+/// A service's virtual host on `port`: the routes of its VirtualService `vs` (the one
+/// [`virtual_service_for`] chose), or the default route when it has none (or no rule
+/// yields a route here). Also returns whether the VirtualService's routes were used.
+fn service_virtual_host(
     ctx: &ProxyContext,
-    egress: &'a EgressScope,
     svc: &Service,
+    vs: Option<&VirtualServiceConfig>,
     port: u16,
-) -> (
-    Option<(usize, &'a Arc<VirtualServiceConfig>)>,
-    bool,
-    VirtualHost,
-) {
+) -> (bool, VirtualHost) {
     let name = naming::virtual_host(&svc.hostname, port);
     let domains = service_domains(svc, &ctx.proxy.namespace, &ctx.snap.mesh.domain_suffix);
-    let vs = virtual_service_for(egress, &svc.hostname);
-    if let Some((_, v)) = vs {
+    if let Some(v) = vs {
         let routes = sidecar_routes(ctx, v, port);
         if !routes.is_empty() {
             return (
-                vs,
                 true,
                 VirtualHost {
                     name,
@@ -1022,7 +1018,6 @@ fn service_virtual_host<'a>(
     }
     let cluster = naming::outbound_cluster(port, "", &svc.hostname);
     (
-        vs,
         false,
         VirtualHost {
             name,
@@ -1034,41 +1029,56 @@ fn service_virtual_host<'a>(
     )
 }
 
-/// Virtual hosts for an outbound HTTP port, from one egress scope: every service with
-/// an HTTP (or sniffed) port gets the routes of its VirtualService (exact host first,
-/// else the most specific wildcard host, as istiod picks) or a default route; hosts of
-/// VirtualServices that name no service in scope get virtual hosts of their own.
-pub fn outbound_virtual_hosts(
-    ctx: &ProxyContext,
-    egress: &EgressScope,
+/// One virtual host an outbound HTTP port may get, decided before any route is built
+/// (so that a caller holding the host's translation from before can skip building it).
+pub(crate) enum Planned<'a> {
+    /// A service of the scope with an HTTP port here, and its VirtualService (with its
+    /// position in the scope's order) if one applies.
+    Service {
+        svc: &'a Arc<Service>,
+        vs: Option<(usize, &'a Arc<VirtualServiceConfig>)>,
+    },
+    /// A VirtualService host that no service in scope took (a host outside the
+    /// registry, or a service this proxy cannot see): routed by the `i`th
+    /// VirtualService, if any of its rules yields a route here.
+    VsHost {
+        i: usize,
+        host: &'a str,
+        vs: &'a Arc<VirtualServiceConfig>,
+        svc: Option<&'a Arc<Service>>,
+    },
+}
+
+/// The virtual hosts an outbound HTTP port gets from one egress scope, in the order
+/// they are found: every service with an HTTP (or sniffed) port gets the routes of its
+/// VirtualService (exact host first, else the most specific wildcard host, as istiod
+/// picks) or a default route; hosts of VirtualServices that name no service in scope
+/// get virtual hosts of their own.
+pub(crate) fn outbound_plan<'a>(
+    ctx: &'a ProxyContext,
+    egress: &'a EgressScope,
     port: u16,
-) -> Vec<VirtualHost> {
-    let domain = &ctx.snap.mesh.domain_suffix;
-    let mut with_vs: Vec<(usize, VirtualHost)> = Vec::new();
-    let mut defaults: Vec<VirtualHost> = Vec::new();
+) -> Vec<Planned<'a>> {
+    let mut plan = Vec::new();
     // VirtualService hosts whose routes some service took.
-    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut used: BTreeSet<&str> = BTreeSet::new();
     for svc in &egress.services {
         if !routes_http(svc, port) {
             continue;
         }
-        let (vs, routed, vh) = service_virtual_host(ctx, egress, svc, port);
-        if let Some((i, vs)) = vs {
+        let vs = virtual_service_for(egress, &svc.hostname);
+        if let Some((_, vs)) = vs {
             for h in &vs.hosts {
                 if host::matches(h, &svc.hostname) {
-                    used.insert(h.clone());
+                    used.insert(h);
                 }
             }
-            if routed {
-                with_vs.push((i, vh));
-                continue;
-            }
         }
-        defaults.push(vh);
+        plan.push(Planned::Service { svc, vs });
     }
     // VirtualService hosts no service in scope took: hosts outside the registry (or
     // services this proxy cannot see), each once.
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    let mut claimed: BTreeSet<&str> = BTreeSet::new();
     for (i, vs) in egress.virtual_services.iter().enumerate() {
         for h in &vs.hosts {
             // A wildcard host that covers a service here shapes services only (istiod
@@ -1078,7 +1088,7 @@ pub fn outbound_virtual_hosts(
                     .services
                     .iter()
                     .any(|s| routes_http(s, port) && host::matches(h, &s.hostname));
-            if covers_a_service || used.contains(h) || !claimed.insert(h.clone()) {
+            if covers_a_service || used.contains(h.as_str()) || !claimed.insert(h) {
                 continue;
             }
             let svc = ctx.snap.services.get(h);
@@ -1105,31 +1115,82 @@ pub fn outbound_virtual_hosts(
                     continue;
                 }
             }
-            let routes = sidecar_routes(ctx, vs, port);
-            if routes.is_empty() {
-                continue;
-            }
-            let domains = match svc {
-                Some(svc) => service_domains(svc, &ctx.proxy.namespace, domain),
-                None => vec![h.clone()],
-            };
-            with_vs.push((
+            plan.push(Planned::VsHost {
                 i,
-                VirtualHost {
-                    name: naming::virtual_host(h, port),
-                    domains,
-                    routes,
-                    include_request_attempt_count: true,
-                    ..Default::default()
-                },
-            ));
+                host: h,
+                vs,
+                svc,
+            });
         }
     }
-    // VirtualService order first (stable, and earlier rules keep contested domains).
+    plan
+}
+
+/// The virtual host of a VirtualService host no service took ([`Planned::VsHost`]):
+/// None when none of its rules yields a route on `port`.
+fn vs_host_virtual_host(
+    ctx: &ProxyContext,
+    host: &str,
+    vs: &VirtualServiceConfig,
+    svc: Option<&Service>,
+    port: u16,
+) -> Option<VirtualHost> {
+    let routes = sidecar_routes(ctx, vs, port);
+    if routes.is_empty() {
+        return None;
+    }
+    let domains = match svc {
+        Some(svc) => service_domains(svc, &ctx.proxy.namespace, &ctx.snap.mesh.domain_suffix),
+        None => vec![host.to_string()],
+    };
+    Some(VirtualHost {
+        name: naming::virtual_host(host, port),
+        domains,
+        routes,
+        include_request_attempt_count: true,
+        ..Default::default()
+    })
+}
+
+/// Virtual hosts in a port's order: those routed by a VirtualService first, in the
+/// VirtualServices' order (stable, and earlier rules keep contested domains), then the
+/// services' default hosts. `items` pairs each host with its VirtualService position
+/// when its routes came from one.
+pub(crate) fn in_port_order<V>(items: Vec<(Option<usize>, V)>) -> Vec<V> {
+    let mut with_vs: Vec<(usize, V)> = Vec::new();
+    let mut defaults: Vec<V> = Vec::new();
+    for (i, v) in items {
+        match i {
+            Some(i) => with_vs.push((i, v)),
+            None => defaults.push(v),
+        }
+    }
     with_vs.sort_by_key(|(i, _)| *i);
-    let mut vhosts: Vec<VirtualHost> = with_vs.into_iter().map(|(_, v)| v).collect();
-    vhosts.extend(defaults);
-    vhosts
+    let mut out: Vec<V> = with_vs.into_iter().map(|(_, v)| v).collect();
+    out.extend(defaults);
+    out
+}
+
+/// Virtual hosts for an outbound HTTP port, from one egress scope ([`outbound_plan`]),
+/// in [`in_port_order`].
+pub fn outbound_virtual_hosts(
+    ctx: &ProxyContext,
+    egress: &EgressScope,
+    port: u16,
+) -> Vec<VirtualHost> {
+    let items = outbound_plan(ctx, egress, port)
+        .into_iter()
+        .filter_map(|p| match p {
+            Planned::Service { svc, vs } => {
+                let (routed, vh) = service_virtual_host(ctx, svc, vs.map(|(_, v)| &**v), port);
+                Some((vs.filter(|_| routed).map(|(i, _)| i), vh))
+            }
+            Planned::VsHost { i, host, vs, svc } => {
+                vs_host_virtual_host(ctx, host, vs, svc.map(|s| &**s), port).map(|vh| (Some(i), vh))
+            }
+        })
+        .collect();
+    in_port_order(items)
 }
 
 /// Removes domains already used by an earlier virtual host: Envoy rejects a route
@@ -1224,7 +1285,8 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
             .iter()
             .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))?;
         let svc = egress.services.iter().find(|s| s.hostname == host)?;
-        let (_, _, vhost) = service_virtual_host(ctx, egress, svc, port);
+        let vs = virtual_service_for(egress, &svc.hostname);
+        let (_, vhost) = service_virtual_host(ctx, svc, vs.map(|(_, v)| &**v), port);
         return Some(RouteConfiguration {
             name: name.to_string(),
             virtual_hosts: vec![VirtualHost {
@@ -1238,9 +1300,25 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
         });
     }
     let port: u16 = name.parse().ok()?;
-    // The egress listener that serves this port: one that names it, else the catch-all.
-    let egress = ctx
-        .scope
+    let egress = egress_for_port(ctx, port)?;
+    let mut vhosts = outbound_virtual_hosts(ctx, egress, port);
+    // Contested domains go to the earlier host (VirtualServices first), then the hosts
+    // are listed by name as istiod lists them (`istioctl proxy-config routes` prints them
+    // in this order; Envoy's choice depends on the domains, not the order).
+    dedup_domains(&mut vhosts);
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    vhosts.push(outbound_catch_all(ctx));
+    dedup_domains(&mut vhosts);
+    Some(RouteConfiguration {
+        virtual_hosts: vhosts,
+        ..outbound_envelope(name)
+    })
+}
+
+/// The egress listener of the proxy's Sidecar that serves outbound `port`: one that
+/// names the port, else the catch-all.
+pub(crate) fn egress_for_port<'a>(ctx: &'a ProxyContext, port: u16) -> Option<&'a EgressScope> {
+    ctx.scope
         .egress
         .iter()
         .find(|e| {
@@ -1254,26 +1332,23 @@ pub fn sidecar_route_config(ctx: &ProxyContext, name: &str) -> Option<RouteConfi
                 .egress
                 .iter()
                 .find(|e| e.listener.as_ref().is_none_or(|l| l.port.is_none()))
-        })?;
-    let mut vhosts = outbound_virtual_hosts(ctx, egress, port);
-    // Contested domains go to the earlier host (VirtualServices first), then the hosts
-    // are listed by name as istiod lists them (`istioctl proxy-config routes` prints them
-    // in this order; Envoy's choice depends on the domains, not the order).
-    dedup_domains(&mut vhosts);
-    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    vhosts.push(catch_all(
-        ctx.scope.outbound_policy,
-        egress_proxy_cluster(ctx),
-    ));
-    dedup_domains(&mut vhosts);
-    Some(RouteConfiguration {
+        })
+}
+
+/// The last virtual host of an outbound port's route configuration: unknown hosts.
+pub(crate) fn outbound_catch_all(ctx: &ProxyContext) -> VirtualHost {
+    catch_all(ctx.scope.outbound_policy, egress_proxy_cluster(ctx))
+}
+
+/// An outbound port's route configuration `name` without its virtual hosts.
+pub(crate) fn outbound_envelope(name: &str) -> RouteConfiguration {
+    RouteConfiguration {
         name: name.to_string(),
-        virtual_hosts: vhosts,
         validate_clusters: pb::boolv(false),
         ignore_port_in_host_matching: true,
         max_direct_response_body_size_bytes: pb::u32v(MAX_DIRECT_RESPONSE_BODY),
         ..Default::default()
-    })
+    }
 }
 
 /// The largest `directResponse` body a route configuration may hold (Envoy's default is

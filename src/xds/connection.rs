@@ -262,7 +262,7 @@ impl Stream {
                             // Each load assignment is shared across classes too.
                             endpoints(ctx, cache, &w)
                         } else {
-                            generate(ctx, &w)
+                            generate(ctx, &w, &self.state.vhosts)
                         }
                     })
                 })

@@ -16,7 +16,12 @@ pub(super) fn version_of(bytes: &[u8]) -> String {
 
 /// A resource packed once for every proxy that gets it: its `Any`, encoded.
 pub(super) fn packed(name: String, any: &envoy_types::pb::google::protobuf::Any) -> Generated {
-    let bytes = bytes::Bytes::from(any.encode_to_vec());
+    packed_bytes(name, any.encode_to_vec())
+}
+
+/// [`packed`] for an `Any` already encoded.
+pub(super) fn packed_bytes(name: String, any: Vec<u8>) -> Generated {
+    let bytes = bytes::Bytes::from(any);
     Generated {
         name,
         version: version_of(&bytes),
@@ -109,8 +114,13 @@ pub(super) fn sorted(mut v: Vec<Arc<Generated>>) -> Vec<Arc<Generated>> {
     v
 }
 
-/// Resources of one type for the subscription in `w`.
-pub(super) fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
+/// Resources of one type for the subscription in `w`. Route configurations are
+/// assembled from the virtual hosts `vhosts` keeps across snapshots.
+pub(super) fn generate(
+    ctx: &ProxyContext,
+    w: &WatchState,
+    vhosts: &translate::route::pieces::VhostStore,
+) -> Vec<Arc<Generated>> {
     if ctx.proxy.proxyless {
         return generate_grpc(ctx, w);
     }
@@ -132,12 +142,16 @@ pub(super) fn generate(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>
                 .map(|l| Arc::new(wrap(l.name.clone(), l)))
                 .collect(),
         ),
-        type_url::ROUTE => w
-            .names
-            .iter()
-            .filter_map(|n| translate::route_config(ctx, n))
-            .map(|r| Arc::new(wrap(r.name.clone(), &r)))
-            .collect(),
+        type_url::ROUTE => {
+            let class = super::cache::class_key(ctx, false);
+            w.names
+                .iter()
+                .filter_map(|n| {
+                    translate::route_config_any(ctx, n, vhosts, class)
+                        .map(|any| Arc::new(packed_bytes(n.clone(), any)))
+                })
+                .collect()
+        }
         // Secrets are never served on the plaintext port.
         _ => Vec::new(),
     }

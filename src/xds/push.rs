@@ -119,6 +119,9 @@ fn publish_changes(
         next.generation,
         changes.is_endpoint_churn().then_some(&changes.endpoints),
     );
+    state
+        .vhosts
+        .advance(prev.generation, next.generation, &changes);
     state.store(
         next.clone(),
         !changes.is_empty() && !changes.is_endpoint_churn(),

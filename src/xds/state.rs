@@ -31,6 +31,8 @@ pub struct XdsState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Resources shared by proxies of the same class, per snapshot.
     pub cache: super::cache::ResourceCache,
+    /// Outbound virtual hosts kept across snapshots that differ by VirtualServices.
+    pub vhosts: crate::translate::route::pieces::VhostStore,
     /// Push slots: how many streams may be handing responses to their transport at once.
     pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
     /// CPU slots: how many streams may translate or sign at once (one per core).
@@ -93,6 +95,7 @@ impl XdsState {
             ready: AtomicBool::new(false),
             shutdown,
             cache: Default::default(),
+            vhosts: Default::default(),
             push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
             cpu_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -1,0 +1,565 @@
+//! Outbound route configurations assembled from virtual hosts encoded once and kept
+//! across snapshots.
+//!
+//! A sidecar's route configuration for a port holds a virtual host per service it sees
+//! (10,001 of them in a 10,000-service mesh). One VirtualService edit changes one of
+//! them, yet building the configuration again translated every route of every host.
+//! Here each virtual host of a proxy class is kept as its encoded bytes (a [`Piece`]),
+//! and a new snapshot that changed only VirtualServices drops just the pieces of the
+//! hosts they name: the configuration is then the kept bytes laid end to end, with the
+//! changed hosts translated again. The bytes are those [`crate::envoy::pb::resource`]
+//! makes for the whole configuration (a test holds the two paths to it), so a proxy
+//! cannot tell which path served it.
+//!
+//! What a piece depends on besides its host's VirtualService — the services, their
+//! DestinationRules, the Sidecar, the mesh configuration and mesh-wide policies, the
+//! proxy's class — empties the store when it changes ([`VhostStore::advance`]); so a
+//! piece is only ever reused within one line of snapshots that differ by
+//! VirtualServices (and endpoints) alone.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+use super::{
+    Planned, egress_for_port, in_port_order, outbound_catch_all, outbound_envelope, outbound_plan,
+    service_virtual_host, vs_host_virtual_host,
+};
+use crate::envoy::pb;
+use crate::model::host;
+use crate::model::snapshot::Changes;
+use crate::translate::ProxyContext;
+
+/// One virtual host, encoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Piece {
+    name: String,
+    /// Kept apart from the bytes: a domain an earlier host of the configuration holds
+    /// is left out here (Envoy refuses a configuration with a domain twice).
+    domains: Vec<String>,
+    /// A service's host made from its VirtualService's routes (not the default route):
+    /// such hosts come first when domains are contested.
+    routed: bool,
+    /// The canonical encoding of the virtual host's fields after its name and domains.
+    rest: Vec<u8>,
+}
+
+impl Piece {
+    fn of(mut vh: VirtualHost, routed: bool) -> Piece {
+        let name = std::mem::take(&mut vh.name);
+        let domains = std::mem::take(&mut vh.domains);
+        let rest = pb::canonical(
+            &<VirtualHost as prost::Name>::type_url(),
+            &vh.encode_to_vec(),
+        );
+        Piece {
+            name,
+            domains,
+            routed,
+            rest,
+        }
+    }
+
+    fn content_hash(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in std::iter::once(&self.name).chain(&self.domains) {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&[u8::from(self.routed)]);
+        h.update(&self.rest);
+        h.digest()
+    }
+}
+
+/// The pieces of one proxy class on one port.
+#[derive(Debug, Default)]
+struct ClassPieces {
+    /// The snapshot generation they hold for: a stream still translating an older
+    /// snapshot must not add to them (checked under this lock, which the store's
+    /// `advance` takes to move them).
+    generation: u64,
+    /// By service hostname.
+    services: HashMap<String, Arc<Piece>>,
+    /// By VirtualService host no service took; None when its rules yield no route here.
+    vs_hosts: HashMap<String, Option<Arc<Piece>>>,
+}
+
+impl ClassPieces {
+    /// Drops the pieces of `hosts` (and of every host a wildcard among them covers).
+    fn forget(&mut self, hosts: &BTreeSet<String>, wildcards: &[&String]) {
+        let stale = |h: &str| hosts.contains(h) || wildcards.iter().any(|w| host::matches(w, h));
+        self.services.retain(|h, _| !stale(h));
+        self.vs_hosts.retain(|h, _| !stale(h));
+    }
+}
+
+/// At most this many (class, port) entries: proxies choose their labels and namespace,
+/// so past the bound a class is assembled without keeping its pieces.
+const MAX_CLASSES: usize = 4_000;
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    /// The snapshot generation the pieces hold for.
+    generation: u64,
+    classes: HashMap<(u64, u16), Arc<Mutex<ClassPieces>>>,
+    /// Pieces by content: classes whose hosts come out the same hold one copy.
+    interned: HashMap<u64, Arc<Piece>>,
+}
+
+/// Virtual hosts kept across snapshots, per proxy class and port.
+#[derive(Debug, Default)]
+pub struct VhostStore {
+    inner: Mutex<StoreInner>,
+}
+
+impl VhostStore {
+    /// Moves the store from snapshot `from` to `to`, which differs from it by `changes`.
+    /// Only a change of VirtualServices (or of endpoints, which no virtual host reads)
+    /// keeps pieces, less those of the hosts the change names; any other change, or a
+    /// store not at `from`, starts empty.
+    pub fn advance(&self, from: u64, to: u64, changes: &Changes) {
+        let classes: Vec<Arc<Mutex<ClassPieces>>> = {
+            let Ok(mut inner) = self.inner.lock() else {
+                return;
+            };
+            if to <= inner.generation {
+                return;
+            }
+            let keeps = inner.generation == from
+                && !changes.full
+                && changes.services.is_empty()
+                && changes.policies.is_empty()
+                && changes.sidecars.is_empty()
+                && changes.pod_shaped.is_empty()
+                && !changes.gateways;
+            inner.generation = to;
+            if !keeps {
+                inner.classes.clear();
+                inner.interned.clear();
+                return;
+            }
+            inner.classes.values().cloned().collect()
+        };
+        // Each class is moved under its own lock, the store's released: a stream
+        // holding a class's lock takes the store's to share a piece.
+        let wildcards: Vec<&String> = changes
+            .routes
+            .iter()
+            .filter(|h| h.starts_with('*'))
+            .collect();
+        for class in classes {
+            if let Ok(mut c) = class.lock()
+                && c.generation == from
+            {
+                c.forget(&changes.routes, &wildcards);
+                c.generation = to;
+            }
+        }
+        if !changes.routes.is_empty()
+            && let Ok(mut inner) = self.inner.lock()
+        {
+            // Pieces no class holds any more.
+            inner.interned.retain(|_, p| Arc::strong_count(p) > 1);
+        }
+    }
+
+    /// The pieces of `class` on `port` for snapshot `generation`, if the store is at it.
+    fn class(&self, generation: u64, class: u64, port: u16) -> Option<Arc<Mutex<ClassPieces>>> {
+        let mut inner = self.inner.lock().ok()?;
+        if inner.generation != generation {
+            return None;
+        }
+        if let Some(c) = inner.classes.get(&(class, port)) {
+            return Some(c.clone());
+        }
+        if inner.classes.len() >= MAX_CLASSES {
+            return None;
+        }
+        let fresh = ClassPieces {
+            generation,
+            ..Default::default()
+        };
+        Some(
+            inner
+                .classes
+                .entry((class, port))
+                .or_insert_with(|| Arc::new(Mutex::new(fresh)))
+                .clone(),
+        )
+    }
+
+    /// One copy of `p`'s content for every class.
+    fn intern(&self, p: Piece) -> Arc<Piece> {
+        let hash = p.content_hash();
+        let Ok(mut inner) = self.inner.lock() else {
+            return Arc::new(p);
+        };
+        match inner.interned.get(&hash) {
+            Some(known) if **known == p => known.clone(),
+            // A different piece under the same hash: kept alone.
+            Some(_) => Arc::new(p),
+            None => inner
+                .interned
+                .entry(hash)
+                .or_insert_with(|| Arc::new(p))
+                .clone(),
+        }
+    }
+
+    /// Number of kept pieces (for tests and the benchmark).
+    pub fn len(&self) -> usize {
+        let Ok(inner) = self.inner.lock() else {
+            return 0;
+        };
+        inner
+            .classes
+            .values()
+            .filter_map(|c| c.lock().ok().map(|c| c.services.len() + c.vs_hosts.len()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The outbound route configuration `name` (a port number) of a sidecar in `class`,
+/// encoded as a `google.protobuf.Any`, from the pieces `store` keeps where it has them.
+/// None when the proxy has no such route configuration.
+pub fn outbound_route_config_any(
+    ctx: &ProxyContext,
+    name: &str,
+    store: &VhostStore,
+    class: u64,
+) -> Option<Vec<u8>> {
+    let port: u16 = name.parse().ok()?;
+    let egress = egress_for_port(ctx, port)?;
+    let kept = store.class(ctx.snap.generation, class, port);
+    let mut local = ClassPieces::default();
+    let mut guard = kept
+        .as_ref()
+        .and_then(|c| c.lock().ok())
+        .filter(|c| c.generation == ctx.snap.generation);
+    let pieces: &mut ClassPieces = match guard.as_deref_mut() {
+        Some(p) => p,
+        None => &mut local,
+    };
+    let mut items: Vec<(Option<usize>, Arc<Piece>)> = Vec::new();
+    for planned in outbound_plan(ctx, egress, port) {
+        match planned {
+            Planned::Service { svc, vs } => {
+                let piece = match pieces.services.get(svc.hostname.as_str()) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let (routed, vh) =
+                            service_virtual_host(ctx, svc, vs.map(|(_, v)| &**v), port);
+                        let p = store.intern(Piece::of(vh, routed));
+                        pieces.services.insert(svc.hostname.clone(), p.clone());
+                        p
+                    }
+                };
+                items.push((vs.filter(|_| piece.routed).map(|(i, _)| i), piece));
+            }
+            Planned::VsHost { i, host, vs, svc } => {
+                let piece = match pieces.vs_hosts.get(host) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = vs_host_virtual_host(ctx, host, vs, svc.map(|s| &**s), port)
+                            .map(|vh| store.intern(Piece::of(vh, true)));
+                        pieces.vs_hosts.insert(host.to_string(), p.clone());
+                        p
+                    }
+                };
+                if let Some(p) = piece {
+                    items.push((Some(i), p));
+                }
+            }
+        }
+    }
+    drop(guard);
+    let ordered = in_port_order(items);
+    // As `sidecar_route_config` does: contested domains to the earlier host, hosts by
+    // name, then the catch-all, whose `*` an earlier host may already hold.
+    let mut used: HashSet<Cow<str>> = HashSet::new();
+    let mut hosts: Vec<(&Piece, Vec<&str>)> = ordered
+        .iter()
+        .map(|p| (&**p, first_uses(&p.domains, &mut used)))
+        .filter(|(_, d)| !d.is_empty())
+        .collect();
+    hosts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let catch_all = Piece::of(outbound_catch_all(ctx), false);
+    let catch_all_domains = first_uses(&catch_all.domains, &mut used);
+    if !catch_all_domains.is_empty() {
+        hosts.push((&catch_all, catch_all_domains));
+    }
+    Some(encode_any(name, &hosts))
+}
+
+/// The domains of `domains` not in `used` (compared without case), now added to it.
+fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>>) -> Vec<&'a str> {
+    domains
+        .iter()
+        .filter(|d| {
+            let key = if d.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(d.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(d.as_str())
+            };
+            used.insert(key)
+        })
+        .map(String::as_str)
+        .collect()
+}
+
+/// The `Any` of a route configuration named `name` with `hosts` (each with the domains
+/// it keeps), byte for byte as [`pb::resource`] encodes the same configuration: fields
+/// in number order — the name (1), the virtual hosts (2), then the envelope's others.
+fn encode_any(name: &str, hosts: &[(&Piece, Vec<&str>)]) -> Vec<u8> {
+    fn string_len(tag: u32, s: &str) -> usize {
+        if s.is_empty() {
+            0
+        } else {
+            prost::encoding::key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+        }
+    }
+    fn put_string(tag: u32, s: &str, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(s.len() as u64, buf);
+        buf.extend_from_slice(s.as_bytes());
+    }
+    let type_url = <RouteConfiguration as prost::Name>::type_url();
+    let envelope = RouteConfiguration {
+        name: String::new(),
+        ..outbound_envelope(name)
+    };
+    let tail = pb::canonical(&type_url, &envelope.encode_to_vec());
+    let host_len = |(p, domains): &(&Piece, Vec<&str>)| -> usize {
+        string_len(1, &p.name)
+            + domains
+                .iter()
+                .map(|d| prost::encoding::key_len(2) + encoded_len_varint(d.len() as u64) + d.len())
+                .sum::<usize>()
+            + p.rest.len()
+    };
+    let value_len = string_len(1, name)
+        + hosts
+            .iter()
+            .map(|h| {
+                let l = host_len(h);
+                prost::encoding::key_len(2) + encoded_len_varint(l as u64) + l
+            })
+            .sum::<usize>()
+        + tail.len();
+    let mut buf = Vec::with_capacity(
+        value_len + type_url.len() + 2 * (1 + encoded_len_varint(value_len as u64)) + 8,
+    );
+    put_string(1, &type_url, &mut buf);
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(value_len as u64, &mut buf);
+    if !name.is_empty() {
+        put_string(1, name, &mut buf);
+    }
+    for h in hosts {
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(host_len(h) as u64, &mut buf);
+        if !h.0.name.is_empty() {
+            put_string(1, &h.0.name, &mut buf);
+        }
+        for d in &h.1 {
+            put_string(2, d, &mut buf);
+        }
+        buf.extend_from_slice(&h.0.rest);
+    }
+    buf.extend_from_slice(&tail);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::snapshot::Snapshot;
+    use crate::model::{ConfigSet, Object, Origin};
+
+    const SERVICES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {ports: [{name: http, port: 80}, {name: http-alt, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: other}
+spec: {clusterIP: None, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec: {hosts: [api.EXAMPLE.com], ports: [{name: http, number: 80, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: default}
+spec:
+  host: a
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+";
+
+    fn vs(name: &str, hosts: &str, body: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: {hosts}\n  http:\n{body}\n"
+        )
+    }
+
+    fn set(text: &str) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        for doc in crate::sources::yaml::parse_documents(text) {
+            let doc = doc.expect("yaml");
+            let (objs, diags) =
+                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
+            assert!(diags.is_empty(), "{diags:?}");
+            for o in objs {
+                set.objects.insert(o.key.clone(), o);
+            }
+        }
+        set
+    }
+
+    fn fresh(snap: &Snapshot, labels: &str, name: &str) -> Vec<u8> {
+        let proxy = proxy(labels);
+        let ctx = ProxyContext::new(snap, &proxy);
+        let rc = super::super::sidecar_route_config(&ctx, name).expect("route configuration");
+        pb::resource(&rc).encode_to_vec()
+    }
+
+    fn proxy(labels: &str) -> crate::model::Proxy {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert(
+            "LABELS".to_string(),
+            serde_json::json!({ "app": labels, "pod-template-hash": "x" }),
+        );
+        crate::model::Proxy::from_node("sidecar~10.0.0.1~p.default~default.svc.cluster.local", meta)
+            .expect("node")
+    }
+
+    fn kept(snap: &Snapshot, store: &VhostStore, labels: &str, name: &str) -> Vec<u8> {
+        let proxy = proxy(labels);
+        let ctx = ProxyContext::new(snap, &proxy);
+        outbound_route_config_any(&ctx, name, store, labels.len() as u64).expect("assembled")
+    }
+
+    /// Each step edits VirtualServices only; after each, the kept pieces (less the
+    /// changed hosts') must assemble into exactly the fresh translation's bytes.
+    #[test]
+    fn kept_pieces_assemble_as_a_fresh_translation_through_virtual_service_edits() {
+        let route = |dest: &str, w: u32| {
+            format!(
+                "  - match: [{{sourceLabels: {{app: canary}}}}]\n    fault: {{abort: {{httpStatus: 503, percentage: {{value: 10}}}}}}\n    route: [{{destination: {{host: {dest}}}, weight: {w}}}, {{destination: {{host: a}}, weight: {}}}]\n  - route: [{{destination: {{host: {dest}}}}}]",
+                100 - w
+            )
+        };
+        let steps = [
+            // b routed, an unknown host routed to a, api.example.com untouched.
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 90))
+                + &vs("unknown", "[foo.example.com]", &route("a", 50)),
+            // b's weights change.
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("unknown", "[foo.example.com]", &route("a", 50)),
+            // A VirtualService for the headless service in another namespace; the
+            // unknown host goes.
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("c", "[c.other.svc.cluster.local]", &route("a", 70)),
+            // A wildcard over the namespace's services, and one for the entry.
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("c", "[c.other.svc.cluster.local]", &route("a", 70))
+                + &vs("wild", "['*.default.svc.cluster.local']", &route("b", 60))
+                + &vs("ext", "[api.example.com]", &route("a", 30)),
+        ];
+        let store = VhostStore::default();
+        let mut prev: Option<Snapshot> = None;
+        for (i, text) in steps.iter().enumerate() {
+            let snap = Snapshot::build(&set(text), prev.as_ref(), "cluster.local", "istio-system");
+            assert_eq!(snap.error_count(), 0, "{:?}", snap.diagnostics);
+            let changes = prev
+                .as_ref()
+                .map(|p| snap.changes_since(p))
+                .unwrap_or_default();
+            if i > 0 {
+                assert!(!changes.routes.is_empty(), "step {i} changes routes");
+                assert!(
+                    changes.services.is_empty() && changes.policies.is_empty() && !changes.full,
+                    "step {i} changes routes only: {changes:?}"
+                );
+            }
+            let before = store.len();
+            store.advance(
+                prev.as_ref().map_or(0, |p| p.generation),
+                snap.generation,
+                &changes,
+            );
+            if i > 0 {
+                let after = store.len();
+                assert!(after > 0, "step {i}: pieces kept");
+                assert!(
+                    after < before,
+                    "step {i}: the changed hosts' pieces dropped"
+                );
+            }
+            for labels in ["web", "canary"] {
+                for port in ["80", "8080"] {
+                    let want = fresh(&snap, labels, port);
+                    assert_eq!(
+                        kept(&snap, &store, labels, port),
+                        want,
+                        "step {i} {labels} {port}"
+                    );
+                    // Again, all from kept pieces.
+                    assert_eq!(
+                        kept(&snap, &store, labels, port),
+                        want,
+                        "step {i} {labels} {port}"
+                    );
+                }
+            }
+            prev = Some(snap);
+        }
+    }
+
+    #[test]
+    fn a_change_beyond_virtual_services_empties_the_store() {
+        let store = VhostStore::default();
+        let a = Snapshot::build(&set(SERVICES), None, "cluster.local", "istio-system");
+        store.advance(0, a.generation, &Changes::default());
+        kept(&a, &store, "web", "80");
+        assert!(!store.is_empty());
+        let b = Snapshot::build(
+            &set(&SERVICES.replace("consistentHash: {httpHeaderName: x-user}", "simple: RANDOM")),
+            Some(&a),
+            "cluster.local",
+            "istio-system",
+        );
+        let changes = b.changes_since(&a);
+        assert!(!changes.policies.is_empty());
+        store.advance(a.generation, b.generation, &changes);
+        assert!(store.is_empty());
+        assert_eq!(kept(&b, &store, "web", "80"), fresh(&b, "web", "80"));
+        // A stream still on the older snapshot neither reads nor adds pieces.
+        let len = store.len();
+        assert_eq!(kept(&a, &store, "web", "80"), fresh(&a, "web", "80"));
+        assert_eq!(store.len(), len);
+    }
+}
