@@ -41,7 +41,9 @@ impl Snapshot {
         };
         let mut clock = StageClock::start();
         b.mesh = b.mesh_config(input, domain_suffix, istio_namespace);
+        clock.lap("mesh config");
         b.objects = input.objects.clone();
+        clock.lap("objects copied");
         // Gateway API objects become Istio Gateways and VirtualServices first; from here
         // on they are built like any other (and their stages fingerprinted with them).
         if has_gateway_api(&input.objects) {
@@ -65,7 +67,7 @@ impl Snapshot {
             istio_namespace,
         );
         let mut stage_diags = StageDiagnostics::default();
-        clock.lap("mesh config and objects");
+        clock.lap("stage prints");
         // A stage whose inputs are those of the previous snapshot's is taken from it.
         let same = |print: fn(&StagePrints) -> u64| {
             previous.filter(|p| print(&p.stage_prints) == print(&prints))
@@ -113,7 +115,8 @@ impl Snapshot {
             clock.lap("virtual services (kept)");
         } else {
             let mark = b.diags.len();
-            b.build_virtual_services(previous);
+            // Under the same context, an unchanged VirtualService is kept alone.
+            b.build_virtual_services(previous, same(|p| p.virtual_service_context));
             stage_diags.virtual_services = b.diags[mark..].to_vec();
             clock.lap("virtual services");
         }
@@ -200,9 +203,11 @@ struct Builder {
     domain: String,
     objects: BTreeMap<ObjectKey, Arc<Object>>,
     diags: Vec<Diagnostic>,
-    services: BTreeMap<String, Arc<Service>>,
-    endpoints: BTreeMap<String, Arc<ServiceEndpoints>>,
-    workloads: BTreeMap<ObjectKey, Arc<Workload>>,
+    // Shared with the snapshot (and the next build, when its services stage is kept):
+    // written through `Arc::make_mut` while this build makes them, unshared then.
+    services: Arc<BTreeMap<String, Arc<Service>>>,
+    endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
+    workloads: Arc<BTreeMap<ObjectKey, Arc<Workload>>>,
     destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
     virtual_services: Vec<Arc<VirtualServiceConfig>>,
     gateways: Vec<Arc<GatewayConfig>>,
@@ -378,7 +383,7 @@ impl Builder {
                 }),
             );
         }
-        self.workloads = workloads;
+        self.workloads = Arc::new(workloads);
         let mut by_label: HashMap<u64, Vec<Arc<Object>>> = HashMap::new();
         let mut by_ns: HashMap<String, Vec<Arc<Object>>> = HashMap::new();
         for pod in self.of_kind(Kind::Pod) {
@@ -420,9 +425,8 @@ impl Builder {
             );
             return;
         }
-        self.endpoints
-            .insert(svc.hostname.clone(), Arc::new(endpoints));
-        self.services.insert(svc.hostname.clone(), Arc::new(svc));
+        Arc::make_mut(&mut self.endpoints).insert(svc.hostname.clone(), Arc::new(endpoints));
+        Arc::make_mut(&mut self.services).insert(svc.hostname.clone(), Arc::new(svc));
     }
 
     /// A service or endpoint set equal to the previous build's becomes that same `Arc`,
@@ -442,8 +446,8 @@ impl Builder {
             }
         }
         if let Some(prev) = previous {
-            keep(&mut self.services, &prev.services);
-            keep(&mut self.endpoints, &prev.endpoints);
+            keep(Arc::make_mut(&mut self.services), &prev.services);
+            keep(Arc::make_mut(&mut self.endpoints), &prev.endpoints);
         }
     }
 
@@ -790,7 +794,7 @@ impl Builder {
     /// no known service routes nothing, and says so.
     fn resolve_aliases(&mut self) {
         for (target, obj) in std::mem::take(&mut self.aliases) {
-            match self.services.get_mut(&target) {
+            match Arc::make_mut(&mut self.services).get_mut(&target) {
                 Some(svc) => Arc::make_mut(svc)
                     .aliases
                     .push((obj.key.name.clone(), obj.key.namespace.clone())),
@@ -960,10 +964,53 @@ impl Builder {
         self.destination_rules = rules;
     }
 
-    fn build_virtual_services(&mut self, previous: Option<&Snapshot>) {
+    /// `same_context`: the previous snapshot, when what a VirtualService's checks and
+    /// translation read besides the VirtualService itself (services, DestinationRules,
+    /// Gateways, the mesh configuration) is as it was; then a VirtualService whose object
+    /// is as it was keeps its previous result and diagnostics, unless delegation ties it
+    /// to others.
+    fn build_virtual_services(
+        &mut self,
+        previous: Option<&Snapshot>,
+        same_context: Option<&Snapshot>,
+    ) {
         let objs: Vec<Arc<Object>> = self.of_kind(Kind::VirtualService).cloned().collect();
         let mut out = Vec::new();
+        let (kept, kept_diags) = match same_context {
+            Some(prev) => (
+                prev.virtual_services
+                    .iter()
+                    .map(|v| (&v.key, v))
+                    .collect::<HashMap<_, _>>(),
+                {
+                    let mut by_object: HashMap<&str, Vec<&Diagnostic>> = HashMap::new();
+                    for d in &prev.stage_diags.virtual_services {
+                        by_object
+                            .entry(d.object.as_deref().unwrap_or_default())
+                            .or_default()
+                            .push(d);
+                    }
+                    by_object
+                },
+            ),
+            None => Default::default(),
+        };
         for obj in objs {
+            if let Some(old) = kept.get(&obj.key)
+                && same_object(&old.object, &obj)
+                && !delegates(&obj)
+            {
+                let key = obj.key.to_string();
+                self.diags.extend(
+                    kept_diags
+                        .get(key.as_str())
+                        .into_iter()
+                        .flatten()
+                        .map(|d| (*d).clone()),
+                );
+                out.push((*old).clone());
+                continue;
+            }
             let mut diags = self.check_virtual_service(&obj);
             if obj.is_generated() {
                 // Converted from an HTTPRoute: its backends that do not resolve are
@@ -1033,6 +1080,7 @@ impl Builder {
                 ),
                 sessions: super::gateway_api::session::of_virtual_service(&chosen),
                 object: chosen.clone(),
+                hash: Default::default(),
             }));
         }
         // istiod's order (the config store's): oldest first, then by name and namespace.
@@ -1617,11 +1665,11 @@ impl Builder {
         }
         let config_hashes = hashes(
             &self.services,
-            previous.map(|p| (&p.services, &*p.config_hashes)),
+            previous.map(|p| (&*p.services, &*p.config_hashes)),
         );
         let endpoint_hashes = hashes(
             &self.endpoints,
-            previous.map(|p| (&p.endpoints, &*p.endpoint_hashes)),
+            previous.map(|p| (&*p.endpoints, &*p.endpoint_hashes)),
         );
         let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
@@ -1633,7 +1681,7 @@ impl Builder {
             }
         }
         let mut hosts_by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (h, eps) in &self.endpoints {
+        for (h, eps) in self.endpoints.iter() {
             for inst in &eps.instances {
                 let hosts = hosts_by_ip.entry(inst.address.clone()).or_default();
                 if hosts.last() != Some(h) {
@@ -1673,7 +1721,7 @@ impl Builder {
                 let mut route_hashes: BTreeMap<String, u64> = BTreeMap::new();
                 let mut l4_route_hashes: BTreeMap<String, u64> = BTreeMap::new();
                 for vs in &self.virtual_services {
-                    let h = hash_of(&**vs);
+                    let h = vs.hash();
                     let l4 = (!vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty())
                         .then(|| hash_of(&(&vs.spec.tcp, &vs.spec.tls, &vs.gateways, &vs.key)));
                     for host in &vs.hosts {
@@ -1789,6 +1837,29 @@ impl Builder {
             stage_diags: StageDiagnostics::default(),
             selector_key_memo: KeyMemo::new(),
         }
+    }
+}
+
+/// The same object for a stage's purpose: the same `Arc`, or equal content from the
+/// same place (sources that rebuild unchanged objects make new `Arc`s).
+fn same_object(a: &Arc<Object>, b: &Arc<Object>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (a.hash == b.hash
+            && a.api_version == b.api_version
+            && a.origin == b.origin
+            && a.created == b.created
+            && a.generation == b.generation
+            && a.lines == b.lines)
+}
+
+/// Whether a VirtualService's result depends on other VirtualServices: a root that
+/// delegates, or a delegate (no hosts of its own).
+fn delegates(obj: &Object) -> bool {
+    match &obj.spec {
+        Spec::VirtualService(spec) => {
+            spec.hosts.is_empty() || spec.http.iter().any(|r| r.delegate.is_some())
+        }
+        _ => true,
     }
 }
 

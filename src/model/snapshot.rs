@@ -38,9 +38,18 @@ pub struct VirtualServiceConfig {
     pub sessions: Vec<Option<super::gateway_api::session::Session>>,
     #[serde(skip)]
     pub object: Arc<Object>,
+    /// The hash of the fields above (serialised), made once: a VirtualService kept
+    /// from the previous build keeps it.
+    #[serde(skip)]
+    pub(super) hash: std::sync::OnceLock<u64>,
 }
 
 impl VirtualServiceConfig {
+    /// [`VirtualServiceConfig::hash`], made on first use.
+    pub(super) fn hash(&self) -> u64 {
+        *self.hash.get_or_init(|| hash_of(self))
+    }
+
     pub fn applies_to_mesh(&self) -> bool {
         self.gateways.iter().any(|g| g == "mesh")
     }
@@ -211,8 +220,8 @@ pub struct Snapshot {
     pub mesh: Arc<MeshConfig>,
     /// Every accepted object (what /debug/configz lists).
     pub objects: BTreeMap<ObjectKey, Arc<Object>>,
-    pub services: BTreeMap<String, Arc<Service>>,
-    pub endpoints: BTreeMap<String, Arc<ServiceEndpoints>>,
+    pub services: Arc<BTreeMap<String, Arc<Service>>>,
+    pub endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
     pub virtual_services: Vec<Arc<VirtualServiceConfig>>,
     pub destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
     pub gateways: Vec<Arc<GatewayConfig>>,
@@ -240,7 +249,7 @@ pub struct Snapshot {
     /// Whether some VirtualService route has session persistence (HTTP managers then
     /// carry Envoy's stateful session filter).
     pub sessions: bool,
-    pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
+    pub workloads: Arc<BTreeMap<ObjectKey, Arc<Workload>>>,
     /// Address → workloads with that address.
     pub workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
     /// Address → hosts of the services with an instance at that address (a proxy's
@@ -388,7 +397,9 @@ impl Snapshot {
             out
         }
         let mut workloads = BTreeSet::new();
-        for (k, w) in &self.workloads {
+        // A kept services stage shares its workloads: nothing to compare.
+        let same_workloads = Arc::ptr_eq(&self.workloads, &old.workloads);
+        for (k, w) in self.workloads.iter().filter(|_| !same_workloads) {
             if !old
                 .workloads
                 .get(k)
@@ -397,7 +408,7 @@ impl Snapshot {
                 workloads.insert(k.clone());
             }
         }
-        for k in old.workloads.keys() {
+        for k in old.workloads.keys().filter(|_| !same_workloads) {
             if !self.workloads.contains_key(k) {
                 workloads.insert(k.clone());
             }
@@ -1001,7 +1012,10 @@ spec:
             )
         };
         let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {selector: {matchLabels: {tier: x}}, mtls: {mode: STRICT}}\n";
-        let text = |p: &str, d: &str, v: &str| [svc, p, d, v, pa].join("---\n");
+        // Unchanged throughout but for its place in the last step, with a warning: kept
+        // alone (with its warning) when only the other VirtualService changes.
+        let other = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec: {hosts: [b.example.com], http: [{route: [{destination: {host: nowhere}}]}]}\n";
+        let text = |p: &str, d: &str, v: &str| [svc, p, d, v, other, pa].join("---\n");
         let steps = [
             text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v1", 1)),
             // A route edit: only the VirtualService stage runs.
@@ -1015,7 +1029,15 @@ spec:
             // A pod relabelled: services and endpoints run again.
             text(&pod("v2"), &dr("LEAST_REQUEST"), &vs("v1", 3)),
             // An object moved to another line: its diagnostics must say the new line.
-            [pa, svc, &pod("v2"), &dr("LEAST_REQUEST"), &vs("v2", 3)].join("---\n"),
+            [
+                pa,
+                other,
+                svc,
+                &pod("v2"),
+                &dr("LEAST_REQUEST"),
+                &vs("v2", 3),
+            ]
+            .join("---\n"),
         ];
         // The stages each build is expected to keep.
         let keeps: [&[&str]; 6] = [
@@ -1036,6 +1058,25 @@ spec:
             prev.stage_prints = StagePrints::default();
             let rebuilt = Snapshot::build(&input, Some(&prev), "cluster.local", "istio-system");
             prev.stage_prints = prints;
+            let b = |s: &Snapshot| {
+                s.virtual_services
+                    .iter()
+                    .find(|v| v.key.name == "b")
+                    .cloned()
+                    .expect("VirtualService b")
+            };
+            let same_context = keeps.contains(&"services") && keeps.contains(&"destination rules");
+            assert_eq!(
+                Arc::ptr_eq(&b(&kept), &b(&prev)),
+                same_context,
+                "{step}: the unchanged VirtualService kept alone exactly when the others' context is unchanged"
+            );
+            assert!(
+                kept.diagnostics
+                    .iter()
+                    .any(|d| d.object.as_deref() == Some("VirtualService default/b")),
+                "{step}: its warning is said again"
+            );
             let kept_stages: Vec<&str> = kept
                 .build_stages
                 .iter()

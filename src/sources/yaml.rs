@@ -33,7 +33,7 @@ pub struct YamlError {
 }
 
 /// Field path → 1-based source line, for one document (or a part of one, see [`FieldLines::child`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldLines {
     map: Arc<BTreeMap<String, u32>>,
     prefix: String,
