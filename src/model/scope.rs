@@ -20,7 +20,8 @@ pub struct EgressScope {
     /// Positions in `virtual_services` by exact host, and those with a wildcard host:
     /// finding a service's VirtualService is a map lookup, not a scan of every
     /// VirtualService for every service (10,000 × 1,000 in a large mesh).
-    by_host: HashMap<String, Vec<usize>>,
+    /// (A seeded fast hasher: looked up once per service for every route configuration.)
+    by_host: HashMap<String, Vec<usize>, foldhash::quality::RandomState>,
     wildcard: Vec<usize>,
 }
 
@@ -30,7 +31,8 @@ impl EgressScope {
         services: Vec<Arc<Service>>,
         virtual_services: Vec<Arc<VirtualServiceConfig>>,
     ) -> EgressScope {
-        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_host: HashMap<String, Vec<usize>, foldhash::quality::RandomState> =
+            HashMap::default();
         let mut wildcard = Vec::new();
         for (i, vs) in virtual_services.iter().enumerate() {
             for h in &vs.hosts {
