@@ -208,7 +208,7 @@ struct Builder {
     services: Arc<BTreeMap<String, Arc<Service>>>,
     endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
     workloads: Arc<BTreeMap<ObjectKey, Arc<Workload>>>,
-    destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
+    destination_rules: Arc<BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>>,
     virtual_services: Vec<Arc<VirtualServiceConfig>>,
     gateways: Vec<Arc<GatewayConfig>>,
     sidecars: Vec<Arc<SidecarConfig>>,
@@ -961,7 +961,7 @@ impl Builder {
                 list.push(Arc::new(cfg));
             }
         }
-        self.destination_rules = rules;
+        self.destination_rules = Arc::new(rules);
     }
 
     /// `same_context`: the previous snapshot, when what a VirtualService's checks and
@@ -996,18 +996,17 @@ impl Builder {
             None => Default::default(),
         };
         for obj in objs {
+            let key = obj.key.to_string();
+            let said = kept_diags.get(key.as_str());
+            // Not after an error: the previous result was then a last good version,
+            // which equal content now makes current again (its errors must go).
             if let Some(old) = kept.get(&obj.key)
                 && same_object(&old.object, &obj)
                 && !delegates(&obj)
+                && !said.is_some_and(|d| d.iter().any(|d| d.is_error()))
             {
-                let key = obj.key.to_string();
-                self.diags.extend(
-                    kept_diags
-                        .get(key.as_str())
-                        .into_iter()
-                        .flatten()
-                        .map(|d| (*d).clone()),
-                );
+                self.diags
+                    .extend(said.into_iter().flatten().map(|d| (*d).clone()));
                 out.push((*old).clone());
                 continue;
             }
@@ -1738,7 +1737,7 @@ impl Builder {
             Some(prev) => prev.policy_hashes.clone(),
             None => {
                 let mut policy_hashes: BTreeMap<String, u64> = BTreeMap::new();
-                for (host, rules) in &self.destination_rules {
+                for (host, rules) in self.destination_rules.iter() {
                     for r in rules {
                         mix(&mut policy_hashes, host, hash_of(&**r));
                     }
@@ -1835,7 +1834,7 @@ impl Builder {
             build_stages: Vec::new(),
             stage_prints: StagePrints::default(),
             stage_diags: StageDiagnostics::default(),
-            selector_key_memo: KeyMemo::new(),
+            selector_key_memo: KeyMemo::default(),
         }
     }
 }

@@ -38,8 +38,10 @@ pub struct VirtualServiceConfig {
     pub sessions: Vec<Option<super::gateway_api::session::Session>>,
     #[serde(skip)]
     pub object: Arc<Object>,
-    /// The hash of the fields above (serialised), made once: a VirtualService kept
-    /// from the previous build keeps it.
+    /// The hash of the fields above (serialised) and of the object's annotations (they
+    /// shape routes too: `gateway_semantics`, `is_generated`; not the whole object,
+    /// whose status a writer changes), made once: a VirtualService kept from the
+    /// previous build keeps it.
     #[serde(skip)]
     pub(super) hash: std::sync::OnceLock<u64>,
 }
@@ -47,7 +49,15 @@ pub struct VirtualServiceConfig {
 impl VirtualServiceConfig {
     /// [`VirtualServiceConfig::hash`], made on first use.
     pub(super) fn hash(&self) -> u64 {
-        *self.hash.get_or_init(|| hash_of(self))
+        *self.hash.get_or_init(|| {
+            xxhash_rust::xxh3::xxh3_64(
+                &[
+                    hash_of(self).to_le_bytes(),
+                    hash_of(&self.object.annotations).to_le_bytes(),
+                ]
+                .concat(),
+            )
+        })
     }
 
     pub fn applies_to_mesh(&self) -> bool {
@@ -223,7 +233,7 @@ pub struct Snapshot {
     pub services: Arc<BTreeMap<String, Arc<Service>>>,
     pub endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
     pub virtual_services: Vec<Arc<VirtualServiceConfig>>,
-    pub destination_rules: BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>,
+    pub destination_rules: Arc<BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>>,
     pub gateways: Vec<Arc<GatewayConfig>>,
     pub sidecars: Vec<Arc<SidecarConfig>>,
     pub peer_authentications: Vec<Arc<PeerAuthenticationConfig>>,
@@ -283,7 +293,9 @@ pub struct Snapshot {
     pub(super) selector_key_memo: KeyMemo,
 }
 
-pub(super) type KeyMemo = HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>>;
+/// (Keyed by content hashes, themselves hashed with a fast seeded hasher.)
+pub(super) type KeyMemo =
+    HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>;
 
 /// Label keys under the selector-like fields of a configuration object's JSON (see
 /// [`Snapshot::selector_keys`]). Both spellings are looked for: serde may name fields in
@@ -515,23 +527,26 @@ impl Snapshot {
         if let Ok(v) = serde_json::to_value(&*self.mesh) {
             collect_selector_keys(&v, &mut keys, &mut failover);
         }
-        let mut next = KeyMemo::new();
-        for o in self.objects.values() {
-            if !matches!(
-                o.spec,
-                Spec::VirtualService(_)
-                    | Spec::DestinationRule(_)
-                    | Spec::Gateway(_)
-                    | Spec::Sidecar(_)
-                    | Spec::EnvoyFilter(_)
-                    | Spec::Telemetry(_)
-                    | Spec::RateLimitPolicy(_)
-                    | Spec::PeerAuthentication(_)
-                    | Spec::AuthorizationPolicy(_)
-                    | Spec::RequestAuthentication(_)
-            ) {
-                continue;
-            }
+        // Only the kinds that select workloads, each one range of the map (not every
+        // Pod and Service too).
+        const SELECTING: [Kind; 10] = [
+            Kind::VirtualService,
+            Kind::DestinationRule,
+            Kind::Gateway,
+            Kind::Sidecar,
+            Kind::EnvoyFilter,
+            Kind::Telemetry,
+            Kind::RateLimitPolicy,
+            Kind::PeerAuthentication,
+            Kind::AuthorizationPolicy,
+            Kind::RequestAuthentication,
+        ];
+        let mut next =
+            KeyMemo::with_capacity_and_hasher(memo.map_or(0, |m| m.len()), Default::default());
+        for o in SELECTING
+            .iter()
+            .flat_map(|&kind| super::stages::of_kind(&self.objects, kind))
+        {
             let found = match memo.and_then(|m| m.get(&o.hash)) {
                 Some(found) => found.clone(),
                 None => {
@@ -1024,6 +1039,11 @@ spec:
             text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v2", 3)),
             // Nothing changed: every stage kept, including the refusal and its last good.
             text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v2", 3)),
+            // Reverted to the last good version: its errors go (it is not kept alone
+            // with them, though its content is that of the version in force).
+            text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v1", 2)),
+            // Refused again, for the steps after.
+            text(&pod("v1"), &dr("ROUND_ROBIN"), &vs("v2", 3)),
             // A policy edit: rules and (they are its input) routes run again.
             text(&pod("v1"), &dr("LEAST_REQUEST"), &vs("v2", 3)),
             // A pod relabelled: services and endpoints run again.
@@ -1040,10 +1060,12 @@ spec:
             .join("---\n"),
         ];
         // The stages each build is expected to keep.
-        let keeps: [&[&str]; 6] = [
+        let keeps: [&[&str]; 8] = [
             &["services", "destination rules"],
             &["services", "destination rules"],
             &["services", "destination rules", "virtual services"],
+            &["services", "destination rules"],
+            &["services", "destination rules"],
             &["services"],
             &["destination rules"],
             &[],

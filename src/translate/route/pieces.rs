@@ -107,11 +107,15 @@ impl ClassPieces {
 /// so past the bound a class is assembled without keeping its pieces.
 const MAX_CLASSES: usize = 4_000;
 
+/// A proxy class and a port.
+type ClassKey = (u64, u16);
+type Shared = Arc<Mutex<ClassPieces>>;
+
 #[derive(Debug, Default)]
 struct StoreInner {
     /// The snapshot generation the pieces hold for.
     generation: u64,
-    classes: HashMap<(u64, u16), Arc<Mutex<ClassPieces>>>,
+    classes: HashMap<ClassKey, Shared>,
     /// Pieces by content: classes whose hosts come out the same hold one copy.
     interned: HashMap<u64, Arc<Piece>>,
 }
@@ -128,7 +132,7 @@ impl VhostStore {
     /// keeps pieces, less those of the hosts the change names; any other change, or a
     /// store not at `from`, starts empty.
     pub fn advance(&self, from: u64, to: u64, changes: &Changes) {
-        let classes: Vec<Arc<Mutex<ClassPieces>>> = {
+        let classes: Vec<(ClassKey, Shared)> = {
             let Ok(mut inner) = self.inner.lock() else {
                 return;
             };
@@ -148,7 +152,7 @@ impl VhostStore {
                 inner.interned.clear();
                 return;
             }
-            inner.classes.values().cloned().collect()
+            inner.classes.iter().map(|(k, c)| (*k, c.clone())).collect()
         };
         // Each class is moved under its own lock, the store's released: a stream
         // holding a class's lock takes the store's to share a piece.
@@ -157,17 +161,34 @@ impl VhostStore {
             .iter()
             .filter(|h| h.starts_with('*'))
             .collect();
-        for class in classes {
-            if let Ok(mut c) = class.lock()
-                && c.generation == from
-            {
-                c.forget(&changes.routes, &wildcards);
-                c.generation = to;
+        // A class a stream is assembling (on the older snapshot) is dropped rather than
+        // waited for: the publish does not wait behind a 10,000-host translation.
+        let mut busy = Vec::new();
+        for (key, class) in classes {
+            let moved = match class.try_lock() {
+                Ok(mut c) if c.generation == from => {
+                    c.forget(&changes.routes, &wildcards);
+                    c.generation = to;
+                    true
+                }
+                _ => false,
+            };
+            if !moved {
+                busy.push((key, class));
             }
         }
-        if !changes.routes.is_empty()
+        if (!changes.routes.is_empty() || !busy.is_empty())
             && let Ok(mut inner) = self.inner.lock()
         {
+            for (key, class) in busy {
+                if inner
+                    .classes
+                    .get(&key)
+                    .is_some_and(|c| Arc::ptr_eq(c, &class))
+                {
+                    inner.classes.remove(&key);
+                }
+            }
             // Pieces no class holds any more.
             inner.interned.retain(|_, p| Arc::strong_count(p) > 1);
         }
@@ -218,12 +239,14 @@ impl VhostStore {
 
     /// Number of kept pieces (for tests and the benchmark).
     pub fn len(&self) -> usize {
-        let Ok(inner) = self.inner.lock() else {
-            return 0;
+        // The classes are locked with the store's lock released (a stream takes them in
+        // the other order).
+        let classes: Vec<Arc<Mutex<ClassPieces>>> = match self.inner.lock() {
+            Ok(inner) => inner.classes.values().cloned().collect(),
+            Err(_) => return 0,
         };
-        inner
-            .classes
-            .values()
+        classes
+            .iter()
             .filter_map(|c| c.lock().ok().map(|c| c.services.len() + c.vs_hosts.len()))
             .sum()
     }
@@ -250,10 +273,15 @@ pub fn outbound_route_config_any(
         .as_ref()
         .and_then(|c| c.lock().ok())
         .filter(|c| c.generation == ctx.snap.generation);
+    let keeps = guard.is_some();
     let pieces: &mut ClassPieces = match guard.as_deref_mut() {
         Some(p) => p,
         None => &mut local,
     };
+    // Pieces of a class the store keeps are shared with other classes; pieces made for
+    // this assembly alone (past the store's bound, or on an older snapshot) are not
+    // interned, so that they cannot pile up outside the bound.
+    let share = |p: Piece| if keeps { store.intern(p) } else { Arc::new(p) };
     let mut items: Vec<(Option<usize>, Arc<Piece>)> = Vec::new();
     for planned in outbound_plan(ctx, egress, port) {
         match planned {
@@ -263,7 +291,7 @@ pub fn outbound_route_config_any(
                     None => {
                         let (routed, vh) =
                             service_virtual_host(ctx, svc, vs.map(|(_, v)| &**v), port);
-                        let p = store.intern(Piece::of(vh, routed));
+                        let p = share(Piece::of(vh, routed));
                         pieces.services.insert(svc.hostname.clone(), p.clone());
                         p
                     }
@@ -275,7 +303,7 @@ pub fn outbound_route_config_any(
                     Some(p) => p.clone(),
                     None => {
                         let p = vs_host_virtual_host(ctx, host, vs, svc.map(|s| &**s), port)
-                            .map(|vh| store.intern(Piece::of(vh, true)));
+                            .map(|vh| share(Piece::of(vh, true)));
                         pieces.vs_hosts.insert(host.to_string(), p.clone());
                         p
                     }
