@@ -197,6 +197,15 @@ fn export_to_annotation(obj: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The services stage's per-host hashes and address indexes.
+struct ServiceIndexes {
+    config_hashes: Arc<BTreeMap<String, u64>>,
+    identity_hashes: Arc<BTreeMap<String, u64>>,
+    endpoint_hashes: Arc<BTreeMap<String, u64>>,
+    workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
+    hosts_by_ip: Arc<BTreeMap<String, Vec<String>>>,
+}
+
 #[derive(Default)]
 struct Builder {
     mesh: MeshConfig,
@@ -1635,15 +1644,7 @@ impl Builder {
 
     /// Hashes and address indexes of the workloads-and-services stage's output.
     #[allow(clippy::type_complexity)]
-    fn service_indexes(
-        &self,
-        previous: Option<&Snapshot>,
-    ) -> (
-        Arc<BTreeMap<String, u64>>,
-        Arc<BTreeMap<String, u64>>,
-        Arc<BTreeMap<String, Vec<ObjectKey>>>,
-        Arc<BTreeMap<String, Vec<String>>>,
-    ) {
+    fn service_indexes(&self, previous: Option<&Snapshot>) -> ServiceIndexes {
         // The previous build's hash of a service or endpoint set kept as it was (the same
         // `Arc`, `keep_unchanged_services`).
         fn hashes<T: serde::Serialize>(
@@ -1688,12 +1689,31 @@ impl Builder {
                 }
             }
         }
-        (
-            Arc::new(config_hashes),
-            Arc::new(endpoint_hashes),
-            Arc::new(workloads_by_ip),
-            Arc::new(hosts_by_ip),
-        )
+        // The identities each service's endpoints run as: clients verify its pods by them
+        // (auto mTLS), so a pod of a new service account changes the clients' clusters,
+        // not only their endpoints (istiod pushes them in full too).
+        let mut identity_hashes: BTreeMap<String, u64> = BTreeMap::new();
+        for (h, eps) in self.endpoints.iter() {
+            let mut ids: Vec<(&str, &str)> = eps
+                .instances
+                .iter()
+                .filter(|i| !i.service_account.is_empty() && !i.namespace.is_empty())
+                .map(|i| (i.namespace.as_str(), i.service_account.as_str()))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            identity_hashes.insert(h.clone(), hash_of(&ids));
+        }
+        ServiceIndexes {
+            config_hashes: Arc::new(config_hashes),
+            identity_hashes: Arc::new(identity_hashes),
+            endpoint_hashes: Arc::new(endpoint_hashes),
+            workloads_by_ip: Arc::new(workloads_by_ip),
+            hosts_by_ip: Arc::new(hosts_by_ip),
+        }
     }
 
     fn finish(self, previous: Option<&Snapshot>, reused: &Reused) -> Snapshot {
@@ -1705,13 +1725,20 @@ impl Builder {
             let e = map.entry(host.to_string()).or_insert(0);
             *e = xxhash_rust::xxh3::xxh3_64(&[e.to_le_bytes(), v.to_le_bytes()].concat());
         }
-        let (config_hashes, endpoint_hashes, workloads_by_ip, hosts_by_ip) = match reused.services {
-            Some(prev) => (
-                prev.config_hashes.clone(),
-                prev.endpoint_hashes.clone(),
-                prev.workloads_by_ip.clone(),
-                prev.hosts_by_ip.clone(),
-            ),
+        let ServiceIndexes {
+            config_hashes,
+            identity_hashes,
+            endpoint_hashes,
+            workloads_by_ip,
+            hosts_by_ip,
+        } = match reused.services {
+            Some(prev) => ServiceIndexes {
+                config_hashes: prev.config_hashes.clone(),
+                identity_hashes: prev.identity_hashes.clone(),
+                endpoint_hashes: prev.endpoint_hashes.clone(),
+                workloads_by_ip: prev.workloads_by_ip.clone(),
+                hosts_by_ip: prev.hosts_by_ip.clone(),
+            },
             None => self.service_indexes(previous),
         };
         let (route_hashes, l4_route_hashes) = match reused.routes {
@@ -1821,6 +1848,7 @@ impl Builder {
             hosts_by_ip,
             diagnostics,
             config_hashes,
+            identity_hashes,
             route_hashes,
             l4_route_hashes,
             policy_hashes,

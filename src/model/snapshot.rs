@@ -269,6 +269,9 @@ pub struct Snapshot {
     /// Per-host hashes of everything that shapes a service's clusters and routes
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
     pub(super) config_hashes: Arc<BTreeMap<String, u64>>,
+    /// Per-host hashes of the identities (namespace, service account) the host's
+    /// endpoints run as: clients' clusters verify its pods by them.
+    pub(super) identity_hashes: Arc<BTreeMap<String, u64>>,
     pub(super) route_hashes: Arc<BTreeMap<String, u64>>,
     pub(super) l4_route_hashes: Arc<BTreeMap<String, u64>>,
     pub(super) policy_hashes: Arc<BTreeMap<String, u64>>,
@@ -441,7 +444,11 @@ impl Snapshot {
             full: self.mesh != old.mesh
                 || self.peer_auth_hash != old.peer_auth_hash
                 || self.sessions != old.sessions,
-            services: shared(&self.config_hashes, &old.config_hashes),
+            services: {
+                let mut s = shared(&self.config_hashes, &old.config_hashes);
+                s.extend(shared(&self.identity_hashes, &old.identity_hashes));
+                s
+            },
             routes: shared(&self.route_hashes, &old.route_hashes),
             l4_routes: shared(&self.l4_route_hashes, &old.l4_route_hashes),
             policies: shared(&self.policy_hashes, &old.policy_hashes),
@@ -1149,6 +1156,7 @@ spec:
             );
             assert_eq!(kept.route_hashes, rebuilt.route_hashes);
             assert_eq!(kept.config_hashes, rebuilt.config_hashes);
+            assert_eq!(kept.identity_hashes, rebuilt.identity_hashes);
             assert_eq!(kept.policy_hashes, rebuilt.policy_hashes);
             assert_eq!(kept.endpoint_hashes, rebuilt.endpoint_hashes);
             assert_eq!(kept.hosts_by_ip, rebuilt.hosts_by_ip);
@@ -1230,5 +1238,64 @@ spec:
             PERMISSIVE,
             "istio's default"
         );
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::model::{ConfigSet, Object, Origin};
+    use crate::sources::yaml::parse_documents;
+
+    fn build(text: &str, prev: Option<&Snapshot>) -> Snapshot {
+        let mut set = ConfigSet::default();
+        for doc in parse_documents(text) {
+            let doc = doc.expect("yaml");
+            let (objs, diags) =
+                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
+            assert!(diags.is_empty(), "{diags:?}");
+            for o in objs {
+                set.objects.insert(o.key.clone(), o);
+            }
+        }
+        Snapshot::build(&set, prev, "cluster.local", "istio-system")
+    }
+
+    /// Clients verify a service's pods by the identities its endpoints run as (auto
+    /// mTLS): a pod with a new service account changes its clients' clusters, not only
+    /// their endpoints, or the clients refuse the new pod's certificate.
+    #[test]
+    fn a_new_service_account_among_endpoints_is_a_service_change() {
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {selector: {app: a}, ports: [{name: http, port: 80}]}\n";
+        let pod = |name: &str, ip: &str, sa: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: a}}}}\nspec: {{serviceAccountName: {sa}, containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
+            )
+        };
+        let one = build(&format!("{svc}{}", pod("a-1", "10.0.0.1", "sa1")), None);
+        // Another pod of the same account: endpoints only.
+        let same = build(
+            &format!(
+                "{svc}{}{}",
+                pod("a-1", "10.0.0.1", "sa1"),
+                pod("a-2", "10.0.0.2", "sa1")
+            ),
+            Some(&one),
+        );
+        let c = same.changes_since(&one);
+        assert!(c.endpoints.contains("a.default.svc.cluster.local"), "{c:?}");
+        assert!(c.is_endpoint_churn(), "{c:?}");
+        // A pod of another account: the service's clusters change.
+        let other = build(
+            &format!(
+                "{svc}{}{}{}",
+                pod("a-1", "10.0.0.1", "sa1"),
+                pod("a-2", "10.0.0.2", "sa1"),
+                pod("a-3", "10.0.0.3", "sa2")
+            ),
+            Some(&same),
+        );
+        let c = other.changes_since(&same);
+        assert!(c.services.contains("a.default.svc.cluster.local"), "{c:?}");
     }
 }

@@ -27,6 +27,7 @@ mod request_timeouts;
 #[allow(dead_code)]
 mod scripted;
 mod secure_mesh;
+mod service_account_rollout;
 mod tcp_traffic_shifting;
 #[path = "../support/tokens.rs"]
 mod tokens;

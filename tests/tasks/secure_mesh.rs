@@ -67,7 +67,7 @@ fn flow_map(pairs: &[(&str, &str)]) -> String {
 impl Workload {
     /// Its labels as the injector leaves them (`security.istio.io/tlsMode: istio` on a pod
     /// with a sidecar: auto mTLS sends mTLS only to such endpoints).
-    fn pod_labels(&self) -> Vec<(&'static str, &'static str)> {
+    pub fn pod_labels(&self) -> Vec<(&'static str, &'static str)> {
         let mut l = self.labels.to_vec();
         if self.sidecar {
             l.push(("security.istio.io/tlsMode", "istio"));
