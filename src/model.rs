@@ -19,6 +19,9 @@ pub mod snapshot;
 mod stages;
 pub mod validate;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use diagnostic::{Diagnostic, Origin, Severity};
 pub use object::{Kind, Object, ObjectKey, Spec};
 pub use proxy::Proxy;

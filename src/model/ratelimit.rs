@@ -889,22 +889,10 @@ pub fn check(policies: &Policies, world: &World) -> (Vec<Diagnostic>, Vec<(Objec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::diagnostic::Origin;
-    use crate::model::snapshot::{ConfigSet, Snapshot};
-    use crate::sources::yaml::parse_documents;
+    use crate::model::snapshot::Snapshot;
 
     fn snapshot(text: &str) -> Snapshot {
-        let mut set = ConfigSet::default();
-        for doc in parse_documents(text) {
-            let doc = doc.expect("yaml");
-            let (objs, diags) =
-                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-            assert!(diags.is_empty(), "{diags:?}");
-            for o in objs {
-                set.objects.insert(o.key.clone(), o);
-            }
-        }
-        Snapshot::build(&set, None, "cluster.local", "istio-system")
+        crate::model::testing::snapshot(text, None)
     }
 
     fn policy(name: &str, ns: &str, spec: &str) -> String {

@@ -983,17 +983,7 @@ spec:
     }
 
     fn snapshot(text: &str) -> Snapshot {
-        let mut set = ConfigSet::default();
-        for doc in parse_documents(text) {
-            let doc = doc.expect("yaml");
-            let (objs, diags) =
-                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-            assert!(diags.is_empty(), "{diags:?}");
-            for o in objs {
-                set.objects.insert(o.key.clone(), o);
-            }
-        }
-        Snapshot::build(&set, None, "cluster.local", "istio-system")
+        crate::model::testing::snapshot(text, None)
     }
 
     /// A build that keeps stages from the previous snapshot must equal one that
@@ -1243,23 +1233,7 @@ spec:
 
 #[cfg(test)]
 mod identity_tests {
-    use super::*;
-    use crate::model::{ConfigSet, Object, Origin};
-    use crate::sources::yaml::parse_documents;
-
-    fn build(text: &str, prev: Option<&Snapshot>) -> Snapshot {
-        let mut set = ConfigSet::default();
-        for doc in parse_documents(text) {
-            let doc = doc.expect("yaml");
-            let (objs, diags) =
-                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-            assert!(diags.is_empty(), "{diags:?}");
-            for o in objs {
-                set.objects.insert(o.key.clone(), o);
-            }
-        }
-        Snapshot::build(&set, prev, "cluster.local", "istio-system")
-    }
+    use crate::model::testing::snapshot as build;
 
     /// Clients verify a service's pods by the identities its endpoints run as (auto
     /// mTLS): a pod with a new service account changes its clients' clusters, not only

@@ -760,20 +760,9 @@ mod tests {
 
     #[test]
     fn proxy_version_selects_proxies() {
-        use crate::model::{ConfigSet, Object, Origin, Snapshot};
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{name: http, port: 80}]}\n---\n\
              apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: istio-system}\nspec:\n  configPatches:\n  - applyTo: CLUSTER\n    match: {proxy: {proxyVersion: '1\\.2.*'}, cluster: {service: a.default.svc.cluster.local}}\n    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 4242}}\n";
-        let mut set = ConfigSet::default();
-        for doc in crate::sources::yaml::parse_documents(text) {
-            let doc = doc.expect("yaml");
-            let (objs, diags) =
-                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-            assert!(diags.is_empty(), "{diags:?}");
-            for o in objs {
-                set.objects.insert(o.key.clone(), o);
-            }
-        }
-        let snap = Snapshot::build(&set, None, "cluster.local", "istio-system");
+        let snap = crate::model::testing::snapshot(text, None);
         assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
         let patched = |version: Option<&str>| {
             let mut meta = std::collections::BTreeMap::new();

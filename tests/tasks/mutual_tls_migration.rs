@@ -18,13 +18,6 @@ const HTTPBIN_BAR: Workload = Workload {
     ..HTTPBIN_FOO
 };
 
-const SLEEP_BAR: Workload = Workload {
-    pod: "sleep-bar",
-    namespace: "bar",
-    ip: "127.0.0.42",
-    ..SLEEP_FOO
-};
-
 /// The task's PeerAuthentication `default` (namespace `foo`, then `istio-system`).
 fn strict(ns: &str) -> String {
     format!(

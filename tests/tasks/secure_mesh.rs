@@ -163,6 +163,14 @@ pub const SLEEP_FOO: Workload = Workload {
     intercepted: false,
 };
 
+/// samples/sleep in namespace `bar`.
+pub const SLEEP_BAR: Workload = Workload {
+    pod: "sleep-bar",
+    namespace: "bar",
+    ip: "127.0.0.42",
+    ..SLEEP_FOO
+};
+
 /// samples/httpbin/httpbin.yaml's Service in namespace `ns` (port 8000 to the container's
 /// 8080).
 pub fn httpbin_service(ns: &str) -> String {

@@ -18,15 +18,9 @@ const HTTPBIN_V2: Workload = Workload {
     ..HTTPBIN_FOO
 };
 
-/// The client, in another namespace than httpbin's: a pod change in `foo` alone does not
-/// make its proxy start over, so only what the change means for httpbin reaches it.
-const SLEEP_BAR: Workload = Workload {
-    pod: "sleep-bar",
-    namespace: "bar",
-    ip: "127.0.0.42",
-    ..SLEEP_FOO
-};
-
+/// From `sleep` in `bar`, another namespace than httpbin's: a pod change in `foo` alone
+/// does not make its proxy start over, so only what the change means for httpbin
+/// reaches it.
 fn curl() -> std::io::Result<HttpResponse> {
     request(
         &egress_addr(SLEEP_BAR.ip, 8000),

@@ -418,7 +418,6 @@ fn encode_any(name: &str, hosts: &[(&Piece, Vec<&str>)]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::model::snapshot::Snapshot;
-    use crate::model::{ConfigSet, Object, Origin};
 
     const SERVICES: &str = "
 apiVersion: v1
@@ -456,19 +455,7 @@ spec:
         )
     }
 
-    fn set(text: &str) -> ConfigSet {
-        let mut set = ConfigSet::default();
-        for doc in crate::sources::yaml::parse_documents(text) {
-            let doc = doc.expect("yaml");
-            let (objs, diags) =
-                Object::from_value(doc.value, doc.lines, Origin::default(), "default");
-            assert!(diags.is_empty(), "{diags:?}");
-            for o in objs {
-                set.objects.insert(o.key.clone(), o);
-            }
-        }
-        set
-    }
+    use crate::model::testing::config_set as set;
 
     fn fresh(snap: &Snapshot, labels: &str, name: &str) -> Vec<u8> {
         let proxy = proxy(labels);
