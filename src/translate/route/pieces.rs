@@ -381,13 +381,13 @@ fn encode_any(name: &str, hosts: &[(&Piece, Vec<&str>)]) -> Vec<u8> {
                 .sum::<usize>()
             + p.rest.len()
     };
+    // Each host's length is needed twice: in the configuration's length, then before
+    // its bytes.
+    let lens: Vec<usize> = hosts.iter().map(host_len).collect();
     let value_len = string_len(1, name)
-        + hosts
+        + lens
             .iter()
-            .map(|h| {
-                let l = host_len(h);
-                prost::encoding::key_len(2) + encoded_len_varint(l as u64) + l
-            })
+            .map(|&l| prost::encoding::key_len(2) + encoded_len_varint(l as u64) + l)
             .sum::<usize>()
         + tail.len();
     let mut buf = Vec::with_capacity(
@@ -399,9 +399,9 @@ fn encode_any(name: &str, hosts: &[(&Piece, Vec<&str>)]) -> Vec<u8> {
     if !name.is_empty() {
         put_string(1, name, &mut buf);
     }
-    for h in hosts {
+    for (h, len) in hosts.iter().zip(lens) {
         encode_key(2, WireType::LengthDelimited, &mut buf);
-        encode_varint(host_len(h) as u64, &mut buf);
+        encode_varint(len as u64, &mut buf);
         if !h.0.name.is_empty() {
             put_string(1, &h.0.name, &mut buf);
         }
