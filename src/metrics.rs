@@ -416,19 +416,11 @@ impl Metrics {
     /// meshd generated (from the Gateway API) are not events.
     pub fn count_events(
         &self,
-        old: Option<
-            &std::collections::BTreeMap<
-                crate::model::object::ObjectKey,
-                std::sync::Arc<crate::model::object::Object>,
-            >,
-        >,
-        new: &std::collections::BTreeMap<
-            crate::model::object::ObjectKey,
-            std::sync::Arc<crate::model::object::Object>,
-        >,
+        old: Option<&crate::model::objects::ObjectMap>,
+        new: &crate::model::objects::ObjectMap,
     ) {
         use crate::model::object::Kind;
-        let empty = std::collections::BTreeMap::new();
+        let empty = crate::model::objects::ObjectMap::new();
         let old = old.unwrap_or(&empty);
         let event = |k: Kind, what: &str| {
             let (family, kind) = match k {
@@ -447,37 +439,48 @@ impl Metrics {
                 })
                 .inc();
         };
-        // Both maps are sorted by key: one merge pass.
-        let mut a = old.iter().filter(|(_, o)| !o.is_generated()).peekable();
-        let mut b = new.iter().filter(|(_, o)| !o.is_generated()).peekable();
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some((ka, _)), None) => {
-                    event(ka.kind, "delete");
-                    a.next();
-                }
-                (None, Some((kb, _))) => {
-                    event(kb.kind, "add");
-                    b.next();
-                }
-                (Some((ka, oa)), Some((kb, ob))) => match ka.cmp(kb) {
-                    std::cmp::Ordering::Less => {
+        // A kind the sources did not touch is shared by both maps and skipped unread;
+        // the others are sorted by key: one merge pass each.
+        for kind in new.unshared_kinds(old) {
+            let mut a = old
+                .of_kind(kind)
+                .filter(|o| !o.is_generated())
+                .map(|o| (&o.key, o))
+                .peekable();
+            let mut b = new
+                .of_kind(kind)
+                .filter(|o| !o.is_generated())
+                .map(|o| (&o.key, o))
+                .peekable();
+            loop {
+                match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some((ka, _)), None) => {
                         event(ka.kind, "delete");
                         a.next();
                     }
-                    std::cmp::Ordering::Greater => {
+                    (None, Some((kb, _))) => {
                         event(kb.kind, "add");
                         b.next();
                     }
-                    std::cmp::Ordering::Equal => {
-                        if !std::sync::Arc::ptr_eq(oa, ob) && oa.hash != ob.hash {
-                            event(ka.kind, "update");
+                    (Some((ka, oa)), Some((kb, ob))) => match ka.cmp(kb) {
+                        std::cmp::Ordering::Less => {
+                            event(ka.kind, "delete");
+                            a.next();
                         }
-                        a.next();
-                        b.next();
-                    }
-                },
+                        std::cmp::Ordering::Greater => {
+                            event(kb.kind, "add");
+                            b.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if !std::sync::Arc::ptr_eq(oa, ob) && oa.hash != ob.hash {
+                                event(ka.kind, "update");
+                            }
+                            a.next();
+                            b.next();
+                        }
+                    },
+                }
             }
         }
     }

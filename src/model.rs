@@ -10,6 +10,7 @@ pub mod istio;
 pub mod mesh;
 pub mod metric_tags;
 pub mod object;
+pub mod objects;
 pub mod proxy;
 pub mod ratelimit;
 pub mod scope;

@@ -438,8 +438,19 @@ fn b1(n: usize, runs: usize) {
             .sum::<usize>()
     });
 
-    // One VirtualService change.
-    let changed = mesh(n, 5);
+    // One VirtualService change, applied to the set as the sources do: the one object
+    // replaced in a copy that shares every other kind with the first.
+    let changed = {
+        let mut c = set.clone();
+        let edited = mesh(n, 5);
+        let vs = edited
+            .objects
+            .of_kind(meshd::model::Kind::VirtualService)
+            .find(|o| o.key.name == "svc-0")
+            .expect("VirtualService svc-0");
+        c.objects.insert(vs.key.clone(), vs.clone());
+        c
+    };
     let (next, r_med, r_min) = timed(runs, || {
         Snapshot::build(&changed, Some(&snap), "cluster.local", "istio-system")
     });

@@ -154,18 +154,9 @@ fn label_key(namespace: &str, label: &str, value: &str) -> u64 {
     h.finish()
 }
 
-/// Whether any Gateway API object is present (their kinds sort last, so this looks at
-/// one range of the map, not every object).
-fn has_gateway_api(objects: &BTreeMap<ObjectKey, Arc<Object>>) -> bool {
-    objects
-        .range(
-            ObjectKey {
-                kind: Kind::GatewayClass,
-                namespace: String::new(),
-                name: String::new(),
-            }..,
-        )
-        .any(|(k, _)| k.kind.is_gateway_api())
+/// Whether any Gateway API object is present (a look at the kinds, not the objects).
+fn has_gateway_api(objects: &crate::model::objects::ObjectMap) -> bool {
+    objects.has_any(Kind::is_gateway_api)
 }
 
 /// The previous snapshot, for each stage whose output this build takes from it.
@@ -210,7 +201,7 @@ struct ServiceIndexes {
 struct Builder {
     mesh: MeshConfig,
     domain: String,
-    objects: BTreeMap<ObjectKey, Arc<Object>>,
+    objects: crate::model::objects::ObjectMap,
     diags: Vec<Diagnostic>,
     // Shared with the snapshot (and the next build, when its services stage is kept):
     // written through `Arc::make_mut` while this build makes them, unshared then.
@@ -257,7 +248,7 @@ impl Builder {
     }
 
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Object>> {
-        super::stages::of_kind(&self.objects, kind)
+        self.objects.of_kind(kind)
     }
 
     /// Takes `kind`'s accepted objects from `prev`, whose stage for `kind` this build
@@ -272,7 +263,7 @@ impl Builder {
         for k in mine {
             self.objects.remove(&k);
         }
-        for o in super::stages::of_kind(&prev.objects, kind) {
+        for o in prev.objects.of_kind(kind) {
             self.objects.insert(o.key.clone(), o.clone());
         }
     }
@@ -838,7 +829,7 @@ impl Builder {
     ) -> Vec<Instance> {
         let mut out = Vec::new();
         // Only the namespace's entries (one range of the map), not every entry per service.
-        for we in super::stages::of_kind_in(&self.objects, Kind::WorkloadEntry, namespace) {
+        for we in self.objects.of_kind_in(Kind::WorkloadEntry, namespace) {
             let Spec::WorkloadEntry(spec) = &we.spec else {
                 continue;
             };

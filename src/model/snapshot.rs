@@ -19,7 +19,7 @@ use super::stages::{StageDiagnostics, StagePrints};
 /// What the sources hand to the model: every object they could parse, and what they could not.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSet {
-    pub objects: BTreeMap<ObjectKey, Arc<Object>>,
+    pub objects: crate::model::objects::ObjectMap,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -229,7 +229,7 @@ pub struct Snapshot {
     pub generation: u64,
     pub mesh: Arc<MeshConfig>,
     /// Every accepted object (what /debug/configz lists).
-    pub objects: BTreeMap<ObjectKey, Arc<Object>>,
+    pub objects: crate::model::objects::ObjectMap,
     pub services: Arc<BTreeMap<String, Arc<Service>>>,
     pub endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
     pub virtual_services: Vec<Arc<VirtualServiceConfig>>,
@@ -462,15 +462,17 @@ impl Snapshot {
                     let mut m: BTreeMap<String, u64> = BTreeMap::new();
                     // ReferenceGrants too: they decide which gateways may read a
                     // Secret of another namespace.
-                    for o in super::stages::of_kind(&s.objects, Kind::Secret)
-                        .chain(super::stages::of_kind(&s.objects, Kind::ReferenceGrant))
+                    for o in s
+                        .objects
+                        .of_kind(Kind::Secret)
+                        .chain(s.objects.of_kind(Kind::ReferenceGrant))
                     {
                         let e = m.entry(o.key.namespace.clone()).or_insert(0);
                         *e ^= o.hash;
                     }
                     // CA bundles in ConfigMaps (BackendTLSPolicy) are read by proxies of
                     // any namespace.
-                    for o in super::stages::of_kind(&s.objects, Kind::ConfigMap) {
+                    for o in s.objects.of_kind(Kind::ConfigMap) {
                         if matches!(&o.spec, Spec::ConfigMap(d) if super::gateway_api::backend_tls::ca_of(d).is_some())
                         {
                             let e = m.entry(CA_CONFIGMAPS.to_string()).or_insert(0);
@@ -552,7 +554,7 @@ impl Snapshot {
             KeyMemo::with_capacity_and_hasher(memo.map_or(0, |m| m.len()), Default::default());
         for o in SELECTING
             .iter()
-            .flat_map(|&kind| super::stages::of_kind(&self.objects, kind))
+            .flat_map(|&kind| self.objects.of_kind(kind))
         {
             let found = match memo.and_then(|m| m.get(&o.hash)) {
                 Some(found) => found.clone(),
@@ -818,15 +820,8 @@ impl Snapshot {
         }
         let grants: Vec<&Object> = self
             .objects
-            .range(
-                ObjectKey {
-                    kind: Kind::ReferenceGrant,
-                    namespace: namespace.to_string(),
-                    name: String::new(),
-                }..,
-            )
-            .take_while(|(k, _)| k.kind == Kind::ReferenceGrant && k.namespace == namespace)
-            .map(|(_, o)| &**o)
+            .of_kind_in(Kind::ReferenceGrant, namespace)
+            .map(|o| &**o)
             .collect();
         let permitted = owners.iter().any(|(kind, owner_ns)| {
             *owner_ns == namespace

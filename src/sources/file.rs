@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::model::diagnostic::{Diagnostic, Origin};
 use crate::model::object::{Object, ObjectKey, key_of};
+use crate::model::objects::ObjectMap;
 use crate::model::snapshot::ConfigSet;
 use crate::sources::yaml::parse_documents;
 
@@ -49,6 +50,13 @@ pub struct FileSource {
     dirs: Vec<PathBuf>,
     default_namespace: String,
     files: BTreeMap<PathBuf, FileState>,
+    /// Every definition of each key, in file order (then order within the file): the
+    /// first is the one in force, the others are errors.
+    definitions: BTreeMap<ObjectKey, Vec<Arc<Object>>>,
+    /// The keys defined more than once.
+    twice: BTreeSet<ObjectKey>,
+    /// The objects in force, kept between loads and patched with what changed.
+    objects: ObjectMap,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -79,6 +87,11 @@ fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The file an object was read from (the order definitions take effect in).
+fn file_of(o: &Object) -> Option<&Path> {
+    o.origin.file.as_deref().map(PathBuf::as_path)
+}
+
 impl FileSource {
     pub fn new(dirs: Vec<PathBuf>, default_namespace: impl Into<String>) -> Result<Self, Error> {
         for d in &dirs {
@@ -90,6 +103,9 @@ impl FileSource {
             dirs,
             default_namespace: default_namespace.into(),
             files: BTreeMap::new(),
+            definitions: BTreeMap::new(),
+            twice: BTreeSet::new(),
+            objects: ObjectMap::new(),
         })
     }
 
@@ -97,44 +113,123 @@ impl FileSource {
         &self.dirs
     }
 
-    /// Re-reads what changed and returns the whole configuration.
+    /// Re-reads what changed and returns the whole configuration: the previous one
+    /// patched with the objects of the files that changed, so an edit costs its file,
+    /// not every object.
     pub fn load(&mut self) -> ConfigSet {
         let mut paths = Vec::new();
         for d in &self.dirs {
             list_files(d, &mut paths);
         }
         let present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
-        self.files.retain(|p, _| present.contains(p));
-        for path in paths {
-            self.refresh(path);
-        }
-        let mut set = ConfigSet::default();
-        let mut owners: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
-        for state in self.files.values() {
-            set.diagnostics.extend(state.diagnostics.iter().cloned());
-            for obj in &state.objects {
-                if let Some(first) = owners.get(&obj.key) {
-                    set.diagnostics.push(
-                        Diagnostic::error(
-                            obj.origin.clone(),
-                            format!(
-                                "{} is defined twice; the definition at {first} is used",
-                                obj.key
-                            ),
-                        )
-                        .object(obj.key.to_string())
-                        .hint("delete one of the two definitions"),
-                    );
-                    continue;
-                }
-                owners.insert(obj.key.clone(), obj.origin.clone());
-                set.objects.insert(obj.key.clone(), obj.clone());
+        // What each changed file defined before: it leaves the definitions.
+        let mut replaced: Vec<Arc<Object>> = Vec::new();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(state) = self.files.remove(&p) {
+                replaced.extend(state.objects);
             }
         }
-        set
+        let mut changed = Vec::new();
+        for path in paths {
+            if let Some(old) = self.refresh(path.clone()) {
+                replaced.extend(old);
+                changed.push(path);
+            }
+        }
+        let mut affected: BTreeSet<ObjectKey> = BTreeSet::new();
+        for old in replaced {
+            if let Some(defs) = self.definitions.get_mut(&old.key) {
+                defs.retain(|o| !Arc::ptr_eq(o, &old));
+            }
+            affected.insert(old.key.clone());
+        }
+        for path in &changed {
+            let Some(state) = self.files.get(path) else {
+                continue;
+            };
+            for o in &state.objects {
+                let defs = self.definitions.entry(o.key.clone()).or_default();
+                // After every definition from this file or one before it.
+                let at = defs.partition_point(|d| file_of(d) <= file_of(o));
+                defs.insert(at, o.clone());
+                affected.insert(o.key.clone());
+            }
+        }
+        for key in affected {
+            let defs = self.definitions.get(&key).filter(|d| !d.is_empty());
+            match defs.and_then(|d| d.first()) {
+                Some(first) => {
+                    if !self
+                        .objects
+                        .get(&key)
+                        .is_some_and(|o| Arc::ptr_eq(o, first))
+                    {
+                        self.objects.insert(key.clone(), first.clone());
+                    }
+                }
+                None => {
+                    self.objects.remove(&key);
+                }
+            }
+            if defs.is_some_and(|d| d.len() > 1) {
+                self.twice.insert(key);
+            } else {
+                if defs.is_none() {
+                    self.definitions.remove(&key);
+                }
+                self.twice.remove(&key);
+            }
+        }
+        ConfigSet {
+            objects: self.objects.clone(),
+            diagnostics: self.diagnostics(),
+        }
     }
 
-    fn refresh(&mut self, path: PathBuf) {
+    /// Each file's diagnostics in file order, each followed by the file's definitions
+    /// of a key another definition holds.
+    fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for state in self.files.values() {
+            out.extend(state.diagnostics.iter().cloned());
+            if self.twice.is_empty() {
+                continue;
+            }
+            for obj in &state.objects {
+                if !self.twice.contains(&obj.key) {
+                    continue;
+                }
+                let Some(first) = self.definitions.get(&obj.key).and_then(|d| d.first()) else {
+                    continue;
+                };
+                if Arc::ptr_eq(first, obj) {
+                    continue;
+                }
+                out.push(
+                    Diagnostic::error(
+                        obj.origin.clone(),
+                        format!(
+                            "{} is defined twice; the definition at {} is used",
+                            obj.key, first.origin
+                        ),
+                    )
+                    .object(obj.key.to_string())
+                    .hint("delete one of the two definitions"),
+                );
+            }
+        }
+        out
+    }
+
+    /// Re-reads `path` if it changed; returns the objects it defined before when its
+    /// objects may have changed.
+    fn refresh(&mut self, path: PathBuf) -> Option<Vec<Arc<Object>>> {
         let fingerprint = std::fs::metadata(&path).ok().map(|m| Fingerprint {
             modified: m.modified().ok(),
             len: m.len(),
@@ -142,7 +237,7 @@ impl FileSource {
         let previous = self.files.remove(&path).unwrap_or_default();
         if fingerprint.is_some() && previous.fingerprint == fingerprint {
             self.files.insert(path, previous);
-            return;
+            return None;
         }
         let text = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -154,7 +249,7 @@ impl FileSource {
                     format!("cannot read file: {e}"),
                 )];
                 self.files.insert(path, state);
-                return;
+                return None;
             }
         };
         let content_hash = xxhash_rust::xxh3::xxh3_64(&text);
@@ -166,7 +261,7 @@ impl FileSource {
                     ..previous
                 },
             );
-            return;
+            return None;
         }
         let state = self.parse_file(&path, &text, &previous);
         self.files.insert(
@@ -177,6 +272,7 @@ impl FileSource {
                 ..state
             },
         );
+        Some(previous.objects)
     }
 
     fn parse_file(&self, path: &Path, bytes: &[u8], previous: &FileState) -> FileState {
@@ -379,5 +475,88 @@ mod tests {
         // Deleting the file removes the object.
         std::fs::remove_file(d.join("vs.yaml")).expect("rm");
         assert!(src.load().objects.is_empty());
+    }
+
+    /// What a load gives, comparable between two sources: each object's key, content
+    /// and origin, and the diagnostics as text.
+    fn contents(set: &ConfigSet) -> (Vec<(String, u64, String)>, Vec<String>) {
+        (
+            set.objects
+                .iter()
+                .map(|(k, o)| (k.to_string(), o.hash, o.origin.to_string()))
+                .collect(),
+            set.diagnostics.iter().map(ToString::to_string).collect(),
+        )
+    }
+
+    #[test]
+    fn patched_loads_equal_fresh_loads() {
+        let d = tempdir("patched");
+        let named = |name: &str| VS.replace("name: reviews", &format!("name: {name}"));
+        write(
+            &d,
+            "a.yaml",
+            &format!("{}---\n{}", named("one"), named("two")),
+        );
+        write(&d, "b.yaml", &named("three"));
+        let mut src = FileSource::new(vec![d.clone()], "default").expect("dir");
+        let check = |src: &mut FileSource| {
+            let patched = src.load();
+            let fresh = FileSource::new(vec![d.clone()], "default")
+                .expect("dir")
+                .load();
+            assert_eq!(contents(&patched), contents(&fresh));
+            patched
+        };
+        let first = check(&mut src);
+        assert_eq!(first.objects.len(), 3);
+        // Nothing changed: the same objects, not copies.
+        let again = check(&mut src);
+        assert_eq!(again.objects.unshared_kinds(&first.objects).count(), 0);
+        // A second definition in an earlier file takes over; the later one is an error.
+        write(
+            &d,
+            "0.yaml",
+            &named("three").replace("[reviews]", "[ratings]"),
+        );
+        let set = check(&mut src);
+        assert_eq!(set.diagnostics.len(), 1, "{:?}", set.diagnostics);
+        // The earlier file goes: the later definition is in force again, alone.
+        std::fs::remove_file(d.join("0.yaml")).expect("rm");
+        let set = check(&mut src);
+        assert!(set.diagnostics.is_empty());
+        // A key defined twice in one file: the first stays in force.
+        write(
+            &d,
+            "b.yaml",
+            &format!(
+                "{}---\n{}",
+                named("three"),
+                named("three").replace("[reviews]", "[x]")
+            ),
+        );
+        check(&mut src);
+        // An edit moves an object from one file to another.
+        write(&d, "a.yaml", &named("one"));
+        write(&d, "c.yaml", &named("two").replace("[reviews]", "[moved]"));
+        let set = check(&mut src);
+        assert_eq!(set.objects.len(), 3);
+        // A refused edit keeps the last good version (which a fresh source has not
+        // seen, so this one is not compared).
+        write(
+            &d,
+            "c.yaml",
+            &named("two").replace("hosts: [reviews]", "hosts: reviews"),
+        );
+        let set = src.load();
+        assert_eq!(set.objects.len(), 3);
+        assert!(
+            set.diagnostics
+                .iter()
+                .any(|d| d.reason.contains("last good"))
+        );
+        // Fixed again.
+        write(&d, "c.yaml", &named("two").replace("[reviews]", "[fixed]"));
+        check(&mut src);
     }
 }

@@ -1,5 +1,6 @@
-//! The Kubernetes source: watches what istiod watches and hands the model whole
-//! [`ConfigSet`]s, like the file source.
+//! The Kubernetes source: watches what istiod watches and hands the model
+//! [`ConfigSet`]s, like the file source: each a whole configuration, patched from the
+//! previous one with what a burst of events changed ([`assemble`]).
 //!
 //! One watcher per kind (kube-runtime: list, then watch from the list's resourceVersion,
 //! relist after `410 Gone` or a dropped stream, with backoff). A relist replaces the
@@ -21,10 +22,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+mod assemble;
+
+use assemble::Assembler;
+
 use crate::kube::writer::NamespaceFilter;
 use crate::model::diagnostic::{Diagnostic, Origin};
-use crate::model::object::{Kind, Object, Spec};
-use crate::model::selector::LabelSelector;
+use crate::model::object::{Object, Spec};
 use crate::model::snapshot::ConfigSet;
 use crate::sources::yaml::FieldLines;
 
@@ -232,7 +236,7 @@ enum Msg {
 
 /// The parsed form of one Kubernetes object.
 #[derive(Debug, Clone, Default)]
-struct Entry {
+pub(super) struct Entry {
     objects: Vec<Arc<Object>>,
     diagnostics: Vec<Diagnostic>,
 }
@@ -261,6 +265,7 @@ pub async fn run(
     drop(msg_tx);
     let mut state: Vec<BTreeMap<(String, String), Entry>> = vec![BTreeMap::new(); kinds.len()];
     let mut synced = vec![false; kinds.len()];
+    let mut assembler = Assembler::default();
     let mut announced = false;
     loop {
         let Some(first) = msg_rx.recv().await else {
@@ -286,7 +291,7 @@ pub async fn run(
             }
         }
         for m in pending {
-            apply(&kinds, &mut state, &mut synced, m);
+            apply(&kinds, &mut state, &mut synced, &mut assembler, m);
         }
         if !synced.iter().all(|s| *s) {
             continue;
@@ -295,7 +300,7 @@ pub async fn run(
             info!(kinds = kinds.len(), "initial sync of the cluster complete");
             announced = true;
         }
-        let (set, nf) = assemble(&state, &opts);
+        let (set, nf) = assembler.assemble(&kinds, &state, &opts);
         filter.send_if_modified(|old| {
             if *old != nf {
                 *old = nf;
@@ -395,10 +400,12 @@ fn apply(
     kinds: &[WatchedKind],
     state: &mut [BTreeMap<(String, String), Entry>],
     synced: &mut [bool],
+    changes: &mut Assembler,
     m: Msg,
 ) {
     match m {
         Msg::Replace(i, list) => {
+            changes.relisted();
             let old = std::mem::take(&mut state[i]);
             for o in list {
                 let key = name_of(&o);
@@ -413,95 +420,20 @@ fn apply(
         Msg::Apply(i, o) => {
             let key = name_of(&o);
             let e = parse(&kinds[i], o, state[i].get(&key));
-            state[i].insert(key, e);
+            let old = state[i].insert(key.clone(), e);
+            changes.touched((i, key), old.as_ref());
         }
         Msg::Delete(i, o) => {
-            state[i].remove(&name_of(&o));
+            let key = name_of(&o);
+            let old = state[i].remove(&key);
+            changes.touched((i, key), old.as_ref());
         }
         Msg::Absent(i) => {
+            changes.relisted();
             state[i].clear();
             synced[i] = true;
         }
     }
-}
-
-/// Mesh config `discoverySelectors` from the `istio` ConfigMap.
-fn namespace_filter(
-    state: &[BTreeMap<(String, String), Entry>],
-    opts: &KubeOptions,
-) -> NamespaceFilter {
-    let mut nf = NamespaceFilter {
-        istio_namespace: opts.istio_namespace.clone(),
-        selectors: Vec::new(),
-    };
-    let mesh_name = if opts.revision.is_empty() || opts.revision == "default" {
-        "istio".to_string()
-    } else {
-        format!("istio-{}", opts.revision)
-    };
-    let mesh = state
-        .iter()
-        .flat_map(|m| m.values())
-        .flat_map(|e| e.objects.iter())
-        .find(|o| {
-            o.key.kind == Kind::ConfigMap
-                && o.key.namespace == opts.istio_namespace
-                && o.key.name == mesh_name
-        });
-    if let Some(Spec::ConfigMap(data)) = mesh.map(|o| &o.spec)
-        && let Some(text) = data.get("mesh")
-        && let Some(Ok(doc)) = crate::sources::yaml::parse_documents(text)
-            .into_iter()
-            .next()
-        && let Some(sel) = doc.value.get("discoverySelectors")
-    {
-        match serde_json::from_value::<Vec<LabelSelector>>(sel.clone()) {
-            Ok(s) => nf.selectors = s,
-            Err(e) => warn!(error = %e, "mesh config discoverySelectors ignored"),
-        }
-    }
-    nf
-}
-
-/// The ConfigSet: every parsed object in scope (revision, discovery selectors).
-fn assemble(
-    state: &[BTreeMap<(String, String), Entry>],
-    opts: &KubeOptions,
-) -> (ConfigSet, NamespaceFilter) {
-    let nf = namespace_filter(state, opts);
-    let ns_labels: BTreeMap<&str, &BTreeMap<String, String>> = state
-        .iter()
-        .flat_map(|m| m.values())
-        .flat_map(|e| e.objects.iter())
-        .filter(|o| o.key.kind == Kind::Namespace)
-        .map(|o| (o.key.name.as_str(), &o.labels))
-        .collect();
-    let empty = BTreeMap::new();
-    let mut set = ConfigSet::default();
-    for entry in state.iter().flat_map(|m| m.values()) {
-        set.diagnostics.extend(entry.diagnostics.iter().cloned());
-        for o in &entry.objects {
-            if o.key.kind.namespaced() {
-                let labels = ns_labels
-                    .get(o.key.namespace.as_str())
-                    .copied()
-                    .unwrap_or(&empty);
-                if !nf.selects(&o.key.namespace, labels) {
-                    continue;
-                }
-            }
-            if o.key.kind.is_istio()
-                && !opts.revision.is_empty()
-                && o.labels
-                    .get("istio.io/rev")
-                    .is_some_and(|r| *r != opts.revision)
-            {
-                continue;
-            }
-            set.objects.insert(o.key.clone(), o.clone());
-        }
-    }
-    (set, nf)
 }
 
 fn api_resource(k: &WatchedKind, version: &str) -> ApiResource {

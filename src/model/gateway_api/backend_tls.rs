@@ -39,14 +39,13 @@ struct Applied<'a> {
 /// The DestinationRules of every BackendTLSPolicy, and each policy's status.
 /// `gateways` are the Gateways meshd serves (ancestors are reported for those).
 pub fn convert(
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     domain: &str,
     gateways: &BTreeSet<ObjectKey>,
 ) -> (Vec<Arc<Object>>, Vec<(ObjectKey, Value)>) {
     let mut policies: Vec<&Object> = objects
-        .range(first(Kind::BackendTLSPolicy)..)
-        .take_while(|(k, _)| k.kind == Kind::BackendTLSPolicy)
-        .map(|(_, o)| &**o)
+        .of_kind(Kind::BackendTLSPolicy)
+        .map(|o| &**o)
         .filter(|o| {
             o.annotations
                 .get("istio.io/ignore-policy-attachment")
@@ -210,19 +209,11 @@ pub fn convert(
     (rules, statuses)
 }
 
-fn first(kind: Kind) -> ObjectKey {
-    ObjectKey {
-        kind,
-        namespace: String::new(),
-        name: String::new(),
-    }
-}
-
 /// The TLS settings of a policy, with its Accepted and ResolvedRefs conditions.
 fn tls_of(
     spec: &BackendTlsPolicySpec,
     ns: &str,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
 ) -> (ClientTlsSettings, Condition, Condition) {
     let v = &spec.validation;
     let mut accepted = Condition::ok("Accepted", "Accepted", "Configuration is valid");
@@ -297,7 +288,7 @@ fn tls_of(
 /// The credential of ConfigMap `ns/name` as a CA bundle (`configmap://NS/NAME`), or why it
 /// is not one: missing, or no PEM certificate under `ca.crt`/`cacert`.
 pub fn ca_bundle(
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     ns: &str,
     name: &str,
 ) -> Result<String, String> {
@@ -329,7 +320,7 @@ pub fn ca_of(data: &BTreeMap<String, String>) -> Option<&String> {
 fn target(
     t: &PolicyTargetRef,
     ns: &str,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
 ) -> Result<Kind, String> {
     let kind = match (t.group.as_str(), t.kind.as_str()) {
         ("", "Service") => Kind::Service,
@@ -362,7 +353,7 @@ fn target_ports(
     kind: Kind,
     ns: &str,
     name: &str,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
 ) -> Vec<(String, u32)> {
     let key = ObjectKey {
         kind,
@@ -388,7 +379,7 @@ fn target_hosts(
     kind: Kind,
     ns: &str,
     name: &str,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     domain: &str,
 ) -> Vec<String> {
     if kind == Kind::Service {
@@ -407,7 +398,7 @@ fn target_hosts(
 
 /// For each Service (namespace, name): the served Gateways whose routes send to it.
 fn route_senders(
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     gateways: &BTreeSet<ObjectKey>,
 ) -> BTreeMap<(String, String), BTreeSet<ObjectKey>> {
     let mut out: BTreeMap<(String, String), BTreeSet<ObjectKey>> = BTreeMap::new();

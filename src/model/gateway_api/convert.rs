@@ -84,20 +84,9 @@ struct ListenerRef<'a> {
 type Bound<'a> = (&'a Object, Vec<istio::HttpRoute>, String, String);
 
 /// Converts every Gateway API object of `objects`.
-pub fn convert(objects: &BTreeMap<ObjectKey, Arc<Object>>, domain: &str) -> Converted {
+pub fn convert(objects: &crate::model::objects::ObjectMap, domain: &str) -> Converted {
     let mut out = Converted::default();
-    let of_kind = |kind: Kind| {
-        objects
-            .range(
-                ObjectKey {
-                    kind,
-                    namespace: String::new(),
-                    name: String::new(),
-                }..,
-            )
-            .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, o)| &**o)
-    };
+    let of_kind = |kind: Kind| objects.of_kind(kind).map(|o| &**o);
     // Classes: the built-in ones plus any GatewayClass naming istiod's controller.
     let mut served: BTreeMap<String, bool> = BUILTIN_CLASSES
         .iter()
@@ -902,7 +891,7 @@ struct OwnerStatus {
 fn gateway_addresses(
     gw: &Object,
     spec: &GatewaySpec,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     domain: &str,
 ) -> Vec<Value> {
     let service = ObjectKey {
@@ -939,7 +928,7 @@ fn gateway_addresses(
 fn names_a_service(
     host: &str,
     namespace: &str,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     domain: &str,
 ) -> bool {
     if let Some(name) = host
@@ -956,15 +945,8 @@ fn names_a_service(
         }
     }
     objects
-        .range(
-            ObjectKey {
-                kind: Kind::ServiceEntry,
-                namespace: namespace.to_string(),
-                name: String::new(),
-            }..,
-        )
-        .take_while(|(k, _)| k.kind == Kind::ServiceEntry && k.namespace == namespace)
-        .any(|(_, o)| matches!(&o.spec, Spec::ServiceEntry(se) if se.hosts.iter().any(|h| h == host)))
+        .of_kind_in(Kind::ServiceEntry, namespace)
+        .any(|o| matches!(&o.spec, Spec::ServiceEntry(se) if se.hosts.iter().any(|h| h == host)))
 }
 
 /// Whether Gateway `gw` admits ListenerSet `ls` (`allowedListeners.namespaces.from`:
@@ -1134,7 +1116,7 @@ struct StreamRules {
 fn convert_stream_rules(
     route: &Object,
     spec: &super::StreamRouteSpec,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
     domain: &str,
 ) -> StreamRules {
@@ -1278,7 +1260,7 @@ fn gateway_listeners<'a>(
     gw: &Object,
     owner: &Object,
     listeners: &'a [Listener],
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     namespaces: &BTreeMap<&str, &Object>,
     grants: &[&Object],
     earlier: &mut Vec<&'a Listener>,
@@ -1481,7 +1463,7 @@ fn certificate(
     gw: &Object,
     owner: &Object,
     refs: &[super::ObjectRef],
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
 ) -> Result<String, (&'static str, String)> {
     let Some(r) = refs.first() else {
@@ -1673,7 +1655,7 @@ type RuleConverter<R> = fn(
     &Object,
     &R,
     usize,
-    &BTreeMap<ObjectKey, Arc<Object>>,
+    &crate::model::objects::ObjectMap,
     &[&Object],
     &str,
     bool,
@@ -1682,7 +1664,7 @@ type RuleConverter<R> = fn(
 fn convert_rules<R>(
     route: &Object,
     rules_in: &[R],
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
     domain: &str,
     convert_rule: RuleConverter<R>,
@@ -1827,7 +1809,7 @@ fn convert_rule(
     route: &Object,
     rule: &HttpRouteRule,
     n: usize,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
     domain: &str,
     enforce_grants: bool,
@@ -2087,7 +2069,7 @@ fn convert_grpc_rule(
     route: &Object,
     rule: &super::GrpcRouteRule,
     n: usize,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
     domain: &str,
     enforce_grants: bool,
@@ -2385,7 +2367,7 @@ fn nowhere(port: Option<u32>) -> istio::Destination {
 fn destination(
     route: &Object,
     b: &BackendRef,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
     domain: &str,
     enforce_grants: bool,
@@ -2452,16 +2434,9 @@ fn destination(
                     })
                 });
             let entry = || {
-                objects
-                    .range(
-                        ObjectKey {
-                            kind: Kind::ServiceEntry,
-                            namespace: String::new(),
-                            name: String::new(),
-                        }..,
-                    )
-                    .take_while(|(k, _)| k.kind == Kind::ServiceEntry)
-                    .any(|(_, o)| matches!(&o.spec, Spec::ServiceEntry(se) if se.hosts.contains(&b.name)))
+                objects.of_kind(Kind::ServiceEntry).any(
+                    |o| matches!(&o.spec, Spec::ServiceEntry(se) if se.hosts.contains(&b.name)),
+                )
             };
             let exists = service || entry();
             (b.name.clone(), exists)

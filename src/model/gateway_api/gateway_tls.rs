@@ -10,9 +10,6 @@
 //!   they originate TLS to a backend (BackendTLSPolicy, DestinationRule SIMPLE), served to
 //!   them alone over SDS.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use super::backend_tls::ca_bundle;
 use super::convert::{CROSS_NAMESPACE_CREDENTIAL, granted};
 use super::{FrontendValidation, GatewaySpec};
@@ -43,7 +40,7 @@ pub struct Validation {
 pub fn for_port(
     gw: &Object,
     port: u32,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
 ) -> Result<Option<Validation>, RefProblem> {
     let Spec::KubeGateway(spec) = &gw.spec else {
@@ -127,7 +124,7 @@ fn validation(spec: &GatewaySpec, port: u32) -> Option<&FrontendValidation> {
 /// credential (`kubernetes-gateway://NS/NAME`) or (Gateway ResolvedRefs reason, message).
 pub fn backend_client_certificate(
     gw: &Object,
-    objects: &BTreeMap<ObjectKey, Arc<Object>>,
+    objects: &crate::model::objects::ObjectMap,
     grants: &[&Object],
 ) -> Option<Result<(String, String), RefProblem>> {
     let Spec::KubeGateway(spec) = &gw.spec else {
