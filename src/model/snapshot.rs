@@ -296,9 +296,20 @@ pub struct Snapshot {
     pub(super) selector_key_memo: KeyMemo,
 }
 
-/// (Keyed by content hashes, themselves hashed with a fast seeded hasher.)
-pub(super) type KeyMemo =
-    HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>;
+/// Each selecting kind's selector and failover keys, by kind.
+pub(super) type KeyMemo = HashMap<Kind, Arc<KindKeys>>;
+
+/// The label keys one kind's objects name, and the print of the objects they were read
+/// from: a kind whose print is unchanged keeps its keys without a look at its objects.
+#[derive(Debug)]
+pub(super) struct KindKeys {
+    print: (u64, usize),
+    keys: BTreeSet<String>,
+    failover: BTreeSet<String>,
+    /// Each object's keys by content hash (themselves hashed with a fast seeded
+    /// hasher), so a changed kind reads the JSON of its changed objects only.
+    objects: HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>,
+}
 
 /// Label keys under the selector-like fields of a configuration object's JSON (see
 /// [`Snapshot::selector_keys`]). Both spellings are looked for: serde may name fields in
@@ -550,13 +561,38 @@ impl Snapshot {
             Kind::AuthorizationPolicy,
             Kind::RequestAuthentication,
         ];
-        let mut next =
-            KeyMemo::with_capacity_and_hasher(memo.map_or(0, |m| m.len()), Default::default());
-        for o in SELECTING
-            .iter()
-            .flat_map(|&kind| self.objects.of_kind(kind))
-        {
-            let found = match memo.and_then(|m| m.get(&o.hash)) {
+        let mut next = KeyMemo::new();
+        for kind in SELECTING {
+            let print = self.objects.kind_print(kind);
+            let before = memo.and_then(|m| m.get(&kind));
+            let found = match before.filter(|k| k.print == print) {
+                Some(kept) => kept.clone(),
+                None => Arc::new(self.kind_keys(kind, print, before.map(|k| &k.objects))),
+            };
+            keys.extend(found.keys.iter().cloned());
+            failover.extend(found.failover.iter().cloned());
+            next.insert(kind, found);
+        }
+        (keys, failover, next)
+    }
+
+    /// The keys `kind`'s objects name, reading the JSON of objects `before` lacks.
+    fn kind_keys(
+        &self,
+        kind: Kind,
+        print: (u64, usize),
+        before: Option<
+            &HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>,
+        >,
+    ) -> KindKeys {
+        let mut out = KindKeys {
+            print,
+            keys: BTreeSet::new(),
+            failover: BTreeSet::new(),
+            objects: HashMap::with_capacity_and_hasher(print.1, Default::default()),
+        };
+        for o in self.objects.of_kind(kind) {
+            let found = match before.and_then(|m| m.get(&o.hash)) {
                 Some(found) => found.clone(),
                 None => {
                     let mut found = (BTreeSet::new(), BTreeSet::new());
@@ -566,11 +602,11 @@ impl Snapshot {
                     Arc::new(found)
                 }
             };
-            keys.extend(found.0.iter().cloned());
-            failover.extend(found.1.iter().cloned());
-            next.insert(o.hash, found);
+            out.keys.extend(found.0.iter().cloned());
+            out.failover.extend(found.1.iter().cloned());
+            out.objects.insert(o.hash, found);
         }
-        (keys, failover, next)
+        out
     }
 
     /// The label keys `failoverPriority` names (mesh-wide or in any DestinationRule): a
