@@ -306,10 +306,14 @@ pub(super) struct KindKeys {
     print: (u64, usize),
     keys: BTreeSet<String>,
     failover: BTreeSet<String>,
-    /// Each object's keys by content hash (themselves hashed with a fast seeded
-    /// hasher), so a changed kind reads the JSON of its changed objects only.
-    objects: HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>,
+    /// So a changed kind reads the JSON of its changed objects only.
+    objects: ObjectKeys,
 }
+
+/// Each object's selector and failover keys by content hash (themselves hashed with a
+/// fast seeded hasher).
+type ObjectKeys =
+    HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>;
 
 /// Label keys under the selector-like fields of a configuration object's JSON (see
 /// [`Snapshot::selector_keys`]). Both spellings are looked for: serde may name fields in
@@ -577,14 +581,7 @@ impl Snapshot {
     }
 
     /// The keys `kind`'s objects name, reading the JSON of objects `before` lacks.
-    fn kind_keys(
-        &self,
-        kind: Kind,
-        print: (u64, usize),
-        before: Option<
-            &HashMap<u64, Arc<(BTreeSet<String>, BTreeSet<String>)>, foldhash::quality::RandomState>,
-        >,
-    ) -> KindKeys {
+    fn kind_keys(&self, kind: Kind, print: (u64, usize), before: Option<&ObjectKeys>) -> KindKeys {
         let mut out = KindKeys {
             print,
             keys: BTreeSet::new(),

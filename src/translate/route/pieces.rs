@@ -92,6 +92,80 @@ struct ClassPieces {
     services: HashMap<String, Arc<Piece>, Fast>,
     /// By VirtualService host no service took; None when its rules yield no route here.
     vs_hosts: HashMap<String, Option<Arc<Piece>>, Fast>,
+    /// How the last assembly laid its pieces out.
+    layout: Option<Layout>,
+}
+
+/// Which domains each host of an assembly kept, and the hosts' order. Both follow from
+/// the pieces' names and domains in port order alone, so an assembly whose pieces
+/// differ from the last one's only in their routes (a VirtualService edit) takes them
+/// from here instead of deduplicating every domain and sorting every host again.
+#[derive(Debug)]
+struct Layout {
+    /// The pieces laid out, in port order.
+    pieces: Vec<Arc<Piece>>,
+    /// The hosts in configuration order: a piece's index in `pieces`, and the indices
+    /// of the domains it keeps.
+    hosts: Vec<(usize, Vec<usize>)>,
+    /// The catch-all's domains, and the indices of those it keeps.
+    catch_all: (Vec<String>, Vec<usize>),
+}
+
+impl Layout {
+    /// Lays `pieces` (in port order) and the catch-all out, as `sidecar_route_config`
+    /// does: contested domains to the earlier host, hosts by name, then the catch-all,
+    /// whose `*` an earlier host may already hold.
+    fn of(pieces: Vec<Arc<Piece>>, catch_all: &Piece) -> Layout {
+        let domains: usize = pieces.iter().map(|p| p.domains.len()).sum();
+        let mut used: HashSet<Cow<str>, Fast> =
+            HashSet::with_capacity_and_hasher(domains + 1, Fast::default());
+        let mut hosts: Vec<(usize, Vec<usize>)> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, first_uses(&p.domains, &mut used)))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        hosts.sort_by(|a, b| pieces[a.0].name.cmp(&pieces[b.0].name));
+        let kept = first_uses(&catch_all.domains, &mut used);
+        drop(used);
+        Layout {
+            pieces,
+            hosts,
+            catch_all: (catch_all.domains.clone(), kept),
+        }
+    }
+
+    /// Whether this layout holds for `pieces` and `catch_all`: the same names and
+    /// domains in the same order (the routes may differ).
+    fn fits(&self, pieces: &[Arc<Piece>], catch_all: &Piece) -> bool {
+        self.pieces.len() == pieces.len()
+            && self.catch_all.0 == catch_all.domains
+            && self
+                .pieces
+                .iter()
+                .zip(pieces)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || (a.name == b.name && a.domains == b.domains))
+    }
+
+    /// The hosts to encode, in order, each with the domains it keeps.
+    fn hosts<'a>(&'a self, catch_all: &'a Piece) -> Vec<(&'a Piece, Vec<&'a str>)> {
+        let mut out: Vec<(&Piece, Vec<&str>)> = self
+            .hosts
+            .iter()
+            .map(|(i, kept)| {
+                let p = &*self.pieces[*i];
+                (p, kept.iter().map(|&d| p.domains[d].as_str()).collect())
+            })
+            .collect();
+        if !self.catch_all.1.is_empty() {
+            let kept = self.catch_all.1.iter();
+            out.push((
+                catch_all,
+                kept.map(|&d| catch_all.domains[d].as_str()).collect(),
+            ));
+        }
+        out
+    }
 }
 
 impl ClassPieces {
@@ -314,32 +388,32 @@ pub fn outbound_route_config_any(
             }
         }
     }
-    drop(guard);
     let ordered = in_port_order(items);
-    // As `sidecar_route_config` does: contested domains to the earlier host, hosts by
-    // name, then the catch-all, whose `*` an earlier host may already hold.
-    let domains: usize = ordered.iter().map(|p| p.domains.len()).sum();
-    let mut used: HashSet<Cow<str>, Fast> =
-        HashSet::with_capacity_and_hasher(domains + 1, Fast::default());
-    let mut hosts: Vec<(&Piece, Vec<&str>)> = ordered
-        .iter()
-        .map(|p| (&**p, first_uses(&p.domains, &mut used)))
-        .filter(|(_, d)| !d.is_empty())
-        .collect();
-    hosts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let catch_all = Piece::of(outbound_catch_all(ctx), false);
-    let catch_all_domains = first_uses(&catch_all.domains, &mut used);
-    if !catch_all_domains.is_empty() {
-        hosts.push((&catch_all, catch_all_domains));
+    // The last layout if it still fits (the pieces' routes changed, not their names or
+    // domains), else a new one, kept for the next assembly of a kept class.
+    let layout = match pieces.layout.take() {
+        Some(mut last) if last.fits(&ordered, &catch_all) => {
+            last.pieces = ordered;
+            last
+        }
+        _ => Layout::of(ordered, &catch_all),
+    };
+    let bytes = encode_any(name, &layout.hosts(&catch_all));
+    if keeps {
+        pieces.layout = Some(layout);
     }
-    Some(encode_any(name, &hosts))
+    drop(guard);
+    Some(bytes)
 }
 
-/// The domains of `domains` not in `used` (compared without case), now added to it.
-fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>) -> Vec<&'a str> {
+/// The indices of the domains of `domains` not in `used` (compared without case), now
+/// added to it.
+fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>) -> Vec<usize> {
     domains
         .iter()
-        .filter(|d| {
+        .enumerate()
+        .filter(|(_, d)| {
             let key = if d.bytes().any(|b| b.is_ascii_uppercase()) {
                 Cow::Owned(d.to_ascii_lowercase())
             } else {
@@ -347,7 +421,7 @@ fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>)
             };
             used.insert(key)
         })
-        .map(String::as_str)
+        .map(|(i, _)| i)
         .collect()
 }
 
@@ -510,6 +584,14 @@ spec:
                 + &vs("c", "[c.other.svc.cluster.local]", &route("a", 70))
                 + &vs("wild", "['*.default.svc.cluster.local']", &route("b", 60))
                 + &vs("ext", "[api.example.com]", &route("a", 30)),
+            // A host of its own again, then another in its place: as many hosts as
+            // before, one name different (the last layout must not be taken).
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("unknown", "[foo.example.com]", &route("a", 50)),
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("unknown", "[bar.example.com]", &route("a", 50)),
         ];
         let store = VhostStore::default();
         let mut prev: Option<Snapshot> = None;
