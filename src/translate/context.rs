@@ -35,24 +35,40 @@ pub struct ProxyContext<'a> {
 }
 
 impl<'a> ProxyContext<'a> {
-    pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> ProxyContext<'a> {
-        let mut labels = proxy.labels.clone();
-        if labels.is_empty() {
-            // Upstream Envoy rarely sends LABELS: take them from the workload at its IP.
-            if let Some(w) = proxy
-                .ips
-                .iter()
-                .flat_map(|ip| snap.workloads_at(ip))
-                .find(|w| w.key.namespace == proxy.namespace)
-            {
-                labels = (*w.labels).clone();
-            }
+    /// Labels from node metadata, or of the workload at the proxy's address.
+    fn labels_of(snap: &'a Snapshot, proxy: &'a Proxy) -> std::borrow::Cow<'a, Labels> {
+        if !proxy.labels.is_empty() {
+            return std::borrow::Cow::Borrowed(&proxy.labels);
         }
+        // Upstream Envoy rarely sends LABELS: take them from the workload at its IP.
+        proxy
+            .ips
+            .iter()
+            .flat_map(|ip| snap.workloads_at(ip))
+            .find(|w| w.key.namespace == proxy.namespace)
+            .map_or(std::borrow::Cow::Borrowed(&proxy.labels), |w| {
+                std::borrow::Cow::Borrowed(&*w.labels)
+            })
+    }
+
+    /// The scope of `proxy` in `snap`, as [`ProxyContext::new`] finds it, without the
+    /// rest of a context: what deciding a push reads for every connected proxy.
+    pub fn scope_for(snap: &'a Snapshot, proxy: &'a Proxy) -> Arc<Scope> {
+        let labels = Self::labels_of(snap, proxy);
+        Self::scope_with(snap, proxy, &labels)
+    }
+
+    fn scope_with(snap: &Snapshot, proxy: &Proxy, labels: &Labels) -> Arc<Scope> {
         let sidecar = match proxy.kind {
-            ProxyKind::Sidecar => snap.sidecar_for(&proxy.namespace, &labels),
+            ProxyKind::Sidecar => snap.sidecar_for(&proxy.namespace, labels),
             ProxyKind::Router => None,
         };
-        let scope = snap.scope(&proxy.namespace, sidecar);
+        snap.scope(&proxy.namespace, sidecar)
+    }
+
+    pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> ProxyContext<'a> {
+        let labels = Self::labels_of(snap, proxy).into_owned();
+        let scope = Self::scope_with(snap, proxy, &labels);
         let mut targets = Vec::new();
         if proxy.kind == ProxyKind::Sidecar {
             // Only the services with an instance at the proxy's addresses (an index),

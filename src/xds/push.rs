@@ -28,11 +28,21 @@ pub fn push_for(
 ) -> Option<PushRequest> {
     use crate::envoy::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     let proxy = &conn.proxy;
-    let ctx = ProxyContext::new(snap, proxy);
-    let before = ProxyContext::new(prev, proxy);
     let router = proxy.kind == ProxyKind::Router;
+    // Only the scopes (not whole contexts): this runs for every connected proxy.
+    let (scope, before) = if router {
+        (None, None)
+    } else {
+        (
+            Some(ProxyContext::scope_for(snap, proxy)),
+            Some(ProxyContext::scope_for(prev, proxy)),
+        )
+    };
+    let in_scope = |s: &Option<Arc<crate::model::scope::Scope>>, h: &String| {
+        s.as_ref().is_some_and(|s| s.sees(h))
+    };
     // Gateways route to any service their VirtualServices name.
-    let sees = |h: &String| router || ctx.scope.sees(h) || before.scope.sees(h);
+    let sees = |h: &String| router || in_scope(&scope, h) || in_scope(&before, h);
     let mut types: BTreeSet<&'static str> = BTreeSet::new();
     let all = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
     let mut full = changes.full;
