@@ -273,9 +273,17 @@ spec: {hosts: [a]}
             .get(&vs.key)
             .cloned()
             .expect("the changed VirtualService");
-        let replaced = next.insert(vs.key.clone(), changed);
+        let replaced = next.insert(vs.key.clone(), changed.clone());
         assert!(replaced.is_some());
         assert_eq!(next.len(), 3);
         assert_ne!(next.kind_print(Kind::VirtualService).0, before);
+        // The same as a map made from scratch with the same objects, kind by kind.
+        let scratch: ObjectMap = next.iter().map(|(k, o)| (k.clone(), o.clone())).collect();
+        for kind in [Kind::Service, Kind::VirtualService] {
+            assert_eq!(next.kind_print(kind), scratch.kind_print(kind));
+        }
+        // And replacing it back restores the first print.
+        next.insert(vs.key.clone(), vs.clone());
+        assert_eq!(next.kind_print(Kind::VirtualService), (before, 1));
     }
 }

@@ -472,7 +472,14 @@ impl Snapshot {
             sidecars: diff(&self.sidecar_hashes, &old.sidecar_hashes),
             gateways: self.gateway_hash != old.gateway_hash,
             workloads,
-            secrets: {
+            // Read only when a kind it reads differs (sources share untouched kinds).
+            secrets: if !self
+                .objects
+                .unshared_kinds(&old.objects)
+                .any(|k| matches!(k, Kind::Secret | Kind::ReferenceGrant | Kind::ConfigMap))
+            {
+                BTreeSet::new()
+            } else {
                 let of = |s: &Snapshot| -> BTreeMap<String, u64> {
                     let mut m: BTreeMap<String, u64> = BTreeMap::new();
                     // ReferenceGrants too: they decide which gateways may read a
@@ -538,9 +545,10 @@ impl Snapshot {
         })
     }
 
-    /// [`Snapshot::selector_keys`] and the failover keys, reading each object's JSON
-    /// only if `memo` (the previous snapshot's, by object hash) does not have its keys;
-    /// returns the memo for the next build.
+    /// [`Snapshot::selector_keys`] and the failover keys. `memo` is the previous
+    /// snapshot's: a kind whose print is unchanged keeps its keys unread, and in a
+    /// changed kind only objects the memo lacks (by content hash) have their JSON
+    /// read. Returns the memo for the next build.
     pub(super) fn collect_selector_keys(
         &self,
         memo: Option<&KeyMemo>,
@@ -551,8 +559,8 @@ impl Snapshot {
         if let Ok(v) = serde_json::to_value(&*self.mesh) {
             collect_selector_keys(&v, &mut keys, &mut failover);
         }
-        // Only the kinds that select workloads, each one range of the map (not every
-        // Pod and Service too).
+        // Only the kinds that select workloads, each its own map (not every Pod and
+        // Service too).
         const SELECTING: [Kind; 10] = [
             Kind::VirtualService,
             Kind::DestinationRule,
@@ -1017,6 +1025,34 @@ spec:
     /// A build that keeps stages from the previous snapshot must equal one that
     /// rebuilds everything: same accepted objects, diagnostics, services, rules, routes,
     /// hashes (so the same changes) and selector keys.
+    #[test]
+    fn a_creation_time_alone_is_a_change_of_the_stage() {
+        use crate::model::testing::snapshot;
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{name: http, port: 80}]}\n";
+        let dr = |name: &str, lb: &str, created: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, creationTimestamp: '{created}'}}\nspec: {{host: a, trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}}}\n"
+            )
+        };
+        let text = |one: &str, two: &str| {
+            svc.to_string() + &dr("one", "ROUND_ROBIN", one) + &dr("two", "RANDOM", two)
+        };
+        let (early, late) = ("2020-01-01T00:00:00Z", "2021-01-01T00:00:00Z");
+        let first = snapshot(&text(early, late), None);
+        // Only the creation times change places: the oldest rule wins, so the other
+        // policy applies now.
+        let kept = snapshot(&text(late, early), Some(&first));
+        let fresh = snapshot(&text(late, early), None);
+        assert_ne!(
+            hash_of(&first.destination_rules),
+            hash_of(&fresh.destination_rules)
+        );
+        assert_eq!(
+            hash_of(&kept.destination_rules),
+            hash_of(&fresh.destination_rules)
+        );
+    }
+
     #[test]
     fn kept_stages_equal_rebuilt_ones() {
         fn set(text: &str) -> ConfigSet {

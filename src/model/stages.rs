@@ -112,8 +112,9 @@ pub(super) fn print_of(o: &Object) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&buf)
 }
 
-/// An object as a stage sees it: its content hash (key, labels, annotations, spec) and
-/// where it came from (diagnostics carry the file and line).
+/// An object as a stage sees it: its content hash (key, labels, annotations, spec),
+/// where it came from (diagnostics carry the file and line), and the metadata the
+/// content hash leaves out.
 fn object_print(o: &Object, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&o.hash.to_le_bytes());
     put(buf, o.api_version.as_bytes());
@@ -129,6 +130,21 @@ fn object_print(o: &Object, buf: &mut Vec<u8>) {
     match &origin.resource_version {
         Some(v) => put(buf, v.as_bytes()),
         None => buf.push(0xfd),
+    }
+    // What the content hash leaves out and a stage reads: the creation time orders
+    // DestinationRules and VirtualServices (oldest wins), the field lines place
+    // diagnostics. (The same fields `build::same_object` compares.)
+    match &o.created {
+        Some(c) => put(buf, c.as_bytes()),
+        None => buf.push(0xfc),
+    }
+    match o.generation {
+        Some(g) => buf.extend_from_slice(&g.to_le_bytes()),
+        None => buf.push(0xfb),
+    }
+    match &o.lines {
+        Some(l) => buf.extend_from_slice(&l.fingerprint().to_le_bytes()),
+        None => buf.push(0xfa),
     }
 }
 

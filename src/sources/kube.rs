@@ -405,12 +405,20 @@ fn apply(
 ) {
     match m {
         Msg::Replace(i, list) => {
-            changes.relisted();
             let old = std::mem::take(&mut state[i]);
             for o in list {
                 let key = name_of(&o);
                 let e = parse(&kinds[i], o, old.get(&key));
                 state[i].insert(key, e);
+            }
+            // A relist touches what it lists and what it no longer lists.
+            for (key, entry) in &old {
+                changes.touched((i, key.clone()), Some(entry));
+            }
+            for key in state[i].keys() {
+                if !old.contains_key(key) {
+                    changes.touched((i, key.clone()), None);
+                }
             }
             if !synced[i] {
                 debug!(kind = kinds[i].kind, objects = state[i].len(), "listed");
@@ -429,8 +437,10 @@ fn apply(
             changes.touched((i, key), old.as_ref());
         }
         Msg::Absent(i) => {
-            changes.relisted();
-            state[i].clear();
+            // (Sent again every minute for a kind whose CRD is missing: usually empty.)
+            for (key, entry) in std::mem::take(&mut state[i]) {
+                changes.touched((i, key), Some(&entry));
+            }
             synced[i] = true;
         }
     }

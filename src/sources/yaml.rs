@@ -40,6 +40,20 @@ pub struct FieldLines {
 }
 
 impl FieldLines {
+    /// A hash of every path and line (what [`crate::model::Object`]'s print reads: an
+    /// edit that moves fields changes where diagnostics point).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(self.prefix.len() as u64).to_le_bytes());
+        h.update(self.prefix.as_bytes());
+        for (path, line) in self.map.iter() {
+            h.update(&(path.len() as u64).to_le_bytes());
+            h.update(path.as_bytes());
+            h.update(&line.to_le_bytes());
+        }
+        h.digest()
+    }
+
     /// Line of `path` (relative to this part), or of its nearest parent that has one.
     pub fn line_of(&self, path: &str) -> Option<u32> {
         let mut full = join_path(&self.prefix, path);

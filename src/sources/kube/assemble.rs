@@ -2,9 +2,11 @@
 //! scope (mesh config `discoverySelectors`, `--revision`) and every parse diagnostic.
 //!
 //! The set is kept between bursts and patched with the entries a burst touched, so a
-//! pod event costs the objects it changed, not a pass over the whole cluster. A
-//! change that moves the scope itself (a Namespace, the mesh config's selectors) or a
-//! relist assembles the set whole again.
+//! pod event costs the objects it changed and one copy of the Pods' map (its keys and
+//! pointers; the model still holds the last set), not a pass over every object of
+//! every kind. A relist touches what it lists and what it no longer lists. A change
+//! that moves the scope itself (new discoverySelectors, or a Namespace while there are
+//! selectors) assembles the set whole again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,8 +34,6 @@ pub(super) struct Assembler {
     touched: BTreeSet<Place>,
     /// Objects of the entries those writes replaced: they leave the set.
     replaced: Vec<Arc<Object>>,
-    /// A kind was relisted (or found absent): the next set is assembled whole.
-    whole: bool,
 }
 
 impl Assembler {
@@ -45,11 +45,6 @@ impl Assembler {
         self.touched.insert(place);
     }
 
-    /// Records that kind's objects were replaced wholesale.
-    pub fn relisted(&mut self) {
-        self.whole = true;
-    }
-
     /// The set in scope now, and the namespace filter it was made under.
     pub fn assemble(
         &mut self,
@@ -59,12 +54,14 @@ impl Assembler {
     ) -> (ConfigSet, NamespaceFilter) {
         let nf = namespace_filter(kinds, state, opts);
         let scope = Scope::new(kinds, state, &nf, opts);
-        let namespaces_touched = self
-            .touched
-            .iter()
-            .any(|(i, _)| kinds[*i].kind == "Namespace");
+        // Namespace labels decide the scope only under selectors.
+        let namespaces_touched = !nf.selectors.is_empty()
+            && self
+                .touched
+                .iter()
+                .any(|(i, _)| kinds[*i].kind == "Namespace");
         let set = match self.last.take() {
-            Some((mut set, last_nf)) if !self.whole && last_nf == nf && !namespaces_touched => {
+            Some((mut set, last_nf)) if last_nf == nf && !namespaces_touched => {
                 for old in self.replaced.drain(..) {
                     // Only the replaced object itself: another entry may hold the key.
                     if set
@@ -92,7 +89,6 @@ impl Assembler {
             }
             _ => self.whole_set(state, &scope),
         };
-        self.whole = false;
         self.touched.clear();
         self.replaced.clear();
         self.last = Some((set.clone(), nf.clone()));
@@ -312,24 +308,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn patched_sets_equal_whole_assemblies() {
+    fn cluster(revision: &str) -> Cluster {
         let kinds = watched_kinds("istio-system");
         let n = kinds.len();
-        let mut c = Cluster {
+        Cluster {
             kinds,
             state: vec![BTreeMap::new(); n],
             synced: vec![false; n],
             assembler: Assembler::default(),
             opts: KubeOptions {
                 istio_namespace: "istio-system".into(),
-                revision: String::new(),
+                revision: revision.into(),
                 quiet: super::super::QUIET,
             },
-        };
-        let mesh = object(json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "istio", "namespace": "istio-system", "resourceVersion": "1"},
-            "data": {"mesh": "discoverySelectors:\n- matchLabels: {mesh: \"on\"}\n"}}));
+        }
+    }
+
+    /// The mesh config selecting namespaces labelled `mesh: <value>`.
+    fn mesh_config(value: &str) -> DynamicObject {
+        object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system", "resourceVersion": value},
+            "data": {"mesh": format!("discoverySelectors:\n- matchLabels: {{mesh: \"{value}\"}}\n")}}))
+    }
+
+    #[test]
+    fn patched_sets_equal_whole_assemblies() {
+        let mut c = cluster("");
+        let mesh = mesh_config("on");
         let (ns, pods, vs, cm) = (
             c.index("Namespace"),
             c.index("Pod"),
@@ -388,5 +393,75 @@ mod tests {
         c.apply("Namespace", namespace("b", true));
         let fifth = c.assemble();
         assert_eq!(fifth.objects.of_kind(Kind::Pod).count(), 3);
+
+        // A relist of Pods: one changed, one gone, one new, one as it was.
+        c.send(Msg::Replace(
+            pods,
+            vec![
+                pod("a", "p3", "10.0.0.33"),
+                pod("b", "p4", "10.0.0.4"),
+                pod("a", "p5", "10.0.0.5"),
+            ],
+        ));
+        let sixth = c.assemble();
+        let names: Vec<&str> = sixth
+            .objects
+            .of_kind(Kind::Pod)
+            .map(|o| o.key.name.as_str())
+            .collect();
+        assert_eq!(names, ["p3", "p5", "p4"]);
+
+        // New selectors that match no namespace: no Pod is in scope.
+        c.apply("ConfigMap", mesh_config("off"));
+        let seventh = c.assemble();
+        assert_eq!(seventh.objects.of_kind(Kind::Pod).count(), 0);
+        // A Namespace's labels under selectors (a whole assembly).
+        c.apply("Namespace", namespace("b", false));
+        let eighth = c.assemble();
+        assert_eq!(eighth.objects.of_kind(Kind::Pod).count(), 0);
+
+        // A kind found absent (its CRD deleted) empties.
+        c.apply(
+            "VirtualService",
+            virtual_service("istio-system", "r", json!(100)),
+        );
+        assert_eq!(
+            c.assemble().objects.of_kind(Kind::VirtualService).count(),
+            1
+        );
+        c.send(Msg::Absent(vs));
+        assert_eq!(
+            c.assemble().objects.of_kind(Kind::VirtualService).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn patches_keep_to_the_revision() {
+        let mut c = cluster("canary");
+        let i = c.index("ConfigMap");
+        c.send(Msg::Replace(i, vec![]));
+        let rev = |name: &str, rev: &str| {
+            let mut vs = virtual_service("a", name, json!(100));
+            vs.metadata.labels = Some([("istio.io/rev".to_string(), rev.to_string())].into());
+            vs
+        };
+        let i = c.index("VirtualService");
+        c.send(Msg::Replace(i, vec![rev("mine", "canary")]));
+        assert_eq!(
+            c.assemble().objects.of_kind(Kind::VirtualService).count(),
+            1
+        );
+        c.apply("VirtualService", rev("theirs", "stable"));
+        c.apply("VirtualService", rev("mine", "stable"));
+        assert_eq!(
+            c.assemble().objects.of_kind(Kind::VirtualService).count(),
+            0
+        );
+        c.apply("VirtualService", rev("theirs", "canary"));
+        assert_eq!(
+            c.assemble().objects.of_kind(Kind::VirtualService).count(),
+            1
+        );
     }
 }

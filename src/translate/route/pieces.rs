@@ -102,69 +102,86 @@ struct ClassPieces {
 /// from here instead of deduplicating every domain and sorting every host again.
 #[derive(Debug)]
 struct Layout {
-    /// The pieces laid out, in port order.
+    /// The pieces laid out, in port order. (They keep a piece a change dropped alive
+    /// until the class is next assembled: one per host at most.)
     pieces: Vec<Arc<Piece>>,
-    /// The hosts in configuration order: a piece's index in `pieces`, and the indices
-    /// of the domains it keeps.
-    hosts: Vec<(usize, Vec<usize>)>,
-    /// The catch-all's domains, and the indices of those it keeps.
-    catch_all: (Vec<String>, Vec<usize>),
+    shape: Arc<Shape>,
 }
 
-impl Layout {
+/// A [`Layout`] without its pieces (shared with the assembly that encodes by it, so
+/// that the class's lock is not held while it does).
+#[derive(Debug)]
+struct Shape {
+    /// The hosts in configuration order: a piece's index in the pieces, and the
+    /// indices of the domains it keeps (None: all of them, as most hosts do).
+    hosts: Vec<(u32, Option<Vec<u32>>)>,
+    /// The catch-all's domains, and the indices of those it keeps.
+    catch_all: (Vec<String>, Vec<u32>),
+}
+
+impl Shape {
     /// Lays `pieces` (in port order) and the catch-all out, as `sidecar_route_config`
     /// does: contested domains to the earlier host, hosts by name, then the catch-all,
     /// whose `*` an earlier host may already hold.
-    fn of(pieces: Vec<Arc<Piece>>, catch_all: &Piece) -> Layout {
+    fn of(pieces: &[Arc<Piece>], catch_all: &Piece) -> Shape {
         let domains: usize = pieces.iter().map(|p| p.domains.len()).sum();
         let mut used: HashSet<Cow<str>, Fast> =
             HashSet::with_capacity_and_hasher(domains + 1, Fast::default());
-        let mut hosts: Vec<(usize, Vec<usize>)> = pieces
+        let mut hosts: Vec<(u32, Option<Vec<u32>>)> = pieces
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, first_uses(&p.domains, &mut used)))
-            .filter(|(_, d)| !d.is_empty())
+            .filter_map(|(i, p)| {
+                let kept = first_uses(&p.domains, &mut used);
+                let all = kept.len() == p.domains.len();
+                (!kept.is_empty()).then(|| (i as u32, (!all).then_some(kept)))
+            })
             .collect();
-        hosts.sort_by(|a, b| pieces[a.0].name.cmp(&pieces[b.0].name));
+        hosts.sort_by(|a, b| pieces[a.0 as usize].name.cmp(&pieces[b.0 as usize].name));
         let kept = first_uses(&catch_all.domains, &mut used);
-        drop(used);
-        Layout {
-            pieces,
+        Shape {
             hosts,
             catch_all: (catch_all.domains.clone(), kept),
         }
     }
 
+    /// The hosts to encode, in order, each with the domains it keeps.
+    fn hosts<'a>(
+        &'a self,
+        pieces: &'a [Arc<Piece>],
+        catch_all: &'a Piece,
+    ) -> Vec<(&'a Piece, Vec<&'a str>)> {
+        let domains = |p: &'a Piece, kept: Option<&'a Vec<u32>>| -> Vec<&'a str> {
+            match kept {
+                None => p.domains.iter().map(String::as_str).collect(),
+                Some(k) => k.iter().map(|&d| p.domains[d as usize].as_str()).collect(),
+            }
+        };
+        let mut out: Vec<(&Piece, Vec<&str>)> = self
+            .hosts
+            .iter()
+            .map(|(i, kept)| {
+                let p = &*pieces[*i as usize];
+                (p, domains(p, kept.as_ref()))
+            })
+            .collect();
+        if !self.catch_all.1.is_empty() {
+            out.push((catch_all, domains(catch_all, Some(&self.catch_all.1))));
+        }
+        out
+    }
+}
+
+impl Layout {
     /// Whether this layout holds for `pieces` and `catch_all`: the same names and
     /// domains in the same order (the routes may differ).
     fn fits(&self, pieces: &[Arc<Piece>], catch_all: &Piece) -> bool {
         self.pieces.len() == pieces.len()
-            && self.catch_all.0 == catch_all.domains
+            && self.shape.catch_all.0 == catch_all.domains
             && self
                 .pieces
                 .iter()
                 .zip(pieces)
                 .all(|(a, b)| Arc::ptr_eq(a, b) || (a.name == b.name && a.domains == b.domains))
-    }
-
-    /// The hosts to encode, in order, each with the domains it keeps.
-    fn hosts<'a>(&'a self, catch_all: &'a Piece) -> Vec<(&'a Piece, Vec<&'a str>)> {
-        let mut out: Vec<(&Piece, Vec<&str>)> = self
-            .hosts
-            .iter()
-            .map(|(i, kept)| {
-                let p = &*self.pieces[*i];
-                (p, kept.iter().map(|&d| p.domains[d].as_str()).collect())
-            })
-            .collect();
-        if !self.catch_all.1.is_empty() {
-            let kept = self.catch_all.1.iter();
-            out.push((
-                catch_all,
-                kept.map(|&d| catch_all.domains[d].as_str()).collect(),
-            ));
-        }
-        out
     }
 }
 
@@ -392,24 +409,24 @@ pub fn outbound_route_config_any(
     let catch_all = Piece::of(outbound_catch_all(ctx), false);
     // The last layout if it still fits (the pieces' routes changed, not their names or
     // domains), else a new one, kept for the next assembly of a kept class.
-    let layout = match pieces.layout.take() {
-        Some(mut last) if last.fits(&ordered, &catch_all) => {
-            last.pieces = ordered;
-            last
-        }
-        _ => Layout::of(ordered, &catch_all),
+    let shape = match &pieces.layout {
+        Some(last) if last.fits(&ordered, &catch_all) => last.shape.clone(),
+        _ => Arc::new(Shape::of(&ordered, &catch_all)),
     };
-    let bytes = encode_any(name, &layout.hosts(&catch_all));
     if keeps {
-        pieces.layout = Some(layout);
+        pieces.layout = Some(Layout {
+            pieces: ordered.clone(),
+            shape: shape.clone(),
+        });
     }
+    // Encoded with the class's lock released.
     drop(guard);
-    Some(bytes)
+    Some(encode_any(name, &shape.hosts(&ordered, &catch_all)))
 }
 
 /// The indices of the domains of `domains` not in `used` (compared without case), now
 /// added to it.
-fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>) -> Vec<usize> {
+fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>) -> Vec<u32> {
     domains
         .iter()
         .enumerate()
@@ -421,7 +438,7 @@ fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>)
             };
             used.insert(key)
         })
-        .map(|(i, _)| i)
+        .map(|(i, _)| i as u32)
         .collect()
 }
 
