@@ -69,8 +69,10 @@ pub fn clusters(ctx: &ProxyContext) -> Vec<Cluster> {
         ProxyKind::Router => router_services(ctx),
     };
     // Sized up front: a Cluster is over a kilobyte, and growing a vector of 30,000 of
-    // them by doubling copies (and faults in) far more memory than it holds.
-    let mut out = Vec::with_capacity(services.iter().map(|s| s.ports.len()).sum::<usize>() + 8);
+    // them by doubling copies (and faults in) far more memory than it holds. A port has
+    // a cluster per subset besides its own (commonly two or three); room the clusters
+    // do not take is never touched, so it costs no memory.
+    let mut out = Vec::with_capacity(4 * services.iter().map(|s| s.ports.len()).sum::<usize>() + 8);
     for svc in &services {
         for port in &svc.ports {
             if port.protocol == Protocol::Udp {
