@@ -175,11 +175,18 @@ pub fn start(
     let pod = format!("envoy-{k}");
     let ip = format!("10.251.{}.{}", k / 250, k % 250 + 1);
     let app = format!("envoy-{k}");
+    // These are upstream Envoys: they must not say they are istio-proxy (ISTIO_VERSION),
+    // or a control plane sends them istio-proxy's own extensions (metadata exchange),
+    // which they refuse.
+    let mut metadata = node_metadata(&pod, &ip, &app);
+    if let Some(m) = metadata.as_object_mut() {
+        m.remove("ISTIO_VERSION");
+    }
     let bootstrap = json!({
         "node": {
             "id": super::ads_client::node_id(&pod, &ip),
             "cluster": format!("{app}.bench"),
-            "metadata": node_metadata(&pod, &ip, &app),
+            "metadata": metadata,
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
