@@ -88,8 +88,11 @@ spec:
         .store(503, std::sync::atomic::Ordering::Relaxed);
     let first = answers(&mesh, 30);
     let failures = first.iter().filter(|a| *a == "status 503").count();
+    // Never before the fifth consecutive 503. Envoy ejects on its main thread and hands
+    // the new host set back to the worker, so a few more requests may reach the pod
+    // meanwhile (on a loaded machine, three more were seen); then none do (below).
     assert!(
-        (1..=6).contains(&failures),
+        (5..=12).contains(&failures),
         "the failing pod is ejected after 5 consecutive 503s: {first:?}"
     );
     let after = answers(&mesh, 20);
