@@ -439,47 +439,21 @@ impl Metrics {
                 })
                 .inc();
         };
-        // A kind the sources did not touch is shared by both maps and skipped unread;
-        // the others are sorted by key: one merge pass each.
+        // A kind the sources did not touch is shared by both maps and skipped unread.
         for kind in new.unshared_kinds(old) {
-            let mut a = old
-                .of_kind(kind)
-                .filter(|o| !o.is_generated())
-                .map(|o| (&o.key, o))
-                .peekable();
-            let mut b = new
-                .of_kind(kind)
-                .filter(|o| !o.is_generated())
-                .map(|o| (&o.key, o))
-                .peekable();
-            loop {
-                match (a.peek(), b.peek()) {
-                    (None, None) => break,
-                    (Some((ka, _)), None) => {
-                        event(ka.kind, "delete");
-                        a.next();
+            let kept = |o: &&std::sync::Arc<crate::model::object::Object>| !o.is_generated();
+            for o in old.of_kind(kind).filter(kept) {
+                match new.get(&o.key).filter(kept) {
+                    None => event(kind, "delete"),
+                    Some(n) if !std::sync::Arc::ptr_eq(o, n) && o.hash != n.hash => {
+                        event(kind, "update")
                     }
-                    (None, Some((kb, _))) => {
-                        event(kb.kind, "add");
-                        b.next();
-                    }
-                    (Some((ka, oa)), Some((kb, ob))) => match ka.cmp(kb) {
-                        std::cmp::Ordering::Less => {
-                            event(ka.kind, "delete");
-                            a.next();
-                        }
-                        std::cmp::Ordering::Greater => {
-                            event(kb.kind, "add");
-                            b.next();
-                        }
-                        std::cmp::Ordering::Equal => {
-                            if !std::sync::Arc::ptr_eq(oa, ob) && oa.hash != ob.hash {
-                                event(ka.kind, "update");
-                            }
-                            a.next();
-                            b.next();
-                        }
-                    },
+                    Some(_) => {}
+                }
+            }
+            for o in new.of_kind(kind).filter(kept) {
+                if old.get(&o.key).filter(kept).is_none() {
+                    event(kind, "add");
                 }
             }
         }

@@ -29,20 +29,19 @@ pub fn push_for(
     use crate::envoy::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     let proxy = &conn.proxy;
     let router = proxy.kind == ProxyKind::Router;
-    // Only the scopes (not whole contexts): this runs for every connected proxy.
-    let (scope, before) = if router {
-        (None, None)
-    } else {
+    // Only the scopes (not whole contexts): this runs for every connected proxy. A
+    // gateway has none: it routes to any service its VirtualServices name.
+    let scopes = (!router).then(|| {
         (
-            Some(ProxyContext::scope_for(snap, proxy)),
-            Some(ProxyContext::scope_for(prev, proxy)),
+            ProxyContext::scope_for(snap, proxy),
+            ProxyContext::scope_for(prev, proxy),
         )
+    });
+    let sees = |h: &String| {
+        scopes
+            .as_ref()
+            .is_none_or(|(now, before)| now.sees(h) || before.sees(h))
     };
-    let in_scope = |s: &Option<Arc<crate::model::scope::Scope>>, h: &String| {
-        s.as_ref().is_some_and(|s| s.sees(h))
-    };
-    // Gateways route to any service their VirtualServices name.
-    let sees = |h: &String| router || in_scope(&scope, h) || in_scope(&before, h);
     let mut types: BTreeSet<&'static str> = BTreeSet::new();
     let all = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
     let mut full = changes.full;
