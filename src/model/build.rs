@@ -25,6 +25,8 @@ use super::snapshot::{
 use super::stages::{StageClock, StageDiagnostics, StagePrints};
 use super::validate;
 
+mod endpoints;
+
 impl Snapshot {
     /// Builds a snapshot from the sources' objects. `previous` supplies the last good
     /// version of objects that are now invalid.
@@ -84,8 +86,20 @@ impl Snapshot {
             stage_diags.services = prev.stage_diags.services.clone();
             b.diags.extend(stage_diags.services.iter().cloned());
             clock.lap("services and endpoints (kept)");
+        } else if let Some(prev) =
+            previous.filter(|p| p.stage_prints.service_definitions == prints.service_definitions)
+            && {
+                b.services = prev.services.clone();
+                b.patch_endpoints(prev)
+            }
+        {
+            // Only endpoints moved: the hosts they reach are patched, the rest kept.
+            stage_diags.services = prev.stage_diags.services.clone();
+            b.diags.extend(stage_diags.services.iter().cloned());
+            clock.lap("endpoints (patched)");
         } else {
             let mark = b.diags.len();
+            b.services = Arc::default();
             b.build_workloads(previous);
             clock.lap("workloads");
             b.build_services();
@@ -155,6 +169,33 @@ fn label_key(namespace: &str, label: &str, value: &str) -> u64 {
 }
 
 /// Whether any Gateway API object is present (a look at the kinds, not the objects).
+/// A WorkloadEntry's workload.
+fn entry_workload(we: &Object) -> Option<Arc<Workload>> {
+    let Spec::WorkloadEntry(spec) = &we.spec else {
+        return None;
+    };
+    // istiod: the object's own labels win over `spec.labels`.
+    let mut labels = spec.labels.clone();
+    labels.extend(we.labels.clone());
+    // A WorkloadEntry has an identity only if it names one.
+    let locality = if spec.locality.is_empty() {
+        locality_label(&labels)
+    } else {
+        spec.locality.clone()
+    };
+    Some(Arc::new(Workload {
+        key: we.key.clone(),
+        name: labels
+            .get("service.istio.io/workload-name")
+            .cloned()
+            .unwrap_or_else(|| we.key.name.clone()),
+        addresses: vec![spec.address.clone()],
+        labels: Arc::new(labels),
+        service_account: spec.service_account.clone(),
+        locality,
+    }))
+}
+
 fn has_gateway_api(objects: &crate::model::objects::ObjectMap) -> bool {
     objects.has_any(Kind::is_gateway_api)
 }
@@ -225,7 +266,12 @@ struct Builder {
     /// Service.
     pods_by_label: HashMap<u64, Vec<Arc<Object>>>,
     pods_by_namespace: HashMap<String, Vec<Arc<Object>>>,
-    workloads_by_ip: HashMap<String, Vec<Arc<Workload>>>,
+    /// Address → workloads there, in key order (the snapshot's index, made with the
+    /// workloads).
+    workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
+    /// The services stage's hashes and indexes when an endpoint change patched them
+    /// (`endpoints`), instead of computing them from every service in `finish`.
+    indexes: Option<ServiceIndexes>,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
@@ -318,75 +364,77 @@ impl Builder {
 
     fn build_workloads(&mut self, previous: Option<&Snapshot>) {
         let mut workloads = BTreeMap::new();
-        // A Pod whose object (content) and locality are those of the previous build keeps
-        // its workload: under pod churn only the Pods that changed are rebuilt.
-        let unchanged = |pod: &Object, locality: &str| -> Option<Arc<Workload>> {
-            let prev = previous?;
+        for pod in self.of_kind(Kind::Pod) {
+            if let Some(w) = self.pod_workload(pod, previous) {
+                workloads.insert(pod.key.clone(), w);
+            }
+        }
+        for we in self.of_kind(Kind::WorkloadEntry) {
+            if let Some(w) = entry_workload(we) {
+                workloads.insert(we.key.clone(), w);
+            }
+        }
+        self.workloads = Arc::new(workloads);
+        self.index_pods(None);
+        let mut by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+        for w in self.workloads.values() {
+            for a in &w.addresses {
+                by_ip.entry(a.clone()).or_default().push(w.key.clone());
+            }
+        }
+        self.workloads_by_ip = Arc::new(by_ip);
+    }
+
+    /// A Pod's workload. One whose object (content) and locality are those of the
+    /// previous build keeps its workload: under pod churn only the Pods that changed
+    /// are rebuilt.
+    fn pod_workload(&self, pod: &Object, previous: Option<&Snapshot>) -> Option<Arc<Workload>> {
+        let Spec::Pod(info) = &pod.spec else {
+            return None;
+        };
+        let mut locality = locality_label(&pod.labels);
+        if locality.is_empty() && !info.node_name.is_empty() {
+            let node = ObjectKey {
+                kind: Kind::Node,
+                namespace: String::new(),
+                name: info.node_name.clone(),
+            };
+            if let Some(Spec::Node(l)) = self.objects.get(&node).map(|o| &o.spec) {
+                locality = l.clone();
+            }
+        }
+        let unchanged = previous.and_then(|prev| {
             let before = prev.objects.get(&pod.key)?;
             let w = prev.workloads.get(&pod.key)?;
             (before.hash == pod.hash && w.locality == locality).then(|| w.clone())
-        };
-        for pod in self.of_kind(Kind::Pod) {
-            let Spec::Pod(info) = &pod.spec else { continue };
-            let mut locality = locality_label(&pod.labels);
-            if locality.is_empty() && !info.node_name.is_empty() {
-                let node = ObjectKey {
-                    kind: Kind::Node,
-                    namespace: String::new(),
-                    name: info.node_name.clone(),
-                };
-                if let Some(Spec::Node(l)) = self.objects.get(&node).map(|o| &o.spec) {
-                    locality = l.clone();
-                }
-            }
-            if let Some(w) = unchanged(pod, &locality) {
-                workloads.insert(pod.key.clone(), w);
-                continue;
-            }
-            workloads.insert(
-                pod.key.clone(),
-                Arc::new(Workload {
-                    key: pod.key.clone(),
-                    name: info.workload_name(&pod.key.name, &pod.labels),
-                    addresses: info.ips.clone(),
-                    labels: Arc::new(pod.labels.clone()),
-                    service_account: info.service_account.clone(),
-                    locality,
-                }),
-            );
+        });
+        if unchanged.is_some() {
+            return unchanged;
         }
-        for we in self.of_kind(Kind::WorkloadEntry) {
-            let Spec::WorkloadEntry(spec) = &we.spec else {
-                continue;
-            };
-            // istiod: the object's own labels win over `spec.labels`.
-            let mut labels = spec.labels.clone();
-            labels.extend(we.labels.clone());
-            // A WorkloadEntry has an identity only if it names one.
-            let locality = if spec.locality.is_empty() {
-                locality_label(&labels)
-            } else {
-                spec.locality.clone()
-            };
-            workloads.insert(
-                we.key.clone(),
-                Arc::new(Workload {
-                    key: we.key.clone(),
-                    name: labels
-                        .get("service.istio.io/workload-name")
-                        .cloned()
-                        .unwrap_or_else(|| we.key.name.clone()),
-                    addresses: vec![spec.address.clone()],
-                    labels: Arc::new(labels),
-                    service_account: spec.service_account.clone(),
-                    locality,
-                }),
-            );
-        }
-        self.workloads = Arc::new(workloads);
+        Some(Arc::new(Workload {
+            key: pod.key.clone(),
+            name: info.workload_name(&pod.key.name, &pod.labels),
+            addresses: info.ips.clone(),
+            labels: Arc::new(pod.labels.clone()),
+            service_account: info.service_account.clone(),
+            locality,
+        }))
+    }
+
+    /// The Pod label and namespace indexes, of every Pod, or of the Pods of `only`'s
+    /// namespaces (an endpoint patch selects in those alone).
+    fn index_pods(&mut self, only: Option<&BTreeSet<String>>) {
         let mut by_label: HashMap<u64, Vec<Arc<Object>>> = HashMap::new();
         let mut by_ns: HashMap<String, Vec<Arc<Object>>> = HashMap::new();
-        for pod in self.of_kind(Kind::Pod) {
+        let pods: Box<dyn Iterator<Item = &Arc<Object>>> = match only {
+            None => Box::new(self.of_kind(Kind::Pod)),
+            Some(namespaces) => Box::new(
+                namespaces
+                    .iter()
+                    .flat_map(|ns| self.objects.of_kind_in(Kind::Pod, ns)),
+            ),
+        };
+        for pod in pods {
             match by_ns.get_mut(&pod.key.namespace) {
                 Some(list) => list.push(pod.clone()),
                 None => {
@@ -402,13 +450,6 @@ impl Builder {
         }
         self.pods_by_label = by_label;
         self.pods_by_namespace = by_ns;
-        let mut by_ip: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
-        for w in self.workloads.values() {
-            for a in &w.addresses {
-                by_ip.entry(a.clone()).or_default().push(w.clone());
-            }
-        }
-        self.workloads_by_ip = by_ip;
     }
 
     fn add_service(&mut self, svc: Service, endpoints: ServiceEndpoints, obj: &Object) {
@@ -502,110 +543,11 @@ impl Builder {
                 subject_alt_names: vec![],
                 aliases: vec![],
             };
-            let mut instances = Vec::new();
-            // Hand-made (or controller-made) endpoint objects win over the selector, as
-            // the EndpointSlice controller writes them from the selector anyway.
             let explicit: Vec<&Arc<Object>> = endpoint_objects
                 .get(&(obj.key.namespace.as_str(), obj.key.name.as_str()))
                 .cloned()
                 .unwrap_or_default();
-            if !explicit.is_empty() {
-                let mut seen = BTreeSet::new();
-                for g in explicit {
-                    let Spec::Endpoints(group) = &g.spec else {
-                        continue;
-                    };
-                    for (addrs, eports) in &group.subsets {
-                        for a in addrs {
-                            if !a.ready && !spec.publish_not_ready {
-                                continue;
-                            }
-                            let mut ports = BTreeMap::new();
-                            for sp in &spec.ports {
-                                let ep = eports
-                                    .iter()
-                                    .find(|e| e.name == sp.name)
-                                    .or_else(|| (eports.len() == 1).then(|| &eports[0]));
-                                if let Some(ep) = ep {
-                                    ports.insert(sp.port, ep.port);
-                                }
-                            }
-                            if !seen.insert(a.ip.clone()) || ports.is_empty() {
-                                continue;
-                            }
-                            let pod = a
-                                .pod
-                                .as_ref()
-                                .map(|name| ObjectKey {
-                                    kind: Kind::Pod,
-                                    namespace: obj.key.namespace.clone(),
-                                    name: name.clone(),
-                                })
-                                .and_then(|k| self.workloads.get(&k))
-                                .cloned()
-                                .or_else(|| self.workload_at(&a.ip, &obj.key.namespace));
-                            instances.push(self.instance(&a.ip, ports, pod.as_deref(), true));
-                        }
-                    }
-                }
-            } else if let Some(selector) = &spec.selector {
-                for pod in self.selected_pods(&obj.key.namespace, selector) {
-                    let Spec::Pod(info) = &pod.spec else { continue };
-                    if info.ips.is_empty() || info.phase == "Succeeded" || info.phase == "Failed" {
-                        continue;
-                    }
-                    let ready = info.ready && !info.terminating;
-                    if !ready && !spec.publish_not_ready {
-                        continue;
-                    }
-                    let mut ports = BTreeMap::new();
-                    for sp in &spec.ports {
-                        let target = match &sp.target_port {
-                            TargetPort::Number(n) => Some(*n),
-                            TargetPort::Name(name) => info
-                                .container_ports
-                                .iter()
-                                .find(|(n, _)| n == name)
-                                .map(|(_, p)| *p),
-                        };
-                        if let Some(t) = target {
-                            ports.insert(sp.port, t);
-                        }
-                    }
-                    if ports.is_empty() {
-                        continue;
-                    }
-                    let w = self.workloads.get(&pod.key).cloned();
-                    instances.push(self.instance(&info.ips[0], ports, w.as_deref(), true));
-                }
-            }
-            // WorkloadEntries a Kubernetes Service selects (istio's VM support) add to its
-            // endpoints, however the Pods' endpoints are known. Headless services pass
-            // traffic to the address dialled and take none.
-            if let Some(selector) = &spec.selector
-                && !spec.headless
-            {
-                instances.extend(self.workload_entry_instances(
-                    &obj.key.namespace,
-                    selector,
-                    &svc.ports,
-                    |p, we_ports| {
-                        let sp = spec.ports.iter().find(|sp| sp.port == p.port)?;
-                        match &sp.target_port {
-                            // A named target port must be one the entry names.
-                            TargetPort::Name(name) => we_ports.get(name).map(|n| *n as u16),
-                            TargetPort::Number(n) => Some(
-                                we_ports
-                                    .get(&p.name)
-                                    .map(|n| *n as u16)
-                                    .filter(|n| *n > 0)
-                                    .unwrap_or(*n),
-                            ),
-                        }
-                    },
-                ));
-            }
-            instances.sort_by(|a, b| a.address.cmp(&b.address));
+            let instances = self.kube_service_instances(obj, spec, &svc.ports, &explicit);
             self.add_service(svc, ServiceEndpoints { instances }, obj);
         }
 
@@ -635,13 +577,6 @@ impl Builder {
                 istio::Resolution::DNS | istio::Resolution::DYNAMIC_DNS => Resolution::Dns,
                 istio::Resolution::DNS_ROUND_ROBIN => Resolution::DnsRoundRobin,
             };
-            let target_of = |p: &Port| {
-                se.ports
-                    .iter()
-                    .find(|sp| sp.number as u16 == p.port)
-                    .and_then(|sp| sp.target_port)
-                    .map(|t| t as u16)
-            };
             for h in &se.hosts {
                 let svc = Service {
                     hostname: h.clone(),
@@ -661,76 +596,209 @@ impl Builder {
                     subject_alt_names: se.subject_alt_names.clone(),
                     aliases: vec![],
                 };
-                let mut instances = Vec::new();
-                for ep in &se.endpoints {
-                    let mut port_map = BTreeMap::new();
-                    for p in &ports {
-                        let t = ep
-                            .ports
-                            .get(&p.name)
-                            .map(|n| *n as u16)
-                            .or_else(|| target_of(p))
-                            .unwrap_or(p.port);
-                        port_map.insert(p.port, t);
-                    }
-                    let mut inst = self.instance(&ep.address, port_map, None, false);
-                    inst.labels = Arc::new(ep.labels.clone());
-                    inst.service_account = ep.service_account.clone();
-                    inst.locality = ep.locality.clone();
-                    inst.weight = ep.weight.unwrap_or(0);
-                    inst.namespace = obj.key.namespace.clone();
-                    inst.dns =
-                        resolution == Resolution::Dns || resolution == Resolution::DnsRoundRobin;
-                    inst.tls_mode = ep.labels.get("security.istio.io/tlsMode").cloned();
-                    instances.push(inst);
-                }
-                if let Some(sel) = &se.workload_selector {
-                    for pod in self.selected_pods(&obj.key.namespace, &sel.labels) {
-                        let Spec::Pod(info) = &pod.spec else { continue };
-                        if info.ips.is_empty() || !info.ready {
-                            continue;
-                        }
-                        let port_map = ports
-                            .iter()
-                            .map(|p| (p.port, target_of(p).unwrap_or(p.port)))
-                            .collect();
-                        let w = self.workloads.get(&pod.key).cloned();
-                        instances.push(self.instance(&info.ips[0], port_map, w.as_deref(), true));
-                    }
-                    instances.extend(self.workload_entry_instances(
-                        &obj.key.namespace,
-                        &sel.labels,
-                        &ports,
-                        |p, we_ports| {
-                            Some(
-                                we_ports
-                                    .get(&p.name)
-                                    .map(|n| *n as u16)
-                                    .filter(|n| *n > 0)
-                                    .or_else(|| target_of(p))
-                                    .unwrap_or(p.port),
-                            )
-                        },
-                    ));
-                }
-                if se.endpoints.is_empty()
-                    && se.workload_selector.is_none()
-                    && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
-                    && !h.starts_with('*')
-                {
-                    // DNS resolution without endpoints: Envoy resolves the host itself.
-                    let port_map = ports
-                        .iter()
-                        .map(|p| (p.port, target_of(p).unwrap_or(p.port)))
-                        .collect();
-                    let mut inst = self.instance(h, port_map, None, false);
-                    inst.dns = true;
-                    inst.namespace = obj.key.namespace.clone();
-                    instances.push(inst);
-                }
+                let instances = self.entry_instances(obj, se, h, &ports, resolution);
                 self.add_service(svc, ServiceEndpoints { instances }, obj);
             }
         }
+    }
+
+    /// The endpoints of one host of a ServiceEntry: its own endpoints, the Pods and
+    /// WorkloadEntries its workloadSelector selects, or the host itself to resolve.
+    fn entry_instances(
+        &self,
+        obj: &Object,
+        se: &istio::ServiceEntry,
+        h: &str,
+        ports: &[Port],
+        resolution: Resolution,
+    ) -> Vec<Instance> {
+        let target_of = |p: &Port| {
+            se.ports
+                .iter()
+                .find(|sp| sp.number as u16 == p.port)
+                .and_then(|sp| sp.target_port)
+                .map(|t| t as u16)
+        };
+        let mut instances = Vec::new();
+        for ep in &se.endpoints {
+            let mut port_map = BTreeMap::new();
+            for p in ports {
+                let t = ep
+                    .ports
+                    .get(&p.name)
+                    .map(|n| *n as u16)
+                    .or_else(|| target_of(p))
+                    .unwrap_or(p.port);
+                port_map.insert(p.port, t);
+            }
+            let mut inst = self.instance(&ep.address, port_map, None, false);
+            inst.labels = Arc::new(ep.labels.clone());
+            inst.service_account = ep.service_account.clone();
+            inst.locality = ep.locality.clone();
+            inst.weight = ep.weight.unwrap_or(0);
+            inst.namespace = obj.key.namespace.clone();
+            inst.dns = resolution == Resolution::Dns || resolution == Resolution::DnsRoundRobin;
+            inst.tls_mode = ep.labels.get("security.istio.io/tlsMode").cloned();
+            instances.push(inst);
+        }
+        if let Some(sel) = &se.workload_selector {
+            for pod in self.selected_pods(&obj.key.namespace, &sel.labels) {
+                let Spec::Pod(info) = &pod.spec else { continue };
+                if info.ips.is_empty() || !info.ready {
+                    continue;
+                }
+                let port_map = ports
+                    .iter()
+                    .map(|p| (p.port, target_of(p).unwrap_or(p.port)))
+                    .collect();
+                let w = self.workloads.get(&pod.key).cloned();
+                instances.push(self.instance(&info.ips[0], port_map, w.as_deref(), true));
+            }
+            instances.extend(self.workload_entry_instances(
+                &obj.key.namespace,
+                &sel.labels,
+                ports,
+                |p, we_ports| {
+                    Some(
+                        we_ports
+                            .get(&p.name)
+                            .map(|n| *n as u16)
+                            .filter(|n| *n > 0)
+                            .or_else(|| target_of(p))
+                            .unwrap_or(p.port),
+                    )
+                },
+            ));
+        }
+        if se.endpoints.is_empty()
+            && se.workload_selector.is_none()
+            && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            && !h.starts_with('*')
+        {
+            // DNS resolution without endpoints: Envoy resolves the host itself.
+            let port_map = ports
+                .iter()
+                .map(|p| (p.port, target_of(p).unwrap_or(p.port)))
+                .collect();
+            let mut inst = self.instance(h, port_map, None, false);
+            inst.dns = true;
+            inst.namespace = obj.key.namespace.clone();
+            instances.push(inst);
+        }
+        instances
+    }
+
+    /// A Kubernetes Service's endpoints: its EndpointSlices and Endpoints (`explicit`)
+    /// if it has any, else the Pods its selector selects; then the WorkloadEntries the
+    /// selector selects. In address order.
+    fn kube_service_instances(
+        &self,
+        obj: &Object,
+        spec: &super::object::ServiceSpec,
+        ports: &[Port],
+        explicit: &[&Arc<Object>],
+    ) -> Vec<Instance> {
+        let mut instances = Vec::new();
+        // Hand-made (or controller-made) endpoint objects win over the selector, as
+        // the EndpointSlice controller writes them from the selector anyway.
+        if !explicit.is_empty() {
+            let mut seen = BTreeSet::new();
+            for g in explicit.iter().copied() {
+                let Spec::Endpoints(group) = &g.spec else {
+                    continue;
+                };
+                for (addrs, eports) in &group.subsets {
+                    for a in addrs {
+                        if !a.ready && !spec.publish_not_ready {
+                            continue;
+                        }
+                        let mut ports = BTreeMap::new();
+                        for sp in &spec.ports {
+                            let ep = eports
+                                .iter()
+                                .find(|e| e.name == sp.name)
+                                .or_else(|| (eports.len() == 1).then(|| &eports[0]));
+                            if let Some(ep) = ep {
+                                ports.insert(sp.port, ep.port);
+                            }
+                        }
+                        if !seen.insert(a.ip.clone()) || ports.is_empty() {
+                            continue;
+                        }
+                        let pod = a
+                            .pod
+                            .as_ref()
+                            .map(|name| ObjectKey {
+                                kind: Kind::Pod,
+                                namespace: obj.key.namespace.clone(),
+                                name: name.clone(),
+                            })
+                            .and_then(|k| self.workloads.get(&k))
+                            .cloned()
+                            .or_else(|| self.workload_at(&a.ip, &obj.key.namespace));
+                        instances.push(self.instance(&a.ip, ports, pod.as_deref(), true));
+                    }
+                }
+            }
+        } else if let Some(selector) = &spec.selector {
+            for pod in self.selected_pods(&obj.key.namespace, selector) {
+                let Spec::Pod(info) = &pod.spec else { continue };
+                if info.ips.is_empty() || info.phase == "Succeeded" || info.phase == "Failed" {
+                    continue;
+                }
+                let ready = info.ready && !info.terminating;
+                if !ready && !spec.publish_not_ready {
+                    continue;
+                }
+                let mut ports = BTreeMap::new();
+                for sp in &spec.ports {
+                    let target = match &sp.target_port {
+                        TargetPort::Number(n) => Some(*n),
+                        TargetPort::Name(name) => info
+                            .container_ports
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, p)| *p),
+                    };
+                    if let Some(t) = target {
+                        ports.insert(sp.port, t);
+                    }
+                }
+                if ports.is_empty() {
+                    continue;
+                }
+                let w = self.workloads.get(&pod.key).cloned();
+                instances.push(self.instance(&info.ips[0], ports, w.as_deref(), true));
+            }
+        }
+        // WorkloadEntries a Kubernetes Service selects (istio's VM support) add to its
+        // endpoints, however the Pods' endpoints are known. Headless services pass
+        // traffic to the address dialled and take none.
+        if let Some(selector) = &spec.selector
+            && !spec.headless
+        {
+            instances.extend(self.workload_entry_instances(
+                &obj.key.namespace,
+                selector,
+                ports,
+                |p, we_ports| {
+                    let sp = spec.ports.iter().find(|sp| sp.port == p.port)?;
+                    match &sp.target_port {
+                        // A named target port must be one the entry names.
+                        TargetPort::Name(name) => we_ports.get(name).map(|n| *n as u16),
+                        TargetPort::Number(n) => Some(
+                            we_ports
+                                .get(&p.name)
+                                .map(|n| *n as u16)
+                                .filter(|n| *n > 0)
+                                .unwrap_or(*n),
+                        ),
+                    }
+                },
+            ));
+        }
+        instances.sort_by(|a, b| a.address.cmp(&b.address));
+        instances
     }
 
     /// A Service of type ExternalName, as istiod models it: the Kubernetes name with one
@@ -810,11 +878,12 @@ impl Builder {
     }
 
     fn workload_at(&self, ip: &str, namespace: &str) -> Option<Arc<Workload>> {
-        self.workloads_by_ip
+        let key = self
+            .workloads_by_ip
             .get(ip)?
             .iter()
-            .find(|w| w.key.namespace == namespace)
-            .cloned()
+            .find(|k| k.namespace == namespace)?;
+        self.workloads.get(key).cloned()
     }
 
     /// Endpoints of the WorkloadEntries in `namespace` that `selector` selects, each
@@ -1662,15 +1731,6 @@ impl Builder {
             &self.endpoints,
             previous.map(|p| (&*p.endpoints, &*p.endpoint_hashes)),
         );
-        let mut workloads_by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
-        for w in self.workloads.values() {
-            for a in &w.addresses {
-                workloads_by_ip
-                    .entry(a.clone())
-                    .or_default()
-                    .push(w.key.clone());
-            }
-        }
         let mut hosts_by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (h, eps) in self.endpoints.iter() {
             for inst in &eps.instances {
@@ -1683,31 +1743,21 @@ impl Builder {
         // The identities each service's endpoints run as: clients verify its pods by them
         // (auto mTLS), so a pod of a new service account changes the clients' clusters,
         // not only their endpoints (istiod pushes them in full too).
-        let mut identity_hashes: BTreeMap<String, u64> = BTreeMap::new();
-        for (h, eps) in self.endpoints.iter() {
-            let mut ids: Vec<(&str, &str)> = eps
-                .instances
-                .iter()
-                .filter(|i| !i.service_account.is_empty() && !i.namespace.is_empty())
-                .map(|i| (i.namespace.as_str(), i.service_account.as_str()))
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            ids.sort_unstable();
-            ids.dedup();
-            identity_hashes.insert(h.clone(), hash_of(&ids));
-        }
+        let identity_hashes: BTreeMap<String, u64> = self
+            .endpoints
+            .iter()
+            .filter_map(|(h, eps)| Some((h.clone(), identity_hash(eps)?)))
+            .collect();
         ServiceIndexes {
             config_hashes: Arc::new(config_hashes),
             identity_hashes: Arc::new(identity_hashes),
             endpoint_hashes: Arc::new(endpoint_hashes),
-            workloads_by_ip: Arc::new(workloads_by_ip),
+            workloads_by_ip: self.workloads_by_ip.clone(),
             hosts_by_ip: Arc::new(hosts_by_ip),
         }
     }
 
-    fn finish(self, previous: Option<&Snapshot>, reused: &Reused) -> Snapshot {
+    fn finish(mut self, previous: Option<&Snapshot>, reused: &Reused) -> Snapshot {
         let generation = previous.map_or(1, |p| p.generation + 1);
         // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
         // and routes (VirtualServices), kept apart so a route change pushes only routes.
@@ -1722,15 +1772,16 @@ impl Builder {
             endpoint_hashes,
             workloads_by_ip,
             hosts_by_ip,
-        } = match reused.services {
-            Some(prev) => ServiceIndexes {
+        } = match (reused.services, self.indexes.take()) {
+            (_, Some(patched)) => patched,
+            (Some(prev), None) => ServiceIndexes {
                 config_hashes: prev.config_hashes.clone(),
                 identity_hashes: prev.identity_hashes.clone(),
                 endpoint_hashes: prev.endpoint_hashes.clone(),
                 workloads_by_ip: prev.workloads_by_ip.clone(),
                 hosts_by_ip: prev.hosts_by_ip.clone(),
             },
-            None => self.service_indexes(previous),
+            (None, None) => self.service_indexes(previous),
         };
         let (route_hashes, l4_route_hashes) = match reused.routes {
             Some(prev) => (prev.route_hashes.clone(), prev.l4_route_hashes.clone()),
@@ -1856,6 +1907,23 @@ impl Builder {
             selector_key_memo: KeyMemo::default(),
         }
     }
+}
+
+/// The hash of the identities (namespace, service account) a service's endpoints run
+/// as, if any has one.
+fn identity_hash(eps: &ServiceEndpoints) -> Option<u64> {
+    let mut ids: Vec<(&str, &str)> = eps
+        .instances
+        .iter()
+        .filter(|i| !i.service_account.is_empty() && !i.namespace.is_empty())
+        .map(|i| (i.namespace.as_str(), i.service_account.as_str()))
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Some(hash_of(&ids))
 }
 
 /// The same object for a stage's purpose: the same `Arc`, or equal content from the

@@ -15,6 +15,9 @@ use super::object::{Kind, Object, ObjectKey};
 
 type Map = BTreeMap<ObjectKey, Arc<Object>>;
 
+/// An object before and after a change ([`ObjectMap::changed`]).
+pub type Pair<'a> = (Option<&'a Arc<Object>>, Option<&'a Arc<Object>>);
+
 /// One kind's objects and their print.
 #[derive(Debug, Clone, Default)]
 struct Shard {
@@ -156,6 +159,52 @@ impl ObjectMap {
             .map_or((0, 0), |s| (s.print, s.objects.len()))
     }
 
+    /// The objects of `kind` that differ between `old` and `self`, as (old, new) pairs
+    /// in key order: added (None, Some), removed (Some, None), or replaced by another
+    /// `Arc`. A kind both maps share is skipped unread; otherwise one merge pass over
+    /// the two, shared entries costing a pointer compare.
+    pub fn changed<'a>(&'a self, old: &'a ObjectMap, kind: Kind) -> Vec<Pair<'a>> {
+        let (a, b) = (old.shards.get(&kind), self.shards.get(&kind));
+        if let (Some(a), Some(b)) = (a, b)
+            && Arc::ptr_eq(&a.objects, &b.objects)
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut before = a.into_iter().flat_map(|s| s.objects.iter()).peekable();
+        let mut after = b.into_iter().flat_map(|s| s.objects.iter()).peekable();
+        loop {
+            match (before.peek(), after.peek()) {
+                (None, None) => return out,
+                (Some((_, o)), None) => {
+                    out.push((Some(*o), None));
+                    before.next();
+                }
+                (None, Some((_, n))) => {
+                    out.push((None, Some(*n)));
+                    after.next();
+                }
+                (Some((ko, o)), Some((kn, n))) => match ko.cmp(kn) {
+                    std::cmp::Ordering::Less => {
+                        out.push((Some(*o), None));
+                        before.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        out.push((None, Some(*n)));
+                        after.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !Arc::ptr_eq(o, n) {
+                            out.push((Some(*o), Some(*n)));
+                        }
+                        before.next();
+                        after.next();
+                    }
+                },
+            }
+        }
+    }
+
     /// The kinds whose objects may differ between `self` and `other`: those whose maps
     /// are not shared. A kind a source did not write to since the clone is skipped
     /// without reading it.
@@ -285,5 +334,57 @@ spec: {hosts: [a]}
         // And replacing it back restores the first print.
         next.insert(vs.key.clone(), vs.clone());
         assert_eq!(next.kind_print(Kind::VirtualService), (before, 1));
+    }
+
+    #[test]
+    fn changed_pairs_in_key_order() {
+        let set = config_set(TEXT);
+        let mut next = set.objects.clone();
+        assert!(next.changed(&set.objects, Kind::Service).is_empty());
+        let other = config_set(&TEXT.replace("{name: b, namespace: y}", "{name: c, namespace: y}"));
+        let a = set
+            .objects
+            .of_kind(Kind::Service)
+            .next()
+            .cloned()
+            .expect("a");
+        let b = set
+            .objects
+            .of_kind(Kind::Service)
+            .nth(1)
+            .cloned()
+            .expect("b");
+        let c = other
+            .objects
+            .of_kind(Kind::Service)
+            .nth(1)
+            .cloned()
+            .expect("c");
+        // b goes, c comes, a is written again as the same object in another Arc.
+        next.remove(&b.key);
+        next.insert(c.key.clone(), c.clone());
+        next.insert(a.key.clone(), Arc::new((*a).clone()));
+        let names = |p: &Pair| {
+            (
+                p.0.map(|o| o.key.name.clone()),
+                p.1.map(|o| o.key.name.clone()),
+            )
+        };
+        let pairs: Vec<_> = next
+            .changed(&set.objects, Kind::Service)
+            .iter()
+            .map(names)
+            .collect();
+        let s = |n: &str| Some(n.to_string());
+        assert_eq!(
+            pairs,
+            [(s("a"), s("a")), (s("b"), None), (None, s("c"))],
+            "a replaced (the caller compares contents), b removed, c added"
+        );
+        assert!(next.changed(&set.objects, Kind::VirtualService).is_empty());
+        // A kind only one side has.
+        let empty = ObjectMap::new();
+        assert_eq!(next.changed(&empty, Kind::Service).len(), 2);
+        assert_eq!(empty.changed(&next, Kind::Service).len(), 2);
     }
 }

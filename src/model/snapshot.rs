@@ -1131,8 +1131,11 @@ spec:
             &["destination rules"],
             &[],
         ];
+        // The steps whose services stage is patched (only endpoints moved): the pod
+        // relabelled.
+        let patched = [false, false, false, false, false, false, true, false];
         let mut prev = Snapshot::build(&set(&steps[0]), None, "cluster.local", "istio-system");
-        for (step, keeps) in steps[1..].iter().zip(keeps) {
+        for ((step, keeps), patched) in steps[1..].iter().zip(keeps).zip(patched) {
             let input = set(step);
             let kept = Snapshot::build(&input, Some(&prev), "cluster.local", "istio-system");
             // The same build with nothing to reuse (the previous snapshot stays the
@@ -1148,7 +1151,16 @@ spec:
                     .cloned()
                     .expect("VirtualService b")
             };
-            let same_context = keeps.contains(&"services") && keeps.contains(&"destination rules");
+            assert_eq!(
+                kept.build_stages
+                    .iter()
+                    .any(|(n, _)| *n == "endpoints (patched)"),
+                patched,
+                "{step}"
+            );
+            // VirtualServices read service definitions, never endpoints.
+            let same_context =
+                (keeps.contains(&"services") || patched) && keeps.contains(&"destination rules");
             assert_eq!(
                 Arc::ptr_eq(&b(&kept), &b(&prev)),
                 same_context,

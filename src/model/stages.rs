@@ -31,13 +31,18 @@ const SERVICE_KINDS: &[Kind] = &[
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StagePrints {
     pub services: u64,
+    /// The part of `services` that defines services (Services, ServiceEntries, the
+    /// mesh config) rather than their endpoints: equal to the previous build's, an
+    /// endpoint change patches the hosts it touches (`build::endpoints`), and the
+    /// later stages, which read services but never endpoints, stay as they were.
+    pub service_definitions: u64,
     pub destination_rules: u64,
-    /// What a VirtualService's translation reads besides the VirtualService: the two
-    /// prints above and the Gateways (a VirtualService unchanged under an unchanged
+    /// What a VirtualService's translation reads besides the VirtualService: the
+    /// service definitions, the DestinationRules and the Gateways (a VirtualService unchanged under an unchanged
     /// context is kept alone when others changed).
     pub virtual_service_context: u64,
-    /// Includes `services` and `destination_rules`: the stage checks references to
-    /// hosts, ports and subsets, and to Gateways.
+    /// Includes `service_definitions` and `destination_rules`: the stage checks
+    /// references to hosts, ports and subsets, and to Gateways (never endpoints).
     pub virtual_services: u64,
 }
 
@@ -84,14 +89,17 @@ impl StagePrints {
             xxhash_rust::xxh3::xxh3_64(&buf)
         };
         let services = kinds(SERVICE_KINDS, &[]);
+        let service_definitions = kinds(&[Kind::Service, Kind::ServiceEntry], &[]);
         let destination_rules = kinds(&[Kind::DestinationRule], &[]);
-        let virtual_service_context = kinds(&[Kind::Gateway], &[services, destination_rules]);
+        let virtual_service_context =
+            kinds(&[Kind::Gateway], &[service_definitions, destination_rules]);
         let virtual_services = kinds(
             &[Kind::VirtualService, Kind::Gateway],
-            &[services, destination_rules],
+            &[service_definitions, destination_rules],
         );
         StagePrints {
             services,
+            service_definitions,
             destination_rules,
             virtual_service_context,
             virtual_services,
