@@ -355,17 +355,23 @@ async fn config_dump(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
         Err(r) => return r,
     };
     let snap = state.snapshot();
-    // Translation is CPU work: off the async threads.
-    let dump = tokio::task::spawn_blocking(move || {
-        let res = translate::generate(&snap, &conn.proxy);
-        let mut dump = translate::output::config_dump(&res, &snap.generation.to_string());
-        redact_tracer_secrets(&mut dump);
-        dump
-    })
-    .await;
+    // Translation is CPU work: on the CPU pool, off the async threads.
+    let dump = state
+        .cpu
+        .run_caught(move || {
+            let res = translate::generate(&snap, &conn.proxy);
+            let mut dump = translate::output::config_dump(&res, &snap.generation.to_string());
+            redact_tracer_secrets(&mut dump);
+            dump
+        })
+        .await;
     match dump {
         Ok(v) => Json(v).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the translation failed (see meshd's log)\n",
+        )
+            .into_response(),
     }
 }
 
@@ -390,25 +396,28 @@ async fn config_diff(State(state): State<Arc<XdsState>>, Query(q): Query<ProxyQu
         .into_response();
     };
     let (before, now) = (change.0.clone(), change.1.clone());
-    // Two translations: CPU work, off the async threads, one per core at most (a caller
-    // asking in a loop waits its turn instead of taking every core).
-    let Ok(_slot) = state.cpu_slots.acquire().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    };
-    let out = tokio::task::spawn_blocking(move || {
-        let old = translate::generate(&before, &conn.proxy);
-        let new = translate::generate(&now, &conn.proxy);
-        json!({
-            "proxy": conn.proxy.id,
-            "from": before.generation,
-            "to": now.generation,
-            "changes": diff::diff(&old, &new),
+    // Two translations: CPU work, on the CPU pool with the proxies' (a caller asking in
+    // a loop waits its turn instead of taking every core).
+    let out = state
+        .cpu
+        .run_caught(move || {
+            let old = translate::generate(&before, &conn.proxy);
+            let new = translate::generate(&now, &conn.proxy);
+            json!({
+                "proxy": conn.proxy.id,
+                "from": before.generation,
+                "to": now.generation,
+                "changes": diff::diff(&old, &new),
+            })
         })
-    })
-    .await;
+        .await;
     match out {
         Ok(v) => Json(v).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the translation failed (see meshd's log)\n",
+        )
+            .into_response(),
     }
 }
 

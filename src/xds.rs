@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod connection;
+pub mod cpu;
 mod generate;
 pub mod names;
 pub mod push;

@@ -90,17 +90,6 @@ struct Stream {
     debug_nonces: BTreeSet<String>,
 }
 
-/// Runs CPU-bound work (translation, signing, or waiting for another stream's
-/// translation of the same resources) without holding up the async worker: on the
-/// multi-threaded runtime the worker first hands its other tasks — other proxies' ACKs,
-/// keepalives, pushes — to the rest of the pool.
-fn cpu<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// The most resource names one Delta stream may subscribe to per type: several times
 /// what a proxy of a 10,000-service mesh asks for.
 const MAX_SUBSCRIBED_NAMES: usize = 100_000;
@@ -113,15 +102,6 @@ enum Outbound<'a> {
 impl Stream {
     fn metrics(&self) -> &Metrics {
         &self.state.metrics
-    }
-
-    /// Runs CPU work once one of the CPU slots (one per core) is free. Streams waiting
-    /// for a slot wait as tasks, not threads: however many proxies sync at once, only
-    /// as many threads as cores translate, and the process keeps a handful of threads
-    /// (each thread costs memory in the allocator's per-thread heaps).
-    async fn on_cpu<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _slot = self.state.cpu_slots.acquire().await;
-        cpu(f)
     }
 
     fn next_nonce(&mut self) -> String {
@@ -230,6 +210,7 @@ impl Stream {
         &mut self,
         out: &Outbound<'_>,
         ctx: &ProxyContext<'_>,
+        shared: (&Arc<crate::model::Snapshot>, &Arc<Connection>),
         url: &str,
         respond: bool,
         force: Option<&BTreeSet<String>>,
@@ -250,19 +231,32 @@ impl Stream {
             }
             h.digest()
         };
+        // The work goes to the CPU pool with what it reads (shared pointers and a copy
+        // of the watch), and the stream waits for it as a task.
+        let (snap, conn, state) = (shared.0.clone(), shared.1.clone(), self.state.clone());
         let res: Arc<Vec<Arc<Generated>>> = if url == type_url::SECRET {
             // Secrets are per identity, never shared.
-            Arc::new(self.on_cpu(|| self.secrets(&w)).await)
+            let (auth, job) = (self.auth.clone(), w.clone());
+            Arc::new(
+                self.state
+                    .cpu
+                    .run(move || secrets::secrets(&state, &auth, Some(&conn), &job))
+                    .await,
+            )
         } else {
             let cache = &self.state.cache;
             let set = cache
                 .get_or_generate(ctx.snap.generation, url, key, &w.names, || {
-                    self.on_cpu(|| {
-                        if url == type_url::ENDPOINT {
+                    // Copied only by the stream that generates for its class.
+                    let job = w.clone();
+                    self.state.cpu.run(move || {
+                        // The same context as the stream's: the same snapshot and proxy.
+                        let ctx = ProxyContext::new(&snap, &conn.proxy);
+                        if job.type_url == type_url::ENDPOINT {
                             // Each load assignment is shared across classes too.
-                            endpoints(ctx, cache, &w)
+                            endpoints(&ctx, &state.cache, &job)
                         } else {
-                            generate(ctx, &w, &self.state.vhosts)
+                            generate(&ctx, &job, &state.vhosts)
                         }
                     })
                 })
@@ -393,7 +387,7 @@ impl Stream {
                 None
             };
             let sent = self
-                .send_type(out, &ctx, url, respond, force.as_deref())
+                .send_type(out, &ctx, (&snap, &conn), url, respond, force.as_deref())
                 .await?;
             if *url == type_url::CLUSTER && sent {
                 cds_sent = true;

@@ -35,8 +35,8 @@ pub struct XdsState {
     pub vhosts: crate::translate::route::pieces::VhostStore,
     /// Push slots: how many streams may be handing responses to their transport at once.
     pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
-    /// CPU slots: how many streams may translate or sign at once (one per core).
-    pub(crate) cpu_slots: tokio::sync::Semaphore,
+    /// The CPU pool translation and signing run on (one thread per core).
+    pub(crate) cpu: super::cpu::CpuPool,
     /// How long a proxy has to take a response before its stream is closed.
     pub(crate) send_timeout: std::time::Duration,
     /// This instance's name (its pod), as debug responses give it.
@@ -97,9 +97,7 @@ impl XdsState {
             cache: Default::default(),
             vhosts: Default::default(),
             push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
-            cpu_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            cpu: super::cpu::CpuPool::new(None),
             send_timeout: DEFAULT_SEND_TIMEOUT,
             instance: "meshd".into(),
             secrets: None,
