@@ -26,12 +26,11 @@ pub fn init_tracing() {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            // Translation enters `block_in_place` (see xds::connection::cpu), which hands
-            // the worker's core to a thread from the blocking pool; each such thread then
-            // idles for the keep-alive. With tokio's defaults (512 threads, 10 s) a steady
-            // stream of pushes kept about 30 extra threads alive, each with an allocator
-            // heap of its own (250 MB RSS for a 50-service mesh). The CPU slots bound how
-            // many translate at once, so a few spare threads are enough.
+            // The blocking pool runs the snapshot builder and publishes (translation has
+            // its own CPU pool, xds::cpu). Each blocking thread idles for the keep-alive,
+            // with an allocator heap of its own: with tokio's defaults (512 threads, 10 s)
+            // a steady stream of pushes once kept about 30 extra threads alive (250 MB
+            // RSS for a 50-service mesh), so a few spare threads and 1 s are enough.
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -327,21 +327,27 @@ async fn explain(
         }
     };
     let snap = state.snapshot();
-    // Translation is CPU work: off the async threads.
-    let out = tokio::task::spawn_blocking(move || {
-        let ctx = translate::ProxyContext::new(&snap, &conn.proxy);
-        let res = translate::generate_for(&ctx);
-        let e = crate::explain::explain(&ctx, &res, None, &spec);
-        let mut v = e.to_json();
-        v["text"] = json!(e.to_text());
-        v["proxy"] = json!(conn.proxy.id);
-        v["generation"] = json!(snap.generation);
-        v
-    })
-    .await;
+    // Translation is CPU work: on the CPU pool, off the async threads.
+    let out = state
+        .cpu
+        .run_caught(move || {
+            let ctx = translate::ProxyContext::new(&snap, &conn.proxy);
+            let res = translate::generate_for(&ctx);
+            let e = crate::explain::explain(&ctx, &res, None, &spec);
+            let mut v = e.to_json();
+            v["text"] = json!(e.to_text());
+            v["proxy"] = json!(conn.proxy.id);
+            v["generation"] = json!(snap.generation);
+            v
+        })
+        .await;
     match out {
         Ok(v) => Json(v).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the translation failed (see meshd's log)\n",
+        )
+            .into_response(),
     }
 }
 

@@ -236,7 +236,7 @@ impl Stream {
         let (snap, conn, state) = (shared.0.clone(), shared.1.clone(), self.state.clone());
         let res: Arc<Vec<Arc<Generated>>> = if url == type_url::SECRET {
             // Secrets are per identity, never shared.
-            let (auth, job) = (self.auth.clone(), w.clone());
+            let (auth, job) = (self.auth.clone(), w.job());
             Arc::new(
                 self.state
                     .cpu
@@ -247,8 +247,8 @@ impl Stream {
             let cache = &self.state.cache;
             let set = cache
                 .get_or_generate(ctx.snap.generation, url, key, &w.names, || {
-                    // Copied only by the stream that generates for its class.
-                    let job = w.clone();
+                    // Made only by the stream that generates for its class.
+                    let job = w.job();
                     self.state.cpu.run(move || {
                         // The same context as the stream's: the same snapshot and proxy.
                         let ctx = ProxyContext::new(&snap, &conn.proxy);

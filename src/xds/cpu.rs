@@ -43,6 +43,13 @@ impl CpuPool {
         }
     }
 
+    /// The process's pool, started on first use: every `XdsState` (a test or a fuzz run
+    /// makes many) shares it, as they share the cores.
+    pub fn shared() -> &'static CpuPool {
+        static POOL: std::sync::OnceLock<CpuPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| CpuPool::new(None))
+    }
+
     /// The number of threads.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()

@@ -36,7 +36,7 @@ pub struct XdsState {
     /// Push slots: how many streams may be handing responses to their transport at once.
     pub(crate) push_slots: Arc<tokio::sync::Semaphore>,
     /// The CPU pool translation and signing run on (one thread per core).
-    pub(crate) cpu: super::cpu::CpuPool,
+    pub(crate) cpu: &'static super::cpu::CpuPool,
     /// How long a proxy has to take a response before its stream is closed.
     pub(crate) send_timeout: std::time::Duration,
     /// This instance's name (its pod), as debug responses give it.
@@ -97,7 +97,7 @@ impl XdsState {
             cache: Default::default(),
             vhosts: Default::default(),
             push_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_SLOTS)),
-            cpu: super::cpu::CpuPool::new(None),
+            cpu: super::cpu::CpuPool::shared(),
             send_timeout: DEFAULT_SEND_TIMEOUT,
             instance: "meshd".into(),
             secrets: None,

@@ -211,6 +211,18 @@ pub fn is_wildcard_type(url: &str) -> bool {
 }
 
 impl WatchState {
+    /// What generating this watch's resources reads — the type and the subscription —
+    /// without what the client holds (a reconnecting Delta client's declared versions
+    /// may be many), for a job on the CPU pool.
+    pub fn job(&self) -> WatchState {
+        WatchState {
+            type_url: self.type_url.clone(),
+            wildcard: self.wildcard,
+            names: self.names.clone(),
+            ..WatchState::default()
+        }
+    }
+
     pub fn new(type_url: &str) -> Self {
         WatchState {
             type_url: type_url.to_string(),

@@ -508,6 +508,41 @@ spec:
                 true,
                 &["a", "c", "vms", "vm.example.com", "vm2.example.com"],
             ),
+            (
+                "a pod the ServiceEntry's workloadSelector selects",
+                Box::new(|d| {
+                    d.insert(
+                        "vm-pod",
+                        pod("default", "vm-pod", "app: vm", "127.0.0.43", "vm"),
+                    );
+                }),
+                true,
+                &["vms", "vm.example.com", "vm2.example.com"],
+            ),
+            (
+                "a slice lists the WorkloadEntry's address without naming a pod",
+                Box::new(|d| {
+                    d.insert("slice", slice("{addresses: [127.0.0.42]}"));
+                }),
+                true,
+                &["b"],
+            ),
+            (
+                "the WorkloadEntry leaves that address",
+                Box::new(|d| {
+                    d.insert("vm-1", entry("127.0.0.44", "vm"));
+                }),
+                true,
+                &["b", "vms", "vm.example.com", "vm2.example.com"],
+            ),
+            (
+                "another namespace's pod takes the address the slice lists",
+                Box::new(|d| {
+                    d.insert("o-2", pod("other", "o-2", "app: q", "127.0.0.42", "sa"));
+                }),
+                true,
+                &[],
+            ),
         ];
         for (name, change, patched, hosts) in steps {
             change(&mut docs);
