@@ -32,14 +32,32 @@ pub enum Wrap {
     Resource,
 }
 
-/// One gRPC message on its way to the proxy.
+/// One gRPC message on its way to the proxy. Boxed: a stream's channel allocates
+/// its slots 32 at a time whatever its capacity, and every connected proxy has one, so
+/// a slot is one pointer rather than the message.
 #[derive(Debug)]
-pub struct Outgoing {
+pub struct Outgoing(Box<Parts>);
+
+#[derive(Debug)]
+pub struct Parts {
     /// The 5-byte gRPC prefix and the response's own fields (versions, type, nonce).
     head: Bytes,
     resources: Vec<Arc<Generated>>,
     wrap: Wrap,
     too_large: bool,
+}
+
+impl std::ops::Deref for Outgoing {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Outgoing {
+    fn deref_mut(&mut self) -> &mut Parts {
+        &mut self.0
+    }
 }
 
 /// Fields of a response other than its resources, in field-number order. Protobuf
@@ -109,12 +127,12 @@ impl Outgoing {
         for (t, v) in fields {
             put_field(&mut head, *t, v);
         }
-        Outgoing {
+        Outgoing(Box::new(Parts {
             head: head.freeze(),
             resources,
             wrap,
             too_large: u32::try_from(total).is_err(),
-        }
+        }))
     }
 
     /// Larger than a gRPC length prefix can say (4 GiB): not to be sent.
@@ -129,12 +147,12 @@ impl Outgoing {
         head.put_u8(0);
         head.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
         head.put_slice(&body);
-        Outgoing {
+        Outgoing(Box::new(Parts {
             head: head.freeze(),
             resources: Vec::new(),
             wrap: Wrap::Any,
             too_large: u32::try_from(body.len()).is_err(),
-        }
+        }))
     }
 
     /// Number of resources it carries.
