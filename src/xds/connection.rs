@@ -81,7 +81,8 @@ struct Stream {
     auth: PeerAuth,
     state: Arc<XdsState>,
     conn: Option<Arc<Connection>>,
-    watches: BTreeMap<String, WatchState>,
+    /// Boxed: a map's node has room for 11 entries, and a stream has about 4 watches.
+    watches: BTreeMap<String, Box<WatchState>>,
     nonces: u64,
     peer: String,
     delta: bool,
@@ -150,11 +151,10 @@ impl Stream {
         if let Some(c) = &self.conn
             && let Ok(mut s) = c.status.lock()
         {
-            *s = self
-                .watches
-                .iter()
-                .map(|(k, w)| (k.clone(), w.summary()))
-                .collect();
+            // Exactly as long as there are watches (a map would keep room for 11).
+            let mut v = Vec::with_capacity(self.watches.len());
+            v.extend(self.watches.iter().map(|(k, w)| (k.clone(), w.summary())));
+            *s = v;
         }
     }
 
@@ -192,7 +192,7 @@ impl Stream {
             delta: self.delta,
             peer: self.peer.clone(),
             connected_at: SystemTime::now(),
-            status: Mutex::new(BTreeMap::new()),
+            status: Mutex::new(Vec::new()),
             pending: Mutex::new(None),
             notify: Notify::new(),
         });
@@ -444,7 +444,7 @@ impl Stream {
         let w = self
             .watches
             .entry(url.clone())
-            .or_insert_with(|| WatchState::new(&url));
+            .or_insert_with(|| Box::new(WatchState::new(&url)));
         let action = w.on_sotw_request(&req);
         self.on_action(&url, &action);
         if action == Action::Respond {
@@ -480,7 +480,7 @@ impl Stream {
         let w = self
             .watches
             .entry(url.clone())
-            .or_insert_with(|| WatchState::new(&url));
+            .or_insert_with(|| Box::new(WatchState::new(&url)));
         let action = w.on_delta_request(&req);
         if w.names.len() > MAX_SUBSCRIBED_NAMES {
             // Subscriptions only grow by request: bound what one stream holds.

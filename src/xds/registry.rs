@@ -42,7 +42,8 @@ pub struct Connection {
     pub delta: bool,
     pub peer: String,
     pub connected_at: SystemTime,
-    pub(super) status: Mutex<BTreeMap<String, WatchSummary>>,
+    /// Each watch's summary by type URL, in type order.
+    pub(super) status: Mutex<Vec<(String, WatchSummary)>>,
     pub(super) pending: Mutex<Option<PushRequest>>,
     pub(super) notify: Notify,
 }
@@ -70,13 +71,20 @@ impl Connection {
             istio_version: self.proxy.istio_version.clone().unwrap_or_default(),
             delta: self.delta,
             peer: self.peer.clone(),
-            types: self.status.lock().map(|s| s.clone()).unwrap_or_default(),
+            types: self
+                .status
+                .lock()
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
     /// The state of one type (tests and debug).
     pub fn watch_state(&self, type_url: &str) -> Option<WatchSummary> {
-        self.status.lock().ok()?.get(type_url).cloned()
+        let s = self.status.lock().ok()?;
+        s.iter()
+            .find(|(t, _)| t == type_url)
+            .map(|(_, w)| w.clone())
     }
 }
 
