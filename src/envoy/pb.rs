@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::google::protobuf as gpb;
 use prost::Message;
+use prost::encoding::encoded_len_varint;
 use prost_reflect::{DescriptorPool, Kind as FieldKind, MessageDescriptor};
 
 /// Envoy's descriptors (from the envoy-types crate), loaded on first use.
@@ -181,6 +182,46 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
 /// About ten times cheaper than [`resource`] on large meshes, where clusters dominate.
 /// A cluster with more (an EnvoyFilter may add protocol options or typed metadata) takes
 /// the canonical path, so its bytes, and so its version, never depend on HashMap order.
+/// A cluster encoded as the `google.protobuf.Any` a response carries, in one buffer
+/// sized up front: the `Any`'s type URL and value header, the cluster as prost encodes
+/// it with its metadata taken out, then the metadata in key order ([`cluster_resource`]
+/// says why) — the same bytes as encoding `cluster_resource`'s `Any`, without building
+/// the value and copying it into the `Any` (30,000 clusters at 10,000 services).
+pub fn cluster_any(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    const TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    let meta = match c.metadata.take() {
+        Some(m)
+            if c.typed_extension_protocol_options.len() <= 1
+                && m.typed_filter_metadata.is_empty() =>
+        {
+            m
+        }
+        other => {
+            c.metadata = other;
+            return resource(&c).encode_to_vec();
+        }
+    };
+    let cluster_len = c.encoded_len();
+    let meta_len = meta_len(&meta);
+    let value_len = cluster_len + len_delimited_tag(25, meta_len);
+    let mut out = Vec::with_capacity(len_delimited(TYPE_URL.len()) + len_delimited(value_len));
+    put_bytes(&mut out, 1, TYPE_URL.as_bytes());
+    put_len(&mut out, 2, value_len);
+    // What prost's own `encode_to_vec` does after sizing its buffer: the length was
+    // computed once, above, and is not computed again by `encode`.
+    c.encode_raw(&mut out);
+    encode_key(25, WireType::LengthDelimited, &mut out);
+    encode_varint(meta_len as u64, &mut out);
+    put_meta(&meta, &mut out);
+    out
+}
+
+/// The length of a length-delimited field `tag` holding `payload` bytes.
+fn len_delimited_tag(tag: u32, payload: usize) -> usize {
+    prost::encoding::key_len(tag) + encoded_len_varint(payload as u64) + payload
+}
+
 pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
     // Deterministic only with at most one protocol option (a map) and no typed
     // metadata; otherwise the canonical re-encoding.
@@ -212,63 +253,119 @@ pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Clus
 /// `Metadata` encoded with every map in key order (typed_filter_metadata unsupported:
 /// meshd never generates it on clusters).
 fn metadata_bytes(meta: &core::Metadata) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    fn len_field(out: &mut Vec<u8>, tag: u32, payload: &[u8]) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(payload.len() as u64, out);
-        out.extend_from_slice(payload);
-    }
-    fn value(v: &gpb::Value) -> Vec<u8> {
-        use gpb::value::Kind;
-        let mut out = Vec::new();
-        match &v.kind {
-            None => {}
-            Some(Kind::NullValue(n)) => {
-                encode_key(1, WireType::Varint, &mut out);
-                encode_varint(*n as u64, &mut out);
-            }
-            Some(Kind::NumberValue(n)) => {
-                encode_key(2, WireType::SixtyFourBit, &mut out);
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            Some(Kind::StringValue(s)) => len_field(&mut out, 3, s.as_bytes()),
-            Some(Kind::BoolValue(b)) => {
-                encode_key(4, WireType::Varint, &mut out);
-                encode_varint(u64::from(*b), &mut out);
-            }
-            Some(Kind::StructValue(st)) => len_field(&mut out, 5, &structure(st)),
-            Some(Kind::ListValue(l)) => {
-                let mut list = Vec::new();
-                for item in &l.values {
-                    len_field(&mut list, 1, &value(item));
-                }
-                len_field(&mut out, 6, &list);
-            }
-        }
-        out
-    }
-    fn structure(st: &gpb::Struct) -> Vec<u8> {
-        let mut keys: Vec<&String> = st.fields.keys().collect();
-        keys.sort();
-        let mut out = Vec::new();
-        for k in keys {
-            let mut entry = Vec::new();
-            len_field(&mut entry, 1, k.as_bytes());
-            len_field(&mut entry, 2, &value(&st.fields[k]));
-            len_field(&mut out, 1, &entry);
-        }
-        out
-    }
-    let mut keys: Vec<&String> = meta.filter_metadata.keys().collect();
-    keys.sort();
-    let mut out = Vec::new();
-    for k in keys {
-        let mut entry = Vec::new();
-        len_field(&mut entry, 1, k.as_bytes());
-        len_field(&mut entry, 2, &structure(&meta.filter_metadata[k]));
-        len_field(&mut out, 1, &entry);
-    }
+    let mut out = Vec::with_capacity(meta_len(meta));
+    put_meta(meta, &mut out);
     out
+}
+
+// The metadata is written in one buffer: each length-delimited field's length is
+// computed first (a second walk of a few small maps) instead of each nested message
+// being built in a buffer of its own and copied into its parent.
+
+fn len_delimited(payload: usize) -> usize {
+    1 + encoded_len_varint(payload as u64) + payload
+}
+
+fn sorted_keys<V>(map: &std::collections::HashMap<String, V>) -> Vec<&String> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn value_len(v: &gpb::Value) -> usize {
+    use gpb::value::Kind;
+    match &v.kind {
+        None => 0,
+        Some(Kind::NullValue(n)) => 1 + encoded_len_varint(*n as u64),
+        Some(Kind::NumberValue(_)) => 1 + 8,
+        Some(Kind::StringValue(s)) => len_delimited(s.len()),
+        Some(Kind::BoolValue(b)) => 1 + encoded_len_varint(u64::from(*b)),
+        Some(Kind::StructValue(st)) => len_delimited(struct_len(st)),
+        Some(Kind::ListValue(l)) => len_delimited(list_len(l)),
+    }
+}
+
+fn list_len(l: &gpb::ListValue) -> usize {
+    l.values.iter().map(|v| len_delimited(value_len(v))).sum()
+}
+
+fn struct_len(st: &gpb::Struct) -> usize {
+    st.fields
+        .iter()
+        .map(|(k, v)| len_delimited(len_delimited(k.len()) + len_delimited(value_len(v))))
+        .sum()
+}
+
+fn meta_len(meta: &core::Metadata) -> usize {
+    meta.filter_metadata
+        .iter()
+        .map(|(k, st)| len_delimited(len_delimited(k.len()) + len_delimited(struct_len(st))))
+        .sum()
+}
+
+fn put_len(out: &mut Vec<u8>, tag: u32, len: usize) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
+fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    put_len(out, tag, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+fn put_value(v: &gpb::Value, out: &mut Vec<u8>) {
+    use gpb::value::Kind;
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    match &v.kind {
+        None => {}
+        Some(Kind::NullValue(n)) => {
+            encode_key(1, WireType::Varint, out);
+            encode_varint(*n as u64, out);
+        }
+        Some(Kind::NumberValue(n)) => {
+            encode_key(2, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        Some(Kind::StringValue(s)) => put_bytes(out, 3, s.as_bytes()),
+        Some(Kind::BoolValue(b)) => {
+            encode_key(4, WireType::Varint, out);
+            encode_varint(u64::from(*b), out);
+        }
+        Some(Kind::StructValue(st)) => {
+            put_len(out, 5, struct_len(st));
+            put_struct(st, out);
+        }
+        Some(Kind::ListValue(l)) => {
+            put_len(out, 6, list_len(l));
+            for item in &l.values {
+                put_len(out, 1, value_len(item));
+                put_value(item, out);
+            }
+        }
+    }
+}
+
+fn put_struct(st: &gpb::Struct, out: &mut Vec<u8>) {
+    for k in sorted_keys(&st.fields) {
+        let v = &st.fields[k];
+        let vlen = value_len(v);
+        put_len(out, 1, len_delimited(k.len()) + len_delimited(vlen));
+        put_bytes(out, 1, k.as_bytes());
+        put_len(out, 2, vlen);
+        put_value(v, out);
+    }
+}
+
+fn put_meta(meta: &core::Metadata, out: &mut Vec<u8>) {
+    for k in sorted_keys(&meta.filter_metadata) {
+        let st = &meta.filter_metadata[k];
+        let slen = struct_len(st);
+        put_len(out, 1, len_delimited(k.len()) + len_delimited(slen));
+        put_bytes(out, 1, k.as_bytes());
+        put_len(out, 2, slen);
+        put_struct(st, out);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -599,7 +696,7 @@ mod tests {
 
     #[test]
     fn fast_cluster_encoding_is_deterministic_and_equivalent() {
-        let meta = json!({"services": [{"host": "a", "name": "b", "namespace": "c"}], "default_original_port": 9080, "subset": "v1"});
+        let meta = json!({"services": [{"host": "a", "name": "b", "namespace": "c"}], "default_original_port": 9080, "subset": "v1", "mtls": true, "none": null, "nested": {"z": [1, "x", false], "a": {}}});
         let make = || Cluster {
             name: "c".into(),
             connect_timeout: secs(10),
@@ -616,6 +713,11 @@ mod tests {
             seen.insert(cluster_resource(make()).value);
         }
         assert_eq!(seen.len(), 1);
+        // The server's one-buffer `Any` is that `Any`, encoded.
+        assert_eq!(
+            cluster_any(make()),
+            cluster_resource(make()).encode_to_vec()
+        );
         let bytes = seen.into_iter().next().unwrap_or_default();
         let back = Cluster::decode(bytes.as_slice()).expect("valid");
         assert_eq!(back, {
