@@ -280,6 +280,27 @@ pub async fn stat_sum(admin: &str, filter: &str) -> Option<u64> {
     )
 }
 
+/// The longest time the Envoy spent applying one update of a histogram's kind, in ms:
+/// the cumulative P100 of `name` (`cluster_manager.cds.update_duration`: Envoy's own
+/// time to take a CDS response, apart from the control plane's). None before the first
+/// update, or without the stat.
+pub async fn histogram_max(admin: &str, name: &str) -> Option<f64> {
+    let (status, body) = get(admin, &format!("/stats?filter=^{name}$")).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    // `NAME: P0(interval,cumulative) … P100(interval,cumulative)`.
+    let line = body.lines().find(|l| l.starts_with(name))?;
+    let p100 = line.split_whitespace().find(|w| w.starts_with("P100("))?;
+    let cumulative = p100.trim_start_matches("P100(").trim_end_matches(')');
+    cumulative
+        .split(',')
+        .nth(1)?
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+}
+
 /// Waits until every Envoy is LIVE (its initial fetches done).
 pub async fn wait_live(envoys: &mut [Envoy], timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;

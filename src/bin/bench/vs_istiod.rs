@@ -563,6 +563,8 @@ struct Measured {
     envoy_rejected: u64,
     envoy_warming: u64,
     envoy_rss: u64,
+    /// Each Envoy's longest CDS update, its own processing time (ms), summarised.
+    envoy_cds: Value,
     /// OS threads of the server with every proxy synced.
     threads: u64,
     /// The fewest active clusters and listeners of any Envoy.
@@ -737,6 +739,15 @@ async fn measure(
             }
         }
         m.envoy_converged = summary(ms);
+        let mut cds = Vec::new();
+        for e in &envs {
+            if let Some(v) =
+                envoys::histogram_max(&e.admin, "cluster_manager.cds.update_duration").await
+            {
+                cds.push(v);
+            }
+        }
+        m.envoy_cds = summary(cds);
         // The fewest active clusters and listeners of any of them (one that failed to
         // bind a listener, or still warms a cluster, shows here).
         let (mut clusters, mut listeners) = (u64::MAX, u64::MAX);
@@ -861,6 +872,16 @@ fn report(opts: &Opts, results: &[(Kind, Measured)]) {
         rows.push((
             "real Envoys: active clusters, listeners (fewest of any)".into(),
             text(|m| format!("{}, {}", m.envoy_active.0, m.envoy_active.1)),
+        ));
+        rows.push((
+            "real Envoys: Envoy's own longest CDS update, p50 / max over the Envoys".into(),
+            text(|m| {
+                format!(
+                    "{:.0} / {:.0} ms",
+                    m.envoy_cds["p50"].as_f64().unwrap_or(f64::NAN),
+                    m.envoy_cds["max"].as_f64().unwrap_or(f64::NAN)
+                )
+            }),
         ));
         rows.push((
             "real Envoys: time until all LIVE".into(),
