@@ -233,15 +233,33 @@ pub(super) fn rss_mb(pid: u32) -> f64 {
 }
 
 /// Starts `meshd serve` on `config` (log in `dir`/meshd.log) and waits until it is ready.
+/// Its five ports are chosen below Linux's ephemeral range (32768 and up), where the
+/// outgoing connections of whatever else runs on the machine take theirs. If one is
+/// taken anyway, meshd exits at once, and another five are tried, up to five times.
 pub(super) async fn start_meshd(dir: &Path, config: &Path) -> Result<Served, String> {
-    // Ports of our own (above the standard ones), on loopback.
-    let base = 25_000 + (std::process::id() % 1000) as u16 * 8;
+    let mut last = String::new();
+    for attempt in 0..5u32 {
+        let slot = (std::process::id() + attempt * 211) % 1000;
+        let base = 20_000 + slot as u16 * 8;
+        match start_meshd_at(dir, config, base).await {
+            Ok(s) => return Ok(s),
+            Err((e, retry)) if retry => last = e,
+            Err((e, _)) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// One attempt of [`start_meshd`] on ports `base`..`base + 4`; the error says whether
+/// a port was taken (worth another try).
+async fn start_meshd_at(dir: &Path, config: &Path, base: u16) -> Result<Served, (String, bool)> {
     let (grpc, http) = (base, base + 1);
-    let log = match std::fs::File::create(dir.join("meshd.log")) {
+    let log_path = dir.join("meshd.log");
+    let log = match std::fs::File::create(&log_path) {
         Ok(f) => f,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err((e.to_string(), false)),
     };
-    let child = match tokio::process::Command::new(meshd_bin())
+    let mut child = match tokio::process::Command::new(meshd_bin())
         .arg("serve")
         .arg("--config-dir")
         .arg(config)
@@ -264,24 +282,38 @@ pub(super) async fn start_meshd(dir: &Path, config: &Path) -> Result<Served, Str
     {
         Ok(c) => c,
         Err(e) => {
-            return Err(format!("cannot start {}: {e}", meshd_bin().display()));
+            return Err((
+                format!("cannot start {}: {e}", meshd_bin().display()),
+                false,
+            ));
         }
     };
     let pid = child.id().unwrap_or(0);
     let http_addr = format!("127.0.0.1:{http}");
-    let ready = async {
-        for _ in 0..200 {
-            if matches!(super::http::get(&http_addr, "/ready").await, Ok((200, _))) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ready = false;
+    for _ in 0..200 {
+        if matches!(super::http::get(&http_addr, "/ready").await, Ok((200, _))) {
+            ready = true;
+            break;
         }
-        false
-    };
-    if !ready.await {
-        return Err(format!(
-            "meshd did not become ready (log in {})",
-            dir.display()
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let taken = log.contains("Address already in use");
+            return Err((
+                format!(
+                    "meshd exited ({status}) before it was ready{} (log in {})",
+                    if taken { ": a port was taken" } else { "" },
+                    dir.display()
+                ),
+                taken,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !ready {
+        return Err((
+            format!("meshd did not become ready (log in {})", dir.display()),
+            false,
         ));
     }
     Ok(Served {
