@@ -397,6 +397,25 @@ impl Stream {
         Ok(())
     }
 
+    /// What a request asked for, done: a response if it needs one (a stream that cannot
+    /// take it ends), else the sync status published.
+    async fn answer(
+        &mut self,
+        out: &Outbound<'_>,
+        url: &str,
+        action: Action,
+    ) -> Option<Result<(), String>> {
+        self.on_action(url, &action);
+        if action != Action::Respond {
+            self.publish_status();
+            return None;
+        }
+        match self.send_types(out, &[url], Some(url)).await {
+            Ok(()) => None,
+            Err(()) => Some(Ok(())),
+        }
+    }
+
     /// A SotW request (or the end of the request stream). `Some` ends the stream, with
     /// the text it ends with on error.
     async fn on_sotw_message(
@@ -446,19 +465,7 @@ impl Stream {
             .entry(url.clone())
             .or_insert_with(|| Box::new(WatchState::new(&url)));
         let action = w.on_sotw_request(&req);
-        self.on_action(&url, &action);
-        if action == Action::Respond {
-            if self
-                .send_types(out, &[url.as_str()], Some(url.as_str()))
-                .await
-                .is_err()
-            {
-                return Some(Ok(()));
-            }
-        } else {
-            self.publish_status();
-        }
-        None
+        self.answer(out, &url, action).await
     }
 
     /// A Delta request (or the end of the request stream): as [`Stream::on_sotw_message`].
@@ -491,19 +498,7 @@ impl Stream {
             warn!(peer = %self.peer, type_url = %url, "subscription limit reached; closing the stream");
             return Some(Err(refuse(&self.state, tx, status)));
         }
-        self.on_action(&url, &action);
-        if action == Action::Respond {
-            if self
-                .send_types(out, &[url.as_str()], Some(url.as_str()))
-                .await
-                .is_err()
-            {
-                return Some(Ok(()));
-            }
-        } else {
-            self.publish_status();
-        }
-        None
+        self.answer(out, &url, action).await
     }
 
     async fn on_push(&mut self, out: &Outbound<'_>, push: PushRequest) -> Result<(), ()> {
