@@ -535,7 +535,18 @@ impl Stream {
                     .and_then(|w| w.last_nack.as_ref())
                     .map(|n| n.error.clone())
                     .unwrap_or_default();
-                warn!(proxy = %proxy, type_url = short, error = %err, "proxy rejected configuration (NACK)");
+                let claims_istio = self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.proxy.istio_version.is_some());
+                match nack_hint(claims_istio, &err) {
+                    Some(hint) => {
+                        warn!(proxy = %proxy, type_url = short, error = %err, hint, "proxy rejected configuration (NACK)")
+                    }
+                    None => {
+                        warn!(proxy = %proxy, type_url = short, error = %err, "proxy rejected configuration (NACK)")
+                    }
+                }
                 self.metrics()
                     .rejects
                     .get_or_create(&Metrics::type_label(short))
@@ -551,6 +562,19 @@ impl Stream {
             Action::Respond => {}
         }
     }
+}
+
+/// What to tell whoever reads a NACK, when its cause is known. An Envoy that says it
+/// is istio-proxy (`ISTIO_VERSION` in its node metadata) is sent istio-proxy's own
+/// extensions; an upstream Envoy that says so refuses them as unknown.
+fn nack_hint(claims_istio: bool, error: &str) -> Option<&'static str> {
+    let unknown_extension = error.contains("Didn't find a registered implementation")
+        || error.contains("Unable to parse JSON as proto")
+        || error.contains("unknown type");
+    (claims_istio && unknown_extension && error.contains("istio")).then_some(
+        "the proxy's node metadata has ISTIO_VERSION, so it was sent istio-proxy's own \
+         extensions (metadata exchange, stats); an upstream Envoy must not set ISTIO_VERSION",
+    )
 }
 
 fn version_label(proxy: &Proxy) -> VersionLabel {
@@ -679,6 +703,26 @@ fn refusal_code(code: tonic::Code) -> Option<&'static str> {
         Unimplemented => "unimplemented",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod nack {
+    #[test]
+    fn an_upstream_envoy_claiming_istio_proxy_is_told_why() {
+        // What Envoy 1.40 says (seen from a real one, bootstrapped with ISTIO_VERSION).
+        let err = "Error adding/updating cluster(s) PassthroughCluster: Didn't find a registered implementation for 'istio.metadata_exchange' with type URL: 'envoy.tcp.metadataexchange.config.MetadataExchange'";
+        let hint = super::nack_hint(true, err).unwrap_or_default();
+        assert!(hint.contains("ISTIO_VERSION"), "{hint}");
+        // Not without the claim, nor for another cause.
+        assert_eq!(super::nack_hint(false, err), None);
+        assert_eq!(
+            super::nack_hint(
+                true,
+                "Proto constraint validation failed: timeout must be positive"
+            ),
+            None
+        );
+    }
 }
 
 #[cfg(test)]
