@@ -134,11 +134,17 @@ impl<'a> Scope<'a> {
         nf: &'a NamespaceFilter,
         opts: &'a KubeOptions,
     ) -> Scope<'a> {
-        let namespace_labels = of_kind(kinds, state, "Namespace")
-            .flat_map(|e| e.values())
-            .flat_map(|e| e.objects.iter())
-            .map(|o| (o.key.name.as_str(), &o.labels))
-            .collect();
+        // Read only under discoverySelectors: without them every namespace is in
+        // scope, and a burst of pod events need not walk every Namespace.
+        let namespace_labels = if nf.selectors.is_empty() {
+            BTreeMap::new()
+        } else {
+            of_kind(kinds, state, "Namespace")
+                .flat_map(|e| e.values())
+                .flat_map(|e| e.objects.iter())
+                .map(|o| (o.key.name.as_str(), &o.labels))
+                .collect()
+        };
         Scope {
             nf,
             revision: &opts.revision,
