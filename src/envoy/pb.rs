@@ -175,46 +175,65 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
-/// A Cluster in deterministic form, fast when it can be: a cluster meshd generates has
-/// no map with more than one entry besides `metadata` (protocol options carry one), so
-/// prost's encoding of it is already deterministic, and `metadata` (a Struct, several
-/// keys) is canonicalized alone and appended — protobuf merges a field that comes last.
-/// About ten times cheaper than [`resource`] on large meshes, where clusters dominate.
-/// A cluster with more (an EnvoyFilter may add protocol options or typed metadata) takes
-/// the canonical path, so its bytes, and so its version, never depend on HashMap order.
 /// A cluster encoded as the `google.protobuf.Any` a response carries, in one buffer
 /// sized up front: the `Any`'s type URL and value header, the cluster as prost encodes
 /// it with its metadata taken out, then the metadata in key order ([`cluster_resource`]
 /// says why) — the same bytes as encoding `cluster_resource`'s `Any`, without building
 /// the value and copying it into the `Any` (30,000 clusters at 10,000 services).
 pub fn cluster_any(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint};
     const TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-    let meta = match c.metadata.take() {
+    let Some(meta) = ordered_metadata(&mut c) else {
+        return resource(&c).encode_to_vec();
+    };
+    let value_len = cluster_value_len(&c, &meta);
+    let mut out = Vec::with_capacity(len_delimited(TYPE_URL.len()) + len_delimited(value_len));
+    put_bytes(&mut out, 1, TYPE_URL.as_bytes());
+    put_len(&mut out, 2, value_len);
+    put_cluster_value(&c, &meta, &mut out);
+    out
+}
+
+/// The metadata taken out of `c` when it can be encoded by hand in key order: with at
+/// most one protocol option (a map prost would encode in hash order) and no typed
+/// metadata. Otherwise `c` is left whole, for the canonical re-encoding.
+fn ordered_metadata(
+    c: &mut envoy_types::pb::envoy::config::cluster::v3::Cluster,
+) -> Option<core::Metadata> {
+    match c.metadata.take() {
         Some(m)
             if c.typed_extension_protocol_options.len() <= 1
                 && m.typed_filter_metadata.is_empty() =>
         {
-            m
+            Some(m)
         }
         other => {
             c.metadata = other;
-            return resource(&c).encode_to_vec();
+            None
         }
-    };
-    let cluster_len = c.encoded_len();
-    let meta_len = meta_len(&meta);
-    let value_len = cluster_len + len_delimited_tag(25, meta_len);
-    let mut out = Vec::with_capacity(len_delimited(TYPE_URL.len()) + len_delimited(value_len));
-    put_bytes(&mut out, 1, TYPE_URL.as_bytes());
-    put_len(&mut out, 2, value_len);
-    // What prost's own `encode_to_vec` does after sizing its buffer: the length was
-    // computed once, above, and is not computed again by `encode`.
-    c.encode_raw(&mut out);
-    encode_key(25, WireType::LengthDelimited, &mut out);
-    encode_varint(meta_len as u64, &mut out);
-    put_meta(&meta, &mut out);
-    out
+    }
+}
+
+/// The encoded length of [`put_cluster_value`]'s output.
+fn cluster_value_len(
+    c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    meta: &core::Metadata,
+) -> usize {
+    c.encoded_len() + len_delimited_tag(25, meta_len(meta))
+}
+
+/// `c` (its metadata taken out) as prost encodes it, then the metadata as field 25.
+fn put_cluster_value(
+    c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    meta: &core::Metadata,
+    out: &mut Vec<u8>,
+) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    // What prost's own `encode_to_vec` does after sizing its buffer: the caller computed
+    // the length once, and `encode` would compute it again.
+    c.encode_raw(out);
+    encode_key(25, WireType::LengthDelimited, out);
+    encode_varint(meta_len(meta) as u64, out);
+    put_meta(meta, out);
 }
 
 /// The length of a length-delimited field `tag` holding `payload` bytes.
@@ -222,28 +241,22 @@ fn len_delimited_tag(tag: u32, payload: usize) -> usize {
     prost::encoding::key_len(tag) + encoded_len_varint(payload as u64) + payload
 }
 
+/// A Cluster in deterministic form, fast when it can be: a cluster meshd generates has
+/// no map with more than one entry besides `metadata` (protocol options carry one), so
+/// prost's encoding of it is already deterministic, and `metadata` (a Struct, several
+/// keys) is canonicalized alone and appended — protobuf merges a field that comes last.
+/// About ten times cheaper than [`resource`] on large meshes, where clusters dominate.
+/// A cluster with more (an EnvoyFilter may add protocol options or typed metadata) takes
+/// the canonical path, so its bytes, and so its version, never depend on HashMap order.
 pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> gpb::Any {
     // Deterministic only with at most one protocol option (a map) and no typed
     // metadata; otherwise the canonical re-encoding.
-    let meta = match c.metadata.take() {
-        Some(m)
-            if c.typed_extension_protocol_options.len() <= 1
-                && m.typed_filter_metadata.is_empty() =>
-        {
-            m
-        }
-        other => {
-            c.metadata = other;
-            return resource(&c);
-        }
+    let Some(meta) = ordered_metadata(&mut c) else {
+        return resource(&c);
     };
     // Taken out (not copied): the rest encodes as prost does, the metadata after it.
-    let mut bytes = c.encode_to_vec();
-    let meta_bytes = metadata_bytes(&meta);
-    // Field 25 (metadata), wire type 2: tag, length, bytes.
-    prost::encoding::encode_key(25, prost::encoding::WireType::LengthDelimited, &mut bytes);
-    prost::encoding::encode_varint(meta_bytes.len() as u64, &mut bytes);
-    bytes.extend_from_slice(&meta_bytes);
+    let mut bytes = Vec::with_capacity(cluster_value_len(&c, &meta));
+    put_cluster_value(&c, &meta, &mut bytes);
     gpb::Any {
         type_url: <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Name>::type_url(),
         value: bytes,
@@ -252,6 +265,7 @@ pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Clus
 
 /// `Metadata` encoded with every map in key order (typed_filter_metadata unsupported:
 /// meshd never generates it on clusters).
+#[cfg(test)]
 fn metadata_bytes(meta: &core::Metadata) -> Vec<u8> {
     let mut out = Vec::with_capacity(meta_len(meta));
     put_meta(meta, &mut out);
@@ -259,8 +273,10 @@ fn metadata_bytes(meta: &core::Metadata) -> Vec<u8> {
 }
 
 // The metadata is written in one buffer: each length-delimited field's length is
-// computed first (a second walk of a few small maps) instead of each nested message
-// being built in a buffer of its own and copied into its parent.
+// computed first instead of each nested message being built in a buffer of its own and
+// copied into its parent. A nested value's length is computed again at each level above
+// it; cluster metadata is two or three levels deep, so that costs less than passing
+// lengths down would complicate.
 
 fn len_delimited(payload: usize) -> usize {
     1 + encoded_len_varint(payload as u64) + payload
@@ -289,17 +305,22 @@ fn list_len(l: &gpb::ListValue) -> usize {
     l.values.iter().map(|v| len_delimited(value_len(v))).sum()
 }
 
+/// A map entry (key, field 1; value, field 2) as a length-delimited field.
+fn entry_len(key: &str, value_len: usize) -> usize {
+    len_delimited(len_delimited(key.len()) + len_delimited(value_len))
+}
+
 fn struct_len(st: &gpb::Struct) -> usize {
     st.fields
         .iter()
-        .map(|(k, v)| len_delimited(len_delimited(k.len()) + len_delimited(value_len(v))))
+        .map(|(k, v)| entry_len(k, value_len(v)))
         .sum()
 }
 
 fn meta_len(meta: &core::Metadata) -> usize {
     meta.filter_metadata
         .iter()
-        .map(|(k, st)| len_delimited(len_delimited(k.len()) + len_delimited(struct_len(st))))
+        .map(|(k, st)| entry_len(k, struct_len(st)))
         .sum()
 }
 
@@ -346,25 +367,26 @@ fn put_value(v: &gpb::Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Field 1 holding a map entry: its key, then its value (`value_len` bytes, written by
+/// `value`).
+fn put_entry(out: &mut Vec<u8>, key: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
+    put_len(out, 1, len_delimited(key.len()) + len_delimited(value_len));
+    put_bytes(out, 1, key.as_bytes());
+    put_len(out, 2, value_len);
+    value(out);
+}
+
 fn put_struct(st: &gpb::Struct, out: &mut Vec<u8>) {
     for k in sorted_keys(&st.fields) {
         let v = &st.fields[k];
-        let vlen = value_len(v);
-        put_len(out, 1, len_delimited(k.len()) + len_delimited(vlen));
-        put_bytes(out, 1, k.as_bytes());
-        put_len(out, 2, vlen);
-        put_value(v, out);
+        put_entry(out, k, value_len(v), |out| put_value(v, out));
     }
 }
 
 fn put_meta(meta: &core::Metadata, out: &mut Vec<u8>) {
     for k in sorted_keys(&meta.filter_metadata) {
         let st = &meta.filter_metadata[k];
-        let slen = struct_len(st);
-        put_len(out, 1, len_delimited(k.len()) + len_delimited(slen));
-        put_bytes(out, 1, k.as_bytes());
-        put_len(out, 2, slen);
-        put_struct(st, out);
+        put_entry(out, k, struct_len(st), |out| put_struct(st, out));
     }
 }
 

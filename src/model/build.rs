@@ -74,6 +74,8 @@ impl Snapshot {
         let same = |print: fn(&StagePrints) -> u64| {
             previous.filter(|p| print(&p.stage_prints) == print(&prints))
         };
+        // The services stage's hashes and indexes, when an endpoint patch made them.
+        let mut patched = None;
         let reused = Reused {
             services: same(|p| p.services),
             rules: same(|p| p.destination_rules),
@@ -86,20 +88,17 @@ impl Snapshot {
             stage_diags.services = prev.stage_diags.services.clone();
             b.diags.extend(stage_diags.services.iter().cloned());
             clock.lap("services and endpoints (kept)");
-        } else if let Some(prev) =
-            previous.filter(|p| p.stage_prints.service_definitions == prints.service_definitions)
-            && {
-                b.services = prev.services.clone();
-                b.patch_endpoints(prev)
-            }
+        } else if let Some((prev, indexes)) = previous
+            .filter(|p| p.stage_prints.service_definitions == prints.service_definitions)
+            .and_then(|p| Some((p, b.patch_endpoints(p)?)))
         {
             // Only endpoints moved: the hosts they reach are patched, the rest kept.
+            patched = Some(indexes);
             stage_diags.services = prev.stage_diags.services.clone();
             b.diags.extend(stage_diags.services.iter().cloned());
             clock.lap("endpoints (patched)");
         } else {
             let mark = b.diags.len();
-            b.services = Arc::default();
             b.build_workloads(previous);
             clock.lap("workloads");
             b.build_services();
@@ -144,7 +143,7 @@ impl Snapshot {
         b.build_telemetries();
         b.build_rate_limits();
         clock.lap("policies, envoy filters, telemetry");
-        let mut snap = b.finish(previous, &reused);
+        let mut snap = b.finish(previous, &reused, patched);
         clock.lap("hashes");
         // Computed here, on the builder's thread, not by the first proxy that needs it.
         let (keys, failover, memo) =
@@ -269,9 +268,6 @@ struct Builder {
     /// Address → workloads there, in key order (the snapshot's index, made with the
     /// workloads).
     workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
-    /// The services stage's hashes and indexes when an endpoint change patched them
-    /// (`endpoints`), instead of computing them from every service in `finish`.
-    indexes: Option<ServiceIndexes>,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
@@ -1757,7 +1753,14 @@ impl Builder {
         }
     }
 
-    fn finish(mut self, previous: Option<&Snapshot>, reused: &Reused) -> Snapshot {
+    /// `patched`: the services stage's hashes and indexes an endpoint patch made
+    /// (`endpoints`), instead of computing them from every service.
+    fn finish(
+        self,
+        previous: Option<&Snapshot>,
+        reused: &Reused,
+        patched: Option<ServiceIndexes>,
+    ) -> Snapshot {
         let generation = previous.map_or(1, |p| p.generation + 1);
         // Per-host hashes of what shapes the host's clusters (service, DestinationRules)
         // and routes (VirtualServices), kept apart so a route change pushes only routes.
@@ -1772,7 +1775,7 @@ impl Builder {
             endpoint_hashes,
             workloads_by_ip,
             hosts_by_ip,
-        } = match (reused.services, self.indexes.take()) {
+        } = match (reused.services, patched) {
             (_, Some(patched)) => patched,
             (Some(prev), None) => ServiceIndexes {
                 config_hashes: prev.config_hashes.clone(),

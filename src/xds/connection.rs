@@ -231,12 +231,17 @@ impl Stream {
             }
             h.digest()
         };
-        // The work goes to the CPU pool with what it reads (shared pointers and a copy
-        // of the watch), and the stream waits for it as a task.
-        let (snap, conn, state) = (shared.0.clone(), shared.1.clone(), self.state.clone());
+        // The work goes to the CPU pool with what it reads (shared pointers and the
+        // watch's subscription), and the stream waits for it as a task. Made only when
+        // there is work: a stream served from the cache copies nothing.
+        let job = |w: &WatchState| {
+            let (snap, conn, state) = (shared.0.clone(), shared.1.clone(), self.state.clone());
+            (snap, conn, state, w.job())
+        };
         let res: Arc<Vec<Arc<Generated>>> = if url == type_url::SECRET {
             // Secrets are per identity, never shared.
-            let (auth, job) = (self.auth.clone(), w.job());
+            let (_, conn, state, job) = job(&w);
+            let auth = self.auth.clone();
             Arc::new(
                 self.state
                     .cpu
@@ -248,7 +253,7 @@ impl Stream {
             let set = cache
                 .get_or_generate(ctx.snap.generation, url, key, &w.names, || {
                     // Made only by the stream that generates for its class.
-                    let job = w.job();
+                    let (snap, conn, state, job) = job(&w);
                     self.state.cpu.run(move || {
                         // The same context as the stream's: the same snapshot and proxy.
                         let ctx = ProxyContext::new(&snap, &conn.proxy);
@@ -416,6 +421,26 @@ impl Stream {
         }
     }
 
+    /// The request a message carries, its proxy connected; or how the stream ends: at
+    /// the end of the requests, or with the status of a refused request (too large,
+    /// malformed, an identity that does not match), not with OK.
+    fn accept<R>(
+        &mut self,
+        msg: Result<Option<R>, Status>,
+        node: impl Fn(&R) -> Option<&Node>,
+        tx: &wire::Sender,
+    ) -> Result<R, Result<(), String>> {
+        let req = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Ok(())),
+            Err(e) => return Err(Err(refuse(&self.state, tx, e))),
+        };
+        match self.connect(node(&req)) {
+            Ok(_) => Ok(req),
+            Err(status) => Err(Err(refuse(&self.state, tx, status))),
+        }
+    }
+
     /// A SotW request (or the end of the request stream). `Some` ends the stream, with
     /// the text it ends with on error.
     async fn on_sotw_message(
@@ -424,16 +449,10 @@ impl Stream {
         out: &Outbound<'_>,
         tx: &wire::Sender,
     ) -> Option<Result<(), String>> {
-        let req = match msg {
-            Ok(Some(r)) => r,
-            Ok(None) => return Some(Ok(())),
-            // A refused request (too large, malformed) ends the stream with its
-            // status, not with OK.
-            Err(e) => return Some(Err(refuse(&self.state, tx, e))),
+        let req = match self.accept(msg, |r| r.node.as_ref(), tx) {
+            Ok(r) => r,
+            Err(end) => return Some(end),
         };
-        if let Err(status) = self.connect(req.node.as_ref()) {
-            return Some(Err(refuse(&self.state, tx, status)));
-        }
         let url = req.type_url.clone();
         if url.starts_with("istio.io/debug/") {
             // Debug requests are answered; their ACKs are not. A client may send any
@@ -475,14 +494,10 @@ impl Stream {
         out: &Outbound<'_>,
         tx: &wire::Sender,
     ) -> Option<Result<(), String>> {
-        let req = match msg {
-            Ok(Some(r)) => r,
-            Ok(None) => return Some(Ok(())),
-            Err(e) => return Some(Err(refuse(&self.state, tx, e))),
+        let req = match self.accept(msg, |r| r.node.as_ref(), tx) {
+            Ok(r) => r,
+            Err(end) => return Some(end),
         };
-        if let Err(status) = self.connect(req.node.as_ref()) {
-            return Some(Err(refuse(&self.state, tx, status)));
-        }
         let url = req.type_url.clone();
         let w = self
             .watches

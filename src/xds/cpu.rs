@@ -18,11 +18,9 @@ pub struct CpuPool {
 }
 
 impl CpuPool {
-    /// A pool of one thread per core (`threads` overrides it).
-    pub fn new(threads: Option<usize>) -> CpuPool {
-        let n = threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1);
+    /// A pool of `threads` threads (at least one).
+    fn new(threads: usize) -> CpuPool {
+        let n = threads.max(1);
         let pool = rayon_core::ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("meshd-cpu-{i}"))
@@ -47,12 +45,9 @@ impl CpuPool {
     /// makes many) shares it, as they share the cores.
     pub fn shared() -> &'static CpuPool {
         static POOL: std::sync::OnceLock<CpuPool> = std::sync::OnceLock::new();
-        POOL.get_or_init(|| CpuPool::new(None))
-    }
-
-    /// The number of threads.
-    pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        POOL.get_or_init(|| {
+            CpuPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        })
     }
 
     /// Runs `f` on the pool and waits for it as a task. Jobs run in the order they
@@ -94,20 +89,40 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn jobs_run_off_the_caller_and_panics_come_back() {
-        let pool = CpuPool::new(Some(2));
-        assert_eq!(pool.threads(), 2);
+    async fn jobs_run_off_the_caller_in_order_and_panics_come_back() {
+        let pool = std::sync::Arc::new(CpuPool::new(1));
         let name = pool
             .run(|| std::thread::current().name().map(String::from))
             .await;
-        assert_eq!(
-            name.as_deref().map(|n| n.starts_with("meshd-cpu-")),
-            Some(true)
+        assert_eq!(name.as_deref(), Some("meshd-cpu-0"));
+        // Sent together, run in the order sent.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let jobs: Vec<_> = (0..8)
+            .map(|i| {
+                let seen = seen.clone();
+                pool.run(move || seen.lock().map(|mut v| v.push(i)).is_ok())
+            })
+            .collect();
+        assert!(
+            futures::future::join_all(jobs)
+                .await
+                .into_iter()
+                .all(|ok| ok)
         );
+        assert_eq!(*seen.lock().expect("lock"), (0..8).collect::<Vec<_>>());
+        let p = pool.clone();
         let caught = tokio::spawn(async move {
-            pool.run(|| -> u32 { panic!("boom") }).await;
+            p.run(|| -> u32 { panic!("boom") }).await;
         })
         .await;
         assert!(caught.is_err_and(|e| e.is_panic()));
+        assert!(
+            pool.run_caught(|| -> u32 { panic!("again") })
+                .await
+                .is_err(),
+            "a panic is returned to the caller"
+        );
+        // The pool's thread lives on.
+        assert_eq!(pool.run(|| 7).await, 7);
     }
 }

@@ -18,6 +18,13 @@ use crate::model::objects::Pair;
 use crate::model::service::{ServiceEndpoints, labels_match};
 use crate::model::snapshot::{Snapshot, Workload, hash_of};
 
+#[cfg(test)]
+thread_local! {
+    /// The hosts the patches on this thread recomputed (the tests hold the reach to
+    /// what each change can affect, not to every host).
+    static RECOMPUTED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// What changed workloads of one namespace look like, old and new versions both.
 #[derive(Default)]
 struct Touched<'a> {
@@ -53,9 +60,10 @@ impl Touched<'_> {
 impl Builder {
     /// Patches `prev`'s workloads, endpoints and their hashes and indexes with what
     /// changed since it, when only endpoints did: the caller has checked that the
-    /// service definitions are the same. Returns false, having changed nothing, when
-    /// a Node's locality changed (every Pod on it moves; the stage is built whole).
-    pub(in crate::model) fn patch_endpoints(&mut self, prev: &Snapshot) -> bool {
+    /// service definitions are the same, so the services are `prev`'s. Returns the
+    /// stage's hashes and indexes; None, having changed nothing, when a Node's locality
+    /// changed (every Pod on it moves; the stage is built whole).
+    pub(in crate::model) fn patch_endpoints(&mut self, prev: &Snapshot) -> Option<ServiceIndexes> {
         let objects = self.objects.clone();
         let content = |p: &Pair| !matches!(p, (Some(o), Some(n)) if o.hash == n.hash);
         if objects
@@ -63,7 +71,7 @@ impl Builder {
             .iter()
             .any(content)
         {
-            return false;
+            return None;
         }
         let of = |kind: Kind| -> Vec<Pair> {
             let mut v = objects.changed(&prev.objects, kind);
@@ -178,7 +186,7 @@ impl Builder {
                     continue;
                 }
                 let host = format!("{}.{}.svc.{}", obj.key.name, obj.key.namespace, self.domain);
-                let Some(svc) = self.services.get(&host).filter(|s| s.source == obj.key) else {
+                let Some(svc) = prev.services.get(&host).filter(|s| s.source == obj.key) else {
                     continue;
                 };
                 let groups = explicit.get(obj.key.name.as_str());
@@ -210,13 +218,15 @@ impl Builder {
                     continue;
                 }
                 for h in &se.hosts {
-                    let Some(svc) = self.services.get(h).filter(|s| s.source == obj.key) else {
+                    let Some(svc) = prev.services.get(h).filter(|s| s.source == obj.key) else {
                         continue;
                     };
                     let instances = self.entry_instances(obj, se, h, &svc.ports, svc.resolution);
                     redo.push((h.clone(), ServiceEndpoints { instances }));
                 }
             }
+            #[cfg(test)]
+            RECOMPUTED.with(|r| r.borrow_mut().extend(redo.iter().map(|(h, _)| h.clone())));
             for (host, now) in redo {
                 let before = prev.endpoints.get(&host);
                 if before.is_some_and(|b| **b == now) {
@@ -245,15 +255,15 @@ impl Builder {
                 Arc::make_mut(&mut endpoints).insert(host, Arc::new(now));
             }
         }
+        self.services = prev.services.clone();
         self.endpoints = endpoints;
-        self.indexes = Some(ServiceIndexes {
+        Some(ServiceIndexes {
             config_hashes: prev.config_hashes.clone(),
             identity_hashes,
             endpoint_hashes,
             workloads_by_ip: self.workloads_by_ip.clone(),
             hosts_by_ip,
-        });
-        true
+        })
     }
 }
 
@@ -557,8 +567,23 @@ spec:
                 patched,
                 "{name}: {stages:?}"
             );
+            let recomputed: BTreeSet<String> =
+                super::RECOMPUTED.with(|r| r.borrow_mut().drain(..).collect());
             let changes = whole.changes_since(&prev);
             let expected: BTreeSet<String> = hosts.iter().map(|h| host(h)).collect();
+            // The patch recomputes the hosts a change can reach, not every host: here,
+            // the ones whose endpoints changed, and `a` once more when the entry takes
+            // its selector's labels without the port it names (reached, unchanged).
+            // (A step built whole patches nothing.)
+            let mut reach = if patched {
+                expected.clone()
+            } else {
+                BTreeSet::new()
+            };
+            if name.starts_with("the WorkloadEntry moves") {
+                reach.insert(host("a"));
+            }
+            assert_eq!(recomputed, reach, "{name}: hosts recomputed");
             assert_eq!(changes.endpoints, expected, "{name}");
             assert_eq!(now.changes_since(&prev), changes, "{name}");
             assert_eq!(hash_of(&now.endpoints), hash_of(&whole.endpoints), "{name}");
