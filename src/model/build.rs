@@ -26,6 +26,7 @@ use super::stages::{StageClock, StageDiagnostics, StagePrints};
 use super::validate;
 
 mod endpoints;
+pub(in crate::model) mod pods;
 
 impl Snapshot {
     /// Builds a snapshot from the sources' objects. `previous` supplies the last good
@@ -83,6 +84,7 @@ impl Snapshot {
         };
         if let Some(prev) = reused.services {
             b.workloads = prev.workloads.clone();
+            b.pods = prev.pods.clone();
             b.services = prev.services.clone();
             b.endpoints = prev.endpoints.clone();
             stage_diags.services = prev.stage_diags.services.clone();
@@ -231,10 +233,10 @@ fn export_to_annotation(obj: &Object) -> Vec<String> {
 /// The services stage's per-host hashes and address indexes.
 struct ServiceIndexes {
     config_hashes: Arc<BTreeMap<String, u64>>,
-    identity_hashes: Arc<BTreeMap<String, u64>>,
-    endpoint_hashes: Arc<BTreeMap<String, u64>>,
-    workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
-    hosts_by_ip: Arc<BTreeMap<String, Vec<String>>>,
+    identity_hashes: imbl::OrdMap<String, u64>,
+    endpoint_hashes: imbl::OrdMap<String, u64>,
+    workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
+    hosts_by_ip: imbl::OrdMap<String, Vec<String>>,
 }
 
 #[derive(Default)]
@@ -246,8 +248,8 @@ struct Builder {
     // Shared with the snapshot (and the next build, when its services stage is kept):
     // written through `Arc::make_mut` while this build makes them, unshared then.
     services: Arc<BTreeMap<String, Arc<Service>>>,
-    endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
-    workloads: Arc<BTreeMap<ObjectKey, Arc<Workload>>>,
+    endpoints: imbl::OrdMap<String, Arc<ServiceEndpoints>>,
+    workloads: imbl::OrdMap<ObjectKey, Arc<Workload>>,
     destination_rules: Arc<BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>>,
     virtual_services: Vec<Arc<VirtualServiceConfig>>,
     gateways: Vec<Arc<GatewayConfig>>,
@@ -259,15 +261,11 @@ struct Builder {
     envoy_filter_values: BTreeMap<(String, usize), serde_json::Value>,
     envoy_filter_versions: BTreeMap<(String, usize), regex::Regex>,
     telemetries: Vec<Arc<Object>>,
-    /// (namespace, label, value) → Pods (by a hash of the three: no strings copied per
-    /// label; a collision only adds candidates, which are checked), and namespace →
-    /// Pods: selectors look up candidates instead of scanning every Pod for every
-    /// Service.
-    pods_by_label: HashMap<u64, Vec<Arc<Object>>>,
-    pods_by_namespace: HashMap<String, Vec<Arc<Object>>>,
+    /// The Pods selectors pick from (the snapshot's index, made with the workloads).
+    pods: pods::PodIndex,
     /// Address → workloads there, in key order (the snapshot's index, made with the
     /// workloads).
-    workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
+    workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
@@ -277,16 +275,7 @@ struct Builder {
 impl Builder {
     /// Pods in `namespace` whose labels contain `selector`, in key order.
     fn selected_pods(&self, namespace: &str, selector: &Labels) -> Vec<Arc<Object>> {
-        let candidates = match selector.iter().next() {
-            Some((k, v)) => self.pods_by_label.get(&label_key(namespace, k, v)),
-            None => self.pods_by_namespace.get(namespace),
-        };
-        candidates
-            .into_iter()
-            .flatten()
-            .filter(|p| p.key.namespace == namespace && labels_match(selector, &p.labels))
-            .cloned()
-            .collect()
+        self.pods.selected(namespace, selector)
     }
 
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Object>> {
@@ -370,15 +359,15 @@ impl Builder {
                 workloads.insert(we.key.clone(), w);
             }
         }
-        self.workloads = Arc::new(workloads);
-        self.index_pods(None);
+        self.workloads = workloads.into_iter().collect();
+        self.pods = pods::PodIndex::of(self.of_kind(Kind::Pod));
         let mut by_ip: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
         for w in self.workloads.values() {
             for a in &w.addresses {
                 by_ip.entry(a.clone()).or_default().push(w.key.clone());
             }
         }
-        self.workloads_by_ip = Arc::new(by_ip);
+        self.workloads_by_ip = by_ip.into_iter().collect();
     }
 
     /// A Pod's workload. One whose object (content) and locality are those of the
@@ -417,37 +406,6 @@ impl Builder {
         }))
     }
 
-    /// The Pod label and namespace indexes, of every Pod, or of the Pods of `only`'s
-    /// namespaces (an endpoint patch selects in those alone).
-    fn index_pods(&mut self, only: Option<&BTreeSet<String>>) {
-        let mut by_label: HashMap<u64, Vec<Arc<Object>>> = HashMap::new();
-        let mut by_ns: HashMap<String, Vec<Arc<Object>>> = HashMap::new();
-        let pods: Box<dyn Iterator<Item = &Arc<Object>>> = match only {
-            None => Box::new(self.of_kind(Kind::Pod)),
-            Some(namespaces) => Box::new(
-                namespaces
-                    .iter()
-                    .flat_map(|ns| self.objects.of_kind_in(Kind::Pod, ns)),
-            ),
-        };
-        for pod in pods {
-            match by_ns.get_mut(&pod.key.namespace) {
-                Some(list) => list.push(pod.clone()),
-                None => {
-                    by_ns.insert(pod.key.namespace.clone(), vec![pod.clone()]);
-                }
-            }
-            for (k, v) in &pod.labels {
-                by_label
-                    .entry(label_key(&pod.key.namespace, k, v))
-                    .or_default()
-                    .push(pod.clone());
-            }
-        }
-        self.pods_by_label = by_label;
-        self.pods_by_namespace = by_ns;
-    }
-
     fn add_service(&mut self, svc: Service, endpoints: ServiceEndpoints, obj: &Object) {
         if let Some(existing) = self.services.get(&svc.hostname) {
             self.diags.push(
@@ -462,7 +420,8 @@ impl Builder {
             );
             return;
         }
-        Arc::make_mut(&mut self.endpoints).insert(svc.hostname.clone(), Arc::new(endpoints));
+        self.endpoints
+            .insert(svc.hostname.clone(), Arc::new(endpoints));
         Arc::make_mut(&mut self.services).insert(svc.hostname.clone(), Arc::new(svc));
     }
 
@@ -484,7 +443,17 @@ impl Builder {
         }
         if let Some(prev) = previous {
             keep(Arc::make_mut(&mut self.services), &prev.services);
-            keep(Arc::make_mut(&mut self.endpoints), &prev.endpoints);
+            let same: Vec<(String, Arc<ServiceEndpoints>)> = self
+                .endpoints
+                .iter()
+                .filter_map(|(host, v)| {
+                    let b = prev.endpoints.get(host)?;
+                    (!Arc::ptr_eq(b, v) && **b == **v).then(|| (host.clone(), b.clone()))
+                })
+                .collect();
+            for (host, b) in same {
+                self.endpoints.insert(host, b);
+            }
         }
     }
 
@@ -1703,30 +1672,23 @@ impl Builder {
     fn service_indexes(&self, previous: Option<&Snapshot>) -> ServiceIndexes {
         // The previous build's hash of a service or endpoint set kept as it was (the same
         // `Arc`, `keep_unchanged_services`).
-        fn hashes<T: serde::Serialize>(
-            now: &BTreeMap<String, Arc<T>>,
-            before: Option<(&BTreeMap<String, Arc<T>>, &BTreeMap<String, u64>)>,
-        ) -> BTreeMap<String, u64> {
-            now.iter()
-                .map(|(h, v)| {
-                    let kept = before.and_then(|(values, hashes)| {
-                        values
-                            .get(h)
-                            .filter(|b| Arc::ptr_eq(b, v))
-                            .and(hashes.get(h).copied())
-                    });
-                    (h.clone(), kept.unwrap_or_else(|| hash_of(&**v)))
-                })
+        fn hashes<'a, T: serde::Serialize + 'a, M: FromIterator<(String, u64)>>(
+            now: impl Iterator<Item = (&'a String, &'a Arc<T>)>,
+            kept: impl Fn(&str, &Arc<T>) -> Option<u64>,
+        ) -> M {
+            now.map(|(h, v)| (h.clone(), kept(h, v).unwrap_or_else(|| hash_of(&**v))))
                 .collect()
         }
-        let config_hashes = hashes(
-            &self.services,
-            previous.map(|p| (&*p.services, &*p.config_hashes)),
-        );
-        let endpoint_hashes = hashes(
-            &self.endpoints,
-            previous.map(|p| (&*p.endpoints, &*p.endpoint_hashes)),
-        );
+        let config_hashes: BTreeMap<String, u64> = hashes(self.services.iter(), |h, v| {
+            let p = previous?;
+            let b = p.services.get(h).filter(|b| Arc::ptr_eq(b, v));
+            b.and(p.config_hashes.get(h).copied())
+        });
+        let endpoint_hashes = hashes(self.endpoints.iter(), |h, v| {
+            let p = previous?;
+            let b = p.endpoints.get(h).filter(|b| Arc::ptr_eq(b, v));
+            b.and(p.endpoint_hashes.get(h).copied())
+        });
         let mut hosts_by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (h, eps) in self.endpoints.iter() {
             for inst in &eps.instances {
@@ -1739,17 +1701,17 @@ impl Builder {
         // The identities each service's endpoints run as: clients verify its pods by them
         // (auto mTLS), so a pod of a new service account changes the clients' clusters,
         // not only their endpoints (istiod pushes them in full too).
-        let identity_hashes: BTreeMap<String, u64> = self
+        let identity_hashes = self
             .endpoints
             .iter()
             .filter_map(|(h, eps)| Some((h.clone(), identity_hash(eps)?)))
             .collect();
         ServiceIndexes {
             config_hashes: Arc::new(config_hashes),
-            identity_hashes: Arc::new(identity_hashes),
-            endpoint_hashes: Arc::new(endpoint_hashes),
+            identity_hashes,
+            endpoint_hashes,
             workloads_by_ip: self.workloads_by_ip.clone(),
-            hosts_by_ip: Arc::new(hosts_by_ip),
+            hosts_by_ip: hosts_by_ip.into_iter().collect(),
         }
     }
 
@@ -1898,6 +1860,7 @@ impl Builder {
             l4_route_hashes,
             policy_hashes,
             endpoint_hashes,
+            pods: self.pods,
             sidecar_hashes,
             gateway_hash,
             peer_auth_hash,

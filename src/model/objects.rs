@@ -1,11 +1,12 @@
 //! The objects of a configuration set, kept so that a change costs what it touches.
 //!
 //! A source holds one [`ObjectMap`] for as long as it runs and applies each event to it;
-//! what it hands the model is a clone. The map is one shared, copy-on-write map per
-//! kind: a clone copies a few dozen pointers, not 50,000 entries, and the first write
-//! after a clone copies only the kind written to. Each kind also keeps a print of its
-//! objects, updated on every insert and remove, so the model learns whether a kind
-//! changed without reading its objects (see [`super::stages`]).
+//! what it hands the model is a clone. Each kind's objects are a persistent B-tree
+//! ([`imbl::OrdMap`]): a clone shares every node, a write copies only the path down to
+//! its entry, and two maps are compared by walking only the nodes they do not share
+//! ([`ObjectMap::changed`]). Each kind also keeps a print of its objects, updated on
+//! every insert and remove, so the model learns whether a kind changed without reading
+//! its objects (see [`super::stages`]).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map;
@@ -13,7 +14,20 @@ use std::sync::Arc;
 
 use super::object::{Kind, Object, ObjectKey};
 
-type Map = BTreeMap<ObjectKey, Arc<Object>>;
+/// An object as the map holds it: equal to another only when it is the same `Arc`, so
+/// that comparing two maps tells a replaced object from a kept one without reading
+/// either.
+#[derive(Debug, Clone)]
+#[repr(transparent)]
+struct Held(Arc<Object>);
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Held) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+type Map = imbl::OrdMap<ObjectKey, Held>;
 
 /// An object before and after a change ([`ObjectMap::changed`]).
 pub type Pair<'a> = (Option<&'a Arc<Object>>, Option<&'a Arc<Object>>);
@@ -21,7 +35,7 @@ pub type Pair<'a> = (Option<&'a Arc<Object>>, Option<&'a Arc<Object>>);
 /// One kind's objects and their print.
 #[derive(Debug, Clone, Default)]
 struct Shard {
-    objects: Arc<Map>,
+    objects: Map,
     /// The wrapping sum of the objects' prints ([`super::stages::print_of`]): a sum, so
     /// that an insert or a remove updates it without reading the other objects. Keys
     /// are part of each print, so two different sets of objects give the same sum only
@@ -39,7 +53,7 @@ pub struct ObjectMap {
 /// The objects of an [`ObjectMap`] in key order.
 pub struct Iter<'a> {
     shards: btree_map::Values<'a, Kind, Shard>,
-    current: Option<btree_map::Iter<'a, ObjectKey, Arc<Object>>>,
+    current: Option<imbl::ordmap::Iter<'a, ObjectKey, Held, imbl::shared_ptr::DefaultSharedPtr>>,
 }
 
 impl<'a> Iterator for Iter<'a> {
@@ -47,8 +61,8 @@ impl<'a> Iterator for Iter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(item) = self.current.as_mut().and_then(Iterator::next) {
-                return Some(item);
+            if let Some((k, o)) = self.current.as_mut().and_then(Iterator::next) {
+                return Some((k, &o.0));
             }
             self.current = Some(self.shards.next()?.objects.iter());
         }
@@ -69,19 +83,19 @@ impl ObjectMap {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
-        self.shards.get(&key.kind)?.objects.get(key)
+        self.shards.get(&key.kind)?.objects.get(key).map(|o| &o.0)
     }
 
     pub fn contains_key(&self, key: &ObjectKey) -> bool {
         self.get(key).is_some()
     }
 
-    /// Inserts `object` under `key`, returning what was there. Copies the kind's map
-    /// first if a clone of this map shares it.
+    /// Inserts `object` under `key`, returning what was there. Copies the nodes on the
+    /// way to the entry that a clone of this map shares.
     pub fn insert(&mut self, key: ObjectKey, object: Arc<Object>) -> Option<Arc<Object>> {
         let shard = self.shards.entry(key.kind).or_default();
         shard.print = shard.print.wrapping_add(super::stages::print_of(&object));
-        let old = Arc::make_mut(&mut shard.objects).insert(key, object);
+        let old = shard.objects.insert(key, Held(object)).map(|o| o.0);
         match &old {
             Some(o) => shard.print = shard.print.wrapping_sub(super::stages::print_of(o)),
             None => self.len += 1,
@@ -95,7 +109,7 @@ impl ObjectMap {
         if !shard.objects.contains_key(key) {
             return None;
         }
-        let old = Arc::make_mut(&mut shard.objects).remove(key)?;
+        let old = shard.objects.remove(key)?.0;
         shard.print = shard.print.wrapping_sub(super::stages::print_of(&old));
         self.len -= 1;
         if shard.objects.is_empty() {
@@ -125,7 +139,7 @@ impl ObjectMap {
         self.shards
             .get(&kind)
             .into_iter()
-            .flat_map(|s| s.objects.values())
+            .flat_map(|s| s.objects.values().map(|o| &o.0))
     }
 
     /// The objects of `kind` in `namespace`, in name order (one range of the kind).
@@ -143,7 +157,7 @@ impl ObjectMap {
             s.objects
                 .range(start.clone()..)
                 .take_while(move |(k, _)| k.namespace == namespace)
-                .map(|(_, o)| o)
+                .map(|(_, o)| &o.0)
         })
     }
 
@@ -161,48 +175,22 @@ impl ObjectMap {
 
     /// The objects of `kind` that differ between `old` and `self`, as (old, new) pairs
     /// in key order: added (None, Some), removed (Some, None), or replaced by another
-    /// `Arc`. A kind both maps share is skipped unread; otherwise one merge pass over
-    /// the two, shared entries costing a pointer compare.
+    /// `Arc`. Only the nodes the two maps do not share are read: after a few writes to
+    /// a clone, a handful of paths, not every object of the kind.
     pub fn changed<'a>(&'a self, old: &'a ObjectMap, kind: Kind) -> Vec<Pair<'a>> {
-        let (a, b) = (old.shards.get(&kind), self.shards.get(&kind));
-        if let (Some(a), Some(b)) = (a, b)
-            && Arc::ptr_eq(&a.objects, &b.objects)
-        {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        let mut before = a.into_iter().flat_map(|s| s.objects.iter()).peekable();
-        let mut after = b.into_iter().flat_map(|s| s.objects.iter()).peekable();
-        loop {
-            match (before.peek(), after.peek()) {
-                (None, None) => return out,
-                (Some((_, o)), None) => {
-                    out.push((Some(*o), None));
-                    before.next();
-                }
-                (None, Some((_, n))) => {
-                    out.push((None, Some(*n)));
-                    after.next();
-                }
-                (Some((ko, o)), Some((kn, n))) => match ko.cmp(kn) {
-                    std::cmp::Ordering::Less => {
-                        out.push((Some(*o), None));
-                        before.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        out.push((None, Some(*n)));
-                        after.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if !Arc::ptr_eq(o, n) {
-                            out.push((Some(*o), Some(*n)));
-                        }
-                        before.next();
-                        after.next();
-                    }
-                },
-            }
-        }
+        use imbl::ordmap::DiffItem;
+        // A kind one side does not have compares with the empty map.
+        static EMPTY: std::sync::LazyLock<Map> = std::sync::LazyLock::new(Map::new);
+        let before = old.shards.get(&kind).map_or(&*EMPTY, |s| &s.objects);
+        let after = self.shards.get(&kind).map_or(&*EMPTY, |s| &s.objects);
+        before
+            .diff(after)
+            .map(|d| match d {
+                DiffItem::Add(_, n) => (None, Some(&n.0)),
+                DiffItem::Remove(_, o) => (Some(&o.0), None),
+                DiffItem::Update { old, new } => (Some(&old.1.0), Some(&new.1.0)),
+            })
+            .collect()
     }
 
     /// The kinds whose objects may differ between `self` and `other`: those whose maps
@@ -220,7 +208,7 @@ impl ObjectMap {
         kinds
             .into_iter()
             .filter(move |k| match (self.shards.get(k), other.shards.get(k)) {
-                (Some(a), Some(b)) => !Arc::ptr_eq(&a.objects, &b.objects),
+                (Some(a), Some(b)) => !a.objects.ptr_eq(&b.objects),
                 _ => true,
             })
     }

@@ -720,7 +720,7 @@ fn attachment(o: &Object, p: &RateLimitPolicySpec) -> Value {
 
 /// The workloads (Pods, WorkloadEntries) of namespace `ns`, by key range.
 fn workloads_in<'a>(
-    workloads: &'a std::collections::BTreeMap<ObjectKey, Arc<Workload>>,
+    workloads: &'a imbl::OrdMap<ObjectKey, Arc<Workload>>,
     ns: &'a str,
 ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
     [Kind::Pod, Kind::WorkloadEntry]
@@ -781,7 +781,7 @@ pub struct World<'a> {
     pub root: &'a str,
     pub domain: &'a str,
     pub services: &'a std::collections::BTreeMap<String, Arc<super::service::Service>>,
-    pub workloads: &'a std::collections::BTreeMap<ObjectKey, Arc<Workload>>,
+    pub workloads: &'a imbl::OrdMap<ObjectKey, Arc<Workload>>,
     pub virtual_services: &'a [Arc<VirtualServiceConfig>],
     pub gateways: &'a [Arc<GatewayConfig>],
 }

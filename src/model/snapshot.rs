@@ -231,7 +231,7 @@ pub struct Snapshot {
     /// Every accepted object (what /debug/configz lists).
     pub objects: crate::model::objects::ObjectMap,
     pub services: Arc<BTreeMap<String, Arc<Service>>>,
-    pub endpoints: Arc<BTreeMap<String, Arc<ServiceEndpoints>>>,
+    pub endpoints: imbl::OrdMap<String, Arc<ServiceEndpoints>>,
     pub virtual_services: Vec<Arc<VirtualServiceConfig>>,
     pub destination_rules: Arc<BTreeMap<String, Vec<Arc<DestinationRuleConfig>>>>,
     pub gateways: Vec<Arc<GatewayConfig>>,
@@ -259,23 +259,25 @@ pub struct Snapshot {
     /// Whether some VirtualService route has session persistence (HTTP managers then
     /// carry Envoy's stateful session filter).
     pub sessions: bool,
-    pub workloads: Arc<BTreeMap<ObjectKey, Arc<Workload>>>,
+    pub workloads: imbl::OrdMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
-    pub workloads_by_ip: Arc<BTreeMap<String, Vec<ObjectKey>>>,
+    pub workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
     /// Address → hosts of the services with an instance at that address (a proxy's
     /// inbound side, found without scanning every service).
-    pub hosts_by_ip: Arc<BTreeMap<String, Vec<String>>>,
+    pub hosts_by_ip: imbl::OrdMap<String, Vec<String>>,
     pub diagnostics: Vec<Diagnostic>,
     /// Per-host hashes of everything that shapes a service's clusters and routes
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
     pub(super) config_hashes: Arc<BTreeMap<String, u64>>,
     /// Per-host hashes of the identities (namespace, service account) the host's
     /// endpoints run as: clients' clusters verify its pods by them.
-    pub(super) identity_hashes: Arc<BTreeMap<String, u64>>,
+    pub(super) identity_hashes: imbl::OrdMap<String, u64>,
     pub(super) route_hashes: Arc<BTreeMap<String, u64>>,
     pub(super) l4_route_hashes: Arc<BTreeMap<String, u64>>,
     pub(super) policy_hashes: Arc<BTreeMap<String, u64>>,
-    pub(super) endpoint_hashes: Arc<BTreeMap<String, u64>>,
+    pub(super) endpoint_hashes: imbl::OrdMap<String, u64>,
+    /// The Pods selectors pick from, kept for the next build's endpoint patch.
+    pub(super) pods: super::build::pods::PodIndex,
     pub(super) sidecar_hashes: BTreeMap<String, u64>,
     pub(super) gateway_hash: u64,
     pub(super) peer_auth_hash: u64,
@@ -426,24 +428,33 @@ impl Snapshot {
             }
             out
         }
-        let mut workloads = BTreeSet::new();
-        // A kept services stage shares its workloads: nothing to compare.
-        let same_workloads = Arc::ptr_eq(&self.workloads, &old.workloads);
-        for (k, w) in self.workloads.iter().filter(|_| !same_workloads) {
-            if !old
-                .workloads
-                .get(k)
-                .is_some_and(|o| Arc::ptr_eq(o, w) || o == w)
-            {
-                workloads.insert(k.clone());
-            }
+        // The keys whose hashes differ, reading only the nodes the two maps do not share
+        // (an endpoint patch copies just the paths to what it changed).
+        fn changed_keys(
+            a: &imbl::OrdMap<String, u64>,
+            b: &imbl::OrdMap<String, u64>,
+        ) -> BTreeSet<String> {
+            use imbl::ordmap::DiffItem;
+            a.diff(b)
+                .map(|d| match d {
+                    DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k.clone(),
+                    DiffItem::Update { new, .. } => new.0.clone(),
+                })
+                .collect()
         }
-        for k in old.workloads.keys().filter(|_| !same_workloads) {
-            if !self.workloads.contains_key(k) {
-                workloads.insert(k.clone());
-            }
-        }
-        let endpoints = shared(&self.endpoint_hashes, &old.endpoint_hashes);
+        // A kept services stage shares its workloads: nothing to compare; a patched one
+        // shares all but the paths to what it changed.
+        let workloads: BTreeSet<ObjectKey> = {
+            use imbl::ordmap::DiffItem;
+            old.workloads
+                .diff(&self.workloads)
+                .map(|d| match d {
+                    DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k.clone(),
+                    DiffItem::Update { new, .. } => new.0.clone(),
+                })
+                .collect()
+        };
+        let endpoints = changed_keys(&self.endpoint_hashes, &old.endpoint_hashes);
         let pod_shaped = endpoints
             .iter()
             .filter(|h| {
@@ -461,7 +472,7 @@ impl Snapshot {
                 || self.sessions != old.sessions,
             services: {
                 let mut s = shared(&self.config_hashes, &old.config_hashes);
-                s.extend(shared(&self.identity_hashes, &old.identity_hashes));
+                s.extend(changed_keys(&self.identity_hashes, &old.identity_hashes));
                 s
             },
             routes: shared(&self.route_hashes, &old.route_hashes),

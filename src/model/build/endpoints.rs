@@ -7,6 +7,10 @@
 //! objects can reach — by selector, by the endpoint objects naming them, by pod name or
 //! address — and recomputes those alone with the same code a whole build runs. What
 //! it produces equals a whole build of the same input (the unit tests hold it to that).
+//! The maps it patches (workloads, endpoints, their hashes, the address indexes, the
+//! Pod index) are persistent ([`imbl::OrdMap`]): the previous build's are shared and a
+//! patch copies only the paths to the entries it changes, so the next snapshot's
+//! `changes_since` reads only those paths too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -78,7 +82,10 @@ impl Builder {
             v.retain(content);
             v
         };
-        let pods = of(Kind::Pod);
+        // Every Pod replaced (not only changed in content): the index holds the `Arc`s a
+        // whole build would.
+        let replaced = objects.changed(&prev.objects, Kind::Pod);
+        let pods: Vec<Pair> = replaced.iter().copied().filter(content).collect();
         let entries = of(Kind::WorkloadEntry);
         let mut endpoint_objects = of(Kind::EndpointSlice);
         endpoint_objects.extend(of(Kind::Endpoints));
@@ -97,12 +104,11 @@ impl Builder {
                 Kind::Pod => self.pod_workload(n, Some(prev)),
                 _ => entry_workload(n),
             });
-            let map = Arc::make_mut(&mut workloads);
             match &new {
-                Some(w) => map.insert(key.clone(), w.clone()),
-                None => map.remove(key),
+                Some(w) => workloads.insert(key.clone(), w.clone()),
+                None => workloads.remove(key),
             };
-            let index = Arc::make_mut(&mut by_ip);
+            let index = &mut by_ip;
             for a in old.iter().flat_map(|w| &w.addresses) {
                 if let Some(keys) = index.get_mut(a) {
                     keys.retain(|k| k != key);
@@ -156,7 +162,7 @@ impl Builder {
             .chain(named.keys())
             .map(|ns| ns.to_string())
             .collect();
-        self.index_pods(Some(&namespaces));
+        self.pods = prev.pods.patched(&replaced);
 
         let mut endpoints = prev.endpoints.clone();
         let mut endpoint_hashes = prev.endpoint_hashes.clone();
@@ -232,7 +238,7 @@ impl Builder {
                 if before.is_some_and(|b| **b == now) {
                     continue;
                 }
-                let index = Arc::make_mut(&mut hosts_by_ip);
+                let index = &mut hosts_by_ip;
                 for inst in before.iter().flat_map(|b| &b.instances) {
                     if let Some(hosts) = index.get_mut(&inst.address) {
                         hosts.retain(|h| *h != host);
@@ -248,11 +254,11 @@ impl Builder {
                     }
                 }
                 match identity_hash(&now) {
-                    Some(h) => Arc::make_mut(&mut identity_hashes).insert(host.clone(), h),
-                    None => Arc::make_mut(&mut identity_hashes).remove(&host),
+                    Some(h) => identity_hashes.insert(host.clone(), h),
+                    None => identity_hashes.remove(&host),
                 };
-                Arc::make_mut(&mut endpoint_hashes).insert(host.clone(), hash_of(&now));
-                Arc::make_mut(&mut endpoints).insert(host, Arc::new(now));
+                endpoint_hashes.insert(host.clone(), hash_of(&now));
+                endpoints.insert(host, Arc::new(now));
             }
         }
         self.services = prev.services.clone();
@@ -594,6 +600,11 @@ spec:
             assert_eq!(now.hosts_by_ip, whole.hosts_by_ip, "{name}");
             assert_eq!(now.workloads_by_ip, whole.workloads_by_ip, "{name}");
             assert_eq!(now.diagnostics, whole.diagnostics, "{name}");
+            assert_eq!(
+                now.pods.members(),
+                whole.pods.members(),
+                "{name}: pod index"
+            );
             prev = now;
         }
     }
