@@ -22,6 +22,11 @@ use crate::model::objects::Pair;
 use crate::model::service::{ServiceEndpoints, labels_match};
 use crate::model::snapshot::{Snapshot, Workload, hash_of};
 
+/// Seeded per process (names come from users' objects), and several times faster than
+/// the default hasher on the short names looked up here for every endpoint object and
+/// endpoint address of a touched namespace.
+type Fast = foldhash::quality::RandomState;
+
 #[cfg(test)]
 thread_local! {
     /// The hosts the patches on this thread recomputed (the tests hold the reach to
@@ -34,26 +39,29 @@ thread_local! {
 struct Touched<'a> {
     /// Pod labels by each of their (namespace, label, value) keys: a selector can match
     /// only labels holding its first pair.
-    pods: HashMap<u64, Vec<&'a Labels>>,
+    pods: HashMap<u64, Vec<&'a Labels>, Fast>,
     any_pod: bool,
     /// The same for WorkloadEntries (their workloads' labels).
-    entries: HashMap<u64, Vec<&'a Labels>>,
+    entries: HashMap<u64, Vec<&'a Labels>, Fast>,
     any_entry: bool,
     /// Names of changed Pods (endpoint objects reference pods by name) and the
     /// addresses of changed workloads (and by address when the name is not known).
-    pod_names: HashSet<&'a str>,
-    addresses: HashSet<&'a str>,
+    pod_names: HashSet<&'a str, Fast>,
+    addresses: HashSet<&'a str, Fast>,
 }
 
 impl Touched<'_> {
     fn selects(
-        by_key: &HashMap<u64, Vec<&Labels>>,
+        by_key: &HashMap<u64, Vec<&Labels>, Fast>,
         any: bool,
         ns: &str,
         selector: &Labels,
     ) -> bool {
         match selector.iter().next() {
             None => any,
+            // Nothing of the kind changed here: no key to hash (a namespace's every
+            // service asks).
+            Some(_) if by_key.is_empty() => false,
             Some((k, v)) => by_key
                 .get(&label_key(ns, k, v))
                 .is_some_and(|all| all.iter().any(|l| labels_match(selector, l))),
@@ -174,7 +182,7 @@ impl Builder {
             let names = named.get(ns.as_str());
             // The namespace's endpoint objects by Service, slices first (as a whole
             // build orders them).
-            let mut explicit: HashMap<&str, Vec<&Arc<Object>>> = HashMap::new();
+            let mut explicit: HashMap<&str, Vec<&Arc<Object>>, Fast> = HashMap::default();
             for g in objects
                 .of_kind_in(Kind::EndpointSlice, ns)
                 .chain(objects.of_kind_in(Kind::Endpoints, ns))
@@ -191,10 +199,6 @@ impl Builder {
                 if spec.service_type == "ExternalName" {
                     continue;
                 }
-                let host = format!("{}.{}.svc.{}", obj.key.name, obj.key.namespace, self.domain);
-                let Some(svc) = prev.services.get(&host).filter(|s| s.source == obj.key) else {
-                    continue;
-                };
                 let groups = explicit.get(obj.key.name.as_str());
                 let reached = names.is_some_and(|n| n.contains(obj.key.name.as_str()))
                     || match (groups, &spec.selector) {
@@ -205,11 +209,18 @@ impl Builder {
                     || spec.selector.as_ref().is_some_and(|sel| {
                         !spec.headless && Touched::selects(&t.entries, t.any_entry, ns, sel)
                     });
-                if reached {
-                    let groups: &[&Arc<Object>] = groups.map_or(&[], |g| g.as_slice());
-                    let instances = self.kube_service_instances(obj, spec, &svc.ports, groups);
-                    redo.push((host, ServiceEndpoints { instances }));
+                // The host is named (a string made, a lookup) only for a reached service:
+                // most of a namespace's services are not.
+                if !reached {
+                    continue;
                 }
+                let host = format!("{}.{}.svc.{}", obj.key.name, obj.key.namespace, self.domain);
+                let Some(svc) = prev.services.get(&host).filter(|s| s.source == obj.key) else {
+                    continue;
+                };
+                let groups: &[&Arc<Object>] = groups.map_or(&[], |g| g.as_slice());
+                let instances = self.kube_service_instances(obj, spec, &svc.ports, groups);
+                redo.push((host, ServiceEndpoints { instances }));
             }
             for obj in objects.of_kind_in(Kind::ServiceEntry, ns) {
                 let Spec::ServiceEntry(se) = &obj.spec else {
