@@ -25,7 +25,7 @@ use super::snapshot::{
 use super::stages::{StageClock, StageDiagnostics, StagePrints};
 use super::validate;
 
-mod endpoints;
+pub(in crate::model) mod endpoints;
 pub(in crate::model) mod pods;
 
 impl Snapshot {
@@ -85,6 +85,7 @@ impl Snapshot {
         if let Some(prev) = reused.services {
             b.workloads = prev.workloads.clone();
             b.pods = prev.pods.clone();
+            b.service_selectors = prev.service_selectors.clone();
             b.services = prev.services.clone();
             b.endpoints = prev.endpoints.clone();
             stage_diags.services = prev.stage_diags.services.clone();
@@ -104,6 +105,8 @@ impl Snapshot {
             b.build_workloads(previous);
             clock.lap("workloads");
             b.build_services();
+            b.service_selectors =
+                Arc::new(endpoints::ServiceSelectors::of(b.of_kind(Kind::Service)));
             b.resolve_aliases();
             b.keep_unchanged_services(previous);
             stage_diags.services = b.diags[mark..].to_vec();
@@ -263,6 +266,8 @@ struct Builder {
     telemetries: Vec<Arc<Object>>,
     /// The Pods selectors pick from (the snapshot's index, made with the workloads).
     pods: pods::PodIndex,
+    /// Services by selector (the snapshot's, made with the services stage).
+    service_selectors: Arc<endpoints::ServiceSelectors>,
     /// Address → workloads there, in key order (the snapshot's index, made with the
     /// workloads).
     workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
@@ -1861,6 +1866,7 @@ impl Builder {
             policy_hashes,
             endpoint_hashes,
             pods: self.pods,
+            service_selectors: self.service_selectors,
             sidecar_hashes,
             gateway_hash,
             peer_auth_hash,

@@ -278,6 +278,8 @@ pub struct Snapshot {
     pub(super) endpoint_hashes: imbl::OrdMap<String, u64>,
     /// The Pods selectors pick from, kept for the next build's endpoint patch.
     pub(super) pods: super::build::pods::PodIndex,
+    /// Services by selector, for the next build's endpoint patch.
+    pub(super) service_selectors: Arc<super::build::endpoints::ServiceSelectors>,
     pub(super) sidecar_hashes: BTreeMap<String, u64>,
     pub(super) gateway_hash: u64,
     pub(super) peer_auth_hash: u64,

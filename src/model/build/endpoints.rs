@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::{Builder, ServiceIndexes, entry_workload, identity_hash, label_key};
 use crate::model::istio::Labels;
-use crate::model::object::{Kind, Object, Spec};
+use crate::model::object::{Kind, Object, ObjectKey, Spec};
 use crate::model::objects::Pair;
 use crate::model::service::{ServiceEndpoints, labels_match};
 use crate::model::snapshot::{Snapshot, Workload, hash_of};
@@ -66,6 +66,63 @@ impl Touched<'_> {
                 .get(&label_key(ns, k, v))
                 .is_some_and(|all| all.iter().any(|l| labels_match(selector, l))),
         }
+    }
+}
+
+/// Services by the first pair of their selector (a selector can match only labels
+/// holding it), and by namespace those whose selector is empty: the Services a changed
+/// workload's labels can reach, found without walking the namespace's Services. Made
+/// with the services stage; an endpoint patch runs only while the Services are as they
+/// were, so it reads the index of the build that made the stage.
+#[derive(Debug, Default)]
+pub(in crate::model) struct ServiceSelectors {
+    by_key: HashMap<u64, Vec<ObjectKey>, Fast>,
+    empty: HashMap<String, Vec<ObjectKey>, Fast>,
+}
+
+impl ServiceSelectors {
+    pub(in crate::model) fn of<'a>(services: impl Iterator<Item = &'a Arc<Object>>) -> Self {
+        let mut out = ServiceSelectors::default();
+        for obj in services {
+            let Spec::Service(spec) = &obj.spec else {
+                continue;
+            };
+            let Some(sel) = &spec.selector else {
+                continue;
+            };
+            match sel.iter().next() {
+                Some((k, v)) => out
+                    .by_key
+                    .entry(label_key(&obj.key.namespace, k, v))
+                    .or_default()
+                    .push(obj.key.clone()),
+                None => out
+                    .empty
+                    .entry(obj.key.namespace.clone())
+                    .or_default()
+                    .push(obj.key.clone()),
+            }
+        }
+        out
+    }
+
+    /// Names of the Services in `ns` whose selector's first pair is among `keys`, or
+    /// whose selector is empty when `any` (a superset of those the labels match).
+    fn reachable<'a>(
+        &'a self,
+        ns: &str,
+        keys: impl Iterator<Item = &'a u64>,
+        any: bool,
+        out: &mut BTreeSet<&'a str>,
+    ) {
+        let keyed = keys.filter_map(|k| self.by_key.get(k)).flatten();
+        let empty = self.empty.get(ns).filter(|_| any).into_iter().flatten();
+        out.extend(
+            keyed
+                .chain(empty)
+                .filter(|k| k.namespace == ns)
+                .map(|k| k.name.as_str()),
+        );
     }
 }
 
@@ -192,7 +249,29 @@ impl Builder {
                 }
             }
             let mut redo: Vec<(String, ServiceEndpoints)> = Vec::new();
-            for obj in objects.of_kind_in(Kind::Service, ns) {
+            // The Services a change can reach, in name order: those its endpoint objects
+            // name, those with an endpoint object naming a changed Pod or address, and
+            // those whose selector can match a changed workload's labels. Each is then
+            // held to the exact test below.
+            let mut candidates: BTreeSet<&str> = BTreeSet::new();
+            candidates.extend(names.into_iter().flatten().copied());
+            for (svc, groups) in &explicit {
+                if groups.iter().any(|g| refers_to(g, t)) {
+                    candidates.insert(svc);
+                }
+            }
+            let selectors = &prev.service_selectors;
+            selectors.reachable(ns, t.pods.keys(), t.any_pod, &mut candidates);
+            selectors.reachable(ns, t.entries.keys(), t.any_entry, &mut candidates);
+            for name in candidates {
+                let key = ObjectKey {
+                    kind: Kind::Service,
+                    namespace: ns.clone(),
+                    name: name.to_string(),
+                };
+                let Some(obj) = objects.get(&key) else {
+                    continue;
+                };
                 let Spec::Service(spec) = &obj.spec else {
                     continue;
                 };
@@ -273,6 +352,7 @@ impl Builder {
             }
         }
         self.services = prev.services.clone();
+        self.service_selectors = prev.service_selectors.clone();
         self.endpoints = endpoints;
         Some(ServiceIndexes {
             config_hashes: prev.config_hashes.clone(),
