@@ -73,7 +73,9 @@ impl Touched<'_> {
 /// holding it), and by namespace those whose selector is empty: the Services a changed
 /// workload's labels can reach, found without walking the namespace's Services. Made
 /// with the services stage; an endpoint patch runs only while the Services are as they
-/// were, so it reads the index of the build that made the stage.
+/// were, so it reads the index of the build that made the stage. (A Service's empty
+/// selector is read as none, as Kubernetes reads it, so the second list stays empty
+/// today; it mirrors `Touched::selects`, which matches any workload for one.)
 #[derive(Debug, Default)]
 pub(in crate::model) struct ServiceSelectors {
     by_key: HashMap<u64, Vec<ObjectKey>, Fast>,
