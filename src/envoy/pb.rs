@@ -181,15 +181,16 @@ pub fn struct_to_json(s: &gpb::Struct) -> BTreeMap<String, serde_json::Value> {
 /// says why) — the same bytes as encoding `cluster_resource`'s `Any`, without building
 /// the value and copying it into the `Any` (30,000 clusters at 10,000 services).
 pub fn cluster_any(mut c: envoy_types::pb::envoy::config::cluster::v3::Cluster) -> Vec<u8> {
-    const TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    use super::type_url::CLUSTER;
     let Some(meta) = ordered_metadata(&mut c) else {
         return resource(&c).encode_to_vec();
     };
-    let value_len = cluster_value_len(&c, &meta);
-    let mut out = Vec::with_capacity(len_delimited(TYPE_URL.len()) + len_delimited(value_len));
-    put_bytes(&mut out, 1, TYPE_URL.as_bytes());
+    let meta_len = meta_len(&meta);
+    let value_len = cluster_value_len(&c, meta_len);
+    let mut out = Vec::with_capacity(len_delimited(CLUSTER.len()) + len_delimited(value_len));
+    put_bytes(&mut out, 1, CLUSTER.as_bytes());
     put_len(&mut out, 2, value_len);
-    put_cluster_value(&c, &meta, &mut out);
+    put_cluster_value(&c, &meta, meta_len, &mut out);
     out
 }
 
@@ -213,26 +214,27 @@ fn ordered_metadata(
     }
 }
 
-/// The encoded length of [`put_cluster_value`]'s output.
+/// The encoded length of [`put_cluster_value`]'s output, the metadata being `meta_len`
+/// bytes.
 fn cluster_value_len(
     c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
-    meta: &core::Metadata,
+    meta_len: usize,
 ) -> usize {
-    c.encoded_len() + len_delimited_tag(25, meta_len(meta))
+    c.encoded_len() + len_delimited_tag(25, meta_len)
 }
 
-/// `c` (its metadata taken out) as prost encodes it, then the metadata as field 25.
+/// `c` (its metadata taken out) as prost encodes it, then the metadata (`meta_len`
+/// bytes, computed once by the caller: it walks every nested value) as field 25.
 fn put_cluster_value(
     c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
     meta: &core::Metadata,
+    meta_len: usize,
     out: &mut Vec<u8>,
 ) {
-    use prost::encoding::{WireType, encode_key, encode_varint};
     // What prost's own `encode_to_vec` does after sizing its buffer: the caller computed
     // the length once, and `encode` would compute it again.
     c.encode_raw(out);
-    encode_key(25, WireType::LengthDelimited, out);
-    encode_varint(meta_len(meta) as u64, out);
+    put_len(out, 25, meta_len);
     put_meta(meta, out);
 }
 
@@ -255,8 +257,9 @@ pub fn cluster_resource(mut c: envoy_types::pb::envoy::config::cluster::v3::Clus
         return resource(&c);
     };
     // Taken out (not copied): the rest encodes as prost does, the metadata after it.
-    let mut bytes = Vec::with_capacity(cluster_value_len(&c, &meta));
-    put_cluster_value(&c, &meta, &mut bytes);
+    let meta_len = meta_len(&meta);
+    let mut bytes = Vec::with_capacity(cluster_value_len(&c, meta_len));
+    put_cluster_value(&c, &meta, meta_len, &mut bytes);
     gpb::Any {
         type_url: <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Name>::type_url(),
         value: bytes,
@@ -278,8 +281,10 @@ fn metadata_bytes(meta: &core::Metadata) -> Vec<u8> {
 // it; cluster metadata is two or three levels deep, so that costs less than passing
 // lengths down would complicate.
 
+/// A length-delimited field of tag 1 or 2 (the only ones Struct, Value and map entries
+/// use).
 fn len_delimited(payload: usize) -> usize {
-    1 + encoded_len_varint(payload as u64) + payload
+    len_delimited_tag(1, payload)
 }
 
 fn sorted_keys<V>(map: &std::collections::HashMap<String, V>) -> Vec<&String> {

@@ -279,9 +279,15 @@ pub struct NamespaceFilter {
 use crate::model::selector::LabelSelector;
 
 impl NamespaceFilter {
+    /// Every namespace is in scope (no discoverySelectors): namespace labels need not
+    /// be read.
+    pub fn selects_all(&self) -> bool {
+        self.selectors.is_empty()
+    }
+
     pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
         namespace == self.istio_namespace
-            || self.selectors.is_empty()
+            || self.selects_all()
             || self.selectors.iter().any(|s| s.matches(labels))
     }
 }

@@ -248,8 +248,10 @@ struct Builder {
     domain: String,
     objects: crate::model::objects::ObjectMap,
     diags: Vec<Diagnostic>,
-    // Shared with the snapshot (and the next build, when its services stage is kept):
-    // written through `Arc::make_mut` while this build makes them, unshared then.
+    // Shared with the snapshot (and the next build, when its services stage is kept or
+    // patched): the services written through `Arc::make_mut` while this build makes
+    // them; the endpoints and workloads persistent maps, which share all but what a
+    // write copies.
     services: Arc<BTreeMap<String, Arc<Service>>>,
     endpoints: imbl::OrdMap<String, Arc<ServiceEndpoints>>,
     workloads: imbl::OrdMap<ObjectKey, Arc<Workload>>,

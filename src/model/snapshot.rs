@@ -430,12 +430,13 @@ impl Snapshot {
             }
             out
         }
-        // The keys whose hashes differ, reading only the nodes the two maps do not share
-        // (an endpoint patch copies just the paths to what it changed).
-        fn changed_keys(
-            a: &imbl::OrdMap<String, u64>,
-            b: &imbl::OrdMap<String, u64>,
-        ) -> BTreeSet<String> {
+        // The keys whose values differ, reading only the nodes the two maps do not share
+        // (a kept services stage shares them all; an endpoint patch copies just the paths
+        // to what it changed).
+        fn changed_keys<K: Ord + Clone, V: Clone + PartialEq>(
+            a: &imbl::OrdMap<K, V>,
+            b: &imbl::OrdMap<K, V>,
+        ) -> BTreeSet<K> {
             use imbl::ordmap::DiffItem;
             a.diff(b)
                 .map(|d| match d {
@@ -444,18 +445,7 @@ impl Snapshot {
                 })
                 .collect()
         }
-        // A kept services stage shares its workloads: nothing to compare; a patched one
-        // shares all but the paths to what it changed.
-        let workloads: BTreeSet<ObjectKey> = {
-            use imbl::ordmap::DiffItem;
-            old.workloads
-                .diff(&self.workloads)
-                .map(|d| match d {
-                    DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k.clone(),
-                    DiffItem::Update { new, .. } => new.0.clone(),
-                })
-                .collect()
-        };
+        let workloads = changed_keys(&old.workloads, &self.workloads);
         let endpoints = changed_keys(&self.endpoint_hashes, &old.endpoint_hashes);
         let pod_shaped = endpoints
             .iter()

@@ -232,15 +232,11 @@ impl Stream {
             h.digest()
         };
         // The work goes to the CPU pool with what it reads (shared pointers and the
-        // watch's subscription), and the stream waits for it as a task. Made only when
+        // watch's subscription), and the stream waits for it as a task. Copied only when
         // there is work: a stream served from the cache copies nothing.
-        let job = |w: &WatchState| {
-            let (snap, conn, state) = (shared.0.clone(), shared.1.clone(), self.state.clone());
-            (snap, conn, state, w.job())
-        };
         let res: Arc<Vec<Arc<Generated>>> = if url == type_url::SECRET {
             // Secrets are per identity, never shared.
-            let (_, conn, state, job) = job(&w);
+            let (conn, state, job) = (shared.1.clone(), self.state.clone(), w.job());
             let auth = self.auth.clone();
             Arc::new(
                 self.state
@@ -253,7 +249,9 @@ impl Stream {
             let set = cache
                 .get_or_generate(ctx.snap.generation, url, key, &w.names, || {
                     // Made only by the stream that generates for its class.
-                    let (snap, conn, state, job) = job(&w);
+                    let (snap, conn, state) =
+                        (shared.0.clone(), shared.1.clone(), self.state.clone());
+                    let job = w.job();
                     self.state.cpu.run(move || {
                         // The same context as the stream's: the same snapshot and proxy.
                         let ctx = ProxyContext::new(&snap, &conn.proxy);
@@ -554,14 +552,9 @@ impl Stream {
                     .conn
                     .as_ref()
                     .is_some_and(|c| c.proxy.istio_version.is_some());
-                match nack_hint(claims_istio, &err) {
-                    Some(hint) => {
-                        warn!(proxy = %proxy, type_url = short, error = %err, hint, "proxy rejected configuration (NACK)")
-                    }
-                    None => {
-                        warn!(proxy = %proxy, type_url = short, error = %err, "proxy rejected configuration (NACK)")
-                    }
-                }
+                // The hint is a field only when there is one.
+                let hint = nack_hint(claims_istio, &err);
+                warn!(proxy = %proxy, type_url = short, error = %err, hint, "proxy rejected configuration (NACK)");
                 self.metrics()
                     .rejects
                     .get_or_create(&Metrics::type_label(short))

@@ -70,16 +70,14 @@ impl Touched<'_> {
 }
 
 /// Services by the first pair of their selector (a selector can match only labels
-/// holding it), and by namespace those whose selector is empty: the Services a changed
-/// workload's labels can reach, found without walking the namespace's Services. Made
-/// with the services stage; an endpoint patch runs only while the Services are as they
-/// were, so it reads the index of the build that made the stage. (A Service's empty
-/// selector is read as none, as Kubernetes reads it, so the second list stays empty
-/// today; it mirrors `Touched::selects`, which matches any workload for one.)
+/// holding it): the Services a changed workload's labels can reach, found without
+/// walking the namespace's Services. Made with the services stage; an endpoint patch
+/// runs only while the Services are as they were, so it reads the index of the build
+/// that made the stage. A Service's selector is never empty here: `{}` is read as no
+/// selector, as Kubernetes reads it (object.rs), so every selector has a first pair.
 #[derive(Debug, Default)]
 pub(in crate::model) struct ServiceSelectors {
     by_key: HashMap<u64, Vec<ObjectKey>, Fast>,
-    empty: HashMap<String, Vec<ObjectKey>, Fast>,
 }
 
 impl ServiceSelectors {
@@ -89,39 +87,28 @@ impl ServiceSelectors {
             let Spec::Service(spec) = &obj.spec else {
                 continue;
             };
-            let Some(sel) = &spec.selector else {
+            let Some((k, v)) = spec.selector.as_ref().and_then(|s| s.iter().next()) else {
                 continue;
             };
-            match sel.iter().next() {
-                Some((k, v)) => out
-                    .by_key
-                    .entry(label_key(&obj.key.namespace, k, v))
-                    .or_default()
-                    .push(obj.key.clone()),
-                None => out
-                    .empty
-                    .entry(obj.key.namespace.clone())
-                    .or_default()
-                    .push(obj.key.clone()),
-            }
+            out.by_key
+                .entry(label_key(&obj.key.namespace, k, v))
+                .or_default()
+                .push(obj.key.clone());
         }
         out
     }
 
-    /// Names of the Services in `ns` whose selector's first pair is among `keys`, or
-    /// whose selector is empty when `any` (a superset of those the labels match).
+    /// Names of the Services in `ns` whose selector's first pair is among `keys` (a
+    /// superset of those the labels holding the keys match).
     fn reachable<'a>(
         &'a self,
         ns: &str,
         keys: impl Iterator<Item = &'a u64>,
-        any: bool,
         out: &mut BTreeSet<&'a str>,
     ) {
-        let keyed = keys.filter_map(|k| self.by_key.get(k)).flatten();
-        let empty = self.empty.get(ns).filter(|_| any).into_iter().flatten();
         out.extend(
-            keyed
-                .chain(empty)
+            keys.filter_map(|k| self.by_key.get(k))
+                .flatten()
                 .filter(|k| k.namespace == ns)
                 .map(|k| k.name.as_str()),
         );
@@ -175,17 +162,16 @@ impl Builder {
                 Some(w) => workloads.insert(key.clone(), w.clone()),
                 None => workloads.remove(key),
             };
-            let index = &mut by_ip;
             for a in old.iter().flat_map(|w| &w.addresses) {
-                if let Some(keys) = index.get_mut(a) {
+                if let Some(keys) = by_ip.get_mut(a) {
                     keys.retain(|k| k != key);
                     if keys.is_empty() {
-                        index.remove(a);
+                        by_ip.remove(a);
                     }
                 }
             }
             for a in new.iter().flat_map(|w| &w.addresses) {
-                let keys = index.entry(a.clone()).or_default();
+                let keys = by_ip.entry(a.clone()).or_default();
                 let at = keys.partition_point(|k| k <= key);
                 keys.insert(at, key.clone());
             }
@@ -263,8 +249,8 @@ impl Builder {
                 }
             }
             let selectors = &prev.service_selectors;
-            selectors.reachable(ns, t.pods.keys(), t.any_pod, &mut candidates);
-            selectors.reachable(ns, t.entries.keys(), t.any_entry, &mut candidates);
+            selectors.reachable(ns, t.pods.keys(), &mut candidates);
+            selectors.reachable(ns, t.entries.keys(), &mut candidates);
             for name in candidates {
                 let key = ObjectKey {
                     kind: Kind::Service,
@@ -330,17 +316,16 @@ impl Builder {
                 if before.is_some_and(|b| **b == now) {
                     continue;
                 }
-                let index = &mut hosts_by_ip;
                 for inst in before.iter().flat_map(|b| &b.instances) {
-                    if let Some(hosts) = index.get_mut(&inst.address) {
+                    if let Some(hosts) = hosts_by_ip.get_mut(&inst.address) {
                         hosts.retain(|h| *h != host);
                         if hosts.is_empty() {
-                            index.remove(&inst.address);
+                            hosts_by_ip.remove(&inst.address);
                         }
                     }
                 }
                 for inst in &now.instances {
-                    let hosts = index.entry(inst.address.clone()).or_default();
+                    let hosts = hosts_by_ip.entry(inst.address.clone()).or_default();
                     if let Err(at) = hosts.binary_search(&host) {
                         hosts.insert(at, host.clone());
                     }

@@ -55,7 +55,7 @@ impl Assembler {
         let nf = namespace_filter(kinds, state, opts);
         let scope = Scope::new(kinds, state, &nf, opts);
         // Namespace labels decide the scope only under selectors.
-        let namespaces_touched = !nf.selectors.is_empty()
+        let namespaces_touched = !nf.selects_all()
             && self
                 .touched
                 .iter()
@@ -136,7 +136,7 @@ impl<'a> Scope<'a> {
     ) -> Scope<'a> {
         // Read only under discoverySelectors: without them every namespace is in
         // scope, and a burst of pod events need not walk every Namespace.
-        let namespace_labels = if nf.selectors.is_empty() {
+        let namespace_labels = if nf.selects_all() {
             BTreeMap::new()
         } else {
             of_kind(kinds, state, "Namespace")
@@ -154,7 +154,7 @@ impl<'a> Scope<'a> {
 
     fn admits(&self, o: &Object) -> bool {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        if o.key.kind.namespaced() {
+        if o.key.kind.namespaced() && !self.nf.selects_all() {
             let labels = self
                 .namespace_labels
                 .get(o.key.namespace.as_str())
