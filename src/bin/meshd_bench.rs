@@ -149,6 +149,9 @@ struct Args {
     b3: usize,
     b3_secs: usize,
     b3_clients: usize,
+    /// B3 as in Kubernetes (`--b3-slices`): every Service has an EndpointSlice, and each
+    /// pod event also rewrites its Service's slice.
+    b3_slices: bool,
     /// B5: this many proxies over TLS (`--b5 M`; 0 skips it).
     b5: usize,
     /// Where the run's SVG plot goes (`--svg PATH`).
@@ -182,6 +185,7 @@ fn parse_args() -> Args {
         b3: 1000,
         b3_secs: 5,
         b3_clients: 100,
+        b3_slices: false,
         b5: 0,
         soak: 0,
         soak_proxies: 50,
@@ -219,6 +223,7 @@ fn parse_args() -> Args {
             "--b3" => a.b3 = num("--b3"),
             "--b3-secs" => a.b3_secs = num("--b3-secs"),
             "--b3-clients" => a.b3_clients = num("--b3-clients"),
+            "--b3-slices" => a.b3_slices = true,
             "--b5" => a.b5 = num("--b5"),
             "--svg" => a.svg = it.next().unwrap_or_default().into(),
             "--soak" => a.soak = num("--soak") as u64,
@@ -1048,7 +1053,8 @@ fn main() {
                 args.b2_services,
                 args.b3_clients,
                 args.b3,
-                args.b3_secs
+                args.b3_secs,
+                args.b3_slices
             ))
         );
     }

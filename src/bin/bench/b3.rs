@@ -42,12 +42,35 @@ fn cpu_seconds() -> f64 {
     super::vs_istiod::cpu_secs(std::process::id(), super::vs_istiod::clk_tck())
 }
 
-/// Runs B3 in this process (the server) with `m` clients in a child process.
-pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
+/// Service `svc-i`'s EndpointSlice, as Kubernetes' controller writes it: its two Pods,
+/// version 1 at `v1_ip`.
+fn slice(i: usize, v1_ip: &str) -> serde_json::Value {
+    let name = format!("svc-{i}");
+    let v2_ip = format!("10.2.{}.{}", i / 250, i % 250 + 1);
+    let endpoint = |v: u32, ip: &str| {
+        json!({"addresses": [ip], "conditions": {"ready": true},
+               "targetRef": {"kind": "Pod", "name": format!("{name}-v{v}"), "namespace": "bench"}})
+    };
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-abcde"), "namespace": "bench",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [endpoint(1, v1_ip), endpoint(2, &v2_ip)]})
+}
+
+/// Runs B3 in this process (the server) with `m` clients in a child process; with
+/// `slices`, every Service has an EndpointSlice that each of its pod events rewrites.
+pub async fn run(n: usize, m: usize, rate: usize, secs: usize, slices: bool) -> String {
     let metrics = Arc::new(meshd::metrics::Metrics::new());
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(XdsState::new(metrics, shutdown_rx));
     let mut set: ConfigSet = mesh(n, 0);
+    if slices {
+        for i in 0..n {
+            add(&mut set, slice(i, &format!("10.1.{}.{}", i / 250, i % 250 + 1)));
+        }
+    }
     let base = Arc::new(Snapshot::build(&set, None, "cluster.local", "istio-system"));
     push::publish(&state, base.clone());
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
@@ -107,6 +130,9 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
         // A different service each time, spread over the mesh.
         let svc = (seq * 7919) % n;
         add(&mut set, pod(svc, 1, &address(seq)));
+        if slices {
+            add(&mut set, slice(svc, &address(seq)));
+        }
         sent_at.push(now_nanos());
         if Instant::now() >= next_build || seq + 1 == events {
             next_build = Instant::now() + hold;
@@ -170,7 +196,7 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
     let superseded = events - latencies.len() - partial;
     super::report(
         "B3",
-        json!({"services": n, "clients": m, "rate": rate, "events": events,
+        json!({"services": n, "clients": m, "slices": slices, "rate": rate, "events": events,
                "converged": latencies.len(), "partial": partial, "superseded": superseded,
                "p50_ms": super::millis(percentile(&latencies, 0.5)),
                "p99_ms": super::millis(percentile(&latencies, 0.99)),
@@ -178,10 +204,11 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize) -> String {
                "target_p99_ms": 250, "target_cores": 1}),
     );
     format!(
-        "B3 services={n} clients={m}: {synced}; {events} pod events at {rate}/s over {:.1} s, \
+        "B3 services={n} clients={m}{}: {synced}; {events} pod events at {rate}/s over {:.1} s, \
          {builds} snapshot builds ({:.1} ms each on average; the last: {last_stages}); convergence (event to every client) \
          p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} events ({partial} reached only some \
          clients, {superseded} superseded before a push); meshd CPU {:.2} s = {:.2} cores",
+        if slices { " with EndpointSlices" } else { "" },
         churn_wall.as_secs_f64(),
         build_time.as_secs_f64() * 1000.0 / builds.max(1) as f64,
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
