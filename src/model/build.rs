@@ -25,7 +25,9 @@ use super::snapshot::{
 use super::stages::{StageClock, StageDiagnostics, StagePrints};
 use super::validate;
 
+pub(in crate::model) mod endpoint_objects;
 pub(in crate::model) mod endpoints;
+mod lists;
 pub(in crate::model) mod pods;
 
 impl Snapshot {
@@ -85,6 +87,7 @@ impl Snapshot {
         if let Some(prev) = reused.services {
             b.workloads = prev.workloads.clone();
             b.pods = prev.pods.clone();
+            b.endpoint_objects = prev.endpoint_objects.clone();
             b.service_selectors = prev.service_selectors.clone();
             b.services = prev.services.clone();
             b.endpoints = prev.endpoints.clone();
@@ -270,6 +273,9 @@ struct Builder {
     pods: pods::PodIndex,
     /// Services by selector (the snapshot's, made with the services stage).
     service_selectors: Arc<endpoints::ServiceSelectors>,
+    /// EndpointSlices and Endpoints by Service and by what they name (the snapshot's,
+    /// made with the services stage).
+    endpoint_objects: endpoint_objects::EndpointIndex,
     /// Address → workloads there, in key order (the snapshot's index, made with the
     /// workloads).
     workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
@@ -467,19 +473,14 @@ impl Builder {
     fn build_services(&mut self) {
         // Kubernetes Services first: they win host conflicts, as in istiod.
         let services: Vec<Arc<Object>> = self.of_kind(Kind::Service).cloned().collect();
-        let groups: Vec<Arc<Object>> = self.of_kind(Kind::Endpoints).cloned().collect();
-        let slices: Vec<Arc<Object>> = self.of_kind(Kind::EndpointSlice).cloned().collect();
-        // Each Service's EndpointSlices, then its Endpoints, found by (namespace, name)
-        // rather than by scanning every slice for every Service.
-        let mut endpoint_objects: HashMap<(&str, &str), Vec<&Arc<Object>>> = HashMap::new();
-        for g in slices.iter().chain(groups.iter()) {
-            if let Spec::Endpoints(e) = &g.spec {
-                endpoint_objects
-                    .entry((g.key.namespace.as_str(), e.service.as_str()))
-                    .or_default()
-                    .push(g);
-            }
-        }
+        // Each Service's EndpointSlices and Endpoints are found through the index (by
+        // lookup, not by scanning every slice for every Service), which the snapshot
+        // keeps for the next build's endpoint patch.
+        self.endpoint_objects = endpoint_objects::EndpointIndex::of(
+            self.of_kind(Kind::EndpointSlice)
+                .chain(self.of_kind(Kind::Endpoints)),
+        );
+        let index = self.endpoint_objects.clone();
         for obj in &services {
             let Spec::Service(spec) = &obj.spec else {
                 continue;
@@ -515,10 +516,7 @@ impl Builder {
                 subject_alt_names: vec![],
                 aliases: vec![],
             };
-            let explicit: Vec<&Arc<Object>> = endpoint_objects
-                .get(&(obj.key.namespace.as_str(), obj.key.name.as_str()))
-                .cloned()
-                .unwrap_or_default();
+            let explicit = index.of_service(&obj.key.namespace, &obj.key.name);
             let instances = self.kube_service_instances(obj, spec, &svc.ports, &explicit);
             self.add_service(svc, ServiceEndpoints { instances }, obj);
         }
@@ -1869,6 +1867,7 @@ impl Builder {
             endpoint_hashes,
             pods: self.pods,
             service_selectors: self.service_selectors,
+            endpoint_objects: self.endpoint_objects,
             sidecar_hashes,
             gateway_hash,
             peer_auth_hash,

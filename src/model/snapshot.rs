@@ -280,6 +280,9 @@ pub struct Snapshot {
     pub(super) pods: super::build::pods::PodIndex,
     /// Services by selector, for the next build's endpoint patch.
     pub(super) service_selectors: Arc<super::build::endpoints::ServiceSelectors>,
+    /// EndpointSlices and Endpoints by Service and by what they name, for the next
+    /// build's endpoint patch.
+    pub(super) endpoint_objects: super::build::endpoint_objects::EndpointIndex,
     pub(super) sidecar_hashes: BTreeMap<String, u64>,
     pub(super) gateway_hash: u64,
     pub(super) peer_auth_hash: u64,

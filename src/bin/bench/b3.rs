@@ -68,7 +68,10 @@ pub async fn run(n: usize, m: usize, rate: usize, secs: usize, slices: bool) -> 
     let mut set: ConfigSet = mesh(n, 0);
     if slices {
         for i in 0..n {
-            add(&mut set, slice(i, &format!("10.1.{}.{}", i / 250, i % 250 + 1)));
+            add(
+                &mut set,
+                slice(i, &format!("10.1.{}.{}", i / 250, i % 250 + 1)),
+            );
         }
     }
     let base = Arc::new(Snapshot::build(&set, None, "cluster.local", "istio-system"));

@@ -141,8 +141,11 @@ impl Builder {
         let replaced = objects.changed(&prev.objects, Kind::Pod);
         let pods: Vec<Pair> = replaced.iter().copied().filter(content).collect();
         let entries = of(Kind::WorkloadEntry);
-        let mut endpoint_objects = of(Kind::EndpointSlice);
-        endpoint_objects.extend(of(Kind::Endpoints));
+        // Every endpoint object replaced, for the index (as the Pods above); those that
+        // changed in content, for the Services they name.
+        let mut replaced_groups = objects.changed(&prev.objects, Kind::EndpointSlice);
+        replaced_groups.extend(objects.changed(&prev.objects, Kind::Endpoints));
+        let endpoint_objects: Vec<Pair> = replaced_groups.iter().copied().filter(content).collect();
 
         // Workloads: each changed one made again, the address index moved with it.
         let mut workloads = prev.workloads.clone();
@@ -216,6 +219,7 @@ impl Builder {
             .map(|ns| ns.to_string())
             .collect();
         self.pods = prev.pods.patched(&replaced);
+        let groups_index = prev.endpoint_objects.patched(&replaced_groups);
 
         let mut endpoints = prev.endpoints.clone();
         let mut endpoint_hashes = prev.endpoint_hashes.clone();
@@ -225,17 +229,6 @@ impl Builder {
         for ns in &namespaces {
             let t = touched.get(ns.as_str()).unwrap_or(&no_touch);
             let names = named.get(ns.as_str());
-            // The namespace's endpoint objects by Service, slices first (as a whole
-            // build orders them).
-            let mut explicit: HashMap<&str, Vec<&Arc<Object>>, Fast> = HashMap::default();
-            for g in objects
-                .of_kind_in(Kind::EndpointSlice, ns)
-                .chain(objects.of_kind_in(Kind::Endpoints, ns))
-            {
-                if let Spec::Endpoints(e) = &g.spec {
-                    explicit.entry(e.service.as_str()).or_default().push(g);
-                }
-            }
             let mut redo: Vec<(String, ServiceEndpoints)> = Vec::new();
             // The Services a change can reach, in name order: those its endpoint objects
             // name, those with an endpoint object naming a changed Pod or address, and
@@ -243,11 +236,12 @@ impl Builder {
             // held to the exact test below.
             let mut candidates: BTreeSet<&str> = BTreeSet::new();
             candidates.extend(names.into_iter().flatten().copied());
-            for (svc, groups) in &explicit {
-                if groups.iter().any(|g| refers_to(g, t)) {
-                    candidates.insert(svc);
-                }
-            }
+            groups_index.naming(
+                ns,
+                t.pod_names.iter().copied(),
+                t.addresses.iter().copied(),
+                &mut candidates,
+            );
             let selectors = &prev.service_selectors;
             selectors.reachable(ns, t.pods.keys(), &mut candidates);
             selectors.reachable(ns, t.entries.keys(), &mut candidates);
@@ -266,9 +260,10 @@ impl Builder {
                 if spec.service_type == "ExternalName" {
                     continue;
                 }
-                let groups = explicit.get(obj.key.name.as_str());
+                let groups = groups_index.of_service(ns, &obj.key.name);
+                let groups = (!groups.is_empty()).then_some(groups);
                 let reached = names.is_some_and(|n| n.contains(obj.key.name.as_str()))
-                    || match (groups, &spec.selector) {
+                    || match (&groups, &spec.selector) {
                         (Some(groups), _) => groups.iter().any(|g| refers_to(g, t)),
                         (None, Some(sel)) => Touched::selects(&t.pods, t.any_pod, ns, sel),
                         (None, None) => false,
@@ -285,7 +280,7 @@ impl Builder {
                 let Some(svc) = prev.services.get(&host).filter(|s| s.source == obj.key) else {
                     continue;
                 };
-                let groups: &[&Arc<Object>] = groups.map_or(&[], |g| g.as_slice());
+                let groups: &[&Arc<Object>] = groups.as_deref().unwrap_or_default();
                 let instances = self.kube_service_instances(obj, spec, &svc.ports, groups);
                 redo.push((host, ServiceEndpoints { instances }));
             }
@@ -340,6 +335,7 @@ impl Builder {
         }
         self.services = prev.services.clone();
         self.service_selectors = prev.service_selectors.clone();
+        self.endpoint_objects = groups_index;
         self.endpoints = endpoints;
         Some(ServiceIndexes {
             config_hashes: prev.config_hashes.clone(),
@@ -637,6 +633,17 @@ spec:
                 true,
                 &[],
             ),
+            (
+                "b gains Endpoints beside its slice, one address the slice's",
+                Box::new(|d| {
+                    d.insert(
+                        "b-endpoints",
+                        "apiVersion: v1\nkind: Endpoints\nmetadata: {name: b, namespace: default}\nsubsets: [{addresses: [{ip: 127.0.0.42}, {ip: 127.0.0.29}], ports: [{name: http, port: 9999}]}]\n".to_string(),
+                    );
+                }),
+                true,
+                &["b"],
+            ),
         ];
         for (name, change, patched, hosts) in steps {
             change(&mut docs);
@@ -683,7 +690,22 @@ spec:
                 whole.pods.members(),
                 "{name}: pod index"
             );
+            assert_eq!(
+                now.endpoint_objects.members(),
+                whole.endpoint_objects.members(),
+                "{name}: endpoint object index"
+            );
             prev = now;
         }
+        // The slice came first: the address both name keeps the slice's port.
+        let b = prev.endpoints.get(&host("b")).expect("b's endpoints");
+        let port = |ip: &str| {
+            b.instances
+                .iter()
+                .find(|i| i.address == ip)
+                .map(|i| i.ports.clone())
+        };
+        assert_eq!(port("127.0.0.42"), Some([(80, 8080)].into()));
+        assert_eq!(port("127.0.0.29"), Some([(80, 9999)].into()));
     }
 }

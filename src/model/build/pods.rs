@@ -1,133 +1,47 @@
 //! The Pods a selector can pick, by label and by namespace, kept from build to build.
 //!
 //! Services and ServiceEntries select their Pods through this index instead of
-//! scanning every Pod. It lives in the snapshot as persistent maps of shared lists, so
-//! that an endpoint patch ([`super::endpoints`]) moves only the Pods that changed: a
-//! short list (most labels: a Deployment's few Pods) is copied when one of its Pods
-//! changed; a long one (a namespace, a label every Pod has) is itself a persistent map
-//! and copies only the path to the Pod; the maps share every other entry with the
-//! previous build's.
+//! scanning every Pod. It lives in the snapshot as [`Lists`], so that an endpoint patch
+//! ([`super::endpoints`]) moves only the Pods that changed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::label_key;
+use super::lists::Lists;
 use crate::model::istio::Labels;
-use crate::model::object::{Object, ObjectKey};
+use crate::model::object::Object;
 use crate::model::objects::Pair;
 use crate::model::service::labels_match;
-
-/// Lists longer than this are persistent maps: copying one per change would cost its
-/// length, and a map per short list would cost a node's fixed size.
-const FEW: usize = 64;
-
-/// Pods in key order.
-#[derive(Debug, Clone)]
-enum List {
-    Few(Arc<[Arc<Object>]>),
-    Many(imbl::OrdMap<ObjectKey, Arc<Object>>),
-}
-
-impl List {
-    /// The list of `pods`, given in key order; None when empty.
-    fn of(pods: Vec<Arc<Object>>) -> Option<List> {
-        match pods.len() {
-            0 => None,
-            n if n > FEW => Some(List::Many(
-                pods.into_iter().map(|p| (p.key.clone(), p)).collect(),
-            )),
-            _ => Some(List::Few(pods.into())),
-        }
-    }
-
-    fn iter(&self) -> Box<dyn Iterator<Item = &Arc<Object>> + '_> {
-        match self {
-            List::Few(l) => Box::new(l.iter()),
-            List::Many(m) => Box::new(m.values()),
-        }
-    }
-
-    /// This list less the Pods under `removed`, with `added`; None when empty.
-    fn patched(
-        this: Option<&List>,
-        removed: &[&ObjectKey],
-        mut added: Vec<&Arc<Object>>,
-    ) -> Option<List> {
-        match this {
-            Some(List::Many(m)) => {
-                let mut m = m.clone();
-                for k in removed {
-                    m.remove(*k);
-                }
-                for a in added {
-                    m.insert(a.key.clone(), a.clone());
-                }
-                if m.len() > FEW {
-                    Some(List::Many(m))
-                } else {
-                    List::of(m.values().cloned().collect())
-                }
-            }
-            few => {
-                let kept: &[Arc<Object>] = match few {
-                    Some(List::Few(l)) => l,
-                    _ => &[],
-                };
-                added.sort_by(|a, b| a.key.cmp(&b.key));
-                let mut out: Vec<Arc<Object>> = Vec::with_capacity(kept.len() + added.len());
-                let mut added = added.into_iter().peekable();
-                for p in kept.iter().filter(|p| !removed.contains(&&p.key)) {
-                    while let Some(a) = added.next_if(|a| a.key <= p.key) {
-                        out.push(a.clone());
-                    }
-                    out.push(p.clone());
-                }
-                out.extend(added.cloned());
-                List::of(out)
-            }
-        }
-    }
-}
 
 /// (namespace, label, value) → Pods with that label (by a hash of the three: no strings
 /// copied per label; a collision only adds candidates, which are checked), and
 /// namespace → Pods.
 #[derive(Debug, Clone, Default)]
 pub(in crate::model) struct PodIndex {
-    by_label: imbl::OrdMap<u64, List>,
-    by_namespace: imbl::OrdMap<String, List>,
+    by_label: Lists<u64>,
+    by_namespace: Lists<String>,
 }
 
 /// The keys of the lists a Pod is in.
-fn label_keys(pod: &Object) -> impl Iterator<Item = u64> + '_ {
-    pod.labels
-        .iter()
-        .map(|(k, v)| label_key(&pod.key.namespace, k, v))
+fn label_keys(pod: &Object, keys: &mut Vec<u64>) {
+    keys.extend(
+        pod.labels
+            .iter()
+            .map(|(k, v)| label_key(&pod.key.namespace, k, v)),
+    );
+}
+
+fn namespace(pod: &Object, keys: &mut Vec<String>) {
+    keys.push(pod.key.namespace.clone());
 }
 
 impl PodIndex {
     /// The index of `pods`, given in key order.
     pub(in crate::model) fn of<'a>(pods: impl Iterator<Item = &'a Arc<Object>>) -> PodIndex {
-        let mut by_label: HashMap<u64, Vec<Arc<Object>>> = HashMap::new();
-        let mut by_ns: HashMap<&str, Vec<Arc<Object>>> = HashMap::new();
-        for pod in pods {
-            by_ns
-                .entry(pod.key.namespace.as_str())
-                .or_default()
-                .push(pod.clone());
-            for key in label_keys(pod) {
-                by_label.entry(key).or_default().push(pod.clone());
-            }
-        }
+        let pods: Vec<&Arc<Object>> = pods.collect();
         PodIndex {
-            by_label: by_label
-                .into_iter()
-                .filter_map(|(k, v)| Some((k, List::of(v)?)))
-                .collect(),
-            by_namespace: by_ns
-                .into_iter()
-                .filter_map(|(ns, v)| Some((ns.to_string(), List::of(v)?)))
-                .collect(),
+            by_label: Lists::of(pods.iter().copied(), label_keys),
+            by_namespace: Lists::of(pods.into_iter(), namespace),
         }
     }
 
@@ -150,48 +64,12 @@ impl PodIndex {
     }
 
     /// This index with `changes` (Pods before and after) applied: what [`PodIndex::of`]
-    /// makes of the Pods after them. Each list a changed Pod was or is in loses the
-    /// Pod's old version and gains its new one, once per patch.
+    /// makes of the Pods after them.
     pub(in crate::model) fn patched(&self, changes: &[Pair]) -> PodIndex {
-        type Moves<'a> = (Vec<&'a ObjectKey>, Vec<&'a Arc<Object>>);
-        let mut out = self.clone();
-        let mut labels: HashMap<u64, Moves> = HashMap::new();
-        let mut namespaces: HashMap<&str, Moves> = HashMap::new();
-        for (old, new) in changes {
-            for o in old.iter() {
-                for k in label_keys(o) {
-                    labels.entry(k).or_default().0.push(&o.key);
-                }
-                namespaces
-                    .entry(o.key.namespace.as_str())
-                    .or_default()
-                    .0
-                    .push(&o.key);
-            }
-            for n in new.iter() {
-                for k in label_keys(n) {
-                    labels.entry(k).or_default().1.push(n);
-                }
-                namespaces
-                    .entry(n.key.namespace.as_str())
-                    .or_default()
-                    .1
-                    .push(n);
-            }
+        PodIndex {
+            by_label: self.by_label.patched(changes, label_keys),
+            by_namespace: self.by_namespace.patched(changes, namespace),
         }
-        for (key, (removed, added)) in labels {
-            match List::patched(self.by_label.get(&key), &removed, added) {
-                Some(list) => out.by_label.insert(key, list),
-                None => out.by_label.remove(&key),
-            };
-        }
-        for (ns, (removed, added)) in namespaces {
-            match List::patched(self.by_namespace.get(ns), &removed, added) {
-                Some(list) => out.by_namespace.insert(ns.to_string(), list),
-                None => out.by_namespace.remove(ns),
-            };
-        }
-        out
     }
 }
 
@@ -203,26 +81,19 @@ impl PodIndex {
     pub(in crate::model) fn members(
         &self,
     ) -> (
-        Vec<(u64, Vec<(ObjectKey, u64)>)>,
-        Vec<(String, Vec<(ObjectKey, u64)>)>,
+        Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
+        Vec<(String, Vec<(crate::model::object::ObjectKey, u64)>)>,
     ) {
-        let list = |l: &List| -> Vec<(ObjectKey, u64)> {
-            l.iter().map(|p| (p.key.clone(), p.hash)).collect()
-        };
-        (
-            self.by_label.iter().map(|(k, l)| (*k, list(l))).collect(),
-            self.by_namespace
-                .iter()
-                .map(|(k, l)| (k.clone(), list(l)))
-                .collect(),
-        )
+        (self.by_label.members(), self.by_namespace.members())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::build::lists::List;
     use crate::model::object::Kind;
+    use crate::model::object::ObjectKey;
     use crate::model::objects::ObjectMap;
     use crate::model::testing::config_set;
 
