@@ -162,6 +162,9 @@ impl Snapshot {
         snap.stage_prints = prints;
         snap.stage_diags = stage_diags;
         clock.lap("selector keys");
+        if let Some(prev) = previous {
+            snap.inherit_scopes(prev);
+        }
         snap.build_stages = clock.laps;
         snap
     }
