@@ -244,8 +244,8 @@ struct ServiceIndexes {
     config_hashes: Arc<BTreeMap<String, u64>>,
     identity_hashes: imbl::OrdMap<String, u64>,
     endpoint_hashes: imbl::OrdMap<String, u64>,
-    workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
-    hosts_by_ip: imbl::OrdMap<String, Vec<String>>,
+    workloads_by_ip: imbl::OrdMap<String, Arc<[ObjectKey]>>,
+    hosts_by_ip: imbl::OrdMap<String, Arc<[String]>>,
 }
 
 #[derive(Default)]
@@ -281,7 +281,7 @@ struct Builder {
     endpoint_objects: endpoint_objects::EndpointIndex,
     /// Address → workloads there, in key order (the snapshot's index, made with the
     /// workloads).
-    workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
+    workloads_by_ip: imbl::OrdMap<String, Arc<[ObjectKey]>>,
     /// Port-less ExternalName Services: (target host, the Service).
     aliases: Vec<(String, Arc<Object>)>,
     statuses: super::gateway_api::status::Statuses,
@@ -383,7 +383,7 @@ impl Builder {
                 by_ip.entry(a.clone()).or_default().push(w.key.clone());
             }
         }
-        self.workloads_by_ip = by_ip.into_iter().collect();
+        self.workloads_by_ip = by_ip.into_iter().map(|(a, k)| (a, Arc::from(k))).collect();
     }
 
     /// A Pod's workload. One whose object (content) and locality are those of the
@@ -1719,7 +1719,10 @@ impl Builder {
             identity_hashes,
             endpoint_hashes,
             workloads_by_ip: self.workloads_by_ip.clone(),
-            hosts_by_ip: hosts_by_ip.into_iter().collect(),
+            hosts_by_ip: hosts_by_ip
+                .into_iter()
+                .map(|(a, h)| (a, Arc::from(h)))
+                .collect(),
         }
     }
 

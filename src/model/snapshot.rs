@@ -261,10 +261,10 @@ pub struct Snapshot {
     pub sessions: bool,
     pub workloads: imbl::OrdMap<ObjectKey, Arc<Workload>>,
     /// Address → workloads with that address.
-    pub workloads_by_ip: imbl::OrdMap<String, Vec<ObjectKey>>,
+    pub workloads_by_ip: imbl::OrdMap<String, Arc<[ObjectKey]>>,
     /// Address → hosts of the services with an instance at that address (a proxy's
     /// inbound side, found without scanning every service).
-    pub hosts_by_ip: imbl::OrdMap<String, Vec<String>>,
+    pub hosts_by_ip: imbl::OrdMap<String, Arc<[String]>>,
     pub diagnostics: Vec<Diagnostic>,
     /// Per-host hashes of everything that shapes a service's clusters and routes
     /// (definition, VirtualServices, DestinationRules), for [`Changes`].
@@ -954,7 +954,7 @@ impl Snapshot {
         self.workloads_by_ip
             .get(ip)
             .into_iter()
-            .flatten()
+            .flat_map(|keys| keys.iter())
             .filter_map(|k| self.workloads.get(k))
     }
 }

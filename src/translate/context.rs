@@ -76,7 +76,7 @@ impl<'a> ProxyContext<'a> {
             let hosts: std::collections::BTreeSet<&String> = proxy
                 .ips
                 .iter()
-                .flat_map(|ip| snap.hosts_by_ip.get(ip).into_iter().flatten())
+                .flat_map(|ip| snap.hosts_by_ip.get(ip).into_iter().flat_map(|h| h.iter()))
                 .collect();
             for host in hosts {
                 let (Some(svc), Some(eps)) = (snap.services.get(host), snap.endpoints.get(host))

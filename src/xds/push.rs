@@ -63,7 +63,7 @@ pub fn push_for(
     full |= proxy
         .ips
         .iter()
-        .flat_map(|ip| snap.hosts_by_ip.get(ip).into_iter().flatten())
+        .flat_map(|ip| snap.hosts_by_ip.get(ip).into_iter().flat_map(|h| h.iter()))
         .any(|h| changes.services.contains(h));
     if full {
         types.extend(all);

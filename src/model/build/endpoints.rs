@@ -166,17 +166,13 @@ impl Builder {
                 None => workloads.remove(key),
             };
             for a in old.iter().flat_map(|w| &w.addresses) {
-                if let Some(keys) = by_ip.get_mut(a) {
-                    keys.retain(|k| k != key);
-                    if keys.is_empty() {
-                        by_ip.remove(a);
-                    }
-                }
+                edit(&mut by_ip, a, |keys| keys.retain(|k| k != key));
             }
             for a in new.iter().flat_map(|w| &w.addresses) {
-                let keys = by_ip.entry(a.clone()).or_default();
-                let at = keys.partition_point(|k| k <= key);
-                keys.insert(at, key.clone());
+                edit(&mut by_ip, a, |keys| {
+                    let at = keys.partition_point(|k| k <= key);
+                    keys.insert(at, key.clone());
+                });
             }
             changed.extend(old.into_iter().chain(new));
         }
@@ -312,18 +308,16 @@ impl Builder {
                     continue;
                 }
                 for inst in before.iter().flat_map(|b| &b.instances) {
-                    if let Some(hosts) = hosts_by_ip.get_mut(&inst.address) {
-                        hosts.retain(|h| *h != host);
-                        if hosts.is_empty() {
-                            hosts_by_ip.remove(&inst.address);
-                        }
-                    }
+                    edit(&mut hosts_by_ip, &inst.address, |hosts| {
+                        hosts.retain(|h| *h != host)
+                    });
                 }
                 for inst in &now.instances {
-                    let hosts = hosts_by_ip.entry(inst.address.clone()).or_default();
-                    if let Err(at) = hosts.binary_search(&host) {
-                        hosts.insert(at, host.clone());
-                    }
+                    edit(&mut hosts_by_ip, &inst.address, |hosts| {
+                        if let Err(at) = hosts.binary_search(&host) {
+                            hosts.insert(at, host.clone());
+                        }
+                    });
                 }
                 match identity_hash(&now) {
                     Some(h) => identity_hashes.insert(host.clone(), h),
@@ -344,6 +338,23 @@ impl Builder {
             workloads_by_ip: self.workloads_by_ip.clone(),
             hosts_by_ip,
         })
+    }
+}
+
+/// Applies `f` to the list at `address` (none: empty), which goes when left empty. The
+/// lists are shared slices: the map's nodes are copied on a patch's first write to them,
+/// and a slice is copied by counting a reference where a vector copied its strings.
+fn edit<T: Clone>(
+    map: &mut imbl::OrdMap<String, Arc<[T]>>,
+    address: &str,
+    f: impl FnOnce(&mut Vec<T>),
+) {
+    let mut list: Vec<T> = map.get(address).map(|l| l.to_vec()).unwrap_or_default();
+    f(&mut list);
+    if list.is_empty() {
+        map.remove(address);
+    } else {
+        map.insert(address.to_string(), list.into());
     }
 }
 

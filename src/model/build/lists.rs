@@ -23,7 +23,40 @@ const FEW: usize = 64;
 #[derive(Debug, Clone)]
 pub(super) enum List {
     Few(Arc<[Arc<Object>]>),
-    Many(imbl::OrdMap<ObjectKey, Arc<Object>>),
+    Many(imbl::OrdSet<ByKey>),
+}
+
+/// An object ordered by its key. A persistent set of these copies a node (on a patch's
+/// first write to it) by counting references; a map keyed by [`ObjectKey`] copied its
+/// two strings for each of the node's entries.
+#[derive(Debug, Clone)]
+pub(super) struct ByKey(Arc<Object>);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+/// Removal by key, as [`ObjectKey`]'s order is the set's.
+impl std::borrow::Borrow<ObjectKey> for ByKey {
+    fn borrow(&self) -> &ObjectKey {
+        &self.0.key
+    }
 }
 
 impl List {
@@ -31,9 +64,7 @@ impl List {
     fn of(objects: Vec<Arc<Object>>) -> Option<List> {
         match objects.len() {
             0 => None,
-            n if n > FEW => Some(List::Many(
-                objects.into_iter().map(|p| (p.key.clone(), p)).collect(),
-            )),
+            n if n > FEW => Some(List::Many(objects.into_iter().map(ByKey).collect())),
             _ => Some(List::Few(objects.into())),
         }
     }
@@ -41,7 +72,7 @@ impl List {
     pub(super) fn iter(&self) -> Box<dyn Iterator<Item = &Arc<Object>> + '_> {
         match self {
             List::Few(l) => Box::new(l.iter()),
-            List::Many(m) => Box::new(m.values()),
+            List::Many(m) => Box::new(m.iter().map(|b| &b.0)),
         }
     }
 
@@ -58,12 +89,12 @@ impl List {
                     m.remove(*k);
                 }
                 for a in added {
-                    m.insert(a.key.clone(), a.clone());
+                    m.insert(ByKey(a.clone()));
                 }
                 if m.len() > FEW {
                     Some(List::Many(m))
                 } else {
-                    List::of(m.values().cloned().collect())
+                    List::of(m.iter().map(|b| b.0.clone()).collect())
                 }
             }
             few => {
