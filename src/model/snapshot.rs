@@ -654,15 +654,26 @@ impl Snapshot {
         }
         let unchanged = Arc::ptr_eq(&self.services, &prev.services)
             && same(&self.virtual_services, &prev.virtual_services, |_, _| false)
+            // A Sidecar is made anew each build; from the same object, it is the same.
             && same(&self.sidecars, &prev.sidecars, |a, b| {
-                hash_of(a) == hash_of(b)
+                Arc::ptr_eq(&a.object, &b.object) || hash_of(a) == hash_of(b)
             })
             && self.mesh.outbound_traffic_policy == prev.mesh.outbound_traffic_policy;
         if !unchanged {
             return;
         }
+        // Only the scopes of Sidecars still here: the cache lives as long as the line of
+        // snapshots that keeps it.
         if let (Ok(before), Ok(mut now)) = (prev.scopes.lock(), self.scopes.lock()) {
-            now.clone_from(&before);
+            now.extend(
+                before
+                    .iter()
+                    .filter(|((_, sc), _)| {
+                        sc.as_ref()
+                            .is_none_or(|k| self.sidecars.iter().any(|s| &s.key == k))
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
         }
     }
 

@@ -28,7 +28,9 @@ pub(super) enum List {
 
 /// An object ordered by its key. A persistent set of these copies a node (on a patch's
 /// first write to it) by counting references; a map keyed by [`ObjectKey`] copied its
-/// two strings for each of the node's entries.
+/// two strings for each of the node's entries. (The set's inner nodes keep copies of
+/// some elements as separators, so an object replaced may stay alive while it is one:
+/// at most one per node, the price of the cheaper copies.)
 #[derive(Debug, Clone)]
 pub(super) struct ByKey(Arc<Object>);
 
