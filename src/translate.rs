@@ -117,7 +117,7 @@ pub fn generate(snap: &Snapshot, proxy: &Proxy) -> Resources {
 
 /// [`generate`] for a context the caller already built (and uses again, as explain does).
 pub fn generate_for(ctx: &ProxyContext) -> Resources {
-    let clusters = cluster::clusters(ctx);
+    let clusters: Vec<Cluster> = cluster::clusters(ctx).into_iter().map(|c| *c).collect();
     let eds = cluster::eds_cluster_names(&clusters);
     let endpoints = endpoints(ctx, &eds);
     let listeners = listener::listeners(ctx);

@@ -431,7 +431,7 @@ fn b1(n: usize, runs: usize) {
     let (cds_bytes, be_med, be_min) = timed(runs, || {
         translate::cluster::clusters(&ctx)
             .into_iter()
-            .map(|c| pb::cluster_any(c).len())
+            .map(|c| pb::cluster_any(*c).len())
             .sum::<usize>()
     });
     let (e_med, e_min) = (be_med.saturating_sub(c_med), be_min.saturating_sub(c_min));

@@ -274,15 +274,15 @@ fn cluster_matches(ctx: &ProxyContext, p: &Patch, c: &Value) -> bool {
     true
 }
 
-pub fn clusters(ctx: &ProxyContext, clusters: &mut Vec<Cluster>) {
+pub fn clusters(ctx: &ProxyContext, clusters: &mut Vec<Box<Cluster>>) {
     let ps = patches(ctx, &[ApplyTo::CLUSTER]);
     if ps.is_empty() {
         return;
     }
     let originals = std::mem::take(clusters);
-    let mut json: Vec<(Value, Option<Cluster>)> = originals
+    let mut json: Vec<(Value, Option<Box<Cluster>>)> = originals
         .into_iter()
-        .map(|c| (to_json(&c), Some(c)))
+        .map(|c| (to_json(&*c), Some(c)))
         .collect();
     for p in &ps {
         match p.op {
@@ -309,9 +309,9 @@ pub fn clusters(ctx: &ProxyContext, clusters: &mut Vec<Cluster>) {
     }
     for (v, original) in json {
         match original {
-            Some(o) => clusters.push(typed_or(&v, o, "cluster", &ps)),
+            Some(o) => clusters.push(Box::new(typed_or(&v, *o, "cluster", &ps))),
             None => match checked::<Cluster>(&v) {
-                Ok(c) => clusters.push(c),
+                Ok(c) => clusters.push(Box::new(c)),
                 Err(e) => warn!(error = %e, "EnvoyFilter cluster is not valid; not added"),
             },
         }

@@ -131,7 +131,7 @@ pub(super) fn generate(
                 .filter(|c| w.wants(&c.name))
                 .map(|c| {
                     let name = c.name.clone();
-                    Arc::new(packed_bytes(name, pb::cluster_any(c)))
+                    Arc::new(packed_bytes(name, pb::cluster_any(*c)))
                 })
                 .collect(),
         ),
