@@ -617,26 +617,49 @@ fn istio_metadata(
     rule: Option<&ObjectKey>,
     tls_mode: Option<istio::ClientTlsMode>,
 ) -> core::Metadata {
-    let mut m = json!({
-        "services": [{"host": svc.hostname, "name": svc.name, "namespace": svc.namespace}],
-    });
+    // Built as the protobuf Struct directly: every cluster has one, and going through a
+    // JSON value first allocated each map and string twice.
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    let object = |fields: HashMap<String, Value>| Value {
+        kind: Some(Kind::StructValue(Struct { fields })),
+    };
+    let service = object(HashMap::from([
+        ("host".to_string(), text(&svc.hostname)),
+        ("name".to_string(), text(&svc.name)),
+        ("namespace".to_string(), text(&svc.namespace)),
+    ]));
+    let mut m: HashMap<String, Value> = HashMap::with_capacity(4);
+    m.insert(
+        "services".to_string(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: vec![service],
+            })),
+        },
+    );
     if let Some(rule) = rule {
-        m["config"] = json!(format!(
-            "/apis/networking.istio.io/v1/namespaces/{}/destination-rule/{}",
-            rule.namespace, rule.name
-        ));
+        m.insert(
+            "config".to_string(),
+            text(&format!(
+                "/apis/networking.istio.io/v1/namespaces/{}/destination-rule/{}",
+                rule.namespace, rule.name
+            )),
+        );
         if matches!(
             tls_mode,
             Some(istio::ClientTlsMode::SIMPLE | istio::ClientTlsMode::MUTUAL)
         ) {
-            m["alpn_override"] = json!("false");
+            m.insert("alpn_override".to_string(), text("false"));
         }
     }
     if !subset.is_empty() {
-        m["subset"] = json!(subset);
+        m.insert("subset".to_string(), text(subset));
     }
     core::Metadata {
-        filter_metadata: HashMap::from([("istio".to_string(), pb::to_struct(&m))]),
+        filter_metadata: HashMap::from([("istio".to_string(), Struct { fields: m })]),
         ..Default::default()
     }
 }
@@ -1282,4 +1305,54 @@ pub fn eds_cluster_names(clusters: &[Cluster]) -> Vec<String> {
         })
         .map(|c| c.name.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metadata built directly is the Struct of the JSON istiod's shape is written
+    /// in (the form `istioctl x describe` and istio-proxy's stats read).
+    #[test]
+    fn istio_metadata_is_the_struct_of_its_json() {
+        let snap = crate::model::testing::snapshot(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: web}\nspec: {ports: [{name: http, port: 80}]}\n",
+            None,
+        );
+        let svc = snap
+            .services
+            .get("a.web.svc.cluster.local")
+            .expect("service");
+        let rule = ObjectKey {
+            kind: crate::model::object::Kind::DestinationRule,
+            namespace: "web".into(),
+            name: "r".into(),
+        };
+        let services =
+            json!([{"host": "a.web.svc.cluster.local", "name": "a", "namespace": "web"}]);
+        let config = "/apis/networking.istio.io/v1/namespaces/web/destination-rule/r";
+        let cases = [
+            ("", None, None, json!({"services": services})),
+            (
+                "v1",
+                Some(&rule),
+                Some(istio::ClientTlsMode::ISTIO_MUTUAL),
+                json!({"services": services, "config": config, "subset": "v1"}),
+            ),
+            (
+                "",
+                Some(&rule),
+                Some(istio::ClientTlsMode::SIMPLE),
+                json!({"services": services, "config": config, "alpn_override": "false"}),
+            ),
+        ];
+        for (subset, rule, tls, want) in cases {
+            let got = istio_metadata(svc, subset, rule, tls);
+            assert_eq!(
+                got.filter_metadata.get("istio"),
+                Some(&pb::to_struct(&want)),
+                "{subset} {rule:?} {tls:?}"
+            );
+        }
+    }
 }
