@@ -301,8 +301,7 @@ fn outbound_cluster(
     subset_labels: Option<&istio::Labels>,
 ) -> Cluster {
     let name = naming::outbound_cluster(port.port, subset, &svc.hostname);
-    // (Already resolved for the port: policy_for_port.)
-    let policy = policy.cloned();
+    // (Already resolved for the port and subset: policy_for_port.)
     let mesh = &ctx.snap.mesh;
     let mut c = Cluster {
         name: name.clone(),
@@ -365,12 +364,12 @@ fn outbound_cluster(
         // Sniffed ports may carry HTTP/1.1 or HTTP/2: speak what the client spoke.
         c.typed_extension_protocol_options = downstream_protocol_options();
     }
-    let tls_mode = policy.as_ref().and_then(|p| p.tls.as_ref()).map(|t| t.mode);
+    let tls_mode = policy.and_then(|p| p.tls.as_ref()).map(|t| t.mode);
     c.metadata = Some(istio_metadata(svc, subset, rule, tls_mode));
-    if let Some(p) = &policy {
+    if let Some(p) = policy {
         apply_policy(&mut c, p, port);
     }
-    if mesh_h2_upgrade(mesh, policy.as_ref(), port) {
+    if mesh_h2_upgrade(mesh, policy, port) {
         let http = policy
             .as_ref()
             .and_then(|p| p.connection_pool.as_ref())
@@ -397,7 +396,7 @@ fn outbound_cluster(
         }
         c.typed_extension_protocol_options = h2;
     }
-    if super::locality::weighted(ctx, svc, port.port, subset) {
+    if super::locality::weighted(ctx, policy) {
         // Locality weights in EDS count only with locality-weighted load balancing.
         let common = c.common_lb_config.get_or_insert_with(Default::default);
         common.locality_config_specifier = Some(
@@ -412,9 +411,9 @@ fn outbound_cluster(
         svc,
         port,
         subset,
-        policy.as_ref().and_then(|p| p.tls.as_ref()),
+        policy.and_then(|p| p.tls.as_ref()),
     );
-    if let Some(pp) = policy.as_ref().and_then(|p| p.proxy_protocol.as_ref()) {
+    if let Some(pp) = policy.and_then(|p| p.proxy_protocol.as_ref()) {
         wrap_proxy_protocol(&mut c, pp);
     }
     c

@@ -47,11 +47,10 @@ fn mesh_setting(ctx: &ProxyContext) -> Option<LocalityLbSetting> {
 /// Whether the cluster balances by locality weight: with a `distribute` setting, or
 /// with `failover` under outlier detection. As in istiod, this depends on the rules
 /// alone, never on where the client runs — the client's locality shapes only its
-/// endpoints (priorities and weights in EDS).
-pub fn weighted(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> bool {
-    let policy = super::cluster::effective_policy(ctx, svc, port, subset);
+/// endpoints (priorities and weights in EDS). `policy` is the cluster's, already
+/// resolved for its port and subset.
+pub fn weighted(ctx: &ProxyContext, policy: Option<&crate::model::istio::TrafficPolicy>) -> bool {
     let Some(setting) = policy
-        .as_ref()
         .and_then(|p| p.load_balancer.as_ref())
         .and_then(|lb| lb.locality_lb_setting.clone())
         .or_else(|| mesh_setting(ctx))
@@ -62,10 +61,7 @@ pub fn weighted(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> b
         return false;
     }
     !setting.distribute.is_empty()
-        || (!setting.failover.is_empty()
-            && policy
-                .as_ref()
-                .is_some_and(|p| p.outlier_detection.is_some()))
+        || (!setting.failover.is_empty() && policy.is_some_and(|p| p.outlier_detection.is_some()))
 }
 
 /// The plan for cluster (`svc`, `port`, `subset`) of this client, if any.
