@@ -1062,10 +1062,18 @@ fn mesh_metrics_follow_telemetry_overrides() {
     let Some(m) = Mesh::start("PERMISSIVE") else {
         return;
     };
+    // Every request answered 200 through productpage is one record from each side; the
+    // counts settle when meshd holds exactly that many (records arrive up to a flush
+    // interval late, from two Envoys independently).
+    let answered = std::cell::Cell::new(0.0);
     wait_for(
         "a request through the mesh",
         Duration::from_secs(20),
-        || m.via_mesh().filter(|(s, _)| *s == 200),
+        || {
+            let r = m.via_mesh().filter(|(s, _)| *s == 200)?;
+            answered.set(answered.get() + 1.0);
+            Some(r)
+        },
     );
     m._config.write(
         "telemetry.yaml",
@@ -1119,14 +1127,17 @@ spec:
         ("destination_workload", "reviews-v1"),
         ("response_code", "200"),
     ];
-    let overridden = [
-        ("reporter", "destination"),
-        ("source_workload", "productpage-v1"),
-        ("source_app", "overridden"),
-        ("response_flags", ""),
-        ("request_host", "reviews"),
-        ("tenant", "t1"),
-    ];
+    // The requests counted are tagged `t1`; those that only wait for the change, `t0`.
+    let overridden = |tenant| {
+        [
+            ("reporter", "destination"),
+            ("source_workload", "productpage-v1"),
+            ("source_app", "overridden"),
+            ("response_flags", ""),
+            ("request_host", "reviews"),
+            ("tenant", tenant),
+        ]
+    };
     let source = [
         ("reporter", "source"),
         ("source_app", "productpage"),
@@ -1134,14 +1145,15 @@ spec:
         ("response_code", "200"),
         ("response_flags", "-"),
     ];
-    let send = || {
+    let send = |tenant: &str| {
         let r = http_get(
             "127.0.0.1:9080",
             "/",
-            &[("Host", "reviews"), ("x-tenant", "t1")],
+            &[("Host", "reviews"), ("x-tenant", tenant)],
         )
         .expect("answer");
         assert_eq!(r.status, 200);
+        answered.set(answered.get() + 1.0);
     };
     // A connection opened before the change keeps its old access log (without the
     // header) until it closes, which the draining listener asks for: wait for a request
@@ -1150,13 +1162,13 @@ spec:
         "a request under the new labels",
         Duration::from_secs(20),
         || {
-            send();
-            metric_value(&scrape(), "istio_requests_total", &overridden).map(|_| ())
+            send("t0");
+            metric_value(&scrape(), "istio_requests_total", &overridden("t0")).map(|_| ())
         },
     );
     let read = |text: &str| {
         (
-            metric_value(text, "istio_requests_total", &overridden).unwrap_or(0.0),
+            metric_value(text, "istio_requests_total", &overridden("t1")).unwrap_or(0.0),
             metric_value(
                 text,
                 "istio_request_duration_milliseconds_count",
@@ -1167,14 +1179,15 @@ spec:
             metric_value(text, "istio_requests_total", &source).unwrap_or(0.0),
         )
     };
-    // Records already sent may still be arriving: until both sides agree.
+    // Records already sent may still be arriving: until both sides hold every request.
     let before = wait_for("settled counts", Duration::from_secs(20), || {
         let c = read(&scrape());
-        (c.1 == c.3).then_some(c)
+        (c.1 == answered.get() && c.3 == answered.get()).then_some(c)
     });
+    assert_eq!(before.0, 0.0, "no request was tagged t1 yet");
     let n = 6.0;
     for _ in 0..6 {
-        send();
+        send("t1");
     }
     let text = wait_for("every family counted", Duration::from_secs(20), || {
         let text = scrape();
