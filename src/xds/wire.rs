@@ -313,16 +313,16 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// Requests above this size do not leave their buffer behind: a Delta request naming
-/// every cluster of a large mesh is a few hundred kilobytes, once per stream.
-const KEEP_REQUEST_BUFFER: usize = 16 * 1024;
-
 /// The request side of an ADS stream: gRPC messages decoded from the request body.
 /// tonic's decoder keeps its buffer at the largest request's size for the stream's
-/// life; this one lets a large buffer go once its message is decoded.
+/// life (a real Envoy's first request, its node with every extension it has, is tens of
+/// kilobytes; a Delta request naming every cluster of a large mesh, hundreds); this one
+/// lets the buffer go whenever it holds no part of a next message, which between
+/// requests is always: a waiting stream holds no buffer.
 pub struct Requests<M> {
     body: tonic::body::Body,
-    buf: BytesMut,
+    /// Bytes received and not yet decoded, from the start of a message.
+    buf: Vec<u8>,
     max: usize,
     _message: std::marker::PhantomData<fn() -> M>,
 }
@@ -331,7 +331,7 @@ impl<M: prost::Message + Default> Requests<M> {
     pub fn new(body: tonic::body::Body, max: usize) -> Self {
         Requests {
             body,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             max,
             _message: std::marker::PhantomData,
         }
@@ -340,7 +340,6 @@ impl<M: prost::Message + Default> Requests<M> {
     /// The next request; `None` when the client closed its side. Cancel-safe: bytes
     /// read before a cancellation stay buffered for the next call.
     pub async fn message(&mut self) -> Result<Option<M>, Status> {
-        use bytes::Buf;
         loop {
             if self.buf.len() >= 5 {
                 if self.buf[0] != 0 {
@@ -357,11 +356,11 @@ impl<M: prost::Message + Default> Requests<M> {
                     )));
                 }
                 if self.buf.len() >= 5 + len {
-                    self.buf.advance(5);
-                    let msg = M::decode(&self.buf[..len]);
-                    self.buf.advance(len);
-                    if self.buf.is_empty() && self.buf.capacity() > KEEP_REQUEST_BUFFER {
-                        self.buf = BytesMut::new();
+                    let msg = M::decode(&self.buf[5..5 + len]);
+                    if self.buf.len() == 5 + len {
+                        self.buf = Vec::new();
+                    } else {
+                        self.buf.drain(..5 + len);
                     }
                     return msg
                         .map(Some)
@@ -530,7 +529,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_split_across_frames_decode_and_a_large_buffer_is_released() {
+    async fn requests_split_across_frames_decode_and_leave_no_buffer() {
         use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
         let big = DeltaDiscoveryRequest {
             resource_names_subscribe: (0..3000).map(|i| format!("outbound|80||s{i}.ns")).collect(),
@@ -560,11 +559,8 @@ mod tests {
         assert_eq!(first, big);
         let second = r.message().await.expect("ok").expect("a message");
         assert_eq!(second, small);
-        assert!(
-            r.buf.capacity() <= KEEP_REQUEST_BUFFER,
-            "{}",
-            r.buf.capacity()
-        );
+        // Between requests the stream holds no buffer.
+        assert_eq!(r.buf.capacity(), 0);
         assert!(r.message().await.expect("ok").is_none());
     }
 
