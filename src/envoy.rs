@@ -20,6 +20,15 @@ pub mod type_url {
     /// Push order: a cluster before its endpoints, a listener before its routes.
     pub const ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
 
+    /// `url` without a copy when it is one of the types above: a stream keys its state
+    /// by type for its whole life.
+    pub fn shared(url: &str) -> std::borrow::Cow<'static, str> {
+        match ORDER.iter().find(|t| **t == url) {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => std::borrow::Cow::Owned(url.to_string()),
+        }
+    }
+
     /// `CDS`, `EDS`, … for logs and metrics.
     pub fn short(url: &str) -> &'static str {
         match url {

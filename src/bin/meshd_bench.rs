@@ -566,11 +566,9 @@ async fn connect(
     tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
 ) {
     let node = Node {
-        id: p.id.clone(),
-        metadata: Some(pb::to_struct(&Value::Object(
-            p.metadata.clone().into_iter().collect(),
-        ))),
-        ..Default::default()
+        // Its id and metadata as an Envoy would send them (no service cluster).
+        cluster: String::new(),
+        ..meshd::translate::output::node(p)
     };
     loop {
         let Some(c) = dial

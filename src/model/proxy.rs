@@ -51,11 +51,78 @@ pub struct Proxy {
     pub proxyless: bool,
     /// `region/zone/subzone` from the Envoy node's locality ("" when not sent).
     pub locality: String,
-    /// The whole node metadata, as JSON.
-    pub metadata: BTreeMap<String, Value>,
+    /// What is read of the node metadata after the proxy is made.
+    pub metadata: NodeMetadata,
     /// The Envoy node's `cluster` (istio-proxy's service cluster, `app.namespace`): the
     /// service name its spans report.
     pub service_cluster: String,
+}
+
+/// The node metadata a proxy keeps once it is made: the top-level strings (translation
+/// reads a few by name, and an EnvoyFilter's `match.proxy.metadata` compares strings),
+/// and the one annotation translation reads (OpenTelemetry's service name). The rest —
+/// LABELS, parsed into the proxy's labels, and istio-proxy's PROXY_CONFIG, annotations
+/// and the like, about 10 KB from a real istio-proxy — is read once and dropped: kept
+/// as JSON, it was the largest part of a connected proxy's own state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMetadata {
+    /// Sorted by key.
+    strings: Box<[(Box<str>, Box<str>)]>,
+    otel_service_name: Option<Box<str>>,
+}
+
+/// The annotation naming a workload's OpenTelemetry service.
+pub const OTEL_SERVICE_NAME: &str = "resource.opentelemetry.io/service.name";
+
+impl NodeMetadata {
+    pub fn of(metadata: &BTreeMap<String, Value>) -> NodeMetadata {
+        // A BTreeMap iterates in key order: the strings come out sorted.
+        let strings = metadata
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+            .collect();
+        let otel_service_name = metadata
+            .get("ANNOTATIONS")
+            .and_then(|a| a.get(OTEL_SERVICE_NAME))
+            .and_then(Value::as_str)
+            .map(Into::into);
+        NodeMetadata {
+            strings,
+            otel_service_name,
+        }
+    }
+
+    /// A top-level string (possibly empty).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.strings
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.strings[i].1)
+    }
+
+    /// The top-level strings, by key.
+    pub fn strings(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.strings.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The pod's `resource.opentelemetry.io/service.name` annotation (ANNOTATIONS).
+    pub fn otel_service_name(&self) -> Option<&str> {
+        self.otel_service_name.as_deref()
+    }
+}
+
+impl Serialize for NodeMetadata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.strings() {
+            m.serialize_entry(k, v)?;
+        }
+        if let Some(name) = self.otel_service_name() {
+            m.serialize_entry("ANNOTATIONS", &BTreeMap::from([(OTEL_SERVICE_NAME, name)]))?;
+        }
+        m.end()
+    }
 }
 
 /// Why a node id was refused.
@@ -145,7 +212,7 @@ impl Proxy {
             interception,
             proxyless: meta_str("GENERATOR").as_deref() == Some("grpc"),
             locality: String::new(),
-            metadata,
+            metadata: NodeMetadata::of(&metadata),
             service_cluster: String::new(),
         })
     }
@@ -154,7 +221,6 @@ impl Proxy {
     pub fn meta_str(&self, key: &str) -> Option<String> {
         self.metadata
             .get(key)
-            .and_then(|v| v.as_str())
             .filter(|v| !v.is_empty())
             .map(str::to_string)
     }

@@ -84,7 +84,6 @@ impl Peer {
         let workload = p
             .metadata
             .get("WORKLOAD_NAME")
-            .and_then(|v| v.as_str())
             .filter(|w| !w.is_empty())
             .map(str::to_string)
             .or_else(|| p.labels.get("service.istio.io/workload-name").cloned())

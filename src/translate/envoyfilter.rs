@@ -144,13 +144,9 @@ fn proxy_matches(ctx: &ProxyContext, from: &str, i: usize, p: &EnvoyConfigObject
             return false;
         }
     }
-    pm.metadata.iter().all(|(k, want)| {
-        ctx.proxy
-            .metadata
-            .get(k)
-            .and_then(Value::as_str)
-            .is_some_and(|got| got == want)
-    })
+    pm.metadata
+        .iter()
+        .all(|(k, want)| ctx.proxy.metadata.get(k).is_some_and(|got| got == want))
 }
 
 /// A key for the set of patches that apply to this proxy (resource caches must not

@@ -95,13 +95,16 @@ fn strip_type(mut v: Value) -> Value {
 
 /// The Envoy Node for a proxy (id and metadata as it would send them).
 pub fn node(proxy: &Proxy) -> core::Node {
-    let metadata = serde_json::Value::Object(
-        proxy
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    );
+    // What the proxy kept of its metadata, with its labels back under LABELS.
+    let mut metadata = serde_json::to_value(&proxy.metadata).unwrap_or_default();
+    if let Some(m) = metadata.as_object_mut()
+        && !proxy.labels.is_empty()
+    {
+        m.insert(
+            "LABELS".into(),
+            serde_json::to_value(&proxy.labels).unwrap_or_default(),
+        );
+    }
     core::Node {
         id: proxy.id.clone(),
         cluster: format!(

@@ -230,9 +230,7 @@ fn otel_service_name(ctx: &ProxyContext) -> String {
     let annotation = ctx
         .proxy
         .metadata
-        .get("ANNOTATIONS")
-        .and_then(|a| a.get("resource.opentelemetry.io/service.name"))
-        .and_then(|v| v.as_str())
+        .otel_service_name()
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     annotation

@@ -35,6 +35,10 @@ struct Inner {
     sets: HashMap<(String, u64), (super::names::Names, Cell)>,
     /// Single resources shared across subscriptions (load assignments).
     one: HashMap<(u64, String), Option<Arc<Generated>>>,
+    /// Resources by name and content, for sets made per proxy (listeners: their key
+    /// holds the proxy's address, which few listeners depend on): proxies whose
+    /// listeners come out the same hold one copy instead of one each.
+    interned: HashMap<u64, Arc<Generated>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +54,9 @@ const MAX_SETS: usize = 20_000;
 /// At most this many single resources per snapshot (load assignments: one per cluster
 /// and client rule, so large meshes need many).
 const MAX_ONE: usize = 200_000;
+
+/// At most this many interned resources per snapshot (past it, a set keeps its own).
+const MAX_INTERNED: usize = 200_000;
 
 /// Everything about a proxy that translation reads (the proxy's class). `with_address` adds the proxy's IPs
 /// (listeners bound to the pod address depend on it; clusters and routes do not).
@@ -97,18 +104,9 @@ pub fn class_key(ctx: &ProxyContext, with_address: bool) -> u64 {
         }
         // (Read in place: this runs for every push of every connection.)
         for k in ["WORKLOAD_NAME", "APP_CONTAINERS"] {
-            ctx.proxy
-                .metadata
-                .get(k)
-                .and_then(|v| v.as_str())
-                .hash(&mut h);
+            ctx.proxy.metadata.get(k).hash(&mut h);
         }
-        ctx.proxy
-            .metadata
-            .get("ANNOTATIONS")
-            .and_then(|a| a.get("resource.opentelemetry.io/service.name"))
-            .and_then(|v| v.as_str())
-            .hash(&mut h);
+        ctx.proxy.metadata.otel_service_name().hash(&mut h);
     }
     h.finish()
 }
@@ -124,6 +122,7 @@ impl Inner {
             self.generation = generation;
             self.sets.clear();
             self.one.clear();
+            self.interned.clear();
         }
         true
     }
@@ -196,6 +195,7 @@ impl ResourceCache {
         }
         inner.generation = generation;
         inner.sets.clear();
+        inner.interned.clear();
         match churned {
             Some(hosts) => inner.one.retain(|(_, name), _| {
                 crate::envoy::naming::parse_cluster(name)
@@ -247,6 +247,37 @@ impl ResourceCache {
         v
     }
 
+    /// `set` with each resource replaced by an equal one already interned for
+    /// snapshot `generation`, if there is one (and interned otherwise).
+    pub fn interned(&self, generation: u64, set: Vec<Arc<Generated>>) -> Vec<Arc<Generated>> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return set;
+        };
+        if inner.generation != generation {
+            return set;
+        }
+        set.into_iter()
+            .map(|r| {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(&(r.name.len() as u64).to_le_bytes());
+                h.update(r.name.as_bytes());
+                h.update(r.version.as_bytes());
+                let key = h.digest();
+                match inner.interned.get(&key) {
+                    // The version is a 64-bit hash of the bytes: compared whole, so
+                    // that a collision keeps its own copy rather than serve another's.
+                    Some(known) if known.name == r.name && known.any == r.any => known.clone(),
+                    Some(_) => r,
+                    None if inner.interned.len() >= MAX_INTERNED => r,
+                    None => {
+                        inner.interned.insert(key, r.clone());
+                        r
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// Number of entries (for tests and the benchmark).
     pub fn len(&self) -> usize {
         self.inner
@@ -274,6 +305,42 @@ mod tests {
             version: "v".into(),
             any: Default::default(),
         })]
+    }
+
+    fn res(name: &str, bytes: &'static [u8]) -> Arc<Generated> {
+        Arc::new(Generated {
+            name: name.into(),
+            version: super::super::generate::version_of(bytes),
+            any: bytes::Bytes::from_static(bytes),
+        })
+    }
+
+    #[tokio::test]
+    async fn equal_resources_of_per_proxy_sets_are_held_once() {
+        let cache = ResourceCache::default();
+        cache.advance(1, None);
+        let a = cache.interned(1, vec![res("in", b"one"), res("out", b"two")]);
+        let b = cache.interned(1, vec![res("in", b"other"), res("out", b"two")]);
+        assert!(!Arc::ptr_eq(&a[0], &b[0]), "different bytes stay apart");
+        assert_eq!(&b[0].any[..], b"other");
+        assert!(Arc::ptr_eq(&a[1], &b[1]), "equal resources are one copy");
+        // Same bytes under another name are another resource.
+        let c = cache.interned(1, vec![res("other", b"two")]);
+        assert_eq!(c[0].name, "other");
+        // A colliding key (forced here) with other bytes keeps its own.
+        let forged = Arc::new(Generated {
+            name: "out".into(),
+            version: a[1].version.clone(),
+            any: bytes::Bytes::from_static(b"forged"),
+        });
+        let d = cache.interned(1, vec![forged]);
+        assert_eq!(&d[0].any[..], b"forged");
+        // A new snapshot starts empty; an older one is not interned into.
+        cache.advance(2, None);
+        let e = cache.interned(2, vec![res("out", b"two")]);
+        assert!(!Arc::ptr_eq(&a[1], &e[0]));
+        let f = cache.interned(1, vec![res("out", b"two")]);
+        assert!(!Arc::ptr_eq(&e[0], &f[0]));
     }
 
     #[tokio::test]

@@ -82,7 +82,7 @@ struct Stream {
     state: Arc<XdsState>,
     conn: Option<Arc<Connection>>,
     /// Boxed: a map's node has room for 11 entries, and a stream has about 4 watches.
-    watches: BTreeMap<String, Box<WatchState>>,
+    watches: BTreeMap<std::borrow::Cow<'static, str>, Box<WatchState>>,
     nonces: u64,
     peer: String,
     delta: bool,
@@ -258,6 +258,11 @@ impl Stream {
                         if job.type_url == type_url::ENDPOINT {
                             // Each load assignment is shared across classes too.
                             endpoints(&ctx, &state.cache, &job)
+                        } else if job.type_url == type_url::LISTENER {
+                            // Listeners are made per proxy address; most come out
+                            // the same for every proxy of a class.
+                            let made = generate(&ctx, &job, &state.vhosts);
+                            state.cache.interned(ctx.snap.generation, made)
                         } else {
                             generate(&ctx, &job, &state.vhosts)
                         }
@@ -287,7 +292,7 @@ impl Stream {
                 };
                 let unchanged = w.sent_version.as_deref() == Some(version.as_str());
                 if !respond && force.is_none() && (unchanged || (!full_set && changed.is_empty())) {
-                    self.watches.insert(url.to_string(), w);
+                    self.watches.insert(w.type_url.clone(), w);
                     return Ok(false);
                 }
                 // CDS and LDS responses are the whole state; EDS and RDS may carry only
@@ -328,7 +333,7 @@ impl Stream {
                     }
                 }
                 if changed.is_empty() && removed.is_empty() && !respond {
-                    self.watches.insert(url.to_string(), w);
+                    self.watches.insert(w.type_url.clone(), w);
                     return Ok(false);
                 }
                 nonce = self.next_nonce();
@@ -362,7 +367,7 @@ impl Stream {
             .get_or_create(&Metrics::type_label(short))
             .observe(bytes as f64);
         debug!(proxy = %ctx.proxy.id, type_url = short, resources = sent, version = %version, nonce = %nonce, "push");
-        self.watches.insert(url.to_string(), w);
+        self.watches.insert(w.type_url.clone(), w);
         Ok(true)
     }
 
@@ -479,7 +484,7 @@ impl Stream {
         }
         let w = self
             .watches
-            .entry(url.clone())
+            .entry(type_url::shared(&url))
             .or_insert_with(|| Box::new(WatchState::new(&url)));
         let action = w.on_sotw_request(&req);
         self.answer(out, &url, action).await
@@ -499,7 +504,7 @@ impl Stream {
         let url = req.type_url.clone();
         let w = self
             .watches
-            .entry(url.clone())
+            .entry(type_url::shared(&url))
             .or_insert_with(|| Box::new(WatchState::new(&url)));
         let action = w.on_delta_request(&req);
         if w.names.len() > MAX_SUBSCRIBED_NAMES {

@@ -90,7 +90,7 @@ pub(super) fn endpoints(
 /// Resources for a proxyless gRPC client: only the names it asked for.
 pub(super) fn generate_grpc(ctx: &ProxyContext, w: &WatchState) -> Vec<Arc<Generated>> {
     let names = w.names.iter();
-    match w.type_url.as_str() {
+    match &*w.type_url {
         type_url::LISTENER => names
             .filter_map(|n| translate::grpc::listener(ctx, n))
             .map(|l| Arc::new(wrap(l.name.clone(), &l)))
@@ -124,7 +124,7 @@ pub(super) fn generate(
     if ctx.proxy.proxyless {
         return generate_grpc(ctx, w);
     }
-    match w.type_url.as_str() {
+    match &*w.type_url {
         type_url::CLUSTER => sorted(
             translate::cluster::clusters(ctx)
                 .into_iter()

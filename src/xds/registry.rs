@@ -43,7 +43,7 @@ pub struct Connection {
     pub peer: String,
     pub connected_at: SystemTime,
     /// Each watch's summary by type URL, in type order.
-    pub(super) status: Mutex<Vec<(String, WatchSummary)>>,
+    pub(super) status: Mutex<Vec<(std::borrow::Cow<'static, str>, WatchSummary)>>,
     pub(super) pending: Mutex<Option<PushRequest>>,
     pub(super) notify: Notify,
 }
@@ -74,7 +74,7 @@ impl Connection {
             types: self
                 .status
                 .lock()
-                .map(|s| s.iter().cloned().collect())
+                .map(|s| s.iter().map(|(t, w)| (t.to_string(), w.clone())).collect())
                 .unwrap_or_default(),
         }
     }

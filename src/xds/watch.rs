@@ -2,6 +2,7 @@
 //! what a request means: ACK, NACK, a new subscription, or a stale message to ignore.
 //! Kept free of I/O so that it can be table-tested (see the tests below).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ pub struct Nack {
 /// Subscription and ACK state for one resource type on one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WatchState {
-    pub type_url: String,
+    pub type_url: Cow<'static, str>,
     /// Subscribed to everything of this type (CDS/LDS with no names, or `*`).
     pub wildcard: bool,
     /// Explicitly subscribed names (shared with other streams that subscribed to the
@@ -32,11 +33,14 @@ pub struct WatchState {
     /// What the client has (or was last sent).
     #[serde(skip)]
     pub held: Held,
-    pub sent_version: Option<String>,
-    pub sent_nonce: Option<String>,
-    pub acked_version: Option<String>,
-    pub acked_nonce: Option<String>,
-    pub last_nack: Option<Nack>,
+    /// Shared with the sync status the stream publishes (and, once ACKed, with the
+    /// acked version and nonce): a copy of the status copies no string.
+    pub sent_version: Option<Arc<str>>,
+    pub sent_nonce: Option<Arc<str>>,
+    pub acked_version: Option<Arc<str>>,
+    pub acked_nonce: Option<Arc<str>>,
+    /// Boxed: rare, and three strings wide in every watch and its summary.
+    pub last_nack: Option<Box<Nack>>,
     pub requests: u64,
     pub acks: u64,
     pub nacks: u64,
@@ -182,11 +186,11 @@ pub struct WatchSummary {
     pub subscribed: usize,
     /// Number of resources the client holds (as far as meshd knows).
     pub resources: usize,
-    pub sent_version: Option<String>,
-    pub sent_nonce: Option<String>,
-    pub acked_version: Option<String>,
-    pub acked_nonce: Option<String>,
-    pub last_nack: Option<Nack>,
+    pub sent_version: Option<Arc<str>>,
+    pub sent_nonce: Option<Arc<str>>,
+    pub acked_version: Option<Arc<str>>,
+    pub acked_nonce: Option<Arc<str>>,
+    pub last_nack: Option<Box<Nack>>,
     pub requests: u64,
     pub acks: u64,
     pub nacks: u64,
@@ -225,7 +229,7 @@ impl WatchState {
 
     pub fn new(type_url: &str) -> Self {
         WatchState {
-            type_url: type_url.to_string(),
+            type_url: type_url::shared(type_url),
             ..Default::default()
         }
     }
@@ -255,17 +259,24 @@ impl WatchState {
 
     fn record_nack(&mut self, nonce: &str, message: &str) {
         self.nacks += 1;
-        self.last_nack = Some(Nack {
-            version: self.sent_version.clone().unwrap_or_default(),
+        self.last_nack = Some(Box::new(Nack {
+            version: self.sent_version.as_deref().unwrap_or_default().to_string(),
             nonce: nonce.to_string(),
             error: message.to_string(),
-        });
+        }));
     }
 
+    /// (`nonce` is the one last sent: only that one is ACKed.)
     fn record_ack(&mut self, version: &str, nonce: &str) {
         self.acks += 1;
-        self.acked_version = Some(version.to_string());
-        self.acked_nonce = Some(nonce.to_string());
+        self.acked_version = match &self.sent_version {
+            Some(v) if &**v == version => Some(v.clone()),
+            _ => Some(version.into()),
+        };
+        self.acked_nonce = match &self.sent_nonce {
+            Some(n) if &**n == nonce => Some(n.clone()),
+            _ => Some(nonce.into()),
+        };
     }
 
     /// State-of-the-World request handling.
@@ -372,7 +383,7 @@ impl WatchState {
                 Action::Nack
             };
         }
-        let version = self.sent_version.clone().unwrap_or_default();
+        let version = self.sent_version.clone().unwrap_or_else(|| "".into());
         self.record_ack(&version, nonce);
         if changed {
             Action::Respond
@@ -399,8 +410,8 @@ impl WatchState {
 
     /// Records a response just sent.
     pub fn sent(&mut self, version: &str, nonce: &str) {
-        self.sent_version = Some(version.to_string());
-        self.sent_nonce = Some(nonce.to_string());
+        self.sent_version = Some(version.into());
+        self.sent_nonce = Some(nonce.into());
     }
 }
 

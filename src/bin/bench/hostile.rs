@@ -16,8 +16,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
-use meshd::envoy::{pb, type_url};
-use serde_json::{Value, json};
+use meshd::envoy::type_url;
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -58,11 +58,9 @@ fn extra_text(tick: u64) -> String {
 fn node(i: usize) -> Node {
     let p = super::proxy(i, 10);
     Node {
-        id: p.id.clone(),
-        metadata: Some(pb::to_struct(&Value::Object(
-            p.metadata.clone().into_iter().collect(),
-        ))),
-        ..Default::default()
+        // Its id and metadata as an Envoy would send them (no service cluster).
+        cluster: String::new(),
+        ..meshd::translate::output::node(&p)
     }
 }
 

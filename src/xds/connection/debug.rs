@@ -37,7 +37,7 @@ impl Stream {
             .connections()
             .iter()
             // Debug clients (istioctl) are not proxies.
-            .filter(|c| c.proxy.metadata.get("GENERATOR").and_then(|v| v.as_str()) != Some("event"))
+            .filter(|c| c.proxy.metadata.get("GENERATOR") != Some("event"))
             .filter(|c| all || c.proxy.namespace == own)
             .filter_map(|c| client_config(c))
             .map(|cc| pb::any(&cc))
@@ -106,9 +106,10 @@ pub(super) fn client_config(
             } as i32,
             version_info: w
                 .acked_version
-                .clone()
-                .or(w.sent_version.clone())
-                .unwrap_or_default(),
+                .as_deref()
+                .or(w.sent_version.as_deref())
+                .unwrap_or_default()
+                .to_string(),
             error_state: w.last_nack.as_ref().map(|n| {
                 envoy_types::pb::envoy::admin::v3::UpdateFailureState {
                     details: n.error.clone(),
