@@ -809,6 +809,11 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
         .collect();
     // Let the ACKs of the initial sync land before changing anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same figures once the sync's ACKs have landed and the allocator has had time
+    // to return the pages the sync's transient buffers used (mimalloc purges freed
+    // pages after a delay): what a connected, idle proxy costs.
+    let rss_settled_kib = (rss_mb() - rss_base) * 1024.0 / m.max(1) as f64;
+    let live_settled_kib = (live_mb() - live_base) * 1024.0 / m.max(1) as f64;
     let next = Arc::new(Snapshot::build(
         &mesh_scoped(n, 5, sidecar),
         Some(&base),
@@ -857,7 +862,8 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
          (CPU meanwhile: meshd {server_cpu:.1} s, the simulated proxies {clients_cpu:.1} s); {converged} \
          (of which the publish, deciding every proxy's push, {publish_ms:.1} ms); \
          meshd peak RSS {:.0} MB (RSS before proxies {:.0} MB, after the initial sync {:.0} MB: \
-         {:.0} KiB per proxy; live heap {:.0} MB before, {:.0} MB after: {:.0} KiB per proxy); \
+         {:.0} KiB per proxy; live heap {:.0} MB before, {:.0} MB after: {:.0} KiB per proxy; \
+         half a second later {rss_settled_kib:.0} KiB RSS and {live_settled_kib:.0} KiB live per proxy); \
          {} OS threads",
         peak_rss_mb(),
         rss_base,
@@ -882,6 +888,8 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
                "sidecar_services": sidecar, "label_sets": classes,
                "connected": connected, "rss_per_proxy_kib": per_proxy_kib,
                "live_heap_per_proxy_kib": live_per_proxy_kib, "peak_rss_mb": peak_rss_mb(),
+               "rss_per_proxy_settled_kib": rss_settled_kib,
+               "live_heap_per_proxy_settled_kib": live_settled_kib,
                "sync": synced, "change": converged}),
     );
 }
