@@ -4,6 +4,7 @@
 //! them), and the type URLs of the resources it serves, and istio-proxy's own extension
 //! messages (`istio`). Nothing here knows Istio's configuration.
 
+pub mod encoded;
 pub mod istio;
 pub mod naming;
 pub mod pb;

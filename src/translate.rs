@@ -60,7 +60,7 @@ pub fn route_config_any(
     name: &str,
     store: &route::pieces::VhostStore,
     class: u64,
-) -> Option<Vec<u8>> {
+) -> Option<crate::envoy::encoded::Encoded> {
     use prost::Message;
     if ctx.proxy.kind == ProxyKind::Sidecar
         && !ctx.proxy.proxyless
@@ -69,7 +69,7 @@ pub fn route_config_any(
     {
         return route::pieces::outbound_route_config_any(ctx, name, store, class);
     }
-    route_config(ctx, name).map(|rc| crate::envoy::pb::resource(&rc).encode_to_vec())
+    route_config(ctx, name).map(|rc| crate::envoy::pb::resource(&rc).encode_to_vec().into())
 }
 
 /// `items` in the order of their names (stable), sorting indices and then swapping each

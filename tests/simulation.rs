@@ -495,7 +495,7 @@ fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
                 let got = translate::route_config_any(&ctx, &rc.name, &store, 7)
                     .unwrap_or_else(|| panic!("{}: {} {step}: none", f.display(), rc.name));
                 assert!(
-                    got == want,
+                    got.to_vec() == want,
                     "{}: route configuration {} ({step}) differs from the fresh translation",
                     f.display(),
                     rc.name

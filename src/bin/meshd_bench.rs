@@ -482,7 +482,7 @@ fn b1(n: usize, runs: usize) {
     // What the server does now: the virtual hosts kept from the first snapshot, the
     // change's host dropped, the configuration assembled from the rest.
     let mut kept_times = Vec::new();
-    let mut kept_any = Vec::new();
+    let mut kept_any = meshd::envoy::encoded::Encoded::default();
     for _ in 0..runs.max(1) {
         use meshd::model::snapshot::Changes;
         use meshd::translate::route::pieces::VhostStore;
@@ -496,7 +496,11 @@ fn b1(n: usize, runs: usize) {
         kept_any = any;
     }
     // The same bytes either way (tests/simulation.rs holds this for istiod's cases).
-    assert_eq!(whole, kept_any, "assembled route configuration differs");
+    assert_eq!(
+        whole,
+        kept_any.to_vec(),
+        "assembled route configuration differs"
+    );
     let kept_bytes = kept_any.len();
     kept_times.sort();
     let (k_med, k_min) = (kept_times[kept_times.len() / 2], kept_times[0]);

@@ -18,8 +18,9 @@ use crate::translate::ProxyContext;
 pub struct Generated {
     pub name: String,
     pub version: String,
-    /// The resource as an encoded `google.protobuf.Any`.
-    pub any: bytes::Bytes,
+    /// The resource as an encoded `google.protobuf.Any` (in parts: see
+    /// [`crate::envoy::encoded`]).
+    pub any: crate::envoy::encoded::Encoded,
 }
 
 /// An async cell: streams waiting for another stream's computation of the same set
@@ -311,7 +312,7 @@ mod tests {
         Arc::new(Generated {
             name: name.into(),
             version: super::super::generate::version_of(bytes),
-            any: bytes::Bytes::from_static(bytes),
+            any: bytes::Bytes::from_static(bytes).into(),
         })
     }
 
@@ -322,7 +323,7 @@ mod tests {
         let a = cache.interned(1, vec![res("in", b"one"), res("out", b"two")]);
         let b = cache.interned(1, vec![res("in", b"other"), res("out", b"two")]);
         assert!(!Arc::ptr_eq(&a[0], &b[0]), "different bytes stay apart");
-        assert_eq!(&b[0].any[..], b"other");
+        assert_eq!(b[0].any.to_vec(), b"other");
         assert!(Arc::ptr_eq(&a[1], &b[1]), "equal resources are one copy");
         // Same bytes under another name are another resource.
         let c = cache.interned(1, vec![res("other", b"two")]);
@@ -331,10 +332,10 @@ mod tests {
         let forged = Arc::new(Generated {
             name: "out".into(),
             version: a[1].version.clone(),
-            any: bytes::Bytes::from_static(b"forged"),
+            any: bytes::Bytes::from_static(b"forged").into(),
         });
         let d = cache.interned(1, vec![forged]);
-        assert_eq!(&d[0].any[..], b"forged");
+        assert_eq!(d[0].any.to_vec(), b"forged");
         // A new snapshot starts empty; an older one is not interned into.
         cache.advance(2, None);
         let e = cache.interned(2, vec![res("out", b"two")]);

@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::cache::{Generated, ResourceCache};
 use super::watch::WatchState;
+use crate::envoy::encoded::Encoded;
 use crate::envoy::{pb, type_url};
 use crate::translate::{self, ProxyContext};
 
@@ -21,12 +22,18 @@ pub(super) fn packed(name: String, any: &envoy_types::pb::google::protobuf::Any)
 
 /// [`packed`] for an `Any` already encoded.
 pub(super) fn packed_bytes(name: String, any: Vec<u8>) -> Generated {
-    let bytes = bytes::Bytes::from(any);
-    Generated {
-        name,
-        version: version_of(&bytes),
-        any: bytes,
-    }
+    packed_encoded(name, any.into())
+}
+
+/// [`packed`] for an `Any` already encoded, possibly in parts (which carry their
+/// version).
+pub(super) fn packed_encoded(name: String, any: Encoded) -> Generated {
+    let version = match (&any, any.parts_version()) {
+        (_, Some(v)) => format!("{v:016x}"),
+        (Encoded::One(b), None) => version_of(b),
+        (parts, None) => version_of(&parts.to_vec()),
+    };
+    Generated { name, version, any }
 }
 
 pub(super) fn wrap<T: Message + prost::Name>(name: String, msg: &T) -> Generated {
@@ -148,7 +155,7 @@ pub(super) fn generate(
                 .iter()
                 .filter_map(|n| {
                     translate::route_config_any(ctx, n, vhosts, class)
-                        .map(|any| Arc::new(packed_bytes(n.clone(), any)))
+                        .map(|any| Arc::new(packed_encoded(n.clone(), any)))
                 })
                 .collect()
         }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::cache::Generated;
+use crate::envoy::encoded::Encoded;
 
 /// How a response wraps each resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,8 +188,10 @@ pub struct ResponseBody {
     rx: mpsc::Receiver<Result<Outgoing, Status>>,
     /// The message being written and the index of its next resource.
     current: Option<(Outgoing, usize)>,
-    /// A large resource's shared bytes, to go out right after the chunk before it.
+    /// A large part's shared bytes, to go out right after the chunk before it.
     shared: Option<Bytes>,
+    /// The resource being written (its `Any` may be in parts) and its next part.
+    parts: Option<(Encoded, usize)>,
     /// The final status, once the stream's task ended (sent as trailers).
     end: Option<Status>,
     finished: bool,
@@ -200,22 +203,59 @@ impl ResponseBody {
             rx,
             current: None,
             shared: None,
+            parts: None,
             end: None,
             finished: false,
         }
     }
 
+    /// The large part to go out next, if any; the message is done with when it was
+    /// its last.
+    fn take_shared(&mut self) -> Option<Bytes> {
+        let b = self.shared.take()?;
+        if self.parts.is_none()
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|(m, n)| *n >= m.resources.len())
+        {
+            self.current = None;
+        }
+        Some(b)
+    }
+
     /// Copies what fits of the current message into `chunk`; true when the message is
-    /// done. A large resource's bytes are left in `shared` instead of being copied.
+    /// done. A large part's bytes are left in `shared` instead of being copied.
     fn fill(&mut self, chunk: &mut BytesMut) -> bool {
         let Some((msg, next)) = self.current.as_mut() else {
             return true;
         };
-        if *next == 0 && !msg.head.is_empty() {
+        if *next == 0 && self.parts.is_none() && !msg.head.is_empty() {
             chunk.put_slice(&msg.head);
             msg.head = Bytes::new();
         }
-        while *next < msg.resources.len() {
+        loop {
+            // The rest of the resource being written.
+            if let Some((any, i)) = self.parts.as_mut() {
+                while let Some(p) = any.parts().get(*i) {
+                    if chunk.len() >= CHUNK {
+                        return false;
+                    }
+                    *i += 1;
+                    if p.len() >= SHARE_FROM {
+                        self.shared = Some(p.clone());
+                        if *i == any.parts().len() {
+                            self.parts = None;
+                        }
+                        return self.parts.is_none() && *next == msg.resources.len();
+                    }
+                    chunk.put_slice(p);
+                }
+                self.parts = None;
+            }
+            if *next == msg.resources.len() {
+                return true;
+            }
             if chunk.len() >= CHUNK {
                 return false;
             }
@@ -229,13 +269,8 @@ impl ResponseBody {
                 encode_key(2, WireType::LengthDelimited, chunk);
                 encode_varint(r.any.len() as u64, chunk);
             }
-            if r.any.len() >= SHARE_FROM {
-                self.shared = Some(r.any.clone());
-                return *next == msg.resources.len();
-            }
-            chunk.put_slice(&r.any);
+            self.parts = Some((r.any.clone(), 0));
         }
-        true
     }
 }
 
@@ -258,14 +293,7 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        if let Some(b) = this.shared.take() {
-            if this
-                .current
-                .as_ref()
-                .is_some_and(|(m, n)| *n >= m.resources.len())
-            {
-                this.current = None;
-            }
+        if let Some(b) = this.take_shared() {
             return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
         }
         if this.finished {
@@ -301,6 +329,12 @@ impl http_body::Body for ResponseBody {
             let done = this.fill(&mut chunk);
             if done && this.shared.is_none() {
                 this.current = None;
+            }
+            if chunk.is_empty()
+                && let Some(b) = this.take_shared()
+            {
+                // A part after a part: nothing of its own goes before it.
+                return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
             }
             if this.shared.is_some() || chunk.len() >= CHUNK {
                 return Poll::Ready(Some(Ok(http_body::Frame::data(chunk.freeze()))));
@@ -412,6 +446,29 @@ mod tests {
         })
     }
 
+    /// A resource whose `Any` is in parts of the given sizes (the last takes the rest).
+    fn res_parts(name: &str, size: usize, cuts: &[usize]) -> Arc<Generated> {
+        let bytes = Bytes::from(
+            Any {
+                type_url: "type.googleapis.com/test".into(),
+                value: (0..size).map(|i| i as u8).collect(),
+            }
+            .encode_to_vec(),
+        );
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            parts.push(bytes.slice(at..at + c));
+            at += c;
+        }
+        parts.push(bytes.slice(at..));
+        Arc::new(Generated {
+            name: name.into(),
+            version: format!("v-{name}"),
+            any: Encoded::from_parts(parts, 1),
+        })
+    }
+
     /// Everything the body yields, split back into gRPC messages, and its trailers.
     async fn drain(items: Vec<Result<Outgoing, Status>>) -> (Vec<Vec<u8>>, HeaderMap) {
         let (tx, rx) = mpsc::channel(items.len().max(1));
@@ -449,7 +506,19 @@ mod tests {
         let big = res("routes", 300 * 1024);
         let mut all = small.clone();
         all.insert(1500, big.clone());
+        // In parts, small and large (large ones go out uncopied) in every order: one
+        // ending on a large part, then one after it beginning with a large part.
+        all.insert(
+            700,
+            res_parts("parts-a", 100_000, &[10, 40_000, 20_000, 300, 5]),
+        );
+        all.insert(
+            701,
+            res_parts("parts-b", 100_000, &[30_000, 1, 17_000, 2_000]),
+        );
+        all.insert(702, res_parts("parts-c", 500, &[3, 3]));
         all.push(res("last", 10));
+        all.push(res_parts("parts-last", 60_000, &[7, 20_000]));
         let cp = envoy_types::pb::envoy::config::core::v3::ControlPlane {
             identifier: "meshd".into(),
         }
@@ -583,18 +652,37 @@ mod tests {
     #[tokio::test]
     async fn a_large_resource_goes_out_as_its_shared_bytes() {
         let big = res("routes", 64 * 1024);
+        let parts = res_parts("parts", 100_000, &[100, 40_000, 50, 20_000]);
         let (tx, rx) = mpsc::channel(1);
-        tx.send(Ok(Outgoing::new(&[], vec![big.clone()], Wrap::Any)))
-            .await
-            .expect("room");
+        tx.send(Ok(Outgoing::new(
+            &[],
+            vec![big.clone(), parts.clone()],
+            Wrap::Any,
+        )))
+        .await
+        .expect("room");
         drop(tx);
         let mut body = ResponseBody::new(rx);
-        let mut shared = false;
+        let mut frames = Vec::new();
         while let Some(Ok(f)) = body.frame().await {
             if let Ok(d) = f.into_data() {
-                shared |= d.as_ptr() == big.any.as_ptr() && d.len() == big.any.len();
+                frames.push(d);
             }
         }
-        assert!(shared, "the resource's own bytes were not handed over");
+        // Each large part (whole resource or part of one) handed over as itself.
+        let large = big
+            .any
+            .parts()
+            .iter()
+            .chain(parts.any.parts().iter().filter(|p| p.len() >= SHARE_FROM));
+        for part in large {
+            assert!(
+                frames
+                    .iter()
+                    .any(|d| d.as_ptr() == part.as_ptr() && d.len() == part.len()),
+                "a part of {} bytes was copied",
+                part.len()
+            );
+        }
     }
 }

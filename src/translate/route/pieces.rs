@@ -34,6 +34,7 @@ use super::{
     Planned, egress_for_port, in_port_order, outbound_catch_all, outbound_envelope, outbound_plan,
     service_virtual_host, vs_host_virtual_host,
 };
+use crate::envoy::encoded::Encoded;
 use crate::envoy::pb;
 use crate::model::host;
 use crate::model::snapshot::Changes;
@@ -106,7 +107,24 @@ struct Layout {
     /// until the class is next assembled: one per host at most.)
     pieces: Vec<Arc<Piece>>,
     shape: Arc<Shape>,
+    /// The hosts encoded, [`SEGMENT_HOSTS`] to a segment in configuration order.
+    segments: Vec<Segment>,
 }
+
+/// Consecutive hosts of a configuration, encoded (each as the configuration's field 2),
+/// with the hash of the bytes. An assembly whose layout holds reuses the segments whose
+/// pieces are all as they were: a VirtualService edit encodes the one segment its host
+/// is in, not the megabytes of the whole configuration.
+#[derive(Debug, Clone)]
+struct Segment {
+    bytes: bytes::Bytes,
+    hash: u64,
+}
+
+/// Hosts per segment: about 36 KB of a typical mesh's hosts (large enough to go out
+/// uncopied, see xds/wire.rs; small enough that an edit copies little). Small in tests,
+/// so that their few hosts span several segments.
+const SEGMENT_HOSTS: usize = if cfg!(test) { 2 } else { 64 };
 
 /// A [`Layout`] without its pieces (shared with the assembly that encodes by it, so
 /// that the class's lock is not held while it does).
@@ -144,30 +162,11 @@ impl Shape {
         }
     }
 
-    /// The hosts to encode, in order, each with the domains it keeps.
-    fn hosts<'a>(
-        &'a self,
-        pieces: &'a [Arc<Piece>],
-        catch_all: &'a Piece,
-    ) -> Vec<(&'a Piece, Vec<&'a str>)> {
-        let domains = |p: &'a Piece, kept: Option<&'a Vec<u32>>| -> Vec<&'a str> {
-            match kept {
-                None => p.domains.iter().map(String::as_str).collect(),
-                Some(k) => k.iter().map(|&d| p.domains[d as usize].as_str()).collect(),
-            }
-        };
-        let mut out: Vec<(&Piece, Vec<&str>)> = self
-            .hosts
-            .iter()
-            .map(|(i, kept)| {
-                let p = &*pieces[*i as usize];
-                (p, domains(p, kept.as_ref()))
-            })
-            .collect();
-        if !self.catch_all.1.is_empty() {
-            out.push((catch_all, domains(catch_all, Some(&self.catch_all.1))));
-        }
-        out
+    /// The domains of `p` that host `kept` keeps.
+    fn kept<'a>(p: &'a Piece, kept: Option<&'a Vec<u32>>) -> impl Iterator<Item = &'a str> {
+        let all = kept.is_none().then(|| p.domains.iter().map(String::as_str));
+        let some = kept.map(|k| k.iter().map(|&d| p.domains[d as usize].as_str()));
+        all.into_iter().flatten().chain(some.into_iter().flatten())
     }
 }
 
@@ -355,7 +354,7 @@ pub fn outbound_route_config_any(
     name: &str,
     store: &VhostStore,
     class: u64,
-) -> Option<Vec<u8>> {
+) -> Option<Encoded> {
     let port: u16 = name.parse().ok()?;
     let egress = egress_for_port(ctx, port)?;
     let kept = store.class(ctx.snap.generation, class, port);
@@ -409,19 +408,60 @@ pub fn outbound_route_config_any(
     let catch_all = Piece::of(outbound_catch_all(ctx), false);
     // The last layout if it still fits (the pieces' routes changed, not their names or
     // domains), else a new one, kept for the next assembly of a kept class.
-    let shape = match &pieces.layout {
-        Some(last) if last.fits(&ordered, &catch_all) => last.shape.clone(),
-        _ => Arc::new(Shape::of(&ordered, &catch_all)),
+    let last = pieces
+        .layout
+        .take()
+        .filter(|last| last.fits(&ordered, &catch_all));
+    let shape = match &last {
+        Some(last) => last.shape.clone(),
+        None => Arc::new(Shape::of(&ordered, &catch_all)),
     };
+    // Under the class's lock: the other streams of the class wait, then find every
+    // segment made.
+    let segments = segments(&shape, &ordered, last.as_ref());
+    let any = encode_any(name, &segments, &catch_all, &shape.catch_all.1);
     if keeps {
         pieces.layout = Some(Layout {
-            pieces: ordered.clone(),
-            shape: shape.clone(),
+            pieces: ordered,
+            shape,
+            segments,
         });
     }
-    // Encoded with the class's lock released.
-    drop(guard);
-    Some(encode_any(name, &shape.hosts(&ordered, &catch_all)))
+    Some(any)
+}
+
+/// The hosts of `shape` encoded in segments, those of `last` (a layout `shape` came
+/// from) reused where all their pieces are the same.
+fn segments(shape: &Shape, pieces: &[Arc<Piece>], last: Option<&Layout>) -> Vec<Segment> {
+    shape
+        .hosts
+        .chunks(SEGMENT_HOSTS)
+        .enumerate()
+        .map(|(k, hosts)| {
+            let same = last.and_then(|l| {
+                let seg = l.segments.get(k)?;
+                hosts
+                    .iter()
+                    .all(|(i, _)| Arc::ptr_eq(&pieces[*i as usize], &l.pieces[*i as usize]))
+                    .then(|| seg.clone())
+            });
+            same.unwrap_or_else(|| {
+                let hosts: Vec<(&Piece, Option<&Vec<u32>>)> = hosts
+                    .iter()
+                    .map(|(i, kept)| (&*pieces[*i as usize], kept.as_ref()))
+                    .collect();
+                let len = hosts.iter().map(|(p, k)| field_len(host_len(p, *k))).sum();
+                let mut buf = Vec::with_capacity(len);
+                for (p, kept) in hosts {
+                    put_host(p, kept, &mut buf);
+                }
+                Segment {
+                    hash: xxhash_rust::xxh3::xxh3_64(&buf),
+                    bytes: buf.into(),
+                }
+            })
+        })
+        .collect()
 }
 
 /// The indices of the domains of `domains` not in `used` (compared without case), now
@@ -442,67 +482,92 @@ fn first_uses<'a>(domains: &'a [String], used: &mut HashSet<Cow<'a, str>, Fast>)
         .collect()
 }
 
-/// The `Any` of a route configuration named `name` with `hosts` (each with the domains
-/// it keeps), byte for byte as [`pb::resource`] encodes the same configuration: fields
-/// in number order — the name (1), the virtual hosts (2), then the envelope's others.
-fn encode_any(name: &str, hosts: &[(&Piece, Vec<&str>)]) -> Vec<u8> {
-    fn string_len(tag: u32, s: &str) -> usize {
-        if s.is_empty() {
-            0
-        } else {
-            prost::encoding::key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
-        }
+fn string_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        prost::encoding::key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
     }
-    fn put_string(tag: u32, s: &str, buf: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(s.len() as u64, buf);
-        buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_string(tag: u32, s: &str, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(s.len() as u64, buf);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// A field of `len` bytes with its key and length (field 2, the virtual hosts').
+fn field_len(len: usize) -> usize {
+    prost::encoding::key_len(2) + encoded_len_varint(len as u64) + len
+}
+
+/// The encoded length of host `p` keeping the domains `kept` (None: all).
+fn host_len(p: &Piece, kept: Option<&Vec<u32>>) -> usize {
+    string_len(1, &p.name)
+        + Shape::kept(p, kept)
+            .map(|d| prost::encoding::key_len(2) + encoded_len_varint(d.len() as u64) + d.len())
+            .sum::<usize>()
+        + p.rest.len()
+}
+
+/// Host `p` as a field of the configuration (field 2), its name, domains, then the rest.
+fn put_host(p: &Piece, kept: Option<&Vec<u32>>, buf: &mut Vec<u8>) {
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(host_len(p, kept) as u64, buf);
+    if !p.name.is_empty() {
+        put_string(1, &p.name, buf);
     }
+    for d in Shape::kept(p, kept) {
+        put_string(2, d, buf);
+    }
+    buf.extend_from_slice(&p.rest);
+}
+
+/// The `Any` of a route configuration named `name`: its hosts (`segments`), then the
+/// catch-all keeping the domains `catch_all_kept` (none: left out), byte for byte as
+/// [`pb::resource`] encodes the same configuration — fields in number order: the name
+/// (1), the virtual hosts (2), then the envelope's others. In parts: the head (the
+/// `Any`'s type and length, the name), the segments, shared, and the tail.
+fn encode_any(
+    name: &str,
+    segments: &[Segment],
+    catch_all: &Piece,
+    catch_all_kept: &[u32],
+) -> Encoded {
     let type_url = <RouteConfiguration as prost::Name>::type_url();
     let envelope = RouteConfiguration {
         name: String::new(),
         ..outbound_envelope(name)
     };
-    let tail = pb::canonical(&type_url, &envelope.encode_to_vec());
-    let host_len = |(p, domains): &(&Piece, Vec<&str>)| -> usize {
-        string_len(1, &p.name)
-            + domains
-                .iter()
-                .map(|d| prost::encoding::key_len(2) + encoded_len_varint(d.len() as u64) + d.len())
-                .sum::<usize>()
-            + p.rest.len()
-    };
-    // Each host's length is needed twice: in the configuration's length, then before
-    // its bytes.
-    let lens: Vec<usize> = hosts.iter().map(host_len).collect();
-    let value_len = string_len(1, name)
-        + lens
-            .iter()
-            .map(|&l| prost::encoding::key_len(2) + encoded_len_varint(l as u64) + l)
-            .sum::<usize>()
-        + tail.len();
-    let mut buf = Vec::with_capacity(
-        value_len + type_url.len() + 2 * (1 + encoded_len_varint(value_len as u64)) + 8,
-    );
-    put_string(1, &type_url, &mut buf);
-    encode_key(2, WireType::LengthDelimited, &mut buf);
-    encode_varint(value_len as u64, &mut buf);
+    let mut tail = Vec::new();
+    if !catch_all_kept.is_empty() {
+        let kept = catch_all_kept.to_vec();
+        tail.reserve(field_len(host_len(catch_all, Some(&kept))));
+        put_host(catch_all, Some(&kept), &mut tail);
+    }
+    tail.extend_from_slice(&pb::canonical(&type_url, &envelope.encode_to_vec()));
+    let value_len =
+        string_len(1, name) + segments.iter().map(|s| s.bytes.len()).sum::<usize>() + tail.len();
+    let mut head = Vec::with_capacity(type_url.len() + string_len(1, name) + 2 * (1 + 10) + 8);
+    put_string(1, &type_url, &mut head);
+    encode_key(2, WireType::LengthDelimited, &mut head);
+    encode_varint(value_len as u64, &mut head);
     if !name.is_empty() {
-        put_string(1, name, &mut buf);
+        put_string(1, name, &mut head);
     }
-    for (h, len) in hosts.iter().zip(lens) {
-        encode_key(2, WireType::LengthDelimited, &mut buf);
-        encode_varint(len as u64, &mut buf);
-        if !h.0.name.is_empty() {
-            put_string(1, &h.0.name, &mut buf);
-        }
-        for d in &h.1 {
-            put_string(2, d, &mut buf);
-        }
-        buf.extend_from_slice(&h.0.rest);
+    // The version from the segments' hashes: the same bytes in the same segments give
+    // the same version, without hashing megabytes at each edit.
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&head);
+    for s in segments {
+        h.update(&s.hash.to_le_bytes());
     }
-    buf.extend_from_slice(&tail);
-    buf
+    h.update(&tail);
+    let mut parts = Vec::with_capacity(segments.len() + 2);
+    parts.push(bytes::Bytes::from(head));
+    parts.extend(segments.iter().map(|s| s.bytes.clone()));
+    parts.push(bytes::Bytes::from(tail));
+    Encoded::from_parts(parts, h.digest())
 }
 
 #[cfg(test)]
@@ -565,7 +630,7 @@ spec:
             .expect("node")
     }
 
-    fn kept(snap: &Snapshot, store: &VhostStore, labels: &str, name: &str) -> Vec<u8> {
+    fn kept(snap: &Snapshot, store: &VhostStore, labels: &str, name: &str) -> Encoded {
         let proxy = proxy(labels);
         let ctx = ProxyContext::new(snap, &proxy);
         outbound_route_config_any(&ctx, name, store, labels.len() as u64).expect("assembled")
@@ -612,6 +677,7 @@ spec:
         ];
         let store = VhostStore::default();
         let mut prev: Option<Snapshot> = None;
+        let mut last: HashMap<(&str, &str), (Encoded, Vec<u8>)> = HashMap::new();
         for (i, text) in steps.iter().enumerate() {
             let snap = Snapshot::build(&set(text), prev.as_ref(), "cluster.local", "istio-system");
             assert_eq!(snap.error_count(), 0, "{:?}", snap.diagnostics);
@@ -643,17 +709,54 @@ spec:
             for labels in ["web", "canary"] {
                 for port in ["80", "8080"] {
                     let want = fresh(&snap, labels, port);
-                    assert_eq!(
-                        kept(&snap, &store, labels, port),
-                        want,
-                        "step {i} {labels} {port}"
+                    let first = kept(&snap, &store, labels, port);
+                    assert_eq!(first.to_vec(), want, "step {i} {labels} {port}");
+                    // Again, all from kept pieces and segments: the same bytes, the
+                    // same version, every segment shared.
+                    let again = kept(&snap, &store, labels, port);
+                    assert_eq!(again.to_vec(), want, "step {i} {labels} {port}");
+                    assert_eq!(first.parts_version(), again.parts_version());
+                    let (a, b) = (first.parts(), again.parts());
+                    if port == "80" {
+                        assert!(a.len() > 3, "step {i}: hosts in several segments");
+                    }
+                    assert!(
+                        a[1..a.len() - 1]
+                            .iter()
+                            .zip(&b[1..b.len() - 1])
+                            .all(|(x, y)| x.as_ptr() == y.as_ptr()),
+                        "step {i} {labels} {port}: segments made again"
                     );
-                    // Again, all from kept pieces.
-                    assert_eq!(
-                        kept(&snap, &store, labels, port),
-                        want,
-                        "step {i} {labels} {port}"
-                    );
+                    if let Some((before, bytes)) = last.get(&(labels, port)) {
+                        assert_eq!(
+                            *bytes == want,
+                            before.parts_version() == first.parts_version(),
+                            "step {i} {labels} {port}: the version follows the bytes"
+                        );
+                        // One host changed (b's weights, seen by the canary only):
+                        // its segment is made again, the others are the last
+                        // assembly's; where it did not change, all of them are.
+                        if i == 1 {
+                            let (p, n) = (before.parts(), first.parts());
+                            let shared = p[1..p.len() - 1]
+                                .iter()
+                                .zip(&n[1..n.len() - 1])
+                                .filter(|(x, y)| x.as_ptr() == y.as_ptr())
+                                .count();
+                            let all = n.len() - 2;
+                            let changed = *bytes != want;
+                            assert!(
+                                if changed {
+                                    shared == all - 1
+                                } else {
+                                    shared == all
+                                },
+                                "step 1 {labels} {port}: {shared} of {all} segments shared \
+                                 (changed: {changed})"
+                            );
+                        }
+                    }
+                    last.insert((labels, port), (first, want));
                 }
             }
             prev = Some(snap);
@@ -677,10 +780,16 @@ spec:
         assert!(!changes.policies.is_empty());
         store.advance(a.generation, b.generation, &changes);
         assert!(store.is_empty());
-        assert_eq!(kept(&b, &store, "web", "80"), fresh(&b, "web", "80"));
+        assert_eq!(
+            kept(&b, &store, "web", "80").to_vec(),
+            fresh(&b, "web", "80")
+        );
         // A stream still on the older snapshot neither reads nor adds pieces.
         let len = store.len();
-        assert_eq!(kept(&a, &store, "web", "80"), fresh(&a, "web", "80"));
+        assert_eq!(
+            kept(&a, &store, "web", "80").to_vec(),
+            fresh(&a, "web", "80")
+        );
         assert_eq!(store.len(), len);
     }
 }
