@@ -619,6 +619,17 @@ enum Work<'a> {
     Push(Boxed<'a, Result<(), ()>>),
 }
 
+impl Work<'_> {
+    /// Does the work; `Some` when the stream ends, with how.
+    async fn run(self) -> Option<Result<(), String>> {
+        match self {
+            Work::Message(f) => f.await,
+            // A push that cannot be sent ends the stream quietly.
+            Work::Push(f) => f.await.is_err().then_some(Ok(())),
+        }
+    }
+}
+
 pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: PeerAuth) {
     let mut shutdown = state.shutdown.clone();
     let delta = matches!(mode, Mode::Delta { .. });
@@ -634,73 +645,37 @@ pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: Pe
     };
     // The stream's task stays small while it waits (most of a proxy's life): handling
     // a request or a push runs in a future of its own, boxed for its duration, so the
-    // task does not carry the largest request's and response's state all along.
+    // task does not carry the largest request's and response's state all along. The
+    // select's arms only make that work; it is awaited after the select, so that the
+    // request just read (hundreds of bytes) is not part of the task either.
+    macro_rules! serve {
+        ($inbound:ident, $tx:ident, $out:expr, $on_message:ident) => {{
+            let out = $out;
+            loop {
+                let notified = async {
+                    match &s.conn {
+                        Some(c) => c.notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let work = tokio::select! {
+                    msg = $inbound.message() => Work::Message(Box::pin(s.$on_message(msg, &out, &$tx))),
+                    _ = notified => match s.conn.as_ref().and_then(|c| c.take_push()) {
+                        Some(push) => Work::Push(Box::pin(s.on_push(&out, push))),
+                        None => continue,
+                    },
+                    _ = shutdown.changed() => break Ok(()),
+                };
+                if let Some(end) = work.run().await {
+                    break end;
+                }
+            }
+        }};
+    }
     let result = match mode {
-        Mode::Sotw { mut inbound, tx } => {
-            let out = Outbound::Sotw(&tx);
-            loop {
-                let notified = async {
-                    match &s.conn {
-                        Some(c) => c.notify.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // The arms only make the work; it is awaited after the select, so
-                // that the request (hundreds of bytes) is not part of the task.
-                let work = tokio::select! {
-                    msg = inbound.message() => Work::Message(Box::pin(s.on_sotw_message(msg, &out, &tx))),
-                    _ = notified => match s.conn.as_ref().and_then(|c| c.take_push()) {
-                        Some(push) => Work::Push(Box::pin(s.on_push(&out, push))),
-                        None => continue,
-                    },
-                    _ = shutdown.changed() => break Ok(()),
-                };
-                match work {
-                    Work::Message(f) => {
-                        if let Some(end) = f.await {
-                            break end;
-                        }
-                    }
-                    Work::Push(f) => {
-                        if f.await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                }
-            }
-        }
+        Mode::Sotw { mut inbound, tx } => serve!(inbound, tx, Outbound::Sotw(&tx), on_sotw_message),
         Mode::Delta { mut inbound, tx } => {
-            let out = Outbound::Delta(&tx);
-            loop {
-                let notified = async {
-                    match &s.conn {
-                        Some(c) => c.notify.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // The arms only make the work; it is awaited after the select, so
-                // that the request (hundreds of bytes) is not part of the task.
-                let work = tokio::select! {
-                    msg = inbound.message() => Work::Message(Box::pin(s.on_delta_message(msg, &out, &tx))),
-                    _ = notified => match s.conn.as_ref().and_then(|c| c.take_push()) {
-                        Some(push) => Work::Push(Box::pin(s.on_push(&out, push))),
-                        None => continue,
-                    },
-                    _ = shutdown.changed() => break Ok(()),
-                };
-                match work {
-                    Work::Message(f) => {
-                        if let Some(end) = f.await {
-                            break end;
-                        }
-                    }
-                    Work::Push(f) => {
-                        if f.await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                }
-            }
+            serve!(inbound, tx, Outbound::Delta(&tx), on_delta_message)
         }
     };
     if let Some(c) = &s.conn {
