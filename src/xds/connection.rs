@@ -608,7 +608,6 @@ fn version_label(proxy: &Proxy) -> VersionLabel {
     VersionLabel { version }
 }
 
-/// Runs one ADS stream until the client goes away or meshd shuts down.
 /// A future boxed for the time it runs.
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -630,6 +629,7 @@ impl Work<'_> {
     }
 }
 
+/// Runs one ADS stream until the client goes away or meshd shuts down.
 pub async fn run_stream(state: Arc<XdsState>, mode: Mode, peer: String, auth: PeerAuth) {
     let mut shutdown = state.shutdown.clone();
     let delta = matches!(mode, Mode::Delta { .. });

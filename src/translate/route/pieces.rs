@@ -126,8 +126,9 @@ struct Segment {
 /// so that their few hosts span several segments.
 const SEGMENT_HOSTS: usize = if cfg!(test) { 2 } else { 64 };
 
-/// A [`Layout`] without its pieces (shared with the assembly that encodes by it, so
-/// that the class's lock is not held while it does).
+/// How a [`Layout`] lays its pieces out: which domains each host keeps, and the hosts'
+/// order. (Segments are made under the class's lock: the class's other streams wait,
+/// then find them made; `VhostStore::advance` drops a class it finds busy.)
 #[derive(Debug)]
 struct Shape {
     /// The hosts in configuration order: a piece's index in the pieces, and the
