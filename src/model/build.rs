@@ -1038,8 +1038,12 @@ impl Builder {
             None => Default::default(),
         };
         for obj in objs {
-            let key = obj.key.to_string();
-            let said = kept_diags.get(key.as_str());
+            // (The key is spelled out only when there are diagnostics to look up.)
+            let said = if kept_diags.is_empty() {
+                None
+            } else {
+                kept_diags.get(obj.key.to_string().as_str())
+            };
             // Not after an error: the previous result was then a last good version,
             // which equal content now makes current again (its errors must go).
             if let Some(old) = kept.get(&obj.key)
@@ -1126,16 +1130,15 @@ impl Builder {
         }
         // istiod's order (the config store's): oldest first, then by name and namespace.
         // The first VirtualService for a host is the one that routes it.
-        out.sort_by(|a, b| {
-            let key = |v: &VirtualServiceConfig| {
-                (
-                    v.object.created.clone().unwrap_or_default(),
-                    v.key.name.clone(),
-                    v.key.namespace.clone(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+        // (Compared in place: this runs at every build, over every VirtualService.)
+        fn order(v: &VirtualServiceConfig) -> (&str, &str, &str) {
+            (
+                v.object.created.as_deref().unwrap_or_default(),
+                &v.key.name,
+                &v.key.namespace,
+            )
+        }
+        out.sort_by(|a, b| order(a).cmp(&order(b)));
         self.virtual_services = out;
     }
 
