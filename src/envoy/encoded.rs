@@ -16,8 +16,10 @@ use bytes::Bytes;
 #[derive(Debug, Clone)]
 pub enum Encoded {
     One(Bytes),
-    /// Parts in order, their total length, and a hash of the content fixed by whoever
-    /// made the parts (see [`Encoded::parts_version`]).
+    /// Parts in order, their total length, and the resource's version: a hash its
+    /// maker derived from the parts' own hashes, so that it is not computed over
+    /// megabytes again at every edit. (A single buffer's version is the hash of its
+    /// bytes.)
     Parts {
         parts: Arc<[Bytes]>,
         len: usize,
@@ -73,16 +75,6 @@ impl Encoded {
         }
     }
 
-    /// The version a resource made of parts carries: a hash its maker derived from the
-    /// parts' own hashes, so that it is not computed over megabytes again at every
-    /// edit. (A single buffer's version is the hash of its bytes.)
-    pub fn parts_version(&self) -> Option<u64> {
-        match self {
-            Encoded::One(_) => None,
-            Encoded::Parts { version, .. } => Some(*version),
-        }
-    }
-
     /// The bytes as one buffer (a copy when in parts).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
@@ -126,7 +118,7 @@ mod tests {
         assert_eq!(e.to_vec(), b"abcde");
         assert_eq!(e, Encoded::from(b"abcde".to_vec()));
         assert_ne!(e, Encoded::from(b"abcdf".to_vec()));
-        assert_eq!(e.parts_version(), Some(7));
+        assert!(matches!(e, Encoded::Parts { version: 7, .. }));
         assert_eq!(
             Encoded::from(b"x".to_vec()).parts(),
             &[Bytes::from_static(b"x")]

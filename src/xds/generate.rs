@@ -28,10 +28,9 @@ pub(super) fn packed_bytes(name: String, any: Vec<u8>) -> Generated {
 /// [`packed`] for an `Any` already encoded, possibly in parts (which carry their
 /// version).
 pub(super) fn packed_encoded(name: String, any: Encoded) -> Generated {
-    let version = match (&any, any.parts_version()) {
-        (_, Some(v)) => format!("{v:016x}"),
-        (Encoded::One(b), None) => version_of(b),
-        (parts, None) => version_of(&parts.to_vec()),
+    let version = match &any {
+        Encoded::One(b) => version_of(b),
+        Encoded::Parts { version, .. } => format!("{version:016x}"),
     };
     Generated { name, version, any }
 }
