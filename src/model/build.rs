@@ -480,8 +480,8 @@ impl Builder {
         // lookup, not by scanning every slice for every Service), which the snapshot
         // keeps for the next build's endpoint patch.
         self.endpoint_objects = endpoint_objects::EndpointIndex::of(
-            self.of_kind(Kind::EndpointSlice)
-                .chain(self.of_kind(Kind::Endpoints)),
+            self.of_kind(Kind::Endpoints)
+                .chain(self.of_kind(Kind::EndpointSlice)),
         );
         let index = self.endpoint_objects.clone();
         for obj in &services {

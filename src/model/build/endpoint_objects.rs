@@ -57,11 +57,10 @@ fn names(o: &Object, keys: &mut Vec<u64>) {
 }
 
 impl EndpointIndex {
-    /// The index of `objects` (EndpointSlices and Endpoints, in any order).
+    /// The index of `objects` (Endpoints, then EndpointSlices, each in key order: the
+    /// order of their keys, whose kind comes first).
     pub(in crate::model) fn of<'a>(objects: impl Iterator<Item = &'a Arc<Object>>) -> Self {
-        // Lists hold their objects in key order.
-        let mut objects: Vec<&Arc<Object>> = objects.collect();
-        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        let objects: Vec<&Arc<Object>> = objects.collect();
         EndpointIndex {
             by_service: Lists::of(objects.iter().copied(), service),
             by_name: Lists::of(objects.into_iter(), names),
@@ -80,19 +79,18 @@ impl EndpointIndex {
     /// The endpoint objects of Service `name` in `namespace`: its EndpointSlices, then
     /// its Endpoints, each in name order (the order a Service's instances follow).
     pub(in crate::model) fn of_service(&self, namespace: &str, name: &str) -> Vec<&Arc<Object>> {
-        let mut out: Vec<&Arc<Object>> = self
-            .by_service
-            .get(&service_key(namespace, name))
-            .into_iter()
-            .flat_map(|l| l.iter())
-            .filter(|o| {
-                o.key.namespace == namespace
+        let list = self.by_service.get(&service_key(namespace, name));
+        let of_kind = |kind: Kind| {
+            list.into_iter().flat_map(|l| l.iter()).filter(move |o| {
+                o.key.kind == kind
+                    && o.key.namespace == namespace
                     && matches!(&o.spec, Spec::Endpoints(e) if e.service == name)
             })
-            .collect();
-        // Key order puts Endpoints before EndpointSlices; the sort is stable.
-        out.sort_by_key(|o| o.key.kind != Kind::EndpointSlice);
-        out
+        };
+        // (Key order puts Endpoints before EndpointSlices.)
+        of_kind(Kind::EndpointSlice)
+            .chain(of_kind(Kind::Endpoints))
+            .collect()
     }
 
     /// The Services in `namespace` with an endpoint object that may name one of `pods`
@@ -157,8 +155,8 @@ mod tests {
     fn index(objects: &ObjectMap) -> EndpointIndex {
         EndpointIndex::of(
             objects
-                .of_kind(Kind::EndpointSlice)
-                .chain(objects.of_kind(Kind::Endpoints)),
+                .of_kind(Kind::Endpoints)
+                .chain(objects.of_kind(Kind::EndpointSlice)),
         )
     }
 

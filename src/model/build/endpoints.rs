@@ -143,8 +143,8 @@ impl Builder {
         let entries = of(Kind::WorkloadEntry);
         // Every endpoint object replaced, for the index (as the Pods above); those that
         // changed in content, for the Services they name.
-        let mut replaced_groups = objects.changed(&prev.objects, Kind::EndpointSlice);
-        replaced_groups.extend(objects.changed(&prev.objects, Kind::Endpoints));
+        let mut replaced_groups = objects.changed(&prev.objects, Kind::Endpoints);
+        replaced_groups.extend(objects.changed(&prev.objects, Kind::EndpointSlice));
         let endpoint_objects: Vec<Pair> = replaced_groups.iter().copied().filter(content).collect();
 
         // Workloads: each changed one made again, the address index moved with it.
@@ -257,12 +257,15 @@ impl Builder {
                     continue;
                 }
                 let groups = groups_index.of_service(ns, &obj.key.name);
-                let groups = (!groups.is_empty()).then_some(groups);
+                // A Service with endpoint objects is reached through them; one without,
+                // through its selector.
                 let reached = names.is_some_and(|n| n.contains(obj.key.name.as_str()))
-                    || match (&groups, &spec.selector) {
-                        (Some(groups), _) => groups.iter().any(|g| refers_to(g, t)),
-                        (None, Some(sel)) => Touched::selects(&t.pods, t.any_pod, ns, sel),
-                        (None, None) => false,
+                    || if groups.is_empty() {
+                        spec.selector
+                            .as_ref()
+                            .is_some_and(|sel| Touched::selects(&t.pods, t.any_pod, ns, sel))
+                    } else {
+                        groups.iter().any(|g| refers_to(g, t))
                     }
                     || spec.selector.as_ref().is_some_and(|sel| {
                         !spec.headless && Touched::selects(&t.entries, t.any_entry, ns, sel)
@@ -276,8 +279,7 @@ impl Builder {
                 let Some(svc) = prev.services.get(&host).filter(|s| s.source == obj.key) else {
                     continue;
                 };
-                let groups: &[&Arc<Object>] = groups.as_deref().unwrap_or_default();
-                let instances = self.kube_service_instances(obj, spec, &svc.ports, groups);
+                let instances = self.kube_service_instances(obj, spec, &svc.ports, &groups);
                 redo.push((host, ServiceEndpoints { instances }));
             }
             for obj in objects.of_kind_in(Kind::ServiceEntry, ns) {

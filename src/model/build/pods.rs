@@ -13,13 +13,13 @@ use crate::model::object::Object;
 use crate::model::objects::Pair;
 use crate::model::service::labels_match;
 
-/// (namespace, label, value) → Pods with that label (by a hash of the three: no strings
-/// copied per label; a collision only adds candidates, which are checked), and
-/// namespace → Pods.
+/// (namespace, label, value) → Pods with that label, and namespace → Pods; each by a
+/// hash of its parts (no strings copied per Pod; a collision only adds candidates,
+/// which are checked).
 #[derive(Debug, Clone, Default)]
 pub(in crate::model) struct PodIndex {
     by_label: Lists<u64>,
-    by_namespace: Lists<String>,
+    by_namespace: Lists<u64>,
 }
 
 /// The keys of the lists a Pod is in.
@@ -31,8 +31,13 @@ fn label_keys(pod: &Object, keys: &mut Vec<u64>) {
     );
 }
 
-fn namespace(pod: &Object, keys: &mut Vec<String>) {
-    keys.push(pod.key.namespace.clone());
+/// (A label's key is never empty, so this is no label's key.)
+fn namespace_key(namespace: &str) -> u64 {
+    label_key(namespace, "", "")
+}
+
+fn namespace(pod: &Object, keys: &mut Vec<u64>) {
+    keys.push(namespace_key(&pod.key.namespace));
 }
 
 impl PodIndex {
@@ -53,7 +58,7 @@ impl PodIndex {
     ) -> Vec<Arc<Object>> {
         let candidates = match selector.iter().next() {
             Some((k, v)) => self.by_label.get(&label_key(namespace, k, v)),
-            None => self.by_namespace.get(namespace),
+            None => self.by_namespace.get(&namespace_key(namespace)),
         };
         candidates
             .into_iter()
@@ -82,7 +87,7 @@ impl PodIndex {
         &self,
     ) -> (
         Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
-        Vec<(String, Vec<(crate::model::object::ObjectKey, u64)>)>,
+        Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
     ) {
         (self.by_label.members(), self.by_namespace.members())
     }
