@@ -165,6 +165,7 @@ impl Snapshot {
         if let Some(prev) = previous {
             snap.inherit_scopes(prev);
         }
+        clock.lap("scopes");
         snap.build_stages = clock.laps;
         snap
     }

@@ -654,26 +654,17 @@ impl Snapshot {
         }
         let unchanged = Arc::ptr_eq(&self.services, &prev.services)
             && same(&self.virtual_services, &prev.virtual_services, |_, _| false)
-            // A Sidecar is made anew each build; from the same object, it is the same.
-            && same(&self.sidecars, &prev.sidecars, |a, b| {
-                Arc::ptr_eq(&a.object, &b.object) || hash_of(a) == hash_of(b)
-            })
+            // Sidecars are made anew each build: compared by the hashes change
+            // detection reads (each Sidecar's, key included, per namespace).
+            && self.sidecars.len() == prev.sidecars.len()
+            && self.sidecar_hashes == prev.sidecar_hashes
             && self.mesh.outbound_traffic_policy == prev.mesh.outbound_traffic_policy;
         if !unchanged {
             return;
         }
-        // Only the scopes of Sidecars still here: the cache lives as long as the line of
-        // snapshots that keeps it.
+        // The same Sidecars (keys included): every scope still has its Sidecar.
         if let (Ok(before), Ok(mut now)) = (prev.scopes.lock(), self.scopes.lock()) {
-            now.extend(
-                before
-                    .iter()
-                    .filter(|((_, sc), _)| {
-                        sc.as_ref()
-                            .is_none_or(|k| self.sidecars.iter().any(|s| &s.key == k))
-                    })
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            now.extend(before.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
 
@@ -1106,6 +1097,21 @@ spec:
         assert!(other4.sees("b.default.svc.cluster.local"));
         assert!(other2.sees("a.default.svc.cluster.local"));
         assert!(!other2.sees("b.default.svc.cluster.local"));
+        // A Service added (in a mesh without VirtualServices, whose stage would
+        // otherwise be made again with the services): the scope made anew sees it.
+        let plain = snapshot(&format!("{base}{}", pod("127.0.0.12")), None);
+        let one4 = plain.scope("default", None);
+        let grown = snapshot(
+            &format!(
+                "{base}{}apiVersion: v1\nkind: Service\nmetadata: {{name: c}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n",
+                pod("127.0.0.12")
+            ),
+            Some(&plain),
+        );
+        let one5 = grown.scope("default", None);
+        assert!(!Arc::ptr_eq(&one4, &one5));
+        assert!(one5.sees("c.default.svc.cluster.local"));
+        assert!(!one4.sees("c.default.svc.cluster.local"));
     }
 
     /// A build that keeps stages from the previous snapshot must equal one that
