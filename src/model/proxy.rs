@@ -72,10 +72,10 @@ pub struct NodeMetadata {
 }
 
 /// The annotation naming a workload's OpenTelemetry service.
-pub const OTEL_SERVICE_NAME: &str = "resource.opentelemetry.io/service.name";
+const OTEL_SERVICE_NAME: &str = "resource.opentelemetry.io/service.name";
 
 impl NodeMetadata {
-    pub fn of(metadata: &BTreeMap<String, Value>) -> NodeMetadata {
+    fn of(metadata: &BTreeMap<String, Value>) -> NodeMetadata {
         // A BTreeMap iterates in key order: the strings come out sorted.
         let strings = metadata
             .iter()
@@ -101,7 +101,7 @@ impl NodeMetadata {
     }
 
     /// The top-level strings, by key.
-    pub fn strings(&self) -> impl Iterator<Item = (&str, &str)> {
+    fn strings(&self) -> impl Iterator<Item = (&str, &str)> {
         self.strings.iter().map(|(k, v)| (&**k, &**v))
     }
 
