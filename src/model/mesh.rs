@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::istio::{Duration, H2UpgradePolicy, HttpRetry, OutboundTrafficMode};
+use super::istio::{Duration, H2UpgradePolicy, HttpRetry, LocalityLbSetting, OutboundTrafficMode};
 
 /// Mesh-wide settings with istiod's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,6 +38,10 @@ pub struct MeshConfig {
     pub extension_providers: Vec<ExtensionProvider>,
     /// Kubernetes DNS suffix (not a MeshConfig field in istio: istiod's --domain flag).
     pub domain_suffix: String,
+    /// `localityLbSetting`, read once (every cluster without its own consults it); None
+    /// when absent or not a valid setting. Part of `raw` as shown.
+    #[serde(skip)]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     /// The whole mesh config as given.
     pub raw: Value,
 }
@@ -63,6 +67,7 @@ impl Default for MeshConfig {
             trust_domain_aliases: vec![],
             extension_providers: vec![],
             domain_suffix: "cluster.local".into(),
+            locality_lb_setting: None,
             raw: Value::Object(Default::default()),
         }
     }
@@ -456,6 +461,11 @@ impl MeshConfig {
             trust_domain_aliases: wire.trust_domain_aliases.unwrap_or_default(),
             extension_providers: wire.extension_providers.unwrap_or_default(),
             domain_suffix: domain_suffix.to_string(),
+            // Read apart from the rest: an invalid setting is no setting, not an
+            // invalid mesh config.
+            locality_lb_setting: value
+                .get("localityLbSetting")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
             raw: value,
         })
     }

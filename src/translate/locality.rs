@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use super::context::ProxyContext;
 use crate::envoy::naming;
 use crate::envoy::pb;
-use crate::model::istio::LocalityLbSetting;
+use crate::model::istio::{LocalityLbSetting, TrafficPolicy};
 use crate::model::service::Service;
 
 /// What locality load balancing does for one cluster of one client.
@@ -39,9 +39,15 @@ fn matches(pattern: &str, locality: &str) -> bool {
     true
 }
 
-fn mesh_setting(ctx: &ProxyContext) -> Option<LocalityLbSetting> {
-    let raw = ctx.snap.mesh.raw.get("localityLbSetting")?;
-    serde_json::from_value(raw.clone()).ok()
+/// The setting for a cluster: its rule's, else mesh config's.
+fn setting<'a>(
+    ctx: &'a ProxyContext,
+    policy: Option<&'a TrafficPolicy>,
+) -> Option<&'a LocalityLbSetting> {
+    policy
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+        .or(ctx.snap.mesh.locality_lb_setting.as_ref())
 }
 
 /// Whether the cluster balances by locality weight: with a `distribute` setting, or
@@ -49,12 +55,8 @@ fn mesh_setting(ctx: &ProxyContext) -> Option<LocalityLbSetting> {
 /// alone, never on where the client runs — the client's locality shapes only its
 /// endpoints (priorities and weights in EDS). `policy` is the cluster's, already
 /// resolved for its port and subset.
-pub fn weighted(ctx: &ProxyContext, policy: Option<&crate::model::istio::TrafficPolicy>) -> bool {
-    let Some(setting) = policy
-        .and_then(|p| p.load_balancer.as_ref())
-        .and_then(|lb| lb.locality_lb_setting.clone())
-        .or_else(|| mesh_setting(ctx))
-    else {
+pub fn weighted(ctx: &ProxyContext, policy: Option<&TrafficPolicy>) -> bool {
+    let Some(setting) = setting(ctx, policy) else {
         return false;
     };
     if setting.enabled == Some(false) {
@@ -67,15 +69,12 @@ pub fn weighted(ctx: &ProxyContext, policy: Option<&crate::model::istio::Traffic
 /// The plan for cluster (`svc`, `port`, `subset`) of this client, if any.
 pub fn plan(ctx: &ProxyContext, svc: &Service, port: u16, subset: &str) -> Option<Plan> {
     let policy = super::cluster::effective_policy(ctx, svc, port, subset);
-    let setting = policy
-        .as_ref()
-        .and_then(|p| p.load_balancer.as_ref())
-        .and_then(|lb| lb.locality_lb_setting.clone())
-        .or_else(|| mesh_setting(ctx));
-    if setting.as_ref().and_then(|s| s.enabled) == Some(false) {
+    let setting = setting(ctx, policy.as_ref());
+    if setting.and_then(|s| s.enabled) == Some(false) {
         return None;
     }
-    let setting = setting.unwrap_or_default();
+    let default = LocalityLbSetting::default();
+    let setting = setting.unwrap_or(&default);
     if !setting.failover_priority.is_empty() {
         // Like failover, only under outlier detection; the client's labels decide, not
         // its locality.
