@@ -1538,6 +1538,20 @@ pub fn add_loopback_address(ip: &str) {
 
 /// The value of the first Prometheus text sample of `name` (e.g. from meshd's
 /// `/metrics`) whose labels include every one of `labels`.
+/// The sum of every series of `name` with `labels` (whatever its other labels).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let (inside, value) = l.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
+            labels
+                .iter()
+                .all(|(k, v)| inside.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|l| {
         let (inside, value) = l.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
