@@ -72,31 +72,6 @@ pub fn route_config_any(
     route_config(ctx, name).map(|rc| crate::envoy::pb::resource(&rc).encode_to_vec().into())
 }
 
-/// `items` in the order of their names (stable), sorting indices and then swapping each
-/// item into its place: merge-sorting a vector of large structs in place moves every
-/// element about log n times.
-pub fn sorted_by_name<T>(mut items: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
-    // `order[k]` is the index of the item that belongs at `k`.
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| name(&items[a]).cmp(name(&items[b])));
-    // Items go to their places in the vector they are in, one cycle of the permutation
-    // at a time: moving them through fresh vectors (30,000 clusters of over a kilobyte
-    // each) copied every one twice and faulted in twice their size of new memory.
-    for start in 0..order.len() {
-        let mut at = start;
-        loop {
-            let from = order[at];
-            order[at] = at;
-            if from == start || from == at {
-                break;
-            }
-            items.swap(at, from);
-            at = from;
-        }
-    }
-    items
-}
-
 /// Load assignments for the named clusters (unknown names are left out).
 pub fn endpoints(ctx: &ProxyContext, names: &[String]) -> Vec<ClusterLoadAssignment> {
     names

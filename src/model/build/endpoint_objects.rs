@@ -118,15 +118,12 @@ impl EndpointIndex {
 }
 
 #[cfg(test)]
+use super::lists::Members;
+
+#[cfg(test)]
 impl EndpointIndex {
     /// Every list's members (see [`Lists::members`]).
-    #[allow(clippy::type_complexity)]
-    pub(in crate::model) fn members(
-        &self,
-    ) -> (
-        Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
-        Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
-    ) {
+    pub(in crate::model) fn members(&self) -> (Members<u64>, Members<u64>) {
         (self.by_service.members(), self.by_name.members())
     }
 }

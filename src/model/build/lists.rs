@@ -201,11 +201,15 @@ impl<K: Ord + Clone + Hash> Lists<K> {
     }
 }
 
+/// Each key with its objects' keys and content hashes, in order (for tests).
+#[cfg(test)]
+pub(super) type Members<K> = Vec<(K, Vec<(ObjectKey, u64)>)>;
+
 #[cfg(test)]
 impl<K: Ord + Clone> Lists<K> {
     /// Every list's members by key and content (a patch must hold the objects a whole
     /// build would, in the same order).
-    pub(super) fn members(&self) -> Vec<(K, Vec<(ObjectKey, u64)>)> {
+    pub(super) fn members(&self) -> Members<K> {
         self.0
             .iter()
             .map(|(k, l)| {

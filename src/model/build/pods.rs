@@ -79,16 +79,13 @@ impl PodIndex {
 }
 
 #[cfg(test)]
+use super::lists::Members;
+
+#[cfg(test)]
 impl PodIndex {
     /// Every list's members by key and content (the patch must hold the objects a whole
     /// build would, in the same order).
-    #[allow(clippy::type_complexity)]
-    pub(in crate::model) fn members(
-        &self,
-    ) -> (
-        Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
-        Vec<(u64, Vec<(crate::model::object::ObjectKey, u64)>)>,
-    ) {
+    pub(in crate::model) fn members(&self) -> (Members<u64>, Members<u64>) {
         (self.by_label.members(), self.by_namespace.members())
     }
 }
