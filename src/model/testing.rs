@@ -24,3 +24,11 @@ pub(crate) fn config_set(text: &str) -> ConfigSet {
 pub(crate) fn snapshot(text: &str, previous: Option<&Snapshot>) -> Snapshot {
     Snapshot::build(&config_set(text), previous, "cluster.local", "istio-system")
 }
+
+/// An EndpointSlice `name` of Service `service` in `default` (port `http` 8080) with
+/// `endpoints` (YAML flow items), ending its document.
+pub(crate) fn endpoint_slice(name: &str, service: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{endpoints}]\n---\n"
+    )
+}

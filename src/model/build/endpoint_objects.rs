@@ -135,13 +135,7 @@ mod tests {
     use super::*;
     use crate::model::object::ObjectKey;
     use crate::model::objects::ObjectMap;
-    use crate::model::testing::config_set;
-
-    fn slice(name: &str, service: &str, endpoints: &str) -> String {
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{endpoints}]\n---\n"
-        )
-    }
+    use crate::model::testing::{config_set, endpoint_slice as slice};
 
     fn endpoints(service: &str, ip: &str) -> String {
         format!(

@@ -455,10 +455,9 @@ spec:
         )
     }
 
+    /// Service b's slice.
     fn slice(endpoints: &str) -> String {
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: b-x, namespace: default, labels: {{kubernetes.io/service-name: b}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{endpoints}]\n"
-        )
+        crate::model::testing::endpoint_slice("b-x", "b", endpoints)
     }
 
     fn build(docs: &BTreeMap<&str, String>, prev: Option<&Snapshot>) -> Snapshot {
