@@ -553,11 +553,6 @@ fn b1(n: usize, runs: usize) {
     );
 }
 
-struct ClientResult {
-    synced: Duration,
-    converged: Option<Duration>,
-}
-
 /// A Delta ADS stream for `p`, connected like Envoy does: retried with backoff until it
 /// is up (a burst of a thousand connects can be refused or reset while the server
 /// accepts). CDS is subscribed first (with the node), then `also`.
@@ -671,40 +666,47 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// A B2 client's view of the change: when it was made, where to report convergence,
+/// and when to disconnect.
+struct Change {
+    at: watch::Receiver<Option<Instant>>,
+    converged: mpsc::Sender<Duration>,
+    done: watch::Receiver<bool>,
+}
+
 async fn client(
     dial: b5::Dial,
     i: usize,
     classes: usize,
     start: Instant,
-    mut changed_at: watch::Receiver<Option<Instant>>,
-    synced_tx: mpsc::Sender<usize>,
-) -> ClientResult {
+    synced_tx: mpsc::Sender<Duration>,
+    mut change: Change,
+) {
     let (tx, mut stream) = connect(&dial, &proxy(i, classes), &[type_url::LISTENER]).await;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut eds: BTreeSet<String> = BTreeSet::new();
     let mut rds: BTreeSet<String> = BTreeSet::new();
-    let mut result = ClientResult {
-        synced: Duration::ZERO,
-        converged: None,
-    };
     let mut synced = false;
     while let Ok(Some(resp)) = stream.message().await {
         let url = resp.type_url.clone();
         follow(&tx, &resp, &mut eds, &mut rds).await;
+        let changed = *change.at.borrow_and_update();
         if url == type_url::ROUTE
-            && let Some(t) = *changed_at.borrow_and_update()
+            && let Some(t) = changed
         {
-            result.converged = Some(t.elapsed());
+            let _ = change.converged.send(t.elapsed()).await;
+            // A proxy stays connected once it has its configuration, as Envoy does:
+            // streams closing while others still converge would be work the server
+            // does not do after a real change.
+            let _ = change.done.wait_for(|d| *d).await;
             break;
         }
         seen.insert(url);
         if !synced && seen.len() >= 4 {
             synced = true;
-            result.synced = start.elapsed();
-            let _ = synced_tx.send(i).await;
+            let _ = synced_tx.send(start.elapsed()).await;
         }
     }
-    result
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -824,6 +826,14 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
         "cluster.local",
         "istio-system",
     ));
+    // For profiling the change alone: with MESHD_BENCH_HOLD=PATH the bench says its pid
+    // and waits here until PATH exists (attach `perf record -p PID`, then create it).
+    if let Ok(hold) = std::env::var("MESHD_BENCH_HOLD") {
+        eprintln!("HOLD {}", std::process::id());
+        while !std::path::Path::new(&hold).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -834,10 +844,17 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
         .expect("tell clients");
     stdin.flush().await.expect("flush");
     // The publish itself: change detection and the push decision for every proxy.
+    let (change_cpu0, change_child_cpu0) = (
+        vs_istiod::cpu_secs(me, tck),
+        vs_istiod::cpu_secs(child_pid, tck),
+    );
     let published = Instant::now();
     push::publish(&state, next);
     let publish_ms = published.elapsed().as_secs_f64() * 1e3;
     let converged = lines.next_line().await.ok().flatten().unwrap_or_default();
+    // What the change cost each side, up to the last proxy's convergence.
+    let change_server_cpu = vs_istiod::cpu_secs(me, tck) - change_cpu0;
+    let change_clients_cpu = vs_istiod::cpu_secs(child_pid, tck) - change_child_cpu0;
     let _ = child.wait().await;
     let scope = if sidecar > 0 {
         format!(", Sidecar-scoped to {sidecar} services")
@@ -864,7 +881,8 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
     println!(
         "{bench} services={n} clients={m}{scope} ({classes} label sets, {connected} connected): {synced} \
          (CPU meanwhile: meshd {server_cpu:.1} s, the simulated proxies {clients_cpu:.1} s); {converged} \
-         (of which the publish, deciding every proxy's push, {publish_ms:.1} ms); \
+         (of which the publish, deciding every proxy's push, {publish_ms:.1} ms; CPU meanwhile: \
+         meshd {change_server_cpu:.2} s, the simulated proxies {change_clients_cpu:.2} s); \
          meshd peak RSS {:.0} MB (RSS before proxies {:.0} MB, after the initial sync {:.0} MB: \
          {:.0} KiB per proxy; live heap {:.0} MB before, {:.0} MB after: {:.0} KiB per proxy; \
          half a second later {rss_settled_kib:.0} KiB RSS and {live_settled_kib:.0} KiB live per proxy); \
@@ -889,6 +907,8 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
         json!({"services": n, "clients": m, "tls": tls, "sync_ms": sync_ms,
                "change_p99_ms": change_p99_ms, "publish_ms": publish_ms,
                "sync_server_cpu_s": server_cpu, "sync_clients_cpu_s": clients_cpu,
+               "change_server_cpu_s": change_server_cpu,
+               "change_clients_cpu_s": change_clients_cpu,
                "sidecar_services": sidecar, "label_sets": classes,
                "connected": connected, "rss_per_proxy_kib": per_proxy_kib,
                "live_heap_per_proxy_kib": live_per_proxy_kib, "peak_rss_mb": peak_rss_mb(),
@@ -904,7 +924,9 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
 async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
     use tokio::io::AsyncBufReadExt;
     let (changed_tx, changed_rx) = watch::channel::<Option<Instant>>(None);
-    let (synced_tx, mut synced_rx) = mpsc::channel::<usize>(m.max(1));
+    let (synced_tx, mut synced_rx) = mpsc::channel::<Duration>(m.max(1));
+    let (converged_tx, mut converged_rx) = mpsc::channel::<Duration>(m.max(1));
+    let (done_tx, done_rx) = watch::channel(false);
     let start = Instant::now();
     let mut handles = Vec::new();
     for i in 0..m {
@@ -913,16 +935,20 @@ async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
             i,
             classes,
             start,
-            changed_rx.clone(),
             synced_tx.clone(),
+            Change {
+                at: changed_rx.clone(),
+                converged: converged_tx.clone(),
+                done: done_rx.clone(),
+            },
         )));
     }
+    drop(converged_tx);
+    let mut synced = Vec::with_capacity(m);
     for _ in 0..m {
-        if tokio::time::timeout(Duration::from_secs(900), synced_rx.recv())
-            .await
-            .is_err()
-        {
-            panic!("clients did not sync within 900s");
+        match tokio::time::timeout(Duration::from_secs(900), synced_rx.recv()).await {
+            Ok(Some(took)) => synced.push(took),
+            _ => panic!("clients did not sync within 900s"),
         }
     }
     println!("initial sync of all clients {}", ms(start.elapsed()));
@@ -939,14 +965,12 @@ async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
         .unwrap_or(0);
     let since = Duration::from_nanos(now.saturating_sub(sent) as u64);
     let _ = changed_tx.send(Some(Instant::now() - since));
-    let mut converged = Vec::new();
-    let mut synced = Vec::new();
-    for h in handles {
-        if let Ok(r) = h.await {
-            synced.push(r.synced);
-            if let Some(c) = r.converged {
-                converged.push(c);
-            }
+    // Every client converges, or its stream ends (it then counts as not converged).
+    let mut converged = Vec::with_capacity(m);
+    while converged.len() < m {
+        match tokio::time::timeout(Duration::from_secs(120), converged_rx.recv()).await {
+            Ok(Some(c)) => converged.push(c),
+            _ => break,
         }
     }
     converged.sort();
@@ -960,6 +984,12 @@ async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
         ms(percentile(&converged, 0.99)),
         ms(converged.last().copied().unwrap_or_default()),
     );
+    // Only now, with the line out (the server stops its clock on it), do the proxies
+    // disconnect.
+    let _ = done_tx.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
 }
 
 fn main() {
