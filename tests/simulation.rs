@@ -49,9 +49,15 @@ fn str_of(v: &Value, k: &str) -> Option<String> {
 /// The configuration of a case: its manifests and its mesh config as the `istio`
 /// ConfigMap. Objects meshd refuses are reported (the case may be about them).
 fn config_set(case: &Value) -> (ConfigSet, Vec<String>) {
+    config_set_edited(case, |_| {})
+}
+
+/// A case's configuration, each document edited by `edit` before it is read.
+fn config_set_edited(case: &Value, edit: impl Fn(&mut Value)) -> (ConfigSet, Vec<String>) {
     let mut set = ConfigSet::default();
     let mut notes = Vec::new();
-    let mut add = |value: Value, lines: FieldLines, notes: &mut Vec<String>| {
+    let mut add = |mut value: Value, lines: FieldLines, notes: &mut Vec<String>| {
+        edit(&mut value);
         let (objs, diags) = Object::from_value(value, lines, Origin::default(), "default");
         notes.extend(diags.iter().map(|d| d.to_string()));
         for o in objs {
@@ -463,7 +469,9 @@ fn transcriptions_are_what_istiod_answers() {
 
 /// Route configurations assembled from kept virtual hosts (what the xDS server sends)
 /// are byte for byte the fresh translation's, for every case's proxy: cold, then from
-/// the kept pieces, then again after a rebuild that changed nothing.
+/// the kept pieces, then again after a rebuild that changed nothing, then after an edit
+/// of every VirtualService (its HTTP rules renamed: their hosts' pieces are made again,
+/// and the last layout patched in place).
 #[test]
 fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
     use meshd::model::snapshot::Changes;
@@ -472,15 +480,34 @@ fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
     let mut files = Vec::new();
     case_files(&cases_dir(), &mut files);
     let mut compared = 0;
+    let mut patched_edits = 0;
     for f in &files {
         let case = yaml(&std::fs::read_to_string(f).expect("read case"));
         let (set, _) = config_set(&case);
         let snap = Snapshot::build(&set, None, "cluster.local", "istio-system");
         let again = Snapshot::build(&set, Some(&snap), "cluster.local", "istio-system");
+        // Every VirtualService's HTTP rules renamed.
+        let (edited_set, _) = config_set_edited(&case, |doc| {
+            if doc["kind"] == "VirtualService"
+                && let Some(rules) = doc["spec"]["http"].as_array_mut()
+            {
+                for rule in rules {
+                    let name = rule["name"].as_str().unwrap_or("").to_string();
+                    rule["name"] = Value::from(name + "-edited");
+                }
+            }
+        });
+        let edited = Snapshot::build(&edited_set, Some(&again), "cluster.local", "istio-system");
         let proxy = proxy(&case);
         let store = VhostStore::default();
         store.advance(0, snap.generation, &Changes::default());
-        for (s, step) in [(&snap, "cold"), (&snap, "kept"), (&again, "rebuilt")] {
+        let steps = [
+            (&snap, "cold"),
+            (&snap, "kept"),
+            (&again, "rebuilt"),
+            (&edited, "edited"),
+        ];
+        for (s, step) in steps {
             if step == "rebuilt" {
                 store.advance(
                     snap.generation,
@@ -488,12 +515,20 @@ fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
                     &again.changes_since(&snap),
                 );
             }
+            let edit = (step == "edited").then(|| edited.changes_since(&again));
+            if let Some(changes) = &edit {
+                store.advance(again.generation, edited.generation, changes);
+            }
             let ctx = translate::ProxyContext::new(s, &proxy);
             let res = translate::generate_for(&ctx);
             for rc in &res.routes {
                 let want = meshd::envoy::pb::resource(rc).encode_to_vec();
+                let patched = store.patched();
                 let got = translate::route_config_any(&ctx, &rc.name, &store, 7)
                     .unwrap_or_else(|| panic!("{}: {} {step}: none", f.display(), rc.name));
+                if edit.as_ref().is_some_and(|c| !c.routes.is_empty()) {
+                    patched_edits += store.patched() - patched;
+                }
                 assert!(
                     got.to_vec() == want,
                     "{}: route configuration {} ({step}) differs from the fresh translation",
@@ -504,9 +539,15 @@ fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
             }
         }
     }
-    println!("{compared} route configurations compared");
+    println!(
+        "{compared} route configurations compared, {patched_edits} patched in place after an edit"
+    );
     assert!(
         compared > 100,
         "only {compared} route configurations compared"
+    );
+    assert!(
+        patched_edits > 20,
+        "only {patched_edits} route configurations patched in place after an edit"
     );
 }

@@ -490,9 +490,16 @@ fn b1(n: usize, runs: usize) {
         store.advance(0, snap.generation, &Changes::default());
         let _ = translate::route_config_any(&ctx, "8080", &store, 1);
         store.advance(snap.generation, next.generation, &changes);
+        let patched = store.patched();
         let t = Instant::now();
         let any = translate::route_config_any(&ctx2, "8080", &store, 1).expect("route config");
         kept_times.push(t.elapsed());
+        // The edit names one host: the last layout is patched, not planned again.
+        assert_eq!(
+            store.patched(),
+            patched + 1,
+            "assembly not patched in place"
+        );
         kept_any = any;
     }
     // The same bytes either way (tests/simulation.rs holds this for istiod's cases).

@@ -11,6 +11,12 @@
 //! makes for the whole configuration (a test holds the two paths to it), so a proxy
 //! cannot tell which path served it.
 //!
+//! The class also keeps its last layout: the pieces in order, which domains each keeps,
+//! and their encoding in segments. An edit that leaves every VirtualService's hosts
+//! where they were changes no host's place, so the next assembly makes only the pieces
+//! the edit dropped and encodes only their segments ([`patched_in_place`]), without
+//! planning the port's hosts again: its work follows the edit, not the mesh.
+//!
 //! What a piece depends on besides its host's VirtualService — the services, their
 //! DestinationRules, the Sidecar, the mesh configuration and mesh-wide policies, the
 //! proxy's class — empties the store when it changes ([`VhostStore::advance`]); so a
@@ -32,12 +38,13 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
 use super::{
     Planned, egress_for_port, in_port_order, outbound_catch_all, outbound_envelope, outbound_plan,
-    service_virtual_host, vs_host_virtual_host,
+    service_virtual_host, virtual_service_for, vs_host_virtual_host,
 };
 use crate::envoy::encoded::Encoded;
 use crate::envoy::pb;
 use crate::model::host;
-use crate::model::snapshot::Changes;
+use crate::model::scope::EgressScope;
+use crate::model::snapshot::{Changes, VirtualServiceConfig};
 use crate::translate::ProxyContext;
 
 /// One virtual host, encoded.
@@ -90,12 +97,43 @@ struct ClassPieces {
     /// `advance` takes to move them).
     generation: u64,
     /// By service hostname.
-    services: HashMap<String, Arc<Piece>, Fast>,
+    services: HashMap<String, Placed<Arc<Piece>>, Fast>,
     /// By VirtualService host no service took; None when its rules yield no route here.
-    vs_hosts: HashMap<String, Option<Arc<Piece>>, Fast>,
+    vs_hosts: HashMap<String, Placed<Option<Arc<Piece>>>, Fast>,
     /// How the last assembly laid its pieces out.
     layout: Option<Layout>,
+    /// The pieces dropped since the last assembly, with where it had put them: an
+    /// assembly whose plan is the last one's makes only these again
+    /// ([`patched_in_place`]). Past [`MAX_DIRTY`] they are not recorded (`overflow`),
+    /// and the next assembly plans every host.
+    dirty: Vec<Dirty>,
+    overflow: bool,
 }
+
+/// A kept piece, and where the last assembly put it: its index in the layout's pieces
+/// and in its shape's hosts ([`NOWHERE`]: not laid out, or keeping no domain).
+#[derive(Debug, Clone)]
+struct Placed<P> {
+    piece: P,
+    at: u32,
+    slot: u32,
+}
+
+const NOWHERE: u32 = u32::MAX;
+
+/// A piece a change dropped: its host, whether it is a service's (else a VirtualService
+/// host's), and where the last assembly put it.
+#[derive(Debug)]
+struct Dirty {
+    host: String,
+    service: bool,
+    at: u32,
+    slot: u32,
+}
+
+/// Dropped pieces recorded for an assembly in place: an edit names a few hosts; a
+/// wildcard host can drop thousands, and then planning every host is as cheap.
+const MAX_DIRTY: usize = 64;
 
 /// Which domains each host of an assembly kept, and the hosts' order. Both follow from
 /// the pieces' names and domains in port order alone, so an assembly whose pieces
@@ -109,6 +147,11 @@ struct Layout {
     shape: Shape,
     /// The hosts encoded, [`SEGMENT_HOSTS`] to a segment in configuration order.
     segments: Vec<Segment>,
+    /// The egress scope's VirtualServices the plan was made from. The plan (which
+    /// hosts, in what order, routed by which VirtualService's position) follows from
+    /// their hosts and the services alone, and the services do not change while pieces
+    /// are kept: with the same hosts at the same positions, the plan is the same.
+    vs: Vec<Arc<VirtualServiceConfig>>,
 }
 
 /// Consecutive hosts of a configuration, encoded (each as the configuration's field 2),
@@ -186,11 +229,38 @@ impl Layout {
 }
 
 impl ClassPieces {
-    /// Drops the pieces of `hosts` (and of every host a wildcard among them covers).
+    /// Drops the pieces of `hosts` (and of every host a wildcard among them covers),
+    /// recording where they were laid out.
     fn forget(&mut self, hosts: &BTreeSet<String>, wildcards: &[&String]) {
         let stale = |h: &str| hosts.contains(h) || wildcards.iter().any(|w| host::matches(w, h));
-        self.services.retain(|h, _| !stale(h));
-        self.vs_hosts.retain(|h, _| !stale(h));
+        let (dirty, overflow) = (&mut self.dirty, &mut self.overflow);
+        let mut record = |host: &String, service: bool, at: u32, slot: u32| {
+            if *overflow || dirty.len() >= MAX_DIRTY {
+                *overflow = true;
+                dirty.clear();
+            } else {
+                dirty.push(Dirty {
+                    host: host.clone(),
+                    service,
+                    at,
+                    slot,
+                });
+            }
+        };
+        self.services.retain(|h, p| {
+            let stale = stale(h);
+            if stale {
+                record(h, true, p.at, p.slot);
+            }
+            !stale
+        });
+        self.vs_hosts.retain(|h, p| {
+            let stale = stale(h);
+            if stale {
+                record(h, false, p.at, p.slot);
+            }
+            !stale
+        });
     }
 }
 
@@ -215,6 +285,8 @@ struct StoreInner {
 #[derive(Debug, Default)]
 pub struct VhostStore {
     inner: Mutex<StoreInner>,
+    /// Assemblies that patched the last layout in place (for tests and the benchmark).
+    patched: std::sync::atomic::AtomicU64,
 }
 
 impl VhostStore {
@@ -345,6 +417,12 @@ impl VhostStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many assemblies patched their class's last layout in place, making only the
+    /// pieces a change dropped ([`patched_in_place`]).
+    pub fn patched(&self) -> u64 {
+        self.patched.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The outbound route configuration `name` (a port number) of a sidecar in `class`,
@@ -373,40 +451,53 @@ pub fn outbound_route_config_any(
     // this assembly alone (past the store's bound, or on an older snapshot) are not
     // interned, so that they cannot pile up outside the bound.
     let share = |p: Piece| if keeps { store.intern(p) } else { Arc::new(p) };
-    let mut items: Vec<(Option<usize>, Arc<Piece>)> = Vec::new();
+    let catch_all = Piece::of(outbound_catch_all(ctx), false);
+    if keeps
+        && let Some(any) = patched_in_place(ctx, name, egress, port, pieces, &share, &catch_all)
+    {
+        store
+            .patched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Some(any);
+    }
+    // Each planned host's piece, with its VirtualService's position when it routes by
+    // one, and its key in the class's pieces.
+    let mut items: Vec<(Option<usize>, Planted)> = Vec::new();
     for planned in outbound_plan(ctx, egress, port) {
         match planned {
             Planned::Service { svc, vs } => {
                 let piece = match pieces.services.get(svc.hostname.as_str()) {
-                    Some(p) => p.clone(),
+                    Some(p) => p.piece.clone(),
                     None => {
                         let (routed, vh) =
                             service_virtual_host(ctx, svc, vs.map(|(_, v)| &**v), port);
                         let p = share(Piece::of(vh, routed));
-                        pieces.services.insert(svc.hostname.clone(), p.clone());
+                        pieces
+                            .services
+                            .insert(svc.hostname.clone(), placed(p.clone()));
                         p
                     }
                 };
-                items.push((vs.filter(|_| piece.routed).map(|(i, _)| i), piece));
+                let at = vs.filter(|_| piece.routed).map(|(i, _)| i);
+                items.push((at, (piece, (svc.hostname.as_str(), true))));
             }
             Planned::VsHost { i, host, vs, svc } => {
                 let piece = match pieces.vs_hosts.get(host) {
-                    Some(p) => p.clone(),
+                    Some(p) => p.piece.clone(),
                     None => {
                         let p = vs_host_virtual_host(ctx, host, vs, svc.map(|s| &**s), port)
                             .map(|vh| share(Piece::of(vh, true)));
-                        pieces.vs_hosts.insert(host.to_string(), p.clone());
+                        pieces.vs_hosts.insert(host.to_string(), placed(p.clone()));
                         p
                     }
                 };
                 if let Some(p) = piece {
-                    items.push((Some(i), p));
+                    items.push((Some(i), (p, (host, false))));
                 }
             }
         }
     }
-    let ordered = in_port_order(items);
-    let catch_all = Piece::of(outbound_catch_all(ctx), false);
+    let (ordered, keys): (Vec<Arc<Piece>>, Vec<HostKey>) = in_port_order(items).into_iter().unzip();
     // The last layout if it still fits (the pieces' routes changed, not their names or
     // domains), else a new one, kept for the next assembly of a kept class.
     let (shape, last) = match pieces.layout.take() {
@@ -422,13 +513,149 @@ pub fn outbound_route_config_any(
     );
     let any = encode_any(name, &segments, &catch_all, &shape.catch_all.1);
     if keeps {
+        // Where each piece went, for the next assembly to patch in place.
+        let mut slots = vec![NOWHERE; ordered.len()];
+        for (slot, (i, _)) in shape.hosts.iter().enumerate() {
+            slots[*i as usize] = slot as u32;
+        }
+        // A VirtualService host the plan no longer has keeps its piece, not its place.
+        // (Services stay in the plan while pieces are kept.)
+        for p in pieces.vs_hosts.values_mut() {
+            (p.at, p.slot) = (NOWHERE, NOWHERE);
+        }
+        for (at, (host, service)) in keys.into_iter().enumerate() {
+            let (place, slot) = (at as u32, slots[at]);
+            if service {
+                if let Some(p) = pieces.services.get_mut(host) {
+                    (p.at, p.slot) = (place, slot);
+                }
+            } else if let Some(p) = pieces.vs_hosts.get_mut(host) {
+                (p.at, p.slot) = (place, slot);
+            }
+        }
+        pieces.dirty.clear();
+        pieces.overflow = false;
         pieces.layout = Some(Layout {
             pieces: ordered,
             shape,
             segments,
+            vs: egress.virtual_services.clone(),
         });
     }
     Some(any)
+}
+
+/// A planned host's key in the class's pieces: its host, and whether it is a
+/// service's (else a VirtualService host's).
+type HostKey<'a> = (&'a str, bool);
+
+/// A planned host's piece with its key.
+type Planted<'a> = (Arc<Piece>, HostKey<'a>);
+
+/// A piece not laid out yet.
+fn placed<P>(piece: P) -> Placed<P> {
+    Placed {
+        piece,
+        at: NOWHERE,
+        slot: NOWHERE,
+    }
+}
+
+/// The configuration made from the class's last layout, with only the pieces a change
+/// dropped made again and only their segments encoded again: work for the hosts an
+/// edit names, not a pass over every service in scope. None, and nothing changed, when
+/// the layout does not hold: no layout, other VirtualService hosts (so another plan),
+/// or a new piece whose name, domains or routing differ (another order or shape).
+fn patched_in_place(
+    ctx: &ProxyContext,
+    name: &str,
+    egress: &EgressScope,
+    port: u16,
+    pieces: &mut ClassPieces,
+    share: &dyn Fn(Piece) -> Arc<Piece>,
+    catch_all: &Piece,
+) -> Option<Encoded> {
+    let ClassPieces {
+        services,
+        vs_hosts,
+        layout,
+        dirty,
+        overflow,
+        ..
+    } = pieces;
+    let layout = layout.as_mut()?;
+    let same_hosts = layout.vs.len() == egress.virtual_services.len()
+        && layout
+            .vs
+            .iter()
+            .zip(&egress.virtual_services)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a.hosts == b.hosts);
+    if *overflow || !same_hosts || layout.shape.catch_all.0 != catch_all.domains {
+        return None;
+    }
+    // Every dropped piece made again and checked against the one it replaces, before
+    // anything is changed.
+    let same_place = |at: u32, vh: &VirtualHost, routed: bool| {
+        layout.pieces.get(at as usize).is_some_and(|old| {
+            old.routed == routed && old.name == vh.name && old.domains == vh.domains
+        })
+    };
+    let mut made: Vec<Option<Piece>> = Vec::with_capacity(dirty.len());
+    for d in dirty.iter() {
+        if d.service {
+            let svc = ctx.snap.services.get(&d.host)?;
+            let vs = virtual_service_for(egress, &d.host);
+            let (routed, vh) = service_virtual_host(ctx, svc, vs.map(|(_, v)| &**v), port);
+            if !same_place(d.at, &vh, routed) {
+                return None;
+            }
+            made.push(Some(Piece::of(vh, routed)));
+        } else {
+            // The host's first VirtualService, as the plan takes it.
+            let vs = egress
+                .virtual_services
+                .iter()
+                .find(|vs| vs.hosts.contains(&d.host))?;
+            let svc = ctx.snap.services.get(&d.host);
+            match vs_host_virtual_host(ctx, &d.host, vs, svc.map(|s| &**s), port) {
+                None if d.at == NOWHERE => made.push(None),
+                Some(vh) if same_place(d.at, &vh, true) => made.push(Some(Piece::of(vh, true))),
+                _ => return None,
+            }
+        }
+    }
+    let mut touched = BTreeSet::new();
+    for (d, piece) in dirty.drain(..).zip(made) {
+        let piece = piece.map(share);
+        if let Some(p) = &piece {
+            let old = &mut layout.pieces[d.at as usize];
+            if !Arc::ptr_eq(old, p) {
+                *old = p.clone();
+                if d.slot != NOWHERE {
+                    touched.insert(d.slot as usize / SEGMENT_HOSTS);
+                }
+            }
+        }
+        let (at, slot) = (d.at, d.slot);
+        if d.service {
+            if let Some(piece) = piece {
+                services.insert(d.host, Placed { piece, at, slot });
+            }
+        } else {
+            vs_hosts.insert(d.host, Placed { piece, at, slot });
+        }
+    }
+    for k in touched {
+        let hosts = layout.shape.hosts.chunks(SEGMENT_HOSTS).nth(k)?;
+        layout.segments[k] = encode_segment(hosts, &layout.pieces);
+    }
+    layout.vs.clone_from(&egress.virtual_services);
+    Some(encode_any(
+        name,
+        &layout.segments,
+        catch_all,
+        &layout.shape.catch_all.1,
+    ))
 }
 
 /// The hosts of `shape` encoded in segments, those of the last layout (`last`: its
@@ -451,28 +678,30 @@ fn segments(
                     .all(|(i, _)| Arc::ptr_eq(&pieces[*i as usize], &last_pieces[*i as usize]))
                     .then(|| seg.clone())
             });
-            same.unwrap_or_else(|| {
-                // Each host with the domains it keeps and its length.
-                let hosts: Vec<(&Piece, Option<&[u32]>, usize)> = hosts
-                    .iter()
-                    .map(|(i, kept)| {
-                        let p = &*pieces[*i as usize];
-                        let kept = kept.as_deref();
-                        (p, kept, host_len(p, kept))
-                    })
-                    .collect();
-                let len = hosts.iter().map(|(_, _, len)| field_len(*len)).sum();
-                let mut buf = Vec::with_capacity(len);
-                for (p, kept, len) in hosts {
-                    put_host(p, kept, len, &mut buf);
-                }
-                Segment {
-                    hash: xxhash_rust::xxh3::xxh3_64(&buf),
-                    bytes: buf.into(),
-                }
-            })
+            same.unwrap_or_else(|| encode_segment(hosts, pieces))
         })
         .collect()
+}
+
+/// One segment: `hosts` (of a shape) of `pieces`, each with the domains it keeps.
+fn encode_segment(hosts: &[(u32, Option<Vec<u32>>)], pieces: &[Arc<Piece>]) -> Segment {
+    let hosts: Vec<(&Piece, Option<&[u32]>, usize)> = hosts
+        .iter()
+        .map(|(i, kept)| {
+            let p = &*pieces[*i as usize];
+            let kept = kept.as_deref();
+            (p, kept, host_len(p, kept))
+        })
+        .collect();
+    let len = hosts.iter().map(|(_, _, len)| field_len(*len)).sum();
+    let mut buf = Vec::with_capacity(len);
+    for (p, kept, len) in hosts {
+        put_host(p, kept, len, &mut buf);
+    }
+    Segment {
+        hash: xxhash_rust::xxh3::xxh3_64(&buf),
+        bytes: buf.into(),
+    }
 }
 
 /// The indices of the domains of `domains` not in `used` (compared without case), now
@@ -666,6 +895,7 @@ spec:
                 100 - w
             )
         };
+        let b_on_8080 = "  - match: [{port: 8080}]\n    route: [{destination: {host: b}}]";
         let steps = [
             // b routed, an unknown host routed to a, api.example.com untouched.
             SERVICES.to_string()
@@ -675,6 +905,15 @@ spec:
             SERVICES.to_string()
                 + &vs("b", "[b]", &route("b", 80))
                 + &vs("unknown", "[foo.example.com]", &route("a", 50)),
+            // The unknown host's weights change.
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("unknown", "[foo.example.com]", &route("a", 40)),
+            // b routed on 8080 only: on 80 it takes the default route, and the
+            // hosts' order changes there.
+            SERVICES.to_string()
+                + &vs("b", "[b]", b_on_8080)
+                + &vs("unknown", "[foo.example.com]", &route("a", 40)),
             // A VirtualService for the headless service in another namespace; the
             // unknown host goes.
             SERVICES.to_string()
@@ -729,11 +968,24 @@ spec:
             for labels in ["web", "canary"] {
                 for port in ["80", "8080"] {
                     let want = fresh(&snap, labels, port);
+                    // Patched in place where only routes changed: the edits of b's
+                    // weights and the unknown host's, and b's move to 8080 there.
+                    // Elsewhere VirtualService hosts came or went (another plan), or
+                    // b's host lost its routes on 80 (another order).
+                    let in_place = matches!((i, port), (1 | 2, _) | (3, "8080"));
+                    let patched = store.patched();
                     let first = kept(&snap, &store, labels, port);
                     assert_eq!(first.to_vec(), want, "step {i} {labels} {port}");
+                    assert_eq!(
+                        store.patched() - patched,
+                        u64::from(in_place),
+                        "step {i} {labels} {port}: patched in place"
+                    );
                     // Again, all from kept pieces and segments: the same bytes, the
                     // same version, every segment shared.
+                    let patched = store.patched();
                     let again = kept(&snap, &store, labels, port);
+                    assert_eq!(store.patched() - patched, 1, "step {i}: again in place");
                     assert_eq!(again.to_vec(), want, "step {i} {labels} {port}");
                     assert_eq!(version(&first), version(&again));
                     let (a, b) = (first.parts(), again.parts());
