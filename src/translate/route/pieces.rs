@@ -14,7 +14,7 @@
 //! The class also keeps its last layout: the pieces in order, which domains each keeps,
 //! and their encoding in segments. An edit that leaves every VirtualService's hosts
 //! where they were changes no host's place, so the next assembly makes only the pieces
-//! the edit dropped and encodes only their segments ([`patched_in_place`]), without
+//! the edit dropped and encodes only their segments (`patched_in_place`), without
 //! planning the port's hosts again: its work follows the edit, not the mesh.
 //!
 //! What a piece depends on besides its host's VirtualService — the services, their
@@ -419,7 +419,7 @@ impl VhostStore {
     }
 
     /// How many assemblies patched their class's last layout in place, making only the
-    /// pieces a change dropped ([`patched_in_place`]).
+    /// pieces a change dropped (`patched_in_place`).
     pub fn patched(&self) -> u64 {
         self.patched.load(std::sync::atomic::Ordering::Relaxed)
     }
