@@ -22,8 +22,9 @@ pub struct ServiceTarget {
 pub struct ProxyContext<'a> {
     pub snap: &'a Snapshot,
     pub proxy: &'a Proxy,
-    /// Labels from node metadata, or of the workload at the proxy's address.
-    pub labels: Labels,
+    /// Labels from node metadata, or of the workload at the proxy's address (borrowed:
+    /// a context is made for every push).
+    pub labels: std::borrow::Cow<'a, Labels>,
     pub scope: Arc<Scope>,
     pub targets: Vec<ServiceTarget>,
     /// `region/zone/subzone`: the node's, else the workload's `istio-locality` label.
@@ -67,7 +68,7 @@ impl<'a> ProxyContext<'a> {
     }
 
     pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> ProxyContext<'a> {
-        let labels = Self::labels_of(snap, proxy).into_owned();
+        let labels = Self::labels_of(snap, proxy);
         let scope = Self::scope_with(snap, proxy, &labels);
         let mut targets = Vec::new();
         if proxy.kind == ProxyKind::Sidecar {

@@ -149,10 +149,24 @@ impl Stream {
         }
     }
 
-    fn publish_status(&self) {
+    /// Publishes the watches' summaries for status readers, after the watches of `urls`
+    /// changed: their entries are replaced in place when the published types are the
+    /// watches', else the whole list is made again. (Every push and every ACK publishes:
+    /// a list made anew each time was an allocation per proxy per event.)
+    fn publish_status(&self, urls: &[&str]) {
         if let Some(c) = &self.conn
             && let Ok(mut s) = c.status.lock()
         {
+            let same_types = s.len() == self.watches.len()
+                && s.iter().zip(self.watches.keys()).all(|((t, _), k)| t == k);
+            if same_types {
+                for ((t, summary), w) in s.iter_mut().zip(self.watches.values()) {
+                    if urls.contains(&&**t) {
+                        *summary = w.summary();
+                    }
+                }
+                return;
+            }
             // Exactly as long as there are watches (a map would keep room for 11).
             let mut v = Vec::with_capacity(self.watches.len());
             v.extend(self.watches.iter().map(|(k, w)| (k.clone(), w.summary())));
@@ -403,7 +417,7 @@ impl Stream {
                 cds_sent = true;
             }
         }
-        self.publish_status();
+        self.publish_status(urls);
         Ok(())
     }
 
@@ -417,7 +431,7 @@ impl Stream {
     ) -> Option<Result<(), String>> {
         self.on_action(url, &action);
         if action != Action::Respond {
-            self.publish_status();
+            self.publish_status(&[url]);
             return None;
         }
         match self.send_types(out, &[url], Some(url)).await {
@@ -542,11 +556,7 @@ impl Stream {
     /// Handles one request; returns the types to answer.
     fn on_action(&mut self, url: &str, action: &Action) {
         let short = type_url::short(url);
-        let proxy = self
-            .conn
-            .as_ref()
-            .map(|c| c.proxy.id.clone())
-            .unwrap_or_default();
+        let proxy = self.conn.as_ref().map_or("", |c| c.proxy.id.as_str());
         match action {
             Action::Nack => {
                 let err = self
