@@ -702,10 +702,6 @@ async fn client(
             && let Some(t) = changed
         {
             let _ = change.converged.send(t.elapsed()).await;
-            // A proxy stays connected once it has its configuration, as Envoy does:
-            // streams closing while others still converge would be work the server
-            // does not do after a real change.
-            let _ = change.done.wait_for(|d| *d).await;
             break;
         }
         seen.insert(url);
@@ -714,6 +710,13 @@ async fn client(
             let _ = synced_tx.send(start.elapsed()).await;
         }
     }
+    // A proxy stays connected once it has its configuration, as Envoy does: streams
+    // closing while others still converge would be work the server does not do after a
+    // real change. (The response just read is dropped first: a thousand of them held
+    // at once, each with its copy of the resources, made the client process fault in
+    // fresh memory for each.)
+    let _ = change.done.wait_for(|d| *d).await;
+    drop((tx, stream));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
