@@ -673,11 +673,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// A B2 client's view of the change: when it was made, where to report convergence,
-/// and when to disconnect.
+/// A B2 client's view of the change: whether it is armed (the next route configuration
+/// is the change's), where to report when that arrived, and when to disconnect.
 struct Change {
-    at: watch::Receiver<Option<Instant>>,
-    converged: mpsc::Sender<Duration>,
+    armed: watch::Receiver<bool>,
+    /// One outcome per client: when the change's route configuration arrived, or None
+    /// when the stream ended first.
+    outcome: mpsc::Sender<Option<Instant>>,
     done: watch::Receiver<bool>,
 }
 
@@ -694,29 +696,39 @@ async fn client(
     let mut eds: BTreeSet<String> = BTreeSet::new();
     let mut rds: BTreeSet<String> = BTreeSet::new();
     let mut synced = false;
-    while let Ok(Some(resp)) = stream.message().await {
-        let url = resp.type_url.clone();
+    let mut converged = false;
+    // A proxy stays connected once it has the change, answering as Envoy does, until
+    // every proxy has it: streams closing while others still converge would be work the
+    // server does not do after a real change. (Each response is dropped once answered:
+    // a thousand kept at once, each with its copy of the resources, made the client
+    // process fault in fresh memory for each.)
+    loop {
+        let resp = tokio::select! {
+            r = stream.message() => match r {
+                Ok(Some(r)) => r,
+                _ => break,
+            },
+            _ = change.done.wait_for(|d| *d) => return,
+        };
         follow(&tx, &resp, &mut eds, &mut rds).await;
-        let changed = *change.at.borrow_and_update();
-        if url == type_url::ROUTE
-            && let Some(t) = changed
-        {
-            let _ = change.converged.send(t.elapsed()).await;
-            break;
+        if converged {
+            continue;
         }
-        seen.insert(url);
+        if resp.type_url == type_url::ROUTE && *change.armed.borrow() {
+            converged = true;
+            let _ = change.outcome.send(Some(Instant::now())).await;
+            continue;
+        }
+        seen.insert(resp.type_url.clone());
         if !synced && seen.len() >= 4 {
             synced = true;
             let _ = synced_tx.send(start.elapsed()).await;
         }
     }
-    // A proxy stays connected once it has its configuration, as Envoy does: streams
-    // closing while others still converge would be work the server does not do after a
-    // real change. (The response just read is dropped first: a thousand of them held
-    // at once, each with its copy of the resources, made the client process fault in
-    // fresh memory for each.)
+    if !converged {
+        let _ = change.outcome.send(None).await;
+    }
     let _ = change.done.wait_for(|d| *d).await;
-    drop((tx, stream));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -844,6 +856,11 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // The proxies count the next route configuration as the change's from here: armed
+    // before the publish, so that none can get it first.
+    stdin.write_all(b"arm\n").await.expect("arm clients");
+    stdin.flush().await.expect("flush");
+    let _armed = lines.next_line().await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -929,13 +946,15 @@ async fn b2(n: usize, m: usize, classes: usize, sidecar: usize, tls: bool) {
 }
 
 /// The client side of B2 (a child process): prints one line when every client has its
-/// configuration, then waits for `change NANOS` on stdin and prints one line when every
-/// client has the changed routes.
+/// configuration; then, on `arm` on stdin, counts the next route configuration each
+/// client gets as the change's and says `armed`; then reads `change NANOS` (when the
+/// change was published) and prints one line when every client has the changed routes.
+/// Arming first means no client can get the change before it knows to count it.
 async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
     use tokio::io::AsyncBufReadExt;
-    let (changed_tx, changed_rx) = watch::channel::<Option<Instant>>(None);
+    let (armed_tx, armed_rx) = watch::channel(false);
     let (synced_tx, mut synced_rx) = mpsc::channel::<Duration>(m.max(1));
-    let (converged_tx, mut converged_rx) = mpsc::channel::<Duration>(m.max(1));
+    let (outcome_tx, mut outcome_rx) = mpsc::channel::<Option<Instant>>(m.max(1));
     let (done_tx, done_rx) = watch::channel(false);
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -947,13 +966,13 @@ async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
             start,
             synced_tx.clone(),
             Change {
-                at: changed_rx.clone(),
-                converged: converged_tx.clone(),
+                armed: armed_rx.clone(),
+                outcome: outcome_tx.clone(),
                 done: done_rx.clone(),
             },
         )));
     }
-    drop(converged_tx);
+    drop(outcome_tx);
     let mut synced = Vec::with_capacity(m);
     for _ in 0..m {
         match tokio::time::timeout(Duration::from_secs(900), synced_rx.recv()).await {
@@ -963,6 +982,9 @@ async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
     }
     println!("initial sync of all clients {}", ms(start.elapsed()));
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let _arm = stdin.next_line().await;
+    let _ = armed_tx.send(true);
+    println!("armed");
     let line = stdin.next_line().await.ok().flatten().unwrap_or_default();
     let sent: u128 = line
         .trim_start_matches("change ")
@@ -973,13 +995,15 @@ async fn b2_clients(dial: b5::Dial, m: usize, classes: usize) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let since = Duration::from_nanos(now.saturating_sub(sent) as u64);
-    let _ = changed_tx.send(Some(Instant::now() - since));
-    // Every client converges, or its stream ends (it then counts as not converged).
+    let changed_at = Instant::now() - Duration::from_nanos(now.saturating_sub(sent) as u64);
+    // One outcome per client: the change arrived, or its stream ended first (not
+    // converged). The timeout only guards against a client that neither converges nor
+    // ends.
     let mut converged = Vec::with_capacity(m);
-    while converged.len() < m {
-        match tokio::time::timeout(Duration::from_secs(120), converged_rx.recv()).await {
-            Ok(Some(c)) => converged.push(c),
+    for _ in 0..m {
+        match tokio::time::timeout(Duration::from_secs(120), outcome_rx.recv()).await {
+            Ok(Some(Some(at))) => converged.push(at.saturating_duration_since(changed_at)),
+            Ok(Some(None)) => {}
             _ => break,
         }
     }
