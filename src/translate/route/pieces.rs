@@ -285,8 +285,10 @@ struct StoreInner {
 #[derive(Debug, Default)]
 pub struct VhostStore {
     inner: Mutex<StoreInner>,
-    /// Assemblies that patched the last layout in place (for tests and the benchmark).
+    /// Assemblies that patched the last layout in place, and the pieces they made
+    /// again (for tests and the benchmark).
     patched: std::sync::atomic::AtomicU64,
+    remade: std::sync::atomic::AtomicU64,
 }
 
 impl VhostStore {
@@ -423,6 +425,11 @@ impl VhostStore {
     pub fn patched(&self) -> u64 {
         self.patched.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// How many pieces assemblies patched in place made again: the hosts edits named.
+    pub fn remade_in_place(&self) -> u64 {
+        self.remade.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The outbound route configuration `name` (a port number) of a sidecar in `class`,
@@ -452,12 +459,13 @@ pub fn outbound_route_config_any(
     // interned, so that they cannot pile up outside the bound.
     let share = |p: Piece| if keeps { store.intern(p) } else { Arc::new(p) };
     let catch_all = Piece::of(outbound_catch_all(ctx), false);
+    let dirty = pieces.dirty.len() as u64;
     if keeps
         && let Some(any) = patched_in_place(ctx, name, egress, port, pieces, &share, &catch_all)
     {
-        store
-            .patched
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        store.patched.fetch_add(1, Relaxed);
+        store.remade.fetch_add(dirty, Relaxed);
         return Some(any);
     }
     // Each planned host's piece, with its VirtualService's position when it routes by
@@ -925,6 +933,12 @@ spec:
                 + &vs("c", "[c.other.svc.cluster.local]", &route("a", 70))
                 + &vs("wild", "['*.default.svc.cluster.local']", &route("b", 60))
                 + &vs("ext", "[api.example.com]", &route("a", 30)),
+            // The wildcard's weights change: every service it covers is made again.
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", 80))
+                + &vs("c", "[c.other.svc.cluster.local]", &route("a", 70))
+                + &vs("wild", "['*.default.svc.cluster.local']", &route("b", 50))
+                + &vs("ext", "[api.example.com]", &route("a", 30)),
             // A host of its own again, then another in its place: as many hosts as
             // before, one name different (the last layout must not be taken).
             SERVICES.to_string()
@@ -969,10 +983,10 @@ spec:
                 for port in ["80", "8080"] {
                     let want = fresh(&snap, labels, port);
                     // Patched in place where only routes changed: the edits of b's
-                    // weights and the unknown host's, and b's move to 8080 there.
-                    // Elsewhere VirtualService hosts came or went (another plan), or
-                    // b's host lost its routes on 80 (another order).
-                    let in_place = matches!((i, port), (1 | 2, _) | (3, "8080"));
+                    // weights, the unknown host's and the wildcard's, and b's move to
+                    // 8080 there. Elsewhere VirtualService hosts came or went (another
+                    // plan), or b's host lost its routes on 80 (another order).
+                    let in_place = matches!((i, port), (1 | 2 | 6, _) | (3, "8080"));
                     let patched = store.patched();
                     let first = kept(&snap, &store, labels, port);
                     assert_eq!(first.to_vec(), want, "step {i} {labels} {port}");
@@ -1033,6 +1047,45 @@ spec:
             }
             prev = Some(snap);
         }
+    }
+
+    /// Two edits published before the class is assembled again: the pieces both
+    /// dropped are made again in the one patch.
+    #[test]
+    fn edits_between_two_assemblies_are_patched_together() {
+        let route = |dest: &str, w: u32| {
+            format!(
+                "  - route: [{{destination: {{host: {dest}}}, weight: {w}}}, {{destination: {{host: a}}, weight: {}}}]",
+                100 - w
+            )
+        };
+        let text = |b: u32, unknown: u32| {
+            SERVICES.to_string()
+                + &vs("b", "[b]", &route("b", b))
+                + &vs("unknown", "[foo.example.com]", &route("b", unknown))
+        };
+        let build = |t: String, prev: Option<&Snapshot>| {
+            Snapshot::build(&set(&t), prev, "cluster.local", "istio-system")
+        };
+        let store = VhostStore::default();
+        let a = build(text(90, 50), None);
+        store.advance(0, a.generation, &Changes::default());
+        kept(&a, &store, "web", "80");
+        let b = build(text(80, 50), Some(&a));
+        store.advance(a.generation, b.generation, &b.changes_since(&a));
+        let c = build(text(80, 40), Some(&b));
+        store.advance(b.generation, c.generation, &c.changes_since(&b));
+        let (patched, remade) = (store.patched(), store.remade_in_place());
+        assert_eq!(
+            kept(&c, &store, "web", "80").to_vec(),
+            fresh(&c, "web", "80")
+        );
+        assert_eq!(store.patched(), patched + 1, "patched in place");
+        assert_eq!(
+            store.remade_in_place(),
+            remade + 2,
+            "b's piece and the unknown host's made again"
+        );
     }
 
     #[test]
