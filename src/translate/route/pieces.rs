@@ -1088,6 +1088,68 @@ spec:
         );
     }
 
+    /// Edits the layout cannot take in place: a host outside the registry whose rules
+    /// start to yield a route on the port (a host the layout does not have), and a
+    /// wildcard edit that drops more pieces than are recorded. Both are planned again,
+    /// to the fresh translation's bytes.
+    #[test]
+    fn edits_that_change_the_layout_are_planned_again() {
+        let on = |port: u16| {
+            format!("  - match: [{{port: {port}}}]\n    route: [{{destination: {{host: a}}}}]")
+        };
+        let many: String = (0..MAX_DIRTY + 1)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
+                     spec: {{ports: [{{name: http, port: 80}}]}}\n"
+                )
+            })
+            .collect();
+        let wild = |w: u32| {
+            vs(
+                "wild",
+                "['*.default.svc.cluster.local']",
+                &format!(
+                    "  - route: [{{destination: {{host: a}}, weight: {w}}}, {{destination: {{host: b}}, weight: {}}}]",
+                    100 - w
+                ),
+            )
+        };
+        let steps = [
+            SERVICES.to_string()
+                + &many
+                + &vs("unknown", "[foo.example.com]", &on(8080))
+                + &wild(90),
+            // The unknown host now has a route on 80.
+            SERVICES.to_string() + &many + &vs("unknown", "[foo.example.com]", &on(80)) + &wild(90),
+            // The wildcard covers more services than are recorded.
+            SERVICES.to_string() + &many + &vs("unknown", "[foo.example.com]", &on(80)) + &wild(80),
+        ];
+        let store = VhostStore::default();
+        let mut prev: Option<Snapshot> = None;
+        for (i, text) in steps.iter().enumerate() {
+            let snap = Snapshot::build(&set(text), prev.as_ref(), "cluster.local", "istio-system");
+            assert_eq!(snap.error_count(), 0, "{:?}", snap.diagnostics);
+            let changes = prev
+                .as_ref()
+                .map(|p| snap.changes_since(p))
+                .unwrap_or_default();
+            store.advance(
+                prev.as_ref().map_or(0, |p| p.generation),
+                snap.generation,
+                &changes,
+            );
+            let patched = store.patched();
+            assert_eq!(
+                kept(&snap, &store, "web", "80").to_vec(),
+                fresh(&snap, "web", "80"),
+                "step {i}"
+            );
+            assert_eq!(store.patched(), patched, "step {i}: planned again");
+            prev = Some(snap);
+        }
+    }
+
     #[test]
     fn a_change_beyond_virtual_services_empties_the_store() {
         let store = VhostStore::default();
