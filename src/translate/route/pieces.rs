@@ -879,6 +879,14 @@ spec:
             .expect("node")
     }
 
+    /// The snapshot of `text` after `prev` (without errors), and its changes.
+    fn next(text: &str, prev: Option<&Snapshot>) -> (Snapshot, Changes) {
+        let snap = Snapshot::build(&set(text), prev, "cluster.local", "istio-system");
+        assert_eq!(snap.error_count(), 0, "{:?}", snap.diagnostics);
+        let changes = prev.map(|p| snap.changes_since(p)).unwrap_or_default();
+        (snap, changes)
+    }
+
     /// The version an assembly carries.
     fn version(e: &Encoded) -> u64 {
         match e {
@@ -952,12 +960,7 @@ spec:
         let mut prev: Option<Snapshot> = None;
         let mut last: HashMap<(&str, &str), (Encoded, Vec<u8>)> = HashMap::new();
         for (i, text) in steps.iter().enumerate() {
-            let snap = Snapshot::build(&set(text), prev.as_ref(), "cluster.local", "istio-system");
-            assert_eq!(snap.error_count(), 0, "{:?}", snap.diagnostics);
-            let changes = prev
-                .as_ref()
-                .map(|p| snap.changes_since(p))
-                .unwrap_or_default();
+            let (snap, changes) = next(text, prev.as_ref());
             if i > 0 {
                 assert!(!changes.routes.is_empty(), "step {i} changes routes");
                 assert!(
@@ -1128,12 +1131,7 @@ spec:
         let store = VhostStore::default();
         let mut prev: Option<Snapshot> = None;
         for (i, text) in steps.iter().enumerate() {
-            let snap = Snapshot::build(&set(text), prev.as_ref(), "cluster.local", "istio-system");
-            assert_eq!(snap.error_count(), 0, "{:?}", snap.diagnostics);
-            let changes = prev
-                .as_ref()
-                .map(|p| snap.changes_since(p))
-                .unwrap_or_default();
+            let (snap, changes) = next(text, prev.as_ref());
             store.advance(
                 prev.as_ref().map_or(0, |p| p.generation),
                 snap.generation,
