@@ -76,7 +76,7 @@ pub fn route_config_any(
 pub fn endpoints(ctx: &ProxyContext, names: &[String]) -> Vec<ClusterLoadAssignment> {
     names
         .iter()
-        .filter_map(|n| endpoint::for_cluster(ctx.snap, &ctx.proxy.namespace, &ctx.labels, n))
+        .filter_map(|n| endpoint::for_cluster(ctx.snap, &ctx.proxy.namespace, ctx.labels, n))
         .map(|mut cla| {
             locality::apply(ctx, &mut cla);
             cla

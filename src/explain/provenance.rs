@@ -157,7 +157,7 @@ impl Describer<'_> {
             .filter(|n| n.starts_with("https."));
         let mut found = Vec::new();
         for gw in &self.snap.gateways {
-            if !gw.selects(&self.proxy.namespace, &self.ctx.labels) {
+            if !gw.selects(&self.proxy.namespace, self.ctx.labels) {
                 continue;
             }
             // A generated Gateway is named after what it comes from.
@@ -220,7 +220,7 @@ impl Describer<'_> {
                     let why = if c.mode == Mode::Inbound {
                         let (mode, src) = self.snap.mtls_mode_source(
                             &self.proxy.namespace,
-                            &self.ctx.labels,
+                            self.ctx.labels,
                             c.port,
                         );
                         let src = src.map(|k| k.to_string());
@@ -301,7 +301,7 @@ impl Describer<'_> {
         }
         let (mode, src) =
             self.snap
-                .mtls_mode_source(&self.proxy.namespace, &self.ctx.labels, self.call.port);
+                .mtls_mode_source(&self.proxy.namespace, self.ctx.labels, self.call.port);
         match src {
             Some(k) => {
                 let k = k.to_string();
@@ -315,7 +315,7 @@ impl Describer<'_> {
         }
         let policies = self
             .snap
-            .authorization_policies_for(&self.proxy.namespace, &self.ctx.labels);
+            .authorization_policies_for(&self.proxy.namespace, self.ctx.labels);
         for p in policies {
             let action = match &p.spec {
                 Spec::AuthorizationPolicy(a) => format!("{:?}", a.action),
@@ -625,7 +625,7 @@ impl Describer<'_> {
         let src = svc.source.to_string();
         let dr = self
             .snap
-            .destination_rule(&self.proxy.namespace, &self.ctx.labels, svc);
+            .destination_rule(&self.proxy.namespace, self.ctx.labels, svc);
         let mut s = format!("cluster {name}: {src} port {port}");
         if let Some(dr) = dr {
             let k = dr.key.to_string();

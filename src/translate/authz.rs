@@ -963,7 +963,7 @@ pub fn build(policies: &[PolicyInput], opts: &AuthzOptions, tcp: bool) -> Vec<Va
 /// snapshot's AuthorizationPolicies for this workload.
 pub fn for_workload(ctx: &super::ProxyContext, tcp: bool) -> Vec<Value> {
     let snap = ctx.snap;
-    let objs = snap.authorization_policies_for(&ctx.proxy.namespace, &ctx.labels);
+    let objs = snap.authorization_policies_for(&ctx.proxy.namespace, ctx.labels);
     if objs.is_empty() {
         return vec![];
     }

@@ -154,7 +154,7 @@ fn istio_proxy_stat_names(out: &mut [Box<Cluster>]) {
 pub fn service_port_clusters(ctx: &ProxyContext, svc: &Service, port: &Port) -> Vec<Box<Cluster>> {
     let dr = ctx
         .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc);
+        .destination_rule(&ctx.proxy.namespace, ctx.labels, svc);
     let mut out = Vec::new();
     let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
     let rule = dr.map(|d| &d.key);
@@ -192,7 +192,7 @@ pub(crate) fn effective_policy(
 ) -> Option<TrafficPolicy> {
     let dr = ctx
         .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
+        .destination_rule(&ctx.proxy.namespace, ctx.labels, svc)?;
     let sub = dr.subset(subset).and_then(|s| s.traffic_policy.as_ref());
     policy_for_port(dr.spec.traffic_policy.as_ref(), sub, port)
 }
@@ -545,7 +545,7 @@ fn apply_tls(
                 let client = (ctx.proxy.kind == ProxyKind::Router)
                     .then(|| {
                         ctx.snap
-                            .gateway_backend_certificate(&ctx.proxy.namespace, &ctx.labels)
+                            .gateway_backend_certificate(&ctx.proxy.namespace, ctx.labels)
                     })
                     .flatten()
                     .map(|(ns, name)| {

@@ -24,7 +24,7 @@ pub struct ProxyContext<'a> {
     pub proxy: &'a Proxy,
     /// Labels from node metadata, or of the workload at the proxy's address (borrowed:
     /// a context is made for every push).
-    pub labels: std::borrow::Cow<'a, Labels>,
+    pub labels: &'a Labels,
     pub scope: Arc<Scope>,
     pub targets: Vec<ServiceTarget>,
     /// `region/zone/subzone`: the node's, else the workload's `istio-locality` label.
@@ -37,9 +37,9 @@ pub struct ProxyContext<'a> {
 
 impl<'a> ProxyContext<'a> {
     /// Labels from node metadata, or of the workload at the proxy's address.
-    fn labels_of(snap: &'a Snapshot, proxy: &'a Proxy) -> std::borrow::Cow<'a, Labels> {
+    fn labels_of(snap: &'a Snapshot, proxy: &'a Proxy) -> &'a Labels {
         if !proxy.labels.is_empty() {
-            return std::borrow::Cow::Borrowed(&proxy.labels);
+            return &proxy.labels;
         }
         // Upstream Envoy rarely sends LABELS: take them from the workload at its IP.
         proxy
@@ -47,16 +47,13 @@ impl<'a> ProxyContext<'a> {
             .iter()
             .flat_map(|ip| snap.workloads_at(ip))
             .find(|w| w.key.namespace == proxy.namespace)
-            .map_or(std::borrow::Cow::Borrowed(&proxy.labels), |w| {
-                std::borrow::Cow::Borrowed(&*w.labels)
-            })
+            .map_or(&proxy.labels, |w| &*w.labels)
     }
 
     /// The scope of `proxy` in `snap`, as [`ProxyContext::new`] finds it, without the
     /// rest of a context: what deciding a push reads for every connected proxy.
     pub fn scope_for(snap: &'a Snapshot, proxy: &'a Proxy) -> Arc<Scope> {
-        let labels = Self::labels_of(snap, proxy);
-        Self::scope_with(snap, proxy, &labels)
+        Self::scope_with(snap, proxy, Self::labels_of(snap, proxy))
     }
 
     fn scope_with(snap: &Snapshot, proxy: &Proxy, labels: &Labels) -> Arc<Scope> {
@@ -69,7 +66,7 @@ impl<'a> ProxyContext<'a> {
 
     pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> ProxyContext<'a> {
         let labels = Self::labels_of(snap, proxy);
-        let scope = Self::scope_with(snap, proxy, &labels);
+        let scope = Self::scope_with(snap, proxy, labels);
         let mut targets = Vec::new();
         if proxy.kind == ProxyKind::Sidecar {
             // Only the services with an instance at the proxy's addresses (an index),
@@ -114,7 +111,7 @@ impl<'a> ProxyContext<'a> {
                 .find(|w| w.key.namespace == proxy.namespace)
                 .map(|w| w.locality.clone())
                 .filter(|l| !l.is_empty())
-                .unwrap_or_else(|| crate::model::snapshot::locality_label(&labels))
+                .unwrap_or_else(|| crate::model::snapshot::locality_label(labels))
         };
         ProxyContext {
             snap,

@@ -82,7 +82,7 @@ fn selected<'a>(ctx: &'a ProxyContext) -> Vec<(String, usize, &'a EnvoyConfigObj
             continue;
         }
         if let Some(sel) = &ef.workload_selector
-            && !labels_match(&sel.labels, &ctx.labels)
+            && !labels_match(&sel.labels, ctx.labels)
         {
             continue;
         }

@@ -31,7 +31,7 @@ pub fn selected<'a>(ctx: &'a ProxyContext) -> Vec<&'a GatewayConfig> {
     ctx.snap
         .gateways
         .iter()
-        .filter(|g| g.selects(&ctx.proxy.namespace, &ctx.labels))
+        .filter(|g| g.selects(&ctx.proxy.namespace, ctx.labels))
         .map(|g| &**g)
         .collect()
 }
@@ -222,7 +222,7 @@ fn sni_dnat_targets(ctx: &ProxyContext, hosts: &[String]) -> Vec<(String, String
         }
         let dr = ctx
             .snap
-            .destination_rule(&ctx.proxy.namespace, &ctx.labels, &svc);
+            .destination_rule(&ctx.proxy.namespace, ctx.labels, &svc);
         for port in svc
             .ports
             .iter()

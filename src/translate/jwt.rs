@@ -52,7 +52,7 @@ fn jwks_target(uri: &str) -> Option<JwksTarget> {
 
 fn rules_for<'a>(ctx: &'a ProxyContext) -> Vec<&'a JwtRule> {
     ctx.snap
-        .request_authentications_for(&ctx.proxy.namespace, &ctx.labels)
+        .request_authentications_for(&ctx.proxy.namespace, ctx.labels)
         .into_iter()
         .filter_map(|o| match &o.spec {
             Spec::RequestAuthentication(r) => Some(r.jwt_rules.iter()),

@@ -402,7 +402,7 @@ fn consistent_hash_of(ctx: &ProxyContext, host: &str) -> Option<istio::Consisten
     let svc = ctx.snap.services.get(host)?;
     let dr = ctx
         .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)?;
+        .destination_rule(&ctx.proxy.namespace, ctx.labels, svc)?;
     dr.spec
         .traffic_policy
         .as_ref()
@@ -504,7 +504,7 @@ pub(crate) fn http_rule_routes(
                 continue;
             }
             if gateway.is_none() {
-                if !m.source_labels.is_empty() && !labels_match(&m.source_labels, &ctx.labels) {
+                if !m.source_labels.is_empty() && !labels_match(&m.source_labels, ctx.labels) {
                     continue;
                 }
                 if !m.source_namespace.is_empty() && m.source_namespace != ctx.proxy.namespace {

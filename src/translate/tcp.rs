@@ -71,7 +71,7 @@ fn applies(
         return false;
     }
     if gateway.is_none() {
-        if !m.source_labels.is_empty() && !labels_match(m.source_labels, &ctx.labels) {
+        if !m.source_labels.is_empty() && !labels_match(m.source_labels, ctx.labels) {
             return false;
         }
         if !m.source_namespace.is_empty() && m.source_namespace != ctx.proxy.namespace {

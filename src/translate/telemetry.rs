@@ -41,7 +41,7 @@ pub(super) fn levels<'a, T>(
             None if obj.key.namespace == ctx.proxy.namespace => 1,
             Some(sel)
                 if obj.key.namespace == ctx.proxy.namespace
-                    && labels_match(&sel.match_labels, &ctx.labels) =>
+                    && labels_match(&sel.match_labels, ctx.labels) =>
             {
                 2
             }

@@ -71,7 +71,7 @@ pub(super) fn endpoints(
                 .and_then(|(_, _, _, host)| ctx.snap.services.get(host))
                 .and_then(|svc| {
                     ctx.snap
-                        .destination_rule(&ctx.proxy.namespace, &ctx.labels, svc)
+                        .destination_rule(&ctx.proxy.namespace, ctx.labels, svc)
                 })
             {
                 h.update(dr.key.namespace.as_bytes());

@@ -186,7 +186,7 @@ pub fn http_connection_manager(
                     (Some(port), _) => Some(workload_attachment(ctx, port)),
                     (None, true) => Some(RateLimitAttach {
                         namespace: &ctx.proxy.namespace,
-                        labels: &ctx.labels,
+                        labels: ctx.labels,
                         services: Vec::new(),
                         gateways: super::super::gateway::selected(ctx),
                     }),

@@ -115,7 +115,7 @@ pub(super) fn inbound_chains(
     base: FilterChainMatch,
 ) -> (Vec<FilterChain>, bool) {
     use crate::model::istio::MtlsMode;
-    let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
+    let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, ctx.labels, port);
     let name = naming::listener(bind, port);
     // Sidecar ingress `tls`: the port terminates TLS with the given certificate for
     // clients outside the mesh, instead of mesh mTLS.
@@ -410,19 +410,19 @@ pub(super) fn passthrough_chains(ctx: &ProxyContext) -> (Vec<FilterChain>, bool)
         }
         vec![c]
     };
-    let workload = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, 0);
+    let workload = ctx.snap.mtls_mode(&ctx.proxy.namespace, ctx.labels, 0);
     let mut chains = Vec::new();
     let mut tls = workload == MtlsMode::STRICT;
     // `portLevelMtls` for ports no Service declares: chains of their own.
     let declared: BTreeSet<u16> = inbound_ports(ctx).into_iter().map(|(p, _)| p).collect();
     for port in ctx
         .snap
-        .port_level_mtls_ports(&ctx.proxy.namespace, &ctx.labels)
+        .port_level_mtls_ports(&ctx.proxy.namespace, ctx.labels)
     {
         if declared.contains(&port) {
             continue;
         }
-        let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, &ctx.labels, port);
+        let mode = ctx.snap.mtls_mode(&ctx.proxy.namespace, ctx.labels, port);
         tls |= mode == MtlsMode::STRICT;
         chains.extend(for_mode(mode, Some(port)));
     }
@@ -451,7 +451,7 @@ pub(super) fn tcp_filters(ctx: &ProxyContext, cluster: &str, port: Option<u16>) 
 pub(super) fn workload_attachment<'a>(ctx: &'a ProxyContext, port: u16) -> RateLimitAttach<'a> {
     RateLimitAttach {
         namespace: &ctx.proxy.namespace,
-        labels: &ctx.labels,
+        labels: ctx.labels,
         services: ctx
             .targets
             .iter()
