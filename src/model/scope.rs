@@ -69,6 +69,18 @@ impl EgressScope {
             .filter_map(|&i| self.virtual_services.get(i).map(|v| (i, v)))
     }
 
+    /// The first VirtualService naming `host` as written (a wildcard host too), from the
+    /// indexes.
+    pub fn first_naming(&self, host: &str) -> Option<&Arc<VirtualServiceConfig>> {
+        let found = if host.starts_with('*') {
+            self.with_wildcards()
+                .find(|(_, vs)| vs.hosts.iter().any(|h| h == host))
+        } else {
+            self.with_host(host).next()
+        };
+        found.map(|(_, vs)| vs)
+    }
+
     /// The VirtualServices (with their positions) that have a wildcard host, in order.
     pub fn with_wildcards(&self) -> impl Iterator<Item = (usize, &Arc<VirtualServiceConfig>)> + '_ {
         self.wildcard

@@ -620,10 +620,7 @@ fn patched_in_place(
             made.push(Some(Piece::of(vh, routed)));
         } else {
             // The host's first VirtualService, as the plan takes it.
-            let vs = egress
-                .virtual_services
-                .iter()
-                .find(|vs| vs.hosts.contains(&d.host))?;
+            let vs = egress.first_naming(&d.host)?;
             let svc = ctx.snap.services.get(&d.host);
             match vs_host_virtual_host(ctx, &d.host, vs, svc.map(|s| &**s), port) {
                 None if d.at == NOWHERE => made.push(None),
