@@ -1536,24 +1536,14 @@ pub fn add_loopback_address(ip: &str) {
     );
 }
 
-/// The value of the first Prometheus text sample of `name` (e.g. from meshd's
-/// `/metrics`) whose labels include every one of `labels`.
-/// The sum of every series of `name` with `labels` (whatever its other labels).
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|l| {
-            let (inside, value) = l.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
-            labels
-                .iter()
-                .all(|(k, v)| inside.contains(&format!("{k}=\"{v}\"")))
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|l| {
+/// The values of the Prometheus text samples of `name` (e.g. from meshd's `/metrics`)
+/// whose labels include every one of `labels`, in order.
+fn metric_samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
+    text.lines().filter_map(move |l| {
         let (inside, value) = l.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
         labels
             .iter()
@@ -1561,4 +1551,14 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
             .then(|| value.trim().parse().ok())
             .flatten()
     })
+}
+
+/// The value of the first sample of `name` whose labels include every one of `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric_samples(text, name, labels).next()
+}
+
+/// The sum of every series of `name` with `labels` (whatever its other labels).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_samples(text, name, labels).sum()
 }
