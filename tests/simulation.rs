@@ -470,8 +470,8 @@ fn transcriptions_are_what_istiod_answers() {
 /// Route configurations assembled from kept virtual hosts (what the xDS server sends)
 /// are byte for byte the fresh translation's, for every case's proxy: cold, then from
 /// the kept pieces, then again after a rebuild that changed nothing, then after an edit
-/// of every VirtualService (its HTTP rules renamed: their hosts' pieces are made again,
-/// and the last layout patched in place).
+/// of every VirtualService (its HTTP rules and their matches renamed: their hosts'
+/// pieces are made again, and the last layout patched in place).
 #[test]
 fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
     use meshd::model::snapshot::Changes;
@@ -515,24 +515,18 @@ fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
         let proxy = proxy(&case);
         let store = VhostStore::default();
         store.advance(0, snap.generation, &Changes::default());
+        // Each step's snapshot, and the one it follows when the store moves to it.
         let steps = [
-            (&snap, "cold"),
-            (&snap, "kept"),
-            (&again, "rebuilt"),
-            (&edited, "edited"),
+            (&snap, None, "cold"),
+            (&snap, None, "kept"),
+            (&again, Some(&snap), "rebuilt"),
+            (&edited, Some(&again), "edited"),
         ];
-        for (s, step) in steps {
-            if step == "rebuilt" {
-                store.advance(
-                    snap.generation,
-                    again.generation,
-                    &again.changes_since(&snap),
-                );
+        for (s, from, step) in steps {
+            if let Some(from) = from {
+                store.advance(from.generation, s.generation, &s.changes_since(from));
             }
-            let edit = (step == "edited").then(|| edited.changes_since(&again));
-            if let Some(changes) = &edit {
-                store.advance(again.generation, edited.generation, changes);
-            }
+            let edited_step = step == "edited";
             let ctx = translate::ProxyContext::new(s, &proxy);
             let res = translate::generate_for(&ctx);
             for rc in &res.routes {
@@ -541,7 +535,7 @@ fn kept_virtual_hosts_assemble_as_the_fresh_translation() {
                 let got = translate::route_config_any(&ctx, &rc.name, &store, 7)
                     .unwrap_or_else(|| panic!("{}: {} {step}: none", f.display(), rc.name));
                 // Patched in place with pieces made again: what the edit exercised.
-                if edit.is_some() && store.remade_in_place() > remade {
+                if edited_step && store.remade_in_place() > remade {
                     patched_edits += 1;
                 }
                 assert!(
