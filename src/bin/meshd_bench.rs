@@ -1111,13 +1111,13 @@ fn main() {
         },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    // B2 first: what a proxy adds to the process's memory (B4) is measured from a
-    // process that has not yet freed anything. After B1 at 10,000 services, the pages
-    // B1 freed took in the proxies' state and made it look a fifth smaller.
     // B2, or B5 over TLS, with `m` proxies.
     let b2_with = |m: usize, tls: bool| {
         runtime().block_on(b2(args.b2_services, m, args.classes, args.sidecar, tls));
     };
+    // B2 first: what a proxy adds to the process's memory (B4) is measured from a
+    // process that has not yet freed anything. After B1 at 10,000 services, the pages
+    // B1 freed took in the proxies' state and made it look a fifth smaller.
     if args.clients > 0 {
         b2_with(args.clients, false);
     }
